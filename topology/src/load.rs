@@ -1,0 +1,613 @@
+//! Reading and validating a topology file.
+//!
+//! The document is parsed into a YAML value tree and then walked field by
+//! field. Every problem is collected (not just the first), located by its
+//! path, and reported together; only a document that produced no problem
+//! becomes a [`Topology`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::duration::parse_duration;
+use crate::error::{TopologyError, Violation};
+use crate::locate::locate_all;
+use crate::model::*;
+use crate::secret::Secret;
+use crate::url::parse_endpoint;
+
+/// Looks up an environment variable; injected so tests need not mutate the
+/// process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Topology {
+    /// Loads and validates the topology at `path`, resolving secrets from the
+    /// process environment and from password files.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Validates `text` as if read from `source` (relative paths in it are
+    /// resolved against `source`'s directory).
+    pub fn parse(text: &str, source: &Path, env: EnvLookup<'_>) -> Result<Topology, TopologyError> {
+        let invalid = |violations| TopologyError::Invalid {
+            file: source.to_path_buf(),
+            violations,
+        };
+        let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            invalid(vec![Violation {
+                path: String::new(),
+                location: e.location().map(|l| (l.line(), l.column())),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let base_dir = source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut cx = Checker {
+            problems: Vec::new(),
+            env,
+            base_dir,
+        };
+        let topology = cx.topology(&doc, source);
+        if cx.problems.is_empty() {
+            if let Some(t) = topology {
+                return Ok(t);
+            }
+        }
+        let positions = locate_all(text);
+        let violations = cx
+            .problems
+            .into_iter()
+            .map(|(path, message)| Violation {
+                location: position_of(&positions, &path),
+                path,
+                message,
+            })
+            .collect();
+        Err(invalid(violations))
+    }
+}
+
+/// The position of `path`, or of its nearest located ancestor (a missing
+/// field is reported where its parent stands).
+fn position_of(positions: &HashMap<String, (usize, usize)>, path: &str) -> Option<(usize, usize)> {
+    let mut p = path;
+    loop {
+        if let Some(at) = positions.get(p) {
+            return Some(*at);
+        }
+        let cut = p.rfind(['.', '['])?;
+        p = &p[..cut];
+    }
+}
+
+struct Checker<'e> {
+    problems: Vec<(String, String)>,
+    env: EnvLookup<'e>,
+    base_dir: PathBuf,
+}
+
+/// A mapping whose keys have been checked against the known field names.
+struct Fields<'v> {
+    path: String,
+    map: &'v Mapping,
+}
+
+impl<'v> Fields<'v> {
+    fn get(&self, key: &str) -> Option<&'v Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+    fn at(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.len() <= 63
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((path.into(), message.into()));
+    }
+
+    fn fields<'v>(&mut self, path: &str, value: &'v Value, known: &[&str]) -> Option<Fields<'v>> {
+        let Some(map) = value.as_mapping() else {
+            self.problem(path, "expected a mapping of fields");
+            return None;
+        };
+        let f = Fields {
+            path: path.to_string(),
+            map,
+        };
+        for key in map.keys() {
+            match key.as_str() {
+                Some(k) if known.contains(&k) => {}
+                Some(k) => self.problem(
+                    f.at(k),
+                    format!("unknown field; expected one of: {}", known.join(", ")),
+                ),
+                None => self.problem(path, "field names must be strings"),
+            }
+        }
+        Some(f)
+    }
+
+    fn string(&mut self, f: &Fields<'_>, key: &str, required: bool) -> Option<String> {
+        match f.get(key) {
+            None => {
+                if required {
+                    self.problem(f.at(key), "required field missing");
+                }
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.problem(f.at(key), "expected a string");
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
+        let s = self.string(f, key, true)?;
+        if is_name(&s) {
+            Some(s)
+        } else {
+            self.problem(
+                f.at(key),
+                format!(
+                    "`{s}` is not a valid name; use [a-z0-9][a-z0-9-]* (at most 63 characters)"
+                ),
+            );
+            None
+        }
+    }
+
+    fn string_list(&mut self, f: &Fields<'_>, key: &str) -> Option<Vec<String>> {
+        let v = f.get(key)?;
+        let Some(seq) = v.as_sequence() else {
+            self.problem(f.at(key), "expected a list of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in seq.iter().enumerate() {
+            match item.as_str() {
+                Some(s) if !s.is_empty() => {
+                    if out.iter().any(|o| o == s) {
+                        self.problem(format!("{}[{i}]", f.at(key)), format!("`{s}` listed twice"));
+                    }
+                    out.push(s.to_string());
+                }
+                _ => self.problem(format!("{}[{i}]", f.at(key)), "expected a non-empty string"),
+            }
+        }
+        Some(out)
+    }
+
+    fn duration(&mut self, f: &Fields<'_>, key: &str, default: Duration) -> Duration {
+        let Some(text) = self.string(f, key, false) else {
+            if f.get(key).is_some() {
+                return default;
+            }
+            return default;
+        };
+        match parse_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(f.at(key), "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(f.at(key), e);
+                default
+            }
+        }
+    }
+
+    fn topology(&mut self, doc: &Value, source: &Path) -> Option<Topology> {
+        let f = self.fields(
+            "",
+            doc,
+            &["version", "cluster", "repository", "defaults", "shards"],
+        )?;
+        if let Some(v) = f.get("version") {
+            if v.as_u64() != Some(u64::from(FORMAT_VERSION)) {
+                self.problem(
+                    "version",
+                    format!("this build reads topology format version {FORMAT_VERSION}"),
+                );
+            }
+        }
+        let cluster = self.name(&f, "cluster");
+        let repository = self.repository(&f);
+        let defaults = match f.get("defaults") {
+            Some(v) => self.defaults(v),
+            None => Some(Defaults::default()),
+        };
+        let shards = self.shards(&f, defaults.as_ref());
+        Some(Topology {
+            source: source.to_path_buf(),
+            cluster: cluster?,
+            repository: repository?,
+            defaults: defaults?,
+            shards: shards?,
+        })
+    }
+
+    fn repository(&mut self, f: &Fields<'_>) -> Option<RepositoryLocation> {
+        let text = self.string(f, "repository", true)?;
+        let path = if let Some(rest) = text.strip_prefix("file://") {
+            PathBuf::from(rest)
+        } else if text.contains("://") {
+            self.problem(
+                "repository",
+                "only local directories (a path or file:// URL) are supported in this version",
+            );
+            return None;
+        } else {
+            PathBuf::from(&text)
+        };
+        if path.as_os_str().is_empty() {
+            self.problem("repository", "empty path");
+            return None;
+        }
+        let path = if path.is_absolute() {
+            path
+        } else {
+            self.base_dir.join(path)
+        };
+        Some(RepositoryLocation::Local(path))
+    }
+
+    fn defaults(&mut self, v: &Value) -> Option<Defaults> {
+        let f = self.fields(
+            "defaults",
+            v,
+            &[
+                "parallelism",
+                "write_block_timeout",
+                "write_block_lease",
+                "compression",
+            ],
+        )?;
+        let parallelism = self.parallelism(&f).unwrap_or_else(default_parallelism);
+        let write_block_timeout =
+            self.duration(&f, "write_block_timeout", default_write_block_timeout());
+        let write_block_lease = self.duration(&f, "write_block_lease", default_write_block_lease());
+        if write_block_lease <= write_block_timeout {
+            self.problem(
+                f.at("write_block_lease"),
+                format!(
+                    "must be longer than write_block_timeout ({} ms), or agents would release blocks the orchestrator still counts on",
+                    write_block_timeout.as_millis()
+                ),
+            );
+        }
+        let compression = match self.string(&f, "compression", false) {
+            None => Compression::Zstd(3),
+            Some(text) => match parse_compression(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.problem(f.at("compression"), e);
+                    Compression::Zstd(3)
+                }
+            },
+        };
+        Some(Defaults {
+            parallelism,
+            write_block_timeout,
+            write_block_lease,
+            compression,
+        })
+    }
+
+    fn parallelism(&mut self, f: &Fields<'_>) -> Option<usize> {
+        let v = f.get("parallelism")?;
+        match v.as_u64() {
+            Some(n @ 1..=64) => usize::try_from(n).ok(),
+            _ => {
+                self.problem(f.at("parallelism"), "expected a whole number from 1 to 64");
+                None
+            }
+        }
+    }
+
+    fn shards(&mut self, f: &Fields<'_>, defaults: Option<&Defaults>) -> Option<Vec<Shard>> {
+        let Some(v) = f.get("shards") else {
+            self.problem("shards", "required field missing; list at least one shard");
+            return None;
+        };
+        let Some(seq) = v.as_sequence() else {
+            self.problem("shards", "expected a list of shards");
+            return None;
+        };
+        if seq.is_empty() {
+            self.problem("shards", "list at least one shard");
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        let mut all_ok = true;
+        for (i, item) in seq.iter().enumerate() {
+            match self.shard(i, item, defaults) {
+                Some(s) => {
+                    if let Some(first) = seen.get(&s.name) {
+                        self.problem(
+                            format!("shards[{i}].name"),
+                            format!(
+                                "duplicate shard name `{}` (first used by shards[{first}])",
+                                s.name
+                            ),
+                        );
+                    } else {
+                        seen.insert(s.name.clone(), i);
+                    }
+                    out.push(s);
+                }
+                None => all_ok = false,
+            }
+        }
+        all_ok.then_some(out)
+    }
+
+    fn shard(&mut self, i: usize, v: &Value, defaults: Option<&Defaults>) -> Option<Shard> {
+        let path = format!("shards[{i}]");
+        let f = self.fields(
+            &path,
+            v,
+            &[
+                "name",
+                "engine",
+                "url",
+                "password_env",
+                "password_file",
+                "databases",
+                "exclude_tables",
+                "parallelism",
+                "agent",
+                "agent_token_env",
+                "agent_token_file",
+            ],
+        )?;
+        let name = self.name(&f, "name");
+        let engine = match self.string(&f, "engine", true).as_deref() {
+            Some("mysql") | Some("mariadb") => Some(Engine::Mysql),
+            Some("postgres") | Some("postgresql") => Some(Engine::Postgres),
+            Some(other) => {
+                self.problem(
+                    f.at("engine"),
+                    format!("unknown engine `{other}`; use mysql or postgres"),
+                );
+                None
+            }
+            None => None,
+        };
+        let endpoint =
+            self.string(&f, "url", true)
+                .and_then(|text| match parse_endpoint(&text, engine) {
+                    Ok(e) => Some(e),
+                    Err(problems) => {
+                        for p in problems {
+                            self.problem(f.at("url"), p);
+                        }
+                        None
+                    }
+                });
+        let password = self.secret(&f, "password_env", "password_file", false);
+        let databases = self.string_list(&f, "databases");
+        if matches!(&databases, Some(d) if d.is_empty()) {
+            self.problem(
+                f.at("databases"),
+                "empty list; omit the field to back up every database",
+            );
+        }
+        let exclude_tables = self
+            .string_list(&f, "exclude_tables")
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(j, t)| {
+                self.table_ref(&format!("{}[{j}]", f.at("exclude_tables")), t, engine)
+            })
+            .collect();
+        let parallelism = self
+            .parallelism(&f)
+            .or(defaults.map(|d| d.parallelism))
+            .unwrap_or_else(default_parallelism);
+        let agent = self.agent(&f);
+        Some(Shard {
+            name: name?,
+            engine: engine?,
+            endpoint: endpoint?,
+            password: password?,
+            databases,
+            exclude_tables,
+            parallelism,
+            agent: agent?,
+        })
+    }
+
+    fn table_ref(&mut self, path: &str, text: &str, engine: Option<Engine>) -> Option<TableRef> {
+        let parts: Vec<&str> = text.split('.').collect();
+        match (parts.as_slice(), engine) {
+            ([db, t], _) if !db.is_empty() && !t.is_empty() => Some(TableRef {
+                database: db.to_string(),
+                schema: None,
+                table: t.to_string(),
+            }),
+            ([db, s, t], Some(Engine::Postgres) | None)
+                if !db.is_empty() && !s.is_empty() && !t.is_empty() =>
+            {
+                Some(TableRef {
+                    database: db.to_string(),
+                    schema: Some(s.to_string()),
+                    table: t.to_string(),
+                })
+            }
+            _ => {
+                let form = if engine == Some(Engine::Mysql) {
+                    "db.table"
+                } else {
+                    "db.table or db.schema.table"
+                };
+                self.problem(path, format!("`{text}` is not of the form {form}"));
+                None
+            }
+        }
+    }
+
+    /// Resolves a secret given by an env var name or a file path. `Some(None)`
+    /// means none was configured (allowed unless `required`).
+    fn secret(
+        &mut self,
+        f: &Fields<'_>,
+        env_key: &str,
+        file_key: &str,
+        required: bool,
+    ) -> Option<Option<Secret>> {
+        let env_name = self.string(f, env_key, false);
+        let file = self.string(f, file_key, false);
+        match (env_name, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    f.at(file_key),
+                    format!("give either {env_key} or {file_key}, not both"),
+                );
+                None
+            }
+            (Some(var), None) => match (self.env)(&var) {
+                Some(value) if !value.is_empty() => Some(Some(Secret::new(value))),
+                Some(_) => {
+                    self.problem(
+                        f.at(env_key),
+                        format!("environment variable `{var}` is empty"),
+                    );
+                    None
+                }
+                None => {
+                    self.problem(
+                        f.at(env_key),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let p = PathBuf::from(&file);
+                let p = if p.is_absolute() {
+                    p
+                } else {
+                    self.base_dir.join(p)
+                };
+                match std::fs::read_to_string(&p) {
+                    Ok(text) => {
+                        let value = text
+                            .strip_suffix('\n')
+                            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                            .unwrap_or(&text);
+                        if value.is_empty() {
+                            self.problem(f.at(file_key), format!("{} is empty", p.display()));
+                            None
+                        } else {
+                            Some(Some(Secret::new(value)))
+                        }
+                    }
+                    Err(e) => {
+                        self.problem(f.at(file_key), format!("cannot read {}: {e}", p.display()));
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                if required {
+                    self.problem(
+                        f.at(env_key),
+                        format!("required: give {env_key} or {file_key}"),
+                    );
+                    None
+                } else {
+                    Some(None)
+                }
+            }
+        }
+    }
+
+    fn agent(&mut self, f: &Fields<'_>) -> Option<Option<AgentSpec>> {
+        let Some(text) = self.string(f, "agent", false) else {
+            if f.get("agent_token_env").is_some() || f.get("agent_token_file").is_some() {
+                self.problem(
+                    f.at("agent_token_env"),
+                    "an agent token without `agent` has no use",
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let url = match url::Url::parse(&text) {
+            Ok(u) if u.scheme() == "http" && u.host_str().is_some() && u.port().is_some() => {
+                if u.password().is_some() || !u.username().is_empty() {
+                    self.problem(
+                        f.at("agent"),
+                        "credentials inside the agent URL are refused; use agent_token_env",
+                    );
+                    None
+                } else {
+                    Some(u)
+                }
+            }
+            Ok(_) => {
+                self.problem(
+                    f.at("agent"),
+                    "expected http://HOST:PORT of a `shard-agent serve`",
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(f.at("agent"), format!("not a valid URL: {e}"));
+                None
+            }
+        };
+        let token = self.secret(f, "agent_token_env", "agent_token_file", true);
+        Some(Some(AgentSpec {
+            url: url?,
+            token: token??,
+        }))
+    }
+}
+
+fn parse_compression(text: &str) -> Result<Compression, String> {
+    match text {
+        "none" => Ok(Compression::None),
+        "zstd" => Ok(Compression::Zstd(3)),
+        _ => {
+            let level = text
+                .strip_prefix("zstd:")
+                .and_then(|l| l.parse::<i32>().ok())
+                .ok_or_else(|| format!("`{text}`: use none, zstd or zstd:LEVEL"))?;
+            if (1..=19).contains(&level) {
+                Ok(Compression::Zstd(level))
+            } else {
+                Err(format!("`{text}`: zstd level must be 1 to 19"))
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The validated topology. Every value here has passed validation; code that
+//! holds a [`Topology`] may rely on its invariants without checking again.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::secret::Secret;
+
+/// The version of the topology format this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The file this topology was read from (for messages).
+    pub source: PathBuf,
+    /// `[a-z0-9][a-z0-9-]*`.
+    pub cluster: String,
+    pub repository: RepositoryLocation,
+    pub defaults: Defaults,
+    /// At least one; names are unique.
+    pub shards: Vec<Shard>,
+}
+
+impl Topology {
+    pub fn shard(&self, name: &str) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.name == name)
+    }
+
+    /// A stable digest of everything that identifies the cluster's layout,
+    /// without secrets (they are not part of the serialized view), so a
+    /// manifest can record which topology a backup was taken with.
+    pub fn digest(&self) -> String {
+        let view = DigestView {
+            version: FORMAT_VERSION,
+            cluster: &self.cluster,
+            shards: self
+                .shards
+                .iter()
+                .map(|s| DigestShard {
+                    name: &s.name,
+                    engine: s.engine,
+                    host: &s.endpoint.host,
+                    port: s.endpoint.port,
+                    user: &s.endpoint.user,
+                    databases: s.databases.as_deref(),
+                    exclude_tables: s.exclude_tables.iter().map(|t| t.to_string()).collect(),
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&view).unwrap_or_default();
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+    }
+}
+
+#[derive(Serialize)]
+struct DigestView<'a> {
+    version: u32,
+    cluster: &'a str,
+    shards: Vec<DigestShard<'a>>,
+}
+
+#[derive(Serialize)]
+struct DigestShard<'a> {
+    name: &'a str,
+    engine: Engine,
+    host: &'a str,
+    port: u16,
+    user: &'a str,
+    databases: Option<&'a [String]>,
+    exclude_tables: Vec<String>,
+}
+
+/// Where backups are kept. Relative paths are resolved against the directory
+/// of the topology file, so a topology means the same from any working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryLocation {
+    Local(PathBuf),
+}
+
+impl std::fmt::Display for RepositoryLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepositoryLocation::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Dump/restore workers per shard, 1..=64.
+    pub parallelism: usize,
+    /// The longest the global cut may block commits on any shard.
+    pub write_block_timeout: Duration,
+    /// How long an agent keeps a write block without hearing from the
+    /// orchestrator before it releases on its own. Always greater than
+    /// `write_block_timeout`.
+    pub write_block_lease: Duration,
+    pub compression: Compression,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            parallelism: default_parallelism(),
+            write_block_timeout: default_write_block_timeout(),
+            write_block_lease: default_write_block_lease(),
+            compression: Compression::Zstd(3),
+        }
+    }
+}
+
+pub(crate) fn default_parallelism() -> usize {
+    4
+}
+pub(crate) fn default_write_block_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+pub(crate) fn default_write_block_lease() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    /// zstd at a level in 1..=19.
+    Zstd(i32),
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::None => f.write_str("none"),
+            Compression::Zstd(l) => write!(f, "zstd:{l}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// MySQL or MariaDB.
+    Mysql,
+    Postgres,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Mysql => "mysql",
+            Engine::Postgres => "postgres",
+        })
+    }
+}
+
+/// Host, port, user and (PostgreSQL) the database to connect to first.
+/// Never holds a password: a password inside a URL is refused at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The maintenance database for PostgreSQL (default `postgres`); for
+    /// MySQL an optional default schema.
+    pub database: Option<String>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// `[a-z0-9][a-z0-9-]*`, unique in the topology.
+    pub name: String,
+    pub engine: Engine,
+    pub endpoint: Endpoint,
+    pub password: Option<Secret>,
+    /// The databases to back up; `None` means every non-system database.
+    pub databases: Option<Vec<String>>,
+    pub exclude_tables: Vec<TableRef>,
+    /// Per-shard override of `defaults.parallelism`.
+    pub parallelism: usize,
+    /// A remote agent on the database host; `None` means in-process.
+    pub agent: Option<AgentSpec>,
+}
+
+impl Shard {
+    /// Whether a table is excluded by `exclude_tables`.
+    pub fn excludes(&self, database: &str, schema: Option<&str>, table: &str) -> bool {
+        self.exclude_tables.iter().any(|t| {
+            t.database == database
+                && t.table == table
+                && match (&t.schema, schema) {
+                    (None, None) => true,
+                    (None, Some(s)) => s == "public",
+                    (Some(ts), Some(s)) => ts == s,
+                    (Some(_), None) => false,
+                }
+        })
+    }
+}
+
+/// `db.table`, or for PostgreSQL also `db.schema.table` (`db.table` means
+/// schema `public`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub database: String,
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{}.{}.{}", self.database, s, self.table),
+            None => write!(f, "{}.{}", self.database, self.table),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// `http://host:port` of `shard-agent serve`.
+    pub url: url::Url,
+    pub token: Secret,
+}
