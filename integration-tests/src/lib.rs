@@ -1,1 +1,1 @@
-//! Integration tests live in tests/; this crate has no library code.
+//! End-to-end tests of shardcut live in `tests/`; this crate has no library code.

@@ -1,1 +1,10 @@
+//! End-to-end tests against real MariaDB and PostgreSQL servers.
+//!
+//! Run through `scripts/test`, which starts and seeds the shared sandbox and
+//! passes its directory in `SHARDCUT_SANDBOX`. Tests that stop or misconfigure
+//! servers start private sandboxes on their own ports, so the shared one is
+//! never disturbed.
 
+mod support;
+
+mod check;

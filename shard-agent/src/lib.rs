@@ -1,1 +1,19 @@
+//! The shard agent: everything that happens on one shard.
+//!
+//! One agent serves one shard. The orchestrator drives agents through the
+//! same calls whether they run in-process (the default) or as a
+//! `shard-agent serve` daemon on the database host, so the code path that
+//! touches a database is the same in both deployments.
 
+pub mod connect;
+pub mod dump;
+pub mod error;
+pub mod manifest;
+pub mod mysql;
+pub mod position;
+pub mod postgres;
+pub mod preflight;
+pub mod repo;
+pub mod session;
+
+pub use error::{AgentError, DbError};

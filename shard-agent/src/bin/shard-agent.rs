@@ -1,1 +1,81 @@
-fn main() {}
+//! `shard-agent`: the per-shard worker as a command of its own, to run on a
+//! database host. `check` runs the preflight of one shard from that host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use topology::Topology;
+
+/// Per-shard worker of shardcut.
+#[derive(Debug, Parser)]
+#[command(name = "shard-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Check one shard of a topology from this host and print its readiness as JSON.
+    Check {
+        /// The cluster's topology file.
+        #[arg(short, long = "topology", value_name = "FILE")]
+        topology: PathBuf,
+        /// The shard to check.
+        #[arg(long)]
+        shard: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            drop(e.print());
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shard-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Cmd::Check { topology, shard } => runtime.block_on(check(&topology, &shard)),
+    }
+}
+
+async fn check(path: &std::path::Path, name: &str) -> ExitCode {
+    let topology = match Topology::load(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shard-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(shard) = topology.shard(name) else {
+        eprintln!("shard-agent: {}: no shard named `{name}`", path.display());
+        return ExitCode::from(2);
+    };
+    match shard_agent::preflight::check(shard, shard_agent::connect::DEFAULT_CONNECT_TIMEOUT).await
+    {
+        Ok(report) => match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::from(if report.ready { 0 } else { 1 })
+            }
+            Err(e) => {
+                eprintln!("shard-agent: cannot encode the report: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("shard-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `shardcut check` against real servers: ready, stopped, misconfigured,
+//! wrong credentials, invalid input.
+
+use crate::support::{self, shardcut, PrivateSandbox};
+
+#[test]
+fn sandbox_is_ready() {
+    let topo = support::sandbox_topology();
+    let run = shardcut(&["check", "-t", topo.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["ready"], true);
+    let shards = doc["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4);
+    for s in shards {
+        assert_eq!(s["ready"], true, "{s}");
+        let report = &s["report"];
+        assert!(report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["level"] != "fail"));
+        let tables: Vec<String> = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}.{}",
+                    t["database"].as_str().unwrap(),
+                    t["table"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert!(tables.contains(&"shop.all_types".to_string()), "{tables:?}");
+        if report["engine"] == "mysql" {
+            assert!(report["server"].as_str().unwrap().starts_with("MariaDB"));
+            for t in ["db1.table1", "db1.table2", "db2.table1", "db2.table2"] {
+                assert!(
+                    tables.contains(&t.to_string()),
+                    "{t} missing from {tables:?}"
+                );
+            }
+        } else {
+            assert!(report["server"].as_str().unwrap().starts_with("PostgreSQL"));
+        }
+    }
+    assert!(doc["repository"]["free_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn human_report_names_every_shard_and_no_secret() {
+    let topo = support::sandbox_topology();
+    let run = shardcut(&["check", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for shard in ["mysql-0", "mysql-1", "pg-0", "pg-1"] {
+        assert!(run.stdout.contains(&format!("{shard}: ")), "{run:?}");
+        let pw = support::sandbox_password(shard);
+        assert!(!run.all().contains(&pw), "password of {shard} printed");
+    }
+    assert!(run.stdout.contains("4 of 4 shard(s) ready"), "{run:?}");
+}
+
+#[test]
+fn stopped_shard_is_named_with_exit_1() {
+    let sb = PrivateSandbox::up(1, 1, 23500, "ready");
+    let topo = sb.topology();
+    let topo = topo.to_str().unwrap();
+    let before = shardcut(&["check", "-t", topo]);
+    assert_eq!(before.code, 0, "{before:?}");
+    sb.stop("mysql-0");
+    let run = shardcut(&["check", "-t", topo]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("mysql-0: UNREACHABLE"), "{run:?}");
+    assert!(run.stdout.contains("Connection refused"), "{run:?}");
+    assert!(run.stdout.contains("fix: start the server"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("1 of 2 shard(s) ready; not ready: mysql-0"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn server_without_binlog_is_not_ready_and_says_what_to_change() {
+    let sb = PrivateSandbox::up(1, 1, 23600, "bare");
+    let run = shardcut(&["check", "-t", sb.topology().to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc = run.json();
+    let finding = |shard: usize, item: &str| {
+        doc["shards"][shard]["report"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["item"] == item)
+            .unwrap_or_else(|| panic!("no finding {item} in {doc}"))
+            .clone()
+    };
+    let log_bin = finding(0, "log_bin");
+    assert_eq!(log_bin["level"], "fail");
+    assert_eq!(log_bin["value"], "OFF");
+    assert!(log_bin["fix"]
+        .as_str()
+        .unwrap()
+        .contains("enable the binary log"));
+    let wal = finding(1, "wal_level");
+    assert_eq!(wal["level"], "fail");
+    assert_eq!(wal["value"], "replica");
+    assert!(wal["fix"]
+        .as_str()
+        .unwrap()
+        .contains("wal_level = 'logical'"));
+    let slots = finding(1, "free replication slots");
+    assert_eq!(slots["level"], "fail");
+}
+
+#[test]
+fn wrong_password_is_a_refused_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(support::sandbox_topology()).unwrap();
+    let bad = dir.path().join("bad.password");
+    std::fs::write(&bad, "not-the-password").unwrap();
+    let pg0 = support::sandbox().join("secrets/pg-0.password");
+    let my0 = support::sandbox().join("secrets/mysql-0.password");
+    let text = text
+        .replace(my0.to_str().unwrap(), bad.to_str().unwrap())
+        .replace(pg0.to_str().unwrap(), bad.to_str().unwrap());
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(&topo, text).unwrap();
+    let run = shardcut(&["check", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for shard in ["mysql-0", "pg-0"] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("shard {shard} (")))
+            .unwrap_or_else(|| panic!("no error line for {shard}: {run:?}"));
+        assert!(line.contains("login refused"), "{line}");
+    }
+    assert!(!run.all().contains("not-the-password"));
+    assert!(run.stdout.contains("not ready: mysql-0, pg-0"), "{run:?}");
+}
+
+#[test]
+fn invalid_topology_exits_2_with_located_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("t.yaml");
+    std::fs::write(
+        &topo,
+        "cluster: x\nrepository: ./r\nshards:\n  - name: a\n    engine: mysql\n    url: postgres://u@h:1\n    colour: red\n",
+    )
+    .unwrap();
+    let run = shardcut(&["check", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let t = topo.display();
+    assert!(
+        run.stderr
+            .contains(&format!("{t}:7:5: shards[0].colour: unknown field")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "{t}:6:5: shards[0].url: scheme `postgres` does not match engine `mysql`"
+        )),
+        "{run:?}"
+    );
+    let missing = shardcut(&["check", "-t", "/nonexistent/topology.yaml"]);
+    assert_eq!(missing.code, 2, "a missing topology file is invalid input: {missing:?}");
+    assert!(missing
+        .stderr
+        .contains("/nonexistent/topology.yaml: cannot read topology"));
+    let usage = shardcut(&["check"]);
+    assert_eq!(usage.code, 2, "{usage:?}");
+}

@@ -1,0 +1,164 @@
+//! Helpers shared by the integration tests: the shared sandbox, private
+//! sandboxes for fault tests, and running the `shardcut` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory of the shared, seeded sandbox started by `scripts/test`.
+pub fn sandbox() -> PathBuf {
+    let dir = std::env::var_os("SHARDCUT_SANDBOX").expect(
+        "SHARDCUT_SANDBOX is not set: run the integration tests with scripts/test, \
+         which starts the sandbox servers they need",
+    );
+    PathBuf::from(dir)
+}
+
+pub fn sandbox_topology() -> PathBuf {
+    sandbox().join("topology.yaml")
+}
+
+/// A built binary of the workspace, next to the test executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The result of running a command: exit code, stdout, stderr.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn shardcut(args: &[&str]) -> Run {
+    let out = Command::new(bin("shardcut"))
+        .args(args)
+        .output()
+        .expect("run shardcut");
+    Run::from(out)
+}
+
+fn sandbox_script(args: &[&str]) -> Run {
+    let out = Command::new(root().join("scripts/sandbox"))
+        .args(args)
+        .output()
+        .expect("run scripts/sandbox");
+    Run::from(out)
+}
+
+/// A sandbox of a test's own, on its own ports, torn down when dropped.
+pub struct PrivateSandbox {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateSandbox {
+    /// Starts `mysql` MariaDB and `postgres` PostgreSQL instances with
+    /// `profile` (`ready` or `bare`) from `base_port`. Each test uses its own
+    /// base port so tests can run in parallel.
+    pub fn up(mysql: u32, postgres: u32, base_port: u16, profile: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("shardcut-it.")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_str().expect("utf-8 temp path").to_string();
+        let run = sandbox_script(&[
+            "up",
+            "--dir",
+            &path,
+            "--mysql",
+            &mysql.to_string(),
+            "--postgres",
+            &postgres.to_string(),
+            "--base-port",
+            &base_port.to_string(),
+            "--profile",
+            profile,
+        ]);
+        let sandbox = PrivateSandbox { dir };
+        assert_eq!(run.code, 0, "sandbox up failed: {run:?}");
+        sandbox
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn topology(&self) -> PathBuf {
+        self.dir.path().join("topology.yaml")
+    }
+
+    pub fn stop(&self, shard: &str) {
+        let dir = self.dir().to_str().expect("utf-8").to_string();
+        let run = sandbox_script(&["stop-one", "--dir", &dir, "--shard", shard]);
+        assert_eq!(run.code, 0, "stop-one failed: {run:?}");
+    }
+}
+
+impl Drop for PrivateSandbox {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.path().to_str() {
+            let run = sandbox_script(&["down", "--dir", dir]);
+            if run.code != 0 {
+                eprintln!("warning: private sandbox teardown failed: {run:?}");
+            }
+        }
+    }
+}
+
+/// A password of the shared sandbox, to prove it never shows up in output.
+pub fn sandbox_password(shard: &str) -> String {
+    std::fs::read_to_string(sandbox().join("secrets").join(format!("{shard}.password")))
+        .expect("sandbox password file")
+        .trim_end()
+        .to_string()
+}

@@ -1,0 +1,81 @@
+//! Exit codes, the same for every command, so scripts can tell outcomes apart:
+//! 0 success, 1 operational failure (a shard, agent or storage failed),
+//! 2 invalid input or usage, 3 finished but degraded.
+
+use topology::TopologyError;
+
+pub const SUCCESS: u8 = 0;
+pub const FAILURE: u8 = 1;
+pub const INVALID_INPUT: u8 = 2;
+#[allow(dead_code)]
+pub const DEGRADED: u8 = 3;
+
+/// Marks an error as the user's input being wrong (exit 2) rather than
+/// something failing (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<TopologyError>() || cause.is::<InvalidInput>() {
+            return INVALID_INPUT;
+        }
+    }
+    FAILURE
+}
+
+/// The error and its causes on one line, except for a topology's list of
+/// violations, which is one line per violation by design.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if out.contains(&text) {
+                continue;
+            }
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    if err.chain().any(|c| c.is::<TopologyError>()) {
+        out
+    } else {
+        collapse_repeats(&out.replace('\n', " "))
+    }
+}
+
+/// Drivers sometimes wrap an error in a variant with the same prefix
+/// (`Input/output error: Input/output error: …`); say it once.
+fn collapse_repeats(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_prefixes_collapse() {
+        assert_eq!(
+            collapse_repeats(
+                "shard a: cannot connect: Input/output error: Input/output error: refused"
+            ),
+            "shard a: cannot connect: Input/output error: refused"
+        );
+    }
+
+    #[test]
+    fn topology_errors_are_invalid_input() {
+        let e = anyhow::Error::new(InvalidInput("bad".into()));
+        assert_eq!(code_for(&e), INVALID_INPUT);
+        assert_eq!(code_for(&anyhow::anyhow!("disk full")), FAILURE);
+    }
+}

@@ -1,0 +1,2 @@
+pub mod chunk;
+pub mod mysql_value;

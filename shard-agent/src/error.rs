@@ -1,0 +1,70 @@
+//! Errors of the shard agent.
+//!
+//! Policy: every error names the shard and the endpoint (user@host:port,
+//! never a password) and keeps the driver's error as its `source`, so the
+//! cause chain survives up to the binary, which renders it on one line.
+
+use std::time::Duration;
+
+/// A driver error from either engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Mysql(#[from] mysql_async::Error),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("unexpected value in column {column}: {detail}")]
+    Decode { column: String, detail: String },
+}
+
+impl DbError {
+    /// Whether the server refused the credentials (as opposed to being
+    /// unreachable), so the message can say which to fix.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            DbError::Mysql(mysql_async::Error::Server(e)) => e.code == 1045 || e.code == 1698,
+            DbError::Postgres(e) => e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
+                    || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("shard {shard} ({endpoint}): {}: {source}", if source.is_auth_failure() { "login refused (check the user and password)" } else { "cannot connect" })]
+    Connect {
+        shard: String,
+        endpoint: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("shard {shard} ({endpoint}): no connection within {} ms", timeout.as_millis())]
+    ConnectTimeout {
+        shard: String,
+        endpoint: String,
+        timeout: Duration,
+    },
+    #[error("shard {shard} is not ready for backup: {problems}; run `shardcut check` for details")]
+    NotReady { shard: String, problems: String },
+    #[error("shard {shard}: {what}: {source}")]
+    Storage {
+        shard: String,
+        what: String,
+        #[source]
+        source: crate::dump::chunk::ChunkError,
+    },
+    #[error("shard {shard}: {what}")]
+    Tool { shard: String, what: String },
+    #[error("shard {shard}: cancelled because another shard failed")]
+    Cancelled { shard: String },
+    #[error("shard {shard}: {what} failed: {source}")]
+    Query {
+        shard: String,
+        what: String,
+        #[source]
+        source: DbError,
+    },
+}

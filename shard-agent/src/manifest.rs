@@ -1,0 +1,156 @@
+//! The backup manifest: what a backup contains and how to check it.
+//!
+//! Written last, after every chunk and schema file is stored; a backup
+//! without its manifest does not exist. It never contains secrets: the
+//! topology is represented by its digest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use topology::Engine;
+
+use crate::position::Position;
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub backup_id: String,
+    pub cluster: String,
+    pub topology_digest: String,
+    pub tool_version: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub cut: Cut,
+    pub shards: BTreeMap<String, ShardManifest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cut {
+    /// Cluster-wide: from the first shard's block request to the last release.
+    pub write_block_ms: u64,
+    /// How many block attempts it took (1 when the first one succeeded).
+    pub attempts: u32,
+    /// When the positions were recorded (RFC 3339, UTC).
+    pub taken_at: String,
+    pub shards: BTreeMap<String, ShardCut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardCut {
+    pub position: Position,
+    pub write_block_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardManifest {
+    pub engine: Option<Engine>,
+    pub server: String,
+    pub tables: u64,
+    pub rows: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    pub duration_ms: u64,
+    pub schema: Vec<StoredFile>,
+    pub table_list: Vec<TableManifest>,
+}
+
+/// A schema file: `SHOW CREATE` output (MySQL) or a `pg_dump` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredFile {
+    pub key: String,
+    /// `database` (MySQL: one file per database), `pre-data`, `post-data`.
+    pub section: String,
+    pub database: String,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    /// xxh3-64 of the stored (compressed) bytes, hex.
+    pub xxh3: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// The server's type name (`bigint`, `decimal(38,10)`, `timestamptz`, …).
+    pub data_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableManifest {
+    pub database: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub schema: Option<String>,
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub rows: u64,
+    /// Order-independent content hash: the wrapping sum of the xxh3-64 of
+    /// every row's canonical encoding, hex. Recomputable from a restored table.
+    pub content_hash: String,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    pub duration_ms: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl TableManifest {
+    /// `db.table` or `db.schema.table`.
+    pub fn qualified(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{s}.{}", self.database, self.name),
+            None => format!("{}.{}", self.database, self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub key: String,
+    pub rows: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    /// xxh3-64 of the stored (compressed) bytes, hex.
+    pub xxh3: String,
+    /// xxh3-64 of the raw (decompressed) bytes, hex.
+    pub raw_xxh3: String,
+}
+
+/// Keys of a backup in the repository.
+pub mod keys {
+    pub fn backup_prefix(id: &str) -> String {
+        format!("backups/{id}/")
+    }
+    pub fn manifest(id: &str) -> String {
+        format!("backups/{id}/manifest.json")
+    }
+    /// A name made safe as one key segment: bytes outside `[A-Za-z0-9_.-]`
+    /// are percent-encoded, so any table name maps to one distinct segment.
+    pub fn segment(name: &str) -> String {
+        let mut out = String::new();
+        for b in name.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty())
+            {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::segment;
+
+    #[test]
+    fn segments_are_safe_and_distinct() {
+        assert_eq!(segment("orders"), "orders");
+        assert_eq!(segment("a/b"), "a%2Fb");
+        assert_eq!(segment(".."), "%2E.");
+        assert_eq!(segment("naïve"), "na%C3%AFve");
+        assert_ne!(segment("a b"), segment("a_b"));
+    }
+}

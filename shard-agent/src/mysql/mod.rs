@@ -1,0 +1,236 @@
+//! A MySQL/MariaDB shard's session: connections, catalog, and the phases
+//! in `cut` (block, mark, release), `schema` and `snapshot` (data).
+
+mod cut;
+mod schema;
+mod snapshot;
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use topology::Shard;
+
+use crate::connect;
+use crate::error::{AgentError, DbError};
+use crate::preflight::mysql::{number, text, SYSTEM_DATABASES};
+use crate::session::{CutOptions, Lease};
+
+/// A selected table and what the dump needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub database: String,
+    pub name: String,
+    /// Stored (non-generated) columns with their `COLUMN_TYPE`.
+    pub columns: Vec<(String, String)>,
+    pub primary_key: Vec<String>,
+    /// Whether the primary key is one integer column, so it can be split.
+    pub integer_key: bool,
+    pub rows_estimate: u64,
+}
+
+pub struct Session {
+    pub(crate) shard: Shard,
+    pub(crate) server: String,
+    mariadb: bool,
+    opts: CutOptions,
+    /// Holds the write block.
+    control: Conn,
+    control_id: u32,
+    /// One per dump worker; each holds the same consistent snapshot.
+    workers: Vec<Conn>,
+    tables: Vec<Table>,
+    databases: Vec<String>,
+    lease: Option<Lease>,
+    blocked_since: Option<Instant>,
+}
+
+/// Backquotes an identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+pub(crate) fn query_err(shard: &Shard, what: &str) -> impl Fn(mysql_async::Error) -> AgentError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |e| AgentError::Query {
+        shard: shard.clone(),
+        what: what.clone(),
+        source: DbError::Mysql(e),
+    }
+}
+
+fn decode_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |source| AgentError::Query {
+        shard: shard.clone(),
+        what: what.clone(),
+        source,
+    }
+}
+
+/// Session settings of every connection that reads data. Each statement's
+/// failure is an error: a silently failed `SET` would change what is dumped.
+async fn setup_reader(conn: &mut Conn, shard: &Shard, mariadb: bool) -> Result<(), AgentError> {
+    let mut stmts = vec![
+        "SET NAMES utf8mb4",
+        // No conversion of results: strings are dumped as the bytes stored.
+        "SET SESSION character_set_results = NULL",
+        "SET SESSION time_zone = '+00:00'",
+        "SET SESSION sql_mode = ''",
+        "SET SESSION net_write_timeout = 3600",
+        "SET SESSION net_read_timeout = 3600",
+        "SET SESSION wait_timeout = 86400",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ];
+    stmts.push(if mariadb {
+        "SET SESSION max_statement_time = 0"
+    } else {
+        "SET SESSION max_execution_time = 0"
+    });
+    for s in stmts {
+        conn.query_drop(s).await.map_err(query_err(shard, s))?;
+    }
+    Ok(())
+}
+
+impl Session {
+    pub(crate) async fn prepare(
+        shard: &Shard,
+        opts: &CutOptions,
+        server: String,
+    ) -> Result<Session, AgentError> {
+        let mariadb = server.starts_with("MariaDB");
+        let (control, control_id) = cut::control_connection(shard, opts).await?;
+        let mut session = Session {
+            shard: shard.clone(),
+            server,
+            mariadb,
+            opts: opts.clone(),
+            control,
+            control_id,
+            workers: Vec::new(),
+            tables: Vec::new(),
+            databases: Vec::new(),
+            lease: None,
+            blocked_since: None,
+        };
+        session.read_catalog().await?;
+        let n = shard.parallelism.min(session.tables.len()).max(1);
+        for _ in 0..n {
+            let mut conn = connect::mysql(shard, None, opts.connect_timeout).await?;
+            setup_reader(&mut conn, shard, mariadb).await?;
+            session.workers.push(conn);
+        }
+        Ok(session)
+    }
+
+    /// Lists the selected databases and tables with columns and keys.
+    async fn read_catalog(&mut self) -> Result<(), AgentError> {
+        let shard = self.shard.clone();
+        let rows: Vec<Row> = self
+            .control
+            .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+            .await
+            .map_err(query_err(&shard, "listing databases"))?;
+        let de = decode_err(&shard, "reading the catalog");
+        for row in &rows {
+            if let Some(db) = text(row, 0).map_err(&de)? {
+                let selected = match &shard.databases {
+                    Some(list) => list.contains(&db),
+                    None => !SYSTEM_DATABASES.contains(&db.as_str()),
+                };
+                if selected {
+                    self.databases.push(db);
+                }
+            }
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(
+                "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.EXTRA, t.TABLE_ROWS \
+                 FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+                 ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+                 WHERE t.TABLE_TYPE = 'BASE TABLE' \
+                 ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION",
+            )
+            .await
+            .map_err(query_err(&shard, "listing columns"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(col), Some(ty)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+                text(row, 3).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
+                continue;
+            }
+            let extra = text(row, 4)
+                .map_err(&de)?
+                .unwrap_or_default()
+                .to_uppercase();
+            let generated = ["VIRTUAL", "STORED", "PERSISTENT"]
+                .iter()
+                .any(|g| extra.contains(g));
+            let estimate = number(row, 5).map_err(&de)?.unwrap_or(0);
+            let is_new = self
+                .tables
+                .last()
+                .is_none_or(|t| t.database != db || t.name != table);
+            if is_new {
+                self.tables.push(Table {
+                    database: db,
+                    name: table,
+                    columns: Vec::new(),
+                    primary_key: Vec::new(),
+                    integer_key: false,
+                    rows_estimate: estimate,
+                });
+            }
+            if !generated {
+                if let Some(t) = self.tables.last_mut() {
+                    t.columns.push((col, ty));
+                }
+            }
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE INDEX_NAME = 'PRIMARY' ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX",
+            )
+            .await
+            .map_err(query_err(&shard, "listing primary keys"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(col)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            if let Some(t) = self
+                .tables
+                .iter_mut()
+                .find(|t| t.database == db && t.name == table)
+            {
+                t.primary_key.push(col);
+            }
+        }
+        for t in &mut self.tables {
+            t.integer_key = t.primary_key.len() == 1
+                && t.columns
+                    .iter()
+                    .any(|(c, ty)| c == &t.primary_key[0] && ty.to_lowercase().contains("int"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn block_elapsed(&self) -> Duration {
+        self.blocked_since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,84 @@
+//! The PostgreSQL schema as of the cut's snapshot, in the two sections that
+//! PostgreSQL's own tools restore around the data: `pre-data` (types,
+//! tables, functions, sequences) and `post-data` (indexes, constraints,
+//! foreign keys, triggers, rules). Produced by `pg_dump --snapshot`, which
+//! reads the catalog as of the same exported snapshot as the data.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use topology::Shard;
+
+use crate::error::AgentError;
+
+/// The newest installed `pg_dump`: Debian keeps one per major version under
+/// /usr/lib/postgresql, and pg_dump must not be older than the server.
+pub fn pg_dump_binary() -> PathBuf {
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in entries.flatten() {
+            let version = e.file_name().to_str().and_then(|v| v.parse::<u32>().ok());
+            let path = e.path().join("bin/pg_dump");
+            if let Some(v) = version {
+                if path.exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, path));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+        .unwrap_or_else(|| PathBuf::from("pg_dump"))
+}
+
+/// Runs pg_dump for one section and returns its SQL.
+pub(super) async fn section(
+    shard: &Shard,
+    db: &str,
+    snapshot: &str,
+    section: &str,
+    excluded: &[String],
+) -> Result<Vec<u8>, AgentError> {
+    let e = &shard.endpoint;
+    let mut cmd = tokio::process::Command::new(pg_dump_binary());
+    cmd.arg("--schema-only")
+        .arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--no-password")
+        .arg("--host")
+        .arg(&e.host)
+        .arg("--port")
+        .arg(e.port.to_string())
+        .arg("--username")
+        .arg(&e.user)
+        .arg("--dbname")
+        .arg(db);
+    for t in excluded {
+        cmd.arg(format!("--exclude-table={t}"));
+    }
+    // The password goes through the environment of the child only, never
+    // its command line (visible in ps) or a log line.
+    if let Some(p) = &shard.password {
+        cmd.env("PGPASSWORD", p.expose());
+    }
+    cmd.env("PGAPPNAME", "shardcut")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd.output().await.map_err(|err| AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!("cannot run {}: {err}", pg_dump_binary().display()),
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!(
+                "pg_dump --section={section} of {db} failed ({}): {}",
+                out.status,
+                stderr.trim().replace('\n', " ")
+            ),
+        });
+    }
+    Ok(out.stdout)
+}

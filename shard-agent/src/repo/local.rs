@@ -1,0 +1,197 @@
+//! A repository in a local directory. Each key is a file below the root.
+//!
+//! `put` writes a temporary file in the same directory, fsyncs it and
+//! renames it over the key, so a crash leaves either the old object, the new
+//! one, or a stray `.tmp-*` file that `list` ignores; never a torn object.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{valid_key, RepoError, Repository};
+
+#[derive(Debug)]
+pub struct LocalRepository {
+    root: PathBuf,
+}
+
+/// Distinguishes temporary files of concurrent puts within one process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalRepository {
+    /// Opens (and creates if needed) the repository at `root`.
+    pub fn open(root: &Path) -> Result<Self, RepoError> {
+        fs::create_dir_all(root).map_err(|source| RepoError::Io {
+            location: root.display().to_string(),
+            op: "create",
+            key: String::new(),
+            source,
+        })?;
+        Ok(LocalRepository {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, RepoError> {
+        if valid_key(key) && !key.split('/').any(|s| s.starts_with(TMP_PREFIX)) {
+            Ok(self.root.join(key))
+        } else {
+            Err(RepoError::InvalidKey {
+                location: self.location(),
+                key: key.to_string(),
+            })
+        }
+    }
+
+    fn io(&self, op: &'static str, key: &str) -> impl FnOnce(io::Error) -> RepoError {
+        let location = self.location();
+        let key = key.to_string();
+        move |source| RepoError::Io {
+            location,
+            op,
+            key,
+            source,
+        }
+    }
+
+    fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        f.write_all(data)?;
+        f.sync_all()
+    }
+
+    fn list_into(&self, dir: &Path, rel: &str, out: &mut Vec<String>) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let key = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if entry.file_type()?.is_dir() {
+                self.list_into(&entry.path(), &key, out)?;
+            } else {
+                out.push(key);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Repository for LocalRepository {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(self.io("put", key))?;
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = Self::write_new(&tmp, data).and_then(|()| fs::rename(&tmp, &path));
+        if result.is_err() {
+            // The temporary file is ours; removing it is best effort, and its
+            // failure must not mask the original error.
+            drop(fs::remove_file(&tmp));
+        }
+        result.map_err(self.io("put", key))
+    }
+
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(self.io("put", key))?;
+        }
+        match Self::write_new(&path, data) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(RepoError::AlreadyExists {
+                location: self.location(),
+                key: key.to_string(),
+            }),
+            Err(e) => {
+                // A partly written lock would block every later run; remove it.
+                drop(fs::remove_file(&path));
+                Err(self.io("put", key)(e))
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+        let path = self.path(key)?;
+        fs::read(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                RepoError::NotFound {
+                    location: self.location(),
+                    key: key.to_string(),
+                }
+            } else {
+                self.io("get", key)(e)
+            }
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        // Walk only the deepest directory the prefix names.
+        let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let mut out = Vec::new();
+        let start = if dir_rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_rel)?
+        };
+        self.list_into(&start, dir_rel, &mut out)
+            .map_err(self.io("list", prefix))?;
+        out.retain(|k| k.starts_with(prefix));
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io("delete", key)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = LocalRepository::open(&dir.path().join("repo")).unwrap();
+        super::super::contract::check(&repo);
+    }
+
+    #[test]
+    fn leftover_temp_files_are_invisible() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = LocalRepository::open(dir.path()).unwrap();
+        repo.put("a/x", b"1").unwrap();
+        fs::write(dir.path().join("a/.tmp-999-0"), b"torn").unwrap();
+        assert_eq!(repo.list("a/").unwrap(), vec!["a/x"]);
+    }
+}

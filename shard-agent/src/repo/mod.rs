@@ -1,0 +1,99 @@
+//! The backup repository: a flat key/value store shaped like an object store.
+//!
+//! Keys are `/`-separated paths (`backups/<id>/chunks/...`). The interface is
+//! put/get/list/delete plus a conditional put-if-absent for locks; nothing
+//! relies on directories or renames, so an S3-compatible backend can
+//! implement the same trait. A `put` is atomic: a reader sees either no
+//! object or the whole object, never a prefix.
+
+mod local;
+mod memory;
+
+use std::io;
+
+pub use local::LocalRepository;
+pub use memory::MemoryRepository;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("repository {location}: object {key} not found")]
+    NotFound { location: String, key: String },
+    #[error("repository {location}: object {key} already exists")]
+    AlreadyExists { location: String, key: String },
+    #[error("repository {location}: {op} {key}: {source}")]
+    Io {
+        location: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("repository {location}: invalid key `{key}`")]
+    InvalidKey { location: String, key: String },
+}
+
+impl RepoError {
+    /// A full disk or quota is worth naming plainly: the fix is space, not a retry.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, RepoError::Io { source, .. } if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+/// Storage for backups. Implementations must be safe to share between
+/// threads; agents of many shards write into one repository at once.
+pub trait Repository: Send + Sync + std::fmt::Debug {
+    /// Where the repository is, for messages (never contains secrets).
+    fn location(&self) -> String;
+    /// Stores `data` under `key`, replacing any object there. Atomic.
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
+    /// Stores `data` under `key` only if nothing is there yet (locks).
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
+    fn get(&self, key: &str) -> Result<Vec<u8>, RepoError>;
+    /// Every key that starts with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError>;
+    /// Deletes `key`; deleting a missing key is not an error.
+    fn delete(&self, key: &str) -> Result<(), RepoError>;
+}
+
+/// Keys are relative, `/`-separated, without `.` or `..` segments, so no key
+/// can escape the repository on a filesystem backend.
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains('\0'))
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The behaviour every backend must have, run against each of them.
+    use super::*;
+
+    pub fn check(repo: &dyn Repository) {
+        assert!(matches!(repo.get("a/b"), Err(RepoError::NotFound { .. })));
+        repo.put("a/b", b"one").unwrap();
+        repo.put("a/c/d", b"two").unwrap();
+        repo.put("z", b"three").unwrap();
+        assert_eq!(repo.get("a/b").unwrap(), b"one");
+        repo.put("a/b", b"uno").unwrap();
+        assert_eq!(repo.get("a/b").unwrap(), b"uno");
+        assert_eq!(repo.list("a/").unwrap(), vec!["a/b", "a/c/d"]);
+        assert_eq!(repo.list("").unwrap(), vec!["a/b", "a/c/d", "z"]);
+        assert!(matches!(
+            repo.put_if_absent("a/b", b"x"),
+            Err(RepoError::AlreadyExists { .. })
+        ));
+        repo.put_if_absent("lock", b"held").unwrap();
+        assert_eq!(repo.get("lock").unwrap(), b"held");
+        repo.delete("a/b").unwrap();
+        repo.delete("a/b").unwrap();
+        assert_eq!(repo.list("a/").unwrap(), vec!["a/c/d"]);
+        for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
+            assert!(
+                matches!(repo.put(bad, b""), Err(RepoError::InvalidKey { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
