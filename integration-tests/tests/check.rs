@@ -165,7 +165,10 @@ fn invalid_topology_exits_2_with_located_lines() {
         "{run:?}"
     );
     let missing = shardcut(&["check", "-t", "/nonexistent/topology.yaml"]);
-    assert_eq!(missing.code, 2, "a missing topology file is invalid input: {missing:?}");
+    assert_eq!(
+        missing.code, 2,
+        "a missing topology file is invalid input: {missing:?}"
+    );
     assert!(missing
         .stderr
         .contains("/nonexistent/topology.yaml: cannot read topology"));

@@ -79,3 +79,14 @@ mod tests {
         assert_eq!(code_for(&anyhow::anyhow!("disk full")), FAILURE);
     }
 }
+
+/// Writes command output to stdout. A reader that went away (`| head`) is
+/// not an error of ours: the rest of the output is dropped quietly.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod commands;
+mod cut;
 mod exit;
+mod lock;
+mod progress;
 mod render;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.

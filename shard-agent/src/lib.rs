@@ -13,6 +13,7 @@ pub mod mysql;
 pub mod position;
 pub mod postgres;
 pub mod preflight;
+pub mod readback;
 pub mod repo;
 pub mod session;
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -161,4 +163,50 @@ pub fn sandbox_password(shard: &str) -> String {
         .expect("sandbox password file")
         .trim_end()
         .to_string()
+}
+
+/// A copy of the topology at `src`, written into `dir`, with the repository
+/// moved to `dir/repo` (so tests never contend for one repository lock) and
+/// each `(from, to)` text replacement applied.
+pub fn topology_variant(src: &Path, dir: &Path, replace: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(src).expect("read topology");
+    let repo_line = text
+        .lines()
+        .find(|l| l.starts_with("repository:"))
+        .expect("repository line")
+        .to_string();
+    text = text.replace(
+        &repo_line,
+        &format!("repository: {}", dir.join("repo").display()),
+    );
+    for (from, to) in replace {
+        assert!(text.contains(from), "`{from}` not in the topology");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("topology.yaml");
+    std::fs::write(&path, text).expect("write topology");
+    path
+}
+
+/// The manifest of backup `id` as `shardcut show --json` prints it.
+pub fn manifest(topology: &Path, id: &str) -> shard_agent::manifest::Manifest {
+    let run = shardcut(&[
+        "show",
+        id,
+        "-t",
+        topology.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).expect("manifest JSON")
+}
+
+/// Runs shardcut without blocking the async runtime.
+pub async fn shardcut_async(args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(bin("shardcut"))
+        .args(args)
+        .output()
+        .await
+        .expect("run shardcut");
+    Run::from(out)
 }

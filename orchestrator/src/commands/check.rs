@@ -76,9 +76,9 @@ impl Check {
             repository,
         };
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            crate::exit::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
         } else {
-            print!("{}", human(&report));
+            crate::exit::emit(&human(&report))?;
         }
         Ok(if ready { exit::SUCCESS } else { exit::FAILURE })
     }

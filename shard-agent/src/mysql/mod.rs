@@ -72,7 +72,11 @@ fn decode_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
 
 /// Session settings of every connection that reads data. Each statement's
 /// failure is an error: a silently failed `SET` would change what is dumped.
-async fn setup_reader(conn: &mut Conn, shard: &Shard, mariadb: bool) -> Result<(), AgentError> {
+pub(crate) async fn setup_reader(
+    conn: &mut Conn,
+    shard: &Shard,
+    mariadb: bool,
+) -> Result<(), AgentError> {
     let mut stmts = vec![
         "SET NAMES utf8mb4",
         // No conversion of results: strings are dumped as the bytes stored.

@@ -1,0 +1,171 @@
+//! `shardcut backup` of the seeded sandbox: the manifest, the chunks and
+//! the JSON contract agree with what the source tables hold.
+
+use shard_agent::readback;
+use shard_agent::repo::Repository;
+use topology::Engine;
+
+use crate::support::{self, db, shardcut};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_matches_every_source_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let topo_arg = topo_path.to_str().unwrap();
+    // Small ranges so tables with an integer key are split into several chunks.
+    let run =
+        support::shardcut_async(&["backup", "-t", topo_arg, "--json", "--chunk-rows", "1000"])
+            .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let j = run.json();
+    let id = j["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(j["cluster"], "sandbox");
+    assert_eq!(j["status"], "complete");
+    assert!(j["started_at"].is_string() && j["finished_at"].is_string());
+    assert!(j["cut"]["write_block_ms"].is_u64());
+    for shard in ["mysql-0", "mysql-1", "pg-0", "pg-1"] {
+        let cut = &j["cut"]["shards"][shard];
+        assert!(cut["write_block_ms"].is_u64(), "{j}");
+        let kind = cut["position"]["kind"].as_str().unwrap();
+        if shard.starts_with("mysql") {
+            assert_eq!(kind, "mariadb");
+            assert!(
+                cut["position"]["gtid"].as_str().unwrap().starts_with("0-"),
+                "{cut}"
+            );
+            assert!(cut["position"]["file"]
+                .as_str()
+                .unwrap()
+                .starts_with("mysql-bin."));
+        } else {
+            assert_eq!(kind, "postgres");
+            assert!(cut["position"]["lsn"].as_str().unwrap().contains('/'));
+        }
+        let s = &j["shards"][shard];
+        for field in ["tables", "rows", "bytes_raw", "bytes_stored"] {
+            assert!(s[field].as_u64().unwrap() > 0, "{shard}.{field} in {j}");
+        }
+        assert!(
+            s["bytes_stored"].as_u64() < s["bytes_raw"].as_u64(),
+            "compressed"
+        );
+    }
+
+    let m = support::manifest(&topo_path, &id);
+    let topo = db::topology(&topo_path);
+    let repo = db::repository(&topo);
+    let mut split = 0;
+    for (name, sm) in &m.shards {
+        let shard = topo.shard(name).unwrap();
+        let expected = match shard.engine {
+            Engine::Mysql => vec![
+                "db1.table1",
+                "db1.table2",
+                "db2.table1",
+                "db2.table2",
+                "shop.all_types",
+                "shop.events_nopk",
+            ],
+            Engine::Postgres => vec![
+                "shop.public.all_types",
+                "shop.public.events_nopk",
+                "shop.public.order_lines",
+            ],
+        };
+        for q in expected {
+            db::find_table(&m, name, q);
+        }
+        assert_eq!(sm.table_list.len() as u64, sm.tables);
+        for t in &sm.table_list {
+            let count = db::count_rows(shard, t).await;
+            assert_eq!(
+                t.rows,
+                count,
+                "{name} {}: manifest rows vs COUNT(*)",
+                t.qualified()
+            );
+            let direct = readback::table_digest(shard, t).await.unwrap();
+            assert_eq!(direct.rows, t.rows, "{name} {}", t.qualified());
+            assert_eq!(
+                direct.hex(),
+                t.content_hash,
+                "{name} {}: content hash",
+                t.qualified()
+            );
+            let lines = db::table_lines(&repo, t);
+            assert_eq!(
+                db::digest_of(&lines),
+                direct,
+                "{name} {}: chunks read back",
+                t.qualified()
+            );
+            if t.chunks.len() > 1 {
+                split += 1;
+            }
+        }
+        assert!(!sm.schema.is_empty(), "{name} has schema files");
+        for f in &sm.schema {
+            let raw = shard_agent::dump::chunk::decompress(&repo.get(&f.key).unwrap()).unwrap();
+            let text = String::from_utf8(raw).unwrap();
+            match shard.engine {
+                Engine::Mysql if f.database == "shop" => {
+                    assert!(text.contains("CREATE TABLE `orders`"), "{}", f.key);
+                    assert!(text.contains("FOREIGN KEY"), "{}", f.key);
+                    assert!(text.contains("customer_totals"), "view in {}", f.key);
+                    assert!(text.contains("TRIGGER"), "trigger in {}", f.key);
+                }
+                Engine::Postgres if f.section == "pre-data" => {
+                    assert!(text.contains("CREATE TABLE public.orders"), "{}", f.key)
+                }
+                Engine::Postgres => assert!(text.contains("FOREIGN KEY"), "{}", f.key),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        split >= 4,
+        "range splitting should have produced multi-chunk tables"
+    );
+
+    let list = shardcut(&["list", "-t", topo_arg, "--json"]).json();
+    let ids: Vec<&str> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id.as_str()]);
+}
+
+#[test]
+fn concurrent_backup_of_one_repository_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    std::fs::create_dir_all(dir.path().join("repo/locks")).unwrap();
+    // A live holder: this test process itself.
+    let body = serde_json::json!({
+        "owner": "the test", "host": std::fs::read_to_string("/etc/hostname").unwrap().trim(),
+        "pid": std::process::id(), "purpose": "backup", "started_at": "now",
+        "expires_at": 4_000_000_000i64,
+    });
+    std::fs::write(dir.path().join("repo/locks/sandbox.lock"), body.to_string()).unwrap();
+    let run = shardcut(&["backup", "-t", topo_path.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("another backup of cluster sandbox is running"),
+        "{run:?}"
+    );
+    // A holder that died (no such process) does not block the next run.
+    let dead = body.to_string().replace(
+        &format!("\"pid\":{}", std::process::id()),
+        "\"pid\":999999999",
+    );
+    std::fs::write(dir.path().join("repo/locks/sandbox.lock"), dead).unwrap();
+    let run = shardcut(&["backup", "-t", topo_path.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !dir.path().join("repo/locks/sandbox.lock").exists(),
+        "lock released"
+    );
+}

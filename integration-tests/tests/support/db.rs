@@ -1,0 +1,129 @@
+//! Direct database access for tests: connections from a topology's shard,
+//! and reading a backup's chunks back through the project's reader.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use shard_agent::dump::chunk::{decompress, RowDigest};
+use shard_agent::manifest::{Manifest, TableManifest};
+use shard_agent::repo::{LocalRepository, Repository};
+use topology::{Engine, RepositoryLocation, Shard, Topology};
+
+const T: Duration = Duration::from_secs(10);
+
+pub fn topology(path: &Path) -> Topology {
+    Topology::load(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn mysql(shard: &Shard, db: Option<&str>) -> mysql_async::Conn {
+    shard_agent::connect::mysql(shard, db, T).await.unwrap()
+}
+
+pub async fn pg(shard: &Shard, db: &str) -> tokio_postgres::Client {
+    shard_agent::connect::postgres(shard, Some(db), T)
+        .await
+        .unwrap()
+}
+
+/// Runs setup SQL on every shard: `mysql_sql` (one statement per entry) on
+/// MariaDB shards, `pg_db` is created and `pg_sql` run in it on PostgreSQL.
+pub async fn setup_all(topo: &Topology, mysql_sql: &[&str], pg_db: &str, pg_sql: &str) {
+    for shard in &topo.shards {
+        match shard.engine {
+            Engine::Mysql => {
+                let mut c = mysql(shard, None).await;
+                for s in mysql_sql {
+                    c.query_drop(*s)
+                        .await
+                        .unwrap_or_else(|e| panic!("{s}: {e}"));
+                }
+            }
+            Engine::Postgres => {
+                let admin = pg(shard, "postgres").await;
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"))
+                    .await
+                    .unwrap();
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {pg_db}"))
+                    .await
+                    .unwrap();
+                pg(shard, pg_db).await.batch_execute(pg_sql).await.unwrap();
+            }
+        }
+    }
+}
+
+/// `COUNT(*)` of a table, independent of shardcut's own reading.
+pub async fn count_rows(shard: &Shard, t: &TableManifest) -> u64 {
+    match &t.schema {
+        None => {
+            let mut c = mysql(shard, None).await;
+            let n: Option<u64> = c
+                .query_first(format!(
+                    "SELECT COUNT(*) FROM `{}`.`{}`",
+                    t.database, t.name
+                ))
+                .await
+                .unwrap();
+            n.unwrap()
+        }
+        Some(schema) => {
+            let c = pg(shard, &t.database).await;
+            let row = c
+                .query_one(
+                    &format!("SELECT count(*) FROM ONLY \"{schema}\".\"{}\"", t.name),
+                    &[],
+                )
+                .await
+                .unwrap();
+            u64::try_from(row.get::<_, i64>(0)).unwrap()
+        }
+    }
+}
+
+pub fn repository(topo: &Topology) -> LocalRepository {
+    let RepositoryLocation::Local(path) = &topo.repository;
+    LocalRepository::open(path).unwrap()
+}
+
+/// Every stored line of one table, with each chunk's checksum verified.
+pub fn table_lines(repo: &dyn Repository, t: &TableManifest) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    for c in &t.chunks {
+        let stored = repo.get(&c.key).unwrap();
+        assert_eq!(
+            format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&stored)),
+            c.xxh3,
+            "checksum of {}",
+            c.key
+        );
+        let raw = decompress(&stored).unwrap();
+        assert_eq!(raw.len() as u64, c.bytes_raw, "{}", c.key);
+        let before = lines.len();
+        lines.extend(
+            raw.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+        assert_eq!((lines.len() - before) as u64, c.rows, "rows of {}", c.key);
+    }
+    lines
+}
+
+pub fn digest_of(lines: &[Vec<u8>]) -> RowDigest {
+    let mut d = RowDigest::default();
+    for l in lines {
+        d.add_line(l);
+    }
+    d
+}
+
+pub fn find_table<'m>(m: &'m Manifest, shard: &str, qualified: &str) -> &'m TableManifest {
+    m.shards[shard]
+        .table_list
+        .iter()
+        .find(|t| t.qualified() == qualified)
+        .unwrap_or_else(|| panic!("{qualified} not in the backup of {shard}"))
+}

@@ -1,0 +1,74 @@
+use std::path::PathBuf;
+
+use serde_json::json;
+use topology::Topology;
+
+use super::{list_backups, open_repository};
+use crate::{exit, render};
+
+/// List the cluster's backups, oldest first.
+#[derive(Debug, clap::Args)]
+pub struct List {
+    /// The cluster's topology file.
+    #[arg(short, long = "topology", value_name = "FILE")]
+    topology: PathBuf,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl List {
+    pub async fn run(self) -> anyhow::Result<u8> {
+        let topology = Topology::load(&self.topology)?;
+        let repo = open_repository(&topology)?;
+        let cluster = topology.cluster.clone();
+        let listed =
+            tokio::task::spawn_blocking(move || list_backups(repo.as_ref(), &cluster)).await??;
+        if self.json {
+            let items: Vec<serde_json::Value> = listed
+                .iter()
+                .map(|l| match &l.manifest {
+                    Ok(m) => json!({
+                        "backup_id": m.backup_id,
+                        "status": m.status,
+                        "started_at": m.started_at,
+                        "finished_at": m.finished_at,
+                        "write_block_ms": m.cut.write_block_ms,
+                        "shards": m.shards.len(),
+                        "rows": m.shards.values().map(|s| s.rows).sum::<u64>(),
+                        "bytes_stored": m.shards.values().map(|s| s.bytes_stored).sum::<u64>(),
+                    }),
+                    Err(e) => json!({"backup_id": l.id, "status": "unreadable", "error": e}),
+                })
+                .collect();
+            crate::exit::emit(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(
+                    &json!({"cluster": topology.cluster, "backups": items})
+                )?
+            ))?;
+        } else {
+            let mut out = format!(
+                "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>9}\n",
+                "backup", "status", "started", "shards", "rows", "stored", "block"
+            );
+            for l in &listed {
+                out += &match &l.manifest {
+                    Ok(m) => format!(
+                        "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>6} ms\n",
+                        m.backup_id,
+                        m.status,
+                        m.started_at.get(..19).unwrap_or(&m.started_at),
+                        m.shards.len(),
+                        render::count(m.shards.values().map(|s| s.rows).sum()),
+                        render::bytes(m.shards.values().map(|s| s.bytes_stored).sum()),
+                        m.cut.write_block_ms
+                    ),
+                    Err(e) => format!("{:<24} unreadable: {e}\n", l.id),
+                };
+            }
+            crate::exit::emit(&out)?;
+        }
+        Ok(exit::SUCCESS)
+    }
+}

@@ -1,0 +1,172 @@
+//! The global cut across all shards.
+//!
+//! All shards are asked to block at once; only when every shard reports
+//! blocked are snapshots opened and positions recorded, still under the
+//! block, and only then are all blocks released. If any shard cannot block
+//! within its timeout, every shard is released and the cut is retried with
+//! backoff; after the last attempt the error names every shard that failed
+//! and what held it up.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use shard_agent::manifest::{Cut, ShardCut};
+use shard_agent::session::{BlockError, Session};
+use shard_agent::AgentError;
+
+pub const MAX_ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    #[error(
+        "could not take a consistent cut after {attempts} attempts: {}",
+        join(reasons)
+    )]
+    Unblockable { attempts: u32, reasons: Vec<String> },
+    #[error("the cut failed: {}", join(errors))]
+    Failed { errors: Vec<String> },
+}
+
+fn join(v: &[String]) -> String {
+    v.join("; ")
+}
+
+/// Test-only behaviour, never set in production runs.
+#[derive(Debug, Clone, Default)]
+pub struct CutTestHooks {
+    /// Hold the block this long after marking (to kill the process meanwhile).
+    pub hold_block: Option<Duration>,
+    /// Do not block at all: snapshot shards one after another with a pause,
+    /// as independent per-shard tools would. Proves the consistency check
+    /// can fail.
+    pub no_write_block: bool,
+}
+
+pub async fn global_cut(sessions: &mut [Session], hooks: &CutTestHooks) -> Result<Cut, CutError> {
+    if hooks.no_write_block {
+        return unblocked(sessions).await;
+    }
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let started = Instant::now();
+        let blocked = join_all(sessions.iter_mut().map(|s| s.block())).await;
+        let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            release_all(sessions).await;
+            let retry = failures
+                .iter()
+                .all(|f| matches!(f, BlockError::Timeout { .. }));
+            let reasons: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+            if retry && attempt < MAX_ATTEMPTS {
+                tracing::warn!(
+                    "cut attempt {attempt} failed: {}; retrying in {} ms",
+                    join(&reasons),
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+            return Err(if retry {
+                CutError::Unblockable {
+                    attempts: attempt,
+                    reasons,
+                }
+            } else {
+                CutError::Failed { errors: reasons }
+            });
+        }
+        tracing::info!("cut: all {} shards blocked", sessions.len());
+        let taken_at = chrono::Utc::now().to_rfc3339();
+        let marks = join_all(sessions.iter_mut().map(|s| s.mark())).await;
+        if let Some(hold) = hooks.hold_block {
+            eprintln!(
+                "cut: holding the block for {} ms (test hook)",
+                hold.as_millis()
+            );
+            tokio::time::sleep(hold).await;
+        }
+        let releases = join_all(sessions.iter_mut().map(|s| s.release())).await;
+        let cluster_ms = millis(started.elapsed());
+        let mut errors = Vec::new();
+        let mut shards = BTreeMap::new();
+        for ((s, mark), release) in sessions.iter().zip(marks).zip(releases) {
+            match (mark, release) {
+                (Ok(position), Ok(held)) => {
+                    shards.insert(
+                        s.shard().to_string(),
+                        ShardCut {
+                            position,
+                            write_block_ms: millis(held),
+                        },
+                    );
+                }
+                (Err(e), _) | (_, Err(e)) => errors.push(describe(e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CutError::Failed { errors });
+        }
+        return Ok(Cut {
+            write_block_ms: cluster_ms,
+            attempts: attempt,
+            taken_at,
+            shards,
+        });
+    }
+    Err(CutError::Unblockable {
+        attempts: MAX_ATTEMPTS,
+        reasons: vec![],
+    })
+}
+
+fn describe(e: AgentError) -> String {
+    format!(
+        "{e} (the block may have ended early, e.g. its lease expired, so the cut cannot be trusted)"
+    )
+}
+
+async fn release_all(sessions: &mut [Session]) {
+    for r in join_all(sessions.iter_mut().map(|s| s.release())).await {
+        if let Err(e) = r {
+            tracing::error!("releasing a block failed: {e}");
+        }
+    }
+}
+
+async fn unblocked(sessions: &mut [Session]) -> Result<Cut, CutError> {
+    let mut shards = BTreeMap::new();
+    let mut errors = Vec::new();
+    let taken_at = chrono::Utc::now().to_rfc3339();
+    for s in sessions.iter_mut() {
+        match s.mark().await {
+            Ok(position) => {
+                shards.insert(
+                    s.shard().to_string(),
+                    ShardCut {
+                        position,
+                        write_block_ms: 0,
+                    },
+                );
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    if errors.is_empty() {
+        Ok(Cut {
+            write_block_ms: 0,
+            attempts: 1,
+            taken_at,
+            shards,
+        })
+    } else {
+        Err(CutError::Failed { errors })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
