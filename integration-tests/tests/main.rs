@@ -5,6 +5,9 @@
 //! servers start private sandboxes on their own ports, so the shared one is
 //! never disturbed.
 
+// Test code: a panic with the failing value is the desired outcome.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod backup;

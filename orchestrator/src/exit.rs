@@ -58,6 +58,17 @@ fn collapse_repeats(text: &str) -> String {
     parts.join(": ")
 }
 
+/// Writes command output to stdout. A reader that went away (`| head`) is
+/// not an error of ours: the rest of the output is dropped quietly.
+pub fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,16 +88,5 @@ mod tests {
         let e = anyhow::Error::new(InvalidInput("bad".into()));
         assert_eq!(code_for(&e), INVALID_INPUT);
         assert_eq!(code_for(&anyhow::anyhow!("disk full")), FAILURE);
-    }
-}
-
-/// Writes command output to stdout. A reader that went away (`| head`) is
-/// not an error of ours: the rest of the output is dropped quietly.
-pub fn emit(text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
-        _ => Ok(()),
     }
 }
