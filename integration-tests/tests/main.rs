@@ -12,3 +12,5 @@ mod support;
 
 mod backup;
 mod check;
+mod consistency;
+mod faults;

@@ -146,6 +146,14 @@ impl PrivateSandbox {
     }
 }
 
+impl PrivateSandbox {
+    pub fn start(&self, shard: &str) {
+        let dir = self.dir().to_str().expect("utf-8").to_string();
+        let run = sandbox_script(&["start-one", "--dir", &dir, "--shard", shard]);
+        assert_eq!(run.code, 0, "start-one failed: {run:?}");
+    }
+}
+
 impl Drop for PrivateSandbox {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.path().to_str() {

@@ -39,6 +39,9 @@ pub struct Backup {
     /// Test only: take per-shard snapshots one after another without a write block.
     #[arg(long, hide = true)]
     test_no_write_block: bool,
+    /// Test only: wait this long between the cut and the dump.
+    #[arg(long, hide = true, value_parser = topology::parse_duration)]
+    test_pause_before_dump: Option<Duration>,
 }
 
 fn new_backup_id() -> String {
@@ -100,6 +103,13 @@ impl Backup {
             "backup {id}: cut taken, commits blocked for {} ms",
             cut.write_block_ms
         );
+        if let Some(pause) = self.test_pause_before_dump {
+            eprintln!(
+                "backup: cut taken; pausing {} ms before the dump (test hook)",
+                pause.as_millis()
+            );
+            tokio::time::sleep(pause).await;
+        }
 
         let cancel = Arc::new(AtomicBool::new(false));
         let mut progress_list = Vec::new();

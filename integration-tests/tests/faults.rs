@@ -1,0 +1,259 @@
+//! Faults during a backup, with real processes and servers: a shard that
+//! cannot be blocked, the orchestrator killed while holding the block, a
+//! block lease that expires, a server stopped mid-backup. In every case no
+//! backup is listed and no source is left blocked.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use shard_agent::repo::Repository;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use topology::Topology;
+
+use crate::support::{self, bin, db, shardcut, PrivateSandbox};
+
+const MYSQL_APP: &[&str] = &[
+    "DROP DATABASE IF EXISTS app",
+    "CREATE DATABASE app",
+    "CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, v INT) ENGINE=InnoDB",
+    "INSERT INTO app.t (v) VALUES (1), (2), (3)",
+];
+const PG_APP: &str =
+    "CREATE TABLE t (id serial PRIMARY KEY, v int); INSERT INTO t (v) VALUES (1), (2), (3);";
+
+/// Tries one autocommit insert on every shard, each waiting for locks at
+/// most `wait`; returns the error of each shard that could not write.
+async fn write_everywhere(topo: &Topology, wait: Duration) -> Vec<String> {
+    let mut failures = Vec::new();
+    for s in &topo.shards {
+        let result = match s.engine {
+            topology::Engine::Mysql => {
+                let mut c = db::mysql(s, Some("app")).await;
+                c.query_drop(format!(
+                    "SET SESSION lock_wait_timeout = {}; INSERT INTO t (v) VALUES (9)",
+                    wait.as_secs().max(1)
+                ))
+                .await
+                .map_err(|e| e.to_string())
+            }
+            topology::Engine::Postgres => {
+                let c = db::pg(s, "app").await;
+                c.batch_execute(&format!(
+                    "SET lock_timeout = '{}ms'; INSERT INTO t (v) VALUES (9)",
+                    wait.as_millis()
+                ))
+                .await
+                .map_err(|e| format!("{e}: {:?}", e.as_db_error().map(|d| d.message())))
+            }
+        };
+        if let Err(e) = result {
+            failures.push(format!("{}: {e}", s.name));
+        }
+    }
+    failures
+}
+
+fn listed(topo: &std::path::Path) -> usize {
+    let run = shardcut(&["list", "-t", topo.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.json()["backups"].as_array().unwrap().len()
+}
+
+/// Starts `shardcut backup` and waits until its stderr shows `marker`;
+/// the rest of stderr is collected by the returned task.
+async fn backup_until(
+    args: &[&str],
+    marker: &str,
+) -> (tokio::process::Child, tokio::task::JoinHandle<String>) {
+    let mut child = tokio::process::Command::new(bin("shardcut"))
+        .arg("backup")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let wait = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(marker) {
+                return;
+            }
+        }
+        panic!("shardcut ended before `{marker}`");
+    });
+    wait.await.expect("marker within 60 s");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let rest = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    (child, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
+    let sb = PrivateSandbox::up(1, 1, 23800, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[("write_block_timeout: 2s", "write_block_timeout: 300ms")],
+    );
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    // A long open write transaction on pg-0 holds a lock the block needs.
+    let holder = db::pg(topo.shard("pg-0").unwrap(), "app").await;
+    holder
+        .batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+
+    let run = support::shardcut_async(&["backup", "-t", topo_path.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("could not take a consistent cut after 4 attempts"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("shard pg-0: could not block commits within 300 ms; held up by pid"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("in a transaction open for"), "{run:?}");
+    assert!(
+        !run.stderr.contains("shard mysql-0: could not block"),
+        "{run:?}"
+    );
+    eprintln!("unblockable shard, shardcut said:\n{}", run.stderr);
+    assert_eq!(listed(&topo_path), 0, "nothing listed as a backup");
+    assert!(
+        db::repository(&topo).list("backups/").unwrap().is_empty(),
+        "no partial objects left"
+    );
+    // Writers proceed everywhere (the pg insert does not conflict with the holder's row lock).
+    assert_eq!(
+        write_everywhere(&topo, Duration::from_secs(2)).await,
+        Vec::<String>::new()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_orchestrator_never_leaves_writers_blocked() {
+    let sb = PrivateSandbox::up(1, 1, 23900, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let arg = topo_path.to_str().unwrap();
+
+    let (mut child, _) = backup_until(
+        &["-t", arg, "--test-hold-block", "60s"],
+        "holding the block",
+    )
+    .await;
+    // The block is real: writers on both shards wait and time out.
+    let blocked = write_everywhere(&topo, Duration::from_secs(1)).await;
+    assert_eq!(blocked.len(), 2, "both shards must be blocked: {blocked:?}");
+    assert!(
+        blocked[0].starts_with("mysql-0") && blocked[0].contains("Lock wait timeout"),
+        "{blocked:?}"
+    );
+    assert!(
+        blocked[1].starts_with("pg-0") && blocked[1].contains("lock timeout"),
+        "{blocked:?}"
+    );
+
+    child.kill().await.unwrap();
+    // Within the lease (10 s by default) writers proceed.
+    assert_eq!(
+        write_everywhere(&topo, Duration::from_secs(10)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(listed(&topo_path), 0);
+    // The killed run's lock does not stop the next backup.
+    let run = support::shardcut_async(&["backup", "-t", arg]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(listed(&topo_path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_lease_expires_while_the_orchestrator_stalls() {
+    let sb = PrivateSandbox::up(1, 1, 24000, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[(
+            "write_block_timeout: 2s",
+            "write_block_timeout: 1s\n  write_block_lease: 3s",
+        )],
+    );
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let arg = topo_path.to_str().unwrap().to_string();
+
+    let (child, stderr) = backup_until(
+        &["-t", &arg, "--test-hold-block", "20s"],
+        "holding the block",
+    )
+    .await;
+    // The orchestrator is alive but does not move on; the agents' lease
+    // (3 s) ends the block, so writers waiting up to 10 s get through.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        write_everywhere(&topo, Duration::from_secs(10)).await,
+        Vec::<String>::new()
+    );
+    let waited = started.elapsed();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cut whose block ended early must fail: {stderr}"
+    );
+    assert!(stderr.contains("lease"), "{stderr}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "writers were released by the lease, not by the run ending"
+    );
+    assert_eq!(listed(&topo_path), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stopped_mid_backup_fails_clearly_and_next_backup_succeeds() {
+    let sb = PrivateSandbox::up(1, 1, 24100, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let arg = topo_path.to_str().unwrap().to_string();
+
+    let (child, stderr) =
+        backup_until(&["-t", &arg, "--test-pause-before-dump", "3s"], "pausing").await;
+    sb.stop("mysql-0");
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    eprintln!("server stopped mid-backup, shardcut said:\n{stderr}");
+    assert!(stderr.contains("failed and was discarded"), "{stderr}");
+    assert!(stderr.contains("shard mysql-0"), "{stderr}");
+    assert_eq!(listed(&topo_path), 0);
+    assert!(
+        db::repository(&topo).list("backups/").unwrap().is_empty(),
+        "partial objects removed"
+    );
+
+    sb.start("mysql-0");
+    let run = support::shardcut_async(&["backup", "-t", &arg]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(listed(&topo_path), 1);
+}
