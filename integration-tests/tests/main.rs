@@ -14,3 +14,4 @@ mod backup;
 mod check;
 mod consistency;
 mod faults;
+mod remote;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use shard_agent::manifest::{Cut, ShardCut};
-use shard_agent::session::{BlockError, Session};
+use shard_agent::session::BlockError;
 use shard_agent::AgentError;
+
+use crate::agent::Agent;
 
 pub const MAX_ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -44,7 +46,7 @@ pub struct CutTestHooks {
     pub no_write_block: bool,
 }
 
-pub async fn global_cut(sessions: &mut [Session], hooks: &CutTestHooks) -> Result<Cut, CutError> {
+pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<Cut, CutError> {
     if hooks.no_write_block {
         return unblocked(sessions).await;
     }
@@ -128,7 +130,7 @@ fn describe(e: AgentError) -> String {
     )
 }
 
-async fn release_all(sessions: &mut [Session]) {
+async fn release_all(sessions: &mut [Agent]) {
     for r in join_all(sessions.iter_mut().map(|s| s.release())).await {
         if let Err(e) = r {
             tracing::error!("releasing a block failed: {e}");
@@ -136,7 +138,7 @@ async fn release_all(sessions: &mut [Session]) {
     }
 }
 
-async fn unblocked(sessions: &mut [Session]) -> Result<Cut, CutError> {
+async fn unblocked(sessions: &mut [Agent]) -> Result<Cut, CutError> {
     let mut shards = BTreeMap::new();
     let mut errors = Vec::new();
     let taken_at = chrono::Utc::now().to_rfc3339();

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod agent;
 mod commands;
 mod cut;
 mod exit;

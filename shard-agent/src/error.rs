@@ -58,6 +58,12 @@ pub enum AgentError {
     },
     #[error("shard {shard}: {what}")]
     Tool { shard: String, what: String },
+    #[error("shard {shard}: agent {agent}: {what}")]
+    Remote {
+        shard: String,
+        agent: String,
+        what: String,
+    },
     #[error("shard {shard}: cancelled because another shard failed")]
     Cancelled { shard: String },
     #[error("shard {shard}: {what} failed: {source}")]

@@ -5,6 +5,7 @@
 //! `shard-agent serve` daemon on the database host, so the code path that
 //! touches a database is the same in both deployments.
 
+pub mod api;
 pub mod connect;
 pub mod dump;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod postgres;
 pub mod preflight;
 pub mod readback;
 pub mod repo;
+pub mod serve;
 pub mod session;
 
 pub use error::{AgentError, DbError};

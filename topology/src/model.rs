@@ -121,7 +121,7 @@ pub(crate) fn default_write_block_lease() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,

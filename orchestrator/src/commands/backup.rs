@@ -8,12 +8,13 @@ use anyhow::Context;
 use serde_json::json;
 use shard_agent::manifest::{keys, Manifest, MANIFEST_FORMAT};
 use shard_agent::repo::Repository;
-use shard_agent::session::{CutOptions, DumpOptions, Progress, Session};
+use shard_agent::session::{CutOptions, DumpOptions, Progress};
 use shard_agent::AgentError;
 use tokio::task::JoinSet;
 use topology::Topology;
 
 use super::open_repository;
+use crate::agent::Agent;
 use crate::cut::{global_cut, CutTestHooks};
 use crate::lock::RepoLock;
 use crate::{exit, progress, render};
@@ -186,13 +187,13 @@ impl Backup {
 }
 
 /// Prepares every shard at once; reports every shard that failed.
-async fn prepare_all(topology: &Topology, opts: &CutOptions) -> anyhow::Result<Vec<Session>> {
+async fn prepare_all(topology: &Topology, opts: &CutOptions) -> anyhow::Result<Vec<Agent>> {
     let mut tasks = JoinSet::new();
     for (i, shard) in topology.shards.iter().cloned().enumerate() {
         let opts = opts.clone();
-        tasks.spawn(async move { (i, Session::prepare(&shard, &opts).await) });
+        tasks.spawn(async move { (i, Agent::prepare(&shard, &opts).await) });
     }
-    let mut sessions: Vec<Option<Session>> = (0..topology.shards.len()).map(|_| None).collect();
+    let mut sessions: Vec<Option<Agent>> = (0..topology.shards.len()).map(|_| None).collect();
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -26,6 +26,16 @@ enum Cmd {
         #[arg(long)]
         shard: String,
     },
+    /// Serve the agent API for the orchestrator (run on the database host).
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:7070 (a private interface: the
+        /// API carries shard passwords and has no TLS yet).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// File holding the bearer token clients must present (at least 16 characters).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,49 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Check { topology, shard } => runtime.block_on(check(&topology, &shard)),
+        Cmd::Serve { listen, token_file } => runtime.block_on(serve(&listen, &token_file)),
+    }
+}
+
+async fn serve(listen: &str, token_file: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(t) => t.trim_end_matches(['\n', '\r']).to_string(),
+        Err(e) => {
+            eprintln!(
+                "shard-agent: cannot read token file {}: {e}",
+                token_file.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if token.len() < 16 {
+        eprintln!(
+            "shard-agent: token in {} is shorter than 16 characters; use a long random token",
+            token_file.display()
+        );
+        return ExitCode::from(2);
+    }
+    let result = shard_agent::serve::serve(listen, topology::Secret::new(token), |addr| {
+        eprintln!(
+            "shard-agent {} listening on {addr}",
+            env!("CARGO_PKG_VERSION")
+        );
+    })
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shard-agent: cannot serve on {listen}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,0 +1,242 @@
+//! Remote shard agents (`shard-agent serve`): the same backup as in-process
+//! agents, refused without the right token, and a clear failure when an
+//! agent is killed mid-backup.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{self, bin, db, shardcut, PrivateSandbox};
+
+/// A running `shard-agent serve`, killed when dropped.
+struct AgentProcess {
+    child: Child,
+    addr: String,
+}
+
+impl AgentProcess {
+    fn start(listen: &str, token_file: &Path) -> AgentProcess {
+        let mut child = Command::new(bin("shard-agent"))
+            .args(["serve", "--listen", listen, "--token-file"])
+            .arg(token_file)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("agent exited before listening")
+                .unwrap();
+            if let Some(a) = line.split("listening on ").nth(1) {
+                break a.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        AgentProcess { child, addr }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+/// A topology variant in which every shard is served by `agent`.
+fn with_agents(src: &Path, dir: &Path, agent: &str, token_file: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut replace = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("password_file:"))
+    {
+        replace.push((
+            line.to_string(),
+            format!(
+                "{line}\n    agent: http://{agent}\n    agent_token_file: {}",
+                token_file.display()
+            ),
+        ));
+    }
+    let pairs: Vec<(&str, &str)> = replace
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    support::topology_variant(src, dir, &pairs)
+}
+
+fn token(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, value).unwrap();
+    p
+}
+
+#[test]
+fn remote_agents_back_up_the_same_as_in_process_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let agent = AgentProcess::start("127.0.0.1:0", &good);
+
+    let remote_dir = dir.path().join("remote");
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    let remote = with_agents(
+        &support::sandbox_topology(),
+        &remote_dir,
+        &agent.addr,
+        &good,
+    );
+    let local_dir = dir.path().join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let local = support::topology_variant(&support::sandbox_topology(), &local_dir, &[]);
+
+    let r = shardcut(&["backup", "-t", remote.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let l = shardcut(&["backup", "-t", local.to_str().unwrap(), "--json"]);
+    assert_eq!(l.code, 0, "{l:?}");
+    let rm = support::manifest(&remote, r.json()["backup_id"].as_str().unwrap());
+    let lm = support::manifest(&local, l.json()["backup_id"].as_str().unwrap());
+    assert_eq!(
+        rm.shards.keys().collect::<Vec<_>>(),
+        lm.shards.keys().collect::<Vec<_>>()
+    );
+    let repo = db::repository(&db::topology(&remote));
+    for (name, rs) in &rm.shards {
+        let ls = &lm.shards[name];
+        let summary = |s: &shard_agent::manifest::ShardManifest| {
+            s.table_list
+                .iter()
+                .map(|t| (t.qualified(), t.rows, t.content_hash.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            summary(rs),
+            summary(ls),
+            "shard {name}: remote and in-process backups differ"
+        );
+        // The agent wrote the chunks itself; they read back to the manifest's hash.
+        for t in &rs.table_list {
+            assert_eq!(
+                db::digest_of(&db::table_lines(&repo, t)).hex(),
+                t.content_hash
+            );
+        }
+    }
+}
+
+#[test]
+fn wrong_or_missing_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let bad = token(dir.path(), "bad", "not-the-agent-token-at-all-000000");
+    let agent = AgentProcess::start("127.0.0.1:0", &good);
+    let topo = with_agents(&support::sandbox_topology(), dir.path(), &agent.addr, &bad);
+    let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("shard mysql-0: agent http://"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("refused the agent token (401)"),
+        "{run:?}"
+    );
+    assert!(
+        !run.all().contains("not-the-agent-token"),
+        "token printed: {run:?}"
+    );
+    assert_eq!(
+        shardcut(&["list", "-t", topo.to_str().unwrap(), "--json"]).json()["backups"],
+        serde_json::json!([])
+    );
+
+    // Raw requests without a token, or with another one, get 401 and nothing else.
+    for header in ["", "Authorization: Bearer nope\r\n"] {
+        let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+        write!(
+            s,
+            "GET /v1/version HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(!answer.contains("\"api\""), "{answer}");
+    }
+    // The right token is accepted.
+    let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+    write!(
+        s,
+        "GET /v1/version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-long-random-agent-token-0123456789\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"api\":1"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
+    let sb = PrivateSandbox::up(1, 1, 24200, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let listen = "127.0.0.1:24290";
+    let agent = AgentProcess::start(listen, &good);
+    let topo = with_agents(&sb.topology(), dir.path(), listen, &good);
+    let arg = topo.to_str().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(db::setup_all(
+        &db::topology(&topo),
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY) ENGINE=InnoDB",
+            "INSERT INTO app.t VALUES (1)",
+        ],
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    ));
+
+    let mut child = Command::new(bin("shardcut"))
+        .args(["backup", "-t", arg, "--test-pause-before-dump", "3s"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("pausing") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "backup ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    drop(agent); // killed while it holds the shards' snapshots
+    let status = child.wait().unwrap();
+    stderr.read_to_string(&mut seen).unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}");
+    assert!(seen.contains("failed and was discarded"), "{seen}");
+    assert!(seen.contains("agent http://127.0.0.1:24290"), "{seen}");
+    assert!(seen.contains("unreachable"), "{seen}");
+    assert_eq!(
+        shardcut(&["list", "-t", arg, "--json"]).json()["backups"],
+        serde_json::json!([])
+    );
+
+    let _agent = AgentProcess::start(listen, &good);
+    let run = shardcut(&["backup", "-t", arg]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        shardcut(&["list", "-t", arg, "--json"]).json()["backups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

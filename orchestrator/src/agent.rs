@@ -1,0 +1,254 @@
+//! The orchestrator's view of a shard agent: in-process (a [`Session`] in
+//! this process) or remote (`shard-agent serve` on the database host, over
+//! HTTP). Both expose the same steps, so the cut and the dump are driven by
+//! one code path whatever the deployment.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use shard_agent::api::*;
+use shard_agent::manifest::ShardManifest;
+use shard_agent::position::Position;
+use shard_agent::session::{BlockError, CutOptions, DumpOptions, Session};
+use shard_agent::AgentError;
+use topology::{Secret, Shard};
+
+pub enum Agent {
+    Local(Box<Session>),
+    Remote(Remote),
+}
+
+pub struct Remote {
+    shard: String,
+    base: String,
+    token: Secret,
+    client: reqwest::Client,
+    session: String,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Agent {
+    pub async fn prepare(shard: &Shard, opts: &CutOptions) -> Result<Agent, AgentError> {
+        match &shard.agent {
+            None => Ok(Agent::Local(Box::new(Session::prepare(shard, opts).await?))),
+            Some(spec) => {
+                let mut remote = Remote {
+                    shard: shard.name.clone(),
+                    base: spec.url.as_str().trim_end_matches('/').to_string(),
+                    token: spec.token.clone(),
+                    client: reqwest::Client::builder()
+                        .timeout(Duration::from_secs(120))
+                        .build()
+                        .map_err(|e| AgentError::Tool {
+                            shard: shard.name.clone(),
+                            what: format!("cannot build an HTTP client: {e}"),
+                        })?,
+                    session: String::new(),
+                };
+                let v: VersionInfo = remote
+                    .call(reqwest::Method::GET, "/v1/version", None::<&()>)
+                    .await?;
+                if v.api != API_VERSION {
+                    return Err(remote.err(format!(
+                        "speaks agent API v{} (version {}), this shardcut needs v{API_VERSION}; install matching versions",
+                        v.api, v.version
+                    )));
+                }
+                let req = PrepareRequest {
+                    shard: ShardSpec::from_shard(shard),
+                    write_block_timeout_ms: millis(opts.write_block_timeout),
+                    write_block_lease_ms: millis(opts.write_block_lease),
+                    connect_timeout_ms: millis(opts.connect_timeout),
+                };
+                let r: PrepareResponse = remote
+                    .call(reqwest::Method::POST, "/v1/sessions", Some(&req))
+                    .await?;
+                remote.session = r.session;
+                Ok(Agent::Remote(remote))
+            }
+        }
+    }
+
+    pub fn shard(&self) -> &str {
+        match self {
+            Agent::Local(s) => s.shard(),
+            Agent::Remote(r) => &r.shard,
+        }
+    }
+
+    pub async fn block(&mut self) -> Result<(), BlockError> {
+        match self {
+            Agent::Local(s) => s.block().await,
+            Agent::Remote(r) => {
+                let path = format!("/v1/sessions/{}/block", r.session);
+                match r.send(reqwest::Method::POST, &path, None::<&()>).await {
+                    Ok(_) => Ok(()),
+                    Err(Failure::Api(body)) if body.kind == "block_timeout" => {
+                        Err(BlockError::Timeout {
+                            shard: r.shard.clone(),
+                            timeout: Duration::from_millis(body.timeout_ms),
+                            holder: body.holder,
+                        })
+                    }
+                    Err(f) => Err(BlockError::Failed(r.failure(f))),
+                }
+            }
+        }
+    }
+
+    pub async fn mark(&mut self) -> Result<Position, AgentError> {
+        match self {
+            Agent::Local(s) => s.mark().await,
+            Agent::Remote(r) => {
+                let path = format!("/v1/sessions/{}/mark", r.session);
+                let m: MarkResponse = r.call(reqwest::Method::POST, &path, None::<&()>).await?;
+                Ok(m.position)
+            }
+        }
+    }
+
+    pub async fn release(&mut self) -> Result<Duration, AgentError> {
+        match self {
+            Agent::Local(s) => s.release().await,
+            Agent::Remote(r) => {
+                let path = format!("/v1/sessions/{}/release", r.session);
+                let m: ReleaseResponse = r.call(reqwest::Method::POST, &path, None::<&()>).await?;
+                Ok(Duration::from_millis(m.held_ms))
+            }
+        }
+    }
+
+    /// Dumps the shard. A remote agent writes into the repository itself
+    /// (at the same path on its host: a shared mount); this side only
+    /// polls its progress and collects the shard's manifest.
+    pub async fn dump(self, opts: DumpOptions) -> Result<ShardManifest, AgentError> {
+        match self {
+            Agent::Local(s) => s.dump(opts).await,
+            Agent::Remote(r) => {
+                let path = format!("/v1/sessions/{}/dump", r.session);
+                let req = DumpRequest {
+                    backup_id: opts.backup_id.clone(),
+                    repository: opts.repo.location(),
+                    compression: opts.compression,
+                    chunk_rows: opts.chunk_rows,
+                };
+                r.send(reqwest::Method::POST, &path, Some(&req))
+                    .await
+                    .map_err(|f| r.failure(f))?;
+                loop {
+                    if opts.cancel.load(Ordering::Relaxed) {
+                        // Best effort: the agent also stops when its session is dropped.
+                        drop(
+                            r.send(
+                                reqwest::Method::DELETE,
+                                &format!("/v1/sessions/{}", r.session),
+                                None::<&()>,
+                            )
+                            .await,
+                        );
+                        return Err(AgentError::Cancelled {
+                            shard: r.shard.clone(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let status: DumpStatus =
+                        r.call(reqwest::Method::GET, &path, None::<&()>).await?;
+                    match status {
+                        DumpStatus::Running {
+                            rows,
+                            bytes,
+                            rows_estimate,
+                        } => {
+                            opts.progress.rows.store(rows, Ordering::Relaxed);
+                            opts.progress.bytes.store(bytes, Ordering::Relaxed);
+                            opts.progress
+                                .rows_estimate
+                                .store(rows_estimate, Ordering::Relaxed);
+                        }
+                        DumpStatus::Done { manifest } => return Ok(*manifest),
+                        DumpStatus::Failed { error } => {
+                            return Err(r.err(format!("dump failed: {error}")))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a remote call failed: the agent said no, or it could not be reached.
+enum Failure {
+    Api(ErrorBody),
+    Transport(String),
+}
+
+impl Remote {
+    fn err(&self, what: String) -> AgentError {
+        AgentError::Remote {
+            shard: self.shard.clone(),
+            agent: self.base.clone(),
+            what,
+        }
+    }
+
+    fn failure(&self, f: Failure) -> AgentError {
+        match f {
+            Failure::Api(body) if body.kind == "unauthorized" => self.err(
+                "refused the agent token (401); check agent_token_env / agent_token_file".into(),
+            ),
+            Failure::Api(body) => self.err(body.error),
+            Failure::Transport(t) => self.err(t),
+        }
+    }
+
+    async fn send<B: serde::Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            Failure::Transport(if e.is_connect() {
+                "unreachable (is `shard-agent serve` running there?)".to_string()
+            } else if e.is_timeout() {
+                "did not answer in time".to_string()
+            } else {
+                format!("connection failed: {e}")
+            })
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        match resp.json::<ErrorBody>().await {
+            Ok(body) => Err(Failure::Api(body)),
+            Err(_) => Err(Failure::Transport(format!("answered HTTP {status}"))),
+        }
+    }
+
+    async fn call<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, AgentError> {
+        let resp = self
+            .send(method, path, body)
+            .await
+            .map_err(|f| self.failure(f))?;
+        resp.json::<T>()
+            .await
+            .map_err(|e| self.err(format!("sent an unreadable answer: {e}")))
+    }
+}

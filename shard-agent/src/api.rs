@@ -1,0 +1,155 @@
+//! The remote agent's HTTP API: request and response bodies shared by
+//! `shard-agent serve` and the orchestrator's client.
+//!
+//! Every request carries `Authorization: Bearer <token>`; without the right
+//! token the agent answers 401 and does nothing. The orchestrator sends the
+//! shard's connection details (including its password) when it opens a
+//! session, so an agent needs no configuration beyond its token; the agent
+//! should therefore listen on a private interface (TLS is not built in yet).
+
+use serde::{Deserialize, Serialize};
+use topology::{Compression, Endpoint, Engine, Secret, Shard, TableRef};
+
+use crate::manifest::ShardManifest;
+use crate::position::Position;
+
+/// Bumped on any incompatible change; the orchestrator refuses a mismatch.
+pub const API_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub api: u32,
+    pub version: String,
+}
+
+/// A shard as sent over the wire. The password travels only here.
+#[derive(Serialize, Deserialize)]
+pub struct ShardSpec {
+    pub name: String,
+    pub engine: Engine,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: Option<String>,
+    pub password: Option<String>,
+    pub databases: Option<Vec<String>>,
+    pub exclude_tables: Vec<(String, Option<String>, String)>,
+    pub parallelism: usize,
+}
+
+impl std::fmt::Debug for ShardSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ShardSpec({} {}@{}:{})",
+            self.name, self.user, self.host, self.port
+        )
+    }
+}
+
+impl ShardSpec {
+    pub fn from_shard(s: &Shard) -> Self {
+        ShardSpec {
+            name: s.name.clone(),
+            engine: s.engine,
+            host: s.endpoint.host.clone(),
+            port: s.endpoint.port,
+            user: s.endpoint.user.clone(),
+            database: s.endpoint.database.clone(),
+            password: s.password.as_ref().map(|p| p.expose().to_string()),
+            databases: s.databases.clone(),
+            exclude_tables: s
+                .exclude_tables
+                .iter()
+                .map(|t| (t.database.clone(), t.schema.clone(), t.table.clone()))
+                .collect(),
+            parallelism: s.parallelism,
+        }
+    }
+
+    pub fn into_shard(self) -> Shard {
+        Shard {
+            name: self.name,
+            engine: self.engine,
+            endpoint: Endpoint {
+                host: self.host,
+                port: self.port,
+                user: self.user,
+                database: self.database,
+            },
+            password: self.password.map(Secret::new),
+            databases: self.databases,
+            exclude_tables: self
+                .exclude_tables
+                .into_iter()
+                .map(|(database, schema, table)| TableRef {
+                    database,
+                    schema,
+                    table,
+                })
+                .collect(),
+            parallelism: self.parallelism,
+            agent: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    pub shard: ShardSpec,
+    pub write_block_timeout_ms: u64,
+    pub write_block_lease_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PrepareResponse {
+    pub session: String,
+}
+
+/// Any failed call: what went wrong, and for a block timeout what held it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// `block_timeout`, `not_ready`, `unauthorized`, `not_found` or `failed`.
+    pub kind: String,
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub holder: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MarkResponse {
+    pub position: Position,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub held_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DumpRequest {
+    pub backup_id: String,
+    /// The repository directory as the agent's host sees it.
+    pub repository: String,
+    pub compression: Compression,
+    pub chunk_rows: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum DumpStatus {
+    Running {
+        rows: u64,
+        bytes: u64,
+        rows_estimate: u64,
+    },
+    Done {
+        manifest: Box<ShardManifest>,
+    },
+    Failed {
+        error: String,
+    },
+}

@@ -1,0 +1,355 @@
+//! `shard-agent serve`: the agent as a daemon on a database host.
+//!
+//! It exposes the [`Session`] steps over HTTP (see [`crate::api`]). A session
+//! lives in this process between calls, so the write block is held here, on
+//! the database host; the block's lease is armed here too, which is what
+//! releases it if the orchestrator vanishes. Dumps run in the background;
+//! the orchestrator polls their progress and collects the shard manifest.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use topology::Secret;
+
+use crate::api::*;
+use crate::error::AgentError;
+use crate::manifest::ShardManifest;
+use crate::repo::LocalRepository;
+use crate::session::{BlockError, CutOptions, DumpOptions, Progress, Session};
+
+/// Sessions idle this long (not dumping) are dropped, which closes their
+/// connections: an orchestrator that died after `prepare` leaks nothing.
+const IDLE_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+
+enum Phase {
+    Ready(Box<Session>),
+    /// Taken out for a call in progress.
+    Busy,
+    Dumping {
+        progress: Arc<Progress>,
+        cancel: Arc<AtomicBool>,
+        result: Arc<Mutex<Option<Result<ShardManifest, String>>>>,
+    },
+}
+
+struct Entry {
+    phase: Phase,
+    touched: Instant,
+}
+
+#[derive(Clone)]
+struct AppState {
+    token: Arc<Secret>,
+    sessions: Arc<Mutex<HashMap<String, Entry>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+type Reply = Result<Response, (StatusCode, Json<ErrorBody>)>;
+
+fn fail(status: StatusCode, kind: &str, error: String) -> (StatusCode, Json<ErrorBody>) {
+    (
+        status,
+        Json(ErrorBody {
+            error,
+            kind: kind.to_string(),
+            timeout_ms: 0,
+            holder: None,
+        }),
+    )
+}
+
+fn agent_fail(e: AgentError) -> (StatusCode, Json<ErrorBody>) {
+    let kind = if matches!(e, AgentError::NotReady { .. }) {
+        "not_ready"
+    } else {
+        "failed"
+    };
+    fail(StatusCode::INTERNAL_SERVER_ERROR, kind, chain(&e))
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same(given.as_bytes(), st.token.expose().as_bytes()) {
+        next.run(req).await
+    } else {
+        fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong agent token".into(),
+        )
+        .into_response()
+    }
+}
+
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        api: API_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+async fn prepare(State(st): State<AppState>, Json(req): Json<PrepareRequest>) -> Reply {
+    let shard = req.shard.into_shard();
+    let opts = CutOptions {
+        write_block_timeout: Duration::from_millis(req.write_block_timeout_ms),
+        write_block_lease: Duration::from_millis(req.write_block_lease_ms),
+        connect_timeout: Duration::from_millis(req.connect_timeout_ms),
+    };
+    let session = Session::prepare(&shard, &opts).await.map_err(agent_fail)?;
+    let id = format!("s{}", st.next_id.fetch_add(1, Ordering::Relaxed));
+    tracing::info!("session {id}: prepared shard {}", shard.name);
+    lock(&st).insert(
+        id.clone(),
+        Entry {
+            phase: Phase::Ready(Box::new(session)),
+            touched: Instant::now(),
+        },
+    );
+    Ok(Json(PrepareResponse { session: id }).into_response())
+}
+
+fn lock(st: &AppState) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    // Entries are replaced whole, so a panic elsewhere cannot leave one torn.
+    st.sessions.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes a ready session out for one call; it is put back by [`put_back`].
+fn take(st: &AppState, id: &str) -> Result<Box<Session>, (StatusCode, Json<ErrorBody>)> {
+    let mut map = lock(st);
+    let entry = map.get_mut(id).ok_or_else(|| {
+        fail(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session {id}"),
+        )
+    })?;
+    entry.touched = Instant::now();
+    match std::mem::replace(&mut entry.phase, Phase::Busy) {
+        Phase::Ready(s) => Ok(s),
+        other => {
+            entry.phase = other;
+            Err(fail(
+                StatusCode::CONFLICT,
+                "failed",
+                format!("session {id} is busy or dumping"),
+            ))
+        }
+    }
+}
+
+fn put_back(st: &AppState, id: &str, s: Box<Session>) {
+    if let Some(entry) = lock(st).get_mut(id) {
+        entry.phase = Phase::Ready(s);
+        entry.touched = Instant::now();
+    }
+}
+
+async fn block(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut s = take(&st, &id)?;
+    let r = s.block().await;
+    put_back(&st, &id, s);
+    match r {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(BlockError::Timeout {
+            shard,
+            timeout,
+            holder,
+        }) => Err((
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                error: format!("shard {shard}: could not block commits"),
+                kind: "block_timeout".into(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                holder,
+            }),
+        )),
+        Err(BlockError::Failed(e)) => Err(agent_fail(e)),
+    }
+}
+
+async fn mark(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut s = take(&st, &id)?;
+    let r = s.mark().await;
+    put_back(&st, &id, s);
+    Ok(Json(MarkResponse {
+        position: r.map_err(agent_fail)?,
+    })
+    .into_response())
+}
+
+async fn release(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut s = take(&st, &id)?;
+    let r = s.release().await;
+    put_back(&st, &id, s);
+    let held = r.map_err(agent_fail)?;
+    Ok(Json(ReleaseResponse {
+        held_ms: u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
+    })
+    .into_response())
+}
+
+async fn start_dump(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<DumpRequest>,
+) -> Reply {
+    let repo = LocalRepository::open(std::path::Path::new(&req.repository))
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))?;
+    let s = take(&st, &id)?;
+    let progress = Arc::new(Progress::default());
+    let cancel = Arc::new(AtomicBool::new(false));
+    let result = Arc::new(Mutex::new(None));
+    let opts = DumpOptions {
+        repo: Arc::new(repo),
+        backup_id: req.backup_id,
+        compression: req.compression,
+        chunk_rows: req.chunk_rows,
+        progress: progress.clone(),
+        cancel: cancel.clone(),
+    };
+    if let Some(entry) = lock(&st).get_mut(&id) {
+        entry.phase = Phase::Dumping {
+            progress,
+            cancel,
+            result: result.clone(),
+        };
+    }
+    tokio::spawn(async move {
+        let r = s.dump(opts).await.map_err(|e| chain(&e));
+        *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    });
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn dump_status(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut map = lock(&st);
+    let entry = map.get_mut(&id).ok_or_else(|| {
+        fail(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session {id}"),
+        )
+    })?;
+    entry.touched = Instant::now();
+    let Phase::Dumping {
+        progress, result, ..
+    } = &entry.phase
+    else {
+        return Err(fail(
+            StatusCode::CONFLICT,
+            "failed",
+            format!("session {id} is not dumping"),
+        ));
+    };
+    let done = result.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let status = match done {
+        None => DumpStatus::Running {
+            rows: progress.rows.load(Ordering::Relaxed),
+            bytes: progress.bytes.load(Ordering::Relaxed),
+            rows_estimate: progress.rows_estimate.load(Ordering::Relaxed),
+        },
+        Some(Ok(m)) => DumpStatus::Done {
+            manifest: Box::new(m),
+        },
+        Some(Err(error)) => DumpStatus::Failed { error },
+    };
+    if !matches!(status, DumpStatus::Running { .. }) {
+        map.remove(&id);
+    }
+    Ok(Json(status).into_response())
+}
+
+async fn close(State(st): State<AppState>, Path(id): Path<String>) -> StatusCode {
+    if let Some(entry) = lock(&st).remove(&id) {
+        if let Phase::Dumping { cancel, .. } = entry.phase {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// Serves until SIGTERM or Ctrl-C. `on_bound` is called with the bound
+/// address once the listener accepts connections.
+pub async fn serve(
+    listen: &str,
+    token: Secret,
+    on_bound: impl FnOnce(std::net::SocketAddr),
+) -> std::io::Result<()> {
+    let state = AppState {
+        token: Arc::new(token),
+        sessions: Arc::new(Mutex::new(HashMap::new())),
+        next_id: Arc::new(AtomicU64::new(1)),
+    };
+    let reaper = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            lock(&reaper).retain(|id, e| {
+                let keep = matches!(e.phase, Phase::Dumping { .. })
+                    || e.touched.elapsed() < IDLE_SESSION_TTL;
+                if !keep {
+                    tracing::warn!("session {id}: idle for too long; closing it");
+                }
+                keep
+            });
+        }
+    });
+    let app = Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/sessions", post(prepare))
+        .route("/v1/sessions/{id}/block", post(block))
+        .route("/v1/sessions/{id}/mark", post(mark))
+        .route("/v1/sessions/{id}/release", post(release))
+        .route("/v1/sessions/{id}/dump", post(start_dump).get(dump_status))
+        .route("/v1/sessions/{id}", axum::routing::delete(close))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    on_bound(listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        })
+        .await
+}
