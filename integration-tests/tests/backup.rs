@@ -104,6 +104,14 @@ async fn backup_matches_every_source_table() {
             }
         }
         assert!(!sm.schema.is_empty(), "{name} has schema files");
+        if shard.engine == Engine::Postgres {
+            let sections: Vec<&str> = sm.schema.iter().map(|f| f.section.as_str()).collect();
+            assert_eq!(
+                sections,
+                vec!["pre-data", "post-data", "sequences"],
+                "{name}"
+            );
+        }
         for f in &sm.schema {
             let raw = shard_agent::dump::chunk::decompress(&repo.get(&f.key).unwrap()).unwrap();
             let text = String::from_utf8(raw).unwrap();
@@ -116,6 +124,13 @@ async fn backup_matches_every_source_table() {
                 }
                 Engine::Postgres if f.section == "pre-data" => {
                     assert!(text.contains("CREATE TABLE public.orders"), "{}", f.key)
+                }
+                Engine::Postgres if f.section == "sequences" => {
+                    assert!(
+                        text.contains("SELECT pg_catalog.setval('public."),
+                        "{}: {text}",
+                        f.key
+                    )
                 }
                 Engine::Postgres => assert!(text.contains("FOREIGN KEY"), "{}", f.key),
                 _ => {}

@@ -1,2 +1,3 @@
 pub mod chunk;
 pub mod mysql_value;
+pub mod work;

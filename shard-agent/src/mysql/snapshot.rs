@@ -5,9 +5,8 @@
 //! range of one) are shared through a queue; each worker streams its rows
 //! through the binary protocol into a [`ChunkWriter`].
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
@@ -16,35 +15,12 @@ use topology::{Engine, Shard};
 
 use super::schema::database_schema;
 use super::{ident, query_err, Session, Table};
-use crate::dump::chunk::{store_file, ChunkWriter, RowDigest};
+use crate::dump::chunk::ChunkWriter;
 use crate::dump::mysql_value::encode_row;
+use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
 use crate::error::AgentError;
-use crate::manifest::{keys, ChunkRef, Column, ShardManifest, StoredFile, TableManifest};
-use crate::session::{plan_ranges, range_predicate, DumpOptions, KeyRange};
-
-struct Item {
-    table: usize,
-    range_no: usize,
-    range: KeyRange,
-}
-
-struct ItemResult {
-    table: usize,
-    range_no: usize,
-    digest: RowDigest,
-    chunks: Vec<ChunkRef>,
-    millis: u64,
-}
-
-fn table_prefix(opts: &DumpOptions, shard: &str, t: &Table) -> String {
-    format!(
-        "{}shards/{}/{}/{}",
-        keys::backup_prefix(&opts.backup_id),
-        keys::segment(shard),
-        keys::segment(&t.database),
-        keys::segment(&t.name)
-    )
-}
+use crate::manifest::{keys, ShardManifest};
+use crate::session::{plan_ranges, range_predicate, DumpOptions};
 
 fn as_i128(v: &Value) -> Option<i128> {
     match v {
@@ -77,30 +53,16 @@ impl Session {
                 keys::segment(&shard.name),
                 keys::segment(&db)
             );
-            let (bytes_raw, bytes_stored, xxh3) =
-                store_file(opts.repo.clone(), key.clone(), raw, opts.compression)
-                    .await
-                    .map_err(|source| AgentError::Storage {
-                        shard: shard.name.clone(),
-                        what: format!("storing the schema of {db}"),
-                        source,
-                    })?;
-            manifest.schema.push(StoredFile {
-                key,
-                section: "database".into(),
-                database: db,
-                bytes_raw,
-                bytes_stored,
-                xxh3,
-            });
+            manifest
+                .schema
+                .push(store_schema(opts, &shard.name, key, raw, "database", &db).await?);
         }
 
-        let items = self.plan(opts).await?;
+        let queue = Queue::new(self.plan(opts).await?);
         opts.progress.rows_estimate.store(
             self.tables.iter().map(|t| t.rows_estimate).sum(),
             Ordering::Relaxed,
         );
-        let queue = Arc::new(Mutex::new(VecDeque::from(items)));
         let tables = Arc::new(self.tables.clone());
         let mut tasks = tokio::task::JoinSet::new();
         for conn in std::mem::take(&mut self.workers) {
@@ -112,59 +74,19 @@ impl Session {
                 opts.clone(),
             ));
         }
-        let mut results = Vec::new();
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(mut r)) => results.append(&mut r),
-                Ok(Err(e)) => {
-                    opts.cancel.store(true, Ordering::Relaxed);
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    opts.cancel.store(true, Ordering::Relaxed);
-                    first_error.get_or_insert(AgentError::Tool {
-                        shard: shard.name.clone(),
-                        what: format!("a dump worker panicked: {e}"),
-                    });
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        let results = join_workers(tasks, &shard.name, &opts.cancel).await?;
         drop(self.control.disconnect().await);
-        results.sort_by_key(|r| (r.table, r.range_no));
-        for (i, t) in tables.iter().enumerate() {
-            let mut digest = RowDigest::default();
-            let mut chunks = Vec::new();
-            let mut millis = 0;
-            for r in results.iter_mut().filter(|r| r.table == i) {
-                digest.merge(r.digest);
-                chunks.append(&mut r.chunks);
-                millis += r.millis;
-            }
-            manifest.table_list.push(TableManifest {
-                database: t.database.clone(),
+        let meta: Vec<TableMeta<'_>> = tables
+            .iter()
+            .map(|t| TableMeta {
+                database: &t.database,
                 schema: None,
-                name: t.name.clone(),
-                columns: t
-                    .columns
-                    .iter()
-                    .map(|(n, ty)| Column {
-                        name: n.clone(),
-                        data_type: ty.clone(),
-                    })
-                    .collect(),
-                primary_key: t.primary_key.clone(),
-                rows: digest.rows,
-                content_hash: digest.hex(),
-                bytes_raw: chunks.iter().map(|c| c.bytes_raw).sum(),
-                bytes_stored: chunks.iter().map(|c| c.bytes_stored).sum(),
-                duration_ms: millis,
-                chunks,
-            });
-        }
+                name: &t.name,
+                columns: &t.columns,
+                primary_key: &t.primary_key,
+            })
+            .collect();
+        manifest.table_list = merge(results, &meta);
         Ok(manifest)
     }
 
@@ -201,7 +123,6 @@ impl Session {
                 });
             }
         }
-        // Largest tables first, so one big table does not finish last alone.
         items.sort_by_key(|it| std::cmp::Reverse(self.tables[it.table].rows_estimate));
         Ok(items)
     }
@@ -211,18 +132,11 @@ async fn worker(
     mut conn: Conn,
     shard: Shard,
     tables: Arc<Vec<Table>>,
-    queue: Arc<Mutex<VecDeque<Item>>>,
+    queue: Queue,
     opts: DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut done = Vec::new();
-    loop {
-        if opts.cancel.load(Ordering::Relaxed) {
-            return Err(AgentError::Cancelled {
-                shard: shard.name.clone(),
-            });
-        }
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        let Some(item) = next else { break };
+    while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
         done.push(dump_item(&mut conn, &shard, &tables[item.table], item, &opts).await?);
     }
     // Ends the read-only snapshot transaction; an error here cannot affect
@@ -252,8 +166,11 @@ async fn dump_item(
     );
     let what = format!("reading {}.{}", t.database, t.name);
     let prefix = format!(
-        "{}/r{:05}",
-        table_prefix(opts, &shard.name, t),
+        "{}shards/{}/{}/{}/r{:05}",
+        keys::backup_prefix(&opts.backup_id),
+        keys::segment(&shard.name),
+        keys::segment(&t.database),
+        keys::segment(&t.name),
         item.range_no
     );
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression);
@@ -266,8 +183,7 @@ async fn dump_item(
         .exec_iter(sql.as_str(), ())
         .await
         .map_err(query_err(shard, &what))?;
-    let mut rows_since = 0u64;
-    let mut bytes_since = 0usize;
+    let (mut rows_since, mut bytes_since) = (0u64, 0usize);
     while let Some(row) = result.next().await.map_err(query_err(shard, &what))? {
         let (buf, start) = writer.row_buffer();
         encode_row(buf, &row);

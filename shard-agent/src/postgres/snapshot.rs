@@ -2,9 +2,8 @@
 //! `COPY … TO STDOUT` (text format), whose lines are the canonical row
 //! encoding: the reader settings fix every output format that could vary.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -12,24 +11,11 @@ use tokio_postgres::Client;
 use topology::{Engine, Shard};
 
 use super::{ident, pg_err, reader, schema, Session, Table};
-use crate::dump::chunk::{store_file, ChunkWriter, RowDigest};
+use crate::dump::chunk::ChunkWriter;
+use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
 use crate::error::AgentError;
-use crate::manifest::{keys, ChunkRef, Column, ShardManifest, StoredFile, TableManifest};
+use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, DumpOptions, KeyRange};
-
-struct Item {
-    table: usize,
-    range_no: usize,
-    range: KeyRange,
-}
-
-struct ItemResult {
-    table: usize,
-    range_no: usize,
-    digest: RowDigest,
-    chunks: Vec<ChunkRef>,
-    millis: u64,
-}
 
 impl Session {
     pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
@@ -72,22 +58,21 @@ impl Session {
                     keys::segment(&shard.name),
                     keys::segment(&db.name)
                 );
-                let (bytes_raw, bytes_stored, xxh3) =
-                    store_file(opts.repo.clone(), key.clone(), sql, opts.compression)
-                        .await
-                        .map_err(|source| AgentError::Storage {
-                            shard: shard.name.clone(),
-                            what: format!("storing the {section} schema of {}", db.name),
-                            source,
-                        })?;
-                manifest.schema.push(StoredFile {
-                    key,
-                    section: section.into(),
-                    database: db.name.clone(),
-                    bytes_raw,
-                    bytes_stored,
-                    xxh3,
-                });
+                manifest
+                    .schema
+                    .push(store_schema(opts, &shard.name, key, sql, section, &db.name).await?);
+            }
+            let sequences = sequence_values(&db.snap, &shard, &db.name).await?;
+            if !sequences.is_empty() {
+                let key = format!(
+                    "{}shards/{}/{}/sequences.sql.zst",
+                    keys::backup_prefix(&opts.backup_id),
+                    keys::segment(&shard.name),
+                    keys::segment(&db.name)
+                );
+                manifest.schema.push(
+                    store_schema(opts, &shard.name, key, sequences, "sequences", &db.name).await?,
+                );
             }
             let tables = Arc::new(db.tables.clone());
             let results =
@@ -102,38 +87,54 @@ impl Session {
     }
 }
 
-fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], mut results: Vec<ItemResult>) {
-    results.sort_by_key(|r| (r.table, r.range_no));
-    for (i, t) in tables.iter().enumerate() {
-        let mut digest = RowDigest::default();
-        let mut chunks = Vec::new();
-        let mut millis = 0;
-        for r in results.iter_mut().filter(|r| r.table == i) {
-            digest.merge(r.digest);
-            chunks.append(&mut r.chunks);
-            millis += r.millis;
+/// `setval` statements for every sequence of the database. `pg_dump
+/// --schema-only` leaves them out (they belong to its data section), yet a
+/// restore without them would hand out keys that already exist. Sequences
+/// are not transactional, so this reads their state just after the cut: at
+/// least as far as the snapshot, never behind it.
+async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u8>, AgentError> {
+    let what = format!("reading the sequences of {db}");
+    let rows = snap
+        .query(
+            "SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', \
+             quote_ident(schemaname) || '.' || quote_ident(sequencename), \
+             COALESCE(last_value, start_value), last_value IS NOT NULL), \
+             has_sequence_privilege(quote_ident(schemaname) || '.' || quote_ident(sequencename), 'SELECT'), \
+             schemaname || '.' || sequencename \
+             FROM pg_sequences ORDER BY schemaname, sequencename",
+            &[],
+        )
+        .await
+        .map_err(pg_err(shard, &what))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let readable: bool = r.try_get(1).map_err(pg_err(shard, &what))?;
+        if !readable {
+            let name: String = r.try_get(2).map_err(pg_err(shard, &what))?;
+            return Err(AgentError::Tool {
+                shard: shard.name.clone(),
+                what: format!("{what}: no SELECT privilege on sequence {db}.{name}; GRANT SELECT ON it to the backup user"),
+            });
         }
-        manifest.table_list.push(TableManifest {
-            database: db.to_string(),
-            schema: Some(t.schema.clone()),
-            name: t.name.clone(),
-            columns: t
-                .columns
-                .iter()
-                .map(|(n, ty)| Column {
-                    name: n.clone(),
-                    data_type: ty.clone(),
-                })
-                .collect(),
-            primary_key: t.primary_key.clone(),
-            rows: digest.rows,
-            content_hash: digest.hex(),
-            bytes_raw: chunks.iter().map(|c| c.bytes_raw).sum(),
-            bytes_stored: chunks.iter().map(|c| c.bytes_stored).sum(),
-            duration_ms: millis,
-            chunks,
-        });
+        let line: String = r.try_get(0).map_err(pg_err(shard, &what))?;
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
+    Ok(out)
+}
+
+fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Vec<ItemResult>) {
+    let meta: Vec<TableMeta<'_>> = tables
+        .iter()
+        .map(|t| TableMeta {
+            database: db,
+            schema: Some(&t.schema),
+            name: &t.name,
+            columns: &t.columns,
+            primary_key: &t.primary_key,
+        })
+        .collect();
+    manifest.table_list.extend(merge(results, &meta));
 }
 
 async fn dump_database(
@@ -178,7 +179,7 @@ async fn dump_database(
     }
     items.sort_by_key(|it| std::cmp::Reverse(tables[it.table].rows_estimate));
     let workers = shard.parallelism.min(items.len()).max(1);
-    let queue = Arc::new(Mutex::new(VecDeque::from(items)));
+    let queue = Queue::new(items);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let client = reader(shard, db, std::time::Duration::from_secs(10)).await?;
@@ -199,28 +200,7 @@ async fn dump_database(
             opts.clone(),
         ));
     }
-    let mut results = Vec::new();
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(mut r)) => results.append(&mut r),
-            Ok(Err(e)) => {
-                opts.cancel.store(true, Ordering::Relaxed);
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                opts.cancel.store(true, Ordering::Relaxed);
-                first_error.get_or_insert(AgentError::Tool {
-                    shard: shard.name.clone(),
-                    what: format!("a dump worker panicked: {e}"),
-                });
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(results),
-    }
+    join_workers(tasks, &shard.name, &opts.cancel).await
 }
 
 async fn worker(
@@ -228,18 +208,11 @@ async fn worker(
     shard: Shard,
     db: String,
     tables: Arc<Vec<Table>>,
-    queue: Arc<Mutex<VecDeque<Item>>>,
+    queue: Queue,
     opts: DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut done = Vec::new();
-    loop {
-        if opts.cancel.load(Ordering::Relaxed) {
-            return Err(AgentError::Cancelled {
-                shard: shard.name.clone(),
-            });
-        }
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        let Some(item) = next else { break };
+    while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
         done.push(dump_item(&client, &shard, &db, &tables[item.table], item, &opts).await?);
     }
     drop(client.batch_execute("COMMIT").await);

@@ -1,0 +1,159 @@
+//! The engine-independent half of a shard's data dump: work items shared by
+//! the workers through a queue, joining the workers (first error cancels the
+//! rest), and merging range results into per-table manifests.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dump::chunk::{store_file, RowDigest};
+use crate::error::AgentError;
+use crate::manifest::{ChunkRef, Column, StoredFile, TableManifest};
+use crate::session::{DumpOptions, KeyRange};
+
+/// A table, or one primary-key range of it.
+pub struct Item {
+    pub table: usize,
+    pub range_no: usize,
+    pub range: KeyRange,
+}
+
+pub struct ItemResult {
+    pub table: usize,
+    pub range_no: usize,
+    pub digest: RowDigest,
+    pub chunks: Vec<ChunkRef>,
+    pub millis: u64,
+}
+
+#[derive(Clone)]
+pub struct Queue(Arc<Mutex<VecDeque<Item>>>);
+
+impl Queue {
+    /// Items in the order given; callers put the biggest tables first so
+    /// one big table does not finish last alone.
+    pub fn new(items: Vec<Item>) -> Self {
+        Queue(Arc::new(Mutex::new(VecDeque::from(items))))
+    }
+
+    /// The next item, or `None` when the queue is empty; an error once
+    /// another worker has failed.
+    pub fn next(&self, shard: &str, cancel: &AtomicBool) -> Result<Option<Item>, AgentError> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled {
+                shard: shard.to_string(),
+            });
+        }
+        // The lock only guards a pop; a panic elsewhere cannot corrupt it.
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front())
+    }
+}
+
+/// Waits for every worker. The first failure sets `cancel` so the others
+/// stop at their next row, and is the error returned.
+pub async fn join_workers(
+    mut tasks: tokio::task::JoinSet<Result<Vec<ItemResult>, AgentError>>,
+    shard: &str,
+    cancel: &AtomicBool,
+) -> Result<Vec<ItemResult>, AgentError> {
+    let mut results = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failure = match joined {
+            Ok(Ok(mut r)) => {
+                results.append(&mut r);
+                continue;
+            }
+            Ok(Err(e)) => e,
+            Err(e) => AgentError::Tool {
+                shard: shard.to_string(),
+                what: format!("a dump worker panicked: {e}"),
+            },
+        };
+        cancel.store(true, Ordering::Relaxed);
+        // A worker cancelled because of another is not the cause.
+        if first_error.is_none() || matches!(first_error, Some(AgentError::Cancelled { .. })) {
+            first_error = Some(failure);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}
+
+/// What the dump of one table needs to describe it in the manifest.
+pub struct TableMeta<'a> {
+    pub database: &'a str,
+    pub schema: Option<&'a str>,
+    pub name: &'a str,
+    pub columns: &'a [(String, String)],
+    pub primary_key: &'a [String],
+}
+
+/// Merges range results (in range order) into one manifest entry per table;
+/// `tables[i]` describes table index `i` of the items.
+pub fn merge(mut results: Vec<ItemResult>, tables: &[TableMeta<'_>]) -> Vec<TableManifest> {
+    results.sort_by_key(|r| (r.table, r.range_no));
+    tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut digest = RowDigest::default();
+            let mut chunks = Vec::new();
+            let mut millis = 0;
+            for r in results.iter_mut().filter(|r| r.table == i) {
+                digest.merge(r.digest);
+                chunks.append(&mut r.chunks);
+                millis += r.millis;
+            }
+            TableManifest {
+                database: t.database.to_string(),
+                schema: t.schema.map(str::to_string),
+                name: t.name.to_string(),
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|(n, ty)| Column {
+                        name: n.clone(),
+                        data_type: ty.clone(),
+                    })
+                    .collect(),
+                primary_key: t.primary_key.to_vec(),
+                rows: digest.rows,
+                content_hash: digest.hex(),
+                bytes_raw: chunks.iter().map(|c| c.bytes_raw).sum(),
+                bytes_stored: chunks.iter().map(|c| c.bytes_stored).sum(),
+                duration_ms: millis,
+                chunks,
+            }
+        })
+        .collect()
+}
+
+/// Compresses and stores one schema file, described for the manifest.
+pub async fn store_schema(
+    opts: &DumpOptions,
+    shard: &str,
+    key: String,
+    raw: Vec<u8>,
+    section: &str,
+    database: &str,
+) -> Result<StoredFile, AgentError> {
+    let (bytes_raw, bytes_stored, xxh3) =
+        store_file(opts.repo.clone(), key.clone(), raw, opts.compression)
+            .await
+            .map_err(|source| AgentError::Storage {
+                shard: shard.to_string(),
+                what: format!("storing the {section} schema of {database}"),
+                source,
+            })?;
+    Ok(StoredFile {
+        key,
+        section: section.to_string(),
+        database: database.to_string(),
+        bytes_raw,
+        bytes_stored,
+        xxh3,
+    })
+}
