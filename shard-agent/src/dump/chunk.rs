@@ -6,6 +6,10 @@
 //! stores the buffer on a blocking thread while the caller waits. Waiting
 //! (rather than queueing) is what keeps memory flat: each worker holds at
 //! most one raw buffer and its compressed copy, whatever the table's size.
+//! Those buffers and the zstd context live in a [`Scratch`] that a worker
+//! reuses for every range it dumps: allocating them afresh per chunk, on
+//! whichever blocking thread runs it, made the allocator's footprint grow
+//! with the number of chunks.
 
 use std::sync::Arc;
 
@@ -54,12 +58,49 @@ pub enum ChunkError {
     Join(String),
 }
 
+/// A worker's reusable buffers and compression context.
+pub struct Scratch {
+    raw: Vec<u8>,
+    packed: Vec<u8>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            raw: Vec::with_capacity(CHUNK_RAW_BYTES + (64 << 10)),
+            packed: Vec::new(),
+            compressor: None,
+        }
+    }
+}
+
+impl Scratch {
+    /// Compresses `self.raw` into `self.packed`.
+    fn compress(&mut self, compression: Compression) -> std::io::Result<&[u8]> {
+        match compression {
+            Compression::None => Ok(&self.raw),
+            Compression::Zstd(level) => {
+                let compressor = match &mut self.compressor {
+                    Some(c) => c,
+                    None => self.compressor.insert(zstd::bulk::Compressor::new(level)?),
+                };
+                self.packed.clear();
+                self.packed
+                    .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
+                compressor.compress_to_buffer(&self.raw, &mut self.packed)?;
+                Ok(&self.packed)
+            }
+        }
+    }
+}
+
 /// Writes one range of one table as numbered chunks under `prefix`.
 pub struct ChunkWriter {
     repo: Arc<dyn Repository>,
     prefix: String,
     compression: Compression,
-    buf: Vec<u8>,
+    scratch: Scratch,
     rows_in_buf: u64,
     next_part: u32,
     pub digest: RowDigest,
@@ -69,12 +110,18 @@ pub struct ChunkWriter {
 impl ChunkWriter {
     /// `prefix` is the key prefix of this range, e.g.
     /// `backups/ID/shards/s/db/t/r00003`; parts get `-p0000.zst` appended.
-    pub fn new(repo: Arc<dyn Repository>, prefix: String, compression: Compression) -> Self {
+    pub fn new(
+        repo: Arc<dyn Repository>,
+        prefix: String,
+        compression: Compression,
+        mut scratch: Scratch,
+    ) -> Self {
+        scratch.raw.clear();
         ChunkWriter {
             repo,
             prefix,
             compression,
-            buf: Vec::with_capacity(CHUNK_RAW_BYTES + (64 << 10)),
+            scratch,
             rows_in_buf: 0,
             next_part: 0,
             digest: RowDigest::default(),
@@ -85,10 +132,10 @@ impl ChunkWriter {
     /// Appends one row's canonical line and stores a chunk when the buffer is full.
     pub async fn push(&mut self, line: &[u8]) -> Result<(), ChunkError> {
         self.digest.add_line(line);
-        self.buf.extend_from_slice(line);
-        self.buf.push(b'\n');
+        self.scratch.raw.extend_from_slice(line);
+        self.scratch.raw.push(b'\n');
         self.rows_in_buf += 1;
-        if self.buf.len() >= CHUNK_RAW_BYTES {
+        if self.scratch.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -97,60 +144,64 @@ impl ChunkWriter {
     /// Gives direct access to the buffer for encoders that write a row in
     /// place; call [`ChunkWriter::end_row`] after each row.
     pub fn row_buffer(&mut self) -> (&mut Vec<u8>, usize) {
-        let start = self.buf.len();
-        (&mut self.buf, start)
+        let start = self.scratch.raw.len();
+        (&mut self.scratch.raw, start)
     }
 
     /// Finishes a row written in place from `start`: hashes it and adds the newline.
     pub async fn end_row(&mut self, start: usize) -> Result<(), ChunkError> {
-        self.digest.add_line(&self.buf[start..]);
-        self.buf.push(b'\n');
+        self.digest.add_line(&self.scratch.raw[start..]);
+        self.scratch.raw.push(b'\n');
         self.rows_in_buf += 1;
-        if self.buf.len() >= CHUNK_RAW_BYTES {
+        if self.scratch.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), ChunkError> {
-        if self.buf.is_empty() {
+        if self.scratch.raw.is_empty() {
             return Ok(());
         }
         let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
         self.next_part += 1;
-        let raw = std::mem::take(&mut self.buf);
+        let mut scratch = std::mem::take(&mut self.scratch);
         let repo = self.repo.clone();
         let compression = self.compression;
         let rows = std::mem::take(&mut self.rows_in_buf);
-        let k = key.clone();
-        let (chunk, mut raw) = tokio::task::spawn_blocking(move || {
-            let stored = compress(&raw, compression).map_err(|source| ChunkError::Compress {
-                key: k.clone(),
-                source,
-            })?;
-            repo.put(&k, &stored)?;
+        let (chunk, mut scratch) = tokio::task::spawn_blocking(move || {
+            let raw_len = scratch.raw.len() as u64;
+            let raw_xxh3 = format!("{:016x}", xxh3_64(&scratch.raw));
+            let stored = scratch
+                .compress(compression)
+                .map_err(|source| ChunkError::Compress {
+                    key: key.clone(),
+                    source,
+                })?;
+            repo.put(&key, stored)?;
             let chunk = ChunkRef {
-                key: k,
+                key,
                 rows,
-                bytes_raw: raw.len() as u64,
+                bytes_raw: raw_len,
                 bytes_stored: stored.len() as u64,
-                xxh3: format!("{:016x}", xxh3_64(&stored)),
-                raw_xxh3: format!("{:016x}", xxh3_64(&raw)),
+                xxh3: format!("{:016x}", xxh3_64(stored)),
+                raw_xxh3,
             };
-            Ok::<_, ChunkError>((chunk, raw))
+            Ok::<_, ChunkError>((chunk, scratch))
         })
         .await
         .map_err(|e| ChunkError::Join(e.to_string()))??;
         self.chunks.push(chunk);
-        raw.clear();
-        self.buf = raw;
+        scratch.raw.clear();
+        self.scratch = scratch;
         Ok(())
     }
 
-    /// Stores what is left and returns the range's digest and chunks.
-    pub async fn finish(mut self) -> Result<(RowDigest, Vec<ChunkRef>), ChunkError> {
+    /// Stores what is left and returns the range's digest and chunks, and
+    /// the scratch buffers for the worker's next range.
+    pub async fn finish(mut self) -> Result<(RowDigest, Vec<ChunkRef>, Scratch), ChunkError> {
         self.flush().await?;
-        Ok((self.digest, self.chunks))
+        Ok((self.digest, self.chunks, self.scratch))
     }
 }
 
@@ -202,14 +253,19 @@ mod tests {
     #[tokio::test]
     async fn chunks_round_trip_and_digest_is_order_independent() {
         let repo: Arc<dyn Repository> = Arc::new(MemoryRepository::default());
-        let mut w = ChunkWriter::new(repo.clone(), "t/r00000".into(), Compression::Zstd(3));
+        let mut w = ChunkWriter::new(
+            repo.clone(),
+            "t/r00000".into(),
+            Compression::Zstd(3),
+            Scratch::default(),
+        );
         let big = vec![b'x'; 1 << 20];
         for i in 0..10u8 {
             let mut line = big.clone();
             line[0] = i;
             w.push(&line).await.unwrap();
         }
-        let (digest, chunks) = w.finish().await.unwrap();
+        let (digest, chunks, _) = w.finish().await.unwrap();
         assert_eq!(digest.rows, 10);
         assert_eq!(chunks.len(), 3, "4 MiB chunks of 1 MiB rows");
         assert_eq!(chunks.iter().map(|c| c.rows).sum::<u64>(), 10);

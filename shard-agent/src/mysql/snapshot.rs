@@ -15,7 +15,7 @@ use topology::{Engine, Shard};
 
 use super::schema::database_schema;
 use super::{ident, query_err, Session, Table};
-use crate::dump::chunk::ChunkWriter;
+use crate::dump::chunk::{ChunkWriter, Scratch};
 use crate::dump::mysql_value::encode_row;
 use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
 use crate::error::AgentError;
@@ -136,8 +136,12 @@ async fn worker(
     opts: DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut done = Vec::new();
+    let mut scratch = Scratch::default();
     while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
-        done.push(dump_item(&mut conn, &shard, &tables[item.table], item, &opts).await?);
+        let (result, s) =
+            dump_item(&mut conn, &shard, &tables[item.table], item, &opts, scratch).await?;
+        done.push(result);
+        scratch = s;
     }
     // Ends the read-only snapshot transaction; an error here cannot affect
     // data already stored.
@@ -151,7 +155,8 @@ async fn dump_item(
     t: &Table,
     item: Item,
     opts: &DumpOptions,
-) -> Result<ItemResult, AgentError> {
+    scratch: Scratch,
+) -> Result<(ItemResult, Scratch), AgentError> {
     let started = Instant::now();
     let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
     let predicate = match t.primary_key.first() {
@@ -173,7 +178,7 @@ async fn dump_item(
         keys::segment(&t.name),
         item.range_no
     );
-    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression);
+    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = |source| AgentError::Storage {
         shard: shard.name.clone(),
         what: format!("storing {}.{}", t.database, t.name),
@@ -201,12 +206,13 @@ async fn dump_item(
         }
     }
     opts.progress.add(rows_since, bytes_since as u64);
-    let (digest, chunks) = writer.finish().await.map_err(storage)?;
-    Ok(ItemResult {
+    let (digest, chunks, scratch) = writer.finish().await.map_err(storage)?;
+    let result = ItemResult {
         table: item.table,
         range_no: item.range_no,
         digest,
         chunks,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    })
+    };
+    Ok((result, scratch))
 }

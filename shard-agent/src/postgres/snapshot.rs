@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use topology::{Engine, Shard};
 
 use super::{ident, pg_err, reader, schema, Session, Table};
-use crate::dump::chunk::ChunkWriter;
+use crate::dump::chunk::{ChunkWriter, Scratch};
 use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
@@ -212,8 +212,20 @@ async fn worker(
     opts: DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut done = Vec::new();
+    let mut scratch = Scratch::default();
     while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
-        done.push(dump_item(&client, &shard, &db, &tables[item.table], item, &opts).await?);
+        let (result, s) = dump_item(
+            &client,
+            &shard,
+            &db,
+            &tables[item.table],
+            item,
+            &opts,
+            scratch,
+        )
+        .await?;
+        done.push(result);
+        scratch = s;
     }
     drop(client.batch_execute("COMMIT").await);
     Ok(done)
@@ -241,7 +253,8 @@ async fn dump_item(
     t: &Table,
     item: Item,
     opts: &DumpOptions,
-) -> Result<ItemResult, AgentError> {
+    scratch: Scratch,
+) -> Result<(ItemResult, Scratch), AgentError> {
     let started = Instant::now();
     let sql = copy_out_sql(t, &item.range);
     let what = format!("reading {db}.{}.{}", t.schema, t.name);
@@ -254,7 +267,7 @@ async fn dump_item(
         keys::segment(&t.name),
         item.range_no
     );
-    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression);
+    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = |source| AgentError::Storage {
         shard: shard.name.clone(),
         what: format!("storing {db}.{}.{}", t.schema, t.name),
@@ -302,12 +315,13 @@ async fn dump_item(
         });
     }
     opts.progress.add(rows_since, bytes_since);
-    let (digest, chunks) = writer.finish().await.map_err(storage)?;
-    Ok(ItemResult {
+    let (digest, chunks, scratch) = writer.finish().await.map_err(storage)?;
+    let result = ItemResult {
         table: item.table,
         range_no: item.range_no,
         digest,
         chunks,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    })
+    };
+    Ok((result, scratch))
 }
