@@ -15,3 +15,4 @@ mod check;
 mod consistency;
 mod faults;
 mod remote;
+mod verify;

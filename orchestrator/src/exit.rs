@@ -7,7 +7,6 @@ use topology::TopologyError;
 pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 pub const INVALID_INPUT: u8 = 2;
-#[allow(dead_code)]
 pub const DEGRADED: u8 = 3;
 
 /// Marks an error as the user's input being wrong (exit 2) rather than

@@ -9,6 +9,7 @@ pub mod api;
 pub mod connect;
 pub mod dump;
 pub mod error;
+pub mod integrity;
 pub mod manifest;
 pub mod mysql;
 pub mod position;

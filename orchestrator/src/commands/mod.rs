@@ -4,6 +4,7 @@ mod backup;
 mod check;
 mod list;
 mod show;
+mod verify;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub enum Command {
     Backup(backup::Backup),
     List(list::List),
     Show(show::Show),
+    Verify(verify::Verify),
 }
 
 impl Command {
@@ -30,6 +32,7 @@ impl Command {
             Command::Backup(c) => c.run().await,
             Command::List(c) => c.run().await,
             Command::Show(c) => c.run().await,
+            Command::Verify(c) => c.run().await,
         }
     }
 }

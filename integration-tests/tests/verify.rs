@@ -1,0 +1,89 @@
+//! `shardcut verify --backup`: repository integrity with no database, on
+//! real backups damaged the way disks and people damage them.
+
+use shard_agent::repo::Repository;
+
+use crate::support::{self, db, shardcut};
+
+#[test]
+fn damaged_backups_are_named_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let arg = topo.to_str().unwrap();
+    let run = shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+
+    let ok = shardcut(&["verify", "--backup", &id, "-t", arg, "--json"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let j = ok.json();
+    assert_eq!(j["status"], "ok");
+    assert_eq!(
+        j["shards"]["mysql-0"]["tables"]["shop.all_types"]["rows_found"],
+        20
+    );
+    assert_eq!(
+        j["shards"]["pg-1"]["tables"]["shop.public.orders"]["hash_ok"],
+        true
+    );
+
+    let m = support::manifest(&topo, &id);
+    let repo_dir = dir.path().join("repo");
+    // Flip one byte in the middle of one chunk.
+    let flipped = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0];
+    let path = repo_dir.join(&flipped.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let run = shardcut(&["verify", "--backup", &id, "-t", arg]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "BAD shard mysql-1 table shop.orders {}: checksum mismatch",
+            flipped.key
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("DAMAGED (1 table(s), 1 object(s))"),
+        "{run:?}"
+    );
+
+    // Delete a chunk of another shard's table.
+    let deleted = &db::find_table(&m, "pg-0", "shop.public.customers").chunks[0];
+    db::repository(&db::topology(&topo))
+        .delete(&deleted.key)
+        .unwrap();
+    let run = shardcut(&["verify", "--backup", &id, "-t", arg, "--json"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let j = run.json();
+    assert_eq!(j["status"], "damaged");
+    let damage = j["damage"].as_array().unwrap();
+    assert_eq!(damage.len(), 2, "{j}");
+    assert!(damage.iter().any(|d| d["key"] == deleted.key.as_str()
+        && d["problem"] == "missing"
+        && d["table"] == "shop.public.customers"
+        && d["shard"] == "pg-0"));
+    let t = &j["shards"]["pg-0"]["tables"]["shop.public.customers"];
+    assert_eq!(t["hash_ok"], false);
+    assert_eq!(t["rows_found"], 0);
+    assert_eq!(t["rows_expected"], 1000);
+
+    // A truncated manifest is a clear error, not a verdict.
+    let manifest = repo_dir.join(format!("backups/{id}/manifest.json"));
+    let text = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
+    let run = shardcut(&["verify", "--backup", &id, "-t", arg]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("unreadable manifest backups/{id}/manifest.json")),
+        "{run:?}"
+    );
+    let list = shardcut(&["list", "-t", arg]);
+    assert!(
+        list.stdout.contains("unreadable"),
+        "list shows the damaged backup: {list:?}"
+    );
+}
