@@ -15,4 +15,5 @@ mod check;
 mod consistency;
 mod faults;
 mod remote;
+mod restore;
 mod verify;

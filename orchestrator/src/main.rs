@@ -10,6 +10,8 @@ mod cut;
 mod exit;
 mod lock;
 mod progress;
+mod quality;
+mod readback;
 mod render;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.

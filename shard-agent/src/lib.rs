@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod preflight;
 pub mod readback;
 pub mod repo;
+pub mod restore;
 pub mod serve;
 pub mod session;
 

@@ -3,6 +3,7 @@
 mod backup;
 mod check;
 mod list;
+mod restore;
 mod show;
 mod verify;
 
@@ -20,6 +21,7 @@ pub enum Command {
     Check(check::Check),
     Backup(backup::Backup),
     List(list::List),
+    Restore(restore::Restore),
     Show(show::Show),
     Verify(verify::Verify),
 }
@@ -31,6 +33,7 @@ impl Command {
             Command::Check(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::List(c) => c.run().await,
+            Command::Restore(c) => c.run().await,
             Command::Show(c) => c.run().await,
             Command::Verify(c) => c.run().await,
         }

@@ -2,7 +2,7 @@
 //! in `cut` (block, mark, release), `schema` and `snapshot` (data).
 
 mod cut;
-mod schema;
+pub(crate) mod schema;
 mod snapshot;
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! in `cut`, `schema` (pg_dump pre-/post-data) and `snapshot` (COPY data).
 
 mod cut;
-mod schema;
+pub(crate) mod schema;
 mod snapshot;
 
 use std::time::{Duration, Instant};

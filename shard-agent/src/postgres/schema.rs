@@ -14,11 +14,16 @@ use crate::error::AgentError;
 /// The newest installed `pg_dump`: Debian keeps one per major version under
 /// /usr/lib/postgresql, and pg_dump must not be older than the server.
 pub fn pg_dump_binary() -> PathBuf {
+    pg_binary("pg_dump")
+}
+
+/// The newest installed PostgreSQL client program `name`.
+pub fn pg_binary(name: &str) -> PathBuf {
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         for e in entries.flatten() {
             let version = e.file_name().to_str().and_then(|v| v.parse::<u32>().ok());
-            let path = e.path().join("bin/pg_dump");
+            let path = e.path().join("bin").join(name);
             if let Some(v) = version {
                 if path.exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
                     best = Some((v, path));

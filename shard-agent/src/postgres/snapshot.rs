@@ -98,7 +98,7 @@ async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u
         .query(
             "SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', \
              quote_ident(schemaname) || '.' || quote_ident(sequencename), \
-             COALESCE(last_value, start_value), last_value IS NOT NULL), \
+             COALESCE(last_value, start_value), CASE WHEN last_value IS NULL THEN 'false' ELSE 'true' END), \
              has_sequence_privilege(quote_ident(schemaname) || '.' || quote_ident(sequencename), 'SELECT'), \
              schemaname || '.' || sequencename \
              FROM pg_sequences ORDER BY schemaname, sequencename",

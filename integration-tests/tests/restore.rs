@@ -1,0 +1,210 @@
+//! `shardcut restore`: a round trip of the seeded sandbox into a second
+//! cluster, checked with the servers' own means (not shardcut's code), the
+//! refusal of a non-empty target, and a damaged chunk.
+
+use mysql_async::prelude::Queryable;
+use topology::{Engine, Shard};
+
+use crate::support::{self, db, PrivateSandbox};
+
+/// `CHECKSUM TABLE`, MariaDB's own digest of a table's contents.
+async fn mysql_checksum(shard: &Shard, table: &str) -> Option<u64> {
+    let mut c = db::mysql(shard, None).await;
+    let row: Option<(String, Option<u64>)> = c
+        .query_first(format!("CHECKSUM TABLE {table}"))
+        .await
+        .unwrap();
+    row.unwrap().1
+}
+
+/// md5 of every row's text, ordered by that text: independent of row order
+/// and of shardcut's encoders.
+async fn pg_digest(shard: &Shard, database: &str, schema: &str, table: &str) -> String {
+    let c = db::pg(shard, database).await;
+    let sql = format!(
+        "SELECT md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')) FROM (SELECT t::text AS x FROM ONLY \"{schema}\".\"{table}\" t) s"
+    );
+    c.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+/// Counts of schema objects that must survive a restore.
+async fn mysql_objects(shard: &Shard) -> Vec<i64> {
+    let mut c = db::mysql(shard, None).await;
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = 'shop'",
+        "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'shop'",
+        "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = 'shop'",
+        "SELECT COUNT(DISTINCT TABLE_NAME, INDEX_NAME) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'shop'",
+        "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'shop'",
+    ] {
+        let n: Option<i64> = c.query_first(sql).await.unwrap();
+        out.push(n.unwrap());
+    }
+    out
+}
+
+async fn pg_objects(shard: &Shard) -> Vec<i64> {
+    let c = db::pg(shard, "shop").await;
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'public'",
+        "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f'",
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'",
+    ] {
+        out.push(c.query_one(sql, &[]).await.unwrap().get(0));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_into_a_second_cluster_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src_path.to_str().unwrap();
+    let run = support::shardcut_async(&["backup", "-t", src_arg, "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let target = PrivateSandbox::up(2, 2, 24400, "ready");
+    let tgt_path = target.topology();
+    let tgt_arg = tgt_path.to_str().unwrap();
+
+    let run = support::shardcut_async(&[
+        "restore", "-t", src_arg, "--backup", &id, "--target", tgt_arg, "--json",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let j = run.json();
+    assert_eq!(j["quality"]["score"], 1.0, "{j}");
+    assert!(j["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        j["shards"]["mysql-1"]["tables"]["shop.all_types"]["hash_ok"],
+        true
+    );
+    assert_eq!(
+        j["shards"]["pg-0"]["tables"]["shop.public.orders"]["rows_found"],
+        5000
+    );
+
+    let src = db::topology(&src_path);
+    let tgt = db::topology(&tgt_path);
+    let m = support::manifest(&src_path, &id);
+    let mut compared = 0;
+    for (name, sm) in &m.shards {
+        let (s, t) = (src.shard(name).unwrap(), tgt.shard(name).unwrap());
+        for table in &sm.table_list {
+            match s.engine {
+                Engine::Mysql => {
+                    let q = format!("`{}`.`{}`", table.database, table.name);
+                    let (a, b) = (mysql_checksum(s, &q).await, mysql_checksum(t, &q).await);
+                    assert!(a.is_some(), "{q}");
+                    assert_eq!(a, b, "{name} {q}: CHECKSUM TABLE differs");
+                }
+                Engine::Postgres => {
+                    let schema = table.schema.as_deref().unwrap();
+                    let a = pg_digest(s, &table.database, schema, &table.name).await;
+                    let b = pg_digest(t, &table.database, schema, &table.name).await;
+                    assert_eq!(a, b, "{name} {}: row digest differs", table.qualified());
+                }
+            }
+            compared += 1;
+        }
+        let (a, b) = match s.engine {
+            Engine::Mysql => (mysql_objects(s).await, mysql_objects(t).await),
+            Engine::Postgres => (pg_objects(s).await, pg_objects(t).await),
+        };
+        assert!(
+            a.iter().all(|n| *n > 0),
+            "{name}: the seed has views, triggers, FKs, indexes, routines: {a:?}"
+        );
+        assert_eq!(
+            a, b,
+            "{name}: schema objects (views, triggers, FKs, indexes, routines)"
+        );
+    }
+    assert_eq!(compared, 28);
+    // Sequences continue where the source left off.
+    let c = db::pg(tgt.shard("pg-0").unwrap(), "shop").await;
+    let seq: Option<String> = c
+        .query_one(
+            "SELECT pg_get_serial_sequence('public.events_nopk', 'id')",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(None);
+    if let Some(seq) = seq {
+        let (src_v, tgt_v): (i64, i64) = (
+            db::pg(src.shard("pg-0").unwrap(), "shop")
+                .await
+                .query_one(&format!("SELECT last_value FROM {seq}"), &[])
+                .await
+                .unwrap()
+                .get(0),
+            c.query_one(&format!("SELECT last_value FROM {seq}"), &[])
+                .await
+                .unwrap()
+                .get(0),
+        );
+        assert_eq!(src_v, tgt_v);
+    }
+
+    // A second restore onto the same, now non-empty, target is refused.
+    let again = support::shardcut_async(&[
+        "restore", "-t", src_arg, "--backup", &id, "--target", tgt_arg,
+    ])
+    .await;
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again.stderr.contains("exists and holds") && again.stderr.contains("nothing was changed"),
+        "{again:?}"
+    );
+
+    // Restoring onto the source servers themselves is refused.
+    let onto_source = support::shardcut_async(&[
+        "restore", "-t", src_arg, "--backup", &id, "--target", src_arg,
+    ])
+    .await;
+    assert_eq!(onto_source.code, 2, "{onto_source:?}");
+    assert!(
+        onto_source.stderr.contains("would overwrite the source"),
+        "{onto_source:?}"
+    );
+
+    // A damaged chunk: the restore names it and does not claim success.
+    let chunk = &db::find_table(&m, "pg-1", "shop.public.order_lines").chunks[0];
+    let path = dir.path().join("repo").join(&chunk.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let damaged = support::shardcut_async(&[
+        "restore",
+        "-t",
+        src_arg,
+        "--backup",
+        &id,
+        "--target",
+        tgt_arg,
+        "--shard",
+        "pg-1",
+        "--overwrite",
+        "--json",
+    ])
+    .await;
+    assert_ne!(damaged.code, 0, "{damaged:?}");
+    assert!(
+        damaged
+            .stderr
+            .contains(&format!("chunk {} is damaged", chunk.key)),
+        "{damaged:?}"
+    );
+    let j = damaged.json();
+    assert!(j["quality"]["score"].as_f64().unwrap() < 1.0, "{j}");
+    assert_eq!(
+        j["shards"]["pg-1"]["tables"]["shop.public.order_lines"]["hash_ok"],
+        false
+    );
+}

@@ -1,0 +1,283 @@
+//! Restoring a MySQL/MariaDB shard.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use topology::Shard;
+
+use super::{chunk_items, databases, load_checked, schema_files, RestoreOptions, ShardRestore};
+use crate::connect;
+use crate::error::AgentError;
+use crate::manifest::ShardManifest;
+use crate::mysql::schema::DatabaseSchema;
+use crate::mysql::{ident, query_err};
+use crate::preflight::mysql::number;
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Column types whose values the dump holds as text but which MariaDB
+/// reads as their native binary form when given a binary string; they are
+/// loaded through a variable converted to text.
+const TEXT_FORM_TYPES: &[&str] = &["uuid", "inet6", "inet4"];
+
+/// The column list and `SET` clause of a `LOAD DATA` for `t`.
+fn load_columns(t: &crate::manifest::TableManifest) -> String {
+    let mut cols = Vec::new();
+    let mut sets = Vec::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if TEXT_FORM_TYPES.contains(&c.data_type.to_lowercase().as_str()) {
+            cols.push(format!("@c{i}"));
+            sets.push(format!("{} = CONVERT(@c{i} USING utf8mb4)", ident(&c.name)));
+        } else {
+            cols.push(ident(&c.name));
+        }
+    }
+    let mut out = format!("({})", cols.join(", "));
+    if !sets.is_empty() {
+        out.push_str(&format!(" SET {}", sets.join(", ")));
+    }
+    out
+}
+
+/// Session settings of a restoring connection. Foreign keys and unique
+/// checks are off during the load (the data was consistent when dumped);
+/// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
+async fn session(conn: &mut Conn, shard: &Shard) -> Result<(), AgentError> {
+    for s in [
+        "SET NAMES utf8mb4",
+        "SET SESSION time_zone = '+00:00'",
+        // Strict: a value the column cannot take fails the load instead of
+        // silently becoming NULL or a truncated value.
+        "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+        "SET SESSION foreign_key_checks = 0",
+        "SET SESSION unique_checks = 0",
+    ] {
+        conn.query_drop(s).await.map_err(query_err(shard, s))?;
+    }
+    Ok(())
+}
+
+async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(), AgentError> {
+    conn.query_drop(sql).await.map_err(query_err(shard, what))
+}
+
+pub(super) async fn restore(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<ShardRestore, AgentError> {
+    let mut done = ShardRestore::default();
+    let mut control = connect::mysql(target, None, TIMEOUT).await?;
+    session(&mut control, target).await?;
+    for db in databases(source) {
+        let file = schema_files(source, &db, "database")
+            .into_iter()
+            .next()
+            .ok_or_else(|| AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!("the backup has no schema file for database {db}"),
+            })?;
+        let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
+        let schema: DatabaseSchema =
+            serde_json::from_slice(&raw).map_err(|e| AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!("schema file {} is not readable: {e}", file.key),
+            })?;
+        prepare_database(&mut control, target, &db, opts.overwrite).await?;
+        exec(
+            &mut control,
+            target,
+            &format!("creating database {db}"),
+            &schema.create_database,
+        )
+        .await?;
+        exec(
+            &mut control,
+            target,
+            "selecting the database",
+            &format!("USE {}", ident(&db)),
+        )
+        .await?;
+        for t in &schema.tables {
+            exec(
+                &mut control,
+                target,
+                &format!("creating table {db}.{}", t.name),
+                &t.sql,
+            )
+            .await?;
+        }
+        done.databases.push(db.clone());
+
+        load_data(source, target, opts, &db).await?;
+        done.tables += source
+            .table_list
+            .iter()
+            .filter(|t| t.database == db)
+            .count();
+        done.chunks += chunk_items(source, &db).len();
+
+        // After the data, so triggers do not fire during the load.
+        for (kind, objects) in [
+            ("view", &schema.views),
+            ("routine", &schema.routines),
+            ("trigger", &schema.triggers),
+            ("event", &schema.events),
+        ] {
+            for o in objects {
+                exec(
+                    &mut control,
+                    target,
+                    &format!("creating {kind} {db}.{}", o.name),
+                    &o.sql,
+                )
+                .await?;
+            }
+        }
+    }
+    drop(control.disconnect().await);
+    Ok(done)
+}
+
+/// Whether `db` exists on the target, and how many tables it holds.
+async fn inspect(conn: &mut Conn, shard: &Shard, db: &str) -> Result<(u64, u64), AgentError> {
+    let lit = format!("'{}'", db.replace('\\', "\\\\").replace('\'', "''"));
+    let rows: Vec<Row> = conn
+        .query(format!(
+            "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {lit}), \
+             (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {lit})"
+        ))
+        .await
+        .map_err(query_err(shard, "inspecting the target"))?;
+    let de = |e| AgentError::Query {
+        shard: shard.name.clone(),
+        what: "inspecting the target".into(),
+        source: e,
+    };
+    Ok(match rows.first() {
+        Some(r) => (
+            number(r, 0).map_err(de)?.unwrap_or(0),
+            number(r, 1).map_err(de)?.unwrap_or(0),
+        ),
+        None => (0, 0),
+    })
+}
+
+/// Refuses, without changing anything, a target database that exists and
+/// holds tables, unless `overwrite`.
+pub(super) async fn check_target(
+    source: &ShardManifest,
+    target: &Shard,
+    overwrite: bool,
+) -> Result<(), AgentError> {
+    let mut conn = connect::mysql(target, None, TIMEOUT).await?;
+    for db in databases(source) {
+        let (_, tables) = inspect(&mut conn, target, &db).await?;
+        if tables > 0 && !overwrite {
+            return Err(refusal(target, &db, tables));
+        }
+    }
+    drop(conn.disconnect().await);
+    Ok(())
+}
+
+fn refusal(shard: &Shard, db: &str, tables: u64) -> AgentError {
+    AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!(
+            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
+        ),
+    }
+}
+
+/// Drops a target database that exists (the caller checked `overwrite`).
+async fn prepare_database(
+    conn: &mut Conn,
+    shard: &Shard,
+    db: &str,
+    overwrite: bool,
+) -> Result<(), AgentError> {
+    let (exists, tables) = inspect(conn, shard, db).await?;
+    if exists == 0 {
+        return Ok(());
+    }
+    if tables > 0 && !overwrite {
+        return Err(refusal(shard, db, tables));
+    }
+    exec(
+        conn,
+        shard,
+        &format!("dropping database {db}"),
+        &format!("DROP DATABASE {}", ident(db)),
+    )
+    .await
+}
+
+/// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel.
+async fn load_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    let items: Vec<(String, String, String, String)> = chunk_items(source, db)
+        .into_iter()
+        .map(|(t, i)| {
+            let sql = format!(
+                "LOAD DATA LOCAL INFILE 'shardcut-chunk' INTO TABLE {}.{} CHARACTER SET binary \
+                 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' {}",
+                ident(&t.database),
+                ident(&t.name),
+                load_columns(t)
+            );
+            (
+                t.chunks[i].key.clone(),
+                t.chunks[i].xxh3.clone(),
+                sql,
+                t.qualified(),
+            )
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(items));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.parallelism.max(1) {
+        let (queue, target, opts) = (queue.clone(), target.clone(), opts.clone());
+        tasks.spawn(async move {
+            let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
+            session(&mut conn, &target).await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((key, xxh3, sql, table)) = next else {
+                    break;
+                };
+                let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
+                let data = Bytes::from(raw);
+                conn.set_infile_handler(async move {
+                    Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
+                });
+                conn.query_drop(&sql)
+                    .await
+                    .map_err(query_err(&target, &format!("loading {table} from {key}")))?;
+            }
+            drop(conn.disconnect().await);
+            Ok::<(), AgentError>(())
+        });
+    }
+    let mut first = None;
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.map_err(|e| AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!("a load worker panicked: {e}"),
+        })?;
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,252 @@
+//! Restoring a PostgreSQL shard: pre-data schema with psql, data with
+//! `COPY … FROM STDIN` per chunk, post-data schema, then sequence values.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
+use topology::Shard;
+
+use super::{chunk_items, databases, load_checked, schema_files, RestoreOptions, ShardRestore};
+use crate::connect;
+use crate::error::AgentError;
+use crate::manifest::ShardManifest;
+use crate::postgres::schema::pg_binary;
+use crate::postgres::{ident, pg_err, reader};
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) async fn restore(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<ShardRestore, AgentError> {
+    let mut done = ShardRestore::default();
+    for db in databases(source) {
+        prepare_database(target, &db, opts.overwrite).await?;
+        done.databases.push(db.clone());
+        run_section(source, target, opts, &db, "pre-data").await?;
+        load_data(source, target, opts, &db).await?;
+        run_section(source, target, opts, &db, "post-data").await?;
+        for f in schema_files(source, &db, "sequences") {
+            let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+            let client = reader(target, &db, TIMEOUT).await?;
+            client
+                .batch_execute(&String::from_utf8_lossy(&sql))
+                .await
+                .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
+        }
+        done.tables += source
+            .table_list
+            .iter()
+            .filter(|t| t.database == db)
+            .count();
+        done.chunks += chunk_items(source, &db).len();
+    }
+    Ok(done)
+}
+
+/// Whether `db` exists on the target, and how many tables it holds.
+async fn inspect(shard: &Shard, db: &str) -> Result<(bool, i64), AgentError> {
+    let admin = connect::postgres(shard, None, TIMEOUT).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .map_err(pg_err(shard, "inspecting the target"))?
+        .is_some();
+    if exists {
+        let client = connect::postgres(shard, Some(db), TIMEOUT).await?;
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg_err(shard, "inspecting the target"))?;
+        return Ok((true, tables));
+    }
+    Ok((false, 0))
+}
+
+fn refusal(shard: &Shard, db: &str, tables: i64) -> AgentError {
+    AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!(
+            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
+        ),
+    }
+}
+
+/// Refuses, without changing anything, a target database that exists and
+/// holds tables, unless `overwrite`.
+pub(super) async fn check_target(
+    source: &ShardManifest,
+    target: &Shard,
+    overwrite: bool,
+) -> Result<(), AgentError> {
+    for db in databases(source) {
+        let (_, tables) = inspect(target, &db).await?;
+        if tables > 0 && !overwrite {
+            return Err(refusal(target, &db, tables));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces (the caller checked `overwrite`) or creates `db` empty.
+async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<(), AgentError> {
+    let (exists, tables) = inspect(shard, db).await?;
+    if tables > 0 && !overwrite {
+        return Err(refusal(shard, db, tables));
+    }
+    let admin = connect::postgres(shard, None, TIMEOUT).await?;
+    if exists {
+        admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(db)))
+            .await
+            .map_err(pg_err(shard, &format!("dropping database {db}")))?;
+    }
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", ident(db)))
+        .await
+        .map_err(pg_err(shard, &format!("creating database {db}")))?;
+    Ok(())
+}
+
+/// Runs a pg_dump section with psql. Ownership statements are left out (as
+/// `pg_restore --no-owner` does): objects belong to the restoring user,
+/// since the source's roles need not exist on the target.
+async fn run_section(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    section: &str,
+) -> Result<(), AgentError> {
+    for f in schema_files(source, db, section) {
+        let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+        let text = String::from_utf8_lossy(&sql);
+        let filtered: String = text
+            .lines()
+            .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = &target.endpoint;
+        let mut cmd = tokio::process::Command::new(pg_binary("psql"));
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"])
+            .arg("--host")
+            .arg(&e.host)
+            .arg("--port")
+            .arg(e.port.to_string())
+            .arg("--username")
+            .arg(&e.user)
+            .arg("--dbname")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(p) = &target.password {
+            cmd.env("PGPASSWORD", p.expose());
+        }
+        let tool = |what: String| AgentError::Tool {
+            shard: target.name.clone(),
+            what,
+        };
+        let mut child = cmd
+            .spawn()
+            .map_err(|err| tool(format!("cannot run psql: {err}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(filtered.as_bytes()).await.map_err(|err| {
+                tool(format!(
+                    "feeding the {section} schema of {db} to psql: {err}"
+                ))
+            })?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|err| tool(format!("waiting for psql: {err}")))?;
+        if !out.status.success() {
+            return Err(tool(format!(
+                "restoring the {section} schema of {db} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .replace('\n', " ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
+async fn load_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    let items: Vec<(String, String, String, String)> = chunk_items(source, db)
+        .into_iter()
+        .map(|(t, i)| {
+            let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+            let sql = format!(
+                "COPY {}.{} ({}) FROM STDIN",
+                ident(t.schema.as_deref().unwrap_or("public")),
+                ident(&t.name),
+                cols.join(", ")
+            );
+            (
+                t.chunks[i].key.clone(),
+                t.chunks[i].xxh3.clone(),
+                sql,
+                t.qualified(),
+            )
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(items));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.parallelism.max(1) {
+        let (queue, target, opts, db) =
+            (queue.clone(), target.clone(), opts.clone(), db.to_string());
+        tasks.spawn(async move {
+            let client = reader(&target, &db, TIMEOUT).await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((key, xxh3, sql, table)) = next else {
+                    break;
+                };
+                let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
+                let what = format!("loading {table} from {key}");
+                let sink = client
+                    .copy_in::<_, Bytes>(sql.as_str())
+                    .await
+                    .map_err(pg_err(&target, &what))?;
+                futures_util::pin_mut!(sink);
+                sink.send(Bytes::from(raw))
+                    .await
+                    .map_err(pg_err(&target, &what))?;
+                sink.finish().await.map_err(pg_err(&target, &what))?;
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    let mut first = None;
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.map_err(|e| AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!("a load worker panicked: {e}"),
+        })?;
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
