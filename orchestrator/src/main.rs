@@ -8,11 +8,13 @@ mod agent;
 mod commands;
 mod cut;
 mod exit;
+mod html;
 mod lock;
 mod progress;
 mod quality;
 mod readback;
 mod render;
+mod report;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.
 #[derive(Debug, Parser)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use shard_agent::manifest::Manifest;
 use shard_agent::readback::table_digest;
+use shard_agent::{AgentError, DbError};
 use tokio::task::JoinSet;
 use topology::Topology;
 
@@ -14,6 +15,21 @@ use crate::quality::TableResult;
 
 /// How long a read of one table may take before its shard counts as unavailable.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Whether the server itself answered with an error (a missing table or
+/// database): the shard is available, the table is not complete. Anything
+/// else (refused connection, timeout, broken socket) makes it unavailable.
+fn server_answered(e: &AgentError) -> bool {
+    let db = match e {
+        AgentError::Connect { source, .. } | AgentError::Query { source, .. } => source,
+        _ => return false,
+    };
+    match db {
+        DbError::Mysql(mysql_async::Error::Server(_)) => true,
+        DbError::Postgres(p) => p.as_db_error().is_some(),
+        _ => false,
+    }
+}
 
 /// Reads back every table of `shards` (names of `m`) from `target`. Returns
 /// the tables and the shards that answered every read.
@@ -35,6 +51,10 @@ pub async fn read_back(
                 let read = tokio::time::timeout(READ_TIMEOUT, table_digest(&shard, t)).await;
                 let (found, ok) = match read {
                     Ok(Ok(d)) => (d.rows, d.rows == t.rows && d.hex() == t.content_hash),
+                    Ok(Err(e)) if server_answered(&e) => {
+                        tracing::debug!("reading back {} on {name}: {e}", t.qualified());
+                        (0, false)
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!("reading back {} on {name}: {e}", t.qualified());
                         answered = false;

@@ -2,6 +2,7 @@
 
 mod backup;
 mod check;
+mod drill;
 mod list;
 mod restore;
 mod show;
@@ -19,6 +20,7 @@ use crate::exit::InvalidInput;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Check(check::Check),
+    Drill(drill::Drill),
     Backup(backup::Backup),
     List(list::List),
     Restore(restore::Restore),
@@ -31,6 +33,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<u8> {
         match self {
             Command::Check(c) => c.run().await,
+            Command::Drill(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::List(c) => c.run().await,
             Command::Restore(c) => c.run().await,

@@ -1,8 +1,7 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use serde_json::json;
 use shard_agent::manifest::Manifest;
 use shard_agent::restore::{check_target, restore_shard, RestoreOptions};
 use tokio::task::JoinSet;
@@ -12,6 +11,7 @@ use super::{find_backup, open_repository};
 use crate::exit::{self, InvalidInput};
 use crate::quality::{score, Quality, TableResult};
 use crate::readback::read_back;
+use crate::report::{full_report, human, rpo_seconds, write_dir, Run};
 
 /// Restore a backup (all shards, or some) into the servers of a target
 /// topology, then verify by reading the target back and score the result.
@@ -21,7 +21,7 @@ pub struct Restore {
     #[arg(short, long = "topology", value_name = "FILE")]
     topology: PathBuf,
     /// Backup ID, or `latest`.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", default_value = "latest")]
     backup: String,
     /// Topology of the servers to restore into; shards map by name.
     #[arg(long, value_name = "FILE")]
@@ -32,6 +32,9 @@ pub struct Restore {
     /// Replace target databases that exist and hold tables.
     #[arg(long)]
     overwrite: bool,
+    /// Write report.json, report.html and metrics.prom into this directory.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -39,196 +42,224 @@ pub struct Restore {
 
 impl Restore {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let source = Topology::load(&self.topology)?;
-        let target = Topology::load(&self.target)?;
-        let repo = open_repository(&source)?;
-        let (cluster, id, r) = (source.cluster.clone(), self.backup.clone(), repo.clone());
-        let m =
-            tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??;
-        let shards = self.scope(&m, &source, &target)?;
-        let mut refusals = Vec::new();
-        for name in &shards {
-            if let Some(dst) = target.shard(name) {
-                if let Err(e) = check_target(&m.shards[name], dst, self.overwrite).await {
-                    refusals.push(exit::one_line(&anyhow::Error::new(e)));
-                }
-            }
-        }
-        if !refusals.is_empty() {
-            return Err(InvalidInput(refusals.join("; ")).into());
-        }
-
-        let started = Instant::now();
-        let opts = |parallelism| RestoreOptions {
-            repo: repo.clone(),
+        let outcome = restore_verified(&Plan {
+            source: &self.topology,
+            target: &self.target,
+            backup: &self.backup,
+            shards: self.shards.clone(),
             overwrite: self.overwrite,
-            parallelism,
-        };
-        let mut tasks = JoinSet::new();
-        for name in &shards {
-            let (src, dst) = (m.shards[name].clone(), target.shard(name).cloned());
-            let Some(dst) = dst else { continue };
-            let o = opts(dst.parallelism);
-            let name = name.clone();
-            tasks.spawn(async move { (name, restore_shard(&src, &dst, &o).await) });
-        }
-        let mut failures = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Ok(done))) => tracing::info!(
-                    "restored {} database(s), {} table(s), {} chunk(s)",
-                    done.databases.len(),
-                    done.tables,
-                    done.chunks
-                ),
-                Ok((name, Err(e))) => failures.push(format!(
-                    "{name}: {}",
-                    exit::one_line(&anyhow::Error::new(e))
-                )),
-                Err(e) => failures.push(format!("a restore task panicked: {e}")),
+            pause_before_verify: None,
+        })
+        .await?;
+        outcome.finish("restore", self.json, self.report.as_deref())
+    }
+}
+
+/// What to restore where.
+pub struct Plan<'a> {
+    pub source: &'a Path,
+    pub target: &'a Path,
+    pub backup: &'a str,
+    /// Empty: every shard of the backup.
+    pub shards: Vec<String>,
+    pub overwrite: bool,
+    /// Test only: wait between the restore and its verification.
+    pub pause_before_verify: Option<Duration>,
+}
+
+/// A restore and its verification.
+pub struct Outcome {
+    m: Manifest,
+    tables: Vec<TableResult>,
+    q: Quality,
+    per_shard: BTreeMap<String, Quality>,
+    rto: f64,
+    rpo: f64,
+    failures: Vec<String>,
+}
+
+pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
+    let source = Topology::load(plan.source)?;
+    let target = Topology::load(plan.target)?;
+    let repo = open_repository(&source)?;
+    let (cluster, id, r) = (
+        source.cluster.clone(),
+        plan.backup.to_string(),
+        repo.clone(),
+    );
+    let m = tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??;
+    let rpo = rpo_seconds(&m);
+    let shards = scope(plan, &m, &source, &target)?;
+    let mut refusals = Vec::new();
+    for name in &shards {
+        if let Some(dst) = target.shard(name) {
+            if let Err(e) = check_target(&m.shards[name], dst, plan.overwrite).await {
+                refusals.push(exit::one_line(&anyhow::Error::new(e)));
             }
         }
-        // Verification reads the target whatever happened, so a failed
-        // restore is reported with what it left, never as a success.
-        let (tables, available) = read_back(&m, &target, &shards).await;
-        let rto = started.elapsed().as_secs_f64();
-        let (q, per_shard) = score(&tables, &shards, &available);
-        let doc = report(&m, &tables, q, &per_shard, rto);
-        if self.json {
+    }
+    if !refusals.is_empty() {
+        return Err(InvalidInput(refusals.join("; ")).into());
+    }
+
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for name in &shards {
+        let (src, dst) = (m.shards[name].clone(), target.shard(name).cloned());
+        let Some(dst) = dst else { continue };
+        let opts = RestoreOptions {
+            repo: repo.clone(),
+            overwrite: plan.overwrite,
+            parallelism: dst.parallelism,
+        };
+        let name = name.clone();
+        tasks.spawn(async move { (name, restore_shard(&src, &dst, &opts).await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(done))) => tracing::info!(
+                "{name}: restored {} database(s), {} table(s), {} chunk(s)",
+                done.databases.len(),
+                done.tables,
+                done.chunks
+            ),
+            Ok((name, Err(e))) => failures.push(format!(
+                "{name}: {}",
+                exit::one_line(&anyhow::Error::new(e))
+            )),
+            Err(e) => failures.push(format!("a restore task panicked: {e}")),
+        }
+    }
+    if let Some(pause) = plan.pause_before_verify {
+        eprintln!(
+            "restore: done; pausing {} ms before verification (test hook)",
+            pause.as_millis()
+        );
+        tokio::time::sleep(pause).await;
+    }
+    // Verification reads the target whatever happened, so a failed restore
+    // is reported with what it left, never as a success.
+    let (tables, available) = read_back(&m, &target, &shards).await;
+    let rto = started.elapsed().as_secs_f64();
+    let (q, per_shard) = score(&tables, &shards, &available);
+    for s in shards.iter().filter(|s| !available.contains(s)) {
+        failures.push(format!(
+            "{s}: the target did not answer reads on every restored table (unavailable)"
+        ));
+    }
+    Ok(Outcome {
+        m,
+        tables,
+        q,
+        per_shard,
+        rto,
+        rpo,
+        failures,
+    })
+}
+
+impl Outcome {
+    /// Prints and writes the report; the exit code follows Q, except that a
+    /// failed restore step is an operational failure (exit 1).
+    pub fn finish(self, kind: &str, json: bool, report_dir: Option<&Path>) -> anyhow::Result<u8> {
+        let run = Run {
+            kind,
+            rto_seconds: Some(self.rto),
+            rpo_seconds: self.rpo,
+        };
+        let doc = full_report(&self.m, &self.tables, self.q, &self.per_shard, &run);
+        if json {
             exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
         } else {
-            exit::emit(&human(&m, &tables, q, &per_shard, rto))?;
+            exit::emit(&human(
+                &self.m,
+                &self.tables,
+                self.q,
+                &self.per_shard,
+                self.rto,
+            ))?;
         }
-        if !failures.is_empty() {
-            failures.sort();
+        if let Some(dir) = report_dir {
+            write_dir(
+                dir,
+                &doc,
+                &self.m,
+                &self.tables,
+                self.q,
+                &self.per_shard,
+                &run,
+            )
+            .map_err(|e| anyhow::anyhow!("writing the report into {}: {e}", dir.display()))?;
+        }
+        let restore_failed: Vec<&String> = self
+            .failures
+            .iter()
+            .filter(|f| !f.ends_with("(unavailable)"))
+            .collect();
+        if !restore_failed.is_empty() {
             anyhow::bail!(
-                "restore of backup {} failed on {} shard(s): {}. What was restored before the failure stays on the target; \
+                "{kind} of backup {} failed on {} shard(s): {}. What was restored before the failure stays on the target; \
                  rerun with --overwrite to replace it, or drop those databases",
-                m.backup_id,
-                failures.len(),
-                failures.join("; ")
+                self.m.backup_id,
+                restore_failed.len(),
+                restore_failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
             );
         }
-        Ok(if q.perfect() {
+        for f in &self.failures {
+            eprintln!("shardcut: {f}");
+        }
+        Ok(if self.q.perfect() {
             exit::SUCCESS
         } else {
             exit::DEGRADED
         })
     }
+}
 
-    /// The shards to restore, after refusing what cannot be done safely.
-    fn scope(
-        &self,
-        m: &Manifest,
-        source: &Topology,
-        target: &Topology,
-    ) -> anyhow::Result<Vec<String>> {
-        let shards: Vec<String> = if self.shards.is_empty() {
-            m.shards.keys().cloned().collect()
-        } else {
-            self.shards.clone()
+/// The shards to restore, after refusing what cannot be done safely.
+fn scope(
+    plan: &Plan<'_>,
+    m: &Manifest,
+    source: &Topology,
+    target: &Topology,
+) -> anyhow::Result<Vec<String>> {
+    let shards: Vec<String> = if plan.shards.is_empty() {
+        m.shards.keys().cloned().collect()
+    } else {
+        plan.shards.clone()
+    };
+    let mut problems = Vec::new();
+    for name in &shards {
+        let Some(src) = m.shards.get(name) else {
+            problems.push(format!("backup {} has no shard `{name}`", m.backup_id));
+            continue;
         };
-        let mut problems = Vec::new();
-        for name in &shards {
-            let Some(src) = m.shards.get(name) else {
-                problems.push(format!("backup {} has no shard `{name}`", m.backup_id));
-                continue;
-            };
-            let Some(dst) = target.shard(name) else {
+        let Some(dst) = target.shard(name) else {
+            problems.push(format!(
+                "target topology {} has no shard `{name}`",
+                plan.target.display()
+            ));
+            continue;
+        };
+        if src.engine != Some(dst.engine) {
+            problems.push(format!(
+                "shard `{name}` is {:?} in the backup but {} in the target",
+                src.engine, dst.engine
+            ));
+        }
+        for s in &source.shards {
+            if s.endpoint.host == dst.endpoint.host && s.endpoint.port == dst.endpoint.port {
                 problems.push(format!(
-                    "target topology {} has no shard `{name}`",
-                    self.target.display()
+                    "target shard `{name}` ({}:{}) is the server of source shard `{}`: restoring there would overwrite the source; restore into another server",
+                    dst.endpoint.host, dst.endpoint.port, s.name
                 ));
-                continue;
-            };
-            if src.engine != Some(dst.engine) {
-                problems.push(format!(
-                    "shard `{name}` is {:?} in the backup but {} in the target",
-                    src.engine, dst.engine
-                ));
-            }
-            for s in &source.shards {
-                if s.endpoint.host == dst.endpoint.host && s.endpoint.port == dst.endpoint.port {
-                    problems.push(format!(
-                        "target shard `{name}` ({}:{}) is the server of source shard `{}`: restoring there would overwrite the source; restore into another server",
-                        dst.endpoint.host, dst.endpoint.port, s.name
-                    ));
-                }
             }
         }
-        if problems.is_empty() {
-            Ok(shards)
-        } else {
-            Err(InvalidInput(problems.join("; ")).into())
-        }
     }
-}
-
-fn quality_json(q: &Quality) -> serde_json::Value {
-    json!({"score": q.score, "recovered": q.recovered, "complete": q.complete, "available": q.available})
-}
-
-pub fn report(
-    m: &Manifest,
-    tables: &[TableResult],
-    q: Quality,
-    per_shard: &BTreeMap<String, Quality>,
-    rto: f64,
-) -> serde_json::Value {
-    let shards: serde_json::Map<String, serde_json::Value> = per_shard
-        .iter()
-        .map(|(name, sq)| {
-            let t: serde_json::Map<String, serde_json::Value> = tables
-                .iter()
-                .filter(|t| &t.shard == name)
-                .map(|t| (t.table.clone(), json!(t)))
-                .collect();
-            (
-                name.clone(),
-                json!({"quality": quality_json(sq), "tables": t}),
-            )
-        })
-        .collect();
-    json!({
-        "backup_id": m.backup_id,
-        "cluster": m.cluster,
-        "cut_taken_at": m.cut.taken_at,
-        "quality": quality_json(&q),
-        "rto_seconds": rto,
-        "shards": shards,
-    })
-}
-
-pub fn human(
-    m: &Manifest,
-    tables: &[TableResult],
-    q: Quality,
-    per_shard: &BTreeMap<String, Quality>,
-    rto: f64,
-) -> String {
-    let mut out = format!(
-        "restore of backup {} verified in {rto:.1} s: Q = {:.4} (recovered {:.4} × complete {:.4} × available {:.4})\n",
-        m.backup_id, q.score, q.recovered, q.complete, q.available
-    );
-    for (name, sq) in per_shard {
-        out.push_str(&format!(
-            "  {name:<12} Q = {:.4} (recovered {:.4}, complete {:.4}, available {:.0})\n",
-            sq.score, sq.recovered, sq.complete, sq.available
-        ));
+    if problems.is_empty() {
+        Ok(shards)
+    } else {
+        Err(InvalidInput(problems.join("; ")).into())
     }
-    for t in tables.iter().filter(|t| !t.hash_ok) {
-        out.push_str(&format!(
-            "  MISMATCH {} {}: {} of {} rows{}\n",
-            t.shard,
-            t.table,
-            t.rows_found,
-            t.rows_expected,
-            if t.rows_found == t.rows_expected {
-                ", content differs"
-            } else {
-                ""
-            }
-        ));
-    }
-    out
 }

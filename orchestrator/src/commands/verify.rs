@@ -5,7 +5,12 @@ use serde_json::json;
 use shard_agent::integrity::{check_backup, Integrity};
 use topology::Topology;
 
+use shard_agent::manifest::Manifest;
+
 use super::{find_backup, open_repository};
+use crate::quality::score;
+use crate::readback::read_back;
+use crate::report::{full_report, human as report_text, rpo_seconds, write_dir, Run};
 use crate::{exit, render};
 
 /// Check a backup's integrity in the repository, with no database: every
@@ -19,6 +24,13 @@ pub struct Verify {
     /// The cluster's topology file.
     #[arg(short, long = "topology", value_name = "FILE")]
     topology: PathBuf,
+    /// Instead of the repository, verify the tables restored on the
+    /// servers of this topology against the backup (read back and scored).
+    #[arg(long, value_name = "FILE")]
+    target: Option<PathBuf>,
+    /// With --target: write report.json, report.html and metrics.prom here.
+    #[arg(long, value_name = "DIR", requires = "target")]
+    report: Option<PathBuf>,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -29,6 +41,12 @@ impl Verify {
         let topology = Topology::load(&self.topology)?;
         let repo = open_repository(&topology)?;
         let (cluster, id) = (topology.cluster.clone(), self.backup.clone());
+        if let Some(target) = &self.target {
+            let r = repo.clone();
+            let m = tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id))
+                .await??;
+            return self.verify_target(&m, target).await;
+        }
         let (m, report) = tokio::task::spawn_blocking(move || {
             let m = find_backup(repo.as_ref(), &cluster, &id)?;
             let report = check_backup(repo.as_ref(), &m);
@@ -44,6 +62,54 @@ impl Verify {
             exit::emit(&human(&m.backup_id, &report))?;
         }
         Ok(if report.ok() {
+            exit::SUCCESS
+        } else {
+            exit::DEGRADED
+        })
+    }
+}
+
+impl Verify {
+    async fn verify_target(&self, m: &Manifest, target: &std::path::Path) -> anyhow::Result<u8> {
+        let target = Topology::load(target)?;
+        let shards: Vec<String> = m.shards.keys().cloned().collect();
+        let missing: Vec<&String> = shards
+            .iter()
+            .filter(|s| target.shard(s).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(crate::exit::InvalidInput(format!(
+                "target topology has no shard {}",
+                missing
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        let run = Run {
+            kind: "verify",
+            rto_seconds: None,
+            rpo_seconds: rpo_seconds(m),
+        };
+        let (tables, available) = read_back(m, &target, &shards).await;
+        let (q, per_shard) = score(&tables, &shards, &available);
+        let doc = full_report(m, &tables, q, &per_shard, &run);
+        if self.json {
+            exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+        } else {
+            exit::emit(&report_text(m, &tables, q, &per_shard, 0.0).replacen(
+                "restore of backup",
+                "target verification of backup",
+                1,
+            ))?;
+        }
+        if let Some(dir) = &self.report {
+            write_dir(dir, &doc, m, &tables, q, &per_shard, &run)
+                .map_err(|e| anyhow::anyhow!("writing the report into {}: {e}", dir.display()))?;
+        }
+        Ok(if q.perfect() {
             exit::SUCCESS
         } else {
             exit::DEGRADED
