@@ -212,3 +212,48 @@ fn scratch_server_stopped_mid_drill_makes_the_shard_unavailable() {
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("MISMATCH"), "failing tables listed");
 }
+
+#[test]
+fn nightly_job_backs_up_and_drills_shards_in_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    // One scratch server per engine takes every shard in turn.
+    let scratch = PrivateSandbox::up(1, 1, 25000, "ready");
+    let report = dir.path().join("nightly");
+    let mut drilled = Vec::new();
+    for _ in 0..3 {
+        let out = std::process::Command::new(support::root().join("scripts/nightly"))
+            .args([
+                "-t",
+                src.to_str().unwrap(),
+                "--scratch",
+                scratch.topology().to_str().unwrap(),
+            ])
+            .args(["--report-dir", report.to_str().unwrap(), "--shardcut"])
+            .arg(support::bin("shardcut"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(j["kind"], "drill");
+        assert_eq!(j["quality"]["score"], 1.0);
+        let shards: Vec<String> = j["shards"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(shards.len(), 1);
+        drilled.push(shards[0].clone());
+        assert!(report.join("report.html").exists() && report.join("metrics.prom").exists());
+    }
+    assert_eq!(drilled, vec!["mysql-0", "mysql-1", "pg-0"]);
+    let list = support::shardcut(&["list", "-t", src.to_str().unwrap(), "--json"]).json();
+    assert_eq!(
+        list["backups"].as_array().unwrap().len(),
+        3,
+        "one backup per night"
+    );
+}

@@ -28,8 +28,9 @@ fn colour(v: f64) -> &'static str {
     }
 }
 
-/// Horizontal bars, one per (label, value in 0..=1).
-fn bars(rows: &[(String, f64)], width: u32) -> String {
+/// Horizontal bars, one per (label, length in 0..=1, text shown at the
+/// end). `scored` colours bars by value (quality); otherwise they are neutral.
+fn bars(rows: &[(String, f64, String)], width: u32, scored: bool) -> String {
     let h = 22;
     let label_w = 170;
     let mut svg = format!(
@@ -37,21 +38,21 @@ fn bars(rows: &[(String, f64)], width: u32) -> String {
         width,
         rows.len() as u32 * h + 4
     );
-    for (i, (label, v)) in rows.iter().enumerate() {
+    for (i, (label, v, text)) in rows.iter().enumerate() {
         let y = i as u32 * h + 2;
         let bar = ((width - label_w - 60) as f64 * v.clamp(0.0, 1.0)) as u32;
         svg.push_str(&format!(
             "<text x='0' y='{}' font-size='13'>{}</text><rect x='{label_w}' y='{y}' width='{}' height='{}' fill='#eee'/>\
-             <rect x='{label_w}' y='{y}' width='{bar}' height='{}' fill='{}'/><text x='{}' y='{}' font-size='13'>{:.4}</text>",
+             <rect x='{label_w}' y='{y}' width='{bar}' height='{}' fill='{}'/><text x='{}' y='{}' font-size='13'>{}</text>",
             y + 15,
             esc(label),
             width - label_w - 60,
             h - 6,
             h - 6,
-            colour(*v),
+            if scored { colour(*v) } else { "#1565c0" },
             width - 55,
             y + 15,
-            v
+            esc(text)
         ));
     }
     svg.push_str("</svg>");
@@ -67,10 +68,14 @@ pub fn page(
 ) -> String {
     let mut quality_rows = Vec::new();
     for (shard, sq) in per_shard {
-        quality_rows.push((format!("{shard} Q"), sq.score));
-        quality_rows.push((format!("{shard} recovered"), sq.recovered));
-        quality_rows.push((format!("{shard} complete"), sq.complete));
-        quality_rows.push((format!("{shard} available"), sq.available));
+        for (part, v) in [
+            ("Q", sq.score),
+            ("recovered", sq.recovered),
+            ("complete", sq.complete),
+            ("available", sq.available),
+        ] {
+            quality_rows.push((format!("{shard} {part}"), v, format!("{v:.4}")));
+        }
     }
     let max_block = m
         .cut
@@ -80,14 +85,15 @@ pub fn page(
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let block_rows: Vec<(String, f64)> = m
+    let block_rows: Vec<(String, f64, String)> = m
         .cut
         .shards
         .iter()
         .map(|(s, c)| {
             (
-                format!("{s} ({} ms)", c.write_block_ms),
+                s.clone(),
                 c.write_block_ms as f64 / max_block,
+                format!("{} ms", c.write_block_ms),
             )
         })
         .collect();
@@ -138,7 +144,7 @@ pub fn page(
         stored = render::bytes(stored),
         block = m.cut.write_block_ms,
         now = chrono::Utc::now().to_rfc3339(),
-        qbars = bars(&quality_rows, 640),
-        bbars = bars(&block_rows, 640),
+        qbars = bars(&quality_rows, 640, true),
+        bbars = bars(&block_rows, 640, false),
     )
 }

@@ -9,7 +9,7 @@ use shard_agent::manifest::Manifest;
 use shard_agent::readback::table_digest;
 use shard_agent::{AgentError, DbError};
 use tokio::task::JoinSet;
-use topology::Topology;
+use topology::Shard;
 
 use crate::quality::TableResult;
 
@@ -31,16 +31,13 @@ fn server_answered(e: &AgentError) -> bool {
     }
 }
 
-/// Reads back every table of `shards` (names of `m`) from `target`. Returns
-/// the tables and the shards that answered every read.
-pub async fn read_back(
-    m: &Manifest,
-    target: &Topology,
-    shards: &[String],
-) -> (Vec<TableResult>, Vec<String>) {
+/// Reads back every table of the backup's shards from the target shard
+/// each maps to (`(source name, target shard)`). Returns the tables and the
+/// source shard names whose target answered every read.
+pub async fn read_back(m: &Manifest, pairs: &[(String, Shard)]) -> (Vec<TableResult>, Vec<String>) {
     let mut tasks = JoinSet::new();
-    for name in shards {
-        let (Some(source), Some(shard)) = (m.shards.get(name), target.shard(name)) else {
+    for (name, shard) in pairs {
+        let Some(source) = m.shards.get(name) else {
             continue;
         };
         let (tables, shard, name) = (source.table_list.clone(), shard.clone(), name.clone());

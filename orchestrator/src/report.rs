@@ -45,6 +45,7 @@ pub fn report(
 }
 
 pub fn human(
+    kind: &str,
     m: &Manifest,
     tables: &[TableResult],
     q: Quality,
@@ -52,7 +53,7 @@ pub fn human(
     rto: f64,
 ) -> String {
     let mut out = format!(
-        "restore of backup {} verified in {rto:.1} s: Q = {:.4} (recovered {:.4} × complete {:.4} × available {:.4})\n",
+        "{kind} of backup {} verified in {rto:.1} s: Q = {:.4} (recovered {:.4} × complete {:.4} × available {:.4})\n",
         m.backup_id, q.score, q.recovered, q.complete, q.available
     );
     for (name, sq) in per_shard {

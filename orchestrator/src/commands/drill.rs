@@ -14,9 +14,14 @@ pub struct Drill {
     /// The shard to drill.
     #[arg(long, value_name = "NAME")]
     shard: String,
-    /// Topology of the scratch servers; the shard maps by name.
+    /// Topology of the scratch servers: the shard goes to the scratch shard
+    /// of the same name, else to the one given by --map, else to the only
+    /// scratch shard of the same engine.
     #[arg(long, value_name = "FILE")]
     target: PathBuf,
+    /// Restore the shard into this scratch shard (`SRC=DST`).
+    #[arg(long = "map", value_name = "SRC=DST", value_parser = super::restore::parse_map)]
+    map: Vec<(String, String)>,
     /// Backup ID, or `latest`.
     #[arg(long, value_name = "ID", default_value = "latest")]
     backup: String,
@@ -38,6 +43,8 @@ impl Drill {
             target: &self.target,
             backup: &self.backup,
             shards: vec![self.shard.clone()],
+            map: self.map.clone(),
+            auto_map: true,
             overwrite: true,
             pause_before_verify: self.test_pause_before_verify,
         })

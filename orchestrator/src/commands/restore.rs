@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use shard_agent::manifest::Manifest;
 use shard_agent::restore::{check_target, restore_shard, RestoreOptions};
 use tokio::task::JoinSet;
-use topology::Topology;
+use topology::{Shard, Topology};
 
 use super::{find_backup, open_repository};
 use crate::exit::{self, InvalidInput};
@@ -29,6 +29,10 @@ pub struct Restore {
     /// Restore only this shard (repeatable).
     #[arg(long = "shard", value_name = "NAME")]
     shards: Vec<String>,
+    /// Restore source shard SRC into target shard DST (repeatable); shards
+    /// not mapped go to the target shard of the same name.
+    #[arg(long = "map", value_name = "SRC=DST", value_parser = parse_map)]
+    map: Vec<(String, String)>,
     /// Replace target databases that exist and hold tables.
     #[arg(long)]
     overwrite: bool,
@@ -47,6 +51,8 @@ impl Restore {
             target: &self.target,
             backup: &self.backup,
             shards: self.shards.clone(),
+            map: self.map.clone(),
+            auto_map: false,
             overwrite: self.overwrite,
             pause_before_verify: None,
         })
@@ -62,6 +68,11 @@ pub struct Plan<'a> {
     pub backup: &'a str,
     /// Empty: every shard of the backup.
     pub shards: Vec<String>,
+    /// Source shard → target shard, for shards whose names differ.
+    pub map: Vec<(String, String)>,
+    /// Without a map entry or a same-named target shard, use the target's
+    /// only shard of the same engine (drills into a scratch server).
+    pub auto_map: bool,
     pub overwrite: bool,
     /// Test only: wait between the restore and its verification.
     pub pause_before_verify: Option<Duration>,
@@ -78,6 +89,13 @@ pub struct Outcome {
     failures: Vec<String>,
 }
 
+pub fn parse_map(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+        _ => Err(format!("`{text}`: expected SRC=DST")),
+    }
+}
+
 pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     let source = Topology::load(plan.source)?;
     let target = Topology::load(plan.target)?;
@@ -89,13 +107,12 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     );
     let m = tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??;
     let rpo = rpo_seconds(&m);
-    let shards = scope(plan, &m, &source, &target)?;
+    let pairs = scope(plan, &m, &source, &target)?;
+    let shards: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
     let mut refusals = Vec::new();
-    for name in &shards {
-        if let Some(dst) = target.shard(name) {
-            if let Err(e) = check_target(&m.shards[name], dst, plan.overwrite).await {
-                refusals.push(exit::one_line(&anyhow::Error::new(e)));
-            }
+    for (name, dst) in &pairs {
+        if let Err(e) = check_target(&m.shards[name], dst, plan.overwrite).await {
+            refusals.push(exit::one_line(&anyhow::Error::new(e)));
         }
     }
     if !refusals.is_empty() {
@@ -104,9 +121,8 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
 
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for name in &shards {
-        let (src, dst) = (m.shards[name].clone(), target.shard(name).cloned());
-        let Some(dst) = dst else { continue };
+    for (name, dst) in &pairs {
+        let (src, dst) = (m.shards[name].clone(), dst.clone());
         let opts = RestoreOptions {
             repo: repo.clone(),
             overwrite: plan.overwrite,
@@ -140,7 +156,7 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     }
     // Verification reads the target whatever happened, so a failed restore
     // is reported with what it left, never as a success.
-    let (tables, available) = read_back(&m, &target, &shards).await;
+    let (tables, available) = read_back(&m, &pairs).await;
     let rto = started.elapsed().as_secs_f64();
     let (q, per_shard) = score(&tables, &shards, &available);
     for s in shards.iter().filter(|s| !available.contains(s)) {
@@ -173,6 +189,7 @@ impl Outcome {
             exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
         } else {
             exit::emit(&human(
+                kind,
                 &self.m,
                 &self.tables,
                 self.q,
@@ -217,31 +234,53 @@ impl Outcome {
     }
 }
 
-/// The shards to restore, after refusing what cannot be done safely.
+/// The (source shard, target shard) pairs to restore, after refusing what
+/// cannot be done safely.
 fn scope(
     plan: &Plan<'_>,
     m: &Manifest,
     source: &Topology,
     target: &Topology,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(String, Shard)>> {
     let shards: Vec<String> = if plan.shards.is_empty() {
         m.shards.keys().cloned().collect()
     } else {
         plan.shards.clone()
     };
     let mut problems = Vec::new();
+    let mut pairs = Vec::new();
     for name in &shards {
         let Some(src) = m.shards.get(name) else {
             problems.push(format!("backup {} has no shard `{name}`", m.backup_id));
             continue;
         };
-        let Some(dst) = target.shard(name) else {
+        let mapped = plan
+            .map
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, d)| d.as_str());
+        let dst = match mapped {
+            Some(d) => target.shard(d),
+            None => target.shard(name).or_else(|| {
+                let same_engine: Vec<&Shard> = target
+                    .shards
+                    .iter()
+                    .filter(|t| Some(t.engine) == src.engine)
+                    .collect();
+                (plan.auto_map && same_engine.len() == 1).then(|| same_engine[0])
+            }),
+        };
+        let Some(dst) = dst else {
             problems.push(format!(
-                "target topology {} has no shard `{name}`",
-                plan.target.display()
+                "target topology {} has no shard `{}` (map another with --map {name}=TARGET_SHARD)",
+                plan.target.display(),
+                mapped.unwrap_or(name)
             ));
             continue;
         };
+        if dst.name != *name {
+            tracing::info!("restoring shard {name} into target shard {}", dst.name);
+        }
         if src.engine != Some(dst.engine) {
             problems.push(format!(
                 "shard `{name}` is {:?} in the backup but {} in the target",
@@ -251,14 +290,24 @@ fn scope(
         for s in &source.shards {
             if s.endpoint.host == dst.endpoint.host && s.endpoint.port == dst.endpoint.port {
                 problems.push(format!(
-                    "target shard `{name}` ({}:{}) is the server of source shard `{}`: restoring there would overwrite the source; restore into another server",
-                    dst.endpoint.host, dst.endpoint.port, s.name
+                    "target shard `{}` ({}:{}) is the server of source shard `{}`: restoring there would overwrite the source; restore into another server",
+                    dst.name, dst.endpoint.host, dst.endpoint.port, s.name
                 ));
             }
         }
+        if pairs
+            .iter()
+            .any(|(_, d): &(String, Shard)| d.name == dst.name)
+        {
+            problems.push(format!(
+                "two source shards map to target shard `{}`",
+                dst.name
+            ));
+        }
+        pairs.push((name.clone(), dst.clone()));
     }
     if problems.is_empty() {
-        Ok(shards)
+        Ok(pairs)
     } else {
         Err(InvalidInput(problems.join("; ")).into())
     }

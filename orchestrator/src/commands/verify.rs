@@ -93,16 +93,23 @@ impl Verify {
             rto_seconds: None,
             rpo_seconds: rpo_seconds(m),
         };
-        let (tables, available) = read_back(m, &target, &shards).await;
+        let pairs: Vec<(String, topology::Shard)> = shards
+            .iter()
+            .filter_map(|s| target.shard(s).map(|t| (s.clone(), t.clone())))
+            .collect();
+        let (tables, available) = read_back(m, &pairs).await;
         let (q, per_shard) = score(&tables, &shards, &available);
         let doc = full_report(m, &tables, q, &per_shard, &run);
         if self.json {
             exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
         } else {
-            exit::emit(&report_text(m, &tables, q, &per_shard, 0.0).replacen(
-                "restore of backup",
-                "target verification of backup",
-                1,
+            exit::emit(&report_text(
+                "target verification",
+                m,
+                &tables,
+                q,
+                &per_shard,
+                0.0,
             ))?;
         }
         if let Some(dir) = &self.report {
