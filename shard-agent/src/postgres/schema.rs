@@ -35,6 +35,30 @@ pub fn pg_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("pg_dump"))
 }
 
+/// A PostgreSQL client program (`pg_dump`, `psql`) set up to reach `db` on
+/// `shard`: connection arguments, no password prompt, killed if dropped.
+/// The password goes through the child's environment only, never its
+/// command line (visible in ps) or a log line.
+pub fn client_command(shard: &Shard, program: &str, db: &str) -> tokio::process::Command {
+    let e = &shard.endpoint;
+    let mut cmd = tokio::process::Command::new(pg_binary(program));
+    cmd.arg("--no-password")
+        .arg("--host")
+        .arg(&e.host)
+        .arg("--port")
+        .arg(e.port.to_string())
+        .arg("--username")
+        .arg(&e.user)
+        .arg("--dbname")
+        .arg(db)
+        .env("PGAPPNAME", "shardcut")
+        .kill_on_drop(true);
+    if let Some(p) = &shard.password {
+        cmd.env("PGPASSWORD", p.expose());
+    }
+    cmd
+}
+
 /// Runs pg_dump for one section and returns its SQL.
 pub(super) async fn section(
     shard: &Shard,
@@ -43,33 +67,16 @@ pub(super) async fn section(
     section: &str,
     excluded: &[String],
 ) -> Result<Vec<u8>, AgentError> {
-    let e = &shard.endpoint;
-    let mut cmd = tokio::process::Command::new(pg_dump_binary());
+    let mut cmd = client_command(shard, "pg_dump", db);
     cmd.arg("--schema-only")
         .arg(format!("--section={section}"))
-        .arg(format!("--snapshot={snapshot}"))
-        .arg("--no-password")
-        .arg("--host")
-        .arg(&e.host)
-        .arg("--port")
-        .arg(e.port.to_string())
-        .arg("--username")
-        .arg(&e.user)
-        .arg("--dbname")
-        .arg(db);
+        .arg(format!("--snapshot={snapshot}"));
     for t in excluded {
         cmd.arg(format!("--exclude-table={t}"));
     }
-    // The password goes through the environment of the child only, never
-    // its command line (visible in ps) or a log line.
-    if let Some(p) = &shard.password {
-        cmd.env("PGPASSWORD", p.expose());
-    }
-    cmd.env("PGAPPNAME", "shardcut")
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let out = cmd.output().await.map_err(|err| AgentError::Tool {
         shard: shard.name.clone(),
         what: format!("cannot run {}: {err}", pg_dump_binary().display()),

@@ -66,6 +66,29 @@ pub async fn check_target(
     }
 }
 
+/// Waits for every load worker; returns the first failure. A worker that
+/// fails stops by itself; the others finish their chunks (a restore that
+/// failed is reported as such whatever else loaded).
+async fn join_loaders(
+    mut tasks: tokio::task::JoinSet<Result<(), AgentError>>,
+    shard: &str,
+) -> Result<(), AgentError> {
+    let mut first = None;
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.map_err(|e| AgentError::Tool {
+            shard: shard.to_string(),
+            what: format!("a load worker panicked: {e}"),
+        })?;
+        if let Err(e) = r {
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Verifies a stored object's checksum before it is applied: a damaged
 /// chunk is refused by name rather than loaded as garbage.
 async fn load_checked(

@@ -8,7 +8,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::{chunk_items, databases, load_checked, schema_files, RestoreOptions, ShardRestore};
+use super::{
+    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+};
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
@@ -266,18 +268,5 @@ async fn load_data(
             Ok::<(), AgentError>(())
         });
     }
-    let mut first = None;
-    while let Some(joined) = tasks.join_next().await {
-        let r = joined.map_err(|e| AgentError::Tool {
-            shard: target.name.clone(),
-            what: format!("a load worker panicked: {e}"),
-        })?;
-        if let Err(e) = r {
-            first.get_or_insert(e);
-        }
-    }
-    match first {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    join_loaders(tasks, &target.name).await
 }

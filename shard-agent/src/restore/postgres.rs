@@ -9,11 +9,13 @@ use futures_util::SinkExt;
 use tokio::io::AsyncWriteExt;
 use topology::Shard;
 
-use super::{chunk_items, databases, load_checked, schema_files, RestoreOptions, ShardRestore};
+use super::{
+    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+};
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
-use crate::postgres::schema::pg_binary;
+use crate::postgres::schema::client_command;
 use crate::postgres::{ident, pg_err, reader};
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -135,24 +137,11 @@ async fn run_section(
             .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
             .map(|l| format!("{l}\n"))
             .collect();
-        let e = &target.endpoint;
-        let mut cmd = tokio::process::Command::new(pg_binary("psql"));
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"])
-            .arg("--host")
-            .arg(&e.host)
-            .arg("--port")
-            .arg(e.port.to_string())
-            .arg("--username")
-            .arg(&e.user)
-            .arg("--dbname")
-            .arg(db)
+        let mut cmd = client_command(target, "psql", db);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(p) = &target.password {
-            cmd.env("PGPASSWORD", p.expose());
-        }
+            .stderr(Stdio::piped());
         let tool = |what: String| AgentError::Tool {
             shard: target.name.clone(),
             what,
@@ -235,18 +224,5 @@ async fn load_data(
             Ok::<(), AgentError>(())
         });
     }
-    let mut first = None;
-    while let Some(joined) = tasks.join_next().await {
-        let r = joined.map_err(|e| AgentError::Tool {
-            shard: target.name.clone(),
-            what: format!("a load worker panicked: {e}"),
-        })?;
-        if let Err(e) = r {
-            first.get_or_insert(e);
-        }
-    }
-    match first {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    join_loaders(tasks, &target.name).await
 }
