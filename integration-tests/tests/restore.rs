@@ -208,3 +208,97 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
         false
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_restore_of_one_table_with_and_without_its_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src_path.to_str().unwrap();
+    assert_eq!(
+        support::shardcut_async(&["backup", "-t", src_arg])
+            .await
+            .code,
+        0
+    );
+    let target = PrivateSandbox::up(1, 1, 25200, "ready");
+    let tgt_arg = target.topology();
+    let tgt_arg = tgt_arg.to_str().unwrap();
+    let tgt = db::topology(&target.topology());
+    let src = db::topology(&src_path);
+    let base = [
+        "restore", "-t", src_arg, "--target", tgt_arg, "--shard", "mysql-0", "--shard", "pg-0",
+    ];
+
+    // orders references customers: alone it is refused, and nothing is created.
+    let mut args = base.to_vec();
+    args.extend(["--table", "shop.orders"]);
+    let refused = support::shardcut_async(&args).await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("shop.orders needs shop.customers"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("shop.public.orders needs shop.public.customers"),
+        "{refused:?}"
+    );
+    let mut c = db::mysql(tgt.shard("mysql-0").unwrap(), None).await;
+    let shop: Option<i64> = c
+        .query_first("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop'")
+        .await
+        .unwrap();
+    assert_eq!(shop, Some(0), "a refused restore changes nothing");
+
+    // With its parents it restores both tables and nothing else.
+    args.extend(["--with-parents", "--json"]);
+    let run = support::shardcut_async(&args).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let j = run.json();
+    assert_eq!(j["quality"]["score"], 1.0);
+    let keys = |shard: &str| -> Vec<String> {
+        j["shards"][shard]["tables"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(keys("mysql-0"), vec!["shop.customers", "shop.orders"]);
+    assert_eq!(
+        keys("pg-0"),
+        vec!["shop.public.customers", "shop.public.orders"]
+    );
+    let tables: Vec<String> = c
+        .query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'shop' ORDER BY 1")
+        .await
+        .unwrap();
+    assert_eq!(tables, vec!["customers", "orders"]);
+    for t in ["`shop`.`customers`", "`shop`.`orders`"] {
+        assert_eq!(
+            mysql_checksum(src.shard("mysql-0").unwrap(), t).await,
+            mysql_checksum(tgt.shard("mysql-0").unwrap(), t).await,
+            "{t}"
+        );
+    }
+    let pg = db::pg(tgt.shard("pg-0").unwrap(), "shop").await;
+    let pg_tables: Vec<String> = pg
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pg_tables, vec!["customers", "orders"]);
+    for t in ["customers", "orders"] {
+        assert_eq!(
+            pg_digest(src.shard("pg-0").unwrap(), "shop", "public", t).await,
+            pg_digest(tgt.shard("pg-0").unwrap(), "shop", "public", t).await,
+            "{t}"
+        );
+    }
+}

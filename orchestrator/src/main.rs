@@ -15,6 +15,7 @@ mod quality;
 mod readback;
 mod render;
 mod report;
+mod selection;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.
 #[derive(Debug, Parser)]

@@ -85,6 +85,11 @@ pub struct TableManifest {
     pub name: String,
     pub columns: Vec<Column>,
     pub primary_key: Vec<String>,
+    /// Tables this one references by foreign key (qualified like
+    /// [`TableManifest::qualified`], same shard): restoring this table
+    /// alone needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
     pub rows: u64,
     /// Order-independent content hash: the wrapping sum of the xxh3-64 of
     /// every row's canonical encoding, hex. Recomputable from a restored table.

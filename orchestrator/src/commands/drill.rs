@@ -47,6 +47,7 @@ impl Drill {
             auto_map: true,
             overwrite: true,
             pause_before_verify: self.test_pause_before_verify,
+            select: Default::default(),
         })
         .await?;
         outcome.finish("drill", self.json, self.report.as_deref())

@@ -12,6 +12,7 @@ use crate::exit::{self, InvalidInput};
 use crate::quality::{score, Quality, TableResult};
 use crate::readback::read_back;
 use crate::report::{full_report, human, rpo_seconds, write_dir, Run};
+use crate::selection::{select, Request};
 
 /// Restore a backup (all shards, or some) into the servers of a target
 /// topology, then verify by reading the target back and score the result.
@@ -33,6 +34,17 @@ pub struct Restore {
     /// not mapped go to the target shard of the same name.
     #[arg(long = "map", value_name = "SRC=DST", value_parser = parse_map)]
     map: Vec<(String, String)>,
+    /// Restore only this database (repeatable).
+    #[arg(long = "database", value_name = "DB")]
+    databases: Vec<String>,
+    /// Restore only this table, `DB.TABLE` (PostgreSQL also
+    /// `DB.SCHEMA.TABLE`) (repeatable).
+    #[arg(long = "table", value_name = "DB.TABLE")]
+    tables: Vec<String>,
+    /// Also restore the tables that selected tables reference by foreign
+    /// key (transitively) instead of refusing.
+    #[arg(long)]
+    with_parents: bool,
     /// Replace target databases that exist and hold tables.
     #[arg(long)]
     overwrite: bool,
@@ -55,6 +67,11 @@ impl Restore {
             auto_map: false,
             overwrite: self.overwrite,
             pause_before_verify: None,
+            select: Request {
+                databases: self.databases.clone(),
+                tables: self.tables.clone(),
+                with_parents: self.with_parents,
+            },
         })
         .await?;
         outcome.finish("restore", self.json, self.report.as_deref())
@@ -76,6 +93,8 @@ pub struct Plan<'a> {
     pub overwrite: bool,
     /// Test only: wait between the restore and its verification.
     pub pause_before_verify: Option<Duration>,
+    /// Which databases and tables; empty: all.
+    pub select: Request,
 }
 
 /// A restore and its verification.
@@ -107,11 +126,39 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     );
     let m = tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??;
     let rpo = rpo_seconds(&m);
-    let pairs = scope(plan, &m, &source, &target)?;
+    let mut pairs = scope(plan, &m, &source, &target)?;
+    // The tables each shard restores; shards with nothing selected drop out.
+    let mut selection = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, _) in &pairs {
+        match select(name, &m.shards[name], &plan.select) {
+            Ok(s) => {
+                selection.insert(name.clone(), s);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(InvalidInput(problems.join("; ")).into());
+    }
+    pairs.retain(|(name, _)| !matches!(selection.get(name), Some(Some(list)) if list.is_empty()));
+    if pairs.is_empty() {
+        return Err(InvalidInput(format!(
+            "no table of backup {} matches --database {:?} / --table {:?}",
+            m.backup_id, plan.select.databases, plan.select.tables
+        ))
+        .into());
+    }
     let shards: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
+    let opts_for = |name: &str, dst: &Shard| RestoreOptions {
+        repo: repo.clone(),
+        overwrite: plan.overwrite,
+        parallelism: dst.parallelism,
+        tables: selection.get(name).cloned().flatten(),
+    };
     let mut refusals = Vec::new();
     for (name, dst) in &pairs {
-        if let Err(e) = check_target(&m.shards[name], dst, plan.overwrite).await {
+        if let Err(e) = check_target(&m.shards[name], dst, &opts_for(name, dst)).await {
             refusals.push(exit::one_line(&anyhow::Error::new(e)));
         }
     }
@@ -123,11 +170,7 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     let mut tasks = JoinSet::new();
     for (name, dst) in &pairs {
         let (src, dst) = (m.shards[name].clone(), dst.clone());
-        let opts = RestoreOptions {
-            repo: repo.clone(),
-            overwrite: plan.overwrite,
-            parallelism: dst.parallelism,
-        };
+        let opts = opts_for(name, &dst);
         let name = name.clone();
         tasks.spawn(async move { (name, restore_shard(&src, &dst, &opts).await) });
     }
@@ -156,7 +199,14 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     }
     // Verification reads the target whatever happened, so a failed restore
     // is reported with what it left, never as a success.
-    let (tables, available) = read_back(&m, &pairs).await;
+    // Verify what was asked for: the selected tables of each shard.
+    let mut in_scope = m.clone();
+    for (name, shard) in in_scope.shards.iter_mut() {
+        if let Some(Some(list)) = selection.get(name) {
+            shard.table_list.retain(|t| list.contains(&t.qualified()));
+        }
+    }
+    let (tables, available) = read_back(&in_scope, &pairs).await;
     let rto = started.elapsed().as_secs_f64();
     let (q, per_shard) = score(&tables, &shards, &available);
     for s in shards.iter().filter(|s| !available.contains(s)) {

@@ -89,6 +89,7 @@ pub struct TableMeta<'a> {
     pub name: &'a str,
     pub columns: &'a [(String, String)],
     pub primary_key: &'a [String],
+    pub references: &'a [String],
 }
 
 /// Merges range results (in range order) into one manifest entry per table;
@@ -120,6 +121,7 @@ pub fn merge(mut results: Vec<ItemResult>, tables: &[TableMeta<'_>]) -> Vec<Tabl
                     })
                     .collect(),
                 primary_key: t.primary_key.to_vec(),
+                references: t.references.to_vec(),
                 rows: digest.rows,
                 content_hash: digest.hex(),
                 bytes_raw: chunks.iter().map(|c| c.bytes_raw).sum(),

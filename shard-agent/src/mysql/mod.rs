@@ -24,6 +24,8 @@ pub struct Table {
     /// Stored (non-generated) columns with their `COLUMN_TYPE`.
     pub columns: Vec<(String, String)>,
     pub primary_key: Vec<String>,
+    /// Parent tables by foreign key, as `db.table`.
+    pub references: Vec<String>,
     /// Whether the primary key is one integer column, so it can be split.
     pub integer_key: bool,
     pub rows_estimate: u64,
@@ -191,6 +193,7 @@ impl Session {
                     name: table,
                     columns: Vec::new(),
                     primary_key: Vec::new(),
+                    references: Vec::new(),
                     integer_key: false,
                     rows_estimate: estimate,
                 });
@@ -223,6 +226,35 @@ impl Session {
                 .find(|t| t.database == db && t.name == table)
             {
                 t.primary_key.push(col);
+            }
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(
+                "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME \
+                 FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_NAME IS NOT NULL \
+                 ORDER BY 1, 2, 3, 4",
+            )
+            .await
+            .map_err(query_err(&shard, "listing foreign keys"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(rdb), Some(rtable)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+                text(row, 3).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            if let Some(t) = self
+                .tables
+                .iter_mut()
+                .find(|t| t.database == db && t.name == table)
+            {
+                let parent = format!("{rdb}.{rtable}");
+                if !t.references.contains(&parent) && parent != format!("{db}.{table}") {
+                    t.references.push(parent);
+                }
             }
         }
         for t in &mut self.tables {

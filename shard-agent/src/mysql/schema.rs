@@ -27,6 +27,9 @@ pub struct DatabaseSchema {
 pub struct Object {
     pub name: String,
     pub sql: String,
+    /// For a trigger: the table it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 /// Reads column `i` of the first row of `SHOW CREATE …`.
@@ -98,6 +101,7 @@ pub(super) async fn database_schema(
         s.tables.push(Object {
             name: t.name.clone(),
             sql,
+            table: None,
         });
     }
     for v in names(
@@ -119,20 +123,21 @@ pub(super) async fn database_schema(
         s.views.push(Object {
             name: v[0].clone(),
             sql,
+            table: None,
         });
     }
     for r in names(conn, shard, format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit} ORDER BY 2, 1")).await? {
         let kind = if r[1] == "FUNCTION" { "FUNCTION" } else { "PROCEDURE" };
         let sql = show_create(conn, shard, &format!("SHOW CREATE {kind} {db}.{}", ident(&r[0])), 2).await?;
-        s.routines.push(Object { name: r[0].clone(), sql });
+        s.routines.push(Object { name: r[0].clone(), sql, table: None });
     }
-    for t in names(conn, shard, format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} ORDER BY ACTION_ORDER, 1")).await? {
+    for t in names(conn, shard, format!("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} ORDER BY ACTION_ORDER, 1")).await? {
         let sql = show_create(conn, shard, &format!("SHOW CREATE TRIGGER {db}.{}", ident(&t[0])), 2).await?;
-        s.triggers.push(Object { name: t[0].clone(), sql });
+        s.triggers.push(Object { name: t[0].clone(), sql, table: Some(t[1].clone()) });
     }
     for e in names(conn, shard, format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {lit} ORDER BY 1")).await? {
         let sql = show_create(conn, shard, &format!("SHOW CREATE EVENT {db}.{}", ident(&e[0])), 3).await?;
-        s.events.push(Object { name: e[0].clone(), sql });
+        s.events.push(Object { name: e[0].clone(), sql, table: None });
     }
     Ok(s)
 }

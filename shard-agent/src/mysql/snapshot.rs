@@ -84,6 +84,7 @@ impl Session {
                 name: &t.name,
                 columns: &t.columns,
                 primary_key: &t.primary_key,
+                references: &t.references,
             })
             .collect();
         manifest.table_list = merge(results, &meta);

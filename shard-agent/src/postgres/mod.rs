@@ -26,6 +26,8 @@ pub struct Table {
     pub partitioned: bool,
     pub columns: Vec<(String, String)>,
     pub primary_key: Vec<String>,
+    /// Parent tables by foreign key, as `db.schema.table`.
+    pub references: Vec<String>,
     pub integer_key: bool,
     pub rows_estimate: u64,
 }
@@ -179,6 +181,7 @@ async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>,
             partitioned: r.try_get(3).map_err(&err)?,
             columns: Vec::new(),
             primary_key: Vec::new(),
+            references: Vec::new(),
             integer_key: false,
             rows_estimate: u64::try_from(estimate).unwrap_or(0),
         });
@@ -214,6 +217,23 @@ async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>,
         let oid: u32 = r.try_get(0).map_err(&err)?;
         if let Some(i) = oids.iter().position(|o| *o == oid) {
             tables[i].primary_key.push(r.try_get(1).map_err(&err)?);
+        }
+    }
+    let fks = client
+        .query(
+            "SELECT DISTINCT c.conrelid, n.nspname::text, p.relname::text FROM pg_constraint c \
+             JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace \
+             WHERE c.contype = 'f' AND c.conrelid = ANY($1) AND c.confrelid <> c.conrelid",
+            &[&oids],
+        )
+        .await
+        .map_err(&err)?;
+    for r in fks {
+        let oid: u32 = r.try_get(0).map_err(&err)?;
+        let schema: String = r.try_get(1).map_err(&err)?;
+        let name: String = r.try_get(2).map_err(&err)?;
+        if let Some(i) = oids.iter().position(|o| *o == oid) {
+            tables[i].references.push(format!("{db}.{schema}.{name}"));
         }
     }
     for t in &mut tables {

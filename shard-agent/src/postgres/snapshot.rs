@@ -132,6 +132,7 @@ fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Ve
             name: &t.name,
             columns: &t.columns,
             primary_key: &t.primary_key,
+            references: &t.references,
         })
         .collect();
     manifest.table_list.extend(merge(results, &meta));

@@ -26,6 +26,17 @@ pub struct RestoreOptions {
     pub overwrite: bool,
     /// Data-load workers (from the target shard's `parallelism`).
     pub parallelism: usize,
+    /// Restore only these tables (qualified names); `None`: all of them.
+    /// The caller has already added foreign-key parents or refused.
+    pub tables: Option<Vec<String>>,
+}
+
+impl RestoreOptions {
+    fn selected(&self, t: &TableManifest) -> bool {
+        self.tables
+            .as_ref()
+            .is_none_or(|list| list.contains(&t.qualified()))
+    }
 }
 
 /// What a restore of one shard did.
@@ -57,11 +68,11 @@ pub async fn restore_shard(
 pub async fn check_target(
     source: &ShardManifest,
     target: &Shard,
-    overwrite: bool,
+    opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
     match source.engine {
-        Some(Engine::Mysql) => mysql::check_target(source, target, overwrite).await,
-        Some(Engine::Postgres) => postgres::check_target(source, target, overwrite).await,
+        Some(Engine::Mysql) => mysql::check_target(source, target, opts).await,
+        Some(Engine::Postgres) => postgres::check_target(source, target, opts).await,
         None => Ok(()),
     }
 }
@@ -126,15 +137,25 @@ fn schema_files<'m>(source: &'m ShardManifest, db: &str, section: &str) -> Vec<&
         .collect()
 }
 
-/// Databases of a shard's backup, in manifest order, without repeats.
-fn databases(source: &ShardManifest) -> Vec<String> {
+/// Databases of a shard's backup to restore, in manifest order, without
+/// repeats: all of them, or those holding a selected table.
+fn databases(source: &ShardManifest, opts: &RestoreOptions) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for name in source
-        .schema
-        .iter()
-        .map(|f| &f.database)
-        .chain(source.table_list.iter().map(|t| &t.database))
-    {
+    let names: Vec<&String> = match &opts.tables {
+        None => source
+            .schema
+            .iter()
+            .map(|f| &f.database)
+            .chain(source.table_list.iter().map(|t| &t.database))
+            .collect(),
+        Some(_) => source
+            .table_list
+            .iter()
+            .filter(|t| opts.selected(t))
+            .map(|t| &t.database)
+            .collect(),
+    };
+    for name in names {
         if !out.contains(name) {
             out.push(name.clone());
         }
@@ -142,12 +163,16 @@ fn databases(source: &ShardManifest) -> Vec<String> {
     out
 }
 
-/// Work items for the data load: every chunk of every table of `db`.
-fn chunk_items<'m>(source: &'m ShardManifest, db: &str) -> Vec<(&'m TableManifest, usize)> {
+/// Work items for the data load: every chunk of every selected table of `db`.
+fn chunk_items<'m>(
+    source: &'m ShardManifest,
+    db: &str,
+    opts: &RestoreOptions,
+) -> Vec<(&'m TableManifest, usize)> {
     source
         .table_list
         .iter()
-        .filter(|t| t.database == db)
+        .filter(|t| t.database == db && opts.selected(t))
         .flat_map(|t| (0..t.chunks.len()).map(move |i| (t, i)))
         .collect()
 }

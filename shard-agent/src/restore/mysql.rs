@@ -44,6 +44,12 @@ fn load_columns(t: &crate::manifest::TableManifest) -> String {
     out
 }
 
+fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
+    opts.tables
+        .as_ref()
+        .is_none_or(|list| list.contains(&format!("{db}.{table}")))
+}
+
 /// Session settings of a restoring connection. Foreign keys and unique
 /// checks are off during the load (the data was consistent when dumped);
 /// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
@@ -74,7 +80,7 @@ pub(super) async fn restore(
     let mut done = ShardRestore::default();
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
     session(&mut control, target).await?;
-    for db in databases(source) {
+    for db in databases(source, opts) {
         let file = schema_files(source, &db, "database")
             .into_iter()
             .next()
@@ -103,7 +109,11 @@ pub(super) async fn restore(
             &format!("USE {}", ident(&db)),
         )
         .await?;
-        for t in &schema.tables {
+        for t in schema
+            .tables
+            .iter()
+            .filter(|t| selected_name(opts, &db, &t.name))
+        {
             exec(
                 &mut control,
                 target,
@@ -120,16 +130,24 @@ pub(super) async fn restore(
             .iter()
             .filter(|t| t.database == db)
             .count();
-        done.chunks += chunk_items(source, &db).len();
+        done.chunks += chunk_items(source, &db, opts).len();
 
-        // After the data, so triggers do not fire during the load.
+        // After the data, so triggers do not fire during the load. A partial
+        // restore brings the selected tables' triggers only: views, routines
+        // and events may use tables that are not restored.
+        let partial = opts.tables.is_some();
         for (kind, objects) in [
             ("view", &schema.views),
             ("routine", &schema.routines),
             ("trigger", &schema.triggers),
             ("event", &schema.events),
         ] {
-            for o in objects {
+            for o in objects.iter().filter(|o| {
+                !partial
+                    || o.table
+                        .as_deref()
+                        .is_some_and(|t| selected_name(opts, &db, t))
+            }) {
                 exec(
                     &mut control,
                     target,
@@ -173,12 +191,12 @@ async fn inspect(conn: &mut Conn, shard: &Shard, db: &str) -> Result<(u64, u64),
 pub(super) async fn check_target(
     source: &ShardManifest,
     target: &Shard,
-    overwrite: bool,
+    opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
-    for db in databases(source) {
+    for db in databases(source, opts) {
         let (_, tables) = inspect(&mut conn, target, &db).await?;
-        if tables > 0 && !overwrite {
+        if tables > 0 && !opts.overwrite {
             return Err(refusal(target, &db, tables));
         }
     }
@@ -225,7 +243,7 @@ async fn load_data(
     opts: &RestoreOptions,
     db: &str,
 ) -> Result<(), AgentError> {
-    let items: Vec<(String, String, String, String)> = chunk_items(source, db)
+    let items: Vec<(String, String, String, String)> = chunk_items(source, db, opts)
         .into_iter()
         .map(|(t, i)| {
             let sql = format!(

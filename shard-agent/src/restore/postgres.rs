@@ -26,7 +26,7 @@ pub(super) async fn restore(
     opts: &RestoreOptions,
 ) -> Result<ShardRestore, AgentError> {
     let mut done = ShardRestore::default();
-    for db in databases(source) {
+    for db in databases(source, opts) {
         prepare_database(target, &db, opts.overwrite).await?;
         done.databases.push(db.clone());
         run_section(source, target, opts, &db, "pre-data").await?;
@@ -40,12 +40,13 @@ pub(super) async fn restore(
                 .await
                 .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
         }
+        drop_unselected(source, target, opts, &db).await?;
         done.tables += source
             .table_list
             .iter()
-            .filter(|t| t.database == db)
+            .filter(|t| t.database == db && opts.selected(t))
             .count();
-        done.chunks += chunk_items(source, &db).len();
+        done.chunks += chunk_items(source, &db, opts).len();
     }
     Ok(done)
 }
@@ -88,11 +89,11 @@ fn refusal(shard: &Shard, db: &str, tables: i64) -> AgentError {
 pub(super) async fn check_target(
     source: &ShardManifest,
     target: &Shard,
-    overwrite: bool,
+    opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
-    for db in databases(source) {
+    for db in databases(source, opts) {
         let (_, tables) = inspect(target, &db).await?;
-        if tables > 0 && !overwrite {
+        if tables > 0 && !opts.overwrite {
             return Err(refusal(target, &db, tables));
         }
     }
@@ -172,6 +173,44 @@ async fn run_section(
     Ok(())
 }
 
+/// A partial restore runs pg_dump's schema sections whole (they are plain
+/// SQL and cannot be filtered by table), then drops the tables that were
+/// not selected (and, through CASCADE, views built on them). They hold no
+/// data: only selected tables were loaded.
+async fn drop_unselected(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    let unselected: Vec<String> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && !opts.selected(t))
+        .map(|t| {
+            format!(
+                "{}.{}",
+                ident(t.schema.as_deref().unwrap_or("public")),
+                ident(&t.name)
+            )
+        })
+        .collect();
+    if unselected.is_empty() {
+        return Ok(());
+    }
+    let client = reader(target, db, TIMEOUT).await?;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {} CASCADE",
+            unselected.join(", ")
+        ))
+        .await
+        .map_err(pg_err(
+            target,
+            &format!("removing the tables of {db} that were not selected"),
+        ))
+}
+
 /// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
 async fn load_data(
     source: &ShardManifest,
@@ -179,7 +218,7 @@ async fn load_data(
     opts: &RestoreOptions,
     db: &str,
 ) -> Result<(), AgentError> {
-    let items: Vec<(String, String, String, String)> = chunk_items(source, db)
+    let items: Vec<(String, String, String, String)> = chunk_items(source, db, opts)
         .into_iter()
         .map(|(t, i)| {
             let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
