@@ -62,6 +62,12 @@ impl Quality {
         }
     }
 
+    /// One table's score: its recovered fraction, whether it is complete,
+    /// and whether its shard was available.
+    pub fn of_table(t: &TableResult, shard_available: bool) -> Quality {
+        Quality::of(&[t], if shard_available { 1.0 } else { 0.0 })
+    }
+
     pub fn perfect(&self) -> bool {
         self.recovered == 1.0 && self.complete == 1.0 && self.available == 1.0
     }
@@ -133,6 +139,10 @@ mod tests {
         assert_eq!(per["b"].score, 1.0);
         assert_eq!(per["a"].recovered, 0.75);
         assert_eq!(per["c"].available, 0.0);
+        let a = Quality::of_table(&tables[0], true);
+        assert_eq!((a.recovered, a.complete, a.score), (0.75, 0.0, 0.0));
+        assert_eq!(Quality::of_table(&tables[1], true).score, 1.0);
+        assert_eq!(Quality::of_table(&tables[1], false).score, 0.0);
     }
 
     #[test]

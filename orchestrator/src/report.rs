@@ -26,7 +26,14 @@ pub fn report(
             let t: serde_json::Map<String, serde_json::Value> = tables
                 .iter()
                 .filter(|t| &t.shard == name)
-                .map(|t| (t.table.clone(), json!(t)))
+                .map(|t| {
+                    let tq = Quality::of_table(t, sq.available == 1.0);
+                    let mut v = json!(t);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("quality".into(), quality_json(&tq));
+                    }
+                    (t.table.clone(), v)
+                })
                 .collect();
             (
                 name.clone(),
