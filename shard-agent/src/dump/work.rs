@@ -82,6 +82,36 @@ pub async fn join_workers(
     }
 }
 
+/// The key prefix of one range of one table:
+/// `backups/<id>/shards/<shard>/<db>/<table-segment>/rNNNNN`. Every name is
+/// percent-encoded into its own key segment.
+pub fn range_prefix(
+    opts: &DumpOptions,
+    shard: &str,
+    db: &str,
+    table_segment: &str,
+    range_no: usize,
+) -> String {
+    format!(
+        "{}shards/{}/{}/{table_segment}/r{range_no:05}",
+        crate::manifest::keys::backup_prefix(&opts.backup_id),
+        crate::manifest::keys::segment(shard),
+        crate::manifest::keys::segment(db),
+    )
+}
+
+/// Maps a storage failure while writing `table` to the shard's error.
+pub fn storage_error(
+    shard: &str,
+    table: String,
+) -> impl Fn(crate::dump::chunk::ChunkError) -> AgentError + '_ {
+    move |source| AgentError::Storage {
+        shard: shard.to_string(),
+        what: format!("storing {table}"),
+        source,
+    }
+}
+
 /// What the dump of one table needs to describe it in the manifest.
 pub struct TableMeta<'a> {
     pub database: &'a str,

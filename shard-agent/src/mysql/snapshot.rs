@@ -17,7 +17,10 @@ use super::schema::database_schema;
 use super::{ident, query_err, Session, Table};
 use crate::dump::chunk::{ChunkWriter, Scratch};
 use crate::dump::mysql_value::encode_row;
-use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
+use crate::dump::work::{
+    join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult, Queue,
+    TableMeta,
+};
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, DumpOptions};
@@ -171,20 +174,15 @@ async fn dump_item(
         ident(&t.name)
     );
     let what = format!("reading {}.{}", t.database, t.name);
-    let prefix = format!(
-        "{}shards/{}/{}/{}/r{:05}",
-        keys::backup_prefix(&opts.backup_id),
-        keys::segment(&shard.name),
-        keys::segment(&t.database),
-        keys::segment(&t.name),
-        item.range_no
+    let prefix = range_prefix(
+        opts,
+        &shard.name,
+        &t.database,
+        &keys::segment(&t.name),
+        item.range_no,
     );
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
-    let storage = |source| AgentError::Storage {
-        shard: shard.name.clone(),
-        what: format!("storing {}.{}", t.database, t.name),
-        source,
-    };
+    let storage = storage_error(&shard.name, format!("{}.{}", t.database, t.name));
     let mut result = conn
         .exec_iter(sql.as_str(), ())
         .await
@@ -194,7 +192,7 @@ async fn dump_item(
         let (buf, start) = writer.row_buffer();
         encode_row(buf, &row);
         bytes_since += buf.len() - start + 1;
-        writer.end_row(start).await.map_err(storage)?;
+        writer.end_row(start).await.map_err(&storage)?;
         rows_since += 1;
         if rows_since == 4096 {
             opts.progress.add(rows_since, bytes_since as u64);
@@ -207,7 +205,7 @@ async fn dump_item(
         }
     }
     opts.progress.add(rows_since, bytes_since as u64);
-    let (digest, chunks, scratch) = writer.finish().await.map_err(storage)?;
+    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
     let result = ItemResult {
         table: item.table,
         range_no: item.range_no,

@@ -12,7 +12,10 @@ use topology::{Engine, Shard};
 
 use super::{ident, pg_err, reader, schema, Session, Table};
 use crate::dump::chunk::{ChunkWriter, Scratch};
-use crate::dump::work::{join_workers, merge, store_schema, Item, ItemResult, Queue, TableMeta};
+use crate::dump::work::{
+    join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult, Queue,
+    TableMeta,
+};
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, DumpOptions, KeyRange};
@@ -259,21 +262,10 @@ async fn dump_item(
     let started = Instant::now();
     let sql = copy_out_sql(t, &item.range);
     let what = format!("reading {db}.{}.{}", t.schema, t.name);
-    let prefix = format!(
-        "{}shards/{}/{}/{}.{}/r{:05}",
-        keys::backup_prefix(&opts.backup_id),
-        keys::segment(&shard.name),
-        keys::segment(db),
-        keys::segment(&t.schema),
-        keys::segment(&t.name),
-        item.range_no
-    );
+    let segment = format!("{}.{}", keys::segment(&t.schema), keys::segment(&t.name));
+    let prefix = range_prefix(opts, &shard.name, db, &segment, item.range_no);
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
-    let storage = |source| AgentError::Storage {
-        shard: shard.name.clone(),
-        what: format!("storing {db}.{}.{}", t.schema, t.name),
-        source,
-    };
+    let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));
     let stream = client
         .copy_out(sql.as_str())
         .await
@@ -289,10 +281,10 @@ async fn dump_item(
         let mut rest: &[u8] = &piece;
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             if carry.is_empty() {
-                writer.push(&rest[..nl]).await.map_err(storage)?;
+                writer.push(&rest[..nl]).await.map_err(&storage)?;
             } else {
                 carry.extend_from_slice(&rest[..nl]);
-                writer.push(&carry).await.map_err(storage)?;
+                writer.push(&carry).await.map_err(&storage)?;
                 carry.clear();
             }
             rows_since += 1;
@@ -316,7 +308,7 @@ async fn dump_item(
         });
     }
     opts.progress.add(rows_since, bytes_since);
-    let (digest, chunks, scratch) = writer.finish().await.map_err(storage)?;
+    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
     let result = ItemResult {
         table: item.table,
         range_no: item.range_no,
