@@ -135,6 +135,7 @@ impl Agent {
                     repository: opts.repo.location(),
                     compression: opts.compression,
                     chunk_rows: opts.chunk_rows,
+                    digest_only: opts.digest_only,
                 };
                 r.send(reqwest::Method::POST, &path, Some(&req))
                     .await

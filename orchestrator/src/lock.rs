@@ -74,7 +74,13 @@ impl RepoLock {
         cluster: &str,
         purpose: &str,
     ) -> Result<RepoLock, LockError> {
-        let key = format!("locks/{cluster}.lock");
+        // Backups share one lock; other purposes (capture) have their own,
+        // so a running capture does not keep backups out.
+        let key = if purpose == "backup" {
+            format!("locks/{cluster}.lock")
+        } else {
+            format!("locks/{cluster}.{purpose}.lock")
+        };
         let started_at = chrono::Utc::now().to_rfc3339();
         let encode = |b: &LockBody| serde_json::to_vec(b).unwrap_or_default();
         for _ in 0..2 {

@@ -10,6 +10,7 @@ mod cut;
 mod exit;
 mod html;
 mod lock;
+mod pitr;
 mod progress;
 mod quality;
 mod readback;

@@ -136,6 +136,9 @@ pub struct DumpRequest {
     pub repository: String,
     pub compression: Compression,
     pub chunk_rows: u64,
+    /// Only count and hash rows (a mark); store nothing.
+    #[serde(default)]
+    pub digest_only: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! touches a database is the same in both deployments.
 
 pub mod api;
+pub mod capture;
 pub mod connect;
 pub mod dump;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod position;
 pub mod postgres;
 pub mod preflight;
 pub mod readback;
+pub mod replay;
 pub mod repo;
 pub mod restore;
 pub mod serve;

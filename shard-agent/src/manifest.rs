@@ -122,8 +122,30 @@ pub struct ChunkRef {
     pub raw_xxh3: String,
 }
 
+/// A consistent restore point: the same bounded global write block as a
+/// backup's cut, every shard's position recorded under it, no data dumped.
+/// With `hashed`, every table's row count and content hash were read from
+/// snapshots opened under the block, so a restore to the mark is verified
+/// against the state the source really had.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mark {
+    pub format: u32,
+    pub name: String,
+    pub cluster: String,
+    pub topology_digest: String,
+    pub tool_version: String,
+    pub cut: Cut,
+    pub hashed: bool,
+    /// Per shard: the tables at the mark (columns, and with `hashed` rows
+    /// and content hash); no chunks and no schema files.
+    pub shards: BTreeMap<String, ShardManifest>,
+}
+
 /// Keys of a backup in the repository.
 pub mod keys {
+    pub fn mark(name: &str) -> String {
+        format!("marks/{}.json", segment(name))
+    }
     pub fn backup_prefix(id: &str) -> String {
         format!("backups/{id}/")
     }

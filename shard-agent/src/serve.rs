@@ -241,6 +241,7 @@ async fn start_dump(
         backup_id: req.backup_id,
         compression: req.compression,
         chunk_rows: req.chunk_rows,
+        digest_only: req.digest_only,
         progress: progress.clone(),
         cancel: cancel.clone(),
     };

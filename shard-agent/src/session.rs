@@ -35,6 +35,8 @@ pub struct DumpOptions {
     pub compression: Compression,
     /// Target rows per primary-key range; tables with more rows are split.
     pub chunk_rows: u64,
+    /// Count and hash every table without storing anything (marks).
+    pub digest_only: bool,
     pub progress: Arc<Progress>,
     /// Set by anyone who wants every worker to stop at its next row.
     pub cancel: Arc<AtomicBool>,
@@ -141,8 +143,12 @@ impl Session {
     }
 
     /// Dumps schema and data from the snapshots into the repository.
-    pub async fn dump(self, opts: DumpOptions) -> Result<ShardManifest, AgentError> {
+    pub async fn dump(self, mut opts: DumpOptions) -> Result<ShardManifest, AgentError> {
         let started = Instant::now();
+        if opts.digest_only {
+            opts.repo = Arc::new(crate::repo::NullRepository);
+            opts.compression = Compression::None;
+        }
         let mut m = match self {
             Session::Mysql(s) => s.dump(&opts).await?,
             Session::Postgres(s) => s.dump(&opts).await?,

@@ -112,57 +112,16 @@ impl Backup {
             tokio::time::sleep(pause).await;
         }
 
-        let cancel = Arc::new(AtomicBool::new(false));
-        let mut progress_list = Vec::new();
-        let mut tasks = JoinSet::new();
-        for session in sessions {
-            let name = session.shard().to_string();
-            let progress = Arc::new(Progress::default());
-            progress_list.push((name.clone(), progress.clone()));
-            let opts = DumpOptions {
-                repo: repo.clone(),
-                backup_id: id.to_string(),
-                compression: topology.defaults.compression,
-                chunk_rows: self.chunk_rows,
-                progress,
-                cancel: cancel.clone(),
-            };
-            tasks.spawn(async move { (name, session.dump(opts).await) });
-        }
-        let display = progress::Display::start(progress_list);
-        let mut shards = BTreeMap::new();
-        let mut errors = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((name, Ok(m))) => {
-                    shards.insert(name, m);
-                }
-                Ok((_, Err(e))) => {
-                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-                    errors.push(e);
-                }
-                Err(e) => {
-                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-                    errors.push(AgentError::Tool {
-                        shard: "?".into(),
-                        what: format!("a shard task panicked: {e}"),
-                    });
-                }
-            }
-        }
-        drop(display);
-        // A shard cancelled because another failed is noise next to the cause.
-        if !errors.is_empty() {
-            let causes: Vec<String> = errors
-                .into_iter()
-                .filter(|e| !matches!(e, AgentError::Cancelled { .. }))
-                .map(|e| exit::one_line(&anyhow::Error::new(e)))
-                .collect();
-            anyhow::bail!(
-                "backup {id} failed and was discarded: {}",
-                causes.join("; ")
-            );
-        }
+        let shards = dump_all(
+            sessions,
+            &repo,
+            id,
+            topology.defaults.compression,
+            self.chunk_rows,
+            false,
+        )
+        .await
+        .map_err(|causes| anyhow::anyhow!("backup {id} failed and was discarded: {causes}"))?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             backup_id: id.to_string(),
@@ -186,8 +145,71 @@ impl Backup {
     }
 }
 
+/// Dumps every shard at once from its snapshot (or only hashes it, with
+/// `digest_only`); on any failure cancels the others and returns the
+/// causes on one line.
+pub async fn dump_all(
+    sessions: Vec<Agent>,
+    repo: &Arc<dyn Repository>,
+    id: &str,
+    compression: topology::Compression,
+    chunk_rows: u64,
+    digest_only: bool,
+) -> Result<BTreeMap<String, shard_agent::manifest::ShardManifest>, String> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut progress_list = Vec::new();
+    let mut tasks = JoinSet::new();
+    for session in sessions {
+        let name = session.shard().to_string();
+        let progress = Arc::new(Progress::default());
+        progress_list.push((name.clone(), progress.clone()));
+        let opts = DumpOptions {
+            repo: repo.clone(),
+            backup_id: id.to_string(),
+            compression,
+            chunk_rows,
+            digest_only,
+            progress,
+            cancel: cancel.clone(),
+        };
+        tasks.spawn(async move { (name, session.dump(opts).await) });
+    }
+    let display = progress::Display::start(progress_list);
+    let mut shards = BTreeMap::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(m))) => {
+                shards.insert(name, m);
+            }
+            Ok((_, Err(e))) => {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                errors.push(e);
+            }
+            Err(e) => {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                errors.push(AgentError::Tool {
+                    shard: "?".into(),
+                    what: format!("a shard task panicked: {e}"),
+                });
+            }
+        }
+    }
+    drop(display);
+    // A shard cancelled because another failed is noise next to the cause.
+    if !errors.is_empty() {
+        let causes: Vec<String> = errors
+            .into_iter()
+            .filter(|e| !matches!(e, AgentError::Cancelled { .. }))
+            .map(|e| exit::one_line(&anyhow::Error::new(e)))
+            .collect();
+        return Err(causes.join("; "));
+    }
+    Ok(shards)
+}
+
 /// Prepares every shard at once; reports every shard that failed.
-async fn prepare_all(topology: &Topology, opts: &CutOptions) -> anyhow::Result<Vec<Agent>> {
+pub async fn prepare_all(topology: &Topology, opts: &CutOptions) -> anyhow::Result<Vec<Agent>> {
     let mut tasks = JoinSet::new();
     for (i, shard) in topology.shards.iter().cloned().enumerate() {
         let opts = opts.clone();

@@ -45,6 +45,7 @@ impl Drill {
             shards: vec![self.shard.clone()],
             map: self.map.clone(),
             auto_map: true,
+            until: None,
             overwrite: true,
             pause_before_verify: self.test_pause_before_verify,
             select: Default::default(),

@@ -1,11 +1,14 @@
 //! One file per subcommand; each is a clap struct with a `run()`.
 
 mod backup;
+mod capture;
 mod check;
 mod drill;
 mod list;
+mod mark;
 mod restore;
 mod show;
+mod status;
 mod verify;
 
 use std::sync::Arc;
@@ -22,6 +25,9 @@ pub enum Command {
     Check(check::Check),
     Drill(drill::Drill),
     Backup(backup::Backup),
+    Capture(capture::Capture),
+    Mark(mark::MarkCmd),
+    Status(status::Status),
     List(list::List),
     Restore(restore::Restore),
     Show(show::Show),
@@ -35,6 +41,9 @@ impl Command {
             Command::Check(c) => c.run().await,
             Command::Drill(c) => c.run().await,
             Command::Backup(c) => c.run().await,
+            Command::Capture(c) => c.run().await,
+            Command::Mark(c) => c.run().await,
+            Command::Status(c) => c.run().await,
             Command::List(c) => c.run().await,
             Command::Restore(c) => c.run().await,
             Command::Show(c) => c.run().await,

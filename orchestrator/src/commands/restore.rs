@@ -21,9 +21,15 @@ pub struct Restore {
     /// The source cluster's topology file (where the repository is).
     #[arg(short, long = "topology", value_name = "FILE")]
     topology: PathBuf,
-    /// Backup ID, or `latest`.
+    /// Backup ID, or `latest`. With `--until`: the base to start from
+    /// (default: the newest backup that captured changes lead to the target).
     #[arg(long, value_name = "ID", default_value = "latest")]
     backup: String,
+    /// Restore to a point after the backup by replaying captured changes:
+    /// `latest` (the newest mark capture has reached), `mark:NAME`, or a
+    /// time (the newest mark at or before it; consistent across shards).
+    #[arg(long, value_name = "POINT", value_parser = crate::pitr::parse_until)]
+    until: Option<crate::pitr::Until>,
     /// Topology of the servers to restore into; shards map by name.
     #[arg(long, value_name = "FILE")]
     target: PathBuf,
@@ -65,6 +71,7 @@ impl Restore {
             shards: self.shards.clone(),
             map: self.map.clone(),
             auto_map: false,
+            until: self.until.clone(),
             overwrite: self.overwrite,
             pause_before_verify: None,
             select: Request {
@@ -90,6 +97,8 @@ pub struct Plan<'a> {
     /// Without a map entry or a same-named target shard, use the target's
     /// only shard of the same engine (drills into a scratch server).
     pub auto_map: bool,
+    /// Replay captured changes up to this point after restoring the base.
+    pub until: Option<crate::pitr::Until>,
     pub overwrite: bool,
     /// Test only: wait between the restore and its verification.
     pub pause_before_verify: Option<Duration>,
@@ -124,8 +133,30 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         plan.backup.to_string(),
         repo.clone(),
     );
-    let m = tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??;
-    let rpo = rpo_seconds(&m);
+    let (m, mark) = match &plan.until {
+        None => (
+            tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??,
+            None,
+        ),
+        Some(until) => {
+            if !plan.select.databases.is_empty() || !plan.select.tables.is_empty() {
+                return Err(InvalidInput(
+                    "--until restores whole shards; it cannot be combined with --database or --table".into(),
+                )
+                .into());
+            }
+            let (base, mark, note) = point_in_time(plan, r.as_ref(), &cluster, &id, until)?;
+            eprintln!("shardcut: until {note}; base backup {}", base.backup_id);
+            (base, Some(mark))
+        }
+    };
+    let rpo = match &mark {
+        Some(mk) => rpo_seconds(&Manifest {
+            cut: mk.cut.clone(),
+            ..m.clone()
+        }),
+        None => rpo_seconds(&m),
+    };
     let mut pairs = scope(plan, &m, &source, &target)?;
     // The tables each shard restores; shards with nothing selected drop out.
     let mut selection = BTreeMap::new();
@@ -175,20 +206,27 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         tasks.spawn(async move { (name, restore_shard(&src, &dst, &opts).await) });
     }
     let mut failures = Vec::new();
+    let mut restored = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((name, Ok(done))) => tracing::info!(
-                "{name}: restored {} database(s), {} table(s), {} chunk(s)",
-                done.databases.len(),
-                done.tables,
-                done.chunks
-            ),
+            Ok((name, Ok(done))) => {
+                tracing::info!(
+                    "{name}: restored {} database(s), {} table(s), {} chunk(s)",
+                    done.databases.len(),
+                    done.tables,
+                    done.chunks
+                );
+                restored.push(name);
+            }
             Ok((name, Err(e))) => failures.push(format!(
                 "{name}: {}",
                 exit::one_line(&anyhow::Error::new(e))
             )),
             Err(e) => failures.push(format!("a restore task panicked: {e}")),
         }
+    }
+    if let Some(mark) = &mark {
+        failures.extend(replay_all(&repo, &m, mark, &pairs, &restored).await);
     }
     if let Some(pause) = plan.pause_before_verify {
         eprintln!(
@@ -206,6 +244,17 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
             shard.table_list.retain(|t| list.contains(&t.qualified()));
         }
     }
+    // At a mark, the expected state is the mark's: its tables, row counts
+    // and content hashes, read from the source under the mark's block.
+    if let Some(mark) = &mark {
+        for (name, shard) in in_scope.shards.iter_mut() {
+            if let Some(at_mark) = mark.shards.get(name) {
+                shard.table_list = at_mark.table_list.clone();
+            }
+        }
+        in_scope.cut = mark.cut.clone();
+        in_scope.backup_id = format!("{} + changes to mark {}", m.backup_id, mark.name);
+    }
     let (tables, available) = read_back(&in_scope, &pairs).await;
     let rto = started.elapsed().as_secs_f64();
     let (q, per_shard) = score(&tables, &shards, &available);
@@ -215,7 +264,7 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         ));
     }
     Ok(Outcome {
-        m,
+        m: if mark.is_some() { in_scope } else { m },
         tables,
         q,
         per_shard,
@@ -361,4 +410,80 @@ fn scope(
     } else {
         Err(InvalidInput(problems.join("; ")).into())
     }
+}
+
+/// The base backup and mark of a point-in-time restore, refused before
+/// anything is touched if captured changes do not lead there.
+fn point_in_time(
+    plan: &Plan<'_>,
+    repo: &dyn shard_agent::repo::Repository,
+    cluster: &str,
+    id: &str,
+    until: &crate::pitr::Until,
+) -> anyhow::Result<(Manifest, shard_agent::manifest::Mark, String)> {
+    use crate::pitr;
+    let states = shard_agent::capture::StreamState::all(repo)?;
+    let (mark, note) = pitr::resolve(repo, cluster, until, &states)?;
+    let shards: Vec<String> = if plan.shards.is_empty() {
+        mark.shards.keys().cloned().collect()
+    } else {
+        plan.shards.clone()
+    };
+    let base = if id == "latest" {
+        let backups = super::list_backups(repo, cluster)?
+            .into_iter()
+            .filter_map(|l| l.manifest.ok())
+            .collect();
+        pitr::choose_base(backups, &mark, &shards, &states)?
+    } else {
+        let b = find_backup(repo, cluster, id)?;
+        pitr::base_fits(&b, &mark, &shards, &states).map_err(InvalidInput)?;
+        b
+    };
+    let refusals = pitr::ddl_refusals(&base, &mark, &shards);
+    if !refusals.is_empty() {
+        return Err(InvalidInput(refusals.join("; ")).into());
+    }
+    Ok((base, mark, note))
+}
+
+/// Replays captured changes into every shard whose base restore succeeded;
+/// returns one failure line per shard that failed.
+async fn replay_all(
+    repo: &std::sync::Arc<dyn shard_agent::repo::Repository>,
+    base: &Manifest,
+    mark: &shard_agent::manifest::Mark,
+    pairs: &[(String, Shard)],
+    restored: &[String],
+) -> Vec<String> {
+    let ranges = crate::pitr::ranges(base, mark);
+    let mut tasks = JoinSet::new();
+    for (name, dst) in pairs.iter().filter(|(n, _)| restored.contains(n)) {
+        let (Some((from, to)), Some(sm)) =
+            (ranges.get(name).cloned(), base.shards.get(name).cloned())
+        else {
+            continue;
+        };
+        let (repo, dst, name) = (repo.clone(), dst.clone(), name.clone());
+        tasks.spawn(async move {
+            let r = crate::pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to).await;
+            (name, r)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(r))) => tracing::info!(
+                "{name}: replayed {} transaction(s) from {} segment(s)",
+                r.transactions,
+                r.segments
+            ),
+            Ok((name, Err(e))) => failures.push(format!(
+                "{name}: replay: {}",
+                exit::one_line(&anyhow::Error::new(e))
+            )),
+            Err(e) => failures.push(format!("a replay task panicked: {e}")),
+        }
+    }
+    failures
 }

@@ -6,7 +6,11 @@
 //! locks are held, a second connection per database opens a
 //! `REPEATABLE READ READ ONLY` transaction and exports its snapshot (the
 //! lock holder cannot export it: ending its transaction to release the
-//! block would destroy the snapshot). The LSN is read while still blocked.
+//! block would destroy the snapshot). The LSN is read while still blocked,
+//! and it is the WAL *insert* position: every commit record of a
+//! transaction the snapshot sees lies before it, even one committed
+//! asynchronously whose WAL is not flushed yet (the *write* position could
+//! lie before such a record, and replay would apply it twice).
 
 use std::time::{Duration, Instant};
 
@@ -187,7 +191,7 @@ impl Session {
         })?;
         let lsn: String = first
             .snap
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .and_then(|r| r.try_get(0))
             .map_err(pg_err(&shard, "reading the WAL position"))?;

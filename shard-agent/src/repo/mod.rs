@@ -8,11 +8,13 @@
 
 mod local;
 mod memory;
+mod null;
 
 use std::io;
 
 pub use local::LocalRepository;
 pub use memory::MemoryRepository;
+pub use null::NullRepository;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

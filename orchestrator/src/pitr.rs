@@ -1,0 +1,354 @@
+//! Point-in-time planning: which mark a `--until` names, which backup is
+//! its base, whether captured changes cover the way from one to the other,
+//! and the replay itself.
+//!
+//! A target is always a mark: the only positions known to be consistent
+//! across shards. `latest` is the newest mark that capture has caught up
+//! with on every shard; a time is the newest mark at or before it.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use shard_agent::capture::{mysql::STREAM, StreamState};
+use shard_agent::manifest::{keys, Manifest, Mark};
+use shard_agent::position::Position;
+use shard_agent::replay::{self, ReplayReport};
+use shard_agent::repo::Repository;
+use topology::{Engine, Shard};
+
+use crate::exit::InvalidInput;
+
+/// What `--until` asks for.
+#[derive(Debug, Clone)]
+pub enum Until {
+    Latest,
+    Mark(String),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+pub fn parse_until(text: &str) -> Result<Until, String> {
+    if text == "latest" {
+        return Ok(Until::Latest);
+    }
+    if let Some(name) = text.strip_prefix("mark:") {
+        return Ok(Until::Mark(name.to_string()));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Until::Time(t.with_timezone(&chrono::Utc)));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, f) {
+            return Ok(Until::Time(t.and_utc()));
+        }
+    }
+    Err(format!(
+        "`{text}`: expected latest, mark:NAME, or a time (RFC 3339, or YYYY-MM-DD HH:MM:SS in UTC)"
+    ))
+}
+
+/// Every mark of `cluster`, oldest first.
+pub fn list_marks(repo: &dyn Repository, cluster: &str) -> anyhow::Result<Vec<Mark>> {
+    let mut out = Vec::new();
+    for key in repo.list("marks/")? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let data = repo.get(&key)?;
+        let m: Mark = serde_json::from_slice(&data)
+            .map_err(|e| anyhow::anyhow!("unreadable mark {key}: {e}"))?;
+        if m.cluster == cluster {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| a.cut.taken_at.cmp(&b.cut.taken_at));
+    Ok(out)
+}
+
+pub fn find_mark(repo: &dyn Repository, cluster: &str, name: &str) -> anyhow::Result<Mark> {
+    match repo.get(&keys::mark(name)) {
+        Ok(data) => {
+            let m: Mark = serde_json::from_slice(&data)
+                .map_err(|e| anyhow::anyhow!("unreadable mark {}: {e}", keys::mark(name)))?;
+            if m.cluster != cluster {
+                return Err(InvalidInput(format!(
+                    "mark `{name}` belongs to cluster {}",
+                    m.cluster
+                ))
+                .into());
+            }
+            Ok(m)
+        }
+        Err(shard_agent::repo::RepoError::NotFound { .. }) => Err(InvalidInput(format!(
+            "no mark `{name}` of cluster {cluster} in {}",
+            repo.location()
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The capture streams a shard needs: its binlog, or one per database.
+pub fn streams_of(engine: Engine, databases: &[String]) -> Vec<String> {
+    match engine {
+        Engine::Mysql => vec![STREAM.to_string()],
+        Engine::Postgres => databases.to_vec(),
+    }
+}
+
+fn at_or_before(a: &Position, b: &Position) -> bool {
+    matches!(a.compare(b), Ok(Ordering::Less | Ordering::Equal))
+}
+
+/// Why captured changes of `shard` do not lead from `from` to `to`, if so.
+pub fn coverage_gap(
+    states: &[StreamState],
+    shard: &str,
+    streams: &[String],
+    from: &Position,
+    to: &Position,
+) -> Option<String> {
+    for stream in streams {
+        let Some(s) = states
+            .iter()
+            .find(|s| s.shard == shard && &s.stream == stream)
+        else {
+            return Some(format!(
+                "shard {shard}: no capture of {stream} (run `shardcut capture`)"
+            ));
+        };
+        if !at_or_before(&s.started, from) {
+            return Some(format!(
+                "shard {shard}: capture of {stream} started at {} after {from}",
+                s.started
+            ));
+        }
+        if !at_or_before(to, &s.progress) {
+            return Some(format!(
+                "shard {shard}: capture of {stream} has reached {}, not yet {to} (run `shardcut capture --once`)",
+                s.progress
+            ));
+        }
+    }
+    None
+}
+
+/// Databases a shard's part of a manifest covers.
+pub fn databases(m: &shard_agent::manifest::ShardManifest) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in m
+        .table_list
+        .iter()
+        .map(|t| &t.database)
+        .chain(m.schema.iter().map(|f| &f.database))
+    {
+        if !out.contains(d) {
+            out.push(d.clone());
+        }
+    }
+    out
+}
+
+/// Whether capture has reached the mark on every shard.
+fn mark_covered(mark: &Mark, states: &[StreamState]) -> bool {
+    mark.cut.shards.iter().all(|(name, c)| {
+        let Some(sm) = mark.shards.get(name) else {
+            return false;
+        };
+        let Some(engine) = sm.engine else {
+            return false;
+        };
+        let streams = streams_of(engine, &databases(sm));
+        streams.iter().all(|stream| {
+            states.iter().any(|s| {
+                &s.shard == name && &s.stream == stream && at_or_before(&c.position, &s.progress)
+            })
+        })
+    })
+}
+
+/// The mark `until` names, and a sentence on how it was chosen.
+pub fn resolve(
+    repo: &dyn Repository,
+    cluster: &str,
+    until: &Until,
+    states: &[StreamState],
+) -> anyhow::Result<(Mark, String)> {
+    match until {
+        Until::Mark(name) => Ok((find_mark(repo, cluster, name)?, format!("mark {name}"))),
+        Until::Latest => {
+            let marks = list_marks(repo, cluster)?;
+            let m = marks.into_iter().rev().find(|m| mark_covered(m, states)).ok_or_else(|| {
+                InvalidInput(format!(
+                    "no mark of cluster {cluster} is covered by captured changes yet; run `shardcut capture --once` (it takes a mark and catches up)"
+                ))
+            })?;
+            let note = format!("latest: mark {} taken at {}", m.name, m.cut.taken_at);
+            Ok((m, note))
+        }
+        Until::Time(t) => {
+            let marks = list_marks(repo, cluster)?;
+            let m = marks
+                .into_iter()
+                .rev()
+                .find(|m| {
+                    chrono::DateTime::parse_from_rfc3339(&m.cut.taken_at)
+                        .is_ok_and(|taken| taken.with_timezone(&chrono::Utc) <= *t)
+                })
+                .ok_or_else(|| {
+                    InvalidInput(format!(
+                        "no mark of cluster {cluster} at or before {}",
+                        t.to_rfc3339()
+                    ))
+                })?;
+            let note = format!(
+                "{}: restoring to mark {} taken at {}, the latest consistent point at or before that time",
+                t.to_rfc3339(),
+                m.name,
+                m.cut.taken_at
+            );
+            Ok((m, note))
+        }
+    }
+}
+
+/// Whether `base` can start a replay to `mark` for `shards`; `Err` says why not.
+pub fn base_fits(
+    base: &Manifest,
+    mark: &Mark,
+    shards: &[String],
+    states: &[StreamState],
+) -> Result<(), String> {
+    for name in shards {
+        let (Some(b), Some(mk), Some(sm)) = (
+            base.cut.shards.get(name),
+            mark.cut.shards.get(name),
+            base.shards.get(name),
+        ) else {
+            return Err(format!(
+                "shard {name} is not in both backup {} and mark {}",
+                base.backup_id, mark.name
+            ));
+        };
+        if !at_or_before(&b.position, &mk.position) {
+            return Err(format!(
+                "backup {} is newer than mark {} on shard {name}",
+                base.backup_id, mark.name
+            ));
+        }
+        let engine = sm.engine.unwrap_or(Engine::Mysql);
+        if let Some(gap) = coverage_gap(
+            states,
+            name,
+            &streams_of(engine, &databases(sm)),
+            &b.position,
+            &mk.position,
+        ) {
+            return Err(gap);
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL replay cannot create, drop or alter tables: refuse a target
+/// whose tables differ from the base's, before anything is restored.
+pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in shards {
+        let (Some(b), Some(m)) = (base.shards.get(name), mark.shards.get(name)) else {
+            continue;
+        };
+        if b.engine != Some(Engine::Postgres) {
+            continue;
+        }
+        for t in &m.table_list {
+            match b.table_list.iter().find(|x| x.qualified() == t.qualified()) {
+                None => out.push(format!(
+                    "shard {name}: table {} exists at mark {} but not in backup {}: PostgreSQL logical decoding does not carry CREATE TABLE; restore to an earlier mark or take a new backup",
+                    t.qualified(), mark.name, base.backup_id
+                )),
+                Some(x) => {
+                    let a: Vec<&str> = x.columns.iter().map(|c| c.name.as_str()).collect();
+                    let c: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+                    if a != c {
+                        out.push(format!(
+                            "shard {name}: table {} has columns ({}) at mark {} but ({}) in backup {}: PostgreSQL logical decoding does not carry ALTER TABLE; restore to an earlier mark or take a new backup",
+                            t.qualified(), c.join(", "), mark.name, a.join(", "), base.backup_id
+                        ));
+                    }
+                }
+            }
+        }
+        for t in &b.table_list {
+            if !m.table_list.iter().any(|x| x.qualified() == t.qualified()) {
+                out.push(format!(
+                    "shard {name}: table {} of backup {} is gone at mark {}: PostgreSQL logical decoding does not carry DROP TABLE; restore to an earlier mark or take a new backup",
+                    t.qualified(), base.backup_id, mark.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The newest backup of `cluster` that can start a replay to `mark`.
+pub fn choose_base(
+    backups: Vec<Manifest>,
+    mark: &Mark,
+    shards: &[String],
+    states: &[StreamState],
+) -> anyhow::Result<Manifest> {
+    let mut reasons = Vec::new();
+    for b in backups.into_iter().rev() {
+        match base_fits(&b, mark, shards, states) {
+            Ok(()) => return Ok(b),
+            Err(why) => reasons.push(format!("{}: {why}", b.backup_id)),
+        }
+    }
+    Err(InvalidInput(format!(
+        "no backup can be brought to mark {} with the captured changes ({})",
+        mark.name,
+        if reasons.is_empty() {
+            "there is no backup".to_string()
+        } else {
+            reasons.join("; ")
+        }
+    ))
+    .into())
+}
+
+/// Replays one shard's captured changes from the base cut to the mark into
+/// its target.
+pub async fn replay_shard(
+    repo: &dyn Repository,
+    source: &str,
+    sm: &shard_agent::manifest::ShardManifest,
+    target: &Shard,
+    from: &Position,
+    to: &Position,
+) -> Result<ReplayReport, replay::ReplayError> {
+    match sm.engine {
+        Some(Engine::Postgres) => {
+            let mut total = ReplayReport::default();
+            for db in databases(sm) {
+                let r = replay::postgres::replay(repo, source, &db, target, from, to).await?;
+                total.segments += r.segments;
+                total.transactions += r.transactions;
+                total.statements += r.statements;
+            }
+            Ok(total)
+        }
+        _ => replay::mysql::replay(repo, source, target, from, to).await,
+    }
+}
+
+/// Per shard: (base position, mark position).
+pub fn ranges(base: &Manifest, mark: &Mark) -> BTreeMap<String, (Position, Position)> {
+    base.cut
+        .shards
+        .iter()
+        .filter_map(|(name, b)| {
+            let m = mark.cut.shards.get(name)?;
+            Some((name.clone(), (b.position.clone(), m.position.clone())))
+        })
+        .collect()
+}

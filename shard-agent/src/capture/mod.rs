@@ -1,0 +1,158 @@
+//! Continuous change capture: every shard's change stream, stored in the
+//! repository as ordered, compressed, checksummed segments.
+//!
+//! A shard has one or more *streams*: MySQL/MariaDB one (its binlog),
+//! PostgreSQL one per database (logical decoding is per database). Each
+//! stream has a state object (where capture started and how far it has
+//! stored) and segments, each holding whole transactions only, keyed by
+//! their first position so they list in order.
+//!
+//! Crash safety: a round stores a segment, then advances the state. A crash
+//! between the two leaves the state behind the segment; the next round reads
+//! the same changes again and stores a segment under the same key (same
+//! first position), replacing it. Replay also skips any transaction at or
+//! before the position it has applied, so nothing can apply twice.
+
+pub mod mysql;
+pub mod postgres;
+mod segment;
+
+use serde::{Deserialize, Serialize};
+use topology::Engine;
+
+use crate::manifest::keys::segment as key_segment;
+use crate::position::Position;
+use crate::repo::{RepoError, Repository};
+
+pub use segment::{list_segments, load_segment, store_segment, SegmentMeta};
+
+/// Raw bytes of a segment before it is closed; a single transaction larger
+/// than this still goes into one segment whole.
+pub const SEGMENT_RAW_BYTES: usize = 16 << 20;
+
+/// Where one stream's capture started and how far it has stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamState {
+    pub shard: String,
+    /// `binlog`, or the PostgreSQL database name.
+    pub stream: String,
+    pub engine: Engine,
+    /// The first position capture covers: changes after it are captured.
+    pub started: Position,
+    pub started_at: String,
+    /// Every change up to this position is stored in segments.
+    pub progress: Position,
+    pub updated_at: String,
+    /// Commit time of the newest stored transaction (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<String>,
+    /// Number of the next segment to store.
+    #[serde(default)]
+    pub next_seq: u64,
+    /// PostgreSQL: the replication slot and publication this stream reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+pub mod keys {
+    use super::key_segment;
+
+    pub fn shard_prefix(shard: &str) -> String {
+        format!("capture/{}/", key_segment(shard))
+    }
+    pub fn stream_prefix(shard: &str, stream: &str) -> String {
+        format!("capture/{}/{}/", key_segment(shard), key_segment(stream))
+    }
+    pub fn state(shard: &str, stream: &str) -> String {
+        format!("{}state.json", stream_prefix(shard, stream))
+    }
+    pub fn segments(shard: &str, stream: &str) -> String {
+        format!("{}seg/", stream_prefix(shard, stream))
+    }
+}
+
+impl StreamState {
+    pub fn load(
+        repo: &dyn Repository,
+        shard: &str,
+        stream: &str,
+    ) -> Result<Option<StreamState>, CaptureError> {
+        let key = keys::state(shard, stream);
+        match repo.get(&key) {
+            Ok(data) => {
+                serde_json::from_slice(&data)
+                    .map(Some)
+                    .map_err(|e| CaptureError::Corrupt {
+                        key,
+                        what: e.to_string(),
+                    })
+            }
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save(&self, repo: &dyn Repository) -> Result<(), CaptureError> {
+        let data = serde_json::to_vec_pretty(self).map_err(|e| CaptureError::Corrupt {
+            key: keys::state(&self.shard, &self.stream),
+            what: e.to_string(),
+        })?;
+        repo.put(&keys::state(&self.shard, &self.stream), &data)?;
+        Ok(())
+    }
+
+    /// Every stream state of every shard in the repository.
+    pub fn all(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
+        let mut out = Vec::new();
+        for key in repo.list("capture/")? {
+            if key.ends_with("/state.json") && key.matches('/').count() == 3 {
+                let data = repo.get(&key)?;
+                out.push(
+                    serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
+                        key: key.clone(),
+                        what: e.to_string(),
+                    })?,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What one catch-up round of one stream did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub shard: String,
+    pub stream: String,
+    pub segments: u64,
+    pub transactions: u64,
+    pub bytes_stored: u64,
+    /// The stream's stored position after the round.
+    pub progress: Option<Position>,
+    /// The server's current position when the round ended.
+    pub server_position: Option<Position>,
+    /// Bytes of WAL the slot retains (PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_wal_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("capture object {key} is unreadable: {what}")]
+    Corrupt { key: String, what: String },
+    #[error(transparent)]
+    Agent(#[from] crate::AgentError),
+    #[error("shard {shard}: {what}")]
+    Stream { shard: String, what: String },
+}
+
+impl CaptureError {
+    pub fn stream(shard: &str, what: impl Into<String>) -> CaptureError {
+        CaptureError::Stream {
+            shard: shard.to_string(),
+            what: what.into(),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Storing and reading capture segments.
+//!
+//! A segment is two objects: the data (`<sort>.<ext>.zst`) and its
+//! description (`<sort>.json`), written in that order. A description is
+//! only written once its data is stored, so a listed segment is complete;
+//! data without a description (a crash between the two) is ignored and
+//! later replaced.
+
+use serde::{Deserialize, Serialize};
+use topology::Compression;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{keys, CaptureError};
+use crate::dump::chunk::{compress, decompress};
+use crate::position::Position;
+use crate::repo::Repository;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentMeta {
+    pub shard: String,
+    pub stream: String,
+    /// Number of the segment in its stream (0, 1, …): a missing one shows
+    /// as a gap.
+    pub seq: u64,
+    /// Key of the data object.
+    pub key: String,
+    /// The position just before the segment's first transaction.
+    pub first: Position,
+    /// The position just after its last transaction.
+    pub last: Position,
+    pub first_commit: Option<String>,
+    pub last_commit: Option<String>,
+    pub transactions: u64,
+    pub bytes_raw: u64,
+    pub bytes_stored: u64,
+    /// xxh3-64 of the stored bytes, hex.
+    pub xxh3: String,
+    /// xxh3-64 of the raw bytes, hex.
+    pub raw_xxh3: String,
+}
+
+/// Compresses and stores a segment's data, then its description.
+/// `sort` orders segments of a stream; `ext` names the raw format.
+#[allow(clippy::too_many_arguments)]
+pub fn store_segment(
+    repo: &dyn Repository,
+    shard: &str,
+    stream: &str,
+    sort: &str,
+    ext: &str,
+    raw: &[u8],
+    compression: Compression,
+    mut meta: SegmentMeta,
+) -> Result<SegmentMeta, CaptureError> {
+    let prefix = keys::segments(shard, stream);
+    let key = format!("{prefix}{sort}.{ext}.zst");
+    let stored = compress(raw, compression).map_err(|e| CaptureError::Corrupt {
+        key: key.clone(),
+        what: format!("compressing: {e}"),
+    })?;
+    repo.put(&key, &stored)?;
+    meta.key = key;
+    meta.bytes_raw = raw.len() as u64;
+    meta.bytes_stored = stored.len() as u64;
+    meta.xxh3 = format!("{:016x}", xxh3_64(&stored));
+    meta.raw_xxh3 = format!("{:016x}", xxh3_64(raw));
+    let doc = serde_json::to_vec_pretty(&meta).map_err(|e| CaptureError::Corrupt {
+        key: meta.key.clone(),
+        what: e.to_string(),
+    })?;
+    repo.put(&format!("{prefix}{sort}.json"), &doc)?;
+    Ok(meta)
+}
+
+/// Every complete segment of a stream, in stream order.
+pub fn list_segments(
+    repo: &dyn Repository,
+    shard: &str,
+    stream: &str,
+) -> Result<Vec<SegmentMeta>, CaptureError> {
+    let mut out = Vec::new();
+    for key in repo.list(&keys::segments(shard, stream))? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let data = repo.get(&key)?;
+        out.push(serde_json::from_slice::<SegmentMeta>(&data).map_err(|e| {
+            CaptureError::Corrupt {
+                key: key.clone(),
+                what: e.to_string(),
+            }
+        })?);
+    }
+    Ok(out)
+}
+
+/// Reads a segment's raw bytes, refusing damaged data by name.
+pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>, CaptureError> {
+    let stored = repo.get(&meta.key)?;
+    let got = format!("{:016x}", xxh3_64(&stored));
+    if got != meta.xxh3 {
+        return Err(CaptureError::Corrupt {
+            key: meta.key.clone(),
+            what: format!(
+                "checksum mismatch (stored {got}, recorded {}); the segment is damaged",
+                meta.xxh3
+            ),
+        });
+    }
+    let raw = decompress(&stored).map_err(|e| CaptureError::Corrupt {
+        key: meta.key.clone(),
+        what: format!("does not decompress: {e}"),
+    })?;
+    let got = format!("{:016x}", xxh3_64(&raw));
+    if got != meta.raw_xxh3 {
+        return Err(CaptureError::Corrupt {
+            key: meta.key.clone(),
+            what: format!("raw checksum mismatch ({got}, recorded {})", meta.raw_xxh3),
+        });
+    }
+    Ok(raw)
+}
