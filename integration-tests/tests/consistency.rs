@@ -13,7 +13,7 @@ use topology::{Engine, Shard, Topology};
 
 use crate::support::{self, db, PrivateSandbox};
 
-const MYSQL_SETUP: &[&str] = &[
+pub const MYSQL_SETUP: &[&str] = &[
     "DROP DATABASE IF EXISTS bank",
     "CREATE DATABASE bank",
     "CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
@@ -21,7 +21,7 @@ const MYSQL_SETUP: &[&str] = &[
     "CREATE TABLE bank.ledger (transfer_id BIGINT NOT NULL, kind VARCHAR(6) NOT NULL, \
      amount BIGINT NOT NULL, PRIMARY KEY (transfer_id, kind)) ENGINE=InnoDB",
 ];
-const PG_SETUP: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+pub const PG_SETUP: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
     INSERT INTO accounts VALUES (1, 1000000000); \
     CREATE TABLE ledger (transfer_id bigint NOT NULL, kind text NOT NULL, amount bigint NOT NULL, \
     PRIMARY KEY (transfer_id, kind));";
@@ -62,7 +62,7 @@ impl Conn {
 }
 
 /// Moves amounts between random pairs of shards until `stop`.
-async fn workload(topo: Topology, seed: u64, next_id: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+pub async fn workload(topo: Topology, seed: u64, next_id: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
     let mut conns = Vec::new();
     for s in &topo.shards {
         conns.push(Conn::open(s).await);
@@ -193,8 +193,25 @@ async fn every_credit_has_its_debit_in_every_backup() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["quality"]["score"], 1.0);
     let restored = db::topology(&target.topology());
+    let (debits, credits) = bank_state(&restored).await;
+    assert_eq!(
+        debits.len(),
+        transfers,
+        "the restore holds the backup's transfers"
+    );
+    let orphans = credits.difference(&debits).count();
+    assert_eq!(
+        orphans, 0,
+        "restored cluster has {orphans} credits without their debit"
+    );
+}
+
+/// Every shard's ledger of a bank cluster, checked on the way: each shard's
+/// balance must equal its own ledger. Returns the transfer ids debited and
+/// credited across the cluster.
+pub async fn bank_state(topo: &Topology) -> (HashSet<i64>, HashSet<i64>) {
     let (mut debits, mut credits) = (HashSet::new(), HashSet::new());
-    for s in &restored.shards {
+    for s in &topo.shards {
         let (ledger, balance): (Vec<(i64, String, i64)>, i64) = match s.engine {
             Engine::Mysql => {
                 let mut c = db::mysql(s, Some("bank")).await;
@@ -241,14 +258,5 @@ async fn every_credit_has_its_debit_in_every_backup() {
             s.name
         );
     }
-    assert_eq!(
-        debits.len(),
-        transfers,
-        "the restore holds the backup's transfers"
-    );
-    let orphans = credits.difference(&debits).count();
-    assert_eq!(
-        orphans, 0,
-        "restored cluster has {orphans} credits without their debit"
-    );
+    (debits, credits)
 }

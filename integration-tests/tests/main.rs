@@ -15,6 +15,7 @@ mod check;
 mod consistency;
 mod drill;
 mod faults;
+mod pitr;
 mod remote;
 mod restore;
 mod verify;

@@ -7,26 +7,6 @@ use topology::{Engine, Shard};
 
 use crate::support::{self, db, PrivateSandbox};
 
-/// `CHECKSUM TABLE`, MariaDB's own digest of a table's contents.
-async fn mysql_checksum(shard: &Shard, table: &str) -> Option<u64> {
-    let mut c = db::mysql(shard, None).await;
-    let row: Option<(String, Option<u64>)> = c
-        .query_first(format!("CHECKSUM TABLE {table}"))
-        .await
-        .unwrap();
-    row.unwrap().1
-}
-
-/// md5 of every row's text, ordered by that text: independent of row order
-/// and of shardcut's encoders.
-async fn pg_digest(shard: &Shard, database: &str, schema: &str, table: &str) -> String {
-    let c = db::pg(shard, database).await;
-    let sql = format!(
-        "SELECT md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')) FROM (SELECT t::text AS x FROM ONLY \"{schema}\".\"{table}\" t) s"
-    );
-    c.query_one(&sql, &[]).await.unwrap().get(0)
-}
-
 /// Counts of schema objects that must survive a restore.
 async fn mysql_objects(shard: &Shard) -> Vec<i64> {
     let mut c = db::mysql(shard, None).await;
@@ -98,14 +78,17 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
             match s.engine {
                 Engine::Mysql => {
                     let q = format!("`{}`.`{}`", table.database, table.name);
-                    let (a, b) = (mysql_checksum(s, &q).await, mysql_checksum(t, &q).await);
+                    let (a, b) = (
+                        db::mysql_checksum(s, &q).await,
+                        db::mysql_checksum(t, &q).await,
+                    );
                     assert!(a.is_some(), "{q}");
                     assert_eq!(a, b, "{name} {q}: CHECKSUM TABLE differs");
                 }
                 Engine::Postgres => {
                     let schema = table.schema.as_deref().unwrap();
-                    let a = pg_digest(s, &table.database, schema, &table.name).await;
-                    let b = pg_digest(t, &table.database, schema, &table.name).await;
+                    let a = db::pg_digest(s, &table.database, schema, &table.name).await;
+                    let b = db::pg_digest(t, &table.database, schema, &table.name).await;
                     assert_eq!(a, b, "{name} {}: row digest differs", table.qualified());
                 }
             }
@@ -277,8 +260,8 @@ async fn partial_restore_of_one_table_with_and_without_its_parents() {
     assert_eq!(tables, vec!["customers", "orders"]);
     for t in ["`shop`.`customers`", "`shop`.`orders`"] {
         assert_eq!(
-            mysql_checksum(src.shard("mysql-0").unwrap(), t).await,
-            mysql_checksum(tgt.shard("mysql-0").unwrap(), t).await,
+            db::mysql_checksum(src.shard("mysql-0").unwrap(), t).await,
+            db::mysql_checksum(tgt.shard("mysql-0").unwrap(), t).await,
             "{t}"
         );
     }
@@ -296,8 +279,8 @@ async fn partial_restore_of_one_table_with_and_without_its_parents() {
     assert_eq!(pg_tables, vec!["customers", "orders"]);
     for t in ["customers", "orders"] {
         assert_eq!(
-            pg_digest(src.shard("pg-0").unwrap(), "shop", "public", t).await,
-            pg_digest(tgt.shard("pg-0").unwrap(), "shop", "public", t).await,
+            db::pg_digest(src.shard("pg-0").unwrap(), "shop", "public", t).await,
+            db::pg_digest(tgt.shard("pg-0").unwrap(), "shop", "public", t).await,
             "{t}"
         );
     }

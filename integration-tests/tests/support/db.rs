@@ -127,3 +127,23 @@ pub fn find_table<'m>(m: &'m Manifest, shard: &str, qualified: &str) -> &'m Tabl
         .find(|t| t.qualified() == qualified)
         .unwrap_or_else(|| panic!("{qualified} not in the backup of {shard}"))
 }
+
+/// `CHECKSUM TABLE`, MariaDB's own digest of a table's contents.
+pub async fn mysql_checksum(shard: &Shard, table: &str) -> Option<u64> {
+    let mut c = mysql(shard, None).await;
+    let row: Option<(String, Option<u64>)> = c
+        .query_first(format!("CHECKSUM TABLE {table}"))
+        .await
+        .unwrap();
+    row.unwrap().1
+}
+
+/// md5 of every row's text, ordered by that text: independent of row order
+/// and of shardcut's encoders.
+pub async fn pg_digest(shard: &Shard, database: &str, schema: &str, table: &str) -> String {
+    let c = pg(shard, database).await;
+    let sql = format!(
+        "SELECT md5(coalesce(string_agg(x, E'\\n' ORDER BY x), '')) FROM (SELECT t::text AS x FROM ONLY \"{schema}\".\"{table}\" t) s"
+    );
+    c.query_one(&sql, &[]).await.unwrap().get(0)
+}
