@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
+use shard_agent::repo::Repository;
 use topology::{Engine, Topology};
 
 use crate::consistency::{bank_state, workload, MYSQL_SETUP, PG_SETUP};
@@ -307,4 +308,126 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         "the refusal names the table and the kind of change: {}",
         run.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_chains_and_expire_keep_what_kept_points_need() {
+    let sb = PrivateSandbox::up(1, 1, 27500, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_SETUP, "bank", PG_SETUP).await;
+    let tables = ["accounts", "ledger"];
+    let next_id = Arc::new(AtomicU64::new(1));
+    let writes = |ms: u64| {
+        let (topo, next_id) = (topo.clone(), next_id.clone());
+        async move {
+            let (stop, workers) = start_workload(&topo, &next_id);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            stop_workload(stop, workers).await;
+        }
+    };
+    let backup = |extra: &'static [&'static str]| {
+        let mut args = vec!["backup", "-t", arg, "--json"];
+        args.extend_from_slice(extra);
+        let run = run_ok(&args);
+        run.json()["backup_id"].as_str().unwrap().to_string()
+    };
+
+    // No capture yet: an incremental backup is refused by name.
+    run_ok(&["backup", "-t", arg]);
+    let refused = support::shardcut(&["backup", "-t", arg, "--incremental"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("no capture"), "{}", refused.stderr);
+
+    run_ok(&["capture", "-t", arg, "--once", "--no-mark"]);
+    let full_a = backup(&[]);
+    writes(400).await;
+    let incr_b = backup(&["--incremental"]);
+    writes(400).await;
+    let full_c = backup(&[]);
+    writes(400).await;
+    let incr_d = backup(&["--incremental"]);
+    let at_d = checksums(&topo, &tables).await;
+    writes(400).await;
+    run_ok(&["mark", "-t", arg, "--name", "after-d"]);
+    let at_mark = checksums(&topo, &tables).await;
+    writes(300).await;
+    run_ok(&["capture", "-t", arg, "--once"]);
+
+    let list = run_ok(&["list", "-t", arg, "--json"]).json();
+    let kinds: Vec<(String, String, String)> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backup_id"].as_str().unwrap().to_string(),
+                b["kind"].as_str().unwrap().to_string(),
+                b["base"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(incr_b.clone(), "incremental".into(), full_a.clone())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(incr_d.clone(), "incremental".into(), full_c.clone())),
+        "{kinds:?}"
+    );
+
+    // A dry run deletes nothing; the real run keeps D and its base C only.
+    let repo_dir = db::topology(&topo_path);
+    let count = || {
+        let repo = db::repository(&repo_dir);
+        repo.list("").unwrap().len()
+    };
+    let before = count();
+    run_ok(&["expire", "-t", arg, "--keep-last", "1", "--dry-run"]);
+    assert_eq!(count(), before, "--dry-run deleted objects");
+    let run = run_ok(&["expire", "-t", arg, "--keep-last", "1", "--json"]);
+    let kept: Vec<String> = serde_json::from_value(run.json()["kept"].clone()).unwrap();
+    assert_eq!(kept, vec![full_c.clone(), incr_d.clone()], "{run:?}");
+    assert!(
+        run.json()["expired_segments"].as_u64().unwrap() > 0,
+        "old segments are expired: {run:?}"
+    );
+    assert!(count() < before);
+
+    // What was kept still restores exactly: D (C + its segments) and the
+    // mark after it.
+    let target = PrivateSandbox::up(1, 1, 27600, "ready");
+    let tgt = target.topology();
+    let tgt_arg = tgt.to_str().unwrap();
+    let restored = db::topology(&tgt);
+    let run = run_ok(&[
+        "restore", "-t", arg, "--target", tgt_arg, "--backup", &incr_d, "--json",
+    ]);
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(
+        checksums(&restored, &tables).await,
+        at_d,
+        "restore of incremental D"
+    );
+    let run = run_ok(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt_arg,
+        "--until",
+        "mark:after-d",
+        "--overwrite",
+        "--json",
+    ]);
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(
+        checksums(&restored, &tables).await,
+        at_mark,
+        "restore to the mark after D"
+    );
+    let verify = run_ok(&["verify", "-t", arg, "--backup", &incr_d]);
+    assert!(verify.stdout.contains("OK"), "{verify:?}");
 }

@@ -218,6 +218,12 @@ pub fn base_fits(
     shards: &[String],
     states: &[StreamState],
 ) -> Result<(), String> {
+    if let Some(c) = &base.chain {
+        return Err(format!(
+            "backup {} is incremental (it holds no data); use its full backup {}",
+            base.backup_id, c.base
+        ));
+    }
     for name in shards {
         let (Some(b), Some(mk), Some(sm)) = (
             base.cut.shards.get(name),
@@ -298,7 +304,8 @@ pub fn choose_base(
     states: &[StreamState],
 ) -> anyhow::Result<Manifest> {
     let mut reasons = Vec::new();
-    for b in backups.into_iter().rev() {
+    // Only a full backup holds data to start from.
+    for b in backups.into_iter().rev().filter(|b| b.chain.is_none()) {
         match base_fits(&b, mark, shards, states) {
             Ok(()) => return Ok(b),
             Err(why) => reasons.push(format!("{}: {why}", b.backup_id)),

@@ -25,6 +25,45 @@ pub struct Manifest {
     pub finished_at: String,
     pub cut: Cut,
     pub shards: BTreeMap<String, ShardManifest>,
+    /// `full` (dumped data) or `incremental` (a mark plus captured changes).
+    #[serde(default = "full_kind")]
+    pub kind: String,
+    /// Incremental backups: where they stand in their chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
+}
+
+fn full_kind() -> String {
+    "full".into()
+}
+
+impl Manifest {
+    pub fn is_incremental(&self) -> bool {
+        self.chain.is_some()
+    }
+}
+
+/// An incremental backup restores as its full base backup plus the
+/// captured changes from the base's cut up to its mark; those segments are
+/// listed so that verify and expire know exactly what it needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Chain {
+    /// The previous backup (full or incremental).
+    pub parent: String,
+    /// The full backup the chain starts from.
+    pub base: String,
+    /// The mark this backup restores to.
+    pub mark: String,
+    pub segments: Vec<SegmentRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRef {
+    pub key: String,
+    /// xxh3-64 of the stored bytes, hex.
+    pub xxh3: String,
+    pub bytes_stored: u64,
+    pub transactions: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,6 +28,11 @@ pub struct Backup {
     /// Print one JSON document on stdout (logs go to stderr).
     #[arg(long)]
     json: bool,
+    /// Record a mark plus the changes captured since the previous backup
+    /// instead of dumping everything (needs `shardcut capture` running
+    /// since the chain's full backup).
+    #[arg(long)]
+    incremental: bool,
     /// Rows per primary-key range; larger tables are split and dumped in parallel.
     #[arg(long, default_value_t = 250_000, value_name = "ROWS")]
     chunk_rows: u64,
@@ -64,7 +69,11 @@ impl Backup {
         let repo = open_repository(&topology)?;
         let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
         let id = new_backup_id();
-        let result = self.take(&topology, repo.clone(), &id).await;
+        let result = if self.incremental {
+            super::incremental::take(&topology, &repo, &id, self.connect_timeout).await
+        } else {
+            self.take(&topology, repo.clone(), &id).await
+        };
         if result.is_err() {
             discard(repo.clone(), &id).await;
         }
@@ -133,6 +142,8 @@ impl Backup {
             finished_at: chrono::Utc::now().to_rfc3339(),
             cut,
             shards,
+            kind: "full".into(),
+            chain: None,
         };
         // The manifest goes last: only now does the backup exist.
         let data = serde_json::to_vec_pretty(&manifest)?;
@@ -268,6 +279,14 @@ pub fn summary_json(m: &Manifest) -> serde_json::Value {
         .collect();
     json!({
         "backup_id": m.backup_id,
+        "kind": m.kind,
+        "chain": m.chain.as_ref().map(|c| json!({
+            "parent": c.parent,
+            "base": c.base,
+            "mark": c.mark,
+            "segments": c.segments.len(),
+            "transactions": c.segments.iter().map(|s| s.transactions).sum::<u64>(),
+        })),
         "cluster": m.cluster,
         "status": m.status,
         "started_at": m.started_at,
@@ -282,6 +301,16 @@ pub fn summary_text(m: &Manifest) -> String {
         "backup {} of cluster {}: {}\n  cut: commits blocked {} ms cluster-wide (attempt {}), at {}\n",
         m.backup_id, m.cluster, m.status, m.cut.write_block_ms, m.cut.attempts, m.cut.taken_at
     );
+    if let Some(c) = &m.chain {
+        out.push_str(&format!(
+            "  incremental: full backup {} + {} captured segment(s) ({} transactions) to mark {}; parent {}\n",
+            c.base,
+            c.segments.len(),
+            c.segments.iter().map(|s| s.transactions).sum::<u64>(),
+            c.mark,
+            c.parent
+        ));
+    }
     out.push_str(&format!(
         "  {:<12} {:>7} {:>14} {:>11} {:>11} {:>9} {:>10}  position\n",
         "shard", "tables", "rows", "raw", "stored", "time", "block"

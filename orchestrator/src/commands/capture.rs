@@ -206,31 +206,16 @@ impl Capture {
                 let name = format!("auto-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
                 Some(take_mark(topology, repo, &name, Duration::from_secs(5)).await?)
             };
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut last = Vec::new();
-            loop {
-                let (next, reports) =
-                    round(streams, repo, compression, &topology.cluster, &stop).await?;
-                streams = next;
-                last = merge(last, reports);
-                let reached = target.as_ref().is_none_or(|m| {
-                    streams.iter().all(|(_, st)| {
-                        m.cut.shards.get(&st.shard).is_none_or(|c| {
-                            matches!(
-                                c.position.compare(&st.progress),
-                                Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
-                            )
-                        })
-                    })
-                });
-                if reached {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    anyhow::bail!("capture did not reach the mark within 120 s; the stored positions are kept, run capture again");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let (next, last) = catch_up_to(
+                streams,
+                repo,
+                compression,
+                &topology.cluster,
+                target.as_ref(),
+                &stop,
+            )
+            .await?;
+            streams = next;
             let list = self.report(&streams, &last);
             if let Some(m) = &target {
                 if !self.json {
@@ -411,7 +396,7 @@ fn merge(mut acc: Vec<RoundReport>, new: Vec<RoundReport>) -> Vec<RoundReport> {
 /// Every stream of the shards, started where missing: a binlog stream at
 /// the newest backup's cut (or the server's position without one), a
 /// PostgreSQL stream at its new slot's consistent point.
-async fn ensure_streams(
+pub async fn ensure_streams(
     topology: &Topology,
     repo: &Arc<dyn Repository>,
     shards: &[Shard],
@@ -485,6 +470,44 @@ async fn ensure_streams(
         }
     }
     Ok(out)
+}
+
+/// Rounds until every stream has stored its shard's position of `target`
+/// (one round without a target); gives up after two minutes.
+pub async fn catch_up_to(
+    mut streams: Vec<(Shard, StreamState)>,
+    repo: &Arc<dyn Repository>,
+    compression: Compression,
+    cluster: &str,
+    target: Option<&shard_agent::manifest::Mark>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<(Shard, StreamState)>, Vec<RoundReport>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Vec::new();
+    loop {
+        let (next, reports) = round(streams, repo, compression, cluster, stop).await?;
+        streams = next;
+        last = merge(last, reports);
+        let reached = target.is_none_or(|m| {
+            streams.iter().all(|(_, st)| {
+                m.cut.shards.get(&st.shard).is_none_or(|c| {
+                    matches!(
+                        c.position.compare(&st.progress),
+                        Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+                    )
+                })
+            })
+        });
+        if reached {
+            return Ok((streams, last));
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "capture did not reach the mark within 120 s; the stored positions are kept, run capture again"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One catch-up round of every stream at once.

@@ -30,6 +30,10 @@ impl List {
                 .map(|l| match &l.manifest {
                     Ok(m) => json!({
                         "backup_id": m.backup_id,
+                        "kind": m.kind,
+                        "base": m.chain.as_ref().map(|c| c.base.clone()),
+                        "parent": m.chain.as_ref().map(|c| c.parent.clone()),
+                        "mark": m.chain.as_ref().map(|c| c.mark.clone()),
                         "status": m.status,
                         "started_at": m.started_at,
                         "finished_at": m.finished_at,
@@ -49,20 +53,30 @@ impl List {
             ))?;
         } else {
             let mut out = format!(
-                "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>9}\n",
+                "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>9}  chain\n",
                 "backup", "status", "started", "shards", "rows", "stored", "block"
             );
             for l in &listed {
                 out += &match &l.manifest {
                     Ok(m) => format!(
-                        "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>6} ms\n",
+                        "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>6} ms  {}\n",
                         m.backup_id,
                         m.status,
                         m.started_at.get(..19).unwrap_or(&m.started_at),
                         m.shards.len(),
                         render::count(m.shards.values().map(|s| s.rows).sum()),
                         render::bytes(m.shards.values().map(|s| s.bytes_stored).sum()),
-                        m.cut.write_block_ms
+                        m.cut.write_block_ms,
+                        match &m.chain {
+                            None => "full".to_string(),
+                            Some(c) => format!(
+                                "incremental: {} -> {} ({} segments, mark {})",
+                                c.base,
+                                c.parent,
+                                c.segments.len(),
+                                c.mark
+                            ),
+                        }
                     ),
                     Err(e) => format!("{:<24} unreadable: {e}\n", l.id),
                 };

@@ -4,6 +4,8 @@ mod backup;
 mod capture;
 mod check;
 mod drill;
+mod expire;
+mod incremental;
 mod list;
 mod mark;
 mod restore;
@@ -24,6 +26,7 @@ use crate::exit::InvalidInput;
 pub enum Command {
     Check(check::Check),
     Drill(drill::Drill),
+    Expire(expire::Expire),
     Backup(backup::Backup),
     Capture(capture::Capture),
     Mark(mark::MarkCmd),
@@ -40,6 +43,7 @@ impl Command {
         match self {
             Command::Check(c) => c.run().await,
             Command::Drill(c) => c.run().await,
+            Command::Expire(c) => c.run().await,
             Command::Backup(c) => c.run().await,
             Command::Capture(c) => c.run().await,
             Command::Mark(c) => c.run().await,

@@ -128,12 +128,25 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     let source = Topology::load(plan.source)?;
     let target = Topology::load(plan.target)?;
     let repo = open_repository(&source)?;
-    let (cluster, id, r) = (
+    let (cluster, mut id, r) = (
         source.cluster.clone(),
         plan.backup.to_string(),
         repo.clone(),
     );
-    let (m, mark) = match &plan.until {
+    // An incremental backup restores as its full base brought to its mark.
+    let mut until = plan.until.clone();
+    if until.is_none() {
+        let found = find_backup(r.as_ref(), &cluster, &id)?;
+        if let Some(chain) = &found.chain {
+            eprintln!(
+                "shardcut: backup {} is incremental: restoring its full backup {} and replaying to its mark {}",
+                found.backup_id, chain.base, chain.mark
+            );
+            until = Some(crate::pitr::Until::Mark(chain.mark.clone()));
+            id = chain.base.clone();
+        }
+    }
+    let (m, mark) = match &until {
         None => (
             tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??,
             None,

@@ -49,7 +49,14 @@ impl Verify {
         }
         let (m, report) = tokio::task::spawn_blocking(move || {
             let m = find_backup(repo.as_ref(), &cluster, &id)?;
-            let report = check_backup(repo.as_ref(), &m);
+            let mut report = check_backup(repo.as_ref(), &m);
+            // An incremental backup is only as good as its full base.
+            if let Some(chain) = &m.chain {
+                let base = find_backup(repo.as_ref(), &cluster, &chain.base)?;
+                let mut more = check_backup(repo.as_ref(), &base);
+                report.tables.append(&mut more.tables);
+                report.damage.append(&mut more.damage);
+            }
             Ok::<_, anyhow::Error>((m, report))
         })
         .await??;
