@@ -58,10 +58,13 @@ impl Expire {
         let topology = Topology::load(&self.topology)?;
         let repo = open_repository(&topology)?;
         let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
-        let result = self.expire(&topology, repo.as_ref());
+        let json = self.json;
+        let r = repo.clone();
+        // Listing and deleting are blocking repository calls.
+        let result = tokio::task::spawn_blocking(move || self.expire(&topology, r.as_ref())).await;
         lock.release();
-        let (plan, summary) = result?;
-        if self.json {
+        let (plan, summary) = result??;
+        if json {
             exit::emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
         } else {
             exit::emit(&plan)?;
