@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use shard_agent::manifest::Manifest;
+use futures_util::StreamExt;
+use shard_agent::manifest::{Manifest, TableManifest};
 use shard_agent::readback::table_digest;
 use shard_agent::{AgentError, DbError};
 use tokio::task::JoinSet;
@@ -41,39 +42,20 @@ pub async fn read_back(m: &Manifest, pairs: &[(String, Shard)]) -> (Vec<TableRes
             continue;
         };
         let (tables, shard, name) = (source.table_list.clone(), shard.clone(), name.clone());
+        // Tables of one shard are read `parallelism` at a time: the
+        // verification of a big shard should not take longer than its load.
+        let parallelism = shard.parallelism.max(1);
         tasks.spawn(async move {
-            let mut out = Vec::new();
-            let mut answered = true;
-            for t in &tables {
-                let read = tokio::time::timeout(READ_TIMEOUT, table_digest(&shard, t)).await;
-                let (found, ok) = match read {
-                    Ok(Ok(d)) => (d.rows, d.rows == t.rows && d.hex() == t.content_hash),
-                    Ok(Err(e)) if server_answered(&e) => {
-                        tracing::debug!("reading back {} on {name}: {e}", t.qualified());
-                        (0, false)
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!("reading back {} on {name}: {e}", t.qualified());
-                        answered = false;
-                        (0, false)
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            "reading back {} on {name}: no answer in time",
-                            t.qualified()
-                        );
-                        answered = false;
-                        (0, false)
-                    }
-                };
-                out.push(TableResult {
-                    shard: name.clone(),
-                    table: t.qualified(),
-                    rows_expected: t.rows,
-                    rows_found: found,
-                    hash_ok: ok,
-                });
-            }
+            let results: Vec<(TableResult, bool)> = futures_util::stream::iter(tables)
+                .map(|t| {
+                    let (shard, name) = (shard.clone(), name.clone());
+                    async move { check_table(&shard, &name, &t).await }
+                })
+                .buffer_unordered(parallelism)
+                .collect()
+                .await;
+            let answered = results.iter().all(|(_, a)| *a);
+            let out = results.into_iter().map(|(r, _)| r).collect::<Vec<_>>();
             (name, out, answered)
         });
     }
@@ -89,4 +71,40 @@ pub async fn read_back(m: &Manifest, pairs: &[(String, Shard)]) -> (Vec<TableRes
     }
     tables.sort_by(|a, b| (&a.shard, &a.table).cmp(&(&b.shard, &b.table)));
     (tables, available)
+}
+
+/// Reads one table back; returns its result and whether the server answered.
+async fn check_table(shard: &Shard, name: &str, t: &TableManifest) -> (TableResult, bool) {
+    let mut answered = true;
+    let read = tokio::time::timeout(READ_TIMEOUT, table_digest(shard, t)).await;
+    let (found, ok) = match read {
+        Ok(Ok(d)) => (d.rows, d.rows == t.rows && d.hex() == t.content_hash),
+        Ok(Err(e)) if server_answered(&e) => {
+            tracing::debug!("reading back {} on {name}: {e}", t.qualified());
+            (0, false)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("reading back {} on {name}: {e}", t.qualified());
+            answered = false;
+            (0, false)
+        }
+        Err(_) => {
+            tracing::warn!(
+                "reading back {} on {name}: no answer in time",
+                t.qualified()
+            );
+            answered = false;
+            (0, false)
+        }
+    };
+    (
+        TableResult {
+            shard: name.to_string(),
+            table: t.qualified(),
+            rows_expected: t.rows,
+            rows_found: found,
+            hash_ok: ok,
+        },
+        answered,
+    )
 }

@@ -31,7 +31,7 @@ pub(super) async fn restore(
         done.databases.push(db.clone());
         run_section(source, target, opts, &db, "pre-data").await?;
         load_data(source, target, opts, &db).await?;
-        run_section(source, target, opts, &db, "post-data").await?;
+        run_post_data(source, target, opts, &db).await?;
         for f in schema_files(source, &db, "sequences") {
             let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
             let client = reader(target, &db, TIMEOUT).await?;
@@ -120,9 +120,23 @@ async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<()
     Ok(())
 }
 
-/// Runs a pg_dump section with psql. Ownership statements are left out (as
+/// A section's SQL with ownership statements left out (as
 /// `pg_restore --no-owner` does): objects belong to the restoring user,
 /// since the source's roles need not exist on the target.
+async fn section_sql(
+    f: &crate::manifest::StoredFile,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<String, AgentError> {
+    let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+    Ok(String::from_utf8_lossy(&sql)
+        .lines()
+        .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
+/// Runs a pg_dump section with psql.
 async fn run_section(
     source: &ShardManifest,
     target: &Shard,
@@ -131,43 +145,140 @@ async fn run_section(
     section: &str,
 ) -> Result<(), AgentError> {
     for f in schema_files(source, db, section) {
-        let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
-        let text = String::from_utf8_lossy(&sql);
-        let filtered: String = text
+        let sql = section_sql(f, target, opts).await?;
+        psql(target, db, &sql, section).await?;
+    }
+    Ok(())
+}
+
+/// Feeds `sql` to psql (stopping at the first error).
+async fn psql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), AgentError> {
+    let mut cmd = client_command(target, "psql", db);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let tool = |what: String| AgentError::Tool {
+        shard: target.name.clone(),
+        what,
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|err| tool(format!("cannot run psql: {err}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(sql.as_bytes()).await.map_err(|err| {
+            tool(format!(
+                "feeding the {section} schema of {db} to psql: {err}"
+            ))
+        })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|err| tool(format!("waiting for psql: {err}")))?;
+    if !out.status.success() {
+        return Err(tool(format!(
+            "restoring the {section} schema of {db} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " ")
+        )));
+    }
+    Ok(())
+}
+
+/// pg_dump's plain SQL split into its preamble (session settings) and one
+/// block per object, each with the object's type from its `-- Name: …;
+/// Type: …;` header.
+fn split_objects(sql: &str) -> (String, Vec<(String, String)>) {
+    let lines: Vec<&str> = sql.lines().collect();
+    let starts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| l.starts_with("-- Name: ") && *i > 0 && lines[i - 1] == "--")
+        .map(|(i, _)| i - 1)
+        .collect();
+    let join = |range: &[&str]| range.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let preamble = join(&lines[..starts.first().copied().unwrap_or(lines.len())]);
+    let mut blocks = Vec::new();
+    for (n, start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let kind = lines[start + 1]
+            .split("; Type: ")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .unwrap_or("")
+            .to_string();
+        blocks.push((kind, join(&lines[*start..end])));
+    }
+    (preamble, blocks)
+}
+
+/// The post-data section, as `pg_restore -j` runs it: indexes and
+/// constraints other than foreign keys (each on one table) are built
+/// `parallelism` at a time on their own connections (two on one table wait
+/// for each other's lock); then foreign keys, triggers and the rest, in the
+/// dump's order, through psql.
+async fn run_post_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    for f in schema_files(source, db, "post-data") {
+        let sql = section_sql(f, target, opts).await?;
+        let (preamble, blocks) = split_objects(&sql);
+        let (parallel, rest): (Vec<_>, Vec<_>) = blocks
+            .into_iter()
+            .partition(|(kind, _)| kind == "INDEX" || kind == "CONSTRAINT");
+        // psql meta-commands (`\restrict`) only mean something to psql.
+        let settings: String = preamble
             .lines()
-            .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
+            .filter(|l| !l.starts_with('\\'))
             .map(|l| format!("{l}\n"))
             .collect();
-        let mut cmd = client_command(target, "psql", db);
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let tool = |what: String| AgentError::Tool {
-            shard: target.name.clone(),
-            what,
-        };
-        let mut child = cmd
-            .spawn()
-            .map_err(|err| tool(format!("cannot run psql: {err}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(filtered.as_bytes()).await.map_err(|err| {
-                tool(format!(
-                    "feeding the {section} schema of {db} to psql: {err}"
-                ))
-            })?;
+        let queue = Arc::new(std::sync::Mutex::new(
+            parallel
+                .into_iter()
+                .map(|(_, b)| b)
+                .rev()
+                .collect::<Vec<_>>(),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..opts.parallelism.max(1) {
+            let (queue, target, db, settings) = (
+                queue.clone(),
+                target.clone(),
+                db.to_string(),
+                settings.clone(),
+            );
+            tasks.spawn(async move {
+                let client = connect::postgres(&target, Some(&db), TIMEOUT).await?;
+                let what = format!("building the indexes of {db}");
+                client
+                    .batch_execute(&settings)
+                    .await
+                    .map_err(pg_err(&target, &what))?;
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                    let Some(block) = next else {
+                        break;
+                    };
+                    client
+                        .batch_execute(&block)
+                        .await
+                        .map_err(pg_err(&target, &what))?;
+                }
+                Ok::<(), AgentError>(())
+            });
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|err| tool(format!("waiting for psql: {err}")))?;
-        if !out.status.success() {
-            return Err(tool(format!(
-                "restoring the {section} schema of {db} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .trim()
-                    .replace('\n', " ")
-            )));
+        join_loaders(tasks, &target.name).await?;
+        if !rest.is_empty() {
+            let mut sql = preamble;
+            for (_, b) in rest {
+                sql.push_str(&b);
+            }
+            psql(target, db, &sql, "post-data").await?;
         }
     }
     Ok(())
