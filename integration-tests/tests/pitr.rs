@@ -308,6 +308,33 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         "the refusal names the table and the kind of change: {}",
         run.stderr
     );
+
+    // The slot's retained WAL is reported; removing capture drops the slot.
+    let status = run_ok(&["status", "-t", arg, "--json"]).json();
+    let pg_stream = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == pg.name.as_str())
+        .unwrap()
+        .clone();
+    assert!(pg_stream["retained_wal_bytes"].is_u64(), "{pg_stream}");
+    let slots = |c: tokio_postgres::Client| async move {
+        c.query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'shardcut_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(slots(db::pg(pg, "bank").await).await, 1);
+    run_ok(&["capture", "-t", arg, "--remove"]);
+    assert_eq!(
+        slots(db::pg(pg, "bank").await).await,
+        0,
+        "capture --remove drops the slot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,6 +380,9 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
     writes(400).await;
     run_ok(&["mark", "-t", arg, "--name", "after-d"]);
     let at_mark = checksums(&topo, &tables).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after_mark_time = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     writes(300).await;
     run_ok(&["capture", "-t", arg, "--once"]);
 
@@ -427,6 +457,24 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
         checksums(&restored, &tables).await,
         at_mark,
         "restore to the mark after D"
+    );
+    // A time restores to the newest mark at or before it, and says which.
+    let run = run_ok(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt_arg,
+        "--until",
+        &after_mark_time,
+        "--overwrite",
+        "--json",
+    ]);
+    assert!(run.stderr.contains("mark after-d"), "{}", run.stderr);
+    assert_eq!(
+        checksums(&restored, &tables).await,
+        at_mark,
+        "restore to a time after mark after-d"
     );
     let verify = run_ok(&["verify", "-t", arg, "--backup", &incr_d]);
     assert!(verify.stdout.contains("OK"), "{verify:?}");

@@ -232,15 +232,16 @@ async fn run_post_data(
             .into_iter()
             .partition(|(kind, _)| kind == "INDEX" || kind == "CONSTRAINT");
         // psql meta-commands (`\restrict`) only mean something to psql.
-        let settings: String = preamble
-            .lines()
-            .filter(|l| !l.starts_with('\\'))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let no_meta = |sql: &str| -> String {
+            sql.lines()
+                .filter(|l| !l.starts_with('\\'))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
         let queue = Arc::new(std::sync::Mutex::new(
             parallel
                 .into_iter()
-                .map(|(_, b)| b)
+                .map(|(_, b)| no_meta(&b))
                 .rev()
                 .collect::<Vec<_>>(),
         ));
@@ -250,7 +251,7 @@ async fn run_post_data(
                 queue.clone(),
                 target.clone(),
                 db.to_string(),
-                settings.clone(),
+                no_meta(&preamble),
             );
             tasks.spawn(async move {
                 let client = connect::postgres(&target, Some(&db), TIMEOUT).await?;
