@@ -101,6 +101,19 @@ fn check_chunk(
     Ok(digest)
 }
 
+/// What is wrong with a whole stored object (schema file, capture
+/// segment), if anything: missing, checksum, or it does not decompress.
+fn object_problem(repo: &dyn Repository, key: &str, xxh3: &str) -> Option<String> {
+    match repo.get(key) {
+        Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
+        Err(e) => Some(e.to_string()),
+        Ok(d) if format!("{:016x}", xxh3_64(&d)) != xxh3 => Some("checksum mismatch".to_string()),
+        Ok(d) => decompress(&d)
+            .err()
+            .map(|e| format!("does not decompress: {e}")),
+    }
+}
+
 /// Checks every object of backup `m` in `repo`. For an incremental
 /// backup: every captured segment it lists (its full base is a backup of
 /// its own, checked with it by the caller).
@@ -108,17 +121,7 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
     let mut out = Integrity::default();
     if let Some(chain) = &m.chain {
         for seg in &chain.segments {
-            let problem = match repo.get(&seg.key) {
-                Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
-                Err(e) => Some(e.to_string()),
-                Ok(d) if format!("{:016x}", xxh3_64(&d)) != seg.xxh3 => {
-                    Some("checksum mismatch".to_string())
-                }
-                Ok(d) => decompress(&d)
-                    .err()
-                    .map(|e| format!("does not decompress: {e}")),
-            };
-            if let Some(problem) = problem {
+            if let Some(problem) = object_problem(repo, &seg.key, &seg.xxh3) {
                 let shard = seg.key.split('/').nth(1).unwrap_or("?").to_string();
                 out.damage.push(Damage {
                     shard,
@@ -132,17 +135,7 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
     }
     for (shard, s) in &m.shards {
         for f in &s.schema {
-            let problem = match repo.get(&f.key) {
-                Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
-                Err(e) => Some(e.to_string()),
-                Ok(d) if format!("{:016x}", xxh3_64(&d)) != f.xxh3 => {
-                    Some("checksum mismatch".to_string())
-                }
-                Ok(d) => decompress(&d)
-                    .err()
-                    .map(|e| format!("does not decompress: {e}")),
-            };
-            if let Some(problem) = problem {
+            if let Some(problem) = object_problem(repo, &f.key, &f.xxh3) {
                 out.damage.push(Damage {
                     shard: shard.clone(),
                     table: None,

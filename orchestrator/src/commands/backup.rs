@@ -146,12 +146,7 @@ impl Backup {
             chain: None,
         };
         // The manifest goes last: only now does the backup exist.
-        let data = serde_json::to_vec_pretty(&manifest)?;
-        let key = keys::manifest(id);
-        let r = repo.clone();
-        tokio::task::spawn_blocking(move || r.put(&key, &data))
-            .await
-            .context("writing the manifest")??;
+        store_manifest(&repo, &manifest).await?;
         Ok(manifest)
     }
 }
@@ -217,6 +212,17 @@ pub async fn dump_all(
         return Err(causes.join("; "));
     }
     Ok(shards)
+}
+
+/// Writes a backup's manifest, the object whose presence makes it a backup.
+pub async fn store_manifest(repo: &Arc<dyn Repository>, m: &Manifest) -> anyhow::Result<()> {
+    let data = serde_json::to_vec_pretty(m)?;
+    let key = keys::manifest(&m.backup_id);
+    let r = repo.clone();
+    tokio::task::spawn_blocking(move || r.put(&key, &data))
+        .await
+        .context("writing the manifest")??;
+    Ok(())
 }
 
 /// Prepares every shard at once; reports every shard that failed.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shard_agent::capture::{list_segments, StreamState};
-use shard_agent::manifest::{keys, Chain, Manifest, SegmentRef, MANIFEST_FORMAT};
+use shard_agent::manifest::{Chain, Manifest, SegmentRef, MANIFEST_FORMAT};
 use shard_agent::position::Position;
 use shard_agent::repo::Repository;
 use topology::Topology;
@@ -146,10 +146,7 @@ pub async fn take(
             segments,
         }),
     };
-    let data = serde_json::to_vec_pretty(&manifest)?;
-    let key = keys::manifest(id);
-    let r = repo.clone();
-    tokio::task::spawn_blocking(move || r.put(&key, &data)).await??;
+    super::backup::store_manifest(repo, &manifest).await?;
     Ok(manifest)
 }
 

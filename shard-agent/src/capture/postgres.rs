@@ -31,7 +31,6 @@ use super::{
 };
 use crate::connect;
 use crate::position::{Lsn, Position};
-use crate::preflight::postgres::SYSTEM_DATABASES;
 use crate::repo::Repository;
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -60,26 +59,7 @@ fn err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error) -> CaptureEr
 
 /// The databases of a shard that capture covers (those a backup covers).
 pub async fn databases(shard: &Shard) -> Result<Vec<String>, CaptureError> {
-    let admin = connect::postgres(shard, None, CONNECT_TIMEOUT).await?;
-    let rows = admin
-        .query(
-            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(err(shard, "listing databases"))?;
-    let mut out = Vec::new();
-    for r in rows {
-        let name: String = r.try_get(0).map_err(err(shard, "listing databases"))?;
-        let selected = match &shard.databases {
-            Some(list) => list.contains(&name),
-            None => !SYSTEM_DATABASES.contains(&name.as_str()),
-        };
-        if selected {
-            out.push(name);
-        }
-    }
-    Ok(out)
+    Ok(crate::postgres::selected_databases(shard, CONNECT_TIMEOUT).await?)
 }
 
 async fn lsn_of(client: &Client, shard: &Shard, sql: &str) -> Result<Lsn, CaptureError> {

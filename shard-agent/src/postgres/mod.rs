@@ -93,32 +93,41 @@ pub(crate) async fn reader(
     Ok(client)
 }
 
+/// The databases of a shard that backups (and capture) cover: the
+/// topology's list, or every database but the system ones.
+pub(crate) async fn selected_databases(
+    shard: &Shard,
+    timeout: Duration,
+) -> Result<Vec<String>, AgentError> {
+    let admin = connect::postgres(shard, None, timeout).await?;
+    let rows = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(pg_err(shard, "listing databases"))?;
+    let mut names = Vec::new();
+    for r in rows {
+        let name: String = r.try_get(0).map_err(pg_err(shard, "listing databases"))?;
+        let selected = match &shard.databases {
+            Some(list) => list.contains(&name),
+            None => !SYSTEM_DATABASES.contains(&name.as_str()),
+        };
+        if selected {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 impl Session {
     pub(crate) async fn prepare(
         shard: &Shard,
         opts: &CutOptions,
         server: String,
     ) -> Result<Session, AgentError> {
-        let admin = connect::postgres(shard, None, opts.connect_timeout).await?;
-        let rows = admin
-            .query(
-                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-                &[],
-            )
-            .await
-            .map_err(pg_err(shard, "listing databases"))?;
-        let mut names = Vec::new();
-        for r in rows {
-            let name: String = r.try_get(0).map_err(pg_err(shard, "listing databases"))?;
-            let selected = match &shard.databases {
-                Some(list) => list.contains(&name),
-                None => !SYSTEM_DATABASES.contains(&name.as_str()),
-            };
-            if selected {
-                names.push(name);
-            }
-        }
-        drop(admin);
+        let names = selected_databases(shard, opts.connect_timeout).await?;
         let mut databases = Vec::new();
         for name in names {
             let block = reader(shard, &name, opts.connect_timeout).await?;
