@@ -11,10 +11,34 @@ use std::time::Duration;
 pub enum DbError {
     #[error(transparent)]
     Mysql(#[from] mysql_async::Error),
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
+    /// The server's own message (`ERROR: deadlock detected`), not the
+    /// driver's bare "db error"; no source, since the message is its text.
+    #[error("{}", postgres_text(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("unexpected value in column {column}: {detail}")]
     Decode { column: String, detail: String },
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::Postgres(e)
+    }
+}
+
+fn postgres_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => match d.detail() {
+            Some(detail) => format!("{}: {} ({detail})", d.severity(), d.message()),
+            None => format!("{}: {}", d.severity(), d.message()),
+        },
+        None => {
+            let mut text = e.to_string();
+            if let Some(src) = std::error::Error::source(e) {
+                text.push_str(&format!(": {src}"));
+            }
+            text
+        }
+    }
 }
 
 impl DbError {

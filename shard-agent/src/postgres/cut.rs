@@ -93,7 +93,13 @@ impl Session {
             .await;
             match attempt {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                // A deadlock with a writer that holds one selected table
+                // and waits for another is as retryable as a timeout: the
+                // cut backs off and tries again.
+                Ok(Err(e))
+                    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                        || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+                {
                     let h = holder(&shard, &db.name, db.block_pid, self.opts.connect_timeout).await;
                     outcome = Err((h, None));
                     break;
