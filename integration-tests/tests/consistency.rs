@@ -19,7 +19,7 @@ pub const MYSQL_SETUP: &[&str] = &[
     "CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB",
     "INSERT INTO bank.accounts VALUES (1, 1000000000)",
     "CREATE TABLE bank.ledger (transfer_id BIGINT NOT NULL, kind VARCHAR(6) NOT NULL, \
-     amount BIGINT NOT NULL, PRIMARY KEY (transfer_id, kind)) ENGINE=InnoDB",
+     amount BIGINT NOT NULL, PRIMARY KEY (transfer_id, kind), KEY by_amount (amount)) ENGINE=InnoDB",
 ];
 pub const PG_SETUP: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
     INSERT INTO accounts VALUES (1, 1000000000); \
@@ -179,6 +179,8 @@ async fn every_credit_has_its_debit_in_every_backup() {
     // balance equals its own ledger.
     let target = PrivateSandbox::up(2, 2, 25100, "ready");
     let (id, transfers) = checked.last().unwrap().clone();
+    let restored = db::topology(&target.topology());
+    let logged_before = mysql_gtid_positions(&restored).await;
     let run = support::shardcut_async(&[
         "restore",
         "-t",
@@ -192,7 +194,25 @@ async fn every_credit_has_its_debit_in_every_backup() {
     .await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["quality"]["score"], 1.0);
-    let restored = db::topology(&target.topology());
+    // Restores stay out of the target's binary log unless --binlog.
+    assert_eq!(
+        mysql_gtid_positions(&restored).await,
+        logged_before,
+        "the restore wrote to the target's binary log"
+    );
+    // The secondary key left out of CREATE TABLE during the load is back.
+    for s in restored.shards.iter().filter(|s| s.engine == Engine::Mysql) {
+        let mut c = db::mysql(s, None).await;
+        let cols: Option<String> = c
+            .query_first(
+                "SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = 'bank' AND TABLE_NAME = 'ledger' AND INDEX_NAME = 'by_amount' \
+                 AND NON_UNIQUE = 1",
+            )
+            .await
+            .unwrap();
+        assert_eq!(cols.as_deref(), Some("amount"), "{}: key by_amount", s.name);
+    }
     let (debits, credits) = bank_state(&restored).await;
     assert_eq!(
         debits.len(),
@@ -204,6 +224,17 @@ async fn every_credit_has_its_debit_in_every_backup() {
         orphans, 0,
         "restored cluster has {orphans} credits without their debit"
     );
+}
+
+/// `@@gtid_binlog_pos` of every MariaDB shard: what its binary log holds.
+async fn mysql_gtid_positions(topo: &Topology) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in topo.shards.iter().filter(|s| s.engine == Engine::Mysql) {
+        let mut c = db::mysql(s, None).await;
+        let pos: Option<String> = c.query_first("SELECT @@gtid_binlog_pos").await.unwrap();
+        out.push(pos.unwrap_or_default());
+    }
+    out
 }
 
 /// Every shard's ledger of a bank cluster, checked on the way: each shard's

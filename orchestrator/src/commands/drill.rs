@@ -47,6 +47,7 @@ impl Drill {
             auto_map: true,
             until: None,
             overwrite: true,
+            binlog: false,
             pause_before_verify: self.test_pause_before_verify,
             select: Default::default(),
         })

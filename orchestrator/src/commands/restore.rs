@@ -54,6 +54,11 @@ pub struct Restore {
     /// Replace target databases that exist and hold tables.
     #[arg(long)]
     overwrite: bool,
+    /// MySQL/MariaDB: write the restored rows to the target's binary log
+    /// too (so that the target's replicas receive them). Default: not
+    /// logged, as myloader does; the restore is verified by read-back.
+    #[arg(long)]
+    binlog: bool,
     /// Write report.json, report.html and metrics.prom into this directory.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -73,6 +78,7 @@ impl Restore {
             auto_map: false,
             until: self.until.clone(),
             overwrite: self.overwrite,
+            binlog: self.binlog,
             pause_before_verify: None,
             select: Request {
                 databases: self.databases.clone(),
@@ -100,6 +106,8 @@ pub struct Plan<'a> {
     /// Replay captured changes up to this point after restoring the base.
     pub until: Option<crate::pitr::Until>,
     pub overwrite: bool,
+    /// Log the restore's writes in a MySQL/MariaDB target's binary log.
+    pub binlog: bool,
     /// Test only: wait between the restore and its verification.
     pub pause_before_verify: Option<Duration>,
     /// Which databases and tables; empty: all.
@@ -197,6 +205,7 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     let opts_for = |name: &str, dst: &Shard| RestoreOptions {
         repo: repo.clone(),
         overwrite: plan.overwrite,
+        binlog: plan.binlog,
         parallelism: dst.parallelism,
         tables: selection.get(name).cloned().flatten(),
     };
@@ -216,18 +225,23 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         let (src, dst) = (m.shards[name].clone(), dst.clone());
         let opts = opts_for(name, &dst);
         let name = name.clone();
-        tasks.spawn(async move { (name, restore_shard(&src, &dst, &opts).await) });
+        tasks.spawn(async move {
+            let began = Instant::now();
+            let r = restore_shard(&src, &dst, &opts).await;
+            (name, r.map(|done| (done, began.elapsed())))
+        });
     }
     let mut failures = Vec::new();
     let mut restored = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((name, Ok(done))) => {
+            Ok((name, Ok((done, took)))) => {
                 tracing::info!(
-                    "{name}: restored {} database(s), {} table(s), {} chunk(s)",
+                    "{name}: restored {} database(s), {} table(s), {} chunk(s) in {:.2} s",
                     done.databases.len(),
                     done.tables,
-                    done.chunks
+                    done.chunks,
+                    took.as_secs_f64()
                 );
                 restored.push(name);
             }
@@ -268,7 +282,13 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         in_scope.cut = mark.cut.clone();
         in_scope.backup_id = format!("{} + changes to mark {}", m.backup_id, mark.name);
     }
+    let reading = Instant::now();
     let (tables, available) = read_back(&in_scope, &pairs).await;
+    tracing::info!(
+        "verification read back {} table(s) in {:.2} s",
+        tables.len(),
+        reading.elapsed().as_secs_f64()
+    );
     let rto = started.elapsed().as_secs_f64();
     let (q, per_shard) = score(&tables, &shards, &available);
     for s in shards.iter().filter(|s| !available.contains(s)) {

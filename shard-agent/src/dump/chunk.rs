@@ -3,13 +3,15 @@
 //! Rows arrive as canonical lines (one row each, no trailing newline). The
 //! writer hashes each line (xxh3-64, summed into an order-independent table
 //! hash), buffers lines up to [`CHUNK_RAW_BYTES`], then compresses and
-//! stores the buffer on a blocking thread while the caller waits. Waiting
-//! (rather than queueing) is what keeps memory flat: each worker holds at
-//! most one raw buffer and its compressed copy, whatever the table's size.
-//! Those buffers and the zstd context live in a [`Scratch`] that a worker
-//! reuses for every range it dumps: allocating them afresh per chunk, on
-//! whichever blocking thread runs it, made the allocator's footprint grow
-//! with the number of chunks.
+//! stores the buffer on a blocking thread while the caller fills a second
+//! buffer: reading from the server and compressing overlap, so neither the
+//! server nor the compressor waits for the other. At most one chunk is in
+//! flight per writer (the next full buffer waits for it), which is what
+//! keeps memory flat: each worker holds two raw buffers and their
+//! compressed copies, whatever the table's size. Those buffers and the zstd
+//! contexts live in a [`Scratch`] that a worker reuses for every range it
+//! dumps: allocating them afresh per chunk, on whichever blocking thread
+//! runs it, made the allocator's footprint grow with the number of chunks.
 
 use std::sync::Arc;
 
@@ -58,16 +60,16 @@ pub enum ChunkError {
     Join(String),
 }
 
-/// A worker's reusable buffers and compression context.
-pub struct Scratch {
+/// One chunk's buffers and compression context.
+struct Buffers {
     raw: Vec<u8>,
     packed: Vec<u8>,
     compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
-impl Default for Scratch {
+impl Default for Buffers {
     fn default() -> Self {
-        Scratch {
+        Buffers {
             raw: Vec::with_capacity(CHUNK_RAW_BYTES + (64 << 10)),
             packed: Vec::new(),
             compressor: None,
@@ -75,7 +77,16 @@ impl Default for Scratch {
     }
 }
 
-impl Scratch {
+/// A worker's reusable buffers: the one being filled and, once a chunk has
+/// been stored, a spare for the next (the second is allocated when the
+/// first chunk goes out).
+#[derive(Default)]
+pub struct Scratch {
+    fill: Buffers,
+    spare: Option<Buffers>,
+}
+
+impl Buffers {
     /// Compresses `self.raw` into `self.packed`.
     fn compress(&mut self, compression: Compression) -> std::io::Result<&[u8]> {
         match compression {
@@ -95,12 +106,16 @@ impl Scratch {
     }
 }
 
+/// The chunk being compressed and stored on a blocking thread.
+type InFlight = tokio::task::JoinHandle<Result<(ChunkRef, Buffers), ChunkError>>;
+
 /// Writes one range of one table as numbered chunks under `prefix`.
 pub struct ChunkWriter {
     repo: Arc<dyn Repository>,
     prefix: String,
     compression: Compression,
     scratch: Scratch,
+    in_flight: Option<InFlight>,
     rows_in_buf: u64,
     next_part: u32,
     pub digest: RowDigest,
@@ -116,12 +131,13 @@ impl ChunkWriter {
         compression: Compression,
         mut scratch: Scratch,
     ) -> Self {
-        scratch.raw.clear();
+        scratch.fill.raw.clear();
         ChunkWriter {
             repo,
             prefix,
             compression,
             scratch,
+            in_flight: None,
             rows_in_buf: 0,
             next_part: 0,
             digest: RowDigest::default(),
@@ -132,10 +148,10 @@ impl ChunkWriter {
     /// Appends one row's canonical line and stores a chunk when the buffer is full.
     pub async fn push(&mut self, line: &[u8]) -> Result<(), ChunkError> {
         self.digest.add_line(line);
-        self.scratch.raw.extend_from_slice(line);
-        self.scratch.raw.push(b'\n');
+        self.scratch.fill.raw.extend_from_slice(line);
+        self.scratch.fill.raw.push(b'\n');
         self.rows_in_buf += 1;
-        if self.scratch.raw.len() >= CHUNK_RAW_BYTES {
+        if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -144,35 +160,55 @@ impl ChunkWriter {
     /// Gives direct access to the buffer for encoders that write a row in
     /// place; call [`ChunkWriter::end_row`] after each row.
     pub fn row_buffer(&mut self) -> (&mut Vec<u8>, usize) {
-        let start = self.scratch.raw.len();
-        (&mut self.scratch.raw, start)
+        let start = self.scratch.fill.raw.len();
+        (&mut self.scratch.fill.raw, start)
     }
 
     /// Finishes a row written in place from `start`: hashes it and adds the newline.
     pub async fn end_row(&mut self, start: usize) -> Result<(), ChunkError> {
-        self.digest.add_line(&self.scratch.raw[start..]);
-        self.scratch.raw.push(b'\n');
+        self.digest.add_line(&self.scratch.fill.raw[start..]);
+        self.scratch.fill.raw.push(b'\n');
         self.rows_in_buf += 1;
-        if self.scratch.raw.len() >= CHUNK_RAW_BYTES {
+        if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
         }
         Ok(())
     }
 
+    /// Waits for the chunk in flight, if any, and records it; returns its
+    /// buffers for reuse.
+    async fn land(&mut self) -> Result<Option<Buffers>, ChunkError> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (chunk, buffers) = handle
+            .await
+            .map_err(|e| ChunkError::Join(e.to_string()))??;
+        self.chunks.push(chunk);
+        Ok(Some(buffers))
+    }
+
+    /// Sends the filled buffer to be compressed and stored, after the chunk
+    /// before it has landed; the caller goes on filling the other buffer.
     async fn flush(&mut self) -> Result<(), ChunkError> {
-        if self.scratch.raw.is_empty() {
+        if self.scratch.fill.raw.is_empty() {
             return Ok(());
         }
+        let mut next = match self.land().await? {
+            Some(b) => b,
+            None => self.scratch.spare.take().unwrap_or_default(),
+        };
+        next.raw.clear();
+        let mut full = std::mem::replace(&mut self.scratch.fill, next);
         let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
         self.next_part += 1;
-        let mut scratch = std::mem::take(&mut self.scratch);
         let repo = self.repo.clone();
         let compression = self.compression;
         let rows = std::mem::take(&mut self.rows_in_buf);
-        let (chunk, mut scratch) = tokio::task::spawn_blocking(move || {
-            let raw_len = scratch.raw.len() as u64;
-            let raw_xxh3 = format!("{:016x}", xxh3_64(&scratch.raw));
-            let stored = scratch
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let raw_len = full.raw.len() as u64;
+            let raw_xxh3 = format!("{:016x}", xxh3_64(&full.raw));
+            let stored = full
                 .compress(compression)
                 .map_err(|source| ChunkError::Compress {
                     key: key.clone(),
@@ -187,13 +223,8 @@ impl ChunkWriter {
                 xxh3: format!("{:016x}", xxh3_64(stored)),
                 raw_xxh3,
             };
-            Ok::<_, ChunkError>((chunk, scratch))
-        })
-        .await
-        .map_err(|e| ChunkError::Join(e.to_string()))??;
-        self.chunks.push(chunk);
-        scratch.raw.clear();
-        self.scratch = scratch;
+            Ok::<_, ChunkError>((chunk, full))
+        }));
         Ok(())
     }
 
@@ -201,7 +232,17 @@ impl ChunkWriter {
     /// the scratch buffers for the worker's next range.
     pub async fn finish(mut self) -> Result<(RowDigest, Vec<ChunkRef>, Scratch), ChunkError> {
         self.flush().await?;
+        if let Some(b) = self.land().await? {
+            self.scratch.spare = Some(b);
+        }
         Ok((self.digest, self.chunks, self.scratch))
+    }
+
+    /// Waits for the chunk in flight of a range that failed, so that nothing
+    /// is written into the repository after the caller gave up (a failed
+    /// backup's objects are removed once every worker has returned).
+    pub async fn abandon(mut self) {
+        drop(self.land().await);
     }
 }
 

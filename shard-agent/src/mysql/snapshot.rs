@@ -15,7 +15,7 @@ use topology::{Engine, Shard};
 
 use super::schema::database_schema;
 use super::{ident, query_err, Session, Table};
-use crate::dump::chunk::{ChunkWriter, Scratch};
+use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::mysql_value::encode_row;
 use crate::dump::work::{
     join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult, Queue,
@@ -183,16 +183,42 @@ async fn dump_item(
     );
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = storage_error(&shard.name, format!("{}.{}", t.database, t.name));
+    let streamed = stream_rows(conn, shard, &sql, &what, opts, &mut writer, &storage).await;
+    if let Err(e) = streamed {
+        writer.abandon().await;
+        return Err(e);
+    }
+    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
+    let result = ItemResult {
+        table: item.table,
+        range_no: item.range_no,
+        digest,
+        chunks,
+        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    Ok((result, scratch))
+}
+
+/// Streams one range's rows into `writer`, encoded.
+async fn stream_rows(
+    conn: &mut Conn,
+    shard: &Shard,
+    sql: &str,
+    what: &str,
+    opts: &DumpOptions,
+    writer: &mut ChunkWriter,
+    storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
+) -> Result<(), AgentError> {
     let mut result = conn
-        .exec_iter(sql.as_str(), ())
+        .exec_iter(sql, ())
         .await
-        .map_err(query_err(shard, &what))?;
+        .map_err(query_err(shard, what))?;
     let (mut rows_since, mut bytes_since) = (0u64, 0usize);
-    while let Some(row) = result.next().await.map_err(query_err(shard, &what))? {
+    while let Some(row) = result.next().await.map_err(query_err(shard, what))? {
         let (buf, start) = writer.row_buffer();
         encode_row(buf, &row);
         bytes_since += buf.len() - start + 1;
-        writer.end_row(start).await.map_err(&storage)?;
+        writer.end_row(start).await.map_err(storage)?;
         rows_since += 1;
         if rows_since == 4096 {
             opts.progress.add(rows_since, bytes_since as u64);
@@ -205,13 +231,5 @@ async fn dump_item(
         }
     }
     opts.progress.add(rows_since, bytes_since as u64);
-    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
-    let result = ItemResult {
-        table: item.table,
-        range_no: item.range_no,
-        digest,
-        chunks,
-        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    Ok((result, scratch))
+    Ok(())
 }

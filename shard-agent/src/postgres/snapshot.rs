@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use topology::{Engine, Shard};
 
 use super::{ident, pg_err, reader, schema, Session, Table};
-use crate::dump::chunk::{ChunkWriter, Scratch};
+use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult, Queue,
     TableMeta,
@@ -266,25 +266,48 @@ async fn dump_item(
     let prefix = range_prefix(opts, &shard.name, db, &segment, item.range_no);
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));
-    let stream = client
-        .copy_out(sql.as_str())
-        .await
-        .map_err(pg_err(shard, &what))?;
+    let streamed = stream_rows(client, shard, &sql, &what, opts, &mut writer, &storage).await;
+    if let Err(e) = streamed {
+        writer.abandon().await;
+        return Err(e);
+    }
+    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
+    let result = ItemResult {
+        table: item.table,
+        range_no: item.range_no,
+        digest,
+        chunks,
+        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    Ok((result, scratch))
+}
+
+/// Streams one COPY into `writer`, a line per row.
+async fn stream_rows(
+    client: &Client,
+    shard: &Shard,
+    sql: &str,
+    what: &str,
+    opts: &DumpOptions,
+    writer: &mut ChunkWriter,
+    storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
+) -> Result<(), AgentError> {
+    let stream = client.copy_out(sql).await.map_err(pg_err(shard, what))?;
     futures_util::pin_mut!(stream);
     // COPY text rows end with LF and escape LF inside values, so lines are
     // rows; a line may span two network buffers, hence the carry.
     let mut carry: Vec<u8> = Vec::new();
     let (mut rows_since, mut bytes_since) = (0u64, 0u64);
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(pg_err(shard, &what))?;
+        let piece = piece.map_err(pg_err(shard, what))?;
         bytes_since += piece.len() as u64;
         let mut rest: &[u8] = &piece;
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
             if carry.is_empty() {
-                writer.push(&rest[..nl]).await.map_err(&storage)?;
+                writer.push(&rest[..nl]).await.map_err(storage)?;
             } else {
                 carry.extend_from_slice(&rest[..nl]);
-                writer.push(&carry).await.map_err(&storage)?;
+                writer.push(&carry).await.map_err(storage)?;
                 carry.clear();
             }
             rows_since += 1;
@@ -308,13 +331,5 @@ async fn dump_item(
         });
     }
     opts.progress.add(rows_since, bytes_since);
-    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
-    let result = ItemResult {
-        table: item.table,
-        range_no: item.range_no,
-        digest,
-        chunks,
-        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    Ok((result, scratch))
+    Ok(())
 }

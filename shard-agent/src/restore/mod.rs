@@ -8,7 +8,9 @@
 //! success by itself: the orchestrator verifies by reading the target back.
 
 mod mysql;
+mod mysql_keys;
 mod postgres;
+mod queue;
 
 use std::sync::Arc;
 
@@ -24,6 +26,11 @@ pub struct RestoreOptions {
     pub repo: Arc<dyn Repository>,
     /// Replace target databases that exist and are not empty.
     pub overwrite: bool,
+    /// MySQL/MariaDB: keep the load in the target's binary log. Off by
+    /// default (as myloader): logging every restored row in ROW format
+    /// writes the data twice, and a restore target rarely has replicas
+    /// that need it.
+    pub binlog: bool,
     /// Data-load workers (from the target shard's `parallelism`).
     pub parallelism: usize,
     /// Restore only these tables (qualified names); `None`: all of them.

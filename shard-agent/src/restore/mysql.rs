@@ -8,6 +8,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
+use super::mysql_keys::split_secondary_keys;
+use super::queue::ChunkQueue;
 use super::{
     chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
 };
@@ -53,7 +55,10 @@ fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
 /// Session settings of a restoring connection. Foreign keys and unique
 /// checks are off during the load (the data was consistent when dumped);
 /// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
-async fn session(conn: &mut Conn, shard: &Shard) -> Result<(), AgentError> {
+/// Unless `binlog`, the session's writes stay out of the binary log; a
+/// user without the privilege for that (SUPER / BINLOG ADMIN) restores
+/// logged, with a warning, rather than not at all.
+async fn session(conn: &mut Conn, shard: &Shard, binlog: bool) -> Result<(), AgentError> {
     for s in [
         "SET NAMES utf8mb4",
         "SET SESSION time_zone = '+00:00'",
@@ -64,6 +69,19 @@ async fn session(conn: &mut Conn, shard: &Shard) -> Result<(), AgentError> {
         "SET SESSION unique_checks = 0",
     ] {
         conn.query_drop(s).await.map_err(query_err(shard, s))?;
+    }
+    if !binlog {
+        const NOT_LOGGED: &str = "SET SESSION sql_log_bin = 0";
+        match conn.query_drop(NOT_LOGGED).await {
+            Ok(()) => {}
+            // ER_SPECIFIC_ACCESS_DENIED_ERROR
+            Err(mysql_async::Error::Server(e)) if e.code == 1227 => tracing::warn!(
+                "{}: the restore is written to the binary log: the user may not turn it off ({})",
+                shard.name,
+                e.message
+            ),
+            Err(e) => return Err(query_err(shard, NOT_LOGGED)(e)),
+        }
     }
     Ok(())
 }
@@ -79,7 +97,7 @@ pub(super) async fn restore(
 ) -> Result<ShardRestore, AgentError> {
     let mut done = ShardRestore::default();
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
-    session(&mut control, target).await?;
+    session(&mut control, target, opts.binlog).await?;
     for db in databases(source, opts) {
         let file = schema_files(source, &db, "database")
             .into_iter()
@@ -109,22 +127,50 @@ pub(super) async fn restore(
             &format!("USE {}", ident(&db)),
         )
         .await?;
+        // A table another one references keeps its keys: the foreign key
+        // may need one of them.
+        let referenced: Vec<&String> = source
+            .table_list
+            .iter()
+            .flat_map(|t| &t.references)
+            .collect();
+        let mut deferred_keys = Vec::new();
         for t in schema
             .tables
             .iter()
             .filter(|t| selected_name(opts, &db, &t.name))
         {
+            let split = match referenced.contains(&&format!("{db}.{}", t.name)) {
+                true => None,
+                false => split_secondary_keys(&t.sql),
+            };
+            let create = match split {
+                Some((create, keys)) => {
+                    deferred_keys.push((t.name.clone(), keys));
+                    create
+                }
+                None => t.sql.clone(),
+            };
             exec(
                 &mut control,
                 target,
                 &format!("creating table {db}.{}", t.name),
-                &t.sql,
+                &create,
             )
             .await?;
         }
         done.databases.push(db.clone());
 
+        let began = std::time::Instant::now();
         load_data(source, target, opts, &db).await?;
+        let loaded = began.elapsed();
+        build_keys(target, opts, &db, deferred_keys).await?;
+        tracing::info!(
+            "{}: {db}: data loaded in {:.2} s, secondary keys built in {:.2} s",
+            target.name,
+            loaded.as_secs_f64(),
+            (began.elapsed() - loaded).as_secs_f64()
+        );
         done.tables += source
             .table_list
             .iter()
@@ -236,51 +282,97 @@ async fn prepare_database(
     .await
 }
 
-/// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel.
+/// A chunk to load: key, checksum, the table's `LOAD DATA`, table name.
+type LoadItem = (String, String, Arc<str>, String);
+
+/// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel,
+/// workers spread over tables (see [`ChunkQueue`]).
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
 ) -> Result<(), AgentError> {
-    let items: Vec<(String, String, String, String)> = chunk_items(source, db, opts)
-        .into_iter()
-        .map(|(t, i)| {
-            let sql = format!(
+    let tables: Vec<Vec<LoadItem>> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && opts.selected(t))
+        .map(|t| {
+            let sql: Arc<str> = format!(
                 "LOAD DATA LOCAL INFILE 'shardcut-chunk' INTO TABLE {}.{} CHARACTER SET binary \
                  FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' {}",
                 ident(&t.database),
                 ident(&t.name),
                 load_columns(t)
-            );
-            (
-                t.chunks[i].key.clone(),
-                t.chunks[i].xxh3.clone(),
-                sql,
-                t.qualified(),
             )
+            .into();
+            t.chunks
+                .iter()
+                .map(|c| (c.key.clone(), c.xxh3.clone(), sql.clone(), t.qualified()))
+                .collect()
         })
         .collect();
-    let queue = Arc::new(std::sync::Mutex::new(items));
+    let queue = Arc::new(ChunkQueue::new(tables));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.parallelism.max(1) {
         let (queue, target, opts) = (queue.clone(), target.clone(), opts.clone());
         tasks.spawn(async move {
             let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
-            session(&mut conn, &target).await?;
-            loop {
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some((key, xxh3, sql, table)) = next else {
-                    break;
-                };
+            session(&mut conn, &target, opts.binlog).await?;
+            while let Some(taken) = queue.take() {
+                let (key, xxh3, sql, table) = taken.item;
                 let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
                 let data = Bytes::from(raw);
                 conn.set_infile_handler(async move {
                     Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
                 });
-                conn.query_drop(&sql)
+                conn.query_drop(&*sql)
                     .await
                     .map_err(query_err(&target, &format!("loading {table} from {key}")))?;
+                queue.done(taken.table);
+            }
+            drop(conn.disconnect().await);
+            Ok::<(), AgentError>(())
+        });
+    }
+    join_loaders(tasks, &target.name).await
+}
+
+/// Adds the secondary keys left out of `CREATE TABLE`, one `ALTER TABLE`
+/// per table (one pass over its rows for all its keys), `parallelism`
+/// tables at a time.
+async fn build_keys(
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    keys: Vec<(String, Vec<String>)>,
+) -> Result<(), AgentError> {
+    let queue = Arc::new(std::sync::Mutex::new(keys));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.parallelism.max(1) {
+        let (queue, target, binlog, db) =
+            (queue.clone(), target.clone(), opts.binlog, db.to_string());
+        tasks.spawn(async move {
+            let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
+            session(&mut conn, &target, binlog).await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((table, adds)) = next else {
+                    break;
+                };
+                let sql = format!(
+                    "ALTER TABLE {}.{} {}",
+                    ident(&db),
+                    ident(&table),
+                    adds.join(", ")
+                );
+                exec(
+                    &mut conn,
+                    &target,
+                    &format!("adding the keys of {db}.{table}"),
+                    &sql,
+                )
+                .await?;
             }
             drop(conn.disconnect().await);
             Ok::<(), AgentError>(())

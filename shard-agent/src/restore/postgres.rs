@@ -30,8 +30,16 @@ pub(super) async fn restore(
         prepare_database(target, &db, opts.overwrite).await?;
         done.databases.push(db.clone());
         run_section(source, target, opts, &db, "pre-data").await?;
+        let began = std::time::Instant::now();
         load_data(source, target, opts, &db).await?;
+        let loaded = began.elapsed();
         run_post_data(source, target, opts, &db).await?;
+        tracing::info!(
+            "{}: {db}: data loaded in {:.2} s, post-data (indexes, constraints) in {:.2} s",
+            target.name,
+            loaded.as_secs_f64(),
+            (began.elapsed() - loaded).as_secs_f64()
+        );
         for f in schema_files(source, &db, "sequences") {
             let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
             let client = reader(target, &db, TIMEOUT).await?;
@@ -323,30 +331,185 @@ async fn drop_unselected(
         ))
 }
 
+/// One table's load: its `COPY` statement (without options) and its chunks.
+struct TableLoad {
+    name: String,
+    schema: String,
+    table: String,
+    copy: String,
+    chunks: Vec<(String, String)>,
+}
+
 /// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
+///
+/// With at least as many tables as workers, each worker loads whole tables,
+/// largest first, in one transaction that first truncates the (new, empty)
+/// table: then `COPY … FREEZE` may write the rows already frozen and their
+/// pages all-visible, so the index builds and the verification read that
+/// follow do not rewrite every page to set hint bits. With fewer tables
+/// than workers, chunks are loaded in parallel, each in its own
+/// transaction, so that one big table still loads on every worker.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
 ) -> Result<(), AgentError> {
-    let items: Vec<(String, String, String, String)> = chunk_items(source, db, opts)
-        .into_iter()
-        .map(|(t, i)| {
+    let mut tables: Vec<(u64, TableLoad)> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && opts.selected(t) && !t.chunks.is_empty())
+        .map(|t| {
             let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
-            let sql = format!(
-                "COPY {}.{} ({}) FROM STDIN",
-                ident(t.schema.as_deref().unwrap_or("public")),
-                ident(&t.name),
-                cols.join(", ")
-            );
-            (
-                t.chunks[i].key.clone(),
-                t.chunks[i].xxh3.clone(),
-                sql,
-                t.qualified(),
-            )
+            let schema = t.schema.clone().unwrap_or_else(|| "public".into());
+            let load = TableLoad {
+                name: t.qualified(),
+                copy: format!(
+                    "COPY {}.{} ({}) FROM STDIN",
+                    ident(&schema),
+                    ident(&t.name),
+                    cols.join(", ")
+                ),
+                schema,
+                table: t.name.clone(),
+                chunks: t
+                    .chunks
+                    .iter()
+                    .map(|c| (c.key.clone(), c.xxh3.clone()))
+                    .collect(),
+            };
+            (t.bytes_raw, load)
         })
+        .collect();
+    let workers = opts.parallelism.max(1);
+    if tables.len() < workers {
+        return load_chunks(
+            tables.into_iter().map(|(_, t)| t).collect(),
+            target,
+            opts,
+            db,
+        )
+        .await;
+    }
+    // Workers pop from the end: the largest table goes first.
+    tables.sort_by_key(|(bytes, _)| *bytes);
+    let queue = Arc::new(std::sync::Mutex::new(
+        tables.into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, target, opts, db) =
+            (queue.clone(), target.clone(), opts.clone(), db.to_string());
+        tasks.spawn(async move {
+            let client = load_session(&target, &db).await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some(t) = next else {
+                    break;
+                };
+                load_table(&client, &target, &opts, &t).await?;
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    join_loaders(tasks, &target.name).await
+}
+
+/// A connection for loading: its commits do not wait for the WAL flush (a
+/// crash mid-restore fails the restore whatever was committed).
+async fn load_session(target: &Shard, db: &str) -> Result<tokio_postgres::Client, AgentError> {
+    let client = reader(target, db, TIMEOUT).await?;
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .map_err(pg_err(target, "setting up a load session"))?;
+    Ok(client)
+}
+
+/// Sends one checked chunk through `COPY`.
+async fn copy_chunk(
+    client: &tokio_postgres::Client,
+    target: &Shard,
+    opts: &RestoreOptions,
+    sql: &str,
+    table: &str,
+    (key, xxh3): &(String, String),
+) -> Result<(), AgentError> {
+    let raw = load_checked(&opts.repo, key, xxh3, &target.name).await?;
+    let what = format!("loading {table} from {key}");
+    let sink = client
+        .copy_in::<_, Bytes>(sql)
+        .await
+        .map_err(pg_err(target, &what))?;
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from(raw))
+        .await
+        .map_err(pg_err(target, &what))?;
+    sink.finish().await.map_err(pg_err(target, &what))?;
+    Ok(())
+}
+
+/// Loads a whole table in one transaction: truncated first, so that a plain
+/// table can take its rows frozen. A partitioned table cannot (its rows go
+/// to its partitions); it is loaded in the same transaction, unfrozen.
+async fn load_table(
+    client: &tokio_postgres::Client,
+    target: &Shard,
+    opts: &RestoreOptions,
+    t: &TableLoad,
+) -> Result<(), AgentError> {
+    let what = format!("loading {}", t.name);
+    let partitioned = client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'",
+            &[&t.schema, &t.table],
+        )
+        .await
+        .map_err(pg_err(target, &what))?
+        .is_some();
+    let target_name = format!("{}.{}", ident(&t.schema), ident(&t.table));
+    let (begin, sql) = if partitioned {
+        ("BEGIN".to_string(), t.copy.clone())
+    } else {
+        (
+            format!("BEGIN; TRUNCATE ONLY {target_name}"),
+            format!("{} WITH (FREEZE)", t.copy),
+        )
+    };
+    client
+        .batch_execute(&begin)
+        .await
+        .map_err(pg_err(target, &what))?;
+    for chunk in &t.chunks {
+        if let Err(e) = copy_chunk(client, target, opts, &sql, &t.name, chunk).await {
+            drop(client.batch_execute("ROLLBACK").await);
+            return Err(e);
+        }
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(pg_err(target, &what))
+}
+
+/// Loads chunks in parallel, each in its own transaction.
+async fn load_chunks(
+    tables: Vec<TableLoad>,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    // Workers pop from the end: reversed, chunks load in key order.
+    let items: Vec<(String, String, (String, String))> = tables
+        .into_iter()
+        .flat_map(|t| {
+            let (name, copy) = (t.name, t.copy);
+            t.chunks
+                .into_iter()
+                .map(move |c| (name.clone(), copy.clone(), c))
+        })
+        .rev()
         .collect();
     let queue = Arc::new(std::sync::Mutex::new(items));
     let mut tasks = tokio::task::JoinSet::new();
@@ -354,23 +517,13 @@ async fn load_data(
         let (queue, target, opts, db) =
             (queue.clone(), target.clone(), opts.clone(), db.to_string());
         tasks.spawn(async move {
-            let client = reader(&target, &db, TIMEOUT).await?;
+            let client = load_session(&target, &db).await?;
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some((key, xxh3, sql, table)) = next else {
+                let Some((table, sql, chunk)) = next else {
                     break;
                 };
-                let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
-                let what = format!("loading {table} from {key}");
-                let sink = client
-                    .copy_in::<_, Bytes>(sql.as_str())
-                    .await
-                    .map_err(pg_err(&target, &what))?;
-                futures_util::pin_mut!(sink);
-                sink.send(Bytes::from(raw))
-                    .await
-                    .map_err(pg_err(&target, &what))?;
-                sink.finish().await.map_err(pg_err(&target, &what))?;
+                copy_chunk(&client, &target, &opts, &sql, &table, &chunk).await?;
             }
             Ok::<(), AgentError>(())
         });
