@@ -51,12 +51,16 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
         return unblocked(sessions).await;
     }
     let mut backoff = FIRST_BACKOFF;
+    // Writers queue behind a block attempt that fails too: its time counts
+    // in the cut's write-block time, not only the attempt that succeeded.
+    let mut failed_attempts = std::time::Duration::ZERO;
     for attempt in 1..=MAX_ATTEMPTS {
         let started = Instant::now();
         let blocked = join_all(sessions.iter_mut().map(|s| s.block())).await;
         let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
         if !failures.is_empty() {
             release_all(sessions).await;
+            failed_attempts += started.elapsed();
             let retry = failures
                 .iter()
                 .all(|f| matches!(f, BlockError::Timeout { .. }));
@@ -91,7 +95,7 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
             tokio::time::sleep(hold).await;
         }
         let releases = join_all(sessions.iter_mut().map(|s| s.release())).await;
-        let cluster_ms = millis(started.elapsed());
+        let cluster_ms = millis(started.elapsed() + failed_attempts);
         let mut errors = Vec::new();
         let mut shards = BTreeMap::new();
         for ((s, mark), release) in sessions.iter().zip(marks).zip(releases) {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::dump::chunk::{store_file, RowDigest};
+use crate::dump::chunk::{store_file, ChunkError, ChunkWriter, RowDigest, Scratch};
 use crate::error::AgentError;
 use crate::manifest::{ChunkRef, Column, StoredFile, TableManifest};
 use crate::session::{DumpOptions, KeyRange};
@@ -24,6 +24,31 @@ pub struct ItemResult {
     pub digest: RowDigest,
     pub chunks: Vec<ChunkRef>,
     pub millis: u64,
+}
+
+/// Ends one work item. After a failed stream it waits for the chunk in
+/// flight (nothing may be written once the caller gives up) and returns the
+/// error; otherwise it stores what is left and describes the item.
+pub async fn finish_item(
+    writer: ChunkWriter,
+    streamed: Result<(), AgentError>,
+    storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
+    item: &Item,
+    started: std::time::Instant,
+) -> Result<(ItemResult, Scratch), AgentError> {
+    if let Err(e) = streamed {
+        writer.abandon().await;
+        return Err(e);
+    }
+    let (digest, chunks, scratch) = writer.finish().await.map_err(storage)?;
+    let result = ItemResult {
+        table: item.table,
+        range_no: item.range_no,
+        digest,
+        chunks,
+        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    Ok((result, scratch))
 }
 
 #[derive(Clone)]

@@ -13,8 +13,8 @@ use topology::{Engine, Shard};
 use super::{ident, pg_err, reader, schema, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
-    join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult, Queue,
-    TableMeta,
+    finish_item, join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult,
+    Queue, TableMeta,
 };
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
@@ -267,19 +267,7 @@ async fn dump_item(
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));
     let streamed = stream_rows(client, shard, &sql, &what, opts, &mut writer, &storage).await;
-    if let Err(e) = streamed {
-        writer.abandon().await;
-        return Err(e);
-    }
-    let (digest, chunks, scratch) = writer.finish().await.map_err(&storage)?;
-    let result = ItemResult {
-        table: item.table,
-        range_no: item.range_no,
-        digest,
-        chunks,
-        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    Ok((result, scratch))
+    finish_item(writer, streamed, &storage, &item, started).await
 }
 
 /// Streams one COPY into `writer`, a line per row.
