@@ -12,7 +12,7 @@ use shard_agent::manifest::ShardManifest;
 use shard_agent::position::Position;
 use shard_agent::session::{BlockError, CutOptions, DumpOptions, Session};
 use shard_agent::AgentError;
-use topology::{Secret, Shard};
+use topology::{Engine, Secret, Shard};
 
 pub enum Agent {
     Local(Box<Session>),
@@ -21,6 +21,7 @@ pub enum Agent {
 
 pub struct Remote {
     shard: String,
+    engine: Engine,
     base: String,
     token: Secret,
     client: reqwest::Client,
@@ -38,6 +39,7 @@ impl Agent {
             Some(spec) => {
                 let mut remote = Remote {
                     shard: shard.name.clone(),
+                    engine: shard.engine,
                     base: spec.url.as_str().trim_end_matches('/').to_string(),
                     token: spec.token.clone(),
                     client: reqwest::Client::builder()
@@ -78,6 +80,21 @@ impl Agent {
             Agent::Local(s) => s.shard(),
             Agent::Remote(r) => &r.shard,
         }
+    }
+
+    /// Whether this shard blocks in the cut's first wave. A PostgreSQL
+    /// shard may need many tries to get its table locks, none of which
+    /// holds writers up for longer than a round trip, while a MariaDB
+    /// shard's `BACKUP STAGE BLOCK_COMMIT` blocks commits from the moment
+    /// it is asked for and takes a bounded time: so the PostgreSQL shards
+    /// lock first, and the others block only once they all have, instead
+    /// of holding their writers while the PostgreSQL shards keep trying.
+    pub fn blocks_first(&self) -> bool {
+        let engine = match self {
+            Agent::Local(s) => s.engine(),
+            Agent::Remote(r) => r.engine,
+        };
+        engine == Engine::Postgres
     }
 
     pub async fn block(&mut self) -> Result<(), BlockError> {

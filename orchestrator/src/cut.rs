@@ -1,7 +1,7 @@
 //! The global cut across all shards.
 //!
-//! All shards are asked to block at once; only when every shard reports
-//! blocked are snapshots opened and positions recorded, still under the
+//! Shards are asked to block in two waves (see [`Agent::blocks_first`]),
+//! each wave all at once; only when every shard reports blocked are snapshots opened and positions recorded, still under the
 //! block, and only then are all blocks released. If any shard cannot block
 //! within its timeout, every shard is released and the cut is retried with
 //! backoff; after the last attempt the error names every shard that failed
@@ -53,11 +53,10 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
     let mut backoff = FIRST_BACKOFF;
     // Writers queue behind a block attempt that fails too: its time counts
     // in the cut's write-block time, not only the attempt that succeeded.
-    let mut failed_attempts = std::time::Duration::ZERO;
+    let mut failed_attempts = Duration::ZERO;
     for attempt in 1..=MAX_ATTEMPTS {
         let started = Instant::now();
-        let blocked = join_all(sessions.iter_mut().map(|s| s.block())).await;
-        let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
+        let failures = block_in_waves(sessions).await;
         if !failures.is_empty() {
             release_all(sessions).await;
             failed_attempts += started.elapsed();
@@ -84,9 +83,17 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
                 CutError::Failed { errors: reasons }
             });
         }
-        tracing::info!("cut: all {} shards blocked", sessions.len());
+        tracing::info!(
+            "cut: all {} shards blocked after {} ms",
+            sessions.len(),
+            started.elapsed().as_millis()
+        );
         let taken_at = chrono::Utc::now().to_rfc3339();
         let marks = join_all(sessions.iter_mut().map(|s| s.mark())).await;
+        tracing::debug!(
+            "cut: positions recorded at {} ms",
+            started.elapsed().as_millis()
+        );
         if let Some(hold) = hooks.hold_block {
             eprintln!(
                 "cut: holding the block for {} ms (test hook)",
@@ -95,7 +102,16 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
             tokio::time::sleep(hold).await;
         }
         let releases = join_all(sessions.iter_mut().map(|s| s.release())).await;
-        let cluster_ms = millis(started.elapsed() + failed_attempts);
+        tracing::debug!("cut: released at {} ms", started.elapsed().as_millis());
+        // The longest any shard held its writers: blocks end together, so
+        // that is from the first shard's block to the last release.
+        let longest = releases
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .max()
+            .copied()
+            .unwrap_or_default();
+        let cluster_ms = millis(longest + failed_attempts);
         let mut errors = Vec::new();
         let mut shards = BTreeMap::new();
         for ((s, mark), release) in sessions.iter().zip(marks).zip(releases) {
@@ -132,6 +148,21 @@ fn describe(e: AgentError) -> String {
     format!(
         "{e} (the block may have ended early, e.g. its lease expired, so the cut cannot be trusted)"
     )
+}
+
+/// Blocks every shard, the ones that [block first](Agent::blocks_first)
+/// before the others; stops after a wave with a failure. Returns the
+/// failures (none: all shards are blocked).
+async fn block_in_waves(sessions: &mut [Agent]) -> Vec<BlockError> {
+    for first in [true, false] {
+        let wave = sessions.iter_mut().filter(|s| s.blocks_first() == first);
+        let blocked = join_all(wave.map(|s| s.block())).await;
+        let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
+        if !failures.is_empty() {
+            return failures;
+        }
+    }
+    Vec::new()
 }
 
 async fn release_all(sessions: &mut [Agent]) {

@@ -68,9 +68,9 @@ pub struct SegmentRef {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cut {
-    /// Cluster-wide: from the first shard's block request to the last
-    /// release, plus the time of failed attempts (writers queued behind
-    /// those too).
+    /// Cluster-wide: the longest any shard held its writers (blocks end
+    /// together, so from the first shard's block to the last release),
+    /// plus the time of failed attempts (writers queued behind those too).
     pub write_block_ms: u64,
     /// How many block attempts it took (1 when the first one succeeded).
     pub attempts: u32,

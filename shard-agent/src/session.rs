@@ -116,6 +116,13 @@ impl Session {
         }
     }
 
+    pub fn engine(&self) -> Engine {
+        match self {
+            Session::Mysql(_) => Engine::Mysql,
+            Session::Postgres(_) => Engine::Postgres,
+        }
+    }
+
     /// Blocks commits on the selected tables, within `write_block_timeout`.
     /// On timeout nothing is left blocked.
     pub async fn block(&mut self) -> Result<(), BlockError> {

@@ -92,9 +92,15 @@ impl Session {
         };
         let timeout = self.opts.write_block_timeout;
         let control = &mut self.control;
+        let shard_name = &self.shard.name;
         let attempt = tokio::time::timeout(timeout, async {
             for s in stmts {
                 control.query_drop(*s).await?;
+                tracing::debug!(
+                    "{}: {s} done after {} ms",
+                    shard_name,
+                    started.elapsed().as_millis()
+                );
             }
             Ok::<(), mysql_async::Error>(())
         })

@@ -2,7 +2,8 @@
 //!
 //! Block: in every selected database, one transaction takes
 //! `LOCK TABLE … IN EXCLUSIVE MODE` on all selected tables, which blocks
-//! writers but not readers, waiting at most `lock_timeout`. Mark: while the
+//! writers but not readers. Attempts wait briefly and retry with growing
+//! waits (see [`FIRST_LOCK_WAIT`]) until `write_block_timeout`. Mark: while the
 //! locks are held, a second connection per database opens a
 //! `REPEATABLE READ READ ONLY` transaction and exports its snapshot (the
 //! lock holder cannot export it: ending its transaction to release the
@@ -70,57 +71,183 @@ async fn holder(shard: &Shard, db: &str, exclude: i32, timeout: Duration) -> Opt
     ))
 }
 
+/// Pause between two tries, so the writers that made a try fail can
+/// finish, and so the loop does not take a core the writers need.
+const RETRY_PAUSE: Duration = Duration::from_millis(1);
+
+/// How long a first-phase try waits for its one table.
+const ONE_TABLE_WAIT: Duration = Duration::from_millis(10);
+
+/// The first second-phase try's lock wait, doubled after each failure.
+const FIRST_LOCK_WAIT: Duration = Duration::from_millis(20);
+
+/// Why one database could not be locked.
+enum LockFailure {
+    /// The locks were not all granted within the budget; retryable.
+    Busy,
+    /// Anything else (connection lost, permission denied, ...).
+    Failed(AgentError),
+}
+
+/// Locks granted, and since when writers may have been held up.
+struct Locked {
+    /// When the successful try was sent, moved back by the time of every
+    /// failed try (a failed try held up some writers until its rollback),
+    /// so the shard's write-block time never flatters.
+    since: Instant,
+}
+
+/// The SQL of one try. `wait_for` is the table the try waits for (all of
+/// them when `None`), for at most `wait`; the others it takes `NOWAIT`.
+fn try_sql(tables: &[String], wait_for: Option<usize>, wait: Duration) -> String {
+    let ms = wait.as_millis().max(1);
+    let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms';");
+    match wait_for {
+        None => sql.push_str(&format!(
+            " LOCK TABLE {} IN EXCLUSIVE MODE",
+            tables.join(", ")
+        )),
+        Some(k) => {
+            sql.push_str(&format!(" LOCK TABLE {} IN EXCLUSIVE MODE;", tables[k]));
+            let rest: Vec<&str> = (0..tables.len())
+                .filter(|&i| i != k)
+                .map(|i| tables[i].as_str())
+                .collect();
+            if !rest.is_empty() {
+                sql.push_str(&format!(
+                    " LOCK TABLE {} IN EXCLUSIVE MODE NOWAIT",
+                    rest.join(", ")
+                ));
+            }
+        }
+    }
+    sql
+}
+
+/// Takes `EXCLUSIVE` locks on `tables` in a transaction on `block` before
+/// `deadline`; on success the transaction stays open, holding them.
+///
+/// `LOCK TABLE a, b` takes its locks one at a time, and a writer that
+/// holds `b` and then wants `a` deadlocks with a `LOCK` that holds `a` and
+/// waits for `b`. PostgreSQL breaks that only after `deadlock_timeout`
+/// (1 s by default), with every writer of `a` queued behind. Under writers
+/// whose transactions touch several tables in any order (sysbench's do)
+/// such a `LOCK` deadlocks on most tries (measured: docs/BENCHMARKS.md).
+/// So for the first half of the budget a try waits for one table only,
+/// holding nothing else, which cannot deadlock, and then takes the others
+/// `NOWAIT`, which cannot wait; the table waited for rotates from try to
+/// try. When writers overlap so much that the other tables are never free
+/// at once, that starves; the second half therefore waits for all tables
+/// in the lock queue, ahead of later writers, with a wait that starts
+/// short (a deadlocked try ends quickly) and doubles (so a long
+/// transaction can still be waited out).
+async fn lock_tables(
+    shard: &Shard,
+    db: &str,
+    block: &tokio_postgres::Client,
+    tables: &[String],
+    deadline: Instant,
+) -> Result<Locked, LockFailure> {
+    let started = Instant::now();
+    let first_phase_until = started + deadline.saturating_duration_since(started) / 2;
+    let mut held_up = Duration::ZERO;
+    let mut wait = FIRST_LOCK_WAIT;
+    for round in 1u32.. {
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        let sql = if tables.is_empty() {
+            "BEGIN".to_string()
+        } else if now < first_phase_until {
+            let k = round as usize % tables.len();
+            try_sql(tables, Some(k), ONE_TABLE_WAIT.min(left))
+        } else {
+            let this = wait.min(left);
+            wait *= 2;
+            try_sql(tables, None, this)
+        };
+        match try_lock(shard, db, block, &sql).await {
+            Ok(()) => {
+                tracing::debug!(
+                    "{}: locked the tables of {db} after {} ms, try {round}",
+                    shard.name,
+                    started.elapsed().as_millis()
+                );
+                return Ok(Locked {
+                    since: now.checked_sub(held_up).unwrap_or(started),
+                });
+            }
+            Err(LockFailure::Busy) => {
+                held_up += now.elapsed();
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    return Err(LockFailure::Busy);
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(failed) => return Err(failed),
+        }
+    }
+    Err(LockFailure::Busy)
+}
+
+/// One try of `sql`; a try that found a lock taken (or deadlocked) is
+/// rolled back and reported as [`LockFailure::Busy`].
+async fn try_lock(
+    shard: &Shard,
+    db: &str,
+    block: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<(), LockFailure> {
+    // The server bounds every wait (`NOWAIT`, `lock_timeout`); the
+    // client-side bound only catches a server that stops answering.
+    match tokio::time::timeout(Duration::from_secs(30), block.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e))
+            if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+        {
+            block
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| LockFailure::Failed(pg_err(shard, "rolling back a lock try")(e)))?;
+            Err(LockFailure::Busy)
+        }
+        Ok(Err(e)) => Err(LockFailure::Failed(pg_err(
+            shard,
+            &format!("locking tables of {db}"),
+        )(e))),
+        Err(_elapsed) => Err(LockFailure::Busy),
+    }
+}
+
 impl Session {
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
         let started = Instant::now();
         let timeout = self.opts.write_block_timeout;
-        let ms = timeout.as_millis().max(1);
+        let deadline = started + timeout;
         let shard = self.shard.clone();
         let mut outcome: Result<(), (Option<String>, Option<AgentError>)> = Ok(());
+        // Writers may be held up from the first database's locks on.
+        let mut since: Option<Instant> = None;
         for db in &self.databases {
             let tables: Vec<String> = db.tables.iter().map(|t| t.qualified()).collect();
-            let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms';");
-            if !tables.is_empty() {
-                sql.push_str(&format!(
-                    " LOCK TABLE {} IN EXCLUSIVE MODE;",
-                    tables.join(", ")
-                ));
-            }
-            let attempt = tokio::time::timeout(
-                timeout + Duration::from_secs(1),
-                db.block.batch_execute(&sql),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(())) => {}
-                // A deadlock with a writer that holds one selected table
-                // and waits for another is as retryable as a timeout: the
-                // cut backs off and tries again.
-                Ok(Err(e))
-                    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
-                        || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
-                {
+            match lock_tables(&shard, &db.name, &db.block, &tables, deadline).await {
+                Ok(locked) => {
+                    since = Some(since.map_or(locked.since, |s| s.min(locked.since)));
+                }
+                Err(LockFailure::Busy) => {
                     let h = holder(&shard, &db.name, db.block_pid, self.opts.connect_timeout).await;
                     outcome = Err((h, None));
                     break;
                 }
-                Err(_elapsed) => {
-                    let h = holder(&shard, &db.name, db.block_pid, self.opts.connect_timeout).await;
-                    outcome = Err((h, None));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    outcome = Err((
-                        None,
-                        Some(pg_err(&shard, &format!("locking tables of {}", db.name))(e)),
-                    ));
+                Err(LockFailure::Failed(e)) => {
+                    outcome = Err((None, Some(e)));
                     break;
                 }
             }
         }
         match outcome {
             Ok(()) => {
-                self.blocked_since = Some(started);
+                self.blocked_since = Some(since.unwrap_or(started));
                 let pids = self.databases.iter().map(|d| d.block_pid).collect();
                 self.lease = Some(Lease::arm(
                     self.opts.write_block_lease,
@@ -233,5 +360,49 @@ impl Session {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> Vec<String> {
+        ["\"s\".\"a\"", "\"s\".\"b\"", "\"s\".\"c\""]
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_first_phase_try_waits_for_one_table_and_takes_the_rest_nowait() {
+        let sql = try_sql(&tables(), Some(1), Duration::from_millis(10));
+        assert_eq!(
+            sql,
+            "BEGIN; SET LOCAL lock_timeout = '10ms'; \
+             LOCK TABLE \"s\".\"b\" IN EXCLUSIVE MODE; \
+             LOCK TABLE \"s\".\"a\", \"s\".\"c\" IN EXCLUSIVE MODE NOWAIT"
+        );
+    }
+
+    #[test]
+    fn a_single_table_is_simply_waited_for() {
+        let one = vec!["\"s\".\"a\"".to_string()];
+        let sql = try_sql(&one, Some(0), Duration::from_micros(10));
+        // A wait under a millisecond still waits (0 would mean forever).
+        assert_eq!(
+            sql,
+            "BEGIN; SET LOCAL lock_timeout = '1ms'; LOCK TABLE \"s\".\"a\" IN EXCLUSIVE MODE;"
+        );
+    }
+
+    #[test]
+    fn a_second_phase_try_waits_for_all_tables() {
+        let sql = try_sql(&tables(), None, Duration::from_millis(160));
+        assert_eq!(
+            sql,
+            "BEGIN; SET LOCAL lock_timeout = '160ms'; \
+             LOCK TABLE \"s\".\"a\", \"s\".\"b\", \"s\".\"c\" IN EXCLUSIVE MODE"
+        );
     }
 }
