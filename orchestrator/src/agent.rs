@@ -83,8 +83,8 @@ impl Agent {
     }
 
     /// Whether this shard blocks in the cut's first wave. A PostgreSQL
-    /// shard may need many tries to get its table locks, none of which
-    /// holds writers up for longer than a round trip, while a MariaDB
+    /// shard may need many tries to get its table locks, each holding
+    /// some writers up for a few milliseconds at most, while a MariaDB
     /// shard's `BACKUP STAGE BLOCK_COMMIT` blocks commits from the moment
     /// it is asked for and takes a bounded time: so the PostgreSQL shards
     /// lock first, and the others block only once they all have, instead

@@ -1,8 +1,9 @@
 //! The global cut across all shards.
 //!
 //! Shards are asked to block in two waves (see [`Agent::blocks_first`]),
-//! each wave all at once; only when every shard reports blocked are snapshots opened and positions recorded, still under the
-//! block, and only then are all blocks released. If any shard cannot block
+//! each wave all at once; only when every shard reports blocked are
+//! snapshots opened and positions recorded, still under the block, and
+//! only then are all blocks released. If any shard cannot block
 //! within its timeout, every shard is released and the cut is retried with
 //! backoff; after the last attempt the error names every shard that failed
 //! and what held it up.
