@@ -393,21 +393,43 @@ async fn load_data(
     }
     // Workers pop from the end: the largest table goes first.
     tables.sort_by_key(|(bytes, _)| *bytes);
-    let queue = Arc::new(std::sync::Mutex::new(
-        tables.into_iter().map(|(_, t)| t).collect::<Vec<_>>(),
-    ));
+    let tables = tables.into_iter().map(|(_, t)| t).collect();
+    let (shard, opts) = (target.clone(), opts.clone());
+    drain(tables, workers, target, db, move |client, t| {
+        let (shard, opts) = (shard.clone(), opts.clone());
+        async move { load_table(&client, &shard, &opts, &t).await }
+    })
+    .await
+}
+
+/// Runs `work` on every item with `workers` load sessions, each taking the
+/// next item off the end of the list (callers order it last-first); the
+/// first error fails the load.
+async fn drain<T, F, Fut>(
+    items: Vec<T>,
+    workers: usize,
+    target: &Shard,
+    db: &str,
+    work: F,
+) -> Result<(), AgentError>
+where
+    T: Send + 'static,
+    F: Fn(Arc<tokio_postgres::Client>, T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), AgentError>> + Send,
+{
+    let queue = Arc::new(std::sync::Mutex::new(items));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (queue, target, opts, db) =
-            (queue.clone(), target.clone(), opts.clone(), db.to_string());
+    for _ in 0..workers.max(1) {
+        let (queue, target, db, work) =
+            (queue.clone(), target.clone(), db.to_string(), work.clone());
         tasks.spawn(async move {
-            let client = load_session(&target, &db).await?;
+            let client = Arc::new(load_session(&target, &db).await?);
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some(t) = next else {
+                let Some(item) = next else {
                     break;
                 };
-                load_table(&client, &target, &opts, &t).await?;
+                work(client.clone(), item).await?;
             }
             Ok::<(), AgentError>(())
         });
@@ -511,22 +533,16 @@ async fn load_chunks(
         })
         .rev()
         .collect();
-    let queue = Arc::new(std::sync::Mutex::new(items));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..opts.parallelism.max(1) {
-        let (queue, target, opts, db) =
-            (queue.clone(), target.clone(), opts.clone(), db.to_string());
-        tasks.spawn(async move {
-            let client = load_session(&target, &db).await?;
-            loop {
-                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some((table, sql, chunk)) = next else {
-                    break;
-                };
-                copy_chunk(&client, &target, &opts, &sql, &table, &chunk).await?;
-            }
-            Ok::<(), AgentError>(())
-        });
-    }
-    join_loaders(tasks, &target.name).await
+    let (shard, load_opts) = (target.clone(), opts.clone());
+    drain(
+        items,
+        opts.parallelism,
+        target,
+        db,
+        move |client, (table, sql, chunk)| {
+            let (shard, opts) = (shard.clone(), load_opts.clone());
+            async move { copy_chunk(&client, &shard, &opts, &sql, &table, &chunk).await }
+        },
+    )
+    .await
 }
