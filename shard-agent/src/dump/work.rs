@@ -125,6 +125,26 @@ pub fn range_prefix(
     )
 }
 
+/// Rows a dump streams between two progress reports and cancellation checks.
+pub const REPORT_EVERY_ROWS: u64 = 4096;
+
+/// Adds streamed rows and bytes to the progress, then stops the stream if
+/// another worker has failed (it sets `cancel`).
+pub fn report_progress(
+    opts: &DumpOptions,
+    shard: &str,
+    rows: u64,
+    bytes: u64,
+) -> Result<(), AgentError> {
+    opts.progress.add(rows, bytes);
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(AgentError::Cancelled {
+            shard: shard.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Maps a storage failure while writing `table` to the shard's error.
 pub fn storage_error(
     shard: &str,

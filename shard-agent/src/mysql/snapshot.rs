@@ -18,8 +18,8 @@ use super::{ident, query_err, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::mysql_value::encode_row;
 use crate::dump::work::{
-    finish_item, join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult,
-    Queue, TableMeta,
+    finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
+    Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
@@ -208,14 +208,9 @@ async fn stream_rows(
         bytes_since += buf.len() - start + 1;
         writer.end_row(start).await.map_err(storage)?;
         rows_since += 1;
-        if rows_since == 4096 {
-            opts.progress.add(rows_since, bytes_since as u64);
+        if rows_since == REPORT_EVERY_ROWS {
+            report_progress(opts, &shard.name, rows_since, bytes_since as u64)?;
             (rows_since, bytes_since) = (0, 0);
-            if opts.cancel.load(Ordering::Relaxed) {
-                return Err(AgentError::Cancelled {
-                    shard: shard.name.clone(),
-                });
-            }
         }
     }
     opts.progress.add(rows_since, bytes_since as u64);

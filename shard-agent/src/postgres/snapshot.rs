@@ -13,8 +13,8 @@ use topology::{Engine, Shard};
 use super::{ident, pg_err, reader, schema, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
-    finish_item, join_workers, merge, range_prefix, storage_error, store_schema, Item, ItemResult,
-    Queue, TableMeta,
+    finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
+    Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
@@ -302,14 +302,9 @@ async fn stream_rows(
             rest = &rest[nl + 1..];
         }
         carry.extend_from_slice(rest);
-        if rows_since >= 4096 {
-            opts.progress.add(rows_since, bytes_since);
+        if rows_since >= REPORT_EVERY_ROWS {
+            report_progress(opts, &shard.name, rows_since, bytes_since)?;
             (rows_since, bytes_since) = (0, 0);
-            if opts.cancel.load(Ordering::Relaxed) {
-                return Err(AgentError::Cancelled {
-                    shard: shard.name.clone(),
-                });
-            }
         }
     }
     if !carry.is_empty() {
