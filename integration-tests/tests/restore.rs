@@ -39,6 +39,23 @@ async fn pg_objects(shard: &Shard) -> Vec<i64> {
     out
 }
 
+/// Every index of the database, as the server prints its definition, and
+/// whether it is valid: the restore builds them while other tables load.
+async fn pg_index_definitions(shard: &Shard) -> Vec<(String, bool)> {
+    let c = db::pg(shard, "shop").await;
+    c.query(
+        "SELECT pg_get_indexdef(i.indexrelid), i.indisvalid FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_into_a_second_cluster_equals_the_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,6 +123,11 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
             a, b,
             "{name}: schema objects (views, triggers, FKs, indexes, routines)"
         );
+        if s.engine == Engine::Postgres {
+            let (a, b) = (pg_index_definitions(s).await, pg_index_definitions(t).await);
+            assert!(a.len() >= 4 && a.iter().all(|(_, valid)| *valid), "{a:?}");
+            assert_eq!(a, b, "{name}: index definitions");
+        }
     }
     assert_eq!(compared, 28);
     // Sequences continue where the source left off.

@@ -3,12 +3,14 @@
 //! count and content hash recomputed, never taken from the restore's own
 //! counters.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use shard_agent::manifest::{Manifest, TableManifest};
 use shard_agent::readback::table_digest;
 use shard_agent::{AgentError, DbError};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use topology::Shard;
 
@@ -36,41 +38,139 @@ fn server_answered(e: &AgentError) -> bool {
 /// each maps to (`(source name, target shard)`). Returns the tables and the
 /// source shard names whose target answered every read.
 pub async fn read_back(m: &Manifest, pairs: &[(String, Shard)]) -> (Vec<TableResult>, Vec<String>) {
-    let mut tasks = JoinSet::new();
-    for (name, shard) in pairs {
-        let Some(source) = m.shards.get(name) else {
-            continue;
-        };
-        let (tables, shard, name) = (source.table_list.clone(), shard.clone(), name.clone());
-        // Tables of one shard are read `parallelism` at a time: the
-        // verification of a big shard should not take longer than its load.
-        let parallelism = shard.parallelism.max(1);
-        tasks.spawn(async move {
-            let results: Vec<(TableResult, bool)> = futures_util::stream::iter(tables)
-                .map(|t| {
-                    let (shard, name) = (shard.clone(), name.clone());
-                    async move { check_table(&shard, &name, &t).await }
-                })
-                .buffer_unordered(parallelism)
-                .collect()
-                .await;
-            let answered = results.iter().all(|(_, a)| *a);
-            let out = results.into_iter().map(|(r, _)| r).collect::<Vec<_>>();
-            (name, out, answered)
-        });
-    }
-    let mut tables = Vec::new();
-    let mut available = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((name, mut t, answered)) = joined {
-            tables.append(&mut t);
-            if answered {
-                available.push(name);
-            }
+    Verifier::new(m, pairs).finish().await
+}
+
+/// One shard's part of a verification.
+struct ShardReads {
+    target: Shard,
+    /// Tables of one shard are read `parallelism` at a time: the
+    /// verification of a big shard should not take longer than its load.
+    permits: Arc<Semaphore>,
+    /// Tables not started yet, by qualified name.
+    waiting: BTreeMap<String, TableManifest>,
+}
+
+/// Reads tables back as they become ready: [`Verifier::start`] while a
+/// restore still loads other tables, [`Verifier::finish`] for all the
+/// rest. Every table of the manifest's shards is read exactly once.
+pub struct Verifier {
+    shards: BTreeMap<String, ShardReads>,
+    tasks: JoinSet<(String, TableResult, bool)>,
+    /// What each read task reads, to report a read that panicked.
+    reading: HashMap<tokio::task::Id, (String, TableManifest)>,
+    started_early: usize,
+}
+
+impl Verifier {
+    pub fn new(m: &Manifest, pairs: &[(String, Shard)]) -> Self {
+        let shards = pairs
+            .iter()
+            .filter_map(|(name, shard)| {
+                let source = m.shards.get(name)?;
+                let reads = ShardReads {
+                    target: shard.clone(),
+                    permits: Arc::new(Semaphore::new(shard.parallelism.max(1))),
+                    waiting: source
+                        .table_list
+                        .iter()
+                        .map(|t| (t.qualified(), t.clone()))
+                        .collect(),
+                };
+                Some((name.clone(), reads))
+            })
+            .collect();
+        Verifier {
+            shards,
+            tasks: JoinSet::new(),
+            reading: HashMap::new(),
+            started_early: 0,
         }
     }
-    tables.sort_by(|a, b| (&a.shard, &a.table).cmp(&(&b.shard, &b.table)));
-    (tables, available)
+
+    /// Starts reading back `table` (qualified) of source shard `name`; a
+    /// table not in the manifest's scope, or already started, is ignored.
+    pub fn start(&mut self, name: &str, table: &str) {
+        if self.spawn(name, table) {
+            self.started_early += 1;
+        }
+    }
+
+    /// How many tables [`Verifier::start`] began.
+    pub fn started_early(&self) -> usize {
+        self.started_early
+    }
+
+    fn spawn(&mut self, name: &str, table: &str) -> bool {
+        let Some(reads) = self.shards.get_mut(name) else {
+            return false;
+        };
+        let Some(t) = reads.waiting.remove(table) else {
+            return false;
+        };
+        let (shard, permits, name) = (
+            reads.target.clone(),
+            reads.permits.clone(),
+            name.to_string(),
+        );
+        let what = (name.clone(), t.clone());
+        let handle = self.tasks.spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = permits.acquire_owned().await.ok();
+            let (result, answered) = check_table(&shard, &name, &t).await;
+            (name, result, answered)
+        });
+        self.reading.insert(handle.id(), what);
+        true
+    }
+
+    /// Reads every table not started yet and waits for all reads. Returns
+    /// the tables and the source shard names whose target answered every
+    /// read.
+    pub async fn finish(mut self) -> (Vec<TableResult>, Vec<String>) {
+        let left: Vec<(String, String)> = self
+            .shards
+            .iter()
+            .flat_map(|(name, r)| r.waiting.keys().map(move |t| (name.clone(), t.clone())))
+            .collect();
+        for (name, table) in left {
+            self.spawn(&name, &table);
+        }
+        let mut tables = Vec::new();
+        let mut unanswered = BTreeSet::new();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            match joined {
+                Ok((_, (name, result, answered))) => {
+                    if !answered {
+                        unanswered.insert(name);
+                    }
+                    tables.push(result);
+                }
+                // A read that panicked found nothing and its shard did not
+                // answer it.
+                Err(e) => {
+                    tracing::warn!("a read-back task failed: {e}");
+                    if let Some((name, t)) = self.reading.remove(&e.id()) {
+                        tables.push(TableResult {
+                            shard: name.clone(),
+                            table: t.qualified(),
+                            rows_expected: t.rows,
+                            rows_found: 0,
+                            hash_ok: false,
+                        });
+                        unanswered.insert(name);
+                    }
+                }
+            }
+        }
+        tables.sort_by(|a, b| (&a.shard, &a.table).cmp(&(&b.shard, &b.table)));
+        let available = self
+            .shards
+            .into_keys()
+            .filter(|name| !unanswered.contains(name))
+            .collect();
+        (tables, available)
+    }
 }
 
 /// Reads one table back; returns its result and whether the server answered.

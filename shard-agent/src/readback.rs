@@ -82,13 +82,67 @@ pub async fn postgres_digest(
     let mut digest = RowDigest::default();
     let mut carry = Vec::new();
     while let Some(piece) = stream.next().await {
-        carry.extend_from_slice(&piece.map_err(&err)?);
-        let mut start = 0;
-        while let Some(nl) = carry[start..].iter().position(|b| *b == b'\n') {
-            digest.add_line(&carry[start..start + nl]);
-            start += nl + 1;
-        }
-        carry.drain(..start);
+        digest_lines(&mut digest, &mut carry, &piece.map_err(&err)?);
+    }
+    if !carry.is_empty() {
+        return Err(AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!(
+                "reading back {db}.{schema}.{table}: COPY output ended in the middle of a row"
+            ),
+        });
     }
     Ok(digest)
+}
+
+/// Adds the rows of one piece of `COPY` text output to `digest`. Rows end
+/// with LF (an LF inside a value is escaped); `carry` holds the unfinished
+/// row of the previous piece and keeps this piece's unfinished end. The
+/// server sends one row per message, so the carry is rarely used and rows
+/// are hashed where they arrived.
+fn digest_lines(digest: &mut RowDigest, carry: &mut Vec<u8>, piece: &[u8]) {
+    let mut rest = piece;
+    if !carry.is_empty() {
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
+            carry.extend_from_slice(rest);
+            return;
+        };
+        carry.extend_from_slice(&rest[..nl]);
+        digest.add_line(carry);
+        carry.clear();
+        rest = &rest[nl + 1..];
+    }
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', rest) {
+        digest.add_line(&rest[start..nl]);
+        start = nl + 1;
+    }
+    carry.extend_from_slice(&rest[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_split_anywhere_hash_as_whole_rows() {
+        let text = b"1\ta\n22\tbb\n333\tccc\n";
+        let mut whole = RowDigest::default();
+        for line in [&b"1\ta"[..], b"22\tbb", b"333\tccc"] {
+            whole.add_line(line);
+        }
+        for cut in 0..text.len() {
+            for cut2 in cut..text.len() {
+                let (mut d, mut carry) = (RowDigest::default(), Vec::new());
+                for piece in [&text[..cut], &text[cut..cut2], &text[cut2..]] {
+                    digest_lines(&mut d, &mut carry, piece);
+                }
+                assert_eq!(d, whole, "pieces cut at {cut} and {cut2}");
+                assert!(carry.is_empty());
+            }
+        }
+        let (mut d, mut carry) = (RowDigest::default(), Vec::new());
+        digest_lines(&mut d, &mut carry, b"1\ta\n22");
+        assert_eq!((d.rows, carry.as_slice()), (1, &b"22"[..]));
+    }
 }

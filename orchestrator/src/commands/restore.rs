@@ -10,7 +10,7 @@ use topology::{Shard, Topology};
 use super::{find_backup, open_repository};
 use crate::exit::{self, InvalidInput};
 use crate::quality::{score, Quality, TableResult};
-use crate::readback::read_back;
+use crate::readback::Verifier;
 use crate::report::{full_report, human, rpo_seconds, write_dir, Run};
 use crate::selection::{select, Request};
 
@@ -208,6 +208,7 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         binlog: plan.binlog,
         parallelism: dst.parallelism,
         tables: selection.get(name).cloned().flatten(),
+        ready: None,
     };
     let mut refusals = Vec::new();
     for (name, dst) in &pairs {
@@ -219,11 +220,51 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         return Err(InvalidInput(refusals.join("; ")).into());
     }
 
+    // Verify what was asked for: the selected tables of each shard.
+    let mut in_scope = m.clone();
+    for (name, shard) in in_scope.shards.iter_mut() {
+        if let Some(Some(list)) = selection.get(name) {
+            shard.table_list.retain(|t| list.contains(&t.qualified()));
+        }
+    }
+    // At a mark, the expected state is the mark's: its tables, row counts
+    // and content hashes, read from the source under the mark's block.
+    if let Some(mark) = &mark {
+        for (name, shard) in in_scope.shards.iter_mut() {
+            if let Some(at_mark) = mark.shards.get(name) {
+                shard.table_list = at_mark.table_list.clone();
+            }
+        }
+        in_scope.cut = mark.cut.clone();
+        in_scope.backup_id = format!("{} + changes to mark {}", m.backup_id, mark.name);
+    }
+    // Verification reads the target whatever happened, so a failed restore
+    // is reported with what it left, never as a success. A table is read
+    // back as soon as its restore announces it final, while other tables
+    // still load; not when changes are replayed after the load (the
+    // tables change again) or a test pauses before verification.
+    let mut verifier = Verifier::new(&in_scope, &pairs);
+    let early = mark.is_none() && plan.pause_before_verify.is_none();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (name, dst) in &pairs {
         let (src, dst) = (m.shards[name].clone(), dst.clone());
-        let opts = opts_for(name, &dst);
+        let mut opts = opts_for(name, &dst);
+        if early {
+            // One name per table, each forwarded once, tagged with its shard.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            opts.ready = Some(tx);
+            let (all, name) = (ready_tx.clone(), name.clone());
+            tokio::spawn(async move {
+                while let Some(table) = rx.recv().await {
+                    if all.send((name.clone(), table)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let name = name.clone();
         tasks.spawn(async move {
             let began = Instant::now();
@@ -231,9 +272,20 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
             (name, r.map(|done| (done, began.elapsed())))
         });
     }
+    drop(ready_tx);
     let mut failures = Vec::new();
     let mut restored = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            Some((name, table)) = ready_rx.recv() => {
+                verifier.start(&name, &table);
+                continue;
+            }
+            joined = tasks.join_next() => joined,
+        };
+        let Some(joined) = joined else {
+            break;
+        };
         match joined {
             Ok((name, Ok((done, took)))) => {
                 tracing::info!(
@@ -262,30 +314,10 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
         );
         tokio::time::sleep(pause).await;
     }
-    // Verification reads the target whatever happened, so a failed restore
-    // is reported with what it left, never as a success.
-    // Verify what was asked for: the selected tables of each shard.
-    let mut in_scope = m.clone();
-    for (name, shard) in in_scope.shards.iter_mut() {
-        if let Some(Some(list)) = selection.get(name) {
-            shard.table_list.retain(|t| list.contains(&t.qualified()));
-        }
-    }
-    // At a mark, the expected state is the mark's: its tables, row counts
-    // and content hashes, read from the source under the mark's block.
-    if let Some(mark) = &mark {
-        for (name, shard) in in_scope.shards.iter_mut() {
-            if let Some(at_mark) = mark.shards.get(name) {
-                shard.table_list = at_mark.table_list.clone();
-            }
-        }
-        in_scope.cut = mark.cut.clone();
-        in_scope.backup_id = format!("{} + changes to mark {}", m.backup_id, mark.name);
-    }
-    let reading = Instant::now();
-    let (tables, available) = read_back(&in_scope, &pairs).await;
+    let (reading, early_reads) = (Instant::now(), verifier.started_early());
+    let (tables, available) = verifier.finish().await;
     tracing::info!(
-        "verification read back {} table(s) in {:.2} s",
+        "verification read back {} table(s), {early_reads} of them while the restore ran; {:.2} s after the restore",
         tables.len(),
         reading.elapsed().as_secs_f64()
     );

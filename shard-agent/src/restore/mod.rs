@@ -10,6 +10,7 @@
 mod mysql;
 mod mysql_keys;
 mod postgres;
+mod postgres_post;
 mod queue;
 
 use std::sync::Arc;
@@ -36,13 +37,32 @@ pub struct RestoreOptions {
     /// Restore only these tables (qualified names); `None`: all of them.
     /// The caller has already added foreign-key parents or refused.
     pub tables: Option<Vec<String>>,
+    /// Told the qualified name ([`TableManifest::qualified`]) of each table
+    /// as soon as the restore will not change its rows again (loaded, its
+    /// keys built), so that the caller can read it back while other tables
+    /// load. A table that is never announced (empty, loaded chunk by chunk,
+    /// or restored by a path that does not announce) is simply verified
+    /// after the whole restore.
+    pub ready: Option<TableReady>,
 }
+
+/// One message per announced table, so the channel holds at most as many
+/// names as the backup has tables.
+pub type TableReady = tokio::sync::mpsc::UnboundedSender<String>;
 
 impl RestoreOptions {
     fn selected(&self, t: &TableManifest) -> bool {
         self.tables
             .as_ref()
             .is_none_or(|list| list.contains(&t.qualified()))
+    }
+
+    /// Announces a table as restored; a caller that stopped listening does
+    /// not stop the restore.
+    fn table_ready(&self, qualified: String) {
+        if let Some(tx) = &self.ready {
+            drop(tx.send(qualified));
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Restoring a MySQL/MariaDB shard.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -162,11 +163,16 @@ pub(super) async fn restore(
         done.databases.push(db.clone());
 
         let began = std::time::Instant::now();
-        load_data(source, target, opts, &db).await?;
+        let keys = Arc::new(Mutex::new(deferred_keys.into_iter().collect()));
+        load_data(source, target, opts, &db, &keys).await?;
         let loaded = began.elapsed();
-        build_keys(target, opts, &db, deferred_keys).await?;
+        // Tables no worker finished (those without chunks) get their keys now.
+        let left: Vec<(String, Vec<String>)> =
+            std::mem::take(&mut *lock(&keys)).into_iter().collect();
+        let left_count = left.len();
+        build_keys(target, opts, &db, left).await?;
         tracing::info!(
-            "{}: {db}: data loaded in {:.2} s, secondary keys built in {:.2} s",
+            "{}: {db}: data loaded and keys built in {:.2} s, then the keys of {left_count} table(s) without data in {:.2} s",
             target.name,
             loaded.as_secs_f64(),
             (began.elapsed() - loaded).as_secs_f64()
@@ -282,16 +288,33 @@ async fn prepare_database(
     .await
 }
 
-/// A chunk to load: key, checksum, the table's `LOAD DATA`, table name.
-type LoadItem = (String, String, Arc<str>, String);
+/// A chunk to load.
+struct LoadItem {
+    key: String,
+    xxh3: String,
+    /// The table's `LOAD DATA` statement.
+    sql: Arc<str>,
+    table: Arc<str>,
+}
+
+/// Secondary keys still to add, by table name: taken out by whoever adds them.
+type DeferredKeys = Mutex<HashMap<String, Vec<String>>>;
+
+fn lock(keys: &DeferredKeys) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel,
-/// workers spread over tables (see [`ChunkQueue`]).
+/// workers spread over tables (see [`ChunkQueue`]). The worker that loads a
+/// table's last chunk adds the table's deferred keys while the others go on
+/// loading (as `pg_restore -j` builds a table's indexes once its data is
+/// in), then announces the table as restored.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
+    keys: &Arc<DeferredKeys>,
 ) -> Result<(), AgentError> {
     let tables: Vec<Vec<LoadItem>> = source
         .table_list
@@ -306,30 +329,54 @@ async fn load_data(
                 load_columns(t)
             )
             .into();
+            let table: Arc<str> = t.name.as_str().into();
             t.chunks
                 .iter()
-                .map(|c| (c.key.clone(), c.xxh3.clone(), sql.clone(), t.qualified()))
+                .map(|c| LoadItem {
+                    key: c.key.clone(),
+                    xxh3: c.xxh3.clone(),
+                    sql: sql.clone(),
+                    table: table.clone(),
+                })
                 .collect()
         })
         .collect();
     let queue = Arc::new(ChunkQueue::new(tables));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.parallelism.max(1) {
-        let (queue, target, opts) = (queue.clone(), target.clone(), opts.clone());
+        let (queue, target, opts, keys, db) = (
+            queue.clone(),
+            target.clone(),
+            opts.clone(),
+            keys.clone(),
+            db.to_string(),
+        );
         tasks.spawn(async move {
             let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
             session(&mut conn, &target, opts.binlog).await?;
             while let Some(taken) = queue.take() {
-                let (key, xxh3, sql, table) = taken.item;
+                let LoadItem {
+                    key,
+                    xxh3,
+                    sql,
+                    table,
+                } = taken.item;
                 let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
                 let data = Bytes::from(raw);
                 conn.set_infile_handler(async move {
                     Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
                 });
-                conn.query_drop(&*sql)
-                    .await
-                    .map_err(query_err(&target, &format!("loading {table} from {key}")))?;
-                queue.done(taken.table);
+                conn.query_drop(&*sql).await.map_err(query_err(
+                    &target,
+                    &format!("loading {db}.{table} from {key}"),
+                ))?;
+                if queue.done(taken.table) {
+                    let adds = lock(&keys).remove(&*table);
+                    if let Some(adds) = adds {
+                        add_keys(&mut conn, &target, &db, &table, &adds).await?;
+                    }
+                    opts.table_ready(format!("{db}.{table}"));
+                }
             }
             drop(conn.disconnect().await);
             Ok::<(), AgentError>(())
@@ -360,23 +407,34 @@ async fn build_keys(
                 let Some((table, adds)) = next else {
                     break;
                 };
-                let sql = format!(
-                    "ALTER TABLE {}.{} {}",
-                    ident(&db),
-                    ident(&table),
-                    adds.join(", ")
-                );
-                exec(
-                    &mut conn,
-                    &target,
-                    &format!("adding the keys of {db}.{table}"),
-                    &sql,
-                )
-                .await?;
+                add_keys(&mut conn, &target, &db, &table, &adds).await?;
             }
             drop(conn.disconnect().await);
             Ok::<(), AgentError>(())
         });
     }
     join_loaders(tasks, &target.name).await
+}
+
+/// One `ALTER TABLE` for all of a table's deferred keys: one pass over its rows.
+async fn add_keys(
+    conn: &mut Conn,
+    target: &Shard,
+    db: &str,
+    table: &str,
+    adds: &[String],
+) -> Result<(), AgentError> {
+    let sql = format!(
+        "ALTER TABLE {}.{} {}",
+        ident(db),
+        ident(table),
+        adds.join(", ")
+    );
+    exec(
+        conn,
+        target,
+        &format!("adding the keys of {db}.{table}"),
+        &sql,
+    )
+    .await
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::OnceCell;
 use topology::Shard;
 
+use super::postgres_post::PostData;
 use super::{
     chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
 };
@@ -30,12 +32,13 @@ pub(super) async fn restore(
         prepare_database(target, &db, opts.overwrite).await?;
         done.databases.push(db.clone());
         run_section(source, target, opts, &db, "pre-data").await?;
+        let post = Arc::new(post_data(source, target, opts, &db).await?);
         let began = std::time::Instant::now();
-        load_data(source, target, opts, &db).await?;
+        load_data(source, target, opts, &db, &post).await?;
         let loaded = began.elapsed();
-        run_post_data(source, target, opts, &db).await?;
+        run_post_data(target, opts, &db, &post).await?;
         tracing::info!(
-            "{}: {db}: data loaded in {:.2} s, post-data (indexes, constraints) in {:.2} s",
+            "{}: {db}: data loaded (with the indexes of whole tables) in {:.2} s, then the rest of post-data in {:.2} s",
             target.name,
             loaded.as_secs_f64(),
             (began.elapsed() - loaded).as_secs_f64()
@@ -144,6 +147,22 @@ async fn section_sql(
         .collect())
 }
 
+/// The database's post-data section, planned (see [`PostData`]). The dump
+/// writes one post-data file per database; should there be several, their
+/// statements are planned together, with the first one's settings.
+async fn post_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<PostData, AgentError> {
+    let mut sql = String::new();
+    for f in schema_files(source, db, "post-data") {
+        sql.push_str(&section_sql(f, target, opts).await?);
+    }
+    Ok(PostData::plan(&sql))
+}
+
 /// Runs a pg_dump section with psql.
 async fn run_section(
     source: &ShardManifest,
@@ -195,100 +214,34 @@ async fn psql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), 
     Ok(())
 }
 
-/// pg_dump's plain SQL split into its preamble (session settings) and one
-/// block per object, each with the object's type from its `-- Name: …;
-/// Type: …;` header.
-fn split_objects(sql: &str) -> (String, Vec<(String, String)>) {
-    let lines: Vec<&str> = sql.lines().collect();
-    let starts: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(i, l)| l.starts_with("-- Name: ") && *i > 0 && lines[i - 1] == "--")
-        .map(|(i, _)| i - 1)
-        .collect();
-    let join = |range: &[&str]| range.iter().map(|l| format!("{l}\n")).collect::<String>();
-    let preamble = join(&lines[..starts.first().copied().unwrap_or(lines.len())]);
-    let mut blocks = Vec::new();
-    for (n, start) in starts.iter().enumerate() {
-        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
-        let kind = lines[start + 1]
-            .split("; Type: ")
-            .nth(1)
-            .and_then(|t| t.split(';').next())
-            .unwrap_or("")
-            .to_string();
-        blocks.push((kind, join(&lines[*start..end])));
-    }
-    (preamble, blocks)
-}
-
-/// The post-data section, as `pg_restore -j` runs it: indexes and
-/// constraints other than foreign keys (each on one table) are built
-/// `parallelism` at a time on their own connections (two on one table wait
-/// for each other's lock); then foreign keys, triggers and the rest, in the
-/// dump's order, through psql.
+/// The post-data statements no load worker built, as `pg_restore -j` runs
+/// them once all data is in: indexes and constraints other than foreign
+/// keys (each on one table) `parallelism` at a time on their own
+/// connections (two on one table wait for each other's lock); then foreign
+/// keys, triggers and the rest, in the dump's order, through psql.
 async fn run_post_data(
-    source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
+    post: &PostData,
 ) -> Result<(), AgentError> {
-    for f in schema_files(source, db, "post-data") {
-        let sql = section_sql(f, target, opts).await?;
-        let (preamble, blocks) = split_objects(&sql);
-        let (parallel, rest): (Vec<_>, Vec<_>) = blocks
-            .into_iter()
-            .partition(|(kind, _)| kind == "INDEX" || kind == "CONSTRAINT");
-        // psql meta-commands (`\restrict`) only mean something to psql.
-        let no_meta = |sql: &str| -> String {
-            sql.lines()
-                .filter(|l| !l.starts_with('\\'))
-                .map(|l| format!("{l}\n"))
-                .collect()
-        };
-        let queue = Arc::new(std::sync::Mutex::new(
-            parallel
-                .into_iter()
-                .map(|(_, b)| no_meta(&b))
-                .rev()
-                .collect::<Vec<_>>(),
-        ));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..opts.parallelism.max(1) {
-            let (queue, target, db, settings) = (
-                queue.clone(),
-                target.clone(),
-                db.to_string(),
-                no_meta(&preamble),
-            );
-            tasks.spawn(async move {
-                let client = connect::postgres(&target, Some(&db), TIMEOUT).await?;
-                let what = format!("building the indexes of {db}");
-                client
-                    .batch_execute(&settings)
-                    .await
-                    .map_err(pg_err(&target, &what))?;
-                loop {
-                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                    let Some(block) = next else {
-                        break;
-                    };
-                    client
-                        .batch_execute(&block)
-                        .await
-                        .map_err(pg_err(&target, &what))?;
-                }
-                Ok::<(), AgentError>(())
-            });
+    let mut left = post.remaining();
+    left.reverse();
+    let settings = Arc::new(post.settings.clone());
+    let (shard, sessions) = (target.clone(), opts.parallelism.max(1));
+    drain(left, sessions, target, db, move |worker, block: String| {
+        let (shard, settings) = (shard.clone(), settings.clone());
+        async move {
+            let client = worker.post(&shard, &settings).await?;
+            client.batch_execute(&block).await.map_err(pg_err(
+                &shard,
+                &format!("building the indexes of {}", worker.db),
+            ))
         }
-        join_loaders(tasks, &target.name).await?;
-        if !rest.is_empty() {
-            let mut sql = preamble;
-            for (_, b) in rest {
-                sql.push_str(&b);
-            }
-            psql(target, db, &sql, "post-data").await?;
-        }
+    })
+    .await?;
+    if let Some(sql) = &post.rest {
+        psql(target, db, sql, "post-data").await?;
     }
     Ok(())
 }
@@ -346,14 +299,18 @@ struct TableLoad {
 /// largest first, in one transaction that first truncates the (new, empty)
 /// table: then `COPY … FREEZE` may write the rows already frozen and their
 /// pages all-visible, so the index builds and the verification read that
-/// follow do not rewrite every page to set hint bits. With fewer tables
-/// than workers, chunks are loaded in parallel, each in its own
-/// transaction, so that one big table still loads on every worker.
+/// follow do not rewrite every page to set hint bits. Right after a plain
+/// table's load commits, the same worker builds its indexes and
+/// constraints (while the others go on loading) and announces the table as
+/// restored. With fewer tables than workers, chunks are loaded in
+/// parallel, each in its own transaction, so that one big table still
+/// loads on every worker; its indexes wait for all data.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
+    post: &Arc<PostData>,
 ) -> Result<(), AgentError> {
     let mut tables: Vec<(u64, TableLoad)> = source
         .table_list
@@ -394,17 +351,37 @@ async fn load_data(
     // Workers pop from the end: the largest table goes first.
     tables.sort_by_key(|(bytes, _)| *bytes);
     let tables = tables.into_iter().map(|(_, t)| t).collect();
-    let (shard, opts) = (target.clone(), opts.clone());
-    drain(tables, workers, target, db, move |client, t| {
-        let (shard, opts) = (shard.clone(), opts.clone());
-        async move { load_table(&client, &shard, &opts, &t).await }
+    let (shard, opts, post) = (target.clone(), opts.clone(), post.clone());
+    drain(tables, workers, target, db, move |worker, t| {
+        let (shard, opts, post) = (shard.clone(), opts.clone(), post.clone());
+        async move {
+            let client = worker.load(&shard).await?;
+            let frozen = load_table(client, &shard, &opts, &t).await?;
+            // A partitioned table's indexes span its partitions, which
+            // other statements build; they wait for all data.
+            if frozen {
+                let blocks = post.take(&(t.schema.clone(), t.table.clone()));
+                if !blocks.is_empty() {
+                    let client = worker.post(&shard, &post.settings).await?;
+                    let what = format!("building the indexes of {}", t.name);
+                    for block in blocks {
+                        client
+                            .batch_execute(&block)
+                            .await
+                            .map_err(pg_err(&shard, &what))?;
+                    }
+                }
+            }
+            opts.table_ready(t.name.clone());
+            Ok(())
+        }
     })
     .await
 }
 
-/// Runs `work` on every item with `workers` load sessions, each taking the
-/// next item off the end of the list (callers order it last-first); the
-/// first error fails the load.
+/// Runs `work` on every item with `workers` workers, each taking the next
+/// item off the end of the list (callers order it last-first); the first
+/// error fails the load.
 async fn drain<T, F, Fut>(
     items: Vec<T>,
     workers: usize,
@@ -414,22 +391,25 @@ async fn drain<T, F, Fut>(
 ) -> Result<(), AgentError>
 where
     T: Send + 'static,
-    F: Fn(Arc<tokio_postgres::Client>, T) -> Fut + Clone + Send + 'static,
+    F: Fn(Arc<Worker>, T) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), AgentError>> + Send,
 {
     let queue = Arc::new(std::sync::Mutex::new(items));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
-        let (queue, target, db, work) =
-            (queue.clone(), target.clone(), db.to_string(), work.clone());
+        let (queue, work) = (queue.clone(), work.clone());
+        let worker = Arc::new(Worker {
+            db: db.to_string(),
+            load: OnceCell::new(),
+            post: OnceCell::new(),
+        });
         tasks.spawn(async move {
-            let client = Arc::new(load_session(&target, &db).await?);
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
                 let Some(item) = next else {
                     break;
                 };
-                work(client.clone(), item).await?;
+                work(worker.clone(), item).await?;
             }
             Ok::<(), AgentError>(())
         });
@@ -437,15 +417,49 @@ where
     join_loaders(tasks, &target.name).await
 }
 
-/// A connection for loading: its commits do not wait for the WAL flush (a
-/// crash mid-restore fails the restore whatever was committed).
-async fn load_session(target: &Shard, db: &str) -> Result<tokio_postgres::Client, AgentError> {
-    let client = reader(target, db, TIMEOUT).await?;
-    client
-        .batch_execute("SET synchronous_commit = off")
-        .await
-        .map_err(pg_err(target, "setting up a load session"))?;
-    Ok(client)
+/// A worker's two sessions, each opened when first needed: one loads data,
+/// one builds indexes with pg_dump's settings (which may name another
+/// client encoding than the one the chunks are in, so they never reach
+/// the loading session).
+struct Worker {
+    db: String,
+    load: OnceCell<tokio_postgres::Client>,
+    post: OnceCell<tokio_postgres::Client>,
+}
+
+impl Worker {
+    /// The loading session: its commits do not wait for the WAL flush (a
+    /// crash mid-restore fails the restore whatever was committed).
+    async fn load(&self, target: &Shard) -> Result<&tokio_postgres::Client, AgentError> {
+        self.load
+            .get_or_try_init(|| async {
+                let client = reader(target, &self.db, TIMEOUT).await?;
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(pg_err(target, "setting up a load session"))?;
+                Ok(client)
+            })
+            .await
+    }
+
+    /// The index-building session, set up with pg_dump's `settings`.
+    async fn post(
+        &self,
+        target: &Shard,
+        settings: &str,
+    ) -> Result<&tokio_postgres::Client, AgentError> {
+        self.post
+            .get_or_try_init(|| async {
+                let client = connect::postgres(target, Some(&self.db), TIMEOUT).await?;
+                client.batch_execute(settings).await.map_err(pg_err(
+                    target,
+                    &format!("building the indexes of {}", self.db),
+                ))?;
+                Ok(client)
+            })
+            .await
+    }
 }
 
 /// Sends one checked chunk through `COPY`.
@@ -474,12 +488,13 @@ async fn copy_chunk(
 /// Loads a whole table in one transaction: truncated first, so that a plain
 /// table can take its rows frozen. A partitioned table cannot (its rows go
 /// to its partitions); it is loaded in the same transaction, unfrozen.
+/// Returns whether the table was a plain one.
 async fn load_table(
     client: &tokio_postgres::Client,
     target: &Shard,
     opts: &RestoreOptions,
     t: &TableLoad,
-) -> Result<(), AgentError> {
+) -> Result<bool, AgentError> {
     let what = format!("loading {}", t.name);
     let partitioned = client
         .query_opt(
@@ -512,7 +527,8 @@ async fn load_table(
     client
         .batch_execute("COMMIT")
         .await
-        .map_err(pg_err(target, &what))
+        .map_err(pg_err(target, &what))?;
+    Ok(!partitioned)
 }
 
 /// Loads chunks in parallel, each in its own transaction.
@@ -539,9 +555,12 @@ async fn load_chunks(
         opts.parallelism,
         target,
         db,
-        move |client, (table, sql, chunk)| {
+        move |worker, (table, sql, chunk)| {
             let (shard, opts) = (shard.clone(), load_opts.clone());
-            async move { copy_chunk(&client, &shard, &opts, &sql, &table, &chunk).await }
+            async move {
+                let client = worker.load(&shard).await?;
+                copy_chunk(client, &shard, &opts, &sql, &table, &chunk).await
+            }
         },
     )
     .await

@@ -7,7 +7,9 @@
 //! table run one after the other), while loads into different tables run
 //! side by side. With fewer tables than workers, several workers still
 //! share a table rather than wait. A table's chunks are handed out in key
-//! order.
+//! order. The worker that finishes a table's last chunk learns it from
+//! [`ChunkQueue::done`], so that it can build that table's keys while the
+//! others go on loading.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -57,10 +59,16 @@ impl<T> ChunkQueue<T> {
         Some(Taken { table, item })
     }
 
-    pub fn done(&self, table: usize) {
+    /// Reports a taken chunk of `table` loaded; true for exactly one
+    /// caller per table: the one whose chunk was the table's last to finish.
+    pub fn done(&self, table: usize) -> bool {
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = tables.get_mut(table) {
-            t.active = t.active.saturating_sub(1);
+        match tables.get_mut(table) {
+            Some(t) => {
+                t.active = t.active.saturating_sub(1);
+                t.active == 0 && t.chunks.is_empty()
+            }
+            None => false,
         }
     }
 }
@@ -79,15 +87,23 @@ mod tests {
         assert_eq!((a.table, a.item), (0, 1));
         assert_eq!((b.table, b.item), (1, 10));
         assert_eq!((c.table, c.item), (2, 100));
-        q.done(c.table);
+        // Table 2's only chunk was its last.
+        assert!(q.done(c.table));
         // Table 2 is finished; the freed worker joins the table with the
         // most chunks left, in key order.
         let d = q.take().unwrap();
         assert_eq!((d.table, d.item), (0, 2));
-        q.done(a.table);
-        q.done(b.table);
-        q.done(d.table);
-        let rest: Vec<i32> = std::iter::from_fn(|| q.take().map(|t| t.item)).collect();
-        assert_eq!(rest, vec![3, 20]);
+        assert!(!q.done(a.table));
+        assert!(!q.done(b.table));
+        let e = q.take().unwrap();
+        let f = q.take().unwrap();
+        assert_eq!((e.table, e.item), (1, 20));
+        assert_eq!((f.table, f.item), (0, 3));
+        assert!(q.done(e.table));
+        // Table 0's last chunk (3) was taken while chunk 2 still loaded:
+        // whichever of the two finishes second finishes the table.
+        assert!(!q.done(d.table));
+        assert!(q.done(f.table));
+        assert!(q.take().is_none());
     }
 }
