@@ -69,14 +69,22 @@ pub async fn postgres_digest(
     columns: &[&str],
 ) -> Result<RowDigest, AgentError> {
     let client = postgres::reader(shard, db, TIMEOUT).await?;
+    let err = postgres::pg_err(shard, &format!("reading back {db}.{schema}.{table}"));
+    // As the dump reads it: a partitioned table with its partitions, any
+    // other without its inheritance children (they are tables of their
+    // own in the backup). A missing table reads as a plain one, and the
+    // COPY then fails with the server's own error.
+    let partitioned = postgres::is_partitioned(&client, schema, table)
+        .await
+        .map_err(&err)?;
     let cols: Vec<String> = columns.iter().map(|c| postgres::ident(c)).collect();
     let sql = format!(
-        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+        "COPY (SELECT {} FROM {}{}.{}) TO STDOUT",
         cols.join(", "),
+        if partitioned { "" } else { "ONLY " },
         postgres::ident(schema),
         postgres::ident(table)
     );
-    let err = postgres::pg_err(shard, &format!("reading back {db}.{schema}.{table}"));
     let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
     futures_util::pin_mut!(stream);
     let mut digest = RowDigest::default();

@@ -63,6 +63,23 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether `schema.table` is a partitioned table (its rows live in its
+/// partitions); false for any other table and for one that does not exist.
+pub(crate) async fn is_partitioned(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'",
+            &[&schema, &table],
+        )
+        .await?
+        .is_some())
+}
+
 pub(crate) fn pg_err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error) -> AgentError {
     let shard = shard.name.clone();
     let what = what.to_string();

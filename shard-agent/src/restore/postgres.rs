@@ -18,7 +18,7 @@ use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::postgres::schema::client_command;
-use crate::postgres::{ident, pg_err, reader};
+use crate::postgres::{ident, is_partitioned, pg_err, reader};
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -496,15 +496,9 @@ async fn load_table(
     t: &TableLoad,
 ) -> Result<bool, AgentError> {
     let what = format!("loading {}", t.name);
-    let partitioned = client
-        .query_opt(
-            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'",
-            &[&t.schema, &t.table],
-        )
+    let partitioned = is_partitioned(client, &t.schema, &t.table)
         .await
-        .map_err(pg_err(target, &what))?
-        .is_some();
+        .map_err(pg_err(target, &what))?;
     let target_name = format!("{}.{}", ident(&t.schema), ident(&t.table));
     let (begin, sql) = if partitioned {
         ("BEGIN".to_string(), t.copy.clone())
