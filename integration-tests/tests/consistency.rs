@@ -135,9 +135,7 @@ async fn every_credit_has_its_debit_in_every_backup() {
     let mut checked = Vec::new();
     for _ in 0..3 {
         let before = next_id.load(Ordering::Relaxed);
-        let run = support::shardcut_async(&["backup", "-t", arg, "--json"]).await;
-        assert_eq!(run.code, 0, "{run:?}");
-        let id = run.json()["backup_id"].as_str().unwrap().to_string();
+        let id = support::backup_id(arg).await;
         let (bad, transfers) = violations(&topo_path, &id);
         assert_eq!(bad, 0, "backup {id} has {bad} credits without their debit");
         assert!(

@@ -56,25 +56,30 @@ async fn pg_index_definitions(shard: &Shard, database: &str) -> Vec<(String, boo
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_trip_into_a_second_cluster_equals_the_source() {
-    let dir = tempfile::tempdir().unwrap();
-    let src_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
-    let src_arg = src_path.to_str().unwrap();
-    let run = support::shardcut_async(&["backup", "-t", src_arg, "--json"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
-    let target = PrivateSandbox::up(2, 2, 24400, "ready");
-    let tgt_path = target.topology();
-    let tgt_arg = tgt_path.to_str().unwrap();
-
+/// Restores backup `id` of the cluster `src` into `tgt`; returns the JSON
+/// report of a restore that succeeded with Q = 1.
+async fn restored_fully(src: &str, id: &str, tgt: &str) -> serde_json::Value {
     let run = support::shardcut_async(&[
-        "restore", "-t", src_arg, "--backup", &id, "--target", tgt_arg, "--json",
+        "restore", "-t", src, "--backup", id, "--target", tgt, "--json",
     ])
     .await;
     assert_eq!(run.code, 0, "{run:?}");
     let j = run.json();
     assert_eq!(j["quality"]["score"], 1.0, "{j}");
+    j
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_into_a_second_cluster_equals_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src_path.to_str().unwrap();
+    let id = support::backup_id(src_arg).await;
+    let target = PrivateSandbox::up(2, 2, 24400, "ready");
+    let tgt_path = target.topology();
+    let tgt_arg = tgt_path.to_str().unwrap();
+
+    let j = restored_fully(src_arg, &id, tgt_arg).await;
     assert!(j["rto_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(
         j["shards"]["mysql-1"]["tables"]["shop.all_types"]["hash_ok"],
@@ -339,26 +344,12 @@ async fn postgres_inheritance_partitions_and_quoted_names_round_trip() {
     let src = db::topology(&src_path);
     db::setup_all(&src, &[], "kinds", PG_KINDS).await;
     let src_arg = src_path.to_str().unwrap();
-    let run = support::shardcut_async(&["backup", "-t", src_arg, "--json"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let id = support::backup_id(src_arg).await;
 
     let target = PrivateSandbox::up(0, 1, 27800, "ready");
     let tgt_path = target.topology();
-    let run = support::shardcut_async(&[
-        "restore",
-        "-t",
-        src_arg,
-        "--backup",
-        &id,
-        "--target",
-        tgt_path.to_str().unwrap(),
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let j = run.json();
-    assert_eq!(j["quality"]["score"], 1.0, "{j}");
+    let tgt_arg = tgt_path.to_str().unwrap();
+    let j = restored_fully(src_arg, &id, tgt_arg).await;
     let tables = &j["shards"]["pg-0"]["tables"];
     for (table, rows) in [
         ("kinds.public.parent", 1000),

@@ -218,3 +218,14 @@ pub async fn shardcut_async(args: &[&str]) -> Run {
         .expect("run shardcut");
     Run::from(out)
 }
+
+/// Takes a backup of the cluster at `topology`; returns its ID (the
+/// backup must succeed).
+pub async fn backup_id(topology: &str) -> String {
+    let run = shardcut_async(&["backup", "-t", topology, "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    run.json()["backup_id"]
+        .as_str()
+        .expect("backup_id in the JSON")
+        .to_string()
+}
