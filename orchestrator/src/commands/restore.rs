@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shard_agent::manifest::Manifest;
-use shard_agent::restore::{check_target, restore_shard, RestoreOptions};
+use shard_agent::restore::{check_target, restore_shard, RestoreOptions, TableReady};
 use tokio::task::JoinSet;
 use topology::{Shard, Topology};
 
@@ -245,26 +245,17 @@ pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
     // tables change again) or a test pauses before verification.
     let mut verifier = Verifier::new(&in_scope, &pairs);
     let early = mark.is_none() && plan.pause_before_verify.is_none();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
 
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (name, dst) in &pairs {
         let (src, dst) = (m.shards[name].clone(), dst.clone());
         let mut opts = opts_for(name, &dst);
-        if early {
-            // One name per table, each forwarded once, tagged with its shard.
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            opts.ready = Some(tx);
-            let (all, name) = (ready_tx.clone(), name.clone());
-            tokio::spawn(async move {
-                while let Some(table) = rx.recv().await {
-                    if all.send((name.clone(), table)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        opts.ready = early.then(|| TableReady {
+            shard: name.clone(),
+            tx: ready_tx.clone(),
+        });
         let name = name.clone();
         tasks.spawn(async move {
             let began = Instant::now();

@@ -46,9 +46,15 @@ pub struct RestoreOptions {
     pub ready: Option<TableReady>,
 }
 
-/// One message per announced table, so the channel holds at most as many
-/// names as the backup has tables.
-pub type TableReady = tokio::sync::mpsc::UnboundedSender<String>;
+/// Where a restore announces its finished tables, as `(shard, table)`:
+/// `shard` is the caller's name for this restore (restores of several
+/// shards may share one channel). One message per table, so the channel
+/// holds at most as many names as the backup has tables.
+#[derive(Clone)]
+pub struct TableReady {
+    pub shard: String,
+    pub tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+}
 
 impl RestoreOptions {
     fn selected(&self, t: &TableManifest) -> bool {
@@ -60,8 +66,8 @@ impl RestoreOptions {
     /// Announces a table as restored; a caller that stopped listening does
     /// not stop the restore.
     fn table_ready(&self, qualified: String) {
-        if let Some(tx) = &self.ready {
-            drop(tx.send(qualified));
+        if let Some(ready) = &self.ready {
+            drop(ready.tx.send((ready.shard.clone(), qualified)));
         }
     }
 }

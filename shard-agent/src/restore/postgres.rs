@@ -225,8 +225,7 @@ async fn run_post_data(
     db: &str,
     post: &PostData,
 ) -> Result<(), AgentError> {
-    let mut left = post.remaining();
-    left.reverse();
+    let left = post.remaining();
     let settings = Arc::new(post.settings.clone());
     let (shard, sessions) = (target.clone(), opts.parallelism.max(1));
     drain(left, sessions, target, db, move |worker, block: String| {
