@@ -140,7 +140,8 @@ impl Verifier {
         let mut unanswered = BTreeSet::new();
         while let Some(joined) = self.tasks.join_next_with_id().await {
             match joined {
-                Ok((_, (name, result, answered))) => {
+                Ok((id, (name, result, answered))) => {
+                    self.reading.remove(&id);
                     if !answered {
                         unanswered.insert(name);
                     }
