@@ -257,3 +257,70 @@ async fn server_stopped_mid_backup_fails_clearly_and_next_backup_succeeds() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(listed(&topo_path), 1);
 }
+
+/// Updates row `id` in the open transaction of `c`, then commits if that
+/// worked (an open transaction would block any cut) or rolls back.
+async fn update_then_end(c: tokio_postgres::Client, id: i32) -> bool {
+    let ok = c
+        .batch_execute(&format!("UPDATE t SET v = v + 1 WHERE id = {id}"))
+        .await
+        .is_ok();
+    c.batch_execute(if ok { "COMMIT" } else { "ROLLBACK" })
+        .await
+        .unwrap();
+    ok
+}
+
+/// Two writers on pg-0 deadlock on each other's rows, and the server breaks
+/// the deadlock only after their `deadlock_timeout` (4 s here). A cut
+/// that tried to lock meanwhile would queue behind them, holding up pg-0's
+/// other writers and mysql-0's (blocked once pg-0 is) until then; the cut
+/// instead waits, blocking nothing, until the jam is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_waits_out_deadlocked_writers_without_blocking() {
+    const JAM: Duration = Duration::from_millis(4000);
+    let sb = PrivateSandbox::up(1, 1, 25500, "ready");
+    let topo_path = sb.topology();
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let pg0 = topo.shard("pg-0").unwrap();
+    let (a, b) = (db::pg(pg0, "app").await, db::pg(pg0, "app").await);
+    for (c, id) in [(&a, 1), (&b, 2)] {
+        c.batch_execute(&format!(
+            "SET deadlock_timeout = '{}ms'; BEGIN; UPDATE t SET v = v + 1 WHERE id = {id}",
+            JAM.as_millis()
+        ))
+        .await
+        .unwrap();
+    }
+    // a waits for b's row, then b for a's: deadlocked until JAM has passed.
+    let a_waits = tokio::spawn(update_then_end(a, 2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b_waits = tokio::spawn(update_then_end(b, 1));
+    // Past the jam threshold (50 ms) when the cut starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let run =
+        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
+            .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let cut = &run.json()["cut"];
+    assert_eq!(cut["attempts"].as_u64(), Some(1), "{run:?}");
+    // Queued behind the jam the block would have lasted until it ended.
+    let blocked = cut["write_block_ms"].as_u64().unwrap();
+    assert!(
+        blocked < JAM.as_millis() as u64 / 4,
+        "the cut blocked writers for {blocked} ms during a {} ms jam",
+        JAM.as_millis()
+    );
+    assert!(
+        run.stderr.contains("cut: pg-0 waited")
+            && run
+                .stderr
+                .contains("for its writers to stop waiting on each other"),
+        "{run:?}"
+    );
+    // The server broke the deadlock: exactly one writer lost.
+    let (a_ok, b_ok) = (a_waits.await.unwrap(), b_waits.await.unwrap());
+    assert!(a_ok != b_ok, "one victim: a ok {a_ok}, b ok {b_ok}");
+}

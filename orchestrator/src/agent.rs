@@ -97,6 +97,18 @@ impl Agent {
         engine == Engine::Postgres
     }
 
+    /// See [`Session::settle`].
+    pub async fn settle(&mut self) -> Result<Duration, AgentError> {
+        match self {
+            Agent::Local(s) => Ok(s.settle().await),
+            Agent::Remote(r) => {
+                let path = format!("/v1/sessions/{}/settle", r.session);
+                let m: SettleResponse = r.call(reqwest::Method::POST, &path, None::<&()>).await?;
+                Ok(Duration::from_millis(m.waited_ms))
+            }
+        }
+    }
+
     pub async fn block(&mut self) -> Result<(), BlockError> {
         match self {
             Agent::Local(s) => s.block().await,

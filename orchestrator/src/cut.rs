@@ -1,6 +1,9 @@
 //! The global cut across all shards.
 //!
-//! Shards are asked to block in two waves (see [`Agent::blocks_first`]),
+//! Before each attempt every shard settles: waits, blocking nothing, until
+//! its writers are not stuck on each other (a deadlock among them would
+//! otherwise hold up the cut's locks, and every blocked shard with them).
+//! Shards are then asked to block in two waves (see [`Agent::blocks_first`]),
 //! each wave all at once; only when every shard reports blocked are
 //! snapshots opened and positions recorded, still under the block, and
 //! only then are all blocks released. If any shard cannot block
@@ -56,6 +59,7 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
     // in the cut's write-block time, not only the attempt that succeeded.
     let mut failed_attempts = Duration::ZERO;
     for attempt in 1..=MAX_ATTEMPTS {
+        settle_all(sessions).await;
         let started = Instant::now();
         let failures = block_in_waves(sessions).await;
         if !failures.is_empty() {
@@ -149,6 +153,28 @@ fn describe(e: AgentError) -> String {
     format!(
         "{e} (the block may have ended early, e.g. its lease expired, so the cut cannot be trusted)"
     )
+}
+
+/// Lets every shard wait, blocking nothing, for writers stuck on each
+/// other (see [`Agent::settle`]), all at once, so that the blocks that
+/// follow start together and none waits out a jam while others hold
+/// their writers. A shard that cannot settle is left to its block, which
+/// reports what is wrong.
+async fn settle_all(sessions: &mut [Agent]) {
+    let started = Instant::now();
+    let settled = join_all(sessions.iter_mut().map(|s| s.settle())).await;
+    for (s, r) in sessions.iter().zip(settled) {
+        match r {
+            Ok(waited) if waited >= Duration::from_millis(50) => tracing::info!(
+                "cut: {} waited {} ms for its writers to stop waiting on each other",
+                s.shard(),
+                waited.as_millis()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cut: {} could not settle: {e}", s.shard()),
+        }
+    }
+    tracing::debug!("cut: settled in {} ms", started.elapsed().as_millis());
 }
 
 /// Blocks every shard, the ones that [block first](Agent::blocks_first)

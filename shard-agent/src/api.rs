@@ -14,7 +14,7 @@ use crate::manifest::ShardManifest;
 use crate::position::Position;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionInfo {
@@ -127,6 +127,11 @@ pub struct MarkResponse {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReleaseResponse {
     pub held_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SettleResponse {
+    pub waited_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -181,6 +181,16 @@ fn put_back(st: &AppState, id: &str, s: Box<Session>) {
     }
 }
 
+async fn settle(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut s = take(&st, &id)?;
+    let waited = s.settle().await;
+    put_back(&st, &id, s);
+    Ok(Json(SettleResponse {
+        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+    })
+    .into_response())
+}
+
 async fn block(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
     let mut s = take(&st, &id)?;
     let r = s.block().await;
@@ -335,6 +345,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/version", get(version))
         .route("/v1/sessions", post(prepare))
+        .route("/v1/sessions/{id}/settle", post(settle))
         .route("/v1/sessions/{id}/block", post(block))
         .route("/v1/sessions/{id}/mark", post(mark))
         .route("/v1/sessions/{id}/release", post(release))

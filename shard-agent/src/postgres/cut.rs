@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use topology::Shard;
 
+use super::settle::{self, Jam, STUCK_WAIT};
 use super::{pg_err, Session};
 use crate::connect;
 use crate::error::AgentError;
@@ -85,6 +86,10 @@ const FIRST_LOCK_WAIT: Duration = Duration::from_millis(20);
 enum LockFailure {
     /// The locks were not all granted within the budget; retryable.
     Busy,
+    /// Writers jammed (see [`settle`]) after the attempt began; every
+    /// further try would only hold writers up until the jam clears, so the
+    /// attempt is given up and retried after settling.
+    Jammed(Jam),
     /// Anything else (connection lost, permission denied, ...).
     Failed(AgentError),
 }
@@ -140,18 +145,22 @@ fn try_sql(tables: &[String], wait_for: Option<usize>, wait: Duration) -> String
 /// at once, that starves; the second half therefore waits for all tables
 /// in the lock queue, ahead of later writers, with a wait that starts
 /// short (a deadlocked try ends quickly) and doubles (so a long
-/// transaction can still be waited out).
+/// transaction can still be waited out). In the first half, once tries
+/// have failed for [`STUCK_WAIT`], a failure also looks for a jam that
+/// began after settling, and gives the attempt up if there is one.
 async fn lock_tables(
     shard: &Shard,
     db: &str,
     block: &tokio_postgres::Client,
     tables: &[String],
     deadline: Instant,
+    settled: bool,
 ) -> Result<Locked, LockFailure> {
     let started = Instant::now();
     let first_phase_until = started + deadline.saturating_duration_since(started) / 2;
     let mut held_up = Duration::ZERO;
     let mut wait = FIRST_LOCK_WAIT;
+    let mut last_look = started;
     for round in 1u32.. {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
@@ -181,12 +190,44 @@ async fn lock_tables(
                 if Instant::now() + RETRY_PAUSE >= deadline {
                     return Err(LockFailure::Busy);
                 }
+                // Only first-phase tries are short enough (10 ms) that no
+                // writer queued behind one of ours can look jammed.
+                let first_phase = now < first_phase_until;
+                if first_phase
+                    && started.elapsed() >= STUCK_WAIT
+                    && last_look.elapsed() >= STUCK_WAIT / 5
+                {
+                    last_look = Instant::now();
+                    if let Some(jam) = new_jam(block, db, settled, started.elapsed()).await {
+                        return Err(LockFailure::Jammed(jam));
+                    }
+                }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(failed) => return Err(failed),
         }
     }
     Err(LockFailure::Busy)
+}
+
+/// A jam on `db` that began after settling. If settling found none, every
+/// jam did (its first waiter may have waited, unjammed, since before);
+/// if settling gave up, only one whose waiting began within the attempt's
+/// `elapsed` time: an older one is waited out like any lock holder.
+async fn new_jam(
+    block: &tokio_postgres::Client,
+    db: &str,
+    settled: bool,
+    elapsed: Duration,
+) -> Option<Jam> {
+    match settle::jam(block, &[db.to_string()]).await {
+        Ok(Some(jam)) if settled || jam.waited <= elapsed => Some(jam),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!("cannot look for lock waits on {db}: {e}");
+            None
+        }
+    }
 }
 
 /// One try of `sql`; a try that found a lock taken (or deadlocked) is
@@ -230,13 +271,19 @@ impl Session {
         let mut since: Option<Instant> = None;
         for db in &self.databases {
             let tables: Vec<String> = db.tables.iter().map(|t| t.qualified()).collect();
-            match lock_tables(&shard, &db.name, &db.block, &tables, deadline).await {
+            let settled = self.settled;
+            match lock_tables(&shard, &db.name, &db.block, &tables, deadline, settled).await {
                 Ok(locked) => {
                     since = Some(since.map_or(locked.since, |s| s.min(locked.since)));
                 }
                 Err(LockFailure::Busy) => {
                     let h = holder(&shard, &db.name, db.block_pid, self.opts.connect_timeout).await;
                     outcome = Err((h, None));
+                    break;
+                }
+                Err(LockFailure::Jammed(jam)) => {
+                    tracing::debug!("{}: giving the attempt up: {jam}", shard.name);
+                    outcome = Err((Some(format!("{} on {}", jam, db.name)), None));
                     break;
                 }
                 Err(LockFailure::Failed(e)) => {
@@ -272,6 +319,27 @@ impl Session {
                 })
             }
         }
+    }
+
+    /// Waits, holding nothing, until no writer of the selected databases
+    /// is jammed (see [`settle`]), at most the write-block timeout or
+    /// [`settle::SETTLE_AT_LEAST`], whichever is longer.
+    pub(crate) async fn settle(&mut self) -> Duration {
+        let Some(first) = self.databases.first() else {
+            return Duration::ZERO;
+        };
+        let names: Vec<String> = self.databases.iter().map(|d| d.name.clone()).collect();
+        let budget = self.opts.write_block_timeout.max(settle::SETTLE_AT_LEAST);
+        let (waited, clear) = settle::settle(&first.block, &names, budget).await;
+        self.settled = clear;
+        if waited >= STUCK_WAIT {
+            tracing::debug!(
+                "{}: waited {} ms for jammed writers before blocking",
+                self.shard.name,
+                waited.as_millis()
+            );
+        }
+        waited
     }
 
     async fn rollback_blocks(&mut self) -> Result<(), AgentError> {

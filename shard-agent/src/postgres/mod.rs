@@ -4,6 +4,7 @@
 
 mod cut;
 pub(crate) mod schema;
+mod settle;
 mod snapshot;
 
 use std::time::{Duration, Instant};
@@ -56,6 +57,9 @@ pub struct Session {
     pub(crate) databases: Vec<Database>,
     lease: Option<Lease>,
     blocked_since: Option<Instant>,
+    /// The last settle found no jam: any jam a lock try meets since then
+    /// began after it (see `settle`).
+    settled: bool,
 }
 
 /// Double-quotes an identifier.
@@ -171,6 +175,7 @@ impl Session {
             databases,
             lease: None,
             blocked_since: None,
+            settled: false,
         })
     }
 }
