@@ -23,6 +23,9 @@ use crate::agent::Agent;
 
 pub const MAX_ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A settle at least this long is logged: the agents' threshold for a jam,
+/// so shorter ones are just the time of a look.
+const SETTLE_WORTH_NOTING: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CutError {
@@ -165,7 +168,7 @@ async fn settle_all(sessions: &mut [Agent]) {
     let settled = join_all(sessions.iter_mut().map(|s| s.settle())).await;
     for (s, r) in sessions.iter().zip(settled) {
         match r {
-            Ok(waited) if waited >= Duration::from_millis(50) => tracing::info!(
+            Ok(waited) if waited >= SETTLE_WORTH_NOTING => tracing::info!(
                 "cut: {} waited {} ms for its writers to stop waiting on each other",
                 s.shard(),
                 waited.as_millis()

@@ -11,8 +11,8 @@
 //! deadlock under sysbench and blocked for a second (docs/BENCHMARKS.md).
 //!
 //! So the orchestrator asks every shard to settle before each cut attempt,
-//! and a lock try that keeps failing checks for a jam that began during the
-//! attempt (then the attempt is given up and retried after settling).
+//! and a lock try that keeps failing checks for a jam that began after
+//! settling (then the attempt is given up and retried after settling).
 //! A jam is a session of the selected databases that has waited longer
 //! than [`STUCK_WAIT`] for a row or table lock; a writer waiting for
 //! another's commit waits milliseconds and is not one. Advisory-lock
@@ -58,8 +58,8 @@ impl std::fmt::Display for Jam {
 /// The longest lock wait over [`STUCK_WAIT`] among other sessions of
 /// `databases`. The wait is measured from the start of the waiting
 /// statement (`pg_locks.waitstart` needs PostgreSQL 14; shardcut supports
-/// 13), which can only overstate it, and so only make a cut wait longer
-/// before blocking, never block longer.
+/// 13), which can only overstate it: a cut then waits longer before
+/// blocking, or gives an attempt up early, never blocks longer.
 pub(super) async fn jam(
     client: &Client,
     databases: &[String],
