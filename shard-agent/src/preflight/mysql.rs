@@ -178,7 +178,7 @@ pub(crate) fn number(row: &Row, i: usize) -> Result<Option<u64>, DbError> {
 /// point-in-time recovery replays; and `BACKUP STAGE BLOCK_COMMIT` syncs
 /// the binlog while it blocks commits, so the cut's write block grows with
 /// the binlog written since the OS last flushed it (docs/BENCHMARKS.md:
-/// 78-195 ms after 30 s of writes, 0-13 ms with `sync_binlog = 1`).
+/// 78-195 ms after 30 s of writes, 0 ms with `sync_binlog = 1`).
 fn sync_binlog(value: &str) -> Finding {
     if value.parse::<u64>().is_ok_and(|n| n >= 1) {
         Finding::ok("sync_binlog", value)
