@@ -314,13 +314,88 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
         JAM.as_millis()
     );
     assert!(
-        run.stderr.contains("cut: pg-0 waited")
+        run.stderr.contains("pg-0: waited")
             && run
                 .stderr
-                .contains("for its writers to stop waiting on each other"),
+                .contains("for its writers to stop waiting on each other's locks")
+            && run.stderr.contains("cut: pg-0 settled for"),
         "{run:?}"
     );
     // The server broke the deadlock: exactly one writer lost.
     let (a_ok, b_ok) = (a_waits.await.unwrap(), b_waits.await.unwrap());
     assert!(a_ok != b_ok, "one victim: a ok {a_ok}, b ok {b_ok}");
+}
+
+/// An autovacuum holds `SHARE UPDATE EXCLUSIVE` on its table for its whole
+/// run, which every lock that blocks writers conflicts with; the cut's
+/// short lock tries used to fail on it attempt after attempt. Settling now
+/// waits for that lock in a mode writers do not conflict with, long enough
+/// for the server to cancel the autovacuum (`deadlock_timeout`), and the
+/// cut succeeds at its first attempt.
+#[tokio::test]
+async fn cut_gets_a_running_autovacuum_out_of_the_way() {
+    let sb = PrivateSandbox::up(0, 1, 25600, "ready");
+    let topo_path = sb.topology();
+    let topo = db::topology(&topo_path);
+    // A table whose autovacuum crawls: it sleeps 100 ms after every page.
+    db::setup_all(
+        &topo,
+        &[],
+        "app",
+        "CREATE TABLE churn (id int PRIMARY KEY, v int) WITH (autovacuum_vacuum_cost_delay = 100, \
+         autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0, \
+         autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 0, \
+         autovacuum_analyze_scale_factor = 0); \
+         INSERT INTO churn SELECT g, 0 FROM generate_series(1, 50000) g; UPDATE churn SET v = 1;",
+    )
+    .await;
+    let pg0 = topo.shard("pg-0").unwrap();
+    let c = db::pg(pg0, "app").await;
+    for sql in [
+        "ALTER SYSTEM SET autovacuum_naptime = 1",
+        "SELECT pg_reload_conf()",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    let mut worker = None;
+    for _ in 0..300 {
+        worker = c
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' \
+                 AND query LIKE 'autovacuum:%churn%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0));
+        if worker.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let worker = worker.expect("autovacuum started on churn within 30 s");
+
+    let run =
+        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
+            .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["cut"]["attempts"].as_u64(), Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "pg-0: autovacuum worker pid {worker} (`autovacuum:"
+        )) && run.stderr.contains("holds app.churn")
+            && run
+                .stderr
+                .contains("pg-0: vacuum out of the way on app after"),
+        "{run:?}"
+    );
+    // Cancelled by the server, not finished: at 100 ms a page it had minutes to go.
+    let still = c
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'autovacuum:%churn%'",
+            &[&worker],
+        )
+        .await
+        .unwrap();
+    assert!(still.is_none(), "autovacuum {worker} still on churn");
 }

@@ -159,7 +159,7 @@ fn describe(e: AgentError) -> String {
 }
 
 /// Lets every shard wait, blocking nothing, for writers stuck on each
-/// other (see [`Agent::settle`]), all at once, so that the blocks that
+/// other and for vacuum to leave its tables (see [`Agent::settle`]), all at once, so that the blocks that
 /// follow start together and none waits out a jam while others hold
 /// their writers. A shard that cannot settle is left to its block, which
 /// reports what is wrong.
@@ -169,7 +169,8 @@ async fn settle_all(sessions: &mut [Agent]) {
     for (s, r) in sessions.iter().zip(settled) {
         match r {
             Ok(waited) if waited >= SETTLE_WORTH_NOTING => tracing::info!(
-                "cut: {} waited {} ms for its writers to stop waiting on each other",
+                "cut: {} settled for {} ms before blocking, holding no writer up \
+                 (writers waiting on each other's locks, or a vacuum on a table)",
                 s.shard(),
                 waited.as_millis()
             ),

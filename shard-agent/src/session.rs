@@ -2,7 +2,7 @@
 //!
 //! The orchestrator drives every shard through the same steps:
 //! [`Session::prepare`] (connect, check readiness, read the catalog),
-//! [`Session::settle`] (wait for stuck writers, blocking nothing),
+//! [`Session::settle`] (wait for stuck writers and vacuum, blocking nothing),
 //! [`Session::block`] (block commits, bounded by a timeout, guarded by a
 //! lease), [`Session::mark`] (open the snapshots and record the position
 //! while still blocked), [`Session::release`], then [`Session::dump`].
@@ -125,10 +125,12 @@ impl Session {
     }
 
     /// Waits, blocking nothing, until a block could start without queueing
-    /// behind writers that are stuck on each other (PostgreSQL: see
-    /// `postgres::settle`; MariaDB blocks commits, which such writers do
-    /// not delay). Bounded (PostgreSQL: the longer of `write_block_timeout`
-    /// and 5 s); returns the time waited.
+    /// behind writers that are stuck on each other or behind a vacuum
+    /// (PostgreSQL: see `postgres::settle` and `postgres::guard`, which
+    /// keeps vacuum off the tables until the block ends; MariaDB blocks
+    /// commits, which neither delays). Bounded (PostgreSQL: for jams the
+    /// longer of `write_block_timeout` and 5 s, for an autovacuum
+    /// `deadlock_timeout` + 1 s); returns the time waited.
     pub async fn settle(&mut self) -> Duration {
         match self {
             Session::Mysql(_) => Duration::ZERO,

@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::error::SqlState;
 use topology::Shard;
 
+use super::guard;
 use super::settle::{self, Jam, STUCK_WAIT};
 use super::{pg_err, Session};
 use crate::connect;
@@ -43,7 +43,7 @@ async fn holder(shard: &Shard, db: &str, exclude: i32, timeout: Duration) -> Opt
     let client = connect::postgres(shard, Some(db), timeout).await.ok()?;
     let row = client
         .query_opt(
-            "SELECT a.pid, a.usename::text, \
+            "SELECT a.pid, coalesce('user ' || a.usename::text, a.backend_type), \
              extract(epoch FROM now() - a.xact_start)::int8, a.state, left(a.query, 80), \
              l.relation::regclass::text \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
@@ -57,14 +57,14 @@ async fn holder(shard: &Shard, db: &str, exclude: i32, timeout: Duration) -> Opt
         .await
         .ok()??;
     let pid: i32 = row.try_get(0).ok()?;
-    let user: Option<String> = row.try_get(1).ok()?;
+    let who: Option<String> = row.try_get(1).ok()?;
     let age: Option<i64> = row.try_get(2).ok()?;
     let state: Option<String> = row.try_get(3).ok()?;
     let query: Option<String> = row.try_get(4).ok()?;
     let table: Option<String> = row.try_get(5).ok()?;
     Some(format!(
-        "pid {pid} (user {}) holding a write lock on {db}.{} in a transaction open for {} s, {}: `{}`",
-        user.unwrap_or_default(),
+        "pid {pid} ({}) holding a lock that conflicts with the block on {db}.{} in a transaction open for {} s, {}: `{}`",
+        who.unwrap_or_default(),
         table.unwrap_or_default(),
         age.unwrap_or(0),
         state.unwrap_or_default(),
@@ -102,11 +102,13 @@ struct Locked {
     since: Instant,
 }
 
-/// The SQL of one try. `wait_for` is the table the try waits for (all of
-/// them when `None`), for at most `wait`; the others it takes `NOWAIT`.
+/// The SQL of one try, run in a savepoint of the open block transaction
+/// (see [`guard::try_in_savepoint`]). `wait_for` is the table the try waits
+/// for (all of them when `None`), for at most `wait`; the others it takes
+/// `NOWAIT`.
 fn try_sql(tables: &[String], wait_for: Option<usize>, wait: Duration) -> String {
     let ms = wait.as_millis().max(1);
-    let mut sql = format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms';");
+    let mut sql = format!("SET LOCAL lock_timeout = '{ms}ms';");
     match wait_for {
         None => sql.push_str(&format!(
             " LOCK TABLE {} IN EXCLUSIVE MODE",
@@ -129,8 +131,10 @@ fn try_sql(tables: &[String], wait_for: Option<usize>, wait: Duration) -> String
     sql
 }
 
-/// Takes `EXCLUSIVE` locks on `tables` in a transaction on `block` before
-/// `deadline`; on success the transaction stays open, holding them.
+/// Takes `EXCLUSIVE` locks on `tables` in the open transaction on `block`
+/// before `deadline`; on success the transaction stays open, holding them.
+/// `look` is another connection to the database, for jam checks: the block
+/// transaction would see `pg_stat_activity` as it was when it began.
 ///
 /// `LOCK TABLE a, b` takes its locks one at a time, and a writer that
 /// holds `b` and then wants `a` deadlocks with a `LOCK` that holds `a` and
@@ -152,10 +156,16 @@ async fn lock_tables(
     shard: &Shard,
     db: &str,
     block: &tokio_postgres::Client,
+    look: &tokio_postgres::Client,
     tables: &[String],
     deadline: Instant,
     settled: bool,
 ) -> Result<Locked, LockFailure> {
+    if tables.is_empty() {
+        return Ok(Locked {
+            since: Instant::now(),
+        });
+    }
     let started = Instant::now();
     let first_phase_until = started + deadline.saturating_duration_since(started) / 2;
     let mut held_up = Duration::ZERO;
@@ -164,9 +174,7 @@ async fn lock_tables(
     for round in 1u32.. {
         let now = Instant::now();
         let left = deadline.saturating_duration_since(now);
-        let sql = if tables.is_empty() {
-            "BEGIN".to_string()
-        } else if now < first_phase_until {
+        let sql = if now < first_phase_until {
             let k = round as usize % tables.len();
             try_sql(tables, Some(k), ONE_TABLE_WAIT.min(left))
         } else {
@@ -198,7 +206,7 @@ async fn lock_tables(
                     && last_look.elapsed() >= STUCK_WAIT / 5
                 {
                     last_look = Instant::now();
-                    if let Some(jam) = new_jam(block, db, settled, started.elapsed()).await {
+                    if let Some(jam) = new_jam(look, db, settled, started.elapsed()).await {
                         return Err(LockFailure::Jammed(jam));
                     }
                 }
@@ -215,12 +223,12 @@ async fn lock_tables(
 /// if settling gave up, only one whose waiting began within the attempt's
 /// `elapsed` time: an older one is waited out like any lock holder.
 async fn new_jam(
-    block: &tokio_postgres::Client,
+    look: &tokio_postgres::Client,
     db: &str,
     settled: bool,
     elapsed: Duration,
 ) -> Option<Jam> {
-    match settle::jam(block, &[db.to_string()]).await {
+    match settle::jam(look, &[db.to_string()]).await {
         Ok(Some(jam)) if settled || jam.waited <= elapsed => Some(jam),
         Ok(_) => None,
         Err(e) => {
@@ -231,7 +239,7 @@ async fn new_jam(
 }
 
 /// One try of `sql`; a try that found a lock taken (or deadlocked) is
-/// rolled back and reported as [`LockFailure::Busy`].
+/// rolled back to its savepoint and reported as [`LockFailure::Busy`].
 async fn try_lock(
     shard: &Shard,
     db: &str,
@@ -240,23 +248,13 @@ async fn try_lock(
 ) -> Result<(), LockFailure> {
     // The server bounds every wait (`NOWAIT`, `lock_timeout`); the
     // client-side bound only catches a server that stops answering.
-    match tokio::time::timeout(Duration::from_secs(30), block.batch_execute(sql)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e))
-            if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
-                || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
-        {
-            block
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(|e| LockFailure::Failed(pg_err(shard, "rolling back a lock try")(e)))?;
-            Err(LockFailure::Busy)
-        }
+    match tokio::time::timeout(Duration::from_secs(30), guard::try_in_savepoint(block, sql)).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) | Err(_) => Err(LockFailure::Busy),
         Ok(Err(e)) => Err(LockFailure::Failed(pg_err(
             shard,
             &format!("locking tables of {db}"),
         )(e))),
-        Err(_elapsed) => Err(LockFailure::Busy),
     }
 }
 
@@ -269,10 +267,22 @@ impl Session {
         let mut outcome: Result<(), (Option<String>, Option<AgentError>)> = Ok(());
         // Writers may be held up from the first database's locks on.
         let mut since: Option<Instant> = None;
-        for db in &self.databases {
+        for db in &mut self.databases {
             let tables: Vec<String> = db.tables.iter().map(|t| t.qualified()).collect();
+            if !db.open {
+                // Not settled first (an agent driven without /settle).
+                if let Err(e) = db.block.batch_execute("BEGIN").await {
+                    outcome = Err((None, Some(pg_err(&shard, "beginning the block")(e))));
+                    break;
+                }
+                db.open = true;
+            }
             let settled = self.settled;
-            match lock_tables(&shard, &db.name, &db.block, &tables, deadline, settled).await {
+            let locked = lock_tables(
+                &shard, &db.name, &db.block, &db.snap, &tables, deadline, settled,
+            )
+            .await;
+            match locked {
                 Ok(locked) => {
                     since = Some(since.map_or(locked.since, |s| s.min(locked.since)));
                 }
@@ -321,35 +331,87 @@ impl Session {
         }
     }
 
-    /// Waits, holding nothing, until no writer of the selected databases
-    /// is jammed (see [`settle`]), at most the write-block timeout or
-    /// [`settle::SETTLE_AT_LEAST`], whichever is longer.
+    /// Prepares a block attempt without holding any writer up: takes the
+    /// vacuum guard in every selected database (see [`guard`]), then waits
+    /// until no writer is jammed (see [`settle`]), each at most the
+    /// write-block timeout or [`settle::SETTLE_AT_LEAST`], whichever is
+    /// longer. Returns the time it took.
     pub(crate) async fn settle(&mut self) -> Duration {
-        let Some(first) = self.databases.first() else {
+        let started = Instant::now();
+        if self.databases.is_empty() {
             return Duration::ZERO;
-        };
-        let names: Vec<String> = self.databases.iter().map(|d| d.name.clone()).collect();
+        }
         let budget = self.opts.write_block_timeout.max(settle::SETTLE_AT_LEAST);
-        let (waited, clear) = settle::settle(&first.block, &names, budget).await;
+        // A block transaction left open (an attempt never asked to block)
+        // starts afresh.
+        if let Err(e) = self.end_block_transactions("ROLLBACK").await {
+            tracing::debug!("{}: {e}", self.shard.name);
+        }
+        for db in &mut self.databases {
+            let tables: Vec<String> = db.tables.iter().map(|t| t.qualified()).collect();
+            let guard_budget = guard::budget(&db.snap).await;
+            let taken = guard::take(
+                &self.shard.name,
+                &db.name,
+                &db.block,
+                &db.snap,
+                &tables,
+                guard_budget,
+            )
+            .await;
+            match taken {
+                Ok(_held) => db.open = true,
+                Err(e) => {
+                    // The block attempt that follows reports real errors.
+                    tracing::debug!("{}: no vacuum guard on {}: {e}", self.shard.name, db.name);
+                    db.open = db.block.batch_execute("ROLLBACK").await.is_err();
+                }
+            }
+        }
+        let names: Vec<String> = self.databases.iter().map(|d| d.name.clone()).collect();
+        let look = &self.databases[0].snap;
+        let (waited, clear) = settle::settle(look, &names, budget).await;
         self.settled = clear;
         if waited >= STUCK_WAIT {
-            tracing::debug!(
-                "{}: waited {} ms for jammed writers before blocking",
+            tracing::info!(
+                "{}: waited {} ms for its writers to stop waiting on each other's locks",
                 self.shard.name,
                 waited.as_millis()
             );
         }
-        waited
+        started.elapsed()
+    }
+
+    /// Ends every open block transaction with `how` (`COMMIT` or
+    /// `ROLLBACK`); the first failure is returned, after trying them all.
+    async fn end_block_transactions(&mut self, how: &str) -> Result<(), AgentError> {
+        let mut failed = None;
+        for db in &mut self.databases {
+            if !db.open {
+                continue;
+            }
+            match db.block.batch_execute(how).await {
+                Ok(()) => db.open = false,
+                Err(e) => {
+                    failed.get_or_insert(pg_err(
+                        &self.shard,
+                        &format!("ending the block transaction on {} ({how})", db.name),
+                    )(e));
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     async fn rollback_blocks(&mut self) -> Result<(), AgentError> {
         self.lease = None;
         self.blocked_since = None;
         let mut stuck = Vec::new();
-        for db in &self.databases {
+        for db in &mut self.databases {
             if db.block.batch_execute("ROLLBACK").await.is_err() {
                 stuck.push(db.block_pid);
             }
+            db.open = false;
         }
         if !stuck.is_empty() {
             terminate(self.shard.clone(), stuck, self.opts.connect_timeout).await?;
@@ -405,10 +467,14 @@ impl Session {
 
     pub(crate) async fn release(&mut self) -> Result<Duration, AgentError> {
         let Some(since) = self.blocked_since else {
+            // Settled but never blocked (another shard's block failed): the
+            // vacuum guard must not stay open until the next attempt.
+            self.end_block_transactions("ROLLBACK").await?;
             return Ok(Duration::ZERO);
         };
         let mut failed = None;
-        for db in &self.databases {
+        for db in &mut self.databases {
+            db.open = false;
             if let Err(e) = db.block.batch_execute("COMMIT").await {
                 failed.get_or_insert(pg_err(
                     &self.shard,
@@ -447,7 +513,7 @@ mod tests {
         let sql = try_sql(&tables(), Some(1), Duration::from_millis(10));
         assert_eq!(
             sql,
-            "BEGIN; SET LOCAL lock_timeout = '10ms'; \
+            "SET LOCAL lock_timeout = '10ms'; \
              LOCK TABLE \"s\".\"b\" IN EXCLUSIVE MODE; \
              LOCK TABLE \"s\".\"a\", \"s\".\"c\" IN EXCLUSIVE MODE NOWAIT"
         );
@@ -460,7 +526,7 @@ mod tests {
         // A wait under a millisecond still waits (0 would mean forever).
         assert_eq!(
             sql,
-            "BEGIN; SET LOCAL lock_timeout = '1ms'; LOCK TABLE \"s\".\"a\" IN EXCLUSIVE MODE;"
+            "SET LOCAL lock_timeout = '1ms'; LOCK TABLE \"s\".\"a\" IN EXCLUSIVE MODE;"
         );
     }
 
@@ -469,7 +535,7 @@ mod tests {
         let sql = try_sql(&tables(), None, Duration::from_millis(160));
         assert_eq!(
             sql,
-            "BEGIN; SET LOCAL lock_timeout = '160ms'; \
+            "SET LOCAL lock_timeout = '160ms'; \
              LOCK TABLE \"s\".\"a\", \"s\".\"b\", \"s\".\"c\" IN EXCLUSIVE MODE"
         );
     }

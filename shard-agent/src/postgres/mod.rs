@@ -3,6 +3,7 @@
 //! in `cut`, `schema` (pg_dump pre-/post-data) and `snapshot` (COPY data).
 
 mod cut;
+mod guard;
 pub(crate) mod schema;
 mod settle;
 mod snapshot;
@@ -41,9 +42,12 @@ impl Table {
 
 pub(crate) struct Database {
     pub name: String,
-    /// Holds `LOCK TABLE … IN EXCLUSIVE MODE` during the block.
+    /// Holds the vacuum guard from settling on (see `guard`), then
+    /// `LOCK TABLE … IN EXCLUSIVE MODE` during the block.
     block: Client,
     block_pid: i32,
+    /// `block` is inside its transaction (guard or block held).
+    open: bool,
     /// Holds the exported snapshot open for the whole dump.
     snap: Client,
     snapshot_id: Option<String>,
@@ -163,6 +167,7 @@ impl Session {
                 name,
                 block,
                 block_pid: pid,
+                open: false,
                 snap,
                 snapshot_id: None,
                 tables,
