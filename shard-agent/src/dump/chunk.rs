@@ -18,6 +18,7 @@ use std::sync::Arc;
 use topology::Compression;
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::pack::Packer;
 use crate::manifest::ChunkRef;
 use crate::repo::{RepoError, Repository};
 
@@ -64,7 +65,7 @@ pub enum ChunkError {
 struct Buffers {
     raw: Vec<u8>,
     packed: Vec<u8>,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
+    packer: Option<Packer>,
 }
 
 impl Default for Buffers {
@@ -72,7 +73,7 @@ impl Default for Buffers {
         Buffers {
             raw: Vec::with_capacity(CHUNK_RAW_BYTES + (64 << 10)),
             packed: Vec::new(),
-            compressor: None,
+            packer: None,
         }
     }
 }
@@ -87,27 +88,36 @@ pub struct Scratch {
 }
 
 impl Buffers {
-    /// Compresses `self.raw` into `self.packed`.
-    fn compress(&mut self, compression: Compression) -> std::io::Result<&[u8]> {
+    /// Compresses `self.raw` into `self.packed`. `quick` is the range's
+    /// choice of match search (see [`pack`](super::pack)); `None` before
+    /// its first chunk, which then makes it. Returns the stored bytes and
+    /// the choice.
+    fn compress(
+        &mut self,
+        compression: Compression,
+        quick: Option<bool>,
+    ) -> std::io::Result<(&[u8], Option<bool>)> {
         match compression {
-            Compression::None => Ok(&self.raw),
+            Compression::None => Ok((&self.raw, quick)),
             Compression::Zstd(level) => {
-                let compressor = match &mut self.compressor {
-                    Some(c) => c,
-                    None => self.compressor.insert(zstd::bulk::Compressor::new(level)?),
+                let packer = match &mut self.packer {
+                    Some(p) => p,
+                    None => self.packer.insert(Packer::new(level)?),
                 };
-                self.packed.clear();
-                self.packed
-                    .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
-                compressor.compress_to_buffer(&self.raw, &mut self.packed)?;
-                Ok(&self.packed)
+                let quick = match quick {
+                    Some(q) => q,
+                    None if packer.adapts() => packer.choose(&self.raw, &mut self.packed)?,
+                    None => false,
+                };
+                packer.compress(&self.raw, &mut self.packed, quick)?;
+                Ok((&self.packed, Some(quick)))
             }
         }
     }
 }
 
 /// The chunk being compressed and stored on a blocking thread.
-type InFlight = tokio::task::JoinHandle<Result<(ChunkRef, Buffers), ChunkError>>;
+type InFlight = tokio::task::JoinHandle<Result<(ChunkRef, Buffers, Option<bool>), ChunkError>>;
 
 /// Writes one range of one table as numbered chunks under `prefix`.
 pub struct ChunkWriter {
@@ -118,6 +128,8 @@ pub struct ChunkWriter {
     in_flight: Option<InFlight>,
     rows_in_buf: u64,
     next_part: u32,
+    /// This range's choice of match search, made by its first chunk.
+    quick: Option<bool>,
     pub digest: RowDigest,
     pub chunks: Vec<ChunkRef>,
 }
@@ -140,6 +152,7 @@ impl ChunkWriter {
             in_flight: None,
             rows_in_buf: 0,
             next_part: 0,
+            quick: None,
             digest: RowDigest::default(),
             chunks: Vec::new(),
         }
@@ -181,10 +194,11 @@ impl ChunkWriter {
         let Some(handle) = self.in_flight.take() else {
             return Ok(None);
         };
-        let (chunk, buffers) = handle
+        let (chunk, buffers, quick) = handle
             .await
             .map_err(|e| ChunkError::Join(e.to_string()))??;
         self.chunks.push(chunk);
+        self.quick = self.quick.or(quick);
         Ok(Some(buffers))
     }
 
@@ -205,15 +219,17 @@ impl ChunkWriter {
         let repo = self.repo.clone();
         let compression = self.compression;
         let rows = std::mem::take(&mut self.rows_in_buf);
+        // Landed above: the first chunk's choice is known from the second on.
+        let quick = self.quick;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let raw_len = full.raw.len() as u64;
             let raw_xxh3 = format!("{:016x}", xxh3_64(&full.raw));
-            let stored = full
-                .compress(compression)
-                .map_err(|source| ChunkError::Compress {
-                    key: key.clone(),
-                    source,
-                })?;
+            let (stored, quick) =
+                full.compress(compression, quick)
+                    .map_err(|source| ChunkError::Compress {
+                        key: key.clone(),
+                        source,
+                    })?;
             repo.put(&key, stored)?;
             let chunk = ChunkRef {
                 key,
@@ -223,7 +239,7 @@ impl ChunkWriter {
                 xxh3: format!("{:016x}", xxh3_64(stored)),
                 raw_xxh3,
             };
-            Ok::<_, ChunkError>((chunk, full))
+            Ok::<_, ChunkError>((chunk, full, quick))
         }));
         Ok(())
     }

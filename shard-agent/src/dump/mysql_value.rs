@@ -57,8 +57,9 @@ pub fn encode_value(out: &mut Vec<u8>, value: &Value, column: &Column) {
     match value {
         Value::NULL => out.extend_from_slice(b"\\N"),
         Value::Bytes(b) => escape_into(out, b),
-        Value::Int(i) => drop(write!(out, "{i}")),
-        Value::UInt(u) => drop(write!(out, "{u}")),
+        // itoa: `write!` went through the formatter, 3 % of a backup's samples.
+        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Value::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
         // `{:e}` is Rust's shortest representation that parses back to the
         // same float; -0.0 prints as `-0e0`.
         Value::Float(f) => drop(write!(out, "{f:e}")),

@@ -197,12 +197,11 @@ async fn stream_rows(
     writer: &mut ChunkWriter,
     storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
 ) -> Result<(), AgentError> {
-    let mut result = conn
-        .exec_iter(sql, ())
-        .await
-        .map_err(query_err(shard, what))?;
+    // Built once: `query_err` clones two Strings, which per row showed in profiles.
+    let failed = query_err(shard, what);
+    let mut result = conn.exec_iter(sql, ()).await.map_err(&failed)?;
     let (mut rows_since, mut bytes_since) = (0u64, 0usize);
-    while let Some(row) = result.next().await.map_err(query_err(shard, what))? {
+    while let Some(row) = result.next().await.map_err(&failed)? {
         let (buf, start) = writer.row_buffer();
         encode_row(buf, &row);
         bytes_since += buf.len() - start + 1;
