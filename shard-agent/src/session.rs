@@ -222,6 +222,19 @@ impl Drop for Lease {
 /// A primary-key range `[lo, hi)`; `None` is unbounded on that side.
 pub type KeyRange = (Option<i128>, Option<i128>);
 
+/// Whether a table of `rows` (estimated) is worth splitting into key
+/// ranges: it must have more than `chunk_rows` rows and more than its share
+/// of the shard's `total_rows` among `workers`. Ranges exist so that one
+/// big table does not leave the other workers idle; a table no bigger than
+/// one worker's share gains nothing from them, and on PostgreSQL a range
+/// costs more to read than a whole table (an index scan instead of a plain
+/// `COPY`: 20 % more server and client CPU on sysbench tables, measured in
+/// docs/BENCHMARKS.md).
+pub fn worth_splitting(rows: u64, total_rows: u64, workers: usize, chunk_rows: u64) -> bool {
+    let workers = u64::try_from(workers.max(1)).unwrap_or(u64::MAX);
+    rows > chunk_rows && rows.saturating_mul(workers) > total_rows
+}
+
 /// Splits `[min, max]` into ranges of about `chunk_rows` rows, assuming
 /// keys are spread evenly. The first range is open below and the last open
 /// above, so no row is missed even if the estimate is off.
@@ -258,6 +271,19 @@ pub fn range_predicate(pk: &str, range: &KeyRange) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tables_are_split_only_beyond_their_share_of_the_shard() {
+        use super::worth_splitting;
+        // Four equal tables on two workers: each is half a worker's share.
+        assert!(!worth_splitting(500_000, 2_000_000, 2, 250_000));
+        // One table dominating the shard.
+        assert!(worth_splitting(1_500_000, 1_800_000, 2, 250_000));
+        // The only table.
+        assert!(worth_splitting(500_000, 500_000, 4, 50_000));
+        // Small tables are never split.
+        assert!(!worth_splitting(100, 100, 4, 1000));
+    }
+
     use super::*;
 
     #[test]

@@ -23,7 +23,7 @@ use crate::dump::work::{
 };
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
-use crate::session::{plan_ranges, range_predicate, DumpOptions};
+use crate::session::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 
 fn as_i128(v: &Value) -> Option<i128> {
     match v {
@@ -99,9 +99,12 @@ impl Session {
     async fn plan(&mut self, opts: &DumpOptions) -> Result<Vec<Item>, AgentError> {
         let mut items = Vec::new();
         let shard = self.shard.clone();
+        let total: u64 = self.tables.iter().map(|t| t.rows_estimate).sum();
         for (i, t) in self.tables.iter().enumerate() {
             let mut ranges = vec![(None, None)];
-            if t.integer_key && t.rows_estimate > opts.chunk_rows {
+            if t.integer_key
+                && worth_splitting(t.rows_estimate, total, shard.parallelism, opts.chunk_rows)
+            {
                 if let Some(conn) = self.workers.first_mut() {
                     let pk = ident(&t.primary_key[0]);
                     let sql = format!(

@@ -332,10 +332,11 @@ impl Session {
     }
 
     /// Prepares a block attempt without holding any writer up: takes the
-    /// vacuum guard in every selected database (see [`guard`]), then waits
-    /// until no writer is jammed (see [`settle`]), each at most the
-    /// write-block timeout or [`settle::SETTLE_AT_LEAST`], whichever is
-    /// longer. Returns the time it took.
+    /// vacuum guard in every selected database (see [`guard`]; waiting at
+    /// most `deadlock_timeout` + 1 s, and only for autovacuums), then waits
+    /// until no writer is jammed (see [`settle`]), at most the write-block
+    /// timeout or [`settle::SETTLE_AT_LEAST`], whichever is longer.
+    /// Returns the time it took.
     pub(crate) async fn settle(&mut self) -> Duration {
         let started = Instant::now();
         if self.databases.is_empty() {

@@ -18,7 +18,7 @@ use crate::dump::work::{
 };
 use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
-use crate::session::{plan_ranges, range_predicate, DumpOptions, KeyRange};
+use crate::session::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 
 impl Session {
     pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
@@ -150,9 +150,12 @@ async fn dump_database(
     opts: &DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut items = Vec::new();
+    let total: u64 = tables.iter().map(|t| t.rows_estimate).sum();
     for (i, t) in tables.iter().enumerate() {
         let mut ranges = vec![(None, None)];
-        if t.integer_key && t.rows_estimate > opts.chunk_rows {
+        if t.integer_key
+            && worth_splitting(t.rows_estimate, total, shard.parallelism, opts.chunk_rows)
+        {
             let pk = ident(&t.primary_key[0]);
             let sql = format!(
                 "SELECT min({pk})::int8, max({pk})::int8 FROM {}",
@@ -235,9 +238,15 @@ async fn worker(
     Ok(done)
 }
 
-/// The `COPY` statement that reads one range of a table.
+/// The `COPY` statement that reads one range of a table. A whole plain
+/// table is read with `COPY t (cols)`, which scans the heap directly (and,
+/// like `ONLY`, leaves inheritance children out); a range needs a query,
+/// and a partitioned table is read through its partitions.
 pub fn copy_out_sql(t: &Table, range: &KeyRange) -> String {
     let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
+    if *range == (None, None) && !t.partitioned {
+        return format!("COPY {} ({}) TO STDOUT", t.qualified(), cols.join(", "));
+    }
     let predicate = match t.primary_key.first() {
         Some(pk) if t.integer_key => range_predicate(&ident(pk), range),
         _ => String::new(),
