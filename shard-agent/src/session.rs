@@ -202,7 +202,7 @@ impl Lease {
         let task = tokio::spawn(async move {
             tokio::time::sleep(lease).await;
             tracing::warn!(
-                "shard {shard}: write block lease of {} ms expired; releasing the block",
+                "shard {shard}: lease of {} ms on the write block (or the guard before it) expired; ending it",
                 lease.as_millis()
             );
             if let Err(e) = expire.await {

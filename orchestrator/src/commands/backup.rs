@@ -33,7 +33,8 @@ pub struct Backup {
     /// since the chain's full backup).
     #[arg(long)]
     incremental: bool,
-    /// Rows per primary-key range; larger tables are split and dumped in parallel.
+    /// Rows per primary-key range; a table holding more than a worker's share
+    /// of its shard (1/parallelism of its rows) is split and dumped in parallel.
     #[arg(long, default_value_t = 250_000, value_name = "ROWS")]
     chunk_rows: u64,
     /// How long to wait for each shard to accept a connection.

@@ -369,6 +369,18 @@ impl Session {
                 }
             }
         }
+        // The guard holds no writer up, but left open (an orchestrator gone
+        // between settling and blocking, with a remote agent) it would keep
+        // vacuum and DDL off the tables, and writers queue behind waiting
+        // DDL. So it is leased like the block: for as long as settling and
+        // a block attempt can take, plus the block's own lease. A block
+        // re-arms the lease; a failed one or a release ends the guard.
+        let pids = self.databases.iter().map(|d| d.block_pid).collect();
+        self.lease = Some(Lease::arm(
+            budget + self.opts.write_block_timeout + self.opts.write_block_lease,
+            self.shard.name.clone(),
+            terminate(self.shard.clone(), pids, self.opts.connect_timeout),
+        ));
         let names: Vec<String> = self.databases.iter().map(|d| d.name.clone()).collect();
         let look = &self.databases[0].snap;
         let (waited, clear) = settle::settle(look, &names, budget).await;
@@ -470,6 +482,7 @@ impl Session {
         let Some(since) = self.blocked_since else {
             // Settled but never blocked (another shard's block failed): the
             // vacuum guard must not stay open until the next attempt.
+            self.lease = None;
             self.end_block_transactions("ROLLBACK").await?;
             return Ok(Duration::ZERO);
         };
