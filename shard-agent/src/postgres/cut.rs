@@ -350,16 +350,7 @@ impl Session {
         }
         for db in &mut self.databases {
             let tables: Vec<String> = db.tables.iter().map(|t| t.qualified()).collect();
-            let guard_budget = guard::budget(&db.snap).await;
-            let taken = guard::take(
-                &self.shard.name,
-                &db.name,
-                &db.block,
-                &db.snap,
-                &tables,
-                guard_budget,
-            )
-            .await;
+            let taken = guard::take(&self.shard.name, &db.name, &db.block, &db.snap, &tables).await;
             match taken {
                 Ok(_held) => db.open = true,
                 Err(e) => {

@@ -17,10 +17,11 @@
 //! writer up, and once it has waited `deadlock_timeout` the server cancels
 //! the autovacuum. It waits only for autovacuums the server cancels: any
 //! other holder (manual `VACUUM`, DDL, an autovacuum preventing
-//! wraparound) would not leave in time, and the cut's tries name it. The guard is held
-//! until the block ends: autovacuum skips a table it cannot lock at once,
-//! so none starts on these tables between settling and blocking. Lock
-//! tries run in a savepoint, so a failed try gives up its own locks only.
+//! wraparound) would not leave in time, and the cut's tries name it. The
+//! guard is held until the block ends: autovacuum skips a table it cannot
+//! lock at once, so none starts on these tables between settling and
+//! blocking. Lock tries run in a savepoint, so a failed try gives up its
+//! own locks only.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ pub(super) const TRY_SAVEPOINT: &str = "shardcut_try";
 
 /// How long the guard waits for an autovacuum: just past
 /// `deadlock_timeout`, when the server cancels it.
-pub(super) async fn budget(look: &Client) -> Duration {
+async fn budget(look: &Client) -> Duration {
     let deadlock_timeout = look
         .query_one(
             "SELECT setting::int8 FROM pg_settings WHERE name = 'deadlock_timeout'",
@@ -48,8 +49,8 @@ pub(super) async fn budget(look: &Client) -> Duration {
 /// Opens the block transaction on `block` and takes `SHARE UPDATE
 /// EXCLUSIVE` on `tables` (qualified, quoted names). `look` is another
 /// connection to the same database, used to see what holds a table.
-/// Waits (at most `budget`) only when every holder is an autovacuum the
-/// server will cancel; a manual `VACUUM`, an autovacuum preventing
+/// Waits (at most `deadlock_timeout` + 1 s) only when every holder is an
+/// autovacuum the server will cancel; a manual `VACUUM`, an autovacuum preventing
 /// wraparound, or DDL would not go away in time, and the cut's own tries
 /// name them. `Ok(false)`: the transaction is open without the guard.
 /// Errors are the connection's own (the transaction state is then unknown
@@ -60,7 +61,6 @@ pub(super) async fn take(
     block: &Client,
     look: &Client,
     tables: &[String],
-    budget: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
     let started = Instant::now();
     block.batch_execute("BEGIN").await?;
@@ -81,6 +81,7 @@ pub(super) async fn take(
         tracing::debug!("{shard}: no vacuum guard on {db}: {}", h.what);
         return Ok(false);
     }
+    let budget = budget(look).await;
     for h in &holders {
         tracing::info!(
             "{shard}: {}; waiting up to {} ms for the server to cancel it \
