@@ -159,9 +159,9 @@ fn describe(e: AgentError) -> String {
 }
 
 /// Lets every shard wait, blocking nothing, for writers stuck on each
-/// other and for vacuum to leave its tables (see [`Agent::settle`]), all at once, so that the blocks that
-/// follow start together and none waits out a jam while others hold
-/// their writers. A shard that cannot settle is left to its block, which
+/// other and for vacuum to leave its tables (see [`Agent::settle`]), all
+/// at once, so that the blocks that follow start together and none waits
+/// out a jam while others hold their writers. A shard that cannot settle is left to its block, which
 /// reports what is wrong.
 async fn settle_all(sessions: &mut [Agent]) {
     let started = Instant::now();

@@ -106,8 +106,7 @@ impl Buffers {
                 };
                 let quick = match quick {
                     Some(q) => q,
-                    None if packer.adapts() => packer.choose(&self.raw, &mut self.packed)?,
-                    None => false,
+                    None => packer.choose(&self.raw, &mut self.packed)?,
                 };
                 packer.compress(&self.raw, &mut self.packed, quick)?;
                 Ok((&self.packed, Some(quick)))

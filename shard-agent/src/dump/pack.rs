@@ -50,7 +50,7 @@ impl Packer {
     }
 
     /// Whether chunks of this level are compressed with a per-range choice.
-    pub fn adapts(&self) -> bool {
+    fn adapts(&self) -> bool {
         self.level == ADAPTIVE_LEVEL
     }
 
@@ -84,8 +84,12 @@ impl Packer {
     }
 
     /// Whether the quick search pays on data like `raw`: compresses its
-    /// first [`TRIAL_BYTES`] both ways into `scratch`.
+    /// first [`TRIAL_BYTES`] both ways into `scratch`. Always `false`, at
+    /// no cost, unless [`Packer::adapts`].
     pub fn choose(&mut self, raw: &[u8], scratch: &mut Vec<u8>) -> std::io::Result<bool> {
+        if !self.adapts() {
+            return Ok(false);
+        }
         let sample = &raw[..raw.len().min(TRIAL_BYTES)];
         let full = self.pack(sample, scratch, false)?;
         let quick = self.pack(sample, scratch, true)?;
@@ -186,7 +190,7 @@ mod tests {
     fn other_levels_ignore_the_choice() {
         let raw = random_digits(1 << 18);
         let mut p = Packer::new(3).unwrap();
-        assert!(!p.adapts());
+        assert!(!p.choose(&raw, &mut Vec::new()).unwrap());
         let mut out = Vec::new();
         p.compress(&raw, &mut out, true).unwrap();
         assert_eq!(out.len(), zstd::bulk::compress(&raw, 3).unwrap().len());
