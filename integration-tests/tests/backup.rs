@@ -19,10 +19,28 @@ async fn backup_matches_every_source_table() {
         &[("parallelism: 4", "parallelism: 16")],
     );
     let topo_arg = topo_path.to_str().unwrap();
-    let run =
-        support::shardcut_async(&["backup", "-t", topo_arg, "--json", "--chunk-rows", "1000"])
-            .await;
+    let run = support::shardcut_async(&[
+        "backup",
+        "-v",
+        "-t",
+        topo_arg,
+        "--json",
+        "--chunk-rows",
+        "1000",
+    ])
+    .await;
     assert_eq!(run.code, 0, "{run:?}");
+    // The sandbox's MariaDB shards leave the binlog to the OS
+    // (sync_binlog = 0) and run on this host: each cut syncs it before
+    // blocking, so that BACKUP STAGE BLOCK_COMMIT does not under the block.
+    for shard in ["mysql-0", "mysql-1"] {
+        assert!(
+            run.stderr
+                .contains(&format!("{shard}: synced the binlog in ")),
+            "{}",
+            run.stderr
+        );
+    }
     let j = run.json();
     let id = j["backup_id"].as_str().unwrap().to_string();
     assert_eq!(j["cluster"], "sandbox");

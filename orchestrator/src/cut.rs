@@ -159,10 +159,11 @@ fn describe(e: AgentError) -> String {
 }
 
 /// Lets every shard wait, blocking nothing, for writers stuck on each
-/// other and for vacuum to leave its tables (see [`Agent::settle`]), all
-/// at once, so that the blocks that follow start together and none waits
-/// out a jam while others hold their writers. A shard that cannot settle is left to its block, which
-/// reports what is wrong.
+/// other and for vacuum to leave its tables, and sync a MariaDB binlog
+/// that the block would otherwise sync (see [`Agent::settle`]), all at
+/// once, so that the blocks that follow start together and none waits out
+/// a jam while others hold their writers. A shard that cannot settle is
+/// left to its block, which reports what is wrong.
 async fn settle_all(sessions: &mut [Agent]) {
     let started = Instant::now();
     let settled = join_all(sessions.iter_mut().map(|s| s.settle())).await;
@@ -170,7 +171,8 @@ async fn settle_all(sessions: &mut [Agent]) {
         match r {
             Ok(waited) if waited >= SETTLE_WORTH_NOTING => tracing::info!(
                 "cut: {} settled for {} ms before blocking, holding no writer up \
-                 (writers waiting on each other's locks, or a vacuum on a table)",
+                 (writers waiting on each other's locks, a vacuum on a table, or \
+                 a binlog sync that would otherwise fall under the block)",
                 s.shard(),
                 waited.as_millis()
             ),

@@ -124,16 +124,19 @@ impl Session {
         }
     }
 
-    /// Waits, blocking nothing, until a block could start without queueing
-    /// behind writers that are stuck on each other or behind a vacuum
-    /// (PostgreSQL: see `postgres::settle` and `postgres::guard`, which
-    /// keeps vacuum off the tables until the block ends; MariaDB blocks
-    /// commits, which neither delays). Bounded (PostgreSQL: for jams the
-    /// longer of `write_block_timeout` and 5 s, for an autovacuum
-    /// `deadlock_timeout` + 1 s); returns the time waited.
+    /// Does, blocking nothing, what would otherwise lengthen the block.
+    /// PostgreSQL: waits until a block could start without queueing behind
+    /// writers that are stuck on each other or behind a vacuum (see
+    /// `postgres::settle` and `postgres::guard`, which keeps vacuum off the
+    /// tables until the block ends); bounded, for jams by the longer of
+    /// `write_block_timeout` and 5 s, for an autovacuum by
+    /// `deadlock_timeout` + 1 s. MariaDB (whose block waits for neither):
+    /// syncs a binlog left to the OS, where this host can reach it (see
+    /// `mysql::presync`), within `write_block_timeout`. Returns the time
+    /// spent.
     pub async fn settle(&mut self) -> Duration {
         match self {
-            Session::Mysql(_) => Duration::ZERO,
+            Session::Mysql(s) => s.settle().await,
             Session::Postgres(s) => s.settle().await,
         }
     }

@@ -83,6 +83,32 @@ async fn holder(shard: &Shard, exclude: u32, timeout: Duration) -> Option<String
 }
 
 impl Session {
+    /// MariaDB: syncs the binlog from this host if the server leaves it to
+    /// the OS (see `presync`), so that `BLOCK_COMMIT` does not do it while
+    /// commits wait. Returns the time spent; never fails the cut.
+    pub(crate) async fn settle(&mut self) -> Duration {
+        if !self.mariadb {
+            return Duration::ZERO;
+        }
+        match super::presync::binlog(&mut self.control, self.opts.write_block_timeout).await {
+            Ok(took) => {
+                tracing::info!(
+                    "{}: synced the binlog in {} ms before blocking (sync_binlog leaves it to the OS)",
+                    self.shard.name,
+                    took.as_millis()
+                );
+                took
+            }
+            Err(why) => {
+                tracing::debug!(
+                    "{}: binlog not synced before blocking: {why}",
+                    self.shard.name
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
         let started = Instant::now();
         let stmts: &[&str] = if self.mariadb {

@@ -2,6 +2,7 @@
 //! in `cut` (block, mark, release), `schema` and `snapshot` (data).
 
 mod cut;
+mod presync;
 pub(crate) mod schema;
 mod snapshot;
 

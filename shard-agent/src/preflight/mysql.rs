@@ -178,7 +178,8 @@ pub(crate) fn number(row: &Row, i: usize) -> Result<Option<u64>, DbError> {
 /// point-in-time recovery replays; and `BACKUP STAGE BLOCK_COMMIT` syncs
 /// the binlog while it blocks commits, so the cut's write block grows with
 /// the binlog written since the OS last flushed it (docs/BENCHMARKS.md:
-/// 78-195 ms after 30 s of writes, 0 ms with `sync_binlog = 1`).
+/// 78-195 ms after 30 s of writes, 0 ms with `sync_binlog = 1`), unless
+/// the agent runs on the server's host and syncs it first (`presync`).
 fn sync_binlog(value: &str) -> Finding {
     if value.parse::<u64>().is_ok_and(|n| n >= 1) {
         Finding::ok("sync_binlog", value)
@@ -186,7 +187,7 @@ fn sync_binlog(value: &str) -> Finding {
         Finding::warn(
             "sync_binlog",
             if value.is_empty() { "(unknown)" } else { value },
-            "SET GLOBAL sync_binlog = 1 and put it in the config: with 0 a host crash can lose binlog events that point-in-time recovery needs, and every cut blocks commits while the server syncs the unsynced binlog",
+            "SET GLOBAL sync_binlog = 1 and put it in the config: with 0 a host crash can lose binlog events that point-in-time recovery needs, and every cut blocks commits while the server syncs the unsynced binlog (unless the agent runs on this server's host and may read its binlog)",
         )
     }
 }
