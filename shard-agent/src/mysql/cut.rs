@@ -12,10 +12,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::{query_err, Session};
+use super::{binlog_status, query_err, Session};
 use crate::connect;
 use crate::error::AgentError;
-use crate::position::{BinlogCoordinates, Position};
+use crate::position::Position;
 use crate::preflight::mysql::{number, text};
 use crate::session::{BlockError, CutOptions, Lease};
 
@@ -202,19 +202,13 @@ impl Session {
             what: "reading the binlog position".into(),
             source: e,
         };
-        let status: Vec<Row> = self
-            .control
-            .query("SHOW MASTER STATUS")
+        let binlog = binlog_status(&mut self.control)
             .await
-            .map_err(&err)?;
-        let row = status.first().ok_or_else(|| AgentError::NotReady {
-            shard: shard.name.clone(),
-            problems: "the binary log is off (SHOW MASTER STATUS is empty)".into(),
-        })?;
-        let binlog = BinlogCoordinates {
-            file: text(row, 0).map_err(de)?.unwrap_or_default(),
-            offset: number(row, 1).map_err(de)?.unwrap_or(0),
-        };
+            .map_err(de)?
+            .ok_or_else(|| AgentError::NotReady {
+                shard: shard.name.clone(),
+                problems: "the binary log is off (SHOW MASTER STATUS is empty)".into(),
+            })?;
         let sql = if self.mariadb {
             "SELECT @@GLOBAL.gtid_binlog_pos"
         } else {

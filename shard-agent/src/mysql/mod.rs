@@ -14,6 +14,7 @@ use topology::Shard;
 
 use crate::connect;
 use crate::error::{AgentError, DbError};
+use crate::position::BinlogCoordinates;
 use crate::preflight::mysql::{number, text, SYSTEM_DATABASES};
 use crate::session::{CutOptions, Lease};
 
@@ -71,6 +72,22 @@ fn decode_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
         what: what.clone(),
         source,
     }
+}
+
+/// The server's current binlog file and offset (`SHOW MASTER STATUS`), or
+/// `None` when the binary log is off.
+pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordinates>, DbError> {
+    let rows: Vec<Row> = conn
+        .query("SHOW MASTER STATUS")
+        .await
+        .map_err(DbError::Mysql)?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(BinlogCoordinates {
+        file: text(row, 0)?.unwrap_or_default(),
+        offset: number(row, 1)?.unwrap_or(0),
+    }))
 }
 
 /// Session settings of every connection that reads data. Each statement's

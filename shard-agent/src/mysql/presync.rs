@@ -39,18 +39,16 @@ pub(super) async fn binlog(conn: &mut Conn, bound: Duration) -> Result<Duration,
     if host != here {
         return Err(format!("the server runs on {host}, not on {here}"));
     }
-    let status: Vec<Row> = conn
-        .query("SHOW MASTER STATUS")
+    let binlog = super::binlog_status(conn)
         .await
-        .map_err(|e| format!("reading the binlog position: {e}"))?;
-    let row = status.first().ok_or("the binary log is off")?;
-    let file = text(row, 0)
-        .map_err(|e| e.to_string())?
-        .ok_or("no binlog file")?;
-    let offset = number(row, 1).map_err(|e| e.to_string())?.unwrap_or(0);
-    let path = current_file(Path::new(&base), &file);
+        .map_err(|e| format!("reading the binlog position: {e}"))?
+        .ok_or("the binary log is off")?;
+    if binlog.file.is_empty() {
+        return Err("the server names no binlog file".into());
+    }
+    let path = current_file(Path::new(&base), &binlog.file);
     let started = Instant::now();
-    let task = tokio::task::spawn_blocking(move || sync_file(&path, offset));
+    let task = tokio::task::spawn_blocking(move || sync_file(&path, binlog.offset));
     match tokio::time::timeout(bound, task).await {
         Ok(Ok(Ok(()))) => Ok(started.elapsed()),
         Ok(Ok(Err(why))) => Err(why),
