@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shard_agent::manifest::{Manifest, TableManifest};
 use shard_agent::readback::table_digest;
-use shard_agent::{AgentError, DbError};
+use shard_agent::AgentError;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use topology::Shard;
@@ -27,11 +27,7 @@ fn server_answered(e: &AgentError) -> bool {
         AgentError::Connect { source, .. } | AgentError::Query { source, .. } => source,
         _ => return false,
     };
-    match db {
-        DbError::Mysql(mysql_async::Error::Server(_)) => true,
-        DbError::Postgres(p) => p.as_db_error().is_some(),
-        _ => false,
-    }
+    db.is_server_error()
 }
 
 /// Reads back every table of the backup's shards from the target shard

@@ -9,7 +9,7 @@ use crate::error::{AgentError, DbError};
 /// How long a connection attempt may take before the shard counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn connect_error(shard: &Shard, source: DbError) -> AgentError {
+pub(crate) fn connect_error(shard: &Shard, source: DbError) -> AgentError {
     AgentError::Connect {
         shard: shard.name.clone(),
         endpoint: shard.endpoint.to_string(),
@@ -17,7 +17,7 @@ fn connect_error(shard: &Shard, source: DbError) -> AgentError {
     }
 }
 
-fn timeout_error(shard: &Shard, timeout: Duration) -> AgentError {
+pub(crate) fn timeout_error(shard: &Shard, timeout: Duration) -> AgentError {
     AgentError::ConnectTimeout {
         shard: shard.name.clone(),
         endpoint: shard.endpoint.to_string(),

@@ -11,12 +11,28 @@ use std::time::Duration;
 pub enum DbError {
     #[error(transparent)]
     Mysql(#[from] mysql_async::Error),
+    /// From shardcut's own row reader (`mysql::wire`).
+    #[error(transparent)]
+    Wire(#[from] crate::mysql::wire::WireError),
     /// The server's own message (`ERROR: deadlock detected`), not the
     /// driver's bare "db error"; no source, since the message is its text.
     #[error("{}", postgres_text(.0))]
     Postgres(tokio_postgres::Error),
     #[error("unexpected value in column {column}: {detail}")]
     Decode { column: String, detail: String },
+}
+
+impl DbError {
+    /// Whether the server itself answered with an error (as opposed to a
+    /// refused or broken connection, or a value shardcut could not read).
+    pub fn is_server_error(&self) -> bool {
+        match self {
+            DbError::Mysql(e) => matches!(e, mysql_async::Error::Server(_)),
+            DbError::Wire(e) => matches!(e, crate::mysql::wire::WireError::Server { .. }),
+            DbError::Postgres(p) => p.as_db_error().is_some(),
+            DbError::Decode { .. } => false,
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {

@@ -6,9 +6,9 @@
 //! Chunks are checked in parallel on rayon's pool; each check holds one
 //! decompressed chunk (at most a few MiB), so memory stays bounded.
 
+use crate::checksum::xxh3_hex;
 use rayon::prelude::*;
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::dump::chunk::{decompress, RowDigest};
 use crate::manifest::{ChunkRef, Manifest, TableManifest};
@@ -69,7 +69,7 @@ fn check_chunk(
             c.bytes_stored
         ));
     }
-    let sum = format!("{:016x}", xxh3_64(&stored));
+    let sum = xxh3_hex(&stored);
     if sum != c.xxh3 {
         return Err(format!(
             "checksum mismatch (stored {sum}, manifest {})",
@@ -77,7 +77,7 @@ fn check_chunk(
         ));
     }
     let raw = decompress(&stored).map_err(|e| format!("does not decompress: {e}"))?;
-    if format!("{:016x}", xxh3_64(&raw)) != c.raw_xxh3 || raw.len() as u64 != c.bytes_raw {
+    if xxh3_hex(&raw) != c.raw_xxh3 || raw.len() as u64 != c.bytes_raw {
         return Err("decompressed content differs from what was written".into());
     }
     let mut digest = RowDigest::default();
@@ -107,7 +107,7 @@ fn object_problem(repo: &dyn Repository, key: &str, xxh3: &str) -> Option<String
     match repo.get(key) {
         Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
         Err(e) => Some(e.to_string()),
-        Ok(d) if format!("{:016x}", xxh3_64(&d)) != xxh3 => Some("checksum mismatch".to_string()),
+        Ok(d) if xxh3_hex(&d) != xxh3 => Some("checksum mismatch".to_string()),
         Ok(d) => decompress(&d)
             .err()
             .map(|e| format!("does not decompress: {e}")),

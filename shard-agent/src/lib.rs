@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod capture;
+pub mod checksum;
 pub mod connect;
 pub mod dump;
 pub mod error;

@@ -6,14 +6,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mysql_async::prelude::Queryable;
 use topology::Shard;
 
 use crate::dump::chunk::RowDigest;
-use crate::dump::mysql_value::encode_row;
 use crate::error::AgentError;
 use crate::manifest::TableManifest;
-use crate::{connect, mysql, postgres};
+use crate::mysql::reader::{Reader, ReaderKind};
+use crate::{mysql, postgres};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -22,23 +21,26 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn table_digest(shard: &Shard, t: &TableManifest) -> Result<RowDigest, AgentError> {
     let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
     match &t.schema {
-        None => mysql_digest(shard, &t.database, &t.name, &columns).await,
+        None => mysql_digest(shard, &t.database, &t.name, &columns, ReaderKind::Auto).await,
         Some(schema) => postgres_digest(shard, &t.database, schema, &t.name, &columns).await,
     }
 }
 
+/// `kind` chooses the client; verification uses [`ReaderKind::Auto`], tests
+/// also the library alone, to show both read the same lines.
 pub async fn mysql_digest(
     shard: &Shard,
     db: &str,
     table: &str,
     columns: &[&str],
+    kind: ReaderKind,
 ) -> Result<RowDigest, AgentError> {
-    let mut conn = connect::mysql(shard, None, TIMEOUT).await?;
-    let version: Option<String> = conn
-        .query_first("SELECT VERSION()")
+    let mut conn = Reader::connect(shard, TIMEOUT, kind).await?;
+    let version = conn
+        .first_line("SELECT VERSION()")
         .await
-        .map_err(mysql::query_err(shard, "reading the server version"))?;
-    let mariadb = version.is_some_and(|v| v.contains("MariaDB"));
+        .map_err(mysql::db_err(shard, "reading the server version"))?;
+    let mariadb = version.is_some_and(|v| memchr::memmem::find(&v, b"MariaDB").is_some());
     mysql::setup_reader(&mut conn, shard, mariadb).await?;
     let cols: Vec<String> = columns.iter().map(|c| mysql::ident(c)).collect();
     let sql = format!(
@@ -47,17 +49,16 @@ pub async fn mysql_digest(
         mysql::ident(db),
         mysql::ident(table)
     );
-    let err = mysql::query_err(shard, &format!("reading back {db}.{table}"));
-    let mut result = conn.exec_iter(sql.as_str(), ()).await.map_err(&err)?;
+    let err = mysql::db_err(shard, &format!("reading back {db}.{table}"));
+    let mut rows = conn.rows(&sql).await.map_err(&err)?;
     let mut digest = RowDigest::default();
     let mut line = Vec::new();
-    while let Some(row) = result.next().await.map_err(&err)? {
-        line.clear();
-        encode_row(&mut line, &row);
+    while rows.next_line(&mut line).await.map_err(&err)? {
         digest.add_line(&line);
+        line.clear();
     }
-    drop(result);
-    drop(conn.disconnect().await);
+    drop(rows);
+    conn.disconnect().await;
     Ok(digest)
 }
 

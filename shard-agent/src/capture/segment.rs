@@ -6,9 +6,9 @@
 //! data without a description (a crash between the two) is ignored and
 //! later replaced.
 
+use crate::checksum::xxh3_hex;
 use serde::{Deserialize, Serialize};
 use topology::Compression;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::{keys, CaptureError};
 use crate::dump::chunk::{compress, decompress};
@@ -62,8 +62,8 @@ pub fn store_segment(
     meta.key = key;
     meta.bytes_raw = raw.len() as u64;
     meta.bytes_stored = stored.len() as u64;
-    meta.xxh3 = format!("{:016x}", xxh3_64(&stored));
-    meta.raw_xxh3 = format!("{:016x}", xxh3_64(raw));
+    meta.xxh3 = xxh3_hex(&stored);
+    meta.raw_xxh3 = xxh3_hex(raw);
     let doc = serde_json::to_vec_pretty(&meta).map_err(|e| CaptureError::Corrupt {
         key: meta.key.clone(),
         what: e.to_string(),
@@ -97,7 +97,7 @@ pub fn list_segments(
 /// Reads a segment's raw bytes, refusing damaged data by name.
 pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>, CaptureError> {
     let stored = repo.get(&meta.key)?;
-    let got = format!("{:016x}", xxh3_64(&stored));
+    let got = xxh3_hex(&stored);
     if got != meta.xxh3 {
         return Err(CaptureError::Corrupt {
             key: meta.key.clone(),
@@ -111,7 +111,7 @@ pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>
         key: meta.key.clone(),
         what: format!("does not decompress: {e}"),
     })?;
-    let got = format!("{:016x}", xxh3_64(&raw));
+    let got = xxh3_hex(&raw);
     if got != meta.raw_xxh3 {
         return Err(CaptureError::Corrupt {
             key: meta.key.clone(),

@@ -13,12 +13,15 @@
 //! dumps: allocating them afresh per chunk, on whichever blocking thread
 //! runs it, made the allocator's footprint grow with the number of chunks.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use topology::Compression;
+use twox_hash::XxHash3_64;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::pack::Packer;
+use crate::checksum::xxh3_hex;
 use crate::manifest::ChunkRef;
 use crate::repo::{RepoError, Repository};
 
@@ -129,6 +132,10 @@ pub struct ChunkWriter {
     next_part: u32,
     /// This range's choice of match search, made by its first chunk.
     quick: Option<bool>,
+    /// XXH3 of the buffer being filled, fed line by line while the line is
+    /// still in cache: hashing the whole 4 MiB buffer afterwards read it
+    /// back from memory, 9 % of a MariaDB backup's client CPU.
+    raw_hash: XxHash3_64,
     pub digest: RowDigest,
     pub chunks: Vec<ChunkRef>,
 }
@@ -152,6 +159,7 @@ impl ChunkWriter {
             rows_in_buf: 0,
             next_part: 0,
             quick: None,
+            raw_hash: XxHash3_64::new(),
             digest: RowDigest::default(),
             chunks: Vec::new(),
         }
@@ -160,8 +168,10 @@ impl ChunkWriter {
     /// Appends one row's canonical line and stores a chunk when the buffer is full.
     pub async fn push(&mut self, line: &[u8]) -> Result<(), ChunkError> {
         self.digest.add_line(line);
+        let start = self.scratch.fill.raw.len();
         self.scratch.fill.raw.extend_from_slice(line);
         self.scratch.fill.raw.push(b'\n');
+        self.raw_hash.write(&self.scratch.fill.raw[start..]);
         self.rows_in_buf += 1;
         if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
@@ -180,6 +190,7 @@ impl ChunkWriter {
     pub async fn end_row(&mut self, start: usize) -> Result<(), ChunkError> {
         self.digest.add_line(&self.scratch.fill.raw[start..]);
         self.scratch.fill.raw.push(b'\n');
+        self.raw_hash.write(&self.scratch.fill.raw[start..]);
         self.rows_in_buf += 1;
         if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
             self.flush().await?;
@@ -220,9 +231,12 @@ impl ChunkWriter {
         let rows = std::mem::take(&mut self.rows_in_buf);
         // Landed above: the first chunk's choice is known from the second on.
         let quick = self.quick;
+        let raw_xxh3 = format!(
+            "{:016x}",
+            std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
+        );
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let raw_len = full.raw.len() as u64;
-            let raw_xxh3 = format!("{:016x}", xxh3_64(&full.raw));
             let (stored, quick) =
                 full.compress(compression, quick)
                     .map_err(|source| ChunkError::Compress {
@@ -235,7 +249,7 @@ impl ChunkWriter {
                 rows,
                 bytes_raw: raw_len,
                 bytes_stored: stored.len() as u64,
-                xxh3: format!("{:016x}", xxh3_64(stored)),
+                xxh3: xxh3_hex(stored),
                 raw_xxh3,
             };
             Ok::<_, ChunkError>((chunk, full, quick))
@@ -291,11 +305,7 @@ pub async fn store_file(
             source,
         })?;
         repo.put(&key, &stored)?;
-        Ok((
-            raw.len() as u64,
-            stored.len() as u64,
-            format!("{:016x}", xxh3_64(&stored)),
-        ))
+        Ok((raw.len() as u64, stored.len() as u64, xxh3_hex(&stored)))
     })
     .await
     .map_err(|e| ChunkError::Join(e.to_string()))?
@@ -306,15 +316,20 @@ mod tests {
     use super::*;
     use crate::repo::MemoryRepository;
 
-    #[tokio::test]
-    async fn chunks_round_trip_and_digest_is_order_independent() {
+    fn writer(level: i32) -> (Arc<dyn Repository>, ChunkWriter) {
         let repo: Arc<dyn Repository> = Arc::new(MemoryRepository::default());
-        let mut w = ChunkWriter::new(
+        let w = ChunkWriter::new(
             repo.clone(),
             "t/r00000".into(),
-            Compression::Zstd(3),
+            Compression::Zstd(level),
             Scratch::default(),
         );
+        (repo, w)
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_and_digest_is_order_independent() {
+        let (repo, mut w) = writer(3);
         let big = vec![b'x'; 1 << 20];
         for i in 0..10u8 {
             let mut line = big.clone();
@@ -334,5 +349,26 @@ mod tests {
             }
         }
         assert_eq!(again, digest);
+    }
+
+    /// Rows written in place, of many sizes: each chunk's `raw_xxh3`, fed
+    /// line by line, is the XXH3 of the chunk's whole raw bytes.
+    #[tokio::test]
+    async fn raw_checksums_fed_by_line_match_the_whole_chunk() {
+        let (repo, mut w) = writer(1);
+        for i in 0..60_000u32 {
+            let (buf, start) = w.row_buffer();
+            let len = (i as usize * 7919) % 300;
+            buf.extend((0..len).map(|j| b'a' + ((i as usize + j) % 26) as u8));
+            w.end_row(start).await.unwrap();
+            w.push(b"1\tsecond kind of row").await.unwrap();
+        }
+        let (digest, chunks, _) = w.finish().await.unwrap();
+        assert_eq!(digest.rows, 120_000);
+        assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+        for c in &chunks {
+            let raw = decompress(&repo.get(&c.key).unwrap()).unwrap();
+            assert_eq!(format!("{:016x}", xxh3_64(&raw)), c.raw_xxh3, "{}", c.key);
+        }
     }
 }

@@ -51,38 +51,78 @@ fn fraction(out: &mut Vec<u8>, micros: u32, decimals: u8) {
     }
 }
 
-/// Appends one value of `column`.
-pub fn encode_value(out: &mut Vec<u8>, value: &Value, column: &Column) {
+/// One value as the binary protocol carries it, borrowed from wherever it
+/// was decoded: a mysql_async [`Value`], or a row packet read in place
+/// (`mysql::wire`). Both readers encode through [`encode_val`], so a line
+/// is the same bytes whichever read it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val<'a> {
+    Null,
+    Bytes(&'a [u8]),
+    Int(i64),
+    UInt(u64),
+    Float(f32),
+    Double(f64),
+    /// Year, month, day, hour, minute, second, microsecond.
+    Date(u16, u8, u8, u8, u8, u8, u32),
+    /// Negative, days, hours, minutes, seconds, microseconds.
+    Time(bool, u32, u8, u8, u8, u32),
+}
+
+impl<'a> From<&'a Value> for Val<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::NULL => Val::Null,
+            Value::Bytes(b) => Val::Bytes(b),
+            Value::Int(i) => Val::Int(*i),
+            Value::UInt(u) => Val::UInt(*u),
+            Value::Float(f) => Val::Float(*f),
+            Value::Double(d) => Val::Double(*d),
+            Value::Date(y, m, d, h, mi, s, us) => Val::Date(*y, *m, *d, *h, *mi, *s, *us),
+            Value::Time(neg, days, h, mi, s, us) => Val::Time(*neg, *days, *h, *mi, *s, *us),
+        }
+    }
+}
+
+/// Appends one value of a column of type `ty` with `decimals` fractional
+/// digits (the column definition's; they matter for dates and times only).
+#[inline]
+pub fn encode_val(out: &mut Vec<u8>, value: Val<'_>, ty: ColumnType, decimals: u8) {
     // Writes into a Vec cannot fail; the results are ignored for that reason.
     match value {
-        Value::NULL => out.extend_from_slice(b"\\N"),
-        Value::Bytes(b) => escape_into(out, b),
+        Val::Null => out.extend_from_slice(b"\\N"),
+        Val::Bytes(b) => escape_into(out, b),
         // itoa: `write!` went through the formatter, 3 % of a backup's samples.
-        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
-        Value::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+        Val::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Val::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
         // `{:e}` is Rust's shortest representation that parses back to the
         // same float; -0.0 prints as `-0e0`.
-        Value::Float(f) => drop(write!(out, "{f:e}")),
-        Value::Double(d) => drop(write!(out, "{d:e}")),
-        Value::Date(y, m, d, h, mi, s, us) => {
+        Val::Float(f) => drop(write!(out, "{f:e}")),
+        Val::Double(d) => drop(write!(out, "{d:e}")),
+        Val::Date(y, m, d, h, mi, s, us) => {
             drop(write!(out, "{y:04}-{m:02}-{d:02}"));
             if !matches!(
-                column.column_type(),
+                ty,
                 ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE
             ) {
                 drop(write!(out, " {h:02}:{mi:02}:{s:02}"));
-                fraction(out, *us, column.decimals());
+                fraction(out, us, decimals);
             }
         }
-        Value::Time(neg, days, h, mi, s, us) => {
-            let hours = u64::from(*days) * 24 + u64::from(*h);
-            if *neg {
+        Val::Time(neg, days, h, mi, s, us) => {
+            let hours = u64::from(days) * 24 + u64::from(h);
+            if neg {
                 out.push(b'-');
             }
             drop(write!(out, "{hours:02}:{mi:02}:{s:02}"));
-            fraction(out, *us, column.decimals());
+            fraction(out, us, decimals);
         }
     }
+}
+
+/// Appends one value of `column`.
+pub fn encode_value(out: &mut Vec<u8>, value: &Value, column: &Column) {
+    encode_val(out, value.into(), column.column_type(), column.decimals());
 }
 
 /// Encodes a whole row: values separated by TAB.

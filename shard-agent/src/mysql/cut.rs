@@ -12,7 +12,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::{binlog_status, query_err, Session};
+use super::{binlog_status, db_err, query_err, Session};
 use crate::connect;
 use crate::error::AgentError;
 use crate::position::Position;
@@ -194,7 +194,7 @@ impl Session {
         for w in &mut self.workers {
             w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await
-                .map_err(query_err(&shard, "opening the snapshot"))?;
+                .map_err(db_err(&shard, "opening the snapshot"))?;
         }
         let err = query_err(&shard, "reading the binlog position");
         let de = |e| AgentError::Query {

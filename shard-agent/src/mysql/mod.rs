@@ -3,8 +3,10 @@
 
 mod cut;
 mod presync;
+pub mod reader;
 pub(crate) mod schema;
 mod snapshot;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +14,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use crate::connect;
 use crate::error::{AgentError, DbError};
 use crate::position::BinlogCoordinates;
 use crate::preflight::mysql::{number, text, SYSTEM_DATABASES};
 use crate::session::{CutOptions, Lease};
+use reader::{Reader, ReaderKind};
 
 /// A selected table and what the dump needs to know about it.
 #[derive(Debug, Clone)]
@@ -42,11 +44,25 @@ pub struct Session {
     control: Conn,
     control_id: u32,
     /// One per dump worker; each holds the same consistent snapshot.
-    workers: Vec<Conn>,
+    workers: Vec<Reader>,
     tables: Vec<Table>,
     databases: Vec<String>,
     lease: Option<Lease>,
     blocked_since: Option<Instant>,
+}
+
+/// A string literal, for statements that cannot take parameters.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `(lit, lit, …)` of `names`, for `IN` conditions. A condition on
+/// `TABLE_SCHEMA` lets the server read only those databases' tables for
+/// an `information_schema` query: unfiltered, the column list took 80 ms
+/// of a backup's start on a server with four user tables.
+pub(crate) fn literal_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+    format!("({})", quoted.join(", "))
 }
 
 /// Backquotes an identifier.
@@ -64,7 +80,7 @@ pub(crate) fn query_err(shard: &Shard, what: &str) -> impl Fn(mysql_async::Error
     }
 }
 
-fn decode_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
+pub(crate) fn db_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
     let shard = shard.name.clone();
     let what = what.to_string();
     move |source| AgentError::Query {
@@ -93,7 +109,7 @@ pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordi
 /// Session settings of every connection that reads data. Each statement's
 /// failure is an error: a silently failed `SET` would change what is dumped.
 pub(crate) async fn setup_reader(
-    conn: &mut Conn,
+    conn: &mut Reader,
     shard: &Shard,
     mariadb: bool,
 ) -> Result<(), AgentError> {
@@ -114,7 +130,7 @@ pub(crate) async fn setup_reader(
         "SET SESSION max_execution_time = 0"
     });
     for s in stmts {
-        conn.query_drop(s).await.map_err(query_err(shard, s))?;
+        conn.query_drop(s).await.map_err(db_err(shard, s))?;
     }
     Ok(())
 }
@@ -143,7 +159,7 @@ impl Session {
         session.read_catalog().await?;
         let n = shard.parallelism.min(session.tables.len()).max(1);
         for _ in 0..n {
-            let mut conn = connect::mysql(shard, None, opts.connect_timeout).await?;
+            let mut conn = Reader::connect(shard, opts.connect_timeout, ReaderKind::Auto).await?;
             setup_reader(&mut conn, shard, mariadb).await?;
             session.workers.push(conn);
         }
@@ -158,7 +174,7 @@ impl Session {
             .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
             .await
             .map_err(query_err(&shard, "listing databases"))?;
-        let de = decode_err(&shard, "reading the catalog");
+        let de = db_err(&shard, "reading the catalog");
         for row in &rows {
             if let Some(db) = text(row, 0).map_err(&de)? {
                 let selected = match &shard.databases {
@@ -170,15 +186,49 @@ impl Session {
                 }
             }
         }
+        if self.databases.is_empty() {
+            return Ok(());
+        }
+        let dbs = literal_list(&self.databases);
+        // Tables and columns in two queries joined here: the same join in
+        // SQL (COLUMNS with TABLES) took 95 ms on MariaDB 10.11 for four
+        // tables, each query alone about 1 ms.
         let rows: Vec<Row> = self
             .control
-            .query(
-                "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.COLUMN_TYPE, c.EXTRA, t.TABLE_ROWS \
-                 FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
-                 ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
-                 WHERE t.TABLE_TYPE = 'BASE TABLE' \
-                 ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION",
-            )
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+                 WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME"
+            ))
+            .await
+            .map_err(query_err(&shard, "listing tables"))?;
+        let mut index = std::collections::HashMap::new();
+        for row in &rows {
+            let (Some(db), Some(table)) = (text(row, 0).map_err(&de)?, text(row, 1).map_err(&de)?)
+            else {
+                continue;
+            };
+            if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
+                continue;
+            }
+            index.insert((db.clone(), table.clone()), self.tables.len());
+            self.tables.push(Table {
+                database: db,
+                name: table,
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                references: Vec::new(),
+                integer_key: false,
+                rows_estimate: number(row, 2).map_err(&de)?.unwrap_or(0),
+            });
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+            ))
             .await
             .map_err(query_err(&shard, "listing columns"))?;
         for row in &rows {
@@ -190,9 +240,10 @@ impl Session {
             ) else {
                 continue;
             };
-            if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
+            // Views have columns too; only the base tables listed above count.
+            let Some(&i) = index.get(&(db, table)) else {
                 continue;
-            }
+            };
             let extra = text(row, 4)
                 .map_err(&de)?
                 .unwrap_or_default()
@@ -200,34 +251,17 @@ impl Session {
             let generated = ["VIRTUAL", "STORED", "PERSISTENT"]
                 .iter()
                 .any(|g| extra.contains(g));
-            let estimate = number(row, 5).map_err(&de)?.unwrap_or(0);
-            let is_new = self
-                .tables
-                .last()
-                .is_none_or(|t| t.database != db || t.name != table);
-            if is_new {
-                self.tables.push(Table {
-                    database: db,
-                    name: table,
-                    columns: Vec::new(),
-                    primary_key: Vec::new(),
-                    references: Vec::new(),
-                    integer_key: false,
-                    rows_estimate: estimate,
-                });
-            }
             if !generated {
-                if let Some(t) = self.tables.last_mut() {
-                    t.columns.push((col, ty));
-                }
+                self.tables[i].columns.push((col, ty));
             }
         }
         let rows: Vec<Row> = self
             .control
-            .query(
+            .query(format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-                 WHERE INDEX_NAME = 'PRIMARY' ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX",
-            )
+                 WHERE INDEX_NAME = 'PRIMARY' AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX"
+            ))
             .await
             .map_err(query_err(&shard, "listing primary keys"))?;
         for row in &rows {
@@ -248,11 +282,12 @@ impl Session {
         }
         let rows: Vec<Row> = self
             .control
-            .query(
+            .query(format!(
                 "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME \
-                 FROM information_schema.KEY_COLUMN_USAGE WHERE REFERENCED_TABLE_NAME IS NOT NULL \
-                 ORDER BY 1, 2, 3, 4",
-            )
+                 FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY 1, 2, 3, 4"
+            ))
             .await
             .map_err(query_err(&shard, "listing foreign keys"))?;
         for row in &rows {

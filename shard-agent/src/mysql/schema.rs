@@ -5,6 +5,7 @@ use mysql_async::{Conn, Row};
 use serde::{Deserialize, Serialize};
 use topology::Shard;
 
+use super::quote_literal;
 use super::{ident, query_err, Table};
 use crate::error::{AgentError, DbError};
 use crate::preflight::mysql::text;
@@ -71,10 +72,6 @@ async fn names(
         out.push(v);
     }
     Ok(out)
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 pub(super) async fn database_schema(

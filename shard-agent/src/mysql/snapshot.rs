@@ -3,20 +3,20 @@
 //! Every worker connection opened its snapshot while commits were blocked,
 //! so all of them see the same state. Work items (a table, or a primary-key
 //! range of one) are shared through a queue; each worker streams its rows
-//! through the binary protocol into a [`ChunkWriter`].
+//! through the binary protocol into a [`ChunkWriter`], encoding each row
+//! straight into the chunk buffer (see [`Reader`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, Value};
 use topology::{Engine, Shard};
 
+use super::reader::Reader;
 use super::schema::database_schema;
-use super::{ident, query_err, Session, Table};
+use super::{db_err, ident, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
-use crate::dump::mysql_value::encode_row;
+use crate::dump::mysql_value::decode_line;
 use crate::dump::work::{
     finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
     Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
@@ -25,13 +25,9 @@ use crate::error::AgentError;
 use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 
-fn as_i128(v: &Value) -> Option<i128> {
-    match v {
-        Value::Int(i) => Some(i128::from(*i)),
-        Value::UInt(u) => Some(i128::from(*u)),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
+/// A field of a canonical line as an integer; `None` for NULL or text.
+fn as_i128(field: &Option<Vec<u8>>) -> Option<i128> {
+    std::str::from_utf8(field.as_deref()?).ok()?.parse().ok()
 }
 
 impl Session {
@@ -112,12 +108,12 @@ impl Session {
                         ident(&t.database),
                         ident(&t.name)
                     );
-                    let rows: Vec<Row> = conn.query(&sql).await.map_err(query_err(&shard, &sql))?;
-                    if let Some(r) = rows.first() {
-                        if let (Some(Some(lo)), Some(Some(hi))) =
-                            (r.as_ref(0).map(as_i128), r.as_ref(1).map(as_i128))
-                        {
-                            ranges = plan_ranges(lo, hi, t.rows_estimate, opts.chunk_rows);
+                    let line = conn.first_line(&sql).await.map_err(db_err(&shard, &sql))?;
+                    if let Some(line) = line {
+                        if let [lo, hi] = decode_line(&line).as_slice() {
+                            if let (Some(lo), Some(hi)) = (as_i128(lo), as_i128(hi)) {
+                                ranges = plan_ranges(lo, hi, t.rows_estimate, opts.chunk_rows);
+                            }
                         }
                     }
                 }
@@ -136,7 +132,7 @@ impl Session {
 }
 
 async fn worker(
-    mut conn: Conn,
+    mut conn: Reader,
     shard: Shard,
     tables: Arc<Vec<Table>>,
     queue: Queue,
@@ -152,12 +148,12 @@ async fn worker(
     }
     // Ends the read-only snapshot transaction; an error here cannot affect
     // data already stored.
-    drop(conn.disconnect().await);
+    conn.disconnect().await;
     Ok(done)
 }
 
 async fn dump_item(
-    conn: &mut Conn,
+    conn: &mut Reader,
     shard: &Shard,
     t: &Table,
     item: Item,
@@ -192,7 +188,7 @@ async fn dump_item(
 
 /// Streams one range's rows into `writer`, encoded.
 async fn stream_rows(
-    conn: &mut Conn,
+    conn: &mut Reader,
     shard: &Shard,
     sql: &str,
     what: &str,
@@ -200,13 +196,15 @@ async fn stream_rows(
     writer: &mut ChunkWriter,
     storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
 ) -> Result<(), AgentError> {
-    // Built once: `query_err` clones two Strings, which per row showed in profiles.
-    let failed = query_err(shard, what);
-    let mut result = conn.exec_iter(sql, ()).await.map_err(&failed)?;
+    // Built once: `db_err` clones two Strings, which per row showed in profiles.
+    let failed = db_err(shard, what);
+    let mut rows = conn.rows(sql).await.map_err(&failed)?;
     let (mut rows_since, mut bytes_since) = (0u64, 0usize);
-    while let Some(row) = result.next().await.map_err(&failed)? {
+    loop {
         let (buf, start) = writer.row_buffer();
-        encode_row(buf, &row);
+        if !rows.next_line(buf).await.map_err(&failed)? {
+            break;
+        }
         bytes_since += buf.len() - start + 1;
         writer.end_row(start).await.map_err(storage)?;
         rows_since += 1;

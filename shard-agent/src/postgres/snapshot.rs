@@ -53,33 +53,52 @@ impl Session {
                     )
                 })
                 .collect();
-            for section in ["pre-data", "post-data"] {
-                let sql = schema::section(&shard, &db.name, &snapshot, section, &excluded).await?;
-                let key = format!(
+            // Sequences first: they are not transactional, so the sooner
+            // after the cut the closer to it.
+            let sequences = sequence_values(&db.snap, &shard, &db.name).await?;
+            // The schema (two pg_dump runs in the exported snapshot, 150 ms
+            // before the first row when run ahead of the data) is dumped
+            // while the workers read the data. Both are awaited whatever
+            // happens to the other, so that nothing is still writing into
+            // the repository when an error is returned.
+            let schema_key = |section: &str| {
+                format!(
                     "{}shards/{}/{}/{section}.sql.zst",
                     keys::backup_prefix(&opts.backup_id),
                     keys::segment(&shard.name),
                     keys::segment(&db.name)
-                );
-                manifest
-                    .schema
-                    .push(store_schema(opts, &shard.name, key, sql, section, &db.name).await?);
-            }
-            let sequences = sequence_values(&db.snap, &shard, &db.name).await?;
-            if !sequences.is_empty() {
-                let key = format!(
-                    "{}shards/{}/{}/sequences.sql.zst",
-                    keys::backup_prefix(&opts.backup_id),
-                    keys::segment(&shard.name),
-                    keys::segment(&db.name)
-                );
-                manifest.schema.push(
-                    store_schema(opts, &shard.name, key, sequences, "sequences", &db.name).await?,
-                );
-            }
+                )
+            };
+            let section = |name: &'static str| {
+                let (shard, snapshot, excluded) = (&shard, &snapshot, &excluded);
+                let key = schema_key(name);
+                async move {
+                    let sql = schema::section(shard, &db.name, snapshot, name, excluded).await?;
+                    store_schema(opts, &shard.name, key, sql, name, &db.name).await
+                }
+            };
             let tables = Arc::new(db.tables.clone());
-            let results =
-                dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts).await?;
+            let (pre, post, data) = tokio::join!(
+                section("pre-data"),
+                section("post-data"),
+                dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts)
+            );
+            manifest.schema.push(pre?);
+            manifest.schema.push(post?);
+            let results = data?;
+            if !sequences.is_empty() {
+                manifest.schema.push(
+                    store_schema(
+                        opts,
+                        &shard.name,
+                        schema_key("sequences"),
+                        sequences,
+                        "sequences",
+                        &db.name,
+                    )
+                    .await?,
+                );
+            }
             collect(&mut manifest, &db.name, &tables, results);
         }
         // Ending the exporting transactions: the snapshots are no longer needed.
@@ -187,17 +206,23 @@ async fn dump_database(
     items.sort_by_key(|it| std::cmp::Reverse(tables[it.table].rows_estimate));
     let workers = shard.parallelism.min(items.len()).max(1);
     let queue = Queue::new(items);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "''")
+    );
+    // The workers connect at once: each connection's authentication is a
+    // few round trips, which one after the other delayed the first row.
+    let clients = futures_util::future::try_join_all((0..workers).map(|_| async {
         let client = reader(shard, db, std::time::Duration::from_secs(10)).await?;
-        let begin = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-            snapshot.replace('\'', "''")
-        );
         client
             .batch_execute(&begin)
             .await
             .map_err(pg_err(shard, "importing the snapshot"))?;
+        Ok::<_, AgentError>(client)
+    }))
+    .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
         tasks.spawn(worker(
             client,
             shard.clone(),

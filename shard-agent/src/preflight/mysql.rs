@@ -297,13 +297,22 @@ async fn tables(
             }
         }
     }
+    let selected: Vec<String> = match &shard.databases {
+        Some(list) => list.clone(),
+        None => databases.clone(),
+    };
+    if selected.is_empty() {
+        return Ok((databases, Vec::new()));
+    }
     let rows: Vec<Row> = conn
-        .query(
+        .query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_ROWS, \
              COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0) \
-             FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' \
+             FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {} \
              ORDER BY TABLE_SCHEMA, TABLE_NAME",
-        )
+            crate::mysql::literal_list(&selected)
+        ))
         .await?;
     let mut out = Vec::new();
     for row in &rows {

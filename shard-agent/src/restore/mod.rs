@@ -148,7 +148,7 @@ async fn load_checked(
     };
     tokio::task::spawn_blocking(move || {
         let stored = r.get(&k).map_err(|e| format!("{k}: {e}"))?;
-        let got = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&stored));
+        let got = crate::checksum::xxh3_hex(&stored);
         if got != want {
             return Err(format!(
                 "chunk {k} is damaged (checksum {got}, manifest {want}); run `shardcut verify`"

@@ -1,0 +1,408 @@
+//! A minimal MySQL/MariaDB client for the connections that read table data.
+//!
+//! Why it exists: mysql_async decodes every result row into a `Row` of
+//! owned values (an allocation per value and per row, its buffer pool's
+//! queue, a clock read per packet, and an OK- and ERR-packet parse attempt
+//! per binary row). Profiles of a MariaDB backup put that at about a third
+//! of the client's CPU time, on a machine the server shares. This client
+//! reads row packets into one buffer and encodes each value from there
+//! (see `binary`), which is all a dump or a read-back needs.
+//!
+//! What it speaks: TCP, the 4.1 protocol, `mysql_native_password`, text
+//! queries whose results are discarded, and prepared statements without
+//! parameters whose rows are streamed. Nothing else: no TLS, no other
+//! authentication method, no compression. Where the server needs any of
+//! that the connect fails with [`WireError::Unsupported`], and the caller
+//! reads through mysql_async (`mysql::reader`).
+
+mod binary;
+mod cursor;
+mod handshake;
+mod packet;
+
+use std::fmt;
+
+use tokio::net::TcpStream;
+
+use binary::ColumnDef;
+use cursor::Cursor;
+use packet::PacketStream;
+
+const COM_QUIT: u8 = 0x01;
+const COM_QUERY: u8 = 0x03;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_CLOSE: u8 = 0x19;
+const SERVER_MORE_RESULTS_EXISTS: u16 = 0x08;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server's own error, as mysql_async shows it.
+    #[error("ERROR {code} ({state}): {message}")]
+    Server {
+        code: u16,
+        state: String,
+        message: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Something this client does not implement; the caller falls back to
+    /// mysql_async.
+    #[error("not supported by shardcut's row reader: {0}")]
+    Unsupported(String),
+}
+
+/// Parses an ERR packet.
+fn server_error(payload: &[u8]) -> WireError {
+    let mut c = Cursor::new(payload);
+    c.skip(1);
+    let code = c.u16().unwrap_or(0);
+    let mut state = String::from("HY000");
+    if c.rest().first() == Some(&b'#') {
+        c.skip(1);
+        if let Some(s) = c.take(5) {
+            state = String::from_utf8_lossy(s).into_owned();
+        }
+    }
+    WireError::Server {
+        code,
+        state,
+        message: String::from_utf8_lossy(c.rest()).into_owned(),
+    }
+}
+
+/// An EOF packet (0xFE, shorter than 9 bytes; a longer one starting 0xFE
+/// is a row or a length). Returns its status flags.
+fn eof_status(payload: &[u8]) -> Option<u16> {
+    if payload.first() == Some(&0xFE) && payload.len() < 9 {
+        let mut c = Cursor::new(payload);
+        c.skip(3); // header, warnings
+        Some(c.u16().unwrap_or(0))
+    } else {
+        None
+    }
+}
+
+/// Status flags of an OK packet (after affected rows and last insert id).
+fn ok_status(payload: &[u8]) -> u16 {
+    let mut c = Cursor::new(payload);
+    c.skip(1);
+    c.lenenc();
+    c.lenenc();
+    c.u16().unwrap_or(0)
+}
+
+pub struct Login<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a [u8],
+    pub database: Option<&'a str>,
+}
+
+pub struct WireConn {
+    packets: PacketStream,
+}
+
+impl fmt::Debug for WireConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WireConn")
+    }
+}
+
+impl WireConn {
+    /// Connects and authenticates. The caller bounds the time.
+    pub async fn connect(login: &Login<'_>) -> Result<WireConn, WireError> {
+        let stream = TcpStream::connect((login.host, login.port))
+            .await
+            .map_err(WireError::Io)?;
+        stream.set_nodelay(true).map_err(WireError::Io)?;
+        let mut packets = PacketStream::new(stream);
+        let greeting = handshake::parse_greeting(packets.read().await?)?;
+        let caps = handshake::client_capabilities(greeting.capabilities, login.database.is_some())?;
+        let response = handshake::response(
+            caps,
+            login.user,
+            login.password,
+            &greeting.scramble,
+            login.database,
+        );
+        packets.write(&response).await?;
+        // The answer: OK, ERR, or a request to switch methods.
+        let reply = packets.read().await?;
+        match reply.first() {
+            Some(0x00) => {}
+            Some(0xFF) => return Err(server_error(reply)),
+            Some(0xFE) => {
+                let mut c = Cursor::new(&reply[1..]);
+                let plugin = c.until_nul();
+                if plugin != handshake::NATIVE_PASSWORD {
+                    return Err(WireError::Unsupported(format!(
+                        "authentication method {}",
+                        String::from_utf8_lossy(plugin)
+                    )));
+                }
+                let data = c.rest();
+                let scramble = data.strip_suffix(b"\0").unwrap_or(data).to_vec();
+                let auth = handshake::native_scramble(login.password, &scramble);
+                packets.write(&auth).await?;
+                let reply = packets.read().await?;
+                match reply.first() {
+                    Some(0x00) => {}
+                    Some(0xFF) => return Err(server_error(reply)),
+                    _ => {
+                        return Err(WireError::Unsupported(
+                            "a further authentication step".into(),
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(WireError::Unsupported(
+                    "an authentication exchange other than mysql_native_password".into(),
+                ))
+            }
+        }
+        Ok(WireConn { packets })
+    }
+
+    async fn command(&mut self, code: u8, body: &[u8]) -> Result<(), WireError> {
+        self.packets.reset_seq();
+        let mut payload = Vec::with_capacity(body.len() + 1);
+        payload.push(code);
+        payload.extend_from_slice(body);
+        self.packets.write(&payload).await
+    }
+
+    /// Reads packets up to and including an EOF; returns its status.
+    async fn skip_to_eof(&mut self) -> Result<u16, WireError> {
+        loop {
+            let p = self.packets.read().await?;
+            if let Some(status) = eof_status(p) {
+                return Ok(status);
+            }
+            if p.first() == Some(&0xFF) {
+                return Err(server_error(p));
+            }
+        }
+    }
+
+    /// Runs a statement through the text protocol and discards any result.
+    pub async fn query_drop(&mut self, sql: &str) -> Result<(), WireError> {
+        self.command(COM_QUERY, sql.as_bytes()).await?;
+        loop {
+            let p = self.packets.read().await?;
+            let status = match p.first() {
+                Some(0x00) => ok_status(p),
+                Some(0xFF) => return Err(server_error(p)),
+                Some(0xFB) => {
+                    return Err(WireError::Unsupported("LOAD DATA LOCAL".into()));
+                }
+                _ => {
+                    // A result set: column definitions, then rows.
+                    self.skip_to_eof().await?;
+                    self.skip_to_eof().await?
+                }
+            };
+            if status & SERVER_MORE_RESULTS_EXISTS == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Prepares and executes `sql` (no parameters) and returns its rows.
+    pub async fn rows(&mut self, sql: &str) -> Result<Rows<'_>, WireError> {
+        self.command(COM_STMT_PREPARE, sql.as_bytes()).await?;
+        let p = self.packets.read().await?;
+        if p.first() == Some(&0xFF) {
+            return Err(server_error(p));
+        }
+        let mut c = Cursor::new(p);
+        let bad = || WireError::Protocol("malformed reply to a prepare".into());
+        c.skip(1).ok_or_else(bad)?;
+        let id = c.u32().ok_or_else(bad)?;
+        let ncols = c.u16().ok_or_else(bad)?;
+        let nparams = c.u16().ok_or_else(bad)?;
+        if nparams > 0 {
+            self.skip_to_eof().await?;
+        }
+        if ncols > 0 {
+            self.skip_to_eof().await?;
+        }
+        let mut body = Vec::with_capacity(9);
+        body.extend_from_slice(&id.to_le_bytes());
+        body.push(0); // no cursor
+        body.extend_from_slice(&1u32.to_le_bytes());
+        self.command(COM_STMT_EXECUTE, &body).await?;
+        let p = self.packets.read().await?;
+        let columns = match p.first() {
+            Some(0xFF) => return Err(server_error(p)),
+            // No result set (not a SELECT): no rows.
+            Some(0x00) => None,
+            _ => Some(
+                Cursor::new(p)
+                    .lenenc()
+                    .ok_or_else(|| WireError::Protocol("malformed column count".into()))?,
+            ),
+        };
+        let mut cols = Vec::new();
+        match columns {
+            Some(n) => {
+                for _ in 0..n {
+                    cols.push(binary::column_def(self.packets.read().await?)?);
+                }
+                self.skip_to_eof().await?;
+            }
+            None => self.command(COM_STMT_CLOSE, &id.to_le_bytes()).await?,
+        }
+        Ok(Rows {
+            conn: self,
+            statement: id,
+            cols,
+            done: columns.is_none(),
+        })
+    }
+
+    /// Says goodbye; errors are irrelevant once nothing more is read.
+    pub async fn disconnect(mut self) {
+        if self.command(COM_QUIT, &[]).await.is_ok() {
+            self.packets.shutdown().await;
+        }
+    }
+}
+
+/// The rows of one executed statement. Read them to the end: the
+/// connection is not usable for anything else before that.
+pub struct Rows<'c> {
+    conn: &'c mut WireConn,
+    statement: u32,
+    cols: Vec<ColumnDef>,
+    done: bool,
+}
+
+impl Rows<'_> {
+    /// Appends the next row's canonical line to `out`; `false` after the
+    /// last row, when the statement has been closed.
+    pub async fn next_line(&mut self, out: &mut Vec<u8>) -> Result<bool, WireError> {
+        if self.done {
+            return Ok(false);
+        }
+        let p = self.conn.packets.read().await?;
+        match p.first() {
+            Some(0x00) => {
+                binary::encode_row(out, p, &self.cols)?;
+                Ok(true)
+            }
+            Some(0xFF) => Err(server_error(p)),
+            _ if eof_status(p).is_some() => {
+                self.done = true;
+                // COM_STMT_CLOSE has no reply.
+                self.conn
+                    .command(COM_STMT_CLOSE, &self.statement.to_le_bytes())
+                    .await?;
+                Ok(false)
+            }
+            _ => Err(WireError::Protocol(
+                "unexpected packet in a result set".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a scripted server on 127.0.0.1: the exchanges a real
+    //! MariaDB does not offer on demand (another authentication method, a
+    //! payload split over wire packets). The row path is covered against
+    //! real servers by the integration tests.
+
+    use tokio::net::TcpListener;
+
+    use crate::error::DbError;
+
+    use super::handshake::tests::sample_greeting;
+    use super::*;
+
+    /// A server that greets, reads the handshake response, and answers
+    /// with `reply`; returns the port and the response it received.
+    async fn server(reply: Vec<u8>) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut p = PacketStream::new(s);
+            p.write(&sample_greeting()).await.unwrap();
+            let response = p.read().await.unwrap().to_vec();
+            p.write(&reply).await.unwrap();
+            // Hold the connection until the client has read the reply.
+            drop(p.read().await);
+            response
+        });
+        (port, task)
+    }
+
+    fn login(port: u16) -> Login<'static> {
+        Login {
+            host: "127.0.0.1",
+            port,
+            user: "backup",
+            password: b"not-the-real-one",
+            database: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn another_authentication_method_is_unsupported() {
+        let (port, task) =
+            server(b"\xfeclient_ed25519\0abcdefghijklmnopqrstuvwxyz01234567\0".to_vec()).await;
+        match WireConn::connect(&login(port)).await {
+            Err(WireError::Unsupported(why)) => assert!(why.contains("client_ed25519"), "{why}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        let response = task.await.unwrap();
+        // The response carries the user and a 20-byte scramble, never the password.
+        assert!(response.windows(7).any(|w| w == b"backup\0"));
+        assert!(!response.windows(8).any(|w| w == b"not-the-"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_login_is_the_server_error() {
+        let mut err = vec![0xFF];
+        err.extend_from_slice(&1045u16.to_le_bytes());
+        err.extend_from_slice(b"#28000Access denied for user 'backup'@'localhost'");
+        let (port, _task) = server(err).await;
+        let e = WireConn::connect(&login(port)).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ERROR 1045 (28000): Access denied for user 'backup'@'localhost'"
+        );
+        assert!(DbError::from(e).is_server_error());
+    }
+
+    #[tokio::test]
+    async fn payloads_of_16_mib_and_more_are_joined() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big: Vec<u8> = (0..(17usize << 20)).map(|i| (i % 251) as u8).collect();
+        let exact = vec![7u8; 0xFF_FFFF];
+        let (b2, e2) = (big.clone(), exact.clone());
+        let writer = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut p = PacketStream::new(s);
+            for payload in [&b2[..], b"small", &e2[..], b""] {
+                p.write(payload).await.unwrap();
+            }
+        });
+        let mut r = PacketStream::new(TcpStream::connect(addr).await.unwrap());
+        assert_eq!(r.read().await.unwrap(), &big[..]);
+        assert_eq!(r.read().await.unwrap(), b"small");
+        assert_eq!(r.read().await.unwrap(), &exact[..]);
+        assert_eq!(r.read().await.unwrap(), b"");
+        writer.await.unwrap();
+        assert!(matches!(r.read().await, Err(WireError::Closed)));
+    }
+}

@@ -1,0 +1,157 @@
+//! MySQL packet framing over one TCP stream, read into a buffer the caller
+//! borrows from: a packet's payload is handed out as a slice of the read
+//! buffer, never copied, unless it spans several wire packets (payloads of
+//! 16 MiB and more), which are joined in a separate buffer.
+//!
+//! Memory: the read buffer grows only to hold one wire packet (at most
+//! 16 MiB + header); the join buffer to the largest row, as any client's.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::WireError;
+
+/// Largest payload one wire packet carries; a payload this long continues
+/// in the next packet.
+const MAX_PAYLOAD: usize = 0xFF_FFFF;
+const INITIAL_BUFFER: usize = 256 << 10;
+/// A join buffer above this is released after use instead of kept.
+const KEEP_JOINED: usize = 32 << 20;
+
+/// The payload length a 4-byte packet header announces (3 bytes, little-endian).
+fn payload_len(h: &[u8]) -> usize {
+    usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16
+}
+
+pub struct PacketStream {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    joined: Vec<u8>,
+    /// Sequence number the next packet (read or written) must carry.
+    seq: u8,
+}
+
+impl PacketStream {
+    pub fn new(stream: TcpStream) -> Self {
+        PacketStream {
+            stream,
+            buf: vec![0; INITIAL_BUFFER],
+            start: 0,
+            end: 0,
+            joined: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Starts a new command: its first packet has sequence number 0.
+    pub fn reset_seq(&mut self) {
+        self.seq = 0;
+    }
+
+    /// Makes at least `n` unconsumed bytes available in `buf`.
+    async fn fill(&mut self, n: usize) -> Result<(), WireError> {
+        if self.end - self.start >= n {
+            return Ok(());
+        }
+        if self.start + n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if n > self.buf.len() {
+                self.buf.resize(n.max(self.buf.len() * 2), 0);
+            }
+        }
+        while self.end - self.start < n {
+            let read = self
+                .stream
+                .read(&mut self.buf[self.end..])
+                .await
+                .map_err(WireError::Io)?;
+            if read == 0 {
+                return Err(WireError::Closed);
+            }
+            self.end += read;
+        }
+        Ok(())
+    }
+
+    /// Reads one wire packet's header; returns its payload length.
+    async fn header(&mut self) -> Result<usize, WireError> {
+        self.fill(4).await?;
+        let h = &self.buf[self.start..self.start + 4];
+        let len = payload_len(h);
+        if h[3] != self.seq {
+            return Err(WireError::Protocol(format!(
+                "packet out of order (sequence {} where {} was due)",
+                h[3], self.seq
+            )));
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.start += 4;
+        Ok(len)
+    }
+
+    /// The next payload. It borrows the stream until the next call.
+    pub async fn read(&mut self) -> Result<&[u8], WireError> {
+        // Most rows are whole in the buffer already: take them without
+        // going through the reads below (their futures showed in profiles).
+        if let Some(h) = self.buf.get(self.start..self.start + 4) {
+            let len = payload_len(h);
+            let at = self.start + 4;
+            if h[3] == self.seq && len < MAX_PAYLOAD && at + len <= self.end {
+                self.seq = self.seq.wrapping_add(1);
+                self.start = at + len;
+                return Ok(&self.buf[at..at + len]);
+            }
+        }
+        let len = self.header().await?;
+        self.fill(len).await?;
+        if len < MAX_PAYLOAD {
+            let at = self.start;
+            self.start += len;
+            return Ok(&self.buf[at..at + len]);
+        }
+        if self.joined.capacity() > KEEP_JOINED {
+            self.joined = Vec::new();
+        }
+        self.joined.clear();
+        let mut len = len;
+        loop {
+            self.joined
+                .extend_from_slice(&self.buf[self.start..self.start + len]);
+            self.start += len;
+            if len < MAX_PAYLOAD {
+                return Ok(&self.joined);
+            }
+            len = self.header().await?;
+            self.fill(len).await?;
+        }
+    }
+
+    /// Sends `payload` as the next packet(s) and flushes.
+    pub async fn write(&mut self, payload: &[u8]) -> Result<(), WireError> {
+        let mut out = Vec::with_capacity(payload.len() + 8);
+        let mut rest = payload;
+        loop {
+            let len = rest.len().min(MAX_PAYLOAD);
+            // `len` < 2^24: the three low bytes are the whole value.
+            out.extend_from_slice(&(len as u32).to_le_bytes()[..3]);
+            out.push(self.seq);
+            self.seq = self.seq.wrapping_add(1);
+            out.extend_from_slice(&rest[..len]);
+            rest = &rest[len..];
+            if len < MAX_PAYLOAD {
+                break;
+            }
+        }
+        self.stream.write_all(&out).await.map_err(WireError::Io)?;
+        self.stream.flush().await.map_err(WireError::Io)
+    }
+
+    pub async fn shutdown(&mut self) {
+        drop(self.stream.shutdown().await);
+    }
+}
