@@ -51,6 +51,11 @@ pub struct Backup {
     test_pause_before_dump: Option<Duration>,
 }
 
+/// A backup's ID sorts in the order backups were taken: `latest` and
+/// `expire --keep-last` take the newest by ID. Milliseconds keep that true
+/// for backups taken within one second (the repository lock runs them one
+/// after another, and each takes longer than a millisecond); the salt keeps
+/// IDs distinct across repositories that are merged or copied.
 fn new_backup_id() -> String {
     let now = chrono::Utc::now();
     let salt = xxhash_rust::xxh3::xxh3_64(
@@ -61,7 +66,7 @@ fn new_backup_id() -> String {
         )
         .as_bytes(),
     );
-    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%SZ"), salt & 0xffff)
+    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%S%.3fZ"), salt & 0xffff)
 }
 
 impl Backup {
