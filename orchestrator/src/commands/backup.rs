@@ -66,7 +66,11 @@ fn new_backup_id() -> String {
         )
         .as_bytes(),
     );
-    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%S%.3fZ"), salt & 0xffff)
+    backup_id(now, salt as u16)
+}
+
+fn backup_id(at: chrono::DateTime<chrono::Utc>, salt: u16) -> String {
+    format!("{}-{salt:04x}", at.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
 impl Backup {
@@ -345,4 +349,22 @@ pub fn summary_text(m: &Manifest) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backup_id;
+
+    #[test]
+    fn ids_sort_by_time_whatever_their_salt() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-24T04:44:38.120Z")
+            .map(|t| t.to_utc())
+            .expect("a valid time");
+        let first = backup_id(t, 0xffff);
+        let next = backup_id(t + chrono::Duration::milliseconds(1), 0x0000);
+        assert_eq!(first, "20261124T044438.120Z-ffff");
+        assert!(first < next, "{first} !< {next}");
+        let next_second = backup_id(t + chrono::Duration::milliseconds(880), 0);
+        assert!(next < next_second, "{next} !< {next_second}");
+    }
 }
