@@ -2,6 +2,7 @@
 //! the JSON contract agree with what the source tables hold.
 
 use shard_agent::mysql::reader::{Reader, ReaderKind};
+use shard_agent::postgres::copy_reader::CopyReader;
 use shard_agent::readback;
 use shard_agent::repo::Repository;
 use topology::Engine;
@@ -92,6 +93,19 @@ async fn backup_matches_every_source_table() {
                     .unwrap();
             assert!(matches!(reader, Reader::Wire(_)), "{name}: own row reader");
             reader.disconnect().await;
+        } else {
+            // Likewise shardcut's own COPY reader (over SCRAM-SHA-256, the
+            // sandbox's authentication), compared below with tokio-postgres.
+            let timeout = std::time::Duration::from_secs(10);
+            let db = &sm.table_list[0].database;
+            let reader = CopyReader::connect(shard, db, timeout, ReaderKind::Auto)
+                .await
+                .unwrap();
+            assert!(
+                matches!(reader, CopyReader::Wire(_)),
+                "{name}: own COPY reader"
+            );
+            reader.close().await;
         }
         let expected = match shard.engine {
             Engine::Mysql => vec![
@@ -143,6 +157,25 @@ async fn backup_matches_every_source_table() {
                     library.hex(),
                     t.content_hash,
                     "{name} {}: the same lines through mysql_async",
+                    t.qualified()
+                );
+            } else {
+                let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+                let schema = t.schema.as_deref().unwrap();
+                let library = readback::postgres_digest(
+                    shard,
+                    &t.database,
+                    schema,
+                    &t.name,
+                    &columns,
+                    ReaderKind::Library,
+                )
+                .await
+                .unwrap();
+                assert_eq!(
+                    library.hex(),
+                    t.content_hash,
+                    "{name} {}: the same lines through tokio-postgres",
                     t.qualified()
                 );
             }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod capture;
 pub mod checksum;
+pub mod client_choice;
 pub mod connect;
 pub mod dump;
 pub mod error;

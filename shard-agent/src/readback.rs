@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use topology::Shard;
 
 use crate::dump::chunk::RowDigest;
 use crate::error::AgentError;
 use crate::manifest::TableManifest;
 use crate::mysql::reader::{Reader, ReaderKind};
+use crate::postgres::copy_reader::{literal, CopyReader};
 use crate::{mysql, postgres};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,7 +22,10 @@ pub async fn table_digest(shard: &Shard, t: &TableManifest) -> Result<RowDigest,
     let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
     match &t.schema {
         None => mysql_digest(shard, &t.database, &t.name, &columns, ReaderKind::Auto).await,
-        Some(schema) => postgres_digest(shard, &t.database, schema, &t.name, &columns).await,
+        Some(schema) => {
+            let kind = ReaderKind::Auto;
+            postgres_digest(shard, &t.database, schema, &t.name, &columns, kind).await
+        }
     }
 }
 
@@ -62,22 +65,35 @@ pub async fn mysql_digest(
     Ok(digest)
 }
 
+/// As [`mysql_digest`]: `kind` chooses the client.
 pub async fn postgres_digest(
     shard: &Shard,
     db: &str,
     schema: &str,
     table: &str,
     columns: &[&str],
+    kind: ReaderKind,
 ) -> Result<RowDigest, AgentError> {
-    let client = postgres::reader(shard, db, TIMEOUT).await?;
-    let err = postgres::pg_err(shard, &format!("reading back {db}.{schema}.{table}"));
+    let mut client = CopyReader::connect(shard, db, TIMEOUT, kind).await?;
+    let what = format!("reading back {db}.{schema}.{table}");
+    let err = |source| AgentError::Query {
+        shard: shard.name.clone(),
+        what: what.clone(),
+        source,
+    };
     // As the dump reads it: a partitioned table with its partitions, any
     // other without its inheritance children (they are tables of their
     // own in the backup). A missing table reads as a plain one, and the
     // COPY then fails with the server's own error.
-    let partitioned = postgres::is_partitioned(&client, schema, table)
+    let partitioned = client
+        .exists(&format!(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND c.relkind = 'p'",
+            literal(schema),
+            literal(table)
+        ))
         .await
-        .map_err(&err)?;
+        .map_err(err)?;
     let cols: Vec<String> = columns.iter().map(|c| postgres::ident(c)).collect();
     let sql = format!(
         "COPY (SELECT {} FROM {}{}.{}) TO STDOUT",
@@ -86,19 +102,19 @@ pub async fn postgres_digest(
         postgres::ident(schema),
         postgres::ident(table)
     );
-    let stream = client.copy_out(sql.as_str()).await.map_err(&err)?;
-    futures_util::pin_mut!(stream);
     let mut digest = RowDigest::default();
     let mut carry = Vec::new();
-    while let Some(piece) = stream.next().await {
-        digest_lines(&mut digest, &mut carry, &piece.map_err(&err)?);
+    {
+        let mut copy = client.copy_out(sql.as_str()).await.map_err(err)?;
+        while let Some(piece) = copy.next().await.map_err(err)? {
+            digest_lines(&mut digest, &mut carry, piece);
+        }
     }
+    client.close().await;
     if !carry.is_empty() {
         return Err(AgentError::Tool {
             shard: shard.name.clone(),
-            what: format!(
-                "reading back {db}.{schema}.{table}: COPY output ended in the middle of a row"
-            ),
+            what: format!("{what}: COPY output ended in the middle of a row"),
         });
     }
     Ok(digest)

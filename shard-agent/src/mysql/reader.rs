@@ -4,8 +4,6 @@
 //! function, so a table's lines, and so its content hash, do not depend on
 //! which one read it.
 
-use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -13,37 +11,11 @@ use mysql_async::{BinaryProtocol, Conn, QueryResult};
 use topology::{Endpoint, Shard};
 
 use super::wire::{self, Login, WireConn, WireError};
+pub use crate::client_choice::ReaderKind;
+use crate::client_choice::{library_only, remember_library_only};
 use crate::connect;
 use crate::dump::mysql_value::encode_row;
 use crate::error::{AgentError, DbError};
-
-/// Which client a [`Reader`] may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReaderKind {
-    /// The row reader if the server lets it in, else mysql_async.
-    Auto,
-    /// mysql_async only (for comparing the two).
-    Library,
-}
-
-/// Endpoints (`user@host:port`) where the row reader was refused, so that
-/// later connections to them go straight to mysql_async: every refused
-/// attempt is an aborted connection to the server (counted against the
-/// host's `max_connect_errors` until a connection succeeds).
-static LIBRARY_ONLY: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
-fn library_only(key: &str) -> bool {
-    LIBRARY_ONLY
-        .lock()
-        .map(|set| set.contains(key))
-        .unwrap_or(false)
-}
-
-fn remember_library_only(key: String) {
-    if let Ok(mut set) = LIBRARY_ONLY.lock() {
-        set.insert(key);
-    }
-}
 
 pub enum Reader {
     Wire(WireConn),
@@ -65,7 +37,7 @@ impl Reader {
         let Endpoint {
             host, port, user, ..
         } = &shard.endpoint;
-        let key = format!("{user}@{host}:{port}");
+        let key = format!("mysql://{user}@{host}:{port}");
         if kind == ReaderKind::Library || library_only(&key) {
             return Ok(Reader::Library(connect::mysql(shard, None, timeout).await?));
         }

@@ -2,11 +2,13 @@
 //! holds the write block and one that exports the snapshot; the phases are
 //! in `cut`, `schema` (pg_dump pre-/post-data) and `snapshot` (COPY data).
 
+pub mod copy_reader;
 mod cut;
 mod guard;
 pub(crate) mod schema;
 mod settle;
 mod snapshot;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 

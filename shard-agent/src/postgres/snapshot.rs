@@ -6,17 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use tokio_postgres::Client;
 use topology::{Engine, Shard};
 
-use super::{ident, pg_err, reader, schema, Session, Table};
+use super::copy_reader::CopyReader;
+use super::{ident, pg_err, schema, Session, Table};
+use crate::client_choice::ReaderKind;
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
     Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
-use crate::error::AgentError;
+use crate::error::{AgentError, DbError};
 use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 
@@ -106,6 +107,16 @@ impl Session {
             drop(db.snap.batch_execute("COMMIT").await);
         }
         Ok(manifest)
+    }
+}
+
+fn query_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |source| AgentError::Query {
+        shard: shard.clone(),
+        what: what.clone(),
+        source,
     }
 }
 
@@ -213,11 +224,12 @@ async fn dump_database(
     // The workers connect at once: each connection's authentication is a
     // few round trips, which one after the other delayed the first row.
     let clients = futures_util::future::try_join_all((0..workers).map(|_| async {
-        let client = reader(shard, db, std::time::Duration::from_secs(10)).await?;
+        let timeout = std::time::Duration::from_secs(10);
+        let mut client = CopyReader::connect(shard, db, timeout, ReaderKind::Auto).await?;
         client
-            .batch_execute(&begin)
+            .execute(&begin)
             .await
-            .map_err(pg_err(shard, "importing the snapshot"))?;
+            .map_err(query_err(shard, "importing the snapshot"))?;
         Ok::<_, AgentError>(client)
     }))
     .await?;
@@ -236,7 +248,7 @@ async fn dump_database(
 }
 
 async fn worker(
-    client: Client,
+    mut client: CopyReader,
     shard: Shard,
     db: String,
     tables: Arc<Vec<Table>>,
@@ -247,7 +259,7 @@ async fn worker(
     let mut scratch = Scratch::default();
     while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
         let (result, s) = dump_item(
-            &client,
+            &mut client,
             &shard,
             &db,
             &tables[item.table],
@@ -259,7 +271,8 @@ async fn worker(
         done.push(result);
         scratch = s;
     }
-    drop(client.batch_execute("COMMIT").await);
+    drop(client.execute("COMMIT").await);
+    client.close().await;
     Ok(done)
 }
 
@@ -285,7 +298,7 @@ pub fn copy_out_sql(t: &Table, range: &KeyRange) -> String {
 }
 
 async fn dump_item(
-    client: &Client,
+    client: &mut CopyReader,
     shard: &Shard,
     db: &str,
     t: &Table,
@@ -306,7 +319,7 @@ async fn dump_item(
 
 /// Streams one COPY into `writer`, a line per row.
 async fn stream_rows(
-    client: &Client,
+    client: &mut CopyReader,
     shard: &Shard,
     sql: &str,
     what: &str,
@@ -314,18 +327,16 @@ async fn stream_rows(
     writer: &mut ChunkWriter,
     storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
 ) -> Result<(), AgentError> {
-    // Built once: `pg_err` clones two Strings, which per row showed in profiles.
-    let failed = pg_err(shard, what);
-    let stream = client.copy_out(sql).await.map_err(&failed)?;
-    futures_util::pin_mut!(stream);
+    // Built once: `query_err` clones two Strings, which per row showed in profiles.
+    let failed = query_err(shard, what);
+    let mut copy = client.copy_out(sql).await.map_err(&failed)?;
     // COPY text rows end with LF and escape LF inside values, so lines are
     // rows; a line may span two network buffers, hence the carry.
     let mut carry: Vec<u8> = Vec::new();
     let (mut rows_since, mut bytes_since) = (0u64, 0u64);
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(&failed)?;
+    while let Some(piece) = copy.next().await.map_err(&failed)? {
         bytes_since += piece.len() as u64;
-        let mut rest: &[u8] = &piece;
+        let mut rest: &[u8] = piece;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             if carry.is_empty() {
                 writer.push(&rest[..nl]).await.map_err(storage)?;
