@@ -109,9 +109,17 @@ impl CopyConn {
         self.frames.send(&out).await
     }
 
-    /// Reads up to ReadyForQuery after an error, so the connection stays
-    /// usable, and returns the error.
-    async fn fail_after(&mut self, err: PgWireError) -> Result<(), PgWireError> {
+    /// After `kind`, a message this client did not expect: reads up to
+    /// ReadyForQuery, so the connection stays usable, and returns `err`.
+    /// A COPY FROM (or COPY BOTH) the server has started waits for the
+    /// client, so it is refused first, or the wait would never end.
+    async fn fail_after(&mut self, kind: u8, err: PgWireError) -> Result<(), PgWireError> {
+        if matches!(kind, b'G' | b'W') {
+            let mut out = BytesMut::new();
+            frontend::copy_fail("shardcut's COPY reader only reads", &mut out)
+                .map_err(|e| PgWireError::Protocol(e.to_string()))?;
+            self.frames.send(&out).await?;
+        }
         loop {
             if self.frames.advance().await? == b'Z' {
                 return Err(err);
@@ -145,7 +153,7 @@ impl CopyConn {
                 k if asynchronous(k) => {}
                 k => {
                     let err = unexpected(k, "after a simple query");
-                    return self.fail_after(err).await.map(|_| None);
+                    return self.fail_after(k, err).await.map(|_| None);
                 }
             }
         }
@@ -165,12 +173,12 @@ impl CopyConn {
                 }
                 b'E' => {
                     let err = server_error(self.frames.body());
-                    self.fail_after(err).await?;
+                    self.fail_after(b'E', err).await?;
                 }
                 k if asynchronous(k) => {}
                 k => {
                     let err = unexpected(k, "where COPY data was due");
-                    self.fail_after(err).await?;
+                    self.fail_after(k, err).await?;
                 }
             }
         }
@@ -233,7 +241,7 @@ impl CopyOut<'_> {
                 k => {
                     self.done = true;
                     let err = unexpected(k, "in COPY data");
-                    return self.conn.fail_after(err).await.map(|_| None);
+                    return self.conn.fail_after(k, err).await.map(|_| None);
                 }
             }
         }

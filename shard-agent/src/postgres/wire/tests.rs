@@ -231,3 +231,36 @@ async fn an_error_inside_the_copy_is_the_server_error_and_the_session_goes_on() 
     }
     conn.execute("SET x = 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_copy_from_the_server_starts_is_refused_not_waited_for() {
+    let (port, task) = server(|mut s| async move {
+        read_startup(&mut s).await;
+        s.write_all(&[auth(0, b""), ready()].concat())
+            .await
+            .unwrap();
+        read_msg(&mut s).await;
+        // CopyInResponse: the server now waits for the client's data.
+        s.write_all(&msg(b'G', &[0, 0, 0])).await.unwrap();
+        let answer = read_msg(&mut s).await;
+        let end = [error("ERROR", "57014", "COPY from stdin failed"), ready()].concat();
+        s.write_all(&end).await.unwrap();
+        drop(s.read_u8().await);
+        answer
+    })
+    .await;
+    let mut conn = CopyConn::connect(&login(port)).await.unwrap();
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.execute("COPY t FROM STDIN"),
+    )
+    .await
+    .expect("the client waited for the server, which waited for it");
+    match run {
+        Err(PgWireError::Protocol(why)) => assert!(why.contains("'G'"), "{why}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    conn.close().await;
+    let (kind, _) = task.await.unwrap();
+    assert_eq!(kind, b'f', "CopyFail");
+}
