@@ -125,3 +125,15 @@ pub enum AgentError {
         source: DbError,
     },
 }
+
+/// Maps a driver error of `what` on `shard` to [`AgentError::Query`]; built
+/// once per statement, not per row (the two names are cloned per error).
+pub(crate) fn db_err(shard: &topology::Shard, what: &str) -> impl Fn(DbError) -> AgentError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |source| AgentError::Query {
+        shard: shard.clone(),
+        what: what.clone(),
+        source,
+    }
+}

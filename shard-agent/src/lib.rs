@@ -19,6 +19,7 @@ pub mod position;
 pub mod postgres;
 pub mod preflight;
 pub mod readback;
+mod readbuf;
 pub mod replay;
 pub mod repo;
 pub mod restore;

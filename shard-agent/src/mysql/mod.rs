@@ -80,15 +80,7 @@ pub(crate) fn query_err(shard: &Shard, what: &str) -> impl Fn(mysql_async::Error
     }
 }
 
-pub(crate) fn db_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
-    let shard = shard.name.clone();
-    let what = what.to_string();
-    move |source| AgentError::Query {
-        shard: shard.clone(),
-        what: what.clone(),
-        source,
-    }
-}
+pub(crate) use crate::error::db_err;
 
 /// The server's current binlog file and offset (`SHOW MASTER STATUS`), or
 /// `None` when the binary log is off.

@@ -17,7 +17,7 @@ use crate::dump::work::{
     finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
     Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
-use crate::error::{AgentError, DbError};
+use crate::error::{db_err, AgentError};
 use crate::manifest::{keys, ShardManifest};
 use crate::session::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 
@@ -107,16 +107,6 @@ impl Session {
             drop(db.snap.batch_execute("COMMIT").await);
         }
         Ok(manifest)
-    }
-}
-
-fn query_err(shard: &Shard, what: &str) -> impl Fn(DbError) -> AgentError {
-    let shard = shard.name.clone();
-    let what = what.to_string();
-    move |source| AgentError::Query {
-        shard: shard.clone(),
-        what: what.clone(),
-        source,
     }
 }
 
@@ -229,7 +219,7 @@ async fn dump_database(
         client
             .execute(&begin)
             .await
-            .map_err(query_err(shard, "importing the snapshot"))?;
+            .map_err(db_err(shard, "importing the snapshot"))?;
         Ok::<_, AgentError>(client)
     }))
     .await?;
@@ -327,8 +317,8 @@ async fn stream_rows(
     writer: &mut ChunkWriter,
     storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
 ) -> Result<(), AgentError> {
-    // Built once: `query_err` clones two Strings, which per row showed in profiles.
-    let failed = query_err(shard, what);
+    // Built once: `db_err` clones two Strings, which per row showed in profiles.
+    let failed = db_err(shard, what);
     let mut copy = client.copy_out(sql).await.map_err(&failed)?;
     // COPY text rows end with LF and escape LF inside values, so lines are
     // rows; a line may span two network buffers, hence the carry.

@@ -56,6 +56,15 @@ pub enum WireError {
     Unsupported(String),
 }
 
+impl From<crate::readbuf::FillError> for WireError {
+    fn from(e: crate::readbuf::FillError) -> Self {
+        match e {
+            crate::readbuf::FillError::Io(e) => WireError::Io(e),
+            crate::readbuf::FillError::Closed => WireError::Closed,
+        }
+    }
+}
+
 /// Parses an ERR packet.
 fn server_error(payload: &[u8]) -> WireError {
     let mut c = Cursor::new(payload);

@@ -6,10 +6,11 @@
 //! Memory: the read buffer grows only to hold one wire packet (at most
 //! 16 MiB + header); the join buffer to the largest row, as any client's.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::WireError;
+use crate::readbuf::ReadBuf;
 
 /// Largest payload one wire packet carries; a payload this long continues
 /// in the next packet.
@@ -25,10 +26,7 @@ fn payload_len(h: &[u8]) -> usize {
 
 pub struct PacketStream {
     stream: TcpStream,
-    buf: Vec<u8>,
-    /// Unconsumed bytes are `buf[start..end]`.
-    start: usize,
-    end: usize,
+    rb: ReadBuf,
     joined: Vec<u8>,
     /// Sequence number the next packet (read or written) must carry.
     seq: u8,
@@ -38,9 +36,7 @@ impl PacketStream {
     pub fn new(stream: TcpStream) -> Self {
         PacketStream {
             stream,
-            buf: vec![0; INITIAL_BUFFER],
-            start: 0,
-            end: 0,
+            rb: ReadBuf::new(INITIAL_BUFFER),
             joined: Vec::new(),
             seq: 0,
         }
@@ -51,37 +47,10 @@ impl PacketStream {
         self.seq = 0;
     }
 
-    /// Makes at least `n` unconsumed bytes available in `buf`.
-    async fn fill(&mut self, n: usize) -> Result<(), WireError> {
-        if self.end - self.start >= n {
-            return Ok(());
-        }
-        if self.start + n > self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if n > self.buf.len() {
-                self.buf.resize(n.max(self.buf.len() * 2), 0);
-            }
-        }
-        while self.end - self.start < n {
-            let read = self
-                .stream
-                .read(&mut self.buf[self.end..])
-                .await
-                .map_err(WireError::Io)?;
-            if read == 0 {
-                return Err(WireError::Closed);
-            }
-            self.end += read;
-        }
-        Ok(())
-    }
-
     /// Reads one wire packet's header; returns its payload length.
     async fn header(&mut self) -> Result<usize, WireError> {
-        self.fill(4).await?;
-        let h = &self.buf[self.start..self.start + 4];
+        self.rb.fill(&mut self.stream, 4).await?;
+        let h = &self.rb.buf[self.rb.start..self.rb.start + 4];
         let len = payload_len(h);
         if h[3] != self.seq {
             return Err(WireError::Protocol(format!(
@@ -90,7 +59,7 @@ impl PacketStream {
             )));
         }
         self.seq = self.seq.wrapping_add(1);
-        self.start += 4;
+        self.rb.start += 4;
         Ok(len)
     }
 
@@ -98,21 +67,21 @@ impl PacketStream {
     pub async fn read(&mut self) -> Result<&[u8], WireError> {
         // Most rows are whole in the buffer already: take them without
         // going through the reads below (their futures showed in profiles).
-        if let Some(h) = self.buf.get(self.start..self.start + 4) {
+        if let Some(h) = self.rb.buf.get(self.rb.start..self.rb.start + 4) {
             let len = payload_len(h);
-            let at = self.start + 4;
-            if h[3] == self.seq && len < MAX_PAYLOAD && at + len <= self.end {
+            let at = self.rb.start + 4;
+            if h[3] == self.seq && len < MAX_PAYLOAD && at + len <= self.rb.end {
                 self.seq = self.seq.wrapping_add(1);
-                self.start = at + len;
-                return Ok(&self.buf[at..at + len]);
+                self.rb.start = at + len;
+                return Ok(&self.rb.buf[at..at + len]);
             }
         }
         let len = self.header().await?;
-        self.fill(len).await?;
+        self.rb.fill(&mut self.stream, len).await?;
         if len < MAX_PAYLOAD {
-            let at = self.start;
-            self.start += len;
-            return Ok(&self.buf[at..at + len]);
+            let at = self.rb.start;
+            self.rb.start += len;
+            return Ok(&self.rb.buf[at..at + len]);
         }
         if self.joined.capacity() > KEEP_JOINED {
             self.joined = Vec::new();
@@ -121,13 +90,13 @@ impl PacketStream {
         let mut len = len;
         loop {
             self.joined
-                .extend_from_slice(&self.buf[self.start..self.start + len]);
-            self.start += len;
+                .extend_from_slice(&self.rb.buf[self.rb.start..self.rb.start + len]);
+            self.rb.start += len;
             if len < MAX_PAYLOAD {
                 return Ok(&self.joined);
             }
             len = self.header().await?;
-            self.fill(len).await?;
+            self.rb.fill(&mut self.stream, len).await?;
         }
     }
 

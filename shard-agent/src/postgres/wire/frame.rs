@@ -5,10 +5,11 @@
 //! Memory: the buffer grows only to hold one message, so to the largest
 //! row a `COPY` sends (as any client's would); it starts at 256 KiB.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::PgWireError;
+use crate::readbuf::ReadBuf;
 
 const INITIAL_BUFFER: usize = 256 << 10;
 /// A message longer than this is a broken stream, not a row: the server
@@ -30,10 +31,7 @@ fn header(h: &[u8]) -> Result<(u8, usize), PgWireError> {
 
 pub struct Frames {
     stream: TcpStream,
-    buf: Vec<u8>,
-    /// Unconsumed bytes are `buf[start..end]`.
-    start: usize,
-    end: usize,
+    rb: ReadBuf,
     /// Where in `buf` the last message's body lies.
     body: std::ops::Range<usize>,
 }
@@ -42,38 +40,9 @@ impl Frames {
     pub fn new(stream: TcpStream) -> Self {
         Frames {
             stream,
-            buf: vec![0; INITIAL_BUFFER],
-            start: 0,
-            end: 0,
+            rb: ReadBuf::new(INITIAL_BUFFER),
             body: 0..0,
         }
-    }
-
-    /// Makes at least `n` unconsumed bytes available in `buf`.
-    async fn fill(&mut self, n: usize) -> Result<(), PgWireError> {
-        if self.end - self.start >= n {
-            return Ok(());
-        }
-        if self.start + n > self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if n > self.buf.len() {
-                self.buf.resize(n.max(self.buf.len() * 2), 0);
-            }
-        }
-        while self.end - self.start < n {
-            let read = self
-                .stream
-                .read(&mut self.buf[self.end..])
-                .await
-                .map_err(PgWireError::Io)?;
-            if read == 0 {
-                return Err(PgWireError::Closed);
-            }
-            self.end += read;
-        }
-        Ok(())
     }
 
     /// Reads the next message; returns its type byte. Its body is
@@ -83,27 +52,27 @@ impl Frames {
     pub async fn advance(&mut self) -> Result<u8, PgWireError> {
         // Most rows are whole in the buffer already: take them without
         // going through the reads below.
-        if self.end - self.start >= 5 {
-            let (kind, len) = header(&self.buf[self.start..self.start + 5])?;
-            let at = self.start + 5;
-            if at + len <= self.end {
+        if self.rb.end - self.rb.start >= 5 {
+            let (kind, len) = header(&self.rb.buf[self.rb.start..self.rb.start + 5])?;
+            let at = self.rb.start + 5;
+            if at + len <= self.rb.end {
                 self.body = at..at + len;
-                self.start = at + len;
+                self.rb.start = at + len;
                 return Ok(kind);
             }
         }
-        self.fill(5).await?;
-        let (kind, len) = header(&self.buf[self.start..self.start + 5])?;
-        self.start += 5;
-        self.fill(len).await?;
-        self.body = self.start..self.start + len;
-        self.start += len;
+        self.rb.fill(&mut self.stream, 5).await?;
+        let (kind, len) = header(&self.rb.buf[self.rb.start..self.rb.start + 5])?;
+        self.rb.start += 5;
+        self.rb.fill(&mut self.stream, len).await?;
+        self.body = self.rb.start..self.rb.start + len;
+        self.rb.start += len;
         Ok(kind)
     }
 
     /// The body of the message [`Frames::advance`] read last.
     pub fn body(&self) -> &[u8] {
-        &self.buf[self.body.clone()]
+        &self.rb.buf[self.body.clone()]
     }
 
     /// Sends `bytes` (whole frontend messages) and flushes.

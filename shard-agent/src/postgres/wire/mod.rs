@@ -44,6 +44,15 @@ pub enum PgWireError {
     Unsupported(String),
 }
 
+impl From<crate::readbuf::FillError> for PgWireError {
+    fn from(e: crate::readbuf::FillError) -> Self {
+        match e {
+            crate::readbuf::FillError::Io(e) => PgWireError::Io(e),
+            crate::readbuf::FillError::Closed => PgWireError::Closed,
+        }
+    }
+}
+
 /// An ErrorResponse, worded as tokio-postgres's are shown.
 #[derive(Debug, thiserror::Error)]
 #[error("{severity}: {message}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
