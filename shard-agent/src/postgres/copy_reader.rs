@@ -16,7 +16,7 @@ use super::wire::{self, CopyConn, Login, PgWireError};
 use super::READER_SETTINGS;
 use crate::client_choice::{library_only, remember_library_only, ReaderKind};
 use crate::connect;
-use crate::error::{AgentError, DbError};
+use crate::error::{db_err, AgentError, DbError};
 
 pub enum CopyReader {
     Wire(CopyConn),
@@ -45,11 +45,6 @@ impl CopyReader {
             host, port, user, ..
         } = &shard.endpoint;
         let key = format!("postgres://{user}@{host}:{port}");
-        let settings = |shard: &Shard, e: DbError| AgentError::Query {
-            shard: shard.name.clone(),
-            what: "setting up the session".into(),
-            source: e,
-        };
         if kind == ReaderKind::Library || library_only(&key) {
             let client = super::reader(shard, db, timeout).await?;
             return Ok(CopyReader::Library(client));
@@ -65,7 +60,7 @@ impl CopyReader {
             Ok(Ok(mut conn)) => {
                 conn.execute(READER_SETTINGS)
                     .await
-                    .map_err(|e| settings(shard, e.into()))?;
+                    .map_err(|e| db_err(shard, "setting up the session")(e.into()))?;
                 Ok(CopyReader::Wire(conn))
             }
             Ok(Err(PgWireError::Unsupported(why))) => {
