@@ -6,6 +6,7 @@
 //! implement the same trait. A `put` is atomic: a reader sees either no
 //! object or the whole object, never a prefix.
 
+mod direct;
 mod local;
 mod memory;
 mod null;
