@@ -1,7 +1,8 @@
 //! Faults during a backup, with real processes and servers: a shard that
 //! cannot be blocked, the orchestrator killed while holding the block, a
-//! block lease that expires, a server stopped mid-backup. In every case no
-//! backup is listed and no source is left blocked.
+//! block lease that expires, a server stopped mid-backup, a repository
+//! disk that fills up. In every case no backup is listed and no source is
+//! left blocked.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -398,4 +399,103 @@ async fn cut_gets_a_running_autovacuum_out_of_the_way() {
         .await
         .unwrap();
     assert!(still.is_none(), "autovacuum {worker} still on churn");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// None where this process may not mount (not root): nothing to test.
+    fn mount(dir: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            eprintln!("not root: cannot mount a small file system, nothing tested");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}k", bytes / 1024)])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        Some(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        drop(std::process::Command::new("umount").arg(&self.dir).status());
+    }
+}
+
+/// Bytes of every file below `dir`.
+fn bytes_below(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            bytes_below(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn full_repository_disk_fails_the_backup_clearly_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let topo_arg = topo_path.to_str().unwrap();
+    let run = shardcut(&["backup", "-t", topo_arg]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let needed = bytes_below(&dir.path().join("repo"));
+
+    // The same backup into a repository on a disk with room for half of it.
+    let small = dir.path().join("small");
+    let Some(_disk) = SmallDisk::mount(&small, (needed / 2).max(16 << 10)) else {
+        return;
+    };
+    let repo = small.join("repo");
+    let text = std::fs::read_to_string(&topo_path).unwrap();
+    let old_repo = format!("repository: {}", dir.path().join("repo").display());
+    assert!(text.contains(&old_repo));
+    let small_topo = dir.path().join("small.yaml");
+    std::fs::write(
+        &small_topo,
+        text.replace(&old_repo, &format!("repository: {}", repo.display())),
+    )
+    .unwrap();
+    let run = shardcut(&["backup", "-t", small_topo.to_str().unwrap()]);
+    eprintln!(
+        "{needed} bytes into a disk of half that, shardcut said:\n{}",
+        run.stderr
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("No space left on device"), "{run:?}");
+    assert!(run.stderr.contains("failed and was discarded"), "{run:?}");
+    assert!(
+        run.stderr.contains(&repo.display().to_string()),
+        "names the repository: {run:?}"
+    );
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "one line: {run:?}"
+    );
+    // Nothing of the failed backup is left, the lock is released, and
+    // nothing lists it.
+    assert_eq!(bytes_below(&repo.join("backups")), 0);
+    assert!(std::fs::read_dir(repo.join("locks"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert_eq!(listed(&small_topo), 0);
 }

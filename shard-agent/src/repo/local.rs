@@ -49,16 +49,21 @@ impl LocalRepository {
     /// Writes the new file `tmp` directly where possible, else buffered.
     fn write_tmp(&self, tmp: &Path, data: &[u8]) -> io::Result<()> {
         if self.writes_direct() {
-            match direct::write_new(tmp, data) {
-                Err(e) if direct::is_refusal(&e) => {
+            match direct::write_new(tmp, data)? {
+                direct::Outcome::Written => return Ok(()),
+                direct::Outcome::Refused => {
                     self.direct.store(false, Ordering::Relaxed);
                     tracing::info!(
                         "repository {}: the file system refuses direct I/O; writing through the page cache",
                         self.location()
                     );
-                    fs::remove_file(tmp)?;
+                    // A refused open may or may not have created the file.
+                    if let Err(e) = fs::remove_file(tmp) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            return Err(e);
+                        }
+                    }
                 }
-                done => return done,
             }
         }
         Self::write_new(tmp, data)
