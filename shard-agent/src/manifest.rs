@@ -41,6 +41,22 @@ impl Manifest {
     pub fn is_incremental(&self) -> bool {
         self.chain.is_some()
     }
+
+    /// The keys of every object this backup stored itself (schema files
+    /// and chunks), which must be durable before its manifest is.
+    pub fn object_keys(&self) -> Vec<&str> {
+        self.shards
+            .values()
+            .flat_map(|s| {
+                let schema = s.schema.iter().map(|f| f.key.as_str());
+                let chunks = s
+                    .table_list
+                    .iter()
+                    .flat_map(|t| t.chunks.iter().map(|c| c.key.as_str()));
+                schema.chain(chunks)
+            })
+            .collect()
+    }
 }
 
 /// An incremental backup restores as its full base backup plus the

@@ -224,14 +224,22 @@ pub async fn dump_all(
     Ok(shards)
 }
 
-/// Writes a backup's manifest, the object whose presence makes it a backup.
+/// Writes a backup's manifest, the object whose presence makes it a backup:
+/// after every object it names is durable under its name, and durable
+/// itself before the command reports success.
 pub async fn store_manifest(repo: &Arc<dyn Repository>, m: &Manifest) -> anyhow::Result<()> {
     let data = serde_json::to_vec_pretty(m)?;
     let key = keys::manifest(&m.backup_id);
+    let objects: Vec<String> = m.object_keys().into_iter().map(String::from).collect();
     let r = repo.clone();
-    tokio::task::spawn_blocking(move || r.put(&key, &data))
-        .await
-        .context("writing the manifest")??;
+    tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = objects.iter().map(String::as_str).collect();
+        r.sync_names(&names)?;
+        r.put(&key, &data)?;
+        r.sync_names(&[&key])
+    })
+    .await
+    .context("writing the manifest")??;
     Ok(())
 }
 

@@ -180,8 +180,12 @@ impl Expire {
             return Ok((text, summary));
         }
         for m in &expired {
-            // The manifest first: a backup half deleted is never listed.
-            repo.delete(&keys::manifest(&m.backup_id))?;
+            // The manifest first, and gone for good before anything it
+            // names: a backup half deleted is never listed, even after a
+            // crash.
+            let manifest = keys::manifest(&m.backup_id);
+            repo.delete(&manifest)?;
+            repo.sync_names(&[&manifest])?;
             for key in repo.list(&keys::backup_prefix(&m.backup_id))? {
                 repo.delete(&key)?;
             }
@@ -198,6 +202,7 @@ impl Expire {
                 .map(|(stem, _)| format!("{stem}.json"))
             {
                 repo.delete(&meta)?;
+                repo.sync_names(&[&meta])?;
             }
             repo.delete(&seg.key)?;
         }

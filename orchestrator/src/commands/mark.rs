@@ -162,6 +162,10 @@ pub async fn take_mark(
     };
     let data = serde_json::to_vec_pretty(&mark)?;
     let r = repo.clone();
-    tokio::task::spawn_blocking(move || r.put_if_absent(&key, &data)).await??;
+    tokio::task::spawn_blocking(move || {
+        r.put_if_absent(&key, &data)?;
+        r.sync_names(&[&key])
+    })
+    .await??;
     Ok(mark)
 }

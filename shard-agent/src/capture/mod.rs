@@ -97,7 +97,9 @@ impl StreamState {
             key: keys::state(&self.shard, &self.stream),
             what: e.to_string(),
         })?;
-        repo.put(&keys::state(&self.shard, &self.stream), &data)?;
+        let key = keys::state(&self.shard, &self.stream);
+        repo.put(&key, &data)?;
+        repo.sync_names(&[&key])?;
         Ok(())
     }
 

@@ -59,6 +59,8 @@ pub fn store_segment(
         what: format!("compressing: {e}"),
     })?;
     repo.put(&key, &stored)?;
+    // The description makes the segment listed: its data's name first.
+    repo.sync_names(&[&key])?;
     meta.key = key;
     meta.bytes_raw = raw.len() as u64;
     meta.bytes_stored = stored.len() as u64;
@@ -68,7 +70,9 @@ pub fn store_segment(
         key: meta.key.clone(),
         what: e.to_string(),
     })?;
-    repo.put(&format!("{prefix}{sort}.json"), &doc)?;
+    let desc = format!("{prefix}{sort}.json");
+    repo.put(&desc, &doc)?;
+    repo.sync_names(&[&desc])?;
     Ok(meta)
 }
 

@@ -91,6 +91,27 @@ impl LocalRepository {
         }
     }
 
+    /// Every directory that holds one of `keys`, and every directory above
+    /// it up to the root (a new directory's name is in its parent), once
+    /// each, with a key it serves for messages.
+    fn directories_of<'k>(
+        &self,
+        keys: &[&'k str],
+    ) -> Result<std::collections::BTreeMap<PathBuf, &'k str>, RepoError> {
+        let mut dirs = std::collections::BTreeMap::new();
+        for key in keys {
+            let path = self.path(key)?;
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
+                if dirs.insert(d.to_path_buf(), *key).is_some() {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        Ok(dirs)
+    }
+
     fn write_new(path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -210,6 +231,17 @@ impl Repository for LocalRepository {
             Err(e) => Err(self.io("delete", key)(e)),
         }
     }
+
+    fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError> {
+        for (dir, key) in self.directories_of(keys)? {
+            match fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                // Nothing there, no name to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other.map_err(self.io("sync", key))?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +274,27 @@ mod tests {
         let repo = LocalRepository::open(&dir.path().join("repo")).unwrap();
         repo.direct.store(false, Ordering::Relaxed);
         super::super::contract::check(&repo);
+    }
+
+    #[test]
+    fn names_are_synced_in_every_directory_up_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = LocalRepository::open(&root).unwrap();
+        let dirs: Vec<PathBuf> = repo
+            .directories_of(&["a/b/c", "a/d", "z", "a/b/e"])
+            .unwrap()
+            .into_keys()
+            .collect();
+        assert_eq!(dirs, vec![root.clone(), root.join("a"), root.join("a/b")]);
+        repo.put("a/b/c", b"1").unwrap();
+        repo.delete("a/b/c").unwrap();
+        // Put, deleted, or never there: each name is synced as it stands.
+        repo.sync_names(&["a/b/c", "x/y/z"]).unwrap();
+        assert!(matches!(
+            repo.sync_names(&["a/../b"]),
+            Err(RepoError::InvalidKey { .. })
+        ));
     }
 
     #[test]

@@ -71,6 +71,10 @@ impl Repository for MemoryRepository {
         self.objects().remove(key);
         Ok(())
     }
+    /// Nothing here outlives the process: nothing to make durable.
+    fn sync_names(&self, _keys: &[&str]) -> Result<(), RepoError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

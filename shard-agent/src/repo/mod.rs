@@ -56,6 +56,14 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError>;
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), RepoError>;
+    /// Makes the names of `keys` durable, as they are now (put or deleted).
+    /// A put returns once its object's bytes are durable, but a file system
+    /// may still lose a new name, or bring back a deleted one, after a
+    /// crash until the directories that hold it are synced. Commit points
+    /// call this on what they depend on before they write (a manifest
+    /// after its chunks) and on themselves after, so that a command that
+    /// reported success stays successful through a power loss.
+    fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError>;
 }
 
 /// Keys are relative, `/`-separated, without `.` or `..` segments, so no key

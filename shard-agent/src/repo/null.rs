@@ -29,4 +29,8 @@ impl Repository for NullRepository {
     fn delete(&self, _key: &str) -> Result<(), RepoError> {
         Ok(())
     }
+    /// Nothing here outlives the process: nothing to make durable.
+    fn sync_names(&self, _keys: &[&str]) -> Result<(), RepoError> {
+        Ok(())
+    }
 }
