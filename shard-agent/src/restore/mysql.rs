@@ -305,10 +305,14 @@ fn lock(keys: &DeferredKeys) -> std::sync::MutexGuard<'_, HashMap<String, Vec<St
 }
 
 /// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel,
-/// workers spread over tables (see [`ChunkQueue`]). The worker that loads a
-/// table's last chunk adds the table's deferred keys while the others go on
-/// loading (as `pg_restore -j` builds a table's indexes once its data is
-/// in), then announces the table as restored.
+/// workers on different tables (see [`ChunkQueue`]). A table whose last
+/// chunk is in goes to the key builders (as `pg_restore -j` builds a
+/// table's indexes once its data is in), which add its deferred keys on
+/// connections of their own and then announce it as restored; the loading
+/// worker goes straight on to its next table. A key build reads the whole
+/// table, from disk when the buffer pool is small, so it overlaps with
+/// loads that keep the processors busy instead of waiting on the disk in
+/// the load workers' place.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
@@ -342,13 +346,49 @@ async fn load_data(
         })
         .collect();
     let queue = Arc::new(ChunkQueue::new(tables));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..opts.parallelism.max(1) {
-        let (queue, target, opts, keys, db) = (
-            queue.clone(),
+    let workers = opts.parallelism.max(1);
+    let (to_build, builds) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
+    let builds = Arc::new(tokio::sync::Mutex::new(builds));
+    let mut builders = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (builds, target, opts, keys, db) = (
+            builds.clone(),
             target.clone(),
             opts.clone(),
             keys.clone(),
+            db.to_string(),
+        );
+        builders.spawn(async move {
+            let mut conn = None;
+            loop {
+                let next = builds.lock().await.recv().await;
+                let Some(table) = next else {
+                    break;
+                };
+                let adds = lock(&keys).remove(&*table);
+                if let Some(adds) = adds {
+                    if let Err(e) = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds).await
+                    {
+                        // No more finished tables are taken: the loaders stop.
+                        builds.lock().await.close();
+                        return Err(e);
+                    }
+                }
+                opts.table_ready(format!("{db}.{table}"));
+            }
+            if let Some(conn) = conn {
+                drop(conn.disconnect().await);
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, target, opts, to_build, db) = (
+            queue.clone(),
+            target.clone(),
+            opts.clone(),
+            to_build.clone(),
             db.to_string(),
         );
         tasks.spawn(async move {
@@ -370,19 +410,22 @@ async fn load_data(
                     &target,
                     &format!("loading {db}.{table} from {key}"),
                 ))?;
-                if queue.done(taken.table) {
-                    let adds = lock(&keys).remove(&*table);
-                    if let Some(adds) = adds {
-                        add_keys(&mut conn, &target, &db, &table, &adds).await?;
-                    }
-                    opts.table_ready(format!("{db}.{table}"));
+                // A send fails once a builder failed (and closed the
+                // channel): the restore has failed, so loading stops; the
+                // builder's error is the one reported.
+                if queue.done(taken.table) && to_build.send(table).is_err() {
+                    break;
                 }
             }
             drop(conn.disconnect().await);
             Ok::<(), AgentError>(())
         });
     }
-    join_loaders(tasks, &target.name).await
+    // The builders stop once every loader (and this) dropped its sender.
+    drop(to_build);
+    let loaded = join_loaders(tasks, &target.name).await;
+    let built = join_loaders(builders, &target.name).await;
+    loaded.and(built)
 }
 
 /// Adds the secondary keys left out of `CREATE TABLE`, one `ALTER TABLE`
@@ -414,6 +457,26 @@ async fn build_keys(
         });
     }
     join_loaders(tasks, &target.name).await
+}
+
+/// [`add_keys`] on a key builder's connection, opened on first use.
+async fn add_keys_on(
+    conn: &mut Option<Conn>,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    table: &str,
+    adds: &[String],
+) -> Result<(), AgentError> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => {
+            let mut fresh = connect::mysql(target, None, TIMEOUT).await?;
+            session(&mut fresh, target, opts.binlog).await?;
+            conn.insert(fresh)
+        }
+    };
+    add_keys(conn, target, db, table, adds).await
 }
 
 /// One `ALTER TABLE` for all of a table's deferred keys: one pass over its rows.

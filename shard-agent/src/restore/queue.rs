@@ -1,22 +1,30 @@
 //! Which chunk a load worker takes next.
 //!
-//! Workers spread over tables: each takes the next chunk of the table the
-//! fewest workers are loading (the one with the most chunks left among
-//! those). Two loads into one table contend for its locks (InnoDB holds a
-//! table's AUTO-INC lock for a whole `LOAD DATA`, so two of them into one
-//! table run one after the other), while loads into different tables run
-//! side by side. With fewer tables than workers, several workers still
-//! share a table rather than wait. A table's chunks are handed out in key
-//! order. The worker that finishes a table's last chunk learns it from
-//! [`ChunkQueue::done`], so that it can build that table's keys while the
-//! others go on loading.
+//! Workers load different tables, one table at a time, largest first: a
+//! worker takes the next chunk of a table nobody is loading, preferring
+//! one already started (normally its own) over a new one, and among new
+//! ones the one with the most chunks. Two loads into one table contend for
+//! its locks (InnoDB holds a table's AUTO-INC lock for a whole `LOAD DATA`,
+//! so two of them into one table run one after the other), while loads
+//! into different tables run side by side. Finishing tables one after
+//! another rather than all at the end lets each table's key build (which
+//! reads the whole table, from disk when the buffer pool is small) run
+//! while other tables still load. With fewer tables than workers, several
+//! workers still share a table rather than wait. A table's chunks are
+//! handed out in key order. The worker that finishes a table's last chunk
+//! learns it from [`ChunkQueue::done`], so that the table's keys can be
+//! built while the others go on loading.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 struct TableWork<T> {
     chunks: VecDeque<T>,
+    /// Chunks of this table being loaded now.
     active: usize,
+    /// Whether any chunk was handed out: a started table is finished before
+    /// another is begun, so that tables finish one after another.
+    started: bool,
 }
 
 pub(super) struct ChunkQueue<T> {
@@ -39,6 +47,7 @@ impl<T> ChunkQueue<T> {
                     .map(|chunks| TableWork {
                         chunks: chunks.into(),
                         active: 0,
+                        started: false,
                     })
                     .collect(),
             ),
@@ -51,11 +60,12 @@ impl<T> ChunkQueue<T> {
             .iter()
             .enumerate()
             .filter(|(_, t)| !t.chunks.is_empty())
-            .min_by_key(|(_, t)| (t.active, std::cmp::Reverse(t.chunks.len())))
+            .min_by_key(|(_, t)| (t.active, !t.started, std::cmp::Reverse(t.chunks.len())))
             .map(|(i, _)| i)?;
         let work = &mut tables[table];
         let item = work.chunks.pop_front()?;
         work.active += 1;
+        work.started = true;
         Some(Taken { table, item })
     }
 
@@ -105,5 +115,25 @@ mod tests {
         assert!(!q.done(d.table));
         assert!(q.done(f.table));
         assert!(q.take().is_none());
+    }
+
+    #[test]
+    fn a_worker_finishes_its_table_before_beginning_another() {
+        let q = ChunkQueue::new(vec![vec![1, 2, 3], vec![10, 20, 30], vec![100, 200]]);
+        let a = q.take().unwrap();
+        let b = q.take().unwrap();
+        assert_eq!((a.table, b.table), (0, 1));
+        // Table 0 goes on, though table 2 has not begun.
+        assert!(!q.done(a.table));
+        let c = q.take().unwrap();
+        assert_eq!((c.table, c.item), (0, 2));
+        assert!(!q.done(b.table));
+        assert!(!q.done(c.table));
+        let (d, e) = (q.take().unwrap(), q.take().unwrap());
+        assert_eq!([(d.table, d.item), (e.table, e.item)], [(1, 20), (0, 3)]);
+        // Table 0 is finished: its worker begins table 2.
+        assert!(q.done(e.table));
+        let f = q.take().unwrap();
+        assert_eq!((f.table, f.item), (2, 100));
     }
 }
