@@ -347,41 +347,7 @@ async fn load_data(
         .collect();
     let queue = Arc::new(ChunkQueue::new(tables));
     let workers = opts.parallelism.max(1);
-    let (to_build, builds) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
-    let builds = Arc::new(tokio::sync::Mutex::new(builds));
-    let mut builders = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (builds, target, opts, keys, db) = (
-            builds.clone(),
-            target.clone(),
-            opts.clone(),
-            keys.clone(),
-            db.to_string(),
-        );
-        builders.spawn(async move {
-            let mut conn = None;
-            loop {
-                let next = builds.lock().await.recv().await;
-                let Some(table) = next else {
-                    break;
-                };
-                let adds = lock(&keys).remove(&*table);
-                if let Some(adds) = adds {
-                    if let Err(e) = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds).await
-                    {
-                        // No more finished tables are taken: the loaders stop.
-                        builds.lock().await.close();
-                        return Err(e);
-                    }
-                }
-                opts.table_ready(format!("{db}.{table}"));
-            }
-            if let Some(conn) = conn {
-                drop(conn.disconnect().await);
-            }
-            Ok::<(), AgentError>(())
-        });
-    }
+    let (to_build, builders) = key_builders(workers, target, opts, db, keys);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (queue, target, opts, to_build, db) = (
@@ -426,6 +392,59 @@ async fn load_data(
     let loaded = join_loaders(tasks, &target.name).await;
     let built = join_loaders(builders, &target.name).await;
     loaded.and(built)
+}
+
+/// Starts `workers` key builders. Each takes the name of a table whose
+/// data is in, adds its deferred keys (if any) on a connection of its own,
+/// and announces the table as restored. They stop once every sender is
+/// dropped; a builder that fails closes the queue, so that sending (and
+/// with it loading) stops.
+fn key_builders(
+    workers: usize,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    keys: &Arc<DeferredKeys>,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Arc<str>>,
+    tokio::task::JoinSet<Result<(), AgentError>>,
+) {
+    // At most one message per table.
+    let (to_build, builds) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
+    let builds = Arc::new(tokio::sync::Mutex::new(builds));
+    let mut builders = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (builds, target, opts, keys, db) = (
+            builds.clone(),
+            target.clone(),
+            opts.clone(),
+            keys.clone(),
+            db.to_string(),
+        );
+        builders.spawn(async move {
+            let mut conn = None;
+            loop {
+                let next = builds.lock().await.recv().await;
+                let Some(table) = next else {
+                    break;
+                };
+                let adds = lock(&keys).remove(&*table);
+                if let Some(adds) = adds {
+                    if let Err(e) = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds).await
+                    {
+                        builds.lock().await.close();
+                        return Err(e);
+                    }
+                }
+                opts.table_ready(format!("{db}.{table}"));
+            }
+            if let Some(conn) = conn {
+                drop(conn.disconnect().await);
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    (to_build, builders)
 }
 
 /// Adds the secondary keys left out of `CREATE TABLE`, one `ALTER TABLE`
