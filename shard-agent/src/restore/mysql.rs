@@ -306,13 +306,13 @@ fn lock(keys: &DeferredKeys) -> std::sync::MutexGuard<'_, HashMap<String, Vec<St
 
 /// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel,
 /// workers on different tables (see [`ChunkQueue`]). A table whose last
-/// chunk is in goes to the key builders (as `pg_restore -j` builds a
-/// table's indexes once its data is in), which add its deferred keys on
-/// connections of their own and then announce it as restored; the loading
-/// worker goes straight on to its next table. A key build reads the whole
-/// table, from disk when the buffer pool is small, so it overlaps with
-/// loads that keep the processors busy instead of waiting on the disk in
-/// the load workers' place.
+/// chunk is in is announced as restored or, if it has deferred keys, goes
+/// to the key builders (as `pg_restore -j` builds a table's indexes once
+/// its data is in), which add them on connections of their own and then
+/// announce it; the loading worker goes straight on to its next table. A
+/// key build reads the whole table, from disk when the buffer pool is
+/// small, so it overlaps with loads that keep the processors busy instead
+/// of waiting on the disk in the load workers' place.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
@@ -350,11 +350,12 @@ async fn load_data(
     let (to_build, builders) = key_builders(workers, target, opts, db, keys);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let (queue, target, opts, to_build, db) = (
+        let (queue, target, opts, to_build, keys, db) = (
             queue.clone(),
             target.clone(),
             opts.clone(),
             to_build.clone(),
+            keys.clone(),
             db.to_string(),
         );
         tasks.spawn(async move {
@@ -376,10 +377,15 @@ async fn load_data(
                     &target,
                     &format!("loading {db}.{table} from {key}"),
                 ))?;
-                // A send fails once a builder failed (and closed the
-                // channel): the restore has failed, so loading stops; the
-                // builder's error is the one reported.
-                if queue.done(taken.table) && to_build.send(table).is_err() {
+                if !queue.done(taken.table) {
+                    continue;
+                }
+                if !lock(&keys).contains_key(&*table) {
+                    opts.table_ready(format!("{db}.{table}"));
+                } else if to_build.send(table).is_err() {
+                    // A builder failed and closed the queue: the restore
+                    // has failed, so loading stops; the builder's error is
+                    // the one reported.
                     break;
                 }
             }
@@ -395,8 +401,8 @@ async fn load_data(
 }
 
 /// Starts `workers` key builders. Each takes the name of a table whose
-/// data is in, adds its deferred keys (if any) on a connection of its own,
-/// and announces the table as restored. They stop once every sender is
+/// data is in and that has deferred keys, adds them on a connection of its
+/// own, and announces the table as restored. They stop once every sender is
 /// dropped; a builder that fails closes the queue, so that sending (and
 /// with it loading) stops.
 fn key_builders(
