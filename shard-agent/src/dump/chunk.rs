@@ -3,12 +3,13 @@
 //! Rows arrive as canonical lines (one row each, no trailing newline). The
 //! writer hashes each line (xxh3-64, summed into an order-independent table
 //! hash), buffers lines up to [`CHUNK_RAW_BYTES`], then compresses and
-//! stores the buffer on a blocking thread while the caller fills a second
+//! stores the buffer on a blocking thread while the caller fills another
 //! buffer: reading from the server and compressing overlap, so neither the
-//! server nor the compressor waits for the other. At most one chunk is in
-//! flight per writer (the next full buffer waits for it), which is what
-//! keeps memory flat: each worker holds two raw buffers and their
-//! compressed copies, whatever the table's size. Those buffers and the zstd
+//! server nor the compressor waits for the other. At most [`IN_FLIGHT`]
+//! chunks are in flight per writer (the next full buffer waits for the
+//! oldest), which is what keeps memory flat: each worker holds
+//! `IN_FLIGHT + 1` raw buffers and their compressed copies, whatever the
+//! table's size. Those buffers and the zstd
 //! contexts live in a [`Scratch`] that a worker reuses for every range it
 //! dumps: allocating them afresh per chunk, on whichever blocking thread
 //! runs it, made the allocator's footprint grow with the number of chunks.
@@ -81,14 +82,22 @@ impl Default for Buffers {
     }
 }
 
-/// A worker's reusable buffers: the one being filled and, once a chunk has
-/// been stored, a spare for the next (the second is allocated when the
-/// first chunk goes out).
+/// A worker's reusable buffers: the one being filled and, once chunks have
+/// been stored, spares for the next (the others are allocated as the first
+/// chunks go out, at most [`IN_FLIGHT`] more than the one being filled).
 #[derive(Default)]
 pub struct Scratch {
     fill: Buffers,
-    spare: Option<Buffers>,
+    spare: Vec<Buffers>,
 }
+
+/// Chunks a writer may have being compressed and stored at once. With one,
+/// the reader waited whenever a chunk's compression (slowed by sharing the
+/// processors with the server) and storing (about 4 ms of direct write and
+/// fsync here) took longer than filling the next buffer, and the server
+/// waited on a full socket meanwhile: 37-319 ms per backup of 2 × 0.88 s
+/// (docs/BENCHMARKS.md).
+const IN_FLIGHT: usize = 2;
 
 impl Buffers {
     /// Compresses `self.raw` into `self.packed`. `quick` is the range's
@@ -127,7 +136,8 @@ pub struct ChunkWriter {
     prefix: String,
     compression: Compression,
     scratch: Scratch,
-    in_flight: Option<InFlight>,
+    /// Oldest first; at most [`IN_FLIGHT`].
+    in_flight: std::collections::VecDeque<InFlight>,
     rows_in_buf: u64,
     next_part: u32,
     /// This range's choice of match search, made by its first chunk.
@@ -155,7 +165,7 @@ impl ChunkWriter {
             prefix,
             compression,
             scratch,
-            in_flight: None,
+            in_flight: std::collections::VecDeque::with_capacity(IN_FLIGHT),
             rows_in_buf: 0,
             next_part: 0,
             quick: None,
@@ -198,10 +208,11 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Waits for the chunk in flight, if any, and records it; returns its
-    /// buffers for reuse.
+    /// Waits for the oldest chunk in flight, if any, and records it (chunks
+    /// are recorded in the order they were cut); returns its buffers for
+    /// reuse.
     async fn land(&mut self) -> Result<Option<Buffers>, ChunkError> {
-        let Some(handle) = self.in_flight.take() else {
+        let Some(handle) = self.in_flight.pop_front() else {
             return Ok(None);
         };
         let (chunk, buffers, quick) = handle
@@ -212,15 +223,19 @@ impl ChunkWriter {
         Ok(Some(buffers))
     }
 
-    /// Sends the filled buffer to be compressed and stored, after the chunk
-    /// before it has landed; the caller goes on filling the other buffer.
+    /// Sends the filled buffer to be compressed and stored, once fewer than
+    /// [`IN_FLIGHT`] chunks are; the caller goes on filling another buffer.
     async fn flush(&mut self) -> Result<(), ChunkError> {
         if self.scratch.fill.raw.is_empty() {
             return Ok(());
         }
-        let mut next = match self.land().await? {
+        let landed = match self.in_flight.len() >= IN_FLIGHT {
+            true => self.land().await?,
+            false => None,
+        };
+        let mut next = match landed {
             Some(b) => b,
-            None => self.scratch.spare.take().unwrap_or_default(),
+            None => self.scratch.spare.pop().unwrap_or_default(),
         };
         next.raw.clear();
         let mut full = std::mem::replace(&mut self.scratch.fill, next);
@@ -229,49 +244,68 @@ impl ChunkWriter {
         let repo = self.repo.clone();
         let compression = self.compression;
         let rows = std::mem::take(&mut self.rows_in_buf);
-        // Landed above: the first chunk's choice is known from the second on.
+        // The first chunk's choice is known once it has landed; chunks cut
+        // before that make their own.
         let quick = self.quick;
         let raw_xxh3 = format!(
             "{:016x}",
             std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
         );
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let raw_len = full.raw.len() as u64;
-            let (stored, quick) =
-                full.compress(compression, quick)
-                    .map_err(|source| ChunkError::Compress {
-                        key: key.clone(),
-                        source,
-                    })?;
-            repo.put(&key, stored)?;
-            let chunk = ChunkRef {
-                key,
-                rows,
-                bytes_raw: raw_len,
-                bytes_stored: stored.len() as u64,
-                xxh3: xxh3_hex(stored),
-                raw_xxh3,
-            };
-            Ok::<_, ChunkError>((chunk, full, quick))
-        }));
+        self.in_flight
+            .push_back(tokio::task::spawn_blocking(move || {
+                let raw_len = full.raw.len() as u64;
+                let (stored, quick) =
+                    full.compress(compression, quick)
+                        .map_err(|source| ChunkError::Compress {
+                            key: key.clone(),
+                            source,
+                        })?;
+                repo.put(&key, stored)?;
+                let chunk = ChunkRef {
+                    key,
+                    rows,
+                    bytes_raw: raw_len,
+                    bytes_stored: stored.len() as u64,
+                    xxh3: xxh3_hex(stored),
+                    raw_xxh3,
+                };
+                Ok::<_, ChunkError>((chunk, full, quick))
+            }));
         Ok(())
     }
 
     /// Stores what is left and returns the range's digest and chunks, and
     /// the scratch buffers for the worker's next range.
     pub async fn finish(mut self) -> Result<(RowDigest, Vec<ChunkRef>, Scratch), ChunkError> {
-        self.flush().await?;
-        if let Some(b) = self.land().await? {
-            self.scratch.spare = Some(b);
+        if let Err(e) = self.flush().await {
+            self.drain().await;
+            return Err(e);
+        }
+        loop {
+            match self.land().await {
+                Ok(Some(b)) => self.scratch.spare.push(b),
+                Ok(None) => break,
+                Err(e) => {
+                    self.drain().await;
+                    return Err(e);
+                }
+            }
         }
         Ok((self.digest, self.chunks, self.scratch))
     }
 
-    /// Waits for the chunk in flight of a range that failed, so that nothing
+    /// Waits for every chunk still in flight, whatever its outcome.
+    async fn drain(&mut self) {
+        while !self.in_flight.is_empty() {
+            drop(self.land().await);
+        }
+    }
+
+    /// Waits for the chunks in flight of a range that failed, so that nothing
     /// is written into the repository after the caller gave up (a failed
     /// backup's objects are removed once every worker has returned).
     pub async fn abandon(mut self) {
-        drop(self.land().await);
+        self.drain().await;
     }
 }
 
@@ -339,6 +373,16 @@ mod tests {
         let (digest, chunks, _) = w.finish().await.unwrap();
         assert_eq!(digest.rows, 10);
         assert_eq!(chunks.len(), 3, "4 MiB chunks of 1 MiB rows");
+        // Recorded in the order they were cut, though several were in flight.
+        let keys: Vec<&str> = chunks.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "t/r00000-p0000.zst",
+                "t/r00000-p0001.zst",
+                "t/r00000-p0002.zst"
+            ]
+        );
         assert_eq!(chunks.iter().map(|c| c.rows).sum::<u64>(), 10);
         let mut again = RowDigest::default();
         for c in chunks.iter().rev() {
@@ -349,6 +393,80 @@ mod tests {
             }
         }
         assert_eq!(again, digest);
+    }
+
+    /// Fails the first put at once; every later put is slow and counted.
+    #[derive(Debug, Default)]
+    struct FirstPutFails {
+        puts: std::sync::atomic::AtomicUsize,
+        stored: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Repository for FirstPutFails {
+        fn location(&self) -> String {
+            "(test)".into()
+        }
+        fn put(&self, key: &str, _data: &[u8]) -> Result<(), RepoError> {
+            use std::sync::atomic::Ordering;
+            if self.puts.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(RepoError::Io {
+                    location: self.location(),
+                    op: "writing",
+                    key: key.to_string(),
+                    source: std::io::Error::other("device gone"),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            self.stored.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+            self.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+            Err(RepoError::NotFound {
+                location: self.location(),
+                key: key.to_string(),
+            })
+        }
+        fn list(&self, _prefix: &str) -> Result<Vec<String>, RepoError> {
+            Ok(Vec::new())
+        }
+        fn delete(&self, _key: &str) -> Result<(), RepoError> {
+            Ok(())
+        }
+        fn sync_names(&self, _keys: &[&str]) -> Result<(), RepoError> {
+            Ok(())
+        }
+    }
+
+    /// A failed store is reported only once no other chunk of the range
+    /// is still being stored: the caller removes a failed backup's objects
+    /// right after, and nothing may land behind that.
+    #[tokio::test]
+    async fn a_failed_finish_leaves_nothing_being_stored() {
+        use std::sync::atomic::Ordering;
+        let repo = Arc::new(FirstPutFails::default());
+        let mut w = ChunkWriter::new(
+            repo.clone(),
+            "t/r00000".into(),
+            Compression::None,
+            Scratch::default(),
+        );
+        // Two full chunks and a partial one: the first fails, the second
+        // is still being stored when the third is cut.
+        let row = vec![b'x'; 1 << 20];
+        for _ in 0..9 {
+            w.push(&row).await.unwrap();
+        }
+        let err = w.finish().await.err().expect("the first put failed");
+        assert!(err.to_string().contains("device gone"), "{err}");
+        let stored = repo.stored.load(Ordering::SeqCst);
+        let puts = repo.puts.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(repo.stored.load(Ordering::SeqCst), stored);
+        assert_eq!(repo.puts.load(Ordering::SeqCst), puts);
+        assert_eq!(puts, stored + 1, "every put started had ended");
     }
 
     /// Rows written in place, of many sizes: each chunk's `raw_xxh3`, fed
