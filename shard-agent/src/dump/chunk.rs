@@ -396,15 +396,17 @@ mod tests {
     }
 
     /// Fails the first put at once; every later put is slow and counted.
+    /// Everything else is [`NullRepository`]'s.
     #[derive(Debug, Default)]
     struct FirstPutFails {
         puts: std::sync::atomic::AtomicUsize,
         stored: std::sync::atomic::AtomicUsize,
+        rest: crate::repo::NullRepository,
     }
 
     impl Repository for FirstPutFails {
         fn location(&self) -> String {
-            "(test)".into()
+            self.rest.location()
         }
         fn put(&self, key: &str, _data: &[u8]) -> Result<(), RepoError> {
             use std::sync::atomic::Ordering;
@@ -424,19 +426,16 @@ mod tests {
             self.put(key, data)
         }
         fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
-            Err(RepoError::NotFound {
-                location: self.location(),
-                key: key.to_string(),
-            })
+            self.rest.get(key)
         }
-        fn list(&self, _prefix: &str) -> Result<Vec<String>, RepoError> {
-            Ok(Vec::new())
+        fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+            self.rest.list(prefix)
         }
-        fn delete(&self, _key: &str) -> Result<(), RepoError> {
-            Ok(())
+        fn delete(&self, key: &str) -> Result<(), RepoError> {
+            self.rest.delete(key)
         }
-        fn sync_names(&self, _keys: &[&str]) -> Result<(), RepoError> {
-            Ok(())
+        fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError> {
+            self.rest.sync_names(keys)
         }
     }
 
