@@ -1,10 +1,10 @@
 //! `shardcut backup` of the seeded sandbox: the manifest, the chunks and
 //! the JSON contract agree with what the source tables hold.
 
-use shard_agent::mysql::reader::{Reader, ReaderKind};
-use shard_agent::postgres::copy_reader::CopyReader;
-use shard_agent::readback;
+use shard_agent::engine::mysql::reader::{Reader, ReaderKind};
+use shard_agent::engine::postgres::copy_reader::CopyReader;
 use shard_agent::repo::Repository;
+use shard_agent::verify::readback;
 use topology::Engine;
 
 use crate::support::{self, db, shardcut};

@@ -63,7 +63,7 @@ fn human_report_names_every_shard_and_no_secret() {
 
 #[test]
 fn stopped_shard_is_named_with_exit_1() {
-    let sb = PrivateSandbox::up(1, 1, 23500, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let topo = sb.topology();
     let topo = topo.to_str().unwrap();
     let before = shardcut(&["check", "-t", topo]);
@@ -83,7 +83,7 @@ fn stopped_shard_is_named_with_exit_1() {
 
 #[test]
 fn server_without_binlog_is_not_ready_and_says_what_to_change() {
-    let sb = PrivateSandbox::up(1, 1, 23600, "bare");
+    let sb = PrivateSandbox::up(1, 1, "bare");
     let run = shardcut(&["check", "-t", sb.topology().to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 1, "{run:?}");
     let doc = run.json();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
-use shard_agent::dump::mysql_value::decode_line;
+use shard_agent::engine::mysql::value::decode_line;
 use topology::{Engine, Shard, Topology};
 
 use crate::support::{self, db, PrivateSandbox};
@@ -112,7 +112,7 @@ fn violations(topo_path: &std::path::Path, id: &str) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_credit_has_its_debit_in_every_backup() {
-    let sb = PrivateSandbox::up(2, 2, 23700, "ready");
+    let sb = PrivateSandbox::up(2, 2, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let topo = db::topology(&topo_path);
@@ -175,7 +175,7 @@ async fn every_credit_has_its_debit_in_every_backup() {
     // Restore the last consistent backup into a second cluster and check it
     // there with plain SQL: every credit has its debit, and every shard's
     // balance equals its own ledger.
-    let target = PrivateSandbox::up(2, 2, 25100, "ready");
+    let target = PrivateSandbox::up(2, 2, "ready");
     let (id, transfers) = checked.last().unwrap().clone();
     let restored = db::topology(&target.topology());
     let logged_before = mysql_gtid_positions(&restored).await;

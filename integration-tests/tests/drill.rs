@@ -71,7 +71,7 @@ fn drill_of_one_shard_writes_json_html_and_prometheus_reports() {
     let src_arg = src.to_str().unwrap();
     let run = support::shardcut(&["backup", "-t", src_arg]);
     assert_eq!(run.code, 0, "{run:?}");
-    let scratch = PrivateSandbox::up(1, 1, 24500, "ready");
+    let scratch = PrivateSandbox::up(1, 1, "ready");
     let report = dir.path().join("report");
     let run = support::shardcut(&[
         "drill",
@@ -158,7 +158,7 @@ fn scratch_server_stopped_mid_drill_makes_the_shard_unavailable() {
     let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
     let src_arg = src.to_str().unwrap();
     assert_eq!(support::shardcut(&["backup", "-t", src_arg]).code, 0);
-    let scratch = PrivateSandbox::up(1, 1, 24900, "ready");
+    let scratch = PrivateSandbox::up(1, 1, "ready");
     let target = scratch.topology();
     let report = dir.path().join("report");
     let args = |extra: &[&'static str]| {
@@ -218,7 +218,7 @@ fn nightly_job_backs_up_and_drills_shards_in_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
     // One scratch server per engine takes every shard in turn.
-    let scratch = PrivateSandbox::up(1, 1, 25000, "ready");
+    let scratch = PrivateSandbox::up(1, 1, "ready");
     let report = dir.path().join("nightly");
     let mut drilled = Vec::new();
     for _ in 0..3 {

@@ -99,7 +99,7 @@ async fn backup_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
-    let sb = PrivateSandbox::up(1, 1, 23800, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(
         &sb.topology(),
@@ -148,7 +148,7 @@ async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_orchestrator_never_leaves_writers_blocked() {
-    let sb = PrivateSandbox::up(1, 1, 23900, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let topo = db::topology(&topo_path);
@@ -187,7 +187,7 @@ async fn killed_orchestrator_never_leaves_writers_blocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_lease_expires_while_the_orchestrator_stalls() {
-    let sb = PrivateSandbox::up(1, 1, 24000, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(
         &sb.topology(),
@@ -231,7 +231,7 @@ async fn block_lease_expires_while_the_orchestrator_stalls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stopped_mid_backup_fails_clearly_and_next_backup_succeeds() {
-    let sb = PrivateSandbox::up(1, 1, 24100, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let topo = db::topology(&topo_path);
@@ -280,7 +280,7 @@ async fn update_then_end(c: tokio_postgres::Client, id: i32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_waits_out_deadlocked_writers_without_blocking() {
     const JAM: Duration = Duration::from_millis(4000);
-    let sb = PrivateSandbox::up(1, 1, 25500, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let topo_path = sb.topology();
     let topo = db::topology(&topo_path);
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
@@ -335,7 +335,7 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
 /// cut succeeds at its first attempt.
 #[tokio::test]
 async fn cut_gets_a_running_autovacuum_out_of_the_way() {
-    let sb = PrivateSandbox::up(0, 1, 25600, "ready");
+    let sb = PrivateSandbox::up(0, 1, "ready");
     let topo_path = sb.topology();
     let topo = db::topology(&topo_path);
     // A table whose autovacuum crawls: it sleeps 100 ms after every page.

@@ -75,7 +75,7 @@ fn follow(topo: &str) -> std::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
-    let sb = PrivateSandbox::up(2, 2, 25300, "ready");
+    let sb = PrivateSandbox::up(2, 2, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let arg = topo_path.to_str().unwrap();
@@ -128,7 +128,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
         assert_eq!(s["lag_bytes"], 0, "caught up after capture --once: {s}");
     }
 
-    let target = PrivateSandbox::up(2, 2, 25400, "ready");
+    let target = PrivateSandbox::up(2, 2, "ready");
     let tgt = target.topology();
     let tgt_arg = tgt.to_str().unwrap();
     let restored = db::topology(&tgt);
@@ -199,7 +199,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read_with_mariadb_binlog(
 ) {
-    let sb = PrivateSandbox::up(1, 1, 27300, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let arg = topo_path.to_str().unwrap();
@@ -234,7 +234,7 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
     run_ok(&["capture", "-t", arg, "--once"]);
 
     // MariaDB's DDL replays: both tables equal the source afterwards.
-    let target = PrivateSandbox::up(1, 1, 27400, "ready");
+    let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
     let tgt_arg = tgt.to_str().unwrap();
     let run = run_ok(&[
@@ -339,7 +339,7 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_chains_and_expire_keep_what_kept_points_need() {
-    let sb = PrivateSandbox::up(1, 1, 27500, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let arg = topo_path.to_str().unwrap();
@@ -428,7 +428,7 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
 
     // What was kept still restores exactly: D (C + its segments) and the
     // mark after it.
-    let target = PrivateSandbox::up(1, 1, 27600, "ready");
+    let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
     let tgt_arg = tgt.to_str().unwrap();
     let restored = db::topology(&tgt);

@@ -185,12 +185,13 @@ fn wrong_or_missing_token_is_refused() {
 
 #[test]
 fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
-    let sb = PrivateSandbox::up(1, 1, 24200, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
-    let listen = "127.0.0.1:24290";
-    let agent = AgentProcess::start(listen, &good);
-    let topo = with_agents(&sb.topology(), dir.path(), listen, &good);
+    // A fixed port (not :0): the agent is started again on the same address.
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let agent = AgentProcess::start(&listen, &good);
+    let topo = with_agents(&sb.topology(), dir.path(), &listen, &good);
     let arg = topo.to_str().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(db::setup_all(
@@ -225,14 +226,14 @@ fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
     stderr.read_to_string(&mut seen).unwrap();
     assert_eq!(status.code(), Some(1), "{seen}");
     assert!(seen.contains("failed and was discarded"), "{seen}");
-    assert!(seen.contains("agent http://127.0.0.1:24290"), "{seen}");
+    assert!(seen.contains(&format!("agent http://{listen}")), "{seen}");
     assert!(seen.contains("unreachable"), "{seen}");
     assert_eq!(
         shardcut(&["list", "-t", arg, "--json"]).json()["backups"],
         serde_json::json!([])
     );
 
-    let _agent = AgentProcess::start(listen, &good);
+    let _agent = AgentProcess::start(&listen, &good);
     let run = shardcut(&["backup", "-t", arg]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(

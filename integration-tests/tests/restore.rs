@@ -75,7 +75,7 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
     let src_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
     let src_arg = src_path.to_str().unwrap();
     let id = support::backup_id(src_arg).await;
-    let target = PrivateSandbox::up(2, 2, 24400, "ready");
+    let target = PrivateSandbox::up(2, 2, "ready");
     let tgt_path = target.topology();
     let tgt_arg = tgt_path.to_str().unwrap();
 
@@ -233,7 +233,7 @@ async fn partial_restore_of_one_table_with_and_without_its_parents() {
             .code,
         0
     );
-    let target = PrivateSandbox::up(1, 1, 25200, "ready");
+    let target = PrivateSandbox::up(1, 1, "ready");
     let tgt_arg = target.topology();
     let tgt_arg = tgt_arg.to_str().unwrap();
     let tgt = db::topology(&target.topology());
@@ -338,7 +338,7 @@ INSERT INTO "Odd Schema"."Mixed ""Case"" T" SELECT g, 'v' || g FROM generate_ser
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_inheritance_partitions_and_quoted_names_round_trip() {
-    let source = PrivateSandbox::up(0, 1, 27700, "ready");
+    let source = PrivateSandbox::up(0, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let src_path = support::topology_variant(&source.topology(), dir.path(), &[]);
     let src = db::topology(&src_path);
@@ -346,7 +346,7 @@ async fn postgres_inheritance_partitions_and_quoted_names_round_trip() {
     let src_arg = src_path.to_str().unwrap();
     let id = support::backup_id(src_arg).await;
 
-    let target = PrivateSandbox::up(0, 1, 27800, "ready");
+    let target = PrivateSandbox::up(0, 1, "ready");
     let tgt_path = target.topology();
     let tgt_arg = tgt_path.to_str().unwrap();
     let j = restored_fully(src_arg, &id, tgt_arg).await;

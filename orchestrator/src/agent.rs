@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use shard_agent::api::*;
+use shard_agent::cut::{BlockError, CutOptions};
+use shard_agent::dump::DumpOptions;
 use shard_agent::manifest::ShardManifest;
 use shard_agent::position::Position;
-use shard_agent::session::{BlockError, CutOptions, DumpOptions, Session};
+use shard_agent::session::Session;
 use shard_agent::AgentError;
 use topology::{Engine, Secret, Shard};
 
@@ -82,19 +84,14 @@ impl Agent {
         }
     }
 
-    /// Whether this shard blocks in the cut's first wave. A PostgreSQL
-    /// shard may need many tries to get its table locks, each holding
-    /// some writers up for a few milliseconds at most, while a MariaDB
-    /// shard's `BACKUP STAGE BLOCK_COMMIT` blocks commits from the moment
-    /// it is asked for and takes a bounded time: so the PostgreSQL shards
-    /// lock first, and the others block only once they all have, instead
-    /// of holding their writers while the PostgreSQL shards keep trying.
+    /// Whether this shard blocks in the cut's first wave (see
+    /// [`shard_agent::engine::Driver::blocks_in_first_wave`]).
     pub fn blocks_first(&self) -> bool {
         let engine = match self {
             Agent::Local(s) => s.engine(),
             Agent::Remote(r) => r.engine,
         };
-        engine == Engine::Postgres
+        shard_agent::engine::driver(engine).blocks_in_first_wave()
     }
 
     /// See [`Session::settle`].

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use shard_agent::cut::BlockError;
 use shard_agent::manifest::{Cut, ShardCut};
-use shard_agent::session::BlockError;
 use shard_agent::AgentError;
 
 use crate::agent::Agent;

@@ -8,7 +8,7 @@ mod agent;
 mod commands;
 mod cut;
 mod exit;
-mod html;
+mod flow;
 mod lock;
 mod pitr;
 mod progress;

@@ -9,12 +9,13 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use shard_agent::capture::{mysql::STREAM, StreamState};
-use shard_agent::manifest::{keys, Manifest, Mark};
+use shard_agent::capture::StreamState;
+use shard_agent::engine;
+use shard_agent::manifest::{keys, Manifest, Mark, ShardManifest};
 use shard_agent::position::Position;
-use shard_agent::replay::{self, ReplayReport};
+use shard_agent::replay::{ReplayError, ReplayReport};
 use shard_agent::repo::Repository;
-use topology::{Engine, Shard};
+use topology::Shard;
 
 use crate::exit::InvalidInput;
 
@@ -87,12 +88,9 @@ pub fn find_mark(repo: &dyn Repository, cluster: &str, name: &str) -> anyhow::Re
     }
 }
 
-/// The capture streams a shard needs: its binlog, or one per database.
-pub fn streams_of(engine: Engine, databases: &[String]) -> Vec<String> {
-    match engine {
-        Engine::Mysql => vec![STREAM.to_string()],
-        Engine::Postgres => databases.to_vec(),
-    }
+/// The capture streams a shard's backup needs replayed.
+pub fn streams_of(sm: &ShardManifest) -> Vec<String> {
+    engine::driver(sm.engine_kind()).streams_of(&databases(sm))
 }
 
 fn at_or_before(a: &Position, b: &Position) -> bool {
@@ -133,7 +131,7 @@ pub fn coverage_gap(
 }
 
 /// Databases a shard's part of a manifest covers.
-pub fn databases(m: &shard_agent::manifest::ShardManifest) -> Vec<String> {
+pub fn databases(m: &ShardManifest) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for d in m
         .table_list
@@ -154,10 +152,7 @@ fn mark_covered(mark: &Mark, states: &[StreamState]) -> bool {
         let Some(sm) = mark.shards.get(name) else {
             return false;
         };
-        let Some(engine) = sm.engine else {
-            return false;
-        };
-        let streams = streams_of(engine, &databases(sm));
+        let streams = streams_of(sm);
         streams.iter().all(|stream| {
             states.iter().any(|s| {
                 &s.shard == name && &s.stream == stream && at_or_before(&c.position, &s.progress)
@@ -241,29 +236,23 @@ pub fn base_fits(
                 base.backup_id, mark.name
             ));
         }
-        let engine = sm.engine.unwrap_or(Engine::Mysql);
-        if let Some(gap) = coverage_gap(
-            states,
-            name,
-            &streams_of(engine, &databases(sm)),
-            &b.position,
-            &mk.position,
-        ) {
+        if let Some(gap) = coverage_gap(states, name, &streams_of(sm), &b.position, &mk.position) {
             return Err(gap);
         }
     }
     Ok(())
 }
 
-/// PostgreSQL replay cannot create, drop or alter tables: refuse a target
-/// whose tables differ from the base's, before anything is restored.
+/// An engine whose captured changes carry no table definitions (PostgreSQL
+/// logical decoding) cannot replay CREATE, DROP or ALTER TABLE: refuse a
+/// mark whose tables differ from the base's, before anything is restored.
 pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for name in shards {
         let (Some(b), Some(m)) = (base.shards.get(name), mark.shards.get(name)) else {
             continue;
         };
-        if b.engine != Some(Engine::Postgres) {
+        if engine::driver(b.engine_kind()).replay_carries_ddl() {
             continue;
         }
         for t in &m.table_list {
@@ -328,24 +317,22 @@ pub fn choose_base(
 pub async fn replay_shard(
     repo: &dyn Repository,
     source: &str,
-    sm: &shard_agent::manifest::ShardManifest,
+    sm: &ShardManifest,
     target: &Shard,
     from: &Position,
     to: &Position,
-) -> Result<ReplayReport, replay::ReplayError> {
-    match sm.engine {
-        Some(Engine::Postgres) => {
-            let mut total = ReplayReport::default();
-            for db in databases(sm) {
-                let r = replay::postgres::replay(repo, source, &db, target, from, to).await?;
-                total.segments += r.segments;
-                total.transactions += r.transactions;
-                total.statements += r.statements;
-            }
-            Ok(total)
-        }
-        _ => replay::mysql::replay(repo, source, target, from, to).await,
+) -> Result<ReplayReport, ReplayError> {
+    let driver = engine::driver(sm.engine_kind());
+    let mut total = ReplayReport::default();
+    for stream in streams_of(sm) {
+        let r = driver
+            .replay(repo, source, &stream, target, (from, to))
+            .await?;
+        total.segments += r.segments;
+        total.transactions += r.transactions;
+        total.statements += r.statements;
     }
+    Ok(total)
 }
 
 /// Per shard: (base position, mark position).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shard_agent::manifest::{Manifest, TableManifest};
-use shard_agent::readback::table_digest;
+use shard_agent::verify::readback::table_digest;
 use shard_agent::AgentError;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

@@ -13,10 +13,10 @@ pub enum DbError {
     Mysql(#[from] mysql_async::Error),
     /// From shardcut's own row reader (`mysql::wire`).
     #[error(transparent)]
-    Wire(#[from] crate::mysql::wire::WireError),
+    Wire(#[from] crate::engine::mysql::wire::WireError),
     /// From shardcut's own COPY reader (`postgres::wire`).
     #[error(transparent)]
-    PgWire(#[from] crate::postgres::wire::PgWireError),
+    PgWire(#[from] crate::engine::postgres::wire::PgWireError),
     /// The server's own message (`ERROR: deadlock detected`), not the
     /// driver's bare "db error"; no source, since the message is its text.
     #[error("{}", postgres_text(.0))]
@@ -31,9 +31,11 @@ impl DbError {
     pub fn is_server_error(&self) -> bool {
         match self {
             DbError::Mysql(e) => matches!(e, mysql_async::Error::Server(_)),
-            DbError::Wire(e) => matches!(e, crate::mysql::wire::WireError::Server { .. }),
+            DbError::Wire(e) => matches!(e, crate::engine::mysql::wire::WireError::Server { .. }),
             DbError::Postgres(p) => p.as_db_error().is_some(),
-            DbError::PgWire(e) => matches!(e, crate::postgres::wire::PgWireError::Server(_)),
+            DbError::PgWire(e) => {
+                matches!(e, crate::engine::postgres::wire::PgWireError::Server(_))
+            }
             DbError::Decode { .. } => false,
         }
     }
@@ -67,14 +69,14 @@ impl DbError {
     pub fn is_auth_failure(&self) -> bool {
         match self {
             DbError::Mysql(mysql_async::Error::Server(e)) => e.code == 1045 || e.code == 1698,
-            DbError::Wire(crate::mysql::wire::WireError::Server { code, .. }) => {
+            DbError::Wire(crate::engine::mysql::wire::WireError::Server { code, .. }) => {
                 *code == 1045 || *code == 1698
             }
             DbError::Postgres(e) => e.code().is_some_and(|c| {
                 *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
                     || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             }),
-            DbError::PgWire(crate::postgres::wire::PgWireError::Server(e)) => {
+            DbError::PgWire(crate::engine::postgres::wire::PgWireError::Server(e)) => {
                 // invalid_password, invalid_authorization_specification
                 e.code == "28P01" || e.code == "28000"
             }

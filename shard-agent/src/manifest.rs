@@ -20,21 +20,55 @@ pub struct Manifest {
     pub cluster: String,
     pub topology_digest: String,
     pub tool_version: String,
-    pub status: String,
+    pub status: BackupStatus,
     pub started_at: String,
     pub finished_at: String,
     pub cut: Cut,
     pub shards: BTreeMap<String, ShardManifest>,
-    /// `full` (dumped data) or `incremental` (a mark plus captured changes).
-    #[serde(default = "full_kind")]
-    pub kind: String,
+    /// Absent in manifests written before incremental backups: `full`.
+    #[serde(default)]
+    pub kind: BackupKind,
     /// Incremental backups: where they stand in their chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
 }
 
-fn full_kind() -> String {
-    "full".into()
+/// A manifest is only ever written for a backup that completed: a backup
+/// without its manifest does not exist. The field names that in the
+/// document itself; a manifest claiming anything else is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStatus {
+    Complete,
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// Dumped data of every table.
+    #[default]
+    Full,
+    /// A mark plus the changes captured since the chain's full backup.
+    Incremental,
+}
+
+impl std::fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that width and alignment in format strings apply.
+        f.pad(match self {
+            BackupStatus::Complete => "complete",
+        })
+    }
+}
+
+impl std::fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        })
+    }
 }
 
 impl Manifest {
@@ -112,6 +146,14 @@ pub struct ShardManifest {
     pub duration_ms: u64,
     pub schema: Vec<StoredFile>,
     pub table_list: Vec<TableManifest>,
+}
+
+impl ShardManifest {
+    /// The shard's engine. The field is absent only in manifests written
+    /// before PostgreSQL support, which were all MySQL/MariaDB backups.
+    pub fn engine_kind(&self) -> Engine {
+        self.engine.unwrap_or(Engine::Mysql)
+    }
 }
 
 /// A schema file: `SHOW CREATE` output (MySQL) or a `pg_dump` section.
@@ -200,6 +242,9 @@ pub struct Mark {
 
 /// Keys of a backup in the repository.
 pub mod keys {
+    /// Where every backup's objects live, one folder per backup ID.
+    pub const BACKUPS: &str = "backups/";
+
     pub fn mark(name: &str) -> String {
         format!("marks/{}.json", segment(name))
     }
@@ -208,6 +253,12 @@ pub mod keys {
     }
     pub fn manifest(id: &str) -> String {
         format!("backups/{id}/manifest.json")
+    }
+    /// The backup ID whose manifest `key` is (the inverse of [`manifest`]);
+    /// `None` for any other key.
+    pub fn backup_of_manifest(key: &str) -> Option<&str> {
+        let id = key.strip_prefix(BACKUPS)?.strip_suffix("/manifest.json")?;
+        (!id.is_empty() && !id.contains('/')).then_some(id)
     }
     /// A name made safe as one key segment: bytes outside `[A-Za-z0-9_.-]`
     /// are percent-encoded, so any table name maps to one distinct segment.
@@ -236,5 +287,17 @@ mod tests {
         assert_eq!(segment(".."), "%2E.");
         assert_eq!(segment("naïve"), "na%C3%AFve");
         assert_ne!(segment("a b"), segment("a_b"));
+    }
+
+    #[test]
+    fn manifest_keys_name_their_backup() {
+        use super::keys::{backup_of_manifest, manifest};
+        assert_eq!(
+            backup_of_manifest(&manifest("20261124T044438.120Z-ffff")),
+            Some("20261124T044438.120Z-ffff")
+        );
+        assert_eq!(backup_of_manifest("backups/a/b/manifest.json"), None);
+        assert_eq!(backup_of_manifest("backups/a/chunk.zst"), None);
+        assert_eq!(backup_of_manifest("backups//manifest.json"), None);
     }
 }

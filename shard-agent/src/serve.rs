@@ -20,10 +20,12 @@ use axum::{Json, Router};
 use topology::Secret;
 
 use crate::api::*;
+use crate::cut::{BlockError, CutOptions};
+use crate::dump::{DumpOptions, Progress};
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::repo::LocalRepository;
-use crate::session::{BlockError, CutOptions, DumpOptions, Progress, Session};
+use crate::session::Session;
 
 /// Sessions idle this long (not dumping) are dropped, which closes their
 /// connections: an orchestrator that died after `prepare` leaks nothing.

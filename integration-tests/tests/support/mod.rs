@@ -5,8 +5,11 @@
 
 pub mod db;
 
+use std::collections::BTreeSet;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, PoisonError};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -98,6 +101,28 @@ fn sandbox_script(args: &[&str]) -> Run {
     Run::from(out)
 }
 
+/// A TCP port on 127.0.0.1 for a test's own listener, free when asked.
+///
+/// The kernel picks it (bind to port 0), so it lies in the ephemeral range,
+/// which `scripts/sandbox` never chooses from. Ports handed out are kept for
+/// the life of the test process: once the probe's listener is closed the
+/// kernel may pick the same port again, and two tests must never get one
+/// port.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    for _ in 0..1000 {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 not handed out already");
+}
+
 /// A sandbox of a test's own, on its own ports, torn down when dropped.
 pub struct PrivateSandbox {
     dir: tempfile::TempDir,
@@ -105,9 +130,10 @@ pub struct PrivateSandbox {
 
 impl PrivateSandbox {
     /// Starts `mysql` MariaDB and `postgres` PostgreSQL instances with
-    /// `profile` (`ready` or `bare`) from `base_port`. Each test uses its own
-    /// base port so tests can run in parallel.
-    pub fn up(mysql: u32, postgres: u32, base_port: u16, profile: &str) -> Self {
+    /// `profile` (`ready` or `bare`). `scripts/sandbox` chooses ports that are
+    /// free and claimed by no other sandbox, so tests run in parallel with
+    /// each other and with sandboxes already running (the demo's).
+    pub fn up(mysql: u32, postgres: u32, profile: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("shardcut-it.")
             .tempdir()
@@ -121,8 +147,6 @@ impl PrivateSandbox {
             &mysql.to_string(),
             "--postgres",
             &postgres.to_string(),
-            "--base-port",
-            &base_port.to_string(),
             "--profile",
             profile,
         ]);

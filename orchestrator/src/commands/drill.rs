@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::restore::{restore_verified, Plan};
+use super::restore::{finish, parse_map};
+use crate::flow::drill::{drill, DrillPlan};
+use crate::progress::Bars;
 
 /// Recovery drill: restore one shard into a scratch server, verify, score,
 /// and measure RTO and RPO. The shard's databases on the scratch server are
@@ -9,7 +11,12 @@ use super::restore::{restore_verified, Plan};
 #[derive(Debug, clap::Args)]
 pub struct Drill {
     /// The cluster's topology file.
-    #[arg(short, long = "topology", value_name = "FILE")]
+    #[arg(
+        short,
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
     topology: PathBuf,
     /// The shard to drill.
     #[arg(long, value_name = "NAME")]
@@ -20,7 +27,7 @@ pub struct Drill {
     #[arg(long, value_name = "FILE")]
     target: PathBuf,
     /// Restore the shard into this scratch shard (`SRC=DST`).
-    #[arg(long = "map", value_name = "SRC=DST", value_parser = super::restore::parse_map)]
+    #[arg(long = "map", value_name = "SRC=DST", value_parser = parse_map)]
     map: Vec<(String, String)>,
     /// Backup ID, or `latest`.
     #[arg(long, value_name = "ID", default_value = "latest")]
@@ -38,20 +45,15 @@ pub struct Drill {
 
 impl Drill {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let outcome = restore_verified(&Plan {
+        let plan = DrillPlan {
             source: &self.topology,
             target: &self.target,
+            shard: &self.shard,
             backup: &self.backup,
-            shards: vec![self.shard.clone()],
             map: self.map.clone(),
-            auto_map: true,
-            until: None,
-            overwrite: true,
-            binlog: false,
             pause_before_verify: self.test_pause_before_verify,
-            select: Default::default(),
-        })
-        .await?;
-        outcome.finish("drill", self.json, self.report.as_deref())
+        };
+        let outcome = drill(&plan, &Bars).await?;
+        finish(outcome, "drill", self.json, self.report.as_deref())
     }
 }

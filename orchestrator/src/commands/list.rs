@@ -1,16 +1,21 @@
 use std::path::PathBuf;
 
-use serde_json::json;
 use topology::Topology;
 
-use super::{list_backups, open_repository};
+use crate::flow::{list_backups, open_repository};
+use crate::render::backup::list_json;
 use crate::{exit, render};
 
 /// List the cluster's backups, oldest first.
 #[derive(Debug, clap::Args)]
 pub struct List {
     /// The cluster's topology file.
-    #[arg(short, long = "topology", value_name = "FILE")]
+    #[arg(
+        short,
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
     topology: PathBuf,
     /// Print one JSON document on stdout.
     #[arg(long)]
@@ -25,31 +30,9 @@ impl List {
         let listed =
             tokio::task::spawn_blocking(move || list_backups(repo.as_ref(), &cluster)).await??;
         if self.json {
-            let items: Vec<serde_json::Value> = listed
-                .iter()
-                .map(|l| match &l.manifest {
-                    Ok(m) => json!({
-                        "backup_id": m.backup_id,
-                        "kind": m.kind,
-                        "base": m.chain.as_ref().map(|c| c.base.clone()),
-                        "parent": m.chain.as_ref().map(|c| c.parent.clone()),
-                        "mark": m.chain.as_ref().map(|c| c.mark.clone()),
-                        "status": m.status,
-                        "started_at": m.started_at,
-                        "finished_at": m.finished_at,
-                        "write_block_ms": m.cut.write_block_ms,
-                        "shards": m.shards.len(),
-                        "rows": m.shards.values().map(|s| s.rows).sum::<u64>(),
-                        "bytes_stored": m.shards.values().map(|s| s.bytes_stored).sum::<u64>(),
-                    }),
-                    Err(e) => json!({"backup_id": l.id, "status": "unreadable", "error": e}),
-                })
-                .collect();
             crate::exit::emit(&format!(
                 "{}\n",
-                serde_json::to_string_pretty(
-                    &json!({"cluster": topology.cluster, "backups": items})
-                )?
+                serde_json::to_string_pretty(&list_json(&topology.cluster, &listed))?
             ))?;
         } else {
             let mut out = format!(

@@ -1,25 +1,23 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use shard_agent::manifest::Manifest;
-use shard_agent::restore::{check_target, restore_shard, RestoreOptions, TableReady};
-use tokio::task::JoinSet;
-use topology::{Shard, Topology};
-
-use super::{find_backup, open_repository};
-use crate::exit::{self, InvalidInput};
-use crate::quality::{score, Quality, TableResult};
-use crate::readback::Verifier;
-use crate::report::{full_report, human, rpo_seconds, write_dir, Run};
-use crate::selection::{select, Request};
+use crate::exit;
+use crate::flow::restore::{restore_verified, Outcome, Plan};
+use crate::pitr::{parse_until, Until};
+use crate::progress::Bars;
+use crate::report::{full_report, human, write_dir, Run};
+use crate::selection::Request;
 
 /// Restore a backup (all shards, or some) into the servers of a target
 /// topology, then verify by reading the target back and score the result.
 #[derive(Debug, clap::Args)]
 pub struct Restore {
     /// The source cluster's topology file (where the repository is).
-    #[arg(short, long = "topology", value_name = "FILE")]
+    #[arg(
+        short,
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
     topology: PathBuf,
     /// Backup ID, or `latest`. With `--until`: the base to start from
     /// (default: the newest backup that captured changes lead to the target).
@@ -28,8 +26,8 @@ pub struct Restore {
     /// Restore to a point after the backup by replaying captured changes:
     /// `latest` (the newest mark capture has reached), `mark:NAME`, or a
     /// time (the newest mark at or before it; consistent across shards).
-    #[arg(long, value_name = "POINT", value_parser = crate::pitr::parse_until)]
-    until: Option<crate::pitr::Until>,
+    #[arg(long, value_name = "POINT", value_parser = parse_until)]
+    until: Option<Until>,
     /// Topology of the servers to restore into; shards map by name.
     #[arg(long, value_name = "FILE")]
     target: PathBuf,
@@ -69,7 +67,7 @@ pub struct Restore {
 
 impl Restore {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let outcome = restore_verified(&Plan {
+        let plan = Plan {
             source: &self.topology,
             target: &self.target,
             backup: &self.backup,
@@ -85,44 +83,10 @@ impl Restore {
                 tables: self.tables.clone(),
                 with_parents: self.with_parents,
             },
-        })
-        .await?;
-        outcome.finish("restore", self.json, self.report.as_deref())
+        };
+        let outcome = restore_verified(&plan, &Bars).await?;
+        finish(outcome, "restore", self.json, self.report.as_deref())
     }
-}
-
-/// What to restore where.
-pub struct Plan<'a> {
-    pub source: &'a Path,
-    pub target: &'a Path,
-    pub backup: &'a str,
-    /// Empty: every shard of the backup.
-    pub shards: Vec<String>,
-    /// Source shard → target shard, for shards whose names differ.
-    pub map: Vec<(String, String)>,
-    /// Without a map entry or a same-named target shard, use the target's
-    /// only shard of the same engine (drills into a scratch server).
-    pub auto_map: bool,
-    /// Replay captured changes up to this point after restoring the base.
-    pub until: Option<crate::pitr::Until>,
-    pub overwrite: bool,
-    /// Log the restore's writes in a MySQL/MariaDB target's binary log.
-    pub binlog: bool,
-    /// Test only: wait between the restore and its verification.
-    pub pause_before_verify: Option<Duration>,
-    /// Which databases and tables; empty: all.
-    pub select: Request,
-}
-
-/// A restore and its verification.
-pub struct Outcome {
-    m: Manifest,
-    tables: Vec<TableResult>,
-    q: Quality,
-    per_shard: BTreeMap<String, Quality>,
-    rto: f64,
-    rpo: f64,
-    failures: Vec<String>,
 }
 
 pub fn parse_map(text: &str) -> Result<(String, String), String> {
@@ -132,414 +96,45 @@ pub fn parse_map(text: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn restore_verified(plan: &Plan<'_>) -> anyhow::Result<Outcome> {
-    let source = Topology::load(plan.source)?;
-    let target = Topology::load(plan.target)?;
-    let repo = open_repository(&source)?;
-    let (cluster, mut id, r) = (
-        source.cluster.clone(),
-        plan.backup.to_string(),
-        repo.clone(),
-    );
-    // An incremental backup restores as its full base brought to its mark.
-    let mut until = plan.until.clone();
-    if until.is_none() {
-        let found = find_backup(r.as_ref(), &cluster, &id)?;
-        if let Some(chain) = &found.chain {
-            eprintln!(
-                "shardcut: backup {} is incremental: restoring its full backup {} and replaying to its mark {}",
-                found.backup_id, chain.base, chain.mark
-            );
-            until = Some(crate::pitr::Until::Mark(chain.mark.clone()));
-            id = chain.base.clone();
-        }
-    }
-    let (m, mark) = match &until {
-        None => (
-            tokio::task::spawn_blocking(move || find_backup(r.as_ref(), &cluster, &id)).await??,
-            None,
-        ),
-        Some(until) => {
-            if !plan.select.databases.is_empty() || !plan.select.tables.is_empty() {
-                return Err(InvalidInput(
-                    "--until restores whole shards; it cannot be combined with --database or --table".into(),
-                )
-                .into());
-            }
-            let (base, mark, note) = point_in_time(plan, r.as_ref(), &cluster, &id, until)?;
-            eprintln!("shardcut: until {note}; base backup {}", base.backup_id);
-            (base, Some(mark))
-        }
+/// Prints and writes the report of a restore or drill; the exit code
+/// follows Q, except that a failed restore step is an operational failure
+/// (exit 1).
+pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> anyhow::Result<u8> {
+    let run = Run {
+        kind,
+        rto_seconds: Some(o.rto),
+        rpo_seconds: o.rpo,
     };
-    let rpo = match &mark {
-        Some(mk) => rpo_seconds(&Manifest {
-            cut: mk.cut.clone(),
-            ..m.clone()
-        }),
-        None => rpo_seconds(&m),
-    };
-    let mut pairs = scope(plan, &m, &source, &target)?;
-    // The tables each shard restores; shards with nothing selected drop out.
-    let mut selection = BTreeMap::new();
-    let mut problems = Vec::new();
-    for (name, _) in &pairs {
-        match select(name, &m.shards[name], &plan.select) {
-            Ok(s) => {
-                selection.insert(name.clone(), s);
-            }
-            Err(e) => problems.push(e),
-        }
+    let doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
+    if json {
+        exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+    } else {
+        exit::emit(&human(kind, &o.m, &o.tables, o.q, &o.per_shard, o.rto))?;
     }
-    if !problems.is_empty() {
-        return Err(InvalidInput(problems.join("; ")).into());
-    }
-    pairs.retain(|(name, _)| !matches!(selection.get(name), Some(Some(list)) if list.is_empty()));
-    if pairs.is_empty() {
-        return Err(InvalidInput(format!(
-            "no table of backup {} matches --database {:?} / --table {:?}",
-            m.backup_id, plan.select.databases, plan.select.tables
-        ))
-        .into());
-    }
-    let shards: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
-    let opts_for = |name: &str, dst: &Shard| RestoreOptions {
-        repo: repo.clone(),
-        overwrite: plan.overwrite,
-        binlog: plan.binlog,
-        parallelism: dst.parallelism,
-        tables: selection.get(name).cloned().flatten(),
-        ready: None,
-    };
-    let mut refusals = Vec::new();
-    for (name, dst) in &pairs {
-        if let Err(e) = check_target(&m.shards[name], dst, &opts_for(name, dst)).await {
-            refusals.push(exit::one_line(&anyhow::Error::new(e)));
-        }
-    }
-    if !refusals.is_empty() {
-        return Err(InvalidInput(refusals.join("; ")).into());
-    }
-
-    // Verify what was asked for: the selected tables of each shard.
-    let mut in_scope = m.clone();
-    for (name, shard) in in_scope.shards.iter_mut() {
-        if let Some(Some(list)) = selection.get(name) {
-            shard.table_list.retain(|t| list.contains(&t.qualified()));
-        }
-    }
-    // At a mark, the expected state is the mark's: its tables, row counts
-    // and content hashes, read from the source under the mark's block.
-    if let Some(mark) = &mark {
-        for (name, shard) in in_scope.shards.iter_mut() {
-            if let Some(at_mark) = mark.shards.get(name) {
-                shard.table_list = at_mark.table_list.clone();
-            }
-        }
-        in_scope.cut = mark.cut.clone();
-        in_scope.backup_id = format!("{} + changes to mark {}", m.backup_id, mark.name);
-    }
-    // Verification reads the target whatever happened, so a failed restore
-    // is reported with what it left, never as a success. A table is read
-    // back as soon as its restore announces it final, while other tables
-    // still load; not when changes are replayed after the load (the
-    // tables change again) or a test pauses before verification.
-    let mut verifier = Verifier::new(&in_scope, &pairs);
-    let early = mark.is_none() && plan.pause_before_verify.is_none();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
-
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (name, dst) in &pairs {
-        let (src, dst) = (m.shards[name].clone(), dst.clone());
-        let mut opts = opts_for(name, &dst);
-        opts.ready = early.then(|| TableReady {
-            shard: name.clone(),
-            tx: ready_tx.clone(),
-        });
-        let name = name.clone();
-        tasks.spawn(async move {
-            let began = Instant::now();
-            let r = restore_shard(&src, &dst, &opts).await;
-            (name, r.map(|done| (done, began.elapsed())))
-        });
-    }
-    drop(ready_tx);
-    let mut failures = Vec::new();
-    let mut restored = Vec::new();
-    loop {
-        let joined = tokio::select! {
-            Some((name, table)) = ready_rx.recv() => {
-                verifier.start(&name, &table);
-                continue;
-            }
-            joined = tasks.join_next() => joined,
-        };
-        let Some(joined) = joined else {
-            break;
-        };
-        match joined {
-            Ok((name, Ok((done, took)))) => {
-                tracing::info!(
-                    "{name}: restored {} database(s), {} table(s), {} chunk(s) in {:.2} s",
-                    done.databases.len(),
-                    done.tables,
-                    done.chunks,
-                    took.as_secs_f64()
-                );
-                restored.push(name);
-            }
-            Ok((name, Err(e))) => failures.push(format!(
-                "{name}: {}",
-                exit::one_line(&anyhow::Error::new(e))
-            )),
-            Err(e) => failures.push(format!("a restore task panicked: {e}")),
-        }
-    }
-    if let Some(mark) = &mark {
-        failures.extend(replay_all(&repo, &m, mark, &pairs, &restored).await);
-    }
-    if let Some(pause) = plan.pause_before_verify {
-        eprintln!(
-            "restore: done; pausing {} ms before verification (test hook)",
-            pause.as_millis()
-        );
-        tokio::time::sleep(pause).await;
-    }
-    let (reading, early_reads) = (Instant::now(), verifier.started_early());
-    let (tables, available) = verifier.finish().await;
-    tracing::info!(
-        "verification read back {} table(s), {early_reads} of them while the restore ran; {:.2} s after the restore",
-        tables.len(),
-        reading.elapsed().as_secs_f64()
-    );
-    let rto = started.elapsed().as_secs_f64();
-    let (q, per_shard) = score(&tables, &shards, &available);
-    for s in shards.iter().filter(|s| !available.contains(s)) {
-        failures.push(format!(
-            "{s}: the target did not answer reads on every restored table (unavailable)"
-        ));
-    }
-    Ok(Outcome {
-        m: if mark.is_some() { in_scope } else { m },
-        tables,
-        q,
-        per_shard,
-        rto,
-        rpo,
-        failures,
-    })
-}
-
-impl Outcome {
-    /// Prints and writes the report; the exit code follows Q, except that a
-    /// failed restore step is an operational failure (exit 1).
-    pub fn finish(self, kind: &str, json: bool, report_dir: Option<&Path>) -> anyhow::Result<u8> {
-        let run = Run {
-            kind,
-            rto_seconds: Some(self.rto),
-            rpo_seconds: self.rpo,
-        };
-        let doc = full_report(&self.m, &self.tables, self.q, &self.per_shard, &run);
-        if json {
-            exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
-        } else {
-            exit::emit(&human(
-                kind,
-                &self.m,
-                &self.tables,
-                self.q,
-                &self.per_shard,
-                self.rto,
-            ))?;
-        }
-        if let Some(dir) = report_dir {
-            write_dir(
-                dir,
-                &doc,
-                &self.m,
-                &self.tables,
-                self.q,
-                &self.per_shard,
-                &run,
-            )
+    if let Some(dir) = report_dir {
+        write_dir(dir, &doc, &o.m, &o.tables, o.q, &o.per_shard, &run)
             .map_err(|e| anyhow::anyhow!("writing the report into {}: {e}", dir.display()))?;
-        }
-        let restore_failed: Vec<&String> = self
-            .failures
-            .iter()
-            .filter(|f| !f.ends_with("(unavailable)"))
-            .collect();
-        if !restore_failed.is_empty() {
-            anyhow::bail!(
-                "{kind} of backup {} failed on {} shard(s): {}. What was restored before the failure stays on the target; \
-                 rerun with --overwrite to replace it, or drop those databases",
-                self.m.backup_id,
-                restore_failed.len(),
-                restore_failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
-            );
-        }
-        for f in &self.failures {
-            eprintln!("shardcut: {f}");
-        }
-        Ok(if self.q.perfect() {
-            exit::SUCCESS
-        } else {
-            exit::DEGRADED
-        })
     }
-}
-
-/// The (source shard, target shard) pairs to restore, after refusing what
-/// cannot be done safely.
-fn scope(
-    plan: &Plan<'_>,
-    m: &Manifest,
-    source: &Topology,
-    target: &Topology,
-) -> anyhow::Result<Vec<(String, Shard)>> {
-    let shards: Vec<String> = if plan.shards.is_empty() {
-        m.shards.keys().cloned().collect()
+    let restore_failed: Vec<&String> = o
+        .failures
+        .iter()
+        .filter(|f| !f.ends_with("(unavailable)"))
+        .collect();
+    if !restore_failed.is_empty() {
+        anyhow::bail!(
+            "{kind} of backup {} failed on {} shard(s): {}. What was restored before the failure stays on the target; \
+             rerun with --overwrite to replace it, or drop those databases",
+            o.m.backup_id,
+            restore_failed.len(),
+            restore_failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        );
+    }
+    for f in &o.failures {
+        eprintln!("shardcut: {f}");
+    }
+    Ok(if o.q.perfect() {
+        exit::SUCCESS
     } else {
-        plan.shards.clone()
-    };
-    let mut problems = Vec::new();
-    let mut pairs = Vec::new();
-    for name in &shards {
-        let Some(src) = m.shards.get(name) else {
-            problems.push(format!("backup {} has no shard `{name}`", m.backup_id));
-            continue;
-        };
-        let mapped = plan
-            .map
-            .iter()
-            .find(|(s, _)| s == name)
-            .map(|(_, d)| d.as_str());
-        let dst = match mapped {
-            Some(d) => target.shard(d),
-            None => target.shard(name).or_else(|| {
-                let same_engine: Vec<&Shard> = target
-                    .shards
-                    .iter()
-                    .filter(|t| Some(t.engine) == src.engine)
-                    .collect();
-                (plan.auto_map && same_engine.len() == 1).then(|| same_engine[0])
-            }),
-        };
-        let Some(dst) = dst else {
-            problems.push(format!(
-                "target topology {} has no shard `{}` (map another with --map {name}=TARGET_SHARD)",
-                plan.target.display(),
-                mapped.unwrap_or(name)
-            ));
-            continue;
-        };
-        if dst.name != *name {
-            tracing::info!("restoring shard {name} into target shard {}", dst.name);
-        }
-        if src.engine != Some(dst.engine) {
-            problems.push(format!(
-                "shard `{name}` is {:?} in the backup but {} in the target",
-                src.engine, dst.engine
-            ));
-        }
-        for s in &source.shards {
-            if s.endpoint.host == dst.endpoint.host && s.endpoint.port == dst.endpoint.port {
-                problems.push(format!(
-                    "target shard `{}` ({}:{}) is the server of source shard `{}`: restoring there would overwrite the source; restore into another server",
-                    dst.name, dst.endpoint.host, dst.endpoint.port, s.name
-                ));
-            }
-        }
-        if pairs
-            .iter()
-            .any(|(_, d): &(String, Shard)| d.name == dst.name)
-        {
-            problems.push(format!(
-                "two source shards map to target shard `{}`",
-                dst.name
-            ));
-        }
-        pairs.push((name.clone(), dst.clone()));
-    }
-    if problems.is_empty() {
-        Ok(pairs)
-    } else {
-        Err(InvalidInput(problems.join("; ")).into())
-    }
-}
-
-/// The base backup and mark of a point-in-time restore, refused before
-/// anything is touched if captured changes do not lead there.
-fn point_in_time(
-    plan: &Plan<'_>,
-    repo: &dyn shard_agent::repo::Repository,
-    cluster: &str,
-    id: &str,
-    until: &crate::pitr::Until,
-) -> anyhow::Result<(Manifest, shard_agent::manifest::Mark, String)> {
-    use crate::pitr;
-    let states = shard_agent::capture::StreamState::all(repo)?;
-    let (mark, note) = pitr::resolve(repo, cluster, until, &states)?;
-    let shards: Vec<String> = if plan.shards.is_empty() {
-        mark.shards.keys().cloned().collect()
-    } else {
-        plan.shards.clone()
-    };
-    let base = if id == "latest" {
-        let backups = super::list_backups(repo, cluster)?
-            .into_iter()
-            .filter_map(|l| l.manifest.ok())
-            .collect();
-        pitr::choose_base(backups, &mark, &shards, &states)?
-    } else {
-        let b = find_backup(repo, cluster, id)?;
-        pitr::base_fits(&b, &mark, &shards, &states).map_err(InvalidInput)?;
-        b
-    };
-    let refusals = pitr::ddl_refusals(&base, &mark, &shards);
-    if !refusals.is_empty() {
-        return Err(InvalidInput(refusals.join("; ")).into());
-    }
-    Ok((base, mark, note))
-}
-
-/// Replays captured changes into every shard whose base restore succeeded;
-/// returns one failure line per shard that failed.
-async fn replay_all(
-    repo: &std::sync::Arc<dyn shard_agent::repo::Repository>,
-    base: &Manifest,
-    mark: &shard_agent::manifest::Mark,
-    pairs: &[(String, Shard)],
-    restored: &[String],
-) -> Vec<String> {
-    let ranges = crate::pitr::ranges(base, mark);
-    let mut tasks = JoinSet::new();
-    for (name, dst) in pairs.iter().filter(|(n, _)| restored.contains(n)) {
-        let (Some((from, to)), Some(sm)) =
-            (ranges.get(name).cloned(), base.shards.get(name).cloned())
-        else {
-            continue;
-        };
-        let (repo, dst, name) = (repo.clone(), dst.clone(), name.clone());
-        tasks.spawn(async move {
-            let r = crate::pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to).await;
-            (name, r)
-        });
-    }
-    let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((name, Ok(r))) => tracing::info!(
-                "{name}: replayed {} transaction(s) from {} segment(s)",
-                r.transactions,
-                r.segments
-            ),
-            Ok((name, Err(e))) => failures.push(format!(
-                "{name}: replay: {}",
-                exit::one_line(&anyhow::Error::new(e))
-            )),
-            Err(e) => failures.push(format!("a replay task panicked: {e}")),
-        }
-    }
-    failures
+        exit::DEGRADED
+    })
 }

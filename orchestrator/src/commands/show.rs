@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use topology::Topology;
 
-use super::{find_backup, open_repository};
-use crate::commands::backup::summary_text;
+use crate::flow::{find_backup, open_repository};
+use crate::render::backup::summary_text;
 use crate::{exit, render};
 
 /// Show one backup: its cut, shards and tables (`latest` for the newest).
@@ -12,7 +12,12 @@ pub struct Show {
     /// Backup ID, or `latest`.
     id: String,
     /// The cluster's topology file.
-    #[arg(short, long = "topology", value_name = "FILE")]
+    #[arg(
+        short,
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
     topology: PathBuf,
     /// Print the whole manifest as JSON on stdout.
     #[arg(long)]

@@ -114,7 +114,9 @@ async fn check(path: &std::path::Path, name: &str) -> ExitCode {
         eprintln!("shard-agent: {}: no shard named `{name}`", path.display());
         return ExitCode::from(2);
     };
-    match shard_agent::preflight::check(shard, shard_agent::connect::DEFAULT_CONNECT_TIMEOUT).await
+    match shard_agent::engine::driver(shard.engine)
+        .preflight(shard, shard_agent::connect::DEFAULT_CONNECT_TIMEOUT)
+        .await
     {
         Ok(report) => match serde_json::to_string_pretty(&report) {
             Ok(json) => {

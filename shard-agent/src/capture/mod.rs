@@ -13,8 +13,6 @@
 //! first position), replacing it. Replay also skips any transaction at or
 //! before the position it has applied, so nothing can apply twice.
 
-pub mod mysql;
-pub mod postgres;
 mod segment;
 
 use serde::{Deserialize, Serialize};

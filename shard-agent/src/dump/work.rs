@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dump::chunk::{store_file, ChunkError, ChunkWriter, RowDigest, Scratch};
+use crate::dump::{DumpOptions, KeyRange};
 use crate::error::AgentError;
 use crate::manifest::{ChunkRef, Column, StoredFile, TableManifest};
-use crate::session::{DumpOptions, KeyRange};
 
 /// A table, or one primary-key range of it.
 pub struct Item {

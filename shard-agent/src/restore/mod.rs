@@ -6,16 +6,13 @@
 //! time), then what is built after it (indexes, constraints, foreign keys,
 //! triggers, views, routines, sequence values). Restoring never reports
 //! success by itself: the orchestrator verifies by reading the target back.
+//! This module holds what every engine's restore shares (options, the
+//! chunk queue, checked loading); each engine restores in
+//! `engine/<name>/restore.rs`.
 
-mod mysql;
-mod mysql_keys;
-mod postgres;
-mod postgres_post;
-mod queue;
+pub(crate) mod queue;
 
 use std::sync::Arc;
-
-use topology::{Engine, Shard};
 
 use crate::dump::chunk::decompress;
 use crate::error::AgentError;
@@ -57,7 +54,7 @@ pub struct TableReady {
 }
 
 impl RestoreOptions {
-    fn selected(&self, t: &TableManifest) -> bool {
+    pub(crate) fn selected(&self, t: &TableManifest) -> bool {
         self.tables
             .as_ref()
             .is_none_or(|list| list.contains(&t.qualified()))
@@ -65,7 +62,7 @@ impl RestoreOptions {
 
     /// Announces a table as restored; a caller that stopped listening does
     /// not stop the restore.
-    fn table_ready(&self, qualified: String) {
+    pub(crate) fn table_ready(&self, qualified: String) {
         if let Some(ready) = &self.ready {
             drop(ready.tx.send((ready.shard.clone(), qualified)));
         }
@@ -80,40 +77,10 @@ pub struct ShardRestore {
     pub chunks: usize,
 }
 
-/// Restores `source` (one shard's part of a manifest) into `target`.
-pub async fn restore_shard(
-    source: &ShardManifest,
-    target: &Shard,
-    opts: &RestoreOptions,
-) -> Result<ShardRestore, AgentError> {
-    match source.engine {
-        Some(Engine::Mysql) => mysql::restore(source, target, opts).await,
-        Some(Engine::Postgres) => postgres::restore(source, target, opts).await,
-        None => Err(AgentError::Tool {
-            shard: target.name.clone(),
-            what: "the manifest does not say which engine this shard ran".into(),
-        }),
-    }
-}
-
-/// Refuses, before anything is changed, a target whose databases exist and
-/// hold tables (unless `overwrite`).
-pub async fn check_target(
-    source: &ShardManifest,
-    target: &Shard,
-    opts: &RestoreOptions,
-) -> Result<(), AgentError> {
-    match source.engine {
-        Some(Engine::Mysql) => mysql::check_target(source, target, opts).await,
-        Some(Engine::Postgres) => postgres::check_target(source, target, opts).await,
-        None => Ok(()),
-    }
-}
-
 /// Waits for every load worker; returns the first failure. A worker that
 /// fails stops by itself; the others finish their chunks (a restore that
 /// failed is reported as such whatever else loaded).
-async fn join_loaders(
+pub(crate) async fn join_loaders(
     mut tasks: tokio::task::JoinSet<Result<(), AgentError>>,
     shard: &str,
 ) -> Result<(), AgentError> {
@@ -135,7 +102,7 @@ async fn join_loaders(
 
 /// Verifies a stored object's checksum before it is applied: a damaged
 /// chunk is refused by name rather than loaded as garbage.
-async fn load_checked(
+pub(crate) async fn load_checked(
     repo: &Arc<dyn Repository>,
     key: &str,
     xxh3: &str,
@@ -162,7 +129,11 @@ async fn load_checked(
 }
 
 /// The schema files of one database in a section.
-fn schema_files<'m>(source: &'m ShardManifest, db: &str, section: &str) -> Vec<&'m StoredFile> {
+pub(crate) fn schema_files<'m>(
+    source: &'m ShardManifest,
+    db: &str,
+    section: &str,
+) -> Vec<&'m StoredFile> {
     source
         .schema
         .iter()
@@ -172,7 +143,7 @@ fn schema_files<'m>(source: &'m ShardManifest, db: &str, section: &str) -> Vec<&
 
 /// Databases of a shard's backup to restore, in manifest order, without
 /// repeats: all of them, or those holding a selected table.
-fn databases(source: &ShardManifest, opts: &RestoreOptions) -> Vec<String> {
+pub(crate) fn databases(source: &ShardManifest, opts: &RestoreOptions) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let names: Vec<&String> = match &opts.tables {
         None => source
@@ -197,7 +168,7 @@ fn databases(source: &ShardManifest, opts: &RestoreOptions) -> Vec<String> {
 }
 
 /// Work items for the data load: every chunk of every selected table of `db`.
-fn chunk_items<'m>(
+pub(crate) fn chunk_items<'m>(
     source: &'m ShardManifest,
     db: &str,
     opts: &RestoreOptions,

@@ -27,12 +27,12 @@ struct TableWork<T> {
     started: bool,
 }
 
-pub(super) struct ChunkQueue<T> {
+pub(crate) struct ChunkQueue<T> {
     tables: Mutex<Vec<TableWork<T>>>,
 }
 
 /// A taken chunk, and the table to report it done for.
-pub(super) struct Taken<T> {
+pub(crate) struct Taken<T> {
     pub table: usize,
     pub item: T,
 }

@@ -1,0 +1,406 @@
+//! Continuous capture of every shard's changes into the repository: the
+//! streams started where missing, catch-up rounds of all streams at once,
+//! marks taken along the way, and removal.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shard_agent::capture::{self, CaptureError, RoundReport, StreamState};
+use shard_agent::engine::{self, CatchUp};
+use shard_agent::manifest::Mark;
+use shard_agent::repo::Repository;
+use tokio::task::JoinSet;
+use topology::{Compression, Shard, Topology};
+
+use super::mark::take_mark;
+use super::status::{status_of, StreamStatus};
+use super::{list_backups, open_repository, Observer};
+use crate::exit::{self, InvalidInput};
+use crate::lock::RepoLock;
+
+/// How long capture runs.
+#[derive(Debug, Clone)]
+pub enum CaptureMode {
+    /// Catch every stream up once: to a new mark (`mark`), or to the
+    /// servers' current ends.
+    Once { mark: bool },
+    /// Rounds every `interval` until `stop` is set; a mark every
+    /// `mark_every`.
+    Follow {
+        interval: Duration,
+        mark_every: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Only these shards; empty: all.
+    pub shards: Vec<String>,
+    pub mode: CaptureMode,
+    /// Warn when a slot retains more WAL than this many bytes.
+    pub warn_retained_wal_bytes: u64,
+    /// Set to end capture after the current round.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What capture did, as of its last round.
+#[derive(Debug)]
+pub struct CaptureOutcome {
+    /// The mark `--once` took and reached.
+    pub mark: Option<String>,
+    pub streams: Vec<StreamStatus>,
+}
+
+/// The topology's shards that `names` selects (all when empty); an unknown
+/// name is invalid input.
+pub fn select_shards(topology: &Topology, names: &[String]) -> anyhow::Result<Vec<Shard>> {
+    for s in names {
+        if topology.shard(s).is_none() {
+            return Err(InvalidInput(format!("the topology has no shard `{s}`")).into());
+        }
+    }
+    Ok(topology
+        .shards
+        .iter()
+        .filter(|s| names.is_empty() || names.contains(&s.name))
+        .cloned()
+        .collect())
+}
+
+/// Captures under the repository's capture lock; `after_round` sees every
+/// round's figures (for metrics).
+pub async fn capture(
+    topology: &Topology,
+    opts: &CaptureOptions,
+    observer: &dyn Observer,
+    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+) -> anyhow::Result<CaptureOutcome> {
+    let repo = open_repository(topology)?;
+    let shards = select_shards(topology, &opts.shards)?;
+    let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "capture")?;
+    let result = run(topology, &repo, &shards, opts, observer, after_round).await;
+    lock.release();
+    result
+}
+
+async fn run(
+    topology: &Topology,
+    repo: &Arc<dyn Repository>,
+    shards: &[Shard],
+    opts: &CaptureOptions,
+    observer: &dyn Observer,
+    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+) -> anyhow::Result<CaptureOutcome> {
+    let mut streams = ensure_streams(topology, repo, shards, observer).await?;
+    let (interval, mark_every) = match opts.mode {
+        CaptureMode::Once { mark } => {
+            let target = if mark {
+                Some(
+                    take_mark(
+                        topology,
+                        repo,
+                        &auto_mark_name(),
+                        Duration::from_secs(5),
+                        observer,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let round = CatchUpTarget {
+                topology,
+                repo,
+                mark: target.as_ref(),
+                stop: &opts.stop,
+            };
+            let (next, last) = catch_up_to(streams, &round).await?;
+            let list = figures(&next, &last, opts, observer);
+            return Ok(CaptureOutcome {
+                mark: target.map(|m| m.name),
+                streams: list,
+            });
+        }
+        CaptureMode::Follow {
+            interval,
+            mark_every,
+        } => (interval, mark_every),
+    };
+    let compression = topology.defaults.compression;
+    let mut last_mark = Instant::now();
+    loop {
+        let (next, reports) =
+            round(streams, repo, compression, &topology.cluster, &opts.stop).await?;
+        streams = next;
+        let list = figures(&streams, &reports, opts, observer);
+        after_round(&list)?;
+        if opts.stop.load(Ordering::Relaxed) {
+            return Ok(CaptureOutcome {
+                mark: None,
+                streams: list,
+            });
+        }
+        if mark_every.is_some_and(|every| last_mark.elapsed() >= every) {
+            match take_mark(
+                topology,
+                repo,
+                &auto_mark_name(),
+                Duration::from_secs(5),
+                observer,
+            )
+            .await
+            {
+                Ok(m) => tracing::info!("mark {} taken", m.name),
+                Err(e) => observer.note(&format!(
+                    "shardcut: capture: taking a mark failed: {}",
+                    exit::one_line(&e)
+                )),
+            }
+            last_mark = Instant::now();
+        }
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50).min(interval)).await;
+        }
+    }
+}
+
+fn auto_mark_name() -> String {
+    format!("auto-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// Every stream's figures after a round; warns of a slot retaining too
+/// much WAL.
+fn figures(
+    streams: &[(Shard, StreamState)],
+    reports: &[RoundReport],
+    opts: &CaptureOptions,
+    observer: &dyn Observer,
+) -> Vec<StreamStatus> {
+    let mut out = Vec::new();
+    for (_, st) in streams {
+        let r = reports
+            .iter()
+            .find(|r| r.shard == st.shard && r.stream == st.stream);
+        let s = status_of(
+            st,
+            r,
+            r.and_then(|r| r.server_position.clone()),
+            r.and_then(|r| r.retained_wal_bytes),
+        );
+        if let Some(w) = s.retained_wal_bytes {
+            if w > opts.warn_retained_wal_bytes {
+                observer.note(&format!(
+                    "shardcut: warning: shard {} database {}: the capture slot retains {} MiB of WAL (over {} MiB); capture is falling behind or stopped",
+                    s.shard, s.stream, w >> 20, opts.warn_retained_wal_bytes >> 20
+                ));
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Stops capturing the selected shards: releases what each stream holds
+/// on its server and forgets its state (stored segments stay). Returns the
+/// `(shard, stream)` pairs removed.
+pub async fn remove(
+    topology: &Topology,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let repo = open_repository(topology)?;
+    let shards = select_shards(topology, names)?;
+    let mut removed = Vec::new();
+    for st in StreamState::all(repo.as_ref())? {
+        let Some(shard) = shards.iter().find(|s| s.name == st.shard) else {
+            continue;
+        };
+        engine::driver(st.engine).remove_stream(shard, &st).await?;
+        repo.delete(&capture::keys::state(&st.shard, &st.stream))?;
+        removed.push((st.shard, st.stream));
+    }
+    Ok(removed)
+}
+
+/// Reports of several rounds, summed per stream (the last positions win).
+fn merge(mut acc: Vec<RoundReport>, new: Vec<RoundReport>) -> Vec<RoundReport> {
+    for r in new {
+        match acc
+            .iter_mut()
+            .find(|a| a.shard == r.shard && a.stream == r.stream)
+        {
+            Some(a) => {
+                a.segments += r.segments;
+                a.transactions += r.transactions;
+                a.bytes_stored += r.bytes_stored;
+                a.progress = r.progress;
+                a.server_position = r.server_position;
+                a.retained_wal_bytes = r.retained_wal_bytes;
+            }
+            None => acc.push(r),
+        }
+    }
+    acc
+}
+
+/// Every stream of the shards, started where missing: at the newest
+/// backup's cut where the engine can start there (a binlog), else at the
+/// server's current position (a new slot's consistent point).
+pub async fn ensure_streams(
+    topology: &Topology,
+    repo: &Arc<dyn Repository>,
+    shards: &[Shard],
+    observer: &dyn Observer,
+) -> anyhow::Result<Vec<(Shard, StreamState)>> {
+    let newest = list_backups(repo.as_ref(), &topology.cluster)?
+        .into_iter()
+        .rev()
+        .find_map(|l| l.manifest.ok());
+    let mut out = Vec::new();
+    for shard in shards {
+        let driver = engine::driver(shard.engine);
+        for stream in driver.live_streams(shard).await? {
+            if let Some(st) = StreamState::load(repo.as_ref(), &shard.name, &stream)? {
+                out.push((shard.clone(), st));
+                continue;
+            }
+            let from = newest
+                .as_ref()
+                .and_then(|m| m.cut.shards.get(&shard.name))
+                .map(|c| c.position.clone());
+            let st = match from {
+                Some(p) => match driver
+                    .start_stream(shard, &topology.cluster, &stream, Some(p))
+                    .await
+                {
+                    Ok(st) => st,
+                    Err(e) => {
+                        observer.note(&format!("shardcut: capture of {}: {e}; starting at the server's current position", shard.name));
+                        driver
+                            .start_stream(shard, &topology.cluster, &stream, None)
+                            .await?
+                    }
+                },
+                None => {
+                    driver
+                        .start_stream(shard, &topology.cluster, &stream, None)
+                        .await?
+                }
+            };
+            st.save(repo.as_ref())?;
+            observer.note(&match &st.slot {
+                None => format!("capture of {} starts at {}", shard.name, st.started),
+                Some(slot) => format!(
+                    "capture of {} database {stream} starts at {} (slot {slot}); backups from now on can be brought forward",
+                    shard.name, st.started
+                ),
+            });
+            out.push((shard.clone(), st));
+        }
+    }
+    Ok(out)
+}
+
+/// Where catching up goes: every stream to its shard's position of `mark`
+/// (one round without a mark).
+pub struct CatchUpTarget<'a> {
+    pub topology: &'a Topology,
+    pub repo: &'a Arc<dyn Repository>,
+    pub mark: Option<&'a Mark>,
+    pub stop: &'a Arc<AtomicBool>,
+}
+
+/// Rounds until every stream has stored its shard's position of the
+/// target mark (one round without one); gives up after two minutes.
+pub async fn catch_up_to(
+    mut streams: Vec<(Shard, StreamState)>,
+    target: &CatchUpTarget<'_>,
+) -> anyhow::Result<(Vec<(Shard, StreamState)>, Vec<RoundReport>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Vec::new();
+    let (repo, compression) = (target.repo, target.topology.defaults.compression);
+    loop {
+        let (next, reports) = round(
+            streams,
+            repo,
+            compression,
+            &target.topology.cluster,
+            target.stop,
+        )
+        .await?;
+        streams = next;
+        last = merge(last, reports);
+        let reached = target.mark.is_none_or(|m| {
+            streams.iter().all(|(_, st)| {
+                m.cut.shards.get(&st.shard).is_none_or(|c| {
+                    matches!(
+                        c.position.compare(&st.progress),
+                        Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+                    )
+                })
+            })
+        });
+        if reached {
+            return Ok((streams, last));
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "capture did not reach the mark within 120 s; the stored positions are kept, run capture again"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One catch-up round of every stream at once.
+async fn round(
+    streams: Vec<(Shard, StreamState)>,
+    repo: &Arc<dyn Repository>,
+    compression: Compression,
+    cluster: &str,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<(Shard, StreamState)>, Vec<RoundReport>)> {
+    let mut tasks = JoinSet::new();
+    for (i, (shard, mut st)) in streams.into_iter().enumerate() {
+        let (repo, stop, cluster) = (repo.clone(), stop.clone(), cluster.to_string());
+        tasks.spawn(async move {
+            let round = CatchUp {
+                shard: &shard,
+                cluster: &cluster,
+                repo: repo.as_ref(),
+                compression,
+                stop: &stop,
+            };
+            let r: Result<RoundReport, CaptureError> =
+                engine::driver(shard.engine).catch_up(&mut st, &round).await;
+            (i, shard, st, r)
+        });
+    }
+    let mut back = Vec::new();
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, shard, st, r) =
+            joined.map_err(|e| anyhow::anyhow!("a capture task panicked: {e}"))?;
+        match r {
+            Ok(rep) => reports.push(rep),
+            Err(e) => errors.push(format!(
+                "{} {}: {}",
+                st.shard,
+                st.stream,
+                exit::one_line(&anyhow::Error::new(e))
+            )),
+        }
+        back.push((i, shard, st));
+    }
+    if !errors.is_empty() {
+        errors.sort();
+        anyhow::bail!("capture failed: {}", errors.join("; "));
+    }
+    back.sort_by_key(|(i, _, _)| *i);
+    Ok((
+        back.into_iter().map(|(_, s, st)| (s, st)).collect(),
+        reports,
+    ))
+}

@@ -1,0 +1,105 @@
+//! The workflow layer: every command's work as a function that takes typed
+//! options and returns a typed result. `commands/` only parses arguments,
+//! calls one flow and renders what it returns; a service calls the same
+//! flows. Flows never print: what a person should see while one runs goes
+//! through an [`Observer`].
+
+pub mod backup;
+pub mod capture;
+pub mod check;
+pub mod drill;
+pub mod expire;
+pub mod incremental;
+pub mod mark;
+pub mod restore;
+pub mod status;
+pub mod steps;
+pub mod verify;
+
+use std::sync::Arc;
+
+use shard_agent::dump::Progress;
+use shard_agent::manifest::{keys, Manifest};
+use shard_agent::repo::{LocalRepository, RepoError, Repository};
+use topology::{RepositoryLocation, Topology};
+
+use crate::exit::InvalidInput;
+
+/// What a flow tells the person (or service) that started it, while it
+/// runs. Every method has a quiet default.
+pub trait Observer: Send + Sync {
+    /// A dump of these shards starts; the returned guard is dropped when it
+    /// ends (a progress display stops then).
+    fn dump_started(&self, shards: Vec<(String, Arc<Progress>)>) -> Box<dyn Send> {
+        drop(shards);
+        Box::new(())
+    }
+
+    /// A line for the operator (stderr on the command line).
+    fn note(&self, text: &str) {
+        tracing::info!("{text}");
+    }
+}
+
+pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, RepoError> {
+    match &topology.repository {
+        RepositoryLocation::Local(path) => Ok(Arc::new(LocalRepository::open(path)?)),
+    }
+}
+
+/// A manifest as found in the repository, or why it could not be read.
+pub struct Listed {
+    pub id: String,
+    pub manifest: Result<Manifest, String>,
+}
+
+/// Every backup of `cluster` (and unreadable manifests, which are shown
+/// rather than hidden), oldest first.
+pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>, RepoError> {
+    let mut out = Vec::new();
+    for key in repo.list(keys::BACKUPS)? {
+        let Some(id) = keys::backup_of_manifest(&key) else {
+            continue;
+        };
+        let manifest = match repo.get(&key) {
+            Ok(data) => serde_json::from_slice::<Manifest>(&data)
+                .map_err(|e| format!("unreadable manifest {key}: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if matches!(&manifest, Ok(m) if m.cluster != cluster) {
+            continue;
+        }
+        out.push(Listed {
+            id: id.to_string(),
+            manifest,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Resolves `latest` or an ID to a readable manifest.
+pub fn find_backup(repo: &dyn Repository, cluster: &str, id: &str) -> anyhow::Result<Manifest> {
+    let listed = list_backups(repo, cluster)?;
+    let found = if id == "latest" {
+        listed.into_iter().rev().find(|l| l.manifest.is_ok())
+    } else {
+        listed.into_iter().find(|l| l.id == id)
+    };
+    match found {
+        Some(Listed {
+            manifest: Ok(m), ..
+        }) => Ok(m),
+        Some(Listed {
+            manifest: Err(e), ..
+        }) => Err(anyhow::anyhow!(e)),
+        None => {
+            let key = keys::manifest(id);
+            Err(InvalidInput(format!(
+                "no complete backup `{id}` of cluster {cluster} in {} (looked for {key})",
+                repo.location()
+            ))
+            .into())
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Capture status: per stream, how far the repository holds the shard's
+//! changes against the server's current position, the WAL a PostgreSQL
+//! slot retains, and the newest mark.
+
+use serde::Serialize;
+use shard_agent::capture::{RoundReport, StreamState};
+use shard_agent::engine;
+use shard_agent::position::Position;
+use topology::Topology;
+
+use super::open_repository;
+use crate::pitr::list_marks;
+
+/// One stream's figures after a round, for output and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStatus {
+    pub shard: String,
+    pub stream: String,
+    pub progress: Position,
+    pub server_position: Option<Position>,
+    /// Bytes of change stream not yet stored (unknown across binlog files).
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the stored position last moved, when behind; 0 when
+    /// caught up.
+    pub lag_seconds: f64,
+    pub last_commit: Option<String>,
+    pub retained_wal_bytes: Option<u64>,
+    pub segments: u64,
+    pub transactions: u64,
+}
+
+pub fn lag_bytes(progress: &Position, server: &Position) -> Option<u64> {
+    match (progress, server) {
+        (Position::Postgres { lsn: a }, Position::Postgres { lsn: b }) => {
+            Some(b.0.saturating_sub(a.0))
+        }
+        (Position::Mariadb { binlog: a, .. }, Position::Mariadb { binlog: b, .. })
+        | (Position::Mysql { binlog: a, .. }, Position::Mysql { binlog: b, .. }) => {
+            (a.file == b.file).then(|| b.offset.saturating_sub(a.offset))
+        }
+        _ => None,
+    }
+}
+
+pub fn status_of(
+    state: &StreamState,
+    r: Option<&RoundReport>,
+    server: Option<Position>,
+    retained: Option<u64>,
+) -> StreamStatus {
+    let lag = server.as_ref().and_then(|s| lag_bytes(&state.progress, s));
+    let behind = lag.is_none_or(|l| l > 0) && server.is_some();
+    let lag_seconds = if behind {
+        chrono::DateTime::parse_from_rfc3339(&state.updated_at)
+            .map(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                    / 1000.0
+            })
+            .unwrap_or(0.0)
+            .max(0.0)
+    } else {
+        0.0
+    };
+    StreamStatus {
+        shard: state.shard.clone(),
+        stream: state.stream.clone(),
+        progress: state.progress.clone(),
+        server_position: server,
+        lag_bytes: lag,
+        lag_seconds,
+        last_commit: state.last_commit.clone(),
+        retained_wal_bytes: retained,
+        segments: r.map(|r| r.segments).unwrap_or(0),
+        transactions: r.map(|r| r.transactions).unwrap_or(0),
+    }
+}
+
+/// The cluster's capture, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct CaptureStatus {
+    pub cluster: String,
+    pub streams: Vec<StreamStatus>,
+    pub marks: usize,
+    /// The newest mark's name and time.
+    pub newest_mark: Option<(String, String)>,
+    /// What could not be read (a shard down, a slot missing).
+    pub problems: Vec<String>,
+}
+
+/// Reads every stream's state and asks each shard's server where it is.
+pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
+    let repo = open_repository(topology)?;
+    let states = StreamState::all(repo.as_ref())?;
+    let mut streams = Vec::new();
+    let mut problems = Vec::new();
+    for st in &states {
+        let Some(shard) = topology.shard(&st.shard) else {
+            continue;
+        };
+        let server = engine::driver(st.engine).stream_server(shard, st).await;
+        problems.extend(server.problem);
+        streams.push(status_of(st, None, server.position, server.retained_bytes));
+    }
+    let marks = list_marks(repo.as_ref(), &topology.cluster)?;
+    Ok(CaptureStatus {
+        cluster: topology.cluster.clone(),
+        streams,
+        marks: marks.len(),
+        newest_mark: marks
+            .last()
+            .map(|m| (m.name.clone(), m.cut.taken_at.clone())),
+        problems,
+    })
+}

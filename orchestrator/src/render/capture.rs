@@ -1,0 +1,116 @@
+//! How capture is shown: the per-stream lines of `capture`, the status
+//! report of `status`, and Prometheus metrics.
+
+use crate::flow::status::{CaptureStatus, StreamStatus};
+
+/// Prometheus text format for the streams' lag and retained WAL.
+pub fn metrics_text(list: &[StreamStatus]) -> String {
+    let mut out = String::new();
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&StreamStatus) -> Option<f64>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for s in list {
+            if let Some(v) = value(s) {
+                out.push_str(&format!(
+                    "{name}{{shard=\"{}\",stream=\"{}\"}} {v}\n",
+                    esc(&s.shard),
+                    esc(&s.stream)
+                ));
+            }
+        }
+    };
+    family(
+        "shardcut_capture_lag_bytes",
+        "Change stream bytes not yet stored in the repository.",
+        &|s| s.lag_bytes.map(|b| b as f64),
+    );
+    family(
+        "shardcut_capture_lag_seconds",
+        "Seconds the stored position has been behind the server (0 when caught up).",
+        &|s| Some(s.lag_seconds),
+    );
+    family(
+        "shardcut_capture_retained_wal_bytes",
+        "WAL a PostgreSQL capture slot keeps on the server.",
+        &|s| s.retained_wal_bytes.map(|b| b as f64),
+    );
+    family(
+        "shardcut_capture_last_commit_timestamp_seconds",
+        "Commit time of the newest stored transaction.",
+        &|s| {
+            s.last_commit
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp() as f64)
+        },
+    );
+    out
+}
+
+/// The lines `capture` prints after its last round.
+pub fn streams_text(list: &[StreamStatus]) -> String {
+    let mut out = String::new();
+    for s in list {
+        out.push_str(&format!(
+            "  {:<12} {:<10} stored to {}  lag {}  +{} txn in {} segment(s){}\n",
+            s.shard,
+            s.stream,
+            s.progress,
+            s.lag_bytes
+                .map(|b| format!("{b} B"))
+                .unwrap_or_else(|| "?".into()),
+            s.transactions,
+            s.segments,
+            s.retained_wal_bytes
+                .map(|w| format!("  retained WAL {} KiB", w >> 10))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The `--json` document of `status`.
+pub fn status_json(s: &CaptureStatus) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": s.cluster,
+        "streams": s.streams,
+        "marks": s.marks,
+        "newest_mark": s.newest_mark.as_ref().map(|(n, t)| serde_json::json!({"name": n, "taken_at": t})),
+        "problems": s.problems,
+    })
+}
+
+/// The text of `status`.
+pub fn status_text(s: &CaptureStatus) -> String {
+    let mut out = format!("capture of cluster {}:\n", s.cluster);
+    if s.streams.is_empty() {
+        out.push_str("  not started (run `shardcut capture --once` or `--follow`)\n");
+    }
+    for s in &s.streams {
+        out.push_str(&format!(
+            "  {:<12} {:<10} stored to {}  server at {}  lag {} / {:.1} s{}\n",
+            s.shard,
+            s.stream,
+            s.progress,
+            s.server_position
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
+            s.lag_bytes
+                .map(|b| format!("{b} B"))
+                .unwrap_or_else(|| "?".into()),
+            s.lag_seconds,
+            s.retained_wal_bytes
+                .map(|w| format!("  retained WAL {} KiB", w >> 10))
+                .unwrap_or_default()
+        ));
+    }
+    match &s.newest_mark {
+        Some((n, t)) => out.push_str(&format!("  {} mark(s); newest {n} at {t}\n", s.marks)),
+        None => out.push_str("  no marks\n"),
+    }
+    for p in &s.problems {
+        out.push_str(&format!("  problem: {p}\n"));
+    }
+    out
+}

@@ -1,0 +1,299 @@
+//! A MySQL/MariaDB shard's session: connections, catalog, and the phases
+//! in `cut` (block, mark, release), `schema` and `dump` (data); the other
+//! phases in `preflight`, `capture`, `restore`, `replay` and `readback`,
+//! all behind [`driver::Mysql`].
+
+mod capture;
+mod cut;
+pub mod driver;
+mod dump;
+pub(crate) mod preflight;
+mod presync;
+mod readback;
+pub mod reader;
+mod replay;
+mod restore;
+mod restore_keys;
+pub(crate) mod schema;
+pub(crate) mod sql;
+pub mod value;
+pub mod wire;
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use topology::Shard;
+
+use crate::cut::{CutOptions, Lease};
+use crate::error::{AgentError, DbError};
+use crate::position::BinlogCoordinates;
+use reader::{Reader, ReaderKind};
+use sql::{literal_list, number, query_err, text, SYSTEM_DATABASES};
+
+/// A selected table and what the dump needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub database: String,
+    pub name: String,
+    /// Stored (non-generated) columns with their `COLUMN_TYPE`.
+    pub columns: Vec<(String, String)>,
+    pub primary_key: Vec<String>,
+    /// Parent tables by foreign key, as `db.table`.
+    pub references: Vec<String>,
+    /// Whether the primary key is one integer column, so it can be split.
+    pub integer_key: bool,
+    pub rows_estimate: u64,
+}
+
+pub struct Session {
+    pub(crate) shard: Shard,
+    pub(crate) server: String,
+    mariadb: bool,
+    opts: CutOptions,
+    /// Holds the write block.
+    control: Conn,
+    control_id: u32,
+    /// One per dump worker; each holds the same consistent snapshot.
+    workers: Vec<Reader>,
+    tables: Vec<Table>,
+    databases: Vec<String>,
+    lease: Option<Lease>,
+    blocked_since: Option<Instant>,
+}
+
+pub(crate) use crate::error::db_err;
+
+/// The server's current binlog file and offset (`SHOW MASTER STATUS`), or
+/// `None` when the binary log is off.
+pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordinates>, DbError> {
+    let rows: Vec<Row> = conn
+        .query("SHOW MASTER STATUS")
+        .await
+        .map_err(DbError::Mysql)?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(BinlogCoordinates {
+        file: text(row, 0)?.unwrap_or_default(),
+        offset: number(row, 1)?.unwrap_or(0),
+    }))
+}
+
+/// Session settings of every connection that reads data. Each statement's
+/// failure is an error: a silently failed `SET` would change what is dumped.
+pub(crate) async fn setup_reader(
+    conn: &mut Reader,
+    shard: &Shard,
+    mariadb: bool,
+) -> Result<(), AgentError> {
+    let mut stmts = vec![
+        "SET NAMES utf8mb4",
+        // No conversion of results: strings are dumped as the bytes stored.
+        "SET SESSION character_set_results = NULL",
+        "SET SESSION time_zone = '+00:00'",
+        "SET SESSION sql_mode = ''",
+        "SET SESSION net_write_timeout = 3600",
+        "SET SESSION net_read_timeout = 3600",
+        "SET SESSION wait_timeout = 86400",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    ];
+    stmts.push(if mariadb {
+        "SET SESSION max_statement_time = 0"
+    } else {
+        "SET SESSION max_execution_time = 0"
+    });
+    for s in stmts {
+        conn.query_drop(s).await.map_err(db_err(shard, s))?;
+    }
+    Ok(())
+}
+
+impl Session {
+    pub(crate) async fn prepare(
+        shard: &Shard,
+        opts: &CutOptions,
+        server: String,
+    ) -> Result<Session, AgentError> {
+        let mariadb = server.starts_with("MariaDB");
+        let (control, control_id) = cut::control_connection(shard, opts).await?;
+        let mut session = Session {
+            shard: shard.clone(),
+            server,
+            mariadb,
+            opts: opts.clone(),
+            control,
+            control_id,
+            workers: Vec::new(),
+            tables: Vec::new(),
+            databases: Vec::new(),
+            lease: None,
+            blocked_since: None,
+        };
+        session.read_catalog().await?;
+        let n = shard.parallelism.min(session.tables.len()).max(1);
+        for _ in 0..n {
+            let mut conn = Reader::connect(shard, opts.connect_timeout, ReaderKind::Auto).await?;
+            setup_reader(&mut conn, shard, mariadb).await?;
+            session.workers.push(conn);
+        }
+        Ok(session)
+    }
+
+    /// Lists the selected databases and tables with columns and keys.
+    async fn read_catalog(&mut self) -> Result<(), AgentError> {
+        let shard = self.shard.clone();
+        let rows: Vec<Row> = self
+            .control
+            .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+            .await
+            .map_err(query_err(&shard, "listing databases"))?;
+        let de = db_err(&shard, "reading the catalog");
+        for row in &rows {
+            if let Some(db) = text(row, 0).map_err(&de)? {
+                let selected = match &shard.databases {
+                    Some(list) => list.contains(&db),
+                    None => !SYSTEM_DATABASES.contains(&db.as_str()),
+                };
+                if selected {
+                    self.databases.push(db);
+                }
+            }
+        }
+        if self.databases.is_empty() {
+            return Ok(());
+        }
+        let dbs = literal_list(&self.databases);
+        // Tables and columns in two queries joined here: the same join in
+        // SQL (COLUMNS with TABLES) took 95 ms on MariaDB 10.11 for four
+        // tables, each query alone about 1 ms.
+        let rows: Vec<Row> = self
+            .control
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+                 WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME"
+            ))
+            .await
+            .map_err(query_err(&shard, "listing tables"))?;
+        let mut index = std::collections::HashMap::new();
+        for row in &rows {
+            let (Some(db), Some(table)) = (text(row, 0).map_err(&de)?, text(row, 1).map_err(&de)?)
+            else {
+                continue;
+            };
+            if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
+                continue;
+            }
+            index.insert((db.clone(), table.clone()), self.tables.len());
+            self.tables.push(Table {
+                database: db,
+                name: table,
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                references: Vec::new(),
+                integer_key: false,
+                rows_estimate: number(row, 2).map_err(&de)?.unwrap_or(0),
+            });
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+            ))
+            .await
+            .map_err(query_err(&shard, "listing columns"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(col), Some(ty)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+                text(row, 3).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            // Views have columns too; only the base tables listed above count.
+            let Some(&i) = index.get(&(db, table)) else {
+                continue;
+            };
+            let extra = text(row, 4)
+                .map_err(&de)?
+                .unwrap_or_default()
+                .to_uppercase();
+            let generated = ["VIRTUAL", "STORED", "PERSISTENT"]
+                .iter()
+                .any(|g| extra.contains(g));
+            if !generated {
+                self.tables[i].columns.push((col, ty));
+            }
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE INDEX_NAME = 'PRIMARY' AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX"
+            ))
+            .await
+            .map_err(query_err(&shard, "listing primary keys"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(col)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            if let Some(t) = self
+                .tables
+                .iter_mut()
+                .find(|t| t.database == db && t.name == table)
+            {
+                t.primary_key.push(col);
+            }
+        }
+        let rows: Vec<Row> = self
+            .control
+            .query(format!(
+                "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME \
+                 FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA IN {dbs} \
+                 ORDER BY 1, 2, 3, 4"
+            ))
+            .await
+            .map_err(query_err(&shard, "listing foreign keys"))?;
+        for row in &rows {
+            let (Some(db), Some(table), Some(rdb), Some(rtable)) = (
+                text(row, 0).map_err(&de)?,
+                text(row, 1).map_err(&de)?,
+                text(row, 2).map_err(&de)?,
+                text(row, 3).map_err(&de)?,
+            ) else {
+                continue;
+            };
+            if let Some(t) = self
+                .tables
+                .iter_mut()
+                .find(|t| t.database == db && t.name == table)
+            {
+                let parent = format!("{rdb}.{rtable}");
+                if !t.references.contains(&parent) && parent != format!("{db}.{table}") {
+                    t.references.push(parent);
+                }
+            }
+        }
+        for t in &mut self.tables {
+            t.integer_key = t.primary_key.len() == 1
+                && t.columns
+                    .iter()
+                    .any(|(c, ty)| c == &t.primary_key[0] && ty.to_lowercase().contains("int"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn block_elapsed(&self) -> Duration {
+        self.blocked_since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}

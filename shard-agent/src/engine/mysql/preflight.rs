@@ -1,0 +1,323 @@
+//! Readiness of a MySQL or MariaDB shard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use topology::Shard;
+
+use super::sql::{literal_list, number, text, SYSTEM_DATABASES};
+use crate::connect;
+use crate::error::{AgentError, DbError};
+use crate::preflight::{missing_databases, Finding, ShardReport, TableInfo};
+
+pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
+    let mut conn = connect::mysql(shard, None, timeout).await?;
+    let q = |what: &str| {
+        let shard = shard.name.clone();
+        let what = what.to_string();
+        move |source: DbError| AgentError::Query {
+            shard,
+            what,
+            source,
+        }
+    };
+    let vars = variables(&mut conn)
+        .await
+        .map_err(q("reading server variables"))?;
+    let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
+    let version = var("version");
+    let mariadb = version.contains("MariaDB") || var("version_comment").contains("MariaDB");
+    let server = format!(
+        "{} {}",
+        if mariadb { "MariaDB" } else { "MySQL" },
+        version.split('-').next().unwrap_or(&version)
+    );
+
+    let mut f = Vec::new();
+    let log_bin = var("log_bin");
+    f.push(Finding::require(
+        "log_bin",
+        &log_bin,
+        log_bin == "ON" || log_bin == "1",
+        "enable the binary log: set log_bin (e.g. log_bin=mysql-bin) in the server's config and restart",
+    ));
+    if log_bin == "ON" || log_bin == "1" {
+        f.push(sync_binlog(&var("sync_binlog")));
+    }
+    let fmt = var("binlog_format");
+    f.push(Finding::require(
+        "binlog_format",
+        &fmt,
+        fmt == "ROW",
+        "SET GLOBAL binlog_format = 'ROW' and put binlog_format=ROW in the config",
+    ));
+    let image = var("binlog_row_image");
+    f.push(Finding::require(
+        "binlog_row_image",
+        &image,
+        image == "FULL",
+        "SET GLOBAL binlog_row_image = 'FULL' and put binlog_row_image=FULL in the config",
+    ));
+    if let Some(meta) = vars.get("binlog_row_metadata") {
+        f.push(if meta == "FULL" {
+            Finding::ok("binlog_row_metadata", meta)
+        } else {
+            Finding::warn(
+                "binlog_row_metadata",
+                meta,
+                "SET GLOBAL binlog_row_metadata = 'FULL' so captured row events carry column names",
+            )
+        });
+    }
+    if mariadb {
+        let pos = var("gtid_binlog_pos");
+        let strict = var("gtid_strict_mode");
+        f.push(Finding::ok(
+            "gtid_binlog_pos",
+            if pos.is_empty() {
+                "(empty: no transaction logged yet)".to_string()
+            } else {
+                pos
+            },
+        ));
+        f.push(if strict == "ON" || strict == "1" {
+            Finding::ok("gtid_strict_mode", strict)
+        } else {
+            Finding::warn(
+                "gtid_strict_mode",
+                strict,
+                "SET GLOBAL gtid_strict_mode = ON so GTID gaps and duplicates are errors, not silent divergence",
+            )
+        });
+    } else {
+        let mode = var("gtid_mode");
+        f.push(Finding::require(
+            "gtid_mode",
+            &mode,
+            mode == "ON",
+            "enable GTIDs: gtid_mode=ON and enforce_gtid_consistency=ON in the config",
+        ));
+    }
+    let infile = var("local_infile");
+    f.push(if infile == "ON" || infile == "1" {
+        Finding::ok("local_infile", infile)
+    } else {
+        Finding::warn(
+            "local_infile",
+            infile,
+            "SET GLOBAL local_infile = ON to restore into this server (restores stream data with LOAD DATA LOCAL INFILE)",
+        )
+    });
+    f.extend(
+        privileges(&mut conn, mariadb)
+            .await
+            .map_err(q("reading grants"))?,
+    );
+
+    let (databases, tables) = tables(&mut conn, shard)
+        .await
+        .map_err(q("listing tables"))?;
+    f.extend(missing_databases(shard, &databases));
+    let non_tx: Vec<String> = tables
+        .iter()
+        .filter(|(_, engine)| !matches!(engine.as_str(), "InnoDB" | "Aria" | ""))
+        .map(|(t, engine)| format!("{}.{} ({engine})", t.database, t.table))
+        .collect();
+    if !non_tx.is_empty() {
+        f.push(Finding::warn(
+            "table engines",
+            non_tx.join(", "),
+            "convert to InnoDB (ALTER TABLE … ENGINE=InnoDB): non-transactional tables are not covered by the consistent snapshot",
+        ));
+    }
+    drop(conn.disconnect().await);
+    Ok(ShardReport::new(
+        shard,
+        server,
+        f,
+        tables.into_iter().map(|(t, _)| t).collect(),
+    ))
+}
+
+/// `sync_binlog = 0` leaves the binary log to the OS's write-back. A host
+/// crash can then lose binlog events of commits InnoDB kept, which
+/// point-in-time recovery replays; and `BACKUP STAGE BLOCK_COMMIT` syncs
+/// the binlog while it blocks commits, so the cut's write block grows with
+/// the binlog written since the OS last flushed it (docs/BENCHMARKS.md:
+/// 78-195 ms after 30 s of writes, 0 ms with `sync_binlog = 1`), unless
+/// the agent runs on the server's host and syncs it first (`presync`).
+fn sync_binlog(value: &str) -> Finding {
+    if value.parse::<u64>().is_ok_and(|n| n >= 1) {
+        Finding::ok("sync_binlog", value)
+    } else {
+        Finding::warn(
+            "sync_binlog",
+            if value.is_empty() { "(unknown)" } else { value },
+            "SET GLOBAL sync_binlog = 1 and put it in the config: with 0 a host crash can lose binlog events that point-in-time recovery needs, and every cut blocks commits while the server syncs the unsynced binlog (unless the agent runs on this server's host and may read its binlog)",
+        )
+    }
+}
+
+async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, DbError> {
+    let rows: Vec<Row> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', \
+             'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_binlog_pos', \
+             'gtid_strict_mode', 'gtid_mode', 'local_infile', 'server_id', 'sync_binlog')",
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for row in &rows {
+        if let (Some(k), v) = (text(row, 0)?, text(row, 1)?) {
+            out.insert(k, v.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
+/// Privileges a backup needs, and for each what it is for. MariaDB 10.5+
+/// renamed REPLICATION CLIENT to BINLOG MONITOR; either is accepted.
+const NEEDED: &[(&[&str], &str)] = &[
+    (&["SELECT"], "read every table"),
+    (&["RELOAD"], "BACKUP STAGE / FLUSH for the global cut"),
+    (
+        &["LOCK TABLES"],
+        "lock tables during the cut on servers without backup stages",
+    ),
+    (&["SHOW VIEW"], "dump view definitions"),
+    (&["TRIGGER"], "dump triggers"),
+    (&["EVENT"], "dump scheduled events"),
+    (
+        &["REPLICATION CLIENT", "BINLOG MONITOR"],
+        "read the binlog position",
+    ),
+    (
+        &["REPLICATION SLAVE", "REPLICATION REPLICA"],
+        "capture the binlog",
+    ),
+    (&["PROCESS"], "name the session that holds up a cut"),
+];
+
+async fn privileges(conn: &mut Conn, _mariadb: bool) -> Result<Vec<Finding>, DbError> {
+    let rows: Vec<Row> = conn.query("SHOW GRANTS FOR CURRENT_USER()").await?;
+    let mut global: Vec<String> = Vec::new();
+    let mut all = false;
+    for row in &rows {
+        let Some(grant) = text(row, 0)? else { continue };
+        let upper = grant.to_uppercase();
+        let Some(rest) = upper.strip_prefix("GRANT ") else {
+            continue;
+        };
+        let Some((privs, target)) = rest.split_once(" ON ") else {
+            continue;
+        };
+        if !target.trim_start().starts_with("*.*") {
+            continue;
+        }
+        if privs.trim() == "ALL PRIVILEGES" || privs.trim() == "ALL" {
+            all = true;
+        }
+        global.extend(privs.split(',').map(|p| p.trim().to_string()));
+    }
+    let missing: Vec<String> = NEEDED
+        .iter()
+        .filter(|(names, _)| !all && !names.iter().any(|n| global.iter().any(|g| g == n)))
+        .map(|(names, why)| format!("{} ({why})", names[0]))
+        .collect();
+    Ok(vec![if missing.is_empty() {
+        Finding::ok(
+            "privileges",
+            if all {
+                "ALL PRIVILEGES ON *.*".to_string()
+            } else {
+                "sufficient".to_string()
+            },
+        )
+    } else {
+        let names: Vec<&str> = missing
+            .iter()
+            .map(|m| m.split(" (").next().unwrap_or(m))
+            .collect();
+        Finding::fail(
+            "privileges",
+            format!("missing {}", missing.join(", ")),
+            format!("GRANT {} ON *.* TO the backup user", names.join(", ")),
+        )
+    }])
+}
+
+/// Existing non-system databases, and the selected base tables with their
+/// storage engine.
+async fn tables(
+    conn: &mut Conn,
+    shard: &Shard,
+) -> Result<(Vec<String>, Vec<(TableInfo, String)>), DbError> {
+    let rows: Vec<Row> = conn
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        .await?;
+    let mut databases = Vec::new();
+    for row in &rows {
+        if let Some(d) = text(row, 0)? {
+            if !SYSTEM_DATABASES.contains(&d.as_str()) {
+                databases.push(d);
+            }
+        }
+    }
+    let selected: Vec<String> = match &shard.databases {
+        Some(list) => list.clone(),
+        None => databases.clone(),
+    };
+    if selected.is_empty() {
+        return Ok((databases, Vec::new()));
+    }
+    let rows: Vec<Row> = conn
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_ROWS, \
+             COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0) \
+             FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {} \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+            literal_list(&selected)
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for row in &rows {
+        let (Some(db), Some(name)) = (text(row, 0)?, text(row, 1)?) else {
+            continue;
+        };
+        let selected = match &shard.databases {
+            Some(list) => list.contains(&db),
+            None => databases.contains(&db),
+        };
+        if !selected || shard.excludes(&db, None, &name) {
+            continue;
+        }
+        out.push((
+            TableInfo {
+                database: db,
+                schema: None,
+                table: name,
+                rows_estimate: number(row, 3)?,
+                bytes: number(row, 4)?.unwrap_or(0),
+            },
+            text(row, 2)?.unwrap_or_default(),
+        ));
+    }
+    Ok((databases, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preflight::Level;
+
+    #[test]
+    fn an_unsynced_binlog_is_a_warning() {
+        assert_eq!(sync_binlog("0").level, Level::Warn);
+        assert_eq!(sync_binlog("").level, Level::Warn);
+        assert_eq!(sync_binlog("1").level, Level::Ok);
+        assert_eq!(sync_binlog("100").level, Level::Ok);
+    }
+}

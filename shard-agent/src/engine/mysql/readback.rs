@@ -1,0 +1,49 @@
+//! Reading a MariaDB/MySQL table back for verification.
+
+use std::time::Duration;
+
+use topology::Shard;
+
+use super::reader::{Reader, ReaderKind};
+use super::sql::ident;
+use super::{db_err, setup_reader};
+use crate::dump::chunk::RowDigest;
+use crate::error::AgentError;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `kind` chooses the client; verification uses [`ReaderKind::Auto`], tests
+/// also the library alone, to show both read the same lines.
+pub(super) async fn digest(
+    shard: &Shard,
+    db: &str,
+    table: &str,
+    columns: &[&str],
+    kind: ReaderKind,
+) -> Result<RowDigest, AgentError> {
+    let mut conn = Reader::connect(shard, TIMEOUT, kind).await?;
+    let version = conn
+        .first_line("SELECT VERSION()")
+        .await
+        .map_err(db_err(shard, "reading the server version"))?;
+    let mariadb = version.is_some_and(|v| memchr::memmem::find(&v, b"MariaDB").is_some());
+    setup_reader(&mut conn, shard, mariadb).await?;
+    let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    let sql = format!(
+        "SELECT {} FROM {}.{}",
+        cols.join(", "),
+        ident(db),
+        ident(table)
+    );
+    let err = db_err(shard, &format!("reading back {db}.{table}"));
+    let mut rows = conn.rows(&sql).await.map_err(&err)?;
+    let mut digest = RowDigest::default();
+    let mut line = Vec::new();
+    while rows.next_line(&mut line).await.map_err(&err)? {
+        digest.add_line(&line);
+        line.clear();
+    }
+    drop(rows);
+    conn.disconnect().await;
+    Ok(digest)
+}

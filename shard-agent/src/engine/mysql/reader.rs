@@ -1,0 +1,118 @@
+//! The connections that read table data (dump workers, read-back): the
+//! row reader in `wire` where the server and the account allow it,
+//! mysql_async where they do not. Both encode rows through the same
+//! function, so a table's lines, and so its content hash, do not depend on
+//! which one read it.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinaryProtocol, Conn, QueryResult};
+use topology::{Endpoint, Shard};
+
+use super::value::encode_row;
+use super::wire::{self, Login, WireConn, WireError};
+pub use crate::client_choice::ReaderKind;
+use crate::client_choice::{library_only, remember_library_only};
+use crate::connect;
+use crate::error::{AgentError, DbError};
+
+pub enum Reader {
+    Wire(WireConn),
+    Library(Conn),
+}
+
+pub enum Rows<'c> {
+    Wire(wire::Rows<'c>),
+    Library(QueryResult<'c, 'static, BinaryProtocol>),
+}
+
+impl Reader {
+    /// Connects to `shard` (no default database), within `timeout`.
+    pub async fn connect(
+        shard: &Shard,
+        timeout: Duration,
+        kind: ReaderKind,
+    ) -> Result<Reader, AgentError> {
+        let Endpoint {
+            host, port, user, ..
+        } = &shard.endpoint;
+        let key = format!("mysql://{user}@{host}:{port}");
+        if kind == ReaderKind::Library || library_only(&key) {
+            return Ok(Reader::Library(connect::mysql(shard, None, timeout).await?));
+        }
+        let login = Login {
+            host,
+            port: *port,
+            user,
+            password: shard
+                .password
+                .as_ref()
+                .map(|p| p.expose().as_bytes())
+                .unwrap_or_default(),
+            database: None,
+        };
+        match tokio::time::timeout(timeout, WireConn::connect(&login)).await {
+            Ok(Ok(conn)) => Ok(Reader::Wire(conn)),
+            Ok(Err(WireError::Unsupported(why))) => {
+                tracing::debug!("{}: reading through mysql_async: {why}", shard.name);
+                remember_library_only(key);
+                Ok(Reader::Library(connect::mysql(shard, None, timeout).await?))
+            }
+            Ok(Err(e)) => Err(connect::connect_error(shard, DbError::Wire(e))),
+            Err(_) => Err(connect::timeout_error(shard, timeout)),
+        }
+    }
+
+    /// Runs a statement and discards its result.
+    pub async fn query_drop(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Reader::Wire(c) => c.query_drop(sql).await.map_err(DbError::Wire),
+            Reader::Library(c) => c.query_drop(sql).await.map_err(DbError::Mysql),
+        }
+    }
+
+    /// Executes `sql` through the binary protocol; read its rows to the end.
+    pub async fn rows(&mut self, sql: &str) -> Result<Rows<'_>, DbError> {
+        match self {
+            Reader::Wire(c) => Ok(Rows::Wire(c.rows(sql).await?)),
+            Reader::Library(c) => Ok(Rows::Library(c.exec_iter(sql, ()).await?)),
+        }
+    }
+
+    /// The canonical line of the first row `sql` returns, if any.
+    pub async fn first_line(&mut self, sql: &str) -> Result<Option<Vec<u8>>, DbError> {
+        let mut rows = self.rows(sql).await?;
+        let mut first = Vec::new();
+        let found = rows.next_line(&mut first).await?;
+        let mut rest = Vec::new();
+        while rows.next_line(&mut rest).await? {
+            rest.clear();
+        }
+        Ok(found.then_some(first))
+    }
+
+    /// Ends the session; errors are irrelevant once nothing more is read.
+    pub async fn disconnect(self) {
+        match self {
+            Reader::Wire(c) => c.disconnect().await,
+            Reader::Library(c) => drop(c.disconnect().await),
+        }
+    }
+}
+
+impl Rows<'_> {
+    /// Appends the next row's canonical line to `out`; `false` after the last.
+    pub async fn next_line(&mut self, out: &mut Vec<u8>) -> Result<bool, DbError> {
+        match self {
+            Rows::Wire(r) => Ok(r.next_line(out).await?),
+            Rows::Library(r) => match r.next().await? {
+                Some(row) => {
+                    encode_row(out, &row);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Replaying captured binlog segments into a MySQL/MariaDB target.
+//!
+//! Row events are applied the way `mariadb-binlog | mariadb` applies them:
+//! as `BINLOG '<base64>'` statements carrying the original format
+//! description, table map and row events, so the server decodes full row
+//! images itself, for every column type, with no value conversion on our
+//! side. Statements logged as text (DDL) are executed as logged, in the
+//! database they were logged in. Transactions are framed with BEGIN/COMMIT
+//! from the GTID and XID events, so a target never holds half of one.
+//!
+//! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
+
+use base64::Engine as _;
+use mysql_async::binlog::events::{Event, EventData};
+use mysql_async::binlog::BinlogVersion;
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use mysql_common::binlog::EventStreamReader;
+use topology::Shard;
+
+use super::capture::{event, mariadb_gtid, query_text, BINLOG_MAGIC, STREAM};
+use crate::capture::{load_segment, CaptureError};
+use crate::connect;
+use crate::position::{BinlogCoordinates, Position};
+use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
+use crate::repo::Repository;
+
+/// Statement-end flag of a row event (flags follow the 6-byte table id).
+const STMT_END_F: u16 = 0x0001;
+
+fn coords(p: &Position) -> Option<&BinlogCoordinates> {
+    match p {
+        Position::Mariadb { binlog, .. } | Position::Mysql { binlog, .. } => Some(binlog),
+        Position::Postgres { .. } => None,
+    }
+}
+
+fn after(a: &BinlogCoordinates, b: &BinlogCoordinates) -> bool {
+    let pa = Position::Mariadb {
+        gtid: String::new(),
+        binlog: a.clone(),
+    };
+    let pb = Position::Mariadb {
+        gtid: String::new(),
+        binlog: b.clone(),
+    };
+    matches!(pa.compare(&pb), Ok(std::cmp::Ordering::Greater))
+}
+
+/// Applies the transactions of `source`'s binlog stream that end after
+/// `from` and at or before `to` to `target`.
+pub async fn replay(
+    repo: &dyn Repository,
+    source: &str,
+    target: &Shard,
+    from: &Position,
+    to: &Position,
+) -> Result<ReplayReport, ReplayError> {
+    let refused = |what: String| ReplayError::Refused {
+        shard: target.name.clone(),
+        what,
+    };
+    let (from, to) = match (coords(from), coords(to)) {
+        (Some(f), Some(t)) => (f.clone(), t.clone()),
+        _ => return Err(refused("positions are not binlog positions".into())),
+    };
+    let mut report = ReplayReport::default();
+    let segs = segments(repo, source, STREAM)?;
+    let mut conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
+    let mut applied = from.clone();
+    for seg in segs {
+        let (Some(first), Some(last)) = (coords(&seg.first), coords(&seg.last)) else {
+            continue;
+        };
+        if !after(last, &from) || !after(&to, first) {
+            continue;
+        }
+        let raw = load_segment(repo, &seg)?;
+        let file = last.file.clone();
+        let n = apply_segment(&mut conn, target, &raw, &file, &mut applied, &to, &seg.key).await?;
+        report.segments += 1;
+        report.transactions += n.0;
+        report.statements += n.1;
+    }
+    drop(conn.disconnect().await);
+    Ok(report)
+}
+
+/// One statement to run for a transaction, with what to name on failure.
+struct Step {
+    sql: String,
+    at: u32,
+}
+
+async fn apply_segment(
+    conn: &mut Conn,
+    target: &Shard,
+    raw: &[u8],
+    file: &str,
+    applied: &mut BinlogCoordinates,
+    to: &BinlogCoordinates,
+    key: &str,
+) -> Result<(u64, u64), ReplayError> {
+    let corrupt = |what: String| {
+        ReplayError::Capture(CaptureError::Corrupt {
+            key: key.to_string(),
+            what,
+        })
+    };
+    if !raw.starts_with(&BINLOG_MAGIC) {
+        return Err(corrupt("not a binlog segment".into()));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut esr = EventStreamReader::new(BinlogVersion::Version4);
+    let mut rest = &raw[4..];
+    let mut fde_sent = false;
+    let mut steps: Vec<Step> = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut in_txn = false;
+    let mut standalone = false;
+    let mut undecided = false;
+    let mut gtid = String::new();
+    let (mut txns, mut stmts) = (0u64, 0u64);
+    while rest.len() >= 19 {
+        let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
+        if size < 19 || size > rest.len() {
+            return Err(corrupt(format!("truncated event of {size} bytes")));
+        }
+        let bytes = &rest[..size];
+        rest = &rest[size..];
+        let ev: Event = esr
+            .read(bytes)
+            .map_err(|e| corrupt(format!("unreadable event: {e}")))?
+            .ok_or_else(|| corrupt("empty event".into()))?;
+        let h = ev.header();
+        let t = h.event_type_raw();
+        if t == event::FORMAT_DESCRIPTION {
+            if !fde_sent {
+                run(
+                    conn,
+                    target,
+                    &format!("BINLOG '{}'", b64.encode(bytes)),
+                    file,
+                    "the format description",
+                )
+                .await?;
+                fde_sent = true;
+            }
+            continue;
+        }
+        if !in_txn {
+            in_txn = true;
+            steps.clear();
+            pending.clear();
+            standalone = false;
+            undecided = false;
+            match t {
+                event::MARIADB_GTID => {
+                    standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
+                    gtid = mariadb_gtid(&ev).unwrap_or_default();
+                    if !standalone {
+                        steps.push(Step {
+                            sql: "BEGIN".into(),
+                            at: h.log_pos(),
+                        });
+                    }
+                    continue;
+                }
+                event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
+                    undecided = true;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let mut ends = false;
+        match t {
+            event::XID => {
+                flush_rows(&mut steps, &mut pending, h.log_pos());
+                steps.push(Step {
+                    sql: "COMMIT".into(),
+                    at: h.log_pos(),
+                });
+                ends = true;
+            }
+            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
+                let q = query_text(&ev).ok_or_else(|| {
+                    corrupt(format!("unreadable query event at {file}:{}", h.log_pos()))
+                })?;
+                let begin = q.eq_ignore_ascii_case("BEGIN");
+                if undecided {
+                    undecided = false;
+                    standalone = !begin;
+                }
+                if begin {
+                    steps.push(Step {
+                        sql: "BEGIN".into(),
+                        at: h.log_pos(),
+                    });
+                } else if q.eq_ignore_ascii_case("COMMIT") || q.eq_ignore_ascii_case("ROLLBACK") {
+                    flush_rows(&mut steps, &mut pending, h.log_pos());
+                    steps.push(Step {
+                        sql: q.to_uppercase(),
+                        at: h.log_pos(),
+                    });
+                    ends = true;
+                } else {
+                    let schema = match ev.read_data() {
+                        Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
+                        _ => String::new(),
+                    };
+                    if !schema.is_empty() {
+                        steps.push(Step {
+                            sql: format!("USE {}", super::sql::ident(&schema)),
+                            at: h.log_pos(),
+                        });
+                    }
+                    steps.push(Step {
+                        sql: q,
+                        at: h.log_pos(),
+                    });
+                    ends = standalone;
+                }
+            }
+            event::TABLE_MAP => pending.extend_from_slice(bytes),
+            t if event::is_rows(t) => {
+                pending.extend_from_slice(bytes);
+                let flags = ev
+                    .data()
+                    .get(6..8)
+                    .map(|f| u16::from_le_bytes([f[0], f[1]]));
+                if flags.is_some_and(|f| f & STMT_END_F != 0) {
+                    flush_rows(&mut steps, &mut pending, h.log_pos());
+                }
+            }
+            // Annotations, and variables of statement-based logging that
+            // row events do not need.
+            _ => {}
+        }
+        if !ends {
+            continue;
+        }
+        in_txn = false;
+        let end = BinlogCoordinates {
+            file: file.to_string(),
+            offset: u64::from(h.log_pos()),
+        };
+        if !after(&end, applied) || after(&end, to) {
+            continue;
+        }
+        for s in steps.drain(..) {
+            let what = if gtid.is_empty() {
+                format!("{file}:{}", s.at)
+            } else {
+                format!("{file}:{} (GTID {gtid})", s.at)
+            };
+            run(conn, target, &s.sql, &what, &s.sql).await?;
+            stmts += 1;
+        }
+        *applied = end;
+        txns += 1;
+    }
+    if in_txn {
+        return Err(corrupt("the segment ends inside a transaction".into()));
+    }
+    Ok((txns, stmts))
+}
+
+fn flush_rows(steps: &mut Vec<Step>, pending: &mut Vec<u8>, at: u32) {
+    if pending.is_empty() {
+        return;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    steps.push(Step {
+        sql: format!("BINLOG '{}'", b64.encode(&pending)),
+        at,
+    });
+    pending.clear();
+}
+
+async fn run(
+    conn: &mut Conn,
+    target: &Shard,
+    sql: &str,
+    at: &str,
+    shown: &str,
+) -> Result<(), ReplayError> {
+    conn.query_drop(sql).await.map_err(|e| {
+        // Leave no half transaction behind on the target.
+        let shown = if shown.starts_with("BINLOG ") {
+            "row events (BINLOG …)".to_string()
+        } else {
+            format!("`{}`", excerpt(shown))
+        };
+        ReplayError::Apply {
+            shard: target.name.clone(),
+            at: at.to_string(),
+            what: format!("the target refused {shown}: {e}"),
+        }
+    })
+}

@@ -1,0 +1,528 @@
+//! Restoring a MySQL/MariaDB shard.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use topology::Shard;
+
+use super::restore_keys::split_secondary_keys;
+use super::schema::DatabaseSchema;
+use super::sql::number;
+use super::sql::{ident, query_err};
+use crate::connect;
+use crate::error::AgentError;
+use crate::manifest::ShardManifest;
+use crate::restore::queue::ChunkQueue;
+use crate::restore::{
+    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+};
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Column types whose values the dump holds as text but which MariaDB
+/// reads as their native binary form when given a binary string; they are
+/// loaded through a variable converted to text.
+const TEXT_FORM_TYPES: &[&str] = &["uuid", "inet6", "inet4"];
+
+/// The column list and `SET` clause of a `LOAD DATA` for `t`.
+fn load_columns(t: &crate::manifest::TableManifest) -> String {
+    let mut cols = Vec::new();
+    let mut sets = Vec::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if TEXT_FORM_TYPES.contains(&c.data_type.to_lowercase().as_str()) {
+            cols.push(format!("@c{i}"));
+            sets.push(format!("{} = CONVERT(@c{i} USING utf8mb4)", ident(&c.name)));
+        } else {
+            cols.push(ident(&c.name));
+        }
+    }
+    let mut out = format!("({})", cols.join(", "));
+    if !sets.is_empty() {
+        out.push_str(&format!(" SET {}", sets.join(", ")));
+    }
+    out
+}
+
+fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
+    opts.tables
+        .as_ref()
+        .is_none_or(|list| list.contains(&format!("{db}.{table}")))
+}
+
+/// Session settings of a restoring connection. Foreign keys and unique
+/// checks are off during the load (the data was consistent when dumped);
+/// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
+/// Unless `binlog`, the session's writes stay out of the binary log; a
+/// user without the privilege for that (SUPER / BINLOG ADMIN) restores
+/// logged, with a warning, rather than not at all.
+async fn session(conn: &mut Conn, shard: &Shard, binlog: bool) -> Result<(), AgentError> {
+    for s in [
+        "SET NAMES utf8mb4",
+        "SET SESSION time_zone = '+00:00'",
+        // Strict: a value the column cannot take fails the load instead of
+        // silently becoming NULL or a truncated value.
+        "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+        "SET SESSION foreign_key_checks = 0",
+        "SET SESSION unique_checks = 0",
+    ] {
+        conn.query_drop(s).await.map_err(query_err(shard, s))?;
+    }
+    if !binlog {
+        const NOT_LOGGED: &str = "SET SESSION sql_log_bin = 0";
+        match conn.query_drop(NOT_LOGGED).await {
+            Ok(()) => {}
+            // ER_SPECIFIC_ACCESS_DENIED_ERROR
+            Err(mysql_async::Error::Server(e)) if e.code == 1227 => tracing::warn!(
+                "{}: the restore is written to the binary log: the user may not turn it off ({})",
+                shard.name,
+                e.message
+            ),
+            Err(e) => return Err(query_err(shard, NOT_LOGGED)(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(), AgentError> {
+    conn.query_drop(sql).await.map_err(query_err(shard, what))
+}
+
+pub(super) async fn restore(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<ShardRestore, AgentError> {
+    let mut done = ShardRestore::default();
+    let mut control = connect::mysql(target, None, TIMEOUT).await?;
+    session(&mut control, target, opts.binlog).await?;
+    for db in databases(source, opts) {
+        let file = schema_files(source, &db, "database")
+            .into_iter()
+            .next()
+            .ok_or_else(|| AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!("the backup has no schema file for database {db}"),
+            })?;
+        let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
+        let schema: DatabaseSchema =
+            serde_json::from_slice(&raw).map_err(|e| AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!("schema file {} is not readable: {e}", file.key),
+            })?;
+        prepare_database(&mut control, target, &db, opts.overwrite).await?;
+        exec(
+            &mut control,
+            target,
+            &format!("creating database {db}"),
+            &schema.create_database,
+        )
+        .await?;
+        exec(
+            &mut control,
+            target,
+            "selecting the database",
+            &format!("USE {}", ident(&db)),
+        )
+        .await?;
+        // A table another one references keeps its keys: the foreign key
+        // may need one of them.
+        let referenced: Vec<&String> = source
+            .table_list
+            .iter()
+            .flat_map(|t| &t.references)
+            .collect();
+        let mut deferred_keys = Vec::new();
+        for t in schema
+            .tables
+            .iter()
+            .filter(|t| selected_name(opts, &db, &t.name))
+        {
+            let split = match referenced.contains(&&format!("{db}.{}", t.name)) {
+                true => None,
+                false => split_secondary_keys(&t.sql),
+            };
+            let create = match split {
+                Some((create, keys)) => {
+                    deferred_keys.push((t.name.clone(), keys));
+                    create
+                }
+                None => t.sql.clone(),
+            };
+            exec(
+                &mut control,
+                target,
+                &format!("creating table {db}.{}", t.name),
+                &create,
+            )
+            .await?;
+        }
+        done.databases.push(db.clone());
+
+        let began = std::time::Instant::now();
+        let keys = Arc::new(Mutex::new(deferred_keys.into_iter().collect()));
+        load_data(source, target, opts, &db, &keys).await?;
+        let loaded = began.elapsed();
+        // Tables no worker finished (those without chunks) get their keys now.
+        let left: Vec<(String, Vec<String>)> =
+            std::mem::take(&mut *lock(&keys)).into_iter().collect();
+        let left_count = left.len();
+        build_keys(target, opts, &db, left).await?;
+        tracing::info!(
+            "{}: {db}: data loaded and keys built in {:.2} s, then the keys of {left_count} table(s) without data in {:.2} s",
+            target.name,
+            loaded.as_secs_f64(),
+            (began.elapsed() - loaded).as_secs_f64()
+        );
+        done.tables += source
+            .table_list
+            .iter()
+            .filter(|t| t.database == db)
+            .count();
+        done.chunks += chunk_items(source, &db, opts).len();
+
+        // After the data, so triggers do not fire during the load. A partial
+        // restore brings the selected tables' triggers only: views, routines
+        // and events may use tables that are not restored.
+        let partial = opts.tables.is_some();
+        for (kind, objects) in [
+            ("view", &schema.views),
+            ("routine", &schema.routines),
+            ("trigger", &schema.triggers),
+            ("event", &schema.events),
+        ] {
+            for o in objects.iter().filter(|o| {
+                !partial
+                    || o.table
+                        .as_deref()
+                        .is_some_and(|t| selected_name(opts, &db, t))
+            }) {
+                exec(
+                    &mut control,
+                    target,
+                    &format!("creating {kind} {db}.{}", o.name),
+                    &o.sql,
+                )
+                .await?;
+            }
+        }
+    }
+    drop(control.disconnect().await);
+    Ok(done)
+}
+
+/// Whether `db` exists on the target, and how many tables it holds.
+async fn inspect(conn: &mut Conn, shard: &Shard, db: &str) -> Result<(u64, u64), AgentError> {
+    let lit = format!("'{}'", db.replace('\\', "\\\\").replace('\'', "''"));
+    let rows: Vec<Row> = conn
+        .query(format!(
+            "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {lit}), \
+             (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {lit})"
+        ))
+        .await
+        .map_err(query_err(shard, "inspecting the target"))?;
+    let de = |e| AgentError::Query {
+        shard: shard.name.clone(),
+        what: "inspecting the target".into(),
+        source: e,
+    };
+    Ok(match rows.first() {
+        Some(r) => (
+            number(r, 0).map_err(de)?.unwrap_or(0),
+            number(r, 1).map_err(de)?.unwrap_or(0),
+        ),
+        None => (0, 0),
+    })
+}
+
+/// Refuses, without changing anything, a target database that exists and
+/// holds tables, unless `overwrite`.
+pub(super) async fn check_target(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<(), AgentError> {
+    let mut conn = connect::mysql(target, None, TIMEOUT).await?;
+    for db in databases(source, opts) {
+        let (_, tables) = inspect(&mut conn, target, &db).await?;
+        if tables > 0 && !opts.overwrite {
+            return Err(refusal(target, &db, tables));
+        }
+    }
+    drop(conn.disconnect().await);
+    Ok(())
+}
+
+fn refusal(shard: &Shard, db: &str, tables: u64) -> AgentError {
+    AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!(
+            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
+        ),
+    }
+}
+
+/// Drops a target database that exists (the caller checked `overwrite`).
+async fn prepare_database(
+    conn: &mut Conn,
+    shard: &Shard,
+    db: &str,
+    overwrite: bool,
+) -> Result<(), AgentError> {
+    let (exists, tables) = inspect(conn, shard, db).await?;
+    if exists == 0 {
+        return Ok(());
+    }
+    if tables > 0 && !overwrite {
+        return Err(refusal(shard, db, tables));
+    }
+    exec(
+        conn,
+        shard,
+        &format!("dropping database {db}"),
+        &format!("DROP DATABASE {}", ident(db)),
+    )
+    .await
+}
+
+/// A chunk to load.
+struct LoadItem {
+    key: String,
+    xxh3: String,
+    /// The table's `LOAD DATA` statement.
+    sql: Arc<str>,
+    table: Arc<str>,
+}
+
+/// Secondary keys still to add, by table name: taken out by whoever adds them.
+type DeferredKeys = Mutex<HashMap<String, Vec<String>>>;
+
+fn lock(keys: &DeferredKeys) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+    keys.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads every chunk of `db` with `LOAD DATA LOCAL INFILE`, in parallel,
+/// workers on different tables (see [`ChunkQueue`]). A table whose last
+/// chunk is in is announced as restored or, if it has deferred keys, goes
+/// to the key builders (as `pg_restore -j` builds a table's indexes once
+/// its data is in), which add them on connections of their own and then
+/// announce it; the loading worker goes straight on to its next table. A
+/// key build reads the whole table, from disk when the buffer pool is
+/// small, so it overlaps with loads that keep the processors busy instead
+/// of waiting on the disk in the load workers' place.
+async fn load_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    keys: &Arc<DeferredKeys>,
+) -> Result<(), AgentError> {
+    let tables: Vec<Vec<LoadItem>> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && opts.selected(t))
+        .map(|t| {
+            let sql: Arc<str> = format!(
+                "LOAD DATA LOCAL INFILE 'shardcut-chunk' INTO TABLE {}.{} CHARACTER SET binary \
+                 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' {}",
+                ident(&t.database),
+                ident(&t.name),
+                load_columns(t)
+            )
+            .into();
+            let table: Arc<str> = t.name.as_str().into();
+            t.chunks
+                .iter()
+                .map(|c| LoadItem {
+                    key: c.key.clone(),
+                    xxh3: c.xxh3.clone(),
+                    sql: sql.clone(),
+                    table: table.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    let queue = Arc::new(ChunkQueue::new(tables));
+    let workers = opts.parallelism.max(1);
+    let (to_build, builders) = key_builders(workers, target, opts, db, keys);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, target, opts, to_build, keys, db) = (
+            queue.clone(),
+            target.clone(),
+            opts.clone(),
+            to_build.clone(),
+            keys.clone(),
+            db.to_string(),
+        );
+        tasks.spawn(async move {
+            let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
+            session(&mut conn, &target, opts.binlog).await?;
+            while let Some(taken) = queue.take() {
+                let LoadItem {
+                    key,
+                    xxh3,
+                    sql,
+                    table,
+                } = taken.item;
+                let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
+                let data = Bytes::from(raw);
+                conn.set_infile_handler(async move {
+                    Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
+                });
+                conn.query_drop(&*sql).await.map_err(query_err(
+                    &target,
+                    &format!("loading {db}.{table} from {key}"),
+                ))?;
+                if !queue.done(taken.table) {
+                    continue;
+                }
+                if !lock(&keys).contains_key(&*table) {
+                    opts.table_ready(format!("{db}.{table}"));
+                } else if to_build.send(table).is_err() {
+                    // A builder failed and closed the queue: the restore
+                    // has failed, so loading stops; the builder's error is
+                    // the one reported.
+                    break;
+                }
+            }
+            drop(conn.disconnect().await);
+            Ok::<(), AgentError>(())
+        });
+    }
+    // The builders stop once every loader (and this) dropped its sender.
+    drop(to_build);
+    let loaded = join_loaders(tasks, &target.name).await;
+    let built = join_loaders(builders, &target.name).await;
+    loaded.and(built)
+}
+
+/// Starts `workers` key builders. Each takes the name of a table whose
+/// data is in and that has deferred keys, adds them on a connection of its
+/// own, and announces the table as restored. They stop once every sender is
+/// dropped; a builder that fails closes the queue, so that sending (and
+/// with it loading) stops.
+fn key_builders(
+    workers: usize,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    keys: &Arc<DeferredKeys>,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Arc<str>>,
+    tokio::task::JoinSet<Result<(), AgentError>>,
+) {
+    // At most one message per table.
+    let (to_build, builds) = tokio::sync::mpsc::unbounded_channel::<Arc<str>>();
+    let builds = Arc::new(tokio::sync::Mutex::new(builds));
+    let mut builders = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (builds, target, opts, keys, db) = (
+            builds.clone(),
+            target.clone(),
+            opts.clone(),
+            keys.clone(),
+            db.to_string(),
+        );
+        builders.spawn(async move {
+            let mut conn = None;
+            loop {
+                let next = builds.lock().await.recv().await;
+                let Some(table) = next else {
+                    break;
+                };
+                let adds = lock(&keys).remove(&*table);
+                if let Some(adds) = adds {
+                    if let Err(e) = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds).await
+                    {
+                        builds.lock().await.close();
+                        return Err(e);
+                    }
+                }
+                opts.table_ready(format!("{db}.{table}"));
+            }
+            if let Some(conn) = conn {
+                drop(conn.disconnect().await);
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    (to_build, builders)
+}
+
+/// Adds the secondary keys left out of `CREATE TABLE`, one `ALTER TABLE`
+/// per table (one pass over its rows for all its keys), `parallelism`
+/// tables at a time.
+async fn build_keys(
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    keys: Vec<(String, Vec<String>)>,
+) -> Result<(), AgentError> {
+    let queue = Arc::new(std::sync::Mutex::new(keys));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..opts.parallelism.max(1) {
+        let (queue, target, binlog, db) =
+            (queue.clone(), target.clone(), opts.binlog, db.to_string());
+        tasks.spawn(async move {
+            let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
+            session(&mut conn, &target, binlog).await?;
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some((table, adds)) = next else {
+                    break;
+                };
+                add_keys(&mut conn, &target, &db, &table, &adds).await?;
+            }
+            drop(conn.disconnect().await);
+            Ok::<(), AgentError>(())
+        });
+    }
+    join_loaders(tasks, &target.name).await
+}
+
+/// [`add_keys`] on a key builder's connection, opened on first use.
+async fn add_keys_on(
+    conn: &mut Option<Conn>,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    table: &str,
+    adds: &[String],
+) -> Result<(), AgentError> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => {
+            let mut fresh = connect::mysql(target, None, TIMEOUT).await?;
+            session(&mut fresh, target, opts.binlog).await?;
+            conn.insert(fresh)
+        }
+    };
+    add_keys(conn, target, db, table, adds).await
+}
+
+/// One `ALTER TABLE` for all of a table's deferred keys: one pass over its rows.
+async fn add_keys(
+    conn: &mut Conn,
+    target: &Shard,
+    db: &str,
+    table: &str,
+    adds: &[String],
+) -> Result<(), AgentError> {
+    let sql = format!(
+        "ALTER TABLE {}.{} {}",
+        ident(db),
+        ident(table),
+        adds.join(", ")
+    );
+    exec(
+        conn,
+        target,
+        &format!("adding the keys of {db}.{table}"),
+        &sql,
+    )
+    .await
+}

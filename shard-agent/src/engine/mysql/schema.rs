@@ -1,0 +1,140 @@
+//! The MySQL/MariaDB schema as `SHOW CREATE` gives it, one JSON file per database.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use serde::{Deserialize, Serialize};
+use topology::Shard;
+
+use super::sql::text;
+use super::sql::{ident, query_err, quote_literal};
+use super::Table;
+use crate::error::{AgentError, DbError};
+
+/// Everything needed to recreate one database, in restore order: the
+/// database, tables (before data), then views, routines, triggers and
+/// events (after data, so triggers do not fire during the load).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DatabaseSchema {
+    pub database: String,
+    pub create_database: String,
+    pub tables: Vec<Object>,
+    pub views: Vec<Object>,
+    pub routines: Vec<Object>,
+    pub triggers: Vec<Object>,
+    pub events: Vec<Object>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Object {
+    pub name: String,
+    pub sql: String,
+    /// For a trigger: the table it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+}
+
+/// Reads column `i` of the first row of `SHOW CREATE …`.
+async fn show_create(
+    conn: &mut Conn,
+    shard: &Shard,
+    sql: &str,
+    column: usize,
+) -> Result<String, AgentError> {
+    let rows: Vec<Row> = conn.query(sql).await.map_err(query_err(shard, sql))?;
+    let de = |source: DbError| AgentError::Query {
+        shard: shard.name.clone(),
+        what: sql.to_string(),
+        source,
+    };
+    match rows.first() {
+        Some(r) => Ok(text(r, column).map_err(de)?.unwrap_or_default()),
+        None => Ok(String::new()),
+    }
+}
+
+async fn names(
+    conn: &mut Conn,
+    shard: &Shard,
+    sql: String,
+) -> Result<Vec<Vec<String>>, AgentError> {
+    let rows: Vec<Row> = conn.query(&sql).await.map_err(query_err(shard, &sql))?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let mut v = Vec::new();
+        for i in 0..r.len() {
+            let cell = text(r, i).map_err(|source| AgentError::Query {
+                shard: shard.name.clone(),
+                what: sql.clone(),
+                source,
+            })?;
+            v.push(cell.unwrap_or_default());
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+pub(super) async fn database_schema(
+    conn: &mut Conn,
+    shard: &Shard,
+    database: &str,
+    tables: &[&Table],
+) -> Result<DatabaseSchema, AgentError> {
+    let db = ident(database);
+    let lit = quote_literal(database);
+    let mut s = DatabaseSchema {
+        database: database.to_string(),
+        create_database: show_create(conn, shard, &format!("SHOW CREATE DATABASE {db}"), 1).await?,
+        ..Default::default()
+    };
+    for t in tables {
+        let sql = show_create(
+            conn,
+            shard,
+            &format!("SHOW CREATE TABLE {db}.{}", ident(&t.name)),
+            1,
+        )
+        .await?;
+        s.tables.push(Object {
+            name: t.name.clone(),
+            sql,
+            table: None,
+        });
+    }
+    for v in names(
+        conn,
+        shard,
+        format!(
+            "SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = {lit} ORDER BY 1"
+        ),
+    )
+    .await?
+    {
+        let sql = show_create(
+            conn,
+            shard,
+            &format!("SHOW CREATE VIEW {db}.{}", ident(&v[0])),
+            1,
+        )
+        .await?;
+        s.views.push(Object {
+            name: v[0].clone(),
+            sql,
+            table: None,
+        });
+    }
+    for r in names(conn, shard, format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit} ORDER BY 2, 1")).await? {
+        let kind = if r[1] == "FUNCTION" { "FUNCTION" } else { "PROCEDURE" };
+        let sql = show_create(conn, shard, &format!("SHOW CREATE {kind} {db}.{}", ident(&r[0])), 2).await?;
+        s.routines.push(Object { name: r[0].clone(), sql, table: None });
+    }
+    for t in names(conn, shard, format!("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} ORDER BY ACTION_ORDER, 1")).await? {
+        let sql = show_create(conn, shard, &format!("SHOW CREATE TRIGGER {db}.{}", ident(&t[0])), 2).await?;
+        s.triggers.push(Object { name: t[0].clone(), sql, table: Some(t[1].clone()) });
+    }
+    for e in names(conn, shard, format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {lit} ORDER BY 1")).await? {
+        let sql = show_create(conn, shard, &format!("SHOW CREATE EVENT {db}.{}", ident(&e[0])), 3).await?;
+        s.events.push(Object { name: e[0].clone(), sql, table: None });
+    }
+    Ok(s)
+}

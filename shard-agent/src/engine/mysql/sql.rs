@@ -1,0 +1,69 @@
+//! SQL text and row helpers every MySQL/MariaDB phase shares: quoting,
+//! the system databases, and typed reads of result columns.
+
+use mysql_async::Row;
+use topology::Shard;
+
+use crate::error::{AgentError, DbError};
+
+/// Schemas of the server itself, never backed up.
+pub const SYSTEM_DATABASES: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+
+/// A string literal, for statements that cannot take parameters.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `(lit, lit, …)` of `names`, for `IN` conditions. A condition on
+/// `TABLE_SCHEMA` lets the server read only those databases' tables for
+/// an `information_schema` query: unfiltered, the column list took 80 ms
+/// of a backup's start on a server with four user tables.
+pub(crate) fn literal_list(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+    format!("({})", quoted.join(", "))
+}
+
+/// Backquotes an identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+pub(crate) fn query_err(shard: &Shard, what: &str) -> impl Fn(mysql_async::Error) -> AgentError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |e| AgentError::Query {
+        shard: shard.clone(),
+        what: what.clone(),
+        source: DbError::Mysql(e),
+    }
+}
+
+pub(crate) fn text(row: &Row, i: usize) -> Result<Option<String>, DbError> {
+    match row.get_opt::<Option<String>, usize>(i) {
+        None | Some(Ok(None)) => Ok(None),
+        Some(Ok(Some(s))) => Ok(Some(s)),
+        Some(Err(e)) => Err(DbError::Decode {
+            column: row
+                .columns_ref()
+                .get(i)
+                .map(|c| c.name_str().to_string())
+                .unwrap_or_default(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+pub(crate) fn number(row: &Row, i: usize) -> Result<Option<u64>, DbError> {
+    match row.get_opt::<Option<u64>, usize>(i) {
+        None | Some(Ok(None)) => Ok(None),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(e)) => Err(DbError::Decode {
+            column: row
+                .columns_ref()
+                .get(i)
+                .map(|c| c.name_str().to_string())
+                .unwrap_or_default(),
+            detail: e.to_string(),
+        }),
+    }
+}

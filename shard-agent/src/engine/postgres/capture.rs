@@ -1,0 +1,536 @@
+//! PostgreSQL capture: a logical replication slot per database, decoded by
+//! `pgoutput` through `pg_logical_slot_peek_binary_changes`.
+//!
+//! Why nothing is lost or applied twice: the slot is created before any
+//! cut that capture continues from, so the server retains and decodes
+//! every transaction that commits after that point. A cut records the WAL
+//! *insert* position while every selected table is locked against writes,
+//! after every earlier writer to them has fully committed: a transaction
+//! whose commit record lies before that position is in the snapshot, one
+//! after it is not. Replay applies exactly the transactions with
+//! `cut ≤ commit LSN < target`.
+//!
+//! A round peeks (does not consume), stores what it read as segments of
+//! whole transactions, and only then advances the slot. A crash in
+//! between re-reads the same transactions next round; those whose end is
+//! not after the stored progress are dropped, so each is stored once.
+//!
+//! Segment format: records of `u64 lsn (BE) | u32 length (BE) | pgoutput
+//! message`, transactions framed by their Begin and Commit messages.
+//! Relation messages are always kept (also from dropped transactions): a
+//! later transaction in the same decoding call refers to them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::Client;
+use topology::{Compression, Engine, Shard};
+
+use crate::capture::{
+    store_segment, CaptureError, RoundReport, SegmentMeta, StreamState, SEGMENT_RAW_BYTES,
+};
+use crate::connect;
+use crate::engine::interface::StreamServer;
+use crate::position::{Lsn, Position};
+use crate::repo::Repository;
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Changes per decoding call; a call always ends at a commit.
+const CHANGES_PER_CALL: i32 = 50_000;
+
+/// Slot and publication name of one database's stream: stable, valid as
+/// a slot name (lower case, digits, underscore), unique per cluster, shard
+/// and database.
+pub fn slot_name(cluster: &str, shard: &str, db: &str) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{cluster}/{shard}/{db}").as_bytes());
+    format!("shardcut_{h:016x}")
+}
+
+fn err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error) -> CaptureError {
+    let shard = shard.name.clone();
+    let what = what.to_string();
+    move |e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        CaptureError::stream(&shard, format!("{what}: {detail}"))
+    }
+}
+
+/// The databases of a shard that capture covers (those a backup covers).
+pub async fn databases(shard: &Shard) -> Result<Vec<String>, CaptureError> {
+    Ok(super::selected_databases(shard, CONNECT_TIMEOUT).await?)
+}
+
+async fn lsn_of(client: &Client, shard: &Shard, sql: &str) -> Result<Lsn, CaptureError> {
+    let text: String = client
+        .query_one(sql, &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(err(shard, "reading the WAL position"))?;
+    text.parse()
+        .map_err(|e: String| CaptureError::stream(&shard.name, e))
+}
+
+/// Creates the publication and the slot of `db` (if missing) and returns
+/// a new stream state starting at the slot's consistent point. Refuses
+/// tables without a replica identity: once published, UPDATE and DELETE
+/// on them would fail on the source.
+pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState, CaptureError> {
+    let client = connect::postgres(shard, Some(db), CONNECT_TIMEOUT).await?;
+    let name = slot_name(cluster, &shard.name, db);
+    let rows = client
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
+             n.nspname::text, c.relname::text, \
+             c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+               (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(err(shard, &format!("reading the tables of {db}")))?;
+    let mut tables = Vec::new();
+    let mut no_identity = Vec::new();
+    for r in &rows {
+        let q: String = r.try_get(0).map_err(err(shard, "reading the catalog"))?;
+        let schema: String = r.try_get(1).map_err(err(shard, "reading the catalog"))?;
+        let table: String = r.try_get(2).map_err(err(shard, "reading the catalog"))?;
+        let missing: bool = r.try_get(3).map_err(err(shard, "reading the catalog"))?;
+        if shard.excludes(db, Some(&schema), &table) {
+            continue;
+        }
+        if missing {
+            no_identity.push(q.clone());
+        }
+        tables.push(q);
+    }
+    if !no_identity.is_empty() {
+        return Err(CaptureError::stream(
+            &shard.name,
+            format!(
+                "database {db}: table(s) {} have no primary key or replica identity; once published for capture, UPDATE and DELETE on them would fail on the source. \
+                 Add a primary key, run `ALTER TABLE … REPLICA IDENTITY FULL`, or exclude them in the topology",
+                no_identity.join(", ")
+            ),
+        ));
+    }
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(err(shard, "looking up the publication"))?;
+    if !exists {
+        let list = if tables.is_empty() {
+            String::new()
+        } else {
+            format!(" FOR TABLE {}", tables.join(", "))
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {name}{list} WITH (publish_via_partition_root = true)"
+            ))
+            .await
+            .map_err(err(shard, &format!("creating publication {name} in {db}")))?;
+    }
+    let existing = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(err(shard, "looking up the slot"))?;
+    let lsn: String = match existing {
+        Some(r) => r
+            .try_get::<_, Option<String>>(0)
+            .map_err(err(shard, "looking up the slot"))?
+            .unwrap_or_default(),
+        None => client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&name],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(err(shard, &format!("creating replication slot {name}")))?,
+    };
+    let lsn: Lsn = lsn
+        .parse()
+        .map_err(|e: String| CaptureError::stream(&shard.name, e))?;
+    let now = chrono::Utc::now().to_rfc3339();
+    Ok(StreamState {
+        shard: shard.name.clone(),
+        stream: db.to_string(),
+        engine: Engine::Postgres,
+        started: Position::Postgres { lsn },
+        started_at: now.clone(),
+        progress: Position::Postgres { lsn },
+        updated_at: now,
+        last_commit: None,
+        next_seq: 0,
+        slot: Some(name),
+    })
+}
+
+/// Drops the slot and publication of a stream (the server stops retaining
+/// WAL for it). Stored segments stay.
+pub async fn remove(shard: &Shard, state: &StreamState) -> Result<(), CaptureError> {
+    let Some(name) = &state.slot else {
+        return Ok(());
+    };
+    let client = connect::postgres(shard, Some(&state.stream), CONNECT_TIMEOUT).await?;
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[name],
+        )
+        .await
+        .map_err(err(shard, &format!("dropping replication slot {name}")))?;
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}"))
+        .await
+        .map_err(err(shard, &format!("dropping publication {name}")))?;
+    Ok(())
+}
+
+/// WAL the stream's slot keeps on the server, in bytes.
+pub async fn retained_wal(client: &Client, shard: &Shard, slot: &str) -> Result<u64, CaptureError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(err(shard, "reading the slot's retained WAL"))?;
+    match row {
+        Some(r) => Ok(r
+            .try_get::<_, Option<i64>>(0)
+            .map_err(err(shard, "reading the slot's retained WAL"))?
+            .unwrap_or(0)
+            .max(0) as u64),
+        None => Err(CaptureError::stream(
+            &shard.name,
+            format!("replication slot {slot} is gone; capture of this database cannot continue without a gap: take a new backup"),
+        )),
+    }
+}
+
+/// A segment being filled.
+struct Open {
+    raw: Vec<u8>,
+    first: Lsn,
+    last: Lsn,
+    first_commit: Option<i64>,
+    last_commit: Option<i64>,
+    transactions: u64,
+}
+
+/// The server's current WAL position and what the stream's slot holds
+/// back, read from the stream's database.
+pub(super) async fn server_state(shard: &Shard, state: &StreamState) -> StreamServer {
+    let client = match connect::postgres(shard, Some(&state.stream), CONNECT_TIMEOUT).await {
+        Ok(client) => client,
+        Err(e) => {
+            return StreamServer {
+                problem: Some(e.to_string()),
+                ..StreamServer::default()
+            }
+        }
+    };
+    let lsn: Option<String> = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .ok()
+        .and_then(|r| r.try_get(0).ok());
+    let mut out = StreamServer {
+        position: lsn
+            .and_then(|l| l.parse().ok())
+            .map(|lsn| Position::Postgres { lsn }),
+        ..StreamServer::default()
+    };
+    if let Some(slot) = &state.slot {
+        match retained_wal(&client, shard, slot).await {
+            Ok(w) => out.retained_bytes = Some(w),
+            Err(e) => out.problem = Some(e.to_string()),
+        }
+    }
+    out
+}
+
+/// pgoutput timestamps: microseconds since 2000-01-01 UTC.
+pub fn pg_time(micros: i64) -> String {
+    const EPOCH_2000: i64 = 946_684_800;
+    chrono::DateTime::from_timestamp(
+        EPOCH_2000 + micros.div_euclid(1_000_000),
+        (micros.rem_euclid(1_000_000) * 1000) as u32,
+    )
+    .map(|t| t.to_rfc3339())
+    .unwrap_or_default()
+}
+
+pub fn be_u64(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Reads changes from the slot up to the server's flushed WAL and stores
+/// them; advances the slot and `state` after storing.
+pub async fn catch_up(
+    shard: &Shard,
+    repo: &dyn Repository,
+    state: &mut StreamState,
+    compression: Compression,
+    stop: &AtomicBool,
+) -> Result<RoundReport, CaptureError> {
+    let db = state.stream.clone();
+    let slot = state
+        .slot
+        .clone()
+        .ok_or_else(|| CaptureError::stream(&shard.name, "the stream state names no slot"))?;
+    // The reader's settings fix the text form of every value (time zone,
+    // date style, float digits, bytea): replay sets the same ones.
+    let client = super::reader(shard, &db, CONNECT_TIMEOUT).await?;
+    let mut report = RoundReport {
+        shard: shard.name.clone(),
+        stream: db.clone(),
+        ..Default::default()
+    };
+    retained_wal(&client, shard, &slot).await?;
+    loop {
+        let flushed = lsn_of(&client, shard, "SELECT pg_current_wal_flush_lsn()::text").await?;
+        let (rows, stored_end) =
+            one_call(shard, &client, repo, state, &slot, compression, &mut report).await?;
+        let Position::Postgres { lsn: progress } = state.progress.clone() else {
+            return Err(CaptureError::stream(
+                &shard.name,
+                "the stream state holds no LSN",
+            ));
+        };
+        // Every commit that ended by `flushed` was in that call's output.
+        let reached = if rows < CHANGES_PER_CALL as u64 {
+            progress.max(flushed).max(stored_end)
+        } else {
+            progress.max(stored_end)
+        };
+        if reached > progress {
+            state.progress = Position::Postgres { lsn: reached };
+            state.updated_at = chrono::Utc::now().to_rfc3339();
+            state.save(repo)?;
+        }
+        client
+            .query_one(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)::text",
+                &[&slot, &reached.to_string()],
+            )
+            .await
+            .map_err(err(shard, &format!("advancing replication slot {slot}")))?;
+        if rows < CHANGES_PER_CALL as u64 || stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    report.progress = Some(state.progress.clone());
+    report.server_position = Some(Position::Postgres {
+        lsn: lsn_of(&client, shard, "SELECT pg_current_wal_insert_lsn()::text").await?,
+    });
+    report.retained_wal_bytes = Some(retained_wal(&client, shard, &slot).await?);
+    Ok(report)
+}
+
+/// One decoding call: streams its rows into segments. Returns how many
+/// rows it read and the end LSN of the last stored transaction.
+async fn one_call(
+    shard: &Shard,
+    client: &Client,
+    repo: &dyn Repository,
+    state: &mut StreamState,
+    slot: &str,
+    compression: Compression,
+    report: &mut RoundReport,
+) -> Result<(u64, Lsn), CaptureError> {
+    let Position::Postgres { lsn: done } = state.progress.clone() else {
+        return Err(CaptureError::stream(
+            &shard.name,
+            "the stream state holds no LSN",
+        ));
+    };
+    // The slot name is ours ([a-z0-9_]), safe to inline.
+    let sql = format!(
+        "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, {CHANGES_PER_CALL}, \
+         'proto_version', '1', 'publication_names', '{slot}')"
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+    let stream = client
+        .query_raw(sql.as_str(), params)
+        .await
+        .map_err(err(shard, &format!("decoding slot {slot}")))?;
+    pin_mut!(stream);
+    let mut rows = 0u64;
+    let mut open: Option<Open> = None;
+    let mut txn: Vec<u8> = Vec::new();
+    let mut keep: Vec<u8> = Vec::new();
+    let mut in_txn = false;
+    let mut begin_time = 0i64;
+    let mut stored_end = done;
+    // Where the next segment starts, and the relation descriptions every
+    // segment repeats at its start so that it can be replayed on its own.
+    let mut cursor = done;
+    let mut relations: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(err(shard, &format!("decoding slot {slot}")))?
+    {
+        rows += 1;
+        let lsn: String = row.try_get(0).map_err(err(shard, "reading a change"))?;
+        let lsn: Lsn = lsn
+            .parse()
+            .map_err(|e: String| CaptureError::stream(&shard.name, e))?;
+        let data: &[u8] = row.try_get(1).map_err(err(shard, "reading a change"))?;
+        let mut record = Vec::with_capacity(data.len() + 12);
+        record.extend_from_slice(&lsn.0.to_be_bytes());
+        record.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        record.extend_from_slice(data);
+        match data.first() {
+            Some(b'B') => {
+                in_txn = true;
+                txn.clear();
+                keep.clear();
+                begin_time = be_u64(data, 9).unwrap_or(0) as i64;
+                txn.extend_from_slice(&record);
+            }
+            Some(b'C') => {
+                txn.extend_from_slice(&record);
+                in_txn = false;
+                let end = Lsn(be_u64(data, 10).unwrap_or(0));
+                let commit_time = be_u64(data, 18).unwrap_or(begin_time as u64) as i64;
+                let seg = open_segment(&mut open, cursor, &relations);
+                if end <= done {
+                    // Stored by an earlier round that ended before the slot
+                    // advanced: keep only its relation descriptions.
+                    seg.raw.extend_from_slice(&keep);
+                } else {
+                    seg.raw.extend_from_slice(&txn);
+                    seg.last = end;
+                    seg.first_commit.get_or_insert(commit_time);
+                    seg.last_commit = Some(commit_time);
+                    seg.transactions += 1;
+                }
+                txn.clear();
+                keep.clear();
+                if seg.raw.len() >= SEGMENT_RAW_BYTES {
+                    if let Some(e) = close(repo, shard, state, &mut open, compression, report)? {
+                        stored_end = e;
+                        cursor = e;
+                    }
+                }
+            }
+            Some(b'R') | Some(b'Y') => {
+                if data.first() == Some(&b'R') {
+                    if let Some(id) = data.get(1..5) {
+                        relations.insert(
+                            u32::from_be_bytes([id[0], id[1], id[2], id[3]]),
+                            record.clone(),
+                        );
+                    }
+                }
+                if in_txn {
+                    txn.extend_from_slice(&record);
+                    keep.extend_from_slice(&record);
+                } else {
+                    open_segment(&mut open, cursor, &relations)
+                        .raw
+                        .extend_from_slice(&record);
+                }
+            }
+            _ => {
+                if in_txn {
+                    txn.extend_from_slice(&record);
+                }
+            }
+        }
+    }
+    if let Some(e) = close(repo, shard, state, &mut open, compression, report)? {
+        stored_end = e;
+    }
+    Ok((rows, stored_end))
+}
+
+/// The open segment, opened at `first` with the known relations if none is.
+fn open_segment<'a>(
+    open: &'a mut Option<Open>,
+    first: Lsn,
+    relations: &std::collections::HashMap<u32, Vec<u8>>,
+) -> &'a mut Open {
+    open.get_or_insert_with(|| {
+        let mut raw = Vec::new();
+        for r in relations.values() {
+            raw.extend_from_slice(r);
+        }
+        Open {
+            raw,
+            first,
+            last: first,
+            first_commit: None,
+            last_commit: None,
+            transactions: 0,
+        }
+    })
+}
+
+/// Stores the open segment if it holds a transaction; returns its end.
+fn close(
+    repo: &dyn Repository,
+    shard: &Shard,
+    state: &mut StreamState,
+    open: &mut Option<Open>,
+    compression: Compression,
+    report: &mut RoundReport,
+) -> Result<Option<Lsn>, CaptureError> {
+    let Some(seg) = open.take() else {
+        return Ok(None);
+    };
+    if seg.transactions == 0 {
+        return Ok(None);
+    }
+    let meta = SegmentMeta {
+        shard: shard.name.clone(),
+        stream: state.stream.clone(),
+        seq: state.next_seq,
+        key: String::new(),
+        first: Position::Postgres { lsn: seg.first },
+        last: Position::Postgres { lsn: seg.last },
+        first_commit: seg.first_commit.map(pg_time),
+        last_commit: seg.last_commit.map(pg_time),
+        transactions: seg.transactions,
+        bytes_raw: 0,
+        bytes_stored: 0,
+        xxh3: String::new(),
+        raw_xxh3: String::new(),
+    };
+    let stream = state.stream.clone();
+    let meta = store_segment(
+        repo,
+        &shard.name,
+        &stream,
+        &format!("{:016X}", seg.first.0),
+        "pgoutput",
+        &seg.raw,
+        compression,
+        meta,
+    )?;
+    state.next_seq += 1;
+    report.segments += 1;
+    report.transactions += meta.transactions;
+    report.bytes_stored += meta.bytes_stored;
+    state.progress = Position::Postgres { lsn: seg.last };
+    state.last_commit = meta.last_commit.clone();
+    state.updated_at = chrono::Utc::now().to_rfc3339();
+    state.save(repo)?;
+    Ok(Some(seg.last))
+}

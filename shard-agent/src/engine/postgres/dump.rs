@@ -1,0 +1,355 @@
+//! Dumping a PostgreSQL shard from its exported snapshots with
+//! `COPY … TO STDOUT` (text format), whose lines are the canonical row
+//! encoding: the reader settings fix every output format that could vary.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_postgres::Client;
+use topology::{Engine, Shard};
+
+use super::copy_reader::CopyReader;
+use super::{ident, pg_err, schema, Session, Table};
+use crate::client_choice::ReaderKind;
+use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
+use crate::dump::work::{
+    finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
+    Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+};
+use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
+use crate::error::{db_err, AgentError};
+use crate::manifest::{keys, ShardManifest};
+
+impl Session {
+    pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
+        let shard = self.shard.clone();
+        let mut manifest = ShardManifest {
+            engine: Some(Engine::Postgres),
+            server: self.server.clone(),
+            ..Default::default()
+        };
+        opts.progress.rows_estimate.store(
+            self.databases
+                .iter()
+                .flat_map(|d| &d.tables)
+                .map(|t| t.rows_estimate)
+                .sum(),
+            Ordering::Relaxed,
+        );
+        for db in &self.databases {
+            let snapshot = db.snapshot_id.clone().ok_or_else(|| AgentError::Tool {
+                shard: shard.name.clone(),
+                what: format!("database {} has no snapshot (mark was not run)", db.name),
+            })?;
+            let excluded: Vec<String> = shard
+                .exclude_tables
+                .iter()
+                .filter(|t| t.database == db.name)
+                .map(|t| {
+                    format!(
+                        "{}.{}",
+                        ident(t.schema.as_deref().unwrap_or("public")),
+                        ident(&t.table)
+                    )
+                })
+                .collect();
+            // Sequences first: they are not transactional, so the sooner
+            // after the cut the closer to it.
+            let sequences = sequence_values(&db.snap, &shard, &db.name).await?;
+            // The schema (two pg_dump runs in the exported snapshot, 150 ms
+            // before the first row when run ahead of the data) is dumped
+            // while the workers read the data. Both are awaited whatever
+            // happens to the other, so that nothing is still writing into
+            // the repository when an error is returned.
+            let schema_key = |section: &str| {
+                format!(
+                    "{}shards/{}/{}/{section}.sql.zst",
+                    keys::backup_prefix(&opts.backup_id),
+                    keys::segment(&shard.name),
+                    keys::segment(&db.name)
+                )
+            };
+            let section = |name: &'static str| {
+                let (shard, snapshot, excluded) = (&shard, &snapshot, &excluded);
+                let key = schema_key(name);
+                async move {
+                    let sql = schema::section(shard, &db.name, snapshot, name, excluded).await?;
+                    store_schema(opts, &shard.name, key, sql, name, &db.name).await
+                }
+            };
+            let tables = Arc::new(db.tables.clone());
+            let (pre, post, data) = tokio::join!(
+                section("pre-data"),
+                section("post-data"),
+                dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts)
+            );
+            manifest.schema.push(pre?);
+            manifest.schema.push(post?);
+            let results = data?;
+            if !sequences.is_empty() {
+                manifest.schema.push(
+                    store_schema(
+                        opts,
+                        &shard.name,
+                        schema_key("sequences"),
+                        sequences,
+                        "sequences",
+                        &db.name,
+                    )
+                    .await?,
+                );
+            }
+            collect(&mut manifest, &db.name, &tables, results);
+        }
+        // Ending the exporting transactions: the snapshots are no longer needed.
+        for db in &self.databases {
+            drop(db.snap.batch_execute("COMMIT").await);
+        }
+        Ok(manifest)
+    }
+}
+
+/// `setval` statements for every sequence of the database. `pg_dump
+/// --schema-only` leaves them out (they belong to its data section), yet a
+/// restore without them would hand out keys that already exist. Sequences
+/// are not transactional, so this reads their state just after the cut: at
+/// least as far as the snapshot, never behind it.
+async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u8>, AgentError> {
+    let what = format!("reading the sequences of {db}");
+    let rows = snap
+        .query(
+            "SELECT format('SELECT pg_catalog.setval(%L, %s, %s);', \
+             quote_ident(schemaname) || '.' || quote_ident(sequencename), \
+             COALESCE(last_value, start_value), CASE WHEN last_value IS NULL THEN 'false' ELSE 'true' END), \
+             has_sequence_privilege(quote_ident(schemaname) || '.' || quote_ident(sequencename), 'SELECT'), \
+             schemaname || '.' || sequencename \
+             FROM pg_sequences ORDER BY schemaname, sequencename",
+            &[],
+        )
+        .await
+        .map_err(pg_err(shard, &what))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let readable: bool = r.try_get(1).map_err(pg_err(shard, &what))?;
+        if !readable {
+            let name: String = r.try_get(2).map_err(pg_err(shard, &what))?;
+            return Err(AgentError::Tool {
+                shard: shard.name.clone(),
+                what: format!("{what}: no SELECT privilege on sequence {db}.{name}; GRANT SELECT ON it to the backup user"),
+            });
+        }
+        let line: String = r.try_get(0).map_err(pg_err(shard, &what))?;
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Vec<ItemResult>) {
+    let meta: Vec<TableMeta<'_>> = tables
+        .iter()
+        .map(|t| TableMeta {
+            database: db,
+            schema: Some(&t.schema),
+            name: &t.name,
+            columns: &t.columns,
+            primary_key: &t.primary_key,
+            references: &t.references,
+        })
+        .collect();
+    manifest.table_list.extend(merge(results, &meta));
+}
+
+async fn dump_database(
+    shard: &Shard,
+    db: &str,
+    snapshot: &str,
+    snap: &Client,
+    tables: Arc<Vec<Table>>,
+    opts: &DumpOptions,
+) -> Result<Vec<ItemResult>, AgentError> {
+    let mut items = Vec::new();
+    let total: u64 = tables.iter().map(|t| t.rows_estimate).sum();
+    for (i, t) in tables.iter().enumerate() {
+        let mut ranges = vec![(None, None)];
+        if t.integer_key
+            && worth_splitting(t.rows_estimate, total, shard.parallelism, opts.chunk_rows)
+        {
+            let pk = ident(&t.primary_key[0]);
+            let sql = format!(
+                "SELECT min({pk})::int8, max({pk})::int8 FROM {}",
+                t.qualified()
+            );
+            let row = snap
+                .query_one(&sql, &[])
+                .await
+                .map_err(pg_err(shard, &sql))?;
+            let lo: Option<i64> = row.try_get(0).map_err(pg_err(shard, &sql))?;
+            let hi: Option<i64> = row.try_get(1).map_err(pg_err(shard, &sql))?;
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                ranges = plan_ranges(
+                    i128::from(lo),
+                    i128::from(hi),
+                    t.rows_estimate,
+                    opts.chunk_rows,
+                );
+            }
+        }
+        for (range_no, range) in ranges.into_iter().enumerate() {
+            items.push(Item {
+                table: i,
+                range_no,
+                range,
+            });
+        }
+    }
+    items.sort_by_key(|it| std::cmp::Reverse(tables[it.table].rows_estimate));
+    let workers = shard.parallelism.min(items.len()).max(1);
+    let queue = Queue::new(items);
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "''")
+    );
+    // The workers connect at once: each connection's authentication is a
+    // few round trips, which one after the other delayed the first row.
+    let clients = futures_util::future::try_join_all((0..workers).map(|_| async {
+        let timeout = std::time::Duration::from_secs(10);
+        let mut client = CopyReader::connect(shard, db, timeout, ReaderKind::Auto).await?;
+        client
+            .execute(&begin)
+            .await
+            .map_err(db_err(shard, "importing the snapshot"))?;
+        Ok::<_, AgentError>(client)
+    }))
+    .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        tasks.spawn(worker(
+            client,
+            shard.clone(),
+            db.to_string(),
+            tables.clone(),
+            queue.clone(),
+            opts.clone(),
+        ));
+    }
+    join_workers(tasks, &shard.name, &opts.cancel).await
+}
+
+async fn worker(
+    mut client: CopyReader,
+    shard: Shard,
+    db: String,
+    tables: Arc<Vec<Table>>,
+    queue: Queue,
+    opts: DumpOptions,
+) -> Result<Vec<ItemResult>, AgentError> {
+    let mut done = Vec::new();
+    let mut scratch = Scratch::default();
+    while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
+        let (result, s) = dump_item(
+            &mut client,
+            &shard,
+            &db,
+            &tables[item.table],
+            item,
+            &opts,
+            scratch,
+        )
+        .await?;
+        done.push(result);
+        scratch = s;
+    }
+    drop(client.execute("COMMIT").await);
+    client.close().await;
+    Ok(done)
+}
+
+/// The `COPY` statement that reads one range of a table. A whole plain
+/// table is read with `COPY t (cols)`, which scans the heap directly (and,
+/// like `ONLY`, leaves inheritance children out); a range needs a query,
+/// and a partitioned table is read through its partitions.
+pub fn copy_out_sql(t: &Table, range: &KeyRange) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
+    if *range == (None, None) && !t.partitioned {
+        return format!("COPY {} ({}) TO STDOUT", t.qualified(), cols.join(", "));
+    }
+    let predicate = match t.primary_key.first() {
+        Some(pk) if t.integer_key => range_predicate(&ident(pk), range),
+        _ => String::new(),
+    };
+    let only = if t.partitioned { "" } else { "ONLY " };
+    format!(
+        "COPY (SELECT {} FROM {only}{}{predicate}) TO STDOUT",
+        cols.join(", "),
+        t.qualified()
+    )
+}
+
+async fn dump_item(
+    client: &mut CopyReader,
+    shard: &Shard,
+    db: &str,
+    t: &Table,
+    item: Item,
+    opts: &DumpOptions,
+    scratch: Scratch,
+) -> Result<(ItemResult, Scratch), AgentError> {
+    let started = Instant::now();
+    let sql = copy_out_sql(t, &item.range);
+    let what = format!("reading {db}.{}.{}", t.schema, t.name);
+    let segment = format!("{}.{}", keys::segment(&t.schema), keys::segment(&t.name));
+    let prefix = range_prefix(opts, &shard.name, db, &segment, item.range_no);
+    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
+    let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));
+    let streamed = stream_rows(client, shard, &sql, &what, opts, &mut writer, &storage).await;
+    finish_item(writer, streamed, &storage, &item, started).await
+}
+
+/// Streams one COPY into `writer`, a line per row.
+async fn stream_rows(
+    client: &mut CopyReader,
+    shard: &Shard,
+    sql: &str,
+    what: &str,
+    opts: &DumpOptions,
+    writer: &mut ChunkWriter,
+    storage: &(dyn Fn(ChunkError) -> AgentError + Sync),
+) -> Result<(), AgentError> {
+    // Built once: `db_err` clones two Strings, which per row showed in profiles.
+    let failed = db_err(shard, what);
+    let mut copy = client.copy_out(sql).await.map_err(&failed)?;
+    // COPY text rows end with LF and escape LF inside values, so lines are
+    // rows; a line may span two network buffers, hence the carry.
+    let mut carry: Vec<u8> = Vec::new();
+    let (mut rows_since, mut bytes_since) = (0u64, 0u64);
+    while let Some(piece) = copy.next().await.map_err(&failed)? {
+        bytes_since += piece.len() as u64;
+        let mut rest: &[u8] = piece;
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            if carry.is_empty() {
+                writer.push(&rest[..nl]).await.map_err(storage)?;
+            } else {
+                carry.extend_from_slice(&rest[..nl]);
+                writer.push(&carry).await.map_err(storage)?;
+                carry.clear();
+            }
+            rows_since += 1;
+            rest = &rest[nl + 1..];
+        }
+        carry.extend_from_slice(rest);
+        if rows_since >= REPORT_EVERY_ROWS {
+            report_progress(opts, &shard.name, rows_since, bytes_since)?;
+            (rows_since, bytes_since) = (0, 0);
+        }
+    }
+    if !carry.is_empty() {
+        return Err(AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!("{what}: COPY output ended in the middle of a row"),
+        });
+    }
+    opts.progress.add(rows_since, bytes_since);
+    Ok(())
+}

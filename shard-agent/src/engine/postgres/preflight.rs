@@ -1,0 +1,200 @@
+//! Readiness of a PostgreSQL shard.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use topology::Shard;
+
+use crate::connect;
+use crate::error::{AgentError, DbError};
+use crate::preflight::{missing_databases, Finding, ShardReport, TableInfo};
+
+/// Databases of the server itself, never backed up unless named explicitly.
+pub const SYSTEM_DATABASES: &[&str] = &["postgres", "template0", "template1"];
+
+pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
+    let client = connect::postgres(shard, None, timeout).await?;
+    let q = |what: &str| {
+        let shard = shard.name.clone();
+        let what = what.to_string();
+        move |source: DbError| AgentError::Query {
+            shard,
+            what,
+            source,
+        }
+    };
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
+             current_setting('wal_level'), current_setting('max_replication_slots')::int, \
+             current_setting('max_wal_senders')::int, \
+             (SELECT count(*)::int FROM pg_replication_slots), \
+             r.rolsuper, r.rolreplication \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let version: String = row
+        .try_get(0)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let num: i32 = row
+        .try_get(1)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let wal_level: String = row
+        .try_get(2)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let max_slots: i32 = row
+        .try_get(3)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let max_senders: i32 = row
+        .try_get(4)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let used_slots: i32 = row
+        .try_get(5)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let superuser: bool = row
+        .try_get(6)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+    let replication: bool = row
+        .try_get(7)
+        .map_err(|e| q("reading server settings")(e.into()))?;
+
+    let mut f = vec![
+        Finding::require(
+            "wal_level",
+            &wal_level,
+            wal_level == "logical",
+            "ALTER SYSTEM SET wal_level = 'logical' and restart the server",
+        ),
+        Finding::require(
+            "free replication slots",
+            format!("{} of {max_slots}", max_slots - used_slots),
+            max_slots - used_slots >= 1,
+            "raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = 10, restart) or drop unused slots (SELECT pg_drop_replication_slot(name))",
+        ),
+        Finding::require(
+            "max_wal_senders",
+            max_senders.to_string(),
+            max_senders >= 1,
+            "ALTER SYSTEM SET max_wal_senders = 10 and restart",
+        ),
+        Finding::require(
+            "replication privilege",
+            if superuser { "superuser".to_string() } else { format!("REPLICATION {}", if replication { "yes" } else { "no" }) },
+            superuser || replication,
+            "ALTER ROLE the backup user WITH REPLICATION",
+        ),
+    ];
+    if num < 130_000 {
+        f.push(Finding::warn(
+            "server_version",
+            &version,
+            "PostgreSQL 13 or newer is what shardcut is tested with",
+        ));
+    }
+    let present = databases(&client).await.map_err(q("listing databases"))?;
+    f.extend(missing_databases(shard, &present));
+    let selected: Vec<String> = match &shard.databases {
+        Some(list) => list
+            .iter()
+            .filter(|d| present.contains(d))
+            .cloned()
+            .collect(),
+        None => present
+            .iter()
+            .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
+            .cloned()
+            .collect(),
+    };
+    drop(client);
+
+    let mut tables = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut unlockable = Vec::new();
+    for db in &selected {
+        let client = connect::postgres(shard, Some(db), timeout).await?;
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, c.reltuples::float8, \
+                 pg_total_relation_size(c.oid)::int8, \
+                 has_table_privilege(c.oid, 'SELECT'), \
+                 has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| q(&format!("listing tables of {db}"))(e.into()))?;
+        for row in rows {
+            let decode = |e: tokio_postgres::Error| q(&format!("listing tables of {db}"))(e.into());
+            let schema: String = row.try_get(0).map_err(decode)?;
+            let table: String = row.try_get(1).map_err(decode)?;
+            if shard.excludes(db, Some(&schema), &table) {
+                continue;
+            }
+            let reltuples: f64 = row.try_get(2).map_err(decode)?;
+            let bytes: i64 = row.try_get(3).map_err(decode)?;
+            let can_read: bool = row.try_get(4).map_err(decode)?;
+            let can_lock: bool = row.try_get(5).map_err(decode)?;
+            let name = format!("{db}.{schema}.{table}");
+            if !can_read {
+                unreadable.push(name.clone());
+            }
+            if !can_lock {
+                unlockable.push(name);
+            }
+            tables.push(TableInfo {
+                database: db.clone(),
+                schema: Some(schema),
+                table,
+                // reltuples is -1 for a table never vacuumed or analyzed.
+                rows_estimate: (reltuples >= 0.0).then_some(reltuples as u64),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            });
+        }
+    }
+    f.push(Finding::require(
+        "table privileges",
+        if unreadable.is_empty() && unlockable.is_empty() {
+            format!("SELECT and lock on all {} tables", tables.len())
+        } else {
+            format!(
+                "no SELECT on: {}; cannot lock (needs UPDATE, DELETE or TRUNCATE): {}",
+                none_if_empty(&unreadable),
+                none_if_empty(&unlockable)
+            )
+        },
+        unreadable.is_empty() && unlockable.is_empty(),
+        "GRANT pg_read_all_data and UPDATE (or TRUNCATE) on the listed tables to the backup user, or make it a superuser",
+    ));
+    Ok(ShardReport::new(
+        shard,
+        format!("PostgreSQL {version}"),
+        f,
+        tables,
+    ))
+}
+
+fn none_if_empty(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v.join(", ")
+    }
+}
+
+async fn databases(client: &Client) -> Result<Vec<String>, DbError> {
+    let rows = client
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(DbError::from))
+        .collect()
+}

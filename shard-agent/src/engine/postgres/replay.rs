@@ -1,0 +1,481 @@
+//! Replaying captured pgoutput segments into a PostgreSQL target.
+//!
+//! Each captured transaction becomes one target transaction of INSERT,
+//! UPDATE, DELETE and TRUNCATE statements. Values travel as the text the
+//! source's output functions produced (under the same session settings on
+//! both sides), written as quoted literals that the target casts to the
+//! column type, so no value is reinterpreted on the way. Rows are found by
+//! their replica identity (the primary key, or the whole old row); an
+//! UPDATE or DELETE that does not hit exactly one row means the target
+//! has diverged, and replay stops rather than going on silently.
+//!
+//! Logical decoding carries no DDL: a relation whose columns differ from
+//! the restored table's is refused, naming the table and both column lists.
+
+use std::collections::HashMap;
+
+use futures_util::future::try_join_all;
+use tokio_postgres::Client;
+use topology::Shard;
+
+use super::capture::be_u64;
+use super::{ident, reader};
+use crate::capture::{load_segment, CaptureError};
+use crate::position::{Lsn, Position};
+use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
+use crate::repo::Repository;
+
+/// Statements sent at once (pipelined) within a transaction.
+const PIPELINE: usize = 256;
+
+#[derive(Debug, Clone)]
+struct Relation {
+    schema: String,
+    name: String,
+    /// (column name, part of the replica identity key)
+    columns: Vec<(String, bool)>,
+    /// Checked against the target once, on first use.
+    checked: bool,
+}
+
+impl Relation {
+    fn qualified(&self) -> String {
+        format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+}
+
+/// A tuple's column values: `None` is SQL NULL; `Unchanged` a TOASTed value
+/// the update did not touch.
+#[derive(Debug, Clone)]
+enum Value {
+    Null,
+    Unchanged,
+    Text(String),
+}
+
+struct Reader<'a> {
+    d: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let v = *self.d.get(self.at)?;
+        self.at += 1;
+        Some(v)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let v = u16::from_be_bytes(self.d.get(self.at..self.at + 2)?.try_into().ok()?);
+        self.at += 2;
+        Some(v)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let v = u32::from_be_bytes(self.d.get(self.at..self.at + 4)?.try_into().ok()?);
+        self.at += 4;
+        Some(v)
+    }
+    fn cstr(&mut self) -> Option<String> {
+        let end = self.d.get(self.at..)?.iter().position(|b| *b == 0)?;
+        let s = String::from_utf8_lossy(&self.d[self.at..self.at + end]).into_owned();
+        self.at += end + 1;
+        Some(s)
+    }
+    fn tuple(&mut self) -> Option<Vec<Value>> {
+        let n = self.u16()?;
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            out.push(match self.u8()? {
+                b'n' => Value::Null,
+                b'u' => Value::Unchanged,
+                b't' => {
+                    let len = self.u32()? as usize;
+                    let bytes = self.d.get(self.at..self.at + len)?;
+                    self.at += len;
+                    Value::Text(String::from_utf8_lossy(bytes).into_owned())
+                }
+                _ => return None,
+            });
+        }
+        Some(out)
+    }
+}
+
+fn literal(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Unchanged => "DEFAULT".into(),
+        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+    }
+}
+
+/// `WHERE` clause for the row an old tuple (or the new one) identifies.
+fn identity(rel: &Relation, key: &[Value]) -> String {
+    let keyed: Vec<usize> = (0..rel.columns.len())
+        .filter(|i| rel.columns[*i].1)
+        .collect();
+    let cols: Vec<usize> = if keyed.is_empty() {
+        (0..rel.columns.len()).collect()
+    } else {
+        keyed
+    };
+    let conds: Vec<String> = cols
+        .iter()
+        .filter_map(|i| {
+            let (name, _) = &rel.columns[*i];
+            match key.get(*i)? {
+                Value::Null => Some(format!("{} IS NULL", ident(name))),
+                Value::Unchanged => None,
+                v => Some(format!("{} = {}", ident(name), literal(v))),
+            }
+        })
+        .collect();
+    let cond = conds.join(" AND ");
+    if rel.columns.iter().any(|c| c.1) {
+        format!("WHERE {cond}")
+    } else {
+        // REPLICA IDENTITY FULL: one of possibly several identical rows.
+        format!(
+            "WHERE ctid = (SELECT ctid FROM {} WHERE {cond} LIMIT 1)",
+            rel.qualified()
+        )
+    }
+}
+
+/// Applies the transactions of `source`'s stream `db` that commit at or
+/// after `from` and before `to` to database `db` of `target`.
+pub async fn replay(
+    repo: &dyn Repository,
+    source: &str,
+    db: &str,
+    target: &Shard,
+    from: &Position,
+    to: &Position,
+) -> Result<ReplayReport, ReplayError> {
+    let (Position::Postgres { lsn: from }, Position::Postgres { lsn: to }) = (from, to) else {
+        return Err(ReplayError::Refused {
+            shard: target.name.clone(),
+            what: "positions are not WAL positions".into(),
+        });
+    };
+    let mut report = ReplayReport::default();
+    let segs = segments(repo, source, db)?;
+    let client = reader(target, db, std::time::Duration::from_secs(10)).await?;
+    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    let mut applied_end = Lsn(0);
+    for seg in segs {
+        let (Position::Postgres { lsn: last }, Position::Postgres { lsn: first }) =
+            (&seg.last, &seg.first)
+        else {
+            continue;
+        };
+        // Every segment starts with the relation descriptions it uses, so
+        // segments outside the range need not be read. A commit before
+        // `to` (a record boundary) cannot lie in a segment starting at or
+        // after it.
+        if *last <= *from || *first >= *to {
+            continue;
+        }
+        let raw = load_segment(repo, &seg)?;
+        let ctx = Ctx {
+            client: &client,
+            target,
+            db,
+            key: &seg.key,
+            from: *from,
+            to: *to,
+        };
+        let (t, s) = ctx
+            .apply_segment(&raw, &mut relations, &mut applied_end)
+            .await?;
+        if t > 0 {
+            report.segments += 1;
+        }
+        report.transactions += t;
+        report.statements += s;
+    }
+    Ok(report)
+}
+
+struct Ctx<'a> {
+    client: &'a Client,
+    target: &'a Shard,
+    db: &'a str,
+    key: &'a str,
+    from: Lsn,
+    to: Lsn,
+}
+
+impl Ctx<'_> {
+    fn corrupt(&self, what: String) -> ReplayError {
+        ReplayError::Capture(CaptureError::Corrupt {
+            key: self.key.to_string(),
+            what,
+        })
+    }
+
+    async fn apply_segment(
+        &self,
+        raw: &[u8],
+        relations: &mut HashMap<u32, Relation>,
+        applied_end: &mut Lsn,
+    ) -> Result<(u64, u64), ReplayError> {
+        let mut at = 0usize;
+        let mut stmts: Vec<(String, bool)> = Vec::new();
+        let mut commit_lsn = Lsn(0);
+        let (mut txns, mut count) = (0u64, 0u64);
+        while at < raw.len() {
+            let lsn = be_u64(raw, at).ok_or_else(|| self.corrupt("truncated record".into()))?;
+            let len = raw
+                .get(at + 8..at + 12)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| self.corrupt("truncated record".into()))?;
+            let data = raw
+                .get(at + 12..at + 12 + len)
+                .ok_or_else(|| self.corrupt("truncated record".into()))?;
+            at += 12 + len;
+            let mut r = Reader { d: data, at: 1 };
+            let bad = || self.corrupt(format!("unreadable change at {}", Lsn(lsn)));
+            match data.first() {
+                Some(b'B') => {
+                    stmts.clear();
+                    commit_lsn = Lsn(be_u64(data, 1).ok_or_else(bad)?);
+                }
+                Some(b'R') => {
+                    let id = r.u32().ok_or_else(bad)?;
+                    let schema = r.cstr().ok_or_else(bad)?;
+                    let name = r.cstr().ok_or_else(bad)?;
+                    let _identity = r.u8().ok_or_else(bad)?;
+                    let n = r.u16().ok_or_else(bad)?;
+                    let mut columns = Vec::new();
+                    for _ in 0..n {
+                        let flags = r.u8().ok_or_else(bad)?;
+                        let col = r.cstr().ok_or_else(bad)?;
+                        let _type = r.u32().ok_or_else(bad)?;
+                        let _typmod = r.u32().ok_or_else(bad)?;
+                        columns.push((col, flags & 1 != 0));
+                    }
+                    let checked = relations
+                        .get(&id)
+                        .is_some_and(|old| old.checked && old.columns == columns);
+                    relations.insert(
+                        id,
+                        Relation {
+                            schema,
+                            name,
+                            columns,
+                            checked,
+                        },
+                    );
+                }
+                Some(b'I') => {
+                    let id = r.u32().ok_or_else(bad)?;
+                    let _n = r.u8().ok_or_else(bad)?;
+                    let new = r.tuple().ok_or_else(bad)?;
+                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
+                    let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
+                    let vals: Vec<String> = new.iter().map(literal).collect();
+                    stmts.push((
+                        format!(
+                            "INSERT INTO {} ({}) VALUES ({})",
+                            rel.qualified(),
+                            cols.join(", "),
+                            vals.join(", ")
+                        ),
+                        true,
+                    ));
+                }
+                Some(b'U') => {
+                    let id = r.u32().ok_or_else(bad)?;
+                    let mut kind = r.u8().ok_or_else(bad)?;
+                    let mut old = None;
+                    if kind == b'K' || kind == b'O' {
+                        old = Some(r.tuple().ok_or_else(bad)?);
+                        kind = r.u8().ok_or_else(bad)?;
+                    }
+                    if kind != b'N' {
+                        return Err(bad());
+                    }
+                    let new = r.tuple().ok_or_else(bad)?;
+                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
+                    let sets: Vec<String> = rel
+                        .columns
+                        .iter()
+                        .zip(&new)
+                        .filter(|(_, v)| !matches!(v, Value::Unchanged))
+                        .map(|((c, _), v)| format!("{} = {}", ident(c), literal(v)))
+                        .collect();
+                    if sets.is_empty() {
+                        continue;
+                    }
+                    let key = old.as_ref().unwrap_or(&new);
+                    stmts.push((
+                        format!(
+                            "UPDATE {} SET {} {}",
+                            rel.qualified(),
+                            sets.join(", "),
+                            identity(&rel, key)
+                        ),
+                        true,
+                    ));
+                }
+                Some(b'D') => {
+                    let id = r.u32().ok_or_else(bad)?;
+                    let _kind = r.u8().ok_or_else(bad)?;
+                    let old = r.tuple().ok_or_else(bad)?;
+                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
+                    stmts.push((
+                        format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
+                        true,
+                    ));
+                }
+                Some(b'T') => {
+                    let n = r.u32().ok_or_else(bad)?;
+                    let options = r.u8().ok_or_else(bad)?;
+                    let mut names = Vec::new();
+                    for _ in 0..n {
+                        let id = r.u32().ok_or_else(bad)?;
+                        names.push(
+                            self.relation(relations, id, lsn, commit_lsn)
+                                .await?
+                                .qualified(),
+                        );
+                    }
+                    let cascade = if options & 1 != 0 { " CASCADE" } else { "" };
+                    let restart = if options & 2 != 0 {
+                        " RESTART IDENTITY"
+                    } else {
+                        ""
+                    };
+                    stmts.push((
+                        format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
+                        false,
+                    ));
+                }
+                Some(b'C') => {
+                    let end = Lsn(be_u64(data, 10).ok_or_else(bad)?);
+                    let wanted =
+                        commit_lsn >= self.from && commit_lsn < self.to && end > *applied_end;
+                    if wanted {
+                        count += self.apply(&stmts, commit_lsn).await?;
+                        *applied_end = end;
+                        txns += 1;
+                    }
+                    stmts.clear();
+                }
+                // Types, origins, logical messages: nothing to apply.
+                _ => {}
+            }
+        }
+        Ok((txns, count))
+    }
+
+    /// The relation `id`, checked against the target table on first use
+    /// (only for transactions that will be applied).
+    async fn relation(
+        &self,
+        relations: &mut HashMap<u32, Relation>,
+        id: u32,
+        lsn: u64,
+        commit_lsn: Lsn,
+    ) -> Result<Relation, ReplayError> {
+        let rel = relations.get(&id).cloned().ok_or_else(|| {
+            self.corrupt(format!(
+                "a change at {} names relation {id}, which was never described",
+                Lsn(lsn)
+            ))
+        })?;
+        let wanted = commit_lsn >= self.from && commit_lsn < self.to;
+        if rel.checked || !wanted {
+            return Ok(rel);
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&rel.qualified()],
+            )
+            .await
+            .map_err(|e| self.apply_err(commit_lsn, format!("reading the columns of {}: {e}", rel.qualified())))?;
+        let target: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+        let captured: Vec<String> = rel.columns.iter().map(|c| c.0.clone()).collect();
+        if target.is_empty() {
+            return Err(ReplayError::Refused {
+                shard: self.target.name.clone(),
+                what: format!(
+                    "captured changes at {commit_lsn} write to {}.{}.{}, which the base backup does not have: it was created after the backup, and PostgreSQL logical decoding does not carry CREATE TABLE; restore to a point before it, or take a new backup",
+                    self.db, rel.schema, rel.name
+                ),
+            });
+        }
+        if target != captured {
+            return Err(ReplayError::Refused {
+                shard: self.target.name.clone(),
+                what: format!(
+                    "captured changes at {commit_lsn} write to {}.{}.{} with columns ({}) but the restored table has ({}): its definition changed (ALTER TABLE) after the base backup, and PostgreSQL logical decoding does not carry DDL; restore to a point before it, or take a new backup",
+                    self.db,
+                    rel.schema,
+                    rel.name,
+                    captured.join(", "),
+                    target.join(", ")
+                ),
+            });
+        }
+        if let Some(r) = relations.get_mut(&id) {
+            r.checked = true;
+        }
+        Ok(rel)
+    }
+
+    fn apply_err(&self, commit_lsn: Lsn, what: String) -> ReplayError {
+        ReplayError::Apply {
+            shard: self.target.name.clone(),
+            at: format!("database {} transaction committed at {commit_lsn}", self.db),
+            what,
+        }
+    }
+
+    /// Runs one transaction; returns the number of statements.
+    async fn apply(&self, stmts: &[(String, bool)], commit_lsn: Lsn) -> Result<u64, ReplayError> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.apply_err(commit_lsn, format!("BEGIN: {e}")))?;
+        for batch in stmts.chunks(PIPELINE) {
+            let counts = try_join_all(
+                batch
+                    .iter()
+                    .map(|(sql, _)| self.client.execute(sql.as_str(), &[])),
+            )
+            .await;
+            let counts = match counts {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(self.client.batch_execute("ROLLBACK").await);
+                    let detail = e
+                        .as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string());
+                    return Err(self.apply_err(
+                        commit_lsn,
+                        format!("the target refused a statement of the transaction ({detail}); first statement: `{}`", excerpt(&batch[0].0)),
+                    ));
+                }
+            };
+            for ((sql, one), n) in batch.iter().zip(counts) {
+                if *one && n != 1 {
+                    drop(self.client.batch_execute("ROLLBACK").await);
+                    return Err(self.apply_err(
+                        commit_lsn,
+                        format!("`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on", excerpt(sql)),
+                    ));
+                }
+            }
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| self.apply_err(commit_lsn, format!("COMMIT: {e}")))?;
+        Ok(stmts.len() as u64)
+    }
+}

@@ -1,0 +1,560 @@
+//! Restoring a PostgreSQL shard: pre-data schema with psql, data with
+//! `COPY … FROM STDIN` per chunk, post-data schema, then sequence values.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OnceCell;
+use topology::Shard;
+
+use super::restore_post::PostData;
+use super::schema::client_command;
+use super::{ident, is_partitioned, pg_err, reader};
+use crate::connect;
+use crate::error::AgentError;
+use crate::manifest::ShardManifest;
+use crate::restore::{
+    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+};
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub(super) async fn restore(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<ShardRestore, AgentError> {
+    let mut done = ShardRestore::default();
+    for db in databases(source, opts) {
+        prepare_database(target, &db, opts.overwrite).await?;
+        done.databases.push(db.clone());
+        run_section(source, target, opts, &db, "pre-data").await?;
+        let post = Arc::new(post_data(source, target, opts, &db).await?);
+        let began = std::time::Instant::now();
+        load_data(source, target, opts, &db, &post).await?;
+        let loaded = began.elapsed();
+        run_post_data(target, opts, &db, &post).await?;
+        tracing::info!(
+            "{}: {db}: data loaded (with the indexes of whole tables) in {:.2} s, then the rest of post-data in {:.2} s",
+            target.name,
+            loaded.as_secs_f64(),
+            (began.elapsed() - loaded).as_secs_f64()
+        );
+        for f in schema_files(source, &db, "sequences") {
+            let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+            let client = reader(target, &db, TIMEOUT).await?;
+            client
+                .batch_execute(&String::from_utf8_lossy(&sql))
+                .await
+                .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
+        }
+        drop_unselected(source, target, opts, &db).await?;
+        done.tables += source
+            .table_list
+            .iter()
+            .filter(|t| t.database == db && opts.selected(t))
+            .count();
+        done.chunks += chunk_items(source, &db, opts).len();
+    }
+    Ok(done)
+}
+
+/// Whether `db` exists on the target, and how many tables it holds.
+async fn inspect(shard: &Shard, db: &str) -> Result<(bool, i64), AgentError> {
+    let admin = connect::postgres(shard, None, TIMEOUT).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .map_err(pg_err(shard, "inspecting the target"))?
+        .is_some();
+    if exists {
+        let client = connect::postgres(shard, Some(db), TIMEOUT).await?;
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg_err(shard, "inspecting the target"))?;
+        return Ok((true, tables));
+    }
+    Ok((false, 0))
+}
+
+fn refusal(shard: &Shard, db: &str, tables: i64) -> AgentError {
+    AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!(
+            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
+        ),
+    }
+}
+
+/// Refuses, without changing anything, a target database that exists and
+/// holds tables, unless `overwrite`.
+pub(super) async fn check_target(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<(), AgentError> {
+    for db in databases(source, opts) {
+        let (_, tables) = inspect(target, &db).await?;
+        if tables > 0 && !opts.overwrite {
+            return Err(refusal(target, &db, tables));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces (the caller checked `overwrite`) or creates `db` empty.
+async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<(), AgentError> {
+    let (exists, tables) = inspect(shard, db).await?;
+    if tables > 0 && !overwrite {
+        return Err(refusal(shard, db, tables));
+    }
+    let admin = connect::postgres(shard, None, TIMEOUT).await?;
+    if exists {
+        admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(db)))
+            .await
+            .map_err(pg_err(shard, &format!("dropping database {db}")))?;
+    }
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", ident(db)))
+        .await
+        .map_err(pg_err(shard, &format!("creating database {db}")))?;
+    Ok(())
+}
+
+/// A section's SQL with ownership statements left out (as
+/// `pg_restore --no-owner` does): objects belong to the restoring user,
+/// since the source's roles need not exist on the target.
+async fn section_sql(
+    f: &crate::manifest::StoredFile,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<String, AgentError> {
+    let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+    Ok(String::from_utf8_lossy(&sql)
+        .lines()
+        .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
+        .map(|l| format!("{l}\n"))
+        .collect())
+}
+
+/// The database's post-data section, planned (see [`PostData`]). The dump
+/// writes one post-data file per database; should there be several, their
+/// statements are planned together, with the first one's settings.
+async fn post_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<PostData, AgentError> {
+    let mut sql = String::new();
+    for f in schema_files(source, db, "post-data") {
+        sql.push_str(&section_sql(f, target, opts).await?);
+    }
+    Ok(PostData::plan(&sql))
+}
+
+/// Runs a pg_dump section with psql.
+async fn run_section(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    section: &str,
+) -> Result<(), AgentError> {
+    for f in schema_files(source, db, section) {
+        let sql = section_sql(f, target, opts).await?;
+        psql(target, db, &sql, section).await?;
+    }
+    Ok(())
+}
+
+/// Feeds `sql` to psql (stopping at the first error).
+async fn psql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), AgentError> {
+    let mut cmd = client_command(target, "psql", db);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let tool = |what: String| AgentError::Tool {
+        shard: target.name.clone(),
+        what,
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|err| tool(format!("cannot run psql: {err}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(sql.as_bytes()).await.map_err(|err| {
+            tool(format!(
+                "feeding the {section} schema of {db} to psql: {err}"
+            ))
+        })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|err| tool(format!("waiting for psql: {err}")))?;
+    if !out.status.success() {
+        return Err(tool(format!(
+            "restoring the {section} schema of {db} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " ")
+        )));
+    }
+    Ok(())
+}
+
+/// The post-data statements no load worker built, as `pg_restore -j` runs
+/// them once all data is in: indexes and constraints other than foreign
+/// keys (each on one table) `parallelism` at a time on their own
+/// connections (two on one table wait for each other's lock); then foreign
+/// keys, triggers and the rest, in the dump's order, through psql.
+async fn run_post_data(
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    post: &PostData,
+) -> Result<(), AgentError> {
+    let left = post.remaining();
+    let settings = Arc::new(post.settings.clone());
+    let (shard, sessions) = (target.clone(), opts.parallelism.max(1));
+    drain(left, sessions, target, db, move |worker, block: String| {
+        let (shard, settings) = (shard.clone(), settings.clone());
+        async move {
+            let client = worker.post(&shard, &settings).await?;
+            client.batch_execute(&block).await.map_err(pg_err(
+                &shard,
+                &format!("building the indexes of {}", worker.db),
+            ))
+        }
+    })
+    .await?;
+    if let Some(sql) = &post.rest {
+        psql(target, db, sql, "post-data").await?;
+    }
+    Ok(())
+}
+
+/// A partial restore runs pg_dump's schema sections whole (they are plain
+/// SQL and cannot be filtered by table), then drops the tables that were
+/// not selected (and, through CASCADE, views built on them). They hold no
+/// data: only selected tables were loaded.
+async fn drop_unselected(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    let unselected: Vec<String> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && !opts.selected(t))
+        .map(|t| {
+            format!(
+                "{}.{}",
+                ident(t.schema.as_deref().unwrap_or("public")),
+                ident(&t.name)
+            )
+        })
+        .collect();
+    if unselected.is_empty() {
+        return Ok(());
+    }
+    let client = reader(target, db, TIMEOUT).await?;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {} CASCADE",
+            unselected.join(", ")
+        ))
+        .await
+        .map_err(pg_err(
+            target,
+            &format!("removing the tables of {db} that were not selected"),
+        ))
+}
+
+/// One table's load: its `COPY` statement (without options) and its chunks.
+struct TableLoad {
+    name: String,
+    schema: String,
+    table: String,
+    copy: String,
+    chunks: Vec<(String, String)>,
+}
+
+/// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
+///
+/// With at least as many tables as workers, each worker loads whole tables,
+/// largest first, in one transaction that first truncates the (new, empty)
+/// table: then `COPY … FREEZE` may write the rows already frozen and their
+/// pages all-visible, so the index builds and the verification read that
+/// follow do not rewrite every page to set hint bits. Right after a plain
+/// table's load commits, the same worker builds its indexes and
+/// constraints (while the others go on loading) and announces the table as
+/// restored. With fewer tables than workers, chunks are loaded in
+/// parallel, each in its own transaction, so that one big table still
+/// loads on every worker; its indexes wait for all data.
+async fn load_data(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    post: &Arc<PostData>,
+) -> Result<(), AgentError> {
+    let mut tables: Vec<(u64, TableLoad)> = source
+        .table_list
+        .iter()
+        .filter(|t| t.database == db && opts.selected(t) && !t.chunks.is_empty())
+        .map(|t| {
+            let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+            let schema = t.schema.clone().unwrap_or_else(|| "public".into());
+            let load = TableLoad {
+                name: t.qualified(),
+                copy: format!(
+                    "COPY {}.{} ({}) FROM STDIN",
+                    ident(&schema),
+                    ident(&t.name),
+                    cols.join(", ")
+                ),
+                schema,
+                table: t.name.clone(),
+                chunks: t
+                    .chunks
+                    .iter()
+                    .map(|c| (c.key.clone(), c.xxh3.clone()))
+                    .collect(),
+            };
+            (t.bytes_raw, load)
+        })
+        .collect();
+    let workers = opts.parallelism.max(1);
+    if tables.len() < workers {
+        return load_chunks(
+            tables.into_iter().map(|(_, t)| t).collect(),
+            target,
+            opts,
+            db,
+        )
+        .await;
+    }
+    // Workers pop from the end: the largest table goes first.
+    tables.sort_by_key(|(bytes, _)| *bytes);
+    let tables = tables.into_iter().map(|(_, t)| t).collect();
+    let (shard, opts, post) = (target.clone(), opts.clone(), post.clone());
+    drain(tables, workers, target, db, move |worker, t| {
+        let (shard, opts, post) = (shard.clone(), opts.clone(), post.clone());
+        async move {
+            let client = worker.load(&shard).await?;
+            let frozen = load_table(client, &shard, &opts, &t).await?;
+            // A partitioned table's indexes span its partitions, which
+            // other statements build; they wait for all data.
+            if frozen {
+                let blocks = post.take(&(t.schema.clone(), t.table.clone()));
+                if !blocks.is_empty() {
+                    let client = worker.post(&shard, &post.settings).await?;
+                    let what = format!("building the indexes of {}", t.name);
+                    for block in blocks {
+                        client
+                            .batch_execute(&block)
+                            .await
+                            .map_err(pg_err(&shard, &what))?;
+                    }
+                }
+            }
+            opts.table_ready(t.name.clone());
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `work` on every item with `workers` workers, each taking the next
+/// item off the end of the list (callers order it last-first); the first
+/// error fails the load.
+async fn drain<T, F, Fut>(
+    items: Vec<T>,
+    workers: usize,
+    target: &Shard,
+    db: &str,
+    work: F,
+) -> Result<(), AgentError>
+where
+    T: Send + 'static,
+    F: Fn(Arc<Worker>, T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), AgentError>> + Send,
+{
+    let queue = Arc::new(std::sync::Mutex::new(items));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (queue, work) = (queue.clone(), work.clone());
+        let worker = Arc::new(Worker {
+            db: db.to_string(),
+            load: OnceCell::new(),
+            post: OnceCell::new(),
+        });
+        tasks.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let Some(item) = next else {
+                    break;
+                };
+                work(worker.clone(), item).await?;
+            }
+            Ok::<(), AgentError>(())
+        });
+    }
+    join_loaders(tasks, &target.name).await
+}
+
+/// A worker's two sessions, each opened when first needed: one loads data,
+/// one builds indexes with pg_dump's settings (which may name another
+/// client encoding than the one the chunks are in, so they never reach
+/// the loading session).
+struct Worker {
+    db: String,
+    load: OnceCell<tokio_postgres::Client>,
+    post: OnceCell<tokio_postgres::Client>,
+}
+
+impl Worker {
+    /// The loading session: its commits do not wait for the WAL flush (a
+    /// crash mid-restore fails the restore whatever was committed).
+    async fn load(&self, target: &Shard) -> Result<&tokio_postgres::Client, AgentError> {
+        self.load
+            .get_or_try_init(|| async {
+                let client = reader(target, &self.db, TIMEOUT).await?;
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(pg_err(target, "setting up a load session"))?;
+                Ok(client)
+            })
+            .await
+    }
+
+    /// The index-building session, set up with pg_dump's `settings`.
+    async fn post(
+        &self,
+        target: &Shard,
+        settings: &str,
+    ) -> Result<&tokio_postgres::Client, AgentError> {
+        self.post
+            .get_or_try_init(|| async {
+                let client = connect::postgres(target, Some(&self.db), TIMEOUT).await?;
+                client.batch_execute(settings).await.map_err(pg_err(
+                    target,
+                    &format!("building the indexes of {}", self.db),
+                ))?;
+                Ok(client)
+            })
+            .await
+    }
+}
+
+/// Sends one checked chunk through `COPY`.
+async fn copy_chunk(
+    client: &tokio_postgres::Client,
+    target: &Shard,
+    opts: &RestoreOptions,
+    sql: &str,
+    table: &str,
+    (key, xxh3): &(String, String),
+) -> Result<(), AgentError> {
+    let raw = load_checked(&opts.repo, key, xxh3, &target.name).await?;
+    let what = format!("loading {table} from {key}");
+    let sink = client
+        .copy_in::<_, Bytes>(sql)
+        .await
+        .map_err(pg_err(target, &what))?;
+    futures_util::pin_mut!(sink);
+    sink.send(Bytes::from(raw))
+        .await
+        .map_err(pg_err(target, &what))?;
+    sink.finish().await.map_err(pg_err(target, &what))?;
+    Ok(())
+}
+
+/// Loads a whole table in one transaction: truncated first, so that a plain
+/// table can take its rows frozen. A partitioned table cannot (its rows go
+/// to its partitions); it is loaded in the same transaction, unfrozen.
+/// Returns whether the table was a plain one.
+async fn load_table(
+    client: &tokio_postgres::Client,
+    target: &Shard,
+    opts: &RestoreOptions,
+    t: &TableLoad,
+) -> Result<bool, AgentError> {
+    let what = format!("loading {}", t.name);
+    let partitioned = is_partitioned(client, &t.schema, &t.table)
+        .await
+        .map_err(pg_err(target, &what))?;
+    let target_name = format!("{}.{}", ident(&t.schema), ident(&t.table));
+    let (begin, sql) = if partitioned {
+        ("BEGIN".to_string(), t.copy.clone())
+    } else {
+        (
+            format!("BEGIN; TRUNCATE ONLY {target_name}"),
+            format!("{} WITH (FREEZE)", t.copy),
+        )
+    };
+    client
+        .batch_execute(&begin)
+        .await
+        .map_err(pg_err(target, &what))?;
+    for chunk in &t.chunks {
+        if let Err(e) = copy_chunk(client, target, opts, &sql, &t.name, chunk).await {
+            drop(client.batch_execute("ROLLBACK").await);
+            return Err(e);
+        }
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(pg_err(target, &what))?;
+    Ok(!partitioned)
+}
+
+/// Loads chunks in parallel, each in its own transaction.
+async fn load_chunks(
+    tables: Vec<TableLoad>,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(), AgentError> {
+    // Workers pop from the end: reversed, chunks load in key order.
+    let items: Vec<(String, String, (String, String))> = tables
+        .into_iter()
+        .flat_map(|t| {
+            let (name, copy) = (t.name, t.copy);
+            t.chunks
+                .into_iter()
+                .map(move |c| (name.clone(), copy.clone(), c))
+        })
+        .rev()
+        .collect();
+    let (shard, load_opts) = (target.clone(), opts.clone());
+    drain(
+        items,
+        opts.parallelism,
+        target,
+        db,
+        move |worker, (table, sql, chunk)| {
+            let (shard, opts) = (shard.clone(), load_opts.clone());
+            async move {
+                let client = worker.load(&shard).await?;
+                copy_chunk(client, &shard, &opts, &sql, &table, &chunk).await
+            }
+        },
+    )
+    .await
+}

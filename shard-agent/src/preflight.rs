@@ -1,0 +1,136 @@
+//! Preflight: is this shard reachable and ready to be backed up?
+//!
+//! A report lists every check with its observed value and, when it fails,
+//! the exact change that fixes it. `Fail` findings make the shard not
+//! ready; `Warn` findings are shown but do not block a backup. Each engine
+//! runs its own checks (`engine/<name>/preflight.rs`) and reports in these
+//! engine-neutral types.
+
+use serde::Serialize;
+use topology::{Engine, Shard};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check and what it found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// What was checked, e.g. `binlog_format`.
+    pub item: String,
+    /// What the server reported.
+    pub value: String,
+    /// What to change, for a failed or warned check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    pub fn ok(item: &str, value: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Ok,
+            item: item.to_string(),
+            value: value.into(),
+            fix: None,
+        }
+    }
+    pub fn fail(item: &str, value: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Fail,
+            item: item.to_string(),
+            value: value.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    pub fn warn(item: &str, value: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Warn,
+            item: item.to_string(),
+            value: value.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    /// `ok` when `good`, else `fail` with `fix`.
+    pub fn require(
+        item: &str,
+        value: impl Into<String>,
+        good: bool,
+        fix: impl Into<String>,
+    ) -> Self {
+        if good {
+            Self::ok(item, value)
+        } else {
+            Self::fail(item, value, fix)
+        }
+    }
+}
+
+/// A table the topology selects, with the server's own estimates.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableInfo {
+    pub database: String,
+    /// PostgreSQL schema; `None` for MySQL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub table: String,
+    /// The server's estimate; `None` when it has none (never analyzed).
+    pub rows_estimate: Option<u64>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardReport {
+    pub shard: String,
+    pub engine: Engine,
+    pub endpoint: String,
+    /// e.g. `MariaDB 10.11.19`, `PostgreSQL 15.19`.
+    pub server: String,
+    pub ready: bool,
+    pub findings: Vec<Finding>,
+    pub tables: Vec<TableInfo>,
+}
+
+impl ShardReport {
+    pub(crate) fn new(
+        shard: &Shard,
+        server: String,
+        findings: Vec<Finding>,
+        tables: Vec<TableInfo>,
+    ) -> Self {
+        ShardReport {
+            shard: shard.name.clone(),
+            engine: shard.engine,
+            endpoint: shard.endpoint.to_string(),
+            server,
+            ready: findings.iter().all(|f| f.level != Level::Fail),
+            findings,
+            tables,
+        }
+    }
+}
+
+/// Findings for databases the topology names that the server lacks.
+pub(crate) fn missing_databases(shard: &Shard, present: &[String]) -> Vec<Finding> {
+    let Some(wanted) = &shard.databases else {
+        return Vec::new();
+    };
+    wanted
+        .iter()
+        .filter(|d| !present.contains(d))
+        .map(|d| {
+            Finding::fail(
+                "databases",
+                format!("`{d}` does not exist"),
+                format!(
+                    "create database `{d}` or remove it from shards.{}.databases",
+                    shard.name
+                ),
+            )
+        })
+        .collect()
+}
