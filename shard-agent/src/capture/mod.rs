@@ -22,7 +22,7 @@ use crate::manifest::keys::segment as key_segment;
 use crate::position::Position;
 use crate::repo::{RepoError, Repository};
 
-pub use segment::{list_segments, load_segment, store_segment, SegmentMeta};
+pub use segment::{list_segments, load_segment, store_segment, SegmentData, SegmentMeta};
 
 /// Raw bytes of a segment before it is closed; a single transaction larger
 /// than this still goes into one segment whole.

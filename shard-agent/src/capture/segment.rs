@@ -39,20 +39,26 @@ pub struct SegmentMeta {
     pub raw_xxh3: String,
 }
 
-/// Compresses and stores a segment's data, then its description.
-/// `sort` orders segments of a stream; `ext` names the raw format.
-#[allow(clippy::too_many_arguments)]
+/// A segment's data as captured, before it is stored.
+pub struct SegmentData<'a> {
+    /// Orders the segments of a stream (their keys sort by it).
+    pub sort: &'a str,
+    /// Names the raw format (`binlog`, `pgoutput`).
+    pub ext: &'a str,
+    pub raw: &'a [u8],
+}
+
+/// Compresses and stores a segment's data, then its description (`meta`,
+/// completed here with the key, sizes and checksums), under the stream
+/// `meta` names.
 pub fn store_segment(
     repo: &dyn Repository,
-    shard: &str,
-    stream: &str,
-    sort: &str,
-    ext: &str,
-    raw: &[u8],
-    compression: Compression,
     mut meta: SegmentMeta,
+    data: &SegmentData<'_>,
+    compression: Compression,
 ) -> Result<SegmentMeta, CaptureError> {
-    let prefix = keys::segments(shard, stream);
+    let (sort, ext, raw) = (data.sort, data.ext, data.raw);
+    let prefix = keys::segments(&meta.shard, &meta.stream);
     let key = format!("{prefix}{sort}.{ext}.zst");
     let stored = compress(raw, compression).map_err(|e| CaptureError::Corrupt {
         key: key.clone(),

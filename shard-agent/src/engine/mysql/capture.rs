@@ -20,7 +20,8 @@ use mysql_async::{BinlogStreamRequest, Row};
 use topology::{Compression, Engine, Shard};
 
 use crate::capture::{
-    store_segment, CaptureError, RoundReport, SegmentMeta, StreamState, SEGMENT_RAW_BYTES,
+    store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
+    SEGMENT_RAW_BYTES,
 };
 use crate::connect;
 use crate::position::{BinlogCoordinates, Position};
@@ -159,6 +160,54 @@ struct Txn {
     undecided: bool,
 }
 
+impl Txn {
+    /// The transaction `ev` starts, or `None` for an event that belongs to
+    /// no transaction.
+    fn begin(ev: &Event) -> Option<Txn> {
+        match ev.header().event_type_raw() {
+            event::MARIADB_GTID => Some(Txn {
+                active: true,
+                // FL_STANDALONE: a statement outside BEGIN … COMMIT.
+                standalone: ev.data().get(12).is_some_and(|f| f & 1 != 0),
+                ..Default::default()
+            }),
+            event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => Some(Txn {
+                active: true,
+                undecided: true,
+                ..Default::default()
+            }),
+            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
+                let begin = query_text(ev).is_some_and(|q| q.eq_ignore_ascii_case("BEGIN"));
+                Some(Txn {
+                    active: true,
+                    standalone: !begin,
+                    ..Default::default()
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `ev` (already added) ends the transaction.
+    fn ends_with(&mut self, ev: &Event) -> bool {
+        match ev.header().event_type_raw() {
+            event::XID => true,
+            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
+                let q = query_text(ev).unwrap_or_default();
+                let is_begin = q.eq_ignore_ascii_case("BEGIN");
+                if self.undecided {
+                    self.undecided = false;
+                    self.standalone = !is_begin;
+                }
+                self.standalone && !is_begin
+                    || q.eq_ignore_ascii_case("COMMIT")
+                    || q.eq_ignore_ascii_case("ROLLBACK")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn rfc3339(ts: u32) -> String {
     chrono::DateTime::from_timestamp(i64::from(ts), 0)
         .map(|t| t.to_rfc3339())
@@ -180,11 +229,6 @@ pub async fn catch_up(
     let start = coordinates(&state.progress)
         .cloned()
         .ok_or_else(|| fail("the stream state holds no binlog position".into()))?;
-    let mut report = RoundReport {
-        shard: name.clone(),
-        stream: STREAM.into(),
-        ..Default::default()
-    };
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
     // MariaDB sends its own GTID events (and not dummies) only to a
     // replica that says it understands them.
@@ -201,14 +245,25 @@ pub async fn catch_up(
             start.file, start.offset
         ))
     })?;
-
-    let mut pos = start.clone();
-    let mut gtid = match &state.progress {
+    let gtid = match &state.progress {
         Position::Mariadb { gtid, .. } => gtid.clone(),
         _ => String::new(),
     };
-    let mut fde: Option<Vec<u8>> = None;
-    let mut open: Option<Open> = None;
+    let mut round = Round {
+        shard,
+        repo,
+        state,
+        compression,
+        report: RoundReport {
+            shard: name.clone(),
+            stream: STREAM.into(),
+            ..Default::default()
+        },
+        pos: start,
+        gtid,
+        fde: None,
+        open: None,
+    };
     let mut txn = Txn::default();
     let mut scratch = Vec::new();
     loop {
@@ -218,24 +273,74 @@ pub async fn catch_up(
         let Some(next) = stream.next().await else {
             break;
         };
-        let ev = next.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("1236") || text.contains("first log file") {
-                fail(format!(
-                    "the server no longer has the binlog from {}:{} ({text}); capture cannot continue without a gap: take a new backup",
-                    pos.file, pos.offset
-                ))
-            } else {
-                fail(format!("reading the binlog at {}:{}: {text}", pos.file, pos.offset))
-            }
-        })?;
-        let h = ev.header();
-        let t = h.event_type_raw();
-        let artificial = h.log_pos() == 0;
+        let ev = next.map_err(|e| round.read_error(&e.to_string()))?;
         scratch.clear();
         ev.write(BinlogVersion::Version4, &mut scratch)
             .map_err(|e| fail(format!("re-encoding an event: {e}")))?;
-        match t {
+        if round.between(&ev, &scratch, &mut txn)? {
+            continue;
+        }
+        txn.raw.extend_from_slice(&scratch);
+        if txn.ends_with(&ev) {
+            round.commit(std::mem::take(&mut txn), &ev)?;
+        }
+    }
+    drop(stream.close().await);
+    round.close()?;
+    // Nothing open: the position after the last whole transaction (or the
+    // last event between transactions) is stored.
+    round.advance_to_pos()?;
+    let mut report = round.report;
+    report.progress = Some(state.progress.clone());
+    report.server_position = current_position(shard).await.ok();
+    Ok(report)
+}
+
+/// One catch-up round of the binlog stream: where it stands, and the
+/// segment being filled.
+struct Round<'a> {
+    shard: &'a Shard,
+    repo: &'a dyn Repository,
+    state: &'a mut StreamState,
+    compression: Compression,
+    report: RoundReport,
+    /// Just after the last whole transaction (or event between them).
+    pos: BinlogCoordinates,
+    /// The GTID of the newest transaction seen.
+    gtid: String,
+    /// The server's format description event, which opens every segment.
+    fde: Option<Vec<u8>>,
+    open: Option<Open>,
+}
+
+impl Round<'_> {
+    fn fail(&self, what: String) -> CaptureError {
+        CaptureError::stream(&self.shard.name, what)
+    }
+
+    fn read_error(&self, text: &str) -> CaptureError {
+        let pos = &self.pos;
+        if text.contains("1236") || text.contains("first log file") {
+            self.fail(format!(
+                "the server no longer has the binlog from {}:{} ({text}); capture cannot continue without a gap: take a new backup",
+                pos.file, pos.offset
+            ))
+        } else {
+            self.fail(format!(
+                "reading the binlog at {}:{}: {text}",
+                pos.file, pos.offset
+            ))
+        }
+    }
+
+    /// Handles an event that is not part of a transaction's body (a
+    /// rotate, the format description, anything between transactions), or
+    /// starts `txn` at a transaction's first event. Returns whether the
+    /// event is done with.
+    fn between(&mut self, ev: &Event, raw: &[u8], txn: &mut Txn) -> Result<bool, CaptureError> {
+        let h = ev.header();
+        let artificial = h.log_pos() == 0;
+        match h.event_type_raw() {
             event::ROTATE => {
                 // The artificial rotate the server sends first names the
                 // file we asked for (and arrives before the format
@@ -243,213 +348,137 @@ pub async fn catch_up(
                 if !artificial {
                     let new_file = match ev.read_data() {
                         Ok(Some(EventData::RotateEvent(r))) => r.name().to_string(),
-                        _ => return Err(fail("unreadable rotate event".into())),
+                        _ => return Err(self.fail("unreadable rotate event".into())),
                     };
-                    close(
-                        repo,
-                        shard,
-                        state,
-                        &mut open,
-                        &gtid,
-                        compression,
-                        &mut report,
-                    )?;
-                    pos = BinlogCoordinates {
+                    self.close()?;
+                    self.pos = BinlogCoordinates {
                         file: new_file,
                         offset: 4,
                     };
-                    advance(repo, state, &pos, &gtid)?;
+                    self.advance_to_pos()?;
                 }
-                continue;
+                return Ok(true);
             }
             event::FORMAT_DESCRIPTION => {
-                fde = Some(scratch.clone());
-                continue;
+                self.fde = Some(raw.to_vec());
+                return Ok(true);
             }
             _ => {}
         }
-        if !txn.active {
-            match t {
-                event::MARIADB_GTID => {
-                    txn = Txn {
-                        active: true,
-                        // FL_STANDALONE: a statement outside BEGIN … COMMIT.
-                        standalone: ev.data().get(12).is_some_and(|f| f & 1 != 0),
-                        ..Default::default()
-                    };
-                    gtid = mariadb_gtid(&ev).unwrap_or(gtid);
+        if txn.active {
+            return Ok(false);
+        }
+        match Txn::begin(ev) {
+            Some(started) => {
+                if h.event_type_raw() == event::MARIADB_GTID {
+                    self.gtid = mariadb_gtid(ev).unwrap_or(std::mem::take(&mut self.gtid));
                 }
-                event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
-                    txn = Txn {
-                        active: true,
-                        undecided: true,
-                        ..Default::default()
-                    };
+                *txn = started;
+                Ok(false)
+            }
+            None => {
+                // Between transactions: checkpoints, GTID lists, heartbeats.
+                if !artificial {
+                    self.pos.offset = u64::from(h.log_pos());
                 }
-                event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
-                    let begin = query_text(&ev).is_some_and(|q| q.eq_ignore_ascii_case("BEGIN"));
-                    txn = Txn {
-                        active: true,
-                        standalone: !begin,
-                        ..Default::default()
-                    };
-                }
-                _ => {
-                    // Between transactions: checkpoints, GTID lists, heartbeats.
-                    if !artificial {
-                        pos.offset = u64::from(h.log_pos());
-                    }
-                    continue;
-                }
+                Ok(true)
             }
         }
-        txn.raw.extend_from_slice(&scratch);
-        let ends = match t {
-            event::XID => true,
-            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
-                let q = query_text(&ev).unwrap_or_default();
-                let is_begin = q.eq_ignore_ascii_case("BEGIN");
-                if txn.undecided {
-                    txn.undecided = false;
-                    txn.standalone = !is_begin;
-                }
-                txn.standalone && !is_begin
-                    || q.eq_ignore_ascii_case("COMMIT")
-                    || q.eq_ignore_ascii_case("ROLLBACK")
-            }
-            _ => false,
+    }
+
+    /// Adds a whole transaction, ending with event `last`, to the open
+    /// segment, which is stored once it is full.
+    fn commit(&mut self, txn: Txn, last: &Event) -> Result<(), CaptureError> {
+        let end = last.header();
+        let end_at = BinlogCoordinates {
+            file: self.pos.file.clone(),
+            offset: u64::from(end.log_pos()),
         };
-        if !ends {
-            continue;
-        }
-        // A whole transaction: it goes into the open segment.
-        let end = BinlogCoordinates {
-            file: pos.file.clone(),
-            offset: u64::from(h.log_pos()),
+        let Some(fde) = self.fde.as_ref() else {
+            return Err(self.fail("the server sent no format description event".into()));
         };
-        let seg = open.get_or_insert_with(|| Open {
+        let seg = self.open.get_or_insert_with(|| Open {
             raw: Vec::new(),
-            first: pos.clone(),
-            last: pos.clone(),
-            gtid: gtid.clone(),
+            first: self.pos.clone(),
+            last: self.pos.clone(),
+            gtid: self.gtid.clone(),
             first_commit: None,
             last_commit: None,
             transactions: 0,
         });
         if seg.raw.is_empty() {
-            let fde = fde
-                .as_ref()
-                .ok_or_else(|| fail("the server sent no format description event".into()))?;
             seg.raw.extend_from_slice(&BINLOG_MAGIC);
             seg.raw.extend_from_slice(fde);
         }
         seg.raw.extend_from_slice(&txn.raw);
-        seg.last = end.clone();
-        seg.gtid = gtid.clone();
-        seg.first_commit.get_or_insert(h.timestamp());
-        seg.last_commit = Some(h.timestamp());
+        seg.last = end_at.clone();
+        seg.gtid = self.gtid.clone();
+        seg.first_commit.get_or_insert(end.timestamp());
+        seg.last_commit = Some(end.timestamp());
         seg.transactions += 1;
-        pos = end;
-        txn = Txn::default();
-        if open
-            .as_ref()
-            .is_some_and(|s| s.raw.len() >= SEGMENT_RAW_BYTES)
-        {
-            close(
-                repo,
-                shard,
-                state,
-                &mut open,
-                &gtid,
-                compression,
-                &mut report,
-            )?;
+        let full = seg.raw.len() >= SEGMENT_RAW_BYTES;
+        self.pos = end_at;
+        if full {
+            self.close()?;
         }
+        Ok(())
     }
-    drop(stream.close().await);
-    close(
-        repo,
-        shard,
-        state,
-        &mut open,
-        &gtid,
-        compression,
-        &mut report,
-    )?;
-    // Nothing open: the position after the last whole transaction (or the
-    // last event between transactions) is stored.
-    advance(repo, state, &pos, &gtid)?;
-    report.progress = Some(state.progress.clone());
-    report.server_position = current_position(shard).await.ok();
-    Ok(report)
-}
 
-/// Stores the open segment (if any) and advances the state past it.
-fn close(
-    repo: &dyn Repository,
-    shard: &Shard,
-    state: &mut StreamState,
-    open: &mut Option<Open>,
-    gtid: &str,
-    compression: Compression,
-    report: &mut RoundReport,
-) -> Result<(), CaptureError> {
-    let Some(seg) = open.take() else {
-        return Ok(());
-    };
-    let at = |c: &BinlogCoordinates, g: &str| Position::Mariadb {
-        gtid: g.to_string(),
-        binlog: c.clone(),
-    };
-    let meta = SegmentMeta {
-        shard: shard.name.clone(),
-        stream: STREAM.into(),
-        seq: state.next_seq,
-        key: String::new(),
-        first: at(&seg.first, ""),
-        last: at(&seg.last, &seg.gtid),
-        first_commit: seg.first_commit.map(rfc3339),
-        last_commit: seg.last_commit.map(rfc3339),
-        transactions: seg.transactions,
-        bytes_raw: 0,
-        bytes_stored: 0,
-        xxh3: String::new(),
-        raw_xxh3: String::new(),
-    };
-    let meta = store_segment(
-        repo,
-        &shard.name,
-        STREAM,
-        &sort_key(&seg.first),
-        "binlog",
-        &seg.raw,
-        compression,
-        meta,
-    )?;
-    state.next_seq += 1;
-    report.segments += 1;
-    report.transactions += meta.transactions;
-    report.bytes_stored += meta.bytes_stored;
-    state.last_commit = meta.last_commit.clone();
-    advance(repo, state, &seg.last, gtid)
-}
-
-fn advance(
-    repo: &dyn Repository,
-    state: &mut StreamState,
-    pos: &BinlogCoordinates,
-    gtid: &str,
-) -> Result<(), CaptureError> {
-    let new = Position::Mariadb {
-        gtid: gtid.to_string(),
-        binlog: pos.clone(),
-    };
-    if new == state.progress {
-        return Ok(());
+    /// Stores the open segment (if any) and advances the state past it.
+    fn close(&mut self) -> Result<(), CaptureError> {
+        let Some(seg) = self.open.take() else {
+            return Ok(());
+        };
+        let at = |c: &BinlogCoordinates, g: &str| Position::Mariadb {
+            gtid: g.to_string(),
+            binlog: c.clone(),
+        };
+        let meta = SegmentMeta {
+            shard: self.shard.name.clone(),
+            stream: STREAM.into(),
+            seq: self.state.next_seq,
+            key: String::new(),
+            first: at(&seg.first, ""),
+            last: at(&seg.last, &seg.gtid),
+            first_commit: seg.first_commit.map(rfc3339),
+            last_commit: seg.last_commit.map(rfc3339),
+            transactions: seg.transactions,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            xxh3: String::new(),
+            raw_xxh3: String::new(),
+        };
+        let data = SegmentData {
+            sort: &sort_key(&seg.first),
+            ext: "binlog",
+            raw: &seg.raw,
+        };
+        let meta = store_segment(self.repo, meta, &data, self.compression)?;
+        self.state.next_seq += 1;
+        self.report.segments += 1;
+        self.report.transactions += meta.transactions;
+        self.report.bytes_stored += meta.bytes_stored;
+        self.state.last_commit = meta.last_commit.clone();
+        self.advance(&seg.last)
     }
-    state.progress = new;
-    state.updated_at = chrono::Utc::now().to_rfc3339();
-    state.save(repo)
+
+    fn advance_to_pos(&mut self) -> Result<(), CaptureError> {
+        let pos = self.pos.clone();
+        self.advance(&pos)
+    }
+
+    fn advance(&mut self, pos: &BinlogCoordinates) -> Result<(), CaptureError> {
+        let new = Position::Mariadb {
+            gtid: self.gtid.clone(),
+            binlog: pos.clone(),
+        };
+        if new == self.state.progress {
+            return Ok(());
+        }
+        self.state.progress = new;
+        self.state.updated_at = chrono::Utc::now().to_rfc3339();
+        self.state.save(self.repo)
+    }
 }
 
 /// `domain-server-seq` of a MariaDB GTID event (body: seq u64, domain u32).

@@ -35,6 +35,52 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
         version.split('-').next().unwrap_or(&version)
     );
 
+    let mut f = binlog_findings(&vars, mariadb);
+    let infile = var("local_infile");
+    f.push(if infile == "ON" || infile == "1" {
+        Finding::ok("local_infile", infile)
+    } else {
+        Finding::warn(
+            "local_infile",
+            infile,
+            "SET GLOBAL local_infile = ON to restore into this server (restores stream data with LOAD DATA LOCAL INFILE)",
+        )
+    });
+    f.extend(
+        privileges(&mut conn, mariadb)
+            .await
+            .map_err(q("reading grants"))?,
+    );
+
+    let (databases, tables) = tables(&mut conn, shard)
+        .await
+        .map_err(q("listing tables"))?;
+    f.extend(missing_databases(shard, &databases));
+    let non_tx: Vec<String> = tables
+        .iter()
+        .filter(|(_, engine)| !matches!(engine.as_str(), "InnoDB" | "Aria" | ""))
+        .map(|(t, engine)| format!("{}.{} ({engine})", t.database, t.table))
+        .collect();
+    if !non_tx.is_empty() {
+        f.push(Finding::warn(
+            "table engines",
+            non_tx.join(", "),
+            "convert to InnoDB (ALTER TABLE … ENGINE=InnoDB): non-transactional tables are not covered by the consistent snapshot",
+        ));
+    }
+    drop(conn.disconnect().await);
+    Ok(ShardReport::new(
+        shard,
+        server,
+        f,
+        tables.into_iter().map(|(t, _)| t).collect(),
+    ))
+}
+
+/// Findings on the binary log and GTIDs, which capture and the cut's
+/// recorded position depend on.
+fn binlog_findings(vars: &HashMap<String, String>, mariadb: bool) -> Vec<Finding> {
+    let var = |k: &str| vars.get(k).cloned().unwrap_or_default();
     let mut f = Vec::new();
     let log_bin = var("log_bin");
     f.push(Finding::require(
@@ -100,45 +146,7 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             "enable GTIDs: gtid_mode=ON and enforce_gtid_consistency=ON in the config",
         ));
     }
-    let infile = var("local_infile");
-    f.push(if infile == "ON" || infile == "1" {
-        Finding::ok("local_infile", infile)
-    } else {
-        Finding::warn(
-            "local_infile",
-            infile,
-            "SET GLOBAL local_infile = ON to restore into this server (restores stream data with LOAD DATA LOCAL INFILE)",
-        )
-    });
-    f.extend(
-        privileges(&mut conn, mariadb)
-            .await
-            .map_err(q("reading grants"))?,
-    );
-
-    let (databases, tables) = tables(&mut conn, shard)
-        .await
-        .map_err(q("listing tables"))?;
-    f.extend(missing_databases(shard, &databases));
-    let non_tx: Vec<String> = tables
-        .iter()
-        .filter(|(_, engine)| !matches!(engine.as_str(), "InnoDB" | "Aria" | ""))
-        .map(|(t, engine)| format!("{}.{} ({engine})", t.database, t.table))
-        .collect();
-    if !non_tx.is_empty() {
-        f.push(Finding::warn(
-            "table engines",
-            non_tx.join(", "),
-            "convert to InnoDB (ALTER TABLE … ENGINE=InnoDB): non-transactional tables are not covered by the consistent snapshot",
-        ));
-    }
-    drop(conn.disconnect().await);
-    Ok(ShardReport::new(
-        shard,
-        server,
-        f,
-        tables.into_iter().map(|(t, _)| t).collect(),
-    ))
+    f
 }
 
 /// `sync_binlog = 0` leaves the binary log to the OS's write-back. A host

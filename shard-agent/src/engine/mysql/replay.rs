@@ -114,12 +114,7 @@ async fn apply_segment(
     let mut esr = EventStreamReader::new(BinlogVersion::Version4);
     let mut rest = &raw[4..];
     let mut fde_sent = false;
-    let mut steps: Vec<Step> = Vec::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut in_txn = false;
-    let mut standalone = false;
-    let mut undecided = false;
-    let mut gtid = String::new();
+    let mut txn = TxnSteps::default();
     let (mut txns, mut stmts) = (0u64, 0u64);
     while rest.len() >= 19 {
         let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
@@ -133,8 +128,7 @@ async fn apply_segment(
             .map_err(|e| corrupt(format!("unreadable event: {e}")))?
             .ok_or_else(|| corrupt("empty event".into()))?;
         let h = ev.header();
-        let t = h.event_type_raw();
-        if t == event::FORMAT_DESCRIPTION {
+        if h.event_type_raw() == event::FORMAT_DESCRIPTION {
             if !fde_sent {
                 run(
                     conn,
@@ -148,99 +142,10 @@ async fn apply_segment(
             }
             continue;
         }
-        if !in_txn {
-            in_txn = true;
-            steps.clear();
-            pending.clear();
-            standalone = false;
-            undecided = false;
-            match t {
-                event::MARIADB_GTID => {
-                    standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
-                    gtid = mariadb_gtid(&ev).unwrap_or_default();
-                    if !standalone {
-                        steps.push(Step {
-                            sql: "BEGIN".into(),
-                            at: h.log_pos(),
-                        });
-                    }
-                    continue;
-                }
-                event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
-                    undecided = true;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        let mut ends = false;
-        match t {
-            event::XID => {
-                flush_rows(&mut steps, &mut pending, h.log_pos());
-                steps.push(Step {
-                    sql: "COMMIT".into(),
-                    at: h.log_pos(),
-                });
-                ends = true;
-            }
-            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
-                let q = query_text(&ev).ok_or_else(|| {
-                    corrupt(format!("unreadable query event at {file}:{}", h.log_pos()))
-                })?;
-                let begin = q.eq_ignore_ascii_case("BEGIN");
-                if undecided {
-                    undecided = false;
-                    standalone = !begin;
-                }
-                if begin {
-                    steps.push(Step {
-                        sql: "BEGIN".into(),
-                        at: h.log_pos(),
-                    });
-                } else if q.eq_ignore_ascii_case("COMMIT") || q.eq_ignore_ascii_case("ROLLBACK") {
-                    flush_rows(&mut steps, &mut pending, h.log_pos());
-                    steps.push(Step {
-                        sql: q.to_uppercase(),
-                        at: h.log_pos(),
-                    });
-                    ends = true;
-                } else {
-                    let schema = match ev.read_data() {
-                        Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
-                        _ => String::new(),
-                    };
-                    if !schema.is_empty() {
-                        steps.push(Step {
-                            sql: format!("USE {}", super::sql::ident(&schema)),
-                            at: h.log_pos(),
-                        });
-                    }
-                    steps.push(Step {
-                        sql: q,
-                        at: h.log_pos(),
-                    });
-                    ends = standalone;
-                }
-            }
-            event::TABLE_MAP => pending.extend_from_slice(bytes),
-            t if event::is_rows(t) => {
-                pending.extend_from_slice(bytes);
-                let flags = ev
-                    .data()
-                    .get(6..8)
-                    .map(|f| u16::from_le_bytes([f[0], f[1]]));
-                if flags.is_some_and(|f| f & STMT_END_F != 0) {
-                    flush_rows(&mut steps, &mut pending, h.log_pos());
-                }
-            }
-            // Annotations, and variables of statement-based logging that
-            // row events do not need.
-            _ => {}
-        }
-        if !ends {
+        if txn.begin(&ev) || !txn.add(&ev, bytes, file).map_err(corrupt)? {
             continue;
         }
-        in_txn = false;
+        txn.active = false;
         let end = BinlogCoordinates {
             file: file.to_string(),
             offset: u64::from(h.log_pos()),
@@ -248,11 +153,11 @@ async fn apply_segment(
         if !after(&end, applied) || after(&end, to) {
             continue;
         }
-        for s in steps.drain(..) {
-            let what = if gtid.is_empty() {
+        for s in txn.steps.drain(..) {
+            let what = if txn.gtid.is_empty() {
                 format!("{file}:{}", s.at)
             } else {
-                format!("{file}:{} (GTID {gtid})", s.at)
+                format!("{file}:{} (GTID {})", s.at, txn.gtid)
             };
             run(conn, target, &s.sql, &what, &s.sql).await?;
             stmts += 1;
@@ -260,10 +165,132 @@ async fn apply_segment(
         *applied = end;
         txns += 1;
     }
-    if in_txn {
+    if txn.active {
         return Err(corrupt("the segment ends inside a transaction".into()));
     }
     Ok((txns, stmts))
+}
+
+/// The statements of the transaction being read from a segment.
+#[derive(Default)]
+struct TxnSteps {
+    steps: Vec<Step>,
+    /// Table-map and row events not yet turned into a `BINLOG` statement.
+    pending: Vec<u8>,
+    active: bool,
+    /// Ends with its first non-`BEGIN` query (DDL) rather than a commit.
+    standalone: bool,
+    /// MySQL's GTID event does not say; the first query decides.
+    undecided: bool,
+    /// The newest MariaDB GTID, for error messages.
+    gtid: String,
+}
+
+impl TxnSteps {
+    /// Starts a transaction at `ev` when none is open. Returns whether
+    /// `ev` only started it (a GTID event) and is done with.
+    fn begin(&mut self, ev: &Event) -> bool {
+        if self.active {
+            return false;
+        }
+        *self = TxnSteps {
+            active: true,
+            gtid: std::mem::take(&mut self.gtid),
+            ..Default::default()
+        };
+        let h = ev.header();
+        match h.event_type_raw() {
+            event::MARIADB_GTID => {
+                self.standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
+                self.gtid = mariadb_gtid(ev).unwrap_or_default();
+                if !self.standalone {
+                    self.steps.push(Step {
+                        sql: "BEGIN".into(),
+                        at: h.log_pos(),
+                    });
+                }
+                true
+            }
+            event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
+                self.undecided = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds `ev` (whose encoding is `bytes`) to the transaction. Returns
+    /// whether it ends it, or what is wrong with the segment.
+    fn add(&mut self, ev: &Event, bytes: &[u8], file: &str) -> Result<bool, String> {
+        let at = ev.header().log_pos();
+        match ev.header().event_type_raw() {
+            event::XID => {
+                flush_rows(&mut self.steps, &mut self.pending, at);
+                self.steps.push(Step {
+                    sql: "COMMIT".into(),
+                    at,
+                });
+                return Ok(true);
+            }
+            event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
+                let q = query_text(ev)
+                    .ok_or_else(|| format!("unreadable query event at {file}:{at}"))?;
+                return Ok(self.query(ev, q, at));
+            }
+            event::TABLE_MAP => self.pending.extend_from_slice(bytes),
+            t if event::is_rows(t) => {
+                self.pending.extend_from_slice(bytes);
+                let flags = ev
+                    .data()
+                    .get(6..8)
+                    .map(|f| u16::from_le_bytes([f[0], f[1]]));
+                if flags.is_some_and(|f| f & STMT_END_F != 0) {
+                    flush_rows(&mut self.steps, &mut self.pending, at);
+                }
+            }
+            // Annotations, and variables of statement-based logging that
+            // row events do not need.
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// Adds query `q` of event `ev`; returns whether it ends the
+    /// transaction.
+    fn query(&mut self, ev: &Event, q: String, at: u32) -> bool {
+        let begin = q.eq_ignore_ascii_case("BEGIN");
+        if self.undecided {
+            self.undecided = false;
+            self.standalone = !begin;
+        }
+        if begin {
+            self.steps.push(Step {
+                sql: "BEGIN".into(),
+                at,
+            });
+            return false;
+        }
+        if q.eq_ignore_ascii_case("COMMIT") || q.eq_ignore_ascii_case("ROLLBACK") {
+            flush_rows(&mut self.steps, &mut self.pending, at);
+            self.steps.push(Step {
+                sql: q.to_uppercase(),
+                at,
+            });
+            return true;
+        }
+        let schema = match ev.read_data() {
+            Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
+            _ => String::new(),
+        };
+        if !schema.is_empty() {
+            self.steps.push(Step {
+                sql: format!("USE {}", super::sql::ident(&schema)),
+                at,
+            });
+        }
+        self.steps.push(Step { sql: q, at });
+        self.standalone
+    }
 }
 
 fn flush_rows(steps: &mut Vec<Step>, pending: &mut Vec<u8>, at: u32) {

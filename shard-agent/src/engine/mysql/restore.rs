@@ -91,6 +91,115 @@ async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(
     conn.query_drop(sql).await.map_err(query_err(shard, what))
 }
 
+/// Creates database `db` on the target with the selected tables (without
+/// the secondary keys that are built after the load); returns its schema
+/// and the deferred keys per table.
+#[allow(clippy::type_complexity)]
+async fn create_tables(
+    control: &mut Conn,
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(DatabaseSchema, Vec<(String, Vec<String>)>), AgentError> {
+    let file = schema_files(source, db, "database")
+        .into_iter()
+        .next()
+        .ok_or_else(|| AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!("the backup has no schema file for database {db}"),
+        })?;
+    let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
+    let schema: DatabaseSchema = serde_json::from_slice(&raw).map_err(|e| AgentError::Tool {
+        shard: target.name.clone(),
+        what: format!("schema file {} is not readable: {e}", file.key),
+    })?;
+    prepare_database(control, target, db, opts.overwrite).await?;
+    exec(
+        control,
+        target,
+        &format!("creating database {db}"),
+        &schema.create_database,
+    )
+    .await?;
+    exec(
+        control,
+        target,
+        "selecting the database",
+        &format!("USE {}", ident(db)),
+    )
+    .await?;
+    // A table another one references keeps its keys: the foreign key
+    // may need one of them.
+    let referenced: Vec<&String> = source
+        .table_list
+        .iter()
+        .flat_map(|t| &t.references)
+        .collect();
+    let mut deferred_keys = Vec::new();
+    for t in schema
+        .tables
+        .iter()
+        .filter(|t| selected_name(opts, db, &t.name))
+    {
+        let split = match referenced.contains(&&format!("{db}.{}", t.name)) {
+            true => None,
+            false => split_secondary_keys(&t.sql),
+        };
+        let create = match split {
+            Some((create, keys)) => {
+                deferred_keys.push((t.name.clone(), keys));
+                create
+            }
+            None => t.sql.clone(),
+        };
+        exec(
+            control,
+            target,
+            &format!("creating table {db}.{}", t.name),
+            &create,
+        )
+        .await?;
+    }
+    Ok((schema, deferred_keys))
+}
+
+/// Creates the views, routines, triggers and events of `db`: after the
+/// data, so triggers do not fire during the load. A partial restore
+/// brings the selected tables' triggers only: views, routines and events
+/// may use tables that are not restored.
+async fn create_objects(
+    control: &mut Conn,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    schema: &DatabaseSchema,
+) -> Result<(), AgentError> {
+    let partial = opts.tables.is_some();
+    for (kind, objects) in [
+        ("view", &schema.views),
+        ("routine", &schema.routines),
+        ("trigger", &schema.triggers),
+        ("event", &schema.events),
+    ] {
+        for o in objects.iter().filter(|o| {
+            !partial
+                || o.table
+                    .as_deref()
+                    .is_some_and(|t| selected_name(opts, db, t))
+        }) {
+            exec(
+                control,
+                target,
+                &format!("creating {kind} {db}.{}", o.name),
+                &o.sql,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn restore(
     source: &ShardManifest,
     target: &Shard,
@@ -100,66 +209,8 @@ pub(super) async fn restore(
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
     session(&mut control, target, opts.binlog).await?;
     for db in databases(source, opts) {
-        let file = schema_files(source, &db, "database")
-            .into_iter()
-            .next()
-            .ok_or_else(|| AgentError::Tool {
-                shard: target.name.clone(),
-                what: format!("the backup has no schema file for database {db}"),
-            })?;
-        let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
-        let schema: DatabaseSchema =
-            serde_json::from_slice(&raw).map_err(|e| AgentError::Tool {
-                shard: target.name.clone(),
-                what: format!("schema file {} is not readable: {e}", file.key),
-            })?;
-        prepare_database(&mut control, target, &db, opts.overwrite).await?;
-        exec(
-            &mut control,
-            target,
-            &format!("creating database {db}"),
-            &schema.create_database,
-        )
-        .await?;
-        exec(
-            &mut control,
-            target,
-            "selecting the database",
-            &format!("USE {}", ident(&db)),
-        )
-        .await?;
-        // A table another one references keeps its keys: the foreign key
-        // may need one of them.
-        let referenced: Vec<&String> = source
-            .table_list
-            .iter()
-            .flat_map(|t| &t.references)
-            .collect();
-        let mut deferred_keys = Vec::new();
-        for t in schema
-            .tables
-            .iter()
-            .filter(|t| selected_name(opts, &db, &t.name))
-        {
-            let split = match referenced.contains(&&format!("{db}.{}", t.name)) {
-                true => None,
-                false => split_secondary_keys(&t.sql),
-            };
-            let create = match split {
-                Some((create, keys)) => {
-                    deferred_keys.push((t.name.clone(), keys));
-                    create
-                }
-                None => t.sql.clone(),
-            };
-            exec(
-                &mut control,
-                target,
-                &format!("creating table {db}.{}", t.name),
-                &create,
-            )
-            .await?;
-        }
+        let (schema, deferred_keys) =
+            create_tables(&mut control, source, target, opts, &db).await?;
         done.databases.push(db.clone());
 
         let began = std::time::Instant::now();
@@ -184,31 +235,7 @@ pub(super) async fn restore(
             .count();
         done.chunks += chunk_items(source, &db, opts).len();
 
-        // After the data, so triggers do not fire during the load. A partial
-        // restore brings the selected tables' triggers only: views, routines
-        // and events may use tables that are not restored.
-        let partial = opts.tables.is_some();
-        for (kind, objects) in [
-            ("view", &schema.views),
-            ("routine", &schema.routines),
-            ("trigger", &schema.triggers),
-            ("event", &schema.events),
-        ] {
-            for o in objects.iter().filter(|o| {
-                !partial
-                    || o.table
-                        .as_deref()
-                        .is_some_and(|t| selected_name(opts, &db, t))
-            }) {
-                exec(
-                    &mut control,
-                    target,
-                    &format!("creating {kind} {db}.{}", o.name),
-                    &o.sql,
-                )
-                .await?;
-            }
-        }
+        create_objects(&mut control, target, opts, &db, &schema).await?;
     }
     drop(control.disconnect().await);
     Ok(done)

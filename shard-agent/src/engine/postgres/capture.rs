@@ -27,7 +27,8 @@ use tokio_postgres::Client;
 use topology::{Compression, Engine, Shard};
 
 use crate::capture::{
-    store_segment, CaptureError, RoundReport, SegmentMeta, StreamState, SEGMENT_RAW_BYTES,
+    store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
+    SEGMENT_RAW_BYTES,
 };
 use crate::connect;
 use crate::engine::interface::StreamServer;
@@ -513,17 +514,12 @@ fn close(
         xxh3: String::new(),
         raw_xxh3: String::new(),
     };
-    let stream = state.stream.clone();
-    let meta = store_segment(
-        repo,
-        &shard.name,
-        &stream,
-        &format!("{:016X}", seg.first.0),
-        "pgoutput",
-        &seg.raw,
-        compression,
-        meta,
-    )?;
+    let data = SegmentData {
+        sort: &format!("{:016X}", seg.first.0),
+        ext: "pgoutput",
+        raw: &seg.raw,
+    };
+    let meta = store_segment(repo, meta, &data, compression)?;
     state.next_seq += 1;
     report.segments += 1;
     report.transactions += meta.transactions;

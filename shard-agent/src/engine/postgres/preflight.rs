@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 use topology::Shard;
 
 use crate::connect;
-use crate::error::{AgentError, DbError};
+use crate::error::{db_err, AgentError, DbError};
 use crate::preflight::{missing_databases, Finding, ShardReport, TableInfo};
 
 /// Databases of the server itself, never backed up unless named explicitly.
@@ -14,15 +14,45 @@ pub const SYSTEM_DATABASES: &[&str] = &["postgres", "template0", "template1"];
 
 pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
     let client = connect::postgres(shard, None, timeout).await?;
-    let q = |what: &str| {
-        let shard = shard.name.clone();
-        let what = what.to_string();
-        move |source: DbError| AgentError::Query {
-            shard,
-            what,
-            source,
-        }
+    let (version, mut f) = server_findings(&client, shard).await?;
+    let present = databases(&client)
+        .await
+        .map_err(db_err(shard, "listing databases"))?;
+    f.extend(missing_databases(shard, &present));
+    let selected: Vec<String> = match &shard.databases {
+        Some(list) => list
+            .iter()
+            .filter(|d| present.contains(d))
+            .cloned()
+            .collect(),
+        None => present
+            .iter()
+            .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
+            .cloned()
+            .collect(),
     };
+    drop(client);
+    let mut access = Access::default();
+    for db in &selected {
+        let client = connect::postgres(shard, Some(db), timeout).await?;
+        access.list_tables(&client, shard, db).await?;
+    }
+    f.push(access.finding());
+    Ok(ShardReport::new(
+        shard,
+        format!("PostgreSQL {version}"),
+        f,
+        access.tables,
+    ))
+}
+
+/// The server's version and the findings on its settings and the backup
+/// user's role.
+async fn server_findings(
+    client: &Client,
+    shard: &Shard,
+) -> Result<(String, Vec<Finding>), AgentError> {
+    let err = db_err(shard, "reading server settings");
     let row = client
         .query_one(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
@@ -34,31 +64,13 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             &[],
         )
         .await
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let version: String = row
-        .try_get(0)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let num: i32 = row
-        .try_get(1)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let wal_level: String = row
-        .try_get(2)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let max_slots: i32 = row
-        .try_get(3)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let max_senders: i32 = row
-        .try_get(4)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let used_slots: i32 = row
-        .try_get(5)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let superuser: bool = row
-        .try_get(6)
-        .map_err(|e| q("reading server settings")(e.into()))?;
-    let replication: bool = row
-        .try_get(7)
-        .map_err(|e| q("reading server settings")(e.into()))?;
+        .map_err(|e| err(e.into()))?;
+    let text = |i: usize| row.try_get::<_, String>(i).map_err(|e| err(e.into()));
+    let int = |i: usize| row.try_get::<_, i32>(i).map_err(|e| err(e.into()));
+    let flag = |i: usize| row.try_get::<_, bool>(i).map_err(|e| err(e.into()));
+    let (version, num, wal_level) = (text(0)?, int(1)?, text(2)?);
+    let (max_slots, max_senders, used_slots) = (int(3)?, int(4)?, int(5)?);
+    let (superuser, replication) = (flag(6)?, flag(7)?);
 
     let mut f = vec![
         Finding::require(
@@ -93,44 +105,43 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             "PostgreSQL 13 or newer is what shardcut is tested with",
         ));
     }
-    let present = databases(&client).await.map_err(q("listing databases"))?;
-    f.extend(missing_databases(shard, &present));
-    let selected: Vec<String> = match &shard.databases {
-        Some(list) => list
-            .iter()
-            .filter(|d| present.contains(d))
-            .cloned()
-            .collect(),
-        None => present
-            .iter()
-            .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
-            .cloned()
-            .collect(),
-    };
-    drop(client);
+    Ok((version, f))
+}
 
-    let mut tables = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut unlockable = Vec::new();
-    for db in &selected {
-        let client = connect::postgres(shard, Some(db), timeout).await?;
+/// The selected tables of every database, and those the backup user
+/// cannot read or lock.
+#[derive(Default)]
+struct Access {
+    tables: Vec<TableInfo>,
+    unreadable: Vec<String>,
+    unlockable: Vec<String>,
+}
+
+impl Access {
+    async fn list_tables(
+        &mut self,
+        client: &Client,
+        shard: &Shard,
+        db: &str,
+    ) -> Result<(), AgentError> {
+        let err = db_err(shard, &format!("listing tables of {db}"));
         let rows = client
             .query(
                 "SELECT n.nspname::text, c.relname::text, c.reltuples::float8, \
-                 pg_total_relation_size(c.oid)::int8, \
-                 has_table_privilege(c.oid, 'SELECT'), \
-                 has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
-                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-                 ORDER BY 1, 2",
+                     pg_total_relation_size(c.oid)::int8, \
+                     has_table_privilege(c.oid, 'SELECT'), \
+                     has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                     ORDER BY 1, 2",
                 &[],
             )
             .await
-            .map_err(|e| q(&format!("listing tables of {db}"))(e.into()))?;
+            .map_err(|e| err(e.into()))?;
+        let decode = |e: tokio_postgres::Error| err(e.into());
         for row in rows {
-            let decode = |e: tokio_postgres::Error| q(&format!("listing tables of {db}"))(e.into());
             let schema: String = row.try_get(0).map_err(decode)?;
             let table: String = row.try_get(1).map_err(decode)?;
             if shard.excludes(db, Some(&schema), &table) {
@@ -142,13 +153,13 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             let can_lock: bool = row.try_get(5).map_err(decode)?;
             let name = format!("{db}.{schema}.{table}");
             if !can_read {
-                unreadable.push(name.clone());
+                self.unreadable.push(name.clone());
             }
             if !can_lock {
-                unlockable.push(name);
+                self.unlockable.push(name);
             }
-            tables.push(TableInfo {
-                database: db.clone(),
+            self.tables.push(TableInfo {
+                database: db.to_string(),
                 schema: Some(schema),
                 table,
                 // reltuples is -1 for a table never vacuumed or analyzed.
@@ -156,27 +167,25 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
                 bytes: u64::try_from(bytes).unwrap_or(0),
             });
         }
+        Ok(())
     }
-    f.push(Finding::require(
-        "table privileges",
-        if unreadable.is_empty() && unlockable.is_empty() {
-            format!("SELECT and lock on all {} tables", tables.len())
-        } else {
-            format!(
-                "no SELECT on: {}; cannot lock (needs UPDATE, DELETE or TRUNCATE): {}",
-                none_if_empty(&unreadable),
-                none_if_empty(&unlockable)
-            )
-        },
-        unreadable.is_empty() && unlockable.is_empty(),
-        "GRANT pg_read_all_data and UPDATE (or TRUNCATE) on the listed tables to the backup user, or make it a superuser",
-    ));
-    Ok(ShardReport::new(
-        shard,
-        format!("PostgreSQL {version}"),
-        f,
-        tables,
-    ))
+
+    fn finding(&self) -> Finding {
+        Finding::require(
+            "table privileges",
+            if self.unreadable.is_empty() && self.unlockable.is_empty() {
+                format!("SELECT and lock on all {} tables", self.tables.len())
+            } else {
+                format!(
+                    "no SELECT on: {}; cannot lock (needs UPDATE, DELETE or TRUNCATE): {}",
+                    none_if_empty(&self.unreadable),
+                    none_if_empty(&self.unlockable)
+                )
+            },
+            self.unreadable.is_empty() && self.unlockable.is_empty(),
+            "GRANT pg_read_all_data and UPDATE (or TRUNCATE) on the listed tables to the backup user, or make it a superuser",
+        )
+    }
 }
 
 fn none_if_empty(v: &[String]) -> String {

@@ -100,6 +100,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Where a change lies: its record and its transaction's commit.
+#[derive(Clone, Copy)]
+struct Change {
+    lsn: u64,
+    commit_lsn: Lsn,
+}
+
+/// Records a relation description ('R'); a relation already checked
+/// against the target stays checked while its columns are the same.
+fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation>) -> Option<()> {
+    let id = r.u32()?;
+    let schema = r.cstr()?;
+    let name = r.cstr()?;
+    let _identity = r.u8()?;
+    let n = r.u16()?;
+    let mut columns = Vec::new();
+    for _ in 0..n {
+        let flags = r.u8()?;
+        let col = r.cstr()?;
+        let _type = r.u32()?;
+        let _typmod = r.u32()?;
+        columns.push((col, flags & 1 != 0));
+    }
+    let checked = relations
+        .get(&id)
+        .is_some_and(|old| old.checked && old.columns == columns);
+    relations.insert(
+        id,
+        Relation {
+            schema,
+            name,
+            columns,
+            checked,
+        },
+    );
+    Some(())
+}
+
 fn literal(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
@@ -240,116 +278,12 @@ impl Ctx<'_> {
                     stmts.clear();
                     commit_lsn = Lsn(be_u64(data, 1).ok_or_else(bad)?);
                 }
-                Some(b'R') => {
-                    let id = r.u32().ok_or_else(bad)?;
-                    let schema = r.cstr().ok_or_else(bad)?;
-                    let name = r.cstr().ok_or_else(bad)?;
-                    let _identity = r.u8().ok_or_else(bad)?;
-                    let n = r.u16().ok_or_else(bad)?;
-                    let mut columns = Vec::new();
-                    for _ in 0..n {
-                        let flags = r.u8().ok_or_else(bad)?;
-                        let col = r.cstr().ok_or_else(bad)?;
-                        let _type = r.u32().ok_or_else(bad)?;
-                        let _typmod = r.u32().ok_or_else(bad)?;
-                        columns.push((col, flags & 1 != 0));
+                Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
+                Some(kind @ (b'I' | b'U' | b'D' | b'T')) => {
+                    let change = Change { lsn, commit_lsn };
+                    if let Some(stmt) = self.change(*kind, &mut r, relations, change).await? {
+                        stmts.push(stmt);
                     }
-                    let checked = relations
-                        .get(&id)
-                        .is_some_and(|old| old.checked && old.columns == columns);
-                    relations.insert(
-                        id,
-                        Relation {
-                            schema,
-                            name,
-                            columns,
-                            checked,
-                        },
-                    );
-                }
-                Some(b'I') => {
-                    let id = r.u32().ok_or_else(bad)?;
-                    let _n = r.u8().ok_or_else(bad)?;
-                    let new = r.tuple().ok_or_else(bad)?;
-                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
-                    let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
-                    let vals: Vec<String> = new.iter().map(literal).collect();
-                    stmts.push((
-                        format!(
-                            "INSERT INTO {} ({}) VALUES ({})",
-                            rel.qualified(),
-                            cols.join(", "),
-                            vals.join(", ")
-                        ),
-                        true,
-                    ));
-                }
-                Some(b'U') => {
-                    let id = r.u32().ok_or_else(bad)?;
-                    let mut kind = r.u8().ok_or_else(bad)?;
-                    let mut old = None;
-                    if kind == b'K' || kind == b'O' {
-                        old = Some(r.tuple().ok_or_else(bad)?);
-                        kind = r.u8().ok_or_else(bad)?;
-                    }
-                    if kind != b'N' {
-                        return Err(bad());
-                    }
-                    let new = r.tuple().ok_or_else(bad)?;
-                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
-                    let sets: Vec<String> = rel
-                        .columns
-                        .iter()
-                        .zip(&new)
-                        .filter(|(_, v)| !matches!(v, Value::Unchanged))
-                        .map(|((c, _), v)| format!("{} = {}", ident(c), literal(v)))
-                        .collect();
-                    if sets.is_empty() {
-                        continue;
-                    }
-                    let key = old.as_ref().unwrap_or(&new);
-                    stmts.push((
-                        format!(
-                            "UPDATE {} SET {} {}",
-                            rel.qualified(),
-                            sets.join(", "),
-                            identity(&rel, key)
-                        ),
-                        true,
-                    ));
-                }
-                Some(b'D') => {
-                    let id = r.u32().ok_or_else(bad)?;
-                    let _kind = r.u8().ok_or_else(bad)?;
-                    let old = r.tuple().ok_or_else(bad)?;
-                    let rel = self.relation(relations, id, lsn, commit_lsn).await?;
-                    stmts.push((
-                        format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
-                        true,
-                    ));
-                }
-                Some(b'T') => {
-                    let n = r.u32().ok_or_else(bad)?;
-                    let options = r.u8().ok_or_else(bad)?;
-                    let mut names = Vec::new();
-                    for _ in 0..n {
-                        let id = r.u32().ok_or_else(bad)?;
-                        names.push(
-                            self.relation(relations, id, lsn, commit_lsn)
-                                .await?
-                                .qualified(),
-                        );
-                    }
-                    let cascade = if options & 1 != 0 { " CASCADE" } else { "" };
-                    let restart = if options & 2 != 0 {
-                        " RESTART IDENTITY"
-                    } else {
-                        ""
-                    };
-                    stmts.push((
-                        format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
-                        false,
-                    ));
                 }
                 Some(b'C') => {
                     let end = Lsn(be_u64(data, 10).ok_or_else(bad)?);
@@ -367,6 +301,106 @@ impl Ctx<'_> {
             }
         }
         Ok((txns, count))
+    }
+
+    /// The statement a row change ('I', 'U', 'D') or truncation ('T')
+    /// becomes, with whether it must change exactly one row; `None` for an
+    /// update that changes nothing replayable.
+    async fn change(
+        &self,
+        kind: u8,
+        r: &mut Reader<'_>,
+        relations: &mut HashMap<u32, Relation>,
+        at: Change,
+    ) -> Result<Option<(String, bool)>, ReplayError> {
+        let bad = || self.corrupt(format!("unreadable change at {}", Lsn(at.lsn)));
+        match kind {
+            b'I' => {
+                let id = r.u32().ok_or_else(bad)?;
+                let _n = r.u8().ok_or_else(bad)?;
+                let new = r.tuple().ok_or_else(bad)?;
+                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
+                let vals: Vec<String> = new.iter().map(literal).collect();
+                Ok(Some((
+                    format!(
+                        "INSERT INTO {} ({}) VALUES ({})",
+                        rel.qualified(),
+                        cols.join(", "),
+                        vals.join(", ")
+                    ),
+                    true,
+                )))
+            }
+            b'U' => {
+                let id = r.u32().ok_or_else(bad)?;
+                let mut kind = r.u8().ok_or_else(bad)?;
+                let mut old = None;
+                if kind == b'K' || kind == b'O' {
+                    old = Some(r.tuple().ok_or_else(bad)?);
+                    kind = r.u8().ok_or_else(bad)?;
+                }
+                if kind != b'N' {
+                    return Err(bad());
+                }
+                let new = r.tuple().ok_or_else(bad)?;
+                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let sets: Vec<String> = rel
+                    .columns
+                    .iter()
+                    .zip(&new)
+                    .filter(|(_, v)| !matches!(v, Value::Unchanged))
+                    .map(|((c, _), v)| format!("{} = {}", ident(c), literal(v)))
+                    .collect();
+                if sets.is_empty() {
+                    return Ok(None);
+                }
+                let key = old.as_ref().unwrap_or(&new);
+                Ok(Some((
+                    format!(
+                        "UPDATE {} SET {} {}",
+                        rel.qualified(),
+                        sets.join(", "),
+                        identity(&rel, key)
+                    ),
+                    true,
+                )))
+            }
+            b'D' => {
+                let id = r.u32().ok_or_else(bad)?;
+                let _kind = r.u8().ok_or_else(bad)?;
+                let old = r.tuple().ok_or_else(bad)?;
+                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                Ok(Some((
+                    format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
+                    true,
+                )))
+            }
+            b'T' => {
+                let n = r.u32().ok_or_else(bad)?;
+                let options = r.u8().ok_or_else(bad)?;
+                let mut names = Vec::new();
+                for _ in 0..n {
+                    let id = r.u32().ok_or_else(bad)?;
+                    names.push(
+                        self.relation(relations, id, at.lsn, at.commit_lsn)
+                            .await?
+                            .qualified(),
+                    );
+                }
+                let cascade = if options & 1 != 0 { " CASCADE" } else { "" };
+                let restart = if options & 2 != 0 {
+                    " RESTART IDENTITY"
+                } else {
+                    ""
+                };
+                Ok(Some((
+                    format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
+                    false,
+                )))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The relation `id`, checked against the target table on first use
