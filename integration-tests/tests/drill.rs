@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::contracts;
 use crate::support::{self, PrivateSandbox};
 
 /// Parses Prometheus text format strictly enough to catch what a collector
@@ -87,6 +88,10 @@ fn drill_of_one_shard_writes_json_html_and_prometheus_reports() {
     ]);
     assert_eq!(run.code, 0, "{run:?}");
     let j = run.json();
+    assert_eq!(
+        contracts::fields(&j),
+        contracts::names(contracts::RESTORE_REPORT)
+    );
     assert_eq!(j["kind"], "drill");
     assert_eq!(j["quality"]["score"], 1.0);
     assert_eq!(j["shards"]["pg-0"]["quality"]["available"], 1.0);

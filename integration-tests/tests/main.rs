@@ -13,6 +13,7 @@ mod support;
 mod backup;
 mod check;
 mod consistency;
+mod contracts;
 mod drill;
 mod faults;
 mod pitr;

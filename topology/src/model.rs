@@ -50,7 +50,7 @@ impl Topology {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&view).unwrap_or_default();
-        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
+        format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::exit;
 /// IDs distinct across repositories that are merged or copied.
 pub fn new_backup_id() -> String {
     let now = chrono::Utc::now();
-    let salt = xxhash_rust::xxh3::xxh3_64(
+    let salt = twox_hash::XxHash3_64::oneshot(
         format!(
             "{}-{}",
             std::process::id(),

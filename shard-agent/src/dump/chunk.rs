@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use topology::Compression;
 use twox_hash::XxHash3_64;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::pack::Packer;
 use crate::checksum::xxh3_hex;
@@ -40,7 +39,7 @@ pub struct RowDigest {
 impl RowDigest {
     pub fn add_line(&mut self, line: &[u8]) {
         self.rows += 1;
-        self.sum = self.sum.wrapping_add(xxh3_64(line));
+        self.sum = self.sum.wrapping_add(XxHash3_64::oneshot(line));
     }
     pub fn merge(&mut self, other: RowDigest) {
         self.rows += other.rows;
@@ -387,7 +386,7 @@ mod tests {
         let mut again = RowDigest::default();
         for c in chunks.iter().rev() {
             let raw = decompress(&repo.get(&c.key).unwrap()).unwrap();
-            assert_eq!(format!("{:016x}", xxh3_64(&raw)), c.raw_xxh3);
+            assert_eq!(format!("{:016x}", XxHash3_64::oneshot(&raw)), c.raw_xxh3);
             for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 again.add_line(line);
             }
@@ -485,7 +484,12 @@ mod tests {
         assert!(chunks.len() >= 2, "{} chunks", chunks.len());
         for c in &chunks {
             let raw = decompress(&repo.get(&c.key).unwrap()).unwrap();
-            assert_eq!(format!("{:016x}", xxh3_64(&raw)), c.raw_xxh3, "{}", c.key);
+            assert_eq!(
+                format!("{:016x}", XxHash3_64::oneshot(&raw)),
+                c.raw_xxh3,
+                "{}",
+                c.key
+            );
         }
     }
 }

@@ -500,6 +500,6 @@ pub fn query_text(ev: &Event) -> Option<String> {
 /// A server id for a capture stream: stable per shard, in a range real
 /// servers rarely use, so two capture streams never evict each other.
 pub fn server_id(cluster: &str, shard: &str) -> u32 {
-    let h = xxhash_rust::xxh3::xxh3_64(format!("{cluster}/{shard}").as_bytes());
+    let h = twox_hash::XxHash3_64::oneshot(format!("{cluster}/{shard}").as_bytes());
     0x5C00_0000 | (h as u32 & 0x00FF_FFFF)
 }

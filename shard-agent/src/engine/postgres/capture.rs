@@ -43,7 +43,7 @@ const CHANGES_PER_CALL: i32 = 50_000;
 /// a slot name (lower case, digits, underscore), unique per cluster, shard
 /// and database.
 pub fn slot_name(cluster: &str, shard: &str, db: &str) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(format!("{cluster}/{shard}/{db}").as_bytes());
+    let h = twox_hash::XxHash3_64::oneshot(format!("{cluster}/{shard}/{db}").as_bytes());
     format!("shardcut_{h:016x}")
 }
 
