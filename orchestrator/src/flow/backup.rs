@@ -84,10 +84,10 @@ async fn take_full(
         cut.write_block_ms
     );
     if let Some(pause) = opts.pause_before_dump {
-        eprintln!(
+        observer.note(&format!(
             "backup: cut taken; pausing {} ms before the dump (test hook)",
             pause.as_millis()
-        );
+        ));
         tokio::time::sleep(pause).await;
     }
 
