@@ -109,8 +109,44 @@ pub enum AgentError {
         #[source]
         source: crate::dump::chunk::ChunkError,
     },
+    /// Something else went wrong on the shard; `what` says what.
     #[error("shard {shard}: {what}")]
     Tool { shard: String, what: String },
+    /// A restore target already holds a database the backup would create.
+    #[error("shard {shard}: target database {database} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it")]
+    TargetNotEmpty {
+        shard: String,
+        database: String,
+        tables: u64,
+    },
+    /// A task of the shard's work panicked: a bug, and the work is not done.
+    #[error("shard {shard}: {task} panicked: {source}")]
+    Panicked {
+        shard: String,
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The backup's contents are not what its manifest promises (damaged,
+    /// tampered with, or written by an incompatible version).
+    #[error("shard {shard}: {what}")]
+    Damaged { shard: String, what: String },
+    /// A schema document could not be written or read.
+    #[error("shard {shard}: {what}: {source}")]
+    Schema {
+        shard: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A client program (pg_dump, psql) could not be started or waited for.
+    #[error("shard {shard}: cannot run {program}: {source}")]
+    Program {
+        shard: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("shard {shard}: agent {agent}: {what}")]
     Remote {
         shard: String,

@@ -17,7 +17,12 @@ use crate::render::capture::{metrics_text, streams_text};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "follow", "remove"])))]
 pub struct Capture {
-    #[arg(short, long = "topology", value_name = "FILE", env = "SHARDCUT_TOPOLOGY")]
+    #[arg(
+        short,
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
     topology: PathBuf,
     /// Take a mark, catch every shard up to it, and exit.
     #[arg(long)]

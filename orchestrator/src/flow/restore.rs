@@ -46,6 +46,10 @@ pub struct Plan<'a> {
     pub select: Request,
 }
 
+/// Per source shard, the qualified names of the tables to restore; `None`:
+/// all of them.
+type Selection = BTreeMap<String, Option<Vec<String>>>;
+
 /// A restore and its verification.
 pub struct Outcome {
     /// What was expected on the target: the backup's selected tables, or
@@ -198,13 +202,12 @@ async fn resolve(
 
 /// The (source, target) shard pairs to restore and each one's selected
 /// tables (`None`: all); shards with nothing selected drop out.
-#[allow(clippy::type_complexity)]
 fn select_scope(
     plan: &Plan<'_>,
     m: &Manifest,
     source: &Topology,
     target: &Topology,
-) -> anyhow::Result<(Vec<(String, Shard)>, BTreeMap<String, Option<Vec<String>>>)> {
+) -> anyhow::Result<(Vec<(String, Shard)>, Selection)> {
     let mut pairs = scope(plan, m, source, target)?;
     // The tables each shard restores; shards with nothing selected drop out.
     let mut selection = BTreeMap::new();
@@ -234,11 +237,7 @@ fn select_scope(
 /// What the target must hold afterwards: the selected tables of each
 /// shard, or at a mark the mark's tables, row counts and content hashes
 /// (read from the source under the mark's block).
-fn expected_state(
-    m: &Manifest,
-    selection: &BTreeMap<String, Option<Vec<String>>>,
-    mark: Option<&Mark>,
-) -> Manifest {
+fn expected_state(m: &Manifest, selection: &Selection, mark: Option<&Mark>) -> Manifest {
     let mut in_scope = m.clone();
     for (name, shard) in in_scope.shards.iter_mut() {
         if let Some(Some(list)) = selection.get(name) {

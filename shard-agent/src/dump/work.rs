@@ -90,9 +90,10 @@ pub async fn join_workers(
                 continue;
             }
             Ok(Err(e)) => e,
-            Err(e) => AgentError::Tool {
+            Err(source) => AgentError::Panicked {
                 shard: shard.to_string(),
-                what: format!("a dump worker panicked: {e}"),
+                task: "a dump worker",
+                source,
             },
         };
         cancel.store(true, Ordering::Relaxed);

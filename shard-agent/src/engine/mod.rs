@@ -20,3 +20,15 @@ pub fn driver(engine: Engine) -> &'static dyn Driver {
         Engine::Postgres => &postgres::driver::Postgres,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_is_registered_under_its_own_name() {
+        for engine in [Engine::Mysql, Engine::Postgres] {
+            assert_eq!(driver(engine).kind(), engine);
+        }
+    }
+}

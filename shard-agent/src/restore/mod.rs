@@ -86,9 +86,10 @@ pub(crate) async fn join_loaders(
 ) -> Result<(), AgentError> {
     let mut first = None;
     while let Some(joined) = tasks.join_next().await {
-        let r = joined.map_err(|e| AgentError::Tool {
+        let r = joined.map_err(|source| AgentError::Panicked {
             shard: shard.to_string(),
-            what: format!("a load worker panicked: {e}"),
+            task: "a load worker",
+            source,
         })?;
         if let Err(e) = r {
             first.get_or_insert(e);
@@ -109,7 +110,7 @@ pub(crate) async fn load_checked(
     shard: &str,
 ) -> Result<Vec<u8>, AgentError> {
     let (r, k, want) = (repo.clone(), key.to_string(), xxh3.to_string());
-    let fail = |what: String| AgentError::Tool {
+    let fail = |what: String| AgentError::Damaged {
         shard: shard.to_string(),
         what,
     };
@@ -124,7 +125,11 @@ pub(crate) async fn load_checked(
         decompress(&stored).map_err(|e| format!("{k} does not decompress: {e}"))
     })
     .await
-    .map_err(|e| fail(format!("a reader thread failed: {e}")))?
+    .map_err(|source| AgentError::Panicked {
+        shard: shard.to_string(),
+        task: "a chunk reader",
+        source,
+    })?
     .map_err(fail)
 }
 

@@ -43,9 +43,10 @@ impl Session {
         for db in self.databases.clone() {
             let tables: Vec<&Table> = self.tables.iter().filter(|t| t.database == db).collect();
             let schema = database_schema(&mut self.control, &shard, &db, &tables).await?;
-            let raw = serde_json::to_vec_pretty(&schema).map_err(|e| AgentError::Tool {
+            let raw = serde_json::to_vec_pretty(&schema).map_err(|source| AgentError::Schema {
                 shard: shard.name.clone(),
-                what: format!("encoding the schema of {db}: {e}"),
+                what: format!("encoding the schema of {db}"),
+                source,
             })?;
             let key = format!(
                 "{}shards/{}/{}/schema.json.zst",

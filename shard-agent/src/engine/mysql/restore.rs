@@ -91,29 +91,33 @@ async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(
     conn.query_drop(sql).await.map_err(query_err(shard, what))
 }
 
+/// Per table, the secondary keys built after its data is loaded.
+type TableKeys = Vec<(String, Vec<String>)>;
+
 /// Creates database `db` on the target with the selected tables (without
 /// the secondary keys that are built after the load); returns its schema
 /// and the deferred keys per table.
-#[allow(clippy::type_complexity)]
 async fn create_tables(
     control: &mut Conn,
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
-) -> Result<(DatabaseSchema, Vec<(String, Vec<String>)>), AgentError> {
+) -> Result<(DatabaseSchema, TableKeys), AgentError> {
     let file = schema_files(source, db, "database")
         .into_iter()
         .next()
-        .ok_or_else(|| AgentError::Tool {
+        .ok_or_else(|| AgentError::Damaged {
             shard: target.name.clone(),
             what: format!("the backup has no schema file for database {db}"),
         })?;
     let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
-    let schema: DatabaseSchema = serde_json::from_slice(&raw).map_err(|e| AgentError::Tool {
-        shard: target.name.clone(),
-        what: format!("schema file {} is not readable: {e}", file.key),
-    })?;
+    let schema: DatabaseSchema =
+        serde_json::from_slice(&raw).map_err(|source| AgentError::Schema {
+            shard: target.name.clone(),
+            what: format!("schema file {} is not readable", file.key),
+            source,
+        })?;
     prepare_database(control, target, db, opts.overwrite).await?;
     exec(
         control,
@@ -284,11 +288,10 @@ pub(super) async fn check_target(
 }
 
 fn refusal(shard: &Shard, db: &str, tables: u64) -> AgentError {
-    AgentError::Tool {
+    AgentError::TargetNotEmpty {
         shard: shard.name.clone(),
-        what: format!(
-            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
-        ),
+        database: db.to_string(),
+        tables,
     }
 }
 

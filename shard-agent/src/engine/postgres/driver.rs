@@ -73,7 +73,7 @@ impl Driver for Postgres {
     ) -> Result<RowDigest, AgentError> {
         let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
         let Some(schema) = t.schema.as_deref() else {
-            return Err(AgentError::Tool {
+            return Err(AgentError::Damaged {
                 shard: shard.name.clone(),
                 what: format!("table {} has no schema in the manifest", t.qualified()),
             });

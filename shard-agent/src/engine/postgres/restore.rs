@@ -87,11 +87,10 @@ async fn inspect(shard: &Shard, db: &str) -> Result<(bool, i64), AgentError> {
 }
 
 fn refusal(shard: &Shard, db: &str, tables: i64) -> AgentError {
-    AgentError::Tool {
+    AgentError::TargetNotEmpty {
         shard: shard.name.clone(),
-        what: format!(
-            "target database {db} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it"
-        ),
+        database: db.to_string(),
+        tables: u64::try_from(tables).unwrap_or(0),
     }
 }
 
@@ -189,9 +188,11 @@ async fn psql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), 
         shard: target.name.clone(),
         what,
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|err| tool(format!("cannot run psql: {err}")))?;
+    let mut child = cmd.spawn().map_err(|source| AgentError::Program {
+        shard: target.name.clone(),
+        program: "psql".into(),
+        source,
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(sql.as_bytes()).await.map_err(|err| {
             tool(format!(

@@ -77,9 +77,10 @@ pub(super) async fn section(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = cmd.output().await.map_err(|err| AgentError::Tool {
+    let out = cmd.output().await.map_err(|source| AgentError::Program {
         shard: shard.name.clone(),
-        what: format!("cannot run {}: {err}", pg_dump_binary().display()),
+        program: pg_dump_binary().display().to_string(),
+        source,
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
