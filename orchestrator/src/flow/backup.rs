@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shard_agent::manifest::{BackupKind, BackupStatus, Manifest, MANIFEST_FORMAT};
+use shard_agent::manifest::Manifest;
 use shard_agent::repo::Repository;
 use topology::Topology;
 
 use super::steps::{
-    cut_options, discard, dump_all, new_backup_id, prepare_all, store_manifest, DumpPlan,
+    complete_manifest, cut_options, discard, dump_all, new_backup_id, prepare_all, store_manifest,
+    Contents, DumpPlan,
 };
 use super::{open_repository, Observer};
 use crate::cut::{global_cut, CutTestHooks};
@@ -100,20 +101,12 @@ async fn take_full(
     let shards = dump_all(sessions, repo, &dump, observer)
         .await
         .map_err(|causes| anyhow::anyhow!("backup {id} failed and was discarded: {causes}"))?;
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        backup_id: id.to_string(),
-        cluster: topology.cluster.clone(),
-        topology_digest: topology.digest(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        status: BackupStatus::Complete,
-        started_at,
-        finished_at: chrono::Utc::now().to_rfc3339(),
+    let contents = Contents {
         cut,
         shards,
-        kind: BackupKind::Full,
         chain: None,
     };
+    let manifest = complete_manifest(topology, id, started_at, contents);
     // The manifest goes last: only now does the backup exist.
     store_manifest(repo, &manifest).await?;
     Ok(manifest)

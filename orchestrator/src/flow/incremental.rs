@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shard_agent::capture::{list_segments, StreamState};
-use shard_agent::manifest::{
-    BackupKind, BackupStatus, Chain, Manifest, SegmentRef, MANIFEST_FORMAT,
-};
+use shard_agent::manifest::{Chain, Manifest, SegmentRef};
 use shard_agent::position::Position;
 use shard_agent::repo::Repository;
 use topology::Topology;
 
 use super::capture::{catch_up_to, ensure_streams, CatchUpTarget};
 use super::mark::take_mark;
+use super::steps::{complete_manifest, store_manifest, Contents};
 use super::{list_backups, Observer};
 use crate::exit::InvalidInput;
 use crate::lock::{LockError, RepoLock};
@@ -112,18 +111,9 @@ pub async fn take(
         s.bytes_stored = 0;
         s.bytes_raw = 0;
     }
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        backup_id: id.to_string(),
-        cluster: topology.cluster.clone(),
-        topology_digest: topology.digest(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        status: BackupStatus::Complete,
-        started_at,
-        finished_at: chrono::Utc::now().to_rfc3339(),
+    let contents = Contents {
         cut: mark.cut.clone(),
         shards: shard_list,
-        kind: BackupKind::Incremental,
         chain: Some(Chain {
             parent: parent.backup_id.clone(),
             base: base_id,
@@ -131,7 +121,8 @@ pub async fn take(
             segments,
         }),
     };
-    super::steps::store_manifest(repo, &manifest).await?;
+    let manifest = complete_manifest(topology, id, started_at, contents);
+    store_manifest(repo, &manifest).await?;
     Ok(manifest)
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use shard_agent::cut::CutOptions;
 use shard_agent::dump::{DumpOptions, Progress};
-use shard_agent::manifest::{keys, Manifest, ShardManifest};
+use shard_agent::manifest::{
+    keys, BackupKind, BackupStatus, Chain, Cut, Manifest, ShardManifest, MANIFEST_FORMAT,
+};
 use shard_agent::repo::Repository;
 use shard_agent::AgentError;
 use tokio::task::JoinSet;
@@ -117,6 +119,42 @@ pub async fn dump_all(
         return Err(causes.join("; "));
     }
     Ok(shards)
+}
+
+/// What a backup holds: its cut, every shard's part, and for an
+/// incremental backup its place in its chain.
+pub struct Contents {
+    pub cut: Cut,
+    pub shards: BTreeMap<String, ShardManifest>,
+    pub chain: Option<Chain>,
+}
+
+/// The manifest of a backup of `topology` that completed just now; an
+/// incremental one if it has a chain.
+pub fn complete_manifest(
+    topology: &Topology,
+    id: &str,
+    started_at: String,
+    contents: Contents,
+) -> Manifest {
+    Manifest {
+        format: MANIFEST_FORMAT,
+        backup_id: id.to_string(),
+        cluster: topology.cluster.clone(),
+        topology_digest: topology.digest(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        status: BackupStatus::Complete,
+        started_at,
+        finished_at: chrono::Utc::now().to_rfc3339(),
+        cut: contents.cut,
+        shards: contents.shards,
+        kind: if contents.chain.is_some() {
+            BackupKind::Incremental
+        } else {
+            BackupKind::Full
+        },
+        chain: contents.chain,
+    }
 }
 
 /// Writes a backup's manifest, the object whose presence makes it a backup:

@@ -29,7 +29,7 @@ use crate::cut::{CutOptions, Lease};
 use crate::error::{AgentError, DbError};
 use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
-use sql::{literal_list, number, query_err, text, SYSTEM_DATABASES};
+use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
 /// Where each `(database, table)` of the catalog is in the table list.
 type TableIndex = std::collections::HashMap<(String, String), usize>;
@@ -199,8 +199,7 @@ impl Session {
             .await
             .map_err(query_err(&shard, "listing tables"))?;
         for row in &rows {
-            let (Some(db), Some(table)) = (text(row, 0).map_err(&de)?, text(row, 1).map_err(&de)?)
-            else {
+            let Some([db, table]) = texts(row).map_err(&de)? else {
                 continue;
             };
             if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
@@ -234,12 +233,7 @@ impl Session {
             .await
             .map_err(query_err(&shard, "listing columns"))?;
         for row in &rows {
-            let (Some(db), Some(table), Some(col), Some(ty)) = (
-                text(row, 0).map_err(&de)?,
-                text(row, 1).map_err(&de)?,
-                text(row, 2).map_err(&de)?,
-                text(row, 3).map_err(&de)?,
-            ) else {
+            let Some([db, table, col, ty]) = texts(row).map_err(&de)? else {
                 continue;
             };
             // Views have columns too; only the base tables listed above count.
@@ -274,11 +268,7 @@ impl Session {
             .await
             .map_err(query_err(&shard, "listing primary keys"))?;
         for row in &rows {
-            let (Some(db), Some(table), Some(col)) = (
-                text(row, 0).map_err(&de)?,
-                text(row, 1).map_err(&de)?,
-                text(row, 2).map_err(&de)?,
-            ) else {
+            let Some([db, table, col]) = texts(row).map_err(&de)? else {
                 continue;
             };
             if let Some(&i) = index.get(&(db, table)) {
@@ -303,12 +293,7 @@ impl Session {
             .await
             .map_err(query_err(&shard, "listing foreign keys"))?;
         for row in &rows {
-            let (Some(db), Some(table), Some(rdb), Some(rtable)) = (
-                text(row, 0).map_err(&de)?,
-                text(row, 1).map_err(&de)?,
-                text(row, 2).map_err(&de)?,
-                text(row, 3).map_err(&de)?,
-            ) else {
+            let Some([db, table, rdb, rtable]) = texts(row).map_err(&de)? else {
                 continue;
             };
             let own = format!("{db}.{table}");

@@ -67,3 +67,15 @@ pub(crate) fn number(row: &Row, i: usize) -> Result<Option<u64>, DbError> {
         }),
     }
 }
+
+/// The first `N` columns of `row` as text; `None` if any is NULL.
+pub(crate) fn texts<const N: usize>(row: &Row) -> Result<Option<[String; N]>, DbError> {
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (i, slot) in out.iter_mut().enumerate() {
+        match text(row, i)? {
+            Some(v) => *slot = v,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
