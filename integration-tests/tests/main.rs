@@ -19,4 +19,5 @@ mod faults;
 mod pitr;
 mod remote;
 mod restore;
+mod untrusted;
 mod verify;

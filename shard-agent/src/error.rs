@@ -119,6 +119,10 @@ pub enum AgentError {
         database: String,
         tables: u64,
     },
+    /// A backup names one of the server's own databases; a restore never
+    /// replaces those.
+    #[error("shard {shard}: the backup names the system database `{database}`, which a restore never replaces; nothing was changed (the manifest was damaged or tampered with, or the database was selected explicitly: restore it by other means)")]
+    SystemDatabase { shard: String, database: String },
     /// A task of the shard's work panicked: a bug, and the work is not done.
     #[error("shard {shard}: {task} panicked: {source}")]
     Panicked {

@@ -14,6 +14,8 @@ pub(crate) mod queue;
 
 use std::sync::Arc;
 
+use topology::Shard;
+
 use crate::dump::chunk::decompress;
 use crate::error::AgentError;
 use crate::manifest::{ShardManifest, StoredFile, TableManifest};
@@ -75,6 +77,23 @@ pub struct ShardRestore {
     pub databases: Vec<String>,
     pub tables: usize,
     pub chunks: usize,
+}
+
+/// Refuses a database the backup names that is one of the target
+/// server's own (`system`): a manifest is read from the repository, which
+/// is not trusted, and restoring drops a database before recreating it.
+pub(crate) fn refuse_system_database(
+    target: &Shard,
+    db: &str,
+    system: &[&str],
+) -> Result<(), AgentError> {
+    if system.iter().any(|s| s.eq_ignore_ascii_case(db)) {
+        return Err(AgentError::SystemDatabase {
+            shard: target.name.clone(),
+            database: db.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Waits for every load worker; returns the first failure. A worker that

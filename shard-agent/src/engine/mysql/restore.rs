@@ -12,13 +12,14 @@ use topology::Shard;
 use super::restore_keys::split_secondary_keys;
 use super::schema::DatabaseSchema;
 use super::sql::number;
-use super::sql::{ident, query_err};
+use super::sql::{ident, query_err, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
-    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+    chunk_items, databases, join_loaders, load_checked, refuse_system_database, schema_files,
+    RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -276,6 +277,9 @@ pub(super) async fn check_target(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
+    for db in databases(source, opts) {
+        refuse_system_database(target, &db, SYSTEM_DATABASES)?;
+    }
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
     for db in databases(source, opts) {
         let (_, tables) = inspect(&mut conn, target, &db).await?;
@@ -302,6 +306,7 @@ async fn prepare_database(
     db: &str,
     overwrite: bool,
 ) -> Result<(), AgentError> {
+    refuse_system_database(shard, db, SYSTEM_DATABASES)?;
     let (exists, tables) = inspect(conn, shard, db).await?;
     if exists == 0 {
         return Ok(());

@@ -47,6 +47,36 @@ pub fn slot_name(cluster: &str, shard: &str, db: &str) -> String {
     format!("shardcut_{h:016x}")
 }
 
+/// Whether `name` is a slot name [`slot_name`] makes.
+fn is_slot_name(name: &str) -> bool {
+    name.strip_prefix("shardcut_").is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The replication slot (and publication) a stream state names. The state
+/// is read from the repository, which is not trusted, and the name reaches
+/// SQL text (a publication name cannot be a parameter): anything but a
+/// name shardcut makes is refused before a statement is sent.
+fn checked_slot<'s>(shard: &Shard, state: &'s StreamState) -> Result<&'s str, CaptureError> {
+    let slot = state
+        .slot
+        .as_deref()
+        .ok_or_else(|| CaptureError::stream(&shard.name, "the stream state names no slot"))?;
+    if !is_slot_name(slot) {
+        return Err(CaptureError::stream(
+            &shard.name,
+            format!(
+                "the capture state of database {} names the replication slot {slot:?}, which shardcut never creates (it makes shardcut_ and 16 hex digits): the repository's capture state is damaged or was tampered with; nothing was run on the server",
+                state.stream
+            ),
+        ));
+    }
+    Ok(slot)
+}
+
 fn err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error) -> CaptureError {
     let shard = shard.name.clone();
     let what = what.to_string();
@@ -183,19 +213,23 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
 /// Drops the slot and publication of a stream (the server stops retaining
 /// WAL for it). Stored segments stay.
 pub async fn remove(shard: &Shard, state: &StreamState) -> Result<(), CaptureError> {
-    let Some(name) = &state.slot else {
+    if state.slot.is_none() {
         return Ok(());
-    };
+    }
+    let name = checked_slot(shard, state)?;
     let client = connect::postgres(shard, Some(&state.stream), CONNECT_TIMEOUT).await?;
     client
         .execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-            &[name],
+            &[&name],
         )
         .await
         .map_err(err(shard, &format!("dropping replication slot {name}")))?;
     client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}"))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            super::ident(name)
+        ))
         .await
         .map_err(err(shard, &format!("dropping publication {name}")))?;
     Ok(())
@@ -256,8 +290,12 @@ pub(super) async fn server_state(shard: &Shard, state: &StreamState) -> StreamSe
             .map(|lsn| Position::Postgres { lsn }),
         ..StreamServer::default()
     };
-    if let Some(slot) = &state.slot {
-        match retained_wal(&client, shard, slot).await {
+    if state.slot.is_some() {
+        let retained = match checked_slot(shard, state) {
+            Ok(slot) => retained_wal(&client, shard, slot).await,
+            Err(e) => Err(e),
+        };
+        match retained {
             Ok(w) => out.retained_bytes = Some(w),
             Err(e) => out.problem = Some(e.to_string()),
         }
@@ -290,10 +328,7 @@ pub async fn catch_up(
     stop: &AtomicBool,
 ) -> Result<RoundReport, CaptureError> {
     let db = state.stream.clone();
-    let slot = state
-        .slot
-        .clone()
-        .ok_or_else(|| CaptureError::stream(&shard.name, "the stream state names no slot"))?;
+    let slot = checked_slot(shard, state)?.to_string();
     // The reader's settings fix the text form of every value (time zone,
     // date style, float digits, bytea): replay sets the same ones.
     let client = super::reader(shard, &db, CONNECT_TIMEOUT).await?;
@@ -360,7 +395,8 @@ async fn one_call(
             "the stream state holds no LSN",
         ));
     };
-    // The slot name is ours ([a-z0-9_]), safe to inline.
+    // The slot name is checked to be one of ours ([a-z0-9_]), safe to
+    // inline (see `checked_slot`).
     let sql = format!(
         "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, {CHANGES_PER_CALL}, \
          'proto_version', '1', 'publication_names', '{slot}')"
@@ -529,4 +565,25 @@ fn close(
     state.updated_at = chrono::Utc::now().to_rfc3339();
     state.save(repo)?;
     Ok(Some(seg.last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_slot_names_shardcut_makes_pass() {
+        assert!(is_slot_name(&slot_name("shop", "pg-0", "bank")));
+        for bad in [
+            "",
+            "shardcut_",
+            "shardcut_0123456789abcdeF",
+            "shardcut_0123456789abcdef0",
+            "other_0123456789abcdef",
+            "shardcut_01234567', NULL, 1, 'proto_version', '1'); DROP TABLE t; --",
+            "shardcut_0123456789abcde; DROP TABLE accounts",
+        ] {
+            assert!(!is_slot_name(bad), "{bad:?}");
+        }
+    }
 }

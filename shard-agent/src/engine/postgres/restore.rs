@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use topology::Shard;
 
+use super::preflight::SYSTEM_DATABASES;
 use super::restore_post::PostData;
 use super::schema::client_command;
 use super::{ident, is_partitioned, pg_err, reader};
@@ -17,7 +18,8 @@ use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::restore::{
-    chunk_items, databases, join_loaders, load_checked, schema_files, RestoreOptions, ShardRestore,
+    chunk_items, databases, join_loaders, load_checked, refuse_system_database, schema_files,
+    RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -102,6 +104,9 @@ pub(super) async fn check_target(
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
     for db in databases(source, opts) {
+        refuse_system_database(target, &db, SYSTEM_DATABASES)?;
+    }
+    for db in databases(source, opts) {
         let (_, tables) = inspect(target, &db).await?;
         if tables > 0 && !opts.overwrite {
             return Err(refusal(target, &db, tables));
@@ -112,6 +117,7 @@ pub(super) async fn check_target(
 
 /// Replaces (the caller checked `overwrite`) or creates `db` empty.
 async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<(), AgentError> {
+    refuse_system_database(shard, db, SYSTEM_DATABASES)?;
     let (exists, tables) = inspect(shard, db).await?;
     if tables > 0 && !overwrite {
         return Err(refusal(shard, db, tables));
