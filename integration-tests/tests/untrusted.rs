@@ -79,6 +79,28 @@ async fn a_tampered_slot_name_in_the_capture_state_runs_nothing() {
         .unwrap();
 }
 
+/// Every directory below `root` (and `root`) is 0700, every file 0600.
+fn owner_only(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = vec![root.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = dirs.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else {
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 10, "only {files} files checked");
+}
+
 /// A manifest naming a server's own database (`mysql`, `postgres`) is
 /// refused before the target is touched, even with `--overwrite`: a
 /// restore drops each database it recreates.
@@ -90,6 +112,8 @@ fn a_manifest_naming_a_system_database_is_refused() {
     let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    // A backup holds every row: only its owner may read it.
+    owner_only(&dir.path().join("repo"));
     let repo = db::repository(&db::topology(&src));
     let key = shard_agent::manifest::keys::manifest(&id);
     let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
@@ -133,4 +157,146 @@ fn a_manifest_naming_a_system_database_is_refused() {
     let run = support::shardcut(&["check", "-t", target.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(scratch_topo.shards.len(), 2);
+}
+
+/// A database whose name reads as a libpq connection string is backed up
+/// and restored as itself: `pg_dump` and `psql` get the name quoted, so
+/// they never follow it to another server (here: the cluster's other
+/// shard, which holds a database of the name it points to).
+#[test]
+fn a_database_named_like_a_connection_string_stays_a_name() {
+    let sb = PrivateSandbox::up(0, 2, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    let (pg0, pg1) = (&topo.shards[0], &topo.shards[1]);
+    let weird = format!("dbname=other port={}", pg1.endpoint.port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = db::pg(pg0, "postgres").await;
+        a.batch_execute(&format!("CREATE DATABASE \"{weird}\""))
+            .await
+            .unwrap();
+        db::pg(pg0, &weird)
+            .await
+            .batch_execute("CREATE TABLE mine (id int PRIMARY KEY); INSERT INTO mine VALUES (7)")
+            .await
+            .unwrap();
+        let b = db::pg(pg1, "postgres").await;
+        b.batch_execute("CREATE DATABASE other").await.unwrap();
+        db::pg(pg1, "other")
+            .await
+            .batch_execute("CREATE TABLE theirs (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+    });
+    let arg = topo_path.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&topo_path, &id);
+    let tables: Vec<String> = m.shards[&pg0.name]
+        .table_list
+        .iter()
+        .map(|t| t.qualified())
+        .collect();
+    assert_eq!(tables, vec![format!("{weird}.public.mine")]);
+
+    let scratch = PrivateSandbox::up(0, 1, "ready");
+    let run = support::shardcut(&[
+        "restore",
+        "-t",
+        arg,
+        "--backup",
+        &id,
+        "--target",
+        scratch.topology().to_str().unwrap(),
+        "--shard",
+        &pg0.name,
+        "--map",
+        &format!("{}=pg-0", pg0.name),
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let target = db::topology(&scratch.topology());
+    let n: i64 = rt.block_on(async {
+        db::pg(&target.shards[0], &weird)
+            .await
+            .query_one("SELECT id FROM mine", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+            .into()
+    });
+    assert_eq!(n, 7);
+}
+
+/// A psql meta-command planted in a PostgreSQL schema file, with the
+/// manifest's checksum updated to match (the manifest sits in the same
+/// repository), runs nothing: the restore refuses before the target is
+/// changed, naming the file and the line.
+#[test]
+fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let repo = db::repository(&db::topology(&src));
+    let key = shard_agent::manifest::keys::manifest(&id);
+    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
+    let marker = dir.path().join("ran");
+    let files = m["shards"]["pg-0"]["schema"].as_array_mut().unwrap();
+    let f = files
+        .iter_mut()
+        .find(|f| f["section"] == "pre-data" && f["database"] == "shop")
+        .expect("a pre-data file of shop");
+    let file_key = f["key"].as_str().unwrap().to_string();
+    let raw = shard_agent::dump::chunk::decompress(&repo.get(&file_key).unwrap()).unwrap();
+    let mut sql = String::from_utf8(raw).unwrap();
+    sql.push_str(&format!("\n\\! touch {}\n", marker.display()));
+    let stored =
+        shard_agent::dump::chunk::compress(sql.as_bytes(), topology::Compression::Zstd(1)).unwrap();
+    repo.put(&file_key, &stored).unwrap();
+    f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    f["bytes_raw"] = sql.len().into();
+    f["bytes_stored"] = stored.len().into();
+    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let scratch = PrivateSandbox::up(0, 1, "ready");
+    let run = support::shardcut(&[
+        "restore",
+        "-t",
+        src_arg,
+        "--backup",
+        &id,
+        "--target",
+        scratch.topology().to_str().unwrap(),
+        "--shard",
+        "pg-0",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&file_key) && run.stderr.contains("psql meta-command"),
+        "{}",
+        run.stderr
+    );
+    assert!(!marker.exists(), "the planted command ran");
+    // Nothing was created on the target either.
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let exists: bool = rt.block_on(async {
+        db::pg(&target.shards[0], "postgres")
+            .await
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'shop')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(!exists, "the restore changed the target");
 }

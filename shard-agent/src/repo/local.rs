@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -22,6 +23,20 @@ pub struct LocalRepository {
     direct: AtomicBool,
 }
 
+/// Mode of every file the repository writes: a backup holds every row of
+/// every database, readable by its owner only.
+pub(super) const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the repository creates.
+const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and its missing parents, owner-only.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
 /// Distinguishes temporary files of concurrent puts within one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 const TMP_PREFIX: &str = ".tmp-";
@@ -29,7 +44,7 @@ const TMP_PREFIX: &str = ".tmp-";
 impl LocalRepository {
     /// Opens (and creates if needed) the repository at `root`.
     pub fn open(root: &Path) -> Result<Self, RepoError> {
-        fs::create_dir_all(root).map_err(|source| RepoError::Io {
+        create_dirs(root).map_err(|source| RepoError::Io {
             location: root.display().to_string(),
             op: "create",
             key: String::new(),
@@ -116,6 +131,7 @@ impl LocalRepository {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)?;
         f.write_all(data)?;
         f.sync_all()
@@ -157,7 +173,7 @@ impl Repository for LocalRepository {
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(self.io("put", key))?;
+        create_dirs(dir).map_err(self.io("put", key))?;
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}-{}",
             std::process::id(),
@@ -177,7 +193,7 @@ impl Repository for LocalRepository {
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
         let path = self.path(key)?;
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(self.io("put", key))?;
+            create_dirs(dir).map_err(self.io("put", key))?;
         }
         match Self::write_new(&path, data) {
             Ok(()) => Ok(()),
@@ -253,6 +269,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = LocalRepository::open(&dir.path().join("repo")).unwrap();
         super::super::contract::check(&repo);
+    }
+
+    #[test]
+    fn only_the_owner_can_read_what_is_stored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = LocalRepository::open(&root).unwrap();
+        repo.put("backups/a/b/chunk", b"rows").unwrap();
+        repo.put_if_absent("locks/c.lock", b"me").unwrap();
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in ["", "backups", "backups/a", "backups/a/b", "locks"] {
+            assert_eq!(mode(root.join(d)), 0o700, "{d}");
+        }
+        for f in ["backups/a/b/chunk", "locks/c.lock"] {
+            assert_eq!(mode(root.join(f)), 0o600, "{f}");
+        }
     }
 
     #[test]

@@ -1,18 +1,16 @@
-//! Restoring a PostgreSQL shard: pre-data schema with psql, data with
-//! `COPY … FROM STDIN` per chunk, post-data schema, then sequence values.
+//! Restoring a PostgreSQL shard: pre-data schema (run through the server,
+//! never psql), data with `COPY … FROM STDIN` per chunk, post-data schema,
+//! then sequence values.
 
-use std::process::Stdio;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use topology::Shard;
 
 use super::preflight::SYSTEM_DATABASES;
 use super::restore_post::PostData;
-use super::schema::client_command;
 use super::{ident, is_partitioned, pg_err, reader};
 use crate::connect;
 use crate::error::AgentError;
@@ -105,6 +103,12 @@ pub(super) async fn check_target(
 ) -> Result<(), AgentError> {
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
+        // Every schema file is read and checked before anything changes.
+        for section in ["pre-data", "post-data"] {
+            for f in schema_files(source, &db, section) {
+                section_sql(f, target, opts).await?;
+            }
+        }
     }
     for db in databases(source, opts) {
         let (_, tables) = inspect(target, &db).await?;
@@ -145,11 +149,50 @@ async fn section_sql(
     opts: &RestoreOptions,
 ) -> Result<String, AgentError> {
     let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
-    Ok(String::from_utf8_lossy(&sql)
-        .lines()
-        .filter(|l| !(l.starts_with("ALTER ") && l.contains(" OWNER TO ")))
-        .map(|l| format!("{l}\n"))
-        .collect())
+    schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
+        shard: target.name.clone(),
+        what: format!(
+            "schema file {}: {what}; nothing was restored from it",
+            f.key
+        ),
+    })
+}
+
+/// The SQL of a pg_dump section as shardcut runs it: without ownership
+/// changes (the restoring user owns what it creates) and without pg_dump's
+/// `\restrict`/`\unrestrict` lines, the only psql meta-commands it writes.
+/// Schema SQL goes to the server through the driver, never through psql,
+/// so a meta-command planted in a backup (`\!` runs a shell command in
+/// psql) cannot run; any other line that starts one is refused all the
+/// same, naming the line, as the sign of a tampered file.
+pub(super) fn schema_sql(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("ALTER ") && line.contains(" OWNER TO ") {
+            continue;
+        }
+        if is_dump_guard(line) {
+            continue;
+        }
+        if line.trim_start().starts_with('\\') {
+            let shown: String = line.chars().take(60).collect();
+            return Err(format!(
+                "line {} holds a psql meta-command ({shown:?}), which pg_dump never writes there",
+                n + 1
+            ));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// pg_dump's `\restrict KEY` / `\unrestrict KEY` line around a plain dump.
+fn is_dump_guard(line: &str) -> bool {
+    let key = line
+        .strip_prefix("\\restrict ")
+        .or_else(|| line.strip_prefix("\\unrestrict "));
+    key.is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// The database's post-data section, planned (see [`PostData`]). The dump
@@ -168,7 +211,7 @@ async fn post_data(
     Ok(PostData::plan(&sql))
 }
 
-/// Runs a pg_dump section with psql.
+/// Runs a pg_dump section through the server.
 async fn run_section(
     source: &ShardManifest,
     target: &Shard,
@@ -178,54 +221,26 @@ async fn run_section(
 ) -> Result<(), AgentError> {
     for f in schema_files(source, db, section) {
         let sql = section_sql(f, target, opts).await?;
-        psql(target, db, &sql, section).await?;
+        run_sql(target, db, &sql, section).await?;
     }
     Ok(())
 }
 
-/// Feeds `sql` to psql (stopping at the first error).
-async fn psql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), AgentError> {
-    let mut cmd = client_command(target, "psql", db);
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let tool = |what: String| AgentError::Tool {
-        shard: target.name.clone(),
-        what,
-    };
-    let mut child = cmd.spawn().map_err(|source| AgentError::Program {
-        shard: target.name.clone(),
-        program: "psql".into(),
-        source,
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(sql.as_bytes()).await.map_err(|err| {
-            tool(format!(
-                "feeding the {section} schema of {db} to psql: {err}"
-            ))
-        })?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|err| tool(format!("waiting for psql: {err}")))?;
-    if !out.status.success() {
-        return Err(tool(format!(
-            "restoring the {section} schema of {db} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', " ")
-        )));
-    }
-    Ok(())
+/// Runs schema SQL on `db` through the server, all of it or nothing (one
+/// implicit transaction), stopping at the first error.
+async fn run_sql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(), AgentError> {
+    let client = connect::postgres(target, Some(db), TIMEOUT).await?;
+    client.batch_execute(sql).await.map_err(pg_err(
+        target,
+        &format!("restoring the {section} schema of {db}"),
+    ))
 }
 
 /// The post-data statements no load worker built, as `pg_restore -j` runs
 /// them once all data is in: indexes and constraints other than foreign
 /// keys (each on one table) `parallelism` at a time on their own
 /// connections (two on one table wait for each other's lock); then foreign
-/// keys, triggers and the rest, in the dump's order, through psql.
+/// keys, triggers and the rest, in the dump's order, in one batch.
 async fn run_post_data(
     target: &Shard,
     opts: &RestoreOptions,
@@ -247,7 +262,7 @@ async fn run_post_data(
     })
     .await?;
     if let Some(sql) = &post.rest {
-        psql(target, db, sql, "post-data").await?;
+        run_sql(target, db, sql, "post-data").await?;
     }
     Ok(())
 }
@@ -564,4 +579,28 @@ async fn load_chunks(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_sql;
+
+    #[test]
+    fn pg_dump_guards_and_owners_go_and_meta_commands_are_refused() {
+        let dump = "\\restrict AbC123\nSET lock_timeout = 0;\nCREATE TABLE t (a int);\nALTER TABLE t OWNER TO someone;\n\\unrestrict AbC123\n";
+        assert_eq!(
+            schema_sql(dump).unwrap(),
+            "SET lock_timeout = 0;\nCREATE TABLE t (a int);\n"
+        );
+        for bad in [
+            "CREATE TABLE t (a int);\n\\! touch /tmp/x\n",
+            "\\unrestrict AbC123\n\\! touch /tmp/x\n",
+            "  \\copy t from program 'id'\n",
+            "\\restrict\n",
+            "\\restrict a;b\n",
+        ] {
+            let err = schema_sql(bad).unwrap_err();
+            assert!(err.contains("psql meta-command"), "{bad:?}: {err}");
+        }
+    }
 }

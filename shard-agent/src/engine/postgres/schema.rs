@@ -50,13 +50,32 @@ pub fn client_command(shard: &Shard, program: &str, db: &str) -> tokio::process:
         .arg("--username")
         .arg(&e.user)
         .arg("--dbname")
-        .arg(db)
+        .arg(dbname_conninfo(db))
         .env("PGAPPNAME", "shardcut")
         .kill_on_drop(true);
     if let Some(p) = &shard.password {
         cmd.env("PGPASSWORD", p.expose());
     }
     cmd
+}
+
+/// `db` as a libpq connection string naming just that database. The
+/// client programs read a `--dbname` holding `=` (or starting with
+/// `postgresql://`) as a connection string, so a database named
+/// `dbname=x host=elsewhere` would otherwise send them, and the password,
+/// to another server; inside single quotes, with `\` and `'` escaped by a
+/// backslash, every name is taken as a name.
+pub fn dbname_conninfo(db: &str) -> String {
+    let mut out = String::with_capacity(db.len() + 10);
+    out.push_str("dbname='");
+    for c in db.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
 }
 
 /// Runs pg_dump for one section and returns its SQL.
@@ -94,4 +113,23 @@ pub(super) async fn section(
         });
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dbname_conninfo;
+
+    #[test]
+    fn database_names_are_quoted_as_connection_string_values() {
+        assert_eq!(dbname_conninfo("shop"), "dbname='shop'");
+        assert_eq!(
+            dbname_conninfo("dbname=x host=evil port=1"),
+            "dbname='dbname=x host=evil port=1'"
+        );
+        assert_eq!(dbname_conninfo(r"a'b\c"), r"dbname='a\'b\\c'");
+        assert_eq!(
+            dbname_conninfo("postgresql://evil/x"),
+            "dbname='postgresql://evil/x'"
+        );
+    }
 }
