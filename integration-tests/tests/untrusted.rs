@@ -300,3 +300,71 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
     });
     assert!(!exists, "the restore changed the target");
 }
+
+/// A chunk replaced by one that decompresses to 100 times the size its
+/// manifest records (its checksum updated to match) is refused by name by
+/// `verify` and by `restore`, which stop reading at the recorded size.
+#[test]
+fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let repo = db::repository(&db::topology(&src));
+    let key = shard_agent::manifest::keys::manifest(&id);
+    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
+    let chunk = m["shards"]["pg-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+        .max_by_key(|c| c["bytes_raw"].as_u64().unwrap())
+        .unwrap();
+    let chunk_key = chunk["key"].as_str().unwrap().to_string();
+    let declared = chunk["bytes_raw"].as_u64().unwrap();
+    let mut bomb = Vec::new();
+    zstd::stream::read::Encoder::new(std::io::repeat(b'7').take(declared * 100), 3)
+        .unwrap()
+        .read_to_end(&mut bomb)
+        .unwrap();
+    assert!((bomb.len() as u64) < declared, "{} bytes", bomb.len());
+    repo.put(&chunk_key, &bomb).unwrap();
+    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&bomb).into();
+    chunk["bytes_stored"] = bomb.len().into();
+    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let run = support::shardcut(&["verify", "--backup", &id, "-t", src_arg]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains(&chunk_key)
+            && run
+                .stdout
+                .contains(&format!("more than the {declared} bytes")),
+        "{run:?}"
+    );
+
+    let scratch = PrivateSandbox::up(0, 1, "ready");
+    let run = support::shardcut(&[
+        "restore",
+        "-t",
+        src_arg,
+        "--backup",
+        &id,
+        "--target",
+        scratch.topology().to_str().unwrap(),
+        "--shard",
+        "pg-0",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&chunk_key)
+            && run
+                .stderr
+                .contains(&format!("more than the {declared} bytes")),
+        "{}",
+        run.stderr
+    );
+}

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use topology::Compression;
 
 use super::{keys, CaptureError};
-use crate::dump::chunk::{compress, decompress};
+use crate::dump::chunk::{compress, decompress_bounded};
 use crate::position::Position;
 use crate::repo::Repository;
 
@@ -117,7 +117,7 @@ pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>
             ),
         });
     }
-    let raw = decompress(&stored).map_err(|e| CaptureError::Corrupt {
+    let raw = decompress_bounded(&stored, meta.bytes_raw).map_err(|e| CaptureError::Corrupt {
         key: meta.key.clone(),
         what: format!("does not decompress: {e}"),
     })?;

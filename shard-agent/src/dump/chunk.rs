@@ -317,6 +317,37 @@ pub fn compress(raw: &[u8], compression: Compression) -> std::io::Result<Vec<u8>
 
 /// Decompresses a stored chunk or schema file. zstd frames are recognised
 /// by their magic number, so `compression: none` backups read the same way.
+/// As [`decompress`], for stored bytes that are not trusted: refuses, in
+/// bounded memory, data that decompresses to more than `limit` bytes (the
+/// size the manifest records), so a small object cannot expand into all of
+/// the machine's memory.
+pub fn decompress_bounded(stored: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("decompresses to more than the {limit} bytes recorded for it"),
+        )
+    };
+    if !stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        if stored.len() as u64 > limit {
+            return Err(too_big());
+        }
+        return Ok(stored.to_vec());
+    }
+    // Reserve what the record promises, but never more than a chunk's
+    // worth on its word alone: the rest grows as data really arrives.
+    let reserve = usize::try_from(limit.min(64 << 20)).unwrap_or(0);
+    let mut out = Vec::with_capacity(reserve);
+    zstd::stream::read::Decoder::new(stored)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(out)
+}
+
 pub fn decompress(stored: &[u8]) -> std::io::Result<Vec<u8>> {
     if stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
         zstd::stream::decode_all(stored)
@@ -348,6 +379,21 @@ pub async fn store_file(
 mod tests {
     use super::*;
     use crate::repo::MemoryRepository;
+
+    #[test]
+    fn a_bomb_is_refused_at_its_recorded_size() {
+        let raw = vec![b'x'; 10 << 20];
+        let stored = compress(&raw, Compression::Zstd(3)).unwrap();
+        assert!(stored.len() < 64 << 10, "{}", stored.len());
+        assert_eq!(decompress_bounded(&stored, raw.len() as u64).unwrap(), raw);
+        let err = decompress_bounded(&stored, (raw.len() / 100) as u64).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 104857 bytes"),
+            "{err}"
+        );
+        assert!(decompress_bounded(b"plain", 4).is_err());
+        assert_eq!(decompress_bounded(b"plain", 5).unwrap(), b"plain");
+    }
 
     fn writer(level: i32) -> (Arc<dyn Repository>, ChunkWriter) {
         let repo: Arc<dyn Repository> = Arc::new(MemoryRepository::default());

@@ -84,8 +84,26 @@ impl LocalRepository {
         Self::write_new(tmp, data)
     }
 
+    /// The file of `key`. No part of it below the root may be a symbolic
+    /// link: the repository is not trusted, and a planted link would make a
+    /// read or write land anywhere on the host.
     fn path(&self, key: &str) -> Result<PathBuf, RepoError> {
         if valid_key(key) && !key.split('/').any(|s| s.starts_with(TMP_PREFIX)) {
+            let mut path = self.root.clone();
+            for part in key.split('/') {
+                path.push(part);
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        return Err(RepoError::Symlink {
+                            location: self.location(),
+                            path: path.display().to_string(),
+                        })
+                    }
+                    Ok(_) => {}
+                    // What does not exist yet cannot be a link.
+                    Err(_) => break,
+                }
+            }
             Ok(self.root.join(key))
         } else {
             Err(RepoError::InvalidKey {
@@ -269,6 +287,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = LocalRepository::open(&dir.path().join("repo")).unwrap();
         super::super::contract::check(&repo);
+    }
+
+    #[test]
+    fn planted_symbolic_links_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"not the repository's").unwrap();
+        let repo = LocalRepository::open(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("backups")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("file")).unwrap();
+        for key in ["backups/secret", "file"] {
+            let err = repo.get(key).unwrap_err();
+            assert!(matches!(err, RepoError::Symlink { .. }), "{key}: {err}");
+        }
+        assert!(matches!(
+            repo.put("backups/new", b"x").unwrap_err(),
+            RepoError::Symlink { .. }
+        ));
+        assert!(!outside.join("new").exists());
+        repo.delete("file").unwrap_err();
+        assert!(outside.join("secret").exists());
     }
 
     #[test]

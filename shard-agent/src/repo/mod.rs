@@ -33,6 +33,10 @@ pub enum RepoError {
     },
     #[error("repository {location}: invalid key `{key}`")]
     InvalidKey { location: String, key: String },
+    /// A path inside a directory repository is a symbolic link, which
+    /// shardcut never makes: it is not followed.
+    #[error("repository {location}: {path} is a symbolic link, which shardcut never makes; it is not followed (was the repository tampered with?)")]
+    Symlink { location: String, path: String },
 }
 
 impl RepoError {

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use topology::Shard;
 
-use crate::dump::chunk::decompress;
+use crate::dump::chunk::decompress_bounded;
 use crate::error::AgentError;
-use crate::manifest::{ShardManifest, StoredFile, TableManifest};
+use crate::manifest::{ChunkRef, ShardManifest, StoredFile, TableManifest};
 use crate::repo::Repository;
 
 #[derive(Clone)]
@@ -120,28 +120,61 @@ pub(crate) async fn join_loaders(
     }
 }
 
-/// Verifies a stored object's checksum before it is applied: a damaged
-/// chunk is refused by name rather than loaded as garbage.
+/// What the manifest records of one stored object: where it is, its
+/// checksum, and how large it decompresses.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub key: String,
+    pub xxh3: String,
+    pub bytes_raw: u64,
+}
+
+impl From<&ChunkRef> for Recorded {
+    fn from(c: &ChunkRef) -> Self {
+        Recorded {
+            key: c.key.clone(),
+            xxh3: c.xxh3.clone(),
+            bytes_raw: c.bytes_raw,
+        }
+    }
+}
+
+impl From<&StoredFile> for Recorded {
+    fn from(f: &StoredFile) -> Self {
+        Recorded {
+            key: f.key.clone(),
+            xxh3: f.xxh3.clone(),
+            bytes_raw: f.bytes_raw,
+        }
+    }
+}
+
+/// Verifies a stored object's checksum before it is applied, and
+/// decompresses it no larger than recorded: a damaged chunk is refused by
+/// name rather than loaded as garbage, and a tampered one cannot expand
+/// beyond what the manifest says.
 pub(crate) async fn load_checked(
     repo: &Arc<dyn Repository>,
-    key: &str,
-    xxh3: &str,
+    object: &Recorded,
     shard: &str,
 ) -> Result<Vec<u8>, AgentError> {
-    let (r, k, want) = (repo.clone(), key.to_string(), xxh3.to_string());
+    let (r, o) = (repo.clone(), object.clone());
     let fail = |what: String| AgentError::Damaged {
         shard: shard.to_string(),
         what,
     };
     tokio::task::spawn_blocking(move || {
-        let stored = r.get(&k).map_err(|e| format!("{k}: {e}"))?;
+        let k = &o.key;
+        let stored = r.get(k).map_err(|e| format!("{k}: {e}"))?;
         let got = crate::checksum::xxh3_hex(&stored);
-        if got != want {
+        if got != o.xxh3 {
             return Err(format!(
-                "chunk {k} is damaged (checksum {got}, manifest {want}); run `shardcut verify`"
+                "chunk {k} is damaged (checksum {got}, manifest {}); run `shardcut verify`",
+                o.xxh3
             ));
         }
-        decompress(&stored).map_err(|e| format!("{k} does not decompress: {e}"))
+        decompress_bounded(&stored, o.bytes_raw)
+            .map_err(|e| format!("{k} does not decompress: {e}"))
     })
     .await
     .map_err(|source| AgentError::Panicked {

@@ -10,7 +10,7 @@ use crate::checksum::xxh3_hex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::dump::chunk::{decompress, RowDigest};
+use crate::dump::chunk::{decompress, decompress_bounded, RowDigest};
 use crate::manifest::{ChunkRef, Manifest, TableManifest};
 use crate::repo::{RepoError, Repository};
 
@@ -76,7 +76,8 @@ fn check_chunk(
             c.xxh3
         ));
     }
-    let raw = decompress(&stored).map_err(|e| format!("does not decompress: {e}"))?;
+    let raw = decompress_bounded(&stored, c.bytes_raw)
+        .map_err(|e| format!("does not decompress: {e}"))?;
     if xxh3_hex(&raw) != c.raw_xxh3 || raw.len() as u64 != c.bytes_raw {
         return Err("decompressed content differs from what was written".into());
     }
@@ -102,15 +103,23 @@ fn check_chunk(
 }
 
 /// What is wrong with a whole stored object (schema file, capture
-/// segment), if anything: missing, checksum, or it does not decompress.
-fn object_problem(repo: &dyn Repository, key: &str, xxh3: &str) -> Option<String> {
+/// segment), if anything: missing, checksum, or it does not decompress
+/// (within `limit` bytes, where the manifest records its size).
+fn object_problem(
+    repo: &dyn Repository,
+    key: &str,
+    xxh3: &str,
+    limit: Option<u64>,
+) -> Option<String> {
     match repo.get(key) {
         Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
         Err(e) => Some(e.to_string()),
         Ok(d) if xxh3_hex(&d) != xxh3 => Some("checksum mismatch".to_string()),
-        Ok(d) => decompress(&d)
-            .err()
-            .map(|e| format!("does not decompress: {e}")),
+        Ok(d) => match limit {
+            Some(limit) => decompress_bounded(&d, limit).err(),
+            None => decompress(&d).err(),
+        }
+        .map(|e| format!("does not decompress: {e}")),
     }
 }
 
@@ -121,7 +130,7 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
     let mut out = Integrity::default();
     if let Some(chain) = &m.chain {
         for seg in &chain.segments {
-            if let Some(problem) = object_problem(repo, &seg.key, &seg.xxh3) {
+            if let Some(problem) = object_problem(repo, &seg.key, &seg.xxh3, None) {
                 let shard = seg.key.split('/').nth(1).unwrap_or("?").to_string();
                 out.damage.push(Damage {
                     shard,
@@ -135,7 +144,7 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
     }
     for (shard, s) in &m.shards {
         for f in &s.schema {
-            if let Some(problem) = object_problem(repo, &f.key, &f.xxh3) {
+            if let Some(problem) = object_problem(repo, &f.key, &f.xxh3, Some(f.bytes_raw)) {
                 out.damage.push(Damage {
                     shard: shard.clone(),
                     table: None,

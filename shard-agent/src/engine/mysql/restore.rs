@@ -19,7 +19,7 @@ use crate::manifest::ShardManifest;
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
     chunk_items, databases, join_loaders, load_checked, refuse_system_database, schema_files,
-    RestoreOptions, ShardRestore,
+    Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -112,7 +112,7 @@ async fn create_tables(
             shard: target.name.clone(),
             what: format!("the backup has no schema file for database {db}"),
         })?;
-    let raw = load_checked(&opts.repo, &file.key, &file.xxh3, &target.name).await?;
+    let raw = load_checked(&opts.repo, &file.into(), &target.name).await?;
     let schema: DatabaseSchema =
         serde_json::from_slice(&raw).map_err(|source| AgentError::Schema {
             shard: target.name.clone(),
@@ -325,8 +325,7 @@ async fn prepare_database(
 
 /// A chunk to load.
 struct LoadItem {
-    key: String,
-    xxh3: String,
+    chunk: Recorded,
     /// The table's `LOAD DATA` statement.
     sql: Arc<str>,
     table: Arc<str>,
@@ -372,8 +371,7 @@ async fn load_data(
             t.chunks
                 .iter()
                 .map(|c| LoadItem {
-                    key: c.key.clone(),
-                    xxh3: c.xxh3.clone(),
+                    chunk: c.into(),
                     sql: sql.clone(),
                     table: table.clone(),
                 })
@@ -397,13 +395,9 @@ async fn load_data(
             let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
             session(&mut conn, &target, opts.binlog).await?;
             while let Some(taken) = queue.take() {
-                let LoadItem {
-                    key,
-                    xxh3,
-                    sql,
-                    table,
-                } = taken.item;
-                let raw = load_checked(&opts.repo, &key, &xxh3, &target.name).await?;
+                let LoadItem { chunk, sql, table } = taken.item;
+                let raw = load_checked(&opts.repo, &chunk, &target.name).await?;
+                let key = chunk.key;
                 let data = Bytes::from(raw);
                 conn.set_infile_handler(async move {
                     Ok(futures_util::stream::once(async move { Ok(data) }).boxed())

@@ -17,7 +17,7 @@ use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::restore::{
     chunk_items, databases, join_loaders, load_checked, refuse_system_database, schema_files,
-    RestoreOptions, ShardRestore,
+    Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -44,7 +44,7 @@ pub(super) async fn restore(
             (began.elapsed() - loaded).as_secs_f64()
         );
         for f in schema_files(source, &db, "sequences") {
-            let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+            let sql = load_checked(&opts.repo, &f.into(), &target.name).await?;
             let client = reader(target, &db, TIMEOUT).await?;
             client
                 .batch_execute(&String::from_utf8_lossy(&sql))
@@ -148,7 +148,7 @@ async fn section_sql(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<String, AgentError> {
-    let sql = load_checked(&opts.repo, &f.key, &f.xxh3, &target.name).await?;
+    let sql = load_checked(&opts.repo, &f.into(), &target.name).await?;
     schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
         shard: target.name.clone(),
         what: format!(
@@ -311,7 +311,7 @@ struct TableLoad {
     schema: String,
     table: String,
     copy: String,
-    chunks: Vec<(String, String)>,
+    chunks: Vec<Recorded>,
 }
 
 /// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
@@ -350,11 +350,7 @@ async fn load_data(
                 ),
                 schema,
                 table: t.name.clone(),
-                chunks: t
-                    .chunks
-                    .iter()
-                    .map(|c| (c.key.clone(), c.xxh3.clone()))
-                    .collect(),
+                chunks: t.chunks.iter().map(Recorded::from).collect(),
             };
             (t.bytes_raw, load)
         })
@@ -490,9 +486,10 @@ async fn copy_chunk(
     opts: &RestoreOptions,
     sql: &str,
     table: &str,
-    (key, xxh3): &(String, String),
+    chunk: &Recorded,
 ) -> Result<(), AgentError> {
-    let raw = load_checked(&opts.repo, key, xxh3, &target.name).await?;
+    let raw = load_checked(&opts.repo, chunk, &target.name).await?;
+    let key = &chunk.key;
     let what = format!("loading {table} from {key}");
     let sink = client
         .copy_in::<_, Bytes>(sql)
@@ -554,7 +551,7 @@ async fn load_chunks(
     db: &str,
 ) -> Result<(), AgentError> {
     // Workers pop from the end: reversed, chunks load in key order.
-    let items: Vec<(String, String, (String, String))> = tables
+    let items: Vec<(String, String, Recorded)> = tables
         .into_iter()
         .flat_map(|t| {
             let (name, copy) = (t.name, t.copy);
