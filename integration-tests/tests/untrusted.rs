@@ -368,3 +368,82 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
         run.stderr
     );
 }
+
+/// A target database that exists is replaced only with `--overwrite`, even
+/// when it holds no table, only a routine or a view: those are someone's
+/// work too.
+#[test]
+fn a_target_database_holding_only_routines_or_views_is_not_replaced() {
+    use mysql_async::prelude::Queryable;
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let src_arg = src.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+
+    let scratch = PrivateSandbox::up(1, 1, "ready");
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (my, pg) = (&target.shards[0], &target.shards[1]);
+    rt.block_on(async {
+        let mut c = db::mysql(my, None).await;
+        c.query_drop("CREATE DATABASE shop").await.unwrap();
+        c.query_drop("CREATE PROCEDURE shop.keep_me() SELECT 1")
+            .await
+            .unwrap();
+        db::pg(pg, "postgres")
+            .await
+            .batch_execute("CREATE DATABASE shop")
+            .await
+            .unwrap();
+        db::pg(pg, "shop")
+            .await
+            .batch_execute(
+                "CREATE FUNCTION keep_me() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+                 CREATE VIEW keep_me_too AS SELECT 1 AS one",
+            )
+            .await
+            .unwrap();
+    });
+    for shard in ["mysql-0", "pg-0"] {
+        let run = support::shardcut(&[
+            "restore",
+            "-t",
+            src_arg,
+            "--backup",
+            &id,
+            "--target",
+            scratch.topology().to_str().unwrap(),
+            "--shard",
+            shard,
+        ]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr.contains("target database shop exists and holds")
+                && run.stderr.contains("--overwrite"),
+            "{}",
+            run.stderr
+        );
+    }
+    rt.block_on(async {
+        let mut c = db::mysql(my, None).await;
+        let n: Option<u64> = c
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'shop'",
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, Some(1));
+        let n: i64 = db::pg(pg, "shop")
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_proc WHERE proname = 'keep_me'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    });
+}

@@ -112,12 +112,13 @@ pub enum AgentError {
     /// Something else went wrong on the shard; `what` says what.
     #[error("shard {shard}: {what}")]
     Tool { shard: String, what: String },
-    /// A restore target already holds a database the backup would create.
-    #[error("shard {shard}: target database {database} exists and holds {tables} table(s); nothing was changed. Use --overwrite to replace it")]
+    /// A restore target already holds a database the backup would create,
+    /// with something in it (tables, views, routines, events, large objects).
+    #[error("shard {shard}: target database {database} exists and holds {objects} object(s) (tables, views, routines, events or large objects); nothing was changed. Use --overwrite to replace it")]
     TargetNotEmpty {
         shard: String,
         database: String,
-        tables: u64,
+        objects: u64,
     },
     /// A backup names one of the server's own databases; a restore never
     /// replaces those.

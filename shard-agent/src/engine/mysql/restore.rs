@@ -252,7 +252,9 @@ async fn inspect(conn: &mut Conn, shard: &Shard, db: &str) -> Result<(u64, u64),
     let rows: Vec<Row> = conn
         .query(format!(
             "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {lit}), \
-             (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {lit})"
+             (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {lit}) \
+             + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit}) \
+             + (SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {lit})"
         ))
         .await
         .map_err(query_err(shard, "inspecting the target"))?;
@@ -271,7 +273,8 @@ async fn inspect(conn: &mut Conn, shard: &Shard, db: &str) -> Result<(u64, u64),
 }
 
 /// Refuses, without changing anything, a target database that exists and
-/// holds tables, unless `overwrite`.
+/// holds anything (tables, views, routines, events, large objects), unless
+/// `overwrite`.
 pub(super) async fn check_target(
     source: &ShardManifest,
     target: &Shard,
@@ -282,20 +285,20 @@ pub(super) async fn check_target(
     }
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
     for db in databases(source, opts) {
-        let (_, tables) = inspect(&mut conn, target, &db).await?;
-        if tables > 0 && !opts.overwrite {
-            return Err(refusal(target, &db, tables));
+        let (_, objects) = inspect(&mut conn, target, &db).await?;
+        if objects > 0 && !opts.overwrite {
+            return Err(refusal(target, &db, objects));
         }
     }
     drop(conn.disconnect().await);
     Ok(())
 }
 
-fn refusal(shard: &Shard, db: &str, tables: u64) -> AgentError {
+fn refusal(shard: &Shard, db: &str, objects: u64) -> AgentError {
     AgentError::TargetNotEmpty {
         shard: shard.name.clone(),
         database: db.to_string(),
-        tables,
+        objects,
     }
 }
 
@@ -307,12 +310,12 @@ async fn prepare_database(
     overwrite: bool,
 ) -> Result<(), AgentError> {
     refuse_system_database(shard, db, SYSTEM_DATABASES)?;
-    let (exists, tables) = inspect(conn, shard, db).await?;
+    let (exists, objects) = inspect(conn, shard, db).await?;
     if exists == 0 {
         return Ok(());
     }
-    if tables > 0 && !overwrite {
-        return Err(refusal(shard, db, tables));
+    if objects > 0 && !overwrite {
+        return Err(refusal(shard, db, objects));
     }
     exec(
         conn,

@@ -74,8 +74,13 @@ async fn inspect(shard: &Shard, db: &str) -> Result<(bool, i64), AgentError> {
         let client = connect::postgres(shard, Some(db), TIMEOUT).await?;
         let tables: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+                "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%') \
+                 + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')) \
+                 + (SELECT count(*) FROM pg_largeobject_metadata)",
                 &[],
             )
             .await
@@ -86,16 +91,17 @@ async fn inspect(shard: &Shard, db: &str) -> Result<(bool, i64), AgentError> {
     Ok((false, 0))
 }
 
-fn refusal(shard: &Shard, db: &str, tables: i64) -> AgentError {
+fn refusal(shard: &Shard, db: &str, objects: i64) -> AgentError {
     AgentError::TargetNotEmpty {
         shard: shard.name.clone(),
         database: db.to_string(),
-        tables: u64::try_from(tables).unwrap_or(0),
+        objects: u64::try_from(objects).unwrap_or(0),
     }
 }
 
 /// Refuses, without changing anything, a target database that exists and
-/// holds tables, unless `overwrite`.
+/// holds anything (tables, views, routines, events, large objects), unless
+/// `overwrite`.
 pub(super) async fn check_target(
     source: &ShardManifest,
     target: &Shard,
@@ -111,9 +117,9 @@ pub(super) async fn check_target(
         }
     }
     for db in databases(source, opts) {
-        let (_, tables) = inspect(target, &db).await?;
-        if tables > 0 && !opts.overwrite {
-            return Err(refusal(target, &db, tables));
+        let (_, objects) = inspect(target, &db).await?;
+        if objects > 0 && !opts.overwrite {
+            return Err(refusal(target, &db, objects));
         }
     }
     Ok(())
@@ -122,9 +128,9 @@ pub(super) async fn check_target(
 /// Replaces (the caller checked `overwrite`) or creates `db` empty.
 async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<(), AgentError> {
     refuse_system_database(shard, db, SYSTEM_DATABASES)?;
-    let (exists, tables) = inspect(shard, db).await?;
-    if tables > 0 && !overwrite {
-        return Err(refusal(shard, db, tables));
+    let (exists, objects) = inspect(shard, db).await?;
+    if objects > 0 && !overwrite {
+        return Err(refusal(shard, db, objects));
     }
     let admin = connect::postgres(shard, None, TIMEOUT).await?;
     if exists {
