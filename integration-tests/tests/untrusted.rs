@@ -101,22 +101,72 @@ fn owner_only(root: &std::path::Path) {
     assert!(files > 10, "only {files} files checked");
 }
 
+/// A backup of the shared sandbox into a repository of the test's own,
+/// with its manifest at hand to tamper with.
+struct Backup {
+    dir: tempfile::TempDir,
+    topology: std::path::PathBuf,
+    id: String,
+    repo: shard_agent::repo::LocalRepository,
+}
+
+impl Backup {
+    fn take() -> Backup {
+        let dir = tempfile::tempdir().unwrap();
+        let topology = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+        let run = support::shardcut(&["backup", "-t", topology.to_str().unwrap(), "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let id = run.json()["backup_id"].as_str().unwrap().to_string();
+        let repo = db::repository(&db::topology(&topology));
+        Backup {
+            dir,
+            topology,
+            id,
+            repo,
+        }
+    }
+
+    fn arg(&self) -> &str {
+        self.topology.to_str().unwrap()
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        let key = shard_agent::manifest::keys::manifest(&self.id);
+        serde_json::from_slice(&self.repo.get(&key).unwrap()).unwrap()
+    }
+
+    fn save_manifest(&self, m: &serde_json::Value) {
+        let key = shard_agent::manifest::keys::manifest(&self.id);
+        self.repo
+            .put(&key, &serde_json::to_vec(m).unwrap())
+            .unwrap();
+    }
+
+    /// `shardcut restore` of this backup into `target`, with `extra` options.
+    fn restore(&self, target: &std::path::Path, extra: &[&str]) -> support::Run {
+        let mut args = vec![
+            "restore",
+            "-t",
+            self.arg(),
+            "--backup",
+            &self.id,
+            "--target",
+            target.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        support::shardcut(&args)
+    }
+}
+
 /// A manifest naming a server's own database (`mysql`, `postgres`) is
 /// refused before the target is touched, even with `--overwrite`: a
 /// restore drops each database it recreates.
 #[test]
 fn a_manifest_naming_a_system_database_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
-    let src_arg = src.to_str().unwrap();
-    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let backup = Backup::take();
     // A backup holds every row: only its owner may read it.
-    owner_only(&dir.path().join("repo"));
-    let repo = db::repository(&db::topology(&src));
-    let key = shard_agent::manifest::keys::manifest(&id);
-    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
+    owner_only(&backup.dir.path().join("repo"));
+    let mut m = backup.manifest();
     for (shard, from, to) in [("mysql-0", "db1", "mysql"), ("pg-0", "shop", "postgres")] {
         let s = &mut m["shards"][shard];
         for list in ["schema", "table_list"] {
@@ -127,23 +177,12 @@ fn a_manifest_naming_a_system_database_is_refused() {
             }
         }
     }
-    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+    backup.save_manifest(&m);
 
     let scratch = PrivateSandbox::up(1, 1, "ready");
     let target = scratch.topology();
     for (shard, system) in [("mysql-0", "mysql"), ("pg-0", "postgres")] {
-        let run = support::shardcut(&[
-            "restore",
-            "-t",
-            src_arg,
-            "--backup",
-            &id,
-            "--target",
-            target.to_str().unwrap(),
-            "--shard",
-            shard,
-            "--overwrite",
-        ]);
+        let run = backup.restore(&target, &["--shard", shard, "--overwrite"]);
         assert_eq!(run.code, 2, "{run:?}");
         assert!(
             run.stderr
@@ -238,16 +277,10 @@ fn a_database_named_like_a_connection_string_stays_a_name() {
 /// changed, naming the file and the line.
 #[test]
 fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
-    let src_arg = src.to_str().unwrap();
-    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
-    let repo = db::repository(&db::topology(&src));
-    let key = shard_agent::manifest::keys::manifest(&id);
-    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
-    let marker = dir.path().join("ran");
+    let backup = Backup::take();
+    let repo = &backup.repo;
+    let mut m = backup.manifest();
+    let marker = backup.dir.path().join("ran");
     let files = m["shards"]["pg-0"]["schema"].as_array_mut().unwrap();
     let f = files
         .iter_mut()
@@ -263,20 +296,10 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
     f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
     f["bytes_raw"] = sql.len().into();
     f["bytes_stored"] = stored.len().into();
-    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+    backup.save_manifest(&m);
 
     let scratch = PrivateSandbox::up(0, 1, "ready");
-    let run = support::shardcut(&[
-        "restore",
-        "-t",
-        src_arg,
-        "--backup",
-        &id,
-        "--target",
-        scratch.topology().to_str().unwrap(),
-        "--shard",
-        "pg-0",
-    ]);
+    let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr.contains(&file_key) && run.stderr.contains("psql meta-command"),
@@ -307,15 +330,8 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
 #[test]
 fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
     use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
-    let src_arg = src.to_str().unwrap();
-    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
-    let repo = db::repository(&db::topology(&src));
-    let key = shard_agent::manifest::keys::manifest(&id);
-    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
+    let backup = Backup::take();
+    let mut m = backup.manifest();
     let chunk = m["shards"]["pg-0"]["table_list"]
         .as_array_mut()
         .unwrap()
@@ -331,12 +347,12 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
         .read_to_end(&mut bomb)
         .unwrap();
     assert!((bomb.len() as u64) < declared, "{} bytes", bomb.len());
-    repo.put(&chunk_key, &bomb).unwrap();
+    backup.repo.put(&chunk_key, &bomb).unwrap();
     chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&bomb).into();
     chunk["bytes_stored"] = bomb.len().into();
-    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+    backup.save_manifest(&m);
 
-    let run = support::shardcut(&["verify", "--backup", &id, "-t", src_arg]);
+    let run = support::shardcut(&["verify", "--backup", &backup.id, "-t", backup.arg()]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(
         run.stdout.contains(&chunk_key)
@@ -347,17 +363,7 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
     );
 
     let scratch = PrivateSandbox::up(0, 1, "ready");
-    let run = support::shardcut(&[
-        "restore",
-        "-t",
-        src_arg,
-        "--backup",
-        &id,
-        "--target",
-        scratch.topology().to_str().unwrap(),
-        "--shard",
-        "pg-0",
-    ]);
+    let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains(&chunk_key)
@@ -375,12 +381,7 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
 #[test]
 fn a_target_database_holding_only_routines_or_views_is_not_replaced() {
     use mysql_async::prelude::Queryable;
-    let dir = tempfile::tempdir().unwrap();
-    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
-    let src_arg = src.to_str().unwrap();
-    let run = support::shardcut(&["backup", "-t", src_arg, "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let backup = Backup::take();
 
     let scratch = PrivateSandbox::up(1, 1, "ready");
     let target = db::topology(&scratch.topology());
@@ -407,17 +408,7 @@ fn a_target_database_holding_only_routines_or_views_is_not_replaced() {
             .unwrap();
     });
     for shard in ["mysql-0", "pg-0"] {
-        let run = support::shardcut(&[
-            "restore",
-            "-t",
-            src_arg,
-            "--backup",
-            &id,
-            "--target",
-            scratch.topology().to_str().unwrap(),
-            "--shard",
-            shard,
-        ]);
+        let run = backup.restore(&scratch.topology(), &["--shard", shard]);
         assert_eq!(run.code, 2, "{run:?}");
         assert!(
             run.stderr.contains("target database shop exists and holds")
