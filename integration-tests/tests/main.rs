@@ -19,5 +19,6 @@ mod faults;
 mod pitr;
 mod remote;
 mod restore;
+mod tls;
 mod untrusted;
 mod verify;

@@ -1,6 +1,8 @@
 //! Remote shard agents (`shard-agent serve`): the same backup as in-process
-//! agents, refused without the right token, and a clear failure when an
-//! agent is killed mid-backup.
+//! agents, over HTTPS with mutual TLS (a client without the right
+//! certificate refused), refused without the right token, limited to the
+//! repositories and hosts it is allowed, and a clear failure when an agent
+//! is killed mid-backup.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -15,10 +17,18 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn start(listen: &str, token_file: &Path) -> AgentProcess {
+    /// A plain-HTTP agent (`--insecure`) allowed to write below `allowed`.
+    fn start(listen: &str, token_file: &Path, allowed: &Path) -> AgentProcess {
+        Self::start_with(listen, token_file, allowed, &["--insecure"])
+    }
+
+    fn start_with(listen: &str, token_file: &Path, allowed: &Path, extra: &[&str]) -> AgentProcess {
         let mut child = Command::new(bin("shard-agent"))
             .args(["serve", "--listen", listen, "--token-file"])
             .arg(token_file)
+            .arg("--allow-repository")
+            .arg(allowed)
+            .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -30,7 +40,8 @@ impl AgentProcess {
                 .expect("agent exited before listening")
                 .unwrap();
             if let Some(a) = line.split("listening on ").nth(1) {
-                break a.trim().to_string();
+                let a = a.trim();
+                break a.split("://").nth(1).unwrap_or(a).to_string();
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
@@ -45,21 +56,25 @@ impl Drop for AgentProcess {
     }
 }
 
-/// A topology variant in which every shard is served by `agent`.
+/// A topology variant in which every shard is served by the plain-HTTP
+/// agent at `agent`.
 fn with_agents(src: &Path, dir: &Path, agent: &str, token_file: &Path) -> std::path::PathBuf {
+    let lines = format!(
+        "agent: http://{agent}\n    agent_insecure: true\n    agent_token_file: {}",
+        token_file.display()
+    );
+    with_agent_lines(src, dir, &lines)
+}
+
+/// A topology variant with `lines` (agent settings) added to every shard.
+fn with_agent_lines(src: &Path, dir: &Path, lines: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(src).unwrap();
     let mut replace = Vec::new();
     for line in text
         .lines()
         .filter(|l| l.trim_start().starts_with("password_file:"))
     {
-        replace.push((
-            line.to_string(),
-            format!(
-                "{line}\n    agent: http://{agent}\n    agent_token_file: {}",
-                token_file.display()
-            ),
-        ));
+        replace.push((line.to_string(), format!("{line}\n    {lines}")));
     }
     let pairs: Vec<(&str, &str)> = replace
         .iter()
@@ -78,7 +93,7 @@ fn token(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
 fn remote_agents_back_up_the_same_as_in_process_ones() {
     let dir = tempfile::tempdir().unwrap();
     let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
-    let agent = AgentProcess::start("127.0.0.1:0", &good);
+    let agent = AgentProcess::start("127.0.0.1:0", &good, dir.path());
 
     let remote_dir = dir.path().join("remote");
     std::fs::create_dir_all(&remote_dir).unwrap();
@@ -128,12 +143,186 @@ fn remote_agents_back_up_the_same_as_in_process_ones() {
     }
 }
 
+/// Agent settings for an HTTPS agent on `port`, reached as `localhost`
+/// (the name its certificate carries), with `client` (a certificate and
+/// key file pair) for mutual TLS.
+fn https_lines(port: &str, certs: &Path, ca: &str, client: Option<&str>, token: &Path) -> String {
+    let mut lines = format!(
+        "agent: https://localhost:{port}\n    agent_ca_file: {}\n    agent_token_file: {}",
+        certs.join(ca).display(),
+        token.display()
+    );
+    if let Some(c) = client {
+        lines.push_str(&format!(
+            "\n    agent_cert_file: {}\n    agent_key_file: {}",
+            certs.join(format!("{c}.pem")).display(),
+            certs.join(format!("{c}.key")).display()
+        ));
+    }
+    lines
+}
+
+#[test]
+fn agents_over_https_with_mutual_tls_refuse_clients_without_the_right_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = support::tls_certs(&dir.path().join("tls"));
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let cert = certs.join("server.pem");
+    let key = certs.join("server.key");
+    let ca = certs.join("ca.pem");
+    let agent = AgentProcess::start_with(
+        "127.0.0.1:0",
+        &good,
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let port = agent.addr.rsplit(':').next().unwrap().to_string();
+    let variant = |name: &str, ca: &str, client: Option<&str>| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        with_agent_lines(
+            &support::sandbox_topology(),
+            &d,
+            &https_lines(&port, &certs, ca, client, &good),
+        )
+    };
+
+    // With the client certificate: the backup is taken through the agent.
+    let ok = variant("mtls", "ca.pem", Some("client"));
+    let run = shardcut(&["backup", "-t", ok.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let verify = shardcut(&["verify", "--backup", &id, "-t", ok.to_str().unwrap()]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    let check = shardcut(&["check", "-t", ok.to_str().unwrap(), "--json"]);
+    assert!(
+        check.stdout.contains("HTTPS, mutual TLS"),
+        "preflight should name the agent transport: {check:?}"
+    );
+
+    // Without a client certificate, or with one another CA signed: refused
+    // in the handshake, before any request (the token never crosses).
+    for (name, client) in [("nocert", None), ("othercert", Some("other-client"))] {
+        let topo = variant(name, "ca.pem", client);
+        let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
+        assert_eq!(run.code, 1, "{name}: {run:?}");
+        assert!(run.stderr.contains("TLS refused"), "{name}: {run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("agent https://localhost:{port}")),
+            "{name}: {run:?}"
+        );
+        assert_eq!(
+            shardcut(&["list", "-t", topo.to_str().unwrap(), "--json"]).json()["backups"],
+            serde_json::json!([]),
+            "{name}"
+        );
+    }
+
+    // An agent whose certificate the topology's CA did not sign is refused.
+    let topo = variant("wrongca", "other-ca.pem", Some("client"));
+    let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("certificate"), "{run:?}");
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET /v1/version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-long-random-agent-token-0123456789\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    drop(s.read_to_end(&mut answer));
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("\"api\""),
+        "plain HTTP answered on the TLS port"
+    );
+
+    // A topology naming a plain http:// agent without agent_insecure is refused.
+    let d = dir.path().join("plain");
+    std::fs::create_dir_all(&d).unwrap();
+    let plain = with_agent_lines(
+        &support::sandbox_topology(),
+        &d,
+        &format!(
+            "agent: http://127.0.0.1:{port}\n    agent_token_file: {}",
+            good.display()
+        ),
+    );
+    let run = shardcut(&["check", "-t", plain.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("agent_insecure"), "{run:?}");
+}
+
+#[test]
+fn an_agent_writes_only_below_allowed_repositories_and_reaches_only_allowed_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let elsewhere = tempfile::tempdir().unwrap();
+    // Allowed: another directory only; hosts: the default (loopback).
+    let agent = AgentProcess::start("127.0.0.1:0", &good, elsewhere.path());
+    let topo = with_agents(&support::sandbox_topology(), dir.path(), &agent.addr, &good);
+    let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("is not below a directory this agent may write"),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("repo").join("backups"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "the refused agent wrote into the repository"
+    );
+
+    // Allowed repository, but a host list without 127.0.0.1.
+    let agent = AgentProcess::start_with(
+        "127.0.0.1:0",
+        &good,
+        dir.path(),
+        &["--insecure", "--allow-host", "db.internal"],
+    );
+    let d = dir.path().join("hosts");
+    std::fs::create_dir_all(&d).unwrap();
+    let topo = with_agents(&support::sandbox_topology(), &d, &agent.addr, &good);
+    let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("host 127.0.0.1 is not one this agent may connect to"),
+        "{run:?}"
+    );
+
+    // serve refuses to start without TLS or --insecure.
+    let out = Command::new(bin("shard-agent"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&good)
+        .arg("--allow-repository")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+}
+
 #[test]
 fn wrong_or_missing_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
     let bad = token(dir.path(), "bad", "not-the-agent-token-at-all-000000");
-    let agent = AgentProcess::start("127.0.0.1:0", &good);
+    let agent = AgentProcess::start("127.0.0.1:0", &good, dir.path());
     let topo = with_agents(&support::sandbox_topology(), dir.path(), &agent.addr, &bad);
     let run = shardcut(&["backup", "-t", topo.to_str().unwrap()]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -190,7 +379,7 @@ fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
     let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
     // A fixed port (not :0): the agent is started again on the same address.
     let listen = format!("127.0.0.1:{}", support::free_port());
-    let agent = AgentProcess::start(&listen, &good);
+    let agent = AgentProcess::start(&listen, &good, dir.path());
     let topo = with_agents(&sb.topology(), dir.path(), &listen, &good);
     let arg = topo.to_str().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -233,7 +422,7 @@ fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
         serde_json::json!([])
     );
 
-    let _agent = AgentProcess::start(&listen, &good);
+    let _agent = AgentProcess::start(&listen, &good, dir.path());
     let run = shardcut(&["backup", "-t", arg]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(

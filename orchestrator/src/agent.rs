@@ -14,7 +14,7 @@ use shard_agent::manifest::ShardManifest;
 use shard_agent::position::Position;
 use shard_agent::session::Session;
 use shard_agent::AgentError;
-use topology::{Engine, Secret, Shard};
+use topology::{AgentSpec, AgentTls, Engine, Secret, Shard, TlsMode};
 
 pub enum Agent {
     Local(Box<Session>),
@@ -34,6 +34,66 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The client of one agent: HTTPS with the agent's certificate checked
+/// against the topology's CA (and a client certificate for mutual TLS), or
+/// plain HTTP where the topology says `agent_insecure`.
+fn http_client(shard: &Shard, spec: &AgentSpec) -> Result<reqwest::Client, AgentError> {
+    // reqwest builds a rustls configuration even for plain HTTP.
+    shard_agent::tls::install_provider();
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .connect_timeout(Duration::from_secs(10));
+    let builder = match &spec.tls {
+        AgentTls::Insecure => builder,
+        AgentTls::Https { ca_pem, identity } => {
+            let config = shard_agent::tls::client_config(
+                TlsMode::VerifyFull,
+                Some(ca_pem),
+                identity.as_ref().map(|(c, k)| (c.as_str(), k.expose())),
+            )
+            .map_err(|e| AgentError::Remote {
+                shard: shard.name.clone(),
+                agent: spec.url.to_string(),
+                what: format!("TLS settings: {e}"),
+            })?;
+            builder.https_only(true).tls_backend_preconfigured(config)
+        }
+    };
+    builder.build().map_err(|e| AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!("cannot build an HTTP client: {e}"),
+    })
+}
+
+/// An error and its sources on one line (reqwest's own text omits the
+/// TLS reason, which is what a DBA needs to see).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Whether a transport error is the TLS handshake refusing (a
+/// certificate, an alert from the peer), not an unreachable agent.
+fn is_tls_failure(why: &str) -> bool {
+    let w = why.to_ascii_lowercase();
+    ["certificate", "tls", "alert", "handshake"]
+        .iter()
+        .any(|k| w.contains(k))
+}
+
+/// A remote dump whose progress has not moved for this long is given up
+/// (the agent may be wedged); the orchestrator never polls forever.
+const DUMP_STALL_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 impl Agent {
     pub async fn prepare(shard: &Shard, opts: &CutOptions) -> Result<Agent, AgentError> {
         match &shard.agent {
@@ -44,13 +104,7 @@ impl Agent {
                     engine: shard.engine,
                     base: spec.url.as_str().trim_end_matches('/').to_string(),
                     token: spec.token.clone(),
-                    client: reqwest::Client::builder()
-                        .timeout(Duration::from_secs(120))
-                        .build()
-                        .map_err(|e| AgentError::Tool {
-                            shard: shard.name.clone(),
-                            what: format!("cannot build an HTTP client: {e}"),
-                        })?,
+                    client: http_client(shard, spec)?,
                     session: String::new(),
                 };
                 let v: VersionInfo = remote
@@ -166,6 +220,8 @@ impl Agent {
                 r.send(reqwest::Method::POST, &path, Some(&req))
                     .await
                     .map_err(|f| r.failure(f))?;
+                let mut last = (u64::MAX, u64::MAX);
+                let mut moved = std::time::Instant::now();
                 loop {
                     if opts.cancel.load(Ordering::Relaxed) {
                         // Best effort: the agent also stops when its session is dropped.
@@ -190,6 +246,15 @@ impl Agent {
                             bytes,
                             rows_estimate,
                         } => {
+                            if (rows, bytes) != last {
+                                last = (rows, bytes);
+                                moved = std::time::Instant::now();
+                            } else if moved.elapsed() > DUMP_STALL_LIMIT {
+                                return Err(r.err(format!(
+                                    "dump made no progress for {} min; giving up",
+                                    DUMP_STALL_LIMIT.as_secs() / 60
+                                )));
+                            }
                             opts.progress.rows.store(rows, Ordering::Relaxed);
                             opts.progress.bytes.store(bytes, Ordering::Relaxed);
                             opts.progress
@@ -246,12 +311,15 @@ impl Remote {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| {
-            Failure::Transport(if e.is_connect() {
-                "unreachable (is `shard-agent serve` running there?)".to_string()
-            } else if e.is_timeout() {
+            let why = chain(&e);
+            Failure::Transport(if e.is_timeout() {
                 "did not answer in time".to_string()
+            } else if is_tls_failure(&why) {
+                format!("TLS refused: {why}")
+            } else if e.is_connect() {
+                format!("unreachable (is `shard-agent serve` running there?): {why}")
             } else {
-                format!("connection failed: {e}")
+                format!("connection failed: {why}")
             })
         })?;
         if resp.status().is_success() {

@@ -4,6 +4,12 @@
 //! that the holder renews while it runs; a crashed run stops renewing, so
 //! its lock expires and the next run takes it over instead of waiting for
 //! a human. Releasing deletes it.
+//!
+//! Each acquisition writes a token of its own into the lock. Renewing,
+//! releasing and committing first check that the lock still carries that
+//! token: a run whose lock was taken over (because it stalled past the
+//! expiry, or two takeovers raced) finds out, stops renewing, commits
+//! nothing more and fails with [`LockError::Lost`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +29,9 @@ struct LockBody {
     started_at: String,
     /// Unix seconds after which the lock may be taken over.
     expires_at: i64,
+    /// Which acquisition holds it (absent in locks of older versions).
+    #[serde(default)]
+    token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,8 @@ pub enum LockError {
         started_at: String,
         expires: String,
     },
+    #[error("the repository lock {key} was lost: {why}; this run stopped before committing anything more")]
+    Lost { key: String, why: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
@@ -51,7 +62,62 @@ fn dead_here(h: &LockBody) -> bool {
 pub struct RepoLock {
     repo: Arc<dyn Repository>,
     key: String,
+    token: String,
+    /// Set by the renewal task when it finds the lock gone or another's.
+    lost: Arc<std::sync::Mutex<Option<String>>>,
     renew: tokio::task::JoinHandle<()>,
+}
+
+/// A token no other acquisition has: the kernel's random bytes.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if read.is_err() {
+        // No /dev/urandom: pid and clock still tell two runs apart.
+        let t = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        bytes[..8].copy_from_slice(&t.to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token in the lock at `key` now: `Ok(None)` when there is no lock.
+fn current_token(repo: &dyn Repository, key: &str) -> Result<Option<String>, RepoError> {
+    match repo.get(key) {
+        Ok(data) => Ok(Some(
+            serde_json::from_slice::<LockBody>(&data)
+                .map(|b| b.token)
+                .unwrap_or_default(),
+        )),
+        Err(RepoError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+enum Renewal {
+    Done,
+    /// The lock is another's, or gone: final.
+    Lost(String),
+    /// The repository failed; retried at the next renewal unless the lock
+    /// has expired meanwhile.
+    Failed(String),
+}
+
+/// One renewal: rewrites the lock if it is still this run's.
+fn renew_once(repo: &dyn Repository, key: &str, fresh: &LockBody) -> Renewal {
+    match current_token(repo, key) {
+        Ok(Some(t)) if t == fresh.token => {
+            let data = serde_json::to_vec(fresh).unwrap_or_default();
+            match repo.put(key, &data) {
+                Ok(()) => Renewal::Done,
+                Err(e) => Renewal::Failed(format!("renewal failed: {e}")),
+            }
+        }
+        Ok(Some(_)) => Renewal::Lost("another run took it over".into()),
+        Ok(None) => Renewal::Lost("it was removed".into()),
+        Err(e) => Renewal::Failed(format!("cannot read it: {e}")),
+    }
 }
 
 fn body(purpose: &str, started_at: &str) -> LockBody {
@@ -65,6 +131,7 @@ fn body(purpose: &str, started_at: &str) -> LockBody {
         purpose: purpose.to_string(),
         started_at: started_at.to_string(),
         expires_at: chrono::Utc::now().timestamp() + LOCK_TTL.as_secs() as i64,
+        token: String::new(),
     }
 }
 
@@ -82,28 +149,29 @@ impl RepoLock {
             format!("locks/{cluster}.{purpose}.lock")
         };
         let started_at = chrono::Utc::now().to_rfc3339();
-        let encode = |b: &LockBody| serde_json::to_vec(b).unwrap_or_default();
+        let token = new_token();
+        let fresh = |p: &str, s: &str, t: &str| LockBody {
+            token: t.to_string(),
+            ..body(p, s)
+        };
         for _ in 0..2 {
-            match repo.put_if_absent(&key, &encode(&body(purpose, &started_at))) {
+            let data = serde_json::to_vec(&fresh(purpose, &started_at, &token)).unwrap_or_default();
+            match repo.put_if_absent(&key, &data) {
                 Ok(()) => {
-                    let (r, k, p, s) = (
+                    let lost = Arc::new(std::sync::Mutex::new(None));
+                    let renew = tokio::spawn(renew_loop(
                         repo.clone(),
                         key.clone(),
-                        purpose.to_string(),
-                        started_at.clone(),
-                    );
-                    let renew = tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(LOCK_TTL / 3).await;
-                            let data = serde_json::to_vec(&body(&p, &s)).unwrap_or_default();
-                            let (r2, k2) = (r.clone(), k.clone());
-                            let put = tokio::task::spawn_blocking(move || r2.put(&k2, &data)).await;
-                            if !matches!(put, Ok(Ok(()))) {
-                                tracing::warn!("could not renew the repository lock {k}");
-                            }
-                        }
+                        fresh(purpose, &started_at, &token),
+                        lost.clone(),
+                    ));
+                    return Ok(RepoLock {
+                        repo,
+                        key,
+                        token,
+                        lost,
+                        renew,
                     });
-                    return Ok(RepoLock { repo, key, renew });
                 }
                 Err(RepoError::AlreadyExists { .. }) => {
                     let held: Option<LockBody> = repo
@@ -124,10 +192,15 @@ impl RepoLock {
                                     .unwrap_or_default(),
                             })
                         }
-                        // Expired or unreadable (a crash mid-write): take it over.
-                        _ => {
-                            tracing::warn!("taking over the expired lock {key}");
-                            repo.delete(&key)?;
+                        // Expired or unreadable (a crash mid-write): take it
+                        // over, unless it changed since it was read (another
+                        // run took it over first).
+                        held => {
+                            let seen = held.map(|h| h.token).unwrap_or_default();
+                            if current_token(repo.as_ref(), &key)? == Some(seen) {
+                                tracing::warn!("taking over the expired lock {key}");
+                                repo.delete(&key)?;
+                            }
                         }
                     }
                 }
@@ -143,10 +216,161 @@ impl RepoLock {
         })
     }
 
+    /// Fails with [`LockError::Lost`] unless this run still holds the
+    /// lock. Called before each commit (a manifest, a capture round, a
+    /// deletion), so a run that lost its lock changes nothing more.
+    pub fn ensure_held(&self) -> Result<(), LockError> {
+        let lost = |why: String| LockError::Lost {
+            key: self.key.clone(),
+            why,
+        };
+        if let Some(why) = self.lost.lock().ok().and_then(|g| g.clone()) {
+            return Err(lost(why));
+        }
+        match current_token(self.repo.as_ref(), &self.key)? {
+            Some(t) if t == self.token => Ok(()),
+            Some(_) => Err(lost("another run took it over".into())),
+            None => Err(lost("it was removed".into())),
+        }
+    }
+
+    /// Removes the lock, if it is still this run's.
     pub fn release(self) {
         self.renew.abort();
-        if let Err(e) = self.repo.delete(&self.key) {
-            tracing::warn!("could not remove the repository lock {}: {e}", self.key);
+        match current_token(self.repo.as_ref(), &self.key) {
+            Ok(Some(t)) if t == self.token => {
+                if let Err(e) = self.repo.delete(&self.key) {
+                    tracing::warn!("could not remove the repository lock {}: {e}", self.key);
+                }
+            }
+            Ok(_) => tracing::warn!(
+                "the repository lock {} is no longer this run's; left as it is",
+                self.key
+            ),
+            Err(e) => tracing::warn!("could not read the repository lock {}: {e}", self.key),
         }
+    }
+}
+
+/// Renews the lock every third of its lifetime until it is found lost,
+/// or until renewals have failed for longer than the lock lives.
+async fn renew_loop(
+    repo: Arc<dyn Repository>,
+    key: String,
+    template: LockBody,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    let mut renewed = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(LOCK_TTL / 3).await;
+        let fresh = LockBody {
+            expires_at: chrono::Utc::now().timestamp() + LOCK_TTL.as_secs() as i64,
+            token: template.token.clone(),
+            purpose: template.purpose.clone(),
+            started_at: template.started_at.clone(),
+            owner: template.owner.clone(),
+            host: template.host.clone(),
+            pid: template.pid,
+        };
+        let (r, k) = (repo.clone(), key.clone());
+        let outcome = tokio::task::spawn_blocking(move || renew_once(r.as_ref(), &k, &fresh))
+            .await
+            .unwrap_or_else(|e| Renewal::Failed(format!("renewal task failed: {e}")));
+        let (why, gone) = match outcome {
+            Renewal::Done => {
+                renewed = std::time::Instant::now();
+                continue;
+            }
+            Renewal::Lost(why) => (why, true),
+            Renewal::Failed(why) => (why, false),
+        };
+        if gone || renewed.elapsed() >= LOCK_TTL {
+            tracing::error!("repository lock {key} lost: {why}");
+            if let Ok(mut g) = lost.lock() {
+                *g = Some(why);
+            }
+            return;
+        }
+        tracing::warn!("could not renew the repository lock {key}: {why}; retrying");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shard_agent::repo::LocalRepository;
+
+    fn repo(dir: &std::path::Path) -> Arc<dyn Repository> {
+        Arc::new(LocalRepository::open(dir).expect("repository"))
+    }
+
+    #[tokio::test]
+    async fn a_lock_taken_over_by_another_run_is_lost_and_left_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = repo(dir.path());
+        let lock = RepoLock::acquire(repo.clone(), "shop", "backup").expect("acquire");
+        lock.ensure_held().expect("held right after acquiring");
+        // A second run while it is held is refused.
+        assert!(matches!(
+            RepoLock::acquire(repo.clone(), "shop", "backup"),
+            Err(LockError::Held { .. })
+        ));
+        // Another run takes it over (as after an expiry): this run finds
+        // out before its next commit, and its release leaves the other's.
+        let other = LockBody {
+            token: "another-run".into(),
+            ..body("backup", "then")
+        };
+        let key = "locks/shop.lock";
+        repo.put(key, &serde_json::to_vec(&other).expect("json"))
+            .expect("put");
+        match lock.ensure_held() {
+            Err(LockError::Lost { why, .. }) => assert!(why.contains("took it over"), "{why}"),
+            other => panic!("expected Lost, got {other:?}"),
+        }
+        lock.release();
+        let left: LockBody =
+            serde_json::from_slice(&repo.get(key).expect("still there")).expect("json");
+        assert_eq!(left.token, "another-run");
+    }
+
+    #[tokio::test]
+    async fn a_removed_lock_is_lost_and_a_released_one_is_gone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = repo(dir.path());
+        let lock = RepoLock::acquire(repo.clone(), "shop", "capture").expect("acquire");
+        repo.delete("locks/shop.capture.lock").expect("delete");
+        assert!(matches!(lock.ensure_held(), Err(LockError::Lost { .. })));
+        lock.release();
+        let again = RepoLock::acquire(repo.clone(), "shop", "capture").expect("free again");
+        again.release();
+        assert!(matches!(
+            repo.get("locks/shop.capture.lock"),
+            Err(RepoError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_is_taken_over_with_a_new_token() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = repo(dir.path());
+        let stale = LockBody {
+            token: "crashed-run".into(),
+            host: "another-host".into(),
+            expires_at: chrono::Utc::now().timestamp() - 1,
+            ..body("backup", "long ago")
+        };
+        repo.put(
+            "locks/shop.lock",
+            &serde_json::to_vec(&stale).expect("json"),
+        )
+        .expect("put");
+        let lock = RepoLock::acquire(repo.clone(), "shop", "backup").expect("take over");
+        lock.ensure_held().expect("held");
+        let now: LockBody =
+            serde_json::from_slice(&repo.get("locks/shop.lock").expect("lock")).expect("json");
+        assert_ne!(now.token, "crashed-run");
+        assert_eq!(now.token.len(), 32);
+        lock.release();
     }
 }

@@ -8,13 +8,13 @@
 //! should therefore listen on a private interface (TLS is not built in yet).
 
 use serde::{Deserialize, Serialize};
-use topology::{Compression, Endpoint, Engine, Secret, Shard, TableRef};
+use topology::{Compression, DbTls, Endpoint, Engine, Secret, Shard, TableRef, TlsMode};
 
 use crate::manifest::ShardManifest;
 use crate::position::Position;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionInfo {
@@ -35,6 +35,10 @@ pub struct ShardSpec {
     pub databases: Option<Vec<String>>,
     pub exclude_tables: Vec<(String, Option<String>, String)>,
     pub parallelism: usize,
+    pub tls: TlsMode,
+    /// PEM text of the CA the database server's certificate is checked against.
+    pub ca_pem: Option<String>,
+    pub allow_cleartext_password: bool,
 }
 
 impl std::fmt::Debug for ShardSpec {
@@ -64,6 +68,9 @@ impl ShardSpec {
                 .map(|t| (t.database.clone(), t.schema.clone(), t.table.clone()))
                 .collect(),
             parallelism: s.parallelism,
+            tls: s.tls.mode,
+            ca_pem: s.tls.ca_pem.clone(),
+            allow_cleartext_password: s.tls.allow_cleartext_password,
         }
     }
 
@@ -90,6 +97,11 @@ impl ShardSpec {
                 .collect(),
             parallelism: self.parallelism,
             agent: None,
+            tls: DbTls {
+                mode: self.tls,
+                ca_pem: self.ca_pem,
+                allow_cleartext_password: self.allow_cleartext_password,
+            },
         }
     }
 }

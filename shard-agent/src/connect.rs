@@ -1,10 +1,13 @@
 //! Opening connections to a shard with the session settings shardcut relies on.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use topology::{Endpoint, Shard};
+use topology::{Endpoint, Shard, TlsMode};
 
 use crate::error::{AgentError, DbError};
+use crate::tls;
 
 /// How long a connection attempt may take before the shard counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,12 +28,69 @@ pub(crate) fn timeout_error(shard: &Shard, timeout: Duration) -> AgentError {
     }
 }
 
+/// Endpoints (host:port) that answered `prefer` without TLS: later
+/// connections go there in clear at once, since every refused TLS attempt
+/// counts against MariaDB's `max_connect_errors` for this host.
+static PLAIN_ONLY: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn plain_only(key: &str) -> bool {
+    PLAIN_ONLY.lock().map(|s| s.contains(key)).unwrap_or(false)
+}
+
+fn remember_plain_only(key: String) {
+    if let Ok(mut s) = PLAIN_ONLY.lock() {
+        s.insert(key);
+    }
+}
+
+/// The TLS client configuration for a shard's database connections;
+/// `None` when its mode is `disable`.
+pub fn db_tls_config(shard: &Shard) -> Result<Option<rustls::ClientConfig>, AgentError> {
+    if shard.tls.mode == TlsMode::Disable {
+        return Ok(None);
+    }
+    tls::client_config(shard.tls.mode, shard.tls.ca_pem.as_deref(), None)
+        .map(Some)
+        .map_err(|e| connect_error(shard, e.into()))
+}
+
+/// mysql_async's TLS options for `mode` (it builds its own rustls
+/// configuration from them).
+fn mysql_ssl(shard: &Shard) -> Option<mysql_async::SslOpts> {
+    let roots = || {
+        let pem = shard.tls.ca_pem.clone().unwrap_or_default().into_bytes();
+        vec![pem.into()]
+    };
+    let opts = mysql_async::SslOpts::default();
+    match shard.tls.mode {
+        TlsMode::Disable => None,
+        TlsMode::Prefer | TlsMode::Require => Some(opts.with_danger_accept_invalid_certs(true)),
+        TlsMode::VerifyCa => Some(
+            opts.with_root_certs(roots())
+                .with_disable_built_in_roots(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        TlsMode::VerifyFull => Some(
+            opts.with_root_certs(roots())
+                .with_disable_built_in_roots(true),
+        ),
+    }
+}
+
 /// Connection options for a MySQL/MariaDB shard. TCP only: a socket path
-/// would silently point at whatever server owns it on this host.
+/// would silently point at whatever server owns it on this host. The
+/// cleartext authentication plugin stays off (mysql_async's default): no
+/// password leaves in clear whatever the server asks.
 pub fn mysql_opts(shard: &Shard, database: Option<&str>) -> mysql_async::Opts {
     let Endpoint {
         host, port, user, ..
     } = &shard.endpoint;
+    let ssl = if plain_only(&mysql_key(shard)) {
+        None
+    } else {
+        mysql_ssl(shard)
+    };
+    tls::install_provider();
     mysql_async::OptsBuilder::default()
         .ip_or_hostname(host.clone())
         .tcp_port(*port)
@@ -38,7 +98,12 @@ pub fn mysql_opts(shard: &Shard, database: Option<&str>) -> mysql_async::Opts {
         .pass(shard.password.as_ref().map(|p| p.expose().to_string()))
         .db_name(database.map(str::to_string))
         .prefer_socket(false)
+        .ssl_opts(ssl)
         .into()
+}
+
+fn mysql_key(shard: &Shard) -> String {
+    format!("mysql {}:{}", shard.endpoint.host, shard.endpoint.port)
 }
 
 pub async fn mysql(
@@ -49,6 +114,21 @@ pub async fn mysql(
     let fut = mysql_async::Conn::new(mysql_opts(shard, database));
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(mysql_async::Error::Driver(
+            mysql_async::DriverError::NoClientSslFlagFromServer,
+        ))) if shard.tls.mode == TlsMode::Prefer => {
+            // `prefer` against a server without TLS: in clear, as libpq does.
+            remember_plain_only(mysql_key(shard));
+            let fut = mysql_async::Conn::new(mysql_opts(shard, database));
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(e)) => Err(connect_error(shard, e.into())),
+                Err(_) => Err(timeout_error(shard, timeout)),
+            }
+        }
+        Ok(Err(mysql_async::Error::Driver(
+            mysql_async::DriverError::NoClientSslFlagFromServer,
+        ))) => Err(connect_error(shard, tls::TlsError::NotOffered.into())),
         Ok(Err(e)) => Err(connect_error(shard, e.into())),
         Err(_) => Err(timeout_error(shard, timeout)),
     }
@@ -77,17 +157,102 @@ pub async fn postgres(
     if let Some(p) = &shard.password {
         cfg.password(p.expose());
     }
-    let fut = cfg.connect(tokio_postgres::NoTls);
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("postgres connection closed: {e}");
-                }
-            });
-            Ok(client)
+    let dbname = database.or(default_db.as_deref()).unwrap_or("postgres");
+    let checked = tokio::time::timeout(timeout, check_password_exchange(shard, dbname));
+    match checked.await {
+        Ok(r) => r?,
+        Err(_) => return Err(timeout_error(shard, timeout)),
+    }
+    let tls = db_tls_config(shard)?;
+    cfg.ssl_mode(match shard.tls.mode {
+        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    let connected = match tls {
+        None => {
+            tokio::time::timeout(timeout, async {
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                spawn_connection(conn);
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .await
         }
+        Some(config) => {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+            tokio::time::timeout(timeout, async {
+                let (client, conn) = cfg.connect(connector).await?;
+                spawn_connection(conn);
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .await
+        }
+    };
+    match connected {
+        Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(connect_error(shard, e.into())),
         Err(_) => Err(timeout_error(shard, timeout)),
+    }
+}
+
+fn spawn_connection<T>(connection: T)
+where
+    T: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection closed: {e}");
+        }
+    });
+}
+
+/// (host, port, user, database) whose password exchange was found safe.
+static SAFE_EXCHANGE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// tokio-postgres answers whatever authentication the server asks for,
+/// the cleartext `password` and `md5` methods included. Where the
+/// connection may be in clear (`disable`, or `prefer` against a server
+/// without TLS), shardcut first asks the server which method it wants,
+/// without sending anything secret, and refuses those two unless the
+/// topology allows them. Once per (host, port, user, database).
+async fn check_password_exchange(shard: &Shard, database: &str) -> Result<(), AgentError> {
+    if shard.tls.allow_cleartext_password
+        || shard.password.is_none()
+        || !matches!(shard.tls.mode, TlsMode::Disable | TlsMode::Prefer)
+    {
+        return Ok(());
+    }
+    let Endpoint {
+        host, port, user, ..
+    } = &shard.endpoint;
+    let key = format!("{host}\0{port}\0{user}\0{database}");
+    if SAFE_EXCHANGE
+        .lock()
+        .map(|s| s.contains(&key))
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let probe = crate::engine::postgres::wire::Login {
+        host,
+        port: *port,
+        user,
+        password: None,
+        database,
+        tls: db_tls_config(shard)?,
+        tls_required: false,
+        allow_cleartext_password: false,
+    };
+    match crate::engine::postgres::wire::CopyConn::password_method(&probe).await {
+        Ok(Some(method)) => Err(connect_error(shard, DbError::CleartextPassword { method })),
+        // Errors (a refused connection, an unknown user) are left for the
+        // real connection to report in the library's words.
+        Ok(None) => {
+            if let Ok(mut s) = SAFE_EXCHANGE.lock() {
+                s.insert(key);
+            }
+            Ok(())
+        }
+        Err(_) => Ok(()),
     }
 }

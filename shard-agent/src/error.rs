@@ -23,6 +23,13 @@ pub enum DbError {
     Postgres(tokio_postgres::Error),
     #[error("unexpected value in column {column}: {detail}")]
     Decode { column: String, detail: String },
+    /// The TLS settings could not be built (a bad CA or key).
+    #[error("TLS: {0}")]
+    Tls(Box<crate::tls::TlsError>),
+    /// The server asked for the password in clear or as MD5 over a
+    /// connection without TLS, and the topology does not allow it.
+    #[error("the server asks for the password {method} over a connection without TLS; nothing was sent. Set `tls: require` (or verify-ca/verify-full) for this shard, or `allow_cleartext_password: true` on a network you trust")]
+    CleartextPassword { method: &'static str },
 }
 
 impl DbError {
@@ -36,8 +43,14 @@ impl DbError {
             DbError::PgWire(e) => {
                 matches!(e, crate::engine::postgres::wire::PgWireError::Server(_))
             }
-            DbError::Decode { .. } => false,
+            DbError::Decode { .. } | DbError::Tls(_) | DbError::CleartextPassword { .. } => false,
         }
+    }
+}
+
+impl From<crate::tls::TlsError> for DbError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        DbError::Tls(Box::new(e))
     }
 }
 

@@ -28,6 +28,7 @@ pub mod repo;
 pub mod restore;
 pub mod serve;
 pub mod session;
+pub mod tls;
 pub mod verify;
 
 pub use error::{AgentError, DbError};

@@ -7,7 +7,7 @@
 //! engine-neutral types.
 
 use serde::Serialize;
-use topology::{Engine, Shard};
+use topology::{AgentTls, Engine, Shard, TlsMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +70,44 @@ impl Finding {
     }
 }
 
+/// How the shard is reached: the database connection's TLS and the
+/// agent's transport. Engine-neutral; warnings only.
+pub fn transport_findings(shard: &Shard) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mode = shard.tls.mode;
+    out.push(match mode {
+        TlsMode::VerifyFull | TlsMode::VerifyCa => Finding::ok("tls", mode.as_str()),
+        TlsMode::Require => Finding::warn(
+            "tls",
+            mode.as_str(),
+            "encrypted, but the server is not authenticated: set tls: verify-full and ca_file",
+        ),
+        TlsMode::Disable | TlsMode::Prefer => Finding::warn(
+            "tls",
+            mode.as_str(),
+            "connections may be in clear: set tls: verify-full and ca_file (a password is never sent in clear or as MD5 unless allow_cleartext_password)",
+        ),
+    });
+    if let Some(agent) = &shard.agent {
+        out.push(match agent.tls {
+            AgentTls::Insecure => Finding::warn(
+                "agent_transport",
+                format!("plain HTTP to {}", agent.url),
+                "the shard password crosses the network in clear: run `shard-agent serve --tls-cert --tls-key [--client-ca]` and use an https:// agent URL with agent_ca_file",
+            ),
+            AgentTls::Https { ref identity, .. } => Finding::ok(
+                "agent_transport",
+                if identity.is_some() {
+                    "HTTPS, mutual TLS"
+                } else {
+                    "HTTPS"
+                },
+            ),
+        });
+    }
+    out
+}
+
 /// A table the topology selects, with the server's own estimates.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableInfo {
@@ -99,9 +137,10 @@ impl ShardReport {
     pub(crate) fn new(
         shard: &Shard,
         server: String,
-        findings: Vec<Finding>,
+        mut findings: Vec<Finding>,
         tables: Vec<TableInfo>,
     ) -> Self {
+        findings.extend(transport_findings(shard));
         ShardReport {
             shard: shard.name.clone(),
             engine: shard.engine,

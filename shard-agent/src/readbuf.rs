@@ -6,8 +6,7 @@
 //! Memory: the buffer grows only when one message does not fit, to that
 //! message's length (so to the largest row, as any client's would).
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub struct ReadBuf {
     pub buf: Vec<u8>,
@@ -35,7 +34,11 @@ impl ReadBuf {
     /// Makes at least `n` unconsumed bytes available in `buf`, moving the
     /// unconsumed rest to the front (or growing the buffer) when they would
     /// not fit behind it.
-    pub async fn fill(&mut self, stream: &mut TcpStream, n: usize) -> Result<(), FillError> {
+    pub async fn fill<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        n: usize,
+    ) -> Result<(), FillError> {
         if self.end - self.start >= n {
             return Ok(());
         }

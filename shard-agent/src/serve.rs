@@ -7,6 +7,7 @@
 //! the orchestrator polls their progress and collects the shard manifest.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ struct AppState {
     token: Arc<Secret>,
     sessions: Arc<Mutex<HashMap<String, Entry>>>,
     next_id: Arc<AtomicU64>,
+    allowed_repositories: Arc<Vec<PathBuf>>,
+    allowed_hosts: Arc<Vec<String>>,
 }
 
 type Reply = Result<Response, (StatusCode, Json<ErrorBody>)>;
@@ -129,6 +132,16 @@ async fn version() -> Json<VersionInfo> {
 
 async fn prepare(State(st): State<AppState>, Json(req): Json<PrepareRequest>) -> Reply {
     let shard = req.shard.into_shard();
+    if !st.allowed_hosts.contains(&shard.endpoint.host) {
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "shard {}: host {} is not one this agent may connect to (shard-agent serve --allow-host)",
+                shard.name, shard.endpoint.host
+            ),
+        ));
+    }
     let opts = CutOptions {
         write_block_timeout: Duration::from_millis(req.write_block_timeout_ms),
         write_block_lease: Duration::from_millis(req.write_block_lease_ms),
@@ -242,7 +255,22 @@ async fn start_dump(
     Path(id): Path<String>,
     Json(req): Json<DumpRequest>,
 ) -> Reply {
-    let repo = LocalRepository::open(std::path::Path::new(&req.repository))
+    let allowed = std::fs::canonicalize(&req.repository).ok().filter(|p| {
+        st.allowed_repositories
+            .iter()
+            .any(|root| p.starts_with(root))
+    });
+    let Some(path) = allowed else {
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "repository {} is not below a directory this agent may write (shard-agent serve --allow-repository)",
+                req.repository
+            ),
+        ));
+    };
+    let repo = LocalRepository::open(&path)
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))?;
     let s = take(&st, &id)?;
     let progress = Arc::new(Progress::default());
@@ -264,8 +292,13 @@ async fn start_dump(
             result: result.clone(),
         };
     }
+    let dump = tokio::spawn(async move { s.dump(opts).await.map_err(|e| chain(&e)) });
     tokio::spawn(async move {
-        let r = s.dump(opts).await.map_err(|e| chain(&e));
+        // A panic in the dump is a failed session, not one "running" forever.
+        let r = match dump.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the dump task ended abnormally: {e}")),
+        };
         *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     });
     Ok(StatusCode::ACCEPTED.into_response())
@@ -318,17 +351,65 @@ async fn close(State(st): State<AppState>, Path(id): Path<String>) -> StatusCode
     StatusCode::NO_CONTENT
 }
 
+/// How `shard-agent serve` runs: who may call it, over what, and what a
+/// caller may point it at.
+pub struct ServeConfig {
+    pub token: Secret,
+    /// `None` serves plain HTTP (only with `--insecure`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Directories a dump may write below (canonical paths).
+    pub allowed_repositories: Vec<PathBuf>,
+    /// Database hosts a session may connect to, as given in the topology.
+    pub allowed_hosts: Vec<String>,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+}
+
+/// A client must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole request (body included) must be answered within this; the
+/// longest call is `prepare` (a connection and preflight) or `block`
+/// (bounded by the write-block timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn bounded(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => fail(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "request not answered within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
 /// Serves until SIGTERM or Ctrl-C. `on_bound` is called with the bound
 /// address once the listener accepts connections.
 pub async fn serve(
     listen: &str,
-    token: Secret,
+    config: ServeConfig,
     on_bound: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
     let state = AppState {
-        token: Arc::new(token),
+        token: Arc::new(config.token),
         sessions: Arc::new(Mutex::new(HashMap::new())),
         next_id: Arc::new(AtomicU64::new(1)),
+        allowed_repositories: Arc::new(config.allowed_repositories),
+        allowed_hosts: Arc::new(config.allowed_hosts),
     };
     let reaper = state.clone();
     tokio::spawn(async move {
@@ -354,16 +435,70 @@ pub async fn serve(
         .route("/v1/sessions/{id}/dump", post(start_dump).get(dump_status))
         .route("/v1/sessions/{id}", axum::routing::delete(close))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(bounded))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     on_bound(listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "{peer}: refused: {} connections are open already",
+                config.max_connections
+            );
+            continue;
+        };
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = match acceptor {
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!("{peer}: TLS handshake refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                "{peer}: no TLS handshake within {} s",
+                                HANDSHAKE_TIMEOUT.as_secs()
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!("{peer}: {e}");
             }
-        })
-        .await
+        });
+    }
 }

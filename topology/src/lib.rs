@@ -17,7 +17,7 @@ mod url;
 pub use duration::parse_duration;
 pub use error::{TopologyError, Violation};
 pub use model::{
-    AgentSpec, Compression, Defaults, Endpoint, Engine, RepositoryLocation, Shard, TableRef,
-    Topology, FORMAT_VERSION,
+    AgentSpec, AgentTls, Compression, DbTls, Defaults, Endpoint, Engine, RepositoryLocation, Shard,
+    TableRef, TlsMode, Topology, FORMAT_VERSION,
 };
 pub use secret::Secret;

@@ -288,8 +288,12 @@ impl Checker<'_> {
                 "write_block_timeout",
                 "write_block_lease",
                 "compression",
+                "tls",
+                "ca_file",
+                "allow_cleartext_password",
             ],
         )?;
+        let tls = self.db_tls(&f, &DbTls::default());
         let parallelism = self.parallelism(&f).unwrap_or_else(default_parallelism);
         let write_block_timeout =
             self.duration(&f, "write_block_timeout", default_write_block_timeout());
@@ -315,6 +319,7 @@ impl Checker<'_> {
         };
         Some(Defaults {
             parallelism,
+            tls: tls?,
             write_block_timeout,
             write_block_lease,
             compression,
@@ -386,6 +391,13 @@ impl Checker<'_> {
                 "agent",
                 "agent_token_env",
                 "agent_token_file",
+                "agent_ca_file",
+                "agent_cert_file",
+                "agent_key_file",
+                "agent_insecure",
+                "tls",
+                "ca_file",
+                "allow_cleartext_password",
             ],
         )?;
         let name = self.name(&f, "name");
@@ -434,6 +446,7 @@ impl Checker<'_> {
             .or(defaults.map(|d| d.parallelism))
             .unwrap_or_else(default_parallelism);
         let agent = self.agent(&f);
+        let tls = self.db_tls(&f, &defaults.map(|d| d.tls.clone()).unwrap_or_default());
         Some(Shard {
             name: name?,
             engine: engine?,
@@ -443,6 +456,89 @@ impl Checker<'_> {
             exclude_tables,
             parallelism,
             agent: agent?,
+            tls: tls?,
+        })
+    }
+
+    fn boolean(&mut self, f: &Fields<'_>, key: &str) -> Option<bool> {
+        let v = f.get(key)?;
+        match v.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.problem(f.at(key), "expected true or false");
+                None
+            }
+        }
+    }
+
+    /// A path relative to the topology file's directory.
+    fn path(&self, text: &str) -> PathBuf {
+        let p = PathBuf::from(text);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The PEM text of the file `key` names (`Some(None)` if absent),
+    /// read now so that an unreadable or non-PEM file is a topology
+    /// problem, not a failure in the middle of a backup.
+    fn pem_file(&mut self, f: &Fields<'_>, key: &str, what: &str) -> Option<Option<String>> {
+        let Some(text) = self.string(f, key, false) else {
+            return if f.get(key).is_some() {
+                None
+            } else {
+                Some(None)
+            };
+        };
+        let p = self.path(&text);
+        match std::fs::read_to_string(&p) {
+            Ok(pem) if pem.contains("-----BEGIN ") => Some(Some(pem)),
+            Ok(_) => {
+                self.problem(f.at(key), format!("{} holds no PEM {what}", p.display()));
+                None
+            }
+            Err(e) => {
+                self.problem(f.at(key), format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+
+    /// `tls`, `ca_file` and `allow_cleartext_password` over `inherited`.
+    fn db_tls(&mut self, f: &Fields<'_>, inherited: &DbTls) -> Option<DbTls> {
+        let mode = match self.string(f, "tls", false) {
+            None => inherited.mode,
+            Some(text) => match TlsMode::parse(&text) {
+                Some(m) => m,
+                None => {
+                    self.problem(
+                        f.at("tls"),
+                        format!("`{text}`: use disable, prefer, require, verify-ca or verify-full"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let ca_pem = match self.pem_file(f, "ca_file", "certificate")? {
+            Some(pem) => Some(pem),
+            None => inherited.ca_pem.clone(),
+        };
+        if mode.verifies() && ca_pem.is_none() {
+            self.problem(
+                f.at("tls"),
+                format!("tls: {mode} checks the server's certificate: give ca_file (the CA that signed it)"),
+            );
+            return None;
+        }
+        let allow_cleartext_password = self
+            .boolean(f, "allow_cleartext_password")
+            .unwrap_or(inherited.allow_cleartext_password);
+        Some(DbTls {
+            mode,
+            ca_pem,
+            allow_cleartext_password,
         })
     }
 
@@ -553,17 +649,36 @@ impl Checker<'_> {
 
     fn agent(&mut self, f: &Fields<'_>) -> Option<Option<AgentSpec>> {
         let Some(text) = self.string(f, "agent", false) else {
-            if f.get("agent_token_env").is_some() || f.get("agent_token_file").is_some() {
-                self.problem(
-                    f.at("agent_token_env"),
-                    "an agent token without `agent` has no use",
-                );
+            let stray = [
+                "agent_token_env",
+                "agent_token_file",
+                "agent_ca_file",
+                "agent_cert_file",
+                "agent_key_file",
+                "agent_insecure",
+            ]
+            .into_iter()
+            .find(|k| f.get(k).is_some());
+            if let Some(key) = stray {
+                self.problem(f.at(key), format!("`{key}` without `agent` has no use"));
                 return None;
             }
             return Some(None);
         };
+        let insecure = self.boolean(f, "agent_insecure").unwrap_or(false);
         let url = match url::Url::parse(&text) {
-            Ok(u) if u.scheme() == "http" && u.host_str().is_some() && u.port().is_some() => {
+            Ok(u) if u.scheme() == "http" && !insecure => {
+                self.problem(
+                    f.at("agent"),
+                    "plain http carries the shard passwords in clear: use https:// with agent_ca_file, or set agent_insecure: true on a network you trust",
+                );
+                None
+            }
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.port().is_some() =>
+            {
                 if u.password().is_some() || !u.username().is_empty() {
                     self.problem(
                         f.at("agent"),
@@ -577,7 +692,7 @@ impl Checker<'_> {
             Ok(_) => {
                 self.problem(
                     f.at("agent"),
-                    "expected http://HOST:PORT of a `shard-agent serve`",
+                    "expected https://HOST:PORT of a `shard-agent serve`",
                 );
                 None
             }
@@ -587,10 +702,56 @@ impl Checker<'_> {
             }
         };
         let token = self.secret(f, "agent_token_env", "agent_token_file", true);
+        let tls = self.agent_tls(f, url.as_ref(), insecure);
         Some(Some(AgentSpec {
             url: url?,
             token: token??,
+            tls: tls?,
         }))
+    }
+
+    fn agent_tls(
+        &mut self,
+        f: &Fields<'_>,
+        url: Option<&url::Url>,
+        insecure: bool,
+    ) -> Option<AgentTls> {
+        let ca = self.pem_file(f, "agent_ca_file", "certificate");
+        let cert = self.pem_file(f, "agent_cert_file", "certificate");
+        let key = self.pem_file(f, "agent_key_file", "private key");
+        if url.is_some_and(|u| u.scheme() == "http") {
+            if let Some(k) = ["agent_ca_file", "agent_cert_file", "agent_key_file"]
+                .into_iter()
+                .find(|k| f.get(k).is_some())
+            {
+                self.problem(f.at(k), "has no use with an http:// agent");
+                return None;
+            }
+            return Some(AgentTls::Insecure);
+        }
+        if insecure {
+            self.problem(f.at("agent_insecure"), "has no use with an https:// agent");
+            return None;
+        }
+        let Some(ca_pem) = ca? else {
+            self.problem(
+                f.at("agent_ca_file"),
+                "required with an https:// agent: the CA that signed the agent's certificate",
+            );
+            return None;
+        };
+        let identity = match (cert?, key?) {
+            (Some(c), Some(k)) => Some((c, Secret::new(k))),
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    f.at("agent_cert_file"),
+                    "give agent_cert_file and agent_key_file together",
+                );
+                return None;
+            }
+        };
+        Some(AgentTls::Https { ca_pem, identity })
     }
 }
 

@@ -91,6 +91,8 @@ impl std::fmt::Display for RepositoryLocation {
 pub struct Defaults {
     /// Dump/restore workers per shard, 1..=64.
     pub parallelism: usize,
+    /// The default TLS settings of every shard's database connections.
+    pub tls: DbTls,
     /// The longest the global cut may block commits on any shard.
     pub write_block_timeout: Duration,
     /// How long an agent keeps a write block without hearing from the
@@ -104,6 +106,7 @@ impl Default for Defaults {
     fn default() -> Self {
         Defaults {
             parallelism: default_parallelism(),
+            tls: DbTls::default(),
             write_block_timeout: default_write_block_timeout(),
             write_block_lease: default_write_block_lease(),
             compression: Compression::Zstd(DEFAULT_ZSTD_LEVEL),
@@ -192,6 +195,8 @@ pub struct Shard {
     pub parallelism: usize,
     /// A remote agent on the database host; `None` means in-process.
     pub agent: Option<AgentSpec>,
+    /// How connections to this shard's server are protected.
+    pub tls: DbTls,
 }
 
 impl Shard {
@@ -230,7 +235,90 @@ impl std::fmt::Display for TableRef {
 
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
-    /// `http://host:port` of `shard-agent serve`.
+    /// `https://host:port` (or, with `agent_insecure`, `http://`) of
+    /// `shard-agent serve`.
     pub url: url::Url,
     pub token: Secret,
+    pub tls: AgentTls,
+}
+
+/// How the orchestrator talks to a remote agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentTls {
+    /// Plain HTTP: only with `agent_insecure: true`; preflight warns.
+    Insecure,
+    /// HTTPS, the agent's certificate checked against `ca_pem`; with a
+    /// client certificate and key (mutual TLS) when the agent asks for one.
+    Https {
+        ca_pem: String,
+        /// PEM of the client certificate chain and of its private key.
+        identity: Option<(String, Secret)>,
+    },
+}
+
+/// TLS modes for database connections, named and meant as libpq's
+/// `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, its certificate not checked; plain
+    /// otherwise (then no password is sent in clear: see
+    /// [`DbTls::allow_cleartext_password`]).
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is not checked.
+    Require,
+    /// TLS, the certificate chain checked against the CA file.
+    VerifyCa,
+    /// TLS, the chain checked and the host name (or IP) matched.
+    VerifyFull,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TlsMode> {
+        [
+            TlsMode::Disable,
+            TlsMode::Prefer,
+            TlsMode::Require,
+            TlsMode::VerifyCa,
+            TlsMode::VerifyFull,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == text)
+    }
+
+    /// Whether the server's certificate is checked against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, TlsMode::VerifyCa | TlsMode::VerifyFull)
+    }
+}
+
+impl std::fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// TLS settings of one shard's database connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbTls {
+    pub mode: TlsMode,
+    /// PEM text of the CA certificates (read from `ca_file` at load time);
+    /// present whenever `mode` verifies.
+    pub ca_pem: Option<String>,
+    /// Whether a password may be sent in clear (PostgreSQL `password`) or
+    /// as MD5 over a connection without TLS. Off unless the topology says so.
+    pub allow_cleartext_password: bool,
 }

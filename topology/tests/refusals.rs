@@ -53,7 +53,7 @@ fn unknown_field() {
     let l = lines(&GOOD.replace("password_env:", "pasword_env:"));
     assert_eq!(
         l,
-        vec!["/etc/shardcut/t.yaml:7:5: shards[0].pasword_env: unknown field; expected one of: name, engine, url, password_env, password_file, databases, exclude_tables, parallelism, agent, agent_token_env, agent_token_file"]
+        vec!["/etc/shardcut/t.yaml:7:5: shards[0].pasword_env: unknown field; expected one of: name, engine, url, password_env, password_file, databases, exclude_tables, parallelism, agent, agent_token_env, agent_token_file, agent_ca_file, agent_cert_file, agent_key_file, agent_insecure, tls, ca_file, allow_cleartext_password"]
     );
 }
 
@@ -183,7 +183,7 @@ fn yaml_syntax_error_has_a_location() {
 
 #[test]
 fn agent_needs_a_token() {
-    let text = format!("{GOOD}    agent: http://10.0.0.5:7070\n");
+    let text = format!("{GOOD}    agent: http://10.0.0.5:7070\n    agent_insecure: true\n");
     assert_eq!(
         lines(&text),
         vec!["/etc/shardcut/t.yaml:4:5: shards[0].agent_token_env: required: give agent_token_env or agent_token_file"]
@@ -193,7 +193,7 @@ fn agent_needs_a_token() {
 #[test]
 fn secrets_never_print() {
     let text =
-        format!("{GOOD}    agent: http://10.0.0.5:7070\n    agent_token_env: GOOD_PASSWORD\n");
+        format!("{GOOD}    agent: http://10.0.0.5:7070\n    agent_insecure: true\n    agent_token_env: GOOD_PASSWORD\n");
     let t = parse(&text).unwrap();
     let shown = format!("{t:?} {t:#?}");
     assert!(!shown.contains("s3cr3t-Pa55word"), "secret leaked in Debug");
@@ -224,4 +224,97 @@ fn every_example_topology_parses() {
         }
     }
     assert!(seen >= 2, "expected the example topologies, found {seen}");
+}
+
+/// A topology in a directory of its own, with `ca.pem` and `not-pem.txt`
+/// beside it, so relative file names resolve.
+fn load_with_files(extra: &str) -> Result<Topology, TopologyError> {
+    let dir = tempfile::tempdir().expect("test setup");
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("test setup");
+    std::fs::write(dir.path().join("not-pem.txt"), "hello").expect("test setup");
+    let path = dir.path().join("t.yaml");
+    std::fs::write(&path, format!("{GOOD}{extra}")).expect("test setup");
+    Topology::load_with_env(&path, &env)
+}
+
+fn problems(extra: &str) -> String {
+    load_with_files(extra)
+        .expect_err("should be refused")
+        .to_string()
+}
+
+#[test]
+fn tls_settings_are_checked_at_load() {
+    use topology::{AgentTls, TlsMode};
+    // Default: prefer, no CA, no cleartext passwords.
+    let t = load_with_files("").expect("test setup");
+    assert_eq!(t.shards[0].tls.mode, TlsMode::Prefer);
+    assert!(!t.shards[0].tls.allow_cleartext_password);
+    let t = load_with_files("    tls: verify-full\n    ca_file: ca.pem\n").expect("test setup");
+    assert_eq!(t.shards[0].tls.mode, TlsMode::VerifyFull);
+    assert!(t.shards[0]
+        .tls
+        .ca_pem
+        .as_deref()
+        .expect("present")
+        .contains("BEGIN CERTIFICATE"));
+
+    let p = problems("    tls: verify-full\n");
+    assert!(
+        p.contains("shards[0].tls: tls: verify-full checks the server's certificate: give ca_file"),
+        "{p}"
+    );
+    let p = problems("    tls: maybe\n");
+    assert!(
+        p.contains("`maybe`: use disable, prefer, require, verify-ca or verify-full"),
+        "{p}"
+    );
+    let p = problems("    tls: verify-ca\n    ca_file: not-pem.txt\n");
+    assert!(
+        p.contains("shards[0].ca_file:") && p.contains("holds no PEM certificate"),
+        "{p}"
+    );
+    let p = problems("    allow_cleartext_password: yes please\n");
+    assert!(
+        p.contains("shards[0].allow_cleartext_password: expected true or false"),
+        "{p}"
+    );
+
+    // Agents: https needs its CA; http needs agent_insecure; a client
+    // certificate needs its key.
+    let token = "    agent_token_env: GOOD_PASSWORD\n";
+    let p = problems(&format!("    agent: http://10.0.0.5:7070\n{token}"));
+    assert!(
+        p.contains("plain http carries the shard passwords in clear"),
+        "{p}"
+    );
+    let p = problems(&format!("    agent: https://10.0.0.5:7070\n{token}"));
+    assert!(
+        p.contains("shards[0].agent_ca_file: required with an https:// agent"),
+        "{p}"
+    );
+    let p = problems(&format!(
+        "    agent: https://10.0.0.5:7070\n    agent_ca_file: ca.pem\n    agent_cert_file: ca.pem\n{token}"
+    ));
+    assert!(
+        p.contains("give agent_cert_file and agent_key_file together"),
+        "{p}"
+    );
+    let p = problems("    agent_ca_file: ca.pem\n");
+    assert!(
+        p.contains("`agent_ca_file` without `agent` has no use"),
+        "{p}"
+    );
+    let t = load_with_files(&format!(
+        "    agent: https://10.0.0.5:7070\n    agent_ca_file: ca.pem\n{token}"
+    ))
+    .expect("test setup");
+    assert!(matches!(
+        t.shards[0].agent.as_ref().expect("present").tls,
+        AgentTls::Https { identity: None, .. }
+    ));
 }

@@ -101,6 +101,19 @@ fn sandbox_script(args: &[&str]) -> Run {
     Run::from(out)
 }
 
+/// Certificates `scripts/tls-certs` generates into `dir` (a test CA, a
+/// server certificate for `localhost` only, a client certificate, and an
+/// unrelated CA with its own client certificate); returns `dir`.
+pub fn tls_certs(dir: &Path) -> PathBuf {
+    let out = Command::new(root().join("scripts/tls-certs"))
+        .arg(dir)
+        .output()
+        .expect("run scripts/tls-certs");
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "scripts/tls-certs failed: {run:?}");
+    dir.to_path_buf()
+}
+
 /// A TCP port on 127.0.0.1 for a test's own listener, free when asked.
 ///
 /// The kernel picks it (bind to port 0), so it lies in the ephemeral range,
@@ -134,22 +147,36 @@ impl PrivateSandbox {
     /// free and claimed by no other sandbox, so tests run in parallel with
     /// each other and with sandboxes already running (the demo's).
     pub fn up(mysql: u32, postgres: u32, profile: &str) -> Self {
+        Self::up_with(mysql, postgres, profile, &[])
+    }
+
+    /// As [`PrivateSandbox::up`], with TLS on every server: certificates
+    /// from `scripts/tls-certs` in `dir()/tls` (the servers' name is
+    /// `localhost` only).
+    pub fn up_tls(mysql: u32, postgres: u32, profile: &str) -> Self {
+        Self::up_with(mysql, postgres, profile, &["--tls"])
+    }
+
+    fn up_with(mysql: u32, postgres: u32, profile: &str, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("shardcut-it.")
             .tempdir()
             .expect("temp dir");
         let path = dir.path().to_str().expect("utf-8 temp path").to_string();
-        let run = sandbox_script(&[
+        let (my, pg) = (mysql.to_string(), postgres.to_string());
+        let mut args = vec![
             "up",
             "--dir",
             &path,
             "--mysql",
-            &mysql.to_string(),
+            &my,
             "--postgres",
-            &postgres.to_string(),
+            &pg,
             "--profile",
             profile,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let run = sandbox_script(&args);
         let sandbox = PrivateSandbox { dir };
         assert_eq!(run.code, 0, "sandbox up failed: {run:?}");
         sandbox

@@ -57,9 +57,9 @@ pub async fn backup(
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
     let id = new_backup_id();
     let result = if opts.incremental {
-        super::incremental::take(topology, &repo, &id, opts.connect_timeout, observer).await
+        super::incremental::take(topology, &repo, &id, opts.connect_timeout, observer, &lock).await
     } else {
-        take_full(topology, &repo, &id, opts, observer).await
+        take_full(topology, &repo, &id, opts, observer, &lock).await
     };
     if result.is_err() {
         discard(repo.clone(), &id).await;
@@ -74,6 +74,7 @@ async fn take_full(
     id: &str,
     opts: &BackupOptions,
     observer: &dyn Observer,
+    lock: &RepoLock,
 ) -> anyhow::Result<Manifest> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let cut_opts = cut_options(topology, opts.connect_timeout);
@@ -107,7 +108,9 @@ async fn take_full(
         chain: None,
     };
     let manifest = complete_manifest(topology, id, started_at, contents);
-    // The manifest goes last: only now does the backup exist.
+    // The manifest goes last: only now does the backup exist, and only
+    // while this run still holds the lock.
+    lock.ensure_held()?;
     store_manifest(repo, &manifest).await?;
     Ok(manifest)
 }

@@ -79,7 +79,7 @@ pub async fn capture(
     let repo = open_repository(topology)?;
     let shards = select_shards(topology, &opts.shards)?;
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "capture")?;
-    let result = run(topology, &repo, &shards, opts, observer, after_round).await;
+    let result = run(topology, &repo, &shards, opts, observer, after_round, &lock).await;
     lock.release();
     result
 }
@@ -91,6 +91,7 @@ async fn run(
     opts: &CaptureOptions,
     observer: &dyn Observer,
     after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+    lock: &RepoLock,
 ) -> anyhow::Result<CaptureOutcome> {
     let mut streams = ensure_streams(topology, repo, shards, observer).await?;
     let (interval, mark_every) = match opts.mode {
@@ -130,6 +131,9 @@ async fn run(
     let compression = topology.defaults.compression;
     let mut last_mark = Instant::now();
     loop {
+        // Two captures writing one stream would corrupt it: a run that
+        // lost its lock stops before its next round.
+        lock.ensure_held()?;
         let (next, reports) =
             round(streams, repo, compression, &topology.cluster, &opts.stop).await?;
         streams = next;

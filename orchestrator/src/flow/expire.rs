@@ -8,6 +8,7 @@
 //! backup's cut on its shard.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shard_agent::capture::{list_segments, SegmentMeta, StreamState};
@@ -59,18 +60,30 @@ pub async fn expire(topology: &Topology, opts: &ExpireOptions) -> anyhow::Result
     }
     let repo = open_repository(topology)?;
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
-    let (r, cluster, opts) = (repo.clone(), topology.cluster.clone(), opts.clone());
+    let result = decide_and_delete(&repo, &topology.cluster, opts, &lock).await;
+    lock.release();
+    result
+}
+
+async fn decide_and_delete(
+    repo: &Arc<dyn Repository>,
+    cluster: &str,
+    opts: &ExpireOptions,
+    lock: &RepoLock,
+) -> anyhow::Result<Expired> {
     // Listing and deleting are blocking repository calls.
-    let result = tokio::task::spawn_blocking(move || {
-        let plan = decide(&cluster, r.as_ref(), &opts)?;
-        if !opts.dry_run {
-            delete(r.as_ref(), &plan)?;
-        }
+    let (r, c, o) = (repo.clone(), cluster.to_string(), opts.clone());
+    let plan = tokio::task::spawn_blocking(move || decide(&c, r.as_ref(), &o)).await??;
+    if opts.dry_run {
+        return Ok(plan);
+    }
+    lock.ensure_held()?;
+    let r = repo.clone();
+    tokio::task::spawn_blocking(move || {
+        delete(r.as_ref(), &plan)?;
         Ok::<_, anyhow::Error>(plan)
     })
-    .await;
-    lock.release();
-    result?
+    .await?
 }
 
 /// What to delete.

@@ -33,6 +33,7 @@ pub async fn take(
     id: &str,
     connect_timeout: Duration,
     observer: &dyn Observer,
+    lock: &RepoLock,
 ) -> anyhow::Result<Manifest> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let parent = list_backups(repo.as_ref(), &topology.cluster)?
@@ -122,6 +123,7 @@ pub async fn take(
         }),
     };
     let manifest = complete_manifest(topology, id, started_at, contents);
+    lock.ensure_held()?;
     store_manifest(repo, &manifest).await?;
     Ok(manifest)
 }

@@ -63,7 +63,21 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
         };
         let manifest = match repo.get(&key) {
             Ok(data) => serde_json::from_slice::<Manifest>(&data)
-                .map_err(|e| format!("unreadable manifest {key}: {e}")),
+                .map_err(|e| format!("unreadable manifest {key}: {e}"))
+                .and_then(|m| {
+                    // Everything a manifest names is found under its own
+                    // folder: one copied or moved into another folder
+                    // would make restore read, and expire delete, the
+                    // wrong backup.
+                    if m.backup_id == id {
+                        Ok(m)
+                    } else {
+                        Err(format!(
+                            "manifest {key} names backup {}, not {id} where it lies: the repository is damaged or was tampered with",
+                            m.backup_id
+                        ))
+                    }
+                }),
             Err(e) => Err(e.to_string()),
         };
         if matches!(&manifest, Ok(m) if m.cluster != cluster) {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shard_agent::serve::ServeConfig;
 use topology::Topology;
 
 /// Per-shard worker of shardcut.
@@ -27,15 +28,40 @@ enum Cmd {
         shard: String,
     },
     /// Serve the agent API for the orchestrator (run on the database host).
-    Serve {
-        /// Address to listen on, e.g. 0.0.0.0:7070 (a private interface: the
-        /// API carries shard passwords and has no TLS yet).
-        #[arg(long, value_name = "ADDR")]
-        listen: String,
-        /// File holding the bearer token clients must present (at least 16 characters).
-        #[arg(long, value_name = "FILE")]
-        token_file: PathBuf,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7070.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// File holding the bearer token clients must present (at least 16 characters).
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// The agent's certificate chain (PEM): the API is served over HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Clients must present a certificate this CA signed (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Serve plain HTTP: shard passwords cross the network in clear. Only
+    /// on a network you trust; never with --tls-cert.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure: bool,
+    /// A directory dumps may write below (repeatable; at least one).
+    #[arg(long, value_name = "PATH", required = true)]
+    allow_repository: Vec<PathBuf>,
+    /// A database host sessions may connect to, as the topology names it
+    /// (repeatable; default: 127.0.0.1, ::1 and localhost).
+    #[arg(long, value_name = "HOST")]
+    allow_host: Vec<String>,
+    /// Connections served at once; more are closed.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -56,11 +82,59 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Check { topology, shard } => runtime.block_on(check(&topology, &shard)),
-        Cmd::Serve { listen, token_file } => runtime.block_on(serve(&listen, &token_file)),
+        Cmd::Serve(args) => runtime.block_on(serve(args)),
     }
 }
 
-async fn serve(listen: &str, token_file: &std::path::Path) -> ExitCode {
+fn read_pem(path: &std::path::Path, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// What `serve` needs beside the token, from its flags; a message on error.
+fn serve_config(args: &ServeArgs, token: String) -> Result<ServeConfig, String> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let client_ca = match &args.client_ca {
+                Some(p) => Some(read_pem(p, "--client-ca")?),
+                None => None,
+            };
+            let config = shard_agent::tls::server_config(
+                &read_pem(cert, "--tls-cert")?,
+                &read_pem(key, "--tls-key")?,
+                client_ca.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(std::sync::Arc::new(config))
+        }
+        _ if args.insecure => None,
+        _ => {
+            return Err(
+                "give --tls-cert and --tls-key (HTTPS), or --insecure to serve plain HTTP".into(),
+            )
+        }
+    };
+    let mut allowed_repositories = Vec::new();
+    for p in &args.allow_repository {
+        let canonical = std::fs::canonicalize(p)
+            .map_err(|e| format!("--allow-repository {}: {e}", p.display()))?;
+        allowed_repositories.push(canonical);
+    }
+    let allowed_hosts = if args.allow_host.is_empty() {
+        vec!["127.0.0.1".into(), "::1".into(), "localhost".into()]
+    } else {
+        args.allow_host.clone()
+    };
+    Ok(ServeConfig {
+        token: topology::Secret::new(token),
+        tls,
+        allowed_repositories,
+        allowed_hosts,
+        max_connections: args.max_connections,
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let (listen, token_file) = (args.listen.as_str(), args.token_file.as_path());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -86,9 +160,26 @@ async fn serve(listen: &str, token_file: &std::path::Path) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let result = shard_agent::serve::serve(listen, topology::Secret::new(token), |addr| {
+    let config = match serve_config(&args, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shard-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if config.tls.is_none() {
+        tracing::warn!(
+            "serving plain HTTP (--insecure): shard passwords cross the network in clear"
+        );
+    }
+    let result = shard_agent::serve::serve(listen, config, |addr| {
         eprintln!(
-            "shard-agent {} listening on {addr}",
+            "shard-agent {} listening on {scheme}://{addr}",
             env!("CARGO_PKG_VERSION")
         );
     })

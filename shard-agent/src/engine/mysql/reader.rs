@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinaryProtocol, Conn, QueryResult};
-use topology::{Endpoint, Shard};
+use topology::{Endpoint, Shard, TlsMode};
 
 use super::value::encode_row;
 use super::wire::{self, Login, WireConn, WireError};
@@ -51,6 +51,8 @@ impl Reader {
                 .map(|p| p.expose().as_bytes())
                 .unwrap_or_default(),
             database: None,
+            tls: connect::db_tls_config(shard)?,
+            tls_required: shard.tls.mode != TlsMode::Prefer,
         };
         match tokio::time::timeout(timeout, WireConn::connect(&login)).await {
             Ok(Ok(conn)) => Ok(Reader::Wire(conn)),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream, SimpleQueryMessage};
-use topology::{Endpoint, Shard};
+use topology::{Endpoint, Shard, TlsMode};
 
 use super::wire::{self, CopyConn, Login, PgWireError};
 use super::READER_SETTINGS;
@@ -55,6 +55,9 @@ impl CopyReader {
             user,
             password: shard.password.as_ref().map(|p| p.expose().as_bytes()),
             database: db,
+            tls: connect::db_tls_config(shard)?,
+            tls_required: shard.tls.mode != TlsMode::Prefer,
+            allow_cleartext_password: shard.tls.allow_cleartext_password,
         };
         match tokio::time::timeout(timeout, CopyConn::connect(&login)).await {
             Ok(Ok(mut conn)) => {

@@ -35,11 +35,43 @@ pub fn pg_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("pg_dump"))
 }
 
+/// The shard's CA certificates in a file of this process's own (0600),
+/// for libpq's `PGSSLROOTCERT`; removed when dropped.
+pub struct CaFile(PathBuf);
+
+impl CaFile {
+    fn write(pem: &str) -> std::io::Result<CaFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("shardcut-ca-{}-{n}.pem", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(pem.as_bytes())?;
+        Ok(CaFile(path))
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        drop(std::fs::remove_file(&self.0));
+    }
+}
+
 /// A PostgreSQL client program (`pg_dump`, `psql`) set up to reach `db` on
-/// `shard`: connection arguments, no password prompt, killed if dropped.
-/// The password goes through the child's environment only, never its
-/// command line (visible in ps) or a log line.
-pub fn client_command(shard: &Shard, program: &str, db: &str) -> tokio::process::Command {
+/// `shard`: connection arguments, the shard's TLS mode, no password prompt,
+/// killed if dropped. The password goes through the child's environment
+/// only, never its command line (visible in ps) or a log line. The
+/// [`CaFile`] must outlive the program.
+pub fn client_command(
+    shard: &Shard,
+    program: &str,
+    db: &str,
+) -> Result<(tokio::process::Command, Option<CaFile>), AgentError> {
     let e = &shard.endpoint;
     let mut cmd = tokio::process::Command::new(pg_binary(program));
     cmd.arg("--no-password")
@@ -56,7 +88,20 @@ pub fn client_command(shard: &Shard, program: &str, db: &str) -> tokio::process:
     if let Some(p) = &shard.password {
         cmd.env("PGPASSWORD", p.expose());
     }
-    cmd
+    cmd.env("PGSSLMODE", shard.tls.mode.as_str());
+    let ca = match &shard.tls.ca_pem {
+        Some(pem) if shard.tls.mode.verifies() => {
+            let file = CaFile::write(pem).map_err(|source| AgentError::Program {
+                shard: shard.name.clone(),
+                program: format!("{program} (writing its CA file)"),
+                source,
+            })?;
+            cmd.env("PGSSLROOTCERT", &file.0);
+            Some(file)
+        }
+        _ => None,
+    };
+    Ok((cmd, ca))
 }
 
 /// `db` as a libpq connection string naming just that database. The
@@ -86,7 +131,7 @@ pub(super) async fn section(
     section: &str,
     excluded: &[String],
 ) -> Result<Vec<u8>, AgentError> {
-    let mut cmd = client_command(shard, "pg_dump", db);
+    let (mut cmd, _ca) = client_command(shard, "pg_dump", db)?;
     cmd.arg("--schema-only")
         .arg(format!("--section={section}"))
         .arg(format!("--snapshot={snapshot}"));

@@ -14,6 +14,7 @@ pub const CLIENT_LONG_PASSWORD: u32 = 0x1;
 pub const CLIENT_LONG_FLAG: u32 = 0x4;
 pub const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
 pub const CLIENT_PROTOCOL_41: u32 = 0x200;
+pub const CLIENT_SSL: u32 = 0x800;
 pub const CLIENT_TRANSACTIONS: u32 = 0x2000;
 pub const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 pub const CLIENT_MULTI_RESULTS: u32 = 0x2_0000;
@@ -108,6 +109,17 @@ pub fn client_capabilities(server: u32, with_db: bool) -> Result<u32, WireError>
         caps |= CLIENT_CONNECT_WITH_DB;
     }
     Ok(caps & server)
+}
+
+/// SSLRequest: the first 32 bytes of a HandshakeResponse41, with
+/// `CLIENT_SSL` set; TLS starts right after it.
+pub fn ssl_request(caps: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&(caps | CLIENT_SSL).to_le_bytes());
+    out.extend_from_slice(&(1u32 << 24).to_le_bytes());
+    out.push(CHARSET);
+    out.extend_from_slice(&[0; 23]);
+    out
 }
 
 /// HandshakeResponse41, answering with `mysql_native_password` whatever

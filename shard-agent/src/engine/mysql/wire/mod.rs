@@ -24,6 +24,8 @@ use std::fmt;
 
 use tokio::net::TcpStream;
 
+use crate::tls::Stream;
+
 use binary::ColumnDef;
 use cursor::Cursor;
 use packet::PacketStream;
@@ -111,6 +113,10 @@ pub struct Login<'a> {
     pub user: &'a str,
     pub password: &'a [u8],
     pub database: Option<&'a str>,
+    /// TLS to start when the server offers it (`None`: `tls: disable`).
+    pub tls: Option<rustls::ClientConfig>,
+    /// Whether a server without TLS is refused rather than read in clear.
+    pub tls_required: bool,
 }
 
 pub struct WireConn {
@@ -130,9 +136,29 @@ impl WireConn {
             .await
             .map_err(WireError::Io)?;
         stream.set_nodelay(true).map_err(WireError::Io)?;
-        let mut packets = PacketStream::new(stream);
+        let mut packets = PacketStream::new(Stream::Plain(stream));
         let greeting = handshake::parse_greeting(packets.read().await?)?;
-        let caps = handshake::client_capabilities(greeting.capabilities, login.database.is_some())?;
+        let mut caps =
+            handshake::client_capabilities(greeting.capabilities, login.database.is_some())?;
+        match &login.tls {
+            Some(config) if greeting.capabilities & handshake::CLIENT_SSL != 0 => {
+                caps |= handshake::CLIENT_SSL;
+                packets.write(&handshake::ssl_request(caps)).await?;
+                let seq = packets.seq();
+                let tls = packets
+                    .into_stream()
+                    .upgrade(config.clone(), login.host)
+                    .await
+                    .map_err(WireError::Io)?;
+                packets = PacketStream::new(tls);
+                packets.set_seq(seq);
+            }
+            // The library reports it in its words.
+            Some(_) if login.tls_required => {
+                return Err(WireError::Unsupported("a server without TLS".into()))
+            }
+            _ => {}
+        }
         let response = handshake::response(
             caps,
             login.user,
@@ -343,7 +369,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut p = PacketStream::new(s);
+            let mut p = PacketStream::new(Stream::Plain(s));
             p.write(&sample_greeting()).await.unwrap();
             let response = p.read().await.unwrap().to_vec();
             p.write(&reply).await.unwrap();
@@ -361,6 +387,8 @@ mod tests {
             user: "backup",
             password: b"not-the-real-one",
             database: None,
+            tls: None,
+            tls_required: false,
         }
     }
 
@@ -401,12 +429,12 @@ mod tests {
         let (b2, e2) = (big.clone(), exact.clone());
         let writer = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut p = PacketStream::new(s);
+            let mut p = PacketStream::new(Stream::Plain(s));
             for payload in [&b2[..], b"small", &e2[..], b""] {
                 p.write(payload).await.unwrap();
             }
         });
-        let mut r = PacketStream::new(TcpStream::connect(addr).await.unwrap());
+        let mut r = PacketStream::new(Stream::Plain(TcpStream::connect(addr).await.unwrap()));
         assert_eq!(r.read().await.unwrap(), &big[..]);
         assert_eq!(r.read().await.unwrap(), b"small");
         assert_eq!(r.read().await.unwrap(), &exact[..]);

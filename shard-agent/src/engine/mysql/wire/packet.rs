@@ -7,10 +7,10 @@
 //! 16 MiB + header); the join buffer to the largest row, as any client's.
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::WireError;
 use crate::readbuf::ReadBuf;
+use crate::tls::Stream;
 
 /// Largest payload one wire packet carries; a payload this long continues
 /// in the next packet.
@@ -18,6 +18,10 @@ const MAX_PAYLOAD: usize = 0xFF_FFFF;
 const INITIAL_BUFFER: usize = 256 << 10;
 /// A join buffer above this is released after use instead of kept.
 const KEEP_JOINED: usize = 32 << 20;
+/// The longest payload a server may send (MariaDB's and MySQL's largest
+/// `max_allowed_packet`); a longer chain of packets is a broken or hostile
+/// stream, refused before it is buffered.
+pub const MAX_JOINED: usize = 1 << 30;
 
 /// The payload length a 4-byte packet header announces (3 bytes, little-endian).
 fn payload_len(h: &[u8]) -> usize {
@@ -25,7 +29,7 @@ fn payload_len(h: &[u8]) -> usize {
 }
 
 pub struct PacketStream {
-    stream: TcpStream,
+    stream: Stream,
     rb: ReadBuf,
     joined: Vec<u8>,
     /// Sequence number the next packet (read or written) must carry.
@@ -33,7 +37,7 @@ pub struct PacketStream {
 }
 
 impl PacketStream {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         PacketStream {
             stream,
             rb: ReadBuf::new(INITIAL_BUFFER),
@@ -96,6 +100,11 @@ impl PacketStream {
                 return Ok(&self.joined);
             }
             len = self.header().await?;
+            if self.joined.len() + len > MAX_JOINED {
+                return Err(WireError::Protocol(format!(
+                    "a payload longer than {MAX_JOINED} bytes (the largest max_allowed_packet)"
+                )));
+            }
             self.rb.fill(&mut self.stream, len).await?;
         }
     }
@@ -118,6 +127,20 @@ impl PacketStream {
         }
         self.stream.write_all(&out).await.map_err(WireError::Io)?;
         self.stream.flush().await.map_err(WireError::Io)
+    }
+
+    /// Gives the stream back (to start TLS on it); nothing may be buffered.
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
+    /// The sequence number the next packet carries.
+    pub fn seq(&self) -> u8 {
+        self.seq
+    }
+
+    pub fn set_seq(&mut self, seq: u8) {
+        self.seq = seq;
     }
 
     pub async fn shutdown(&mut self) {

@@ -6,10 +6,10 @@
 //! row a `COPY` sends (as any client's would); it starts at 256 KiB.
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::PgWireError;
 use crate::readbuf::ReadBuf;
+use crate::tls::Stream;
 
 const INITIAL_BUFFER: usize = 256 << 10;
 /// A message longer than this is a broken stream, not a row: the server
@@ -30,14 +30,18 @@ fn header(h: &[u8]) -> Result<(u8, usize), PgWireError> {
 }
 
 pub struct Frames {
-    stream: TcpStream,
+    stream: Stream,
     rb: ReadBuf,
     /// Where in `buf` the last message's body lies.
     body: std::ops::Range<usize>,
 }
 
 impl Frames {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    pub fn new(stream: Stream) -> Self {
         Frames {
             stream,
             rb: ReadBuf::new(INITIAL_BUFFER),

@@ -81,6 +81,9 @@ fn login(port: u16) -> Login<'static> {
         user: "backup",
         password: Some(PASSWORD),
         database: "shop",
+        tls: None,
+        tls_required: false,
+        allow_cleartext_password: true,
     }
 }
 
