@@ -433,3 +433,124 @@ fn agent_killed_mid_backup_fails_clearly_and_next_backup_succeeds() {
         1
     );
 }
+
+#[test]
+fn restore_replay_and_capture_run_on_the_agents_over_mutual_tls() {
+    let src = PrivateSandbox::up(1, 1, "ready");
+    let tgt = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = support::tls_certs(&dir.path().join("tls"));
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let (cert, key, ca) = (
+        certs.join("server.pem"),
+        certs.join("server.key"),
+        certs.join("ca.pem"),
+    );
+    let tls_args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        ca.to_str().unwrap(),
+    ];
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let port = listen.rsplit(':').next().unwrap().to_string();
+    let agent = AgentProcess::start_with(&listen, &good, dir.path(), &tls_args);
+    let lines = https_lines(&port, &certs, "ca.pem", Some("client"), &good);
+    let with = |sb: &PrivateSandbox, name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        with_agent_lines(&sb.topology(), &d, &lines)
+    };
+    let (src_topo, tgt_topo) = (with(&src, "src"), with(&tgt, "tgt"));
+    let (arg, tgt_arg) = (src_topo.to_str().unwrap(), tgt_topo.to_str().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let source = db::topology(&src.topology());
+    rt.block_on(db::setup_all(
+        &source,
+        &[
+            "CREATE DATABASE bank",
+            "CREATE TABLE bank.ledger (id INT PRIMARY KEY, side VARCHAR(10), amount INT) ENGINE=InnoDB",
+            "INSERT INTO bank.ledger VALUES (1, 'debit', 10)",
+        ],
+        "bank",
+        "CREATE TABLE ledger (id int PRIMARY KEY, side text, amount int); INSERT INTO ledger VALUES (1, 'credit', 10);",
+    ));
+
+    // Capture starts through the agent (it opens the slot and reads the
+    // binlog on the database host), then a backup, then later writes.
+    let ok = |args: &[&str]| {
+        let r = shardcut(args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        r
+    };
+    ok(&["capture", "-t", arg, "--once", "--no-mark"]);
+    ok(&["backup", "-t", arg]);
+    rt.block_on(async {
+        let my = source.shards.iter().find(|s| s.name == "mysql-0").unwrap();
+        let pg = source.shards.iter().find(|s| s.name == "pg-0").unwrap();
+        let mut c = db::mysql(my, Some("bank")).await;
+        for sql in [
+            "INSERT INTO ledger VALUES (2, 'debit', 7)",
+            "UPDATE ledger SET amount = 11 WHERE id = 1",
+        ] {
+            mysql_async::prelude::Queryable::query_drop(&mut c, sql)
+                .await
+                .unwrap();
+        }
+        db::pg(pg, "bank")
+            .await
+            .batch_execute("INSERT INTO ledger VALUES (2, 'credit', 7); UPDATE ledger SET amount = 11 WHERE id = 1;")
+            .await
+            .unwrap();
+    });
+    ok(&["capture", "-t", arg, "--once"]);
+
+    // Restore, replay and read-back run on the target's agent: Q = 1 and
+    // the target equals the source by the servers' own checksums.
+    let run = ok(&[
+        "restore", "-t", arg, "--target", tgt_arg, "--until", "latest", "--json",
+    ]);
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let target = db::topology(&tgt.topology());
+    rt.block_on(async {
+        let (sm, tm) = (&source.shards[0], &target.shards[0]);
+        let (sp, tp) = (&source.shards[1], &target.shards[1]);
+        assert_eq!(
+            db::mysql_checksum(tm, "bank.ledger").await,
+            db::mysql_checksum(sm, "bank.ledger").await
+        );
+        assert_eq!(
+            db::pg_digest(tp, "bank", "public", "ledger").await,
+            db::pg_digest(sp, "bank", "public", "ledger").await
+        );
+    });
+
+    // Without the agent, none of it runs: capture, status's server
+    // figures and restore all name the agent that is gone.
+    drop(agent);
+    let run = shardcut(&["capture", "-t", arg, "--once", "--no-mark"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("agent https://localhost:{port}")),
+        "{run:?}"
+    );
+    let run = shardcut(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt_arg,
+        "--until",
+        "latest",
+        "--overwrite",
+    ]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("agent https://localhost:{port}")),
+        "{run:?}"
+    );
+}

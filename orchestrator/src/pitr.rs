@@ -322,7 +322,7 @@ pub async fn replay_shard(
     from: &Position,
     to: &Position,
 ) -> Result<ReplayReport, ReplayError> {
-    let driver = engine::driver(sm.engine_kind());
+    let driver = crate::agent::driver(target)?;
     let mut total = ReplayReport::default();
     for stream in streams_of(sm) {
         let r = driver

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shard_agent::client_choice::ReaderKind;
 use shard_agent::manifest::{Manifest, TableManifest};
-use shard_agent::verify::readback::table_digest;
 use shard_agent::AgentError;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -173,7 +173,12 @@ impl Verifier {
 /// Reads one table back; returns its result and whether the server answered.
 async fn check_table(shard: &Shard, name: &str, t: &TableManifest) -> (TableResult, bool) {
     let mut answered = true;
-    let read = tokio::time::timeout(READ_TIMEOUT, table_digest(shard, t)).await;
+    let digest = async {
+        crate::agent::driver(shard)?
+            .table_digest(shard, t, ReaderKind::Auto)
+            .await
+    };
+    let read = tokio::time::timeout(READ_TIMEOUT, digest).await;
     let (found, ok) = match read {
         Ok(Ok(d)) => (d.rows, d.rows == t.rows && d.hex() == t.content_hash),
         Ok(Err(e)) if server_answered(&e) => {

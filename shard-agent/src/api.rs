@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use topology::{Compression, DbTls, Endpoint, Engine, Secret, Shard, TableRef, TlsMode};
 
-use crate::manifest::ShardManifest;
+use crate::capture::{RoundReport, StreamState};
+use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
@@ -168,6 +169,133 @@ pub enum DumpStatus {
     },
     Done {
         manifest: Box<ShardManifest>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// Restore options as sent to an agent: the repository by its path on the
+/// agent's host (a shared mount, as for dumps).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    pub repository: String,
+    pub overwrite: bool,
+    pub binlog: bool,
+    pub parallelism: usize,
+    pub tables: Option<Vec<String>>,
+}
+
+/// One call of the engine interface ([`crate::engine::Driver`]) run by an
+/// agent on its database host: restore, read-back, capture, replay and
+/// preflight go through the agent as the dump does.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DriverCall {
+    Preflight {
+        shard: ShardSpec,
+        timeout_ms: u64,
+    },
+    CheckTarget {
+        source: Box<ShardManifest>,
+        target: ShardSpec,
+        options: RestoreSpec,
+    },
+    Restore {
+        source: Box<ShardManifest>,
+        target: ShardSpec,
+        options: RestoreSpec,
+    },
+    TableDigest {
+        shard: ShardSpec,
+        table: Box<TableManifest>,
+        library_only: bool,
+    },
+    LiveStreams {
+        shard: ShardSpec,
+    },
+    StartStream {
+        shard: ShardSpec,
+        cluster: String,
+        stream: String,
+        from: Option<Position>,
+    },
+    CatchUp {
+        shard: ShardSpec,
+        cluster: String,
+        repository: String,
+        compression: Compression,
+        state: Box<StreamState>,
+    },
+    RemoveStream {
+        shard: ShardSpec,
+        state: Box<StreamState>,
+    },
+    StreamServer {
+        shard: ShardSpec,
+        state: Box<StreamState>,
+    },
+    Replay {
+        repository: String,
+        source: String,
+        stream: String,
+        target: ShardSpec,
+        from: Position,
+        to: Position,
+    },
+}
+
+impl DriverCall {
+    /// The database shard the call connects to.
+    pub fn shard(&self) -> &ShardSpec {
+        match self {
+            DriverCall::Preflight { shard, .. }
+            | DriverCall::TableDigest { shard, .. }
+            | DriverCall::LiveStreams { shard }
+            | DriverCall::StartStream { shard, .. }
+            | DriverCall::CatchUp { shard, .. }
+            | DriverCall::RemoveStream { shard, .. }
+            | DriverCall::StreamServer { shard, .. } => shard,
+            DriverCall::CheckTarget { target, .. }
+            | DriverCall::Restore { target, .. }
+            | DriverCall::Replay { target, .. } => target,
+        }
+    }
+
+    /// The repository the call reads or writes, if any.
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            DriverCall::CheckTarget { options, .. } | DriverCall::Restore { options, .. } => {
+                Some(&options.repository)
+            }
+            DriverCall::CatchUp { repository, .. } | DriverCall::Replay { repository, .. } => {
+                Some(repository)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A catch-up round's outcome: the stream's new state and the round.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CaughtUp {
+    pub state: StreamState,
+    pub report: RoundReport,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub job: String,
+}
+
+/// A job's state; a finished job is answered once and then forgotten.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    /// `result` is the call's own answer, as JSON.
+    Done {
+        result: serde_json::Value,
     },
     Failed {
         error: String,

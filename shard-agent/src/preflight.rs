@@ -6,10 +6,10 @@
 //! runs its own checks (`engine/<name>/preflight.rs`) and reports in these
 //! engine-neutral types.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use topology::{AgentTls, Engine, Shard, TlsMode};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -18,7 +18,7 @@ pub enum Level {
 }
 
 /// One check and what it found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub level: Level,
     /// What was checked, e.g. `binlog_format`.
@@ -70,12 +70,11 @@ impl Finding {
     }
 }
 
-/// How the shard is reached: the database connection's TLS and the
-/// agent's transport. Engine-neutral; warnings only.
-pub fn transport_findings(shard: &Shard) -> Vec<Finding> {
-    let mut out = Vec::new();
+/// How the database connection is protected. Engine-neutral; a warning
+/// at worst.
+pub fn tls_finding(shard: &Shard) -> Finding {
     let mode = shard.tls.mode;
-    out.push(match mode {
+    match mode {
         TlsMode::VerifyFull | TlsMode::VerifyCa => Finding::ok("tls", mode.as_str()),
         TlsMode::Require => Finding::warn(
             "tls",
@@ -87,9 +86,14 @@ pub fn transport_findings(shard: &Shard) -> Vec<Finding> {
             mode.as_str(),
             "connections may be in clear: set tls: verify-full and ca_file (a password is never sent in clear or as MD5 unless allow_cleartext_password)",
         ),
-    });
-    if let Some(agent) = &shard.agent {
-        out.push(match agent.tls {
+    }
+}
+
+/// How the orchestrator reaches the shard's agent, if it has one (added
+/// by the orchestrator: the agent itself does not know how it is reached).
+pub fn agent_finding(shard: &Shard) -> Option<Finding> {
+    let agent = shard.agent.as_ref()?;
+    Some(match agent.tls {
             AgentTls::Insecure => Finding::warn(
                 "agent_transport",
                 format!("plain HTTP to {}", agent.url),
@@ -103,13 +107,11 @@ pub fn transport_findings(shard: &Shard) -> Vec<Finding> {
                     "HTTPS"
                 },
             ),
-        });
-    }
-    out
+    })
 }
 
 /// A table the topology selects, with the server's own estimates.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableInfo {
     pub database: String,
     /// PostgreSQL schema; `None` for MySQL.
@@ -121,7 +123,7 @@ pub struct TableInfo {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardReport {
     pub shard: String,
     pub engine: Engine,
@@ -140,7 +142,7 @@ impl ShardReport {
         mut findings: Vec<Finding>,
         tables: Vec<TableInfo>,
     ) -> Self {
-        findings.extend(transport_findings(shard));
+        findings.push(tls_finding(shard));
         ShardReport {
             shard: shard.name.clone(),
             engine: shard.engine,

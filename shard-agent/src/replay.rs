@@ -13,7 +13,7 @@ use crate::capture::{list_segments, CaptureError, SegmentMeta};
 use crate::repo::Repository;
 
 /// What replaying one shard did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplayReport {
     pub segments: u64,
     pub transactions: u64,

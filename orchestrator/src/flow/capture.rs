@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shard_agent::capture::{self, CaptureError, RoundReport, StreamState};
-use shard_agent::engine::{self, CatchUp};
+use shard_agent::engine::CatchUp;
 use shard_agent::manifest::Mark;
 use shard_agent::repo::Repository;
 use tokio::task::JoinSet;
@@ -220,7 +220,9 @@ pub async fn remove(
         let Some(shard) = shards.iter().find(|s| s.name == st.shard) else {
             continue;
         };
-        engine::driver(st.engine).remove_stream(shard, &st).await?;
+        crate::agent::driver(shard)?
+            .remove_stream(shard, &st)
+            .await?;
         repo.delete(&capture::keys::state(&st.shard, &st.stream))?;
         removed.push((st.shard, st.stream));
     }
@@ -263,7 +265,7 @@ pub async fn ensure_streams(
         .find_map(|l| l.manifest.ok());
     let mut out = Vec::new();
     for shard in shards {
-        let driver = engine::driver(shard.engine);
+        let driver = crate::agent::driver(shard)?;
         for stream in driver.live_streams(shard).await? {
             if let Some(st) = StreamState::load(repo.as_ref(), &shard.name, &stream)? {
                 out.push((shard.clone(), st));
@@ -376,8 +378,10 @@ async fn round(
                 compression,
                 stop: &stop,
             };
-            let r: Result<RoundReport, CaptureError> =
-                engine::driver(shard.engine).catch_up(&mut st, &round).await;
+            let r: Result<RoundReport, CaptureError> = match crate::agent::driver(&shard) {
+                Ok(driver) => driver.catch_up(&mut st, &round).await,
+                Err(e) => Err(e.into()),
+            };
             (i, shard, st, r)
         });
     }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use shard_agent::engine;
-use shard_agent::preflight::ShardReport;
+use shard_agent::preflight::{self, ShardReport};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use topology::{RepositoryLocation, Topology};
@@ -75,9 +74,14 @@ async fn check_all(topology: &Topology, timeout: Duration) -> anyhow::Result<Vec
     for (i, shard) in topology.shards.iter().cloned().enumerate() {
         let permit = limit.clone().acquire_owned().await?;
         tasks.spawn(async move {
-            let result = engine::driver(shard.engine)
-                .preflight(&shard, timeout)
-                .await;
+            let result = match crate::agent::driver(&shard) {
+                Ok(driver) => driver.preflight(&shard, timeout).await,
+                Err(e) => Err(e),
+            };
+            let result = result.map(|mut report| {
+                report.findings.extend(preflight::agent_finding(&shard));
+                report
+            });
             drop(permit);
             (i, shard.name, result)
         });

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shard_agent::capture::StreamState;
-use shard_agent::engine;
 use shard_agent::manifest::{Manifest, Mark};
 use shard_agent::repo::Repository;
 use shard_agent::restore::{RestoreOptions, TableReady};
@@ -85,11 +84,15 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
     };
     let mut refusals = Vec::new();
     for (name, dst) in &pairs {
-        let driver = engine::driver(dst.engine);
-        if let Err(e) = driver
-            .check_target(&m.shards[name], dst, &opts_for(name, dst))
-            .await
-        {
+        let checked = match crate::agent::driver(dst) {
+            Ok(driver) => {
+                driver
+                    .check_target(&m.shards[name], dst, &opts_for(name, dst))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             refusals.push(exit::one_line(&anyhow::Error::new(e)));
         }
     }
@@ -278,7 +281,10 @@ async fn run_restores(
         let name = name.clone();
         tasks.spawn(async move {
             let began = Instant::now();
-            let r = engine::driver(dst.engine).restore(&src, &dst, &opts).await;
+            let r = match crate::agent::driver(&dst) {
+                Ok(driver) => driver.restore(&src, &dst, &opts).await,
+                Err(e) => Err(e),
+            };
             (name, r.map(|done| (done, began.elapsed())))
         });
     }

@@ -97,7 +97,13 @@ pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
         let Some(shard) = topology.shard(&st.shard) else {
             continue;
         };
-        let server = engine::driver(st.engine).stream_server(shard, st).await;
+        let server = match crate::agent::driver(shard) {
+            Ok(driver) => driver.stream_server(shard, st).await,
+            Err(e) => engine::StreamServer {
+                problem: Some(e.to_string()),
+                ..Default::default()
+            },
+        };
         problems.extend(server.problem);
         streams.push(status_of(st, None, server.position, server.retained_bytes));
     }

@@ -29,7 +29,7 @@ use crate::repo::{RepoError, Repository};
 pub const CHUNK_RAW_BYTES: usize = 4 << 20;
 
 /// Row count and order-independent content hash of some rows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RowDigest {
     pub rows: u64,
     /// Wrapping sum of xxh3-64 of each row's canonical line.

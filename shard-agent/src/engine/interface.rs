@@ -168,7 +168,7 @@ pub struct CatchUp<'a> {
 }
 
 /// The server's side of a capture stream, as far as it could be read.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StreamServer {
     /// The server's current position; `None` if it could not be read.
     pub position: Option<Position>,

@@ -72,7 +72,7 @@ impl RestoreOptions {
 }
 
 /// What a restore of one shard did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ShardRestore {
     pub databases: Vec<String>,
     pub tables: usize,

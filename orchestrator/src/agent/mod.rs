@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use shard_agent::api::*;
 use shard_agent::cut::{BlockError, CutOptions};
 use shard_agent::dump::DumpOptions;
@@ -14,7 +13,14 @@ use shard_agent::manifest::ShardManifest;
 use shard_agent::position::Position;
 use shard_agent::session::Session;
 use shard_agent::AgentError;
-use topology::{AgentSpec, AgentTls, Engine, Secret, Shard, TlsMode};
+use topology::{Engine, Shard};
+
+pub use client::AgentClient;
+use client::Failure;
+pub use driver::driver;
+
+mod client;
+mod driver;
 
 pub enum Agent {
     Local(Box<Session>),
@@ -22,72 +28,21 @@ pub enum Agent {
 }
 
 pub struct Remote {
-    shard: String,
+    client: AgentClient,
     engine: Engine,
-    base: String,
-    token: Secret,
-    client: reqwest::Client,
     session: String,
+}
+
+impl std::ops::Deref for Remote {
+    type Target = AgentClient;
+
+    fn deref(&self) -> &AgentClient {
+        &self.client
+    }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The client of one agent: HTTPS with the agent's certificate checked
-/// against the topology's CA (and a client certificate for mutual TLS), or
-/// plain HTTP where the topology says `agent_insecure`.
-fn http_client(shard: &Shard, spec: &AgentSpec) -> Result<reqwest::Client, AgentError> {
-    // reqwest builds a rustls configuration even for plain HTTP.
-    shard_agent::tls::install_provider();
-    let builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .connect_timeout(Duration::from_secs(10));
-    let builder = match &spec.tls {
-        AgentTls::Insecure => builder,
-        AgentTls::Https { ca_pem, identity } => {
-            let config = shard_agent::tls::client_config(
-                TlsMode::VerifyFull,
-                Some(ca_pem),
-                identity.as_ref().map(|(c, k)| (c.as_str(), k.expose())),
-            )
-            .map_err(|e| AgentError::Remote {
-                shard: shard.name.clone(),
-                agent: spec.url.to_string(),
-                what: format!("TLS settings: {e}"),
-            })?;
-            builder.https_only(true).tls_backend_preconfigured(config)
-        }
-    };
-    builder.build().map_err(|e| AgentError::Tool {
-        shard: shard.name.clone(),
-        what: format!("cannot build an HTTP client: {e}"),
-    })
-}
-
-/// An error and its sources on one line (reqwest's own text omits the
-/// TLS reason, which is what a DBA needs to see).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// Whether a transport error is the TLS handshake refusing (a
-/// certificate, an alert from the peer), not an unreachable agent.
-fn is_tls_failure(why: &str) -> bool {
-    let w = why.to_ascii_lowercase();
-    ["certificate", "tls", "alert", "handshake"]
-        .iter()
-        .any(|k| w.contains(k))
 }
 
 /// A remote dump whose progress has not moved for this long is given up
@@ -100,11 +55,8 @@ impl Agent {
             None => Ok(Agent::Local(Box::new(Session::prepare(shard, opts).await?))),
             Some(spec) => {
                 let mut remote = Remote {
-                    shard: shard.name.clone(),
+                    client: AgentClient::new(shard, spec)?,
                     engine: shard.engine,
-                    base: spec.url.as_str().trim_end_matches('/').to_string(),
-                    token: spec.token.clone(),
-                    client: http_client(shard, spec)?,
                     session: String::new(),
                 };
                 let v: VersionInfo = remote
@@ -269,81 +221,5 @@ impl Agent {
                 }
             }
         }
-    }
-}
-
-/// Why a remote call failed: the agent said no, or it could not be reached.
-enum Failure {
-    Api(ErrorBody),
-    Transport(String),
-}
-
-impl Remote {
-    fn err(&self, what: String) -> AgentError {
-        AgentError::Remote {
-            shard: self.shard.clone(),
-            agent: self.base.clone(),
-            what,
-        }
-    }
-
-    fn failure(&self, f: Failure) -> AgentError {
-        match f {
-            Failure::Api(body) if body.kind == "unauthorized" => self.err(
-                "refused the agent token (401); check agent_token_env / agent_token_file".into(),
-            ),
-            Failure::Api(body) => self.err(body.error),
-            Failure::Transport(t) => self.err(t),
-        }
-    }
-
-    async fn send<B: serde::Serialize>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<reqwest::Response, Failure> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token.expose());
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|e| {
-            let why = chain(&e);
-            Failure::Transport(if e.is_timeout() {
-                "did not answer in time".to_string()
-            } else if is_tls_failure(&why) {
-                format!("TLS refused: {why}")
-            } else if e.is_connect() {
-                format!("unreachable (is `shard-agent serve` running there?): {why}")
-            } else {
-                format!("connection failed: {why}")
-            })
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        match resp.json::<ErrorBody>().await {
-            Ok(body) => Err(Failure::Api(body)),
-            Err(_) => Err(Failure::Transport(format!("answered HTTP {status}"))),
-        }
-    }
-
-    async fn call<B: serde::Serialize, T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T, AgentError> {
-        let resp = self
-            .send(method, path, body)
-            .await
-            .map_err(|f| self.failure(f))?;
-        resp.json::<T>()
-            .await
-            .map_err(|e| self.err(format!("sent an unreadable answer: {e}")))
     }
 }

@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use topology::Secret;
 
+mod jobs;
+
 use crate::api::*;
 use crate::cut::{BlockError, CutOptions};
 use crate::dump::{DumpOptions, Progress};
@@ -48,6 +50,13 @@ struct Entry {
     touched: Instant,
 }
 
+/// A driver call running (or finished and not yet collected).
+struct Job {
+    result: Arc<Mutex<Option<Result<serde_json::Value, String>>>>,
+    abort: tokio::task::AbortHandle,
+    touched: Instant,
+}
+
 #[derive(Clone)]
 struct AppState {
     token: Arc<Secret>,
@@ -55,6 +64,7 @@ struct AppState {
     next_id: Arc<AtomicU64>,
     allowed_repositories: Arc<Vec<PathBuf>>,
     allowed_hosts: Arc<Vec<String>>,
+    jobs: Arc<Mutex<HashMap<String, Job>>>,
 }
 
 type Reply = Result<Response, (StatusCode, Json<ErrorBody>)>;
@@ -132,16 +142,7 @@ async fn version() -> Json<VersionInfo> {
 
 async fn prepare(State(st): State<AppState>, Json(req): Json<PrepareRequest>) -> Reply {
     let shard = req.shard.into_shard();
-    if !st.allowed_hosts.contains(&shard.endpoint.host) {
-        return Err(fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "shard {}: host {} is not one this agent may connect to (shard-agent serve --allow-host)",
-                shard.name, shard.endpoint.host
-            ),
-        ));
-    }
+    allowed_host(&st, &shard.name, &shard.endpoint.host)?;
     let opts = CutOptions {
         write_block_timeout: Duration::from_millis(req.write_block_timeout_ms),
         write_block_lease: Duration::from_millis(req.write_block_lease_ms),
@@ -158,6 +159,122 @@ async fn prepare(State(st): State<AppState>, Json(req): Json<PrepareRequest>) ->
         },
     );
     Ok(Json(PrepareResponse { session: id }).into_response())
+}
+
+/// Refuses a database host this agent was not allowed to connect to.
+fn allowed_host(
+    st: &AppState,
+    shard: &str,
+    host: &str,
+) -> Result<(), (StatusCode, Json<ErrorBody>)> {
+    if st.allowed_hosts.iter().any(|h| h == host) {
+        return Ok(());
+    }
+    Err(fail(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "shard {shard}: host {host} is not one this agent may connect to (shard-agent serve --allow-host)"
+        ),
+    ))
+}
+
+/// Opens a repository below one of the allowed directories, or refuses.
+fn allowed_repository(
+    st: &AppState,
+    path: &str,
+) -> Result<LocalRepository, (StatusCode, Json<ErrorBody>)> {
+    let allowed = std::fs::canonicalize(path).ok().filter(|p| {
+        st.allowed_repositories
+            .iter()
+            .any(|root| p.starts_with(root))
+    });
+    let Some(canonical) = allowed else {
+        return Err(fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "repository {path} is not below a directory this agent may write (shard-agent serve --allow-repository)"
+            ),
+        ));
+    };
+    LocalRepository::open(&canonical)
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))
+}
+
+fn jobs(st: &AppState) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+    st.jobs.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn start_job(State(st): State<AppState>, Json(call): Json<DriverCall>) -> Reply {
+    let spec = call.shard();
+    allowed_host(&st, &spec.name, &spec.host)?;
+    let repo = match call.repository() {
+        Some(path) => Some(Arc::new(allowed_repository(&st, path)?)),
+        None => None,
+    };
+    let id = format!("j{}", st.next_id.fetch_add(1, Ordering::Relaxed));
+    tracing::info!("job {id}: {} on shard {}", op_name(&call), spec.name);
+    let result = Arc::new(Mutex::new(None));
+    let task = tokio::spawn(jobs::run(call, repo));
+    let abort = task.abort_handle();
+    let slot = result.clone();
+    tokio::spawn(async move {
+        // A panic in the call is a failed job, not one running forever.
+        let r = match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_cancelled() => Err("cancelled".to_string()),
+            Err(e) => Err(format!("the job ended abnormally: {e}")),
+        };
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    });
+    jobs(&st).insert(
+        id.clone(),
+        Job {
+            result,
+            abort,
+            touched: Instant::now(),
+        },
+    );
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job: id })).into_response())
+}
+
+fn op_name(call: &DriverCall) -> &'static str {
+    match call {
+        DriverCall::Preflight { .. } => "preflight",
+        DriverCall::CheckTarget { .. } => "check_target",
+        DriverCall::Restore { .. } => "restore",
+        DriverCall::TableDigest { .. } => "table_digest",
+        DriverCall::LiveStreams { .. } => "live_streams",
+        DriverCall::StartStream { .. } => "start_stream",
+        DriverCall::CatchUp { .. } => "catch_up",
+        DriverCall::RemoveStream { .. } => "remove_stream",
+        DriverCall::StreamServer { .. } => "stream_server",
+        DriverCall::Replay { .. } => "replay",
+    }
+}
+
+async fn job_status(State(st): State<AppState>, Path(id): Path<String>) -> Reply {
+    let mut map = jobs(&st);
+    let job = map
+        .get_mut(&id)
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", format!("no job {id}")))?;
+    job.touched = Instant::now();
+    let done = job.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let status = match done {
+        None => return Ok(Json(JobStatus::Running).into_response()),
+        Some(Ok(result)) => JobStatus::Done { result },
+        Some(Err(error)) => JobStatus::Failed { error },
+    };
+    map.remove(&id);
+    Ok(Json(status).into_response())
+}
+
+async fn cancel_job(State(st): State<AppState>, Path(id): Path<String>) -> StatusCode {
+    if let Some(job) = jobs(&st).remove(&id) {
+        job.abort.abort();
+    }
+    StatusCode::NO_CONTENT
 }
 
 fn lock(st: &AppState) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -255,23 +372,7 @@ async fn start_dump(
     Path(id): Path<String>,
     Json(req): Json<DumpRequest>,
 ) -> Reply {
-    let allowed = std::fs::canonicalize(&req.repository).ok().filter(|p| {
-        st.allowed_repositories
-            .iter()
-            .any(|root| p.starts_with(root))
-    });
-    let Some(path) = allowed else {
-        return Err(fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "repository {} is not below a directory this agent may write (shard-agent serve --allow-repository)",
-                req.repository
-            ),
-        ));
-    };
-    let repo = LocalRepository::open(&path)
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))?;
+    let repo = allowed_repository(&st, &req.repository)?;
     let s = take(&st, &id)?;
     let progress = Arc::new(Progress::default());
     let cancel = Arc::new(AtomicBool::new(false));
@@ -410,6 +511,7 @@ pub async fn serve(
         next_id: Arc::new(AtomicU64::new(1)),
         allowed_repositories: Arc::new(config.allowed_repositories),
         allowed_hosts: Arc::new(config.allowed_hosts),
+        jobs: Arc::new(Mutex::new(HashMap::new())),
     };
     let reaper = state.clone();
     tokio::spawn(async move {
@@ -420,6 +522,16 @@ pub async fn serve(
                     || e.touched.elapsed() < IDLE_SESSION_TTL;
                 if !keep {
                     tracing::warn!("session {id}: idle for too long; closing it");
+                }
+                keep
+            });
+            // A job nobody has asked about for as long is an orphan (its
+            // orchestrator is gone): stopped and forgotten.
+            jobs(&reaper).retain(|id, j| {
+                let keep = j.touched.elapsed() < IDLE_SESSION_TTL;
+                if !keep {
+                    tracing::warn!("job {id}: not polled for too long; stopping it");
+                    j.abort.abort();
                 }
                 keep
             });
@@ -434,6 +546,8 @@ pub async fn serve(
         .route("/v1/sessions/{id}/release", post(release))
         .route("/v1/sessions/{id}/dump", post(start_dump).get(dump_status))
         .route("/v1/sessions/{id}", axum::routing::delete(close))
+        .route("/v1/jobs", post(start_job))
+        .route("/v1/jobs/{id}", get(job_status).delete(cancel_job))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(bounded))
         .with_state(state);

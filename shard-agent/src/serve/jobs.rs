@@ -1,0 +1,188 @@
+//! Engine-interface calls ([`DriverCall`]) run by the agent as jobs:
+//! restore, read-back, capture rounds, replay and preflight, on the
+//! database host, as the dump is. A job runs in a task of its own; its
+//! answer is the call's own result as JSON, which the orchestrator's
+//! remote driver turns back into the same type.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::api::{CaughtUp, DriverCall, RestoreSpec};
+use crate::client_choice::ReaderKind;
+use crate::engine::{self, CatchUp};
+use crate::repo::{LocalRepository, Repository};
+use crate::restore::RestoreOptions;
+
+fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(value).map_err(|e| format!("cannot encode the answer: {e}"))
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptions {
+    RestoreOptions {
+        repo,
+        overwrite: spec.overwrite,
+        binlog: spec.binlog,
+        parallelism: spec.parallelism.clamp(1, 64),
+        tables: spec.tables,
+        // Tables are read back after the whole restore (the announcement
+        // channel does not cross the network).
+        ready: None,
+    }
+}
+
+/// Runs one call. `repo` is the call's repository, opened by the caller
+/// after checking it is one this agent may use.
+pub(super) async fn run(
+    call: DriverCall,
+    repo: Option<Arc<LocalRepository>>,
+) -> Result<serde_json::Value, String> {
+    let repository = || -> Result<Arc<LocalRepository>, String> {
+        repo.clone()
+            .ok_or_else(|| "the call names no repository".to_string())
+    };
+    match call {
+        DriverCall::Preflight { shard, timeout_ms } => {
+            let s = shard.into_shard();
+            let report = engine::driver(s.engine)
+                .preflight(&s, Duration::from_millis(timeout_ms))
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&report)
+        }
+        DriverCall::CheckTarget {
+            source,
+            target,
+            options,
+        } => {
+            let t = target.into_shard();
+            let opts = restore_options(options, repository()?);
+            engine::driver(t.engine)
+                .check_target(&source, &t, &opts)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&())
+        }
+        DriverCall::Restore {
+            source,
+            target,
+            options,
+        } => {
+            let t = target.into_shard();
+            let opts = restore_options(options, repository()?);
+            let done = engine::driver(t.engine)
+                .restore(&source, &t, &opts)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&done)
+        }
+        DriverCall::TableDigest {
+            shard,
+            table,
+            library_only,
+        } => {
+            let s = shard.into_shard();
+            let kind = if library_only {
+                ReaderKind::Library
+            } else {
+                ReaderKind::Auto
+            };
+            let digest = engine::driver(s.engine)
+                .table_digest(&s, &table, kind)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&digest)
+        }
+        DriverCall::LiveStreams { shard } => {
+            let s = shard.into_shard();
+            let streams = engine::driver(s.engine)
+                .live_streams(&s)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&streams)
+        }
+        DriverCall::StartStream {
+            shard,
+            cluster,
+            stream,
+            from,
+        } => {
+            let s = shard.into_shard();
+            let state = engine::driver(s.engine)
+                .start_stream(&s, &cluster, &stream, from)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&state)
+        }
+        DriverCall::CatchUp {
+            shard,
+            cluster,
+            repository: _,
+            compression,
+            state,
+        } => {
+            let s = shard.into_shard();
+            let repo = repository()?;
+            // A round ends on its own; the orchestrator stops between rounds.
+            let stop = AtomicBool::new(false);
+            let round = CatchUp {
+                shard: &s,
+                cluster: &cluster,
+                repo: repo.as_ref(),
+                compression,
+                stop: &stop,
+            };
+            let mut state = *state;
+            let report = engine::driver(s.engine)
+                .catch_up(&mut state, &round)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&CaughtUp { state, report })
+        }
+        DriverCall::RemoveStream { shard, state } => {
+            let s = shard.into_shard();
+            engine::driver(s.engine)
+                .remove_stream(&s, &state)
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&())
+        }
+        DriverCall::StreamServer { shard, state } => {
+            let s = shard.into_shard();
+            json(&engine::driver(s.engine).stream_server(&s, &state).await)
+        }
+        DriverCall::Replay {
+            repository: _,
+            source,
+            stream,
+            target,
+            from,
+            to,
+        } => {
+            let t = target.into_shard();
+            let repo = repository()?;
+            let report = engine::driver(t.engine)
+                .replay(repo.as_ref(), &source, &stream, &t, (&from, &to))
+                .await
+                .map_err(|e| chain(&e))?;
+            json(&report)
+        }
+    }
+}
