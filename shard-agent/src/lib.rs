@@ -32,3 +32,5 @@ pub mod tls;
 pub mod verify;
 
 pub use error::{AgentError, DbError};
+#[cfg(test)]
+mod untrusted_input_tests;

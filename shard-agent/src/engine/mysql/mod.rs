@@ -11,7 +11,7 @@ pub(crate) mod preflight;
 mod presync;
 mod readback;
 pub mod reader;
-mod replay;
+pub(crate) mod replay;
 mod restore;
 mod restore_keys;
 pub(crate) mod schema;

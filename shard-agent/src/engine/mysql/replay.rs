@@ -92,6 +92,19 @@ struct Step {
     at: u32,
 }
 
+/// The binlog event at the start of `rest` (its header's size field
+/// checked against what is there) and what follows it.
+pub(crate) fn next_event(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let Some(h) = rest.get(9..13) else {
+        return Err(format!("truncated event header of {} bytes", rest.len()));
+    };
+    let size = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if size < 19 || size > rest.len() {
+        return Err(format!("truncated event of {size} bytes"));
+    }
+    Ok(rest.split_at(size))
+}
+
 async fn apply_segment(
     conn: &mut Conn,
     target: &Shard,
@@ -117,12 +130,8 @@ async fn apply_segment(
     let mut txn = TxnSteps::default();
     let (mut txns, mut stmts) = (0u64, 0u64);
     while rest.len() >= 19 {
-        let size = u32::from_le_bytes([rest[9], rest[10], rest[11], rest[12]]) as usize;
-        if size < 19 || size > rest.len() {
-            return Err(corrupt(format!("truncated event of {size} bytes")));
-        }
-        let bytes = &rest[..size];
-        rest = &rest[size..];
+        let (bytes, tail) = next_event(rest).map_err(corrupt)?;
+        rest = tail;
         let ev: Event = esr
             .read(bytes)
             .map_err(|e| corrupt(format!("unreadable event: {e}")))?

@@ -12,7 +12,7 @@ mod dump;
 mod guard;
 pub(crate) mod preflight;
 mod readback;
-mod replay;
+pub(crate) mod replay;
 mod restore;
 mod restore_post;
 pub(crate) mod schema;

@@ -29,7 +29,7 @@ use crate::repo::Repository;
 const PIPELINE: usize = 256;
 
 #[derive(Debug, Clone)]
-struct Relation {
+pub(crate) struct Relation {
     schema: String,
     name: String,
     /// (column name, part of the replica identity key)
@@ -47,13 +47,13 @@ impl Relation {
 /// A tuple's column values: `None` is SQL NULL; `Unchanged` a TOASTed value
 /// the update did not touch.
 #[derive(Debug, Clone)]
-enum Value {
+pub(crate) enum Value {
     Null,
     Unchanged,
     Text(String),
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     d: &'a [u8],
     at: usize,
 }
@@ -80,7 +80,11 @@ impl<'a> Reader<'a> {
         self.at += end + 1;
         Some(s)
     }
-    fn tuple(&mut self) -> Option<Vec<Value>> {
+    pub(crate) fn new(d: &'a [u8], at: usize) -> Self {
+        Reader { d, at }
+    }
+
+    pub(crate) fn tuple(&mut self) -> Option<Vec<Value>> {
         let n = self.u16()?;
         let mut out = Vec::with_capacity(n as usize);
         for _ in 0..n {
@@ -100,6 +104,20 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The record at `at` of a segment: its LSN, its pgoutput message and
+/// where the next record starts; `None` when the segment is cut short.
+/// Each record is the LSN (8 bytes), the message's length (4) and the
+/// message, all read from the repository and checked against its end.
+pub(crate) fn next_record(raw: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
+    let lsn = be_u64(raw, at)?;
+    let len = raw
+        .get(at.checked_add(8)?..at.checked_add(12)?)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
+    let start = at.checked_add(12)?;
+    let end = start.checked_add(len)?;
+    Some((lsn, raw.get(start..end)?, end))
+}
+
 /// Where a change lies: its record and its transaction's commit.
 #[derive(Clone, Copy)]
 struct Change {
@@ -109,7 +127,7 @@ struct Change {
 
 /// Records a relation description ('R'); a relation already checked
 /// against the target stays checked while its columns are the same.
-fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation>) -> Option<()> {
+pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation>) -> Option<()> {
     let id = r.u32()?;
     let schema = r.cstr()?;
     let name = r.cstr()?;
@@ -262,16 +280,10 @@ impl Ctx<'_> {
         let mut commit_lsn = Lsn(0);
         let (mut txns, mut count) = (0u64, 0u64);
         while at < raw.len() {
-            let lsn = be_u64(raw, at).ok_or_else(|| self.corrupt("truncated record".into()))?;
-            let len = raw
-                .get(at + 8..at + 12)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| self.corrupt("truncated record".into()))?;
-            let data = raw
-                .get(at + 12..at + 12 + len)
-                .ok_or_else(|| self.corrupt("truncated record".into()))?;
-            at += 12 + len;
-            let mut r = Reader { d: data, at: 1 };
+            let (lsn, data, next) =
+                next_record(raw, at).ok_or_else(|| self.corrupt("truncated record".into()))?;
+            at = next;
+            let mut r = Reader::new(data, 1);
             let bad = || self.corrupt(format!("unreadable change at {}", Lsn(lsn)));
             match data.first() {
                 Some(b'B') => {

@@ -15,10 +15,10 @@
 //! that the connect fails with [`WireError::Unsupported`], and the caller
 //! reads through mysql_async (`mysql::reader`).
 
-mod binary;
+pub(crate) mod binary;
 mod cursor;
-mod handshake;
-mod packet;
+pub(crate) mod handshake;
+pub(crate) mod packet;
 
 use std::fmt;
 

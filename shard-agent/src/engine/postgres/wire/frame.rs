@@ -18,7 +18,7 @@ const MAX_MESSAGE: usize = 1 << 30;
 
 /// Type and body length of the message whose 5-byte header is `h`; the
 /// length on the wire counts itself, the body does not.
-fn header(h: &[u8]) -> Result<(u8, usize), PgWireError> {
+pub(crate) fn header(h: &[u8]) -> Result<(u8, usize), PgWireError> {
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
     if !(4..=MAX_MESSAGE).contains(&len) {
         return Err(PgWireError::Protocol(format!(

@@ -17,7 +17,7 @@
 //! that the connect fails with [`PgWireError::Unsupported`], and the caller
 //! reads through tokio-postgres (`postgres::copy_reader`).
 
-mod frame;
+pub(crate) mod frame;
 mod login;
 
 use bytes::BytesMut;
