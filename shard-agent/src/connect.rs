@@ -1,6 +1,6 @@
 //! Opening connections to a shard with the session settings shardcut relies on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -43,6 +43,46 @@ fn remember_plain_only(key: String) {
     }
 }
 
+/// For `verify-ca` MySQL endpoints: a name their certificate is valid for.
+static CERT_NAME: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+fn cert_name(key: &str) -> Option<String> {
+    CERT_NAME.lock().ok().and_then(|m| m.get(key).cloned())
+}
+
+/// `verify-ca` on MySQL: mysql_async checks the certificate's name and
+/// cannot be told not to (its switch misses rustls's current error), so
+/// shardcut first opens TLS itself, checking the chain against the CA and
+/// noting the names the certificate carries, and then has mysql_async
+/// check the chain and one of those names. Once per endpoint and process.
+async fn learn_cert_name(shard: &Shard, timeout: Duration) -> Result<(), AgentError> {
+    let key = mysql_key(shard);
+    if shard.tls.mode != TlsMode::VerifyCa || cert_name(&key).is_some() {
+        return Ok(());
+    }
+    let ca = shard.tls.ca_pem.as_deref().unwrap_or_default();
+    let (config, names) = tls::recording_config(ca).map_err(|e| connect_error(shard, e.into()))?;
+    let host = &shard.endpoint.host;
+    let probe = crate::engine::mysql::wire::WireConn::tls_probe(host, shard.endpoint.port, config);
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(())) => {}
+        Ok(Err(crate::engine::mysql::wire::WireError::Unsupported(_))) => {
+            return Err(connect_error(shard, tls::TlsError::NotOffered.into()))
+        }
+        Ok(Err(e)) => return Err(connect_error(shard, DbError::Wire(e))),
+        Err(_) => return Err(timeout_error(shard, timeout)),
+    }
+    let name = names
+        .lock()
+        .ok()
+        .and_then(|n| n.first().cloned())
+        .unwrap_or_else(|| host.clone());
+    if let Ok(mut m) = CERT_NAME.lock() {
+        m.insert(key, name);
+    }
+    Ok(())
+}
+
 /// The TLS client configuration for a shard's database connections;
 /// `None` when its mode is `disable`.
 pub fn db_tls_config(shard: &Shard) -> Result<Option<rustls::ClientConfig>, AgentError> {
@@ -65,11 +105,15 @@ fn mysql_ssl(shard: &Shard) -> Option<mysql_async::SslOpts> {
     match shard.tls.mode {
         TlsMode::Disable => None,
         TlsMode::Prefer | TlsMode::Require => Some(opts.with_danger_accept_invalid_certs(true)),
-        TlsMode::VerifyCa => Some(
-            opts.with_root_certs(roots())
-                .with_disable_built_in_roots(true)
-                .with_danger_skip_domain_validation(true),
-        ),
+        TlsMode::VerifyCa => {
+            let opts = opts
+                .with_root_certs(roots())
+                .with_disable_built_in_roots(true);
+            Some(match cert_name(&mysql_key(shard)) {
+                Some(name) => opts.with_danger_tls_hostname_override(Some(name)),
+                None => opts.with_danger_skip_domain_validation(true),
+            })
+        }
         TlsMode::VerifyFull => Some(
             opts.with_root_certs(roots())
                 .with_disable_built_in_roots(true),
@@ -111,6 +155,7 @@ pub async fn mysql(
     database: Option<&str>,
     timeout: Duration,
 ) -> Result<mysql_async::Conn, AgentError> {
+    learn_cert_name(shard, timeout).await?;
     let fut = mysql_async::Conn::new(mysql_opts(shard, database));
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(conn)) => Ok(conn),

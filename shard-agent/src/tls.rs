@@ -270,6 +270,116 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// A `verify-ca` client configuration that also records the names the
+/// server's certificate carries (when they differ from the name asked
+/// for): mysql_async cannot skip the name check, so shardcut learns a name
+/// the certificate is valid for and has the library check that one, which
+/// is what `verify-ca` promises (a certificate the CA signed).
+pub fn recording_config(
+    ca_pem: &str,
+) -> Result<(ClientConfig, Arc<std::sync::Mutex<Vec<String>>>), TlsError> {
+    let provider = provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
+        .build()
+        .map_err(TlsError::ServerVerifier)?;
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let verifier = Arc::new(NameRecorder {
+        chain: ChainOnly(webpki),
+        names: names.clone(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "protocol versions",
+            source,
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok((config, names))
+}
+
+/// The DNS names and IP addresses among rustls's rendering of a
+/// certificate's subject alternative names (`DnsName("db1")`,
+/// `IpAddress(10.0.0.5)`), wildcards left out.
+pub fn presented_names(presented: &[String]) -> Vec<String> {
+    presented
+        .iter()
+        .filter_map(|p| {
+            p.strip_prefix("DnsName(\"")
+                .and_then(|r| r.strip_suffix("\")"))
+                .or_else(|| {
+                    p.strip_prefix("IpAddress(")
+                        .and_then(|r| r.strip_suffix(')'))
+                })
+        })
+        .filter(|n| !n.contains('*') && ServerName::try_from(n.to_string()).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+#[derive(Debug)]
+struct NameRecorder {
+    chain: ChainOnly,
+    names: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerCertVerifier for NameRecorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.chain.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            })) => {
+                if let Ok(mut n) = self.names.lock() {
+                    *n = presented_names(&presented);
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+            // The chain is good; the certificate names nothing usable.
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
 /// A TCP stream, in clear or inside TLS: what shardcut's own wire readers
 /// read from.
 pub enum Stream {
@@ -333,5 +443,25 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_from_rustls_renderings_of_a_certificate() {
+        let presented = [
+            "DnsName(\"db1.example.com\")".to_string(),
+            "DnsName(\"*.example.com\")".to_string(),
+            "IpAddress(10.0.0.5)".to_string(),
+            "UniformResourceIdentifier(\"spiffe://x\")".to_string(),
+            "DnsName(\"bad name\")".to_string(),
+        ];
+        assert_eq!(
+            presented_names(&presented),
+            vec!["db1.example.com".to_string(), "10.0.0.5".to_string()]
+        );
     }
 }

@@ -190,7 +190,44 @@ pub(super) fn schema_sql(text: &str) -> Result<String, String> {
         out.push_str(line);
         out.push('\n');
     }
+    if let Some(line) = copy_with_program(&out) {
+        return Err(format!(
+            "line {line} has a COPY … FROM/TO PROGRAM, which runs a command on the database server and which pg_dump never writes in a schema section"
+        ));
+    }
     Ok(out)
+}
+
+/// The line of the first `COPY` statement in `sql` that reads from or
+/// writes to `PROGRAM` (the server would run that program as its own OS
+/// user). A schema-only dump holds no `COPY` at all; this looks for the
+/// words `COPY … FROM|TO PROGRAM` in one statement (up to a `;`), across
+/// lines and whatever the case or spacing, so that splitting it over lines
+/// does not hide it. A function body that holds such a statement is
+/// refused as well.
+fn copy_with_program(sql: &str) -> Option<usize> {
+    let (mut line, mut in_copy, mut prev) = (1usize, false, String::new());
+    let mut word = String::new();
+    for c in sql.chars().chain(std::iter::once(' ')) {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c.to_ascii_uppercase());
+            continue;
+        }
+        if !word.is_empty() {
+            if word == "COPY" {
+                in_copy = true;
+            } else if in_copy && word == "PROGRAM" && (prev == "FROM" || prev == "TO") {
+                return Some(line);
+            }
+            prev = std::mem::take(&mut word);
+        }
+        match c {
+            ';' => in_copy = false,
+            '\n' => line += 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// pg_dump's `\restrict KEY` / `\unrestrict KEY` line around a plain dump.
@@ -604,6 +641,27 @@ mod tests {
         ] {
             let err = schema_sql(bad).unwrap_err();
             assert!(err.contains("psql meta-command"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn copy_from_or_to_a_program_is_refused_however_it_is_written() {
+        for (bad, line) in [
+            ("CREATE TABLE t (a int);\nCOPY t FROM PROGRAM 'id';\n", 2),
+            ("copy t\n  from\n  program 'id';\n", 3),
+            ("CREATE FUNCTION f() RETURNS void AS $$\nBEGIN\n  COPY t TO PROGRAM 'curl x';\nEND $$ LANGUAGE plpgsql;\n", 3),
+            ("COPY (SELECT 1) TO\tPROGRAM 'x';\n", 1),
+        ] {
+            let err = schema_sql(bad).unwrap_err();
+            assert!(err.contains(&format!("line {line} has a COPY")), "{bad:?}: {err}");
+        }
+        // Words alone, or a COPY that reads a file or STDIN, are no program.
+        for good in [
+            "COMMENT ON TABLE t IS 'copied from the program';\n",
+            "COPY t FROM STDIN;\n",
+            "CREATE TABLE program (a int);\nCOPY program FROM STDIN;\n",
+        ] {
+            assert!(schema_sql(good).is_ok(), "{good:?}");
         }
     }
 }

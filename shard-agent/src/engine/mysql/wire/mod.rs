@@ -205,6 +205,33 @@ impl WireConn {
         Ok(WireConn { packets })
     }
 
+    /// Starts TLS with `config` and hangs up before logging in: how
+    /// `verify-ca` learns the names on the server's certificate (see
+    /// [`crate::tls::recording_config`]). Sends no credentials.
+    pub async fn tls_probe(
+        host: &str,
+        port: u16,
+        config: rustls::ClientConfig,
+    ) -> Result<(), WireError> {
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(WireError::Io)?;
+        let mut packets = PacketStream::new(Stream::Plain(stream));
+        let greeting = handshake::parse_greeting(packets.read().await?)?;
+        if greeting.capabilities & handshake::CLIENT_SSL == 0 {
+            return Err(WireError::Unsupported("a server without TLS".into()));
+        }
+        let caps = handshake::client_capabilities(greeting.capabilities, false)?;
+        packets.write(&handshake::ssl_request(caps)).await?;
+        let mut tls = packets
+            .into_stream()
+            .upgrade(config, host)
+            .await
+            .map_err(WireError::Io)?;
+        drop(tokio::io::AsyncWriteExt::shutdown(&mut tls).await);
+        Ok(())
+    }
+
     async fn command(&mut self, code: u8, body: &[u8]) -> Result<(), WireError> {
         self.packets.reset_seq();
         let mut payload = Vec::with_capacity(body.len() + 1);
