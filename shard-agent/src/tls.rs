@@ -270,14 +270,15 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// Where [`recording_config`] leaves the names it saw.
+pub type SeenNames = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// A `verify-ca` client configuration that also records the names the
 /// server's certificate carries (when they differ from the name asked
 /// for): mysql_async cannot skip the name check, so shardcut learns a name
 /// the certificate is valid for and has the library check that one, which
 /// is what `verify-ca` promises (a certificate the CA signed).
-pub fn recording_config(
-    ca_pem: &str,
-) -> Result<(ClientConfig, Arc<std::sync::Mutex<Vec<String>>>), TlsError> {
+pub fn recording_config(ca_pem: &str) -> Result<(ClientConfig, SeenNames), TlsError> {
     let provider = provider();
     let webpki = WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
         .build()
@@ -321,7 +322,7 @@ pub fn presented_names(presented: &[String]) -> Vec<String> {
 #[derive(Debug)]
 struct NameRecorder {
     chain: ChainOnly,
-    names: Arc<std::sync::Mutex<Vec<String>>>,
+    names: SeenNames,
 }
 
 impl ServerCertVerifier for NameRecorder {
