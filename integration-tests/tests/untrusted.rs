@@ -438,3 +438,35 @@ fn a_target_database_holding_only_routines_or_views_is_not_replaced() {
         assert_eq!(n, 1);
     });
 }
+
+#[test]
+fn a_manifest_moved_into_another_backups_folder_is_refused_and_expire_deletes_by_folder() {
+    let a = Backup::take();
+    let run = support::shardcut(&["backup", "-t", a.arg(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let b = run.json()["backup_id"].as_str().unwrap().to_string();
+    // B's folder now holds A's manifest (its backup_id says A).
+    let key = shard_agent::manifest::keys::manifest(&b);
+    a.repo
+        .put(&key, &serde_json::to_vec(&a.manifest()).unwrap())
+        .unwrap();
+
+    for args in [
+        vec!["show", b.as_str(), "-t", a.arg()],
+        vec!["verify", "--backup", b.as_str(), "-t", a.arg()],
+    ] {
+        let run = support::shardcut(&args);
+        assert_ne!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("names backup {}, not {b} where it lies", a.id)),
+            "{args:?}: {run:?}"
+        );
+    }
+    // Expire sees one readable backup (A) and keeps it: nothing of A is
+    // deleted on the word of a manifest found elsewhere.
+    let run = support::shardcut(&["expire", "-t", a.arg(), "--keep-last", "1", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let verify = support::shardcut(&["verify", "--backup", &a.id, "-t", a.arg()]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+}
