@@ -479,3 +479,72 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
     let verify = run_ok(&["verify", "-t", arg, "--backup", &incr_d]);
     assert!(verify.stdout.contains("OK"), "{verify:?}");
 }
+
+/// `shardcut capture` with a spill threshold of `spill` bytes.
+fn capture_spilling(topology: &str, spill: &str, extra: &[&str]) -> support::Run {
+    let out = std::process::Command::new(support::bin("shardcut"))
+        .args(["capture", "-t", topology, "--once"])
+        .args(extra)
+        .env("SHARDCUT_CAPTURE_SPILL_BYTES", spill)
+        .output()
+        .unwrap();
+    let run = support::Run::from(out);
+    assert_eq!(run.code, 0, "{run:?}");
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_memory_allows_is_captured_on_disk_and_replays_exactly() {
+    let sb = PrivateSandbox::up(0, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    db::setup_all(
+        &topo,
+        &[],
+        "bank",
+        "CREATE TABLE big (id int PRIMARY KEY, payload text); INSERT INTO big VALUES (0, 'seed');",
+    )
+    .await;
+    // 64 KiB: any transaction over that is held in a file, not in memory.
+    let spill = "65536";
+    capture_spilling(arg, spill, &["--no-mark"]);
+    run_ok_async(&["backup", "-t", arg]).await;
+    // One transaction of some 4 MiB (60 times the threshold), then a small one.
+    let pg = db::pg(&topo.shards[0], "bank").await;
+    pg.batch_execute(
+        "BEGIN; INSERT INTO big SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 30000) g; \
+         UPDATE big SET payload = upper(payload) WHERE id % 7 = 0; DELETE FROM big WHERE id % 11 = 0; COMMIT; \
+         INSERT INTO big VALUES (-1, 'after');",
+    )
+    .await
+    .unwrap();
+    capture_spilling(arg, spill, &[]);
+
+    // The big transaction's segment is far larger than the threshold.
+    let repo = db::repository(&topo);
+    let segs = shard_agent::capture::list_segments(&repo, "pg-0", "bank").unwrap();
+    let largest = segs.iter().map(|s| s.bytes_raw).max().unwrap_or(0);
+    assert!(largest > 40 * 65536, "largest segment {largest} bytes");
+
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let tgt = target.topology();
+    let run = run_ok_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt.to_str().unwrap(),
+        "--until",
+        "latest",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let t = db::topology(&tgt);
+    assert_eq!(
+        db::pg_digest(&t.shards[0], "bank", "public", "big").await,
+        db::pg_digest(&topo.shards[0], "bank", "public", "big").await
+    );
+}

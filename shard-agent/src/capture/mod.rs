@@ -14,6 +14,7 @@
 //! before the position it has applied, so nothing can apply twice.
 
 mod segment;
+pub mod spill;
 
 use serde::{Deserialize, Serialize};
 use topology::Engine;

@@ -6,6 +6,7 @@
 //! data without a description (a crash between the two) is ignored and
 //! later replaced.
 
+use super::spill::{HashingWriter, SpillBuffer};
 use crate::checksum::xxh3_hex;
 use serde::{Deserialize, Serialize};
 use topology::Compression;
@@ -45,7 +46,27 @@ pub struct SegmentData<'a> {
     pub sort: &'a str,
     /// Names the raw format (`binlog`, `pgoutput`).
     pub ext: &'a str,
-    pub raw: &'a [u8],
+    /// In memory, or spilled to a file when a transaction was that large.
+    pub raw: &'a mut SpillBuffer,
+}
+
+/// A spilled segment compressed, in pieces, into an anonymous temporary
+/// file: its stored bytes' file, their XXH3 and their length.
+fn compress_spilled(
+    raw: &mut SpillBuffer,
+    compression: Compression,
+) -> std::io::Result<(std::fs::File, String, u64)> {
+    let mut out = HashingWriter::new(tempfile::tempfile()?);
+    match compression {
+        Compression::None => raw.write_to(&mut out)?,
+        Compression::Zstd(level) => {
+            let mut enc = zstd::stream::write::Encoder::new(&mut out, level)?;
+            raw.write_to(&mut enc)?;
+            enc.finish()?;
+        }
+    }
+    let (hex, len) = (out.hex(), out.written);
+    Ok((out.into_inner(), hex, len))
 }
 
 /// Compresses and stores a segment's data, then its description (`meta`,
@@ -54,24 +75,36 @@ pub struct SegmentData<'a> {
 pub fn store_segment(
     repo: &dyn Repository,
     mut meta: SegmentMeta,
-    data: &SegmentData<'_>,
+    data: SegmentData<'_>,
     compression: Compression,
 ) -> Result<SegmentMeta, CaptureError> {
-    let (sort, ext, raw) = (data.sort, data.ext, data.raw);
+    let (sort, ext) = (data.sort, data.ext);
     let prefix = keys::segments(&meta.shard, &meta.stream);
     let key = format!("{prefix}{sort}.{ext}.zst");
-    let stored = compress(raw, compression).map_err(|e| CaptureError::Corrupt {
+    let failed = |e: std::io::Error| CaptureError::Corrupt {
         key: key.clone(),
         what: format!("compressing: {e}"),
-    })?;
-    repo.put(&key, &stored)?;
+    };
+    match data.raw.in_memory() {
+        Some(raw) => {
+            let stored = compress(raw, compression).map_err(failed)?;
+            repo.put(&key, &stored)?;
+            meta.bytes_stored = stored.len() as u64;
+            meta.xxh3 = xxh3_hex(&stored);
+            meta.raw_xxh3 = xxh3_hex(raw);
+        }
+        None => {
+            let (mut file, hex, len) = compress_spilled(data.raw, compression).map_err(failed)?;
+            repo.put_file(&key, &mut file)?;
+            meta.bytes_stored = len;
+            meta.xxh3 = hex;
+            meta.raw_xxh3 = data.raw.xxh3_hex().map_err(failed)?;
+        }
+    }
     // The description makes the segment listed: its data's name first.
     repo.sync_names(&[&key])?;
     meta.key = key;
-    meta.bytes_raw = raw.len() as u64;
-    meta.bytes_stored = stored.len() as u64;
-    meta.xxh3 = xxh3_hex(&stored);
-    meta.raw_xxh3 = xxh3_hex(raw);
+    meta.bytes_raw = data.raw.len();
     let doc = serde_json::to_vec_pretty(&meta).map_err(|e| CaptureError::Corrupt {
         key: meta.key.clone(),
         what: e.to_string(),

@@ -208,6 +208,34 @@ impl Repository for LocalRepository {
         result.map_err(self.io("put", key))
     }
 
+    fn put_file(&self, key: &str, file: &mut fs::File) -> Result<(), RepoError> {
+        use std::io::Seek;
+        let path = self.path(key)?;
+        let dir = path.parent().unwrap_or(&self.root);
+        create_dirs(dir).map_err(self.io("put", key))?;
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = file
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(FILE_MODE)
+                    .open(&tmp)?;
+                io::copy(file, &mut f)?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, &path));
+        if result.is_err() {
+            drop(fs::remove_file(&tmp));
+        }
+        result.map_err(self.io("put", key))
+    }
+
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
         let path = self.path(key)?;
         if let Some(dir) = path.parent() {

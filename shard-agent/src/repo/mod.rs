@@ -53,6 +53,22 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
     /// Stores `data` under `key`, replacing any object there. Atomic.
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
+    /// Stores the whole of `file` (from its start) under `key`, as `put`
+    /// does. Repositories that can copy it over in pieces do, so that an
+    /// object larger than memory can be stored; the default reads it whole.
+    fn put_file(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
+        use std::io::{Read, Seek};
+        let mut data = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut data))
+            .map_err(|source| RepoError::Io {
+                location: self.location(),
+                op: "read the file to store as",
+                key: key.to_string(),
+                source,
+            })?;
+        self.put(key, &data)
+    }
     /// Stores `data` under `key` only if nothing is there yet (locks).
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError>;

@@ -19,6 +19,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Row};
 use topology::{Compression, Engine, Shard};
 
+use crate::capture::spill::SpillBuffer;
 use crate::capture::{
     store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
     SEGMENT_RAW_BYTES,
@@ -448,12 +449,14 @@ impl Round<'_> {
             xxh3: String::new(),
             raw_xxh3: String::new(),
         };
+        let sort = sort_key(&seg.first);
+        let mut raw = SpillBuffer::from_vec(seg.raw);
         let data = SegmentData {
-            sort: &sort_key(&seg.first),
+            sort: &sort,
             ext: "binlog",
-            raw: &seg.raw,
+            raw: &mut raw,
         };
-        let meta = store_segment(self.repo, meta, &data, self.compression)?;
+        let meta = store_segment(self.repo, meta, data, self.compression)?;
         self.state.next_seq += 1;
         self.report.segments += 1;
         self.report.transactions += meta.transactions;

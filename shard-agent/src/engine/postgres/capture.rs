@@ -26,6 +26,7 @@ use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 use topology::{Compression, Engine, Shard};
 
+use crate::capture::spill::{spill_bytes, SpillBuffer};
 use crate::capture::{
     store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
     SEGMENT_RAW_BYTES,
@@ -259,7 +260,7 @@ pub async fn retained_wal(client: &Client, shard: &Shard, slot: &str) -> Result<
 
 /// A segment being filled.
 struct Open {
-    raw: Vec<u8>,
+    raw: SpillBuffer,
     first: Lsn,
     last: Lsn,
     first_commit: Option<i64>,
@@ -409,7 +410,17 @@ async fn one_call(
     pin_mut!(stream);
     let mut rows = 0u64;
     let mut open: Option<Open> = None;
-    let mut txn: Vec<u8> = Vec::new();
+    // A transaction is held whole until its commit: in a buffer that goes
+    // to disk past `spill_bytes()`, so that one of any size is captured in
+    // bounded memory (and stored as a segment of its own).
+    let spill = spill_bytes();
+    let mut txn = SpillBuffer::new(spill);
+    let spilled = |e: std::io::Error| {
+        CaptureError::stream(
+            &shard.name,
+            format!("holding a large transaction in a temporary file: {e}"),
+        )
+    };
     let mut keep: Vec<u8> = Vec::new();
     let mut in_txn = false;
     let mut begin_time = 0i64;
@@ -439,20 +450,20 @@ async fn one_call(
                 txn.clear();
                 keep.clear();
                 begin_time = be_u64(data, 9).unwrap_or(0) as i64;
-                txn.extend_from_slice(&record);
+                txn.extend(&record).map_err(spilled)?;
             }
             Some(b'C') => {
-                txn.extend_from_slice(&record);
+                txn.extend(&record).map_err(spilled)?;
                 in_txn = false;
                 let end = Lsn(be_u64(data, 10).unwrap_or(0));
                 let commit_time = be_u64(data, 18).unwrap_or(begin_time as u64) as i64;
-                let seg = open_segment(&mut open, cursor, &relations);
+                let seg = open_segment(&mut open, cursor, &relations, spill).map_err(spilled)?;
                 if end <= done {
                     // Stored by an earlier round that ended before the slot
                     // advanced: keep only its relation descriptions.
-                    seg.raw.extend_from_slice(&keep);
+                    seg.raw.extend(&keep).map_err(spilled)?;
                 } else {
-                    seg.raw.extend_from_slice(&txn);
+                    seg.raw.append(&mut txn).map_err(spilled)?;
                     seg.last = end;
                     seg.first_commit.get_or_insert(commit_time);
                     seg.last_commit = Some(commit_time);
@@ -460,7 +471,7 @@ async fn one_call(
                 }
                 txn.clear();
                 keep.clear();
-                if seg.raw.len() >= SEGMENT_RAW_BYTES {
+                if seg.raw.len() >= SEGMENT_RAW_BYTES as u64 {
                     if let Some(e) = close(repo, shard, state, &mut open, compression, report)? {
                         stored_end = e;
                         cursor = e;
@@ -477,17 +488,17 @@ async fn one_call(
                     }
                 }
                 if in_txn {
-                    txn.extend_from_slice(&record);
+                    txn.extend(&record).map_err(spilled)?;
                     keep.extend_from_slice(&record);
                 } else {
-                    open_segment(&mut open, cursor, &relations)
-                        .raw
-                        .extend_from_slice(&record);
+                    open_segment(&mut open, cursor, &relations, spill)
+                        .and_then(|seg| seg.raw.extend(&record))
+                        .map_err(spilled)?;
                 }
             }
             _ => {
                 if in_txn {
-                    txn.extend_from_slice(&record);
+                    txn.extend(&record).map_err(spilled)?;
                 }
             }
         }
@@ -503,21 +514,24 @@ fn open_segment<'a>(
     open: &'a mut Option<Open>,
     first: Lsn,
     relations: &std::collections::HashMap<u32, Vec<u8>>,
-) -> &'a mut Open {
-    open.get_or_insert_with(|| {
-        let mut raw = Vec::new();
+    spill: usize,
+) -> std::io::Result<&'a mut Open> {
+    if open.is_none() {
+        let mut raw = SpillBuffer::new(spill);
         for r in relations.values() {
-            raw.extend_from_slice(r);
+            raw.extend(r)?;
         }
-        Open {
+        *open = Some(Open {
             raw,
             first,
             last: first,
             first_commit: None,
             last_commit: None,
             transactions: 0,
-        }
-    })
+        });
+    }
+    open.as_mut()
+        .ok_or_else(|| std::io::Error::other("no open segment"))
 }
 
 /// Stores the open segment if it holds a transaction; returns its end.
@@ -529,7 +543,7 @@ fn close(
     compression: Compression,
     report: &mut RoundReport,
 ) -> Result<Option<Lsn>, CaptureError> {
-    let Some(seg) = open.take() else {
+    let Some(mut seg) = open.take() else {
         return Ok(None);
     };
     if seg.transactions == 0 {
@@ -553,9 +567,9 @@ fn close(
     let data = SegmentData {
         sort: &format!("{:016X}", seg.first.0),
         ext: "pgoutput",
-        raw: &seg.raw,
+        raw: &mut seg.raw,
     };
-    let meta = store_segment(repo, meta, &data, compression)?;
+    let meta = store_segment(repo, meta, data, compression)?;
     state.next_seq += 1;
     report.segments += 1;
     report.transactions += meta.transactions;
