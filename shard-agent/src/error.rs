@@ -193,3 +193,19 @@ pub(crate) fn db_err(shard: &topology::Shard, what: &str) -> impl Fn(DbError) ->
         source,
     }
 }
+
+/// An error and its sources on one line, each source once (libraries wrap
+/// a cause and repeat its text).
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}

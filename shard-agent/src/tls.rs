@@ -106,7 +106,7 @@ pub fn client_config(
             if mode == TlsMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(ChainOnly { webpki, seen: None })
             }
         }
         _ => Arc::new(Unchecked(provider.clone())),
@@ -222,8 +222,13 @@ impl ServerCertVerifier for Unchecked {
 }
 
 /// `verify-ca`: the chain must lead to the CA; the name is not compared.
+/// With `seen`, the names the certificate carries are kept there (see
+/// [`recording_config`]).
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct ChainOnly {
+    webpki: Arc<WebPkiServerVerifier>,
+    seen: Option<SeenNames>,
+}
 
 impl ServerCertVerifier for ChainOnly {
     fn verify_server_cert(
@@ -236,13 +241,25 @@ impl ServerCertVerifier for ChainOnly {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The name is checked only after the chain verified, so a name
         // error means the chain is good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            })) => {
+                if let Some(Ok(mut seen)) = self.seen.as_ref().map(|s| s.lock()) {
+                    *seen = presented_names(&presented);
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -253,7 +270,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -262,11 +279,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -284,9 +301,9 @@ pub fn recording_config(ca_pem: &str) -> Result<(ClientConfig, SeenNames), TlsEr
         .build()
         .map_err(TlsError::ServerVerifier)?;
     let names = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let verifier = Arc::new(NameRecorder {
-        chain: ChainOnly(webpki),
-        names: names.clone(),
+    let verifier = Arc::new(ChainOnly {
+        webpki,
+        seen: Some(names.clone()),
     });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -317,68 +334,6 @@ pub fn presented_names(presented: &[String]) -> Vec<String> {
         .filter(|n| !n.contains('*') && ServerName::try_from(n.to_string()).is_ok())
         .map(str::to_string)
         .collect()
-}
-
-#[derive(Debug)]
-struct NameRecorder {
-    chain: ChainOnly,
-    names: SeenNames,
-}
-
-impl ServerCertVerifier for NameRecorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.chain.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-                presented,
-                ..
-            })) => {
-                if let Ok(mut n) = self.names.lock() {
-                    *n = presented_names(&presented);
-                }
-                Ok(ServerCertVerified::assertion())
-            }
-            // The chain is good; the certificate names nothing usable.
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
 }
 
 /// A TCP stream, in clear or inside TLS: what shardcut's own wire readers

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use shard_agent::api::ErrorBody;
+use shard_agent::error::one_line;
 use shard_agent::AgentError;
 use topology::{AgentSpec, AgentTls, Secret, Shard, TlsMode};
 
@@ -58,22 +59,6 @@ fn http_client(shard: &Shard, spec: &AgentSpec) -> Result<reqwest::Client, Agent
     })
 }
 
-/// An error and its sources on one line (reqwest's own text omits the
-/// TLS reason, which is what a DBA needs to see).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
-}
-
 /// Whether a transport error is the TLS handshake refusing (a
 /// certificate, an alert from the peer), not an unreachable agent.
 fn is_tls_failure(why: &str) -> bool {
@@ -122,7 +107,7 @@ impl AgentClient {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(|e| {
-            let why = chain(&e);
+            let why = one_line(&e);
             Failure::Transport(if e.is_timeout() {
                 "did not answer in time".to_string()
             } else if is_tls_failure(&why) {

@@ -62,6 +62,30 @@ impl LocalRepository {
     }
 
     /// Writes the new file `tmp` directly where possible, else buffered.
+    /// Replaces `key` atomically: `write` fills a new temporary file beside
+    /// it, which is then renamed over it.
+    fn replace(
+        &self,
+        key: &str,
+        write: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        let dir = path.parent().unwrap_or(&self.root);
+        create_dirs(dir).map_err(self.io("put", key))?;
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = write(&tmp).and_then(|()| fs::rename(&tmp, &path));
+        if result.is_err() {
+            // The temporary file is ours; removing it is best effort, and its
+            // failure must not mask the original error.
+            drop(fs::remove_file(&tmp));
+        }
+        result.map_err(self.io("put", key))
+    }
+
     fn write_tmp(&self, tmp: &Path, data: &[u8]) -> io::Result<()> {
         if self.writes_direct() {
             match direct::write_new(tmp, data)? {
@@ -189,51 +213,21 @@ impl Repository for LocalRepository {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        let path = self.path(key)?;
-        let dir = path.parent().unwrap_or(&self.root);
-        create_dirs(dir).map_err(self.io("put", key))?;
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = self
-            .write_tmp(&tmp, data)
-            .and_then(|()| fs::rename(&tmp, &path));
-        if result.is_err() {
-            // The temporary file is ours; removing it is best effort, and its
-            // failure must not mask the original error.
-            drop(fs::remove_file(&tmp));
-        }
-        result.map_err(self.io("put", key))
+        self.replace(key, |tmp| self.write_tmp(tmp, data))
     }
 
     fn put_file(&self, key: &str, file: &mut fs::File) -> Result<(), RepoError> {
         use std::io::Seek;
-        let path = self.path(key)?;
-        let dir = path.parent().unwrap_or(&self.root);
-        create_dirs(dir).map_err(self.io("put", key))?;
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = file
-            .seek(io::SeekFrom::Start(0))
-            .and_then(|_| {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(FILE_MODE)
-                    .open(&tmp)?;
-                io::copy(file, &mut f)?;
-                f.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, &path));
-        if result.is_err() {
-            drop(fs::remove_file(&tmp));
-        }
-        result.map_err(self.io("put", key))
+        self.replace(key, |tmp| {
+            file.seek(io::SeekFrom::Start(0))?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(tmp)?;
+            io::copy(file, &mut f)?;
+            f.sync_all()
+        })
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::api::{CaughtUp, DriverCall, RestoreSpec};
 use crate::client_choice::ReaderKind;
 use crate::engine::{self, CatchUp};
+use crate::error::one_line;
 use crate::repo::{LocalRepository, Repository};
 use crate::restore::RestoreOptions;
 
@@ -20,19 +21,11 @@ fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
     serde_json::to_value(value).map_err(|e| format!("cannot encode the answer: {e}"))
 }
 
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
+/// A call's answer as JSON, or its error on one line.
+fn answer<T: Serialize, E: std::error::Error>(
+    r: Result<T, E>,
+) -> Result<serde_json::Value, String> {
+    json(&r.map_err(|e| one_line(&e))?)
 }
 
 fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptions {
@@ -61,11 +54,11 @@ pub(super) async fn run(
     match call {
         DriverCall::Preflight { shard, timeout_ms } => {
             let s = shard.into_shard();
-            let report = engine::driver(s.engine)
-                .preflight(&s, Duration::from_millis(timeout_ms))
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&report)
+            answer(
+                engine::driver(s.engine)
+                    .preflight(&s, Duration::from_millis(timeout_ms))
+                    .await,
+            )
         }
         DriverCall::CheckTarget {
             source,
@@ -74,11 +67,11 @@ pub(super) async fn run(
         } => {
             let t = target.into_shard();
             let opts = restore_options(options, repository()?);
-            engine::driver(t.engine)
-                .check_target(&source, &t, &opts)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&())
+            answer(
+                engine::driver(t.engine)
+                    .check_target(&source, &t, &opts)
+                    .await,
+            )
         }
         DriverCall::Restore {
             source,
@@ -87,11 +80,7 @@ pub(super) async fn run(
         } => {
             let t = target.into_shard();
             let opts = restore_options(options, repository()?);
-            let done = engine::driver(t.engine)
-                .restore(&source, &t, &opts)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&done)
+            answer(engine::driver(t.engine).restore(&source, &t, &opts).await)
         }
         DriverCall::TableDigest {
             shard,
@@ -104,19 +93,15 @@ pub(super) async fn run(
             } else {
                 ReaderKind::Auto
             };
-            let digest = engine::driver(s.engine)
-                .table_digest(&s, &table, kind)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&digest)
+            answer(
+                engine::driver(s.engine)
+                    .table_digest(&s, &table, kind)
+                    .await,
+            )
         }
         DriverCall::LiveStreams { shard } => {
             let s = shard.into_shard();
-            let streams = engine::driver(s.engine)
-                .live_streams(&s)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&streams)
+            answer(engine::driver(s.engine).live_streams(&s).await)
         }
         DriverCall::StartStream {
             shard,
@@ -125,11 +110,11 @@ pub(super) async fn run(
             from,
         } => {
             let s = shard.into_shard();
-            let state = engine::driver(s.engine)
-                .start_stream(&s, &cluster, &stream, from)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&state)
+            answer(
+                engine::driver(s.engine)
+                    .start_stream(&s, &cluster, &stream, from)
+                    .await,
+            )
         }
         DriverCall::CatchUp {
             shard,
@@ -153,16 +138,12 @@ pub(super) async fn run(
             let report = engine::driver(s.engine)
                 .catch_up(&mut state, &round)
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| one_line(&e))?;
             json(&CaughtUp { state, report })
         }
         DriverCall::RemoveStream { shard, state } => {
             let s = shard.into_shard();
-            engine::driver(s.engine)
-                .remove_stream(&s, &state)
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&())
+            answer(engine::driver(s.engine).remove_stream(&s, &state).await)
         }
         DriverCall::StreamServer { shard, state } => {
             let s = shard.into_shard();
@@ -178,11 +159,11 @@ pub(super) async fn run(
         } => {
             let t = target.into_shard();
             let repo = repository()?;
-            let report = engine::driver(t.engine)
-                .replay(repo.as_ref(), &source, &stream, &t, (&from, &to))
-                .await
-                .map_err(|e| chain(&e))?;
-            json(&report)
+            answer(
+                engine::driver(t.engine)
+                    .replay(repo.as_ref(), &source, &stream, &t, (&from, &to))
+                    .await,
+            )
         }
     }
 }

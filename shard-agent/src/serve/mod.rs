@@ -25,7 +25,7 @@ mod jobs;
 use crate::api::*;
 use crate::cut::{BlockError, CutOptions};
 use crate::dump::{DumpOptions, Progress};
-use crate::error::AgentError;
+use crate::error::{one_line, AgentError};
 use crate::manifest::ShardManifest;
 use crate::repo::LocalRepository;
 use crate::session::Session;
@@ -87,22 +87,7 @@ fn agent_fail(e: AgentError) -> (StatusCode, Json<ErrorBody>) {
     } else {
         "failed"
     };
-    fail(StatusCode::INTERNAL_SERVER_ERROR, kind, chain(&e))
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
+    fail(StatusCode::INTERNAL_SERVER_ERROR, kind, one_line(&e))
 }
 
 /// Compares in time independent of where the first difference is.
@@ -393,7 +378,7 @@ async fn start_dump(
             result: result.clone(),
         };
     }
-    let dump = tokio::spawn(async move { s.dump(opts).await.map_err(|e| chain(&e)) });
+    let dump = tokio::spawn(async move { s.dump(opts).await.map_err(|e| one_line(&e)) });
     tokio::spawn(async move {
         // A panic in the dump is a failed session, not one "running" forever.
         let r = match dump.await {
