@@ -321,6 +321,7 @@ pub async fn replay_shard(
     target: &Shard,
     from: &Position,
     to: &Position,
+    at: Option<&ShardManifest>,
 ) -> Result<ReplayReport, ReplayError> {
     let driver = crate::agent::driver(target)?;
     let mut total = ReplayReport::default();
@@ -331,6 +332,9 @@ pub async fn replay_shard(
         total.segments += r.segments;
         total.transactions += r.transactions;
         total.statements += r.statements;
+    }
+    if let Some(at) = at {
+        driver.finish_replay(target, at).await?;
     }
     Ok(total)
 }

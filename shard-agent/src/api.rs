@@ -243,6 +243,10 @@ pub enum DriverCall {
         from: Position,
         to: Position,
     },
+    FinishReplay {
+        target: ShardSpec,
+        at: Box<ShardManifest>,
+    },
 }
 
 impl DriverCall {
@@ -258,7 +262,8 @@ impl DriverCall {
             | DriverCall::StreamServer { shard, .. } => shard,
             DriverCall::CheckTarget { target, .. }
             | DriverCall::Restore { target, .. }
-            | DriverCall::Replay { target, .. } => target,
+            | DriverCall::Replay { target, .. }
+            | DriverCall::FinishReplay { target, .. } => target,
         }
     }
 

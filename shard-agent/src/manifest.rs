@@ -146,6 +146,22 @@ pub struct ShardManifest {
     pub duration_ms: u64,
     pub schema: Vec<StoredFile>,
     pub table_list: Vec<TableManifest>,
+    /// PostgreSQL: every sequence's state just after the cut. A restore
+    /// sets them from the backup's schema files; a replay to a mark moves
+    /// each forward to the mark's value (logical decoding carries no
+    /// sequence changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceValue>,
+}
+
+/// A sequence's state: `setval(name, last_value, is_called)` restores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceValue {
+    pub database: String,
+    /// Schema-qualified, each part quoted as an identifier where needed.
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
 }
 
 impl ShardManifest {

@@ -275,4 +275,13 @@ impl Driver for RemoteDriver {
             })
             .await?)
     }
+
+    async fn finish_replay(&self, target: &Shard, at: &ShardManifest) -> Result<(), ReplayError> {
+        Ok(self
+            .run(&DriverCall::FinishReplay {
+                target: ShardSpec::from_shard(target),
+                at: Box::new(at.clone()),
+            })
+            .await?)
+    }
 }

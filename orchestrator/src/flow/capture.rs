@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shard_agent::capture::{self, CaptureError, RoundReport, StreamState};
 use shard_agent::engine::CatchUp;
-use shard_agent::manifest::Mark;
+use shard_agent::manifest::{Manifest, Mark};
 use shard_agent::repo::Repository;
 use tokio::task::JoinSet;
 use topology::{Compression, Shard, Topology};
@@ -93,7 +93,34 @@ async fn run(
     after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
     lock: &RepoLock,
 ) -> anyhow::Result<CaptureOutcome> {
-    let mut streams = ensure_streams(topology, repo, shards, observer).await?;
+    let started = ensure_streams(topology, repo, shards, observer).await?;
+    let refused = Started {
+        streams: Vec::new(),
+        refused: started.refused,
+    };
+    let outcome = run_streams(
+        topology,
+        repo,
+        started.streams,
+        opts,
+        observer,
+        after_round,
+        lock,
+    )
+    .await?;
+    refused.outcome(outcome)
+}
+
+/// Captures `streams`: one round (to a new mark) or rounds until stopped.
+async fn run_streams(
+    topology: &Topology,
+    repo: &Arc<dyn Repository>,
+    mut streams: Vec<(Shard, StreamState)>,
+    opts: &CaptureOptions,
+    observer: &dyn Observer,
+    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+    lock: &RepoLock,
+) -> anyhow::Result<CaptureOutcome> {
     let (interval, mark_every) = match opts.mode {
         CaptureMode::Once { mark } => {
             let target = if mark {
@@ -258,13 +285,74 @@ pub async fn ensure_streams(
     repo: &Arc<dyn Repository>,
     shards: &[Shard],
     observer: &dyn Observer,
-) -> anyhow::Result<Vec<(Shard, StreamState)>> {
+) -> anyhow::Result<Started> {
     let newest = list_backups(repo.as_ref(), &topology.cluster)?
         .into_iter()
         .rev()
         .find_map(|l| l.manifest.ok());
-    let mut out = Vec::new();
+    let mut started = Started::default();
     for shard in shards {
+        // One shard's refusal (a table without a replica identity, a
+        // server that is down) does not keep the others from capturing.
+        match shard_streams(topology, repo, shard, newest.as_ref(), observer).await {
+            Ok(streams) => started.streams.extend(streams),
+            Err(e) => {
+                let line = format!("{}: {}", shard.name, exit::one_line(&e));
+                observer.note(&format!("shardcut: capture refused on shard {line}"));
+                started.refused.push(line);
+            }
+        }
+    }
+    if started.streams.is_empty() && !started.refused.is_empty() {
+        anyhow::bail!(
+            "capture refused on every shard: {}",
+            started.refused.join("; ")
+        );
+    }
+    Ok(started)
+}
+
+/// The streams capture started (or found) and the shards it refused.
+#[derive(Default)]
+pub struct Started {
+    pub streams: Vec<(Shard, StreamState)>,
+    /// `shard: why`, one per refused shard.
+    pub refused: Vec<String>,
+}
+
+impl Started {
+    /// Every shard's streams, or an error naming the refused shards.
+    pub fn all(self) -> anyhow::Result<Vec<(Shard, StreamState)>> {
+        if self.refused.is_empty() {
+            Ok(self.streams)
+        } else {
+            anyhow::bail!("capture refused on {}", self.refused.join("; "))
+        }
+    }
+
+    /// After the other shards were captured: an error if any was refused.
+    fn outcome<T>(&self, done: T) -> anyhow::Result<T> {
+        if self.refused.is_empty() {
+            Ok(done)
+        } else {
+            anyhow::bail!(
+                "capture refused on {}; the other shards were captured",
+                self.refused.join("; ")
+            )
+        }
+    }
+}
+
+/// The streams of one shard, started where missing.
+async fn shard_streams(
+    topology: &Topology,
+    repo: &Arc<dyn Repository>,
+    shard: &Shard,
+    newest: Option<&Manifest>,
+    observer: &dyn Observer,
+) -> anyhow::Result<Vec<(Shard, StreamState)>> {
+    let mut out = Vec::new();
+    {
         let driver = crate::agent::driver(shard)?;
         for stream in driver.live_streams(shard).await? {
             if let Some(st) = StreamState::load(repo.as_ref(), &shard.name, &stream)? {
@@ -272,7 +360,6 @@ pub async fn ensure_streams(
                 continue;
             }
             let from = newest
-                .as_ref()
                 .and_then(|m| m.cut.shards.get(&shard.name))
                 .map(|c| c.position.clone());
             let st = match from {

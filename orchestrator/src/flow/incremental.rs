@@ -15,7 +15,7 @@ use shard_agent::position::Position;
 use shard_agent::repo::Repository;
 use topology::Topology;
 
-use super::capture::{catch_up_to, ensure_streams, CatchUpTarget};
+use super::capture::{catch_up_to, ensure_streams, CatchUpTarget, Started};
 use super::mark::take_mark;
 use super::steps::{complete_manifest, store_manifest, Contents};
 use super::{list_backups, Observer};
@@ -81,7 +81,11 @@ pub async fn take(
     // race on its state).
     match RepoLock::acquire(repo.clone(), &topology.cluster, "capture") {
         Ok(lock) => {
-            let streams = ensure_streams(topology, repo, &topology.shards, observer).await;
+            // An incremental backup needs every shard's changes: a shard
+            // whose capture is refused fails it.
+            let streams = ensure_streams(topology, repo, &topology.shards, observer)
+                .await
+                .and_then(Started::all);
             let result = match streams {
                 Ok(streams) => {
                     let stop = Arc::new(AtomicBool::new(false));

@@ -454,8 +454,10 @@ async fn replay_all(
             continue;
         };
         let (repo, dst, name) = (repo.clone(), dst.clone(), name.clone());
+        let at = mark.shards.get(&name).cloned();
         tasks.spawn(async move {
-            let r = pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to).await;
+            let r =
+                pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to, at.as_ref()).await;
             (name, r)
         });
     }

@@ -131,6 +131,14 @@ pub trait Driver: Send + Sync {
         target: &Shard,
         range: (&Position, &Position),
     ) -> Result<ReplayReport, ReplayError>;
+
+    /// After every stream of `target` was replayed to a mark: what the
+    /// changes themselves do not carry, from the mark's record of the
+    /// shard `at` (PostgreSQL: each sequence moved forward to at least its
+    /// value at the mark). Nothing by default.
+    async fn finish_replay(&self, _target: &Shard, _at: &ShardManifest) -> Result<(), ReplayError> {
+        Ok(())
+    }
 }
 
 /// One shard's session through the global cut, then its dump.

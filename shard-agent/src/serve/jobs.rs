@@ -149,6 +149,10 @@ pub(super) async fn run(
             let s = shard.into_shard();
             json(&engine::driver(s.engine).stream_server(&s, &state).await)
         }
+        DriverCall::FinishReplay { target, at } => {
+            let t = target.into_shard();
+            answer(engine::driver(t.engine).finish_replay(&t, &at).await)
+        }
         DriverCall::Replay {
             repository: _,
             source,

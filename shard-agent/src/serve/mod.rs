@@ -236,6 +236,7 @@ fn op_name(call: &DriverCall) -> &'static str {
         DriverCall::RemoveStream { .. } => "remove_stream",
         DriverCall::StreamServer { .. } => "stream_server",
         DriverCall::Replay { .. } => "replay",
+        DriverCall::FinishReplay { .. } => "finish_replay",
     }
 }
 

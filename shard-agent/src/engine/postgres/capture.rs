@@ -112,6 +112,30 @@ async fn lsn_of(client: &Client, shard: &Shard, sql: &str) -> Result<Lsn, Captur
 pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState, CaptureError> {
     let client = connect::postgres(shard, Some(db), CONNECT_TIMEOUT).await?;
     let name = slot_name(cluster, &shard.name, db);
+    let (tables, no_identity) = published_tables(&client, shard, db)
+        .await
+        .map_err(err(shard, &format!("reading the tables of {db}")))?;
+    if !no_identity.is_empty() {
+        return Err(CaptureError::stream(
+            &shard.name,
+            format!(
+                "database {db}: table(s) {} have no primary key or replica identity; once published for capture, UPDATE and DELETE on them would fail on the source. \
+                 Add a primary key, run `ALTER TABLE … REPLICA IDENTITY FULL`, or exclude them in the topology",
+                no_identity.join(", ")
+            ),
+        ));
+    }
+    create_publication_and_slot(shard, &client, db, &name, &tables).await
+}
+
+/// The tables of `db` capture publishes (quoted, schema-qualified; the
+/// topology's exclusions left out) and those among them without a primary
+/// key or replica identity, which capture refuses.
+pub(super) async fn published_tables(
+    client: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
@@ -124,15 +148,14 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
              AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1",
             &[],
         )
-        .await
-        .map_err(err(shard, &format!("reading the tables of {db}")))?;
+        .await?;
     let mut tables = Vec::new();
     let mut no_identity = Vec::new();
     for r in &rows {
-        let q: String = r.try_get(0).map_err(err(shard, "reading the catalog"))?;
-        let schema: String = r.try_get(1).map_err(err(shard, "reading the catalog"))?;
-        let table: String = r.try_get(2).map_err(err(shard, "reading the catalog"))?;
-        let missing: bool = r.try_get(3).map_err(err(shard, "reading the catalog"))?;
+        let q: String = r.try_get(0)?;
+        let schema: String = r.try_get(1)?;
+        let table: String = r.try_get(2)?;
+        let missing: bool = r.try_get(3)?;
         if shard.excludes(db, Some(&schema), &table) {
             continue;
         }
@@ -141,16 +164,16 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
         }
         tables.push(q);
     }
-    if !no_identity.is_empty() {
-        return Err(CaptureError::stream(
-            &shard.name,
-            format!(
-                "database {db}: table(s) {} have no primary key or replica identity; once published for capture, UPDATE and DELETE on them would fail on the source. \
-                 Add a primary key, run `ALTER TABLE … REPLICA IDENTITY FULL`, or exclude them in the topology",
-                no_identity.join(", ")
-            ),
-        ));
-    }
+    Ok((tables, no_identity))
+}
+
+async fn create_publication_and_slot(
+    shard: &Shard,
+    client: &Client,
+    db: &str,
+    name: &str,
+    tables: &[String],
+) -> Result<StreamState, CaptureError> {
     let exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -207,7 +230,7 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
         updated_at: now,
         last_commit: None,
         next_seq: 0,
-        slot: Some(name),
+        slot: Some(name.to_string()),
     })
 }
 

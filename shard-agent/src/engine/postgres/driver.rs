@@ -139,6 +139,10 @@ impl Driver for Postgres {
     ) -> Result<ReplayReport, ReplayError> {
         replay::replay(repo, source, stream, target, from, to).await
     }
+
+    async fn finish_replay(&self, target: &Shard, at: &ShardManifest) -> Result<(), ReplayError> {
+        replay::sequences_forward(target, &at.sequences).await
+    }
 }
 
 #[async_trait]

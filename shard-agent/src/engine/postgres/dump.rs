@@ -19,7 +19,7 @@ use crate::dump::work::{
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 use crate::error::{db_err, AgentError};
-use crate::manifest::{keys, ShardManifest};
+use crate::manifest::{keys, SequenceValue, ShardManifest};
 
 impl Session {
     pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
@@ -56,7 +56,8 @@ impl Session {
                 .collect();
             // Sequences first: they are not transactional, so the sooner
             // after the cut the closer to it.
-            let sequences = sequence_values(&db.snap, &shard, &db.name).await?;
+            let (sequences, states) = sequence_values(&db.snap, &shard, &db.name).await?;
+            manifest.sequences.extend(states);
             // The schema (two pg_dump runs in the exported snapshot, 150 ms
             // before the first row when run ahead of the data) is dumped
             // while the workers read the data. Both are awaited whatever
@@ -115,7 +116,11 @@ impl Session {
 /// restore without them would hand out keys that already exist. Sequences
 /// are not transactional, so this reads their state just after the cut: at
 /// least as far as the snapshot, never behind it.
-async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u8>, AgentError> {
+async fn sequence_values(
+    snap: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<(Vec<u8>, Vec<SequenceValue>), AgentError> {
     let what = format!("reading the sequences of {db}");
     let rows = snap
         .query(
@@ -123,13 +128,16 @@ async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u
              quote_ident(schemaname) || '.' || quote_ident(sequencename), \
              COALESCE(last_value, start_value), CASE WHEN last_value IS NULL THEN 'false' ELSE 'true' END), \
              has_sequence_privilege(quote_ident(schemaname) || '.' || quote_ident(sequencename), 'SELECT'), \
-             schemaname || '.' || sequencename \
+             schemaname || '.' || sequencename, \
+             quote_ident(schemaname) || '.' || quote_ident(sequencename), \
+             COALESCE(last_value, start_value)::int8, last_value IS NOT NULL \
              FROM pg_sequences ORDER BY schemaname, sequencename",
             &[],
         )
         .await
         .map_err(pg_err(shard, &what))?;
     let mut out = Vec::new();
+    let mut states = Vec::new();
     for r in rows {
         let readable: bool = r.try_get(1).map_err(pg_err(shard, &what))?;
         if !readable {
@@ -142,8 +150,14 @@ async fn sequence_values(snap: &Client, shard: &Shard, db: &str) -> Result<Vec<u
         let line: String = r.try_get(0).map_err(pg_err(shard, &what))?;
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
+        states.push(SequenceValue {
+            database: db.to_string(),
+            name: r.try_get(3).map_err(pg_err(shard, &what))?,
+            last_value: r.try_get(4).map_err(pg_err(shard, &what))?,
+            is_called: r.try_get(5).map_err(pg_err(shard, &what))?,
+        });
     }
-    Ok(out)
+    Ok((out, states))
 }
 
 fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Vec<ItemResult>) {

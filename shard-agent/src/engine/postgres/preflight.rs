@@ -36,8 +36,27 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
     for db in &selected {
         let client = connect::postgres(shard, Some(db), timeout).await?;
         access.list_tables(&client, shard, db).await?;
+        let (_, missing) = super::capture::published_tables(&client, shard, db)
+            .await
+            .map_err(|e| {
+                db_err(shard, &format!("reading the replica identities of {db}"))(e.into())
+            })?;
+        access
+            .no_identity
+            .extend(missing.into_iter().map(|t| format!("{db}.{t}")));
     }
     f.push(access.finding());
+    if !access.no_identity.is_empty() {
+        // A backup works; capture (point-in-time recovery) refuses them.
+        f.push(Finding::warn(
+            "replica identity",
+            format!(
+                "no primary key or replica identity: {}",
+                access.no_identity.join(", ")
+            ),
+            "capture refuses these tables: add a primary key, run ALTER TABLE … REPLICA IDENTITY FULL, or exclude them in the topology",
+        ));
+    }
     Ok(ShardReport::new(
         shard,
         format!("PostgreSQL {version}"),
@@ -115,6 +134,8 @@ struct Access {
     tables: Vec<TableInfo>,
     unreadable: Vec<String>,
     unlockable: Vec<String>,
+    /// `db.table` without a primary key or replica identity.
+    no_identity: Vec<String>,
 }
 
 impl Access {

@@ -34,6 +34,9 @@ pub(crate) struct Relation {
     name: String,
     /// (column name, part of the replica identity key)
     columns: Vec<(String, bool)>,
+    /// `REPLICA IDENTITY FULL`: every column is the "key", and identical
+    /// rows may exist, so a change touches one of them.
+    full: bool,
     /// Checked against the target once, on first use.
     checked: bool,
 }
@@ -46,7 +49,7 @@ impl Relation {
 
 /// A tuple's column values: `None` is SQL NULL; `Unchanged` a TOASTed value
 /// the update did not touch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Null,
     Unchanged,
@@ -131,7 +134,7 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
     let id = r.u32()?;
     let schema = r.cstr()?;
     let name = r.cstr()?;
-    let _identity = r.u8()?;
+    let full = r.u8()? == b'f';
     let n = r.u16()?;
     let mut columns = Vec::new();
     for _ in 0..n {
@@ -150,6 +153,7 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
             schema,
             name,
             columns,
+            full,
             checked,
         },
     );
@@ -186,7 +190,7 @@ fn identity(rel: &Relation, key: &[Value]) -> String {
         })
         .collect();
     let cond = conds.join(" AND ");
-    if rel.columns.iter().any(|c| c.1) {
+    if !rel.full && rel.columns.iter().any(|c| c.1) {
         format!("WHERE {cond}")
     } else {
         // REPLICA IDENTITY FULL: one of possibly several identical rows.
@@ -216,6 +220,20 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let segs = segments(repo, source, db)?;
     let client = reader(target, db, std::time::Duration::from_secs(10)).await?;
+    // As a logical replication apply worker: the target's triggers and
+    // foreign-key actions do not fire (their effects on the source are in
+    // the captured changes themselves; firing them again would change or
+    // repeat rows).
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .map_err(|e| ReplayError::Refused {
+            shard: target.name.clone(),
+            what: format!(
+                "replay must not fire the target's triggers, which needs SET session_replication_role = replica (a superuser, or GRANT SET ON PARAMETER session_replication_role to the restoring user): {}",
+                crate::error::DbError::from(e)
+            ),
+        })?;
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut applied_end = Lsn(0);
     for seg in segs {
@@ -334,9 +352,11 @@ impl Ctx<'_> {
                 let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
                 let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
                 let vals: Vec<String> = new.iter().map(literal).collect();
+                // The source's value for an identity column GENERATED
+                // ALWAYS, not a new one from the target's sequence.
                 Ok(Some((
                     format!(
-                        "INSERT INTO {} ({}) VALUES ({})",
+                        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
                         rel.qualified(),
                         cols.join(", "),
                         vals.join(", ")
@@ -357,12 +377,19 @@ impl Ctx<'_> {
                 }
                 let new = r.tuple().ok_or_else(bad)?;
                 let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                // Unchanged TOASTed values ('u') keep the target's value;
+                // a key column is set only when the key changed (an identity
+                // GENERATED ALWAYS column may not be set to a value at all).
                 let sets: Vec<String> = rel
                     .columns
                     .iter()
                     .zip(&new)
-                    .filter(|(_, v)| !matches!(v, Value::Unchanged))
-                    .map(|((c, _), v)| format!("{} = {}", ident(c), literal(v)))
+                    .enumerate()
+                    .filter(|(_, (_, v))| !matches!(v, Value::Unchanged))
+                    .filter(|(i, ((_, key), v))| {
+                        !*key || old.as_ref().is_some_and(|o| o.get(*i) != Some(*v))
+                    })
+                    .map(|(_, ((c, _), v))| format!("{} = {}", ident(c), literal(v)))
                     .collect();
                 if sets.is_empty() {
                     return Ok(None);
@@ -438,11 +465,17 @@ impl Ctx<'_> {
             .client
             .query(
                 "SELECT a.attname::text FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                 AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&rel.qualified()],
             )
             .await
-            .map_err(|e| self.apply_err(commit_lsn, format!("reading the columns of {}: {e}", rel.qualified())))?;
+            .map_err(|e| {
+                self.apply_err(
+                    commit_lsn,
+                    format!("reading the columns of {}: {e}", rel.qualified()),
+                )
+            })?;
         let target: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
         let captured: Vec<String> = rel.columns.iter().map(|c| c.0.clone()).collect();
         if target.is_empty() {
@@ -524,4 +557,41 @@ impl Ctx<'_> {
             .map_err(|e| self.apply_err(commit_lsn, format!("COMMIT: {e}")))?;
         Ok(stmts.len() as u64)
     }
+}
+
+/// Moves each sequence of the target forward to at least its value at the
+/// mark: logical decoding carries no sequence changes, and a sequence left
+/// where the base backup had it would hand out keys the source already
+/// used. A sequence already further is left alone.
+pub async fn sequences_forward(
+    target: &Shard,
+    sequences: &[crate::manifest::SequenceValue],
+) -> Result<(), ReplayError> {
+    let mut by_db: std::collections::BTreeMap<&str, Vec<&crate::manifest::SequenceValue>> =
+        Default::default();
+    for s in sequences {
+        by_db.entry(s.database.as_str()).or_default().push(s);
+    }
+    for (db, seqs) in by_db {
+        let client = reader(target, db, std::time::Duration::from_secs(10)).await?;
+        for s in seqs {
+            // `name` comes from the repository: it is passed as a value and
+            // resolved by to_regclass, never spliced into the statement.
+            client
+                .query(
+                    "SELECT pg_catalog.setval(to_regclass($1), $2, $3) FROM pg_sequences p \
+                     WHERE to_regclass($1) IS NOT NULL \
+                     AND to_regclass(quote_ident(p.schemaname) || '.' || quote_ident(p.sequencename)) = to_regclass($1) \
+                     AND (p.last_value IS NULL OR p.last_value < $2)",
+                    &[&s.name, &s.last_value, &s.is_called],
+                )
+                .await
+                .map_err(|e| ReplayError::Apply {
+                    shard: target.name.clone(),
+                    at: format!("database {db} sequence {}", s.name),
+                    what: crate::error::DbError::from(e).to_string(),
+                })?;
+        }
+    }
+    Ok(())
 }
