@@ -774,3 +774,113 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    db::setup_all(
+        &topo,
+        &[
+            "CREATE DATABASE bank",
+            "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
+        ],
+        "bank",
+        "CREATE TABLE ledger (id int PRIMARY KEY, amount int);",
+    )
+    .await;
+    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
+    let write = |from: i32, to: i32| async move {
+        let mut c = db::mysql(my, Some("bank")).await;
+        let p = db::pg(pg, "bank").await;
+        for i in from..to {
+            c.query_drop(format!("INSERT INTO ledger VALUES ({i}, {i})"))
+                .await
+                .unwrap();
+            p.batch_execute(&format!("INSERT INTO ledger VALUES ({i}, {i})"))
+                .await
+                .unwrap();
+        }
+    };
+    // Generation 0: capture, a backup, writes, a mark it reaches.
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let first = support::backup_id(arg).await;
+    write(0, 10).await;
+    run_ok_async(&["mark", "-t", arg, "--name", "gen0"]).await;
+    let at_gen0 = checksums(&topo, &["ledger"]).await;
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    // Removed, writes nobody captures, and started again: generation 1.
+    run_ok_async(&["capture", "-t", arg, "--remove"]).await;
+    write(10, 20).await;
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let second = support::backup_id(arg).await;
+    write(20, 30).await;
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let status = run_ok_async(&["status", "-t", arg, "--json"]).await;
+    let retired = status.json()["retired_generations"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(retired, 2, "one retired generation per stream: {status:?}");
+    assert!(
+        status.json()["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["generation"] == 1),
+        "{status:?}"
+    );
+
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let tgt_arg = tgt.to_str().unwrap();
+    let t = db::topology(&tgt);
+    let restore = |backup: String, until: &'static str| async move {
+        run_ok_async(&[
+            "restore",
+            "-t",
+            arg,
+            "--backup",
+            &backup,
+            "--target",
+            tgt_arg,
+            "--until",
+            until,
+            "--overwrite",
+            "--json",
+        ])
+        .await
+    };
+    // The second backup, brought forward by generation 1.
+    let run = restore(second.clone(), "latest").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(
+        checksums(&t, &["ledger"])
+            .await
+            .values()
+            .collect::<Vec<_>>(),
+        checksums(&topo, &["ledger"])
+            .await
+            .values()
+            .collect::<Vec<_>>()
+    );
+    // The first backup, to a mark generation 0 reached.
+    let run = restore(first.clone(), "mark:gen0").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(
+        checksums(&t, &["ledger"])
+            .await
+            .values()
+            .collect::<Vec<_>>(),
+        at_gen0.values().collect::<Vec<_>>()
+    );
+    // Expire keeps both backups and what each needs.
+    run_ok_async(&["expire", "-t", arg, "--keep-last", "2"]).await;
+    let run = restore(first, "mark:gen0").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let run = restore(second, "latest").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+}

@@ -106,10 +106,20 @@ pub fn coverage_gap(
     to: &Position,
 ) -> Option<String> {
     for stream in streams {
-        let Some(s) = states
+        // Any generation that covers the range will do; otherwise the
+        // newest one says why not.
+        let mut mine: Vec<&StreamState> = states
             .iter()
-            .find(|s| s.shard == shard && &s.stream == stream)
-        else {
+            .filter(|s| s.shard == shard && &s.stream == stream)
+            .collect();
+        if mine
+            .iter()
+            .any(|s| at_or_before(&s.started, from) && at_or_before(to, &s.progress))
+        {
+            continue;
+        }
+        mine.sort_by_key(|s| s.generation);
+        let Some(s) = mine.last() else {
             return Some(format!(
                 "shard {shard}: no capture of {stream} (run `shardcut capture`)"
             ));

@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use crate::capture::{list_segments, CaptureError, SegmentMeta};
+use crate::position::Position;
 use crate::repo::Repository;
 
 /// What replaying one shard did.
@@ -36,13 +37,38 @@ pub enum ReplayError {
     Refused { shard: String, what: String },
 }
 
-/// A stream's segments, checked to be a gap-free sequence.
+/// The segments of the capture generation of a stream that holds the
+/// changes right after `from`, checked to be a gap-free sequence. A
+/// stream removed and started again is a new generation; each generation
+/// numbers its segments from 0, and they never mix. The one chosen is the
+/// newest that started at or before `from` (generations follow each other
+/// in time); without one, the newest.
 pub fn segments(
     repo: &dyn Repository,
     shard: &str,
     stream: &str,
+    from: &Position,
 ) -> Result<Vec<SegmentMeta>, ReplayError> {
-    let segs = list_segments(repo, shard, stream)?;
+    let all = list_segments(repo, shard, stream)?;
+    let mut firsts: std::collections::BTreeMap<u32, &Position> = Default::default();
+    for s in &all {
+        firsts.entry(s.generation).or_insert(&s.first);
+    }
+    let chosen = firsts
+        .iter()
+        .rev()
+        .find(|(_, first)| {
+            matches!(
+                first.compare(from),
+                Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            )
+        })
+        .or_else(|| firsts.iter().next_back())
+        .map(|(g, _)| *g);
+    let segs: Vec<SegmentMeta> = all
+        .into_iter()
+        .filter(|s| Some(s.generation) == chosen)
+        .collect();
     for pair in segs.windows(2) {
         if pair[1].seq != pair[0].seq + 1 {
             return Err(ReplayError::Refused {

@@ -117,6 +117,7 @@ proptest! {
             bytes_stored: stored.len() as u64,
             xxh3: crate::checksum::xxh3_hex(&stored),
             raw_xxh3: "0".into(),
+            generation: 0,
         };
         match load_segment(&repo, &meta) {
             Ok(raw) => prop_assert!(raw.len() as u64 <= raw_size),

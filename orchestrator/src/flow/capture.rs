@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shard_agent::capture::{self, CaptureError, RoundReport, StreamState};
+use shard_agent::capture::{CaptureError, RoundReport, StreamState};
 use shard_agent::engine::CatchUp;
 use shard_agent::manifest::{Manifest, Mark};
 use shard_agent::repo::Repository;
@@ -250,7 +250,9 @@ pub async fn remove(
         crate::agent::driver(shard)?
             .remove_stream(shard, &st)
             .await?;
-        repo.delete(&capture::keys::state(&st.shard, &st.stream))?;
+        // Its segments and a retired record of how far it got stay: restores
+        // this generation covers keep working after a new one starts.
+        st.retire(repo.as_ref())?;
         removed.push((st.shard, st.stream));
     }
     Ok(removed)
@@ -381,6 +383,8 @@ async fn shard_streams(
                         .await?
                 }
             };
+            let mut st = st;
+            st.generation = StreamState::next_generation(repo.as_ref(), &shard.name, &stream)?;
             st.save(repo.as_ref())?;
             observer.note(&match &st.slot {
                 None => format!("capture of {} starts at {}", shard.name, st.started),

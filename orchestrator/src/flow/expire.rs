@@ -144,13 +144,21 @@ fn decide(cluster: &str, repo: &dyn Repository, opts: &ExpireOptions) -> anyhow:
         .map(|mk| mk.name)
         .collect();
     let mut segments = Vec::new();
-    for st in StreamState::all(repo)? {
+    // Every stream with a current or retired generation; each listing
+    // holds the segments of all its generations.
+    let mut streams: Vec<(String, String)> = StreamState::all_generations(repo)?
+        .into_iter()
+        .map(|st| (st.shard, st.stream))
+        .collect();
+    streams.sort();
+    streams.dedup();
+    for (shard, stream) in &streams {
         // A shard no kept full backup covers keeps its segments: they
         // are not known to be unneeded.
-        let Some(from) = needed_from.get(&st.shard) else {
+        let Some(from) = needed_from.get(shard) else {
             continue;
         };
-        for seg in list_segments(repo, &st.shard, &st.stream)? {
+        for seg in list_segments(repo, shard, stream)? {
             if at_or_before(&seg.last, from) {
                 segments.push(seg);
             }
@@ -197,6 +205,19 @@ fn delete(repo: &dyn Repository, plan: &Expired) -> anyhow::Result<()> {
             repo.sync_names(&[&meta])?;
         }
         repo.delete(&seg.key)?;
+    }
+    // A retired generation with no segment left covers nothing any more.
+    for st in StreamState::retired(repo)? {
+        let left = list_segments(repo, &st.shard, &st.stream)?
+            .iter()
+            .any(|s| s.generation == st.generation);
+        if !left {
+            repo.delete(&shard_agent::capture::keys::retired(
+                &st.shard,
+                &st.stream,
+                st.generation,
+            ))?;
+        }
     }
     Ok(())
 }

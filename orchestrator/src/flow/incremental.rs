@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shard_agent::capture::{list_segments, StreamState};
+use shard_agent::capture::StreamState;
 use shard_agent::manifest::{Chain, Manifest, SegmentRef};
 use shard_agent::position::Position;
 use shard_agent::repo::Repository;
@@ -105,7 +105,7 @@ pub async fn take(
         Err(LockError::Held { .. }) => wait_for_capture(repo.as_ref(), &mark).await?,
         Err(e) => return Err(e.into()),
     }
-    let states = StreamState::all(repo.as_ref())?;
+    let states = StreamState::all_generations(repo.as_ref())?;
     let shards: Vec<String> = base.shards.keys().cloned().collect();
     base_fits(&base, &mark, &shards, &states).map_err(|why| {
         anyhow::anyhow!("incremental backup {id}: the captured changes do not lead from {base_id} to its mark: {why}")
@@ -148,7 +148,8 @@ fn chain_segments(
             continue;
         };
         for stream in streams_of(sm) {
-            for seg in list_segments(repo, name, &stream)? {
+            // The generation that holds the changes after the base cut.
+            for seg in shard_agent::replay::segments(repo, name, &stream, from)? {
                 if before(from, &seg.last) && before(&seg.first, to) {
                     segments.push(SegmentRef {
                         key: seg.key,

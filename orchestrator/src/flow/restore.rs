@@ -411,7 +411,9 @@ fn point_in_time(
     id: &str,
     until: &Until,
 ) -> anyhow::Result<(Manifest, Mark, String)> {
-    let states = StreamState::all(repo)?;
+    // Current and retired capture generations: a backup an older
+    // generation covers can still be brought forward with it.
+    let states = StreamState::all_generations(repo)?;
     let (mark, note) = pitr::resolve(repo, cluster, until, &states)?;
     let shards: Vec<String> = if plan.shards.is_empty() {
         mark.shards.keys().cloned().collect()

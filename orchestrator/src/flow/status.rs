@@ -16,6 +16,9 @@ use crate::pitr::list_marks;
 pub struct StreamStatus {
     pub shard: String,
     pub stream: String,
+    /// The capture generation (a stream removed and started again is a
+    /// new one).
+    pub generation: u32,
     pub progress: Position,
     pub server_position: Option<Position>,
     /// Bytes of change stream not yet stored (unknown across binlog files).
@@ -64,6 +67,7 @@ pub fn status_of(
     StreamStatus {
         shard: state.shard.clone(),
         stream: state.stream.clone(),
+        generation: state.generation,
         progress: state.progress.clone(),
         server_position: server,
         lag_bytes: lag,
@@ -85,6 +89,9 @@ pub struct CaptureStatus {
     pub newest_mark: Option<(String, String)>,
     /// What could not be read (a shard down, a slot missing).
     pub problems: Vec<String>,
+    /// Generations stopped by `capture --remove` whose segments are kept:
+    /// restores they cover still work.
+    pub retired: Vec<StreamState>,
 }
 
 /// Reads every stream's state and asks each shard's server where it is.
@@ -116,5 +123,6 @@ pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
             .last()
             .map(|m| (m.name.clone(), m.cut.taken_at.clone())),
         problems,
+        retired: StreamState::retired(repo.as_ref())?,
     })
 }

@@ -77,6 +77,13 @@ pub fn status_json(s: &CaptureStatus) -> serde_json::Value {
         "marks": s.marks,
         "newest_mark": s.newest_mark.as_ref().map(|(n, t)| serde_json::json!({"name": n, "taken_at": t})),
         "problems": s.problems,
+        "retired_generations": s.retired.iter().map(|r| serde_json::json!({
+            "shard": r.shard,
+            "stream": r.stream,
+            "generation": r.generation,
+            "started": r.started,
+            "progress": r.progress,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -103,6 +110,12 @@ pub fn status_text(s: &CaptureStatus) -> String {
             s.retained_wal_bytes
                 .map(|w| format!("  retained WAL {} KiB", w >> 10))
                 .unwrap_or_default()
+        ));
+    }
+    for r in &s.retired {
+        out.push_str(&format!(
+            "  {:<12} {:<10} generation {} (removed) covers {} to {}\n",
+            r.shard, r.stream, r.generation, r.started, r.progress
         ));
     }
     match &s.newest_mark {

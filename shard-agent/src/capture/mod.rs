@@ -51,6 +51,11 @@ pub struct StreamState {
     /// PostgreSQL: the replication slot and publication this stream reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// Which run of capture this is: a stream removed (`capture --remove`)
+    /// and started again is a new generation, whose segments never mix
+    /// with an older one's. 0 for the first.
+    #[serde(default)]
+    pub generation: u32,
 }
 
 pub mod keys {
@@ -67,6 +72,24 @@ pub mod keys {
     }
     pub fn segments(shard: &str, stream: &str) -> String {
         format!("{}seg/", stream_prefix(shard, stream))
+    }
+    /// The state of a generation that was stopped (`capture --remove`):
+    /// kept while its segments are, so that restores it covers still work.
+    pub fn retired(shard: &str, stream: &str, generation: u32) -> String {
+        format!(
+            "{}retired/{generation:06}.json",
+            stream_prefix(shard, stream)
+        )
+    }
+    /// Where a generation's segment names start within [`segments`]: the
+    /// first generation's have no prefix (as before generations existed),
+    /// later ones `gNNNNNN-`, which sorts after every earlier one.
+    pub fn generation_prefix(generation: u32) -> String {
+        if generation == 0 {
+            String::new()
+        } else {
+            format!("g{generation:06}-")
+        }
     }
 }
 
@@ -100,6 +123,67 @@ impl StreamState {
         repo.put(&key, &data)?;
         repo.sync_names(&[&key])?;
         Ok(())
+    }
+
+    /// Ends this generation: its state is kept as a retired one (its
+    /// segments stay), and the stream has no current state any more.
+    pub fn retire(&self, repo: &dyn Repository) -> Result<(), CaptureError> {
+        let key = keys::retired(&self.shard, &self.stream, self.generation);
+        let data = serde_json::to_vec_pretty(self).map_err(|e| CaptureError::Corrupt {
+            key: key.clone(),
+            what: e.to_string(),
+        })?;
+        repo.put(&key, &data)?;
+        repo.sync_names(&[&key])?;
+        let state = keys::state(&self.shard, &self.stream);
+        repo.delete(&state)?;
+        repo.sync_names(&[&state])?;
+        Ok(())
+    }
+
+    /// The states of stopped generations of every stream.
+    pub fn retired(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
+        let mut out = Vec::new();
+        for key in repo.list("capture/")? {
+            if key.contains("/retired/") && key.ends_with(".json") && key.matches('/').count() == 4
+            {
+                let data = repo.get(&key)?;
+                out.push(
+                    serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
+                        key: key.clone(),
+                        what: e.to_string(),
+                    })?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Current and retired states: what captured changes cover.
+    pub fn all_generations(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
+        let mut out = Self::all(repo)?;
+        out.extend(Self::retired(repo)?);
+        Ok(out)
+    }
+
+    /// The generation a stream started now gets: after every generation
+    /// whose state or segments are in the repository.
+    pub fn next_generation(
+        repo: &dyn Repository,
+        shard: &str,
+        stream: &str,
+    ) -> Result<u32, CaptureError> {
+        let mut next = None::<u32>;
+        let mut seen = |g: u32| next = Some(next.map_or(g + 1, |n| n.max(g + 1)));
+        for st in Self::retired(repo)? {
+            if st.shard == shard && st.stream == stream {
+                seen(st.generation);
+            }
+        }
+        for seg in list_segments(repo, shard, stream)? {
+            seen(seg.generation);
+        }
+        Ok(next.unwrap_or(0))
     }
 
     /// Every stream state of every shard in the repository.

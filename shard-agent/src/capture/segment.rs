@@ -38,6 +38,10 @@ pub struct SegmentMeta {
     pub xxh3: String,
     /// xxh3-64 of the raw bytes, hex.
     pub raw_xxh3: String,
+    /// The capture generation the segment belongs to (see
+    /// [`super::StreamState::generation`]).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// A segment's data as captured, before it is stored.
@@ -79,7 +83,11 @@ pub fn store_segment(
     compression: Compression,
 ) -> Result<SegmentMeta, CaptureError> {
     let (sort, ext) = (data.sort, data.ext);
-    let prefix = keys::segments(&meta.shard, &meta.stream);
+    let prefix = format!(
+        "{}{}",
+        keys::segments(&meta.shard, &meta.stream),
+        keys::generation_prefix(meta.generation)
+    );
     let key = format!("{prefix}{sort}.{ext}.zst");
     let failed = |e: std::io::Error| CaptureError::Corrupt {
         key: key.clone(),

@@ -135,6 +135,7 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
         updated_at: now,
         last_commit: None,
         next_seq: 0,
+        generation: 0,
         slot: None,
     })
 }
@@ -448,6 +449,7 @@ impl Round<'_> {
             bytes_stored: 0,
             xxh3: String::new(),
             raw_xxh3: String::new(),
+            generation: self.state.generation,
         };
         let sort = sort_key(&seg.first);
         let mut raw = SpillBuffer::from_vec(seg.raw);

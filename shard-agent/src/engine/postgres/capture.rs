@@ -230,6 +230,7 @@ async fn create_publication_and_slot(
         updated_at: now,
         last_commit: None,
         next_seq: 0,
+        generation: 0,
         slot: Some(name.to_string()),
     })
 }
@@ -586,6 +587,7 @@ fn close(
         bytes_stored: 0,
         xxh3: String::new(),
         raw_xxh3: String::new(),
+        generation: state.generation,
     };
     let data = SegmentData {
         sort: &format!("{:016X}", seg.first.0),

@@ -211,6 +211,7 @@ pub async fn replay(
     from: &Position,
     to: &Position,
 ) -> Result<ReplayReport, ReplayError> {
+    let segs = segments(repo, source, db, from)?;
     let (Position::Postgres { lsn: from }, Position::Postgres { lsn: to }) = (from, to) else {
         return Err(ReplayError::Refused {
             shard: target.name.clone(),
@@ -218,7 +219,6 @@ pub async fn replay(
         });
     };
     let mut report = ReplayReport::default();
-    let segs = segments(repo, source, db)?;
     let client = reader(target, db, std::time::Duration::from_secs(10)).await?;
     // As a logical replication apply worker: the target's triggers and
     // foreign-key actions do not fire (their effects on the source are in
