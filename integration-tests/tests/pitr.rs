@@ -884,3 +884,86 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
     let run = restore(second, "latest").await;
     assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
 }
+
+/// Transfers for `ms` milliseconds, on fresh connections.
+async fn transfers(topo: &Topology, next_id: &Arc<AtomicU64>, ms: u64) {
+    let (stop, workers) = start_workload(topo, next_id);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    stop_workload(stop, workers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_SETUP, "bank", PG_SETUP).await;
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let next_id = Arc::new(AtomicU64::new(1));
+    transfers(&topo, &next_id, 300).await;
+    run_ok_async(&["backup", "-t", arg]).await;
+
+    let mut capture = follow(arg);
+    transfers(&topo, &next_id, 800).await;
+    // A rotation, then both servers restarted (MariaDB starts a new
+    // binlog file, ending the old one without a rotate event).
+    let mut c = db::mysql(&topo.shards[0], None).await;
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    drop(c);
+    transfers(&topo, &next_id, 500).await;
+    for shard in ["mysql-0", "pg-0"] {
+        sb.stop(shard);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for shard in ["mysql-0", "pg-0"] {
+        sb.start(shard);
+    }
+    transfers(&topo, &next_id, 800).await;
+    // Long enough for the retry after the restart (waits double from 1 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        capture.try_wait().unwrap().is_none(),
+        "capture --follow exited while a server restarted"
+    );
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &capture.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = capture.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "capture --follow after SIGTERM");
+
+    // It resumes exactly where it stopped: a later round continues the
+    // stream (on MariaDB, in the new binlog file) and reaches a new mark.
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let run = run_ok_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt.to_str().unwrap(),
+        "--until",
+        "latest",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let t = db::topology(&tgt);
+    let (debits, credits) = bank_state(&t).await;
+    assert_eq!(debits, credits, "every credit with its debit");
+    assert!(!debits.is_empty());
+    assert_eq!(
+        checksums(&t, &["accounts", "ledger"])
+            .await
+            .values()
+            .collect::<Vec<_>>(),
+        checksums(&topo, &["accounts", "ledger"])
+            .await
+            .values()
+            .collect::<Vec<_>>()
+    );
+}

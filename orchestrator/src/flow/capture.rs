@@ -157,13 +157,40 @@ async fn run_streams(
     };
     let compression = topology.defaults.compression;
     let mut last_mark = Instant::now();
+    let mut retries = Retries::default();
     loop {
         // Two captures writing one stream would corrupt it: a run that
         // lost its lock stops before its next round.
         lock.ensure_held()?;
-        let (next, reports) =
-            round(streams, repo, compression, &topology.cluster, &opts.stop).await?;
-        streams = next;
+        // A daemon rides out a server restart or a network drop: a stream
+        // that fails is reported and tried again after a growing wait
+        // (1 s doubling to 30 s), the others go on; where it stopped is
+        // stored, so it resumes exactly there.
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = streams
+            .into_iter()
+            .partition(|(_, st)| retries.due(st, now));
+        let done = round(due, repo, compression, &topology.cluster, &opts.stop).await?;
+        for ((shard, stream), why) in &done.failed {
+            let wait = retries.failed((shard.clone(), stream.clone()), now);
+            observer.note(&format!(
+                "shardcut: capture of {shard} {stream} failed: {why}; retrying in {} s",
+                wait.as_secs()
+            ));
+        }
+        for (_, st) in &done.streams {
+            if !done
+                .failed
+                .iter()
+                .any(|((sh, s), _)| *sh == st.shard && *s == st.stream)
+            {
+                retries.succeeded(st);
+            }
+        }
+        let reports = done.reports;
+        streams = done.streams;
+        streams.extend(waiting);
+        streams.sort_by(|a, b| (&a.1.shard, &a.1.stream).cmp(&(&b.1.shard, &b.1.stream)));
         let list = figures(&streams, &reports, opts, observer);
         after_round(&list)?;
         if opts.stop.load(Ordering::Relaxed) {
@@ -425,7 +452,8 @@ pub async fn catch_up_to(
             &target.topology.cluster,
             target.stop,
         )
-        .await?;
+        .await?
+        .all_or_error()?;
         streams = next;
         last = merge(last, reports);
         let reached = target.mark.is_none_or(|m| {
@@ -450,6 +478,34 @@ pub async fn catch_up_to(
     }
 }
 
+/// Streams with their shard, as rounds pass them along.
+type Streams = Vec<(Shard, StreamState)>;
+
+/// What one round did: every stream back (failed ones as far as they got),
+/// the reports of those that succeeded, and why the others failed.
+struct RoundOutcome {
+    streams: Streams,
+    reports: Vec<RoundReport>,
+    /// `(shard, stream)` and why.
+    failed: Vec<((String, String), String)>,
+}
+
+impl RoundOutcome {
+    /// The round as one result: an error naming every failed stream.
+    fn all_or_error(self) -> anyhow::Result<(Streams, Vec<RoundReport>)> {
+        if self.failed.is_empty() {
+            return Ok((self.streams, self.reports));
+        }
+        let mut lines: Vec<String> = self
+            .failed
+            .iter()
+            .map(|((shard, stream), why)| format!("{shard} {stream}: {why}"))
+            .collect();
+        lines.sort();
+        anyhow::bail!("capture failed: {}", lines.join("; "))
+    }
+}
+
 /// One catch-up round of every stream at once.
 async fn round(
     streams: Vec<(Shard, StreamState)>,
@@ -457,7 +513,7 @@ async fn round(
     compression: Compression,
     cluster: &str,
     stop: &Arc<AtomicBool>,
-) -> anyhow::Result<(Vec<(Shard, StreamState)>, Vec<RoundReport>)> {
+) -> anyhow::Result<RoundOutcome> {
     let mut tasks = JoinSet::new();
     for (i, (shard, mut st)) in streams.into_iter().enumerate() {
         let (repo, stop, cluster) = (repo.clone(), stop.clone(), cluster.to_string());
@@ -478,28 +534,56 @@ async fn round(
     }
     let mut back = Vec::new();
     let mut reports = Vec::new();
-    let mut errors = Vec::new();
+    let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (i, shard, st, r) =
             joined.map_err(|e| anyhow::anyhow!("a capture task panicked: {e}"))?;
         match r {
             Ok(rep) => reports.push(rep),
-            Err(e) => errors.push(format!(
-                "{} {}: {}",
-                st.shard,
-                st.stream,
-                exit::one_line(&anyhow::Error::new(e))
+            Err(e) => failed.push((
+                (st.shard.clone(), st.stream.clone()),
+                exit::one_line(&anyhow::Error::new(e)),
             )),
         }
         back.push((i, shard, st));
     }
-    if !errors.is_empty() {
-        errors.sort();
-        anyhow::bail!("capture failed: {}", errors.join("; "));
-    }
     back.sort_by_key(|(i, _, _)| *i);
-    Ok((
-        back.into_iter().map(|(_, s, st)| (s, st)).collect(),
+    Ok(RoundOutcome {
+        streams: back.into_iter().map(|(_, s, st)| (s, st)).collect(),
         reports,
-    ))
+        failed,
+    })
+}
+
+/// The first wait before a failed stream is tried again in `--follow`,
+/// doubled after each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When each failed stream of `capture --follow` is tried next.
+#[derive(Default)]
+struct Retries {
+    waits: std::collections::HashMap<(String, String), (Instant, Duration)>,
+}
+
+impl Retries {
+    fn due(&self, st: &StreamState, now: Instant) -> bool {
+        self.waits
+            .get(&(st.shard.clone(), st.stream.clone()))
+            .is_none_or(|(next, _)| *next <= now)
+    }
+
+    /// Records a failure; returns how long until the next try.
+    fn failed(&mut self, key: (String, String), now: Instant) -> Duration {
+        let wait = self
+            .waits
+            .get(&key)
+            .map_or(RETRY_FIRST, |(_, d)| (*d * 2).min(RETRY_MAX));
+        self.waits.insert(key, (now + wait, wait));
+        wait
+    }
+
+    fn succeeded(&mut self, st: &StreamState) {
+        self.waits.remove(&(st.shard.clone(), st.stream.clone()));
+    }
 }

@@ -347,18 +347,26 @@ impl Round<'_> {
                 // The artificial rotate the server sends first names the
                 // file we asked for (and arrives before the format
                 // description, so its checksum is not known yet): skip it.
-                if !artificial {
-                    let new_file = match ev.read_data() {
-                        Ok(Some(EventData::RotateEvent(r))) => r.name().to_string(),
-                        _ => return Err(self.fail("unreadable rotate event".into())),
-                    };
-                    self.close()?;
-                    self.pos = BinlogCoordinates {
-                        file: new_file,
-                        offset: 4,
-                    };
-                    self.advance_to_pos()?;
+                // A later artificial one is the server moving on to the
+                // next file without a rotate event in the binlog itself:
+                // the old file ended with a stop event (a restart, a
+                // crash). Positions from then on are in the new file.
+                if artificial && self.fde.is_none() {
+                    return Ok(true);
                 }
+                let (new_file, offset) = match ev.read_data() {
+                    Ok(Some(EventData::RotateEvent(r))) => (r.name().to_string(), r.position()),
+                    _ => return Err(self.fail("unreadable rotate event".into())),
+                };
+                if artificial && new_file == self.pos.file {
+                    return Ok(true);
+                }
+                self.close()?;
+                self.pos = BinlogCoordinates {
+                    file: new_file,
+                    offset: if artificial { offset.max(4) } else { 4 },
+                };
+                self.advance_to_pos()?;
                 return Ok(true);
             }
             event::FORMAT_DESCRIPTION => {
