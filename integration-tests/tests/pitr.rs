@@ -905,7 +905,22 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
     transfers(&topo, &next_id, 300).await;
     run_ok_async(&["backup", "-t", arg]).await;
 
-    let mut capture = follow(arg);
+    let metrics = dir.path().join("capture.prom");
+    let mut capture = std::process::Command::new(support::bin("shardcut"))
+        .args([
+            "capture",
+            "-t",
+            arg,
+            "--follow",
+            "--interval",
+            "100ms",
+            "--metrics",
+        ])
+        .arg(&metrics)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     transfers(&topo, &next_id, 800).await;
     // A rotation, then both servers restarted (MariaDB starts a new
     // binlog file, ending the old one without a rotate event).
@@ -916,13 +931,28 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
     for shard in ["mysql-0", "pg-0"] {
         sb.stop(shard);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // While the servers are down, the metrics say which streams wait.
+    let failing = "shardcut_capture_failing{shard=\"mysql-0\",stream=\"binlog\"} 1";
+    let mut seen = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains(failing)) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "metrics never showed the failing stream");
     for shard in ["mysql-0", "pg-0"] {
         sb.start(shard);
     }
     transfers(&topo, &next_id, 800).await;
     // Long enough for the retry after the restart (waits double from 1 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        !m.contains(failing),
+        "the stream should be captured again: {m}"
+    );
     assert!(
         capture.try_wait().unwrap().is_none(),
         "capture --follow exited while a server restarted"

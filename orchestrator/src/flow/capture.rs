@@ -172,7 +172,7 @@ async fn run_streams(
             .partition(|(_, st)| retries.due(st, now));
         let done = round(due, repo, compression, &topology.cluster, &opts.stop).await?;
         for ((shard, stream), why) in &done.failed {
-            let wait = retries.failed((shard.clone(), stream.clone()), now);
+            let wait = retries.failed((shard.clone(), stream.clone()), why, now);
             observer.note(&format!(
                 "shardcut: capture of {shard} {stream} failed: {why}; retrying in {} s",
                 wait.as_secs()
@@ -191,7 +191,10 @@ async fn run_streams(
         streams = done.streams;
         streams.extend(waiting);
         streams.sort_by(|a, b| (&a.1.shard, &a.1.stream).cmp(&(&b.1.shard, &b.1.stream)));
-        let list = figures(&streams, &reports, opts, observer);
+        let mut list = figures(&streams, &reports, opts, observer);
+        for s in &mut list {
+            s.failing = retries.why(&s.shard, &s.stream);
+        }
         after_round(&list)?;
         if opts.stop.load(Ordering::Relaxed) {
             return Ok(CaptureOutcome {
@@ -564,6 +567,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Retries {
     waits: std::collections::HashMap<(String, String), (Instant, Duration)>,
+    why: std::collections::HashMap<(String, String), String>,
 }
 
 impl Retries {
@@ -573,8 +577,16 @@ impl Retries {
             .is_none_or(|(next, _)| *next <= now)
     }
 
+    /// Why a stream is waiting to be tried again, if it is.
+    fn why(&self, shard: &str, stream: &str) -> Option<String> {
+        self.why
+            .get(&(shard.to_string(), stream.to_string()))
+            .cloned()
+    }
+
     /// Records a failure; returns how long until the next try.
-    fn failed(&mut self, key: (String, String), now: Instant) -> Duration {
+    fn failed(&mut self, key: (String, String), why: &str, now: Instant) -> Duration {
+        self.why.insert(key.clone(), why.to_string());
         let wait = self
             .waits
             .get(&key)
@@ -584,6 +596,8 @@ impl Retries {
     }
 
     fn succeeded(&mut self, st: &StreamState) {
-        self.waits.remove(&(st.shard.clone(), st.stream.clone()));
+        let key = (st.shard.clone(), st.stream.clone());
+        self.waits.remove(&key);
+        self.why.remove(&key);
     }
 }

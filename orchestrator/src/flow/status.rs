@@ -30,6 +30,10 @@ pub struct StreamStatus {
     pub retained_wal_bytes: Option<u64>,
     pub segments: u64,
     pub transactions: u64,
+    /// `capture --follow`: why the stream's last round failed, while it
+    /// waits to be tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
 }
 
 pub fn lag_bytes(progress: &Position, server: &Position) -> Option<u64> {
@@ -76,6 +80,7 @@ pub fn status_of(
         retained_wal_bytes: retained,
         segments: r.map(|r| r.segments).unwrap_or(0),
         transactions: r.map(|r| r.transactions).unwrap_or(0),
+        failing: None,
     }
 }
 

@@ -30,6 +30,11 @@ pub fn metrics_text(list: &[StreamStatus]) -> String {
         &|s| Some(s.lag_seconds),
     );
     family(
+        "shardcut_capture_failing",
+        "1 while the stream's last round failed and capture --follow waits to try again.",
+        &|s| Some(if s.failing.is_some() { 1.0 } else { 0.0 }),
+    );
+    family(
         "shardcut_capture_retained_wal_bytes",
         "WAL a PostgreSQL capture slot keeps on the server.",
         &|s| s.retained_wal_bytes.map(|b| b as f64),
