@@ -175,3 +175,59 @@ fn invalid_topology_exits_2_with_located_lines() {
     let usage = shardcut(&["check"]);
     assert_eq!(usage.code, 2, "{usage:?}");
 }
+
+#[test]
+fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
+    let sb = PrivateSandbox::up(0, 1, "ready");
+    let topo = support::db::topology(&sb.topology());
+    let shard = topo.shards[0].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The smallest lock table PostgreSQL allows: 10 × 100 connections.
+    rt.block_on(async {
+        let c = support::db::pg(&shard, "postgres").await;
+        // Two statements: neither may run inside a transaction block.
+        for sql in [
+            "ALTER SYSTEM SET max_locks_per_transaction = 10",
+            "CREATE DATABASE many",
+        ] {
+            c.batch_execute(sql).await.unwrap();
+        }
+    });
+    sb.stop("pg-0");
+    sb.start("pg-0");
+    // 1,100 tables, 50 per transaction (each holds a lock per new table).
+    rt.block_on(async {
+        let c = support::db::pg(&shard, "many").await;
+        for batch in 0..22 {
+            let sql: String = (0..50)
+                .map(|i| format!("CREATE TABLE t{}_{i} (id int PRIMARY KEY);", batch))
+                .collect();
+            c.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+                .await
+                .unwrap();
+        }
+    });
+    let arg = sb.topology();
+    let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let findings = run.json()["shards"][0]["report"]["findings"].clone();
+    let lock = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["item"] == "lock table")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lock["level"], "fail", "{findings}");
+    assert!(
+        lock["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ALTER SYSTEM SET max_locks_per_transaction = "),
+        "{lock}"
+    );
+    // A backup is refused before any lock is taken, with the same words.
+    let run = shardcut(&["backup", "-t", arg.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("lock table"), "{run:?}");
+}

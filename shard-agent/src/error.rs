@@ -62,10 +62,18 @@ impl From<tokio_postgres::Error> for DbError {
 
 fn postgres_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(d) => match d.detail() {
-            Some(detail) => format!("{}: {} ({detail})", d.severity(), d.message()),
-            None => format!("{}: {}", d.severity(), d.message()),
-        },
+        Some(d) => {
+            let mut text = format!("{}: {}", d.severity(), d.message());
+            if let Some(detail) = d.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            // The server's own advice ("You might need to increase
+            // max_locks_per_transaction.") says what to change.
+            if let Some(hint) = d.hint() {
+                text.push_str(&format!(" hint: {hint}"));
+            }
+            text
+        }
         None => {
             let mut text = e.to_string();
             if let Some(src) = std::error::Error::source(e) {

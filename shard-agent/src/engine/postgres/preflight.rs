@@ -14,7 +14,7 @@ pub const SYSTEM_DATABASES: &[&str] = &["postgres", "template0", "template1"];
 
 pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
     let client = connect::postgres(shard, None, timeout).await?;
-    let (version, mut f) = server_findings(&client, shard).await?;
+    let (version, mut f, locks) = server_findings(&client, shard).await?;
     let present = databases(&client)
         .await
         .map_err(db_err(shard, "listing databases"))?;
@@ -46,6 +46,11 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             .extend(missing.into_iter().map(|t| format!("{db}.{t}")));
     }
     f.push(access.finding());
+    f.push(lock_table_check(
+        access.tables.len() as i64,
+        locks.0,
+        locks.1,
+    ));
     if !access.no_identity.is_empty() {
         // A backup works; capture (point-in-time recovery) refuses them.
         f.push(Finding::warn(
@@ -65,12 +70,38 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
     ))
 }
 
+/// Lock slots the cut needs beside one per selected table: other sessions'
+/// locks, the catalog's, the snapshot readers'.
+const LOCK_HEADROOM: i64 = 64;
+
+/// Whether the server's shared lock table holds a lock on every one of
+/// `tables` selected tables at once, as the cut takes them. It holds
+/// `max_locks_per_transaction` (`per_tx`) × (`max_connections` +
+/// `max_prepared_transactions`) (`sessions`) locks; past that, `LOCK TABLE`
+/// fails with "out of shared memory" (pg_dump has the same limit).
+fn lock_table_check(tables: i64, per_tx: i64, sessions: i64) -> Finding {
+    let capacity = per_tx.saturating_mul(sessions.max(1));
+    let needed = tables + LOCK_HEADROOM;
+    // The smallest multiple of 64 that fits, as a setting to suggest.
+    let suggest = ((needed + sessions.max(1) - 1) / sessions.max(1) + 63) / 64 * 64;
+    Finding::require(
+        "lock table",
+        format!(
+            "{tables} selected tables; the server holds {capacity} locks (max_locks_per_transaction {per_tx} × {sessions} connections)"
+        ),
+        needed <= capacity,
+        format!(
+            "the cut locks every selected table at once and would fail with \"out of shared memory\": ALTER SYSTEM SET max_locks_per_transaction = {suggest} and restart the server, or select fewer tables (databases, exclude_tables)"
+        ),
+    )
+}
+
 /// The server's version and the findings on its settings and the backup
 /// user's role.
 async fn server_findings(
     client: &Client,
     shard: &Shard,
-) -> Result<(String, Vec<Finding>), AgentError> {
+) -> Result<(String, Vec<Finding>, (i64, i64)), AgentError> {
     let err = db_err(shard, "reading server settings");
     let row = client
         .query_one(
@@ -78,7 +109,9 @@ async fn server_findings(
              current_setting('wal_level'), current_setting('max_replication_slots')::int, \
              current_setting('max_wal_senders')::int, \
              (SELECT count(*)::int FROM pg_replication_slots), \
-             r.rolsuper, r.rolreplication \
+             r.rolsuper, r.rolreplication, \
+             current_setting('max_locks_per_transaction')::int8, \
+             current_setting('max_connections')::int8 + current_setting('max_prepared_transactions')::int8 \
              FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
@@ -90,6 +123,8 @@ async fn server_findings(
     let (version, num, wal_level) = (text(0)?, int(1)?, text(2)?);
     let (max_slots, max_senders, used_slots) = (int(3)?, int(4)?, int(5)?);
     let (superuser, replication) = (flag(6)?, flag(7)?);
+    let big = |i: usize| row.try_get::<_, i64>(i).map_err(|e| err(e.into()));
+    let locks = (big(8)?, big(9)?);
 
     let mut f = vec![
         Finding::require(
@@ -124,7 +159,7 @@ async fn server_findings(
             "PostgreSQL 13 or newer is what shardcut is tested with",
         ));
     }
-    Ok((version, f))
+    Ok((version, f, locks))
 }
 
 /// The selected tables of every database, and those the backup user
@@ -227,4 +262,22 @@ async fn databases(client: &Client) -> Result<Vec<String>, DbError> {
     rows.iter()
         .map(|r| r.try_get::<_, String>(0).map_err(DbError::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preflight::Level;
+
+    #[test]
+    fn the_lock_table_must_hold_every_selected_table() {
+        let ok = lock_table_check(1_000, 64, 100);
+        assert_eq!(ok.level, Level::Ok, "{ok:?}");
+        let full = lock_table_check(10_000, 64, 100);
+        assert_eq!(full.level, Level::Fail);
+        let fix = full.fix.unwrap_or_default();
+        // 10,064 slots over 100 connections: 101 per transaction, as 128.
+        assert!(fix.contains("max_locks_per_transaction = 128"), "{fix}");
+        assert!(lock_table_check(10_000, 128, 100).level == Level::Ok);
+    }
 }
