@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::capture::{list_segments, CaptureError, SegmentMeta};
+use crate::capture::{list_segments, CaptureError, SegmentMeta, StreamState};
 use crate::position::Position;
 use crate::repo::Repository;
 
@@ -37,34 +37,40 @@ pub enum ReplayError {
     Refused { shard: String, what: String },
 }
 
-/// The segments of the capture generation of a stream that holds the
-/// changes right after `from`, checked to be a gap-free sequence. A
-/// stream removed and started again is a new generation; each generation
-/// numbers its segments from 0, and they never mix. The one chosen is the
-/// newest that started at or before `from` (generations follow each other
-/// in time); without one, the newest.
+/// The segments of the capture generation of a stream that holds its
+/// changes from `from` to `to`, checked to be a gap-free sequence. A
+/// stream removed and started again is a new generation; each numbers its
+/// segments from 0, and they never mix. The generation is chosen by the
+/// stream's states (current and retired): the newest whose capture started
+/// at or before `from` and has stored up to `to`; failing that, the newest
+/// that started at or before `from`; failing that, the newest.
 pub fn segments(
     repo: &dyn Repository,
     shard: &str,
     stream: &str,
-    from: &Position,
+    (from, to): (&Position, &Position),
 ) -> Result<Vec<SegmentMeta>, ReplayError> {
     let all = list_segments(repo, shard, stream)?;
-    let mut firsts: std::collections::BTreeMap<u32, &Position> = Default::default();
-    for s in &all {
-        firsts.entry(s.generation).or_insert(&s.first);
-    }
-    let chosen = firsts
+    let mut states: Vec<StreamState> = StreamState::retired(repo)?
+        .into_iter()
+        .filter(|s| s.shard == shard && s.stream == stream)
+        .collect();
+    states.extend(StreamState::load(repo, shard, stream)?);
+    let at_or_before = |a: &Position, b: &Position| {
+        matches!(
+            a.compare(b),
+            Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        )
+    };
+    let started = |s: &&StreamState| at_or_before(&s.started, from);
+    let chosen = states
         .iter()
-        .rev()
-        .find(|(_, first)| {
-            matches!(
-                first.compare(from),
-                Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
-            )
-        })
-        .or_else(|| firsts.iter().next_back())
-        .map(|(g, _)| *g);
+        .filter(started)
+        .filter(|s| at_or_before(to, &s.progress))
+        .map(|s| s.generation)
+        .max()
+        .or_else(|| states.iter().filter(started).map(|s| s.generation).max())
+        .or_else(|| all.iter().map(|s| s.generation).max());
     let segs: Vec<SegmentMeta> = all
         .into_iter()
         .filter(|s| Some(s.generation) == chosen)

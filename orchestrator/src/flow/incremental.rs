@@ -149,7 +149,7 @@ fn chain_segments(
         };
         for stream in streams_of(sm) {
             // The generation that holds the changes after the base cut.
-            for seg in shard_agent::replay::segments(repo, name, &stream, from)? {
+            for seg in shard_agent::replay::segments(repo, name, &stream, (from, to))? {
                 if before(from, &seg.last) && before(&seg.first, to) {
                     segments.push(SegmentRef {
                         key: seg.key,

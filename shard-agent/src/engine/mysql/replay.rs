@@ -60,13 +60,13 @@ pub async fn replay(
         shard: target.name.clone(),
         what,
     };
-    let from_position = from;
+    let (from_position, to_position) = (from, to);
     let (from, to) = match (coords(from), coords(to)) {
         (Some(f), Some(t)) => (f.clone(), t.clone()),
         _ => return Err(refused("positions are not binlog positions".into())),
     };
     let mut report = ReplayReport::default();
-    let segs = segments(repo, source, STREAM, from_position)?;
+    let segs = segments(repo, source, STREAM, (from_position, to_position))?;
     let mut conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
     let mut applied = from.clone();
     for seg in segs {

@@ -211,7 +211,7 @@ pub async fn replay(
     from: &Position,
     to: &Position,
 ) -> Result<ReplayReport, ReplayError> {
-    let segs = segments(repo, source, db, from)?;
+    let segs = segments(repo, source, db, (from, to))?;
     let (Position::Postgres { lsn: from }, Position::Postgres { lsn: to }) = (from, to) else {
         return Err(ReplayError::Refused {
             shard: target.name.clone(),
