@@ -45,6 +45,24 @@ async fn run_ok_async(args: &[&str]) -> support::Run {
     run
 }
 
+/// `restore --until UNTIL --json` of the newest backup into `target`; it
+/// must succeed with Q = 1.
+async fn restore_q1(source: &str, target: &std::path::Path, until: &str) -> support::Run {
+    let run = run_ok_async(&[
+        "restore",
+        "-t",
+        source,
+        "--target",
+        target.to_str().unwrap(),
+        "--until",
+        until,
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    run
+}
+
 fn start_workload(
     topo: &Topology,
     next_id: &Arc<AtomicU64>,
@@ -530,18 +548,7 @@ async fn a_transaction_larger_than_memory_allows_is_captured_on_disk_and_replays
 
     let target = PrivateSandbox::up(0, 1, "ready");
     let tgt = target.topology();
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt.to_str().unwrap(),
-        "--until",
-        "latest",
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    restore_q1(arg, &tgt, "latest").await;
     let t = db::topology(&tgt);
     assert_eq!(
         db::pg_digest(&t.shards[0], "bank", "public", "big").await,
@@ -970,18 +977,7 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
     let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt.to_str().unwrap(),
-        "--until",
-        "latest",
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    restore_q1(arg, &tgt, "latest").await;
     let t = db::topology(&tgt);
     let (debits, credits) = bank_state(&t).await;
     assert_eq!(debits, credits, "every credit with its debit");

@@ -143,10 +143,19 @@ impl StreamState {
 
     /// The states of stopped generations of every stream.
     pub fn retired(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
+        Self::read_where(repo, |key| {
+            key.contains("/retired/") && key.ends_with(".json") && key.matches('/').count() == 4
+        })
+    }
+
+    /// Every state object whose key `wanted` picks.
+    fn read_where(
+        repo: &dyn Repository,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<StreamState>, CaptureError> {
         let mut out = Vec::new();
         for key in repo.list("capture/")? {
-            if key.contains("/retired/") && key.ends_with(".json") && key.matches('/').count() == 4
-            {
+            if wanted(&key) {
                 let data = repo.get(&key)?;
                 out.push(
                     serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
@@ -188,19 +197,9 @@ impl StreamState {
 
     /// Every stream state of every shard in the repository.
     pub fn all(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
-        let mut out = Vec::new();
-        for key in repo.list("capture/")? {
-            if key.ends_with("/state.json") && key.matches('/').count() == 3 {
-                let data = repo.get(&key)?;
-                out.push(
-                    serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
-                        key: key.clone(),
-                        what: e.to_string(),
-                    })?,
-                );
-            }
-        }
-        Ok(out)
+        Self::read_where(repo, |key| {
+            key.ends_with("/state.json") && key.matches('/').count() == 3
+        })
     }
 }
 
