@@ -109,6 +109,13 @@ pub fn client_config(
                 Arc::new(ChainOnly { webpki, seen: None })
             }
         }
+        // The topology requires a CA for these modes; a spec that reaches
+        // here without one (from the network) never gets less checking.
+        (TlsMode::VerifyFull | TlsMode::VerifyCa, None) => {
+            return Err(TlsError::NoCertificate {
+                what: "the CA that verify-ca/verify-full check against",
+            })
+        }
         _ => Arc::new(Unchecked(provider.clone())),
     };
     let builder = ClientConfig::builder_with_provider(provider)
@@ -405,6 +412,17 @@ impl AsyncWrite for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verifying_mode_without_a_ca_is_refused_not_weakened() {
+        for mode in [TlsMode::VerifyCa, TlsMode::VerifyFull] {
+            assert!(matches!(
+                client_config(mode, None, None),
+                Err(TlsError::NoCertificate { .. })
+            ));
+        }
+        assert!(client_config(TlsMode::Require, None, None).is_ok());
+    }
 
     #[test]
     fn names_are_read_from_rustls_renderings_of_a_certificate() {
