@@ -53,7 +53,7 @@ pub(super) fn write_new(path: &Path, data: &[u8]) -> io::Result<Outcome> {
     let mut file = match OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(super::local::FILE_MODE)
+        .mode(super::FILE_MODE)
         .custom_flags(libc::O_DIRECT)
         .open(path)
     {

@@ -14,7 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::{direct, valid_key, RepoError, Repository};
+use super::{direct, valid_key, RepoError, Repository, FILE_MODE};
 
 #[derive(Debug)]
 pub struct LocalRepository {
@@ -23,9 +23,6 @@ pub struct LocalRepository {
     direct: AtomicBool,
 }
 
-/// Mode of every file the repository writes: a backup holds every row of
-/// every database, readable by its owner only.
-pub(super) const FILE_MODE: u32 = 0o600;
 /// Mode of every directory the repository creates.
 const DIR_MODE: u32 = 0o700;
 

@@ -13,6 +13,10 @@ mod null;
 
 use std::io;
 
+/// Mode of every file a directory repository writes: a backup holds every
+/// row of every database, readable by its owner only.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
 pub use local::LocalRepository;
 pub use memory::MemoryRepository;
 pub use null::NullRepository;
