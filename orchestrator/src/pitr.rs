@@ -344,7 +344,13 @@ pub async fn replay_shard(
         total.statements += r.statements;
     }
     if let Some(at) = at {
-        driver.finish_replay(target, at).await?;
+        // Only the databases this restore brought back: the mark is read
+        // from the repository, and a sequence it names elsewhere (another
+        // database of the target server) is not this restore's to move.
+        let restored = databases(sm);
+        let mut at = at.clone();
+        at.sequences.retain(|s| restored.contains(&s.database));
+        driver.finish_replay(target, &at).await?;
     }
     Ok(total)
 }

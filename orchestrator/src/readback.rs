@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use topology::Shard;
 
+use crate::agent::ShardDriver;
 use crate::quality::TableResult;
 
 /// How long a read of one table may take before its shard counts as unavailable.
@@ -45,6 +46,9 @@ struct ShardReads {
     permits: Arc<Semaphore>,
     /// Tables not started yet, by qualified name.
     waiting: BTreeMap<String, TableManifest>,
+    /// The shard's driver, made once (for a remote agent it holds the
+    /// HTTPS client, so every table's read reuses its connections).
+    driver: Option<Arc<ShardDriver>>,
 }
 
 /// Reads tables back as they become ready: [`Verifier::start`] while a
@@ -72,6 +76,7 @@ impl Verifier {
                         .iter()
                         .map(|t| (t.qualified(), t.clone()))
                         .collect(),
+                    driver: None,
                 };
                 Some((name.clone(), reads))
             })
@@ -104,16 +109,21 @@ impl Verifier {
         let Some(t) = reads.waiting.remove(table) else {
             return false;
         };
-        let (shard, permits, name) = (
+        if reads.driver.is_none() {
+            // A driver that cannot be made is reported by each read.
+            reads.driver = crate::agent::driver(&reads.target).ok().map(Arc::new);
+        }
+        let (shard, permits, name, driver) = (
             reads.target.clone(),
             reads.permits.clone(),
             name.to_string(),
+            reads.driver.clone(),
         );
         let what = (name.clone(), t.clone());
         let handle = self.tasks.spawn(async move {
             // The semaphore is never closed: a permit always comes.
             let _permit = permits.acquire_owned().await.ok();
-            let (result, answered) = check_table(&shard, &name, &t).await;
+            let (result, answered) = check_table(driver, &shard, &name, &t).await;
             (name, result, answered)
         });
         self.reading.insert(handle.id(), what);
@@ -171,12 +181,19 @@ impl Verifier {
 }
 
 /// Reads one table back; returns its result and whether the server answered.
-async fn check_table(shard: &Shard, name: &str, t: &TableManifest) -> (TableResult, bool) {
+async fn check_table(
+    driver: Option<Arc<ShardDriver>>,
+    shard: &Shard,
+    name: &str,
+    t: &TableManifest,
+) -> (TableResult, bool) {
     let mut answered = true;
     let digest = async {
-        crate::agent::driver(shard)?
-            .table_digest(shard, t, ReaderKind::Auto)
-            .await
+        let driver = match driver {
+            Some(d) => d,
+            None => Arc::new(crate::agent::driver(shard)?),
+        };
+        driver.table_digest(shard, t, ReaderKind::Auto).await
     };
     let read = tokio::time::timeout(READ_TIMEOUT, digest).await;
     let (found, ok) = match read {

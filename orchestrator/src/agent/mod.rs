@@ -17,7 +17,7 @@ use topology::{Engine, Shard};
 
 pub use client::AgentClient;
 use client::Failure;
-pub use driver::driver;
+pub use driver::{driver, ShardDriver};
 
 mod client;
 mod driver;
