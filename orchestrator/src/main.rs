@@ -16,6 +16,7 @@ mod quality;
 mod readback;
 mod render;
 mod report;
+mod rto;
 mod selection;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.

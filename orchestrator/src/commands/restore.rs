@@ -105,11 +105,24 @@ pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> 
         rto_seconds: Some(o.rto),
         rpo_seconds: o.rpo,
     };
-    let doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
+    let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
+    if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
+        obj.insert("replay".into(), serde_json::to_value(&o.replays)?);
+    }
     if json {
         exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {
-        exit::emit(&human(kind, &o.m, &o.tables, o.q, &o.per_shard, o.rto))?;
+        let mut text = human(kind, &o.m, &o.tables, o.q, &o.per_shard, o.rto);
+        for r in &o.replays {
+            text += &format!(
+                "{}: replayed {} transaction(s) in {:.1} s ({:.0}/s)\n",
+                r.shard,
+                r.transactions,
+                r.seconds,
+                r.per_second().unwrap_or(0.0)
+            );
+        }
+        exit::emit(&text)?;
     }
     if let Some(dir) = report_dir {
         write_dir(dir, &doc, &o.m, &o.tables, o.q, &o.per_shard, &run)

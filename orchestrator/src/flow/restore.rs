@@ -20,6 +20,7 @@ use crate::pitr::{self, Until};
 use crate::quality::{score, Quality, TableResult};
 use crate::readback::Verifier;
 use crate::report::rpo_seconds;
+use crate::rto::{self, ReplayRate};
 use crate::selection::{select, Request};
 
 /// What to restore where.
@@ -62,6 +63,8 @@ pub struct Outcome {
     pub rpo: f64,
     /// One line per shard whose restore, replay or read-back failed.
     pub failures: Vec<String>,
+    /// Per shard whose captured changes were replayed: what and how fast.
+    pub replays: Vec<ReplayRate>,
 }
 
 /// Restores what `plan` asks for into its target, replays captured
@@ -111,8 +114,18 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
 
     let started = Instant::now();
     let (restored, mut failures) = run_restores(&m, &pairs, &opts_for, &mut verifier, early).await;
+    let mut replays = Vec::new();
     if let Some(mark) = &mark {
-        failures.extend(replay_all(&repo, &m, mark, &pairs, &restored).await);
+        let (done, failed) = replay_all(&repo, &m, mark, &pairs, &restored).await;
+        failures.extend(failed);
+        for rate in &done {
+            // The measurement is for estimates only: a repository that
+            // refuses it does not fail the restore.
+            if let Err(e) = rto::record(repo.as_ref(), rate) {
+                tracing::warn!("recording the replay rate of {}: {e}", rate.shard);
+            }
+        }
+        replays = done;
     }
     if let Some(pause) = plan.pause_before_verify {
         observer.note(&format!(
@@ -143,6 +156,7 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
         rto,
         rpo,
         failures,
+        replays,
     })
 }
 
@@ -439,14 +453,15 @@ fn point_in_time(
 }
 
 /// Replays captured changes into every shard whose base restore succeeded;
-/// returns one failure line per shard that failed.
+/// returns what each shard's replay did and how fast, and one failure line
+/// per shard that failed.
 async fn replay_all(
     repo: &Arc<dyn Repository>,
     base: &Manifest,
     mark: &Mark,
     pairs: &[(String, Shard)],
     restored: &[String],
-) -> Vec<String> {
+) -> (Vec<ReplayRate>, Vec<String>) {
     let ranges = pitr::ranges(base, mark);
     let mut tasks = JoinSet::new();
     for (name, dst) in pairs.iter().filter(|(n, _)| restored.contains(n)) {
@@ -458,25 +473,36 @@ async fn replay_all(
         let (repo, dst, name) = (repo.clone(), dst.clone(), name.clone());
         let at = mark.shards.get(&name).cloned();
         tasks.spawn(async move {
+            let started = Instant::now();
             let r =
                 pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to, at.as_ref()).await;
-            (name, r)
+            (name, r, started.elapsed().as_secs_f64())
         });
     }
-    let mut failures = Vec::new();
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((name, Ok(r))) => tracing::info!(
-                "{name}: replayed {} transaction(s) from {} segment(s)",
-                r.transactions,
-                r.segments
-            ),
-            Ok((name, Err(e))) => failures.push(format!(
+            Ok((name, Ok(r), seconds)) => {
+                tracing::info!(
+                    "{name}: replayed {} transaction(s) from {} segment(s) in {seconds:.2} s",
+                    r.transactions,
+                    r.segments
+                );
+                done.push(ReplayRate {
+                    shard: name,
+                    transactions: r.transactions,
+                    statements: r.statements,
+                    seconds,
+                    measured_at: chrono::Utc::now().to_rfc3339(),
+                });
+            }
+            Ok((name, Err(e), _)) => failures.push(format!(
                 "{name}: replay: {}",
                 exit::one_line(&anyhow::Error::new(e))
             )),
             Err(e) => failures.push(format!("a replay task panicked: {e}")),
         }
     }
-    failures
+    done.sort_by(|a, b| a.shard.cmp(&b.shard));
+    (done, failures)
 }

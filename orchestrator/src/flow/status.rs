@@ -9,7 +9,7 @@ use shard_agent::position::Position;
 use topology::Topology;
 
 use super::open_repository;
-use crate::pitr::list_marks;
+use crate::pitr::{list_marks, Until};
 
 /// One stream's figures after a round, for output and metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +97,9 @@ pub struct CaptureStatus {
     /// Generations stopped by `capture --remove` whose segments are kept:
     /// restores they cover still work.
     pub retired: Vec<StreamState>,
+    /// What `restore --until latest` would replay, and how long it is
+    /// expected to take; or why that cannot be said.
+    pub expected_replay: Result<crate::rto::Estimate, String>,
 }
 
 /// Reads every stream's state and asks each shard's server where it is.
@@ -129,5 +132,7 @@ pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
             .map(|m| (m.name.clone(), m.cut.taken_at.clone())),
         problems,
         retired: StreamState::retired(repo.as_ref())?,
+        expected_replay: crate::rto::estimate(repo.as_ref(), &topology.cluster, &Until::Latest)
+            .map_err(|e| crate::exit::one_line(&e)),
     })
 }

@@ -82,6 +82,10 @@ pub fn status_json(s: &CaptureStatus) -> serde_json::Value {
         "marks": s.marks,
         "newest_mark": s.newest_mark.as_ref().map(|(n, t)| serde_json::json!({"name": n, "taken_at": t})),
         "problems": s.problems,
+        "expected_replay": match &s.expected_replay {
+            Ok(e) => serde_json::json!(e),
+            Err(why) => serde_json::json!({"unknown": why}),
+        },
         "retired_generations": s.retired.iter().map(|r| serde_json::json!({
             "shard": r.shard,
             "stream": r.stream,
@@ -126,6 +130,10 @@ pub fn status_text(s: &CaptureStatus) -> String {
     match &s.newest_mark {
         Some((n, t)) => out.push_str(&format!("  {} mark(s); newest {n} at {t}\n", s.marks)),
         None => out.push_str("  no marks\n"),
+    }
+    match &s.expected_replay {
+        Ok(e) => out.push_str(&format!("  {}\n", crate::rto::describe(e))),
+        Err(why) => out.push_str(&format!("  expected replay of --until latest: unknown ({why})\n")),
     }
     for p in &s.problems {
         out.push_str(&format!("  problem: {p}\n"));

@@ -47,8 +47,24 @@ fn after(a: &BinlogCoordinates, b: &BinlogCoordinates) -> bool {
     matches!(pa.compare(&pb), Ok(std::cmp::Ordering::Greater))
 }
 
+/// Row events sent in one `BINLOG` statement, at most (its base64 text is
+/// a third larger, well under the server's smallest `max_allowed_packet`
+/// default of 16 MiB).
+const ROWS_PER_STATEMENT: usize = 1 << 20;
+/// Source transactions applied in one target transaction, at most.
+const GROUP_TRANSACTIONS: u64 = 2000;
+/// Row-event bytes applied in one target transaction, at most.
+const GROUP_BYTES: usize = 32 << 20;
+
 /// Applies the transactions of `source`'s binlog stream that end after
 /// `from` and at or before `to` to `target`.
+///
+/// Many source transactions are applied in one target transaction (a
+/// group), their row events sent together in few `BINLOG` statements: the
+/// target commits once a group instead of once a source transaction, and
+/// waits for one round trip a megabyte of changes instead of three a
+/// transaction. Statements that commit implicitly (DDL) run between
+/// groups, on their own, as the source ran them.
 pub async fn replay(
     repo: &dyn Repository,
     source: &str,
@@ -67,7 +83,8 @@ pub async fn replay(
     };
     let mut report = ReplayReport::default();
     let segs = segments(repo, source, STREAM, (from_position, to_position))?;
-    let mut conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
+    let conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
+    let mut group = Group::new(conn, target);
     let mut applied = from.clone();
     for seg in segs {
         let (Some(first), Some(last)) = (coords(&seg.first), coords(&seg.last)) else {
@@ -78,19 +95,158 @@ pub async fn replay(
         }
         let raw = load_segment(repo, &seg)?;
         let file = last.file.clone();
-        let n = apply_segment(&mut conn, target, &raw, &file, &mut applied, &to, &seg.key).await?;
+        let n = apply_segment(&mut group, &raw, &file, &mut applied, &to, &seg.key).await?;
         report.segments += 1;
         report.transactions += n.0;
         report.statements += n.1;
     }
-    drop(conn.disconnect().await);
+    group.commit().await?;
+    drop(group.conn.disconnect().await);
     Ok(report)
 }
 
-/// One statement to run for a transaction, with what to name on failure.
-struct Step {
-    sql: String,
-    at: u32,
+/// One step of a source transaction: row events to send in a `BINLOG`
+/// statement, or a statement logged as text.
+enum Step {
+    Rows(Vec<u8>),
+    Sql(String),
+}
+
+/// The target transaction that source transactions are added to.
+struct Group<'a> {
+    conn: Conn,
+    target: &'a Shard,
+    open: bool,
+    /// Row events not sent yet.
+    rows: Vec<u8>,
+    /// Where the first and the newest source transaction in the group
+    /// ended (for errors).
+    first: Option<String>,
+    last: String,
+    transactions: u64,
+    bytes: usize,
+    /// The format description sent last: row events are decoded by it.
+    fde: Vec<u8>,
+}
+
+impl<'a> Group<'a> {
+    fn new(conn: Conn, target: &'a Shard) -> Self {
+        Group {
+            conn,
+            target,
+            open: false,
+            rows: Vec::new(),
+            first: None,
+            last: String::new(),
+            transactions: 0,
+            bytes: 0,
+            fde: Vec::new(),
+        }
+    }
+
+    /// Where the group's source transactions lie, for error messages.
+    fn span(&self) -> String {
+        match &self.first {
+            Some(first) if *first != self.last => {
+                format!("the transactions ending from {first} to {}", self.last)
+            }
+            _ => format!("the transaction ending at {}", self.last),
+        }
+    }
+
+    /// Sends a format description event (once per distinct one).
+    async fn format(&mut self, event: &[u8], at: &str) -> Result<(), ReplayError> {
+        // The header (timestamp, position) and checksum differ between
+        // segments of one server; what the server decodes by does not.
+        let body = event.get(19..).unwrap_or_default();
+        if self.fde.get(19..).unwrap_or_default() == body {
+            return Ok(());
+        }
+        self.commit().await?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let sql = format!("BINLOG '{}'", b64.encode(event));
+        run(&mut self.conn, self.target, &sql, at, "the format description").await?;
+        self.fde = event.to_vec();
+        Ok(())
+    }
+
+    /// Adds a source transaction that ended at `at`; returns the number
+    /// of statements it became.
+    async fn add(&mut self, txn: TxnSteps, at: String) -> Result<u64, ReplayError> {
+        let n = txn.steps.len() as u64;
+        if txn.standalone {
+            // DDL commits implicitly: it runs between groups, as logged.
+            self.commit().await?;
+            let what = txn.position(&at);
+            for step in txn.steps {
+                match step {
+                    Step::Sql(sql) => run(&mut self.conn, self.target, &sql, &what, &sql).await?,
+                    Step::Rows(rows) => {
+                        let sql = binlog_statement(&rows);
+                        run(&mut self.conn, self.target, &sql, &what, &sql).await?;
+                    }
+                }
+            }
+            return Ok(n);
+        }
+        if !self.open {
+            run(&mut self.conn, self.target, "BEGIN", &at, "BEGIN").await?;
+            self.open = true;
+        }
+        self.first.get_or_insert_with(|| at.clone());
+        self.last = at;
+        for step in txn.steps {
+            match step {
+                Step::Rows(rows) => {
+                    self.bytes += rows.len();
+                    self.rows.extend_from_slice(&rows);
+                    if self.rows.len() >= ROWS_PER_STATEMENT {
+                        self.send_rows().await?;
+                    }
+                }
+                Step::Sql(sql) => {
+                    self.send_rows().await?;
+                    let what = self.span();
+                    run(&mut self.conn, self.target, &sql, &what, &sql).await?;
+                }
+            }
+        }
+        self.transactions += 1;
+        if self.transactions >= GROUP_TRANSACTIONS || self.bytes >= GROUP_BYTES {
+            self.commit().await?;
+        }
+        Ok(n)
+    }
+
+    async fn send_rows(&mut self) -> Result<(), ReplayError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let sql = binlog_statement(&self.rows);
+        self.rows.clear();
+        let what = self.span();
+        run(&mut self.conn, self.target, &sql, &what, &sql).await
+    }
+
+    /// Sends what is pending and commits the group.
+    async fn commit(&mut self) -> Result<(), ReplayError> {
+        if !self.open {
+            return Ok(());
+        }
+        self.send_rows().await?;
+        let what = self.span();
+        run(&mut self.conn, self.target, "COMMIT", &what, "COMMIT").await?;
+        self.open = false;
+        self.first = None;
+        self.transactions = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+fn binlog_statement(rows: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!("BINLOG '{}'", b64.encode(rows))
 }
 
 /// The binlog event at the start of `rest` (its header's size field
@@ -107,8 +263,7 @@ pub(crate) fn next_event(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
 }
 
 async fn apply_segment(
-    conn: &mut Conn,
-    target: &Shard,
+    group: &mut Group<'_>,
     raw: &[u8],
     file: &str,
     applied: &mut BinlogCoordinates,
@@ -124,10 +279,8 @@ async fn apply_segment(
     if !raw.starts_with(&BINLOG_MAGIC) {
         return Err(corrupt("not a binlog segment".into()));
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut esr = EventStreamReader::new(BinlogVersion::Version4);
     let mut rest = &raw[4..];
-    let mut fde_sent = false;
     let mut txn = TxnSteps::default();
     let (mut txns, mut stmts) = (0u64, 0u64);
     while rest.len() >= 19 {
@@ -139,39 +292,23 @@ async fn apply_segment(
             .ok_or_else(|| corrupt("empty event".into()))?;
         let h = ev.header();
         if h.event_type_raw() == event::FORMAT_DESCRIPTION {
-            if !fde_sent {
-                run(
-                    conn,
-                    target,
-                    &format!("BINLOG '{}'", b64.encode(bytes)),
-                    file,
-                    "the format description",
-                )
-                .await?;
-                fde_sent = true;
-            }
+            let at = format!("{file}:{}", h.log_pos());
+            group.format(bytes, &at).await?;
             continue;
         }
         if txn.begin(&ev) || !txn.add(&ev, bytes, file).map_err(corrupt)? {
             continue;
         }
-        txn.active = false;
         let end = BinlogCoordinates {
             file: file.to_string(),
             offset: u64::from(h.log_pos()),
         };
+        let done = std::mem::take(&mut txn);
+        txn.gtid = done.gtid.clone();
         if !after(&end, applied) || after(&end, to) {
             continue;
         }
-        for s in txn.steps.drain(..) {
-            let what = if txn.gtid.is_empty() {
-                format!("{file}:{}", s.at)
-            } else {
-                format!("{file}:{} (GTID {})", s.at, txn.gtid)
-            };
-            run(conn, target, &s.sql, &what, &s.sql).await?;
-            stmts += 1;
-        }
+        stmts += group.add(done, format!("{file}:{}", end.offset)).await?;
         *applied = end;
         txns += 1;
     }
@@ -181,11 +318,11 @@ async fn apply_segment(
     Ok((txns, stmts))
 }
 
-/// The statements of the transaction being read from a segment.
+/// The steps of the transaction being read from a segment.
 #[derive(Default)]
 struct TxnSteps {
     steps: Vec<Step>,
-    /// Table-map and row events not yet turned into a `BINLOG` statement.
+    /// Table-map and row events of the statement being read.
     pending: Vec<u8>,
     active: bool,
     /// Ends with its first non-`BEGIN` query (DDL) rather than a commit.
@@ -197,6 +334,15 @@ struct TxnSteps {
 }
 
 impl TxnSteps {
+    /// Where the transaction ending at `at` lies, for error messages.
+    fn position(&self, at: &str) -> String {
+        if self.gtid.is_empty() {
+            at.to_string()
+        } else {
+            format!("{at} (GTID {})", self.gtid)
+        }
+    }
+
     /// Starts a transaction at `ev` when none is open. Returns whether
     /// `ev` only started it (a GTID event) and is done with.
     fn begin(&mut self, ev: &Event) -> bool {
@@ -208,17 +354,10 @@ impl TxnSteps {
             gtid: std::mem::take(&mut self.gtid),
             ..Default::default()
         };
-        let h = ev.header();
-        match h.event_type_raw() {
+        match ev.header().event_type_raw() {
             event::MARIADB_GTID => {
                 self.standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
                 self.gtid = mariadb_gtid(ev).unwrap_or_default();
-                if !self.standalone {
-                    self.steps.push(Step {
-                        sql: "BEGIN".into(),
-                        at: h.log_pos(),
-                    });
-                }
                 true
             }
             event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
@@ -235,17 +374,13 @@ impl TxnSteps {
         let at = ev.header().log_pos();
         match ev.header().event_type_raw() {
             event::XID => {
-                flush_rows(&mut self.steps, &mut self.pending, at);
-                self.steps.push(Step {
-                    sql: "COMMIT".into(),
-                    at,
-                });
+                self.flush_rows();
                 return Ok(true);
             }
             event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
                 let q = query_text(ev)
                     .ok_or_else(|| format!("unreadable query event at {file}:{at}"))?;
-                return Ok(self.query(ev, q, at));
+                return Ok(self.query(ev, q));
             }
             event::TABLE_MAP => self.pending.extend_from_slice(bytes),
             t if event::is_rows(t) => {
@@ -255,7 +390,7 @@ impl TxnSteps {
                     .get(6..8)
                     .map(|f| u16::from_le_bytes([f[0], f[1]]));
                 if flags.is_some_and(|f| f & STMT_END_F != 0) {
-                    flush_rows(&mut self.steps, &mut self.pending, at);
+                    self.flush_rows();
                 }
             }
             // Annotations, and variables of statement-based logging that
@@ -266,53 +401,41 @@ impl TxnSteps {
     }
 
     /// Adds query `q` of event `ev`; returns whether it ends the
-    /// transaction.
-    fn query(&mut self, ev: &Event, q: String, at: u32) -> bool {
+    /// transaction. BEGIN, COMMIT and ROLLBACK frame it: the target's
+    /// transaction is the group's. (A transaction logged with ROLLBACK
+    /// holds only changes to non-transactional tables, which the source
+    /// kept: they are applied.)
+    fn query(&mut self, ev: &Event, q: String) -> bool {
         let begin = q.eq_ignore_ascii_case("BEGIN");
         if self.undecided {
             self.undecided = false;
             self.standalone = !begin;
         }
         if begin {
-            self.steps.push(Step {
-                sql: "BEGIN".into(),
-                at,
-            });
             return false;
         }
         if q.eq_ignore_ascii_case("COMMIT") || q.eq_ignore_ascii_case("ROLLBACK") {
-            flush_rows(&mut self.steps, &mut self.pending, at);
-            self.steps.push(Step {
-                sql: q.to_uppercase(),
-                at,
-            });
+            self.flush_rows();
             return true;
         }
+        self.flush_rows();
         let schema = match ev.read_data() {
             Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
             _ => String::new(),
         };
         if !schema.is_empty() {
-            self.steps.push(Step {
-                sql: format!("USE {}", super::sql::ident(&schema)),
-                at,
-            });
+            self.steps
+                .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
         }
-        self.steps.push(Step { sql: q, at });
+        self.steps.push(Step::Sql(q));
         self.standalone
     }
-}
 
-fn flush_rows(steps: &mut Vec<Step>, pending: &mut Vec<u8>, at: u32) {
-    if pending.is_empty() {
-        return;
+    fn flush_rows(&mut self) {
+        if !self.pending.is_empty() {
+            self.steps.push(Step::Rows(std::mem::take(&mut self.pending)));
+        }
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    steps.push(Step {
-        sql: format!("BINLOG '{}'", b64.encode(&pending)),
-        at,
-    });
-    pending.clear();
 }
 
 async fn run(

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 
-use futures_util::future::try_join_all;
 use tokio_postgres::Client;
 use topology::Shard;
 
@@ -25,8 +24,15 @@ use crate::position::{Lsn, Position};
 use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
 use crate::repo::Repository;
 
-/// Statements sent at once (pipelined) within a transaction.
-const PIPELINE: usize = 256;
+/// Statements sent in one simple-query message, at most.
+const BATCH_STATEMENTS: usize = 1000;
+/// Bytes of statements sent in one message, at most.
+const BATCH_BYTES: usize = 1 << 20;
+/// Source transactions applied in one target transaction, at most.
+const GROUP_TRANSACTIONS: u64 = 5000;
+/// Statements applied in one target transaction, at most (a source
+/// transaction larger than this is still applied whole, in one).
+const GROUP_STATEMENTS: u64 = 50_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Relation {
@@ -234,8 +240,20 @@ pub async fn replay(
                 crate::error::DbError::from(e)
             ),
         })?;
+    // The target serves nobody until the restore is verified: its commits
+    // need not wait for the disk one by one. The last commit waits for
+    // everything (see `Group::finish`).
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .map_err(|e| ReplayError::Apply {
+            shard: target.name.clone(),
+            at: format!("database {db}"),
+            what: crate::error::DbError::from(e).to_string(),
+        })?;
     let mut relations: HashMap<u32, Relation> = HashMap::new();
-    let mut applied_end = Lsn(0);
+    let mut group = Group::default();
+    let mut applied = Lsn(0);
     for seg in segs {
         let (Position::Postgres { lsn: last }, Position::Postgres { lsn: first }) =
             (&seg.last, &seg.first)
@@ -259,7 +277,7 @@ pub async fn replay(
             to: *to,
         };
         let (t, s) = ctx
-            .apply_segment(&raw, &mut relations, &mut applied_end)
+            .apply_segment(&raw, &mut relations, &mut group, &mut applied)
             .await?;
         if t > 0 {
             report.segments += 1;
@@ -267,7 +285,47 @@ pub async fn replay(
         report.transactions += t;
         report.statements += s;
     }
+    let ctx = Ctx {
+        client: &client,
+        target,
+        db,
+        key: "",
+        from: *from,
+        to: *to,
+    };
+    ctx.finish(&mut group).await?;
     Ok(report)
+}
+
+/// The target transaction that source transactions are added to, and the
+/// statements not sent yet. Many source transactions commit as one, and
+/// their statements travel many to a message: the target commits once a
+/// group and waits one round trip a batch, not one a statement.
+#[derive(Default)]
+struct Group {
+    open: bool,
+    /// Statements not sent yet, each followed by `;`.
+    sql: String,
+    /// Where each unsent statement starts in `sql`, and whether it must
+    /// change exactly one row.
+    starts: Vec<(usize, bool)>,
+    transactions: u64,
+    statements: u64,
+    /// Commit LSNs of the group's first and newest source transaction.
+    first: Option<Lsn>,
+    last: Lsn,
+}
+
+impl Group {
+    /// Where the group's source transactions lie, for error messages.
+    fn span(&self) -> String {
+        match self.first {
+            Some(first) if first != self.last => {
+                format!("transactions committed from {first} to {}", self.last)
+            }
+            _ => format!("transaction committed at {}", self.last),
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -291,11 +349,12 @@ impl Ctx<'_> {
         &self,
         raw: &[u8],
         relations: &mut HashMap<u32, Relation>,
-        applied_end: &mut Lsn,
+        group: &mut Group,
+        applied: &mut Lsn,
     ) -> Result<(u64, u64), ReplayError> {
         let mut at = 0usize;
-        let mut stmts: Vec<(String, bool)> = Vec::new();
         let mut commit_lsn = Lsn(0);
+        let mut wanted = false;
         let (mut txns, mut count) = (0u64, 0u64);
         while at < raw.len() {
             let (lsn, data, next) =
@@ -305,32 +364,153 @@ impl Ctx<'_> {
             let bad = || self.corrupt(format!("unreadable change at {}", Lsn(lsn)));
             match data.first() {
                 Some(b'B') => {
-                    stmts.clear();
+                    // A Begin carries its transaction's commit LSN: whether
+                    // it is replayed is known before its changes are read,
+                    // so they stream to the target however many there are.
                     commit_lsn = Lsn(be_u64(data, 1).ok_or_else(bad)?);
+                    wanted = commit_lsn >= self.from && commit_lsn < self.to && commit_lsn > *applied;
                 }
                 Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
-                Some(kind @ (b'I' | b'U' | b'D' | b'T')) => {
+                Some(kind @ (b'I' | b'U' | b'D' | b'T')) if wanted => {
                     let change = Change { lsn, commit_lsn };
-                    if let Some(stmt) = self.change(*kind, &mut r, relations, change).await? {
-                        stmts.push(stmt);
+                    if let Some((sql, one)) = self.change(*kind, &mut r, relations, change).await? {
+                        self.push(group, sql, one, commit_lsn).await?;
+                        count += 1;
                     }
                 }
-                Some(b'C') => {
-                    let end = Lsn(be_u64(data, 10).ok_or_else(bad)?);
-                    let wanted =
-                        commit_lsn >= self.from && commit_lsn < self.to && end > *applied_end;
-                    if wanted {
-                        count += self.apply(&stmts, commit_lsn).await?;
-                        *applied_end = end;
-                        txns += 1;
+                Some(b'C') if wanted => {
+                    wanted = false;
+                    *applied = commit_lsn;
+                    txns += 1;
+                    group.transactions += 1;
+                    if group.transactions >= GROUP_TRANSACTIONS
+                        || group.statements >= GROUP_STATEMENTS
+                    {
+                        self.commit(group).await?;
                     }
-                    stmts.clear();
                 }
-                // Types, origins, logical messages: nothing to apply.
+                // Types, origins, logical messages, and the changes of
+                // transactions outside the range: nothing to apply.
                 _ => {}
             }
         }
         Ok((txns, count))
+    }
+
+    /// Adds a statement to the group (opening it), sending the batch when
+    /// it is full.
+    async fn push(
+        &self,
+        group: &mut Group,
+        sql: String,
+        one: bool,
+        commit_lsn: Lsn,
+    ) -> Result<(), ReplayError> {
+        if sql.contains('\0') {
+            // Text from the repository: a NUL would cut the message short.
+            return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
+        }
+        if !group.open {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| self.apply_err(commit_lsn, format!("BEGIN: {e}")))?;
+            group.open = true;
+        }
+        group.first.get_or_insert(commit_lsn);
+        group.last = commit_lsn;
+        group.starts.push((group.sql.len(), one));
+        group.sql.push_str(&sql);
+        group.sql.push_str(";\n");
+        group.statements += 1;
+        if group.starts.len() >= BATCH_STATEMENTS || group.sql.len() >= BATCH_BYTES {
+            self.send(group).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the group's unsent statements in one message and checks that
+    /// each that must change one row did.
+    async fn send(&self, group: &mut Group) -> Result<(), ReplayError> {
+        if group.starts.is_empty() {
+            return Ok(());
+        }
+        let fail = |what: String| ReplayError::Apply {
+            shard: self.target.name.clone(),
+            at: format!("database {} {}", self.db, group.span()),
+            what,
+        };
+        let statement = |i: usize| {
+            let start = group.starts[i].0;
+            let end = group
+                .starts
+                .get(i + 1)
+                .map(|s| s.0)
+                .unwrap_or(group.sql.len());
+            excerpt(group.sql.get(start..end).unwrap_or_default().trim_end_matches(";\n"))
+        };
+        let messages = match self.client.simple_query(&group.sql).await {
+            Ok(m) => m,
+            Err(e) => {
+                drop(self.client.batch_execute("ROLLBACK").await);
+                let detail = crate::error::DbError::from(e).to_string();
+                return Err(fail(format!(
+                    "the target refused a statement of the batch starting with `{}`: {detail}",
+                    statement(0)
+                )));
+            }
+        };
+        let counts = messages.iter().filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        });
+        let mut seen = 0usize;
+        for (i, n) in counts.enumerate() {
+            seen += 1;
+            if group.starts.get(i).is_some_and(|s| s.1) && n != 1 {
+                drop(self.client.batch_execute("ROLLBACK").await);
+                return Err(fail(format!(
+                    "`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on",
+                    statement(i)
+                )));
+            }
+        }
+        if seen != group.starts.len() {
+            drop(self.client.batch_execute("ROLLBACK").await);
+            return Err(fail(format!(
+                "the target answered {seen} of {} statements",
+                group.starts.len()
+            )));
+        }
+        group.sql.clear();
+        group.starts.clear();
+        Ok(())
+    }
+
+    /// Sends what is pending and commits the group.
+    async fn commit(&self, group: &mut Group) -> Result<(), ReplayError> {
+        if !group.open {
+            return Ok(());
+        }
+        self.send(group).await?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
+        *group = Group::default();
+        Ok(())
+    }
+
+    /// Commits the last group and waits until every commit of the replay
+    /// is on disk (the session's commits did not wait, one by one).
+    async fn finish(&self, group: &mut Group) -> Result<(), ReplayError> {
+        self.commit(group).await?;
+        self.client
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_catalog.txid_current(); COMMIT",
+            )
+            .await
+            .map_err(|e| self.apply_err(group.last, format!("the final durable commit: {e}")))
     }
 
     /// The statement a row change ('I', 'U', 'D') or truncation ('T')
@@ -512,50 +692,6 @@ impl Ctx<'_> {
             at: format!("database {} transaction committed at {commit_lsn}", self.db),
             what,
         }
-    }
-
-    /// Runs one transaction; returns the number of statements.
-    async fn apply(&self, stmts: &[(String, bool)], commit_lsn: Lsn) -> Result<u64, ReplayError> {
-        self.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| self.apply_err(commit_lsn, format!("BEGIN: {e}")))?;
-        for batch in stmts.chunks(PIPELINE) {
-            let counts = try_join_all(
-                batch
-                    .iter()
-                    .map(|(sql, _)| self.client.execute(sql.as_str(), &[])),
-            )
-            .await;
-            let counts = match counts {
-                Ok(c) => c,
-                Err(e) => {
-                    drop(self.client.batch_execute("ROLLBACK").await);
-                    let detail = e
-                        .as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_else(|| e.to_string());
-                    return Err(self.apply_err(
-                        commit_lsn,
-                        format!("the target refused a statement of the transaction ({detail}); first statement: `{}`", excerpt(&batch[0].0)),
-                    ));
-                }
-            };
-            for ((sql, one), n) in batch.iter().zip(counts) {
-                if *one && n != 1 {
-                    drop(self.client.batch_execute("ROLLBACK").await);
-                    return Err(self.apply_err(
-                        commit_lsn,
-                        format!("`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on", excerpt(sql)),
-                    ));
-                }
-            }
-        }
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| self.apply_err(commit_lsn, format!("COMMIT: {e}")))?;
-        Ok(stmts.len() as u64)
     }
 }
 

@@ -1,0 +1,218 @@
+//! The expected replay time of a point-in-time restore, from the replay
+//! rate a shard last achieved: every restore or drill that replays
+//! captured changes records its rate in the repository, and `status` and
+//! `show mark:NAME` divide the transactions waiting between the base backup
+//! and the mark by it, so a DBA knows the recovery time before the bad day.
+
+use serde::{Deserialize, Serialize};
+use shard_agent::capture::StreamState;
+use shard_agent::manifest::Manifest;
+use shard_agent::position::Position;
+use shard_agent::repo::Repository;
+
+use crate::flow::list_backups;
+use crate::pitr::{self, Until};
+
+/// Where the rates are kept, one file a source shard.
+const RATES: &str = "replay-rates/";
+
+/// A replay smaller than this measures connection set-up more than
+/// replay: it replaces a measurement only when there is none, or a smaller
+/// one.
+const SIZEABLE: u64 = 1000;
+
+/// What one replay of a shard's captured changes achieved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayRate {
+    pub shard: String,
+    pub transactions: u64,
+    pub statements: u64,
+    pub seconds: f64,
+    /// RFC 3339.
+    pub measured_at: String,
+}
+
+impl ReplayRate {
+    /// Source transactions replayed per second; `None` for a measurement
+    /// that cannot give one.
+    pub fn per_second(&self) -> Option<f64> {
+        (self.seconds > 0.0 && self.transactions > 0 && self.seconds.is_finite())
+            .then(|| self.transactions as f64 / self.seconds)
+    }
+}
+
+fn key(shard: &str) -> String {
+    format!("{RATES}{}.json", shard_agent::manifest::keys::segment(shard))
+}
+
+/// The rate last recorded for `shard`. The file comes from the repository:
+/// unreadable, or naming another shard, it is no measurement.
+pub fn load(repo: &dyn Repository, shard: &str) -> Option<ReplayRate> {
+    let data = repo.get(&key(shard)).ok()?;
+    let rate: ReplayRate = serde_json::from_slice(&data).ok()?;
+    (rate.shard == shard && rate.per_second().is_some()).then_some(rate)
+}
+
+/// Records `rate` unless it is too small to replace what is there.
+pub fn record(repo: &dyn Repository, rate: &ReplayRate) -> anyhow::Result<()> {
+    if rate.per_second().is_none() {
+        return Ok(());
+    }
+    if let Some(old) = load(repo, &rate.shard) {
+        if rate.transactions < SIZEABLE && old.transactions >= rate.transactions {
+            return Ok(());
+        }
+    }
+    repo.put(&key(&rate.shard), &serde_json::to_vec_pretty(rate)?)?;
+    Ok(())
+}
+
+/// One shard's expected replay to a mark.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expected {
+    pub shard: String,
+    /// Captured transactions between the base backup's cut and the mark
+    /// (whole segments: an upper bound by at most one segment).
+    pub transactions: u64,
+    /// `None` until a restore or drill has replayed this shard's changes.
+    pub seconds: Option<f64>,
+    pub rate: Option<ReplayRate>,
+}
+
+/// The replay a restore `--until` would do: its mark, its base backup and,
+/// per shard, the transactions to replay and the expected time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub mark: String,
+    pub base: String,
+    pub shards: Vec<Expected>,
+    /// Shards replay in parallel: the slowest one's time (`None` when a
+    /// shard has no measured rate).
+    pub seconds: Option<f64>,
+}
+
+/// What replaying to `until` would take, from the repository alone.
+pub fn estimate(repo: &dyn Repository, cluster: &str, until: &Until) -> anyhow::Result<Estimate> {
+    let states = StreamState::all_generations(repo)?;
+    let (mark, _) = pitr::resolve(repo, cluster, until, &states)?;
+    let shards: Vec<String> = mark.shards.keys().cloned().collect();
+    let backups: Vec<Manifest> = list_backups(repo, cluster)?
+        .into_iter()
+        .filter_map(|l| l.manifest.ok())
+        .collect();
+    let base = pitr::choose_base(backups, &mark, &shards, &states)?;
+    let mut out = Vec::new();
+    for (shard, (from, to)) in pitr::ranges(&base, &mark) {
+        let Some(sm) = base.shards.get(&shard) else {
+            continue;
+        };
+        let mut transactions = 0;
+        for stream in pitr::streams_of(sm) {
+            transactions += shard_agent::replay::segments(repo, &shard, &stream, (&from, &to))?
+                .iter()
+                .filter(|s| overlaps(&s.first, &s.last, &from, &to))
+                .map(|s| s.transactions)
+                .sum::<u64>();
+        }
+        let rate = load(repo, &shard);
+        let seconds = rate
+            .as_ref()
+            .and_then(ReplayRate::per_second)
+            .map(|r| transactions as f64 / r);
+        out.push(Expected {
+            shard,
+            transactions,
+            seconds,
+            rate,
+        });
+    }
+    let seconds = out
+        .iter()
+        .map(|e| e.seconds)
+        .try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s)));
+    Ok(Estimate {
+        mark: mark.name,
+        base: base.backup_id,
+        shards: out,
+        seconds,
+    })
+}
+
+/// Whether a segment from `first` to `last` holds changes after `from`
+/// and before `to`.
+fn overlaps(first: &Position, last: &Position, from: &Position, to: &Position) -> bool {
+    use std::cmp::Ordering::{Greater, Less};
+    matches!(last.compare(from), Ok(Greater)) && matches!(first.compare(to), Ok(Less))
+}
+
+/// One line for humans: "about 12 s (34,567 transactions at 2,880/s on
+/// mysql-0 …)".
+pub fn describe(e: &Estimate) -> String {
+    let per: Vec<String> = e
+        .shards
+        .iter()
+        .map(|s| match (&s.rate, s.seconds) {
+            (Some(r), Some(secs)) => format!(
+                "{}: {} transaction(s), {:.1} s at {:.0}/s (measured {})",
+                s.shard,
+                crate::render::count(s.transactions),
+                secs,
+                r.per_second().unwrap_or(0.0),
+                r.measured_at
+            ),
+            _ => format!(
+                "{}: {} transaction(s), rate not measured yet (a restore or drill --until measures it)",
+                s.shard,
+                crate::render::count(s.transactions)
+            ),
+        })
+        .collect();
+    let total = match e.seconds {
+        Some(s) => format!("about {s:.1} s"),
+        None => "unknown".to_string(),
+    };
+    format!(
+        "expected replay to mark {} from backup {}: {total}\n  {}",
+        e.mark,
+        e.base,
+        per.join("\n  ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(shard: &str, transactions: u64, seconds: f64) -> ReplayRate {
+        ReplayRate {
+            shard: shard.into(),
+            transactions,
+            statements: transactions * 4,
+            seconds,
+            measured_at: "2026-12-04T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_small_replay_does_not_replace_a_sizeable_measurement() {
+        let repo = shard_agent::repo::MemoryRepository::default();
+        record(&repo, &rate("a", 50_000, 10.0)).unwrap();
+        record(&repo, &rate("a", 12, 0.5)).unwrap();
+        assert_eq!(load(&repo, "a").unwrap().transactions, 50_000);
+        record(&repo, &rate("a", 20_000, 2.0)).unwrap();
+        assert_eq!(load(&repo, "a").unwrap().per_second(), Some(10_000.0));
+        // Nothing measured: nothing recorded.
+        record(&repo, &rate("b", 0, 0.0)).unwrap();
+        assert!(load(&repo, "b").is_none());
+    }
+
+    #[test]
+    fn a_rate_file_naming_another_shard_is_no_measurement() {
+        let repo = shard_agent::repo::MemoryRepository::default();
+        let data = serde_json::to_vec(&rate("b", 5000, 1.0)).unwrap();
+        repo.put(&key("a"), &data).unwrap();
+        assert!(load(&repo, "a").is_none());
+        repo.put(&key("a"), b"{not json").unwrap();
+        assert!(load(&repo, "a").is_none());
+    }
+}
