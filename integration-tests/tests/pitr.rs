@@ -993,3 +993,122 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A restore `--until` reports each shard's replay (transactions and time)
+/// and records its rate, from which `status` and `show mark:NAME` state the
+/// expected replay time. A base whose recorded cut was moved back (a
+/// tampered manifest) makes the replay meet a change the base already
+/// holds: it stops, naming the change, and the restore fails; it is never
+/// reported as a success.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_take() {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    db::setup_all(
+        &topo,
+        &[
+            "CREATE DATABASE bank",
+            "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
+            "INSERT INTO bank.ledger VALUES (1, 1), (2, 2), (3, 3)",
+        ],
+        "bank",
+        "CREATE TABLE ledger (id int PRIMARY KEY, amount int); INSERT INTO ledger VALUES (1, 1), (2, 2), (3, 3);",
+    )
+    .await;
+    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
+    let sql = |s: String| async move {
+        db::mysql(my, Some("bank"))
+            .await
+            .query_drop(&s)
+            .await
+            .unwrap();
+        db::pg(pg, "bank").await.batch_execute(&s).await.unwrap();
+    };
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    // Captured, and already in the base.
+    sql("DELETE FROM ledger WHERE id = 2".into()).await;
+    let backup = support::backup_id(arg).await;
+    for i in 100..130 {
+        sql(format!("INSERT INTO ledger VALUES ({i}, {i})")).await;
+    }
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let tgt_arg = tgt.to_str().unwrap();
+    let restore = || async {
+        support::shardcut_async(&[
+            "restore",
+            "-t",
+            arg,
+            "--target",
+            tgt_arg,
+            "--until",
+            "latest",
+            "--overwrite",
+            "--json",
+        ])
+        .await
+    };
+    let run = restore().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let replays = run.json()["replay"].as_array().cloned().unwrap_or_default();
+    assert_eq!(replays.len(), 2, "{run:?}");
+    for r in &replays {
+        assert_eq!(r["transactions"], 30, "the 30 inserts after the base: {r}");
+        assert!(r["seconds"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The rate just measured gives the expected replay time of --until
+    // latest, and of the mark by name.
+    let status = run_ok_async(&["status", "-t", arg, "--json"]).await;
+    let expected = &status.json()["expected_replay"];
+    let mark = expected["mark"].as_str().unwrap().to_string();
+    assert!(expected["seconds"].as_f64().unwrap() > 0.0, "{status:?}");
+    for s in expected["shards"].as_array().unwrap() {
+        // Whole segments are counted: the one holding the delete before
+        // the base as well.
+        let n = s["transactions"].as_u64().unwrap();
+        assert!((30..=31).contains(&n), "{status:?}");
+        assert!(s["seconds"].as_f64().unwrap() > 0.0, "{status:?}");
+    }
+    let show = run_ok_async(&["show", &format!("mark:{mark}"), "-t", arg]).await;
+    assert!(
+        show.stdout.contains("expected replay to mark") && show.stdout.contains(" s at "),
+        "{show:?}"
+    );
+
+    // Tampered: the base's recorded cut moved back to where capture
+    // started, before the delete the base already holds.
+    let repo = db::repository(&topo);
+    let key = format!("backups/{backup}/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
+    for (shard, stream) in [("mysql-0", "binlog"), ("pg-0", "bank")] {
+        let state = shard_agent::capture::StreamState::load(&repo, shard, stream)
+            .unwrap()
+            .unwrap();
+        m["cut"]["shards"][shard]["position"] = serde_json::to_value(&state.started).unwrap();
+    }
+    repo.put(&key, &serde_json::to_vec(&m).unwrap()).unwrap();
+    let run = restore().await;
+    assert_eq!(
+        run.code, 1,
+        "a replay that stopped is a failed restore: {run:?}"
+    );
+    assert!(
+        run.stderr.contains("pg-0: replay")
+            && run.stderr.contains("changed 0 rows instead of 1")
+            && run
+                .stderr
+                .contains(r#"DELETE FROM "public"."ledger" WHERE "id" = '2'"#),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("mysql-0: replay")
+            && run.stderr.contains("the target refused row events"),
+        "{run:?}"
+    );
+}

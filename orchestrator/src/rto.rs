@@ -42,7 +42,10 @@ impl ReplayRate {
 }
 
 fn key(shard: &str) -> String {
-    format!("{RATES}{}.json", shard_agent::manifest::keys::segment(shard))
+    format!(
+        "{RATES}{}.json",
+        shard_agent::manifest::keys::segment(shard)
+    )
 }
 
 /// The rate last recorded for `shard`. The file comes from the repository:

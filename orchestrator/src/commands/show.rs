@@ -82,7 +82,10 @@ fn show_mark(
         exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
         return Ok(exit::SUCCESS);
     }
-    let mut out = format!("mark {} of cluster {}, taken at {}\n", mark.name, mark.cluster, mark.cut.taken_at);
+    let mut out = format!(
+        "mark {} of cluster {}, taken at {}\n",
+        mark.name, mark.cluster, mark.cut.taken_at
+    );
     for (shard, s) in &mark.cut.shards {
         out += &format!("  {shard:<12} {}\n", s.position);
     }

@@ -133,7 +133,9 @@ pub fn status_text(s: &CaptureStatus) -> String {
     }
     match &s.expected_replay {
         Ok(e) => out.push_str(&format!("  {}\n", crate::rto::describe(e))),
-        Err(why) => out.push_str(&format!("  expected replay of --until latest: unknown ({why})\n")),
+        Err(why) => out.push_str(&format!(
+            "  expected replay of --until latest: unknown ({why})\n"
+        )),
     }
     for p in &s.problems {
         out.push_str(&format!("  problem: {p}\n"));

@@ -368,7 +368,8 @@ impl Ctx<'_> {
                     // it is replayed is known before its changes are read,
                     // so they stream to the target however many there are.
                     commit_lsn = Lsn(be_u64(data, 1).ok_or_else(bad)?);
-                    wanted = commit_lsn >= self.from && commit_lsn < self.to && commit_lsn > *applied;
+                    wanted =
+                        commit_lsn >= self.from && commit_lsn < self.to && commit_lsn > *applied;
                 }
                 Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
                 Some(kind @ (b'I' | b'U' | b'D' | b'T')) if wanted => {
@@ -447,7 +448,13 @@ impl Ctx<'_> {
                 .get(i + 1)
                 .map(|s| s.0)
                 .unwrap_or(group.sql.len());
-            excerpt(group.sql.get(start..end).unwrap_or_default().trim_end_matches(";\n"))
+            excerpt(
+                group
+                    .sql
+                    .get(start..end)
+                    .unwrap_or_default()
+                    .trim_end_matches(";\n"),
+            )
         };
         let messages = match self.client.simple_query(&group.sql).await {
             Ok(m) => m,
