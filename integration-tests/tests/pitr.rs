@@ -1101,9 +1101,9 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
     assert!(
         run.stderr.contains("pg-0: replay")
             && run.stderr.contains("changed 0 rows instead of 1")
-            && run
-                .stderr
-                .contains(r#"DELETE FROM "public"."ledger" WHERE "id" = '2'"#),
+            && run.stderr.contains(
+                r#"DELETE FROM "public"."ledger" WHERE "id" = $1::text::integer with ('2')"#
+            ),
         "{run:?}"
     );
     assert!(

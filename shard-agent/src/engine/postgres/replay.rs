@@ -14,7 +14,11 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::Client;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 use topology::Shard;
 
 use super::capture::be_u64;
@@ -24,9 +28,9 @@ use crate::position::{Lsn, Position};
 use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
 use crate::repo::Repository;
 
-/// Statements sent in one simple-query message, at most.
+/// Statements sent at once (pipelined), at most.
 const BATCH_STATEMENTS: usize = 1000;
-/// Bytes of statements sent in one message, at most.
+/// Bytes of statements and values sent at once, about, at most.
 const BATCH_BYTES: usize = 1 << 20;
 /// Source transactions applied in one target transaction, at most.
 const GROUP_TRANSACTIONS: u64 = 5000;
@@ -45,11 +49,25 @@ pub(crate) struct Relation {
     full: bool,
     /// Checked against the target once, on first use.
     checked: bool,
+    /// The target's column types (`regtype` text), read when checked.
+    types: Vec<String>,
+    /// Distinguishes descriptions of one relation ID whose columns differ
+    /// (statements prepared for one are not used for another).
+    version: u64,
 }
 
 impl Relation {
     fn qualified(&self) -> String {
         format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+
+    /// The key's columns, when rows are found by a key (not `REPLICA
+    /// IDENTITY FULL`) and the target's column types are known.
+    fn key_columns(&self) -> Option<Vec<usize>> {
+        let keys: Vec<usize> = (0..self.columns.len())
+            .filter(|i| self.columns[*i].1)
+            .collect();
+        (!self.full && !keys.is_empty() && self.types.len() == self.columns.len()).then_some(keys)
     }
 }
 
@@ -134,6 +152,9 @@ struct Change {
     commit_lsn: Lsn,
 }
 
+/// Numbers relation descriptions (see [`Relation::version`]).
+static DESCRIPTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Records a relation description ('R'); a relation already checked
 /// against the target stays checked while its columns are the same.
 pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation>) -> Option<()> {
@@ -150,9 +171,17 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
         let _typmod = r.u32()?;
         columns.push((col, flags & 1 != 0));
     }
-    let checked = relations
-        .get(&id)
-        .is_some_and(|old| old.checked && old.columns == columns);
+    let same = relations.get(&id).filter(|old| {
+        old.columns == columns && old.schema == schema && old.name == name && old.full == full
+    });
+    let (checked, types, version) = match same {
+        Some(old) => (old.checked, old.types.clone(), old.version),
+        None => (
+            false,
+            Vec::new(),
+            DESCRIPTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ),
+    };
     relations.insert(
         id,
         Relation {
@@ -161,6 +190,8 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
             columns,
             full,
             checked,
+            types,
+            version,
         },
     );
     Some(())
@@ -299,21 +330,23 @@ pub async fn replay(
 
 /// The target transaction that source transactions are added to, and the
 /// statements not sent yet. Many source transactions commit as one, and
-/// their statements travel many to a message: the target commits once a
-/// group and waits one round trip a batch, not one a statement.
+/// their statements are sent many at once (pipelined): the target commits
+/// once a group and the replay waits one round trip a batch, not one a
+/// statement.
 #[derive(Default)]
 struct Group {
     open: bool,
-    /// Statements not sent yet, each followed by `;`.
-    sql: String,
-    /// Where each unsent statement starts in `sql`, and whether it must
-    /// change exactly one row.
-    starts: Vec<(usize, bool)>,
+    /// Statements not sent yet.
+    ops: Vec<Op>,
+    /// Their text and parameters' bytes, about.
+    bytes: usize,
     transactions: u64,
     statements: u64,
     /// Commit LSNs of the group's first and newest source transaction.
     first: Option<Lsn>,
     last: Lsn,
+    /// The session's prepared statements, kept across groups.
+    prepared: Prepared,
 }
 
 impl Group {
@@ -324,6 +357,146 @@ impl Group {
                 format!("transactions committed from {first} to {}", self.last)
             }
             _ => format!("transaction committed at {}", self.last),
+        }
+    }
+}
+
+/// Prepared statements by shape.
+type Prepared = HashMap<Shape, (Statement, Arc<str>)>;
+
+/// Prepared statements kept at most (past that, the cache starts again).
+const PREPARED_STATEMENTS: usize = 4096;
+
+/// What a prepared statement does: to which description of a relation,
+/// which change, setting which columns, finding the row by which.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Shape {
+    version: u64,
+    kind: u8,
+    set: Vec<usize>,
+    key: Vec<usize>,
+}
+
+impl Shape {
+    fn new(rel: &Relation, kind: u8, set: Vec<usize>, key: Vec<usize>) -> Self {
+        Shape {
+            version: rel.version,
+            kind,
+            set,
+            key,
+        }
+    }
+
+    /// The statement's text and its number of parameters: the values of
+    /// `set`, then of `key`, each a text parameter cast to its column's
+    /// type.
+    fn sql(&self, rel: &Relation) -> (String, usize) {
+        let mut n = 0usize;
+        let mut param = |i: usize| {
+            n += 1;
+            format!("${n}::text::{}", rel.types[i])
+        };
+        let sql = match self.kind {
+            b'I' => {
+                let cols: Vec<String> =
+                    self.set.iter().map(|i| ident(&rel.columns[*i].0)).collect();
+                let vals: Vec<String> = self.set.iter().map(|i| param(*i)).collect();
+                format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                    rel.qualified(),
+                    cols.join(", "),
+                    vals.join(", ")
+                )
+            }
+            b'U' => {
+                let sets: Vec<String> = self
+                    .set
+                    .iter()
+                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
+                    .collect();
+                let conds: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
+                    .collect();
+                format!(
+                    "UPDATE {} SET {} WHERE {}",
+                    rel.qualified(),
+                    sets.join(", "),
+                    conds.join(" AND ")
+                )
+            }
+            _ => {
+                let conds: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
+                    .collect();
+                format!(
+                    "DELETE FROM {} WHERE {}",
+                    rel.qualified(),
+                    conds.join(" AND ")
+                )
+            }
+        };
+        (sql, n)
+    }
+}
+
+/// The values at `cols` of a tuple as text parameters; `None` when one is
+/// an unchanged TOASTed value, or NULL where `nulls` is false (a key).
+fn texts(tuple: &[Value], cols: &[usize], nulls: bool) -> Option<Vec<Option<String>>> {
+    cols.iter()
+        .map(|i| match tuple.get(*i)? {
+            Value::Text(t) => Some(Some(t.clone())),
+            Value::Null if nulls => Some(None),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One statement of a group.
+enum Op {
+    /// With literals, sent as a simple query.
+    Text { sql: String, one: bool },
+    /// A prepared statement and its parameters.
+    Prepared {
+        stmt: Statement,
+        sql: Arc<str>,
+        params: Vec<Option<String>>,
+        one: bool,
+    },
+}
+
+impl Op {
+    /// Whether it must change exactly one row.
+    fn one(&self) -> bool {
+        match self {
+            Op::Text { one, .. } | Op::Prepared { one, .. } => *one,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Text { sql, .. } => sql.len(),
+            Op::Prepared { params, .. } => params.iter().flatten().map(|p| p.len() + 8).sum(),
+        }
+    }
+
+    /// The statement for an error message.
+    fn shown(&self) -> String {
+        match self {
+            Op::Text { sql, .. } => excerpt(sql),
+            Op::Prepared { sql, params, .. } => {
+                let vals: Vec<String> = params
+                    .iter()
+                    .map(|p| match p {
+                        Some(t) => literal(&Value::Text(t.clone())),
+                        None => "NULL".into(),
+                    })
+                    .collect();
+                excerpt(&format!("{sql} with ({})", vals.join(", ")))
+            }
         }
     }
 }
@@ -374,8 +547,11 @@ impl Ctx<'_> {
                 Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
                 Some(kind @ (b'I' | b'U' | b'D' | b'T')) if wanted => {
                     let change = Change { lsn, commit_lsn };
-                    if let Some((sql, one)) = self.change(*kind, &mut r, relations, change).await? {
-                        self.push(group, sql, one, commit_lsn).await?;
+                    let op = self
+                        .change(*kind, &mut r, relations, change, &mut group.prepared)
+                        .await?;
+                    if let Some(op) = op {
+                        self.push(group, op, commit_lsn).await?;
                         count += 1;
                     }
                 }
@@ -400,16 +576,12 @@ impl Ctx<'_> {
 
     /// Adds a statement to the group (opening it), sending the batch when
     /// it is full.
-    async fn push(
-        &self,
-        group: &mut Group,
-        sql: String,
-        one: bool,
-        commit_lsn: Lsn,
-    ) -> Result<(), ReplayError> {
-        if sql.contains('\0') {
-            // Text from the repository: a NUL would cut the message short.
-            return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
+    async fn push(&self, group: &mut Group, op: Op, commit_lsn: Lsn) -> Result<(), ReplayError> {
+        if let Op::Text { sql, .. } = &op {
+            if sql.contains('\0') {
+                // Text from the repository: a NUL would cut the message short.
+                return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
+            }
         }
         if !group.open {
             self.client
@@ -420,77 +592,67 @@ impl Ctx<'_> {
         }
         group.first.get_or_insert(commit_lsn);
         group.last = commit_lsn;
-        group.starts.push((group.sql.len(), one));
-        group.sql.push_str(&sql);
-        group.sql.push_str(";\n");
+        group.bytes += op.bytes();
+        group.ops.push(op);
         group.statements += 1;
-        if group.starts.len() >= BATCH_STATEMENTS || group.sql.len() >= BATCH_BYTES {
+        if group.ops.len() >= BATCH_STATEMENTS || group.bytes >= BATCH_BYTES {
             self.send(group).await?;
         }
         Ok(())
     }
 
-    /// Sends the group's unsent statements in one message and checks that
-    /// each that must change one row did.
+    /// Sends the group's unsent statements at once (the requests are
+    /// written in order before any answer is awaited) and checks that each
+    /// that must change one row did.
     async fn send(&self, group: &mut Group) -> Result<(), ReplayError> {
-        if group.starts.is_empty() {
+        if group.ops.is_empty() {
             return Ok(());
         }
+        let client = self.client;
+        let results = join_all(group.ops.iter().map(|op| async move {
+            match op {
+                Op::Text { sql, .. } => client.simple_query(sql).await.map(|messages| {
+                    messages
+                        .iter()
+                        .filter_map(|m| match m {
+                            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                            _ => None,
+                        })
+                        .sum::<u64>()
+                }),
+                Op::Prepared { stmt, params, .. } => {
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                    client.execute(stmt, &refs).await
+                }
+            }
+        }))
+        .await;
         let fail = |what: String| ReplayError::Apply {
             shard: self.target.name.clone(),
             at: format!("database {} {}", self.db, group.span()),
             what,
         };
-        let statement = |i: usize| {
-            let start = group.starts[i].0;
-            let end = group
-                .starts
-                .get(i + 1)
-                .map(|s| s.0)
-                .unwrap_or(group.sql.len());
-            excerpt(
-                group
-                    .sql
-                    .get(start..end)
-                    .unwrap_or_default()
-                    .trim_end_matches(";\n"),
-            )
-        };
-        let messages = match self.client.simple_query(&group.sql).await {
-            Ok(m) => m,
-            Err(e) => {
-                drop(self.client.batch_execute("ROLLBACK").await);
-                let detail = crate::error::DbError::from(e).to_string();
-                return Err(fail(format!(
-                    "the target refused a statement of the batch starting with `{}`: {detail}",
-                    statement(0)
-                )));
-            }
-        };
-        let counts = messages.iter().filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        });
-        let mut seen = 0usize;
-        for (i, n) in counts.enumerate() {
-            seen += 1;
-            if group.starts.get(i).is_some_and(|s| s.1) && n != 1 {
-                drop(self.client.batch_execute("ROLLBACK").await);
-                return Err(fail(format!(
+        for (op, result) in group.ops.iter().zip(results) {
+            let problem = match result {
+                Err(e) => Some(format!(
+                    "the target refused `{}`: {}",
+                    op.shown(),
+                    crate::error::DbError::from(e)
+                )),
+                Ok(n) if op.one() && n != 1 => Some(format!(
                     "`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on",
-                    statement(i)
-                )));
+                    op.shown()
+                )),
+                Ok(_) => None,
+            };
+            if let Some(what) = problem {
+                drop(self.client.batch_execute("ROLLBACK").await);
+                return Err(fail(what));
             }
         }
-        if seen != group.starts.len() {
-            drop(self.client.batch_execute("ROLLBACK").await);
-            return Err(fail(format!(
-                "the target answered {seen} of {} statements",
-                group.starts.len()
-            )));
-        }
-        group.sql.clear();
-        group.starts.clear();
+        group.ops.clear();
+        group.bytes = 0;
         Ok(())
     }
 
@@ -504,7 +666,11 @@ impl Ctx<'_> {
             .batch_execute("COMMIT")
             .await
             .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
-        *group = Group::default();
+        let prepared = std::mem::take(&mut group.prepared);
+        *group = Group {
+            prepared,
+            ..Group::default()
+        };
         Ok(())
     }
 
@@ -521,15 +687,19 @@ impl Ctx<'_> {
     }
 
     /// The statement a row change ('I', 'U', 'D') or truncation ('T')
-    /// becomes, with whether it must change exactly one row; `None` for an
-    /// update that changes nothing replayable.
+    /// becomes; `None` for an update that changes nothing replayable.
+    /// Changes to a table with a key become prepared statements with the
+    /// values as text parameters, cast by the statement to the column
+    /// types (the target parses and plans each shape once); the rest
+    /// (`REPLICA IDENTITY FULL`, TRUNCATE) become statements with literals.
     async fn change(
         &self,
         kind: u8,
         r: &mut Reader<'_>,
         relations: &mut HashMap<u32, Relation>,
         at: Change,
-    ) -> Result<Option<(String, bool)>, ReplayError> {
+        cache: &mut Prepared,
+    ) -> Result<Option<Op>, ReplayError> {
         let bad = || self.corrupt(format!("unreadable change at {}", Lsn(at.lsn)));
         match kind {
             b'I' => {
@@ -537,19 +707,31 @@ impl Ctx<'_> {
                 let _n = r.u8().ok_or_else(bad)?;
                 let new = r.tuple().ok_or_else(bad)?;
                 let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let all: Vec<usize> = (0..rel.columns.len()).collect();
+                let typed = rel.types.len() == rel.columns.len();
+                if let Some(params) = texts(&new, &all, true).filter(|_| typed) {
+                    let shape = Shape::new(&rel, b'I', all, Vec::new());
+                    let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                    return Ok(Some(Op::Prepared {
+                        stmt,
+                        sql,
+                        params,
+                        one: true,
+                    }));
+                }
                 let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
                 let vals: Vec<String> = new.iter().map(literal).collect();
                 // The source's value for an identity column GENERATED
                 // ALWAYS, not a new one from the target's sequence.
-                Ok(Some((
-                    format!(
+                Ok(Some(Op::Text {
+                    sql: format!(
                         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
                         rel.qualified(),
                         cols.join(", "),
                         vals.join(", ")
                     ),
-                    true,
-                )))
+                    one: true,
+                }))
             }
             b'U' => {
                 let id = r.u32().ok_or_else(bad)?;
@@ -567,7 +749,7 @@ impl Ctx<'_> {
                 // Unchanged TOASTed values ('u') keep the target's value;
                 // a key column is set only when the key changed (an identity
                 // GENERATED ALWAYS column may not be set to a value at all).
-                let sets: Vec<String> = rel
+                let set: Vec<usize> = rel
                     .columns
                     .iter()
                     .zip(&new)
@@ -576,31 +758,62 @@ impl Ctx<'_> {
                     .filter(|(i, ((_, key), v))| {
                         !*key || old.as_ref().is_some_and(|o| o.get(*i) != Some(*v))
                     })
-                    .map(|(_, ((c, _), v))| format!("{} = {}", ident(c), literal(v)))
+                    .map(|(i, _)| i)
                     .collect();
-                if sets.is_empty() {
+                if set.is_empty() {
                     return Ok(None);
                 }
                 let key = old.as_ref().unwrap_or(&new);
-                Ok(Some((
-                    format!(
+                if let Some(keys) = rel.key_columns() {
+                    if let (Some(mut params), Some(kp)) =
+                        (texts(&new, &set, true), texts(key, &keys, false))
+                    {
+                        params.extend(kp);
+                        let shape = Shape::new(&rel, b'U', set, keys);
+                        let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                        return Ok(Some(Op::Prepared {
+                            stmt,
+                            sql,
+                            params,
+                            one: true,
+                        }));
+                    }
+                }
+                let sets: Vec<String> = set
+                    .iter()
+                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), literal(&new[*i])))
+                    .collect();
+                Ok(Some(Op::Text {
+                    sql: format!(
                         "UPDATE {} SET {} {}",
                         rel.qualified(),
                         sets.join(", "),
                         identity(&rel, key)
                     ),
-                    true,
-                )))
+                    one: true,
+                }))
             }
             b'D' => {
                 let id = r.u32().ok_or_else(bad)?;
                 let _kind = r.u8().ok_or_else(bad)?;
                 let old = r.tuple().ok_or_else(bad)?;
                 let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
-                Ok(Some((
-                    format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
-                    true,
-                )))
+                if let Some(keys) = rel.key_columns() {
+                    if let Some(params) = texts(&old, &keys, false) {
+                        let shape = Shape::new(&rel, b'D', Vec::new(), keys);
+                        let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                        return Ok(Some(Op::Prepared {
+                            stmt,
+                            sql,
+                            params,
+                            one: true,
+                        }));
+                    }
+                }
+                Ok(Some(Op::Text {
+                    sql: format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
+                    one: true,
+                }))
             }
             b'T' => {
                 let n = r.u32().ok_or_else(bad)?;
@@ -620,13 +833,47 @@ impl Ctx<'_> {
                 } else {
                     ""
                 };
-                Ok(Some((
-                    format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
-                    false,
-                )))
+                Ok(Some(Op::Text {
+                    sql: format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
+                    one: false,
+                }))
             }
             _ => Ok(None),
         }
+    }
+
+    /// The prepared statement of `shape`, prepared on first use.
+    async fn prepare(
+        &self,
+        cache: &mut Prepared,
+        shape: Shape,
+        rel: &Relation,
+        commit_lsn: Lsn,
+    ) -> Result<(Statement, Arc<str>), ReplayError> {
+        if let Some(hit) = cache.get(&shape) {
+            return Ok(hit.clone());
+        }
+        if cache.len() >= PREPARED_STATEMENTS {
+            cache.clear();
+        }
+        let (sql, n) = shape.sql(rel);
+        let stmt = self
+            .client
+            .prepare_typed(&sql, &vec![Type::TEXT; n])
+            .await
+            .map_err(|e| {
+                self.apply_err(
+                    commit_lsn,
+                    format!(
+                        "preparing `{}`: {}",
+                        excerpt(&sql),
+                        crate::error::DbError::from(e)
+                    ),
+                )
+            })?;
+        let entry = (stmt, Arc::<str>::from(sql));
+        cache.insert(shape, entry.clone());
+        Ok(entry)
     }
 
     /// The relation `id`, checked against the target table on first use
@@ -651,7 +898,7 @@ impl Ctx<'_> {
         let rows = self
             .client
             .query(
-                "SELECT a.attname::text FROM pg_attribute a \
+                "SELECT a.attname::text, a.atttypid::regtype::text FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
                  AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&rel.qualified()],
@@ -687,9 +934,17 @@ impl Ctx<'_> {
                 ),
             });
         }
-        if let Some(r) = relations.get_mut(&id) {
-            r.checked = true;
+        let types: Vec<String> = rows.iter().filter_map(|r| r.try_get(1).ok()).collect();
+        if types.len() != target.len() {
+            return Err(self.apply_err(
+                commit_lsn,
+                format!("reading the column types of {}", rel.qualified()),
+            ));
         }
+        let mut rel = rel;
+        rel.checked = true;
+        rel.types = types;
+        relations.insert(id, rel.clone());
         Ok(rel)
     }
 
