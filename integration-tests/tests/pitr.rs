@@ -1053,9 +1053,22 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
         ])
         .await
     };
+    // Without --binlog the replay, like the base restore, writes nothing
+    // to the target's binary log.
+    let target_topo = db::topology(&tgt);
+    let binlog_pos = || async {
+        let mut c = db::mysql(&target_topo.shards[0], None).await;
+        let pos: Option<String> = c
+            .query_first("SELECT @@global.gtid_binlog_pos")
+            .await
+            .unwrap();
+        pos.unwrap_or_default()
+    };
+    let before = binlog_pos().await;
     let run = restore().await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(binlog_pos().await, before, "the target's binary log grew");
     let replays = run.json()["replay"].as_array().cloned().unwrap_or_default();
     assert_eq!(replays.len(), 2, "{run:?}");
     for r in &replays {

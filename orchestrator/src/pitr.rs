@@ -13,7 +13,7 @@ use shard_agent::capture::StreamState;
 use shard_agent::engine;
 use shard_agent::manifest::{keys, Manifest, Mark, ShardManifest};
 use shard_agent::position::Position;
-use shard_agent::replay::{ReplayError, ReplayReport};
+use shard_agent::replay::{ReplayError, ReplayOptions, ReplayReport};
 use shard_agent::repo::Repository;
 use topology::Shard;
 
@@ -332,12 +332,13 @@ pub async fn replay_shard(
     from: &Position,
     to: &Position,
     at: Option<&ShardManifest>,
+    options: ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
     let driver = crate::agent::driver(target)?;
     let mut total = ReplayReport::default();
     for stream in streams_of(sm) {
         let r = driver
-            .replay(repo, source, &stream, target, (from, to))
+            .replay(repo, source, &stream, target, (from, to), options)
             .await?;
         total.segments += r.segments;
         total.transactions += r.transactions;

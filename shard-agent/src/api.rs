@@ -13,6 +13,7 @@ use topology::{Compression, DbTls, Endpoint, Engine, Secret, Shard, TableRef, Tl
 use crate::capture::{RoundReport, StreamState};
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
+use crate::replay::ReplayOptions;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
 pub const API_VERSION: u32 = 3;
@@ -242,6 +243,8 @@ pub enum DriverCall {
         target: ShardSpec,
         from: Position,
         to: Position,
+        #[serde(default)]
+        options: ReplayOptions,
     },
     FinishReplay {
         target: ShardSpec,

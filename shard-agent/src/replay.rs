@@ -13,6 +13,16 @@ use crate::capture::{list_segments, CaptureError, SegmentMeta, StreamState};
 use crate::position::Position;
 use crate::repo::Repository;
 
+/// How a replay writes to its target.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct ReplayOptions {
+    /// MySQL/MariaDB: write the replayed changes to the target's binary
+    /// log (as `restore --binlog` does for the base). Default: not logged,
+    /// like the base restore.
+    #[serde(default)]
+    pub binlog: bool,
+}
+
 /// What replaying one shard did.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplayReport {

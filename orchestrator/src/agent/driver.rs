@@ -17,7 +17,7 @@ use shard_agent::engine::{self, CatchUp, CutSession, Driver, StreamServer};
 use shard_agent::manifest::{ShardManifest, TableManifest};
 use shard_agent::position::Position;
 use shard_agent::preflight::ShardReport;
-use shard_agent::replay::{ReplayError, ReplayReport};
+use shard_agent::replay::{ReplayError, ReplayOptions, ReplayReport};
 use shard_agent::repo::Repository;
 use shard_agent::restore::{RestoreOptions, ShardRestore};
 use shard_agent::AgentError;
@@ -263,6 +263,7 @@ impl Driver for RemoteDriver {
         stream: &str,
         target: &Shard,
         range: (&Position, &Position),
+        options: ReplayOptions,
     ) -> Result<ReplayReport, ReplayError> {
         Ok(self
             .run(&DriverCall::Replay {
@@ -272,6 +273,7 @@ impl Driver for RemoteDriver {
                 target: ShardSpec::from_shard(target),
                 from: range.0.clone(),
                 to: range.1.clone(),
+                options,
             })
             .await?)
     }

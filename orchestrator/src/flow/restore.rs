@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use shard_agent::capture::StreamState;
 use shard_agent::manifest::{Manifest, Mark};
+use shard_agent::replay::ReplayOptions;
 use shard_agent::repo::Repository;
 use shard_agent::restore::{RestoreOptions, TableReady};
 use tokio::task::JoinSet;
@@ -116,7 +117,10 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
     let (restored, mut failures) = run_restores(&m, &pairs, &opts_for, &mut verifier, early).await;
     let mut replays = Vec::new();
     if let Some(mark) = &mark {
-        let (done, failed) = replay_all(&repo, &m, mark, &pairs, &restored).await;
+        let options = ReplayOptions {
+            binlog: plan.binlog,
+        };
+        let (done, failed) = replay_all(&repo, &m, mark, &pairs, &restored, options).await;
         failures.extend(failed);
         for rate in &done {
             // The measurement is for estimates only: a repository that
@@ -461,6 +465,7 @@ async fn replay_all(
     mark: &Mark,
     pairs: &[(String, Shard)],
     restored: &[String],
+    options: ReplayOptions,
 ) -> (Vec<ReplayRate>, Vec<String>) {
     let ranges = pitr::ranges(base, mark);
     let mut tasks = JoinSet::new();
@@ -474,8 +479,17 @@ async fn replay_all(
         let at = mark.shards.get(&name).cloned();
         tasks.spawn(async move {
             let started = Instant::now();
-            let r =
-                pitr::replay_shard(repo.as_ref(), &name, &sm, &dst, &from, &to, at.as_ref()).await;
+            let r = pitr::replay_shard(
+                repo.as_ref(),
+                &name,
+                &sm,
+                &dst,
+                &from,
+                &to,
+                at.as_ref(),
+                options,
+            )
+            .await;
             (name, r, started.elapsed().as_secs_f64())
         });
     }

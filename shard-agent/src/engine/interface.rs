@@ -23,7 +23,7 @@ use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
 use crate::preflight::ShardReport;
-use crate::replay::{ReplayError, ReplayReport};
+use crate::replay::{ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 use crate::restore::{RestoreOptions, ShardRestore};
 
@@ -130,6 +130,7 @@ pub trait Driver: Send + Sync {
         stream: &str,
         target: &Shard,
         range: (&Position, &Position),
+        options: ReplayOptions,
     ) -> Result<ReplayReport, ReplayError>;
 
     /// After every stream of `target` was replayed to a mark: what the

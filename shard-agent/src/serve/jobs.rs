@@ -160,12 +160,13 @@ pub(super) async fn run(
             target,
             from,
             to,
+            options,
         } => {
             let t = target.into_shard();
             let repo = repository()?;
             answer(
                 engine::driver(t.engine)
-                    .replay(repo.as_ref(), &source, &stream, &t, (&from, &to))
+                    .replay(repo.as_ref(), &source, &stream, &t, (&from, &to), options)
                     .await,
             )
         }

@@ -17,7 +17,7 @@ use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
 use crate::preflight::ShardReport;
-use crate::replay::{ReplayError, ReplayReport};
+use crate::replay::{ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 use crate::restore::{RestoreOptions, ShardRestore};
 
@@ -141,8 +141,9 @@ impl Driver for Mysql {
         _stream: &str,
         target: &Shard,
         (from, to): (&Position, &Position),
+        options: ReplayOptions,
     ) -> Result<ReplayReport, ReplayError> {
-        replay::replay(repo, source, target, from, to).await
+        replay::replay(repo, source, target, (from, to), options).await
     }
 }
 

@@ -22,7 +22,7 @@ use super::capture::{event, mariadb_gtid, query_text, BINLOG_MAGIC, STREAM};
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
 use crate::position::{BinlogCoordinates, Position};
-use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
+use crate::replay::{excerpt, segments, ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 
 /// Statement-end flag of a row event (flags follow the 6-byte table id).
@@ -72,8 +72,8 @@ pub async fn replay(
     repo: &dyn Repository,
     source: &str,
     target: &Shard,
-    from: &Position,
-    to: &Position,
+    (from, to): (&Position, &Position),
+    options: ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {
     let refused = |what: String| ReplayError::Refused {
         shard: target.name.clone(),
@@ -103,6 +103,18 @@ pub async fn replay(
             at: "the session set-up".into(),
             what: e.to_string(),
         })?,
+    }
+    // The base restore is not logged unless asked (`--binlog`): neither
+    // are the changes replayed onto it, which would reach the target's
+    // replicas without the rows they change.
+    if !options.binlog {
+        conn.query_drop("SET SESSION sql_log_bin = 0")
+            .await
+            .map_err(|e| ReplayError::Apply {
+                shard: target.name.clone(),
+                at: "the session set-up".into(),
+                what: format!("SET SESSION sql_log_bin = 0 (or restore with --binlog): {e}"),
+            })?;
     }
     let mut group = Group::new(conn, target);
     let mut applied = from.clone();

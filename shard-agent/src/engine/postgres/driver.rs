@@ -17,7 +17,7 @@ use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
 use crate::preflight::ShardReport;
-use crate::replay::{ReplayError, ReplayReport};
+use crate::replay::{ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 use crate::restore::{RestoreOptions, ShardRestore};
 
@@ -136,6 +136,9 @@ impl Driver for Postgres {
         stream: &str,
         target: &Shard,
         (from, to): (&Position, &Position),
+        // The binary-log choice is MySQL's; PostgreSQL's WAL is the
+        // server's own.
+        _options: ReplayOptions,
     ) -> Result<ReplayReport, ReplayError> {
         replay::replay(repo, source, stream, target, from, to).await
     }
