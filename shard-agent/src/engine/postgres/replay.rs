@@ -49,7 +49,9 @@ pub(crate) struct Relation {
     full: bool,
     /// Checked against the target once, on first use.
     checked: bool,
-    /// The target's column types (`regtype` text), read when checked.
+    /// The target's column types with their modifiers (`format_type`:
+    /// `character(8)`, not `character`, which means one character), read
+    /// when checked.
     types: Vec<String>,
     /// Distinguishes descriptions of one relation ID whose columns differ
     /// (statements prepared for one are not used for another).
@@ -898,7 +900,7 @@ impl Ctx<'_> {
         let rows = self
             .client
             .query(
-                "SELECT a.attname::text, a.atttypid::regtype::text FROM pg_attribute a \
+                "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
                  AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&rel.qualified()],
