@@ -16,9 +16,8 @@ use std::collections::HashMap;
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use futures_util::StreamExt;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use topology::Shard;
 
 use super::capture::be_u64;
@@ -28,9 +27,9 @@ use crate::position::{Lsn, Position};
 use crate::replay::{excerpt, segments, ReplayError, ReplayReport};
 use crate::repo::Repository;
 
-/// Statements sent at once (pipelined), at most.
+/// Statements sent in one simple-query message, at most.
 const BATCH_STATEMENTS: usize = 1000;
-/// Bytes of statements and values sent at once, about, at most.
+/// Bytes of statements sent in one message, about, at most.
 const BATCH_BYTES: usize = 1 << 20;
 /// Source transactions applied in one target transaction, at most.
 const GROUP_TRANSACTIONS: u64 = 5000;
@@ -363,8 +362,11 @@ impl Group {
     }
 }
 
-/// Prepared statements by shape.
-type Prepared = HashMap<Shape, (Statement, Arc<str>)>;
+/// Prepared statements by shape: their names and texts.
+type Prepared = HashMap<Shape, (Arc<str>, Arc<str>)>;
+
+/// Numbers the session's prepared statements.
+static PREPARED_NAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Prepared statements kept at most (past that, the cache starts again).
 const PREPARED_STATEMENTS: usize = 4096;
@@ -461,9 +463,10 @@ fn texts(tuple: &[Value], cols: &[usize], nulls: bool) -> Option<Vec<Option<Stri
 enum Op {
     /// With literals, sent as a simple query.
     Text { sql: String, one: bool },
-    /// A prepared statement and its parameters.
+    /// A statement prepared in the session (by name; `sql` is its text)
+    /// and its parameters, sent as `EXECUTE name(…)`.
     Prepared {
-        stmt: Statement,
+        name: Arc<str>,
         sql: Arc<str>,
         params: Vec<Option<String>>,
         one: bool,
@@ -481,7 +484,45 @@ impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Text { sql, .. } => sql.len(),
-            Op::Prepared { params, .. } => params.iter().flatten().map(|p| p.len() + 8).sum(),
+            Op::Prepared { name, params, .. } => {
+                name.len() + params.iter().flatten().map(|p| p.len() + 8).sum::<usize>()
+            }
+        }
+    }
+
+    /// Appends the statement's text to a batch.
+    fn write(&self, out: &mut String) {
+        match self {
+            Op::Text { sql, .. } => out.push_str(sql),
+            Op::Prepared { name, params, .. } => {
+                out.push_str("EXECUTE ");
+                out.push_str(name);
+                out.push('(');
+                for (i, p) in params.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    match p {
+                        Some(t) => {
+                            out.push('\'');
+                            out.push_str(&t.replace('\'', "''"));
+                            out.push('\'');
+                        }
+                        None => out.push_str("NULL"),
+                    }
+                }
+                out.push(')');
+            }
+        }
+        out.push_str(";\n");
+    }
+
+    /// Whether its text holds a NUL byte (from the repository), which
+    /// would cut the message short.
+    fn has_nul(&self) -> bool {
+        match self {
+            Op::Text { sql, .. } => sql.contains('\0'),
+            Op::Prepared { params, .. } => params.iter().flatten().any(|p| p.contains('\0')),
         }
     }
 
@@ -579,11 +620,8 @@ impl Ctx<'_> {
     /// Adds a statement to the group (opening it), sending the batch when
     /// it is full.
     async fn push(&self, group: &mut Group, op: Op, commit_lsn: Lsn) -> Result<(), ReplayError> {
-        if let Op::Text { sql, .. } = &op {
-            if sql.contains('\0') {
-                // Text from the repository: a NUL would cut the message short.
-                return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
-            }
+        if op.has_nul() {
+            return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
         }
         if !group.open {
             self.client
@@ -603,55 +641,73 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Sends the group's unsent statements at once (the requests are
-    /// written in order before any answer is awaited) and checks that each
-    /// that must change one row did.
+    /// Sends the group's unsent statements in one simple-query message and
+    /// checks that each that must change one row did; a statement the
+    /// target refuses is named (the replies before the error count the
+    /// statements that ran).
     async fn send(&self, group: &mut Group) -> Result<(), ReplayError> {
         if group.ops.is_empty() {
             return Ok(());
         }
-        let client = self.client;
-        let results = join_all(group.ops.iter().map(|op| async move {
-            match op {
-                Op::Text { sql, .. } => client.simple_query(sql).await.map(|messages| {
-                    messages
-                        .iter()
-                        .filter_map(|m| match m {
-                            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                            _ => None,
-                        })
-                        .sum::<u64>()
-                }),
-                Op::Prepared { stmt, params, .. } => {
-                    let refs: Vec<&(dyn ToSql + Sync)> =
-                        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                    client.execute(stmt, &refs).await
-                }
-            }
-        }))
-        .await;
+        let mut sql = String::with_capacity(group.bytes + 32 * group.ops.len());
+        for op in &group.ops {
+            op.write(&mut sql);
+        }
         let fail = |what: String| ReplayError::Apply {
             shard: self.target.name.clone(),
             at: format!("database {} {}", self.db, group.span()),
             what,
         };
-        for (op, result) in group.ops.iter().zip(results) {
-            let problem = match result {
-                Err(e) => Some(format!(
-                    "the target refused `{}`: {}",
-                    op.shown(),
+        let mut problem = None;
+        let mut done = 0usize;
+        match self.client.simple_query_raw(&sql).await {
+            Err(e) => {
+                problem = Some(format!(
+                    "the target refused the batch: {}",
                     crate::error::DbError::from(e)
-                )),
-                Ok(n) if op.one() && n != 1 => Some(format!(
-                    "`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on",
-                    op.shown()
-                )),
-                Ok(_) => None,
-            };
-            if let Some(what) = problem {
-                drop(self.client.batch_execute("ROLLBACK").await);
-                return Err(fail(what));
+                ))
             }
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(message) = stream.next().await {
+                    match message {
+                        Ok(SimpleQueryMessage::CommandComplete(n)) => {
+                            let op = group.ops.get(done);
+                            done += 1;
+                            if let Some(op) = op.filter(|op| op.one() && n != 1) {
+                                problem = Some(format!(
+                                    "`{}` changed {n} rows instead of 1: the target does not hold the state the change was made on",
+                                    op.shown()
+                                ));
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let shown = group
+                                .ops
+                                .get(done)
+                                .map(Op::shown)
+                                .unwrap_or_else(|| "the batch".into());
+                            problem = Some(format!(
+                                "the target refused `{shown}`: {}",
+                                crate::error::DbError::from(e)
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if problem.is_none() && done != group.ops.len() {
+            problem = Some(format!(
+                "the target answered {done} of {} statements",
+                group.ops.len()
+            ));
+        }
+        if let Some(what) = problem {
+            drop(self.client.batch_execute("ROLLBACK").await);
+            return Err(fail(what));
         }
         group.ops.clear();
         group.bytes = 0;
@@ -713,9 +769,9 @@ impl Ctx<'_> {
                 let typed = rel.types.len() == rel.columns.len();
                 if let Some(params) = texts(&new, &all, true).filter(|_| typed) {
                     let shape = Shape::new(&rel, b'I', all, Vec::new());
-                    let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                    let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
                     return Ok(Some(Op::Prepared {
-                        stmt,
+                        name,
                         sql,
                         params,
                         one: true,
@@ -772,9 +828,9 @@ impl Ctx<'_> {
                     {
                         params.extend(kp);
                         let shape = Shape::new(&rel, b'U', set, keys);
-                        let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                        let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
                         return Ok(Some(Op::Prepared {
-                            stmt,
+                            name,
                             sql,
                             params,
                             one: true,
@@ -803,9 +859,9 @@ impl Ctx<'_> {
                 if let Some(keys) = rel.key_columns() {
                     if let Some(params) = texts(&old, &keys, false) {
                         let shape = Shape::new(&rel, b'D', Vec::new(), keys);
-                        let (stmt, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
+                        let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
                         return Ok(Some(Op::Prepared {
-                            stmt,
+                            name,
                             sql,
                             params,
                             one: true,
@@ -844,24 +900,34 @@ impl Ctx<'_> {
         }
     }
 
-    /// The prepared statement of `shape`, prepared on first use.
+    /// The prepared statement of `shape`, prepared on first use (SQL
+    /// `PREPARE`: executing it by name in a batch skips parsing and
+    /// planning each change, and a batch stays one message).
     async fn prepare(
         &self,
         cache: &mut Prepared,
         shape: Shape,
         rel: &Relation,
         commit_lsn: Lsn,
-    ) -> Result<(Statement, Arc<str>), ReplayError> {
+    ) -> Result<(Arc<str>, Arc<str>), ReplayError> {
         if let Some(hit) = cache.get(&shape) {
             return Ok(hit.clone());
         }
         if cache.len() >= PREPARED_STATEMENTS {
+            self.client
+                .batch_execute("DEALLOCATE ALL")
+                .await
+                .map_err(|e| self.apply_err(commit_lsn, format!("DEALLOCATE ALL: {e}")))?;
             cache.clear();
         }
         let (sql, n) = shape.sql(rel);
-        let stmt = self
-            .client
-            .prepare_typed(&sql, &vec![Type::TEXT; n])
+        let name = format!(
+            "shardcut_replay_{}",
+            PREPARED_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let types = vec!["text"; n].join(", ");
+        self.client
+            .batch_execute(&format!("PREPARE {name} ({types}) AS {sql}"))
             .await
             .map_err(|e| {
                 self.apply_err(
@@ -873,7 +939,7 @@ impl Ctx<'_> {
                     ),
                 )
             })?;
-        let entry = (stmt, Arc::<str>::from(sql));
+        let entry = (Arc::<str>::from(name), Arc::<str>::from(sql));
         cache.insert(shape, entry.clone());
         Ok(entry)
     }
