@@ -19,6 +19,7 @@ pub mod cut;
 pub mod dump;
 pub mod engine;
 pub mod error;
+pub mod idle;
 pub mod manifest;
 pub mod position;
 pub mod preflight;

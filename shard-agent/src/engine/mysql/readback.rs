@@ -12,6 +12,10 @@ use crate::error::AgentError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Read-back connections kept between tables (see [`crate::idle`]).
+static IDLE: std::sync::LazyLock<crate::idle::Idle<Reader>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// `kind` chooses the client; verification uses [`ReaderKind::Auto`], tests
 /// also the library alone, to show both read the same lines.
 pub(super) async fn digest(
@@ -21,6 +25,15 @@ pub(super) async fn digest(
     columns: &[&str],
     kind: ReaderKind,
 ) -> Result<RowDigest, AgentError> {
+    let key = crate::idle::key(shard, "", &format!("{kind:?}"));
+    // A kept connection may have died since (a server restart): the read
+    // is tried once more on a new one before it counts as failed.
+    if let Some(kept) = IDLE.take(&key) {
+        if let Ok((digest, conn)) = read(kept, shard, db, table, columns).await {
+            IDLE.put(key, conn);
+            return Ok(digest);
+        }
+    }
     let mut conn = Reader::connect(shard, TIMEOUT, kind).await?;
     let version = conn
         .first_line("SELECT VERSION()")
@@ -28,6 +41,21 @@ pub(super) async fn digest(
         .map_err(db_err(shard, "reading the server version"))?;
     let mariadb = version.is_some_and(|v| memchr::memmem::find(&v, b"MariaDB").is_some());
     setup_reader(&mut conn, shard, mariadb).await?;
+    let (digest, conn) = read(conn, shard, db, table, columns).await?;
+    // Read whole: kept for the next table's read.
+    IDLE.put(key, conn);
+    Ok(digest)
+}
+
+/// Reads a table back on `conn`; gives the connection back when the read
+/// went through.
+async fn read(
+    mut conn: Reader,
+    shard: &Shard,
+    db: &str,
+    table: &str,
+    columns: &[&str],
+) -> Result<(RowDigest, Reader), AgentError> {
     let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
     let sql = format!(
         "SELECT {} FROM {}.{}",
@@ -44,6 +72,5 @@ pub(super) async fn digest(
         line.clear();
     }
     drop(rows);
-    conn.disconnect().await;
-    Ok(digest)
+    Ok((digest, conn))
 }

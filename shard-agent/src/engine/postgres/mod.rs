@@ -82,21 +82,21 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Whether `schema.table` is a partitioned table (its rows live in its
-/// partitions); false for any other table and for one that does not exist.
-pub(crate) async fn is_partitioned(
+/// The partitioned tables of the connected database (their rows live in
+/// their partitions), as (schema, name): one query for every table.
+pub(crate) async fn partitioned_tables(
     client: &Client,
-    schema: &str,
-    table: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<std::collections::HashSet<(String, String)>, tokio_postgres::Error> {
     Ok(client
-        .query_opt(
-            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'",
-            &[&schema, &table],
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'p'",
+            &[],
         )
         .await?
-        .is_some())
+        .iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+        .collect())
 }
 
 pub(crate) fn pg_err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error) -> AgentError {

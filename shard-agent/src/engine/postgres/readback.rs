@@ -12,6 +12,10 @@ use crate::error::AgentError;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Read-back connections kept between tables (see [`crate::idle`]).
+static IDLE: std::sync::LazyLock<crate::idle::Idle<CopyReader>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Reads `db`.`schema`.`table` back through the client `kind` chooses.
 pub(super) async fn digest(
     shard: &Shard,
@@ -21,7 +25,32 @@ pub(super) async fn digest(
     columns: &[&str],
     kind: ReaderKind,
 ) -> Result<RowDigest, AgentError> {
-    let mut client = CopyReader::connect(shard, db, TIMEOUT, kind).await?;
+    let key = crate::idle::key(shard, db, &format!("{kind:?}"));
+    // A kept connection may have died since (a server restart): the read
+    // is tried once more on a new one before it counts as failed.
+    if let Some(kept) = IDLE.take(&key) {
+        if let Ok((digest, client)) = read(kept, shard, db, schema, table, columns).await {
+            IDLE.put(key, client);
+            return Ok(digest);
+        }
+    }
+    let client = CopyReader::connect(shard, db, TIMEOUT, kind).await?;
+    let (digest, client) = read(client, shard, db, schema, table, columns).await?;
+    // Read whole and answered: kept for the next table's read.
+    IDLE.put(key, client);
+    Ok(digest)
+}
+
+/// Reads a table back on `client`; gives the client back when the read
+/// went through.
+async fn read(
+    mut client: CopyReader,
+    shard: &Shard,
+    db: &str,
+    schema: &str,
+    table: &str,
+    columns: &[&str],
+) -> Result<(RowDigest, CopyReader), AgentError> {
     let what = format!("reading back {db}.{schema}.{table}");
     let err = |source| AgentError::Query {
         shard: shard.name.clone(),
@@ -57,14 +86,13 @@ pub(super) async fn digest(
             digest_lines(&mut digest, &mut carry, piece);
         }
     }
-    client.close().await;
     if !carry.is_empty() {
         return Err(AgentError::Tool {
             shard: shard.name.clone(),
             what: format!("{what}: COPY output ended in the middle of a row"),
         });
     }
-    Ok(digest)
+    Ok((digest, client))
 }
 
 /// Adds the rows of one piece of `COPY` text output to `digest`. Rows end

@@ -11,7 +11,7 @@ use topology::Shard;
 
 use super::preflight::SYSTEM_DATABASES;
 use super::restore_post::PostData;
-use super::{ident, is_partitioned, pg_err, reader};
+use super::{ident, partitioned_tables, pg_err, reader};
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
@@ -355,7 +355,17 @@ struct TableLoad {
     table: String,
     copy: String,
     chunks: Vec<Recorded>,
+    /// Its rows go to its partitions.
+    partitioned: bool,
+    bytes_raw: u64,
 }
+
+/// A plain table at least this large is loaded truncated in its load's
+/// transaction, so that `COPY … FREEZE` can write its rows frozen; a
+/// smaller one is not worth the new relation file TRUNCATE makes (with
+/// thousands of small tables that was a file created and one unlinked per
+/// table).
+const FREEZE_MIN_BYTES: u64 = 1 << 20;
 
 /// Loads every chunk of `db` with `COPY … FROM STDIN`, in parallel.
 ///
@@ -376,6 +386,13 @@ async fn load_data(
     db: &str,
     post: &Arc<PostData>,
 ) -> Result<(), AgentError> {
+    let partitioned = {
+        let client = reader(target, db, TIMEOUT).await?;
+        partitioned_tables(&client).await.map_err(pg_err(
+            target,
+            &format!("listing the partitioned tables of {db}"),
+        ))?
+    };
     let mut tables: Vec<(u64, TableLoad)> = source
         .table_list
         .iter()
@@ -391,9 +408,11 @@ async fn load_data(
                     ident(&t.name),
                     cols.join(", ")
                 ),
+                partitioned: partitioned.contains(&(schema.clone(), t.name.clone())),
                 schema,
                 table: t.name.clone(),
                 chunks: t.chunks.iter().map(Recorded::from).collect(),
+                bytes_raw: t.bytes_raw,
             };
             (t.bytes_raw, load)
         })
@@ -546,10 +565,11 @@ async fn copy_chunk(
     Ok(())
 }
 
-/// Loads a whole table in one transaction: truncated first, so that a plain
-/// table can take its rows frozen. A partitioned table cannot (its rows go
-/// to its partitions); it is loaded in the same transaction, unfrozen.
-/// Returns whether the table was a plain one.
+/// Loads a whole table in one transaction: a plain table of at least
+/// [`FREEZE_MIN_BYTES`] truncated first, so that it can take its rows
+/// frozen. A partitioned table cannot (its rows go to its partitions); it
+/// and smaller tables are loaded unfrozen, a table of one chunk by a lone
+/// `COPY` (atomic on its own). Returns whether the table was a plain one.
 async fn load_table(
     client: &tokio_postgres::Client,
     target: &Shard,
@@ -557,11 +577,13 @@ async fn load_table(
     t: &TableLoad,
 ) -> Result<bool, AgentError> {
     let what = format!("loading {}", t.name);
-    let partitioned = is_partitioned(client, &t.schema, &t.table)
-        .await
-        .map_err(pg_err(target, &what))?;
+    let freeze = !t.partitioned && t.bytes_raw >= FREEZE_MIN_BYTES;
+    if let (false, [chunk]) = (freeze, t.chunks.as_slice()) {
+        copy_chunk(client, target, opts, &t.copy, &t.name, chunk).await?;
+        return Ok(!t.partitioned);
+    }
     let target_name = format!("{}.{}", ident(&t.schema), ident(&t.table));
-    let (begin, sql) = if partitioned {
+    let (begin, sql) = if !freeze {
         ("BEGIN".to_string(), t.copy.clone())
     } else {
         (
@@ -583,7 +605,7 @@ async fn load_table(
         .batch_execute("COMMIT")
         .await
         .map_err(pg_err(target, &what))?;
-    Ok(!partitioned)
+    Ok(!t.partitioned)
 }
 
 /// Loads chunks in parallel, each in its own transaction.
