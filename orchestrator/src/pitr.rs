@@ -329,8 +329,7 @@ pub async fn replay_shard(
     source: &str,
     sm: &ShardManifest,
     target: &Shard,
-    from: &Position,
-    to: &Position,
+    (from, to): (&Position, &Position),
     at: Option<&ShardManifest>,
     options: ReplayOptions,
 ) -> Result<ReplayReport, ReplayError> {

@@ -484,8 +484,7 @@ async fn replay_all(
                 &name,
                 &sm,
                 &dst,
-                &from,
-                &to,
+                (&from, &to),
                 at.as_ref(),
                 options,
             )
