@@ -788,34 +788,57 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
     );
 }
 
+/// A private sandbox of one MariaDB and one PostgreSQL shard whose `bank`
+/// database holds `ledger (id, amount)` on both, with `rows` (an SQL
+/// VALUES list, or empty) in it; its topology file is written into `dir`.
+async fn ledger_cluster(
+    dir: &std::path::Path,
+    rows: &str,
+) -> (PrivateSandbox, std::path::PathBuf, Topology) {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let topo_path = support::topology_variant(&sb.topology(), dir, &[]);
+    let topo = db::topology(&topo_path);
+    let insert = if rows.is_empty() {
+        String::new()
+    } else {
+        format!("INSERT INTO ledger VALUES {rows};")
+    };
+    let my_insert = insert.replace("INTO ledger", "INTO bank.ledger");
+    let mut mysql = vec![
+        "CREATE DATABASE bank",
+        "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
+    ];
+    if !rows.is_empty() {
+        mysql.push(my_insert.trim_end_matches(';'));
+    }
+    let pg = format!("CREATE TABLE ledger (id int PRIMARY KEY, amount int); {insert}");
+    db::setup_all(&topo, &mysql, "bank", &pg).await;
+    (sb, topo_path, topo)
+}
+
+/// Runs `sql` in the `bank` database of both shards of `topo`.
+async fn on_both(topo: &Topology, sql: &str) {
+    db::mysql(&topo.shards[0], Some("bank"))
+        .await
+        .query_drop(sql)
+        .await
+        .unwrap();
+    db::pg(&topo.shards[1], "bank")
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() {
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let (_sb, topo_path, topo) = ledger_cluster(dir.path(), "").await;
     let arg = topo_path.to_str().unwrap();
-    let topo = db::topology(&topo_path);
-    db::setup_all(
-        &topo,
-        &[
-            "CREATE DATABASE bank",
-            "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
-        ],
-        "bank",
-        "CREATE TABLE ledger (id int PRIMARY KEY, amount int);",
-    )
-    .await;
-    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
+    let topo = &topo;
     let write = |from: i32, to: i32| async move {
-        let mut c = db::mysql(my, Some("bank")).await;
-        let p = db::pg(pg, "bank").await;
         for i in from..to {
-            c.query_drop(format!("INSERT INTO ledger VALUES ({i}, {i})"))
-                .await
-                .unwrap();
-            p.batch_execute(&format!("INSERT INTO ledger VALUES ({i}, {i})"))
-                .await
-                .unwrap();
+            on_both(topo, &format!("INSERT INTO ledger VALUES ({i}, {i})")).await;
         }
     };
     // Generation 0: capture, a backup, writes, a mark it reaches.
@@ -823,7 +846,7 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
     let first = support::backup_id(arg).await;
     write(0, 10).await;
     run_ok_async(&["mark", "-t", arg, "--name", "gen0"]).await;
-    let at_gen0 = checksums(&topo, &["ledger"]).await;
+    let at_gen0 = checksums(topo, &["ledger"]).await;
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
     // Removed, writes nobody captures, and started again: generation 1.
     run_ok_async(&["capture", "-t", arg, "--remove"]).await;
@@ -875,7 +898,7 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
             .await
             .values()
             .collect::<Vec<_>>(),
-        checksums(&topo, &["ledger"])
+        checksums(topo, &["ledger"])
             .await
             .values()
             .collect::<Vec<_>>()
@@ -1008,31 +1031,11 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
 /// reported as a success.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_take() {
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let (_sb, topo_path, topo) = ledger_cluster(dir.path(), "(1, 1), (2, 2), (3, 3)").await;
     let arg = topo_path.to_str().unwrap();
-    let topo = db::topology(&topo_path);
-    db::setup_all(
-        &topo,
-        &[
-            "CREATE DATABASE bank",
-            "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
-            "INSERT INTO bank.ledger VALUES (1, 1), (2, 2), (3, 3)",
-        ],
-        "bank",
-        "CREATE TABLE ledger (id int PRIMARY KEY, amount int); INSERT INTO ledger VALUES (1, 1), (2, 2), (3, 3);",
-    )
-    .await;
-    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
-    let sql = |s: String| async move {
-        db::mysql(my, Some("bank"))
-            .await
-            .query_drop(&s)
-            .await
-            .unwrap();
-        db::pg(pg, "bank").await.batch_execute(&s).await.unwrap();
-    };
+    let topo = &topo;
+    let sql = |s: String| async move { on_both(topo, &s).await };
     run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
     // Captured, and already in the base.
     sql("DELETE FROM ledger WHERE id = 2".into()).await;
@@ -1102,7 +1105,7 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
 
     // Tampered: the base's recorded cut moved back to where capture
     // started, before the delete the base already holds.
-    let repo = db::repository(&topo);
+    let repo = db::repository(topo);
     let key = format!("backups/{backup}/manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&repo.get(&key).unwrap()).unwrap();
     for (shard, stream) in [("mysql-0", "binlog"), ("pg-0", "bank")] {

@@ -400,6 +400,12 @@ impl Shape {
             n += 1;
             format!("${n}::text::{}", rel.types[i])
         };
+        // `column = $n::text::type` for each of `cols`, numbered on.
+        let assignments = |cols: &[usize], param: &mut dyn FnMut(usize) -> String| -> Vec<String> {
+            cols.iter()
+                .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
+                .collect()
+        };
         let sql = match self.kind {
             b'I' => {
                 let cols: Vec<String> =
@@ -413,16 +419,8 @@ impl Shape {
                 )
             }
             b'U' => {
-                let sets: Vec<String> = self
-                    .set
-                    .iter()
-                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
-                    .collect();
-                let conds: Vec<String> = self
-                    .key
-                    .iter()
-                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
-                    .collect();
+                let sets = assignments(&self.set, &mut param);
+                let conds = assignments(&self.key, &mut param);
                 format!(
                     "UPDATE {} SET {} WHERE {}",
                     rel.qualified(),
@@ -431,11 +429,7 @@ impl Shape {
                 )
             }
             _ => {
-                let conds: Vec<String> = self
-                    .key
-                    .iter()
-                    .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), param(*i)))
-                    .collect();
+                let conds = assignments(&self.key, &mut param);
                 format!(
                     "DELETE FROM {} WHERE {}",
                     rel.qualified(),
