@@ -1,6 +1,7 @@
 //! The expected replay time of a point-in-time restore, from the replay
-//! rate a shard last achieved: every restore or drill that replays
-//! captured changes records its rate in the repository, and `status` and
+//! rate a shard last achieved: every restore that replays captured changes
+//! (`--until`, or a restore or drill of an incremental backup) records its
+//! rate in the repository, and `status` and
 //! `show mark:NAME` divide the transactions waiting between the base backup
 //! and the mark by it, so a DBA knows the recovery time before the bad day.
 
@@ -77,7 +78,7 @@ pub struct Expected {
     /// Captured transactions between the base backup's cut and the mark
     /// (whole segments: an upper bound by at most one segment).
     pub transactions: u64,
-    /// `None` until a restore or drill has replayed this shard's changes.
+    /// `None` until a restore has replayed this shard's changes.
     pub seconds: Option<f64>,
     pub rate: Option<ReplayRate>,
 }
@@ -164,7 +165,7 @@ pub fn describe(e: &Estimate) -> String {
                 r.measured_at
             ),
             _ => format!(
-                "{}: {} transaction(s), rate not measured yet (a restore or drill --until measures it)",
+                "{}: {} transaction(s), rate not measured yet (a restore --until, or a drill of an incremental backup, measures it)",
                 s.shard,
                 crate::render::count(s.transactions)
             ),
