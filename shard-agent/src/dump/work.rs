@@ -172,6 +172,9 @@ pub struct TableMeta<'a> {
 /// `tables[i]` describes table index `i` of the items.
 pub fn merge(mut results: Vec<ItemResult>, tables: &[TableMeta<'_>]) -> Vec<TableManifest> {
     results.sort_by_key(|r| (r.table, r.range_no));
+    // Results in table order, taken table by table in one pass (scanning
+    // every result for every table was quadratic in the tables).
+    let mut results = results.into_iter().peekable();
     tables
         .iter()
         .enumerate()
@@ -179,7 +182,10 @@ pub fn merge(mut results: Vec<ItemResult>, tables: &[TableMeta<'_>]) -> Vec<Tabl
             let mut digest = RowDigest::default();
             let mut chunks = Vec::new();
             let mut millis = 0;
-            for r in results.iter_mut().filter(|r| r.table == i) {
+            while results.peek().is_some_and(|r| r.table < i) {
+                results.next();
+            }
+            while let Some(mut r) = results.next_if(|r| r.table == i) {
                 digest.merge(r.digest);
                 chunks.append(&mut r.chunks);
                 millis += r.millis;
@@ -234,4 +240,57 @@ pub async fn store_schema(
         bytes_stored,
         xxh3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(table: usize, range_no: usize, rows: u64) -> ItemResult {
+        ItemResult {
+            table,
+            range_no,
+            digest: RowDigest { rows, sum: rows },
+            chunks: vec![ChunkRef {
+                key: format!("t{table}/r{range_no}"),
+                rows,
+                bytes_raw: rows,
+                bytes_stored: rows,
+                xxh3: String::new(),
+                raw_xxh3: String::new(),
+            }],
+            millis: 1,
+        }
+    }
+
+    #[test]
+    fn merge_gives_each_table_its_ranges_in_order_whatever_order_they_finished_in() {
+        let names = ["a", "b", "c", "d"];
+        let meta: Vec<TableMeta<'_>> = names
+            .iter()
+            .map(|n| TableMeta {
+                database: "db",
+                schema: None,
+                name: n,
+                columns: &[],
+                primary_key: &[],
+                references: &[],
+            })
+            .collect();
+        // Table 1 has no ranges (its results never came); 3 has three.
+        let results = vec![
+            result(3, 2, 30),
+            result(0, 0, 5),
+            result(3, 0, 10),
+            result(2, 0, 7),
+            result(3, 1, 20),
+        ];
+        let merged = merge(results, &meta);
+        let rows: Vec<u64> = merged.iter().map(|t| t.rows).collect();
+        assert_eq!(rows, [5, 0, 7, 60]);
+        let keys: Vec<&str> = merged[3].chunks.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["t3/r0", "t3/r1", "t3/r2"]);
+        assert!(merged[1].chunks.is_empty());
+        assert_eq!(merged[3].duration_ms, 3);
+    }
 }
