@@ -188,10 +188,7 @@ impl<'a> Group<'a> {
 
     /// Sends a format description event (once per distinct one).
     async fn format(&mut self, event: &[u8], at: &str) -> Result<(), ReplayError> {
-        // The header (timestamp, position) and checksum differ between
-        // segments of one server; what the server decodes by does not.
-        let body = event.get(19..).unwrap_or_default();
-        if self.fde.get(19..).unwrap_or_default() == body {
+        if !self.fde.is_empty() && decoding(&self.fde) == decoding(event) {
             return Ok(());
         }
         self.commit().await?;
@@ -281,6 +278,20 @@ impl<'a> Group<'a> {
         self.bytes = 0;
         Ok(())
     }
+}
+
+/// What row events are decoded by in a format description event: the
+/// binlog version, the server version, the common header length, the
+/// post-header lengths and the checksum algorithm. Not the event header
+/// (time, position), the creation time or the checksum, which differ
+/// between the segments of one server and would end a group at every
+/// segment.
+fn decoding(event: &[u8]) -> (&[u8], &[u8]) {
+    let versions = event.get(19..71).unwrap_or_default();
+    let rest = event
+        .get(75..event.len().saturating_sub(4))
+        .unwrap_or_default();
+    (versions, rest)
 }
 
 fn binlog_statement(rows: &[u8]) -> String {
@@ -498,4 +509,38 @@ async fn run(
             what: format!("the target refused {shown}: {e}"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoding;
+
+    /// A format description event: header, binlog version, server version,
+    /// creation time, header length, post-header lengths, checksum
+    /// algorithm and checksum.
+    fn fde(when: u8, created: u8, server: &[u8], crc: u8) -> Vec<u8> {
+        let mut e = vec![when; 19];
+        e.extend_from_slice(&[4, 0]);
+        let mut version = server.to_vec();
+        version.resize(50, 0);
+        e.extend_from_slice(&version);
+        e.extend_from_slice(&[created; 4]);
+        e.push(19);
+        e.extend_from_slice(&[8; 20]);
+        e.push(1);
+        e.extend_from_slice(&[crc; 4]);
+        e
+    }
+
+    #[test]
+    fn segments_of_one_server_decode_alike_and_another_version_does_not() {
+        let a = fde(1, 0, b"10.11.19-MariaDB", 7);
+        let b = fde(2, 9, b"10.11.19-MariaDB", 8);
+        assert_eq!(decoding(&a), decoding(&b));
+        let c = fde(1, 0, b"11.4.2-MariaDB", 7);
+        assert_ne!(decoding(&a), decoding(&c));
+        let mut d = a.clone();
+        d[80] = 9; // a post-header length
+        assert_ne!(decoding(&a), decoding(&d));
+    }
 }
