@@ -202,8 +202,13 @@ fn literal(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Unchanged => "DEFAULT".into(),
-        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Value::Text(t) => quote(t),
     }
+}
+
+/// `t` as an SQL string literal (`standard_conforming_strings` is on).
+fn quote(t: &str) -> String {
+    format!("'{}'", t.replace('\'', "''"))
 }
 
 /// `WHERE` clause for the row an old tuple (or the new one) identifies.
@@ -368,8 +373,20 @@ type Prepared = HashMap<Shape, (Arc<str>, Arc<str>)>;
 /// Numbers the session's prepared statements.
 static PREPARED_NAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Prepared statements kept at most (past that, the cache starts again).
+/// Prepared statements kept at most (past that, the cache starts again):
+/// each holds a plan in the target session's memory.
 const PREPARED_STATEMENTS: usize = 4096;
+
+/// The limit in force: `SHARDCUT_REPLAY_PREPARED` (a target with little
+/// memory; tests use a small value to take the path that starts again),
+/// else [`PREPARED_STATEMENTS`].
+fn prepared_statements() -> usize {
+    std::env::var("SHARDCUT_REPLAY_PREPARED")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(PREPARED_STATEMENTS)
+}
 
 /// What a prepared statement does: to which description of a relation,
 /// which change, setting which columns, finding the row by which.
@@ -497,11 +514,7 @@ impl Op {
                         out.push_str(", ");
                     }
                     match p {
-                        Some(t) => {
-                            out.push('\'');
-                            out.push_str(&t.replace('\'', "''"));
-                            out.push('\'');
-                        }
+                        Some(t) => out.push_str(&quote(t)),
                         None => out.push_str("NULL"),
                     }
                 }
@@ -527,10 +540,7 @@ impl Op {
             Op::Prepared { sql, params, .. } => {
                 let vals: Vec<String> = params
                     .iter()
-                    .map(|p| match p {
-                        Some(t) => literal(&Value::Text(t.clone())),
-                        None => "NULL".into(),
-                    })
+                    .map(|p| p.as_deref().map_or_else(|| "NULL".into(), quote))
                     .collect();
                 excerpt(&format!("{sql} with ({})", vals.join(", ")))
             }
@@ -584,9 +594,7 @@ impl Ctx<'_> {
                 Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
                 Some(kind @ (b'I' | b'U' | b'D' | b'T')) if wanted => {
                     let change = Change { lsn, commit_lsn };
-                    let op = self
-                        .change(*kind, &mut r, relations, change, &mut group.prepared)
-                        .await?;
+                    let op = self.change(*kind, &mut r, relations, change, group).await?;
                     if let Some(op) = op {
                         self.push(group, op, commit_lsn).await?;
                         count += 1;
@@ -750,7 +758,7 @@ impl Ctx<'_> {
         r: &mut Reader<'_>,
         relations: &mut HashMap<u32, Relation>,
         at: Change,
-        cache: &mut Prepared,
+        group: &mut Group,
     ) -> Result<Option<Op>, ReplayError> {
         let bad = || self.corrupt(format!("unreadable change at {}", Lsn(at.lsn)));
         match kind {
@@ -763,13 +771,10 @@ impl Ctx<'_> {
                 let typed = rel.types.len() == rel.columns.len();
                 if let Some(params) = texts(&new, &all, true).filter(|_| typed) {
                     let shape = Shape::new(&rel, b'I', all, Vec::new());
-                    let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
-                    return Ok(Some(Op::Prepared {
-                        name,
-                        sql,
-                        params,
-                        one: true,
-                    }));
+                    return self
+                        .prepared(group, shape, &rel, params, at)
+                        .await
+                        .map(Some);
                 }
                 let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
                 let vals: Vec<String> = new.iter().map(literal).collect();
@@ -822,13 +827,10 @@ impl Ctx<'_> {
                     {
                         params.extend(kp);
                         let shape = Shape::new(&rel, b'U', set, keys);
-                        let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
-                        return Ok(Some(Op::Prepared {
-                            name,
-                            sql,
-                            params,
-                            one: true,
-                        }));
+                        return self
+                            .prepared(group, shape, &rel, params, at)
+                            .await
+                            .map(Some);
                     }
                 }
                 let sets: Vec<String> = set
@@ -853,13 +855,10 @@ impl Ctx<'_> {
                 if let Some(keys) = rel.key_columns() {
                     if let Some(params) = texts(&old, &keys, false) {
                         let shape = Shape::new(&rel, b'D', Vec::new(), keys);
-                        let (name, sql) = self.prepare(cache, shape, &rel, at.commit_lsn).await?;
-                        return Ok(Some(Op::Prepared {
-                            name,
-                            sql,
-                            params,
-                            one: true,
-                        }));
+                        return self
+                            .prepared(group, shape, &rel, params, at)
+                            .await
+                            .map(Some);
                     }
                 }
                 Ok(Some(Op::Text {
@@ -894,25 +893,35 @@ impl Ctx<'_> {
         }
     }
 
-    /// The prepared statement of `shape`, prepared on first use (SQL
-    /// `PREPARE`: executing it by name in a batch skips parsing and
-    /// planning each change, and a batch stays one message).
-    async fn prepare(
+    /// The execution of `shape`'s prepared statement with `params`, the
+    /// statement prepared on first use (SQL `PREPARE`: executing it by name
+    /// in a batch skips parsing and planning each change, and a batch
+    /// stays one message).
+    async fn prepared(
         &self,
-        cache: &mut Prepared,
+        group: &mut Group,
         shape: Shape,
         rel: &Relation,
-        commit_lsn: Lsn,
-    ) -> Result<(Arc<str>, Arc<str>), ReplayError> {
-        if let Some(hit) = cache.get(&shape) {
-            return Ok(hit.clone());
+        params: Vec<Option<String>>,
+        at: Change,
+    ) -> Result<Op, ReplayError> {
+        if let Some((name, sql)) = group.prepared.get(&shape) {
+            return Ok(Op::Prepared {
+                name: name.clone(),
+                sql: sql.clone(),
+                params,
+                one: true,
+            });
         }
-        if cache.len() >= PREPARED_STATEMENTS {
+        if group.prepared.len() >= prepared_statements() {
+            // The unsent statements execute prepared ones by name: they go
+            // before every prepared statement is deallocated.
+            self.send(group).await?;
             self.client
                 .batch_execute("DEALLOCATE ALL")
                 .await
-                .map_err(|e| self.apply_err(commit_lsn, format!("DEALLOCATE ALL: {e}")))?;
-            cache.clear();
+                .map_err(|e| self.apply_err(at.commit_lsn, format!("DEALLOCATE ALL: {e}")))?;
+            group.prepared.clear();
         }
         let (sql, n) = shape.sql(rel);
         let name = format!(
@@ -925,7 +934,7 @@ impl Ctx<'_> {
             .await
             .map_err(|e| {
                 self.apply_err(
-                    commit_lsn,
+                    at.commit_lsn,
                     format!(
                         "preparing `{}`: {}",
                         excerpt(&sql),
@@ -933,9 +942,14 @@ impl Ctx<'_> {
                     ),
                 )
             })?;
-        let entry = (Arc::<str>::from(name), Arc::<str>::from(sql));
-        cache.insert(shape, entry.clone());
-        Ok(entry)
+        let (name, sql) = (Arc::<str>::from(name), Arc::<str>::from(sql));
+        group.prepared.insert(shape, (name.clone(), sql.clone()));
+        Ok(Op::Prepared {
+            name,
+            sql,
+            params,
+            one: true,
+        })
     }
 
     /// The relation `id`, checked against the target table on first use
