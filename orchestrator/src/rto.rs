@@ -1,18 +1,13 @@
 //! The expected replay time of a point-in-time restore, from the replay
 //! rate a shard last achieved: every restore that replays captured changes
 //! (`--until`, or a restore or drill of an incremental backup) records its
-//! rate in the repository, and `status` and
-//! `show mark:NAME` divide the transactions waiting between the base backup
-//! and the mark by it, so a DBA knows the recovery time before the bad day.
+//! rate in the repository (kept here, with the estimate's types and text);
+//! `flow::status::expected_replay` divides the transactions waiting between
+//! the base backup and a mark by it, for `status` and `show mark:NAME`, so a
+//! DBA knows the recovery time before the bad day.
 
 use serde::{Deserialize, Serialize};
-use shard_agent::capture::StreamState;
-use shard_agent::manifest::Manifest;
-use shard_agent::position::Position;
 use shard_agent::repo::Repository;
-
-use crate::flow::list_backups;
-use crate::pitr::{self, Until};
 
 /// Where the rates are kept, one file a source shard.
 const RATES: &str = "replay-rates/";
@@ -93,60 +88,6 @@ pub struct Estimate {
     /// Shards replay in parallel: the slowest one's time (`None` when a
     /// shard has no measured rate).
     pub seconds: Option<f64>,
-}
-
-/// What replaying to `until` would take, from the repository alone.
-pub fn estimate(repo: &dyn Repository, cluster: &str, until: &Until) -> anyhow::Result<Estimate> {
-    let states = StreamState::all_generations(repo)?;
-    let (mark, _) = pitr::resolve(repo, cluster, until, &states)?;
-    let shards: Vec<String> = mark.shards.keys().cloned().collect();
-    let backups: Vec<Manifest> = list_backups(repo, cluster)?
-        .into_iter()
-        .filter_map(|l| l.manifest.ok())
-        .collect();
-    let base = pitr::choose_base(backups, &mark, &shards, &states)?;
-    let mut out = Vec::new();
-    for (shard, (from, to)) in pitr::ranges(&base, &mark) {
-        let Some(sm) = base.shards.get(&shard) else {
-            continue;
-        };
-        let mut transactions = 0;
-        for stream in pitr::streams_of(sm) {
-            transactions += shard_agent::replay::segments(repo, &shard, &stream, (&from, &to))?
-                .iter()
-                .filter(|s| overlaps(&s.first, &s.last, &from, &to))
-                .map(|s| s.transactions)
-                .sum::<u64>();
-        }
-        let rate = load(repo, &shard);
-        let seconds = rate
-            .as_ref()
-            .and_then(ReplayRate::per_second)
-            .map(|r| transactions as f64 / r);
-        out.push(Expected {
-            shard,
-            transactions,
-            seconds,
-            rate,
-        });
-    }
-    let seconds = out
-        .iter()
-        .map(|e| e.seconds)
-        .try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s)));
-    Ok(Estimate {
-        mark: mark.name,
-        base: base.backup_id,
-        shards: out,
-        seconds,
-    })
-}
-
-/// Whether a segment from `first` to `last` holds changes after `from`
-/// and before `to`.
-fn overlaps(first: &Position, last: &Position, from: &Position, to: &Position) -> bool {
-    use std::cmp::Ordering::{Greater, Less};
-    matches!(last.compare(from), Ok(Greater)) && matches!(first.compare(to), Ok(Less))
 }
 
 /// One line for humans: "about 12 s (34,567 transactions at 2,880/s on

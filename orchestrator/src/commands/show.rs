@@ -69,8 +69,9 @@ fn show_mark(
     json: bool,
 ) -> anyhow::Result<u8> {
     let mark = crate::pitr::find_mark(repo, cluster, name)?;
-    let expected = crate::rto::estimate(repo, cluster, &crate::pitr::Until::Mark(name.into()))
-        .map_err(|e| exit::one_line(&e));
+    let expected =
+        crate::flow::status::expected_replay(repo, cluster, &crate::pitr::Until::Mark(name.into()))
+            .map_err(|e| exit::one_line(&e));
     if json {
         let doc = serde_json::json!({
             "mark": mark,

@@ -1,15 +1,18 @@
 //! Capture status: per stream, how far the repository holds the shard's
 //! changes against the server's current position, the WAL a PostgreSQL
-//! slot retains, and the newest mark.
+//! slot retains, the newest mark, and the expected replay to a mark.
 
 use serde::Serialize;
 use shard_agent::capture::{RoundReport, StreamState};
 use shard_agent::engine;
+use shard_agent::manifest::Manifest;
 use shard_agent::position::Position;
+use shard_agent::repo::Repository;
 use topology::Topology;
 
-use super::open_repository;
-use crate::pitr::{list_marks, Until};
+use super::{list_backups, open_repository};
+use crate::pitr::{self, list_marks, Until};
+use crate::rto::{self, Estimate, Expected};
 
 /// One stream's figures after a round, for output and metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +135,65 @@ pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
             .map(|m| (m.name.clone(), m.cut.taken_at.clone())),
         problems,
         retired: StreamState::retired(repo.as_ref())?,
-        expected_replay: crate::rto::estimate(repo.as_ref(), &topology.cluster, &Until::Latest)
+        expected_replay: expected_replay(repo.as_ref(), &topology.cluster, &Until::Latest)
             .map_err(|e| crate::exit::one_line(&e)),
     })
+}
+
+/// What replaying to `until` would take, from the repository alone.
+pub fn expected_replay(
+    repo: &dyn Repository,
+    cluster: &str,
+    until: &Until,
+) -> anyhow::Result<Estimate> {
+    let states = StreamState::all_generations(repo)?;
+    let (mark, _) = pitr::resolve(repo, cluster, until, &states)?;
+    let shards: Vec<String> = mark.shards.keys().cloned().collect();
+    let backups: Vec<Manifest> = list_backups(repo, cluster)?
+        .into_iter()
+        .filter_map(|l| l.manifest.ok())
+        .collect();
+    let base = pitr::choose_base(backups, &mark, &shards, &states)?;
+    let mut out = Vec::new();
+    for (shard, (from, to)) in pitr::ranges(&base, &mark) {
+        let Some(sm) = base.shards.get(&shard) else {
+            continue;
+        };
+        let mut transactions = 0;
+        for stream in pitr::streams_of(sm) {
+            transactions += shard_agent::replay::segments(repo, &shard, &stream, (&from, &to))?
+                .iter()
+                .filter(|s| overlaps(&s.first, &s.last, &from, &to))
+                .map(|s| s.transactions)
+                .sum::<u64>();
+        }
+        let rate = rto::load(repo, &shard);
+        let seconds = rate
+            .as_ref()
+            .and_then(rto::ReplayRate::per_second)
+            .map(|r| transactions as f64 / r);
+        out.push(Expected {
+            shard,
+            transactions,
+            seconds,
+            rate,
+        });
+    }
+    let seconds = out
+        .iter()
+        .map(|e| e.seconds)
+        .try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s)));
+    Ok(Estimate {
+        mark: mark.name,
+        base: base.backup_id,
+        shards: out,
+        seconds,
+    })
+}
+
+/// Whether a segment from `first` to `last` holds changes after `from`
+/// and before `to`.
+fn overlaps(first: &Position, last: &Position, from: &Position, to: &Position) -> bool {
+    use std::cmp::Ordering::{Greater, Less};
+    matches!(last.compare(from), Ok(Greater)) && matches!(first.compare(to), Ok(Less))
 }
