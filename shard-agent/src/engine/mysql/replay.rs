@@ -108,13 +108,7 @@ pub async fn replay(
     // are the changes replayed onto it, which would reach the target's
     // replicas without the rows they change.
     if !options.binlog {
-        conn.query_drop("SET SESSION sql_log_bin = 0")
-            .await
-            .map_err(|e| ReplayError::Apply {
-                shard: target.name.clone(),
-                at: "the session set-up".into(),
-                what: format!("SET SESSION sql_log_bin = 0 (or restore with --binlog): {e}"),
-            })?;
+        super::restore::not_logged(&mut conn, target).await?;
     }
     let mut group = Group::new(conn, target);
     let mut applied = from.clone();

@@ -73,19 +73,29 @@ async fn session(conn: &mut Conn, shard: &Shard, binlog: bool) -> Result<(), Age
         conn.query_drop(s).await.map_err(query_err(shard, s))?;
     }
     if !binlog {
-        const NOT_LOGGED: &str = "SET SESSION sql_log_bin = 0";
-        match conn.query_drop(NOT_LOGGED).await {
-            Ok(()) => {}
-            // ER_SPECIFIC_ACCESS_DENIED_ERROR
-            Err(mysql_async::Error::Server(e)) if e.code == 1227 => tracing::warn!(
+        not_logged(conn, shard).await?;
+    }
+    Ok(())
+}
+
+/// Turns the session's binary logging off (restores and replays are not
+/// logged unless `--binlog` asks); a user who may not is warned about,
+/// and the session goes on logged.
+pub(super) async fn not_logged(conn: &mut Conn, shard: &Shard) -> Result<(), AgentError> {
+    const NOT_LOGGED: &str = "SET SESSION sql_log_bin = 0";
+    match conn.query_drop(NOT_LOGGED).await {
+        Ok(()) => Ok(()),
+        // ER_SPECIFIC_ACCESS_DENIED_ERROR
+        Err(mysql_async::Error::Server(e)) if e.code == 1227 => {
+            tracing::warn!(
                 "{}: the restore is written to the binary log: the user may not turn it off ({})",
                 shard.name,
                 e.message
-            ),
-            Err(e) => return Err(query_err(shard, NOT_LOGGED)(e)),
+            );
+            Ok(())
         }
+        Err(e) => Err(query_err(shard, NOT_LOGGED)(e)),
     }
-    Ok(())
 }
 
 async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(), AgentError> {
