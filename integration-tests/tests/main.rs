@@ -16,6 +16,7 @@ mod consistency;
 mod contracts;
 mod drill;
 mod faults;
+mod objects;
 mod pitr;
 mod remote;
 mod restore;

@@ -19,7 +19,7 @@ use crate::consistency::{bank_state, workload, MYSQL_SETUP, PG_SETUP};
 use crate::support::{self, db, PrivateSandbox};
 
 /// Each bank table's checksum on every shard, by the server's own means.
-async fn checksums(topo: &Topology, tables: &[&str]) -> BTreeMap<String, String> {
+pub(crate) async fn checksums(topo: &Topology, tables: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for s in &topo.shards {
         for t in tables {
@@ -39,7 +39,7 @@ fn run_ok(args: &[&str]) -> support::Run {
     run
 }
 
-async fn run_ok_async(args: &[&str]) -> support::Run {
+pub(crate) async fn run_ok_async(args: &[&str]) -> support::Run {
     let run = support::shardcut_async(args).await;
     assert_eq!(run.code, 0, "shardcut {args:?}: {run:?}");
     run
@@ -793,7 +793,7 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
 /// A private sandbox of one MariaDB and one PostgreSQL shard whose `bank`
 /// database holds `ledger (id, amount)` on both, with `rows` (an SQL
 /// VALUES list, or empty) in it; its topology file is written into `dir`.
-async fn ledger_cluster(
+pub(crate) async fn ledger_cluster(
     dir: &std::path::Path,
     rows: &str,
 ) -> (PrivateSandbox, std::path::PathBuf, Topology) {
@@ -819,7 +819,7 @@ async fn ledger_cluster(
 }
 
 /// Runs `sql` in the `bank` database of both shards of `topo`.
-async fn on_both(topo: &Topology, sql: &str) {
+pub(crate) async fn on_both(topo: &Topology, sql: &str) {
     db::mysql(&topo.shards[0], Some("bank"))
         .await
         .query_drop(sql)

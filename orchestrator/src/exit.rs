@@ -2,7 +2,10 @@
 //! 0 success, 1 operational failure (a shard, agent or storage failed),
 //! 2 invalid input or usage, 3 finished but degraded.
 
+use shard_agent::repo::RepoError;
 use topology::TopologyError;
+
+use crate::flow::OpenError;
 
 pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
@@ -18,6 +21,18 @@ pub struct InvalidInput(pub String);
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<TopologyError>() || cause.is::<InvalidInput>() {
+            return INVALID_INPUT;
+        }
+        // A missing or wrong repository key, or a repository this setup
+        // cannot use: the fix is in the topology, as for invalid input.
+        if cause
+            .downcast_ref::<RepoError>()
+            .is_some_and(RepoError::is_key_problem)
+            || matches!(
+                cause.downcast_ref::<OpenError>(),
+                Some(OpenError::RemoteAgent { .. })
+            )
+        {
             return INVALID_INPUT;
         }
     }

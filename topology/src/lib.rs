@@ -17,7 +17,8 @@ mod url;
 pub use duration::parse_duration;
 pub use error::{TopologyError, Violation};
 pub use model::{
-    AgentSpec, AgentTls, Compression, DbTls, Defaults, Endpoint, Engine, RepositoryLocation, Shard,
-    TableRef, TlsMode, Topology, FORMAT_VERSION,
+    AgentSpec, AgentTls, Compression, DbTls, Defaults, Encryption, Endpoint, Engine, Replica,
+    RepositoryConfig, RepositoryKey, RepositoryLocation, S3Location, Shard, TableRef, TlsMode,
+    Topology, FORMAT_VERSION,
 };
 pub use secret::Secret;

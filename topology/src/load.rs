@@ -228,7 +228,14 @@ impl Checker<'_> {
         let f = self.fields(
             "",
             doc,
-            &["version", "cluster", "repository", "defaults", "shards"],
+            &[
+                "version",
+                "cluster",
+                "repository",
+                "replicas",
+                "defaults",
+                "shards",
+            ],
         )?;
         if let Some(v) = f.get("version") {
             if v.as_u64() != Some(u64::from(FORMAT_VERSION)) {
@@ -240,6 +247,7 @@ impl Checker<'_> {
         }
         let cluster = self.name(&f, "cluster");
         let repository = self.repository(&f);
+        let replicas = self.replicas(&f);
         let defaults = match f.get("defaults") {
             Some(v) => self.defaults(v),
             None => Some(Defaults::default()),
@@ -249,26 +257,157 @@ impl Checker<'_> {
             source: source.to_path_buf(),
             cluster: cluster?,
             repository: repository?,
+            replicas: replicas?,
             defaults: defaults?,
             shards: shards?,
         })
     }
 
-    fn repository(&mut self, f: &Fields<'_>) -> Option<RepositoryLocation> {
-        let text = self.string(f, "repository", true)?;
+    /// `repository:` is a directory (a path or `file://` URL), or a mapping
+    /// with `url` (a directory or `s3://bucket/prefix`), the object store's
+    /// fields and `encryption`.
+    fn repository(&mut self, f: &Fields<'_>) -> Option<RepositoryConfig> {
+        match f.get("repository") {
+            Some(Value::Mapping(_)) => {}
+            _ => {
+                let text = self.string(f, "repository", true)?;
+                let location = match text.strip_prefix("s3://") {
+                    // The AWS conventions give the rest.
+                    Some(rest) => {
+                        let empty = Mapping::new();
+                        let r = Fields {
+                            path: "repository".to_string(),
+                            map: &empty,
+                        };
+                        RepositoryLocation::S3(self.s3_location(&r, rest)?)
+                    }
+                    None => self.local_repository("repository", &text)?,
+                };
+                return Some(RepositoryConfig {
+                    location,
+                    encryption: None,
+                });
+            }
+        }
+        let value = f.get("repository")?;
+        self.repository_mapping("repository", value, &[])
+    }
+
+    /// Further repositories a `copy` keeps up to date (other regions):
+    /// each a `name` and the fields of a `repository:` mapping.
+    fn replicas(&mut self, f: &Fields<'_>) -> Option<Vec<Replica>> {
+        let Some(v) = f.get("replicas") else {
+            return Some(Vec::new());
+        };
+        let Some(seq) = v.as_sequence() else {
+            self.problem(
+                "replicas",
+                "expected a list of repositories, each with a name",
+            );
+            return None;
+        };
+        let mut out: Vec<Replica> = Vec::new();
+        let mut ok = true;
+        for (i, item) in seq.iter().enumerate() {
+            let at = format!("replicas[{i}]");
+            let name = item
+                .as_mapping()
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let name = match name {
+                Some(n) if is_name(&n) => n,
+                Some(n) => {
+                    self.problem(
+                        format!("{at}.name"),
+                        format!("`{n}` is not a valid name; use [a-z0-9][a-z0-9-]* (at most 63 characters)"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                None => {
+                    self.problem(format!("{at}.name"), "required field missing");
+                    ok = false;
+                    continue;
+                }
+            };
+            if out.iter().any(|r| r.name == name) {
+                self.problem(
+                    format!("{at}.name"),
+                    format!("duplicate replica name `{name}`"),
+                );
+                ok = false;
+            }
+            match self.repository_mapping(&at, item, &["name"]) {
+                Some(repository) => out.push(Replica { name, repository }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A repository given as a mapping at `at` (`extra`: further field
+    /// names the caller reads itself).
+    fn repository_mapping(
+        &mut self,
+        at: &str,
+        value: &Value,
+        extra: &[&str],
+    ) -> Option<RepositoryConfig> {
+        let mut known = vec![
+            "url",
+            "endpoint",
+            "region",
+            "access_key_env",
+            "access_key_file",
+            "secret_key_env",
+            "secret_key_file",
+            "encryption",
+        ];
+        known.extend_from_slice(extra);
+        let r = self.fields(at, value, &known)?;
+        let url = self.string(&r, "url", true)?;
+        let location = if let Some(rest) = url.strip_prefix("s3://") {
+            RepositoryLocation::S3(self.s3_location(&r, rest)?)
+        } else {
+            for key in [
+                "endpoint",
+                "region",
+                "access_key_env",
+                "access_key_file",
+                "secret_key_env",
+                "secret_key_file",
+            ] {
+                if r.get(key).is_some() {
+                    self.problem(r.at(key), "only for an s3:// repository");
+                }
+            }
+            self.local_repository(&r.at("url"), &url)?
+        };
+        let encryption = match r.get("encryption") {
+            Some(v) => Some(self.encryption(&r.at("encryption"), v)?),
+            None => None,
+        };
+        Some(RepositoryConfig {
+            location,
+            encryption,
+        })
+    }
+
+    fn local_repository(&mut self, at: &str, text: &str) -> Option<RepositoryLocation> {
         let path = if let Some(rest) = text.strip_prefix("file://") {
             PathBuf::from(rest)
         } else if text.contains("://") {
             self.problem(
-                "repository",
-                "only local directories (a path or file:// URL) are supported in this version",
+                at,
+                "a repository is a directory (a path or file:// URL) or s3://bucket/prefix",
             );
             return None;
         } else {
-            PathBuf::from(&text)
+            PathBuf::from(text)
         };
         if path.as_os_str().is_empty() {
-            self.problem("repository", "empty path");
+            self.problem(at, "empty path");
             return None;
         }
         let path = if path.is_absolute() {
@@ -277,6 +416,170 @@ impl Checker<'_> {
             self.base_dir.join(path)
         };
         Some(RepositoryLocation::Local(path))
+    }
+
+    /// `rest` is what follows `s3://`. Credentials, endpoint and region come
+    /// from the fields, else from the AWS conventions (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION` or `AWS_DEFAULT_REGION`).
+    fn s3_location(&mut self, r: &Fields<'_>, rest: &str) -> Option<S3Location> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        let prefix_ok = prefix.split('/').all(|seg| {
+            prefix.is_empty()
+                || (!seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && !seg.chars().any(|c| c.is_control()))
+        });
+        if !bucket_ok {
+            self.problem(
+                r.at("url"),
+                format!("`{bucket}` is not a bucket name (3 to 63 of a-z, 0-9, `.` and `-`)"),
+            );
+        }
+        if !prefix_ok {
+            self.problem(
+                r.at("url"),
+                format!("`{prefix}`: a prefix's parts are not empty, `.` or `..`"),
+            );
+        }
+        let endpoint = match self.string(r, "endpoint", false) {
+            Some(text) => self.s3_endpoint(&r.at("endpoint"), &text),
+            None => match (self.env)("AWS_ENDPOINT_URL_S3")
+                .or_else(|| (self.env)("AWS_ENDPOINT_URL"))
+                .filter(|v| !v.is_empty())
+            {
+                Some(text) => self.s3_endpoint("AWS_ENDPOINT_URL", &text),
+                None => Some(None),
+            },
+        };
+        let region = self
+            .string(r, "region", false)
+            .or_else(|| (self.env)("AWS_REGION"))
+            .or_else(|| (self.env)("AWS_DEFAULT_REGION"))
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let access_key = self.aws_secret(r, "access_key", "AWS_ACCESS_KEY_ID");
+        let secret_key = self.aws_secret(r, "secret_key", "AWS_SECRET_ACCESS_KEY");
+        // A session token belongs to credentials from the environment.
+        let session_token = (r.get("access_key_env").is_none()
+            && r.get("access_key_file").is_none())
+        .then(|| (self.env)("AWS_SESSION_TOKEN"))
+        .flatten()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new);
+        if !(bucket_ok && prefix_ok) {
+            return None;
+        }
+        Some(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: endpoint?,
+            region,
+            access_key: access_key?,
+            secret_key: secret_key?,
+            session_token,
+        })
+    }
+
+    fn s3_endpoint(&mut self, at: &str, text: &str) -> Option<Option<String>> {
+        match ::url::Url::parse(text) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.path() == "/" =>
+            {
+                Some(Some(text.trim_end_matches('/').to_string()))
+            }
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                // Not echoed: what is there may be a secret.
+                self.problem(
+                    at,
+                    "credentials inside the endpoint URL are refused; use access_key_env/secret_key_env or the _file fields",
+                );
+                None
+            }
+            _ => {
+                self.problem(
+                    at,
+                    format!("`{text}` is not an endpoint of the form http(s)://host[:port]"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `<name>_env` or `<name>_file`, else the AWS variable `aws_var`.
+    fn aws_secret(&mut self, r: &Fields<'_>, name: &str, aws_var: &str) -> Option<Secret> {
+        let env_key = format!("{name}_env");
+        let file_key = format!("{name}_file");
+        match self.secret(r, &env_key, &file_key, false)? {
+            Some(secret) => Some(secret),
+            None => match (self.env)(aws_var).filter(|v| !v.is_empty()) {
+                Some(value) => Some(Secret::new(value)),
+                None => {
+                    self.problem(
+                        r.at(&env_key),
+                        format!("required: give {env_key} or {file_key}, or set {aws_var}"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn encryption(&mut self, at: &str, v: &Value) -> Option<Encryption> {
+        let e = self.fields(at, v, &["key_env", "key_file", "old_key_files"])?;
+        let key = self
+            .secret(&e, "key_env", "key_file", true)?
+            .and_then(|secret| self.repository_key(&e.at("key_file"), secret.expose()));
+        let mut old_keys = Vec::new();
+        for (i, file) in self
+            .string_list(&e, "old_key_files")
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let path = self.base_dir.join(&file);
+            let at = format!("{}[{i}]", e.at("old_key_files"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Some(k) = self.repository_key(&at, &text) {
+                        old_keys.push(k);
+                    }
+                }
+                Err(err) => self.problem(at, format!("cannot read {}: {err}", path.display())),
+            }
+        }
+        Some(Encryption {
+            key: key?,
+            old_keys,
+        })
+    }
+
+    fn repository_key(&mut self, at: &str, text: &str) -> Option<RepositoryKey> {
+        let key = RepositoryKey::parse(text);
+        if key.is_none() {
+            self.problem(
+                at,
+                format!(
+                    "not a repository key ({} hexadecimal digits; `shardcut keygen --out FILE` writes one)",
+                    RepositoryKey::TEXT_LEN
+                ),
+            );
+        }
+        key
     }
 
     fn defaults(&mut self, v: &Value) -> Option<Defaults> {

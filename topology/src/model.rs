@@ -17,7 +17,10 @@ pub struct Topology {
     pub source: PathBuf,
     /// `[a-z0-9][a-z0-9-]*`.
     pub cluster: String,
-    pub repository: RepositoryLocation,
+    pub repository: RepositoryConfig,
+    /// Further repositories (other regions) that `copy` keeps up to date
+    /// and reading commands may use instead (`--repository NAME`).
+    pub replicas: Vec<Replica>,
     pub defaults: Defaults,
     /// At least one; names are unique.
     pub shards: Vec<Shard>,
@@ -26,6 +29,20 @@ pub struct Topology {
 impl Topology {
     pub fn shard(&self, name: &str) -> Option<&Shard> {
         self.shards.iter().find(|s| s.name == name)
+    }
+
+    pub fn replica(&self, name: &str) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.name == name)
+    }
+
+    /// The same cluster read from the replica `name` instead of the main
+    /// repository (a failover, or a drill of the second region).
+    pub fn using_replica(&self, name: &str) -> Option<Topology> {
+        let replica = self.replica(name)?;
+        Some(Topology {
+            repository: replica.repository.clone(),
+            ..self.clone()
+        })
     }
 
     /// A stable digest of everything that identifies the cluster's layout,
@@ -72,18 +89,122 @@ struct DigestShard<'a> {
     exclude_tables: Vec<String>,
 }
 
+/// Where backups are kept, and the key that seals them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryConfig {
+    pub location: RepositoryLocation,
+    /// Set: every object is encrypted and authenticated with this key.
+    pub encryption: Option<Encryption>,
+}
+
+impl std::fmt::Display for RepositoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.location.fmt(f)
+    }
+}
+
 /// Where backups are kept. Relative paths are resolved against the directory
 /// of the topology file, so a topology means the same from any working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepositoryLocation {
     Local(PathBuf),
+    S3(S3Location),
 }
 
 impl std::fmt::Display for RepositoryLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RepositoryLocation::Local(p) => write!(f, "{}", p.display()),
+            RepositoryLocation::S3(s) => s.fmt(f),
         }
+    }
+}
+
+/// A further repository that `copy` keeps up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// `[a-z0-9][a-z0-9-]*`, unique among the replicas.
+    pub name: String,
+    pub repository: RepositoryConfig,
+}
+
+/// A bucket (and a prefix in it) of an S3-compatible object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the whole bucket.
+    pub prefix: String,
+    /// `http(s)://host[:port]` of an S3-compatible store; `None` for AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}", self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        if let Some(endpoint) = &self.endpoint {
+            write!(f, " at {endpoint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of an encrypted repository: new objects are sealed with `key`;
+/// objects sealed with any of `old_keys` stay readable (key rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    pub key: RepositoryKey,
+    pub old_keys: Vec<RepositoryKey>,
+}
+
+/// A 256-bit repository key. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RepositoryKey([u8; 32]);
+
+impl RepositoryKey {
+    /// The length of a key's text form: 64 hexadecimal digits.
+    pub const TEXT_LEN: usize = 64;
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        RepositoryKey(bytes)
+    }
+
+    /// Reads the text form (64 hexadecimal digits, surrounding white space
+    /// ignored), as `shardcut keygen` writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.len() != Self::TEXT_LEN {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            let (hi, lo) = (digit(pair[0])?, digit(pair[1])?);
+            out[i] = u8::try_from(hi * 16 + lo).ok()?;
+        }
+        Some(RepositoryKey(out))
+    }
+
+    /// The text form [`RepositoryKey::parse`] reads.
+    pub fn to_text(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key itself, for the cipher.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RepositoryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RepositoryKey(****)")
     }
 }
 

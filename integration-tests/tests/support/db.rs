@@ -84,7 +84,9 @@ pub async fn count_rows(shard: &Shard, t: &TableManifest) -> u64 {
 }
 
 pub fn repository(topo: &Topology) -> LocalRepository {
-    let RepositoryLocation::Local(path) = &topo.repository;
+    let RepositoryLocation::Local(path) = &topo.repository.location else {
+        panic!("not a directory repository: {}", topo.repository)
+    };
     LocalRepository::open(path).unwrap()
 }
 

@@ -280,3 +280,111 @@ pub async fn backup_id(topology: &str) -> String {
         .expect("backup_id in the JSON")
         .to_string()
 }
+
+/// The S3-compatible store `scripts/test` starts beside the sandbox
+/// (`scripts/s3 up --dir SANDBOX`): its endpoint and credential files.
+pub struct ObjectStore {
+    pub endpoint: String,
+    pub access_key_file: PathBuf,
+    pub secret_key_file: PathBuf,
+}
+
+impl ObjectStore {
+    pub fn get() -> Self {
+        let env = sandbox().join("s3/env");
+        let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
+            panic!(
+                "no object store at {}: {e}; start one with scripts/s3 up --dir $SHARDCUT_SANDBOX (scripts/test does)",
+                env.display()
+            )
+        });
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} missing from {}", env.display()))
+                .to_string()
+        };
+        ObjectStore {
+            endpoint: var("S3_ENDPOINT"),
+            access_key_file: var("S3_ACCESS_KEY_FILE").into(),
+            secret_key_file: var("S3_SECRET_KEY_FILE").into(),
+        }
+    }
+
+    /// The YAML of a `repository:` mapping for `s3://BUCKET/PREFIX`, with
+    /// `extra` lines (already indented by two spaces) appended.
+    pub fn repository_yaml(&self, bucket: &str, prefix: &str, extra: &str) -> String {
+        format!(
+            "repository:\n  url: s3://{bucket}/{prefix}\n  endpoint: {}\n  access_key_file: {}\n  secret_key_file: {}\n{extra}",
+            self.endpoint,
+            self.access_key_file.display(),
+            self.secret_key_file.display()
+        )
+    }
+
+    /// The bucket's objects below `prefix`, as stored (raw bytes).
+    pub fn repository(&self, bucket: &str, prefix: &str) -> shard_agent::repo::S3Repository {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .expect("credential file")
+                .trim()
+                .to_string()
+        };
+        shard_agent::repo::S3Repository::open(&topology::S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".to_string(),
+            access_key: topology::Secret::new(read(&self.access_key_file)),
+            secret_key: topology::Secret::new(read(&self.secret_key_file)),
+            session_token: None,
+        })
+        .expect("open the bucket")
+    }
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{name}-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Rewrites the topology at `path` so that its repository is `yaml` (a
+/// `repository:` mapping as [`ObjectStore::repository_yaml`] writes).
+pub fn move_repository(path: &Path, yaml: &str) {
+    let text = std::fs::read_to_string(path).expect("read topology");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("repository:") {
+            // The field and its indented lines (a mapping) give way to `yaml`.
+            inside = true;
+            out.push_str(yaml.trim_end());
+            out.push('\n');
+            continue;
+        }
+        if inside && line.starts_with(' ') {
+            continue;
+        }
+        inside = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(path, out).expect("write topology");
+}
+
+/// A new repository key in `dir/name`, made by `shardcut keygen`.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let run = shardcut(&["keygen", "--out", path.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    path
+}

@@ -7,6 +7,7 @@ mod capture;
 mod check;
 mod drill;
 mod expire;
+mod keygen;
 mod list;
 mod mark;
 mod restore;
@@ -21,6 +22,7 @@ pub enum Command {
     Check(check::Check),
     Drill(drill::Drill),
     Expire(expire::Expire),
+    Keygen(keygen::Keygen),
     Backup(backup::Backup),
     Capture(capture::Capture),
     Mark(mark::MarkCmd),
@@ -38,6 +40,7 @@ impl Command {
             Command::Check(c) => c.run().await,
             Command::Drill(c) => c.run().await,
             Command::Expire(c) => c.run().await,
+            Command::Keygen(c) => c.run(),
             Command::Backup(c) => c.run().await,
             Command::Capture(c) => c.run().await,
             Command::Mark(c) => c.run().await,

@@ -56,7 +56,7 @@ pub async fn check(
     timeout: Duration,
 ) -> anyhow::Result<CheckReport> {
     let shards = check_all(topology, timeout).await?;
-    let repository = repository_status(&topology.repository);
+    let repository = repository_status(topology);
     let ready = shards.iter().all(|s| s.ready) && repository.problem.is_none();
     Ok(CheckReport {
         cluster: topology.cluster.clone(),
@@ -110,9 +110,26 @@ async fn check_all(topology: &Topology, timeout: Duration) -> anyhow::Result<Vec
     Ok(outcomes.into_iter().flatten().collect())
 }
 
-/// Free space where the repository lives (or will be created).
-fn repository_status(location: &RepositoryLocation) -> RepositoryStatus {
-    let RepositoryLocation::Local(path) = location;
+/// Free space where a directory repository lives (or will be created); for
+/// an object store, whether it answers a listing with these credentials.
+fn repository_status(topology: &Topology) -> RepositoryStatus {
+    let path = match &topology.repository.location {
+        RepositoryLocation::Local(path) => path,
+        RepositoryLocation::S3(location) => {
+            let listed = super::open_repository(topology)
+                .map_err(|e| exit::one_line(&anyhow::Error::new(e)))
+                .and_then(|repo| {
+                    repo.list(shard_agent::manifest::keys::BACKUPS)
+                        .map_err(|e| exit::one_line(&anyhow::Error::new(e)))
+                });
+            return RepositoryStatus {
+                path: location.to_string(),
+                exists: listed.is_ok(),
+                free_bytes: None,
+                problem: listed.err(),
+            };
+        }
+    };
     let exists = path.exists();
     let probe = nearest_existing(path);
     let free = probe.as_deref().and_then(|p| fs4::available_space(p).ok());

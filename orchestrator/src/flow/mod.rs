@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use shard_agent::dump::Progress;
 use shard_agent::manifest::{keys, Manifest};
-use shard_agent::repo::{LocalRepository, RepoError, Repository};
+use shard_agent::repo::{LocalRepository, RepoError, Repository, S3Repository, SealedRepository};
 use topology::{RepositoryLocation, Topology};
 
 use crate::exit::InvalidInput;
@@ -41,10 +41,39 @@ pub trait Observer: Send + Sync {
     }
 }
 
-pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, RepoError> {
-    match &topology.repository {
-        RepositoryLocation::Local(path) => Ok(Arc::new(LocalRepository::open(path)?)),
+/// The topology's repository: a directory or a bucket, under the layer that
+/// seals (encrypts and authenticates) every object when the topology gives
+/// a key, and otherwise refuses sealed objects with a clear error.
+pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, OpenError> {
+    let config = &topology.repository;
+    let plain_local =
+        matches!(config.location, RepositoryLocation::Local(_)) && config.encryption.is_none();
+    if !plain_local {
+        if let Some(shard) = topology.shards.iter().find(|s| s.agent.is_some()) {
+            return Err(OpenError::RemoteAgent {
+                shard: shard.name.clone(),
+                repository: config.to_string(),
+            });
+        }
     }
+    let inner: Arc<dyn Repository> = match &config.location {
+        RepositoryLocation::Local(path) => Arc::new(LocalRepository::open(path)?),
+        RepositoryLocation::S3(location) => Arc::new(S3Repository::open(location)?),
+    };
+    Ok(Arc::new(match &config.encryption {
+        Some(encryption) => SealedRepository::new(inner, encryption),
+        None => SealedRepository::plain(inner),
+    }))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// Remote agents write chunks into the repository by its path on their
+    /// host; they cannot yet reach a bucket or hold the key.
+    #[error("shard {shard} runs through a remote agent, which writes to the repository by its path on the agent's host; repository {repository} is an object store or encrypted, which remote agents do not support yet: use a plain directory repository, or run this shard without `agent`")]
+    RemoteAgent { shard: String, repository: String },
 }
 
 /// A manifest as found in the repository, or why it could not be read.
@@ -78,6 +107,9 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
                         ))
                     }
                 }),
+            // Without the right key no manifest is readable: that is
+            // the answer, not a list of unreadable backups.
+            Err(e) if e.is_key_problem() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         if matches!(&manifest, Ok(m) if m.cluster != cluster) {

@@ -10,6 +10,8 @@ mod direct;
 mod local;
 mod memory;
 mod null;
+mod s3;
+mod sealed;
 
 use std::io;
 
@@ -20,6 +22,8 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 pub use local::LocalRepository;
 pub use memory::MemoryRepository;
 pub use null::NullRepository;
+pub use s3::S3Repository;
+pub use sealed::{generate_key, key_id_text, SealedRepository, CIPHER_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -41,6 +45,35 @@ pub enum RepoError {
     /// shardcut never makes: it is not followed.
     #[error("repository {location}: {path} is a symbolic link, which shardcut never makes; it is not followed (was the repository tampered with?)")]
     Symlink { location: String, path: String },
+    /// The object store refused the credentials or the request. `what` is
+    /// the operation and the key (`put backups/…`).
+    #[error("repository {location}: {what}: access denied (check the repository's access_key and secret_key, and the bucket's permissions): {message}")]
+    Denied {
+        location: String,
+        what: String,
+        message: Box<str>,
+    },
+    /// Any other failure of the object store, after its retries.
+    #[error("repository {location}: {what}: {message}")]
+    Store {
+        location: String,
+        what: String,
+        message: Box<str>,
+    },
+    #[error("repository {location}: object {key} is encrypted (key id {key_id}) but the topology gives no key: set repository.encryption.key_file or key_env")]
+    KeyRequired {
+        location: String,
+        key: String,
+        key_id: Box<str>,
+    },
+    #[error(transparent)]
+    UnknownKey(Box<UnknownKey>),
+    #[error("repository {location}: object {key} is not encrypted but the repository is: refused (was it replaced, or written without the key?)")]
+    NotSealed { location: String, key: String },
+    #[error("repository {location}: object {key} fails authentication: it was changed, damaged, or moved from another key; nothing from it is used")]
+    Tampered { location: String, key: String },
+    #[error("repository {location}: cannot encrypt {key}")]
+    Sealing { location: String, key: String },
 }
 
 impl RepoError {
@@ -48,6 +81,25 @@ impl RepoError {
     pub fn is_out_of_space(&self) -> bool {
         matches!(self, RepoError::Io { source, .. } if source.raw_os_error() == Some(28) || source.kind() == io::ErrorKind::StorageFull)
     }
+
+    /// A missing or wrong encryption key: the fix is the right key (the
+    /// command line's invalid-input exit code), not a repair.
+    pub fn is_key_problem(&self) -> bool {
+        matches!(
+            self,
+            RepoError::KeyRequired { .. } | RepoError::UnknownKey { .. }
+        )
+    }
+}
+
+/// An object sealed with a key the topology does not give.
+#[derive(Debug, thiserror::Error)]
+#[error("repository {location}: object {key} is encrypted with key id {key_id}, which is not a configured key (known: {known}): wrong key? give the right one in repository.encryption (key_file, or old_key_files for older backups)")]
+pub struct UnknownKey {
+    pub location: String,
+    pub key: String,
+    pub key_id: String,
+    pub known: String,
 }
 
 /// Storage for backups. Implementations must be safe to share between

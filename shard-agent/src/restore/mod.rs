@@ -185,6 +185,23 @@ pub(crate) async fn load_checked(
     .map_err(fail)
 }
 
+/// Reads and checks every schema file the restore will run, before it runs
+/// any: a damaged or tampered one (in an encrypted repository: one that
+/// fails authentication) stops the restore before the first statement on
+/// the target, not after some databases were made.
+pub(crate) async fn check_schema_files(
+    source: &ShardManifest,
+    target: &str,
+    opts: &RestoreOptions,
+) -> Result<(), AgentError> {
+    for db in databases(source, opts) {
+        for f in source.schema.iter().filter(|f| f.database == db) {
+            load_checked(&opts.repo, &f.into(), target).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The schema files of one database in a section.
 pub(crate) fn schema_files<'m>(
     source: &'m ShardManifest,

@@ -16,8 +16,8 @@ use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::restore::{
-    chunk_items, databases, join_loaders, load_checked, refuse_system_database, schema_files,
-    Recorded, RestoreOptions, ShardRestore,
+    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
+    schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -27,6 +27,7 @@ pub(super) async fn restore(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<ShardRestore, AgentError> {
+    check_schema_files(source, &target.name, opts).await?;
     let mut done = ShardRestore::default();
     for db in databases(source, opts) {
         prepare_database(target, &db, opts.overwrite).await?;

@@ -1,0 +1,387 @@
+//! Repositories in an S3-compatible object store (the SeaweedFS server
+//! `scripts/s3` starts on loopback, which checks request signatures) and
+//! encrypted repositories: backups under load, restores, drills and
+//! point-in-time recovery from a bucket; what a bucket holds (no row in
+//! clear); tampered objects, wrong keys and wrong credentials.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use shard_agent::repo::{RepoError, Repository};
+use topology::{Engine, Topology};
+
+use crate::consistency::{bank_state, workload, MYSQL_SETUP, PG_SETUP};
+use crate::pitr::{checksums, ledger_cluster, on_both, run_ok_async};
+use crate::support::{self, db, ObjectStore, PrivateSandbox};
+
+const BUCKET: &str = "east";
+
+/// Every database on every server of `topo`, to show that nothing ran there.
+async fn databases(topo: &Topology) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &topo.shards {
+        match s.engine {
+            Engine::Mysql => {
+                let mut c = db::mysql(s, None).await;
+                let names: Vec<String> = c.query("SHOW DATABASES").await.unwrap();
+                out.extend(names.into_iter().map(|n| format!("{}:{n}", s.name)));
+            }
+            Engine::Postgres => {
+                let c = db::pg(s, "postgres").await;
+                for row in c
+                    .query("SELECT datname FROM pg_database ORDER BY 1", &[])
+                    .await
+                    .unwrap()
+                {
+                    out.push(format!("{}:{}", s.name, row.get::<_, String>(0)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The last line a failed command printed on stderr, which must be its only one.
+fn one_line_error(run: &support::Run) -> String {
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one line of error: {run:?}");
+    lines[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_bucket_holds_a_consistent_backup_taken_under_load_and_restores_it_with_q_1() {
+    let store = ObjectStore::get();
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let key = support::keygen(dir.path(), "repo.key");
+    let prefix = support::unique_prefix("load");
+    support::move_repository(
+        &topo_path,
+        &store.repository_yaml(
+            BUCKET,
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", key.display()),
+        ),
+    );
+    let topo = db::topology(&topo_path);
+    let arg = topo_path.to_str().unwrap();
+    // A marker in a row of each engine: it must appear in no stored object.
+    let marker = format!("marker-{prefix}-in-a-row");
+    let mut my_setup: Vec<String> = MYSQL_SETUP.iter().map(|s| s.to_string()).collect();
+    my_setup.push("CREATE TABLE bank.notes (id INT PRIMARY KEY, note TEXT)".into());
+    my_setup.push(format!("INSERT INTO bank.notes VALUES (1, '{marker}')"));
+    let my_refs: Vec<&str> = my_setup.iter().map(String::as_str).collect();
+    let pg_setup = format!(
+        "{PG_SETUP} CREATE TABLE notes (id int PRIMARY KEY, note text); INSERT INTO notes VALUES (1, '{marker}');"
+    );
+    db::setup_all(&topo, &my_refs, "bank", &pg_setup).await;
+
+    // The consistency test's transfers between the shards, during the backup.
+    let next_id = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = [5u64, 9]
+        .into_iter()
+        .map(|seed| tokio::spawn(workload(topo.clone(), seed, next_id.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let id = support::backup_id(arg).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        next_id.load(Ordering::Relaxed) > 20,
+        "the load made too few transfers"
+    );
+
+    // The bucket: objects, every one sealed, none holding the marker.
+    let raw = store.repository(BUCKET, &prefix);
+    let keys = raw.list("").unwrap();
+    assert!(
+        keys.iter().any(|k| k.ends_with("/manifest.json"))
+            && keys.iter().any(|k| k.ends_with(".zst")),
+        "{keys:?}"
+    );
+    for k in &keys {
+        let bytes = raw.get(k).unwrap();
+        assert!(bytes.starts_with(b"SHCTSEAL"), "{k} is not sealed");
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{k} holds the marker in clear"
+        );
+    }
+
+    // Restored from the bucket into a second cluster: Q = 1, and every
+    // credit has its debit there.
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let run = run_ok_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--backup",
+        &id,
+        "--target",
+        tgt.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let restored = db::topology(&tgt);
+    let (debits, credits) = bank_state(&restored).await;
+    assert!(!debits.is_empty(), "the backup holds transfers");
+    assert_eq!(
+        credits.difference(&debits).count(),
+        0,
+        "credits without their debit"
+    );
+    let mut c = db::mysql(&restored.shards[0], Some("bank")).await;
+    let note: Option<String> = c.query_first("SELECT note FROM notes").await.unwrap();
+    assert_eq!(note.as_deref(), Some(marker.as_str()));
+
+    // A drill of one shard from the bucket.
+    let run = run_ok_async(&[
+        "drill",
+        "-t",
+        arg,
+        "--shard",
+        "pg-0",
+        "--target",
+        tgt.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    // And `verify` reads every object back through the key.
+    let run = run_ok_async(&["verify", "-t", arg, "--backup", &id]).await;
+    assert!(run.stdout.contains("OK"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_objects_and_wrong_keys_stop_a_restore_before_any_sql() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let key = support::keygen(dir.path(), "repo.key");
+    let prefix = support::unique_prefix("tamper");
+    let with_key = |file: &std::path::Path| {
+        store.repository_yaml(
+            BUCKET,
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", file.display()),
+        )
+    };
+    support::move_repository(&src, &with_key(&key));
+    let arg = src.to_str().unwrap();
+    let id = support::backup_id(arg).await;
+
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let tgt_arg = tgt.to_str().unwrap();
+    let restored = db::topology(&tgt);
+    let before = databases(&restored).await;
+    let restore = || async {
+        support::shardcut_async(&[
+            "restore", "-t", arg, "--backup", &id, "--target", tgt_arg, "--shard", "mysql-0",
+        ])
+        .await
+    };
+
+    let raw = store.repository(BUCKET, &prefix);
+    let manifest = shard_agent::manifest::keys::manifest(&id);
+    let schema = raw
+        .list(&format!("backups/{id}/shards/mysql-0/"))
+        .unwrap()
+        .into_iter()
+        .find(|k| k.ends_with("/shop/schema.json.zst"))
+        .expect("a schema object");
+    for object in [&manifest, &schema] {
+        let good = raw.get(object).unwrap();
+        let mut bad = good.clone();
+        let at = good.len() / 2;
+        bad[at] ^= 0x20;
+        raw.put(object, &bad).unwrap();
+        let run = restore().await;
+        assert_ne!(run.code, 0, "{object}: {run:?}");
+        let line = one_line_error(&run);
+        assert!(
+            line.contains(object.as_str()) && line.contains("fails authentication"),
+            "{object}: {line}"
+        );
+        assert_eq!(databases(&restored).await, before, "SQL ran on the target");
+        raw.put(object, &good).unwrap();
+    }
+
+    // Another backup's manifest in this one's place is refused the same way.
+    let second = support::backup_id(arg).await;
+    let other = raw
+        .get(&shard_agent::manifest::keys::manifest(&second))
+        .unwrap();
+    let good = raw.get(&manifest).unwrap();
+    raw.put(&manifest, &other).unwrap();
+    let run = restore().await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        one_line_error(&run).contains("fails authentication"),
+        "{run:?}"
+    );
+    raw.put(&manifest, &good).unwrap();
+
+    // A wrong key: exit 2, naming the key id the objects need.
+    let wrong = support::keygen(dir.path(), "wrong.key");
+    support::move_repository(&src, &with_key(&wrong));
+    for args in [
+        vec!["list", "-t", arg],
+        vec![
+            "restore", "-t", arg, "--backup", &id, "--target", tgt_arg, "--shard", "mysql-0",
+        ],
+    ] {
+        let run = support::shardcut_async(&args).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        let line = one_line_error(&run);
+        assert!(line.contains("not a configured key"), "{line}");
+        let key_text = std::fs::read_to_string(&wrong).unwrap();
+        assert!(
+            !run.all().contains(key_text.trim()),
+            "the key in the output"
+        );
+    }
+    // No key at all: exit 2 as well.
+    support::move_repository(&src, &store.repository_yaml(BUCKET, &prefix, ""));
+    let run = support::shardcut_async(&["list", "-t", arg]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(one_line_error(&run).contains("gives no key"), "{run:?}");
+    assert_eq!(databases(&restored).await, before, "SQL ran on the target");
+
+    // With the right key again, the restore works.
+    support::move_repository(&src, &with_key(&key));
+    let run = restore().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(databases(&restored).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_into_a_bucket_and_restore_until_latest() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sb, topo_path, topo) = ledger_cluster(dir.path(), "(1, 10), (2, 20)").await;
+    let prefix = support::unique_prefix("pitr");
+    support::move_repository(&topo_path, &store.repository_yaml(BUCKET, &prefix, ""));
+    let arg = topo_path.to_str().unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    support::backup_id(arg).await;
+    on_both(&topo, "INSERT INTO ledger VALUES (3, 30)").await;
+    on_both(&topo, "UPDATE ledger SET amount = amount + 1 WHERE id = 1").await;
+    on_both(&topo, "DELETE FROM ledger WHERE id = 2").await;
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let at_latest = checksums(&topo, &["ledger"]).await;
+
+    let raw = store.repository(BUCKET, &prefix);
+    assert!(
+        raw.list("")
+            .unwrap()
+            .iter()
+            .any(|k| k.starts_with("capture/")),
+        "segments in the bucket"
+    );
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let run = run_ok_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        target.topology().to_str().unwrap(),
+        "--until",
+        "latest",
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let restored = db::topology(&target.topology());
+    let mut got = checksums(&restored, &["ledger"]).await;
+    // Same tables, keyed by the target's shard names (the same here).
+    got.retain(|k, _| at_latest.contains_key(k));
+    assert_eq!(got, at_latest);
+}
+
+#[test]
+fn wrong_credentials_fail_in_one_line_and_leave_nothing() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let prefix = support::unique_prefix("denied");
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "not-the-secret-key-0123").unwrap();
+    let yaml = store.repository_yaml(BUCKET, &prefix, "").replace(
+        &store.secret_key_file.display().to_string(),
+        &wrong.display().to_string(),
+    );
+    support::move_repository(&src, &yaml);
+    let arg = src.to_str().unwrap();
+    for args in [vec!["backup", "-t", arg], vec!["list", "-t", arg]] {
+        let run = support::shardcut(&args);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        let line = one_line_error(&run);
+        assert!(
+            line.contains("access denied") && line.contains(&format!("s3://{BUCKET}/{prefix}")),
+            "{line}"
+        );
+        assert!(!run.all().contains("not-the-secret-key-0123"), "{run:?}");
+    }
+    let run = support::shardcut(&["check", "-t", arg]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("access denied"), "{run:?}");
+    assert!(
+        store
+            .repository(BUCKET, &prefix)
+            .list("")
+            .unwrap()
+            .is_empty(),
+        "the failed backup left objects"
+    );
+}
+
+#[test]
+fn the_bucket_keeps_the_repository_contract() {
+    let store = ObjectStore::get();
+    let prefix = support::unique_prefix("contract");
+    let repo = store.repository(BUCKET, &prefix);
+    assert!(matches!(repo.get("a/b"), Err(RepoError::NotFound { .. })));
+    repo.put("a/b", b"one").unwrap();
+    repo.put("a/c/d", b"two").unwrap();
+    repo.put("ab", b"three").unwrap();
+    repo.put("a/b%2Fc", b"four").unwrap();
+    assert_eq!(repo.get("a/b%2Fc").unwrap(), b"four");
+    assert_eq!(repo.list("a/").unwrap(), vec!["a/b", "a/b%2Fc", "a/c/d"]);
+    assert_eq!(
+        repo.list("a").unwrap(),
+        vec!["a/b", "a/b%2Fc", "a/c/d", "ab"]
+    );
+    assert_eq!(repo.list("a/b").unwrap(), vec!["a/b", "a/b%2Fc"]);
+    // The lock: a conditional put, refused when the object exists.
+    repo.put_if_absent("lock", b"held").unwrap();
+    assert!(matches!(
+        repo.put_if_absent("lock", b"x"),
+        Err(RepoError::AlreadyExists { .. })
+    ));
+    assert_eq!(repo.get("lock").unwrap(), b"held");
+    repo.delete("a/b").unwrap();
+    repo.delete("a/b").unwrap();
+    assert!(matches!(repo.get("a/b"), Err(RepoError::NotFound { .. })));
+    // A file larger than one part goes up in parts and comes back whole.
+    let mut file = tempfile::tempfile().unwrap();
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::io::Write::write_all(&mut file, &big).unwrap();
+    repo.put_file("big", &mut file).unwrap();
+    assert!(repo.get("big").unwrap() == big, "multipart object differs");
+    for k in repo.list("").unwrap() {
+        repo.delete(&k).unwrap();
+    }
+    assert!(repo.list("").unwrap().is_empty());
+}

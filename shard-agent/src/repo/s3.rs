@@ -1,0 +1,400 @@
+//! A repository in a bucket of an S3-compatible object store, through the
+//! `object_store` crate (request signing, retries with backoff on 5xx,
+//! throttling and dropped connections, multipart upload).
+//!
+//! The [`Repository`] trait is synchronous, as the directory repository's
+//! file calls are; its callers run on the blocking pool or briefly on a
+//! runtime thread. Requests run on one small runtime of the store's own,
+//! shared by every S3 repository of the process and never dropped (a
+//! runtime may not be dropped from inside another one), and the caller
+//! waits for the answer. A caller on any runtime, or none, may use it.
+//!
+//! Keys map to object names below the configured prefix, unchanged: keys
+//! are already restricted to safe segments (`valid_key`), and names made
+//! from table names are percent-encoded by `manifest::keys::segment`.
+//! S3 writes are atomic (a reader sees the whole object or none), a put
+//! is durable when it returns, and the lock's put-if-absent is a
+//! conditional put (`If-None-Match: *`).
+
+use std::future::Future;
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
+};
+use topology::S3Location;
+
+use super::{valid_key, RepoError, Repository};
+
+/// Objects of at least this size are uploaded in parts of this size, so a
+/// large file is never held in memory whole.
+const PART_SIZE: usize = 8 << 20;
+
+#[derive(Debug)]
+pub struct S3Repository {
+    store: Arc<AmazonS3>,
+    /// Without a trailing `/`; empty for the whole bucket.
+    prefix: String,
+    location: String,
+}
+
+/// The store's own runtime, made on first use.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("shardcut-s3")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl S3Repository {
+    /// Prepares requests to `location`; nothing is sent until the first call.
+    pub fn open(location: &S3Location) -> Result<Self, RepoError> {
+        let shown = location.to_string();
+        let fail = |message: String| RepoError::Store {
+            location: shown.clone(),
+            what: "open".to_string(),
+            message: message.into(),
+        };
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: 6,
+            retry_timeout: Duration::from_secs(60),
+        };
+        let mut client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120));
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&location.bucket)
+            .with_region(&location.region)
+            .with_access_key_id(location.access_key.expose())
+            .with_secret_access_key(location.secret_key.expose())
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_disable_tagging(true)
+            .with_retry(retry);
+        if let Some(token) = &location.session_token {
+            builder = builder.with_token(token.expose());
+        }
+        if let Some(endpoint) = &location.endpoint {
+            // A named endpoint is an S3-compatible store: path-style
+            // requests, and plain HTTP if that is what it says.
+            client = client.with_allow_http(endpoint.starts_with("http://"));
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        // TLS goes through rustls with the process's crypto provider.
+        crate::tls::install_provider();
+        let store = builder
+            .with_client_options(client)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(S3Repository {
+            store: Arc::new(store),
+            prefix: location.prefix.clone(),
+            location: shown,
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<Path, RepoError> {
+        let invalid = || RepoError::InvalidKey {
+            location: self.location.clone(),
+            key: key.to_string(),
+        };
+        if !valid_key(key) {
+            return Err(invalid());
+        }
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        Path::parse(full).map_err(|_| invalid())
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> Result<T, RepoError> {
+        let rt = runtime().map_err(|message| RepoError::Store {
+            location: self.location.clone(),
+            what: format!("{op} {key}"),
+            message: format!("cannot start the object store's runtime: {message}").into(),
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            // The receiver only goes away if the caller's thread did.
+            drop(tx.send(fut.await));
+        });
+        let result = rx.recv().map_err(|_| RepoError::Store {
+            location: self.location.clone(),
+            what: format!("{op} {key}"),
+            message: "the request was abandoned".into(),
+        })?;
+        result.map_err(|e| self.error(op, key, e))
+    }
+
+    fn error(&self, op: &'static str, key: &str, e: object_store::Error) -> RepoError {
+        let location = self.location.clone();
+        match e {
+            object_store::Error::NotFound { .. } => RepoError::NotFound {
+                location,
+                key: key.to_string(),
+            },
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => RepoError::AlreadyExists {
+                location,
+                key: key.to_string(),
+            },
+            other => {
+                let (denied, message) = summarize(&other);
+                let (what, message) = (format!("{op} {key}"), message.into());
+                if denied {
+                    RepoError::Denied {
+                        location,
+                        what,
+                        message,
+                    }
+                } else {
+                    RepoError::Store {
+                        location,
+                        what,
+                        message,
+                    }
+                }
+            }
+        }
+    }
+
+    fn put_parts(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let mut upload = self.run("put", key, async move { store.put_multipart(&path).await })?;
+        let read_err = |source| RepoError::Io {
+            location: self.location.clone(),
+            op: "read the file to store as",
+            key: key.to_string(),
+            source,
+        };
+        let sent = (|| {
+            file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+            loop {
+                let mut part = Vec::with_capacity(PART_SIZE);
+                file.by_ref()
+                    .take(PART_SIZE as u64)
+                    .read_to_end(&mut part)
+                    .map_err(read_err)?;
+                if part.is_empty() {
+                    break;
+                }
+                let fut = upload.put_part(PutPayload::from(part));
+                self.run("put", key, fut)?;
+            }
+            Ok(())
+        })();
+        match sent {
+            Ok(()) => self.run("put", key, async move { upload.complete().await.map(drop) }),
+            Err(e) => {
+                // Parts of an abandoned upload cost storage until aborted;
+                // the original error is the one to report.
+                drop(self.run(
+                    "abort the upload of",
+                    key,
+                    async move { upload.abort().await },
+                ));
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Repository for S3Repository {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let payload = PutPayload::from(data.to_vec());
+        self.run("put", key, async move {
+            store.put(&path, payload).await.map(drop)
+        })
+    }
+
+    fn put_file(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
+        let len = file
+            .metadata()
+            .map_err(|source| RepoError::Io {
+                location: self.location.clone(),
+                op: "read the file to store as",
+                key: key.to_string(),
+                source,
+            })?
+            .len();
+        if len < PART_SIZE as u64 {
+            let mut data = Vec::new();
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut data))
+                .map_err(|source| RepoError::Io {
+                    location: self.location.clone(),
+                    op: "read the file to store as",
+                    key: key.to_string(),
+                    source,
+                })?;
+            return self.put(key, &data);
+        }
+        self.put_parts(key, file)
+    }
+
+    fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let payload = PutPayload::from(data.to_vec());
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.run("put", key, async move {
+            store.put_opts(&path, payload, opts).await.map(drop)
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        self.run("get", key, async move {
+            let got = store.get(&path).await?;
+            Ok(got.bytes().await?.to_vec())
+        })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        // Object store listings go by whole path segments: list the folder
+        // that holds `prefix` and keep what starts with it.
+        let folder = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let full = match (self.prefix.is_empty(), folder.is_empty()) {
+            (true, _) => folder.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{folder}", self.prefix),
+        };
+        let dir = Path::parse(&full).map_err(|_| RepoError::InvalidKey {
+            location: self.location.clone(),
+            key: prefix.to_string(),
+        })?;
+        let store = self.store.clone();
+        let names = self.run("list", prefix, async move {
+            let mut names = Vec::new();
+            let mut stream = store.list((!full.is_empty()).then_some(&dir));
+            while let Some(meta) = stream.next().await {
+                names.push(meta?.location.to_string());
+            }
+            Ok(names)
+        })?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut keys: Vec<String> = names
+            .into_iter()
+            .filter_map(|name| name.strip_prefix(&strip).map(str::to_string))
+            .filter(|key| key.starts_with(prefix) && valid_key(key))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        match self.run("delete", key, async move { store.delete(&path).await }) {
+            Err(RepoError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// An object store's put is durable when it returns; names need no
+    /// separate sync.
+    fn sync_names(&self, _keys: &[&str]) -> Result<(), RepoError> {
+        Ok(())
+    }
+}
+
+/// Whether the store refused the credentials, and a one-line account of
+/// the failure: the HTTP status and the store's error code and message
+/// where it sent them (S3's XML error body), not the whole body.
+fn summarize(e: &object_store::Error) -> (bool, String) {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let len = text[start..].find(close)?;
+        Some(text[start..start + len].to_string())
+    };
+    let status = text
+        .find("status code: ")
+        .and_then(|i| text.get(i + 13..i + 16))
+        .and_then(|d| d.parse::<u16>().ok());
+    let code = between("<Code>", "</Code>");
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || matches!(status, Some(401 | 403))
+        || matches!(
+            code.as_deref(),
+            Some(
+                "AccessDenied"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidAccessKeyId"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+            )
+        );
+    let message = match (status, code) {
+        (status, Some(code)) => {
+            let said = between("<Message>", "</Message>").unwrap_or_default();
+            let status = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
+            format!("{status}{code}: {said}")
+        }
+        // No error body: the first part of the text, on one line.
+        _ => {
+            let line = text.replace(['\n', '\r'], " ");
+            match line.char_indices().nth(400) {
+                Some((cut, _)) => format!("{}…", &line[..cut]),
+                None => line,
+            }
+        }
+    };
+    (denied, message)
+}
