@@ -385,3 +385,158 @@ fn the_bucket_keeps_the_repository_contract() {
     }
     assert!(repo.list("").unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_with_q_1() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let (east_key, west_key) = (
+        support::keygen(dir.path(), "east.key"),
+        support::keygen(dir.path(), "west.key"),
+    );
+    let prefix = support::unique_prefix("copy");
+    let west = store.replica_yaml(
+        "dr-west",
+        "west",
+        &prefix,
+        &format!("    encryption:\n      key_file: {}\n", west_key.display()),
+    );
+    let yaml = format!(
+        "{}{west}",
+        store.repository_yaml(
+            BUCKET,
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", east_key.display())
+        )
+    );
+    support::move_repository(&src, &yaml);
+    let arg = src.to_str().unwrap();
+    // Many small chunks, so that the copy takes long enough to be killed.
+    let run = run_ok_async(&["backup", "-t", arg, "--chunk-rows", "40", "--json"]).await;
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let status = run_ok_async(&["status", "-t", arg, "--json"]).await;
+    assert_eq!(
+        status.json()["replicas"][0]["backups_missing"][0],
+        id.as_str(),
+        "status shows the replica's lag: {status:?}"
+    );
+
+    // A copy killed once some objects are on the replica.
+    let replica = store.repository("west", &prefix);
+    let manifest = shard_agent::manifest::keys::manifest(&id);
+    let mut child = tokio::process::Command::new(support::bin("shardcut"))
+        .args(["copy", "-t", arg, "--to", "dr-west"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let before_kill = loop {
+        let n = replica.list("backups/").unwrap().len();
+        if n >= 20 {
+            break n;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy ended before the kill"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    child.kill().await.unwrap();
+    let listed = replica.list("backups/").unwrap();
+    assert!(
+        !listed.contains(&manifest),
+        "the copy finished before it was killed ({before_kill} objects seen); the test needs a bigger backup"
+    );
+    let run = run_ok_async(&["list", "-t", arg, "--repository", "dr-west", "--json"]).await;
+    assert!(
+        !run.stdout.contains(&id),
+        "a half-copied backup is listed: {run:?}"
+    );
+
+    // The next copy finishes it: only what is missing moves.
+    let run = run_ok_async(&["copy", "-t", arg, "--to", "dr-west", "--json"]).await;
+    let j = run.json();
+    assert_eq!(j["backups_copied"][0], id.as_str(), "{run:?}");
+    let copied = j["objects_copied"].as_u64().unwrap();
+    assert!(
+        j["objects_skipped"].as_u64().unwrap() >= listed.len() as u64,
+        "{run:?}"
+    );
+    assert!(
+        copied > 0 && copied < replica.list("").unwrap().len() as u64,
+        "{run:?}"
+    );
+    assert_eq!(j["objects_verified"], j["objects_copied"]);
+    assert_eq!(
+        j["lag"]["backups_missing"].as_array().unwrap().len(),
+        0,
+        "{run:?}"
+    );
+    // A second run has nothing to copy.
+    let run = run_ok_async(&["copy", "-t", arg, "--to", "dr-west", "--json"]).await;
+    assert_eq!(run.json()["bytes_copied"], 0, "{run:?}");
+    assert_eq!(run.json()["backups_present"][0], id.as_str(), "{run:?}");
+
+    // The replica is sealed with its own key: the source's does not open it.
+    let raw = replica.get(&manifest).unwrap();
+    assert!(raw.starts_with(b"SHCTSEAL"));
+    let east_only = dir.path().join("east-only.yaml");
+    std::fs::copy(&src, &east_only).unwrap();
+    support::move_repository(
+        &east_only,
+        &store.repository_yaml(
+            "west",
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", east_key.display()),
+        ),
+    );
+    let run = support::shardcut_async(&["list", "-t", east_only.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+
+    // A drill of one shard from the second region.
+    let scratch = PrivateSandbox::up(1, 1, "ready");
+    let run = run_ok_async(&[
+        "drill",
+        "-t",
+        arg,
+        "--repository",
+        "dr-west",
+        "--shard",
+        "pg-1",
+        "--target",
+        scratch.topology().to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+
+    // An object lost on the replica: verify finds it, the next copy puts it back.
+    let m = support::manifest(&src, &id);
+    let lost = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0].key;
+    replica.delete(lost).unwrap();
+    let run = support::shardcut_async(&[
+        "verify",
+        "-t",
+        arg,
+        "--repository",
+        "dr-west",
+        "--backup",
+        &id,
+    ])
+    .await;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains(lost.as_str()), "{run:?}");
+    let run = run_ok_async(&["copy", "-t", arg, "--to", "dr-west", "--json"]).await;
+    assert_eq!(run.json()["objects_copied"], 1, "{run:?}");
+    run_ok_async(&[
+        "verify",
+        "-t",
+        arg,
+        "--repository",
+        "dr-west",
+        "--backup",
+        &id,
+    ])
+    .await;
+}

@@ -39,8 +39,10 @@ impl Topology {
     /// repository (a failover, or a drill of the second region).
     pub fn using_replica(&self, name: &str) -> Option<Topology> {
         let replica = self.replica(name)?;
+        // Read from a replica, the cluster has no further copies to show.
         Some(Topology {
             repository: replica.repository.clone(),
+            replicas: Vec::new(),
             ..self.clone()
         })
     }

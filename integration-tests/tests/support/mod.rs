@@ -322,6 +322,17 @@ impl ObjectStore {
         )
     }
 
+    /// The YAML of a `replicas:` list with one replica `name` in
+    /// `s3://BUCKET/PREFIX`, with `extra` lines (indented by four spaces).
+    pub fn replica_yaml(&self, name: &str, bucket: &str, prefix: &str, extra: &str) -> String {
+        format!(
+            "replicas:\n  - name: {name}\n    url: s3://{bucket}/{prefix}\n    endpoint: {}\n    access_key_file: {}\n    secret_key_file: {}\n{extra}",
+            self.endpoint,
+            self.access_key_file.display(),
+            self.secret_key_file.display()
+        )
+    }
+
     /// The bucket's objects below `prefix`, as stored (raw bytes).
     pub fn repository(&self, bucket: &str, prefix: &str) -> shard_agent::repo::S3Repository {
         let read = |p: &Path| {

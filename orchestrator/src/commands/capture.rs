@@ -121,7 +121,7 @@ impl Capture {
 
 /// Sets `stop` on SIGTERM or SIGINT: the current round (and its segment)
 /// finishes before capture exits.
-fn stop_on_signal(stop: Arc<AtomicBool>) {
+pub(super) fn stop_on_signal(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -38,6 +38,11 @@ pub struct Drill {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
     /// Test only: wait between the restore and its verification.
     #[arg(long, hide = true, value_parser = topology::parse_duration)]
     test_pause_before_verify: Option<Duration>,
@@ -47,6 +52,7 @@ impl Drill {
     pub async fn run(self) -> anyhow::Result<u8> {
         let plan = DrillPlan {
             source: &self.topology,
+            repository: self.repository.as_deref(),
             target: &self.target,
             shard: &self.shard,
             backup: &self.backup,

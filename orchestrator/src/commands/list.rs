@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use topology::Topology;
 
+use crate::flow::copy::choose_repository;
+
 use crate::flow::{list_backups, open_repository};
 use crate::render::backup::list_json;
 use crate::{exit, render};
@@ -20,11 +22,17 @@ pub struct List {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
 }
 
 impl List {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let topology = Topology::load(&self.topology)?;
+        let topology =
+            choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         let repo = open_repository(&topology)?;
         let cluster = topology.cluster.clone();
         let listed =

@@ -5,6 +5,7 @@
 mod backup;
 mod capture;
 mod check;
+mod copy;
 mod drill;
 mod expire;
 mod keygen;
@@ -20,6 +21,7 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Check(check::Check),
+    Copy(copy::Copy),
     Drill(drill::Drill),
     Expire(expire::Expire),
     Keygen(keygen::Keygen),
@@ -38,6 +40,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<u8> {
         match self {
             Command::Check(c) => c.run().await,
+            Command::Copy(c) => c.run().await,
             Command::Drill(c) => c.run().await,
             Command::Expire(c) => c.run().await,
             Command::Keygen(c) => c.run(),

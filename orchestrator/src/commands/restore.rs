@@ -63,12 +63,18 @@ pub struct Restore {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
 }
 
 impl Restore {
     pub async fn run(self) -> anyhow::Result<u8> {
         let plan = Plan {
             source: &self.topology,
+            repository: self.repository.as_deref(),
             target: &self.target,
             backup: &self.backup,
             shards: self.shards.clone(),

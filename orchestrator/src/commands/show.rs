@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use topology::Topology;
 
+use crate::flow::copy::choose_repository;
+
 use crate::flow::{find_backup, open_repository};
 use crate::render::backup::summary_text;
 use crate::{exit, render};
@@ -24,11 +26,17 @@ pub struct Show {
     /// Print the whole manifest as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
 }
 
 impl Show {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let topology = Topology::load(&self.topology)?;
+        let topology =
+            choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         let repo = open_repository(&topology)?;
         if let Some(name) = self.id.strip_prefix("mark:") {
             return show_mark(repo.as_ref(), &topology.cluster, name, self.json);

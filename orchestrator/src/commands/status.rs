@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use topology::Topology;
 
+use crate::flow::copy::choose_repository;
+
 use crate::exit;
 use crate::flow::status::status;
 use crate::render::capture::{metrics_text, status_json, status_text};
@@ -20,6 +22,11 @@ pub struct Status {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
     /// Also write Prometheus metrics (text format) to this file.
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
@@ -27,7 +34,8 @@ pub struct Status {
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let topology = Topology::load(&self.topology)?;
+        let topology =
+            choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         let report = status(&topology).await?;
         if let Some(path) = &self.metrics {
             std::fs::write(path, metrics_text(&report.streams))

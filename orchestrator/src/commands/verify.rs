@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use topology::Topology;
 
+use crate::flow::copy::choose_repository;
+
 use crate::exit;
 use crate::flow::verify::{verify_repository, verify_target};
 use crate::render::verify::{human, to_json};
@@ -33,11 +35,17 @@ pub struct Verify {
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,
+    /// Read the backups from this replica (the topology's `replicas:`)
+    /// instead of the main repository: a failover, or a drill of the
+    /// second region.
+    #[arg(long, value_name = "NAME")]
+    repository: Option<String>,
 }
 
 impl Verify {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let topology = Topology::load(&self.topology)?;
+        let topology =
+            choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         if let Some(target) = &self.target {
             return self.target(&topology, target).await;
         }

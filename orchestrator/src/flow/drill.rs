@@ -12,6 +12,8 @@ use super::Observer;
 /// What to drill where.
 pub struct DrillPlan<'a> {
     pub source: &'a Path,
+    /// Read from this replica instead of the main repository.
+    pub repository: Option<&'a str>,
     /// Topology of the scratch servers.
     pub target: &'a Path,
     pub shard: &'a str,
@@ -28,6 +30,7 @@ pub struct DrillPlan<'a> {
 pub async fn drill(plan: &DrillPlan<'_>, observer: &dyn Observer) -> anyhow::Result<Outcome> {
     let restore = Plan {
         source: plan.source,
+        repository: plan.repository,
         target: plan.target,
         backup: plan.backup,
         shards: vec![plan.shard.to_string()],

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod capture;
 pub mod check;
+pub mod copy;
 pub mod drill;
 pub mod expire;
 pub mod incremental;

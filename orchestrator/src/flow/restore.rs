@@ -27,6 +27,8 @@ use crate::selection::{select, Request};
 /// What to restore where.
 pub struct Plan<'a> {
     pub source: &'a Path,
+    /// Read from this replica instead of the main repository.
+    pub repository: Option<&'a str>,
     pub target: &'a Path,
     pub backup: &'a str,
     /// Empty: every shard of the backup.
@@ -72,7 +74,7 @@ pub struct Outcome {
 /// changes to a mark if asked, then reads the target back and scores it.
 /// A failed restore is reported with what it left, never as a success.
 pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyhow::Result<Outcome> {
-    let source = Topology::load(plan.source)?;
+    let source = super::copy::choose_repository(Topology::load(plan.source)?, plan.repository)?;
     let target = Topology::load(plan.target)?;
     let repo = open_repository(&source)?;
     let (m, mark, rpo) = resolve(plan, &repo, &source, observer).await?;

@@ -103,6 +103,8 @@ pub struct CaptureStatus {
     /// What `restore --until latest` would replay, and how long it is
     /// expected to take; or why that cannot be said.
     pub expected_replay: Result<crate::rto::Estimate, String>,
+    /// Each replica repository's lag behind this one, or why it is unknown.
+    pub replicas: Vec<(String, Result<super::copy::ReplicaLag, String>)>,
 }
 
 /// Reads every stream's state and asks each shard's server where it is.
@@ -137,6 +139,10 @@ pub async fn status(topology: &Topology) -> anyhow::Result<CaptureStatus> {
         retired: StreamState::retired(repo.as_ref())?,
         expected_replay: expected_replay(repo.as_ref(), &topology.cluster, &Until::Latest)
             .map_err(|e| crate::exit::one_line(&e)),
+        replicas: {
+            let t = topology.clone();
+            tokio::task::spawn_blocking(move || super::copy::replica_lags(&t)).await?
+        },
     })
 }
 

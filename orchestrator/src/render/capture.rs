@@ -86,6 +86,15 @@ pub fn status_json(s: &CaptureStatus) -> serde_json::Value {
             Ok(e) => serde_json::json!(e),
             Err(why) => serde_json::json!({"unknown": why}),
         },
+        "replicas": s.replicas.iter().map(|(name, lag)| match lag {
+            Ok(l) => serde_json::json!({
+                "name": name,
+                "backups_missing": l.backups_missing,
+                "newest_backup": l.newest_backup,
+                "capture_objects_missing": l.capture_objects_missing,
+            }),
+            Err(why) => serde_json::json!({"name": name, "error": why}),
+        }).collect::<Vec<_>>(),
         "retired_generations": s.retired.iter().map(|r| serde_json::json!({
             "shard": r.shard,
             "stream": r.stream,
@@ -120,6 +129,17 @@ pub fn status_text(s: &CaptureStatus) -> String {
                 .map(|w| format!("  retained WAL {} KiB", w >> 10))
                 .unwrap_or_default()
         ));
+    }
+    for (name, lag) in &s.replicas {
+        out.push_str(&match lag {
+            Ok(l) => format!(
+                "  replica {name}: {} backup(s) and {} capture object(s) behind; newest backup there: {}\n",
+                l.backups_missing.len(),
+                l.capture_objects_missing,
+                l.newest_backup.as_deref().unwrap_or("none")
+            ),
+            Err(why) => format!("  replica {name}: lag unknown: {why}\n"),
+        });
     }
     for r in &s.retired {
         out.push_str(&format!(
