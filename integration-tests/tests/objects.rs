@@ -540,3 +540,102 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
     ])
     .await;
 }
+
+#[test]
+fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key() {
+    use crate::remote::{token, with_agents, AgentProcess};
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::keygen(dir.path(), "repo.key");
+    let other = support::keygen(dir.path(), "other.key");
+    let prefix = support::unique_prefix("agent");
+    let secret = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let allowed = format!("s3://{BUCKET}/{prefix}");
+    let start = |key_file: &std::path::Path| {
+        AgentProcess::start_with(
+            "127.0.0.1:0",
+            &secret,
+            std::path::Path::new(&allowed),
+            &[
+                "--insecure",
+                "--s3-endpoint",
+                &store.endpoint,
+                "--s3-access-key-file",
+                store.access_key_file.to_str().unwrap(),
+                "--s3-secret-key-file",
+                store.secret_key_file.to_str().unwrap(),
+                "--repository-key-file",
+                key_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let agent = start(&key);
+    let topo = with_agents(
+        &support::sandbox_topology(),
+        dir.path(),
+        &agent.addr,
+        &secret,
+    );
+    support::move_repository(
+        &topo,
+        &store.repository_yaml(
+            BUCKET,
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", key.display()),
+        ),
+    );
+    let arg = topo.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    // The agents' chunks are in the bucket, sealed; verify reads every one
+    // back through the key and finds the manifest's row hashes.
+    let m = support::manifest(&topo, &id);
+    let raw = store.repository(BUCKET, &prefix);
+    for s in m.shards.values() {
+        for t in &s.table_list {
+            for c in &t.chunks {
+                assert!(
+                    raw.get(&c.key).unwrap().starts_with(b"SHCTSEAL"),
+                    "{}",
+                    c.key
+                );
+            }
+        }
+    }
+    let run = support::shardcut(&["verify", "-t", arg, "--backup", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // An agent holding another key refuses to write, naming both key ids.
+    drop(agent);
+    let wrong = start(&other);
+    std::fs::create_dir_all(dir.path().join("second")).unwrap();
+    let topo2 = with_agents(
+        &support::sandbox_topology(),
+        &dir.path().join("second"),
+        &wrong.addr,
+        &secret,
+    );
+    support::move_repository(
+        &topo2,
+        &store.repository_yaml(
+            BUCKET,
+            &prefix,
+            &format!("  encryption:\n    key_file: {}\n", key.display()),
+        ),
+    );
+    let run = support::shardcut(&["backup", "-t", topo2.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("this agent's --repository-key-file is key id"),
+        "{run:?}"
+    );
+    assert_eq!(
+        support::shardcut(&["list", "-t", arg, "--json"]).json()["backups"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "the refused backup is not listed"
+    );
+}

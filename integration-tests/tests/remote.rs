@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use crate::support::{self, bin, db, shardcut, PrivateSandbox};
 
 /// A running `shard-agent serve`, killed when dropped.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl AgentProcess {
@@ -22,7 +22,12 @@ impl AgentProcess {
         Self::start_with(listen, token_file, allowed, &["--insecure"])
     }
 
-    fn start_with(listen: &str, token_file: &Path, allowed: &Path, extra: &[&str]) -> AgentProcess {
+    pub(crate) fn start_with(
+        listen: &str,
+        token_file: &Path,
+        allowed: &Path,
+        extra: &[&str],
+    ) -> AgentProcess {
         let mut child = Command::new(bin("shard-agent"))
             .args(["serve", "--listen", listen, "--token-file"])
             .arg(token_file)
@@ -58,7 +63,12 @@ impl Drop for AgentProcess {
 
 /// A topology variant in which every shard is served by the plain-HTTP
 /// agent at `agent`.
-fn with_agents(src: &Path, dir: &Path, agent: &str, token_file: &Path) -> std::path::PathBuf {
+pub(crate) fn with_agents(
+    src: &Path,
+    dir: &Path,
+    agent: &str,
+    token_file: &Path,
+) -> std::path::PathBuf {
     let lines = format!(
         "agent: http://{agent}\n    agent_insecure: true\n    agent_token_file: {}",
         token_file.display()
@@ -83,7 +93,7 @@ fn with_agent_lines(src: &Path, dir: &Path, lines: &str) -> std::path::PathBuf {
     support::topology_variant(src, dir, &pairs)
 }
 
-fn token(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+pub(crate) fn token(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, value).unwrap();
     p

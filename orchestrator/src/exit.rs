@@ -5,8 +5,6 @@
 use shard_agent::repo::RepoError;
 use topology::TopologyError;
 
-use crate::flow::OpenError;
-
 pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 pub const INVALID_INPUT: u8 = 2;
@@ -23,15 +21,11 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<TopologyError>() || cause.is::<InvalidInput>() {
             return INVALID_INPUT;
         }
-        // A missing or wrong repository key, or a repository this setup
-        // cannot use: the fix is in the topology, as for invalid input.
+        // A missing or wrong repository key: the fix is in the topology,
+        // as for invalid input.
         if cause
             .downcast_ref::<RepoError>()
             .is_some_and(RepoError::is_key_problem)
-            || matches!(
-                cause.downcast_ref::<OpenError>(),
-                Some(OpenError::RemoteAgent { .. })
-            )
         {
             return INVALID_INPUT;
         }

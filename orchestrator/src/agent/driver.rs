@@ -98,7 +98,7 @@ impl RemoteDriver {
 
     fn restore_spec(opts: &RestoreOptions) -> RestoreSpec {
         RestoreSpec {
-            repository: opts.repo.location(),
+            repository: opts.repo.reference(),
             overwrite: opts.overwrite,
             binlog: opts.binlog,
             parallelism: opts.parallelism,
@@ -220,7 +220,7 @@ impl Driver for RemoteDriver {
             .run(&DriverCall::CatchUp {
                 shard: ShardSpec::from_shard(round.shard),
                 cluster: round.cluster.to_string(),
-                repository: round.repo.location(),
+                repository: round.repo.reference(),
                 compression: round.compression,
                 state: Box::new(state.clone()),
             })
@@ -267,7 +267,7 @@ impl Driver for RemoteDriver {
     ) -> Result<ReplayReport, ReplayError> {
         Ok(self
             .run(&DriverCall::Replay {
-                repository: repo.location(),
+                repository: repo.reference(),
                 source: source.to_string(),
                 stream: stream.to_string(),
                 target: ShardSpec::from_shard(target),

@@ -164,7 +164,7 @@ impl Agent {
                 let path = format!("/v1/sessions/{}/dump", r.session);
                 let req = DumpRequest {
                     backup_id: opts.backup_id.clone(),
-                    repository: opts.repo.location(),
+                    repository: opts.repo.reference(),
                     compression: opts.compression,
                     chunk_rows: opts.chunk_rows,
                     digest_only: opts.digest_only,

@@ -44,19 +44,11 @@ pub trait Observer: Send + Sync {
 
 /// The topology's repository: a directory or a bucket, under the layer that
 /// seals (encrypts and authenticates) every object when the topology gives
-/// a key, and otherwise refuses sealed objects with a clear error.
-pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, OpenError> {
+/// a key, and otherwise refuses sealed objects with a clear error. Remote
+/// agents open the same repository from its reference
+/// (`Repository::reference`), with their own credentials and key.
+pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, RepoError> {
     let config = &topology.repository;
-    let plain_local =
-        matches!(config.location, RepositoryLocation::Local(_)) && config.encryption.is_none();
-    if !plain_local {
-        if let Some(shard) = topology.shards.iter().find(|s| s.agent.is_some()) {
-            return Err(OpenError::RemoteAgent {
-                shard: shard.name.clone(),
-                repository: config.to_string(),
-            });
-        }
-    }
     let inner: Arc<dyn Repository> = match &config.location {
         RepositoryLocation::Local(path) => Arc::new(LocalRepository::open(path)?),
         RepositoryLocation::S3(location) => Arc::new(S3Repository::open(location)?),
@@ -65,16 +57,6 @@ pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, OpenE
         Some(encryption) => SealedRepository::new(inner, encryption),
         None => SealedRepository::plain(inner),
     }))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-    /// Remote agents write chunks into the repository by its path on their
-    /// host; they cannot yet reach a bucket or hold the key.
-    #[error("shard {shard} runs through a remote agent, which writes to the repository by its path on the agent's host; repository {repository} is an object store or encrypted, which remote agents do not support yet: use a plain directory repository, or run this shard without `agent`")]
-    RemoteAgent { shard: String, repository: String },
 }
 
 /// A manifest as found in the repository, or why it could not be read.

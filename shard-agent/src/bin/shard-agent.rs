@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shard_agent::serve::ServeConfig;
-use topology::Topology;
+use shard_agent::serve::{AllowedRepositories, ServeConfig};
+use topology::{Encryption, RepositoryKey, Secret, Topology};
 
 /// Per-shard worker of shardcut.
 #[derive(Debug, Parser)]
@@ -28,7 +28,7 @@ enum Cmd {
         shard: String,
     },
     /// Serve the agent API for the orchestrator (run on the database host).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,9 +52,27 @@ struct ServeArgs {
     /// on a network you trust; never with --tls-cert.
     #[arg(long, conflicts_with = "tls_cert")]
     insecure: bool,
-    /// A directory dumps may write below (repeatable; at least one).
-    #[arg(long, value_name = "PATH", required = true)]
-    allow_repository: Vec<PathBuf>,
+    /// A directory dumps may write below, or a bucket and prefix
+    /// (`s3://BUCKET/PREFIX`) (repeatable; at least one).
+    #[arg(long, value_name = "PATH|S3-URL", required = true)]
+    allow_repository: Vec<String>,
+    /// The S3-compatible endpoint for buckets (default: AWS_ENDPOINT_URL,
+    /// else AWS itself).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// The region for buckets (default: AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// File holding the access key id for buckets (default: AWS_ACCESS_KEY_ID).
+    #[arg(long, value_name = "FILE")]
+    s3_access_key_file: Option<PathBuf>,
+    /// File holding the secret access key (default: AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "FILE")]
+    s3_secret_key_file: Option<PathBuf>,
+    /// The key of an encrypted repository (`shardcut keygen`); repeat for
+    /// older keys that still open older objects (the first one seals).
+    #[arg(long, value_name = "FILE")]
+    repository_key_file: Vec<PathBuf>,
     /// A database host sessions may connect to, as the topology names it
     /// (repeatable; default: 127.0.0.1, ::1 and localhost).
     #[arg(long, value_name = "HOST")]
@@ -82,7 +100,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Check { topology, shard } => runtime.block_on(check(&topology, &shard)),
-        Cmd::Serve(args) => runtime.block_on(serve(args)),
+        Cmd::Serve(args) => runtime.block_on(serve(*args)),
     }
 }
 
@@ -113,24 +131,93 @@ fn serve_config(args: &ServeArgs, token: String) -> Result<ServeConfig, String> 
             )
         }
     };
-    let mut allowed_repositories = Vec::new();
-    for p in &args.allow_repository {
-        let canonical = std::fs::canonicalize(p)
-            .map_err(|e| format!("--allow-repository {}: {e}", p.display()))?;
-        allowed_repositories.push(canonical);
-    }
+    let repositories = allowed_repositories(args)?;
     let allowed_hosts = if args.allow_host.is_empty() {
         vec!["127.0.0.1".into(), "::1".into(), "localhost".into()]
     } else {
         args.allow_host.clone()
     };
     Ok(ServeConfig {
-        token: topology::Secret::new(token),
+        token: Secret::new(token),
         tls,
-        allowed_repositories,
+        repositories,
         allowed_hosts,
         max_connections: args.max_connections,
     })
+}
+
+/// The repositories requests may name, and what reaches and seals them.
+fn allowed_repositories(args: &ServeArgs) -> Result<AllowedRepositories, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut out = AllowedRepositories::default();
+    for entry in &args.allow_repository {
+        if let Some(rest) = entry.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("--allow-repository {entry}: no bucket"));
+            }
+            out.buckets
+                .push((bucket.to_string(), prefix.trim_matches('/').to_string()));
+        } else {
+            let canonical = std::fs::canonicalize(entry)
+                .map_err(|e| format!("--allow-repository {entry}: {e}"))?;
+            out.directories.push(canonical);
+        }
+    }
+    let secret =
+        |file: &Option<PathBuf>, var: &str, flag: &str| -> Result<Option<Secret>, String> {
+            match file {
+                Some(p) => std::fs::read_to_string(p)
+                    .map(|t| Some(Secret::new(t.trim())))
+                    .map_err(|e| format!("{flag} {}: {e}", p.display())),
+                None => Ok(env(var).map(Secret::new)),
+            }
+        };
+    if !out.buckets.is_empty() {
+        let access = secret(
+            &args.s3_access_key_file,
+            "AWS_ACCESS_KEY_ID",
+            "--s3-access-key-file",
+        )?;
+        let secret_key = secret(
+            &args.s3_secret_key_file,
+            "AWS_SECRET_ACCESS_KEY",
+            "--s3-secret-key-file",
+        )?;
+        let (Some(access_key), Some(secret_key)) = (access, secret_key) else {
+            return Err("--allow-repository names a bucket: give --s3-access-key-file and --s3-secret-key-file, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
+        };
+        out.store = Some(topology::S3Location {
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: args.s3_endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL")),
+            region: args
+                .s3_region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .unwrap_or_else(|| "us-east-1".to_string()),
+            access_key,
+            secret_key,
+            session_token: env("AWS_SESSION_TOKEN").map(Secret::new),
+        });
+    }
+    let mut keys = Vec::new();
+    for p in &args.repository_key_file {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("--repository-key-file {}: {e}", p.display()))?;
+        keys.push(RepositoryKey::parse(&text).ok_or_else(|| {
+            format!(
+                "--repository-key-file {}: not a repository key (shardcut keygen writes one)",
+                p.display()
+            )
+        })?);
+    }
+    let mut keys = keys.into_iter();
+    out.encryption = keys.next().map(|key| Encryption {
+        key,
+        old_keys: keys.collect(),
+    });
+    Ok(out)
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {

@@ -10,6 +10,7 @@ mod direct;
 mod local;
 mod memory;
 mod null;
+pub mod reference;
 mod s3;
 mod sealed;
 
@@ -107,6 +108,11 @@ pub struct UnknownKey {
 pub trait Repository: Send + Sync + std::fmt::Debug {
     /// Where the repository is, for messages (never contains secrets).
     fn location(&self) -> String;
+    /// How a remote agent is told to open this repository
+    /// ([`reference::Reference`]): a directory's path by default.
+    fn reference(&self) -> String {
+        self.location()
+    }
     /// Stores `data` under `key`, replacing any object there. Atomic.
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
     /// Stores the whole of `file` (from its start) under `key`, as `put`

@@ -39,6 +39,7 @@ const PART_SIZE: usize = 8 << 20;
 #[derive(Debug)]
 pub struct S3Repository {
     store: Arc<AmazonS3>,
+    bucket: String,
     /// Without a trailing `/`; empty for the whole bucket.
     prefix: String,
     location: String,
@@ -108,6 +109,7 @@ impl S3Repository {
             .map_err(|e| fail(e.to_string()))?;
         Ok(S3Repository {
             store: Arc::new(store),
+            bucket: location.bucket.clone(),
             prefix: location.prefix.clone(),
             location: shown,
         })
@@ -232,6 +234,10 @@ impl S3Repository {
 impl Repository for S3Repository {
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn reference(&self) -> String {
+        super::reference::bucket_text(&self.bucket, &self.prefix)
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {

@@ -221,6 +221,13 @@ impl Repository for SealedRepository {
         self.inner.location()
     }
 
+    fn reference(&self) -> String {
+        match self.keys.first() {
+            Some(k) => super::reference::with_key(&self.inner.reference(), &hex(&k.id)),
+            None => self.inner.reference(),
+        }
+    }
+
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
         if self.keys.is_empty() {
             return self.inner.put(key, data);

@@ -14,7 +14,7 @@ use crate::api::{CaughtUp, DriverCall, RestoreSpec};
 use crate::client_choice::ReaderKind;
 use crate::engine::{self, CatchUp};
 use crate::error::one_line;
-use crate::repo::{LocalRepository, Repository};
+use crate::repo::Repository;
 use crate::restore::RestoreOptions;
 
 fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
@@ -45,9 +45,9 @@ fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptio
 /// after checking it is one this agent may use.
 pub(super) async fn run(
     call: DriverCall,
-    repo: Option<Arc<LocalRepository>>,
+    repo: Option<Arc<dyn Repository>>,
 ) -> Result<serde_json::Value, String> {
-    let repository = || -> Result<Arc<LocalRepository>, String> {
+    let repository = || -> Result<Arc<dyn Repository>, String> {
         repo.clone()
             .ok_or_else(|| "the call names no repository".to_string())
     };

@@ -27,7 +27,8 @@ use crate::cut::{BlockError, CutOptions};
 use crate::dump::{DumpOptions, Progress};
 use crate::error::{one_line, AgentError};
 use crate::manifest::ShardManifest;
-use crate::repo::LocalRepository;
+use crate::repo::reference::{self, Place, Reference};
+use crate::repo::{LocalRepository, Repository, S3Repository, SealedRepository};
 use crate::session::Session;
 
 /// Sessions idle this long (not dumping) are dropped, which closes their
@@ -62,7 +63,7 @@ struct AppState {
     token: Arc<Secret>,
     sessions: Arc<Mutex<HashMap<String, Entry>>>,
     next_id: Arc<AtomicU64>,
-    allowed_repositories: Arc<Vec<PathBuf>>,
+    repositories: Arc<AllowedRepositories>,
     allowed_hosts: Arc<Vec<String>>,
     jobs: Arc<Mutex<HashMap<String, Job>>>,
 }
@@ -164,27 +165,84 @@ fn allowed_host(
     ))
 }
 
-/// Opens a repository below one of the allowed directories, or refuses.
+/// Opens the repository a request names ([`Reference`]), or refuses: a
+/// directory below one of the allowed ones, or a bucket and prefix an
+/// allowed entry covers, reached with this agent's own endpoint and
+/// credentials; sealed with this agent's key, which must be the one the
+/// reference names.
 fn allowed_repository(
     st: &AppState,
-    path: &str,
-) -> Result<LocalRepository, (StatusCode, Json<ErrorBody>)> {
-    let allowed = std::fs::canonicalize(path).ok().filter(|p| {
-        st.allowed_repositories
-            .iter()
-            .any(|root| p.starts_with(root))
-    });
-    let Some(canonical) = allowed else {
-        return Err(fail(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "repository {path} is not below a directory this agent may write (shard-agent serve --allow-repository)"
-            ),
-        ));
+    text: &str,
+) -> Result<Arc<dyn Repository>, (StatusCode, Json<ErrorBody>)> {
+    let forbidden = |why: String| fail(StatusCode::FORBIDDEN, "forbidden", why);
+    let reference = Reference::parse(text).map_err(|e| forbidden(format!("repository {e}")))?;
+    let inner: Arc<dyn Repository> = match &reference.place {
+        Place::Directory(path) => {
+            let allowed = std::fs::canonicalize(path).ok().filter(|p| {
+                st.repositories
+                    .directories
+                    .iter()
+                    .any(|root| p.starts_with(root))
+            });
+            let Some(canonical) = allowed else {
+                return Err(forbidden(format!(
+                    "repository {path} is not below a directory this agent may write (shard-agent serve --allow-repository)"
+                )));
+            };
+            Arc::new(
+                LocalRepository::open(&canonical).map_err(|e| {
+                    fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string())
+                })?,
+            )
+        }
+        Place::Bucket { bucket, prefix } => {
+            let shown = reference::bucket_text(bucket, prefix);
+            let covered = st
+                .repositories
+                .buckets
+                .iter()
+                .any(|(b, p)| b == bucket && reference::prefix_within(prefix, p));
+            if !covered {
+                return Err(forbidden(format!(
+                    "repository {shown} is not a bucket and prefix this agent may write (shard-agent serve --allow-repository s3://BUCKET/PREFIX)"
+                )));
+            }
+            let Some(store) = &st.repositories.store else {
+                return Err(forbidden(format!(
+                    "repository {shown}: this agent has no object store credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --s3-access-key-file and --s3-secret-key-file)"
+                )));
+            };
+            let location = topology::S3Location {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                ..store.clone()
+            };
+            Arc::new(
+                S3Repository::open(&location).map_err(|e| {
+                    fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string())
+                })?,
+            )
+        }
     };
-    LocalRepository::open(&canonical)
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()))
+    match (&reference.key_id, &st.repositories.encryption) {
+        (None, _) => Ok(Arc::new(SealedRepository::plain(inner))),
+        (Some(id), Some(keys)) => {
+            let sealed = SealedRepository::new(inner, keys);
+            if sealed.key_ids().first() == Some(id) {
+                Ok(Arc::new(sealed))
+            } else {
+                Err(forbidden(format!(
+                    "repository {}: sealed with key id {id}, but this agent's --repository-key-file is key id {}",
+                    sealed.location(),
+                    sealed.key_ids().first().cloned().unwrap_or_default()
+                )))
+            }
+        }
+        (Some(id), None) => Err(forbidden(format!(
+            "repository {}: encrypted (key id {id}), but this agent has no key (shard-agent serve --repository-key-file)",
+            inner.location()
+        ))),
+    }
 }
 
 fn jobs(st: &AppState) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
@@ -195,7 +253,7 @@ async fn start_job(State(st): State<AppState>, Json(call): Json<DriverCall>) -> 
     let spec = call.shard();
     allowed_host(&st, &spec.name, &spec.host)?;
     let repo = match call.repository() {
-        Some(path) => Some(Arc::new(allowed_repository(&st, path)?)),
+        Some(path) => Some(allowed_repository(&st, path)?),
         None => None,
     };
     let id = format!("j{}", st.next_id.fetch_add(1, Ordering::Relaxed));
@@ -364,7 +422,7 @@ async fn start_dump(
     let cancel = Arc::new(AtomicBool::new(false));
     let result = Arc::new(Mutex::new(None));
     let opts = DumpOptions {
-        repo: Arc::new(repo),
+        repo,
         backup_id: req.backup_id,
         compression: req.compression,
         chunk_rows: req.chunk_rows,
@@ -438,14 +496,29 @@ async fn close(State(st): State<AppState>, Path(id): Path<String>) -> StatusCode
     StatusCode::NO_CONTENT
 }
 
+/// The repositories a request may name, and this agent's own means of
+/// reaching and sealing them (no secret ever comes with a request).
+#[derive(Debug, Default)]
+pub struct AllowedRepositories {
+    /// Directories a dump may write below (canonical paths).
+    pub directories: Vec<PathBuf>,
+    /// Buckets and prefixes (`s3://bucket/prefix`), by whole segments.
+    pub buckets: Vec<(String, String)>,
+    /// Endpoint, region and credentials for buckets (bucket and prefix
+    /// come from the request).
+    pub store: Option<topology::S3Location>,
+    /// The key that seals objects, and older keys that open them.
+    pub encryption: Option<topology::Encryption>,
+}
+
 /// How `shard-agent serve` runs: who may call it, over what, and what a
 /// caller may point it at.
 pub struct ServeConfig {
     pub token: Secret,
     /// `None` serves plain HTTP (only with `--insecure`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Directories a dump may write below (canonical paths).
-    pub allowed_repositories: Vec<PathBuf>,
+    /// What a request may point the agent at, and how it reaches it.
+    pub repositories: AllowedRepositories,
     /// Database hosts a session may connect to, as given in the topology.
     pub allowed_hosts: Vec<String>,
     /// Connections served at once; more are closed at once.
@@ -495,7 +568,7 @@ pub async fn serve(
         token: Arc::new(config.token),
         sessions: Arc::new(Mutex::new(HashMap::new())),
         next_id: Arc::new(AtomicU64::new(1)),
-        allowed_repositories: Arc::new(config.allowed_repositories),
+        repositories: Arc::new(config.repositories),
         allowed_hosts: Arc::new(config.allowed_hosts),
         jobs: Arc::new(Mutex::new(HashMap::new())),
     };
