@@ -252,6 +252,23 @@ async fn tampered_objects_and_wrong_keys_stop_a_restore_before_any_sql() {
             "the key in the output"
         );
     }
+    // A backup with the wrong key is refused before it writes anything
+    // (it would leave a repository that needs two keys), and `check` says why.
+    let objects_before = raw.list("").unwrap();
+    let run = support::shardcut_async(&["backup", "-t", arg]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        one_line_error(&run).contains("not a configured key"),
+        "{run:?}"
+    );
+    assert_eq!(
+        raw.list("").unwrap(),
+        objects_before,
+        "the refused backup wrote"
+    );
+    let run = support::shardcut_async(&["check", "-t", arg]).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("not a configured key"), "{run:?}");
     // No key at all: exit 2 as well.
     support::move_repository(&src, &store.repository_yaml(BUCKET, &prefix, ""));
     let run = support::shardcut_async(&["list", "-t", arg]).await;

@@ -174,10 +174,13 @@ impl RepoLock {
                     });
                 }
                 Err(RepoError::AlreadyExists { .. }) => {
-                    let held: Option<LockBody> = repo
-                        .get(&key)
-                        .ok()
-                        .and_then(|d| serde_json::from_slice(&d).ok());
+                    // A lock this run cannot open (another key) is not a
+                    // crashed one: taking it over would break a live run's.
+                    let held: Option<LockBody> = match repo.get(&key) {
+                        Ok(d) => serde_json::from_slice(&d).ok(),
+                        Err(e) if e.is_key_problem() => return Err(e.into()),
+                        Err(_) => None,
+                    };
                     match held {
                         Some(h)
                             if h.expires_at > chrono::Utc::now().timestamp() && !dead_here(&h) =>
@@ -371,6 +374,34 @@ mod tests {
             serde_json::from_slice(&repo.get("locks/shop.lock").expect("lock")).expect("json");
         assert_ne!(now.token, "crashed-run");
         assert_eq!(now.token.len(), 32);
+        lock.release();
+    }
+
+    #[tokio::test]
+    async fn a_lock_sealed_with_another_key_is_not_taken_over() {
+        use shard_agent::repo::SealedRepository;
+        use topology::{Encryption, RepositoryKey};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let place = repo(dir.path());
+        let sealed = |byte: u8| -> Arc<dyn Repository> {
+            Arc::new(SealedRepository::new(
+                place.clone(),
+                &Encryption {
+                    key: RepositoryKey::from_bytes([byte; 32]),
+                    old_keys: Vec::new(),
+                },
+            ))
+        };
+        let right = sealed(1);
+        let lock = RepoLock::acquire(right.clone(), "shop", "backup").expect("acquire");
+        // A run with the wrong key cannot read the lock: that is its error,
+        // not a sign of a crashed run whose lock may be taken over.
+        match RepoLock::acquire(sealed(2), "shop", "backup") {
+            Err(LockError::Repo(e)) => assert!(e.is_key_problem(), "{e}"),
+            Err(other) => panic!("expected the key problem, got {other}"),
+            Ok(_) => panic!("a live lock was taken over by a run with another key"),
+        }
+        lock.ensure_held().expect("still held by the right run");
         lock.release();
     }
 }

@@ -54,6 +54,8 @@ pub async fn backup(
     observer: &dyn Observer,
 ) -> anyhow::Result<Manifest> {
     let repo = open_repository(topology)?;
+    let r = repo.clone();
+    tokio::task::spawn_blocking(move || super::check_key(r.as_ref())).await??;
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
     let id = new_backup_id();
     let result = if opts.incremental {

@@ -117,11 +117,8 @@ fn repository_status(topology: &Topology) -> RepositoryStatus {
         RepositoryLocation::Local(path) => path,
         RepositoryLocation::S3(location) => {
             let listed = super::open_repository(topology)
-                .map_err(|e| exit::one_line(&anyhow::Error::new(e)))
-                .and_then(|repo| {
-                    repo.list(shard_agent::manifest::keys::BACKUPS)
-                        .map_err(|e| exit::one_line(&anyhow::Error::new(e)))
-                });
+                .and_then(|repo| super::check_key(repo.as_ref()))
+                .map_err(|e| exit::one_line(&anyhow::Error::new(e)));
             return RepositoryStatus {
                 path: location.to_string(),
                 exists: listed.is_ok(),
@@ -136,6 +133,11 @@ fn repository_status(topology: &Topology) -> RepositoryStatus {
     let problem = match (&probe, exists) {
         (None, _) => Some("no parent directory of it exists".to_string()),
         (Some(_), true) if !path.is_dir() => Some("exists but is not a directory".to_string()),
+        // An existing repository must open with the topology's key.
+        (Some(_), true) => super::open_repository(topology)
+            .and_then(|repo| super::check_key(repo.as_ref()))
+            .err()
+            .map(|e| exit::one_line(&anyhow::Error::new(e))),
         _ => None,
     };
     RepositoryStatus {

@@ -59,6 +59,20 @@ pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, RepoE
     }))
 }
 
+/// Refuses a key that does not open the repository's newest manifest, before
+/// a command writes anything sealed with it (a backup written with a wrong
+/// key would make a repository that needs two keys).
+pub fn check_key(repo: &dyn Repository) -> Result<(), RepoError> {
+    let newest = repo
+        .list(keys::BACKUPS)?
+        .into_iter()
+        .rfind(|k| keys::backup_of_manifest(k).is_some());
+    match newest.map(|k| repo.get(&k)) {
+        Some(Err(e)) if e.is_key_problem() => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// A manifest as found in the repository, or why it could not be read.
 pub struct Listed {
     pub id: String,

@@ -75,6 +75,13 @@ pub enum RepoError {
     Tampered { location: String, key: String },
     #[error("repository {location}: cannot encrypt {key}")]
     Sealing { location: String, key: String },
+    /// A verified put found other bytes in the store than it wrote.
+    #[error("repository {location}: {key} was written but the store holds other bytes ({detail})")]
+    Unverified {
+        location: String,
+        key: String,
+        detail: Box<str>,
+    },
 }
 
 impl RepoError {
@@ -131,6 +138,14 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
             })?;
         self.put(key, &data)
     }
+    /// Stores `data` as `put` does, then confirms that the store holds
+    /// exactly these bytes (copies to a replica). By default the object is
+    /// read back and compared; stores that answer a put with a hash of
+    /// what they stored compare that instead.
+    fn put_verified(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        self.put(key, data)?;
+        read_back_matches(self, key, data)
+    }
     /// Stores `data` under `key` only if nothing is there yet (locks).
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError>;
@@ -146,6 +161,24 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     /// after its chunks) and on themselves after, so that a command that
     /// reported success stays successful through a power loss.
     fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError>;
+}
+
+/// Reads `key` back from `repo` and compares it with `data`.
+pub(crate) fn read_back_matches(
+    repo: &(impl Repository + ?Sized),
+    key: &str,
+    data: &[u8],
+) -> Result<(), RepoError> {
+    let back = repo.get(key)?;
+    if back == data {
+        Ok(())
+    } else {
+        Err(RepoError::Unverified {
+            location: repo.location(),
+            key: key.to_string(),
+            detail: format!("read back {} bytes, wrote {}", back.len(), data.len()).into(),
+        })
+    }
 }
 
 /// Keys are relative, `/`-separated, without `.` or `..` segments, so no key

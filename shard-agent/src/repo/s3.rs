@@ -249,6 +249,41 @@ impl Repository for S3Repository {
         })
     }
 
+    /// S3 answers a single-part put with the object's ETag, the MD5 of the
+    /// bytes it stored: compared with the MD5 of what was sent, that is the
+    /// store's own hash of the object, without reading it back. A store
+    /// that answers otherwise (no ETag, or not an MD5) gets the read-back.
+    fn put_verified(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        use md5::Digest;
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let payload = PutPayload::from(data.to_vec());
+        let put = self.run("put", key, async move { store.put(&path, payload).await })?;
+        let etag = put
+            .e_tag
+            .as_deref()
+            .map(|t| t.trim_matches('"').to_ascii_lowercase());
+        let sent: String = md5::Md5::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        match etag {
+            Some(t) if t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                if t == sent {
+                    Ok(())
+                } else {
+                    Err(RepoError::Unverified {
+                        location: self.location.clone(),
+                        key: key.to_string(),
+                        detail: format!("the store's MD5 is {t}, the bytes sent have {sent}")
+                            .into(),
+                    })
+                }
+            }
+            _ => super::read_back_matches(self, key, data),
+        }
+    }
+
     fn put_file(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
         let len = file
             .metadata()
