@@ -10,7 +10,7 @@ use crate::flow::copy::{copy, CopyReport, Which};
 
 /// Copy backups, capture segments and marks into a replica repository
 /// (the topology's `replicas:`, another region): only what it lacks, each
-/// object read back and compared before the replica's manifest is written.
+/// object confirmed by the replica's own hash before its manifest is written.
 #[derive(Debug, clap::Args)]
 pub struct Copy {
     /// The cluster's topology file.

@@ -3,11 +3,12 @@
 //! A copy moves what the replica lacks, by name: capture segments and
 //! their descriptions, retired generations, marks, then each backup's
 //! chunks and schema files and, last, its manifest; the capture streams'
-//! states (the only objects that change) when they differ. Every object is
-//! read back from the replica after it is written and its hash compared
-//! with the source's (and, for a backup's objects, with the checksum its
-//! manifest records) before the replica's manifest is written, so a
-//! replica lists only backups whose every object arrived intact.
+//! states (the only objects that change) when they differ. A backup's
+//! objects are first compared with the checksums their manifest records;
+//! every object written is confirmed by the replica's own hash of what it
+//! stored (`Repository::put_verified`: an S3 store's MD5, a directory's
+//! read-back) before the replica's manifest is written, so a replica lists
+//! only backups whose every object arrived intact.
 //!
 //! Objects go through each repository's own layer: read (and, if the
 //! source is encrypted, authenticated) with the source's key, written with
@@ -54,7 +55,7 @@ pub struct CopyReport {
     pub bytes_copied: u64,
     /// Objects the replica already had (by name).
     pub objects_skipped: u64,
-    /// Copied objects read back from the replica and found equal.
+    /// Copied objects the replica confirmed by its own hash.
     pub objects_verified: u64,
     pub lag: ReplicaLag,
 }
