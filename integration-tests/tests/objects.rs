@@ -656,3 +656,97 @@ fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key(
         "the refused backup is not listed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_into_a_bucket_is_never_listed_and_copy_follow_keeps_up() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let prefix = support::unique_prefix("follow");
+    let yaml = format!(
+        "{}{}",
+        store.repository_yaml(BUCKET, &prefix, ""),
+        store.replica_yaml("dr-west", "west", &prefix, "")
+    );
+    support::move_repository(&src, &yaml);
+    let arg = src.to_str().unwrap();
+    let east = store.repository(BUCKET, &prefix);
+
+    // A backup killed once its chunks are arriving in the bucket.
+    let mut child = tokio::process::Command::new(support::bin("shardcut"))
+        .args(["backup", "-t", arg, "--chunk-rows", "40"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if east.list("backups/").unwrap().len() >= 10 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before the kill"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().await.unwrap();
+    assert!(
+        !east
+            .list("backups/")
+            .unwrap()
+            .iter()
+            .any(|k| k.ends_with("/manifest.json")),
+        "the backup finished before it was killed"
+    );
+    let run = run_ok_async(&["list", "-t", arg, "--json"]).await;
+    assert_eq!(
+        run.json()["backups"].as_array().map(Vec::len),
+        Some(0),
+        "{run:?}"
+    );
+
+    // `copy --follow` takes each new backup to the replica as it appears.
+    let mut follow = tokio::process::Command::new(support::bin("shardcut"))
+        .args([
+            "copy",
+            "-t",
+            arg,
+            "--to",
+            "dr-west",
+            "--follow",
+            "--interval",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The killed run's lock (this host, a dead process) does not stop the next.
+    let id = support::backup_id(arg).await;
+    let manifest = shard_agent::manifest::keys::manifest(&id);
+    let west = store.repository("west", &prefix);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !west.list("backups/").unwrap().contains(&manifest) {
+        assert!(follow.try_wait().unwrap().is_none(), "copy --follow exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup {id} never reached the replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let pid = follow.id().unwrap().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = follow.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "copy --follow after SIGTERM: {out:?}");
+    let run = run_ok_async(&["list", "-t", arg, "--repository", "dr-west", "--json"]).await;
+    let listed = run.json()["backups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{run:?}");
+    assert_eq!(listed[0]["backup_id"], id.as_str(), "{run:?}");
+}
