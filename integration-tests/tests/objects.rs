@@ -750,3 +750,94 @@ async fn a_killed_backup_into_a_bucket_is_never_listed_and_copy_follow_keeps_up(
     assert_eq!(listed.len(), 1, "{run:?}");
     assert_eq!(listed[0]["backup_id"], id.as_str(), "{run:?}");
 }
+
+/// A proxy on 127.0.0.1 in front of the store that answers the first
+/// `refuse` requests with `503 SlowDown` (as S3 does when throttling) and
+/// passes every later connection through. Returns its endpoint and the
+/// number of requests it refused.
+fn throttling_proxy(upstream: &str, refuse: usize) -> (String, Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let refused = Arc::new(AtomicU64::new(0));
+    let count = refused.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { continue };
+            if (count.load(Ordering::SeqCst) as usize) < refuse {
+                // Read the whole request, then refuse it and close.
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                drop(reader.read_exact(&mut body));
+                let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                drop(write!(
+                    client,
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                    xml.len()
+                ));
+                count.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || drop(std::io::copy(&mut c2, &mut s2)));
+            let (mut server, mut client) = (server, client);
+            std::thread::spawn(move || drop(std::io::copy(&mut server, &mut client)));
+        }
+    });
+    (format!("http://{addr}"), refused)
+}
+
+#[test]
+fn throttling_is_retried_and_an_unreachable_store_is_one_line() {
+    let store = ObjectStore::get();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let prefix = support::unique_prefix("throttled");
+    let (endpoint, refused) = throttling_proxy(&store.endpoint, 3);
+    let yaml = store
+        .repository_yaml(BUCKET, &prefix, "")
+        .replace(&store.endpoint, &endpoint);
+    support::move_repository(&src, &yaml);
+    let arg = src.to_str().unwrap();
+    let run = support::shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        3,
+        "the proxy refused three requests"
+    );
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let run = support::shardcut(&["verify", "-t", arg, "--backup", &id]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // Nothing listens: the retries end, and the error is one line naming
+    // the repository.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    support::move_repository(
+        &src,
+        &store
+            .repository_yaml(BUCKET, &prefix, "")
+            .replace(&store.endpoint, &closed),
+    );
+    let run = support::shardcut(&["list", "-t", arg]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = one_line_error(&run);
+    assert!(
+        line.contains(&closed) && line.contains("list backups/"),
+        "{line}"
+    );
+}

@@ -36,7 +36,6 @@ use super::{valid_key, RepoError, Repository};
 /// large file is never held in memory whole.
 const PART_SIZE: usize = 8 << 20;
 
-#[derive(Debug)]
 pub struct S3Repository {
     store: Arc<AmazonS3>,
     bucket: String,
@@ -44,6 +43,19 @@ pub struct S3Repository {
     prefix: String,
     location: String,
 }
+
+/// Only where it is: the client inside holds the credentials.
+impl std::fmt::Debug for S3Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Repository")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest part of a store's error message kept in ours: the text
+/// comes from the network.
+const MESSAGE_CHARS: usize = 300;
 
 /// The store's own runtime, made on first use.
 fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
@@ -389,6 +401,8 @@ impl Repository for S3Repository {
 /// where it sent them (S3's XML error body), not the whole body.
 fn summarize(e: &object_store::Error) -> (bool, String) {
     let mut text = e.to_string();
+    // The innermost cause (a refused connection, a timeout) says most.
+    let mut innermost = None;
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let more = s.to_string();
@@ -396,6 +410,7 @@ fn summarize(e: &object_store::Error) -> (bool, String) {
             text.push_str(": ");
             text.push_str(&more);
         }
+        innermost = Some(more);
         source = s.source();
     }
     let between = |open: &str, close: &str| {
@@ -424,18 +439,81 @@ fn summarize(e: &object_store::Error) -> (bool, String) {
         );
     let message = match (status, code) {
         (status, Some(code)) => {
-            let said = between("<Message>", "</Message>").unwrap_or_default();
+            let said: String = between("<Message>", "</Message>")
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MESSAGE_CHARS)
+                .collect();
+            let code: String = code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(64)
+                .collect();
             let status = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
             format!("{status}{code}: {said}")
         }
-        // No error body: the first part of the text, on one line.
+        // No error body: the innermost cause, and how often it was tried.
         _ => {
-            let line = text.replace(['\n', '\r'], " ");
-            match line.char_indices().nth(400) {
+            let retried = text
+                .find("after ")
+                .and_then(|i| text[i..].split(',').next())
+                .filter(|t| t.ends_with("retries"))
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default();
+            let line = format!("{}{retried}", innermost.unwrap_or_else(|| text.clone()))
+                .replace(['\n', '\r'], " ");
+            match line.char_indices().nth(MESSAGE_CHARS) {
                 Some((cut, _)) => format!("{}…", &line[..cut]),
                 None => line,
             }
         }
     };
     (denied, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use topology::Secret;
+
+    #[test]
+    fn neither_debug_nor_messages_show_the_credentials() {
+        let repo = S3Repository::open(&S3Location {
+            bucket: "east".into(),
+            prefix: "prod".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: "us-east-1".into(),
+            access_key: Secret::new("AKIDSHOWNNOWHERE"),
+            secret_key: Secret::new("secret-shown-nowhere"),
+            session_token: None,
+        })
+        .unwrap();
+        let shown = format!("{repo:?} {}", repo.location());
+        assert!(
+            !shown.contains("AKIDSHOWNNOWHERE") && !shown.contains("secret-shown-nowhere"),
+            "{shown}"
+        );
+        assert_eq!(repo.reference(), "s3://east/prod");
+    }
+
+    #[test]
+    fn a_store_error_becomes_one_short_line() {
+        let body = format!(
+            "Error performing put: Server returned non-2xx status code: 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><Message>{}\nmore</Message></Error>",
+            "x".repeat(10_000)
+        );
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: body.into(),
+        };
+        let (denied, message) = summarize(&e);
+        assert!(denied);
+        assert!(
+            message.starts_with("HTTP 403 SignatureDoesNotMatch: xxx"),
+            "{message}"
+        );
+        assert!(message.len() < MESSAGE_CHARS + 64, "{}", message.len());
+        assert!(!message.contains('\n'));
+    }
 }
