@@ -532,7 +532,7 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
     let m = support::manifest(&src, &id);
     let lost = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0].key;
     replica.delete(lost).unwrap();
-    let run = support::shardcut_async(&[
+    let verify_west = [
         "verify",
         "-t",
         arg,
@@ -540,22 +540,13 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
         "dr-west",
         "--backup",
         &id,
-    ])
-    .await;
+    ];
+    let run = support::shardcut_async(&verify_west).await;
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stdout.contains(lost.as_str()), "{run:?}");
     let run = run_ok_async(&["copy", "-t", arg, "--to", "dr-west", "--json"]).await;
     assert_eq!(run.json()["objects_copied"], 1, "{run:?}");
-    run_ok_async(&[
-        "verify",
-        "-t",
-        arg,
-        "--repository",
-        "dr-west",
-        "--backup",
-        &id,
-    ])
-    .await;
+    run_ok_async(&verify_west).await;
 }
 
 #[test]

@@ -118,6 +118,16 @@ impl<'v> Fields<'v> {
     }
 }
 
+/// The fields of a repository mapping that only an object store has.
+const S3_FIELDS: &[&str] = &[
+    "endpoint",
+    "region",
+    "access_key_env",
+    "access_key_file",
+    "secret_key_env",
+    "secret_key_file",
+];
+
 fn is_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -354,30 +364,15 @@ impl Checker<'_> {
         value: &Value,
         extra: &[&str],
     ) -> Option<RepositoryConfig> {
-        let mut known = vec![
-            "url",
-            "endpoint",
-            "region",
-            "access_key_env",
-            "access_key_file",
-            "secret_key_env",
-            "secret_key_file",
-            "encryption",
-        ];
+        let mut known = vec!["url", "encryption"];
+        known.extend_from_slice(S3_FIELDS);
         known.extend_from_slice(extra);
         let r = self.fields(at, value, &known)?;
         let url = self.string(&r, "url", true)?;
         let location = if let Some(rest) = url.strip_prefix("s3://") {
             RepositoryLocation::S3(self.s3_location(&r, rest)?)
         } else {
-            for key in [
-                "endpoint",
-                "region",
-                "access_key_env",
-                "access_key_file",
-                "secret_key_env",
-                "secret_key_file",
-            ] {
+            for key in S3_FIELDS {
                 if r.get(key).is_some() {
                     self.problem(r.at(key), "only for an s3:// repository");
                 }

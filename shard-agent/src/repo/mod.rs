@@ -126,16 +126,7 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     /// does. Repositories that can copy it over in pieces do, so that an
     /// object larger than memory can be stored; the default reads it whole.
     fn put_file(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
-        use std::io::{Read, Seek};
-        let mut data = Vec::new();
-        file.seek(std::io::SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut data))
-            .map_err(|source| RepoError::Io {
-                location: self.location(),
-                op: "read the file to store as",
-                key: key.to_string(),
-                source,
-            })?;
+        let data = read_whole(&self.location(), key, file)?;
         self.put(key, &data)
     }
     /// Stores `data` as `put` does, then confirms that the store holds
@@ -161,6 +152,25 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     /// after its chunks) and on themselves after, so that a command that
     /// reported success stays successful through a power loss.
     fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError>;
+}
+
+/// The whole of `file`, from its start: what `put_file` stores as `key`.
+pub(crate) fn read_whole(
+    location: &str,
+    key: &str,
+    file: &mut std::fs::File,
+) -> Result<Vec<u8>, RepoError> {
+    use std::io::{Read, Seek};
+    let mut data = Vec::new();
+    file.seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut data))
+        .map_err(|source| RepoError::Io {
+            location: location.to_string(),
+            op: "read the file to store as",
+            key: key.to_string(),
+            source,
+        })?;
+    Ok(data)
 }
 
 /// Reads `key` back from `repo` and compares it with `data`.

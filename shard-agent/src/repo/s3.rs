@@ -307,16 +307,7 @@ impl Repository for S3Repository {
             })?
             .len();
         if len < PART_SIZE as u64 {
-            let mut data = Vec::new();
-            use std::io::{Seek, SeekFrom};
-            file.seek(SeekFrom::Start(0))
-                .and_then(|_| file.read_to_end(&mut data))
-                .map_err(|source| RepoError::Io {
-                    location: self.location.clone(),
-                    op: "read the file to store as",
-                    key: key.to_string(),
-                    source,
-                })?;
+            let data = super::read_whole(&self.location, key, file)?;
             return self.put(key, &data);
         }
         self.put_parts(key, file)

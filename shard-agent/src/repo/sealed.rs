@@ -243,16 +243,7 @@ impl Repository for SealedRepository {
         if self.keys.is_empty() {
             return self.inner.put_file(key, file);
         }
-        use std::io::{Read, Seek};
-        let mut data = Vec::new();
-        file.seek(std::io::SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut data))
-            .map_err(|source| RepoError::Io {
-                location: self.location(),
-                op: "read the file to store as",
-                key: key.to_string(),
-                source,
-            })?;
+        let data = super::read_whole(&self.location(), key, file)?;
         self.put(key, &data)
     }
 
