@@ -375,6 +375,16 @@ fn the_bucket_keeps_the_repository_contract() {
     repo.put("ab", b"three").unwrap();
     repo.put("a/b%2Fc", b"four").unwrap();
     assert_eq!(repo.get("a/b%2Fc").unwrap(), b"four");
+    // The store's size is looked at before the body is read.
+    assert_eq!(repo.get_at_most("a/b%2Fc", 4).unwrap(), b"four");
+    assert!(matches!(
+        repo.get_at_most("a/b%2Fc", 3),
+        Err(RepoError::TooLarge {
+            size: 4,
+            max: 3,
+            ..
+        })
+    ));
     assert_eq!(repo.list("a/").unwrap(), vec!["a/b", "a/b%2Fc", "a/c/d"]);
     assert_eq!(
         repo.list("a").unwrap(),

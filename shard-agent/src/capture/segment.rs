@@ -147,7 +147,7 @@ pub fn list_segments(
 
 /// Reads a segment's raw bytes, refusing damaged data by name.
 pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>, CaptureError> {
-    let stored = repo.get(&meta.key)?;
+    let stored = repo.get_at_most(&meta.key, meta.bytes_stored)?;
     let got = xxh3_hex(&stored);
     if got != meta.xxh3 {
         return Err(CaptureError::Corrupt {

@@ -246,6 +246,24 @@ impl Repository for LocalRepository {
         }
     }
 
+    fn get_at_most(&self, key: &str, max: u64) -> Result<Vec<u8>, RepoError> {
+        let path = self.path(key)?;
+        match fs::metadata(&path) {
+            Ok(meta) => super::check_size(&self.location(), key, meta.len(), max)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RepoError::NotFound {
+                    location: self.location(),
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(self.io("get", key)(e)),
+        }
+        // Checked again on what was read: the file may have grown since.
+        let data = self.get(key)?;
+        super::check_size(&self.location(), key, data.len() as u64, max)?;
+        Ok(data)
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
         let path = self.path(key)?;
         fs::read(&path).map_err(|e| {

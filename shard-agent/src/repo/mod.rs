@@ -75,6 +75,14 @@ pub enum RepoError {
     Tampered { location: String, key: String },
     #[error("repository {location}: cannot encrypt {key}")]
     Sealing { location: String, key: String },
+    /// An object larger than what names it says it is: not read.
+    #[error("repository {location}: object {key} is {size} bytes, more than the {max} recorded for it: not read (was it replaced?)")]
+    TooLarge {
+        location: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
     /// A verified put found other bytes in the store than it wrote.
     #[error("repository {location}: {key} was written but the store holds other bytes ({detail})")]
     Unverified {
@@ -140,6 +148,16 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key` only if nothing is there yet (locks).
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError>;
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError>;
+    /// As `get`, for an object whose size is recorded elsewhere (a chunk in
+    /// its manifest, a segment in its description): one larger than `max`
+    /// is refused with [`RepoError::TooLarge`] before it is read into
+    /// memory. The default reads it first; the directory and S3
+    /// repositories look at its size before.
+    fn get_at_most(&self, key: &str, max: u64) -> Result<Vec<u8>, RepoError> {
+        let data = self.get(key)?;
+        check_size(&self.location(), key, data.len() as u64, max)?;
+        Ok(data)
+    }
     /// Every key that starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError>;
     /// Deletes `key`; deleting a missing key is not an error.
@@ -152,6 +170,19 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     /// after its chunks) and on themselves after, so that a command that
     /// reported success stays successful through a power loss.
     fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError>;
+}
+
+/// Refuses an object of `size` bytes where at most `max` are expected.
+pub(crate) fn check_size(location: &str, key: &str, size: u64, max: u64) -> Result<(), RepoError> {
+    if size > max {
+        return Err(RepoError::TooLarge {
+            location: location.to_string(),
+            key: key.to_string(),
+            size,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// The whole of `file`, from its start: what `put_file` stores as `key`.
@@ -212,6 +243,20 @@ pub(crate) mod contract {
         repo.put("a/c/d", b"two").unwrap();
         repo.put("z", b"three").unwrap();
         assert_eq!(repo.get("a/b").unwrap(), b"one");
+        // A size recorded elsewhere bounds what is read.
+        assert_eq!(repo.get_at_most("a/b", 3).unwrap(), b"one");
+        assert!(matches!(
+            repo.get_at_most("a/b", 2),
+            Err(RepoError::TooLarge {
+                size: 3,
+                max: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            repo.get_at_most("missing", 9),
+            Err(RepoError::NotFound { .. })
+        ));
         repo.put("a/b", b"uno").unwrap();
         assert_eq!(repo.get("a/b").unwrap(), b"uno");
         assert_eq!(repo.list("a/").unwrap(), vec!["a/b", "a/c/d"]);

@@ -335,6 +335,32 @@ impl Repository for S3Repository {
         })
     }
 
+    /// The store says the object's size before its body is read.
+    fn get_at_most(&self, key: &str, max: u64) -> Result<Vec<u8>, RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let got = self.run("get", key, async move {
+            let got = store.get(&path).await?;
+            if got.meta.size > max {
+                // The body is not read: the caller learns the size only.
+                return Ok(Err(got.meta.size));
+            }
+            Ok(Ok(got.bytes().await?.to_vec()))
+        })?;
+        match got {
+            Ok(data) => {
+                super::check_size(&self.location, key, data.len() as u64, max)?;
+                Ok(data)
+            }
+            Err(size) => Err(RepoError::TooLarge {
+                location: self.location.clone(),
+                key: key.to_string(),
+                size,
+                max,
+            }),
+        }
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
         // Object store listings go by whole path segments: list the folder
         // that holds `prefix` and keep what starts with it.

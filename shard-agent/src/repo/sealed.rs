@@ -265,6 +265,34 @@ impl Repository for SealedRepository {
         self.open(key, stored)
     }
 
+    /// `max` is the plaintext's recorded size; the sealed object is larger
+    /// by its header and tag.
+    fn get_at_most(&self, key: &str, max: u64) -> Result<Vec<u8>, RepoError> {
+        let overhead = if self.keys.is_empty() {
+            0
+        } else {
+            (HEADER_LEN + 16) as u64
+        };
+        // Sizes in the error are the plaintext's, as recorded.
+        let stored = match self.inner.get_at_most(key, max.saturating_add(overhead)) {
+            Err(RepoError::TooLarge {
+                location,
+                key,
+                size,
+                ..
+            }) => {
+                return Err(RepoError::TooLarge {
+                    location,
+                    key,
+                    size: size.saturating_sub(overhead),
+                    max,
+                })
+            }
+            other => other?,
+        };
+        self.open(key, stored)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
         self.inner.list(prefix)
     }

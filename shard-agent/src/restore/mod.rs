@@ -127,6 +127,7 @@ pub(crate) struct Recorded {
     pub key: String,
     pub xxh3: String,
     pub bytes_raw: u64,
+    pub bytes_stored: u64,
 }
 
 impl From<&ChunkRef> for Recorded {
@@ -135,6 +136,7 @@ impl From<&ChunkRef> for Recorded {
             key: c.key.clone(),
             xxh3: c.xxh3.clone(),
             bytes_raw: c.bytes_raw,
+            bytes_stored: c.bytes_stored,
         }
     }
 }
@@ -145,6 +147,7 @@ impl From<&StoredFile> for Recorded {
             key: f.key.clone(),
             xxh3: f.xxh3.clone(),
             bytes_raw: f.bytes_raw,
+            bytes_stored: f.bytes_stored,
         }
     }
 }
@@ -165,7 +168,9 @@ pub(crate) async fn load_checked(
     };
     tokio::task::spawn_blocking(move || {
         let k = &o.key;
-        let stored = r.get(k).map_err(|e| format!("{k}: {e}"))?;
+        let stored = r
+            .get_at_most(k, o.bytes_stored)
+            .map_err(|e| format!("{k}: {e}"))?;
         let got = crate::checksum::xxh3_hex(&stored);
         if got != o.xxh3 {
             return Err(format!(
