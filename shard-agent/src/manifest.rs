@@ -79,17 +79,20 @@ impl Manifest {
     /// The keys of every object this backup stored itself (schema files
     /// and chunks), which must be durable before its manifest is.
     pub fn object_keys(&self) -> Vec<&str> {
-        self.shards
-            .values()
-            .flat_map(|s| {
-                let schema = s.schema.iter().map(|f| f.key.as_str());
-                let chunks = s
-                    .table_list
-                    .iter()
-                    .flat_map(|t| t.chunks.iter().map(|c| c.key.as_str()));
-                schema.chain(chunks)
-            })
-            .collect()
+        self.object_checksums().map(|(key, _)| key).collect()
+    }
+
+    /// Each object this backup stored itself, with the xxh3 of its stored
+    /// bytes as recorded here.
+    pub fn object_checksums(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.shards.values().flat_map(|s| {
+            let schema = s.schema.iter().map(|f| (f.key.as_str(), f.xxh3.as_str()));
+            let chunks = s
+                .table_list
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| (c.key.as_str(), c.xxh3.as_str())));
+            schema.chain(chunks)
+        })
     }
 }
 

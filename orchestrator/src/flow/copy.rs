@@ -16,7 +16,7 @@
 //! which no command lists; the next copy skips the objects already there
 //! and finishes it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -119,7 +119,6 @@ struct Tally {
     copied: AtomicU64,
     bytes: AtomicU64,
     skipped: AtomicU64,
-    verified: AtomicU64,
 }
 
 struct Copier<'a> {
@@ -153,7 +152,6 @@ impl Copier<'_> {
         self.tally
             .bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.tally.verified.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -224,16 +222,14 @@ fn capture_keys(source: &dyn Repository) -> Result<Vec<Vec<String>>, RepoError> 
     Ok(vec![described, descriptions, source.list("marks/")?])
 }
 
-/// The selected backups, each after the backups its chain restores from.
+/// The selected backups, each after the backups its chain restores from,
+/// of the source's complete backups (`complete`).
 fn selected(
     source: &dyn Repository,
+    complete: &BTreeMap<String, Manifest>,
     cluster: &str,
     which: &Which,
 ) -> anyhow::Result<Vec<Manifest>> {
-    let complete: BTreeMap<String, Manifest> = list_backups(source, cluster)?
-        .into_iter()
-        .filter_map(|l| l.manifest.ok().map(|m| (l.id, m)))
-        .collect();
     let mut wanted: Vec<String> = match which {
         Which::All => complete.keys().cloned().collect(),
         Which::Latest => complete.keys().last().cloned().into_iter().collect(),
@@ -289,20 +285,10 @@ fn copy_round(
         repository: dest.location(),
         ..CopyReport::default()
     };
-    for m in selected(source, cluster, which)? {
+    let complete = complete_backups(source, cluster)?;
+    for m in selected(source, &complete, cluster, which)? {
         let manifest_key = keys::manifest(&m.backup_id);
-        let recorded: BTreeMap<&str, &str> = m
-            .shards
-            .values()
-            .flat_map(|s| {
-                let schema = s.schema.iter().map(|f| (f.key.as_str(), f.xxh3.as_str()));
-                let chunks = s
-                    .table_list
-                    .iter()
-                    .flat_map(|t| t.chunks.iter().map(|c| (c.key.as_str(), c.xxh3.as_str())));
-                schema.chain(chunks).collect::<Vec<_>>()
-            })
-            .collect();
+        let recorded: BTreeMap<&str, &str> = m.object_checksums().collect();
         let objects = source
             .list(&keys::backup_prefix(&m.backup_id))?
             .into_iter()
@@ -345,8 +331,17 @@ fn copy_round(
     report.objects_copied = copier.tally.copied.load(Ordering::Relaxed);
     report.bytes_copied = copier.tally.bytes.load(Ordering::Relaxed);
     report.objects_skipped = copier.tally.skipped.load(Ordering::Relaxed);
-    report.objects_verified = copier.tally.verified.load(Ordering::Relaxed);
-    report.lag = lag(source, dest, cluster)?;
+    // Every object copied was confirmed by the replica's hash, or the copy failed.
+    report.objects_verified = report.objects_copied;
+    // The lag from what this round already knows: the source's backups,
+    // what the replica had and what was copied; only the capture objects
+    // are listed again (capture may have stored more meanwhile).
+    let mut on_replica: BTreeSet<String> = present
+        .iter()
+        .filter_map(|k| keys::backup_of_manifest(k).map(str::to_string))
+        .collect();
+    on_replica.extend(report.backups_copied.iter().cloned());
+    report.lag = lag_of(source, dest, complete.keys(), &on_replica)?;
     Ok(report)
 }
 
@@ -356,26 +351,41 @@ pub fn lag(
     dest: &dyn Repository,
     cluster: &str,
 ) -> anyhow::Result<ReplicaLag> {
-    let present: HashSet<String> = dest.list("")?.into_iter().collect();
-    let complete: Vec<String> = list_backups(source, cluster)?
+    let complete = complete_backups(source, cluster)?;
+    let on_replica: BTreeSet<String> = complete_backups(dest, cluster)?.into_keys().collect();
+    lag_of(source, dest, complete.keys(), &on_replica)
+}
+
+/// The complete, readable backups of `cluster` in `repo`, by ID.
+fn complete_backups(
+    repo: &dyn Repository,
+    cluster: &str,
+) -> anyhow::Result<BTreeMap<String, Manifest>> {
+    Ok(list_backups(repo, cluster)?
         .into_iter()
-        .filter(|l| l.manifest.is_ok())
-        .map(|l| l.id)
-        .collect();
-    let on_replica: Vec<String> = list_backups(dest, cluster)?
-        .into_iter()
-        .filter(|l| l.manifest.is_ok())
-        .map(|l| l.id)
-        .collect();
+        .filter_map(|l| l.manifest.ok().map(|m| (l.id, m)))
+        .collect())
+}
+
+/// The lag of `dest`: the source's `complete` backups it lacks, and the
+/// capture objects and marks it lacks (listed on both sides now).
+fn lag_of<'a>(
+    source: &dyn Repository,
+    dest: &dyn Repository,
+    complete: impl Iterator<Item = &'a String>,
+    on_replica: &BTreeSet<String>,
+) -> anyhow::Result<ReplicaLag> {
+    let mut there: HashSet<String> = dest.list("capture/")?.into_iter().collect();
+    there.extend(dest.list("marks/")?);
     let capture_objects_missing = capture_keys(source)?
         .into_iter()
         .flatten()
-        .filter(|k| !present.contains(k))
+        .filter(|k| !there.contains(k))
         .count() as u64;
     Ok(ReplicaLag {
         backups_missing: complete
-            .into_iter()
-            .filter(|id| !on_replica.contains(id))
+            .filter(|id| !on_replica.contains(*id))
+            .cloned()
             .collect(),
         newest_backup: on_replica.last().cloned(),
         capture_objects_missing,

@@ -200,6 +200,21 @@ impl S3Repository {
         }
     }
 
+    /// One single-part put of `data` as `key`.
+    fn put_with(
+        &self,
+        key: &str,
+        data: &[u8],
+        opts: PutOptions,
+    ) -> Result<object_store::PutResult, RepoError> {
+        let path = self.path(key)?;
+        let store = self.store.clone();
+        let payload = PutPayload::from(data.to_vec());
+        self.run("put", key, async move {
+            store.put_opts(&path, payload, opts).await
+        })
+    }
+
     fn put_parts(&self, key: &str, file: &mut std::fs::File) -> Result<(), RepoError> {
         use std::io::{Seek, SeekFrom};
         let path = self.path(key)?;
@@ -253,12 +268,7 @@ impl Repository for S3Repository {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        let path = self.path(key)?;
-        let store = self.store.clone();
-        let payload = PutPayload::from(data.to_vec());
-        self.run("put", key, async move {
-            store.put(&path, payload).await.map(drop)
-        })
+        self.put_with(key, data, PutOptions::default()).map(drop)
     }
 
     /// S3 answers a single-part put with the object's ETag, the MD5 of the
@@ -267,10 +277,7 @@ impl Repository for S3Repository {
     /// that answers otherwise (no ETag, or not an MD5) gets the read-back.
     fn put_verified(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
         use md5::Digest;
-        let path = self.path(key)?;
-        let store = self.store.clone();
-        let payload = PutPayload::from(data.to_vec());
-        let put = self.run("put", key, async move { store.put(&path, payload).await })?;
+        let put = self.put_with(key, data, PutOptions::default())?;
         let etag = put
             .e_tag
             .as_deref()
@@ -314,16 +321,11 @@ impl Repository for S3Repository {
     }
 
     fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        let path = self.path(key)?;
-        let store = self.store.clone();
-        let payload = PutPayload::from(data.to_vec());
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        self.run("put", key, async move {
-            store.put_opts(&path, payload, opts).await.map(drop)
-        })
+        self.put_with(key, data, opts).map(drop)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
