@@ -20,6 +20,7 @@ mod objects;
 mod pitr;
 mod remote;
 mod restore;
+mod service;
 mod tls;
 mod untrusted;
 mod verify;

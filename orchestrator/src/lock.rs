@@ -53,10 +53,7 @@ pub enum LockError {
 /// Whether the holder ran on this host and its process is gone (killed or
 /// crashed): then its lock can be taken over at once instead of at expiry.
 fn dead_here(h: &LockBody) -> bool {
-    let me = body("", "");
-    h.host == me.host
-        && h.pid != me.pid
-        && !std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
+    gone_here(&h.host, h.pid)
 }
 
 pub struct RepoLock {
@@ -69,7 +66,7 @@ pub struct RepoLock {
 }
 
 /// A token no other acquisition has: the kernel's random bytes.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 16];
     let read = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
@@ -120,10 +117,22 @@ fn renew_once(repo: &dyn Repository, key: &str, fresh: &LockBody) -> Renewal {
     }
 }
 
-fn body(purpose: &str, started_at: &str) -> LockBody {
-    let host = std::fs::read_to_string("/etc/hostname")
+/// This machine's name, as locks and job records give it.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether process `pid` of this host has ended.
+pub(crate) fn gone_here(host: &str, pid: u32) -> bool {
+    host == host_name()
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn body(purpose: &str, started_at: &str) -> LockBody {
+    let host = host_name();
     LockBody {
         owner: format!("pid {} on {host}", std::process::id()),
         pid: std::process::id(),

@@ -18,6 +18,7 @@ mod render;
 mod report;
 mod rto;
 mod selection;
+mod service;
 
 /// Consistent backups of sharded MySQL/MariaDB and PostgreSQL clusters.
 #[derive(Debug, Parser)]

@@ -1,8 +1,8 @@
-//! Durations as written in a topology: an integer and a unit (`500ms`, `2s`, `5m`, `1h`).
+//! Durations as written in a topology: an integer and a unit (`500ms`, `2s`, `5m`, `1h`, `14d`).
 
 use std::time::Duration;
 
-/// Parses `N` followed by `ms`, `s`, `m` or `h`. A bare number is refused
+/// Parses `N` followed by `ms`, `s`, `m`, `h` or `d`. A bare number is refused
 /// because `2` could mean seconds or milliseconds and a write-block timeout
 /// that is off by a factor of 1000 is dangerous.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -24,9 +24,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
+        // Retention is said in days.
+        "d" => n.checked_mul(86_400_000),
         _ => {
             return Err(format!(
-                "`{text}`: unknown unit `{unit}`; use ms, s, m or h"
+                "`{text}`: unknown unit `{unit}`; use ms, s, m, h or d"
             ))
         }
     }
@@ -44,6 +46,7 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));
     }
 
     #[test]

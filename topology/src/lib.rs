@@ -14,11 +14,12 @@ mod model;
 mod secret;
 mod url;
 
+pub use chrono_tz::Tz;
 pub use duration::parse_duration;
 pub use error::{TopologyError, Violation};
 pub use model::{
-    AgentSpec, AgentTls, Compression, DbTls, Defaults, Encryption, Endpoint, Engine, Replica,
-    RepositoryConfig, RepositoryKey, RepositoryLocation, S3Location, Shard, TableRef, TlsMode,
-    Topology, FORMAT_VERSION,
+    AgentSpec, AgentTls, CaptureSchedule, Compression, CronSpec, DbTls, Defaults, Encryption,
+    Endpoint, Engine, Replica, RepositoryConfig, RepositoryKey, RepositoryLocation, S3Location,
+    Schedule, Shard, TableRef, TlsMode, Topology, DEFAULT_KEEP_LAST, FORMAT_VERSION,
 };
 pub use secret::Secret;

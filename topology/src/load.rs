@@ -245,6 +245,9 @@ impl Checker<'_> {
                 "replicas",
                 "defaults",
                 "shards",
+                "timezone",
+                "schedule",
+                "drill_target",
             ],
         )?;
         if let Some(v) = f.get("version") {
@@ -263,6 +266,24 @@ impl Checker<'_> {
             None => Some(Defaults::default()),
         };
         let shards = self.shards(&f, defaults.as_ref());
+        let timezone = self.timezone(&f);
+        let schedule = match f.get("schedule") {
+            Some(v) => self.schedule(v).map(Some),
+            None => Some(None),
+        };
+        let drill_target = self
+            .string(&f, "drill_target", false)
+            .map(|p| self.path(&p));
+        let wants_drill = f
+            .get("schedule")
+            .and_then(|v| v.as_mapping())
+            .is_some_and(|m| m.get("drill").is_some_and(|d| !d.is_null()));
+        if wants_drill && drill_target.is_none() {
+            self.problem(
+                "drill_target",
+                "required when schedule.drill is set: the scratch servers' topology file",
+            );
+        }
         Some(Topology {
             source: source.to_path_buf(),
             cluster: cluster?,
@@ -270,6 +291,98 @@ impl Checker<'_> {
             replicas: replicas?,
             defaults: defaults?,
             shards: shards?,
+            timezone: timezone?,
+            schedule: schedule?,
+            drill_target,
+        })
+    }
+
+    fn timezone(&mut self, f: &Fields<'_>) -> Option<chrono_tz::Tz> {
+        let Some(text) = self.string(f, "timezone", false) else {
+            return f.get("timezone").is_none().then_some(chrono_tz::Tz::UTC);
+        };
+        match text.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                self.problem(
+                    "timezone",
+                    format!("`{text}` is not an IANA timezone name (such as UTC or Europe/Berlin)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `schedule:`: cron expressions per job kind, `capture: follow`, and
+    /// what a scheduled expiry keeps.
+    fn schedule(&mut self, v: &Value) -> Option<Schedule> {
+        let f = self.fields(
+            "schedule",
+            v,
+            &[
+                "backup",
+                "incremental",
+                "drill",
+                "expire",
+                "capture",
+                "keep_last",
+                "keep_within",
+            ],
+        )?;
+        let mut ok = true;
+        let mut cron = |c: &mut Self, key: &str| -> Option<CronSpec> {
+            let text = c.string(&f, key, false)?;
+            match CronSpec::parse(&text) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    c.problem(f.at(key), e);
+                    ok = false;
+                    None
+                }
+            }
+        };
+        let backup = cron(self, "backup");
+        let incremental = cron(self, "incremental");
+        let drill = cron(self, "drill");
+        let expire = cron(self, "expire");
+        let capture = match self.string(&f, "capture", false).as_deref() {
+            None => CaptureSchedule::Off,
+            Some("follow") => CaptureSchedule::Follow,
+            Some("off") => CaptureSchedule::Off,
+            Some(other) => {
+                self.problem(
+                    f.at("capture"),
+                    format!("`{other}`: expected follow or off"),
+                );
+                ok = false;
+                CaptureSchedule::Off
+            }
+        };
+        let keep_last = match f.get("keep_last") {
+            None => DEFAULT_KEEP_LAST,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => {
+                    self.problem(
+                        f.at("keep_last"),
+                        "expected a whole number of at least 1 (expire never deletes every backup)",
+                    );
+                    ok = false;
+                    DEFAULT_KEEP_LAST
+                }
+            },
+        };
+        let keep_within = f
+            .get("keep_within")
+            .map(|_| self.duration(&f, "keep_within", Duration::ZERO));
+        ok.then_some(Schedule {
+            backup,
+            incremental,
+            drill,
+            expire,
+            capture,
+            keep_last,
+            keep_within,
         })
     }
 

@@ -24,6 +24,14 @@ pub struct Topology {
     pub defaults: Defaults,
     /// At least one; names are unique.
     pub shards: Vec<Shard>,
+    /// The timezone `schedule:` is read in (IANA name; default UTC).
+    pub timezone: chrono_tz::Tz,
+    /// When `shardcut serve` runs this cluster's jobs; `None`: only on
+    /// request.
+    pub schedule: Option<Schedule>,
+    /// The topology of the scratch servers that scheduled drills restore
+    /// into (a path relative to this file's directory).
+    pub drill_target: Option<PathBuf>,
 }
 
 impl Topology {
@@ -209,6 +217,73 @@ impl std::fmt::Debug for RepositoryKey {
         f.write_str("RepositoryKey(****)")
     }
 }
+
+/// A cron expression (five fields, or six with seconds first), checked
+/// when the topology is loaded.
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronSpec {
+    pub fn parse(text: &str) -> Result<CronSpec, String> {
+        let cron = text
+            .parse::<croner::Cron>()
+            .map_err(|e| format!("`{text}` is not a cron expression: {e}"))?;
+        Ok(CronSpec {
+            text: text.to_string(),
+            cron,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first time the expression fires strictly after `after`, read in
+    /// `tz` (so `0 2 * * *` is 02:00 local time, across DST changes).
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        // Whole seconds: the expression's times are, and a start a few
+        // milliseconds after one must not count it again.
+        let after = chrono::SubsecRound::trunc_subsecs(after, 0);
+        self.cron
+            .find_next_occurrence(&after.with_timezone(&tz), false)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// Whether `serve` keeps capture running for the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureSchedule {
+    #[default]
+    Off,
+    /// Capture follows the servers and is restarted when it dies.
+    Follow,
+}
+
+/// The cluster's jobs under `shardcut serve` (`schedule:`).
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    pub backup: Option<CronSpec>,
+    pub incremental: Option<CronSpec>,
+    /// A drill of the next shard in rotation into `drill_target`.
+    pub drill: Option<CronSpec>,
+    pub expire: Option<CronSpec>,
+    pub capture: CaptureSchedule,
+    /// What a scheduled expiry keeps: this many newest backups (≥ 1)…
+    pub keep_last: usize,
+    /// …and every backup started within this long.
+    pub keep_within: Option<Duration>,
+}
+
+/// Backups a scheduled expiry keeps when `keep_last` is not given.
+pub const DEFAULT_KEEP_LAST: usize = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {

@@ -137,7 +137,7 @@ fn bad_duration() {
     );
     assert_eq!(
         lines(&text),
-        vec!["/etc/shardcut/t.yaml:4:3: defaults.write_block_timeout: `2 seconds`: unknown unit ` seconds`; use ms, s, m or h"]
+        vec!["/etc/shardcut/t.yaml:4:3: defaults.write_block_timeout: `2 seconds`: unknown unit ` seconds`; use ms, s, m, h or d"]
     );
 }
 

@@ -399,3 +399,235 @@ pub fn keygen(dir: &Path, name: &str) -> PathBuf {
     assert_eq!(run.code, 0, "{run:?}");
     path
 }
+
+impl PrivateSandbox {
+    /// Seeds the sandbox's shards with the shared sandbox's test data.
+    pub fn seed(&self) {
+        let dir = self.dir().to_str().expect("utf-8").to_string();
+        let run = sandbox_script(&["seed", "--dir", &dir]);
+        assert_eq!(run.code, 0, "seed failed: {run:?}");
+    }
+}
+
+/// An HTTP request by curl: the status and the body. `token` goes in an
+/// Authorization header; `body` is sent as JSON.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-X",
+        method,
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "60",
+    ]);
+    if let Some(t) = token {
+        // From a config on stdin, not the command line.
+        cmd.args(["-K", "-"]);
+        cmd.stdin(std::process::Stdio::piped());
+        let _ = t;
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(url);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run curl");
+    if let Some(t) = token {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("curl stdin");
+        writeln!(stdin, "header = \"Authorization: Bearer {t}\"").expect("write curl config");
+    }
+    let out = child.wait_with_output().expect("curl output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl gave no status: {text}")),
+        body.to_string(),
+    )
+}
+
+/// One sample of Prometheus text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn metric_name_ok(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+}
+
+fn label_name_ok(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// `a="x",b="y"}` (after the `{`): the labels and the text after `}`.
+fn parse_labels<'a>(r: &'a str, line: &str) -> (Vec<(String, String)>, &'a str) {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut rest = r;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return (labels, after);
+        }
+        let eq = rest
+            .find('=')
+            .unwrap_or_else(|| panic!("bad labels: {line}"));
+        let name = &rest[..eq];
+        assert!(label_name_ok(name), "bad label name in {line}");
+        let mut chars = rest[eq + 1..]
+            .strip_prefix('"')
+            .unwrap_or_else(|| panic!("unquoted label value: {line}"))
+            .chars();
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                None => panic!("unterminated label value: {line}"),
+                Some('\\') => match chars.next() {
+                    Some('\\') => value.push('\\'),
+                    Some('"') => value.push('"'),
+                    Some('n') => value.push('\n'),
+                    e => panic!("bad escape {e:?} in {line}"),
+                },
+                Some('"') => break,
+                Some(c) => value.push(c),
+            }
+        }
+        assert!(labels.iter().all(|(n, _)| n != name), "label twice: {line}");
+        labels.push((name.to_string(), value));
+        rest = chars.as_str();
+        if let Some(r2) = rest.strip_prefix(',') {
+            rest = r2;
+        } else {
+            assert!(rest.starts_with('}'), "bad label list: {line}");
+        }
+    }
+}
+
+/// Parses Prometheus text exposition format (0.0.4) strictly, panicking
+/// with the line on anything a collector would reject: names and label
+/// names by the format's grammar, label values quoted with only `\\`,
+/// `\"` and `\n` escapes, values as floats (`NaN`, `+Inf`, `-Inf`), an
+/// optional integer timestamp; HELP and TYPE at most once per family and
+/// TYPE before its samples; a family's samples together; no series twice;
+/// a newline at the end.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    use std::collections::HashSet;
+    assert!(text.is_empty() || text.ends_with('\n'), "no final newline");
+    let mut helped = HashSet::new();
+    let mut typed = std::collections::HashMap::new();
+    let mut closed: HashSet<String> = HashSet::new();
+    let mut current: Option<String> = None;
+    let mut seen = HashSet::new();
+    let mut samples = Vec::new();
+    let family_of = |name: &str, typed: &std::collections::HashMap<String, String>| {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                if matches!(
+                    typed.get(base).map(String::as_str),
+                    Some("histogram" | "summary")
+                ) {
+                    return base.to_string();
+                }
+            }
+        }
+        name.to_string()
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            if let Some(h) = rest.strip_prefix("HELP ") {
+                let name = h.split(' ').next().unwrap_or("");
+                assert!(metric_name_ok(name), "bad name in {line}");
+                assert!(helped.insert(name.to_string()), "HELP twice: {line}");
+            } else if let Some(t) = rest.strip_prefix("TYPE ") {
+                let mut parts = t.split(' ');
+                let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                assert!(parts.next().is_none(), "{line}");
+                assert!(metric_name_ok(name), "bad name in {line}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "bad type in {line}"
+                );
+                assert!(
+                    typed.insert(name.to_string(), kind.to_string()).is_none(),
+                    "TYPE twice: {line}"
+                );
+            }
+            continue;
+        }
+        assert!(!line.trim().is_empty(), "blank line in metrics");
+        // name
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let name = &line[..name_end];
+        assert!(metric_name_ok(name), "bad metric name in {line}");
+        let (labels, rest) = match line[name_end..].strip_prefix('{') {
+            Some(r) => parse_labels(r, line),
+            None => (Vec::new(), &line[name_end..]),
+        };
+        let rest = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no space before value: {line}"));
+        let mut parts = rest.split(' ');
+        let value_text = parts.next().unwrap_or("");
+        let value = match value_text {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        if let Some(ts) = parts.next() {
+            ts.parse::<i64>()
+                .unwrap_or_else(|_| panic!("bad timestamp: {line}"));
+        }
+        assert!(parts.next().is_none(), "trailing text: {line}");
+        let family = family_of(name, &typed);
+        assert!(
+            typed.contains_key(&family),
+            "{family} has no TYPE before its samples"
+        );
+        assert!(helped.contains(&family), "{family} has no HELP");
+        if current.as_deref() != Some(family.as_str()) {
+            assert!(
+                !closed.contains(&family),
+                "samples of {family} are not together: {line}"
+            );
+            if let Some(c) = current.take() {
+                closed.insert(c);
+            }
+            current = Some(family.clone());
+        }
+        let mut key: Vec<(String, String)> = labels.clone();
+        key.sort();
+        assert!(seen.insert((name.to_string(), key)), "series twice: {line}");
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    samples
+}

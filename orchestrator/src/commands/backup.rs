@@ -6,6 +6,7 @@ use topology::Topology;
 use crate::cut::CutTestHooks;
 use crate::exit;
 use crate::flow::backup::{backup, BackupOptions};
+use crate::flow::history::{backup_figures, CliRun, JobKind};
 use crate::progress::Bars;
 use crate::render::backup::{summary_json, summary_text};
 
@@ -58,8 +59,24 @@ impl Backup {
                 no_write_block: self.test_no_write_block,
             },
             pause_before_dump: self.test_pause_before_dump,
+            id: None,
         };
-        let manifest = backup(&topology, &opts, &Bars).await?;
+        let kind = if self.incremental {
+            JobKind::Incremental
+        } else {
+            JobKind::Backup
+        };
+        let mut run = CliRun::start(&topology, kind).await;
+        let manifest = match backup(&topology, &opts, &Bars).await {
+            Ok(m) => m,
+            Err(e) => {
+                run.finish(Some(exit::one_line(&e)), None, None).await;
+                return Err(e);
+            }
+        };
+        run.record.backup_id = Some(manifest.backup_id.clone());
+        run.record.figures = backup_figures(&manifest);
+        run.finish(None, Some(summary_json(&manifest)), None).await;
         if self.json {
             exit::emit(&format!(
                 "{}\n",

@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::restore::{finish, parse_map};
+use super::restore::{finish, parse_map, record_outcome};
 use crate::flow::drill::{drill, DrillPlan};
+use crate::flow::history::{CliRun, JobKind};
 use crate::progress::Bars;
 
 /// Recovery drill: restore one shard into a scratch server, verify, score,
@@ -59,7 +60,18 @@ impl Drill {
             map: self.map.clone(),
             pause_before_verify: self.test_pause_before_verify,
         };
-        let outcome = drill(&plan, &Bars).await?;
+        let topology = topology::Topology::load(&self.topology)?;
+        let mut run = CliRun::start(&topology, JobKind::Drill).await;
+        run.record.shard = Some(self.shard.clone());
+        let outcome = match drill(&plan, &Bars).await {
+            Ok(o) => o,
+            Err(e) => {
+                run.finish(Some(crate::exit::one_line(&e)), None, None)
+                    .await;
+                return Err(e);
+            }
+        };
+        record_outcome(run, &outcome, "drill").await;
         finish(outcome, "drill", self.json, self.report.as_deref())
     }
 }

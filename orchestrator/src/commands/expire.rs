@@ -5,6 +5,7 @@ use topology::Topology;
 
 use crate::exit;
 use crate::flow::expire::{expire, ExpireOptions};
+use crate::flow::history::{CliRun, JobKind};
 use crate::render::expire::{summary, text};
 
 /// Delete old backups, marks and captured segments, never anything a kept
@@ -52,7 +53,15 @@ impl Expire {
             .into());
         }
         let topology = Topology::load(&self.topology)?;
-        let expired = expire(&topology, &opts).await?;
+        let run = CliRun::start(&topology, JobKind::Expire).await;
+        let expired = match expire(&topology, &opts).await {
+            Ok(e) => e,
+            Err(e) => {
+                run.finish(Some(exit::one_line(&e)), None, None).await;
+                return Err(e);
+            }
+        };
+        run.finish(None, Some(summary(&expired)), None).await;
         if self.json {
             exit::emit(&format!(
                 "{}\n",

@@ -8,10 +8,12 @@ mod check;
 mod copy;
 mod drill;
 mod expire;
+mod history;
 mod keygen;
 mod list;
 mod mark;
 mod restore;
+mod serve;
 mod show;
 mod status;
 mod verify;
@@ -24,6 +26,7 @@ pub enum Command {
     Copy(copy::Copy),
     Drill(drill::Drill),
     Expire(expire::Expire),
+    History(history::HistoryCmd),
     Keygen(keygen::Keygen),
     Backup(backup::Backup),
     Capture(capture::Capture),
@@ -31,6 +34,7 @@ pub enum Command {
     Status(status::Status),
     List(list::List),
     Restore(restore::Restore),
+    Serve(serve::Serve),
     Show(show::Show),
     Verify(verify::Verify),
 }
@@ -43,6 +47,7 @@ impl Command {
             Command::Copy(c) => c.run().await,
             Command::Drill(c) => c.run().await,
             Command::Expire(c) => c.run().await,
+            Command::History(c) => c.run().await,
             Command::Keygen(c) => c.run(),
             Command::Backup(c) => c.run().await,
             Command::Capture(c) => c.run().await,
@@ -50,6 +55,7 @@ impl Command {
             Command::Status(c) => c.run().await,
             Command::List(c) => c.run().await,
             Command::Restore(c) => c.run().await,
+            Command::Serve(c) => c.run().await,
             Command::Show(c) => c.run().await,
             Command::Verify(c) => c.run().await,
         }

@@ -1,10 +1,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::exit;
+use crate::flow::history::{outcome_figures, CliRun, JobKind};
 use crate::flow::restore::{restore_verified, Outcome, Plan};
 use crate::pitr::{parse_until, Until};
 use crate::progress::Bars;
-use crate::report::{full_report, human, write_dir, Run};
+use crate::report::{human, outcome_document, outcome_page, outcome_problem, write_dir, Run};
 use crate::selection::Request;
 
 /// Restore a backup (all shards, or some) into the servers of a target
@@ -90,9 +91,31 @@ impl Restore {
                 with_parents: self.with_parents,
             },
         };
-        let outcome = restore_verified(&plan, &Bars).await?;
+        let topology = topology::Topology::load(&self.topology)?;
+        let run = CliRun::start(&topology, JobKind::Restore).await;
+        let outcome = match restore_verified(&plan, &Bars).await {
+            Ok(o) => o,
+            Err(e) => {
+                run.finish(Some(exit::one_line(&e)), None, None).await;
+                return Err(e);
+            }
+        };
+        record_outcome(run, &outcome, "restore").await;
         finish(outcome, "restore", self.json, self.report.as_deref())
     }
+}
+
+/// Records a verified restore or drill in the history: its figures, its
+/// document and its report page.
+pub async fn record_outcome(mut run: CliRun, o: &Outcome, kind: &str) {
+    run.record.backup_id = Some(o.m.backup_id.clone());
+    run.record.figures = outcome_figures(o);
+    run.finish(
+        outcome_problem(o, kind),
+        Some(outcome_document(o, kind)),
+        Some(outcome_page(o, kind)),
+    )
+    .await;
 }
 
 pub fn parse_map(text: &str) -> Result<(String, String), String> {
@@ -111,10 +134,7 @@ pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> 
         rto_seconds: Some(o.rto),
         rpo_seconds: o.rpo,
     };
-    let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
-    if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
-        obj.insert("replay".into(), serde_json::to_value(&o.replays)?);
-    }
+    let doc = outcome_document(&o, kind);
     if json {
         exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     } else {

@@ -32,6 +32,10 @@ pub struct BackupOptions {
     pub hooks: CutTestHooks,
     /// Test only: wait this long between the cut and the dump.
     pub pause_before_dump: Option<Duration>,
+    /// The new backup's ID, when the caller has chosen it (a service
+    /// records it before the backup starts, to clean up after a crash);
+    /// else a new one.
+    pub id: Option<String>,
 }
 
 impl Default for BackupOptions {
@@ -42,6 +46,7 @@ impl Default for BackupOptions {
             connect_timeout: Duration::from_secs(5),
             hooks: CutTestHooks::default(),
             pause_before_dump: None,
+            id: None,
         }
     }
 }
@@ -57,7 +62,7 @@ pub async fn backup(
     let r = repo.clone();
     tokio::task::spawn_blocking(move || super::check_key(r.as_ref())).await??;
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
-    let id = new_backup_id();
+    let id = opts.id.clone().unwrap_or_else(new_backup_id);
     let result = if opts.incremental {
         super::incremental::take(topology, &repo, &id, opts.connect_timeout, observer, &lock).await
     } else {

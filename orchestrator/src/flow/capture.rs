@@ -74,7 +74,7 @@ pub async fn capture(
     topology: &Topology,
     opts: &CaptureOptions,
     observer: &dyn Observer,
-    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+    after_round: &mut (dyn FnMut(&[StreamStatus]) -> anyhow::Result<()> + Send),
 ) -> anyhow::Result<CaptureOutcome> {
     let repo = open_repository(topology)?;
     let shards = select_shards(topology, &opts.shards)?;
@@ -90,7 +90,7 @@ async fn run(
     shards: &[Shard],
     opts: &CaptureOptions,
     observer: &dyn Observer,
-    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+    after_round: &mut (dyn FnMut(&[StreamStatus]) -> anyhow::Result<()> + Send),
     lock: &RepoLock,
 ) -> anyhow::Result<CaptureOutcome> {
     let started = ensure_streams(topology, repo, shards, observer).await?;
@@ -118,7 +118,7 @@ async fn run_streams(
     mut streams: Vec<(Shard, StreamState)>,
     opts: &CaptureOptions,
     observer: &dyn Observer,
-    after_round: &mut dyn FnMut(&[StreamStatus]) -> anyhow::Result<()>,
+    after_round: &mut (dyn FnMut(&[StreamStatus]) -> anyhow::Result<()> + Send),
     lock: &RepoLock,
 ) -> anyhow::Result<CaptureOutcome> {
     let (interval, mark_every) = match opts.mode {

@@ -10,6 +10,7 @@ pub mod check;
 pub mod copy;
 pub mod drill;
 pub mod expire;
+pub mod history;
 pub mod incremental;
 pub mod mark;
 pub mod restore;

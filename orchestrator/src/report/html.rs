@@ -11,7 +11,7 @@ use super::run::Run;
 use crate::quality::{Quality, TableResult};
 use crate::render;
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -9,8 +9,9 @@ use shard_agent::manifest::Manifest;
 
 use crate::quality::{Quality, TableResult};
 
-mod html;
+pub(crate) mod html;
 mod run;
+pub mod trends;
 
 pub use run::Run;
 
@@ -119,6 +120,56 @@ pub fn full_report(
     doc
 }
 
+/// The document a restore or drill prints with `--json`: the report with
+/// the replay figures, if changes were replayed.
+pub fn outcome_document(o: &crate::flow::restore::Outcome, kind: &str) -> serde_json::Value {
+    let run = Run {
+        kind,
+        rto_seconds: Some(o.rto),
+        rpo_seconds: o.rpo,
+    };
+    let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
+    if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
+        obj.insert("replay".into(), json!(o.replays));
+    }
+    doc
+}
+
+/// The report page of a restore or drill.
+pub fn outcome_page(o: &crate::flow::restore::Outcome, kind: &str) -> String {
+    let run = Run {
+        kind,
+        rto_seconds: Some(o.rto),
+        rpo_seconds: o.rpo,
+    };
+    html::page(&o.m, &o.tables, o.q, &o.per_shard, &run)
+}
+
+/// Why a restore or drill did not succeed: shards whose restore failed,
+/// then a score below 1. `None`: verified with Q = 1.
+pub fn outcome_problem(o: &crate::flow::restore::Outcome, kind: &str) -> Option<String> {
+    let failed: Vec<&str> = o
+        .failures
+        .iter()
+        .filter(|f| !f.ends_with("(unavailable)"))
+        .map(String::as_str)
+        .collect();
+    if !failed.is_empty() {
+        return Some(format!(
+            "{kind} of backup {} failed on {} shard(s): {}",
+            o.m.backup_id,
+            failed.len(),
+            failed.join("; ")
+        ));
+    }
+    (!o.q.perfect()).then(|| {
+        format!(
+            "{kind} of backup {} verified with Q = {:.4} < 1 (recovered {:.4}, complete {:.4}, available {:.4})",
+            o.m.backup_id, o.q.score, o.q.recovered, o.q.complete, o.q.available
+        )
+    })
+}
+
 /// Seconds since the backup's cut.
 pub fn rpo_seconds(m: &Manifest) -> f64 {
     chrono::DateTime::parse_from_rfc3339(&m.cut.taken_at)
@@ -161,7 +212,7 @@ fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

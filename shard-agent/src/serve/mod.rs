@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use topology::Secret;
 
+pub mod http;
 mod jobs;
 
 use crate::api::*;
@@ -91,11 +92,6 @@ fn agent_fail(e: AgentError) -> (StatusCode, Json<ErrorBody>) {
     fail(StatusCode::INTERNAL_SERVER_ERROR, kind, one_line(&e))
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -107,7 +103,7 @@ async fn auth(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if same(given.as_bytes(), st.token.expose().as_bytes()) {
+    if http::same(given.as_bytes(), st.token.expose().as_bytes()) {
         next.run(req).await
     } else {
         fail(
@@ -525,35 +521,18 @@ pub struct ServeConfig {
     pub max_connections: usize,
 }
 
-/// A client must send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A whole request (body included) must be answered within this; the
-/// longest call is `prepare` (a connection and preflight) or `block`
-/// (bounded by the write-block timeout).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
 async fn bounded(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    match tokio::time::timeout(http::REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => fail(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             format!(
                 "request not answered within {} s",
-                REQUEST_TIMEOUT.as_secs()
+                http::REQUEST_TIMEOUT.as_secs()
             ),
         )
         .into_response(),
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 
@@ -612,66 +591,13 @@ pub async fn serve(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     on_bound(listener.local_addr()?);
-    let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, go on.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return Ok(()),
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                "{peer}: refused: {} connections are open already",
-                config.max_connections
-            );
-            continue;
-        };
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let served = match acceptor {
-                None => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!("{peer}: TLS handshake refused: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                "{peer}: no TLS handshake within {} s",
-                                HANDSHAKE_TIMEOUT.as_secs()
-                            );
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!("{peer}: {e}");
-            }
-        });
-    }
+    http::serve_router(
+        listener,
+        app,
+        config.tls,
+        config.max_connections,
+        http::shutdown_signal(),
+    )
+    .await;
+    Ok(())
 }

@@ -1,0 +1,456 @@
+//! `shardcut serve`: scheduled and requested jobs over the REST API, the
+//! history in the repository, metrics, the OpenAPI document, and a service
+//! killed in the middle of a backup. The cluster is a private sandbox of
+//! this test's own (the kill holds its write block).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, http, PrivateSandbox};
+
+const TOKEN: &str = "service-test-token-0123456789abcdef";
+
+struct Serve {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, name: &str, topology: &Path, extra: &[&str]) -> Serve {
+        let port = support::free_port();
+        let token = dir.join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut args = vec![
+            "serve".to_string(),
+            "-t".into(),
+            topology.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--insecure".into(),
+            "-v".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(support::bin("shardcut"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start shardcut serve");
+        let s = Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http("GET", &s.url("/healthz"), None, None).0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "serve did not start:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http("GET", &self.url(path), Some(TOKEN), None);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    fn post(&self, path: &str, body: &str) -> String {
+        let (code, text) = http("POST", &self.url(path), Some(TOKEN), Some(body));
+        assert_eq!(code, 202, "POST {path}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["job_id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls a job until it is final.
+    fn wait(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let j = self.get(&format!("/v1/jobs/{id}"));
+            if !matches!(j["status"].as_str(), Some("queued" | "running")) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never ended: {j}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The source cluster's topology with `extra` YAML appended, its repository
+/// in `dir/repo`.
+fn topology_with(src: &Path, dir: &Path, file: &str, extra: &str) -> PathBuf {
+    let base = support::topology_variant(src, dir, &[]);
+    let text = std::fs::read_to_string(&base).unwrap() + extra;
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn jobs(serve: &Serve) -> Vec<serde_json::Value> {
+    serve.get("/v1/jobs?limit=1000")["jobs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn find<'a>(
+    jobs: &'a [serde_json::Value],
+    kind: &str,
+    trigger: &str,
+    status: &str,
+) -> Option<&'a serde_json::Value> {
+    jobs.iter()
+        .find(|j| j["kind"] == kind && j["trigger"] == trigger && j["status"] == status)
+}
+
+/// A write on every shard of the sandbox, each bounded by a lock timeout:
+/// fails if any shard is still blocked.
+fn write_on_every_shard(sandbox: &PrivateSandbox) {
+    use mysql_async::prelude::Queryable;
+    let topo = support::db::topology(&sandbox.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for shard in &topo.shards {
+            let write = async {
+                match shard.engine {
+                    topology::Engine::Mysql => {
+                        let mut c = support::db::mysql(shard, Some("shop")).await;
+                        c.query_drop(
+                            "SET SESSION lock_wait_timeout = 5; \
+                             CREATE TABLE IF NOT EXISTS svc_probe (i int); \
+                             INSERT INTO svc_probe VALUES (1)",
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                    }
+                    topology::Engine::Postgres => support::db::pg(shard, "shop")
+                        .await
+                        .batch_execute(
+                            "SET lock_timeout = '5s'; \
+                             CREATE TABLE IF NOT EXISTS svc_probe (i int); \
+                             INSERT INTO svc_probe VALUES (1)",
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                }
+            };
+            let res = tokio::time::timeout(Duration::from_secs(20), write).await;
+            assert!(
+                matches!(res, Ok(Ok(()))),
+                "shard {} still blocked: {res:?}",
+                shard.name
+            );
+        }
+    });
+}
+
+#[test]
+fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = PrivateSandbox::up(1, 1, "ready");
+    source.seed();
+    let scratch = PrivateSandbox::up(1, 1, "ready");
+    let scheduled = topology_with(
+        &source.topology(),
+        dir.path(),
+        "scheduled.yaml",
+        &format!(
+            "schedule:\n  backup: \"*/8 * * * * *\"\n  drill: \"4/8 * * * * *\"\ndrill_target: {}\n",
+            scratch.topology().display()
+        ),
+    );
+
+    // 1. Schedules fire; a scheduled backup and drill succeed.
+    let serve = Serve::start(dir.path(), "scheduled", &scheduled, &[]);
+    assert_eq!(http("GET", &serve.url("/v1/jobs"), None, None).0, 401);
+    assert_eq!(
+        http(
+            "GET",
+            &serve.url("/v1/jobs"),
+            Some("wrong-token-0123456789"),
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            "POST",
+            &serve.url("/v1/clusters/sandbox/backups"),
+            None,
+            Some("{}")
+        )
+        .0,
+        401,
+        "no job without a token"
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (backup, drill) = loop {
+        let all = jobs(&serve);
+        if let (Some(b), Some(d)) = (
+            find(&all, "backup", "schedule", "succeeded"),
+            find(&all, "drill", "schedule", "succeeded"),
+        ) {
+            break (b.clone(), d.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled backup and drill succeeded: {all:?}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let drill = serve.get(&format!("/v1/jobs/{}", drill["id"].as_str().unwrap()));
+    assert_eq!(drill["result"]["quality"]["score"], 1.0, "{drill}");
+    assert_eq!(drill["result"]["kind"], "drill");
+    let drilled = drill["shard"].as_str().unwrap();
+    assert!(drill["result"]["shards"][drilled].is_object(), "{drill}");
+    let (code, page) = http(
+        "GET",
+        &serve.url(drill["report"].as_str().unwrap()),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Recovery quality Q"),
+        "the drill's report page"
+    );
+
+    // Metrics parse strictly and carry the drill's score.
+    let (code, text) = http("GET", &serve.url("/metrics"), None, None);
+    assert_eq!(code, 200);
+    let samples = support::parse_prometheus(&text);
+    let score = samples
+        .iter()
+        .find(|s| s.name == "shardcut_quality_score" && s.label("kind") == Some("drill"))
+        .unwrap_or_else(|| panic!("no drill score in\n{text}"));
+    assert_eq!(score.value, 1.0);
+    assert_eq!(score.label("cluster"), Some("sandbox"));
+    assert!(samples
+        .iter()
+        .any(|s| s.name == "shardcut_last_success_timestamp_seconds"
+            && s.label("kind") == Some("backup")
+            && s.value > 1.7e9));
+    assert!(samples.iter().any(|s| s.name == "shardcut_jobs"
+        && s.label("kind") == Some("drill")
+        && s.label("status") == Some("succeeded")
+        && s.value >= 1.0));
+
+    // The OpenAPI document is valid, and every operation in it answers
+    // with a status it documents.
+    let doc = serve.get("/v1/openapi.json");
+    let doc_path = dir.path().join("openapi.json");
+    std::fs::write(&doc_path, doc.to_string()).unwrap();
+    let check = Command::new(support::root().join("scripts/openapi-check"))
+        .arg(&doc_path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let backup_id = backup["backup_id"].as_str().unwrap();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let url = path
+                .replace("{cluster}", "sandbox")
+                .replace(
+                    "/jobs/{id}",
+                    &format!("/jobs/{}", backup["id"].as_str().unwrap()),
+                )
+                .replace("{id}", backup_id);
+            // A POST with a body it refuses: the route answers, no job starts.
+            let body = (method == "post").then_some("{\"no_such_field\": 1}");
+            let (code, text) = http(&method.to_uppercase(), &serve.url(&url), Some(TOKEN), body);
+            let documented = op["responses"].as_object().unwrap();
+            assert!(
+                documented.contains_key(&code.to_string()),
+                "{method} {url} answered {code}, not documented: {text}"
+            );
+            assert!(
+                code != 404 || url.contains("nope"),
+                "{method} {url}: {text}"
+            );
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 11, "every route of the API is documented");
+    assert_eq!(
+        http(
+            "GET",
+            &serve.url("/v1/clusters/nope/backups"),
+            Some(TOKEN),
+            None
+        )
+        .0,
+        404
+    );
+
+    // The dashboard: one section per cluster with its charts.
+    let (code, dash) = http("GET", &serve.url("/"), Some(TOKEN), None);
+    assert_eq!(code, 200);
+    for chart in [
+        "quality",
+        "rto",
+        "rpo",
+        "size",
+        "duration",
+        "write_block",
+        "failures",
+    ] {
+        assert!(dash.contains(&format!("data-chart='{chart}'")), "{chart}");
+    }
+    assert!(!dash.contains("<script"), "no script");
+    assert_eq!(
+        http("GET", &serve.url("/"), None, None).0,
+        401,
+        "sign-in page"
+    );
+
+    // SIGTERM: a clean stop, no job left running.
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // 2. Requests, on a service without schedules, over the same history.
+    let plain = topology_with(&source.topology(), dir.path(), "plain.yaml", "");
+    let serve = Serve::start(dir.path(), "requests", &plain, &["--test-hold-block", "2s"]);
+    let before = jobs(&serve);
+    assert!(
+        before.iter().any(|j| j["id"] == drill["id"]),
+        "the history survives a restart"
+    );
+    assert!(
+        before
+            .iter()
+            .all(|j| !matches!(j["status"].as_str(), Some("running" | "queued"))),
+        "a clean stop leaves nothing running: {before:?}"
+    );
+    let first = serve.post("/v1/clusters/sandbox/backups", "{\"incremental\": false}");
+    let second = serve.post("/v1/clusters/sandbox/backups", "{}");
+    let skipped = serve.get(&format!("/v1/jobs/{second}"));
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert!(
+        skipped["error"].as_str().unwrap().contains(&first),
+        "{skipped}"
+    );
+    let done = serve.wait(&first);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", serve.log());
+    let id = done["result"]["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(done["backup_id"], id.as_str());
+    assert_eq!(done["result"]["shards"].as_object().unwrap().len(), 2);
+    let listed = serve.get("/v1/clusters/sandbox/backups");
+    assert!(
+        listed["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["backup_id"] == id.as_str() && b["status"] == "complete"),
+        "{listed}"
+    );
+    let shown = serve.get(&format!("/v1/clusters/sandbox/backups/{id}"));
+    assert_eq!(shown["backup_id"], id.as_str());
+    // The history is in the repository: the command line reads it too.
+    let run = support::shardcut(&["history", "-t", plain.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let recorded = run.json();
+    for job in [&first, &second] {
+        assert!(
+            recorded["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == job.as_str()),
+            "{job} in the history"
+        );
+    }
+
+    // 3. SIGKILL while the write block is held: the next start marks the
+    // job failed, lists no partial backup, and no shard stays blocked.
+    let killed = serve.post("/v1/clusters/sandbox/backups", "{}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve.log().contains("all 2 shards blocked") {
+        assert!(
+            Instant::now() < deadline,
+            "no write block:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut serve = serve;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    drop(serve);
+    write_on_every_shard(&source);
+    let serve = Serve::start(dir.path(), "restarted", &plain, &[]);
+    let j = serve.get(&format!("/v1/jobs/{killed}"));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("interrupted"), "{j}");
+    let partial = j["backup_id"].as_str().unwrap();
+    let listed = serve.get("/v1/clusters/sandbox/backups");
+    assert!(
+        listed["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["backup_id"] != partial),
+        "no partial backup listed: {listed}"
+    );
+    assert!(
+        !dir.path().join("repo/backups").join(partial).exists(),
+        "the partial backup's objects are removed"
+    );
+    // And the service still takes backups (the dead run's lock is taken over).
+    let again = serve.post("/v1/clusters/sandbox/backups", "{}");
+    assert_eq!(serve.wait(&again)["status"], "succeeded", "{}", serve.log());
+}

@@ -1,0 +1,481 @@
+//! The cluster's job history: one record per backup, drill, restore or
+//! expiry, whoever ran it (`shardcut serve`, or the command line), kept in
+//! the cluster's repository so that every host working on the cluster reads
+//! the same history, on object storage too.
+//!
+//! Keys: `history/jobs/<id>.json` (the record, rewritten as the job moves
+//! from queued to running to its end), `<id>.result.json` (the document the
+//! command's `--json` prints) and, for drills and restores,
+//! `<id>.report.html`. A job ID starts with its UTC time, so keys sort by
+//! time and old records are skipped without being read.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use shard_agent::manifest::Manifest;
+use shard_agent::repo::{RepoError, Repository};
+use topology::Topology;
+
+use super::restore::Outcome;
+
+const JOBS: &str = "history/jobs/";
+/// A record is a few hundred bytes; anything larger is not one of ours.
+const MAX_RECORD: u64 = 64 << 10;
+/// A drill's document lists every table; thousands of tables fit.
+const MAX_RESULT: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Backup,
+    Incremental,
+    Drill,
+    Restore,
+    Expire,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 5] = [
+        JobKind::Backup,
+        JobKind::Incremental,
+        JobKind::Drill,
+        JobKind::Restore,
+        JobKind::Expire,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Incremental => "incremental",
+            JobKind::Drill => "drill",
+            JobKind::Restore => "restore",
+            JobKind::Expire => "expire",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Skipped
+        )
+    }
+}
+
+/// Who started a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Schedule,
+    Api,
+    Cli,
+}
+
+/// The figures a job's trends are drawn from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityFigures>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_stored: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_block_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QualityFigures {
+    pub score: f64,
+    pub recovered: f64,
+    pub complete: f64,
+    pub available: f64,
+}
+
+/// One job, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub cluster: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub trigger: Trigger,
+    /// Where it ran: a restarted service finds its own interrupted jobs.
+    pub host: String,
+    pub pid: u32,
+    pub queued_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// The shard a drill restores.
+    #[serde(default)]
+    pub shard: Option<String>,
+    /// The backup a backup job writes, or a drill or restore reads.
+    #[serde(default)]
+    pub backup_id: Option<String>,
+    /// Why it failed or was skipped.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub figures: Figures,
+    /// A report page was stored with it (drills and restores).
+    #[serde(default)]
+    pub has_report: bool,
+}
+
+impl JobRecord {
+    /// A new record, queued now on this host.
+    pub fn new(cluster: &str, kind: JobKind, trigger: Trigger) -> JobRecord {
+        let now = chrono::Utc::now();
+        let id = format!(
+            "{}-{}-{}",
+            now.format("%Y%m%dT%H%M%S%3fZ"),
+            kind.as_str(),
+            &crate::lock::new_token()[..8]
+        );
+        JobRecord {
+            id,
+            cluster: cluster.to_string(),
+            kind,
+            status: JobStatus::Queued,
+            trigger,
+            host: crate::lock::host_name(),
+            pid: std::process::id(),
+            queued_at: now.to_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            shard: None,
+            backup_id: None,
+            error: None,
+            figures: Figures::default(),
+            has_report: false,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.status = JobStatus::Running;
+        self.started_at = Some(chrono::Utc::now().to_rfc3339());
+    }
+
+    pub fn finish(&mut self, status: JobStatus, error: Option<String>) {
+        self.status = status;
+        self.error = error;
+        self.finished_at = Some(chrono::Utc::now().to_rfc3339());
+    }
+
+    /// Seconds from start to end, once finished.
+    pub fn duration_seconds(&self) -> Option<f64> {
+        let start = parse_time(self.started_at.as_deref()?)?;
+        let end = parse_time(self.finished_at.as_deref()?)?;
+        Some((end - start).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// When it was queued.
+    pub fn queued(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        parse_time(&self.queued_at)
+    }
+}
+
+pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// A job ID as this module makes them: time, kind, random hex. Anything
+/// else (from a URL, say) never becomes a repository key.
+pub fn is_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The figures of a backup.
+pub fn backup_figures(m: &Manifest) -> Figures {
+    let seconds = parse_time(&m.started_at)
+        .zip(parse_time(&m.finished_at))
+        .map(|(a, b)| (b - a).num_milliseconds() as f64 / 1000.0);
+    Figures {
+        bytes_stored: Some(m.shards.values().map(|s| s.bytes_stored).sum()),
+        backup_seconds: seconds,
+        write_block_ms: Some(m.cut.write_block_ms),
+        ..Figures::default()
+    }
+}
+
+/// The figures of a verified drill or restore.
+pub fn outcome_figures(o: &Outcome) -> Figures {
+    Figures {
+        quality: Some(QualityFigures {
+            score: o.q.score,
+            recovered: o.q.recovered,
+            complete: o.q.complete,
+            available: o.q.available,
+        }),
+        rto_seconds: Some(o.rto),
+        rpo_seconds: Some(o.rpo),
+        ..Figures::default()
+    }
+}
+
+/// The history of one cluster, in its repository.
+#[derive(Clone)]
+pub struct History {
+    repo: Arc<dyn Repository>,
+}
+
+fn key(id: &str, suffix: &str) -> String {
+    format!("{JOBS}{id}{suffix}")
+}
+
+impl History {
+    /// The history in the topology's repository (the main one, never a
+    /// replica: a copy does not carry it).
+    pub fn open(topology: &Topology) -> Result<History, RepoError> {
+        Ok(History {
+            repo: super::open_repository(topology)?,
+        })
+    }
+
+    /// The repository the history lies in.
+    pub fn repository(&self) -> &Arc<dyn Repository> {
+        &self.repo
+    }
+
+    pub fn save(&self, record: &JobRecord) -> Result<(), RepoError> {
+        let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+        self.repo.put(&key(&record.id, ".json"), &data)
+    }
+
+    pub fn save_result(&self, id: &str, doc: &serde_json::Value) -> Result<(), RepoError> {
+        let data = serde_json::to_vec_pretty(doc).unwrap_or_default();
+        self.repo.put(&key(id, ".result.json"), &data)
+    }
+
+    pub fn save_report(&self, id: &str, html: &str) -> Result<(), RepoError> {
+        self.repo.put(&key(id, ".report.html"), html.as_bytes())
+    }
+
+    /// The records queued since `since`, oldest first, at most `limit`
+    /// (the newest). A record that cannot be read is skipped with a
+    /// warning: one damaged object does not hide the rest.
+    pub fn load(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, RepoError> {
+        let floor = since.format("%Y%m%dT%H%M%S").to_string();
+        let mut ids: Vec<String> = self
+            .repo
+            .list(JOBS)?
+            .into_iter()
+            .filter_map(|k| {
+                let id = k.strip_prefix(JOBS)?.strip_suffix(".json")?;
+                (is_job_id(id) && id >= floor.as_str()).then(|| id.to_string())
+            })
+            .collect();
+        ids.sort();
+        let skip = ids.len().saturating_sub(limit);
+        let mut out = Vec::new();
+        for id in &ids[skip..] {
+            match self.load_one(id) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("history: skipping job record {id}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One record, `None` if there is none.
+    pub fn load_one(&self, id: &str) -> Result<Option<JobRecord>, RepoError> {
+        if !is_job_id(id) {
+            return Ok(None);
+        }
+        let k = key(id, ".json");
+        match self.repo.get_at_most(&k, MAX_RECORD) {
+            Ok(data) => match serde_json::from_slice::<JobRecord>(&data) {
+                Ok(r) if r.id == id => Ok(Some(r)),
+                Ok(r) => {
+                    tracing::warn!("history: {k} names job {}, not {id}; ignored", r.id);
+                    Ok(None)
+                }
+                Err(e) => {
+                    tracing::warn!("history: {k} is not a job record: {e}");
+                    Ok(None)
+                }
+            },
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The job's result document, if stored.
+    pub fn result(&self, id: &str) -> Result<Option<serde_json::Value>, RepoError> {
+        Ok(self
+            .object(id, ".result.json")?
+            .and_then(|d| serde_json::from_slice(&d).ok()))
+    }
+
+    /// The job's report page, if stored.
+    pub fn report(&self, id: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        self.object(id, ".report.html")
+    }
+
+    fn object(&self, id: &str, suffix: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        if !is_job_id(id) {
+            return Ok(None);
+        }
+        match self.repo.get_at_most(&key(id, suffix), MAX_RESULT) {
+            Ok(d) => Ok(Some(d)),
+            Err(RepoError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A command-line run recorded in the history: saved as running when it
+/// starts and with its outcome when it ends. The history is a record, not
+/// a condition of the run: when it cannot be written, the run goes on and
+/// a warning says why.
+pub struct CliRun {
+    history: Option<History>,
+    pub record: JobRecord,
+}
+
+impl CliRun {
+    pub async fn start(topology: &Topology, kind: JobKind) -> CliRun {
+        let mut record = JobRecord::new(&topology.cluster, kind, Trigger::Cli);
+        record.start();
+        // Never write with a key that does not open the repository: that
+        // record would need a second key to read.
+        let history = match History::open(topology) {
+            Ok(h) => {
+                let repo = h.repo.clone();
+                match tokio::task::spawn_blocking(move || super::check_key(repo.as_ref())).await {
+                    Ok(Ok(())) => Some(h),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let run = CliRun { history, record };
+        run.save(None, None).await;
+        run
+    }
+
+    /// Saves the record, and the result and report when given.
+    pub async fn save(&self, result: Option<serde_json::Value>, report: Option<String>) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let record = self.record.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Some(doc) = &result {
+                history.save_result(&record.id, doc)?;
+            }
+            if let Some(html) = &report {
+                history.save_report(&record.id, html)?;
+            }
+            history.save(&record)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "could not record job {} in the history: {e}",
+                self.record.id
+            ),
+            Err(e) => tracing::warn!(
+                "could not record job {} in the history: {e}",
+                self.record.id
+            ),
+        }
+    }
+
+    /// Records the end: `error` is `None` on success.
+    pub async fn finish(
+        mut self,
+        error: Option<String>,
+        result: Option<serde_json::Value>,
+        report: Option<String>,
+    ) {
+        let status = if error.is_some() {
+            JobStatus::Failed
+        } else {
+            JobStatus::Succeeded
+        };
+        self.record.has_report = report.is_some();
+        self.record.finish(status, error);
+        self.save(result, report).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_sort_by_time_and_are_safe_keys() {
+        let a = JobRecord::new("c", JobKind::Backup, Trigger::Api);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = JobRecord::new("c", JobKind::Drill, Trigger::Schedule);
+        assert!(a.id < b.id, "{} < {}", a.id, b.id);
+        assert!(is_job_id(&a.id));
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "x%2f"] {
+            assert!(!is_job_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_a_repository() {
+        let repo: Arc<dyn Repository> = Arc::new(shard_agent::repo::MemoryRepository::default());
+        let h = History { repo };
+        let mut r = JobRecord::new("c", JobKind::Backup, Trigger::Cli);
+        h.save(&r).unwrap();
+        r.start();
+        r.finish(JobStatus::Failed, Some("disk full".into()));
+        h.save(&r).unwrap();
+        h.save_result(&r.id, &serde_json::json!({"x": 1})).unwrap();
+        let since = chrono::Utc::now() - chrono::Duration::days(1);
+        let all = h.load(since, 10).unwrap();
+        assert_eq!(all, vec![r.clone()]);
+        assert_eq!(h.result(&r.id).unwrap(), Some(serde_json::json!({"x": 1})));
+        assert_eq!(h.load_one("../etc").unwrap(), None);
+        // Older than `since`: not read at all.
+        let later = chrono::Utc::now() + chrono::Duration::days(1);
+        assert!(h.load(later, 10).unwrap().is_empty());
+    }
+}

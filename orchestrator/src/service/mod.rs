@@ -1,0 +1,401 @@
+//! `shardcut serve`: the workflow layer as a long-running service. Jobs
+//! (backups, drills, restores, expiry) run on request over a REST API or
+//! on the topologies' schedules, one at a time per cluster, and every job
+//! is kept in the cluster's history in its repository. A dashboard draws
+//! the history's trends.
+//!
+//! One module per concern: `jobs` (running and recording a job),
+//! `schedule` (cron and capture), `api` (routes, auth), `openapi` (the
+//! API's description), `metrics` (Prometheus text), `dashboard` (the page).
+
+mod api;
+mod dashboard;
+mod jobs;
+mod metrics;
+mod openapi;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shard_agent::manifest::keys;
+use topology::{Secret, Topology};
+
+use crate::flow::history::{History, JobKind, JobRecord, JobStatus};
+use crate::flow::status::StreamStatus;
+use jobs::{lock, Job, JobProgress};
+
+/// How far back the service reads a cluster's history.
+pub const HISTORY_DAYS: i64 = 90;
+/// At most this many records per cluster are read.
+const HISTORY_LIMIT: usize = 5000;
+
+/// Test-only fault hooks.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Hold every backup's write block this long.
+    pub hold_block: Option<Duration>,
+}
+
+/// How `serve` runs.
+pub struct Config {
+    pub topologies: Vec<Topology>,
+    /// Topologies restores may write into, by cluster name.
+    pub targets: BTreeMap<String, PathBuf>,
+    pub token: Secret,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub max_connections: usize,
+    /// How long running jobs may take to finish after SIGTERM before they
+    /// are cancelled.
+    pub shutdown_timeout: Duration,
+    pub hooks: Hooks,
+}
+
+/// Capture as followed by the service: the last round's streams, or why
+/// it stopped.
+#[derive(Default)]
+pub struct CaptureState {
+    pub streams: Vec<StreamStatus>,
+    pub at: Option<String>,
+    pub error: Option<String>,
+    pub restarts: u64,
+}
+
+/// One cluster the service runs jobs for.
+pub struct Cluster {
+    pub topology: Topology,
+    pub drill_target: Option<PathBuf>,
+    pub history: History,
+    /// The job running now.
+    busy: Mutex<Option<String>>,
+    /// Records of the last [`HISTORY_DAYS`], oldest first: loaded at start,
+    /// kept up to date with this service's jobs, reloaded now and then for
+    /// other hosts' runs.
+    records: Mutex<Vec<JobRecord>>,
+    pub capture: Mutex<CaptureState>,
+}
+
+impl Cluster {
+    pub fn name(&self) -> &str {
+        &self.topology.cluster
+    }
+
+    /// Saves a record (and a result and report) in the history; a failure
+    /// is logged: the job's outcome stands, in memory and in the log.
+    async fn save(
+        &self,
+        record: &JobRecord,
+        result: Option<serde_json::Value>,
+        report: Option<String>,
+    ) {
+        {
+            let mut records = lock(&self.records);
+            match records.iter_mut().find(|r| r.id == record.id) {
+                Some(r) => *r = record.clone(),
+                None => records.push(record.clone()),
+            }
+        }
+        let (history, rec) = (self.history.clone(), record.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Some(doc) = &result {
+                history.save_result(&rec.id, doc)?;
+            }
+            if let Some(html) = &report {
+                history.save_report(&rec.id, html)?;
+            }
+            history.save(&rec)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("job {}: history not written: {e}", record.id),
+            Err(e) => tracing::error!("job {}: history not written: {e}", record.id),
+        }
+    }
+
+    /// The records of the history, oldest first.
+    pub fn records(&self) -> Vec<JobRecord> {
+        lock(&self.records).clone()
+    }
+
+    /// The shard after the one drilled last (by name order), the first
+    /// one if none was.
+    fn next_drill_shard(&self) -> String {
+        let mut names: Vec<&str> = self
+            .topology
+            .shards
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        names.sort_unstable();
+        let last = lock(&self.records)
+            .iter()
+            .rev()
+            .filter(|r| r.kind == JobKind::Drill && r.status != JobStatus::Skipped)
+            .find_map(|r| r.shard.clone());
+        let next = match last.and_then(|l| names.iter().position(|n| *n == l)) {
+            Some(i) => names[(i + 1) % names.len()],
+            None => names[0],
+        };
+        next.to_string()
+    }
+
+    /// Rereads the history (other hosts' and the command line's runs).
+    async fn reload(&self) {
+        let history = self.history.clone();
+        let since = chrono::Utc::now() - chrono::Duration::days(HISTORY_DAYS);
+        match tokio::task::spawn_blocking(move || history.load(since, HISTORY_LIMIT)).await {
+            Ok(Ok(loaded)) => {
+                let mut records = lock(&self.records);
+                // This service's running jobs are newer in memory.
+                let mine: Vec<JobRecord> = records
+                    .iter()
+                    .filter(|r| !r.status.is_final())
+                    .cloned()
+                    .collect();
+                *records = loaded;
+                for m in mine {
+                    match records.iter_mut().find(|r| r.id == m.id) {
+                        Some(r) => *r = m,
+                        None => records.push(m),
+                    }
+                }
+                records.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+            Ok(Err(e)) => tracing::warn!("cluster {}: cannot read the history: {e}", self.name()),
+            Err(e) => tracing::warn!("cluster {}: cannot read the history: {e}", self.name()),
+        }
+    }
+}
+
+/// The service: its clusters, its jobs, and how to stop.
+pub struct Service {
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub targets: BTreeMap<String, PathBuf>,
+    token: Secret,
+    tls: bool,
+    jobs: Mutex<BTreeMap<String, Job>>,
+    stopping: AtomicBool,
+    /// Set once SIGTERM came: capture finishes its round and ends.
+    capture_stop: Arc<AtomicBool>,
+    hooks: Hooks,
+}
+
+impl Service {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a job's latest record (and progress while it runs).
+    fn remember(&self, record: &JobRecord, progress: Option<Arc<JobProgress>>) {
+        let mut jobs = lock(&self.jobs);
+        let abort = jobs.get(&record.id).and_then(|j| j.abort.clone());
+        let running = !record.status.is_final();
+        jobs.insert(
+            record.id.clone(),
+            Job {
+                record: record.clone(),
+                progress: if running { progress } else { None },
+                abort: if running { abort } else { None },
+            },
+        );
+    }
+
+    /// A job by ID: this service's, or any in a cluster's history.
+    pub fn job(&self, id: &str) -> Option<(JobRecord, Option<serde_json::Value>)> {
+        if let Some(j) = lock(&self.jobs).get(id) {
+            return Some((j.record.clone(), j.progress.as_ref().map(|p| p.to_json())));
+        }
+        self.clusters.values().find_map(|c| {
+            c.records()
+                .into_iter()
+                .find(|r| r.id == id)
+                .map(|r| (r, None))
+        })
+    }
+
+    /// The cluster a job belongs to.
+    pub fn cluster_of(&self, record: &JobRecord) -> Option<&Arc<Cluster>> {
+        self.clusters.get(&record.cluster)
+    }
+
+    /// Jobs still running: ID and abort handle.
+    fn running(&self) -> Vec<(String, Option<tokio::task::AbortHandle>)> {
+        lock(&self.jobs)
+            .values()
+            .filter(|j| !j.record.status.is_final())
+            .map(|j| (j.record.id.clone(), j.abort.clone()))
+            .collect()
+    }
+}
+
+/// Loads each cluster's history and marks what an earlier service (or
+/// command) on this host left running as failed; a backup it left without
+/// a manifest has its objects removed.
+async fn recover(cluster: &Cluster) {
+    cluster.reload().await;
+    let orphans: Vec<JobRecord> = cluster
+        .records()
+        .into_iter()
+        .filter(|r| !r.status.is_final() && crate::lock::gone_here(&r.host, r.pid))
+        .collect();
+    for mut r in orphans {
+        let why = format!(
+            "interrupted: the process running it (pid {} on {}) ended before it finished",
+            r.pid, r.host
+        );
+        tracing::warn!("job {}: {why}", r.id);
+        if let (JobKind::Backup | JobKind::Incremental, Some(id)) = (r.kind, &r.backup_id) {
+            discard_uncommitted(cluster, id).await;
+        }
+        r.finish(JobStatus::Failed, Some(why));
+        cluster.save(&r, None, None).await;
+    }
+}
+
+/// Removes the objects of backup `id` unless its manifest was written (a
+/// backup is complete once its manifest exists, and is then kept).
+async fn discard_uncommitted(cluster: &Cluster, id: &str) {
+    let repo = cluster.history.repository().clone();
+    let (r, key) = (repo.clone(), keys::manifest(id));
+    // Only a manifest known to be absent lets the objects go: when the
+    // repository cannot tell, they stay (expire removes them later).
+    let absent = tokio::task::spawn_blocking(move || r.get_at_most(&key, 1 << 30))
+        .await
+        .is_ok_and(|g| matches!(g, Err(shard_agent::repo::RepoError::NotFound { .. })));
+    if absent {
+        tracing::warn!("backup {id} has no manifest: removing its objects");
+        crate::flow::steps::discard(repo, id).await;
+    }
+}
+
+/// Serves until SIGTERM: recovers each cluster's history, starts the
+/// schedules and capture, answers the API; on SIGTERM lets running jobs
+/// finish (cancelling them after `shutdown_timeout`) and capture complete
+/// its round.
+pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let mut clusters = BTreeMap::new();
+    for topology in config.topologies {
+        let history = History::open(&topology)?;
+        let name = topology.cluster.clone();
+        if clusters.contains_key(&name) {
+            return Err(crate::exit::InvalidInput(format!(
+                "two topologies name cluster {name}; serve each cluster once"
+            ))
+            .into());
+        }
+        let cluster = Cluster {
+            drill_target: topology.drill_target.clone(),
+            topology,
+            history,
+            busy: Mutex::new(None),
+            records: Mutex::new(Vec::new()),
+            capture: Mutex::new(CaptureState::default()),
+        };
+        clusters.insert(name, Arc::new(cluster));
+    }
+    for c in clusters.values() {
+        recover(c).await;
+    }
+    let service = Arc::new(Service {
+        clusters,
+        targets: config.targets,
+        token: config.token,
+        tls: config.tls.is_some(),
+        jobs: Mutex::new(BTreeMap::new()),
+        stopping: AtomicBool::new(false),
+        capture_stop: Arc::new(AtomicBool::new(false)),
+        hooks: config.hooks,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    for cluster in service.clusters.values() {
+        background.spawn(schedule::run(
+            service.clone(),
+            cluster.clone(),
+            stop_rx.clone(),
+        ));
+        if matches!(&cluster.topology.schedule, Some(s) if s.capture == topology::CaptureSchedule::Follow)
+        {
+            background.spawn(schedule::follow_capture(
+                service.clone(),
+                cluster.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        let (c, mut rx) = (cluster.clone(), stop_rx.clone());
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => c.reload().await,
+                    _ = rx.changed() => return,
+                }
+            }
+        });
+    }
+    let app = api::router(service.clone());
+    let (http_tx, http_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(shard_agent::serve::http::serve_router(
+        listener,
+        app,
+        config.tls,
+        config.max_connections,
+        async move {
+            let _ = http_rx.await;
+        },
+    ));
+    shard_agent::serve::http::shutdown_signal().await;
+    tracing::warn!("stopping: no new jobs; waiting for running jobs and the capture round");
+    service.stopping.store(true, Ordering::Relaxed);
+    service.capture_stop.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    while !service.running().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (id, abort) in service.running() {
+        tracing::warn!(
+            "job {id}: cancelled after {} s of shutdown",
+            config.shutdown_timeout.as_secs()
+        );
+        if let Some(a) = abort {
+            a.abort();
+        }
+        cancel_record(&service, &id).await;
+    }
+    // Capture ends after its round; the schedules at once.
+    let rest = tokio::time::timeout(config.shutdown_timeout.max(Duration::from_secs(1)), async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if rest.is_err() {
+        tracing::warn!("capture did not finish its round in time; stopping it");
+        background.abort_all();
+    }
+    let _ = http_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// Records a job cancelled at shutdown as failed, its partial backup
+/// removed.
+async fn cancel_record(service: &Service, id: &str) {
+    let Some((mut record, _)) = service.job(id) else {
+        return;
+    };
+    let Some(cluster) = service.cluster_of(&record).cloned() else {
+        return;
+    };
+    if let (JobKind::Backup | JobKind::Incremental, Some(bid)) = (record.kind, &record.backup_id) {
+        discard_uncommitted(&cluster, bid).await;
+    }
+    record.finish(
+        JobStatus::Failed,
+        Some("cancelled: shardcut serve was stopped before the job finished".into()),
+    );
+    service.remember(&record, None);
+    cluster.save(&record, None, None).await;
+}
