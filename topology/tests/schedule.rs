@@ -1,6 +1,8 @@
 //! `schedule:`, `timezone:` and `drill_target:`: what `shardcut serve` runs
 //! when, checked when the topology loads.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use topology::{CaptureSchedule, Topology, TopologyError, DEFAULT_KEEP_LAST};
