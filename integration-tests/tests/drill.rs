@@ -255,6 +255,14 @@ fn nightly_job_backs_up_and_drills_shards_in_rotation() {
         assert!(report.join("report.html").exists() && report.join("metrics.prom").exists());
     }
     assert_eq!(drilled, vec!["mysql-0", "mysql-1", "pg-0"]);
+    // The history page: three nights of backups and drills as trends.
+    let page = std::fs::read_to_string(report.join("history.html")).unwrap();
+    for (chart, points) in [("quality", 12), ("rto", 3), ("size", 3), ("write_block", 3)] {
+        assert!(
+            page.contains(&format!("data-chart='{chart}' data-points='{points}'")),
+            "{chart} with {points} points in history.html"
+        );
+    }
     let list = support::shardcut(&["list", "-t", src.to_str().unwrap(), "--json"]).json();
     assert_eq!(
         list["backups"].as_array().unwrap().len(),

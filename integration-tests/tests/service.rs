@@ -415,8 +415,16 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
         );
     }
 
+    // SIGTERM while a backup runs: the backup finishes, then the service
+    // stops.
+    let graceful = serve.post("/v1/clusters/sandbox/backups", "{}");
+    assert!(serve.terminate().success());
+
     // 3. SIGKILL while the write block is held: the next start marks the
     // job failed, lists no partial backup, and no shard stays blocked.
+    let serve = Serve::start(dir.path(), "killed", &plain, &["--test-hold-block", "2s"]);
+    let j = serve.get(&format!("/v1/jobs/{graceful}"));
+    assert_eq!(j["status"], "succeeded", "finished before the stop: {j}");
     let killed = serve.post("/v1/clusters/sandbox/backups", "{}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !serve.log().contains("all 2 shards blocked") {
@@ -453,4 +461,90 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
     // And the service still takes backups (the dead run's lock is taken over).
     let again = serve.post("/v1/clusters/sandbox/backups", "{}");
     assert_eq!(serve.wait(&again)["status"], "succeeded", "{}", serve.log());
+}
+
+#[test]
+fn serve_speaks_https_with_its_certificate_and_refuses_to_start_in_clear_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    // Neither TLS nor --insecure: refused, exit 2, with the way out.
+    let run = support::shardcut(&[
+        "serve",
+        "-t",
+        topology.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--insecure"), "{run:?}");
+    // A short token: refused.
+    std::fs::write(dir.path().join("short"), "abc").unwrap();
+    let run = support::shardcut(&[
+        "serve",
+        "-t",
+        topology.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        dir.path().join("short").to_str().unwrap(),
+        "--insecure",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("shorter than 16"), "{run:?}");
+
+    let certs = support::tls_certs(&dir.path().join("tls"));
+    let port = support::free_port();
+    let mut child = Command::new(support::bin("shardcut"))
+        .args(["serve", "-t", topology.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--token-file", token.to_str().unwrap()])
+        .args(["--tls-cert", certs.join("server.pem").to_str().unwrap()])
+        .args(["--tls-key", certs.join("server.key").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let https = |path: &str, auth: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(["--cacert", certs.join("ca.pem").to_str().unwrap()])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
+        if auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        }
+        let out = cmd
+            .arg(format!("https://localhost:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while https("/healthz", false) != "200" {
+        assert!(Instant::now() < deadline, "no HTTPS answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(https("/v1/jobs", true), "200");
+    assert_eq!(https("/v1/jobs", false), "401");
+    let (code, _) = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/healthz"),
+        None,
+        None,
+    );
+    assert_ne!(code, 200, "no answer in clear on the HTTPS port");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -296,6 +296,18 @@ impl History {
         since: chrono::DateTime<chrono::Utc>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, RepoError> {
+        self.load_new(since, limit, &|_| None)
+    }
+
+    /// As [`History::load`], taking the records `known` returns instead of
+    /// reading them again (a service rereading the history every minute
+    /// reads only what changed: records it does not hold as finished).
+    pub fn load_new(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+        known: &dyn Fn(&str) -> Option<JobRecord>,
+    ) -> Result<Vec<JobRecord>, RepoError> {
         let floor = since.format("%Y%m%dT%H%M%S").to_string();
         let mut ids: Vec<String> = self
             .repo
@@ -310,6 +322,10 @@ impl History {
         let skip = ids.len().saturating_sub(limit);
         let mut out = Vec::new();
         for id in &ids[skip..] {
+            if let Some(r) = known(id) {
+                out.push(r);
+                continue;
+            }
             match self.load_one(id) {
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {}
@@ -317,6 +333,24 @@ impl History {
             }
         }
         Ok(out)
+    }
+
+    /// Removes the records (with their results and reports) of jobs queued
+    /// before `before`; returns how many jobs.
+    pub fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, RepoError> {
+        let floor = before.format("%Y%m%dT%H%M%S").to_string();
+        let mut jobs = std::collections::BTreeSet::new();
+        for k in self.repo.list(JOBS)? {
+            let Some(name) = k.strip_prefix(JOBS) else {
+                continue;
+            };
+            let id = name.split('.').next().unwrap_or("");
+            if is_job_id(id) && id < floor.as_str() {
+                self.repo.delete(&k)?;
+                jobs.insert(id.to_string());
+            }
+        }
+        Ok(jobs.len())
     }
 
     /// One record, `None` if there is none.
@@ -474,6 +508,20 @@ mod tests {
         assert_eq!(all, vec![r.clone()]);
         assert_eq!(h.result(&r.id).unwrap(), Some(serde_json::json!({"x": 1})));
         assert_eq!(h.load_one("../etc").unwrap(), None);
+        // Pruned with its result.
+        assert_eq!(
+            h.prune(chrono::Utc::now() - chrono::Duration::days(1))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            h.prune(chrono::Utc::now() + chrono::Duration::days(1))
+                .unwrap(),
+            1
+        );
+        assert!(h.load(since, 10).unwrap().is_empty());
+        assert_eq!(h.result(&r.id).unwrap(), None);
+        h.save(&r).unwrap();
         // Older than `since`: not read at all.
         let later = chrono::Utc::now() + chrono::Duration::days(1);
         assert!(h.load(later, 10).unwrap().is_empty());

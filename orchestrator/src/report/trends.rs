@@ -95,7 +95,7 @@ fn line_chart(
         hi = esc(&fmt_value(y_hi, unit)),
         lo = esc(&fmt_value(y_lo, unit)),
         dy = H - 8.0,
-        d0 = from.format("%Y-%m-%d"),
+        d0 = from.format("%Y-%m-%d %H:%M"),
         d1 = to.format("%Y-%m-%d %H:%M"),
     );
     if points == 0 {
@@ -238,9 +238,18 @@ fn is_backup(r: &JobRecord) -> bool {
     matches!(r.kind, JobKind::Backup | JobKind::Incremental)
 }
 
-/// The charts of one cluster's history over the last `days` days.
+/// The charts of one cluster's history over the last `days` days; the
+/// time axis starts at the oldest run in that window, so a young history
+/// is not squeezed against the right edge.
 pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
-    let from = now - chrono::Duration::days(days);
+    let window = now - chrono::Duration::days(days);
+    let from = records
+        .iter()
+        .filter_map(when)
+        .filter(|t| *t >= window)
+        .min()
+        .map(|first| (first - (now - first) / 20).max(window))
+        .unwrap_or(window);
     let q = |f: fn(&crate::flow::history::QualityFigures) -> f64| {
         points(
             records,

@@ -365,12 +365,33 @@ impl Service {
             }
             JobRequest::Expire => {
                 let opts = expire_options(topology);
-                expire(topology, &opts).await.map(|e| Done {
-                    status: JobStatus::Succeeded,
-                    error: None,
-                    result: Some(crate::render::expire::summary(&e)),
-                    report: None,
-                })
+                let history = cluster.history.clone();
+                let before = chrono::Utc::now() - chrono::Duration::days(super::HISTORY_KEEP_DAYS);
+                match expire(topology, &opts).await {
+                    Ok(e) => {
+                        let mut doc = crate::render::expire::summary(&e);
+                        // The history is kept for HISTORY_KEEP_DAYS.
+                        let pruned = tokio::task::spawn_blocking(move || history.prune(before))
+                            .await
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r.map_err(anyhow::Error::from));
+                        match pruned {
+                            Ok(n) => {
+                                if let Some(o) = doc.as_object_mut() {
+                                    o.insert("history_jobs_removed".into(), json!(n));
+                                }
+                                Ok(Done {
+                                    status: JobStatus::Succeeded,
+                                    error: None,
+                                    result: Some(doc),
+                                    report: None,
+                                })
+                            }
+                            Err(e) => Err(e.context("removing old job history")),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         let done = result.unwrap_or_else(|e| {

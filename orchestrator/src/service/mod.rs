@@ -30,6 +30,8 @@ use jobs::{lock, Job, JobProgress};
 
 /// How far back the service reads a cluster's history.
 pub const HISTORY_DAYS: i64 = 90;
+/// A scheduled expiry removes job records older than this.
+pub const HISTORY_KEEP_DAYS: i64 = 400;
 /// At most this many records per cluster are read.
 const HISTORY_LIMIT: usize = 5000;
 
@@ -147,7 +149,15 @@ impl Cluster {
     async fn reload(&self) {
         let history = self.history.clone();
         let since = chrono::Utc::now() - chrono::Duration::days(HISTORY_DAYS);
-        match tokio::task::spawn_blocking(move || history.load(since, HISTORY_LIMIT)).await {
+        let finished: std::collections::HashMap<String, JobRecord> = lock(&self.records)
+            .iter()
+            .filter(|r| r.status.is_final())
+            .map(|r| (r.id.clone(), r.clone()))
+            .collect();
+        let known = move |id: &str| finished.get(id).cloned();
+        match tokio::task::spawn_blocking(move || history.load_new(since, HISTORY_LIMIT, &known))
+            .await
+        {
             Ok(Ok(loaded)) => {
                 let mut records = lock(&self.records);
                 // This service's running jobs are newer in memory.
