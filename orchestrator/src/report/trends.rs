@@ -505,3 +505,40 @@ pub fn page(cluster: &str, records: &[JobRecord], days: i64, now: DateTime<Utc>)
         jobs = jobs_table(records, 100, None),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::history::{QualityFigures, Trigger};
+
+    #[test]
+    fn text_from_the_history_is_escaped_and_every_run_is_a_point() {
+        let mut records = Vec::new();
+        for i in 0..3 {
+            let mut r = JobRecord::new("c", JobKind::Drill, Trigger::Schedule);
+            r.start();
+            r.shard = Some("<img src=x onerror=alert(1)>".into());
+            r.figures.quality = Some(QualityFigures {
+                score: 1.0 - f64::from(i) / 10.0,
+                recovered: 1.0,
+                complete: 1.0,
+                available: 1.0,
+            });
+            r.figures.rto_seconds = Some(f64::from(i));
+            r.finish(
+                JobStatus::Failed,
+                Some("'><script>alert(1)</script>".into()),
+            );
+            records.push(r);
+        }
+        let page = page("c", &records, 30, Utc::now());
+        assert!(
+            !page.contains("<script") && !page.contains("<img"),
+            "escaped"
+        );
+        assert!(page.contains("&lt;script&gt;") && page.contains("&#39;"));
+        assert!(page.contains("data-chart='quality' data-points='12'"));
+        assert!(page.contains("data-chart='rto' data-points='3'"));
+        assert!(page.contains("data-chart='failures' data-points='3'"));
+    }
+}

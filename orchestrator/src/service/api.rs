@@ -23,6 +23,19 @@ use crate::render::backup::list_json;
 
 /// The dashboard's cookie.
 pub const COOKIE: &str = "shardcut_token";
+/// The dashboard's pages run no script and load nothing from elsewhere.
+const PAGE_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'";
+
+fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_SECURITY_POLICY, PAGE_POLICY)],
+        Html(html),
+    )
+        .into_response()
+}
+
 /// Request bodies are small JSON documents.
 const MAX_BODY: usize = 64 << 10;
 
@@ -84,7 +97,7 @@ async fn auth(State(service): State<Arc<Service>>, req: Request, next: Next) -> 
         return next.run(req).await;
     }
     if req.method() == Method::GET && req.uri().path() == "/" {
-        return (StatusCode::UNAUTHORIZED, Html(dashboard::login(None))).into_response();
+        return page(StatusCode::UNAUTHORIZED, dashboard::login(None));
     }
     fail(StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
 }
@@ -155,11 +168,10 @@ struct LoginForm {
 /// cookie.
 async fn login(State(service): State<Arc<Service>>, Form(form): Form<LoginForm>) -> Response {
     if !same(form.token.as_bytes(), service.token.expose().as_bytes()) {
-        return (
+        return page(
             StatusCode::UNAUTHORIZED,
-            Html(dashboard::login(Some("wrong token"))),
-        )
-            .into_response();
+            dashboard::login(Some("wrong token")),
+        );
     }
     let secure = if service.tls { "; Secure" } else { "" };
     let cookie = format!(
@@ -178,12 +190,12 @@ struct DashboardQuery {
 async fn dashboard_page(
     State(service): State<Arc<Service>>,
     Query(q): Query<DashboardQuery>,
-) -> Html<String> {
+) -> Response {
     let days = match q.days {
         Some(d) if (1..=super::HISTORY_DAYS).contains(&d) => d,
         _ => 30,
     };
-    Html(dashboard::page(&service, days))
+    page(StatusCode::OK, dashboard::page(&service, days))
 }
 
 async fn job_report(
@@ -205,10 +217,7 @@ async fn job_report(
         Some(bytes) => Ok((
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (
-                    header::CONTENT_SECURITY_POLICY,
-                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-                ),
+                (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
             ],
             bytes,
         )
@@ -442,4 +451,26 @@ async fn status(
         .await
         .map_err(|e| flow_fail(&e))?;
     Ok(Json(crate::render::capture::status_json(&report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_carries_any_token_and_only_on_request() {
+        let token = "a token; with=odd \"chars\" ü";
+        assert_eq!(unhex(&hex(token)).as_deref(), Some(token));
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("other=1; {COOKIE}={}", hex(token)).parse().unwrap(),
+        );
+        assert_eq!(given_token(&headers, true).as_deref(), Some(token));
+        assert_eq!(given_token(&headers, false), None, "not for changes");
+        headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(given_token(&headers, false).as_deref(), Some("abc"));
+    }
 }
