@@ -147,9 +147,22 @@ fn line_chart(
     svg
 }
 
-/// Failed and skipped jobs per day, as bars.
+/// The bars' width: a day, or an hour or a minute on a short history.
+fn bucket(span: chrono::Duration) -> (chrono::Duration, &'static str) {
+    if span > chrono::Duration::days(3) {
+        (chrono::Duration::days(1), "day")
+    } else if span > chrono::Duration::hours(3) {
+        (chrono::Duration::hours(1), "hour")
+    } else {
+        (chrono::Duration::minutes(1), "minute")
+    }
+}
+
+/// Failed and skipped jobs per day (per hour or minute on a short
+/// history), as bars.
 fn failures_chart(records: &[JobRecord], from: DateTime<Utc>, to: DateTime<Utc>) -> String {
-    let days = ((to - from).num_days().max(1)) as usize;
+    let (width, unit) = bucket(to - from);
+    let days = ((to - from).num_seconds() / width.num_seconds().max(1)).max(1) as usize;
     let mut failed = vec![0u32; days + 1];
     let mut skipped = vec![0u32; days + 1];
     for r in records {
@@ -157,7 +170,7 @@ fn failures_chart(records: &[JobRecord], from: DateTime<Utc>, to: DateTime<Utc>)
         if t < from {
             continue;
         }
-        let d = ((t - from).num_days().max(0) as usize).min(days);
+        let d = (((t - from).num_seconds() / width.num_seconds().max(1)).max(0) as usize).min(days);
         match r.status {
             JobStatus::Failed => failed[d] += 1,
             JobStatus::Skipped => skipped[d] += 1,
@@ -175,8 +188,8 @@ fn failures_chart(records: &[JobRecord], from: DateTime<Utc>, to: DateTime<Utc>)
     let bw = (W - LEFT - RIGHT) / (days + 1) as f64;
     let ph = H - TOP - BOTTOM;
     let mut svg = format!(
-        "<figure class='chart' data-chart='failures' data-points='{total}'><figcaption>Failed and skipped jobs per day</figcaption>\
-         <svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' role='img' aria-label='failed and skipped jobs per day'>\
+        "<figure class='chart' data-chart='failures' data-points='{total}'><figcaption>Failed and skipped jobs per {unit}</figcaption>\
+         <svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' role='img' aria-label='failed and skipped jobs per {unit}'>\
          <line x1='{LEFT}' y1='{b}' x2='{r}' y2='{b}' stroke='#999'/>\
          <text x='{lx}' y='{ty}' font-size='10' text-anchor='end'>{max}</text>\
          <text x='{LEFT}' y='{dy}' font-size='10'>{d0}</text>\
@@ -186,8 +199,8 @@ fn failures_chart(records: &[JobRecord], from: DateTime<Utc>, to: DateTime<Utc>)
         lx = LEFT - 4.0,
         ty = TOP + 8.0,
         dy = H - 8.0,
-        d0 = from.format("%Y-%m-%d"),
-        d1 = to.format("%Y-%m-%d"),
+        d0 = from.format("%Y-%m-%d %H:%M"),
+        d1 = to.format("%Y-%m-%d %H:%M"),
     );
     for d in 0..=days {
         let x = LEFT + d as f64 * bw;
