@@ -151,6 +151,19 @@ fn find<'a>(
         .find(|j| j["kind"] == kind && j["trigger"] == trigger && j["status"] == status)
 }
 
+/// Waits until the service's backup holds the write block on both shards.
+fn wait_for_block(serve: &Serve) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve.log().contains("all 2 shards blocked") {
+        assert!(
+            Instant::now() < deadline,
+            "no write block:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A write on every shard of the sandbox, each bounded by a lock timeout:
 /// fails if any shard is still blocked.
 fn write_on_every_shard(sandbox: &PrivateSandbox) {
@@ -362,6 +375,26 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
     let status = serve.terminate();
     assert!(status.success(), "{status:?}");
 
+    // Down for longer than the longest gap between runs (12 s): the runs
+    // missed meanwhile are recorded as skipped at the next start, not run
+    // late in a burst.
+    std::thread::sleep(Duration::from_secs(13));
+    let serve = Serve::start(dir.path(), "restarted-schedule", &scheduled, &[]);
+    let all = jobs(&serve);
+    for kind in ["backup", "drill"] {
+        let missed = all
+            .iter()
+            .find(|j| {
+                j["kind"] == kind
+                    && j["status"] == "skipped"
+                    && j["trigger"] == "schedule"
+                    && j["error"].as_str().unwrap_or("").starts_with("missed")
+            })
+            .unwrap_or_else(|| panic!("no missed {kind} recorded: {all:?}"));
+        assert!(missed["started_at"].is_null(), "not run: {missed}");
+    }
+    assert!(serve.terminate().success());
+
     // 2. Requests, on a service without schedules, over the same history.
     let plain = topology_with(&source.topology(), dir.path(), "plain.yaml", "");
     let serve = Serve::start(dir.path(), "requests", &plain, &["--test-hold-block", "2s"]);
@@ -420,21 +453,42 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
     let graceful = serve.post("/v1/clusters/sandbox/backups", "{}");
     assert!(serve.terminate().success());
 
+    // SIGTERM while a backup outlasts --shutdown-timeout: it is cancelled,
+    // recorded as failed, and the service stops within the bound.
+    let serve = Serve::start(
+        dir.path(),
+        "cancelled",
+        &plain,
+        &["--test-hold-block", "20s", "--shutdown-timeout", "1s"],
+    );
+    let j = serve.get(&format!("/v1/jobs/{graceful}"));
+    assert_eq!(j["status"], "succeeded", "finished before the stop: {j}");
+    let cancelled = serve.post("/v1/clusters/sandbox/backups", "{}");
+    wait_for_block(&serve);
+    let stopping = Instant::now();
+    assert!(serve.terminate().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopped within the bound, not after the 20 s block: {:?}",
+        stopping.elapsed()
+    );
+    write_on_every_shard(&source);
+
     // 3. SIGKILL while the write block is held: the next start marks the
     // job failed, lists no partial backup, and no shard stays blocked.
     let serve = Serve::start(dir.path(), "killed", &plain, &["--test-hold-block", "2s"]);
-    let j = serve.get(&format!("/v1/jobs/{graceful}"));
-    assert_eq!(j["status"], "succeeded", "finished before the stop: {j}");
+    let j = serve.get(&format!("/v1/jobs/{cancelled}"));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("cancelled"), "{j}");
+    assert!(
+        !dir.path()
+            .join("repo/backups")
+            .join(j["backup_id"].as_str().unwrap())
+            .exists(),
+        "the cancelled backup's objects are removed"
+    );
     let killed = serve.post("/v1/clusters/sandbox/backups", "{}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !serve.log().contains("all 2 shards blocked") {
-        assert!(
-            Instant::now() < deadline,
-            "no write block:\n{}",
-            serve.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_block(&serve);
     let mut serve = serve;
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();

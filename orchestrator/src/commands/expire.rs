@@ -53,15 +53,23 @@ impl Expire {
             .into());
         }
         let topology = Topology::load(&self.topology)?;
-        let run = CliRun::start(&topology, JobKind::Expire).await;
+        // A dry run changes nothing: it is a question, not a job to record.
+        let run = match self.dry_run {
+            true => None,
+            false => Some(CliRun::start(&topology, JobKind::Expire).await),
+        };
         let expired = match expire(&topology, &opts).await {
             Ok(e) => e,
             Err(e) => {
-                run.finish(Some(exit::one_line(&e)), None, None).await;
+                if let Some(run) = run {
+                    run.finish(Some(exit::one_line(&e)), None, None).await;
+                }
                 return Err(e);
             }
         };
-        run.finish(None, Some(summary(&expired)), None).await;
+        if let Some(run) = run {
+            run.finish(None, Some(summary(&expired)), None).await;
+        }
         if self.json {
             exit::emit(&format!(
                 "{}\n",

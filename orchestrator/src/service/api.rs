@@ -102,6 +102,20 @@ async fn auth(State(service): State<Arc<Service>>, req: Request, next: Next) -> 
     fail(StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
 }
 
+/// A request is answered within the agent's bound (a status that cannot
+/// reach a shard gives up rather than hold the connection).
+async fn bounded(req: Request, next: Next) -> Response {
+    let limit = shard_agent::serve::http::REQUEST_TIMEOUT;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("not answered within {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
 pub fn router(service: Arc<Service>) -> Router {
     let guarded = Router::new()
         .route("/", get(dashboard_page))
@@ -125,6 +139,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .merge(guarded)
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(bounded))
         .with_state(service)
 }
 

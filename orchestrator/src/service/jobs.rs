@@ -221,8 +221,8 @@ impl Service {
                 record.kind.as_str()
             );
             record.finish(JobStatus::Skipped, Some(why));
-            self.remember(&record, None);
             cluster.save(&record, None, None).await;
+            self.remember(&record, None);
             return record;
         }
         if let JobRequest::Backup { .. } = request {
@@ -233,15 +233,42 @@ impl Service {
         self.remember(&record, Some(progress.clone()));
         cluster.save(&record, None, None).await;
         let (service, cl, rec) = (self.clone(), cluster.clone(), record.clone());
-        let task = tokio::spawn(async move {
-            let done = service
+        let work = tokio::spawn(async move {
+            service
                 .execute(&cl, &request, &rec, progress.as_ref())
-                .await;
-            service.complete(&cl, rec, done).await;
+                .await
         });
         if let Some(job) = lock(&self.jobs).get_mut(&record.id) {
-            job.abort = Some(task.abort_handle());
+            job.abort = Some(work.abort_handle());
         }
+        // The job's end is recorded whatever it is: done, cancelled at
+        // shutdown, or a panic in a flow (the cluster is freed either way).
+        let (service, cl, rec) = (self.clone(), cluster.clone(), record.clone());
+        tokio::spawn(async move {
+            let done = match work.await {
+                Ok(done) => done,
+                Err(e) => {
+                    let why = if e.is_cancelled() {
+                        "cancelled: shardcut serve was stopped before the job finished".to_string()
+                    } else {
+                        format!("the job stopped unexpectedly: {e}")
+                    };
+                    if let (JobKind::Backup | JobKind::Incremental, Some(id)) =
+                        (rec.kind, &rec.backup_id)
+                    {
+                        super::discard_uncommitted(&cl, id).await;
+                    }
+                    let done = Done {
+                        status: JobStatus::Failed,
+                        error: Some(why),
+                        result: None,
+                        report: None,
+                    };
+                    (done, rec.clone())
+                }
+            };
+            service.complete(&cl, rec, done).await;
+        });
         record
     }
 

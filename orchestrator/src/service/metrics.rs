@@ -130,11 +130,14 @@ pub fn render(service: &Service) -> String {
             };
             let labels = [("cluster", name), ("kind", kind.as_str())];
             if let Some(qf) = r.figures.quality {
-                for (family, v) in
-                    q.iter_mut()
-                        .zip([qf.score, qf.recovered, qf.complete, qf.available])
-                {
+                let values = [qf.score, qf.recovered, qf.complete, qf.available];
+                for (family, v) in q.iter_mut().zip(values) {
                     family.add(&labels, v);
+                    // A drill restores one shard: its figures are that
+                    // shard's, as the drill's own report gives them.
+                    if let Some(shard) = r.shard.as_deref().filter(|_| kind == JobKind::Drill) {
+                        family.add(&[labels[0], labels[1], ("shard", shard)], v);
+                    }
                 }
             }
             if let Some(v) = r.figures.rto_seconds {

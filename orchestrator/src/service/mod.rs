@@ -199,17 +199,21 @@ impl Service {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Keeps a job's latest record (and progress while it runs).
+    /// Keeps a running job's record and progress; a finished job is left
+    /// to its cluster's records (saved before this is called).
     fn remember(&self, record: &JobRecord, progress: Option<Arc<JobProgress>>) {
         let mut jobs = lock(&self.jobs);
+        if record.status.is_final() {
+            jobs.remove(&record.id);
+            return;
+        }
         let abort = jobs.get(&record.id).and_then(|j| j.abort.clone());
-        let running = !record.status.is_final();
         jobs.insert(
             record.id.clone(),
             Job {
                 record: record.clone(),
-                progress: if running { progress } else { None },
-                abort: if running { abort } else { None },
+                progress,
+                abort,
             },
         );
     }
@@ -225,11 +229,6 @@ impl Service {
                 .find(|r| r.id == id)
                 .map(|r| (r, None))
         })
-    }
-
-    /// The cluster a job belongs to.
-    pub fn cluster_of(&self, record: &JobRecord) -> Option<&Arc<Cluster>> {
-        self.clusters.get(&record.cluster)
     }
 
     /// Jobs still running: ID and abort handle.
@@ -250,7 +249,13 @@ async fn recover(cluster: &Cluster) {
     let orphans: Vec<JobRecord> = cluster
         .records()
         .into_iter()
-        .filter(|r| !r.status.is_final() && crate::lock::gone_here(&r.host, r.pid))
+        .filter(|r| {
+            // This process has no job yet: a record of its own pid is a
+            // predecessor's that had the same pid (a container's pid 1).
+            !r.status.is_final()
+                && r.host == crate::lock::host_name()
+                && (r.pid == std::process::id() || crate::lock::gone_here(&r.host, r.pid))
+        })
         .collect();
     for mut r in orphans {
         let why = format!(
@@ -268,7 +273,7 @@ async fn recover(cluster: &Cluster) {
 
 /// Removes the objects of backup `id` unless its manifest was written (a
 /// backup is complete once its manifest exists, and is then kept).
-async fn discard_uncommitted(cluster: &Cluster, id: &str) {
+pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) {
     let repo = cluster.history.repository().clone();
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
@@ -307,8 +312,12 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
         };
         clusters.insert(name, Arc::new(cluster));
     }
+    // Before the API answers: what the last run left, and the scheduled
+    // runs missed since.
+    let start = chrono::Utc::now();
     for c in clusters.values() {
         recover(c).await;
+        schedule::record_missed(c, start).await;
     }
     let service = Arc::new(Service {
         clusters,
@@ -326,6 +335,7 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
         background.spawn(schedule::run(
             service.clone(),
             cluster.clone(),
+            start,
             stop_rx.clone(),
         ));
         if matches!(&cluster.topology.schedule, Some(s) if s.capture == topology::CaptureSchedule::Follow)
@@ -374,7 +384,12 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
         if let Some(a) = abort {
             a.abort();
         }
-        cancel_record(&service, &id).await;
+    }
+    // A cancelled job is recorded (and its partial backup removed) by the
+    // task that watches it.
+    let recorded = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !service.running().is_empty() && tokio::time::Instant::now() < recorded {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Capture ends after its round; the schedules at once.
     let rest = tokio::time::timeout(config.shutdown_timeout.max(Duration::from_secs(1)), async {
@@ -388,24 +403,4 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
     let _ = http_tx.send(());
     let _ = server.await;
     Ok(())
-}
-
-/// Records a job cancelled at shutdown as failed, its partial backup
-/// removed.
-async fn cancel_record(service: &Service, id: &str) {
-    let Some((mut record, _)) = service.job(id) else {
-        return;
-    };
-    let Some(cluster) = service.cluster_of(&record).cloned() else {
-        return;
-    };
-    if let (JobKind::Backup | JobKind::Incremental, Some(bid)) = (record.kind, &record.backup_id) {
-        discard_uncommitted(&cluster, bid).await;
-    }
-    record.finish(
-        JobStatus::Failed,
-        Some("cancelled: shardcut serve was stopped before the job finished".into()),
-    );
-    service.remember(&record, None);
-    cluster.save(&record, None, None).await;
 }

@@ -74,7 +74,7 @@ fn runs_between(
 
 /// Records, per scheduled kind, the runs that fell between the newest
 /// scheduled job in the history and now: the service was not running then.
-async fn record_missed(cluster: &Cluster, now: DateTime<Utc>) {
+pub async fn record_missed(cluster: &Cluster, now: DateTime<Utc>) {
     let tz = cluster.topology.timezone;
     let records = cluster.records();
     for (kind, spec) in entries(cluster) {
@@ -108,10 +108,11 @@ async fn record_missed(cluster: &Cluster, now: DateTime<Utc>) {
     }
 }
 
-/// Fires the cluster's scheduled jobs until `stop` changes.
+/// Fires the cluster's scheduled jobs after `start` until `stop` changes.
 pub async fn run(
     service: Arc<Service>,
     cluster: Arc<Cluster>,
+    start: DateTime<Utc>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let entries = entries(&cluster);
@@ -119,8 +120,7 @@ pub async fn run(
         return;
     }
     let tz = cluster.topology.timezone;
-    let mut cursor = Utc::now();
-    record_missed(&cluster, cursor).await;
+    let mut cursor = start;
     loop {
         let Some(next) = entries
             .iter()
