@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use super::TopologyFile;
 use std::time::Duration;
 
 use topology::Topology;
@@ -13,14 +13,8 @@ use crate::render::backup::{summary_json, summary_text};
 /// Take a consistent backup of every shard of the cluster.
 #[derive(Debug, clap::Args)]
 pub struct Backup {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Print one JSON document on stdout (logs go to stderr).
     #[arg(long)]
     json: bool,

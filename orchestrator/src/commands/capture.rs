@@ -1,3 +1,4 @@
+use super::TopologyFile;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,13 +18,8 @@ use crate::render::capture::{metrics_text, streams_text};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "follow", "remove"])))]
 pub struct Capture {
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Take a mark, catch every shard up to it, and exit.
     #[arg(long)]
     once: bool,

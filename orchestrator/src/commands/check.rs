@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use super::TopologyFile;
 use std::time::Duration;
 
 use topology::Topology;
@@ -10,14 +10,8 @@ use crate::render::check::human;
 /// Check that every shard is reachable and ready for backup, and say what to fix.
 #[derive(Debug, clap::Args)]
 pub struct Check {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Print one JSON document on stdout instead of the report.
     #[arg(long)]
     json: bool,

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use super::TopologyFile;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +13,8 @@ use crate::flow::copy::{copy, CopyReport, Which};
 /// object confirmed by the replica's own hash before its manifest is written.
 #[derive(Debug, clap::Args)]
 pub struct Copy {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// The replica to copy into.
     #[arg(long, value_name = "NAME")]
     to: String,

@@ -1,3 +1,4 @@
+use super::TopologyFile;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,14 +12,8 @@ use crate::progress::Bars;
 /// replaced (a scratch server holds nothing else worth keeping).
 #[derive(Debug, clap::Args)]
 pub struct Drill {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// The shard to drill.
     #[arg(long, value_name = "NAME")]
     shard: String,

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use super::TopologyFile;
 use std::time::Duration;
 
 use topology::Topology;
@@ -18,13 +18,8 @@ use crate::render::expire::{summary, text};
 /// backup's cut on its shard.
 #[derive(Debug, clap::Args)]
 pub struct Expire {
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Keep this many newest backups (at least 1).
     #[arg(long, value_name = "N")]
     keep_last: usize,

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use super::TopologyFile;
 use topology::Topology;
 
 use crate::exit;
@@ -10,14 +11,8 @@ use crate::report::trends;
 /// ran them): a list, JSON, or a page of trend charts.
 #[derive(Debug, clap::Args)]
 pub struct HistoryCmd {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// How many days back.
     #[arg(long, default_value_t = 30, value_name = "DAYS",
           value_parser = clap::value_parser!(i64).range(1..=crate::service::HISTORY_DAYS))]

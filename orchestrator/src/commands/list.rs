@@ -1,5 +1,4 @@
-use std::path::PathBuf;
-
+use super::TopologyFile;
 use topology::Topology;
 
 use crate::flow::copy::choose_repository;
@@ -11,14 +10,8 @@ use crate::{exit, render};
 /// List the cluster's backups, oldest first.
 #[derive(Debug, clap::Args)]
 pub struct List {
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use super::TopologyFile;
 use std::time::Duration;
 
 use topology::Topology;
@@ -15,13 +15,8 @@ use crate::render::mark::{summary, summary_text};
 /// (after the block is released). Nothing is dumped.
 #[derive(Debug, clap::Args)]
 pub struct MarkCmd {
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// The mark's name (letters, digits, `_`, `-`, `.`); unique per repository.
     #[arg(long, value_name = "NAME")]
     name: String,

@@ -18,7 +18,32 @@ mod show;
 mod status;
 mod verify;
 
+use std::path::{Path, PathBuf};
+
 use clap::Subcommand;
+
+/// `-t/--topology FILE`, or `SHARDCUT_TOPOLOGY`: the cluster's topology
+/// file, the same argument in every command that takes one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyFile {
+    /// The cluster's topology file (for restore and drill: the source
+    /// cluster, where the repository is).
+    #[arg(
+        short = 't',
+        long = "topology",
+        value_name = "FILE",
+        env = "SHARDCUT_TOPOLOGY"
+    )]
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TopologyFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use super::TopologyFile;
 use crate::exit;
 use crate::flow::history::{outcome_figures, CliRun, JobKind};
 use crate::flow::restore::{restore_verified, Outcome, Plan};
@@ -12,14 +13,8 @@ use crate::selection::Request;
 /// topology, then verify by reading the target back and score the result.
 #[derive(Debug, clap::Args)]
 pub struct Restore {
-    /// The source cluster's topology file (where the repository is).
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Backup ID, or `latest`. With `--until`: the base to start from
     /// (default: the newest backup that captured changes lead to the target).
     #[arg(long, value_name = "ID", default_value = "latest")]

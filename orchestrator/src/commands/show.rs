@@ -1,5 +1,4 @@
-use std::path::PathBuf;
-
+use super::TopologyFile;
 use topology::Topology;
 
 use crate::flow::copy::choose_repository;
@@ -15,14 +14,8 @@ use crate::{exit, render};
 pub struct Show {
     /// Backup ID, `latest`, or `mark:NAME`.
     id: String,
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Print the whole manifest as JSON on stdout.
     #[arg(long)]
     json: bool,

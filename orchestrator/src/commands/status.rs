@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use super::TopologyFile;
 use topology::Topology;
 
 use crate::flow::copy::choose_repository;
@@ -12,13 +13,8 @@ use crate::render::capture::{metrics_text, status_json, status_text};
 /// current one), retained WAL per PostgreSQL slot, and the newest mark.
 #[derive(Debug, clap::Args)]
 pub struct Status {
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Print one JSON document on stdout.
     #[arg(long)]
     json: bool,

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use super::TopologyFile;
 use topology::Topology;
 
 use crate::flow::copy::choose_repository;
@@ -17,14 +18,8 @@ pub struct Verify {
     /// Backup ID, or `latest`.
     #[arg(long, value_name = "ID")]
     backup: String,
-    /// The cluster's topology file.
-    #[arg(
-        short,
-        long = "topology",
-        value_name = "FILE",
-        env = "SHARDCUT_TOPOLOGY"
-    )]
-    topology: PathBuf,
+    #[command(flatten)]
+    topology: TopologyFile,
     /// Instead of the repository, verify the tables restored on the
     /// servers of this topology against the backup (read back and scored).
     #[arg(long, value_name = "FILE")]

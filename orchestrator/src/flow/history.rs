@@ -274,6 +274,23 @@ impl History {
         &self.repo
     }
 
+    /// Saves a job: its result and report first, then the record that
+    /// says they are there.
+    pub fn save_job(
+        &self,
+        record: &JobRecord,
+        result: Option<&serde_json::Value>,
+        report: Option<&str>,
+    ) -> Result<(), RepoError> {
+        if let Some(doc) = result {
+            self.save_result(&record.id, doc)?;
+        }
+        if let Some(html) = report {
+            self.save_report(&record.id, html)?;
+        }
+        self.save(record)
+    }
+
     pub fn save(&self, record: &JobRecord) -> Result<(), RepoError> {
         let data = serde_json::to_vec_pretty(record).unwrap_or_default();
         self.repo.put(&key(&record.id, ".json"), &data)
@@ -437,13 +454,7 @@ impl CliRun {
         };
         let record = self.record.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            if let Some(doc) = &result {
-                history.save_result(&record.id, doc)?;
-            }
-            if let Some(html) = &report {
-                history.save_report(&record.id, html)?;
-            }
-            history.save(&record)
+            history.save_job(&record, result.as_ref(), report.as_deref())
         })
         .await;
         match saved {

@@ -243,6 +243,60 @@ fn points(
         .collect()
 }
 
+/// A chart of one figure: its id, title, unit, series name and colour,
+/// and where the figure comes from.
+struct SingleLine {
+    id: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    name: &'static str,
+    colour: &'static str,
+    pick: fn(&JobRecord) -> Option<f64>,
+}
+
+const SINGLE_LINES: [SingleLine; 5] = [
+    SingleLine {
+        id: "rto",
+        title: "RTO: restore to verified",
+        unit: "s",
+        name: "RTO",
+        colour: "#1565c0",
+        pick: |r| is_verification(r).then_some(r.figures.rto_seconds)?,
+    },
+    SingleLine {
+        id: "rpo",
+        title: "RPO: age of the restored backup",
+        unit: "s",
+        name: "RPO",
+        colour: "#6d4c41",
+        pick: |r| is_verification(r).then_some(r.figures.rpo_seconds)?,
+    },
+    SingleLine {
+        id: "size",
+        title: "Backup size (stored)",
+        unit: "bytes",
+        name: "stored",
+        colour: "#00838f",
+        pick: |r| Some(is_backup(r).then_some(r.figures.bytes_stored)?? as f64),
+    },
+    SingleLine {
+        id: "duration",
+        title: "Backup duration",
+        unit: "s",
+        name: "duration",
+        colour: "#5e35b1",
+        pick: |r| is_backup(r).then_some(r.figures.backup_seconds)?,
+    },
+    SingleLine {
+        id: "write_block",
+        title: "Write-block time of the cut",
+        unit: "ms",
+        name: "write block",
+        colour: "#c62828",
+        pick: |r| Some(is_backup(r).then_some(r.figures.write_block_ms)?? as f64),
+    },
+];
+
 fn is_verification(r: &JobRecord) -> bool {
     matches!(r.kind, JobKind::Drill | JobKind::Restore)
 }
@@ -297,13 +351,6 @@ pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
             points: q(|x| x.available),
         },
     ];
-    let one = |name, colour, pts| {
-        [Series {
-            name,
-            colour,
-            points: pts,
-        }]
-    };
     let mut out = String::from("<div class='charts'>");
     out += &line_chart(
         "quality",
@@ -314,109 +361,22 @@ pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
         now,
         Some((0.0, 1.0)),
     );
-    out += &line_chart(
-        "rto",
-        "RTO: restore to verified",
-        "s",
-        &one(
-            "RTO",
-            "#1565c0",
-            points(
-                records,
-                |r| {
-                    is_verification(r)
-                        .then_some(r.figures.rto_seconds)
-                        .flatten()
-                },
-                from,
-            ),
-        ),
-        from,
-        now,
-        None,
-    );
-    out += &line_chart(
-        "rpo",
-        "RPO: age of the restored backup",
-        "s",
-        &one(
-            "RPO",
-            "#6d4c41",
-            points(
-                records,
-                |r| {
-                    is_verification(r)
-                        .then_some(r.figures.rpo_seconds)
-                        .flatten()
-                },
-                from,
-            ),
-        ),
-        from,
-        now,
-        None,
-    );
-    out += &line_chart(
-        "size",
-        "Backup size (stored)",
-        "bytes",
-        &one(
-            "stored",
-            "#00838f",
-            points(
-                records,
-                |r| {
-                    is_backup(r)
-                        .then_some(r.figures.bytes_stored)
-                        .flatten()
-                        .map(|b| b as f64)
-                },
-                from,
-            ),
-        ),
-        from,
-        now,
-        None,
-    );
-    out += &line_chart(
-        "duration",
-        "Backup duration",
-        "s",
-        &one(
-            "duration",
-            "#5e35b1",
-            points(
-                records,
-                |r| is_backup(r).then_some(r.figures.backup_seconds).flatten(),
-                from,
-            ),
-        ),
-        from,
-        now,
-        None,
-    );
-    out += &line_chart(
-        "write_block",
-        "Write-block time of the cut",
-        "ms",
-        &one(
-            "write block",
-            "#c62828",
-            points(
-                records,
-                |r| {
-                    is_backup(r)
-                        .then_some(r.figures.write_block_ms)
-                        .flatten()
-                        .map(|b| b as f64)
-                },
-                from,
-            ),
-        ),
-        from,
-        now,
-        None,
-    );
+    for single in SINGLE_LINES {
+        let series = [Series {
+            name: single.name,
+            colour: single.colour,
+            points: points(records, |r| (single.pick)(r), from),
+        }];
+        out += &line_chart(
+            single.id,
+            single.title,
+            single.unit,
+            &series,
+            from,
+            now,
+            None,
+        );
+    }
     out += &failures_chart(records, from, now);
     out.push_str("</div>");
     out

@@ -102,13 +102,7 @@ impl Cluster {
         }
         let (history, rec) = (self.history.clone(), record.clone());
         let saved = tokio::task::spawn_blocking(move || {
-            if let Some(doc) = &result {
-                history.save_result(&rec.id, doc)?;
-            }
-            if let Some(html) = &report {
-                history.save_report(&rec.id, html)?;
-            }
-            history.save(&rec)
+            history.save_job(&rec, result.as_ref(), report.as_deref())
         })
         .await;
         match saved {
