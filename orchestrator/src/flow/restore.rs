@@ -15,12 +15,12 @@ use shard_agent::restore::{RestoreOptions, TableReady};
 use tokio::task::JoinSet;
 use topology::{Shard, Topology};
 
+use super::steps::rpo_seconds;
 use super::{find_backup, list_backups, open_repository, Observer};
 use crate::exit::{self, InvalidInput};
 use crate::pitr::{self, Until};
 use crate::quality::{score, Quality, TableResult};
 use crate::readback::Verifier;
-use crate::report::rpo_seconds;
 use crate::rto::{self, ReplayRate};
 use crate::selection::{select, Request};
 

@@ -215,6 +215,15 @@ pub async fn discard(repo: Arc<dyn Repository>, id: &str) {
     }
 }
 
+/// Seconds since the backup's cut.
+pub fn rpo_seconds(m: &Manifest) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(&m.cut.taken_at)
+        .map(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0
+        })
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::backup_id;

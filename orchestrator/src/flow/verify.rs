@@ -10,11 +10,11 @@ use shard_agent::manifest::Manifest;
 use shard_agent::verify::integrity::{check_backup, Integrity};
 use topology::{Shard, Topology};
 
+use super::steps::rpo_seconds;
 use super::{find_backup, open_repository};
 use crate::exit::InvalidInput;
 use crate::quality::{score, Quality, TableResult};
 use crate::readback::read_back;
-use crate::report::rpo_seconds;
 
 /// Checks backup `id` (or `latest`) in the repository; an incremental
 /// backup together with its full base, since it is only as good as that.

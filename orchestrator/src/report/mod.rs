@@ -170,15 +170,6 @@ pub fn outcome_problem(o: &crate::flow::restore::Outcome, kind: &str) -> Option<
     })
 }
 
-/// Seconds since the backup's cut.
-pub fn rpo_seconds(m: &Manifest) -> f64 {
-    chrono::DateTime::parse_from_rfc3339(&m.cut.taken_at)
-        .map(|t| {
-            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0
-        })
-        .unwrap_or(0.0)
-}
-
 /// Writes report.json, report.html and metrics.prom into `dir`.
 pub fn write_dir(
     dir: &std::path::Path,
