@@ -239,7 +239,8 @@ fn points(
         .iter()
         .filter(|r| r.status != JobStatus::Skipped)
         .filter_map(|r| Some((when(r)?, pick(r)?)))
-        .filter(|(t, _)| *t >= from)
+        // A figure from a damaged record is not drawn.
+        .filter(|(t, v)| *t >= from && v.is_finite())
         .collect()
 }
 

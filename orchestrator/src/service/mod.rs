@@ -268,6 +268,12 @@ async fn recover(cluster: &Cluster) {
 /// Removes the objects of backup `id` unless its manifest was written (a
 /// backup is complete once its manifest exists, and is then kept).
 pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) {
+    // The ID comes from a job record, read from the repository: only an ID
+    // of the form backups have names a folder to remove.
+    if !is_backup_id(id) {
+        tracing::warn!("job record names `{id}`, not a backup ID: nothing removed");
+        return;
+    }
     let repo = cluster.history.repository().clone();
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
@@ -279,6 +285,16 @@ pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) {
         tracing::warn!("backup {id} has no manifest: removing its objects");
         crate::flow::steps::discard(repo, id).await;
     }
+}
+
+/// `YYYYMMDDTHHMMSS.mmmZ-salt`, as `steps::new_backup_id` makes them.
+fn is_backup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_digit())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// Serves until SIGTERM: recovers each cluster's history, starts the
@@ -397,4 +413,15 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
     let _ = http_tx.send(());
     let _ = server.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_backup_ids_name_a_folder_to_remove() {
+        assert!(super::is_backup_id(&crate::flow::steps::new_backup_id()));
+        for bad in ["", "../x", "a/b", ".", "..", "x y", "backups"] {
+            assert!(!super::is_backup_id(bad), "{bad}");
+        }
+    }
 }
