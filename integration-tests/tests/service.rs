@@ -397,7 +397,13 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
 
     // 2. Requests, on a service without schedules, over the same history.
     let plain = topology_with(&source.topology(), dir.path(), "plain.yaml", "");
-    let serve = Serve::start(dir.path(), "requests", &plain, &["--test-hold-block", "2s"]);
+    let scratch_topology = scratch.topology().display().to_string();
+    let serve = Serve::start(
+        dir.path(),
+        "requests",
+        &plain,
+        &["--test-hold-block", "2s", "--target", &scratch_topology],
+    );
     let before = jobs(&serve);
     assert!(
         before.iter().any(|j| j["id"] == drill["id"]),
@@ -433,6 +439,26 @@ fn serve_runs_schedules_and_requests_records_history_and_survives_a_kill() {
     );
     let shown = serve.get(&format!("/v1/clusters/sandbox/backups/{id}"));
     assert_eq!(shown["backup_id"], id.as_str());
+    // A restore by request, into a --target topology named by its cluster.
+    let (code, text) = http(
+        "POST",
+        &serve.url("/v1/clusters/sandbox/restores"),
+        Some(TOKEN),
+        Some("{\"target\": \"/etc/passwd\"}"),
+    );
+    assert_eq!(
+        code, 400,
+        "a target is a known cluster, never a path: {text}"
+    );
+    let restore = serve.post(
+        "/v1/clusters/sandbox/restores",
+        &format!("{{\"target\": \"sandbox\", \"backup\": \"{id}\", \"overwrite\": true}}"),
+    );
+    let restored = serve.wait(&restore);
+    assert_eq!(restored["status"], "succeeded", "{restored}");
+    assert_eq!(restored["result"]["kind"], "restore");
+    assert_eq!(restored["result"]["quality"]["score"], 1.0);
+    assert_eq!(restored["result"]["shards"].as_object().unwrap().len(), 2);
     // The history is in the repository: the command line reads it too.
     let run = support::shardcut(&["history", "-t", plain.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
