@@ -55,7 +55,12 @@ impl Drill {
             map: self.map.clone(),
             pause_before_verify: self.test_pause_before_verify,
         };
-        let topology = topology::Topology::load(&self.topology)?;
+        // Recorded where it reads from: a drill of a replica (a failover)
+        // must not wait on the main region.
+        let topology = crate::flow::copy::choose_repository(
+            topology::Topology::load(&self.topology)?,
+            self.repository.as_deref(),
+        )?;
         let mut run = CliRun::start(&topology, JobKind::Drill).await;
         run.record.shard = Some(self.shard.clone());
         let outcome = match drill(&plan, &Bars).await {

@@ -86,7 +86,12 @@ impl Restore {
                 with_parents: self.with_parents,
             },
         };
-        let topology = topology::Topology::load(&self.topology)?;
+        // Recorded where it reads from: a drill of a replica (a failover)
+        // must not wait on the main region.
+        let topology = crate::flow::copy::choose_repository(
+            topology::Topology::load(&self.topology)?,
+            self.repository.as_deref(),
+        )?;
         let run = CliRun::start(&topology, JobKind::Restore).await;
         let outcome = match restore_verified(&plan, &Bars).await {
             Ok(o) => o,
