@@ -628,3 +628,59 @@ fn serve_speaks_https_with_its_certificate_and_refuses_to_start_in_clear_by_defa
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The value of the first sample of `name` in the service's metrics.
+fn metric(serve: &Serve, name: &str) -> Option<f64> {
+    let (code, text) = http("GET", &serve.url("/metrics"), None, None);
+    assert_eq!(code, 200);
+    support::parse_prometheus(&text)
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value)
+}
+
+#[test]
+fn capture_followed_by_the_service_is_restarted_until_its_shard_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let topology = topology_with(
+        &source.topology(),
+        dir.path(),
+        "follow.yaml",
+        "schedule:\n  capture: follow\n",
+    );
+    // The shard is down when the service starts: capture cannot start.
+    source.stop("mysql-0");
+    let serve = Serve::start(dir.path(), "follow", &topology, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&serve, "shardcut_capture_restarts").unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "capture never restarted:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(&serve, "shardcut_capture_up"), Some(0.0));
+    let (_, page) = http("GET", &serve.url("/"), Some(TOKEN), None);
+    assert!(page.contains("stopped: "), "the dashboard says why");
+    // Back up: the next restart captures, and its lag is measured.
+    source.start("mysql-0");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric(&serve, "shardcut_capture_up") != Some(1.0)
+        || metric(&serve, "shardcut_capture_lag_seconds").is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "capture never came up:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        dir.path().join("repo/capture/mysql-0").exists(),
+        "capture stores into the repository"
+    );
+    // SIGTERM: capture finishes its round and the service stops cleanly.
+    assert!(serve.terminate().success());
+}

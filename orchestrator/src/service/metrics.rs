@@ -120,6 +120,22 @@ pub fn render(service: &Service) -> String {
         "shardcut_jobs_running",
         "Jobs running now (0 or 1: one job at a time per cluster).",
     );
+    let mut lag_bytes = Family::gauge(
+        "shardcut_capture_lag_bytes",
+        "Change stream bytes not yet stored in the repository (capture followed by the service).",
+    );
+    let mut lag_seconds = Family::gauge(
+        "shardcut_capture_lag_seconds",
+        "Seconds the stored position has been behind the server (0 when caught up).",
+    );
+    let mut capture_up = Family::gauge(
+        "shardcut_capture_up",
+        "1 while the service's capture of the cluster runs, 0 while it waits to be restarted.",
+    );
+    let mut restarts = Family::gauge(
+        "shardcut_capture_restarts",
+        "Times the service restarted the cluster's capture since it started.",
+    );
     for c in service.clusters.values() {
         let records = c.records();
         let name = c.name();
@@ -196,6 +212,24 @@ pub fn render(service: &Service) -> String {
         }
         let now_running = records.iter().filter(|r| !r.status.is_final()).count();
         running.add(&[("cluster", name)], now_running as f64);
+        if matches!(&c.topology.schedule, Some(s) if s.capture == topology::CaptureSchedule::Follow)
+        {
+            let state = super::jobs::lock(&c.capture);
+            for st in &state.streams {
+                let labels = [
+                    ("cluster", name),
+                    ("shard", st.shard.as_str()),
+                    ("stream", st.stream.as_str()),
+                ];
+                if let Some(b) = st.lag_bytes {
+                    lag_bytes.add(&labels, b as f64);
+                }
+                lag_seconds.add(&labels, st.lag_seconds);
+            }
+            let up = state.at.is_some() && state.error.is_none();
+            capture_up.add(&[("cluster", name)], if up { 1.0 } else { 0.0 });
+            restarts.add(&[("cluster", name)], state.restarts as f64);
+        }
     }
     let mut out = String::new();
     for f in q.iter().chain([
@@ -208,6 +242,10 @@ pub fn render(service: &Service) -> String {
         &duration,
         &success,
         &running,
+        &lag_bytes,
+        &lag_seconds,
+        &capture_up,
+        &restarts,
     ]) {
         f.write(&mut out);
     }
