@@ -252,39 +252,54 @@ async fn recover(cluster: &Cluster) {
         })
         .collect();
     for mut r in orphans {
-        let why = format!(
+        let mut why = format!(
             "interrupted: the process running it (pid {} on {}) ended before it finished",
             r.pid, r.host
         );
-        tracing::warn!("job {}: {why}", r.id);
         if let (JobKind::Backup | JobKind::Incremental, Some(id)) = (r.kind, &r.backup_id) {
-            discard_uncommitted(cluster, id).await;
+            if discard_uncommitted(cluster, id).await == ManifestState::Present {
+                why.push_str(&format!(
+                    "; backup {id} had been committed (its manifest is in the repository) and is kept"
+                ));
+            }
         }
+        tracing::warn!("job {}: {why}", r.id);
         r.finish(JobStatus::Failed, Some(why));
         cluster.save(&r, None, None).await;
     }
 }
 
+/// Whether a backup's manifest is in the repository.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ManifestState {
+    Present,
+    Absent,
+    Unknown,
+}
+
 /// Removes the objects of backup `id` unless its manifest was written (a
 /// backup is complete once its manifest exists, and is then kept).
-pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) {
+pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) -> ManifestState {
     // The ID comes from a job record, read from the repository: only an ID
     // of the form backups have names a folder to remove.
     if !is_backup_id(id) {
         tracing::warn!("job record names `{id}`, not a backup ID: nothing removed");
-        return;
+        return ManifestState::Unknown;
     }
     let repo = cluster.history.repository().clone();
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
     // repository cannot tell, they stay (expire removes them later).
-    let absent = tokio::task::spawn_blocking(move || r.get_at_most(&key, 1 << 30))
-        .await
-        .is_ok_and(|g| matches!(g, Err(shard_agent::repo::RepoError::NotFound { .. })));
-    if absent {
+    let found = match tokio::task::spawn_blocking(move || r.get_at_most(&key, 1 << 30)).await {
+        Ok(Ok(_)) => ManifestState::Present,
+        Ok(Err(shard_agent::repo::RepoError::NotFound { .. })) => ManifestState::Absent,
+        _ => ManifestState::Unknown,
+    };
+    if found == ManifestState::Absent {
         tracing::warn!("backup {id} has no manifest: removing its objects");
         crate::flow::steps::discard(repo, id).await;
     }
+    found
 }
 
 /// `YYYYMMDDTHHMMSS.mmmZ-salt`, as `steps::new_backup_id` makes them.
