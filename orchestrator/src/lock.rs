@@ -124,6 +124,14 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// This boot of this machine (`/proc/sys/kernel/random/boot_id`); empty
+/// where there is none.
+pub(crate) fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Whether process `pid` of this host has ended.
 pub(crate) fn gone_here(host: &str, pid: u32) -> bool {
     host == host_name()
@@ -261,6 +269,14 @@ impl RepoLock {
             ),
             Err(e) => tracing::warn!("could not read the repository lock {}: {e}", self.key),
         }
+    }
+}
+
+/// A lock dropped without `release` (its run panicked or was cancelled)
+/// stops being renewed: it expires, and the next run takes it over.
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        self.renew.abort();
     }
 }
 

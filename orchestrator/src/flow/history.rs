@@ -136,6 +136,9 @@ pub struct JobRecord {
     /// Where it ran: a restarted service finds its own interrupted jobs.
     pub host: String,
     pub pid: u32,
+    /// The host's boot: after a reboot the pid names another process.
+    #[serde(default)]
+    pub boot: String,
     pub queued_at: String,
     #[serde(default)]
     pub started_at: Option<String>,
@@ -155,6 +158,11 @@ pub struct JobRecord {
     /// A report page was stored with it (drills and restores).
     #[serde(default)]
     pub has_report: bool,
+    /// A backup this job may have left without a manifest, whose objects
+    /// the next start removes (a job cancelled while its work may still
+    /// be writing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleanup: bool,
 }
 
 impl JobRecord {
@@ -175,6 +183,7 @@ impl JobRecord {
             trigger,
             host: crate::lock::host_name(),
             pid: std::process::id(),
+            boot: crate::lock::boot_id(),
             queued_at: now.to_rfc3339(),
             started_at: None,
             finished_at: None,
@@ -183,6 +192,7 @@ impl JobRecord {
             error: None,
             figures: Figures::default(),
             has_report: false,
+            cleanup: false,
         }
     }
 
@@ -202,6 +212,16 @@ impl JobRecord {
         let start = parse_time(self.started_at.as_deref()?)?;
         let end = parse_time(self.finished_at.as_deref()?)?;
         Some((end - start).num_milliseconds() as f64 / 1000.0)
+    }
+
+    /// Whether the process that ran it has ended, seen from this process
+    /// just started (which has no job yet: a record with its own pid is a
+    /// predecessor's that had the same pid, as a container's pid 1 does).
+    pub fn orphaned_here(&self) -> bool {
+        self.host == crate::lock::host_name()
+            && ((!self.boot.is_empty() && self.boot != crate::lock::boot_id())
+                || self.pid == std::process::id()
+                || crate::lock::gone_here(&self.host, self.pid))
     }
 
     /// When it was queued.

@@ -241,6 +241,7 @@ fn points(
         .filter_map(|r| Some((when(r)?, pick(r)?)))
         // A figure from a damaged record is not drawn.
         .filter(|(t, v)| *t >= from && v.is_finite())
+        .filter(|(t, _)| *t <= Utc::now())
         .collect()
 }
 
@@ -314,7 +315,7 @@ pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
     let from = records
         .iter()
         .filter_map(when)
-        .filter(|t| *t >= window)
+        .filter(|t| *t >= window && *t <= now)
         .min()
         .map(|first| (first - (now - first) / 20).max(window))
         .unwrap_or(window);

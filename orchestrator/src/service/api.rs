@@ -27,6 +27,10 @@ pub const COOKIE: &str = "shardcut_token";
 const PAGE_POLICY: &str =
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'";
 
+/// A stored report page: the dashboard's policy, and a sandbox.
+const REPORT_POLICY: &str =
+    "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'";
+
 fn page(status: StatusCode, html: String) -> Response {
     (
         status,
@@ -232,7 +236,9 @@ async fn job_report(
         Some(bytes) => Ok((
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+                // Read back from the repository: a sandboxed page, which
+                // can neither run nor navigate anything.
+                (header::CONTENT_SECURITY_POLICY, REPORT_POLICY),
             ],
             bytes,
         )

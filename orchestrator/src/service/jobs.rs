@@ -225,6 +225,34 @@ impl Service {
             self.remember(&record, None);
             return record;
         }
+        // The cluster is claimed: from here on the job must run or be
+        // recorded, even if the request that asked for it goes away (a
+        // client that hangs up cancels this handler, never the job).
+        let (service, cl, claimed) = (self.clone(), cluster.clone(), record.clone());
+        let started = tokio::spawn(async move { service.start(&cl, request, claimed).await });
+        match started.await {
+            Ok(record) => record,
+            Err(e) => {
+                // Only a panic gets here; free the cluster.
+                record.finish(
+                    JobStatus::Failed,
+                    Some(format!("the job could not start: {e}")),
+                );
+                self.remember(&record, None);
+                *lock(&cluster.busy) = None;
+                record
+            }
+        }
+    }
+
+    /// Starts a job on a claimed cluster: records it as running, runs it,
+    /// and records its end from a task of its own.
+    async fn start(
+        self: &Arc<Self>,
+        cluster: &Arc<Cluster>,
+        request: JobRequest,
+        mut record: JobRecord,
+    ) -> JobRecord {
         if let JobRequest::Backup { .. } = request {
             record.backup_id = Some(new_backup_id());
         }
@@ -242,21 +270,27 @@ impl Service {
             job.abort = Some(work.abort_handle());
         }
         // The job's end is recorded whatever it is: done, cancelled at
-        // shutdown, or a panic in a flow (the cluster is freed either way).
+        // shutdown, or a panic in a flow (the cluster is freed either way;
+        // a lock the flow held stops being renewed and expires).
         let (service, cl, rec) = (self.clone(), cluster.clone(), record.clone());
         tokio::spawn(async move {
             let done = match work.await {
                 Ok(done) => done,
                 Err(e) => {
-                    let why = if e.is_cancelled() {
+                    let mut why = if e.is_cancelled() {
                         "cancelled: shardcut serve was stopped before the job finished".to_string()
                     } else {
                         format!("the job stopped unexpectedly: {e}")
                     };
-                    if let (JobKind::Backup | JobKind::Incremental, Some(id)) =
-                        (rec.kind, &rec.backup_id)
-                    {
-                        super::discard_uncommitted(&cl, id).await;
+                    let mut updated = rec.clone();
+                    // Work inside a blocking call may still be writing (a
+                    // manifest even): what it leaves is looked at by the
+                    // next start, never removed under its feet.
+                    if matches!(rec.kind, JobKind::Backup | JobKind::Incremental) {
+                        updated.cleanup = true;
+                        why.push_str(
+                            "; a backup it left without a manifest is removed at the next start",
+                        );
                     }
                     let done = Done {
                         status: JobStatus::Failed,
@@ -264,7 +298,7 @@ impl Service {
                         result: None,
                         report: None,
                     };
-                    (done, rec.clone())
+                    (done, updated)
                 }
             };
             service.complete(&cl, rec, done).await;
@@ -278,6 +312,7 @@ impl Service {
         record.figures = updated.figures;
         record.backup_id = updated.backup_id;
         record.shard = updated.shard;
+        record.cleanup = updated.cleanup;
         record.has_report = done.report.is_some();
         record.finish(done.status, done.error);
         tracing::info!(

@@ -140,7 +140,9 @@ impl Cluster {
     }
 
     /// Rereads the history (other hosts' and the command line's runs).
-    async fn reload(&self) {
+    /// `live`: the jobs this service runs now, whose records in memory are
+    /// newer than any read back.
+    async fn reload(&self, live: &std::collections::HashSet<String>) {
         let history = self.history.clone();
         let since = chrono::Utc::now() - chrono::Duration::days(HISTORY_DAYS);
         let finished: std::collections::HashMap<String, JobRecord> = lock(&self.records)
@@ -149,30 +151,57 @@ impl Cluster {
             .map(|r| (r.id.clone(), r.clone()))
             .collect();
         let known = move |id: &str| finished.get(id).cloned();
-        match tokio::task::spawn_blocking(move || history.load_new(since, HISTORY_LIMIT, &known))
-            .await
+        let loaded = match tokio::task::spawn_blocking(move || {
+            history.load_new(since, HISTORY_LIMIT, &known)
+        })
+        .await
         {
-            Ok(Ok(loaded)) => {
-                let mut records = lock(&self.records);
-                // This service's running jobs are newer in memory.
-                let mine: Vec<JobRecord> = records
-                    .iter()
-                    .filter(|r| !r.status.is_final())
-                    .cloned()
-                    .collect();
-                *records = loaded;
-                for m in mine {
-                    match records.iter_mut().find(|r| r.id == m.id) {
-                        Some(r) => *r = m,
-                        None => records.push(m),
-                    }
-                }
-                records.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => {
+                tracing::warn!("cluster {}: cannot read the history: {e}", self.name());
+                return;
             }
-            Ok(Err(e)) => tracing::warn!("cluster {}: cannot read the history: {e}", self.name()),
-            Err(e) => tracing::warn!("cluster {}: cannot read the history: {e}", self.name()),
-        }
+            Err(e) => {
+                tracing::warn!("cluster {}: cannot read the history: {e}", self.name());
+                return;
+            }
+        };
+        let floor = (chrono::Utc::now() - chrono::Duration::days(HISTORY_DAYS))
+            .format("%Y%m%dT%H%M%S")
+            .to_string();
+        let mut records = lock(&self.records);
+        let memory = std::mem::take(&mut *records);
+        *records = merge(memory, loaded, live, &floor);
     }
+
+    /// One record, by ID.
+    fn find(&self, id: &str) -> Option<JobRecord> {
+        lock(&self.records).iter().find(|r| r.id == id).cloned()
+    }
+}
+
+/// The records in memory merged with those read back: kept from memory
+/// what is final there (it may have ended while the history was read) and
+/// the jobs running here (`live`); the rest as read (another process's
+/// job ends there, not here). Oldest first, none older than `floor`.
+fn merge(
+    memory: Vec<JobRecord>,
+    loaded: Vec<JobRecord>,
+    live: &std::collections::HashSet<String>,
+    floor: &str,
+) -> Vec<JobRecord> {
+    let mut mine: std::collections::HashMap<String, JobRecord> = memory
+        .into_iter()
+        .filter(|r| r.status.is_final() || live.contains(&r.id))
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut merged: Vec<JobRecord> = loaded
+        .into_iter()
+        .map(|r| mine.remove(&r.id).unwrap_or(r))
+        .collect();
+    merged.extend(mine.into_values().filter(|m| m.id.as_str() >= floor));
+    merged.sort_by(|a, b| a.id.cmp(&b.id));
+    merged
 }
 
 /// The service: its clusters, its jobs, and how to stop.
@@ -217,12 +246,15 @@ impl Service {
         if let Some(j) = lock(&self.jobs).get(id) {
             return Some((j.record.clone(), j.progress.as_ref().map(|p| p.to_json())));
         }
-        self.clusters.values().find_map(|c| {
-            c.records()
-                .into_iter()
-                .find(|r| r.id == id)
-                .map(|r| (r, None))
-        })
+        self.clusters
+            .values()
+            .find_map(|c| c.find(id))
+            .map(|r| (r, None))
+    }
+
+    /// The IDs of the jobs running here.
+    fn live(&self) -> std::collections::HashSet<String> {
+        lock(&self.jobs).keys().cloned().collect()
     }
 
     /// Jobs still running: ID and abort handle.
@@ -239,17 +271,25 @@ impl Service {
 /// command) on this host left running as failed; a backup it left without
 /// a manifest has its objects removed.
 async fn recover(cluster: &Cluster) {
-    cluster.reload().await;
+    cluster.reload(&Default::default()).await;
+    // Jobs cancelled while their work may still have been writing: their
+    // backup is removed now if it has no manifest.
+    let leftovers: Vec<JobRecord> = cluster
+        .records()
+        .into_iter()
+        .filter(|r| r.cleanup && r.status.is_final())
+        .collect();
+    for mut r in leftovers {
+        if let Some(id) = &r.backup_id {
+            discard_uncommitted(cluster, id).await;
+        }
+        r.cleanup = false;
+        cluster.save(&r, None, None).await;
+    }
     let orphans: Vec<JobRecord> = cluster
         .records()
         .into_iter()
-        .filter(|r| {
-            // This process has no job yet: a record of its own pid is a
-            // predecessor's that had the same pid (a container's pid 1).
-            !r.status.is_final()
-                && r.host == crate::lock::host_name()
-                && (r.pid == std::process::id() || crate::lock::gone_here(&r.host, r.pid))
-        })
+        .filter(|r| !r.status.is_final() && r.orphaned_here())
         .collect();
     for mut r in orphans {
         let mut why = format!(
@@ -290,8 +330,10 @@ pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) -> Manifest
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
     // repository cannot tell, they stay (expire removes them later).
-    let found = match tokio::task::spawn_blocking(move || r.get_at_most(&key, 1 << 30)).await {
-        Ok(Ok(_)) => ManifestState::Present,
+    // Whether it is there, without reading it: any manifest is larger
+    // than 0 bytes, so a present one is refused as too large.
+    let found = match tokio::task::spawn_blocking(move || r.get_at_most(&key, 0)).await {
+        Ok(Ok(_) | Err(shard_agent::repo::RepoError::TooLarge { .. })) => ManifestState::Present,
         Ok(Err(shard_agent::repo::RepoError::NotFound { .. })) => ManifestState::Absent,
         _ => ManifestState::Unknown,
     };
@@ -371,11 +413,11 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
                 stop_rx.clone(),
             ));
         }
-        let (c, mut rx) = (cluster.clone(), stop_rx.clone());
+        let (c, s, mut rx) = (cluster.clone(), service.clone(), stop_rx.clone());
         background.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => c.reload().await,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => c.reload(&s.live()).await,
                     _ = rx.changed() => return,
                 }
             }
@@ -432,6 +474,37 @@ pub async fn serve(config: Config, listener: tokio::net::TcpListener) -> anyhow:
 
 #[cfg(test)]
 mod tests {
+    use crate::flow::history::{JobKind, JobRecord, JobStatus, Trigger};
+
+    #[test]
+    fn a_reread_history_keeps_what_memory_knows_better_and_nothing_stale() {
+        let running = |kind| {
+            let mut r = JobRecord::new("c", kind, Trigger::Api);
+            r.start();
+            r
+        };
+        let finished = |r: &JobRecord| {
+            let mut f = r.clone();
+            f.finish(JobStatus::Succeeded, None);
+            f
+        };
+        // Another process's job, seen running, has ended since.
+        let theirs = running(JobKind::Backup);
+        // This service's job, running here now.
+        let live = running(JobKind::Drill);
+        // This service's job that ended while the history was read.
+        let ended = running(JobKind::Expire);
+        let memory = vec![theirs.clone(), live.clone(), finished(&ended)];
+        let loaded = vec![finished(&theirs), live.clone(), ended.clone()];
+        let live_ids = [live.id.clone()].into_iter().collect();
+        let merged = super::merge(memory, loaded, &live_ids, "");
+        let status = |id: &str| merged.iter().find(|r| r.id == id).map(|r| r.status);
+        assert_eq!(status(&theirs.id), Some(JobStatus::Succeeded));
+        assert_eq!(status(&live.id), Some(JobStatus::Running));
+        assert_eq!(status(&ended.id), Some(JobStatus::Succeeded));
+        assert_eq!(merged.len(), 3);
+    }
+
     #[test]
     fn only_backup_ids_name_a_folder_to_remove() {
         assert!(super::is_backup_id(&crate::flow::steps::new_backup_id()));

@@ -185,13 +185,22 @@ pub async fn follow_capture(
             state.error = None;
             Ok(())
         };
-        let result = capture(&cluster.topology, &opts, &Quiet, &mut after_round).await;
+        // In a task of its own: a panic in capture is a death like any
+        // other, and capture is restarted.
+        let cl = cluster.clone();
+        let result = tokio::spawn(async move {
+            capture(&cl.topology, &opts, &Quiet, &mut after_round)
+                .await
+                .map(|_| ())
+        })
+        .await;
         if service.stopping() {
             return;
         }
         let why = match result {
-            Ok(_) => "capture ended".to_string(),
-            Err(e) => crate::exit::one_line(&e),
+            Ok(Ok(())) => "capture ended".to_string(),
+            Ok(Err(e)) => crate::exit::one_line(&e),
+            Err(e) => format!("capture stopped unexpectedly: {e}"),
         };
         tracing::warn!(
             "cluster {}: capture stopped ({why}); restarting in {} s",
