@@ -52,6 +52,26 @@ fn fmt_value(v: f64, unit: &str) -> String {
     }
 }
 
+/// The axes of a chart: the y range's two ends, the time range's two
+/// ends.
+fn axes(y_hi: &str, y_lo: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    format!(
+        "<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{b}' stroke='#999'/>\
+         <line x1='{LEFT}' y1='{b}' x2='{r}' y2='{b}' stroke='#999'/>\
+         <text x='{lx}' y='{ty}' font-size='10' text-anchor='end'>{y_hi}</text>\
+         <text x='{lx}' y='{b}' font-size='10' text-anchor='end'>{y_lo}</text>\
+         <text x='{LEFT}' y='{dy}' font-size='10'>{d0}</text>\
+         <text x='{r}' y='{dy}' font-size='10' text-anchor='end'>{d1}</text>",
+        b = H - BOTTOM,
+        r = W - RIGHT,
+        lx = LEFT - 4.0,
+        ty = TOP + 8.0,
+        dy = H - 8.0,
+        d0 = from.format("%Y-%m-%d %H:%M"),
+        d1 = to.format("%Y-%m-%d %H:%M"),
+    )
+}
+
 /// A line chart over `[from, to]`; `y_max` fixed (Q) or from the data.
 fn line_chart(
     id: &str,
@@ -79,24 +99,11 @@ fn line_chart(
         esc(title),
         esc(title)
     );
-    // Axes, the y range and the time range.
-    let _ = write!(
-        svg,
-        "<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{b}' stroke='#999'/>\
-         <line x1='{LEFT}' y1='{b}' x2='{r}' y2='{b}' stroke='#999'/>\
-         <text x='{lx}' y='{ty}' font-size='10' text-anchor='end'>{hi}</text>\
-         <text x='{lx}' y='{b}' font-size='10' text-anchor='end'>{lo}</text>\
-         <text x='{LEFT}' y='{dy}' font-size='10'>{d0}</text>\
-         <text x='{r}' y='{dy}' font-size='10' text-anchor='end'>{d1}</text>",
-        b = H - BOTTOM,
-        r = W - RIGHT,
-        lx = LEFT - 4.0,
-        ty = TOP + 8.0,
-        hi = esc(&fmt_value(y_hi, unit)),
-        lo = esc(&fmt_value(y_lo, unit)),
-        dy = H - 8.0,
-        d0 = from.format("%Y-%m-%d %H:%M"),
-        d1 = to.format("%Y-%m-%d %H:%M"),
+    svg += &axes(
+        &esc(&fmt_value(y_hi, unit)),
+        &esc(&fmt_value(y_lo, unit)),
+        from,
+        to,
     );
     if points == 0 {
         let _ = write!(
@@ -189,19 +196,9 @@ fn failures_chart(records: &[JobRecord], from: DateTime<Utc>, to: DateTime<Utc>)
     let ph = H - TOP - BOTTOM;
     let mut svg = format!(
         "<figure class='chart' data-chart='failures' data-points='{total}'><figcaption>Failed and skipped jobs per {unit}</figcaption>\
-         <svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' role='img' aria-label='failed and skipped jobs per {unit}'>\
-         <line x1='{LEFT}' y1='{b}' x2='{r}' y2='{b}' stroke='#999'/>\
-         <text x='{lx}' y='{ty}' font-size='10' text-anchor='end'>{max}</text>\
-         <text x='{LEFT}' y='{dy}' font-size='10'>{d0}</text>\
-         <text x='{r}' y='{dy}' font-size='10' text-anchor='end'>{d1}</text>",
-        b = H - BOTTOM,
-        r = W - RIGHT,
-        lx = LEFT - 4.0,
-        ty = TOP + 8.0,
-        dy = H - 8.0,
-        d0 = from.format("%Y-%m-%d %H:%M"),
-        d1 = to.format("%Y-%m-%d %H:%M"),
+         <svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' role='img' aria-label='failed and skipped jobs per {unit}'>"
     );
+    svg += &axes(&max.to_string(), "0", from, to);
     for d in 0..=days {
         let x = LEFT + d as f64 * bw;
         let hf = f64::from(failed[d]) / f64::from(max) * ph;
