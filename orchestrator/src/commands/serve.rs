@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use topology::{Secret, Topology};
+use shard_agent::serve::http::{read_token, ServerTls};
+use topology::Topology;
 
 use crate::exit::{self, InvalidInput};
 use crate::service::{serve, Config, Hooks};
@@ -35,16 +35,8 @@ pub struct Serve {
     /// characters).
     #[arg(long, value_name = "FILE")]
     token_file: PathBuf,
-    /// The service's certificate chain (PEM): the API is served over HTTPS.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Serve plain HTTP: the token crosses the network in clear. Only on
-    /// loopback or a network you trust; never with --tls-cert.
-    #[arg(long, conflicts_with = "tls_cert")]
-    insecure: bool,
+    #[command(flatten)]
+    tls: ServerTls,
     /// After SIGTERM, how long running jobs may take to finish before they
     /// are cancelled (and recorded as failed).
     #[arg(long, default_value = "5m", value_parser = topology::parse_duration, value_name = "DURATION")]
@@ -57,41 +49,10 @@ pub struct Serve {
     test_hold_block: Option<Duration>,
 }
 
-fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| InvalidInput(format!("cannot read {what} {}: {e}", path.display())).into())
-}
-
 impl Serve {
     pub async fn run(self) -> anyhow::Result<u8> {
-        let token = read(&self.token_file, "token file")?
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        if token.len() < 16 {
-            return Err(InvalidInput(format!(
-                "token in {} is shorter than 16 characters; use a long random token",
-                self.token_file.display()
-            ))
-            .into());
-        }
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(Arc::new(
-                shard_agent::tls::server_config(
-                    &read(cert, "--tls-cert")?,
-                    &read(key, "--tls-key")?,
-                    None,
-                )
-                .map_err(|e| InvalidInput(e.to_string()))?,
-            )),
-            _ if self.insecure => None,
-            _ => {
-                return Err(InvalidInput(
-                    "give --tls-cert and --tls-key (HTTPS), or --insecure to serve plain HTTP"
-                        .into(),
-                )
-                .into())
-            }
-        };
+        let token = read_token(&self.token_file).map_err(InvalidInput)?;
+        let tls = self.tls.server_config(None).map_err(InvalidInput)?;
         let mut topologies = Vec::new();
         for path in &self.topologies {
             let t = Topology::load(path)?;
@@ -120,7 +81,7 @@ impl Serve {
         let config = Config {
             topologies,
             targets,
-            token: Secret::new(token),
+            token,
             tls,
             max_connections: self.max_connections,
             shutdown_timeout: self.shutdown_timeout,

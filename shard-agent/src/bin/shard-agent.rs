@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shard_agent::serve::http::{read_token, ServerTls};
 use shard_agent::serve::{AllowedRepositories, ServeConfig};
 use topology::{Encryption, RepositoryKey, Secret, Topology};
 
@@ -39,19 +40,11 @@ struct ServeArgs {
     /// File holding the bearer token clients must present (at least 16 characters).
     #[arg(long, value_name = "FILE")]
     token_file: PathBuf,
-    /// The agent's certificate chain (PEM): the API is served over HTTPS.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ServerTls,
     /// Clients must present a certificate this CA signed (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
-    /// Serve plain HTTP: shard passwords cross the network in clear. Only
-    /// on a network you trust; never with --tls-cert.
-    #[arg(long, conflicts_with = "tls_cert")]
-    insecure: bool,
     /// A directory dumps may write below, or a bucket and prefix
     /// (`s3://BUCKET/PREFIX`) (repeatable; at least one).
     #[arg(long, value_name = "PATH|S3-URL", required = true)]
@@ -104,33 +97,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_pem(path: &std::path::Path, what: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-}
-
 /// What `serve` needs beside the token, from its flags; a message on error.
-fn serve_config(args: &ServeArgs, token: String) -> Result<ServeConfig, String> {
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let client_ca = match &args.client_ca {
-                Some(p) => Some(read_pem(p, "--client-ca")?),
-                None => None,
-            };
-            let config = shard_agent::tls::server_config(
-                &read_pem(cert, "--tls-cert")?,
-                &read_pem(key, "--tls-key")?,
-                client_ca.as_deref(),
-            )
-            .map_err(|e| e.to_string())?;
-            Some(std::sync::Arc::new(config))
-        }
-        _ if args.insecure => None,
-        _ => {
-            return Err(
-                "give --tls-cert and --tls-key (HTTPS), or --insecure to serve plain HTTP".into(),
-            )
-        }
-    };
+fn serve_config(args: &ServeArgs, token: Secret) -> Result<ServeConfig, String> {
+    let tls = args.tls.server_config(args.client_ca.as_deref())?;
     let repositories = allowed_repositories(args)?;
     let allowed_hosts = if args.allow_host.is_empty() {
         vec!["127.0.0.1".into(), "::1".into(), "localhost".into()]
@@ -138,7 +107,7 @@ fn serve_config(args: &ServeArgs, token: String) -> Result<ServeConfig, String> 
         args.allow_host.clone()
     };
     Ok(ServeConfig {
-        token: Secret::new(token),
+        token,
         tls,
         repositories,
         allowed_hosts,
@@ -230,23 +199,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let token = match std::fs::read_to_string(token_file) {
-        Ok(t) => t.trim_end_matches(['\n', '\r']).to_string(),
+    let token = match read_token(token_file) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!(
-                "shard-agent: cannot read token file {}: {e}",
-                token_file.display()
-            );
+            eprintln!("shard-agent: {e}");
             return ExitCode::from(2);
         }
     };
-    if token.len() < 16 {
-        eprintln!(
-            "shard-agent: token in {} is shorter than 16 characters; use a long random token",
-            token_file.display()
-        );
-        return ExitCode::from(2);
-    }
     let config = match serve_config(&args, token) {
         Ok(c) => c,
         Err(e) => {

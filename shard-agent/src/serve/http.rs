@@ -3,10 +3,12 @@
 //! each within a time limit, until a shutdown future resolves.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use topology::Secret;
 
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,6 +18,73 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// agent's longest call is `prepare` (a connection and preflight) or
 /// `block` (bounded by the write-block timeout).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a server is reached: HTTPS with its certificate, or plain HTTP
+/// only when asked for in so many words. The agent and `shardcut serve`
+/// take the same flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM): it is served over HTTPS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: the token and what requests carry cross the
+    /// network in clear. Only on loopback or a network you trust; never
+    /// with --tls-cert.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure: bool,
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+impl ServerTls {
+    /// The TLS configuration (`None`: plain HTTP, with `--insecure`);
+    /// `client_ca`: clients must present a certificate it signed.
+    pub fn server_config(
+        &self,
+        client_ca: Option<&Path>,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let client_ca = match client_ca {
+                    Some(p) => Some(read_pem(p, "--client-ca")?),
+                    None => None,
+                };
+                let config = crate::tls::server_config(
+                    &read_pem(cert, "--tls-cert")?,
+                    &read_pem(key, "--tls-key")?,
+                    client_ca.as_deref(),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Some(Arc::new(config)))
+            }
+            _ if self.insecure => Ok(None),
+            _ => Err(
+                "give --tls-cert and --tls-key (HTTPS), or --insecure to serve plain HTTP".into(),
+            ),
+        }
+    }
+}
+
+/// The bearer token in `path` (a trailing newline is not part of it): at
+/// least 16 characters.
+pub fn read_token(path: &Path) -> Result<Secret, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?
+        .trim_end_matches(['\n', '\r'])
+        .to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "token in {} is shorter than 16 characters; use a long random token",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(token))
+}
 
 /// Compares two secrets in time independent of where the first
 /// difference is.
