@@ -60,7 +60,7 @@ impl Backup {
         } else {
             JobKind::Backup
         };
-        let mut run = CliRun::start(&topology, kind).await;
+        let mut run = CliRun::start(&topology, kind);
         let manifest = match backup(&topology, &opts, &Bars).await {
             Ok(m) => m,
             Err(e) => {

@@ -61,7 +61,7 @@ impl Drill {
             topology::Topology::load(&self.topology)?,
             self.repository.as_deref(),
         )?;
-        let mut run = CliRun::start(&topology, JobKind::Drill).await;
+        let mut run = CliRun::start(&topology, JobKind::Drill);
         run.record.shard = Some(self.shard.clone());
         let outcome = match drill(&plan, &Bars).await {
             Ok(o) => o,

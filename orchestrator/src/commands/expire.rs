@@ -51,7 +51,7 @@ impl Expire {
         // A dry run changes nothing: it is a question, not a job to record.
         let run = match self.dry_run {
             true => None,
-            false => Some(CliRun::start(&topology, JobKind::Expire).await),
+            false => Some(CliRun::start(&topology, JobKind::Expire)),
         };
         let expired = match expire(&topology, &opts).await {
             Ok(e) => e,

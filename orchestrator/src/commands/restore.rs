@@ -92,7 +92,7 @@ impl Restore {
             topology::Topology::load(&self.topology)?,
             self.repository.as_deref(),
         )?;
-        let run = CliRun::start(&topology, JobKind::Restore).await;
+        let run = CliRun::start(&topology, JobKind::Restore);
         let outcome = match restore_verified(&plan, &Bars).await {
             Ok(o) => o,
             Err(e) => {

@@ -3,7 +3,7 @@
 //! the cluster's repository so that every host working on the cluster reads
 //! the same history, on object storage too.
 //!
-//! Keys: `history/jobs/<id>.json` (the record, rewritten as the job moves
+//! Keys: `history/<cluster>/jobs/<id>.json` (the record, rewritten as the job moves
 //! from queued to running to its end), `<id>.result.json` (the document the
 //! command's `--json` prints) and, for drills and restores,
 //! `<id>.report.html`. A job ID starts with its UTC time, so keys sort by
@@ -18,7 +18,6 @@ use topology::Topology;
 
 use super::restore::Outcome;
 
-const JOBS: &str = "history/jobs/";
 /// A record is a few hundred bytes; anything larger is not one of ours.
 const MAX_RECORD: u64 = 64 << 10;
 /// A drill's document lists every table; thousands of tables fit.
@@ -274,19 +273,32 @@ pub fn outcome_figures(o: &Outcome) -> Figures {
 #[derive(Clone)]
 pub struct History {
     repo: Arc<dyn Repository>,
-}
-
-fn key(id: &str, suffix: &str) -> String {
-    format!("{JOBS}{id}{suffix}")
+    /// `history/<cluster>/jobs/`: clusters that share a repository keep
+    /// histories of their own.
+    jobs: String,
 }
 
 impl History {
     /// The history in the topology's repository (the main one, never a
     /// replica: a copy does not carry it).
     pub fn open(topology: &Topology) -> Result<History, RepoError> {
-        Ok(History {
-            repo: super::open_repository(topology)?,
-        })
+        Ok(History::in_repository(
+            super::open_repository(topology)?,
+            &topology.cluster,
+        ))
+    }
+
+    /// The history of `cluster` in `repo` (a cluster name is a safe key
+    /// segment: the topology checks it).
+    pub fn in_repository(repo: Arc<dyn Repository>, cluster: &str) -> History {
+        History {
+            repo,
+            jobs: format!("history/{cluster}/jobs/"),
+        }
+    }
+
+    fn key(&self, id: &str, suffix: &str) -> String {
+        format!("{}{id}{suffix}", self.jobs)
     }
 
     /// The repository the history lies in.
@@ -313,16 +325,17 @@ impl History {
 
     pub fn save(&self, record: &JobRecord) -> Result<(), RepoError> {
         let data = serde_json::to_vec_pretty(record).unwrap_or_default();
-        self.repo.put(&key(&record.id, ".json"), &data)
+        self.repo.put(&self.key(&record.id, ".json"), &data)
     }
 
     pub fn save_result(&self, id: &str, doc: &serde_json::Value) -> Result<(), RepoError> {
         let data = serde_json::to_vec_pretty(doc).unwrap_or_default();
-        self.repo.put(&key(id, ".result.json"), &data)
+        self.repo.put(&self.key(id, ".result.json"), &data)
     }
 
     pub fn save_report(&self, id: &str, html: &str) -> Result<(), RepoError> {
-        self.repo.put(&key(id, ".report.html"), html.as_bytes())
+        self.repo
+            .put(&self.key(id, ".report.html"), html.as_bytes())
     }
 
     /// The records queued since `since`, oldest first, at most `limit`
@@ -348,10 +361,10 @@ impl History {
         let floor = since.format("%Y%m%dT%H%M%S").to_string();
         let mut ids: Vec<String> = self
             .repo
-            .list(JOBS)?
+            .list(&self.jobs)?
             .into_iter()
             .filter_map(|k| {
-                let id = k.strip_prefix(JOBS)?.strip_suffix(".json")?;
+                let id = k.strip_prefix(self.jobs.as_str())?.strip_suffix(".json")?;
                 (is_job_id(id) && id >= floor.as_str()).then(|| id.to_string())
             })
             .collect();
@@ -377,8 +390,8 @@ impl History {
     pub fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, RepoError> {
         let floor = before.format("%Y%m%dT%H%M%S").to_string();
         let mut jobs = std::collections::BTreeSet::new();
-        for k in self.repo.list(JOBS)? {
-            let Some(name) = k.strip_prefix(JOBS) else {
+        for k in self.repo.list(&self.jobs)? {
+            let Some(name) = k.strip_prefix(self.jobs.as_str()) else {
                 continue;
             };
             let id = name.split('.').next().unwrap_or("");
@@ -395,7 +408,7 @@ impl History {
         if !is_job_id(id) {
             return Ok(None);
         }
-        let k = key(id, ".json");
+        let k = self.key(id, ".json");
         match self.repo.get_at_most(&k, MAX_RECORD) {
             Ok(data) => match serde_json::from_slice::<JobRecord>(&data) {
                 Ok(r) if r.id == id => Ok(Some(r)),
@@ -429,7 +442,7 @@ impl History {
         if !is_job_id(id) {
             return Ok(None);
         }
-        match self.repo.get_at_most(&key(id, suffix), MAX_RESULT) {
+        match self.repo.get_at_most(&self.key(id, suffix), MAX_RESULT) {
             Ok(d) => Ok(Some(d)),
             Err(RepoError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -437,66 +450,38 @@ impl History {
     }
 }
 
-/// A command-line run recorded in the history: saved as running when it
-/// starts and with its outcome when it ends. The history is a record, not
-/// a condition of the run: when it cannot be written, the run goes on and
-/// a warning says why.
+/// A command-line run, recorded in the history when it ends (a killed
+/// command leaves no record, rather than one that says "running" for
+/// ever). The history is a record, not a condition of the run: when it
+/// cannot be written, a warning says why.
 pub struct CliRun {
     history: Option<History>,
     pub record: JobRecord,
 }
 
 impl CliRun {
-    pub async fn start(topology: &Topology, kind: JobKind) -> CliRun {
+    pub fn start(topology: &Topology, kind: JobKind) -> CliRun {
         let mut record = JobRecord::new(&topology.cluster, kind, Trigger::Cli);
         record.start();
-        // Never write with a key that does not open the repository: that
-        // record would need a second key to read.
-        let history = match History::open(topology) {
-            Ok(h) => {
-                let repo = h.repo.clone();
-                match tokio::task::spawn_blocking(move || super::check_key(repo.as_ref())).await {
-                    Ok(Ok(())) => Some(h),
-                    _ => None,
-                }
-            }
-            Err(_) => None,
-        };
-        let run = CliRun { history, record };
-        run.save(None, None).await;
-        run
-    }
-
-    /// Saves the record, and the result and report when given.
-    pub async fn save(&self, result: Option<serde_json::Value>, report: Option<String>) {
-        let Some(history) = self.history.clone() else {
-            return;
-        };
-        let record = self.record.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            history.save_job(&record, result.as_ref(), report.as_deref())
-        })
-        .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "could not record job {} in the history: {e}",
-                self.record.id
-            ),
-            Err(e) => tracing::warn!(
-                "could not record job {} in the history: {e}",
-                self.record.id
-            ),
+        CliRun {
+            history: History::open(topology).ok(),
+            record,
         }
     }
 
-    /// Records the end: `error` is `None` on success.
+    /// Records the end: `error` is `None` on success. A run that failed
+    /// may have failed for want of the right key: then nothing is written
+    /// (a record sealed with a wrong key would need a second key to read).
+    /// A run that succeeded has shown that its key opens the repository.
     pub async fn finish(
         mut self,
         error: Option<String>,
         result: Option<serde_json::Value>,
         report: Option<String>,
     ) {
+        let Some(history) = self.history.take() else {
+            return;
+        };
         let status = if error.is_some() {
             JobStatus::Failed
         } else {
@@ -504,7 +489,20 @@ impl CliRun {
         };
         self.record.has_report = report.is_some();
         self.record.finish(status, error);
-        self.save(result, report).await;
+        let record = self.record;
+        let id = record.id.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            if record.status == JobStatus::Failed {
+                super::check_key(history.repo.as_ref())?;
+            }
+            history.save_job(&record, result.as_ref(), report.as_deref())
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not record job {id} in the history: {e}"),
+            Err(e) => tracing::warn!("could not record job {id} in the history: {e}"),
+        }
     }
 }
 
@@ -525,9 +523,33 @@ mod tests {
     }
 
     #[test]
+    fn clusters_sharing_a_repository_keep_histories_apart() {
+        let repo: Arc<dyn Repository> = Arc::new(shard_agent::repo::MemoryRepository::default());
+        let (a, b) = (
+            History::in_repository(repo.clone(), "a"),
+            History::in_repository(repo, "b"),
+        );
+        let r = JobRecord::new("a", JobKind::Backup, Trigger::Cli);
+        a.save(&r).unwrap();
+        let since = chrono::Utc::now() - chrono::Duration::days(1);
+        assert_eq!(a.load(since, 10).unwrap().len(), 1);
+        assert!(b.load(since, 10).unwrap().is_empty());
+        assert_eq!(
+            b.prune(chrono::Utc::now() + chrono::Duration::days(1))
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            a.load(since, 10).unwrap().len(),
+            1,
+            "b's pruning leaves a's"
+        );
+    }
+
+    #[test]
     fn records_round_trip_through_a_repository() {
         let repo: Arc<dyn Repository> = Arc::new(shard_agent::repo::MemoryRepository::default());
-        let h = History { repo };
+        let h = History::in_repository(repo, "c");
         let mut r = JobRecord::new("c", JobKind::Backup, Trigger::Cli);
         h.save(&r).unwrap();
         r.start();
