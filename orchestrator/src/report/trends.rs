@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::html::esc;
-use crate::flow::history::{parse_time, JobKind, JobRecord, JobStatus};
+use crate::flow::history::{parse_time, JobKind, JobRecord, JobStatus, QualityFigures};
 use crate::render;
 
 const W: f64 = 460.0;
@@ -242,6 +242,9 @@ fn points(
         .collect()
 }
 
+/// One line of the quality chart: its name, colour, and which factor.
+type Factor = (&'static str, &'static str, fn(&QualityFigures) -> f64);
+
 /// A chart of one figure: its id, title, unit, series name and colour,
 /// and where the figure comes from.
 struct SingleLine {
@@ -316,7 +319,7 @@ pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
         .min()
         .map(|first| (first - (now - first) / 20).max(window))
         .unwrap_or(window);
-    let q = |f: fn(&crate::flow::history::QualityFigures) -> f64| {
+    let q = |f: fn(&QualityFigures) -> f64| {
         points(
             records,
             move |r| {
@@ -328,28 +331,17 @@ pub fn charts(records: &[JobRecord], days: i64, now: DateTime<Utc>) -> String {
             from,
         )
     };
-    let quality = [
-        Series {
-            name: "Q",
-            colour: "#1565c0",
-            points: q(|x| x.score),
-        },
-        Series {
-            name: "recovered",
-            colour: "#2e7d32",
-            points: q(|x| x.recovered),
-        },
-        Series {
-            name: "complete",
-            colour: "#8e24aa",
-            points: q(|x| x.complete),
-        },
-        Series {
-            name: "available",
-            colour: "#ef6c00",
-            points: q(|x| x.available),
-        },
+    let factors: [Factor; 4] = [
+        ("Q", "#1565c0", |x| x.score),
+        ("recovered", "#2e7d32", |x| x.recovered),
+        ("complete", "#8e24aa", |x| x.complete),
+        ("available", "#ef6c00", |x| x.available),
     ];
+    let quality = factors.map(|(name, colour, f)| Series {
+        name,
+        colour,
+        points: q(f),
+    });
     let mut out = String::from("<div class='charts'>");
     out += &line_chart(
         "quality",
@@ -481,7 +473,7 @@ pub fn page(cluster: &str, records: &[JobRecord], days: i64, now: DateTime<Utc>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::history::{QualityFigures, Trigger};
+    use crate::flow::history::Trigger;
 
     #[test]
     fn text_from_the_history_is_escaped_and_every_run_is_a_point() {
