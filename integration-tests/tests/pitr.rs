@@ -849,14 +849,27 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
     write(0, 10).await;
     run_ok_async(&["mark", "-t", arg, "--name", "gen0"]).await;
     let at_gen0 = checksums(topo, &["ledger"]).await;
-    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let gen0_end = run_ok_async(&["capture", "-t", arg, "--once", "--json"]).await;
     // Removed, writes nobody captures, and started again: generation 1.
     run_ok_async(&["capture", "-t", arg, "--remove"]).await;
     write(10, 20).await;
     run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
     let second = support::backup_id(arg).await;
     write(20, 30).await;
-    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let gen1_end = run_ok_async(&["capture", "-t", arg, "--once", "--json"]).await;
+    // `list` says how far each backup can be brought: the first as far as
+    // its generation got, the second to the newest mark.
+    let list = run_ok_async(&["list", "-t", arg, "--json"]).await.json();
+    let reach = |id: &str| {
+        list["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backup_id"] == id)
+            .map(|b| b["restorable_to"]["mark"].clone())
+    };
+    assert_eq!(reach(&first), Some(gen0_end.json()["mark"].clone()), "{list}");
+    assert_eq!(reach(&second), Some(gen1_end.json()["mark"].clone()), "{list}");
     let status = run_ok_async(&["status", "-t", arg, "--json"]).await;
     let retired = status.json()["retired_generations"]
         .as_array()
@@ -1134,5 +1147,218 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
         run.stderr.contains("mysql-0: replay")
             && run.stderr.contains("the target refused row events"),
         "{run:?}"
+    );
+}
+
+/// `url:` and `password_file:` of shard `name` in a sandbox topology.
+fn shard_lines(sandbox_topology: &std::path::Path, name: &str) -> String {
+    let text = std::fs::read_to_string(sandbox_topology).unwrap();
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.trim() != format!("- name: {name}"));
+    lines.next().expect("shard in the sandbox topology");
+    lines
+        .take_while(|l| !l.trim_start().starts_with("- name:"))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A cluster of MariaDB shard `m` on sandbox server `mysql` and
+/// PostgreSQL shard `p`, with its repository in `dir`.
+fn failover_topology(
+    sb: &PrivateSandbox,
+    dir: &std::path::Path,
+    mysql: &str,
+) -> std::path::PathBuf {
+    let yaml = format!(
+        "cluster: failover\nrepository: {}\nshards:\n  - name: m\n{}  - name: p\n{}",
+        dir.join("repo").display(),
+        shard_lines(&sb.topology(), mysql),
+        shard_lines(&sb.topology(), "pg-0"),
+    );
+    let path = dir.join(format!("topology-{mysql}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `gtid_binlog_pos` of a MariaDB shard.
+async fn binlog_gtid(shard: &topology::Shard) -> String {
+    let mut c = db::mysql(shard, None).await;
+    let pos: Option<String> = c
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .unwrap();
+    pos.unwrap()
+}
+
+/// Capture follows a MariaDB primary, then a failover to its replica (a
+/// server whose binlog files are its own): capture resumes there by GTID,
+/// with nothing lost or repeated, and a backup from before the failover is
+/// restored to a mark after it, and to one before it. A server whose
+/// binlog lacks what the stream has stored is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_resumes_by_gtid_on_a_promoted_replica_and_restores_across_the_failover() {
+    let sb = PrivateSandbox::up(2, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let before_path = failover_topology(&sb, dir.path(), "mysql-0");
+    let after_path = failover_topology(&sb, dir.path(), "mysql-1");
+    let (before, after) = (before_path.to_str().unwrap(), after_path.to_str().unwrap());
+    let topo_before = db::topology(&before_path);
+    let topo_after = db::topology(&after_path);
+    let (primary, replica) = (&topo_before.shards[0], &topo_after.shards[0]);
+
+    // mysql-1 replicates mysql-0 by GTID, logging what it applies. Its
+    // binlog files are its own: numbered apart from the primary's, as a
+    // replica's are once either has rotated on its own.
+    let port = |s: &topology::Shard| s.endpoint.port;
+    let password = std::fs::read_to_string(sb.dir().join("secrets/mysql-0.password")).unwrap();
+    let mut r = db::mysql(replica, None).await;
+    r.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    r.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    r.query_drop(format!(
+        "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'shardcut', \
+         MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos",
+        port(primary),
+        password
+            .trim_end()
+            .replace('\\', "\\\\")
+            .replace('\'', "''"),
+    ))
+    .await
+    .unwrap();
+    r.query_drop("START SLAVE").await.unwrap();
+    db::setup_all(&topo_before, MYSQL_SETUP, "bank", PG_SETUP).await;
+
+    run_ok_async(&["capture", "-t", before, "--once", "--no-mark"]).await;
+    let next_id = Arc::new(AtomicU64::new(1));
+    transfers(&topo_before, &next_id, 300).await;
+    let base = support::backup_id(before).await;
+    transfers(&topo_before, &next_id, 500).await;
+    run_ok_async(&["mark", "-t", before, "--name", "before-failover"]).await;
+    let at_mark = checksums(&topo_before, &["accounts", "ledger"]).await;
+    run_ok_async(&["capture", "-t", before, "--once"]).await;
+    transfers(&topo_before, &next_id, 500).await;
+    run_ok_async(&["capture", "-t", before, "--once", "--no-mark"]).await;
+    // More writes capture has not read yet; the replica gets them all.
+    transfers(&topo_before, &next_id, 300).await;
+    let wait = format!(
+        "SELECT MASTER_GTID_WAIT('{}', 30)",
+        binlog_gtid(primary).await
+    );
+    let caught_up: Option<i64> = r.query_first(wait).await.unwrap();
+    assert_eq!(caught_up, Some(0), "the replica caught up");
+
+    // A server without the stream's history is refused by name, and the
+    // stream is left where it was.
+    let stranger = PrivateSandbox::up(1, 0, "ready");
+    let stranger_path = dir.path().join("stranger.yaml");
+    let text = std::fs::read_to_string(&before_path).unwrap().replace(
+        &shard_lines(&sb.topology(), "mysql-0"),
+        &shard_lines(&stranger.topology(), "mysql-0"),
+    );
+    std::fs::write(&stranger_path, text).unwrap();
+    let state_key = "capture/m/binlog/state.json";
+    let repo = db::repository(&topo_before);
+    let stored = repo.get(state_key).unwrap();
+    let run = support::shardcut(&[
+        "capture",
+        "-t",
+        stranger_path.to_str().unwrap(),
+        "--once",
+        "--no-mark",
+    ]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("shard m")
+            && run
+                .stderr
+                .contains("lacks transactions this stream has stored"),
+        "{run:?}"
+    );
+    assert_eq!(
+        repo.get(state_key).unwrap(),
+        stored,
+        "the stream state is unchanged"
+    );
+    drop(stranger);
+
+    // The failover: the primary goes away, the replica is promoted, and the
+    // topology names it. It starts binlog files of its own, and rotates.
+    sb.stop("mysql-0");
+    r.query_drop("STOP SLAVE").await.unwrap();
+    r.query_drop("RESET SLAVE ALL").await.unwrap();
+    drop(r);
+    transfers(&topo_after, &next_id, 300).await;
+    let mut c = db::mysql(replica, None).await;
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    drop(c);
+    transfers(&topo_after, &next_id, 300).await;
+    run_ok_async(&["capture", "-t", after, "--once"]).await;
+    let state: shard_agent::capture::StreamState =
+        serde_json::from_slice(&repo.get(state_key).unwrap()).unwrap();
+    let server_id = format!("-{}-", port(replica));
+    match &state.progress {
+        shard_agent::position::Position::Mariadb { gtid, .. } => {
+            assert!(gtid.contains(&server_id), "resumed on the replica: {gtid}");
+            assert_eq!(
+                *gtid,
+                binlog_gtid(replica).await,
+                "caught up with the replica"
+            );
+        }
+        other => panic!("not a MariaDB position: {other}"),
+    }
+
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt_dir = tempfile::tempdir().unwrap();
+    let tgt = support::topology_variant(
+        &target.topology(),
+        tgt_dir.path(),
+        &[("name: mysql-0", "name: m"), ("name: pg-0", "name: p")],
+    );
+    let t = db::topology(&tgt);
+    let restore = |backup: String, until: &'static str| {
+        let tgt = tgt.clone();
+        async move {
+            run_ok_async(&[
+                "restore",
+                "-t",
+                after,
+                "--backup",
+                &backup,
+                "--target",
+                tgt.to_str().unwrap(),
+                "--until",
+                until,
+                "--overwrite",
+                "--json",
+            ])
+            .await
+        }
+    };
+    // The backup from before the failover, to the newest mark: its
+    // changes come from both servers.
+    let run = restore(base.clone(), "latest").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let source_now = checksums(&topo_after, &["accounts", "ledger"]).await;
+    let restored = checksums(&t, &["accounts", "ledger"]).await;
+    assert_eq!(restored, source_now);
+    let (debits, credits) = bank_state(&t).await;
+    assert_eq!(debits, credits, "every credit with its debit");
+    // The same backup to the mark before the failover.
+    let run = restore(base, "mark:before-failover").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(checksums(&t, &["accounts", "ledger"]).await, at_mark);
+
+    // A backup of the promoted server continues the same stream.
+    let second = support::backup_id(after).await;
+    transfers(&topo_after, &next_id, 300).await;
+    run_ok_async(&["capture", "-t", after, "--once"]).await;
+    let run = restore(second, "latest").await;
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert_eq!(
+        checksums(&t, &["accounts", "ledger"]).await,
+        checksums(&topo_after, &["accounts", "ledger"]).await
     );
 }

@@ -295,6 +295,51 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
     out
 }
 
+/// A mark a backup can be restored to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reach {
+    pub mark: String,
+    pub taken_at: String,
+}
+
+/// For each full backup of `backups`, the newest mark captured changes
+/// bring it to, through whichever generation covers it: a backup whose
+/// generation was removed reaches as far as that generation got. Backups
+/// no mark is reachable from are left out.
+pub fn reach<'a>(
+    repo: &dyn Repository,
+    cluster: &str,
+    backups: impl Iterator<Item = &'a Manifest>,
+) -> anyhow::Result<BTreeMap<String, Reach>> {
+    let mut out = BTreeMap::new();
+    let backups: Vec<&Manifest> = backups.filter(|m| m.chain.is_none()).collect();
+    if backups.is_empty() {
+        return Ok(out);
+    }
+    let states = StreamState::all_generations(repo)?;
+    if states.is_empty() {
+        return Ok(out);
+    }
+    let marks = list_marks(repo, cluster)?;
+    for base in backups {
+        let shards: Vec<String> = base.shards.keys().cloned().collect();
+        if let Some(m) = marks
+            .iter()
+            .rev()
+            .find(|m| base_fits(base, m, &shards, &states).is_ok())
+        {
+            out.insert(
+                base.backup_id.clone(),
+                Reach {
+                    mark: m.name.clone(),
+                    taken_at: m.cut.taken_at.clone(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// The newest backup of `cluster` that can start a replay to `mark`.
 pub fn choose_base(
     backups: Vec<Manifest>,

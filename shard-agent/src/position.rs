@@ -5,6 +5,7 @@
 //! as an error value rather than a panic or a silent `false`.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -64,6 +65,127 @@ impl BinlogCoordinates {
     }
 }
 
+/// One MariaDB GTID: `domain-server-sequence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gtid {
+    pub domain: u32,
+    pub server: u32,
+    pub seq: u64,
+}
+
+impl fmt::Display for Gtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server, self.seq)
+    }
+}
+
+impl FromStr for Gtid {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a MariaDB GTID (domain-server-sequence)");
+        let mut parts = s.trim().splitn(3, '-');
+        let mut next = || parts.next().ok_or_else(bad);
+        let (d, sv, n) = (next()?, next()?, next()?);
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(d) && digits(sv) && digits(n)) {
+            return Err(bad());
+        }
+        Ok(Gtid {
+            domain: d.parse().map_err(|_| bad())?,
+            server: sv.parse().map_err(|_| bad())?,
+            seq: n.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A MariaDB GTID position, as `gtid_binlog_pos` and `gtid_slave_pos`
+/// write it: the newest GTID of each replication domain. Within a domain,
+/// sequence numbers grow in binlog order on the primary and on every
+/// replica that logs what it applies, so a position names the same point
+/// of the history on any of them: what capture resumes from after a
+/// failover, and how positions of different servers compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidPosition(BTreeMap<u32, Gtid>);
+
+impl GtidPosition {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the transaction `g` lies at or before this position.
+    pub fn includes(&self, g: &Gtid) -> bool {
+        self.0.get(&g.domain).is_some_and(|p| g.seq <= p.seq)
+    }
+
+    /// Moves the position past transaction `g` (never back: a
+    /// transaction it already includes leaves it as it is).
+    pub fn record(&mut self, g: Gtid) {
+        if !self.includes(&g) {
+            self.0.insert(g.domain, g);
+        }
+    }
+
+    /// Orders two positions domain by domain. Positions that are ahead in
+    /// one domain and behind in another, or that name different
+    /// transactions with one sequence number (a server that wrote
+    /// transactions of its own, or lost some, before it was promoted),
+    /// lie on different histories: not comparable.
+    pub fn compare(&self, other: &GtidPosition) -> Result<Ordering, String> {
+        let mut order = Ordering::Equal;
+        for d in self.0.keys().chain(other.0.keys()) {
+            let (a, b) = (self.0.get(d), other.0.get(d));
+            let o = a.map_or(0, |g| g.seq).cmp(&b.map_or(0, |g| g.seq));
+            if let (Ordering::Equal, Some(a), Some(b)) = (o, a, b) {
+                if a.server != b.server {
+                    return Err(format!(
+                        "GTID positions {self} and {other} diverge: {a} and {b} are different transactions"
+                    ));
+                }
+            }
+            order = match (order, o) {
+                (Ordering::Equal, o) | (o, Ordering::Equal) => o,
+                (x, y) if x == y => x,
+                _ => {
+                    return Err(format!(
+                        "GTID positions {self} and {other} diverge: each is ahead in some domain"
+                    ))
+                }
+            };
+        }
+        Ok(order)
+    }
+}
+
+impl fmt::Display for GtidPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.0.values().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{g}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for GtidPosition {
+    type Err = String;
+    /// `domain-server-seq[,…]`, one per domain; empty for no transaction.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = BTreeMap::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let g: Gtid = part.parse()?;
+            if out.insert(g.domain, g).is_some() {
+                return Err(format!(
+                    "GTID position `{s}` names domain {} twice",
+                    g.domain
+                ));
+            }
+        }
+        Ok(GtidPosition(out))
+    }
+}
+
 /// Where a shard stood at the moment of a cut.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -85,8 +207,8 @@ pub enum Position {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot compare a {0} position with a {1} position")]
-pub struct IncomparablePositions(&'static str, &'static str);
+#[error("{0}")]
+pub struct IncomparablePositions(String);
 
 impl Position {
     pub fn kind(&self) -> &'static str {
@@ -97,13 +219,43 @@ impl Position {
         }
     }
 
-    /// Orders two positions of the same kind.
+    /// The MariaDB GTID position, when this is one that names any
+    /// transaction.
+    pub fn gtid_position(&self) -> Option<Result<GtidPosition, String>> {
+        match self {
+            Position::Mariadb { gtid, .. } if !gtid.trim().is_empty() => Some(gtid.parse()),
+            _ => None,
+        }
+    }
+
+    /// Orders two positions of the same kind. MariaDB positions are
+    /// ordered by their GTID positions, which hold across a failover to a
+    /// replica (whose binlog files are its own); only when neither names a
+    /// transaction, and for MySQL, by binlog file number and offset, which
+    /// hold on one server only.
     pub fn compare(&self, other: &Position) -> Result<Ordering, IncomparablePositions> {
-        let err = || IncomparablePositions(self.kind(), other.kind());
+        let err = || {
+            IncomparablePositions(format!(
+                "cannot compare a {} position with a {} position",
+                self.kind(),
+                other.kind()
+            ))
+        };
         match (self, other) {
             (Position::Postgres { lsn: a }, Position::Postgres { lsn: b }) => Ok(a.cmp(b)),
-            (Position::Mariadb { binlog: a, .. }, Position::Mariadb { binlog: b, .. })
-            | (Position::Mysql { binlog: a, .. }, Position::Mysql { binlog: b, .. }) => {
+            (Position::Mariadb { binlog: a, .. }, Position::Mariadb { binlog: b, .. }) => {
+                // A position with no GTID names the start of the
+                // history: the server had logged no transaction yet.
+                let empty = || Ok(GtidPosition::default());
+                match (self.gtid_position(), other.gtid_position()) {
+                    (None, None) => a.cmp_within(b).ok_or_else(err),
+                    (x, y) => x
+                        .unwrap_or_else(empty)
+                        .and_then(|x| y.unwrap_or_else(empty).and_then(|y| x.compare(&y)))
+                        .map_err(IncomparablePositions),
+                }
+            }
+            (Position::Mysql { binlog: a, .. }, Position::Mysql { binlog: b, .. }) => {
                 a.cmp_within(b).ok_or_else(err)
             }
             _ => Err(err()),
@@ -147,7 +299,7 @@ mod tests {
     fn compare_within_kind_only() {
         let pg = |n| Position::Postgres { lsn: Lsn(n) };
         let maria = |file: &str, offset| Position::Mariadb {
-            gtid: "0-1-5".into(),
+            gtid: String::new(),
             binlog: BinlogCoordinates {
                 file: file.into(),
                 offset,
@@ -160,8 +312,88 @@ mod tests {
         );
         assert_eq!(
             pg(1).compare(&maria("bin.000001", 4)),
-            Err(IncomparablePositions("postgres", "mariadb"))
+            Err(IncomparablePositions(
+                "cannot compare a postgres position with a mariadb position".into()
+            ))
         );
+    }
+
+    fn at(gtid: &str, file: &str, offset: u64) -> Position {
+        Position::Mariadb {
+            gtid: gtid.into(),
+            binlog: BinlogCoordinates {
+                file: file.into(),
+                offset,
+            },
+        }
+    }
+
+    #[test]
+    fn mariadb_positions_of_two_servers_compare_by_gtid() {
+        // The primary's binlog.000007 against a promoted replica's
+        // binlog.000002: the files say nothing, the GTIDs do.
+        let primary = at("0-1-120", "binlog.000007", 9000);
+        let replica = at("0-2-121", "binlog.000002", 400);
+        assert_eq!(primary.compare(&replica), Ok(Ordering::Less));
+        assert_eq!(replica.compare(&primary), Ok(Ordering::Greater));
+        // The same transaction seen on either server.
+        assert_eq!(
+            at("0-1-120", "binlog.000007", 9000).compare(&at("0-1-120", "binlog.000002", 44)),
+            Ok(Ordering::Equal)
+        );
+        // Several domains: behind or equal in each is before.
+        assert_eq!(
+            at("0-1-5,1-1-9", "b.000001", 4).compare(&at("0-2-7,1-1-9", "b.000001", 4)),
+            Ok(Ordering::Less)
+        );
+        // A domain one position lacks counts as sequence 0.
+        assert_eq!(
+            at("0-1-5", "b.000001", 4).compare(&at("0-1-5,3-3-1", "b.000001", 4)),
+            Ok(Ordering::Less)
+        );
+        // Diverged histories are not ordered at all.
+        assert!(at("0-1-5,1-1-9", "b.1", 4)
+            .compare(&at("0-1-6,1-1-8", "b.1", 4))
+            .is_err());
+        let e = at("0-1-120", "b.1", 4)
+            .compare(&at("0-2-120", "b.1", 4))
+            .unwrap_err();
+        assert!(e.to_string().contains("different transactions"), "{e}");
+        // Hostile text is refused, not guessed at.
+        assert!(at("0-1-x", "b.1", 4).compare(&primary).is_err());
+        assert!(at("0-1-1,0-1-2", "b.1", 4).compare(&primary).is_err());
+        // No GTID yet: the start of the history, on any server.
+        assert_eq!(
+            at("", "b.000009", 900).compare(&at("0-2-1", "b.000001", 4)),
+            Ok(Ordering::Less)
+        );
+        // Neither has one: binlog coordinates of one server.
+        assert_eq!(
+            at("", "b.000002", 4).compare(&at("", "b.000001", 900)),
+            Ok(Ordering::Greater)
+        );
+    }
+
+    #[test]
+    fn gtid_positions_parse_print_and_include() {
+        let p: GtidPosition = "1-2-30, 0-1-5".parse().unwrap();
+        assert_eq!(p.to_string(), "0-1-5,1-2-30");
+        assert!(p.includes(&"0-9-5".parse().unwrap()));
+        assert!(!p.includes(&"0-1-6".parse().unwrap()));
+        assert!(!p.includes(&"2-1-1".parse().unwrap()));
+        let mut q = p.clone();
+        q.record("0-3-6".parse().unwrap());
+        assert_eq!(q.to_string(), "0-3-6,1-2-30");
+        assert!("".parse::<GtidPosition>().unwrap().is_empty());
+        for bad in [
+            "0-1",
+            "a-1-2",
+            "0-1-2-3",
+            "0--1-2",
+            "0-1-99999999999999999999",
+        ] {
+            assert!(bad.parse::<GtidPosition>().is_err(), "{bad}");
+        }
     }
 
     #[test]

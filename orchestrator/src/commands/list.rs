@@ -28,22 +28,37 @@ impl List {
             choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         let repo = open_repository(&topology)?;
         let cluster = topology.cluster.clone();
-        let listed =
-            tokio::task::spawn_blocking(move || list_backups(repo.as_ref(), &cluster)).await??;
+        let (listed, reach) = tokio::task::spawn_blocking(move || {
+            let listed = list_backups(repo.as_ref(), &cluster)?;
+            let reach = crate::pitr::reach(
+                repo.as_ref(),
+                &cluster,
+                listed.iter().filter_map(|l| l.manifest.as_ref().ok()),
+            )?;
+            Ok::<_, anyhow::Error>((listed, reach))
+        })
+        .await??;
         if self.json {
             crate::exit::emit(&format!(
                 "{}\n",
-                serde_json::to_string_pretty(&list_json(&topology.cluster, &listed))?
+                serde_json::to_string_pretty(&list_json(&topology.cluster, &listed, &reach))?
             ))?;
         } else {
             let mut out = format!(
-                "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>9}  chain\n",
-                "backup", "status", "started", "shards", "rows", "stored", "block"
+                "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>9}  {:<25}  chain\n",
+                "backup",
+                "status",
+                "started",
+                "shards",
+                "rows",
+                "stored",
+                "block",
+                "restorable to mark"
             );
             for l in &listed {
                 out += &match &l.manifest {
                     Ok(m) => format!(
-                        "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>6} ms  {}\n",
+                        "{:<24} {:<10} {:<26} {:>6} {:>14} {:>11} {:>6} ms  {:<25}  {}\n",
                         m.backup_id,
                         m.status,
                         m.started_at.get(..19).unwrap_or(&m.started_at),
@@ -51,6 +66,7 @@ impl List {
                         render::count(m.shards.values().map(|s| s.rows).sum()),
                         render::bytes(m.shards.values().map(|s| s.bytes_stored).sum()),
                         m.cut.write_block_ms,
+                        reach.get(&m.backup_id).map_or("-", |r| r.mark.as_str()),
                         match &m.chain {
                             None => "full".to_string(),
                             Some(c) => format!(

@@ -1,10 +1,13 @@
 //! How a backup's manifest is shown: the `--json` document of `backup` and
 //! `show`, and the text summary.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 use shard_agent::manifest::Manifest;
 
 use crate::flow::Listed;
+use crate::pitr::Reach;
 
 use super::{bytes, count};
 
@@ -86,7 +89,11 @@ pub fn summary_text(m: &Manifest) -> String {
 }
 
 /// The `--json` document of `list`.
-pub fn list_json(cluster: &str, listed: &[Listed]) -> serde_json::Value {
+pub fn list_json(
+    cluster: &str,
+    listed: &[Listed],
+    reach: &BTreeMap<String, Reach>,
+) -> serde_json::Value {
     let items: Vec<serde_json::Value> = listed
         .iter()
         .map(|l| match &l.manifest {
@@ -103,6 +110,7 @@ pub fn list_json(cluster: &str, listed: &[Listed]) -> serde_json::Value {
                 "shards": m.shards.len(),
                 "rows": m.shards.values().map(|s| s.rows).sum::<u64>(),
                 "bytes_stored": m.shards.values().map(|s| s.bytes_stored).sum::<u64>(),
+                "restorable_to": reach.get(&m.backup_id),
             }),
             Err(e) => json!({"backup_id": l.id, "status": "unreadable", "error": e}),
         })

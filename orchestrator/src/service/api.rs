@@ -439,7 +439,12 @@ async fn list(
     let doc = tokio::task::spawn_blocking(move || {
         let repo = open_repository(&topology)?;
         let listed = list_backups(repo.as_ref(), &topology.cluster)?;
-        Ok::<_, anyhow::Error>(list_json(&topology.cluster, &listed))
+        let reach = crate::pitr::reach(
+            repo.as_ref(),
+            &topology.cluster,
+            listed.iter().filter_map(|l| l.manifest.as_ref().ok()),
+        )?;
+        Ok::<_, anyhow::Error>(list_json(&topology.cluster, &listed, &reach))
     })
     .await
     .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

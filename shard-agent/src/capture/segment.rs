@@ -142,6 +142,9 @@ pub fn list_segments(
             }
         })?);
     }
+    // By number, not by name: names changed form once (see the MySQL
+    // capture's `sort_key`).
+    out.sort_by_key(|m| (m.generation, m.seq));
     Ok(out)
 }
 

@@ -9,6 +9,16 @@
 //! A segment's data is itself a binlog file: the magic number, the format
 //! description event the server sent, then the transactions' events byte
 //! for byte. `mariadb-binlog` reads it like any binlog.
+//!
+//! On MariaDB a round resumes by GTID (`@slave_connect_state`), as a
+//! replica does with `MASTER_USE_GTID`: the stored GTID position names the
+//! same point of the history on the primary and on every replica that logs
+//! what it applies, so capture continues on a promoted replica (binlog
+//! files of its own) and after a server restart (a new file) without a gap
+//! and without a repeat. The server refuses a position its binlog does not
+//! hold (a replica that was behind, or has transactions of its own), and
+//! the round says so. File and offset are kept beside the GTIDs; they are
+//! what a stream with no transaction yet, and MySQL, resume from.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,7 +35,7 @@ use crate::capture::{
     SEGMENT_RAW_BYTES,
 };
 use crate::connect;
-use crate::position::{BinlogCoordinates, Position};
+use crate::position::{BinlogCoordinates, Gtid, GtidPosition, Position};
 use crate::repo::Repository;
 
 /// The one stream of a MySQL/MariaDB shard.
@@ -63,6 +73,7 @@ pub async fn current_position(shard: &Shard) -> Result<Position, CaptureError> {
     let row = row.ok_or_else(|| CaptureError::stream(&shard.name, "the binary log is off"))?;
     let file: Option<String> = row.get_opt(0).and_then(Result::ok);
     let offset: Option<u64> = row.get_opt(1).and_then(Result::ok);
+    // MySQL has no such variable: its position is reported without one.
     let gtid: Option<String> = conn
         .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
         .await
@@ -99,14 +110,12 @@ fn coordinates(p: &Position) -> Option<&BinlogCoordinates> {
     }
 }
 
-/// Sort key of a segment starting at `c`: file number, then offset.
-fn sort_key(c: &BinlogCoordinates) -> String {
-    let seq = c
-        .file
-        .rsplit_once('.')
-        .and_then(|(_, n)| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    format!("{seq:010}-{:012}", c.offset)
+/// Name of segment `seq` of the stream. Earlier versions named segments
+/// by binlog file number and offset, which a failover to a server with its
+/// own binlog files would reuse: the number is the stream's own, and the
+/// `s` sorts these after the older names of the generation.
+fn sort_key(seq: u64) -> String {
+    format!("s{seq:012}")
 }
 
 /// A new stream state starting at `from` (a backup's cut, or the server's
@@ -114,8 +123,12 @@ fn sort_key(c: &BinlogCoordinates) -> String {
 pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, CaptureError> {
     let c = coordinates(&from)
         .ok_or_else(|| CaptureError::stream(&shard.name, "not a binlog position"))?;
+    // A GTID position is looked up by the server itself when the first
+    // round asks for it (and refused there if its binlog lacks it); the
+    // file of a position of another server says nothing.
+    let by_gtid = from.gtid_position().is_some();
     let files = binlog_files(shard).await?;
-    if !files.contains(&c.file) {
+    if !by_gtid && !files.contains(&c.file) {
         return Err(CaptureError::stream(
             &shard.name,
             format!(
@@ -145,6 +158,8 @@ struct Open {
     raw: Vec<u8>,
     first: BinlogCoordinates,
     last: BinlogCoordinates,
+    /// The GTID position before its first transaction and after its last.
+    gtid_first: String,
     gtid: String,
     first_commit: Option<u32>,
     last_commit: Option<u32>,
@@ -160,6 +175,8 @@ struct Txn {
     standalone: bool,
     /// MySQL's GTID event does not say; the first query decides.
     undecided: bool,
+    /// The GTID position before it.
+    gtid_before: String,
 }
 
 impl Txn {
@@ -231,26 +248,47 @@ pub async fn catch_up(
     let start = coordinates(&state.progress)
         .cloned()
         .ok_or_else(|| fail("the stream state holds no binlog position".into()))?;
+    let by_gtid = match state.progress.gtid_position() {
+        Some(Ok(g)) => Some(g),
+        Some(Err(e)) => return Err(fail(format!("the stream state's GTID position: {e}"))),
+        None => None,
+    };
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
     // MariaDB sends its own GTID events (and not dummies) only to a
     // replica that says it understands them.
     conn.query_drop("SET @mariadb_slave_capability = 4")
         .await
         .map_err(|e| fail(format!("setting the replica capability: {e}")))?;
-    let request = BinlogStreamRequest::new(server_id)
-        .with_filename(start.file.as_bytes())
-        .with_pos(start.offset)
-        .with_non_blocking();
-    let mut stream = conn.get_binlog_stream(request).await.map_err(|e| {
-        fail(format!(
-            "requesting the binlog from {}:{}: {e}",
-            start.file, start.offset
-        ))
-    })?;
-    let gtid = match &state.progress {
-        Position::Mariadb { gtid, .. } => gtid.clone(),
-        _ => String::new(),
+    let (file, offset, from) = match &by_gtid {
+        Some(g) => {
+            same_history(&mut conn, g).await.map_err(fail)?;
+            // The text is printed from the parsed position: digits,
+            // dashes and commas only.
+            conn.query_drop(format!("SET @slave_connect_state = '{g}'"))
+                .await
+                .map_err(|e| fail(format!("setting the GTID to resume from: {e}")))?;
+            // Refuse, rather than skip, a position the server's binlog
+            // does not hold exactly.
+            conn.query_drop("SET @slave_gtid_strict_mode = 1")
+                .await
+                .map_err(|e| fail(format!("setting GTID strict mode: {e}")))?;
+            (String::new(), 4, format!("GTID {g}"))
+        }
+        None => (
+            start.file.clone(),
+            start.offset,
+            format!("{}:{}", start.file, start.offset),
+        ),
     };
+    let request = BinlogStreamRequest::new(server_id)
+        .with_filename(file.as_bytes())
+        .with_pos(offset)
+        .with_non_blocking();
+    let mut stream = conn
+        .get_binlog_stream(request)
+        .await
+        .map_err(|e| fail(format!("requesting the binlog from {from}: {e}")))?;
+    let gtid = by_gtid.clone().unwrap_or_default();
     let mut round = Round {
         shard,
         repo,
@@ -263,6 +301,7 @@ pub async fn catch_up(
         },
         pos: start,
         gtid,
+        by_gtid: by_gtid.is_some(),
         fde: None,
         open: None,
     };
@@ -298,6 +337,40 @@ pub async fn catch_up(
     Ok(report)
 }
 
+/// Whether the server's binlog holds the history up to `stored`, where
+/// the stream stopped: its GTID position is at or after it, on the same
+/// history. A promoted replica that had not caught up, a server restored
+/// from a backup, or another cluster's server would otherwise answer a
+/// resume with nothing, or with transactions that do not follow.
+async fn same_history(conn: &mut mysql_async::Conn, stored: &GtidPosition) -> Result<(), String> {
+    let text: Option<String> = conn
+        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .map_err(|e| format!("reading the server's GTID position: {e}"))?;
+    let server: GtidPosition = text
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| format!("the server's gtid_binlog_pos: {e}"))?;
+    let new_backup = "restores up to where it stopped still work; to capture this server, \
+                      end the stream with `shardcut capture --remove` and take a new backup";
+    match stored.compare(&server) {
+        Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal) => Ok(()),
+        Ok(std::cmp::Ordering::Greater) => Err(format!(
+            "the server's binlog ends at GTID {} before {stored}, where capture stopped: \
+             it lacks transactions this stream has stored (a replica promoted before it caught up, \
+             or another server); {new_backup}",
+            if server.is_empty() {
+                "(none)".to_string()
+            } else {
+                server.to_string()
+            }
+        )),
+        Err(e) => Err(format!(
+            "the server's history is not the one capture read: {e}; {new_backup}"
+        )),
+    }
+}
+
 /// One catch-up round of the binlog stream: where it stands, and the
 /// segment being filled.
 struct Round<'a> {
@@ -308,8 +381,11 @@ struct Round<'a> {
     report: RoundReport,
     /// Just after the last whole transaction (or event between them).
     pos: BinlogCoordinates,
-    /// The GTID of the newest transaction seen.
-    gtid: String,
+    /// The GTID position after the newest transaction seen.
+    gtid: GtidPosition,
+    /// The round asked for the binlog by GTID: the server's first event
+    /// names the file it starts in.
+    by_gtid: bool,
     /// The server's format description event, which opens every segment.
     fde: Option<Vec<u8>>,
     open: Option<Open>,
@@ -322,7 +398,14 @@ impl Round<'_> {
 
     fn read_error(&self, text: &str) -> CaptureError {
         let pos = &self.pos;
-        if text.contains("1236") || text.contains("first log file") {
+        if self.by_gtid && self.fde.is_none() && text.contains("1236") {
+            self.fail(format!(
+                "the server's binlog does not hold GTID position {} where capture stopped ({text}); \
+                 a server promoted with transactions missing or of its own cannot continue this stream: \
+                 end it with `shardcut capture --remove` and take a new backup",
+                self.gtid
+            ))
+        } else if text.contains("1236") || text.contains("first log file") {
             self.fail(format!(
                 "the server no longer has the binlog from {}:{} ({text}); capture cannot continue without a gap: take a new backup",
                 pos.file, pos.offset
@@ -352,6 +435,13 @@ impl Round<'_> {
                 // the old file ended with a stop event (a restart, a
                 // crash). Positions from then on are in the new file.
                 if artificial && self.fde.is_none() {
+                    // Asked for by GTID, the server starts where it found
+                    // it: that file's name is the position's file.
+                    if self.by_gtid {
+                        let file = first_rotate_file(raw)
+                            .ok_or_else(|| self.fail("unreadable first rotate event".into()))?;
+                        self.pos = BinlogCoordinates { file, offset: 4 };
+                    }
                     return Ok(true);
                 }
                 let (new_file, offset) = match ev.read_data() {
@@ -379,9 +469,12 @@ impl Round<'_> {
             return Ok(false);
         }
         match Txn::begin(ev) {
-            Some(started) => {
+            Some(mut started) => {
+                started.gtid_before = self.gtid.to_string();
                 if h.event_type_raw() == event::MARIADB_GTID {
-                    self.gtid = mariadb_gtid(ev).unwrap_or(std::mem::take(&mut self.gtid));
+                    if let Some(g) = gtid_of(ev) {
+                        self.gtid.record(g);
+                    }
                 }
                 *txn = started;
                 Ok(false)
@@ -411,7 +504,8 @@ impl Round<'_> {
             raw: Vec::new(),
             first: self.pos.clone(),
             last: self.pos.clone(),
-            gtid: self.gtid.clone(),
+            gtid_first: txn.gtid_before.clone(),
+            gtid: String::new(),
             first_commit: None,
             last_commit: None,
             transactions: 0,
@@ -422,7 +516,7 @@ impl Round<'_> {
         }
         seg.raw.extend_from_slice(&txn.raw);
         seg.last = end_at.clone();
-        seg.gtid = self.gtid.clone();
+        seg.gtid = self.gtid.to_string();
         seg.first_commit.get_or_insert(end.timestamp());
         seg.last_commit = Some(end.timestamp());
         seg.transactions += 1;
@@ -439,16 +533,13 @@ impl Round<'_> {
         let Some(seg) = self.open.take() else {
             return Ok(());
         };
-        let at = |c: &BinlogCoordinates, g: &str| Position::Mariadb {
-            gtid: g.to_string(),
-            binlog: c.clone(),
-        };
+        let at = |c: &BinlogCoordinates, g: &str| self.position(c, g);
         let meta = SegmentMeta {
             shard: self.shard.name.clone(),
             stream: STREAM.into(),
             seq: self.state.next_seq,
             key: String::new(),
-            first: at(&seg.first, ""),
+            first: at(&seg.first, &seg.gtid_first),
             last: at(&seg.last, &seg.gtid),
             first_commit: seg.first_commit.map(rfc3339),
             last_commit: seg.last_commit.map(rfc3339),
@@ -459,7 +550,7 @@ impl Round<'_> {
             raw_xxh3: String::new(),
             generation: self.state.generation,
         };
-        let sort = sort_key(&seg.first);
+        let sort = sort_key(self.state.next_seq);
         let mut raw = SpillBuffer::from_vec(seg.raw);
         let data = SegmentData {
             sort: &sort,
@@ -480,11 +571,23 @@ impl Round<'_> {
         self.advance(&pos)
     }
 
+    /// A position of the stream's kind: MariaDB with its GTID position,
+    /// MySQL by its coordinates (its GTID sets are not tracked here).
+    fn position(&self, c: &BinlogCoordinates, gtid: &str) -> Position {
+        match self.state.progress {
+            Position::Mysql { .. } => Position::Mysql {
+                gtid_executed: String::new(),
+                binlog: c.clone(),
+            },
+            _ => Position::Mariadb {
+                gtid: gtid.to_string(),
+                binlog: c.clone(),
+            },
+        }
+    }
+
     fn advance(&mut self, pos: &BinlogCoordinates) -> Result<(), CaptureError> {
-        let new = Position::Mariadb {
-            gtid: self.gtid.clone(),
-            binlog: pos.clone(),
-        };
+        let new = self.position(pos, &self.gtid.to_string());
         if new == self.state.progress {
             return Ok(());
         }
@@ -494,12 +597,37 @@ impl Round<'_> {
     }
 }
 
-/// `domain-server-seq` of a MariaDB GTID event (body: seq u64, domain u32).
-pub fn mariadb_gtid(ev: &Event) -> Option<String> {
+/// The GTID of a MariaDB GTID event (body: seq u64, domain u32).
+pub fn gtid_of(ev: &Event) -> Option<Gtid> {
     let d = ev.data();
     let seq = u64::from_le_bytes(d.get(0..8)?.try_into().ok()?);
     let domain = u32::from_le_bytes(d.get(8..12)?.try_into().ok()?);
-    Some(format!("{domain}-{}-{seq}", ev.header().server_id()))
+    Some(Gtid {
+        domain,
+        server: ev.header().server_id(),
+        seq,
+    })
+}
+
+/// The file a rotate event names, from its encoding `raw`: the header,
+/// the 8-byte position, the name, and a CRC32 of what precedes it when
+/// the server checksums events. The first event of a stream comes before
+/// the format description that says whether it does, so the CRC decides.
+fn first_rotate_file(raw: &[u8]) -> Option<String> {
+    let mut name = raw.get(19 + 8..)?;
+    if let Some(body) = raw.len().checked_sub(4).and_then(|n| raw.get(..n)) {
+        let crc = raw
+            .get(body.len()..)
+            .and_then(|c| <[u8; 4]>::try_from(c).ok());
+        if crc.is_some_and(|c| u32::from_le_bytes(c) == crc32fast::hash(body)) {
+            name = name.get(..name.len().checked_sub(4)?)?;
+        }
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    let plausible = !name.is_empty()
+        && name.len() <= 512
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    plausible.then(|| name.to_string())
 }
 
 /// The statement of a query event.

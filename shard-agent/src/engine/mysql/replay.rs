@@ -18,10 +18,10 @@ use mysql_async::Conn;
 use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
-use super::capture::{event, mariadb_gtid, query_text, BINLOG_MAGIC, STREAM};
+use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
-use crate::position::{BinlogCoordinates, Position};
+use crate::position::{BinlogCoordinates, Gtid, GtidPosition, Position};
 use crate::replay::{excerpt, segments, ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 
@@ -32,6 +32,49 @@ fn coords(p: &Position) -> Option<&BinlogCoordinates> {
     match p {
         Position::Mariadb { binlog, .. } | Position::Mysql { binlog, .. } => Some(binlog),
         Position::Postgres { .. } => None,
+    }
+}
+
+/// Where replay stands: by GTID when the base and the target both carry
+/// a GTID position (MariaDB; the segments may come from several servers
+/// after a failover), else by the binlog coordinates of one server.
+enum Applied {
+    Gtid {
+        applied: GtidPosition,
+        to: GtidPosition,
+    },
+    Coordinates {
+        applied: BinlogCoordinates,
+        to: BinlogCoordinates,
+    },
+}
+
+impl Applied {
+    /// Whether the transaction with GTID `gtid` ending at `end` is still
+    /// to apply; if so, it counts as applied from now on.
+    fn take(&mut self, gtid: Option<Gtid>, end: &BinlogCoordinates) -> Result<bool, String> {
+        match self {
+            Applied::Gtid { applied, to } => {
+                let g = gtid.ok_or_else(|| {
+                    format!(
+                        "the transaction ending at {}:{} has no GTID",
+                        end.file, end.offset
+                    )
+                })?;
+                if applied.includes(&g) || !to.includes(&g) {
+                    return Ok(false);
+                }
+                applied.record(g);
+                Ok(true)
+            }
+            Applied::Coordinates { applied, to } => {
+                if !after(end, applied) || after(end, to) {
+                    return Ok(false);
+                }
+                *applied = end.clone();
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -80,8 +123,20 @@ pub async fn replay(
         what,
     };
     let (from_position, to_position) = (from, to);
-    let (from, to) = match (coords(from), coords(to)) {
-        (Some(f), Some(t)) => (f.clone(), t.clone()),
+    let mut applied = match (
+        from.gtid_position(),
+        to.gtid_position(),
+        coords(from),
+        coords(to),
+    ) {
+        (Some(f), Some(t), _, _) => Applied::Gtid {
+            applied: f.map_err(&refused)?,
+            to: t.map_err(&refused)?,
+        },
+        (_, _, Some(f), Some(t)) => Applied::Coordinates {
+            applied: f.clone(),
+            to: t.clone(),
+        },
         _ => return Err(refused("positions are not binlog positions".into())),
     };
     let mut report = ReplayReport::default();
@@ -111,17 +166,28 @@ pub async fn replay(
         super::restore::not_logged(&mut conn, target).await?;
     }
     let mut group = Group::new(conn, target);
-    let mut applied = from.clone();
+    // Segments wholly at or before the base, or wholly after the target,
+    // are not read. Replaying by GTID, only GTID positions decide that:
+    // the coordinates of a segment from before a failover say nothing
+    // about a target on the promoted server.
+    let by_gtid = matches!(applied, Applied::Gtid { .. });
+    let at_or_before = |a: &Position, b: &Position| {
+        (!by_gtid || a.gtid_position().is_some() && b.gtid_position().is_some())
+            && matches!(
+                a.compare(b),
+                Ok(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            )
+    };
     for seg in segs {
-        let (Some(first), Some(last)) = (coords(&seg.first), coords(&seg.last)) else {
+        let Some(last) = coords(&seg.last) else {
             continue;
         };
-        if !after(last, &from) || !after(&to, first) {
+        if at_or_before(&seg.last, from_position) || at_or_before(to_position, &seg.first) {
             continue;
         }
         let raw = load_segment(repo, &seg)?;
         let file = last.file.clone();
-        let n = apply_segment(&mut group, &raw, &file, &mut applied, &to, &seg.key).await?;
+        let n = apply_segment(&mut group, &raw, &file, &mut applied, &seg.key).await?;
         report.segments += 1;
         report.transactions += n.0;
         report.statements += n.1;
@@ -310,8 +376,7 @@ async fn apply_segment(
     group: &mut Group<'_>,
     raw: &[u8],
     file: &str,
-    applied: &mut BinlogCoordinates,
-    to: &BinlogCoordinates,
+    applied: &mut Applied,
     key: &str,
 ) -> Result<(u64, u64), ReplayError> {
     let corrupt = |what: String| {
@@ -348,12 +413,10 @@ async fn apply_segment(
             offset: u64::from(h.log_pos()),
         };
         let done = std::mem::take(&mut txn);
-        txn.gtid = done.gtid.clone();
-        if !after(&end, applied) || after(&end, to) {
+        if !applied.take(done.gtid, &end).map_err(corrupt)? {
             continue;
         }
         stmts += group.add(done, format!("{file}:{}", end.offset)).await?;
-        *applied = end;
         txns += 1;
     }
     if txn.active {
@@ -373,17 +436,16 @@ struct TxnSteps {
     standalone: bool,
     /// MySQL's GTID event does not say; the first query decides.
     undecided: bool,
-    /// The newest MariaDB GTID, for error messages.
-    gtid: String,
+    /// The newest MariaDB GTID: the transaction's, once it has begun.
+    gtid: Option<Gtid>,
 }
 
 impl TxnSteps {
     /// Where the transaction ending at `at` lies, for error messages.
     fn position(&self, at: &str) -> String {
-        if self.gtid.is_empty() {
-            at.to_string()
-        } else {
-            format!("{at} (GTID {})", self.gtid)
+        match &self.gtid {
+            None => at.to_string(),
+            Some(g) => format!("{at} (GTID {g})"),
         }
     }
 
@@ -395,13 +457,13 @@ impl TxnSteps {
         }
         *self = TxnSteps {
             active: true,
-            gtid: std::mem::take(&mut self.gtid),
+            gtid: None,
             ..Default::default()
         };
         match ev.header().event_type_raw() {
             event::MARIADB_GTID => {
                 self.standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
-                self.gtid = mariadb_gtid(ev).unwrap_or_default();
+                self.gtid = gtid_of(ev);
                 true
             }
             event::MYSQL_GTID | event::MYSQL_ANONYMOUS_GTID => {
