@@ -868,8 +868,16 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
             .find(|b| b["backup_id"] == id)
             .map(|b| b["restorable_to"]["mark"].clone())
     };
-    assert_eq!(reach(&first), Some(gen0_end.json()["mark"].clone()), "{list}");
-    assert_eq!(reach(&second), Some(gen1_end.json()["mark"].clone()), "{list}");
+    assert_eq!(
+        reach(&first),
+        Some(gen0_end.json()["mark"].clone()),
+        "{list}"
+    );
+    assert_eq!(
+        reach(&second),
+        Some(gen1_end.json()["mark"].clone()),
+        "{list}"
+    );
     let status = run_ok_async(&["status", "-t", arg, "--json"]).await;
     let retired = status.json()["retired_generations"]
         .as_array()
