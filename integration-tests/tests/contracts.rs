@@ -128,6 +128,7 @@ fn backup_show_list_and_verify_documents_keep_their_fields() {
             "kind",
             "mark",
             "parent",
+            "restorable_to",
             "rows",
             "shards",
             "started_at",
