@@ -334,6 +334,12 @@ INSERT INTO meas SELECT g, date '2025-01-01' + (g % 700), g % 97 FROM generate_s
 CREATE TABLE "Odd Schema"."Mixed ""Case"" T" (id int PRIMARY KEY, "ON" text UNIQUE);
 CREATE INDEX "idx ON x" ON "Odd Schema"."Mixed ""Case"" T" ("ON");
 INSERT INTO "Odd Schema"."Mixed ""Case"" T" SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+CREATE SCHEMA "a.b";
+CREATE TABLE "a.b".c (id int PRIMARY KEY);
+INSERT INTO "a.b".c SELECT generate_series(1, 7);
+CREATE SCHEMA a;
+CREATE TABLE a."b.c" (id int PRIMARY KEY);
+INSERT INTO a."b.c" SELECT generate_series(1, 11);
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +361,9 @@ async fn postgres_inheritance_partitions_and_quoted_names_round_trip() {
         ("kinds.public.parent", 1000),
         ("kinds.public.child", 500),
         ("kinds.public.meas", 20000),
-        ("kinds.Odd Schema.Mixed \"Case\" T", 5000),
+        ("kinds.Odd Schema.\"Mixed \"\"Case\"\" T\"", 5000),
+        ("kinds.\"a.b\".c", 7),
+        ("kinds.a.\"b.c\"", 11),
     ] {
         assert_eq!(tables[table]["rows_found"], rows, "{table}: {j}");
         assert_eq!(tables[table]["hash_ok"], true, "{table}: {j}");
@@ -387,4 +395,18 @@ async fn postgres_inheritance_partitions_and_quoted_names_round_trip() {
     );
     assert!(a.len() >= 8 && a.iter().all(|(_, valid)| *valid), "{a:?}");
     assert_eq!(a, b, "index definitions");
+    // Schema `a.b` with table `c` and schema `a` with table `b.c`: two
+    // tables, whose chunks once shared one name.
+    for shard in [src.shard("pg-0").unwrap().clone(), t] {
+        let c = db::pg(&shard, "kinds").await;
+        let row = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM \"a.b\".c), (SELECT count(*) FROM a.\"b.c\")",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (x, y): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((x, y), (7, 11), "{}", shard.name);
+    }
 }

@@ -219,12 +219,28 @@ pub struct TableManifest {
 }
 
 impl TableManifest {
-    /// `db.table` or `db.schema.table`.
+    /// `db.table` or `db.schema.table` (see [`qualified_name`]).
     pub fn qualified(&self) -> String {
-        match &self.schema {
-            Some(s) => format!("{}.{s}.{}", self.database, self.name),
-            None => format!("{}.{}", self.database, self.name),
+        qualified_name(&self.database, self.schema.as_deref(), &self.name)
+    }
+}
+
+/// `db.table` or `db.schema.table`, one name per table: a part holding a
+/// dot or a double quote is written in double quotes (`"` doubled), so
+/// schema `a.b` with table `c` (`db."a.b".c`) and schema `a` with table
+/// `b.c` (`db.a."b.c"`) are told apart. Names without either read as
+/// before.
+pub fn qualified_name(database: &str, schema: Option<&str>, name: &str) -> String {
+    let part = |p: &str| {
+        if p.contains(['.', '"']) {
+            format!("\"{}\"", p.replace('"', "\"\""))
+        } else {
+            p.to_string()
         }
+    };
+    match schema {
+        Some(s) => format!("{}.{}.{}", part(database), part(s), part(name)),
+        None => format!("{}.{}", part(database), part(name)),
     }
 }
 
@@ -279,6 +295,12 @@ pub mod keys {
         let id = key.strip_prefix(BACKUPS)?.strip_suffix("/manifest.json")?;
         (!id.is_empty() && !id.contains('/')).then_some(id)
     }
+    /// The name of a PostgreSQL table in keys: `schema.table`, the schema's
+    /// dots encoded too, so that the first dot separates the two (schema
+    /// `a.b` with table `c` and schema `a` with table `b.c` stay apart).
+    pub fn qualified_segment(schema: &str, table: &str) -> String {
+        format!("{}.{}", segment(schema).replace('.', "%2E"), segment(table))
+    }
     /// A name made safe as one key segment: bytes outside `[A-Za-z0-9_.-]`
     /// are percent-encoded, so any table name maps to one distinct segment.
     pub fn segment(name: &str) -> String {
@@ -297,7 +319,7 @@ pub mod keys {
 
 #[cfg(test)]
 mod tests {
-    use super::keys::segment;
+    use super::keys::{qualified_segment, segment};
 
     #[test]
     fn segments_are_safe_and_distinct() {
@@ -306,6 +328,17 @@ mod tests {
         assert_eq!(segment(".."), "%2E.");
         assert_eq!(segment("naïve"), "na%C3%AFve");
         assert_ne!(segment("a b"), segment("a_b"));
+        assert_ne!(qualified_segment("a.b", "c"), qualified_segment("a", "b.c"));
+        assert_eq!(qualified_segment("public", "t.1"), "public.t.1");
+        use super::qualified_name;
+        assert_eq!(qualified_name("db", Some("public"), "t"), "db.public.t");
+        assert_eq!(qualified_name("db", None, "t"), "db.t");
+        assert_eq!(qualified_name("db", Some("a.b"), "c"), "db.\"a.b\".c");
+        assert_eq!(qualified_name("db", Some("a"), "b.c"), "db.a.\"b.c\"");
+        assert_eq!(
+            qualified_name("db", Some("a"), "say \"hi\""),
+            "db.a.\"say \"\"hi\"\"\""
+        );
     }
 
     #[test]

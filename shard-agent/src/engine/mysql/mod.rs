@@ -27,6 +27,7 @@ use topology::Shard;
 
 use crate::cut::{CutOptions, Lease};
 use crate::error::{AgentError, DbError};
+use crate::manifest::qualified_name;
 use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
 use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
@@ -296,10 +297,10 @@ impl Session {
             let Some([db, table, rdb, rtable]) = texts(row).map_err(&de)? else {
                 continue;
             };
-            let own = format!("{db}.{table}");
+            let own = qualified_name(&db, None, &table);
             if let Some(&i) = index.get(&(db, table)) {
                 let t = &mut self.tables[i];
-                let parent = format!("{rdb}.{rtable}");
+                let parent = qualified_name(&rdb, None, &rtable);
                 if !t.references.contains(&parent) && parent != own {
                     t.references.push(parent);
                 }

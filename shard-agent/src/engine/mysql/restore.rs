@@ -15,7 +15,7 @@ use super::sql::number;
 use super::sql::{ident, query_err, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::AgentError;
-use crate::manifest::ShardManifest;
+use crate::manifest::{qualified_name, ShardManifest};
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
     check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
@@ -51,7 +51,7 @@ fn load_columns(t: &crate::manifest::TableManifest) -> String {
 fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
     opts.tables
         .as_ref()
-        .is_none_or(|list| list.contains(&format!("{db}.{table}")))
+        .is_none_or(|list| list.contains(&qualified_name(db, None, table)))
 }
 
 /// Session settings of a restoring connection. Foreign keys and unique
@@ -424,7 +424,7 @@ async fn load_data(
                     continue;
                 }
                 if !lock(&keys).contains_key(&*table) {
-                    opts.table_ready(format!("{db}.{table}"));
+                    opts.table_ready(qualified_name(&db, None, &table));
                 } else if to_build.send(table).is_err() {
                     // A builder failed and closed the queue: the restore
                     // has failed, so loading stops; the builder's error is
@@ -485,7 +485,7 @@ fn key_builders(
                         return Err(e);
                     }
                 }
-                opts.table_ready(format!("{db}.{table}"));
+                opts.table_ready(qualified_name(&db, None, &table));
             }
             if let Some(conn) = conn {
                 drop(conn.disconnect().await);

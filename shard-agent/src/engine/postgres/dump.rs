@@ -313,7 +313,7 @@ async fn dump_item(
     let started = Instant::now();
     let sql = copy_out_sql(t, &item.range);
     let what = format!("reading {db}.{}.{}", t.schema, t.name);
-    let segment = format!("{}.{}", keys::segment(&t.schema), keys::segment(&t.name));
+    let segment = keys::qualified_segment(&t.schema, &t.name);
     let prefix = range_prefix(opts, &shard.name, db, &segment, item.range_no);
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
     let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));

@@ -280,7 +280,9 @@ async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>,
         let schema: String = r.try_get(1).map_err(&err)?;
         let name: String = r.try_get(2).map_err(&err)?;
         if let Some(i) = oids.iter().position(|o| *o == oid) {
-            tables[i].references.push(format!("{db}.{schema}.{name}"));
+            tables[i]
+                .references
+                .push(crate::manifest::qualified_name(db, Some(&schema), &name));
         }
     }
     for t in &mut tables {
