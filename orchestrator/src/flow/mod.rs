@@ -84,11 +84,19 @@ pub struct Listed {
 /// rather than hidden), oldest first.
 pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>, RepoError> {
     let mut out = Vec::new();
-    for key in repo.list(keys::BACKUPS)? {
-        let Some(id) = keys::backup_of_manifest(&key) else {
+    // The backups' folders, not every object in them: a manifest is at
+    // `backups/<id>/manifest.json`, and a folder without one is a backup
+    // in progress or left by a crash.
+    for folder in repo.list_folder(keys::BACKUPS)? {
+        let Some(id) = folder.strip_suffix('/') else {
             continue;
         };
+        let key = keys::manifest(id);
+        if keys::backup_of_manifest(&key) != Some(id) {
+            continue;
+        }
         let manifest = match repo.get(&key) {
+            Err(RepoError::NotFound { .. }) => continue,
             Ok(data) => serde_json::from_slice::<Manifest>(&data)
                 .map_err(|e| format!("unreadable manifest {key}: {e}"))
                 .and_then(|m| {

@@ -294,6 +294,37 @@ impl Repository for LocalRepository {
         Ok(out)
     }
 
+    fn list_folder(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        let rel = prefix
+            .strip_suffix('/')
+            .ok_or_else(|| RepoError::InvalidKey {
+                location: self.location(),
+                key: prefix.to_string(),
+            })?;
+        let dir = self.path(rel)?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io("list", prefix)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(self.io("list", prefix))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| !n.starts_with(TMP_PREFIX)) else {
+                continue;
+            };
+            let is_dir = entry.file_type().map_err(self.io("list", prefix))?.is_dir();
+            out.push(if is_dir {
+                format!("{name}/")
+            } else {
+                name.to_string()
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<(), RepoError> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {

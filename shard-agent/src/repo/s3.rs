@@ -399,6 +399,43 @@ impl Repository for S3Repository {
         Ok(keys)
     }
 
+    fn list_folder(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        let folder = prefix
+            .strip_suffix('/')
+            .ok_or_else(|| RepoError::InvalidKey {
+                location: self.location.clone(),
+                key: prefix.to_string(),
+            })?;
+        let full = if self.prefix.is_empty() {
+            folder.to_string()
+        } else {
+            format!("{}/{folder}", self.prefix)
+        };
+        let dir = Path::parse(&full).map_err(|_| RepoError::InvalidKey {
+            location: self.location.clone(),
+            key: prefix.to_string(),
+        })?;
+        let store = self.store.clone();
+        let listed = self.run("list", prefix, async move {
+            store.list_with_delimiter(Some(&dir)).await
+        })?;
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(|n| format!("{n}/")))
+            .chain(
+                listed
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.location.filename().map(str::to_string)),
+            )
+            .filter(|n| valid_key(&format!("{prefix}{}", n.trim_end_matches('/'))))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<(), RepoError> {
         let path = self.path(key)?;
         let store = self.store.clone();

@@ -297,6 +297,10 @@ impl Repository for SealedRepository {
         self.inner.list(prefix)
     }
 
+    fn list_folder(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+        self.inner.list_folder(prefix)
+    }
+
     fn delete(&self, key: &str) -> Result<(), RepoError> {
         self.inner.delete(key)
     }
