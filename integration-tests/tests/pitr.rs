@@ -63,6 +63,30 @@ async fn restore_q1(source: &str, target: &std::path::Path, until: &str) -> supp
     run
 }
 
+/// `restore --backup BACKUP --until UNTIL --overwrite --json` from
+/// `source` into `target`; it must succeed.
+async fn restore_backup_until(
+    source: &str,
+    backup: &str,
+    target: &str,
+    until: &str,
+) -> support::Run {
+    run_ok_async(&[
+        "restore",
+        "-t",
+        source,
+        "--backup",
+        backup,
+        "--target",
+        target,
+        "--until",
+        until,
+        "--overwrite",
+        "--json",
+    ])
+    .await
+}
+
 fn start_workload(
     topo: &Topology,
     next_id: &Arc<AtomicU64>,
@@ -898,20 +922,7 @@ async fn a_restarted_capture_is_a_new_generation_and_both_generations_restore() 
     let tgt_arg = tgt.to_str().unwrap();
     let t = db::topology(&tgt);
     let restore = |backup: String, until: &'static str| async move {
-        run_ok_async(&[
-            "restore",
-            "-t",
-            arg,
-            "--backup",
-            &backup,
-            "--target",
-            tgt_arg,
-            "--until",
-            until,
-            "--overwrite",
-            "--json",
-        ])
-        .await
+        restore_backup_until(arg, &backup, tgt_arg, until).await
     };
     // The second backup, brought forward by generation 1.
     let run = restore(second.clone(), "latest").await;
@@ -1326,24 +1337,9 @@ async fn capture_resumes_by_gtid_on_a_promoted_replica_and_restores_across_the_f
         &[("name: mysql-0", "name: m"), ("name: pg-0", "name: p")],
     );
     let t = db::topology(&tgt);
-    let restore = |backup: String, until: &'static str| {
-        let tgt = tgt.clone();
-        async move {
-            run_ok_async(&[
-                "restore",
-                "-t",
-                after,
-                "--backup",
-                &backup,
-                "--target",
-                tgt.to_str().unwrap(),
-                "--until",
-                until,
-                "--overwrite",
-                "--json",
-            ])
-            .await
-        }
+    let tgt_arg = tgt.to_str().unwrap();
+    let restore = |backup: String, until: &'static str| async move {
+        restore_backup_until(after, &backup, tgt_arg, until).await
     };
     // The backup from before the failover, to the newest mark: its
     // changes come from both servers.

@@ -74,6 +74,21 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
 }
 
 impl S3Repository {
+    /// The store's path of repository folder `folder` (`""`: the
+    /// repository's root), as text and parsed; `key` names it in errors.
+    fn folder(&self, folder: &str, key: &str) -> Result<(String, Path), RepoError> {
+        let full = match (self.prefix.is_empty(), folder.is_empty()) {
+            (true, _) => folder.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{folder}", self.prefix),
+        };
+        let dir = Path::parse(&full).map_err(|_| RepoError::InvalidKey {
+            location: self.location.clone(),
+            key: key.to_string(),
+        })?;
+        Ok((full, dir))
+    }
+
     /// Prepares requests to `location`; nothing is sent until the first call.
     pub fn open(location: &S3Location) -> Result<Self, RepoError> {
         let shown = location.to_string();
@@ -367,15 +382,7 @@ impl Repository for S3Repository {
         // Object store listings go by whole path segments: list the folder
         // that holds `prefix` and keep what starts with it.
         let folder = prefix.rfind('/').map_or("", |i| &prefix[..i]);
-        let full = match (self.prefix.is_empty(), folder.is_empty()) {
-            (true, _) => folder.to_string(),
-            (false, true) => self.prefix.clone(),
-            (false, false) => format!("{}/{folder}", self.prefix),
-        };
-        let dir = Path::parse(&full).map_err(|_| RepoError::InvalidKey {
-            location: self.location.clone(),
-            key: prefix.to_string(),
-        })?;
+        let (full, dir) = self.folder(folder, prefix)?;
         let store = self.store.clone();
         let names = self.run("list", prefix, async move {
             let mut names = Vec::new();
@@ -406,15 +413,7 @@ impl Repository for S3Repository {
                 location: self.location.clone(),
                 key: prefix.to_string(),
             })?;
-        let full = if self.prefix.is_empty() {
-            folder.to_string()
-        } else {
-            format!("{}/{folder}", self.prefix)
-        };
-        let dir = Path::parse(&full).map_err(|_| RepoError::InvalidKey {
-            location: self.location.clone(),
-            key: prefix.to_string(),
-        })?;
+        let (_, dir) = self.folder(folder, prefix)?;
         let store = self.store.clone();
         let listed = self.run("list", prefix, async move {
             store.list_with_delimiter(Some(&dir)).await
