@@ -151,7 +151,7 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     /// `prefix` is the key prefix of this range, e.g.
-    /// `backups/ID/shards/s/db/t/r00003`; parts get `-p0000.zst` appended.
+    /// `backups/ID/shards/s/db/t.r00003`; parts get `-p0000.zst` appended.
     pub fn new(
         repo: Arc<dyn Repository>,
         prefix: String,

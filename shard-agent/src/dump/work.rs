@@ -109,8 +109,13 @@ pub async fn join_workers(
 }
 
 /// The key prefix of one range of one table:
-/// `backups/<id>/shards/<shard>/<db>/<table-segment>/rNNNNN`. Every name is
-/// percent-encoded into its own key segment.
+/// `backups/<id>/shards/<shard>/<db>/<table-segment>.rNNNNN`. Every name is
+/// percent-encoded into its own key segment. A table's chunks lie beside
+/// the other tables' in the database's folder: a folder per table cost a
+/// `mkdir` and a directory inode per table (docs/BENCHMARKS.md, "Many
+/// tables"). The names stay distinct: the suffix `.r<digits>-p<digits>.zst`
+/// holds no other dot. Restores read the keys from the manifest, so
+/// backups in the older layout read as before.
 pub fn range_prefix(
     opts: &DumpOptions,
     shard: &str,
@@ -119,7 +124,7 @@ pub fn range_prefix(
     range_no: usize,
 ) -> String {
     format!(
-        "{}shards/{}/{}/{table_segment}/r{range_no:05}",
+        "{}shards/{}/{}/{table_segment}.r{range_no:05}",
         crate::manifest::keys::backup_prefix(&opts.backup_id),
         crate::manifest::keys::segment(shard),
         crate::manifest::keys::segment(db),
