@@ -58,9 +58,9 @@ impl Session {
             // after the cut the closer to it.
             let (sequences, states) = sequence_values(&db.snap, &shard, &db.name).await?;
             manifest.sequences.extend(states);
-            // The schema (two pg_dump runs in the exported snapshot, 150 ms
-            // before the first row when run ahead of the data) is dumped
-            // while the workers read the data. Both are awaited whatever
+            // The schema (pg_dump in the exported snapshot, 150 ms before
+            // the first row when run ahead of the data) is dumped while the
+            // workers read the data. Both are awaited whatever
             // happens to the other, so that nothing is still writing into
             // the repository when an error is returned.
             let schema_key = |section: &str| {
@@ -71,22 +71,36 @@ impl Session {
                     keys::segment(&db.name)
                 )
             };
-            let section = |name: &'static str| {
-                let (shard, snapshot, excluded) = (&shard, &snapshot, &excluded);
-                let key = schema_key(name);
-                async move {
-                    let sql = schema::section(shard, &db.name, snapshot, name, excluded).await?;
-                    store_schema(opts, &shard.name, key, sql, name, &db.name).await
-                }
+            let schema = async {
+                let (pre, post) = schema::sections(&shard, &db.name, &snapshot, &excluded).await?;
+                let pre = store_schema(
+                    opts,
+                    &shard.name,
+                    schema_key("pre-data"),
+                    pre,
+                    "pre-data",
+                    &db.name,
+                )
+                .await?;
+                let post = store_schema(
+                    opts,
+                    &shard.name,
+                    schema_key("post-data"),
+                    post,
+                    "post-data",
+                    &db.name,
+                )
+                .await?;
+                Ok::<_, AgentError>((pre, post))
             };
             let tables = Arc::new(db.tables.clone());
-            let (pre, post, data) = tokio::join!(
-                section("pre-data"),
-                section("post-data"),
+            let (schema, data) = tokio::join!(
+                schema,
                 dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts)
             );
-            manifest.schema.push(pre?);
-            manifest.schema.push(post?);
+            let (pre, post) = schema?;
+            manifest.schema.push(pre);
+            manifest.schema.push(post);
             let results = data?;
             if !sequences.is_empty() {
                 manifest.schema.push(
