@@ -259,7 +259,7 @@ impl ChunkWriter {
                             key: key.clone(),
                             source,
                         })?;
-                repo.put(&key, stored)?;
+                repo.put_unsynced(&key, stored)?;
                 let chunk = ChunkRef {
                     key,
                     rows,
@@ -368,7 +368,7 @@ pub async fn store_file(
             key: key.clone(),
             source,
         })?;
-        repo.put(&key, &stored)?;
+        repo.put_unsynced(&key, &stored)?;
         Ok((raw.len() as u64, stored.len() as u64, xxh3_hex(&stored)))
     })
     .await

@@ -108,6 +108,37 @@ pub async fn join_workers(
     }
 }
 
+/// Makes every chunk of `results` durable: they were stored unsynced
+/// ([`crate::repo::Repository::put_unsynced`]), and a shard's dump reports
+/// only what is on the device. One pass over all of them costs the file
+/// system far less than a sync a chunk (docs/BENCHMARKS.md, "Many
+/// tables").
+pub async fn sync_chunks(
+    opts: &DumpOptions,
+    shard: &str,
+    results: &[ItemResult],
+) -> Result<(), AgentError> {
+    let keys: Vec<String> = results
+        .iter()
+        .flat_map(|r| r.chunks.iter().map(|c| c.key.clone()))
+        .collect();
+    let repo = opts.repo.clone();
+    let synced = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        repo.sync_objects(&names)
+    })
+    .await;
+    let failed = |source: crate::dump::chunk::ChunkError| AgentError::Storage {
+        shard: shard.to_string(),
+        what: "syncing the chunks".into(),
+        source,
+    };
+    match synced {
+        Ok(r) => r.map_err(|e| failed(e.into())),
+        Err(e) => Err(failed(crate::dump::chunk::ChunkError::Join(e.to_string()))),
+    }
+}
+
 /// The key prefix of one range of one table:
 /// `backups/<id>/shards/<shard>/<db>/<table-segment>.rNNNNN`. Every name is
 /// percent-encoded into its own key segment. A table's chunks lie beside

@@ -301,6 +301,17 @@ impl Repository for SealedRepository {
         self.inner.list_folder(prefix)
     }
 
+    fn put_unsynced(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+        if self.keys.is_empty() {
+            return self.inner.put_unsynced(key, data);
+        }
+        self.inner.put_unsynced(key, &self.seal(key, data)?)
+    }
+
+    fn sync_objects(&self, keys: &[&str]) -> Result<(), RepoError> {
+        self.inner.sync_objects(keys)
+    }
+
     fn delete(&self, key: &str) -> Result<(), RepoError> {
         self.inner.delete(key)
     }

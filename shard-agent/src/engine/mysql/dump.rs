@@ -20,7 +20,7 @@ use super::{db_err, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
-    Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 use crate::error::AgentError;
@@ -76,6 +76,7 @@ impl Session {
             ));
         }
         let results = join_workers(tasks, &shard.name, &opts.cancel).await?;
+        sync_chunks(opts, &shard.name, &results).await?;
         drop(self.control.disconnect().await);
         let meta: Vec<TableMeta<'_>> = tables
             .iter()

@@ -15,7 +15,7 @@ use crate::client_choice::ReaderKind;
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
-    Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 use crate::error::{db_err, AgentError};
@@ -262,7 +262,9 @@ async fn dump_database(
             opts.clone(),
         ));
     }
-    join_workers(tasks, &shard.name, &opts.cancel).await
+    let results = join_workers(tasks, &shard.name, &opts.cancel).await?;
+    sync_chunks(opts, &shard.name, &results).await?;
+    Ok(results)
 }
 
 async fn worker(
