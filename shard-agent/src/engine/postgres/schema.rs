@@ -124,66 +124,70 @@ pub fn dbname_conninfo(db: &str) -> String {
 /// custom-format archive reads the catalog once (it locks and reads every
 /// table's definition: 1.7 s of the server's and pg_dump's time at 10,000
 /// tables); `pg_restore` then writes each section's SQL from the archive,
-/// locally. Two pg_dump runs, one a section, read the catalog twice.
+/// locally. Two pg_dump runs, one a section, read the catalog twice. The
+/// archive goes through pipes, never a file: a killed backup leaves
+/// nothing behind.
 pub(super) async fn sections(
     shard: &Shard,
     db: &str,
     snapshot: &str,
     excluded: &[String],
 ) -> Result<(Vec<u8>, Vec<u8>), AgentError> {
-    let failed = |program: &str| {
-        let (shard, program) = (shard.name.clone(), program.to_string());
-        move |source: std::io::Error| AgentError::Program {
-            shard,
-            program,
-            source,
-        }
-    };
-    // Owner-only, removed when dropped.
-    let archive = tempfile::Builder::new()
-        .prefix("shardcut-schema-")
-        .tempfile()
-        .map_err(failed("pg_dump (its archive file)"))?;
     let (mut cmd, _ca) = client_command(shard, "pg_dump", db)?;
     cmd.arg("--schema-only")
         .arg("--format=custom")
-        .arg("--file")
-        .arg(archive.path())
         .arg(format!("--snapshot={snapshot}"));
     for t in excluded {
         cmd.arg(format!("--exclude-table={t}"));
     }
-    let dumped = run(shard, cmd, "pg_dump --schema-only", db).await?;
-    drop(dumped);
+    let archive = run(shard, cmd, None, "pg_dump --schema-only", db).await?;
     let section = |name: &'static str| {
         let mut cmd = tokio::process::Command::new(pg_binary("pg_restore"));
         cmd.arg(format!("--section={name}"))
             .arg("--file=-")
-            .arg(archive.path())
             .kill_on_drop(true);
-        run(shard, cmd, name, db)
+        run(shard, cmd, Some(&archive), name, db)
     };
     let (pre, post) = tokio::join!(section("pre-data"), section("post-data"));
     Ok((pre?, post?))
 }
 
-/// Runs a PostgreSQL client program to its end; its standard output, or
-/// an error with its standard error on one line.
+/// Runs a PostgreSQL client program to its end, `input` on its standard
+/// input; its standard output, or an error with its standard error on
+/// one line.
 async fn run(
     shard: &Shard,
     mut cmd: tokio::process::Command,
+    input: Option<&[u8]>,
     what: &str,
     db: &str,
 ) -> Result<Vec<u8>, AgentError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    use tokio::io::AsyncWriteExt;
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let program = cmd.as_std().get_program().to_string_lossy().to_string();
-    let out = cmd.output().await.map_err(|source| AgentError::Program {
+    let failed = |source: std::io::Error| AgentError::Program {
         shard: shard.name.clone(),
-        program,
+        program: program.clone(),
         source,
-    })?;
+    };
+    let mut child = cmd.spawn().map_err(failed)?;
+    let stdin = child.stdin.take();
+    // Written while the output is read: either may fill its pipe first.
+    let write = async {
+        if let (Some(mut pipe), Some(data)) = (stdin, input) {
+            // A program that stops reading ends with its own error, which
+            // is the one reported.
+            let _ = pipe.write_all(data).await;
+        }
+    };
+    let (_, out) = tokio::join!(write, child.wait_with_output());
+    let out = out.map_err(failed)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(AgentError::Tool {
