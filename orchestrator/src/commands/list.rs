@@ -3,7 +3,7 @@ use topology::Topology;
 
 use crate::flow::copy::choose_repository;
 
-use crate::flow::{list_backups, open_repository};
+use crate::flow::{list_backups_reach, open_repository};
 use crate::render::backup::list_json;
 use crate::{exit, render};
 
@@ -28,16 +28,9 @@ impl List {
             choose_repository(Topology::load(&self.topology)?, self.repository.as_deref())?;
         let repo = open_repository(&topology)?;
         let cluster = topology.cluster.clone();
-        let (listed, reach) = tokio::task::spawn_blocking(move || {
-            let listed = list_backups(repo.as_ref(), &cluster)?;
-            let reach = crate::pitr::reach(
-                repo.as_ref(),
-                &cluster,
-                listed.iter().filter_map(|l| l.manifest.as_ref().ok()),
-            )?;
-            Ok::<_, anyhow::Error>((listed, reach))
-        })
-        .await??;
+        let (listed, reach) =
+            tokio::task::spawn_blocking(move || list_backups_reach(repo.as_ref(), &cluster))
+                .await??;
         if self.json {
             crate::exit::emit(&format!(
                 "{}\n",

@@ -18,6 +18,7 @@ pub mod status;
 pub mod steps;
 pub mod verify;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shard_agent::dump::Progress;
@@ -128,6 +129,18 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// Every backup of `cluster` as [`list_backups`] finds them, with the
+/// newest mark each can be restored to (`list`, and the API's list).
+pub fn list_backups_reach(
+    repo: &dyn Repository,
+    cluster: &str,
+) -> anyhow::Result<(Vec<Listed>, BTreeMap<String, crate::pitr::Reach>)> {
+    let listed = list_backups(repo, cluster)?;
+    let manifests = listed.iter().filter_map(|l| l.manifest.as_ref().ok());
+    let reach = crate::pitr::reach(repo, cluster, manifests)?;
+    Ok((listed, reach))
 }
 
 /// Resolves `latest` or an ID to a readable manifest.

@@ -18,7 +18,7 @@ use super::jobs::{JobRequest, RestoreRequest};
 use super::{dashboard, metrics, openapi, Cluster, Service};
 use crate::exit;
 use crate::flow::history::Trigger;
-use crate::flow::{find_backup, list_backups, open_repository};
+use crate::flow::{find_backup, list_backups_reach, open_repository};
 use crate::render::backup::list_json;
 
 /// The dashboard's cookie.
@@ -438,12 +438,7 @@ async fn list(
     let topology = c.topology.clone();
     let doc = tokio::task::spawn_blocking(move || {
         let repo = open_repository(&topology)?;
-        let listed = list_backups(repo.as_ref(), &topology.cluster)?;
-        let reach = crate::pitr::reach(
-            repo.as_ref(),
-            &topology.cluster,
-            listed.iter().filter_map(|l| l.manifest.as_ref().ok()),
-        )?;
+        let (listed, reach) = list_backups_reach(repo.as_ref(), &topology.cluster)?;
         Ok::<_, anyhow::Error>(list_json(&topology.cluster, &listed, &reach))
     })
     .await

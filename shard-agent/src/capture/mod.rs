@@ -99,18 +99,9 @@ impl StreamState {
         shard: &str,
         stream: &str,
     ) -> Result<Option<StreamState>, CaptureError> {
-        let key = keys::state(shard, stream);
-        match repo.get(&key) {
-            Ok(data) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| CaptureError::Corrupt {
-                        key,
-                        what: e.to_string(),
-                    })
-            }
-            Err(RepoError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+        match Self::read(repo, &keys::state(shard, stream)) {
+            Err(CaptureError::Repo(RepoError::NotFound { .. })) => Ok(None),
+            other => other.map(Some),
         }
     }
 
@@ -143,35 +134,71 @@ impl StreamState {
 
     /// The states of stopped generations of every stream.
     pub fn retired(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
-        Self::read_where(repo, |key| {
-            key.contains("/retired/") && key.ends_with(".json") && key.matches('/').count() == 4
-        })
+        Self::retired_in(repo, &Self::stream_folders(repo)?)
     }
 
-    /// Every state object whose key `wanted` picks.
-    fn read_where(
+    fn retired_in(
         repo: &dyn Repository,
-        wanted: impl Fn(&str) -> bool,
+        folders: &[String],
     ) -> Result<Vec<StreamState>, CaptureError> {
         let mut out = Vec::new();
-        for key in repo.list("capture/")? {
-            if wanted(&key) {
-                let data = repo.get(&key)?;
-                out.push(
-                    serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
-                        key: key.clone(),
-                        what: e.to_string(),
-                    })?,
-                );
+        for folder in folders {
+            let retired = format!("{folder}retired/");
+            for name in repo.list_folder(&retired)? {
+                if name.ends_with(".json") {
+                    out.push(Self::read(repo, &format!("{retired}{name}"))?);
+                }
             }
         }
         Ok(out)
     }
 
+    fn current_in(
+        repo: &dyn Repository,
+        folders: &[String],
+    ) -> Result<Vec<StreamState>, CaptureError> {
+        let mut out = Vec::new();
+        for folder in folders {
+            match Self::read(repo, &format!("{folder}state.json")) {
+                Err(CaptureError::Repo(RepoError::NotFound { .. })) => {}
+                other => out.push(other?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stream's folder (`capture/<shard>/<stream>/`), found a level
+    /// at a time: never by listing the streams' segments, of which a
+    /// long-lived stream has thousands.
+    fn stream_folders(repo: &dyn Repository) -> Result<Vec<String>, CaptureError> {
+        let mut out = Vec::new();
+        for shard in repo.list_folder("capture/")? {
+            if !shard.ends_with('/') {
+                continue;
+            }
+            let shard = format!("capture/{shard}");
+            for stream in repo.list_folder(&shard)? {
+                if stream.ends_with('/') {
+                    out.push(format!("{shard}{stream}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(repo: &dyn Repository, key: &str) -> Result<StreamState, CaptureError> {
+        let data = repo.get(key)?;
+        serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
+            key: key.to_string(),
+            what: e.to_string(),
+        })
+    }
+
     /// Current and retired states: what captured changes cover.
     pub fn all_generations(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
-        let mut out = Self::all(repo)?;
-        out.extend(Self::retired(repo)?);
+        let folders = Self::stream_folders(repo)?;
+        let mut out = Self::current_in(repo, &folders)?;
+        out.extend(Self::retired_in(repo, &folders)?);
         Ok(out)
     }
 
@@ -197,9 +224,7 @@ impl StreamState {
 
     /// Every stream state of every shard in the repository.
     pub fn all(repo: &dyn Repository) -> Result<Vec<StreamState>, CaptureError> {
-        Self::read_where(repo, |key| {
-            key.ends_with("/state.json") && key.matches('/').count() == 3
-        })
+        Self::current_in(repo, &Self::stream_folders(repo)?)
     }
 }
 

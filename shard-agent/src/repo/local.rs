@@ -231,20 +231,22 @@ impl Repository for LocalRepository {
     }
 
     fn sync_objects(&self, keys: &[&str]) -> Result<(), RepoError> {
+        let paths = keys
+            .iter()
+            .map(|k| self.path(k))
+            .collect::<Result<Vec<_>, _>>()?;
         // First every file's write-back is started (as PostgreSQL does
         // before it syncs a data directory): the file system then
         // allocates and writes them together, and the syncs that follow
         // mostly find them done, instead of a journal commit each.
-        for key in keys {
-            let path = self.path(key)?;
-            if let Ok(f) = fs::File::open(&path) {
+        for path in &paths {
+            if let Ok(f) = fs::File::open(path) {
                 // A hint: whether it is taken, the sync below checks.
                 let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
             }
         }
-        for key in keys {
-            let path = self.path(key)?;
-            fs::File::open(&path)
+        for (path, key) in paths.iter().zip(keys) {
+            fs::File::open(path)
                 .and_then(|f| f.sync_all())
                 .map_err(self.io("sync", key))?;
         }

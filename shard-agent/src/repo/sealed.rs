@@ -20,6 +20,7 @@
 //! hand out sealed objects as if they were plain, so reading an encrypted
 //! repository without its key is a clear error, not garbage.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
@@ -121,9 +122,10 @@ impl SealedRepository {
         self.keys.iter().map(|k| hex(&k.id)).collect()
     }
 
-    fn seal(&self, key: &str, data: &[u8]) -> Result<Vec<u8>, RepoError> {
+    /// `data` as stored under `key`: sealed, or as it is without a key.
+    fn seal<'d>(&self, key: &str, data: &'d [u8]) -> Result<Cow<'d, [u8]>, RepoError> {
         let Some(sealer) = self.keys.first() else {
-            return Ok(data.to_vec());
+            return Ok(Cow::Borrowed(data));
         };
         let nonce = XNonce::generate();
         let mut header = Vec::with_capacity(HEADER_LEN);
@@ -147,7 +149,7 @@ impl SealedRepository {
                 key: key.to_string(),
             })?;
         header.extend_from_slice(&sealed);
-        Ok(header)
+        Ok(Cow::Owned(header))
     }
 
     fn open(&self, key: &str, stored: Vec<u8>) -> Result<Vec<u8>, RepoError> {
@@ -229,9 +231,6 @@ impl Repository for SealedRepository {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        if self.keys.is_empty() {
-            return self.inner.put(key, data);
-        }
         self.inner.put(key, &self.seal(key, data)?)
     }
 
@@ -250,9 +249,6 @@ impl Repository for SealedRepository {
     /// The sealed bytes are what the inner store verifies: they were made
     /// here from `data`, and opening them authenticates them.
     fn put_verified(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        if self.keys.is_empty() {
-            return self.inner.put_verified(key, data);
-        }
         self.inner.put_verified(key, &self.seal(key, data)?)
     }
 
@@ -302,9 +298,6 @@ impl Repository for SealedRepository {
     }
 
     fn put_unsynced(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
-        if self.keys.is_empty() {
-            return self.inner.put_unsynced(key, data);
-        }
         self.inner.put_unsynced(key, &self.seal(key, data)?)
     }
 

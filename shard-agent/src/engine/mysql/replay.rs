@@ -436,7 +436,7 @@ struct TxnSteps {
     standalone: bool,
     /// MySQL's GTID event does not say; the first query decides.
     undecided: bool,
-    /// The newest MariaDB GTID: the transaction's, once it has begun.
+    /// The transaction's MariaDB GTID, once its GTID event is read.
     gtid: Option<Gtid>,
 }
 
@@ -457,7 +457,6 @@ impl TxnSteps {
         }
         *self = TxnSteps {
             active: true,
-            gtid: None,
             ..Default::default()
         };
         match ev.header().event_type_raw() {
