@@ -10,6 +10,9 @@
 //!
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use base64::Engine as _;
 use mysql_async::binlog::events::{Event, EventData};
 use mysql_async::binlog::BinlogVersion;
@@ -102,6 +105,21 @@ const GROUP_TRANSACTIONS: u64 = 2000;
 /// Row-event bytes applied in one target transaction, at most.
 const GROUP_BYTES: usize = 32 << 20;
 
+/// Connections applying row events at once, at most, besides the one that
+/// runs what must run alone.
+const WORKERS: usize = 4;
+
+/// The limit in force: `SHARDCUT_REPLAY_WORKERS` (1 applies everything in
+/// source order on one connection, as before parallel apply; benchmarks
+/// compare the two), else [`WORKERS`].
+fn workers() -> usize {
+    std::env::var("SHARDCUT_REPLAY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(WORKERS)
+}
+
 /// Applies the transactions of `source`'s binlog stream that end after
 /// `from` and at or before `to` to `target`.
 ///
@@ -109,8 +127,14 @@ const GROUP_BYTES: usize = 32 << 20;
 /// group), their row events sent together in few `BINLOG` statements: the
 /// target commits once a group instead of once a source transaction, and
 /// waits for one round trip a megabyte of changes instead of three a
-/// transaction. Statements that commit implicitly (DDL) run between
-/// groups, on their own, as the source ran them.
+/// transaction.
+///
+/// Row events apply in parallel on several connections, split by table:
+/// each table (with every table a foreign key links it to) belongs to one
+/// connection, which applies its changes in source order, so every row
+/// ends as the source left it. A statement whose changes span tables of
+/// two connections (a trigger's, a multi-table update), a statement logged
+/// as text, and DDL run alone, after every connection has committed.
 pub async fn replay(
     repo: &dyn Repository,
     source: &str,
@@ -141,31 +165,8 @@ pub async fn replay(
     };
     let mut report = ReplayReport::default();
     let segs = segments(repo, source, STREAM, (from_position, to_position))?;
-    let mut conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
-    // MariaDB writes a statement's text before each of its table maps in
-    // the target's binary log (an annotation): the text of a `BINLOG`
-    // statement is its base64, repeated once for every statement it holds,
-    // which grows the target's binary log with the square of the group
-    // (measured: 11 GB from 10 s of sysbench writes). MySQL has no such
-    // variable, and does not annotate by default.
-    match conn
-        .query_drop("SET SESSION binlog_annotate_row_events = OFF")
-        .await
-    {
-        Err(mysql_async::Error::Server(e)) if e.code == UNKNOWN_SYSTEM_VARIABLE => {}
-        other => other.map_err(|e| ReplayError::Apply {
-            shard: target.name.clone(),
-            at: "the session set-up".into(),
-            what: e.to_string(),
-        })?,
-    }
-    // The base restore is not logged unless asked (`--binlog`): neither
-    // are the changes replayed onto it, which would reach the target's
-    // replicas without the rows they change.
-    if !options.binlog {
-        super::restore::not_logged(&mut conn, target).await?;
-    }
-    let mut group = Group::new(conn, target);
+    let target = Arc::new(target.clone());
+    let mut apply = Applier::new(target.clone(), options.binlog).await?;
     // Segments wholly at or before the base, or wholly after the target,
     // are not read. Replaying by GTID, only GTID positions decide that:
     // the coordinates of a segment from before a failover say nothing
@@ -187,27 +188,59 @@ pub async fn replay(
         }
         let raw = load_segment(repo, &seg)?;
         let file = last.file.clone();
-        let n = apply_segment(&mut group, &raw, &file, &mut applied, &seg.key).await?;
+        let n = apply_segment(&mut apply, &raw, &file, &mut applied, &seg.key).await?;
         report.segments += 1;
         report.transactions += n.0;
         report.statements += n.1;
     }
-    group.commit().await?;
-    drop(group.conn.disconnect().await);
+    apply.finish().await?;
     Ok(report)
 }
 
+/// A session set up for replay.
+async fn session(target: &Shard, binlog: bool) -> Result<Conn, ReplayError> {
+    let mut conn = connect::mysql(target, None, std::time::Duration::from_secs(10)).await?;
+    // MariaDB writes a statement's text before each of its table maps in
+    // the target's binary log (an annotation): the text of a `BINLOG`
+    // statement is its base64, repeated once for every statement it holds,
+    // which grows the target's binary log with the square of the group
+    // (measured: 11 GB from 10 s of sysbench writes). MySQL has no such
+    // variable, and does not annotate by default.
+    match conn
+        .query_drop("SET SESSION binlog_annotate_row_events = OFF")
+        .await
+    {
+        Err(mysql_async::Error::Server(e)) if e.code == UNKNOWN_SYSTEM_VARIABLE => {}
+        other => other.map_err(|e| ReplayError::Apply {
+            shard: target.name.clone(),
+            at: "the session set-up".into(),
+            what: e.to_string(),
+        })?,
+    }
+    // The base restore is not logged unless asked (`--binlog`): neither
+    // are the changes replayed onto it, which would reach the target's
+    // replicas without the rows they change.
+    if !binlog {
+        super::restore::not_logged(&mut conn, target).await?;
+    }
+    Ok(conn)
+}
+
 /// One step of a source transaction: row events to send in a `BINLOG`
-/// statement, or a statement logged as text.
+/// statement, with the tables they change, or a statement logged as text.
 enum Step {
-    Rows(Vec<u8>),
+    Rows(Vec<u8>, Vec<Table>),
     Sql(String),
 }
 
-/// The target transaction that source transactions are added to.
-struct Group<'a> {
+/// A table by database and name, as a table map event names it.
+type Table = (String, String);
+
+/// One connection's open target transaction, that source transactions (or
+/// their statements) are added to.
+struct Session {
     conn: Conn,
-    target: &'a Shard,
+    shard: Arc<Shard>,
     open: bool,
     /// Row events not sent yet.
     rows: Vec<u8>,
@@ -221,11 +254,11 @@ struct Group<'a> {
     fde: Vec<u8>,
 }
 
-impl<'a> Group<'a> {
-    fn new(conn: Conn, target: &'a Shard) -> Self {
-        Group {
+impl Session {
+    fn new(conn: Conn, shard: Arc<Shard>) -> Self {
+        Session {
             conn,
-            target,
+            shard,
             open: false,
             rows: Vec::new(),
             first: None,
@@ -246,6 +279,10 @@ impl<'a> Group<'a> {
         }
     }
 
+    async fn run(&mut self, sql: &str, at: &str, shown: &str) -> Result<(), ReplayError> {
+        run(&mut self.conn, &self.shard.name, sql, at, shown).await
+    }
+
     /// Sends a format description event (once per distinct one).
     async fn format(&mut self, event: &[u8], at: &str) -> Result<(), ReplayError> {
         if !self.fde.is_empty() && decoding(&self.fde) == decoding(event) {
@@ -254,64 +291,51 @@ impl<'a> Group<'a> {
         self.commit().await?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let sql = format!("BINLOG '{}'", b64.encode(event));
-        run(
-            &mut self.conn,
-            self.target,
-            &sql,
-            at,
-            "the format description",
-        )
-        .await?;
+        self.run(&sql, at, "the format description").await?;
         self.fde = event.to_vec();
         Ok(())
     }
 
-    /// Adds a source transaction that ended at `at`; returns the number
-    /// of statements it became.
-    async fn add(&mut self, txn: TxnSteps, at: String) -> Result<u64, ReplayError> {
-        let n = txn.steps.len() as u64;
-        if txn.standalone {
-            // DDL commits implicitly: it runs between groups, as logged.
-            self.commit().await?;
-            let what = txn.position(&at);
-            for step in txn.steps {
-                match step {
-                    Step::Sql(sql) => run(&mut self.conn, self.target, &sql, &what, &sql).await?,
-                    Step::Rows(rows) => {
-                        let sql = binlog_statement(&rows);
-                        run(&mut self.conn, self.target, &sql, &what, &sql).await?;
-                    }
-                }
-            }
-            return Ok(n);
-        }
+    /// Opens the group if needed, for a source transaction ending at `at`.
+    async fn begin(&mut self, at: &str) -> Result<(), ReplayError> {
         if !self.open {
-            run(&mut self.conn, self.target, "BEGIN", &at, "BEGIN").await?;
+            self.run("BEGIN", at, "BEGIN").await?;
             self.open = true;
         }
-        self.first.get_or_insert_with(|| at.clone());
-        self.last = at;
-        for step in txn.steps {
-            match step {
-                Step::Rows(rows) => {
-                    self.bytes += rows.len();
-                    self.rows.extend_from_slice(&rows);
-                    if self.rows.len() >= ROWS_PER_STATEMENT {
-                        self.send_rows().await?;
-                    }
-                }
-                Step::Sql(sql) => {
-                    self.send_rows().await?;
-                    let what = self.span();
-                    run(&mut self.conn, self.target, &sql, &what, &sql).await?;
-                }
-            }
+        self.first.get_or_insert_with(|| at.to_string());
+        if self.last != at {
+            self.last = at.to_string();
         }
+        Ok(())
+    }
+
+    /// Adds the row events of one statement.
+    async fn rows(&mut self, rows: &[u8], at: &str) -> Result<(), ReplayError> {
+        self.begin(at).await?;
+        self.bytes += rows.len();
+        self.rows.extend_from_slice(rows);
+        if self.rows.len() >= ROWS_PER_STATEMENT {
+            self.send_rows().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a statement logged as text in the group's transaction.
+    async fn sql(&mut self, sql: &str, at: &str) -> Result<(), ReplayError> {
+        self.begin(at).await?;
+        self.send_rows().await?;
+        let what = self.span();
+        self.run(sql, &what, sql).await
+    }
+
+    /// Counts a source transaction (or the part of one this session
+    /// applied) as added, committing the group when it is full.
+    async fn added(&mut self) -> Result<(), ReplayError> {
         self.transactions += 1;
         if self.transactions >= GROUP_TRANSACTIONS || self.bytes >= GROUP_BYTES {
             self.commit().await?;
         }
-        Ok(n)
+        Ok(())
     }
 
     async fn send_rows(&mut self) -> Result<(), ReplayError> {
@@ -321,7 +345,7 @@ impl<'a> Group<'a> {
         let sql = binlog_statement(&self.rows);
         self.rows.clear();
         let what = self.span();
-        run(&mut self.conn, self.target, &sql, &what, &sql).await
+        self.run(&sql, &what, &sql).await
     }
 
     /// Sends what is pending and commits the group.
@@ -331,11 +355,340 @@ impl<'a> Group<'a> {
         }
         self.send_rows().await?;
         let what = self.span();
-        run(&mut self.conn, self.target, "COMMIT", &what, "COMMIT").await?;
+        self.run("COMMIT", &what, "COMMIT").await?;
         self.open = false;
         self.first = None;
         self.transactions = 0;
         self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// What a parallel connection is sent.
+enum Msg {
+    /// One statement's row events, of the source transaction ending at
+    /// the given place; `true` when it is the last of its transaction on
+    /// this connection.
+    Rows(Vec<u8>, String, bool),
+    Format(Vec<u8>),
+    /// Commit, then answer.
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Messages queued for one parallel connection, at most.
+const QUEUE: usize = 256;
+
+struct Worker {
+    tx: tokio::sync::mpsc::Sender<Msg>,
+    handle: Option<tokio::task::JoinHandle<Result<(), ReplayError>>>,
+    /// Sent something since it last committed.
+    dirty: bool,
+}
+
+/// A parallel connection's loop: applies what it is sent, in order, and
+/// commits what it holds when the queue closes. On an error it stops; its
+/// connection closes and the target rolls back its open group.
+async fn work(mut s: Session, mut rx: tokio::sync::mpsc::Receiver<Msg>) -> Result<(), ReplayError> {
+    while let Some(m) = rx.recv().await {
+        match m {
+            Msg::Rows(rows, at, last) => {
+                s.rows(&rows, &at).await?;
+                if last {
+                    s.added().await?;
+                }
+            }
+            Msg::Format(fde) => s.format(&fde, "the format description").await?,
+            Msg::Sync(ack) => {
+                s.commit().await?;
+                ack.send(()).ok();
+            }
+        }
+    }
+    s.commit().await?;
+    drop(s.conn.disconnect().await);
+    Ok(())
+}
+
+/// Applies source transactions: row events on parallel connections by
+/// table, the rest on the main connection alone.
+struct Applier {
+    main: Session,
+    binlog: bool,
+    workers: Workers,
+    most: usize,
+    /// Each table's component: the tables foreign keys link it to share
+    /// one (named by one of them), and so one connection.
+    components: HashMap<Table, Table>,
+    /// Which connection applies each component.
+    assigned: HashMap<Table, usize>,
+}
+
+/// The parallel connections; a replay that stopped leaves none committing
+/// behind it.
+#[derive(Default)]
+struct Workers(Vec<Worker>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            if let Some(h) = w.handle.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+impl Applier {
+    async fn new(shard: Arc<Shard>, binlog: bool) -> Result<Self, ReplayError> {
+        let conn = session(&shard, binlog).await?;
+        let mut a = Applier {
+            main: Session::new(conn, shard),
+            binlog,
+            workers: Workers::default(),
+            most: workers(),
+            components: HashMap::new(),
+            assigned: HashMap::new(),
+        };
+        a.linked().await?;
+        Ok(a)
+    }
+
+    /// Reads which tables foreign keys link (the target's own, restored
+    /// from the base, and changed only by DDL, after which this is read
+    /// again): a child row must not reach the target before its parent
+    /// on another connection.
+    async fn linked(&mut self) -> Result<(), ReplayError> {
+        if self.most == 1 {
+            return Ok(());
+        }
+        let rows: Vec<(String, String, String, String)> = self
+            .main
+            .conn
+            .query(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS",
+            )
+            .await
+            .map_err(|e| ReplayError::Apply {
+                shard: self.main.shard.name.clone(),
+                at: "reading the target's foreign keys".into(),
+                what: e.to_string(),
+            })?;
+        let mut parent: HashMap<Table, Table> = HashMap::new();
+        fn root(parent: &HashMap<Table, Table>, t: &Table) -> Table {
+            let mut at = t.clone();
+            while let Some(p) = parent.get(&at).filter(|p| **p != at) {
+                at = p.clone();
+            }
+            at
+        }
+        for (cs, ct, ps, pt) in rows {
+            let (a, b) = (root(&parent, &(cs, ct)), root(&parent, &(ps, pt)));
+            if a != b {
+                parent.insert(a, b);
+            }
+        }
+        let linked: Vec<Table> = parent.keys().cloned().collect();
+        self.components = linked
+            .into_iter()
+            .map(|t| {
+                let r = root(&parent, &t);
+                (t, r)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The connection for a statement changing `tables`, if one applies
+    /// them all.
+    fn route(&mut self, tables: &[Table]) -> Option<usize> {
+        let mut at = None;
+        for t in tables {
+            let c = self.components.get(t).unwrap_or(t);
+            let n = self.assigned.len();
+            let most = self.most;
+            let w = *self.assigned.entry(c.clone()).or_insert(n % most);
+            if at.is_some_and(|a| a != w) {
+                return None;
+            }
+            at = Some(w);
+        }
+        at
+    }
+
+    /// Sends a format description to every connection.
+    async fn format(&mut self, event: &[u8], at: &str) -> Result<(), ReplayError> {
+        self.main.format(event, at).await?;
+        for i in 0..self.workers.0.len() {
+            self.send(i, Msg::Format(event.to_vec())).await?;
+        }
+        Ok(())
+    }
+
+    /// Connection `i`, connected and sent the format description first.
+    async fn worker(&mut self, i: usize) -> Result<(), ReplayError> {
+        while self.workers.0.len() <= i {
+            let conn = session(&self.main.shard, self.binlog).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            let s = Session::new(conn, self.main.shard.clone());
+            self.workers.0.push(Worker {
+                tx,
+                handle: Some(tokio::spawn(work(s, rx))),
+                dirty: false,
+            });
+            if !self.main.fde.is_empty() {
+                let n = self.workers.0.len() - 1;
+                let fde = self.main.fde.clone();
+                self.send(n, Msg::Format(fde)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `m` to connection `i`; if it stopped, its error.
+    async fn send(&mut self, i: usize, m: Msg) -> Result<(), ReplayError> {
+        self.workers.0[i].dirty = true;
+        if self.workers.0[i].tx.send(m).await.is_ok() {
+            return Ok(());
+        }
+        Err(self.stopped(i).await)
+    }
+
+    /// Waits for connection `i` to end: what it ended with.
+    async fn join(&mut self, i: usize) -> Result<(), ReplayError> {
+        let Some(handle) = self.workers.0[i].handle.take() else {
+            return Ok(());
+        };
+        handle.await.map_err(|e| ReplayError::Apply {
+            shard: self.main.shard.name.clone(),
+            at: format!("replay connection {i}"),
+            what: e.to_string(),
+        })?
+    }
+
+    /// Why connection `i` stopped.
+    async fn stopped(&mut self, i: usize) -> ReplayError {
+        match self.join(i).await {
+            Err(e) => e,
+            Ok(()) => ReplayError::Apply {
+                shard: self.main.shard.name.clone(),
+                at: format!("replay connection {i}"),
+                what: "it stopped before the replay ended".into(),
+            },
+        }
+    }
+
+    /// Waits until every parallel connection has committed what it was
+    /// sent.
+    async fn sync(&mut self) -> Result<(), ReplayError> {
+        let mut acks = Vec::new();
+        for i in 0..self.workers.0.len() {
+            if !self.workers.0[i].dirty {
+                continue;
+            }
+            let (ack, done) = tokio::sync::oneshot::channel();
+            self.send(i, Msg::Sync(ack)).await?;
+            acks.push((i, done));
+        }
+        for (i, done) in acks {
+            if done.await.is_err() {
+                return Err(self.stopped(i).await);
+            }
+            self.workers.0[i].dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Adds a source transaction that ended at `at`; returns the number
+    /// of statements it became.
+    async fn add(&mut self, txn: TxnSteps, at: String) -> Result<u64, ReplayError> {
+        let n = txn.steps.len() as u64;
+        if txn.standalone {
+            // DDL commits implicitly: it runs alone, as logged, after
+            // everything before it.
+            self.sync().await?;
+            self.main.commit().await?;
+            let what = txn.position(&at);
+            // Only DDL naming a foreign key or renaming a table can link
+            // tables anew (a link dropped only leaves two tables on one
+            // connection): the catalog is not read again for every DDL.
+            let relinks = txn.steps.iter().any(|s| match s {
+                Step::Sql(q) => {
+                    let q = q.to_ascii_uppercase();
+                    ["REFERENCES", "FOREIGN", "RENAME"]
+                        .iter()
+                        .any(|w| q.contains(w))
+                }
+                Step::Rows(..) => false,
+            });
+            for step in txn.steps {
+                match step {
+                    Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
+                    Step::Rows(rows, _) => {
+                        let sql = binlog_statement(&rows);
+                        self.main.run(&sql, &what, &sql).await?;
+                    }
+                }
+            }
+            if relinks {
+                self.linked().await?;
+            }
+            return Ok(n);
+        }
+        let mut routes = Vec::with_capacity(txn.steps.len());
+        for step in &txn.steps {
+            match step {
+                Step::Rows(_, tables) if self.most > 1 => match self.route(tables) {
+                    Some(w) => routes.push(w),
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        if routes.len() < txn.steps.len() {
+            // In source order, on the main connection, after everything
+            // before it; what follows waits for its commit.
+            self.sync().await?;
+            for step in txn.steps {
+                match step {
+                    Step::Rows(rows, _) => self.main.rows(&rows, &at).await?,
+                    Step::Sql(sql) => self.main.sql(&sql, &at).await?,
+                }
+            }
+            self.main.added().await?;
+            return Ok(n);
+        }
+        self.main.commit().await?;
+        let mut last = vec![None; self.workers.0.len().max(self.most)];
+        for (k, w) in routes.iter().enumerate() {
+            last[*w] = Some(k);
+        }
+        for (k, (step, w)) in txn.steps.into_iter().zip(routes).enumerate() {
+            if let Step::Rows(rows, _) = step {
+                self.worker(w).await?;
+                self.send(w, Msg::Rows(rows, at.clone(), last[w] == Some(k)))
+                    .await?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Commits everything: the main connection's group, then each
+    /// parallel connection's, reporting the first error.
+    async fn finish(mut self) -> Result<(), ReplayError> {
+        self.main.commit().await?;
+        let mut first = Ok(());
+        for i in 0..self.workers.0.len() {
+            // Closing its queue ends the connection's loop, which commits.
+            let (tx, _) = tokio::sync::mpsc::channel(1);
+            drop(std::mem::replace(&mut self.workers.0[i].tx, tx));
+            let ended = self.join(i).await;
+            if first.is_ok() {
+                first = ended;
+            }
+        }
+        first?;
+        drop(self.main.conn.disconnect().await);
         Ok(())
     }
 }
@@ -373,7 +726,7 @@ pub(crate) fn next_event(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
 }
 
 async fn apply_segment(
-    group: &mut Group<'_>,
+    apply: &mut Applier,
     raw: &[u8],
     file: &str,
     applied: &mut Applied,
@@ -402,7 +755,7 @@ async fn apply_segment(
         let h = ev.header();
         if h.event_type_raw() == event::FORMAT_DESCRIPTION {
             let at = format!("{file}:{}", h.log_pos());
-            group.format(bytes, &at).await?;
+            apply.format(bytes, &at).await?;
             continue;
         }
         if txn.begin(&ev) || !txn.add(&ev, bytes, file).map_err(corrupt)? {
@@ -416,7 +769,7 @@ async fn apply_segment(
         if !applied.take(done.gtid, &end).map_err(corrupt)? {
             continue;
         }
-        stmts += group.add(done, format!("{file}:{}", end.offset)).await?;
+        stmts += apply.add(done, format!("{file}:{}", end.offset)).await?;
         txns += 1;
     }
     if txn.active {
@@ -431,6 +784,8 @@ struct TxnSteps {
     steps: Vec<Step>,
     /// Table-map and row events of the statement being read.
     pending: Vec<u8>,
+    /// The tables its table maps name.
+    tables: Vec<Table>,
     active: bool,
     /// Ends with its first non-`BEGIN` query (DDL) rather than a commit.
     standalone: bool,
@@ -487,7 +842,19 @@ impl TxnSteps {
                     .ok_or_else(|| format!("unreadable query event at {file}:{at}"))?;
                 return Ok(self.query(ev, q));
             }
-            event::TABLE_MAP => self.pending.extend_from_slice(bytes),
+            event::TABLE_MAP => {
+                let Ok(Some(EventData::TableMapEvent(map))) = ev.read_data() else {
+                    return Err(format!("unreadable table map event at {file}:{at}"));
+                };
+                let table = (
+                    map.database_name().into_owned(),
+                    map.table_name().into_owned(),
+                );
+                if !self.tables.contains(&table) {
+                    self.tables.push(table);
+                }
+                self.pending.extend_from_slice(bytes);
+            }
             t if event::is_rows(t) => {
                 self.pending.extend_from_slice(bytes);
                 let flags = ev
@@ -538,15 +905,17 @@ impl TxnSteps {
 
     fn flush_rows(&mut self) {
         if !self.pending.is_empty() {
-            self.steps
-                .push(Step::Rows(std::mem::take(&mut self.pending)));
+            self.steps.push(Step::Rows(
+                std::mem::take(&mut self.pending),
+                std::mem::take(&mut self.tables),
+            ));
         }
     }
 }
 
 async fn run(
     conn: &mut Conn,
-    target: &Shard,
+    shard: &str,
     sql: &str,
     at: &str,
     shown: &str,
@@ -559,7 +928,7 @@ async fn run(
             format!("`{}`", excerpt(shown))
         };
         ReplayError::Apply {
-            shard: target.name.clone(),
+            shard: shard.to_string(),
             at: at.to_string(),
             what: format!("the target refused {shown}: {e}"),
         }

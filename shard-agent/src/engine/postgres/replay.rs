@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use topology::Shard;
 
@@ -55,11 +56,30 @@ pub(crate) struct Relation {
     /// Distinguishes descriptions of one relation ID whose columns differ
     /// (statements prepared for one are not used for another).
     version: u64,
+    /// A partitioned table (changes published through the root): its rows
+    /// are in its partitions. Read when checked.
+    partitioned: bool,
+    /// Netted changes may update rows in place: the key is the table's
+    /// only unique (or exclusion) constraint and no other column is an
+    /// identity `GENERATED ALWAYS` (which an UPDATE may not set). Read
+    /// when checked.
+    updatable: bool,
 }
 
 impl Relation {
     fn qualified(&self) -> String {
         format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+
+    /// The table as an UPDATE or DELETE names it: its own rows only, not
+    /// those of tables inheriting from it (each has its own changes), but
+    /// a partitioned table's partitions, which hold its rows.
+    fn rows_of(&self) -> String {
+        if self.partitioned {
+            self.qualified()
+        } else {
+            format!("ONLY {}", self.qualified())
+        }
     }
 
     /// The key's columns, when rows are found by a key (not `REPLICA
@@ -175,12 +195,20 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
     let same = relations.get(&id).filter(|old| {
         old.columns == columns && old.schema == schema && old.name == name && old.full == full
     });
-    let (checked, types, version) = match same {
-        Some(old) => (old.checked, old.types.clone(), old.version),
+    let (checked, types, version, partitioned, updatable) = match same {
+        Some(old) => (
+            old.checked,
+            old.types.clone(),
+            old.version,
+            old.partitioned,
+            old.updatable,
+        ),
         None => (
             false,
             Vec::new(),
             DESCRIPTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            false,
+            false,
         ),
     };
     relations.insert(
@@ -193,6 +221,8 @@ pub(crate) fn describe(r: &mut Reader<'_>, relations: &mut HashMap<u32, Relation
             checked,
             types,
             version,
+            partitioned,
+            updatable,
         },
     );
     Some(())
@@ -239,7 +269,7 @@ fn identity(rel: &Relation, key: &[Value]) -> String {
         // REPLICA IDENTITY FULL: one of possibly several identical rows.
         format!(
             "WHERE ctid = (SELECT ctid FROM {} WHERE {cond} LIMIT 1)",
-            rel.qualified()
+            rel.rows_of()
         )
     }
 }
@@ -280,14 +310,20 @@ pub async fn replay(
     // The target serves nobody until the restore is verified: its commits
     // need not wait for the disk one by one. The last commit waits for
     // everything (see `Group::finish`).
+    // Netted changes join a table to an array of keys: by its key's
+    // index, key after key, however many there are (a hash join would
+    // read the whole table for each batch).
     client
-        .batch_execute("SET synchronous_commit = off")
+        .batch_execute(
+            "SET synchronous_commit = off; SET enable_hashjoin = off; SET enable_mergejoin = off",
+        )
         .await
         .map_err(|e| ReplayError::Apply {
             shard: target.name.clone(),
             at: format!("database {db}"),
             what: crate::error::DbError::from(e).to_string(),
         })?;
+    let net = netting();
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut group = Group::default();
     let mut applied = Lsn(0);
@@ -307,6 +343,7 @@ pub async fn replay(
         let raw = load_segment(repo, &seg)?;
         let ctx = Ctx {
             client: &client,
+            net,
             target,
             db,
             key: &seg.key,
@@ -324,6 +361,7 @@ pub async fn replay(
     }
     let ctx = Ctx {
         client: &client,
+        net,
         target,
         db,
         key: "",
@@ -353,6 +391,12 @@ struct Group {
     last: Lsn,
     /// The session's prepared statements, kept across groups.
     prepared: Prepared,
+    /// Changes to tables with a key, netted by key, not applied yet (by
+    /// relation description, see [`Relation::version`]).
+    net: HashMap<u64, Net>,
+    /// How many changes and bytes of values they hold.
+    net_changes: usize,
+    net_bytes: usize,
 }
 
 impl Group {
@@ -440,7 +484,7 @@ impl Shape {
                 let conds = assignments(&self.key, &mut param);
                 format!(
                     "UPDATE {} SET {} WHERE {}",
-                    rel.qualified(),
+                    rel.rows_of(),
                     sets.join(", "),
                     conds.join(" AND ")
                 )
@@ -449,7 +493,7 @@ impl Shape {
                 let conds = assignments(&self.key, &mut param);
                 format!(
                     "DELETE FROM {} WHERE {}",
-                    rel.qualified(),
+                    rel.rows_of(),
                     conds.join(" AND ")
                 )
             }
@@ -466,6 +510,149 @@ fn texts(tuple: &[Value], cols: &[usize], nulls: bool) -> Option<Vec<Option<Stri
             Value::Text(t) => Some(Some(t.clone())),
             Value::Null if nulls => Some(None),
             _ => None,
+        })
+        .collect()
+}
+
+/// What a change became.
+enum Outcome {
+    /// A statement to send in order.
+    Op(Op),
+    /// Netted into its relation's pending changes.
+    Netted,
+    Nothing,
+}
+
+/// Whether changes are netted: unless `SHARDCUT_REPLAY_NET` is `off`
+/// (every change is then a statement of its own, as before netting;
+/// benchmarks compare the two, and a test takes both paths).
+fn netting() -> bool {
+    std::env::var("SHARDCUT_REPLAY_NET").map_or(true, |v| v != "off")
+}
+
+/// Netted changes applied at once, at most (see [`Net`]).
+const NET_CHANGES: usize = 20_000;
+/// Bytes of values they hold, about, at most.
+const NET_BYTES: usize = 8 << 20;
+/// Columns a relation may have for its changes to be netted: each is one
+/// array argument of `unnest`.
+const NET_COLUMNS: usize = 90;
+
+/// Changes to one relation, netted by key: for each key the changes
+/// touched, whether a row with it was there before them and the row it
+/// holds after them. They apply as one `DELETE` of every key that was
+/// there and one `INSERT` of every row there after: the table ends as the
+/// changes left it, and no state on the way holds a row the source did
+/// not have at the end, so no unique constraint trips on the order (the
+/// session's triggers and foreign-key checks are off, as for every
+/// replayed change). Two statements for thousands of changes instead of
+/// one each: the target parses, plans and executes far less.
+struct Net {
+    rel: Relation,
+    rows: HashMap<Vec<String>, Netted>,
+}
+
+struct Netted {
+    existed: bool,
+    row: Option<Vec<Value>>,
+}
+
+/// The key of `tuple` when changes to `rel` are netted and `row` (the
+/// row after the change; empty for a delete) can be inserted whole: the
+/// relation has a key (not `REPLICA IDENTITY FULL`), its column types are
+/// known and few enough, and no value is an unchanged TOASTed one.
+fn netted_key(rel: &Relation, tuple: &[Value], row: &[Value]) -> Option<Vec<String>> {
+    let keys = rel.key_columns()?;
+    if rel.columns.len() > NET_COLUMNS
+        || row.iter().any(|v| matches!(v, Value::Unchanged))
+        || (!row.is_empty() && row.len() != rel.columns.len())
+    {
+        return None;
+    }
+    keys.iter()
+        .map(|i| match tuple.get(*i)? {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Group {
+    /// Nets a change of `rel`: the row with key `was` (none for an
+    /// insert) now has key `is` and holds `row` (none for a delete).
+    fn netted(
+        &mut self,
+        rel: &Relation,
+        was: Option<Vec<String>>,
+        is: Vec<String>,
+        row: Option<Vec<Value>>,
+    ) {
+        let net = self.net.entry(rel.version).or_insert_with(|| Net {
+            rel: rel.clone(),
+            rows: HashMap::new(),
+        });
+        let size = |r: &Option<Vec<Value>>| {
+            r.iter()
+                .flatten()
+                .map(|v| match v {
+                    Value::Text(t) => t.len() + 8,
+                    _ => 8,
+                })
+                .sum::<usize>()
+        };
+        self.net_bytes += is.iter().map(|k| k.len() + 8).sum::<usize>() + size(&row);
+        self.net_changes += 1;
+        self.statements += 1;
+        // An insert finds no row with its key; an update or a delete
+        // finds one (the first change of a key in the net says which).
+        let found = was.is_some();
+        if let Some(was) = was.filter(|w| *w != is) {
+            // The key changed: the old key's row is gone, and the new key
+            // had none.
+            net.rows
+                .entry(was)
+                .or_insert(Netted {
+                    existed: true,
+                    row: None,
+                })
+                .row = None;
+            net.rows
+                .entry(is)
+                .or_insert(Netted {
+                    existed: false,
+                    row: None,
+                })
+                .row = row;
+            return;
+        }
+        net.rows
+            .entry(is)
+            .or_insert(Netted {
+                existed: found,
+                row: None,
+            })
+            .row = row;
+    }
+}
+
+/// A value as a text array element: `None` is NULL.
+fn text(v: Option<&Value>) -> Option<&str> {
+    match v {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    }
+}
+
+/// Text arrays as the parameters of a statement.
+fn text_arrays<'a>(
+    args: &'a [Vec<Option<&'a str>>],
+) -> Vec<(&'a (dyn tokio_postgres::types::ToSql + Sync), Type)> {
+    args.iter()
+        .map(|a| {
+            (
+                a as &(dyn tokio_postgres::types::ToSql + Sync),
+                Type::TEXT_ARRAY,
+            )
         })
         .collect()
 }
@@ -548,8 +735,200 @@ impl Op {
     }
 }
 
+/// What applying netted changes needs: the connection, and where the
+/// changes lie, for errors.
+struct NetCtx<'a> {
+    client: &'a Client,
+    shard: &'a str,
+    at: String,
+}
+
+impl NetCtx<'_> {
+    /// One relation's netted changes: a `DELETE` of each key whose row
+    /// is gone, an `UPDATE` of each row that is still there (when the key
+    /// is the table's only unique constraint, so rows updated together
+    /// cannot collide on another; else it is deleted and inserted again),
+    /// and an `INSERT` of each new row. The `DELETE` and `UPDATE` must find
+    /// every row they name. Values go as text arrays, each element cast to
+    /// its column's type by the statement, as for every other change.
+    async fn apply(&self, net: Net) -> Result<(), ReplayError> {
+        let rel = &net.rel;
+        let Some(keys) = rel.key_columns() else {
+            return Ok(());
+        };
+        let set: Vec<usize> = (0..rel.columns.len())
+            .filter(|i| !keys.contains(i))
+            .collect();
+        let update = rel.updatable && !set.is_empty();
+        let (mut gone, mut changed, mut new) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, n) in &net.rows {
+            match (&n.row, n.existed) {
+                (None, true) => gone.push(k),
+                (Some(row), true) if update => changed.push((k, row)),
+                (Some(row), true) => {
+                    gone.push(k);
+                    new.push(row);
+                }
+                (Some(row), false) => new.push(row),
+                (None, false) => {}
+            }
+        }
+        let t = rel.qualified();
+        let col = |i: usize| ident(&rel.columns[i].0);
+        let list = |n: usize, f: &dyn Fn(usize) -> String| -> String {
+            (0..n).map(f).collect::<Vec<_>>().join(", ")
+        };
+        let matched = keys
+            .iter()
+            .enumerate()
+            .map(|(j, i)| format!("t.{} = v.k{j}::{}", col(*i), rel.types[*i]))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let returning = list(keys.len(), &|j| format!("t.{}::text", col(keys[j])));
+        if !gone.is_empty() {
+            let args: Vec<Vec<Option<&str>>> = (0..keys.len())
+                .map(|j| gone.iter().map(|k| Some(k[j].as_str())).collect())
+                .collect();
+            let sql = format!(
+                "DELETE FROM {} AS t USING unnest({}) AS v({}) WHERE {matched} RETURNING {returning}",
+                rel.rows_of(),
+                list(keys.len(), &|j| format!("${}::text[]", j + 1)),
+                list(keys.len(), &|j| format!("k{j}")),
+            );
+            self.keyed(rel, &sql, &args, &gone, "delete").await?;
+        }
+        if !changed.is_empty() {
+            let ks: Vec<&Vec<String>> = changed.iter().map(|(k, _)| *k).collect();
+            let mut args: Vec<Vec<Option<&str>>> = (0..keys.len())
+                .map(|j| ks.iter().map(|k| Some(k[j].as_str())).collect())
+                .collect();
+            args.extend(set.iter().map(|i| {
+                changed
+                    .iter()
+                    .map(|(_, row)| text(row.get(*i)))
+                    .collect::<Vec<_>>()
+            }));
+            let sql = format!(
+                "UPDATE {} AS t SET {} FROM unnest({}) AS v({}, {}) WHERE {matched} RETURNING {returning}",
+                rel.rows_of(),
+                list(set.len(), &|j| format!(
+                    "{} = v.c{j}::{}",
+                    col(set[j]),
+                    rel.types[set[j]]
+                )),
+                list(keys.len() + set.len(), &|j| format!("${}::text[]", j + 1)),
+                list(keys.len(), &|j| format!("k{j}")),
+                list(set.len(), &|j| format!("c{j}")),
+            );
+            self.keyed(rel, &sql, &args, &ks, "update").await?;
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let n = rel.columns.len();
+        let args: Vec<Vec<Option<&str>>> = (0..n)
+            .map(|j| new.iter().map(|row| text(row.get(j))).collect())
+            .collect();
+        let sql = format!(
+            "INSERT INTO {t} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS v({})",
+            list(n, &col),
+            list(n, &|j| format!("v.c{j}::{}", rel.types[j])),
+            list(n, &|j| format!("${}::text[]", j + 1)),
+            list(n, &|j| format!("c{j}")),
+        );
+        self.client
+            .query_typed(&sql, &text_arrays(&args))
+            .await
+            .map_err(|e| {
+                self.err(format!(
+                    "the target refused the insert of {} rows of {t}: {}",
+                    new.len(),
+                    crate::error::DbError::from(e)
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Runs a netted `DELETE` or `UPDATE` of the rows with keys `expected`
+    /// (its `RETURNING` gives the keys it found) and checks it found each.
+    async fn keyed(
+        &self,
+        rel: &Relation,
+        sql: &str,
+        args: &[Vec<Option<&str>>],
+        expected: &[&Vec<String>],
+        what: &str,
+    ) -> Result<(), ReplayError> {
+        let t = rel.qualified();
+        let rows = self
+            .client
+            .query_typed(sql, &text_arrays(args))
+            .await
+            .map_err(|e| {
+                self.err(format!(
+                    "the target refused the {what} of {} rows of {t}: {}",
+                    expected.len(),
+                    crate::error::DbError::from(e)
+                ))
+            })?;
+        if rows.len() == expected.len() {
+            return Ok(());
+        }
+        let Some(keys) = rel.key_columns() else {
+            return Ok(());
+        };
+        let found: std::collections::HashSet<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                (0..keys.len())
+                    .map(|j| r.try_get::<_, String>(j).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|k| !found.contains(**k))
+            .take(3)
+            .map(|k| {
+                keys.iter()
+                    .zip(k.iter())
+                    .map(|(i, v)| format!("{} = {}", ident(&rel.columns[*i].0), quote(v)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            })
+            .collect();
+        if missing.is_empty() {
+            return Err(self.err(
+                format!(
+                    "the {what} of the {} rows of {t} that the changes name changed {}: the target does not hold the state the changes were made on",
+                    expected.len(),
+                    rows.len()
+                ),
+            ));
+        }
+        Err(self.err(
+            format!(
+                "{} of {} rows of {t} that the changes update or delete are not on the target (such as the row with {}): the target does not hold the state the changes were made on",
+                expected.len().saturating_sub(rows.len()),
+                expected.len(),
+                missing.join("; ")
+            ),
+        ))
+    }
+
+    fn err(&self, what: String) -> ReplayError {
+        ReplayError::Apply {
+            shard: self.shard.to_string(),
+            at: self.at.clone(),
+            what,
+        }
+    }
+}
+
 struct Ctx<'a> {
     client: &'a Client,
+    /// Whether changes to tables with a key are netted (see [`Net`]).
+    net: bool,
     target: &'a Shard,
     db: &'a str,
     key: &'a str,
@@ -591,13 +970,36 @@ impl Ctx<'_> {
                     wanted =
                         commit_lsn >= self.from && commit_lsn < self.to && commit_lsn > *applied;
                 }
-                Some(b'R') => describe(&mut r, relations).ok_or_else(bad)?,
+                Some(b'R') => {
+                    let id = data
+                        .get(1..5)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                        .ok_or_else(bad)?;
+                    let before = relations.get(&id).map(|r| r.version);
+                    describe(&mut r, relations).ok_or_else(bad)?;
+                    // Netted changes to the old description go first.
+                    if before.is_some_and(|v| group.net.contains_key(&v))
+                        && relations.get(&id).map(|r| r.version) != before
+                    {
+                        self.flush_net(group).await?;
+                    }
+                }
                 Some(kind @ (b'I' | b'U' | b'D' | b'T')) if wanted => {
                     let change = Change { lsn, commit_lsn };
-                    let op = self.change(*kind, &mut r, relations, change, group).await?;
-                    if let Some(op) = op {
-                        self.push(group, op, commit_lsn).await?;
-                        count += 1;
+                    match self.change(*kind, &mut r, relations, change, group).await? {
+                        Outcome::Op(op) => {
+                            // In order after every netted change before it.
+                            self.flush_net(group).await?;
+                            self.push(group, op, commit_lsn).await?;
+                            count += 1;
+                        }
+                        Outcome::Netted => {
+                            count += 1;
+                            if group.net_changes >= NET_CHANGES || group.net_bytes >= NET_BYTES {
+                                self.flush_net(group).await?;
+                            }
+                        }
+                        Outcome::Nothing => {}
                     }
                 }
                 Some(b'C') if wanted => {
@@ -625,6 +1027,19 @@ impl Ctx<'_> {
         if op.has_nul() {
             return Err(self.corrupt(format!("a change at {commit_lsn} holds a NUL byte")));
         }
+        self.begin(group, commit_lsn).await?;
+        group.bytes += op.bytes();
+        group.ops.push(op);
+        group.statements += 1;
+        if group.ops.len() >= BATCH_STATEMENTS || group.bytes >= BATCH_BYTES {
+            self.send(group).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the group if needed, for a change of the transaction that
+    /// commits at `commit_lsn`.
+    async fn begin(&self, group: &mut Group, commit_lsn: Lsn) -> Result<(), ReplayError> {
         if !group.open {
             self.client
                 .batch_execute("BEGIN")
@@ -634,12 +1049,6 @@ impl Ctx<'_> {
         }
         group.first.get_or_insert(commit_lsn);
         group.last = commit_lsn;
-        group.bytes += op.bytes();
-        group.ops.push(op);
-        group.statements += 1;
-        if group.ops.len() >= BATCH_STATEMENTS || group.bytes >= BATCH_BYTES {
-            self.send(group).await?;
-        }
         Ok(())
     }
 
@@ -721,6 +1130,7 @@ impl Ctx<'_> {
         if !group.open {
             return Ok(());
         }
+        self.flush_net(group).await?;
         self.send(group).await?;
         self.client
             .batch_execute("COMMIT")
@@ -734,6 +1144,30 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// [`netted_key`], when this replay nets changes.
+    fn netted_key(&self, rel: &Relation, tuple: &[Value], row: &[Value]) -> Option<Vec<String>> {
+        netted_key(rel, tuple, row).filter(|_| self.net)
+    }
+
+    /// Applies the netted changes, after the statements before them.
+    async fn flush_net(&self, group: &mut Group) -> Result<(), ReplayError> {
+        if group.net.is_empty() {
+            return Ok(());
+        }
+        self.send(group).await?;
+        let nets = std::mem::take(&mut group.net);
+        group.net_changes = 0;
+        group.net_bytes = 0;
+        let ctx = NetCtx {
+            client: self.client,
+            shard: &self.target.name,
+            at: format!("database {} {}", self.db, group.span()),
+        };
+        for net in nets.into_values() {
+            ctx.apply(net).await?;
+        }
+        Ok(())
+    }
     /// Commits the last group and waits until every commit of the replay
     /// is on disk (the session's commits did not wait, one by one).
     async fn finish(&self, group: &mut Group) -> Result<(), ReplayError> {
@@ -759,14 +1193,19 @@ impl Ctx<'_> {
         relations: &mut HashMap<u32, Relation>,
         at: Change,
         group: &mut Group,
-    ) -> Result<Option<Op>, ReplayError> {
+    ) -> Result<Outcome, ReplayError> {
         let bad = || self.corrupt(format!("unreadable change at {}", Lsn(at.lsn)));
         match kind {
             b'I' => {
                 let id = r.u32().ok_or_else(bad)?;
                 let _n = r.u8().ok_or_else(bad)?;
                 let new = r.tuple().ok_or_else(bad)?;
-                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let rel = self.relation(relations, id, at).await?;
+                if let Some(k) = self.netted_key(&rel, &new, &new) {
+                    self.begin(group, at.commit_lsn).await?;
+                    group.netted(&rel, None, k, Some(new));
+                    return Ok(Outcome::Netted);
+                }
                 let all: Vec<usize> = (0..rel.columns.len()).collect();
                 let typed = rel.types.len() == rel.columns.len();
                 if let Some(params) = texts(&new, &all, true).filter(|_| typed) {
@@ -774,13 +1213,13 @@ impl Ctx<'_> {
                     return self
                         .prepared(group, shape, &rel, params, at)
                         .await
-                        .map(Some);
+                        .map(Outcome::Op);
                 }
                 let cols: Vec<String> = rel.columns.iter().map(|c| ident(&c.0)).collect();
                 let vals: Vec<String> = new.iter().map(literal).collect();
                 // The source's value for an identity column GENERATED
                 // ALWAYS, not a new one from the target's sequence.
-                Ok(Some(Op::Text {
+                Ok(Outcome::Op(Op::Text {
                     sql: format!(
                         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
                         rel.qualified(),
@@ -802,7 +1241,16 @@ impl Ctx<'_> {
                     return Err(bad());
                 }
                 let new = r.tuple().ok_or_else(bad)?;
-                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let rel = self.relation(relations, id, at).await?;
+                let key = old.as_ref().unwrap_or(&new);
+                if let (Some(was), Some(is)) = (
+                    self.netted_key(&rel, key, &new),
+                    self.netted_key(&rel, &new, &new),
+                ) {
+                    self.begin(group, at.commit_lsn).await?;
+                    group.netted(&rel, Some(was), is, Some(new));
+                    return Ok(Outcome::Netted);
+                }
                 // Unchanged TOASTed values ('u') keep the target's value;
                 // a key column is set only when the key changed (an identity
                 // GENERATED ALWAYS column may not be set to a value at all).
@@ -818,9 +1266,8 @@ impl Ctx<'_> {
                     .map(|(i, _)| i)
                     .collect();
                 if set.is_empty() {
-                    return Ok(None);
+                    return Ok(Outcome::Nothing);
                 }
-                let key = old.as_ref().unwrap_or(&new);
                 if let Some(keys) = rel.key_columns() {
                     if let (Some(mut params), Some(kp)) =
                         (texts(&new, &set, true), texts(key, &keys, false))
@@ -830,17 +1277,17 @@ impl Ctx<'_> {
                         return self
                             .prepared(group, shape, &rel, params, at)
                             .await
-                            .map(Some);
+                            .map(Outcome::Op);
                     }
                 }
                 let sets: Vec<String> = set
                     .iter()
                     .map(|i| format!("{} = {}", ident(&rel.columns[*i].0), literal(&new[*i])))
                     .collect();
-                Ok(Some(Op::Text {
+                Ok(Outcome::Op(Op::Text {
                     sql: format!(
                         "UPDATE {} SET {} {}",
-                        rel.qualified(),
+                        rel.rows_of(),
                         sets.join(", "),
                         identity(&rel, key)
                     ),
@@ -851,18 +1298,23 @@ impl Ctx<'_> {
                 let id = r.u32().ok_or_else(bad)?;
                 let _kind = r.u8().ok_or_else(bad)?;
                 let old = r.tuple().ok_or_else(bad)?;
-                let rel = self.relation(relations, id, at.lsn, at.commit_lsn).await?;
+                let rel = self.relation(relations, id, at).await?;
+                if let Some(k) = self.netted_key(&rel, &old, &[]) {
+                    self.begin(group, at.commit_lsn).await?;
+                    group.netted(&rel, Some(k.clone()), k, None);
+                    return Ok(Outcome::Netted);
+                }
                 if let Some(keys) = rel.key_columns() {
                     if let Some(params) = texts(&old, &keys, false) {
                         let shape = Shape::new(&rel, b'D', Vec::new(), keys);
                         return self
                             .prepared(group, shape, &rel, params, at)
                             .await
-                            .map(Some);
+                            .map(Outcome::Op);
                     }
                 }
-                Ok(Some(Op::Text {
-                    sql: format!("DELETE FROM {} {}", rel.qualified(), identity(&rel, &old)),
+                Ok(Outcome::Op(Op::Text {
+                    sql: format!("DELETE FROM {} {}", rel.rows_of(), identity(&rel, &old)),
                     one: true,
                 }))
             }
@@ -872,11 +1324,7 @@ impl Ctx<'_> {
                 let mut names = Vec::new();
                 for _ in 0..n {
                     let id = r.u32().ok_or_else(bad)?;
-                    names.push(
-                        self.relation(relations, id, at.lsn, at.commit_lsn)
-                            .await?
-                            .qualified(),
-                    );
+                    names.push(self.relation(relations, id, at).await?.qualified());
                 }
                 let cascade = if options & 1 != 0 { " CASCADE" } else { "" };
                 let restart = if options & 2 != 0 {
@@ -884,12 +1332,12 @@ impl Ctx<'_> {
                 } else {
                     ""
                 };
-                Ok(Some(Op::Text {
+                Ok(Outcome::Op(Op::Text {
                     sql: format!("TRUNCATE {}{restart}{cascade}", names.join(", ")),
                     one: false,
                 }))
             }
-            _ => Ok(None),
+            _ => Ok(Outcome::Nothing),
         }
     }
 
@@ -958,9 +1406,9 @@ impl Ctx<'_> {
         &self,
         relations: &mut HashMap<u32, Relation>,
         id: u32,
-        lsn: u64,
-        commit_lsn: Lsn,
+        at: Change,
     ) -> Result<Relation, ReplayError> {
+        let (lsn, commit_lsn) = (at.lsn, at.commit_lsn);
         let rel = relations.get(&id).cloned().ok_or_else(|| {
             self.corrupt(format!(
                 "a change at {} names relation {id}, which was never described",
@@ -1020,6 +1468,36 @@ impl Ctx<'_> {
         let mut rel = rel;
         rel.checked = true;
         rel.types = types;
+        let kind = self
+            .client
+            .query_one(
+                "SELECT c.relkind = 'p', \
+                 (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)), \
+                 ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                       AND NOT a.attisdropped AND a.attidentity = 'a') \
+                 FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&rel.qualified()],
+            )
+            .await
+            .and_then(|r| {
+                Ok((
+                    r.try_get::<_, bool>(0)?,
+                    r.try_get::<_, i64>(1)?,
+                    r.try_get::<_, Vec<String>>(2)?,
+                ))
+            })
+            .map_err(|e| {
+                self.apply_err(
+                    commit_lsn,
+                    format!("reading the kind of {}: {e}", rel.qualified()),
+                )
+            })?;
+        let (partitioned, unique, always) = kind;
+        rel.partitioned = partitioned;
+        rel.updatable = unique == 1
+            && always
+                .iter()
+                .all(|a| rel.columns.iter().any(|(name, key)| name == a && *key));
         relations.insert(id, rel.clone());
         Ok(rel)
     }
@@ -1068,4 +1546,93 @@ pub async fn sequences_forward(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{netted_key, Group, Relation, Value};
+
+    fn rel() -> Relation {
+        Relation {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![("id".into(), true), ("v".into(), false)],
+            full: false,
+            checked: true,
+            types: vec!["integer".into(), "text".into()],
+            version: 1,
+            partitioned: false,
+            updatable: true,
+        }
+    }
+
+    fn row(id: &str, v: &str) -> Vec<Value> {
+        vec![Value::Text(id.into()), Value::Text(v.into())]
+    }
+
+    fn key(id: &str) -> Vec<String> {
+        vec![id.into()]
+    }
+
+    /// (existed before, row after) of each key the changes touched.
+    fn net(g: &Group) -> Vec<(String, bool, Option<String>)> {
+        let mut out: Vec<_> = g.net[&1]
+            .rows
+            .iter()
+            .map(|(k, n)| {
+                let v = n.row.as_ref().map(|r| match &r[1] {
+                    Value::Text(t) => t.clone(),
+                    other => format!("{other:?}"),
+                });
+                (k[0].clone(), n.existed, v)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn changes_net_to_each_keys_state_before_and_after() {
+        let r = rel();
+        let mut g = Group::default();
+        // Inserted then deleted: nothing to do, nothing was there.
+        g.netted(&r, None, key("1"), Some(row("1", "a")));
+        g.netted(&r, Some(key("1")), key("1"), None);
+        // Updated twice: there before, the last row after.
+        g.netted(&r, Some(key("2")), key("2"), Some(row("2", "b")));
+        g.netted(&r, Some(key("2")), key("2"), Some(row("2", "c")));
+        // Deleted, then inserted again: there before and after.
+        g.netted(&r, Some(key("3")), key("3"), None);
+        g.netted(&r, None, key("3"), Some(row("3", "d")));
+        // Key changed 4 -> 5, then 5 -> 4: 4 there before and after, 5
+        // neither.
+        g.netted(&r, Some(key("4")), key("5"), Some(row("5", "e")));
+        g.netted(&r, Some(key("5")), key("4"), Some(row("4", "f")));
+        assert_eq!(
+            net(&g),
+            vec![
+                ("1".into(), false, None),
+                ("2".into(), true, Some("c".into())),
+                ("3".into(), true, Some("d".into())),
+                ("4".into(), true, Some("f".into())),
+                ("5".into(), false, None),
+            ]
+        );
+        assert_eq!(g.net_changes, 8);
+    }
+
+    #[test]
+    fn an_unchanged_toasted_value_or_a_null_key_is_not_netted() {
+        let r = rel();
+        let toasted = vec![Value::Text("1".into()), Value::Unchanged];
+        assert_eq!(netted_key(&r, &toasted, &toasted), None);
+        let null_key = vec![Value::Null, Value::Text("x".into())];
+        assert_eq!(netted_key(&r, &null_key, &null_key), None);
+        assert_eq!(netted_key(&r, &row("7", "x"), &[]), Some(key("7")));
+        let full = Relation {
+            full: true,
+            ..rel()
+        };
+        assert_eq!(netted_key(&full, &row("7", "x"), &[]), None);
+    }
 }
