@@ -368,8 +368,9 @@ impl Session {
 enum Msg {
     /// One statement's row events, of the source transaction ending at
     /// the given place; `true` when it is the last of its transaction on
-    /// this connection.
-    Rows(Vec<u8>, String, bool),
+    /// this connection. The permit holds its share of [`QUEUED_KIB`]
+    /// until it is applied.
+    Rows(Vec<u8>, String, bool, tokio::sync::OwnedSemaphorePermit),
     Format(Vec<u8>),
     /// Commit, then answer.
     Sync(tokio::sync::oneshot::Sender<()>),
@@ -377,6 +378,9 @@ enum Msg {
 
 /// Messages queued for one parallel connection, at most.
 const QUEUE: usize = 256;
+/// KiB of row events queued for the parallel connections and not yet
+/// applied, at most: the queues hold statements, whatever their size.
+const QUEUED_KIB: usize = 64 << 10;
 
 struct Worker {
     tx: tokio::sync::mpsc::Sender<Msg>,
@@ -391,8 +395,9 @@ struct Worker {
 async fn work(mut s: Session, mut rx: tokio::sync::mpsc::Receiver<Msg>) -> Result<(), ReplayError> {
     while let Some(m) = rx.recv().await {
         match m {
-            Msg::Rows(rows, at, last) => {
+            Msg::Rows(rows, at, last, permit) => {
                 s.rows(&rows, &at).await?;
+                drop(permit);
                 if last {
                     s.added().await?;
                 }
@@ -421,6 +426,8 @@ struct Applier {
     components: HashMap<Table, Table>,
     /// Which connection applies each component.
     assigned: HashMap<Table, usize>,
+    /// What the queues may hold (see [`QUEUED_KIB`]).
+    queued: Arc<tokio::sync::Semaphore>,
 }
 
 /// The parallel connections; a replay that stopped leaves none committing
@@ -448,6 +455,7 @@ impl Applier {
             most: workers(),
             components: HashMap::new(),
             assigned: HashMap::new(),
+            queued: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB)),
         };
         a.linked().await?;
         Ok(a)
@@ -666,7 +674,18 @@ impl Applier {
         for (k, (step, w)) in txn.steps.into_iter().zip(routes).enumerate() {
             if let Step::Rows(rows, _) = step {
                 self.worker(w).await?;
-                self.send(w, Msg::Rows(rows, at.clone(), last[w] == Some(k)))
+                let kib = (rows.len() / 1024 + 1).min(QUEUED_KIB) as u32;
+                let permit = self
+                    .queued
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|e| ReplayError::Apply {
+                        shard: self.main.shard.name.clone(),
+                        at: at.clone(),
+                        what: e.to_string(),
+                    })?;
+                self.send(w, Msg::Rows(rows, at.clone(), last[w] == Some(k), permit))
                     .await?;
             }
         }

@@ -836,17 +836,28 @@ impl NetCtx<'_> {
             list(n, &|j| format!("${}::text[]", j + 1)),
             list(n, &|j| format!("c{j}")),
         );
+        self.run(&sql, &args, "insert", new.len(), &t).await?;
+        Ok(())
+    }
+
+    /// Runs a netted statement changing `n` rows of table `t`.
+    async fn run(
+        &self,
+        sql: &str,
+        args: &[Vec<Option<&str>>],
+        what: &str,
+        n: usize,
+        t: &str,
+    ) -> Result<Vec<tokio_postgres::Row>, ReplayError> {
         self.client
-            .query_typed(&sql, &text_arrays(&args))
+            .query_typed(sql, &text_arrays(args))
             .await
             .map_err(|e| {
                 self.err(format!(
-                    "the target refused the insert of {} rows of {t}: {}",
-                    new.len(),
+                    "the target refused the {what} of {n} rows of {t}: {}",
                     crate::error::DbError::from(e)
                 ))
-            })?;
-        Ok(())
+            })
     }
 
     /// Runs a netted `DELETE` or `UPDATE` of the rows with keys `expected`
@@ -860,17 +871,7 @@ impl NetCtx<'_> {
         what: &str,
     ) -> Result<(), ReplayError> {
         let t = rel.qualified();
-        let rows = self
-            .client
-            .query_typed(sql, &text_arrays(args))
-            .await
-            .map_err(|e| {
-                self.err(format!(
-                    "the target refused the {what} of {} rows of {t}: {}",
-                    expected.len(),
-                    crate::error::DbError::from(e)
-                ))
-            })?;
+        let rows = self.run(sql, args, what, expected.len(), &t).await?;
         if rows.len() == expected.len() {
             return Ok(());
         }
