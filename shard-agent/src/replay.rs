@@ -23,6 +23,22 @@ pub struct ReplayOptions {
     pub binlog: bool,
 }
 
+/// Connections a shard's replay applies changes on at once, at most: on
+/// MariaDB row events split by table, on PostgreSQL netted changes split
+/// by table.
+const WORKERS: usize = 4;
+
+/// The limit in force: `SHARDCUT_REPLAY_WORKERS` (1 applies everything in
+/// source order on one connection, as before parallel apply; benchmarks
+/// compare the two, and a test takes both paths), else [`WORKERS`].
+pub(crate) fn workers() -> usize {
+    std::env::var("SHARDCUT_REPLAY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(WORKERS)
+}
+
 /// What replaying one shard did.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplayReport {

@@ -5,8 +5,10 @@
 //! description, table map and row events, so the server decodes full row
 //! images itself, for every column type, with no value conversion on our
 //! side. Statements logged as text (DDL) are executed as logged, in the
-//! database they were logged in. Transactions are framed with BEGIN/COMMIT
-//! from the GTID and XID events, so a target never holds half of one.
+//! database they were logged in. Source transactions are grouped into
+//! target transactions, and row events apply on parallel connections by
+//! table (see [`replay`]): a replay that stops may leave part of a source
+//! transaction applied, on a target that then fails its restore.
 //!
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
 
@@ -104,21 +106,6 @@ const ROWS_PER_STATEMENT: usize = 1 << 20;
 const GROUP_TRANSACTIONS: u64 = 2000;
 /// Row-event bytes applied in one target transaction, at most.
 const GROUP_BYTES: usize = 32 << 20;
-
-/// Connections applying row events at once, at most, besides the one that
-/// runs what must run alone.
-const WORKERS: usize = 4;
-
-/// The limit in force: `SHARDCUT_REPLAY_WORKERS` (1 applies everything in
-/// source order on one connection, as before parallel apply; benchmarks
-/// compare the two), else [`WORKERS`].
-fn workers() -> usize {
-    std::env::var("SHARDCUT_REPLAY_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| (1..=64).contains(n))
-        .unwrap_or(WORKERS)
-}
 
 /// Applies the transactions of `source`'s binlog stream that end after
 /// `from` and at or before `to` to `target`.
@@ -452,7 +439,7 @@ impl Applier {
             main: Session::new(conn, shard),
             binlog,
             workers: Workers::default(),
-            most: workers(),
+            most: crate::replay::workers(),
             components: HashMap::new(),
             assigned: HashMap::new(),
             queued: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB)),

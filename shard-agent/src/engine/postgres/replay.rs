@@ -274,24 +274,9 @@ fn identity(rel: &Relation, key: &[Value]) -> String {
     }
 }
 
-/// Applies the transactions of `source`'s stream `db` that commit at or
-/// after `from` and before `to` to database `db` of `target`.
-pub async fn replay(
-    repo: &dyn Repository,
-    source: &str,
-    db: &str,
-    target: &Shard,
-    from: &Position,
-    to: &Position,
-) -> Result<ReplayReport, ReplayError> {
-    let segs = segments(repo, source, db, (from, to))?;
-    let (Position::Postgres { lsn: from }, Position::Postgres { lsn: to }) = (from, to) else {
-        return Err(ReplayError::Refused {
-            shard: target.name.clone(),
-            what: "positions are not WAL positions".into(),
-        });
-    };
-    let mut report = ReplayReport::default();
+/// A replay session: as a logical replication apply worker, committing
+/// without waiting for the disk, joining key arrays by index.
+async fn session(target: &Shard, db: &str) -> Result<Client, ReplayError> {
     let client = reader(target, db, std::time::Duration::from_secs(10)).await?;
     // As a logical replication apply worker: the target's triggers and
     // foreign-key actions do not fire (their effects on the source are in
@@ -323,7 +308,37 @@ pub async fn replay(
             at: format!("database {db}"),
             what: crate::error::DbError::from(e).to_string(),
         })?;
+    Ok(client)
+}
+
+/// Applies the transactions of `source`'s stream `db` that commit at or
+/// after `from` and before `to` to database `db` of `target`.
+pub async fn replay(
+    repo: &dyn Repository,
+    source: &str,
+    db: &str,
+    target: &Shard,
+    from: &Position,
+    to: &Position,
+) -> Result<ReplayReport, ReplayError> {
+    let segs = segments(repo, source, db, (from, to))?;
+    let (Position::Postgres { lsn: from }, Position::Postgres { lsn: to }) = (from, to) else {
+        return Err(ReplayError::Refused {
+            shard: target.name.clone(),
+            what: "positions are not WAL positions".into(),
+        });
+    };
+    let mut report = ReplayReport::default();
+    let client = session(target, db).await?;
     let net = netting();
+    // More connections for netted changes, a table to each (none when
+    // changes are not netted, or with one worker).
+    let mut extra = Vec::new();
+    if net {
+        for _ in 1..crate::replay::workers() {
+            extra.push(session(target, db).await?);
+        }
+    }
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut group = Group::default();
     let mut applied = Lsn(0);
@@ -343,6 +358,7 @@ pub async fn replay(
         let raw = load_segment(repo, &seg)?;
         let ctx = Ctx {
             client: &client,
+            extra: &extra,
             net,
             target,
             db,
@@ -361,6 +377,7 @@ pub async fn replay(
     }
     let ctx = Ctx {
         client: &client,
+        extra: &extra,
         net,
         target,
         db,
@@ -397,6 +414,11 @@ struct Group {
     /// How many changes and bytes of values they hold.
     net_changes: usize,
     net_bytes: usize,
+    /// Statements sent on the main connection since it last committed.
+    direct: bool,
+    /// The connection each table's netted changes apply on (0: the main
+    /// one), kept across groups.
+    assigned: HashMap<(String, String), usize>,
 }
 
 impl Group {
@@ -840,6 +862,14 @@ impl NetCtx<'_> {
         Ok(())
     }
 
+    /// Runs a statement that returns nothing (BEGIN, COMMIT).
+    async fn sql(&self, sql: &str) -> Result<(), ReplayError> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.err(format!("{sql}: {}", crate::error::DbError::from(e))))
+    }
+
     /// Runs a netted statement changing `n` rows of table `t`.
     async fn run(
         &self,
@@ -928,6 +958,9 @@ impl NetCtx<'_> {
 
 struct Ctx<'a> {
     client: &'a Client,
+    /// Connections besides `client` that netted changes apply on, each
+    /// table always on the same one (see [`Ctx::flush_net`]).
+    extra: &'a [Client],
     /// Whether changes to tables with a key are netted (see [`Net`]).
     net: bool,
     target: &'a Shard,
@@ -1030,6 +1063,7 @@ impl Ctx<'_> {
         }
         self.begin(group, commit_lsn).await?;
         group.bytes += op.bytes();
+        group.direct = true;
         group.ops.push(op);
         group.statements += 1;
         if group.ops.len() >= BATCH_STATEMENTS || group.bytes >= BATCH_BYTES {
@@ -1138,8 +1172,10 @@ impl Ctx<'_> {
             .await
             .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
         let prepared = std::mem::take(&mut group.prepared);
+        let assigned = std::mem::take(&mut group.assigned);
         *group = Group {
             prepared,
+            assigned,
             ..Group::default()
         };
         Ok(())
@@ -1151,6 +1187,14 @@ impl Ctx<'_> {
     }
 
     /// Applies the netted changes, after the statements before them.
+    ///
+    /// With more connections, tables are dealt to them (each table always
+    /// to the same one, so its changes keep their order) and applied at
+    /// once; the others commit theirs at once, in a transaction of their
+    /// own, and the main connection first commits statements it sent, so
+    /// that no connection waits for a row lock another holds. Order
+    /// between tables does not matter: no trigger or foreign-key check
+    /// runs in a replay session.
     async fn flush_net(&self, group: &mut Group) -> Result<(), ReplayError> {
         if group.net.is_empty() {
             return Ok(());
@@ -1159,16 +1203,64 @@ impl Ctx<'_> {
         let nets = std::mem::take(&mut group.net);
         group.net_changes = 0;
         group.net_bytes = 0;
-        let ctx = NetCtx {
-            client: self.client,
-            shard: &self.target.name,
-            at: format!("database {} {}", self.db, group.span()),
-        };
-        for net in nets.into_values() {
-            ctx.apply(net).await?;
+        let at = format!("database {} {}", self.db, group.span());
+        if self.extra.is_empty() {
+            let ctx = NetCtx {
+                client: self.client,
+                shard: &self.target.name,
+                at,
+            };
+            for net in nets.into_values() {
+                ctx.apply(net).await?;
+            }
+            return Ok(());
         }
+        if group.direct {
+            self.client
+                .batch_execute("COMMIT; BEGIN")
+                .await
+                .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
+            group.direct = false;
+        }
+        let ways = self.extra.len() + 1;
+        let mut shares: Vec<Vec<Net>> = (0..ways).map(|_| Vec::new()).collect();
+        for net in nets.into_values() {
+            let table = (net.rel.schema.clone(), net.rel.name.clone());
+            let n = group.assigned.len();
+            let i = *group.assigned.entry(table).or_insert(n % ways);
+            shares[i].push(net);
+        }
+        let runs = shares.into_iter().enumerate().map(|(i, share)| {
+            let client = if i == 0 {
+                self.client
+            } else {
+                &self.extra[i - 1]
+            };
+            let ctx = NetCtx {
+                client,
+                shard: &self.target.name,
+                at: at.clone(),
+            };
+            async move {
+                if share.is_empty() {
+                    return Ok::<(), ReplayError>(());
+                }
+                if i > 0 {
+                    ctx.sql("BEGIN").await?;
+                }
+                for net in share {
+                    ctx.apply(net).await?;
+                }
+                if i > 0 {
+                    ctx.sql("COMMIT").await?;
+                }
+                Ok(())
+            }
+        });
+        futures_util::future::try_join_all(runs).await?;
         Ok(())
     }
+
     /// Commits the last group and waits until every commit of the replay
     /// is on disk (the session's commits did not wait, one by one).
     async fn finish(&self, group: &mut Group) -> Result<(), ReplayError> {
