@@ -1,13 +1,16 @@
 //! Replaying captured pgoutput segments into a PostgreSQL target.
 //!
-//! Each captured transaction becomes one target transaction of INSERT,
-//! UPDATE, DELETE and TRUNCATE statements. Values travel as the text the
-//! source's output functions produced (under the same session settings on
-//! both sides), written as quoted literals that the target casts to the
-//! column type, so no value is reinterpreted on the way. Rows are found by
-//! their replica identity (the primary key, or the whole old row); an
-//! UPDATE or DELETE that does not hit exactly one row means the target
-//! has diverged, and replay stops rather than going on silently.
+//! Many captured transactions become one target transaction. Changes to a
+//! table with a key are netted by key (see [`Net`]) and applied a table at
+//! a time, by one DELETE, UPDATE and INSERT from arrays of values, on up
+//! to [`crate::replay::workers`] connections; the rest become INSERT,
+//! UPDATE, DELETE and TRUNCATE statements of their own. Values travel as
+//! the text the source's output functions produced (under the same
+//! session settings on both sides), cast by the target to the column
+//! type, so no value is reinterpreted on the way. Rows are found by their
+//! replica identity (the primary key, or the whole old row); a change that
+//! does not find its row means the target has diverged, and replay stops
+//! rather than going on silently.
 //!
 //! Logical decoding carries no DDL: a relation whose columns differ from
 //! the restored table's is refused, naming the table and both column lists.
