@@ -334,14 +334,9 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let client = session(target, db).await?;
     let net = netting();
-    // More connections for netted changes, a table to each (none when
-    // changes are not netted, or with one worker).
-    let mut extra = Vec::new();
-    if net {
-        for _ in 1..crate::replay::workers() {
-            extra.push(session(target, db).await?);
-        }
-    }
+    // Connections netted changes apply on (one when changes are not
+    // netted); the others open when a table is first dealt to them.
+    let ways = if net { crate::replay::workers() } else { 1 };
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     let mut group = Group::default();
     let mut applied = Lsn(0);
@@ -361,7 +356,7 @@ pub async fn replay(
         let raw = load_segment(repo, &seg)?;
         let ctx = Ctx {
             client: &client,
-            extra: &extra,
+            ways,
             net,
             target,
             db,
@@ -380,7 +375,7 @@ pub async fn replay(
     }
     let ctx = Ctx {
         client: &client,
-        extra: &extra,
+        ways,
         net,
         target,
         db,
@@ -422,6 +417,9 @@ struct Group {
     /// The connection each table's netted changes apply on (0: the main
     /// one), kept across groups.
     assigned: HashMap<(String, String), usize>,
+    /// The other connections, opened as tables are dealt to them (`i` is
+    /// `extra[i - 1]`).
+    extra: Vec<Client>,
 }
 
 impl Group {
@@ -778,8 +776,12 @@ impl NetCtx<'_> {
     /// its column's type by the statement, as for every other change.
     async fn apply(&self, net: Net) -> Result<(), ReplayError> {
         let rel = &net.rel;
+        // Only changes to a table with a key are netted (`netted_key`).
         let Some(keys) = rel.key_columns() else {
-            return Ok(());
+            return Err(self.err(format!(
+                "changes to {} were netted, but it has no key to find rows by",
+                rel.qualified()
+            )));
         };
         let set: Vec<usize> = (0..rel.columns.len())
             .filter(|i| !keys.contains(i))
@@ -820,7 +822,7 @@ impl NetCtx<'_> {
                 list(keys.len(), &|j| format!("${}::text[]", j + 1)),
                 list(keys.len(), &|j| format!("k{j}")),
             );
-            self.keyed(rel, &sql, &args, &gone, "delete").await?;
+            self.keyed(rel, &keys, &sql, &args, &gone, "delete").await?;
         }
         if !changed.is_empty() {
             let ks: Vec<&Vec<String>> = changed.iter().map(|(k, _)| *k).collect();
@@ -845,7 +847,7 @@ impl NetCtx<'_> {
                 list(keys.len(), &|j| format!("k{j}")),
                 list(set.len(), &|j| format!("c{j}")),
             );
-            self.keyed(rel, &sql, &args, &ks, "update").await?;
+            self.keyed(rel, &keys, &sql, &args, &ks, "update").await?;
         }
         if new.is_empty() {
             return Ok(());
@@ -898,6 +900,7 @@ impl NetCtx<'_> {
     async fn keyed(
         &self,
         rel: &Relation,
+        keys: &[usize],
         sql: &str,
         args: &[Vec<Option<&str>>],
         expected: &[&Vec<String>],
@@ -908,9 +911,6 @@ impl NetCtx<'_> {
         if rows.len() == expected.len() {
             return Ok(());
         }
-        let Some(keys) = rel.key_columns() else {
-            return Ok(());
-        };
         let found: std::collections::HashSet<Vec<String>> = rows
             .iter()
             .map(|r| {
@@ -961,9 +961,9 @@ impl NetCtx<'_> {
 
 struct Ctx<'a> {
     client: &'a Client,
-    /// Connections besides `client` that netted changes apply on, each
-    /// table always on the same one (see [`Ctx::flush_net`]).
-    extra: &'a [Client],
+    /// Connections netted changes apply on, `client` included, each table
+    /// always on the same one (see [`Ctx::flush_net`]).
+    ways: usize,
     /// Whether changes to tables with a key are netted (see [`Net`]).
     net: bool,
     target: &'a Shard,
@@ -1176,9 +1176,11 @@ impl Ctx<'_> {
             .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
         let prepared = std::mem::take(&mut group.prepared);
         let assigned = std::mem::take(&mut group.assigned);
+        let extra = std::mem::take(&mut group.extra);
         *group = Group {
             prepared,
             assigned,
+            extra,
             ..Group::default()
         };
         Ok(())
@@ -1207,7 +1209,7 @@ impl Ctx<'_> {
         group.net_changes = 0;
         group.net_bytes = 0;
         let at = format!("database {} {}", self.db, group.span());
-        if self.extra.is_empty() {
+        if self.ways == 1 {
             let ctx = NetCtx {
                 client: self.client,
                 shard: &self.target.name,
@@ -1225,7 +1227,7 @@ impl Ctx<'_> {
                 .map_err(|e| self.apply_err(group.last, format!("COMMIT: {e}")))?;
             group.direct = false;
         }
-        let ways = self.extra.len() + 1;
+        let ways = self.ways;
         let mut shares: Vec<Vec<Net>> = (0..ways).map(|_| Vec::new()).collect();
         for net in nets.into_values() {
             let table = (net.rel.schema.clone(), net.rel.name.clone());
@@ -1233,33 +1235,35 @@ impl Ctx<'_> {
             let i = *group.assigned.entry(table).or_insert(n % ways);
             shares[i].push(net);
         }
-        let runs = shares.into_iter().enumerate().map(|(i, share)| {
-            let client = if i == 0 {
-                self.client
-            } else {
-                &self.extra[i - 1]
-            };
-            let ctx = NetCtx {
-                client,
-                shard: &self.target.name,
-                at: at.clone(),
-            };
-            async move {
-                if share.is_empty() {
-                    return Ok::<(), ReplayError>(());
+        let needed = shares.iter().rposition(|s| !s.is_empty()).unwrap_or(0);
+        while group.extra.len() < needed {
+            group.extra.push(session(self.target, self.db).await?);
+        }
+        let extra = &group.extra;
+        let runs = shares
+            .into_iter()
+            .enumerate()
+            .filter(|(_, share)| !share.is_empty())
+            .map(|(i, share)| {
+                let client = if i == 0 { self.client } else { &extra[i - 1] };
+                let ctx = NetCtx {
+                    client,
+                    shard: &self.target.name,
+                    at: at.clone(),
+                };
+                async move {
+                    if i > 0 {
+                        ctx.sql("BEGIN").await?;
+                    }
+                    for net in share {
+                        ctx.apply(net).await?;
+                    }
+                    if i > 0 {
+                        ctx.sql("COMMIT").await?;
+                    }
+                    Ok::<(), ReplayError>(())
                 }
-                if i > 0 {
-                    ctx.sql("BEGIN").await?;
-                }
-                for net in share {
-                    ctx.apply(net).await?;
-                }
-                if i > 0 {
-                    ctx.sql("COMMIT").await?;
-                }
-                Ok(())
-            }
-        });
+            });
         futures_util::future::try_join_all(runs).await?;
         Ok(())
     }
