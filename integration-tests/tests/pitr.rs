@@ -1178,6 +1178,34 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
         "{show:?}"
     );
 
+    // A MariaDB target whose buffer pool is far smaller than its tables
+    // (a table of 1 GiB by the persistent statistics, against the
+    // sandbox's 64 MiB) gets a hint naming the setting; the tables above,
+    // which fit, got none.
+    assert!(!run.stderr.contains("buffer pool"), "{run:?}");
+    let mut c = db::mysql(&target_topo.shards[0], None).await;
+    c.query_drop(
+        "INSERT INTO mysql.innodb_table_stats \
+         (database_name, table_name, last_update, n_rows, clustered_index_size, sum_of_other_index_sizes) \
+         VALUES ('ballast', 'big', NOW(), 1, 65536, 0)",
+    )
+    .await
+    .unwrap();
+    let run = restore().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "mysql-0: the target's InnoDB buffer pool (64 MiB) holds 6% of its tables (1024 MiB)"
+        ) && run
+            .stderr
+            .contains("SET GLOBAL innodb_buffer_pool_size = 1152M"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("pg-0: the target's"), "{run:?}");
+    c.query_drop("DELETE FROM mysql.innodb_table_stats WHERE database_name = 'ballast'")
+        .await
+        .unwrap();
+
     // Tampered: the base's recorded cut moved back to where capture
     // started, before the delete the base already holds.
     let repo = db::repository(topo);

@@ -387,6 +387,7 @@ pub async fn replay_shard(
         total.segments += r.segments;
         total.transactions += r.transactions;
         total.statements += r.statements;
+        total.notes.extend(r.notes);
     }
     if let Some(at) = at {
         // Only the databases this restore brought back: the mark is read

@@ -45,6 +45,10 @@ pub struct ReplayReport {
     pub segments: u64,
     pub transactions: u64,
     pub statements: u64,
+    /// What the DBA should know about the target's rate (one line each),
+    /// such as a buffer pool too small for the tables the changes touch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

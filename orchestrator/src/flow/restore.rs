@@ -498,6 +498,9 @@ async fn replay_all(
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((name, Ok(r), seconds)) => {
+                for note in &r.notes {
+                    tracing::warn!("{name}: {note}");
+                }
                 tracing::info!(
                     "{name}: replayed {} transaction(s) from {} segment(s) in {seconds:.2} s",
                     r.transactions,
