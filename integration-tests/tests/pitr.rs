@@ -1202,6 +1202,28 @@ async fn replay_reports_its_rate_and_stops_naming_a_change_the_target_cannot_tak
         "{run:?}"
     );
     assert!(!run.stderr.contains("pg-0: the target's"), "{run:?}");
+    let notes: Vec<(String, String)> = run.json()["replay"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let shard = r["shard"].as_str().unwrap_or_default().to_string();
+            r["notes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| (shard.clone(), n.as_str().unwrap_or_default().to_string()))
+        })
+        .collect();
+    assert!(
+        notes.len() == 1
+            && notes[0].0 == "mysql-0"
+            && notes[0]
+                .1
+                .contains("SET GLOBAL innodb_buffer_pool_size = 1152M"),
+        "the hint in the JSON report: {notes:?}"
+    );
     c.query_drop("DELETE FROM mysql.innodb_table_stats WHERE database_name = 'ballast'")
         .await
         .unwrap();

@@ -26,6 +26,10 @@ pub struct ReplayRate {
     pub seconds: f64,
     /// RFC 3339.
     pub measured_at: String,
+    /// What the replay said about the target's rate (such as a buffer
+    /// pool far smaller than its tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ReplayRate {
@@ -135,6 +139,7 @@ mod tests {
             statements: transactions * 4,
             seconds,
             measured_at: "2026-12-04T00:00:00Z".into(),
+            notes: Vec::new(),
         }
     }
 

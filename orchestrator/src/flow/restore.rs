@@ -512,6 +512,7 @@ async fn replay_all(
                     statements: r.statements,
                     seconds,
                     measured_at: chrono::Utc::now().to_rfc3339(),
+                    notes: r.notes,
                 });
             }
             Ok((name, Err(e), _)) => failures.push(format!(
