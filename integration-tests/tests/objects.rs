@@ -364,6 +364,60 @@ fn wrong_credentials_fail_in_one_line_and_leave_nothing() {
     );
 }
 
+/// A store serving HTTPS under a private CA: with `ca_file` naming that
+/// CA a backup goes in and verifies; without it, or with another CA, the
+/// store's certificate is refused in one line and nothing is written.
+#[test]
+fn a_bucket_over_https_takes_a_backup_with_its_ca_and_refuses_another_certificate() {
+    let tls = support::TlsObjectStore::up();
+    let store = &tls.store;
+    let ca = store.ca_file.clone().expect("S3_CA_FILE of a --tls store");
+    assert!(store.endpoint.starts_with("https://"), "{}", store.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let arg = src.to_str().unwrap();
+    let prefix = support::unique_prefix("https");
+    for (ca_line, what) in [
+        (String::new(), "the system's roots"),
+        (
+            format!(
+                "  ca_file: {}\n",
+                tls.certs().join("other-ca.pem").display()
+            ),
+            "another CA",
+        ),
+    ] {
+        support::move_repository(&src, &store.repository_yaml("tls", &prefix, &ca_line));
+        let run = support::shardcut(&["backup", "-t", arg]);
+        assert_eq!(run.code, 1, "{what}: {run:?}");
+        let line = one_line_error(&run);
+        assert!(
+            line.contains("s3://tls/") && line.contains("certificate"),
+            "{what}: {line}"
+        );
+    }
+    assert!(
+        store
+            .repository("tls", &prefix)
+            .list("")
+            .unwrap()
+            .is_empty(),
+        "a refused backup left objects"
+    );
+    let ca_line = format!("  ca_file: {}\n", ca.display());
+    support::move_repository(&src, &store.repository_yaml("tls", &prefix, &ca_line));
+    let run = support::shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let run = support::shardcut(&["verify", "--backup", &id, "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let chunks = store
+        .repository("tls", &prefix)
+        .list(&format!("backups/{id}/"))
+        .unwrap();
+    assert!(chunks.len() > 2, "the backup's objects: {chunks:?}");
+}
+
 #[test]
 fn the_bucket_keeps_the_repository_contract() {
     let store = ObjectStore::get();

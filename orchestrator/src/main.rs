@@ -66,9 +66,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // rustls logs a refused certificate as an error of its own, before the
+    // error it returns reaches the one line a failed command prints.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,rustls=off",
+        1 => "info,rustls=off",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

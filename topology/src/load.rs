@@ -126,6 +126,7 @@ const S3_FIELDS: &[&str] = &[
     "access_key_file",
     "secret_key_env",
     "secret_key_file",
+    "ca_file",
 ];
 
 fn is_name(s: &str) -> bool {
@@ -583,6 +584,18 @@ impl Checker<'_> {
         .flatten()
         .filter(|v| !v.is_empty())
         .map(Secret::new);
+        let ca_pem = self.pem_file(r, "ca_file", "certificate");
+        let https = match &endpoint {
+            Some(Some(e)) => e.starts_with("https://"),
+            _ => true,
+        };
+        if matches!(ca_pem, Some(Some(_))) && !https {
+            self.problem(
+                r.at("ca_file"),
+                "a CA is for an https endpoint; this one is plain http",
+            );
+            return None;
+        }
         if !(bucket_ok && prefix_ok) {
             return None;
         }
@@ -594,6 +607,7 @@ impl Checker<'_> {
             access_key: access_key?,
             secret_key: secret_key?,
             session_token,
+            ca_pem: ca_pem?,
         })
     }
 

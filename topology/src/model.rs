@@ -150,6 +150,10 @@ pub struct S3Location {
     pub access_key: Secret,
     pub secret_key: Secret,
     pub session_token: Option<Secret>,
+    /// PEM text of the CA certificates an `https` endpoint's certificate
+    /// must chain to (read from `ca_file` at load time); `None`: the
+    /// system's roots.
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Display for S3Location {

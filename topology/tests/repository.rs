@@ -135,3 +135,41 @@ fn keys_read_back_as_written() {
     assert!(RepositoryKey::parse(&KEY_HEX[1..]).is_none());
     assert!(RepositoryKey::parse(&KEY_HEX.replace('a', "g")).is_none());
 }
+
+#[test]
+fn a_ca_file_is_read_for_an_https_endpoint_and_refused_for_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let repo = |endpoint: &str, ca: &Path| {
+        format!(
+            "repository:\n  url: s3://bkp\n  endpoint: {endpoint}\n  access_key_env: KEY_ID\n  secret_key_env: KEY_SECRET\n  ca_file: {}\n",
+            ca.display()
+        )
+    };
+    let t = parse_with(&repo("https://s3.internal:8443", &ca), &env).unwrap();
+    let RepositoryLocation::S3(s3) = &t.repository.location else {
+        panic!("{:?}", t.repository)
+    };
+    assert!(s3.ca_pem.as_deref().unwrap().contains("BEGIN CERTIFICATE"));
+
+    let err = parse_with(&repo("http://127.0.0.1:9000", &ca), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("repository.ca_file") && err.contains("plain http"),
+        "{err}"
+    );
+    let missing = dir.path().join("missing.pem");
+    let err = parse_with(&repo("https://s3.internal:8443", &missing), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("repository.ca_file") && err.contains("cannot read"),
+        "{err}"
+    );
+}

@@ -287,11 +287,18 @@ pub struct ObjectStore {
     pub endpoint: String,
     pub access_key_file: PathBuf,
     pub secret_key_file: PathBuf,
+    /// The CA of a store serving HTTPS (`scripts/s3 up --tls`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ObjectStore {
     pub fn get() -> Self {
-        let env = sandbox().join("s3/env");
+        Self::of(&sandbox())
+    }
+
+    /// The store `scripts/s3 up --dir DIR` started.
+    pub fn of(dir: &Path) -> Self {
+        let env = dir.join("s3/env");
         let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
             panic!(
                 "no object store at {}: {e}; start one with scripts/s3 up --dir $SHARDCUT_SANDBOX (scripts/test does)",
@@ -308,6 +315,10 @@ impl ObjectStore {
             endpoint: var("S3_ENDPOINT"),
             access_key_file: var("S3_ACCESS_KEY_FILE").into(),
             secret_key_file: var("S3_SECRET_KEY_FILE").into(),
+            ca_file: text
+                .lines()
+                .find_map(|l| l.strip_prefix("S3_CA_FILE="))
+                .map(PathBuf::from),
         }
     }
 
@@ -349,8 +360,54 @@ impl ObjectStore {
             access_key: topology::Secret::new(read(&self.access_key_file)),
             secret_key: topology::Secret::new(read(&self.secret_key_file)),
             session_token: None,
+            ca_pem: self
+                .ca_file
+                .as_ref()
+                .map(|p| std::fs::read_to_string(p).expect("the store's CA")),
         })
         .expect("open the bucket")
+    }
+}
+
+/// A store of the test's own, serving HTTPS with a certificate of a CA
+/// `scripts/tls-certs` made (`scripts/s3 up --tls`); stopped on drop.
+pub struct TlsObjectStore {
+    dir: tempfile::TempDir,
+    pub store: ObjectStore,
+}
+
+impl TlsObjectStore {
+    pub fn up() -> Self {
+        let dir = tempfile::tempdir().expect("a directory for the store");
+        let out = Command::new(root().join("scripts/s3"))
+            .args(["up", "--dir"])
+            .arg(dir.path())
+            .args(["--buckets", "tls", "--tls"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run scripts/s3");
+        assert!(
+            out.status.success(),
+            "scripts/s3 up --tls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = ObjectStore::of(dir.path());
+        TlsObjectStore { dir, store }
+    }
+
+    /// The directory of `scripts/tls-certs`' certificates.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("s3/tls")
+    }
+}
+
+impl Drop for TlsObjectStore {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/s3"))
+            .args(["down", "--dir"])
+            .arg(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output();
     }
 }
 

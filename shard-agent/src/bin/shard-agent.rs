@@ -62,6 +62,10 @@ struct ServeArgs {
     /// File holding the secret access key (default: AWS_SECRET_ACCESS_KEY).
     #[arg(long, value_name = "FILE")]
     s3_secret_key_file: Option<PathBuf>,
+    /// PEM file of the CA an https endpoint's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    s3_ca_file: Option<PathBuf>,
     /// The key of an encrypted repository (`shardcut keygen`); repeat for
     /// older keys that still open older objects (the first one seals).
     #[arg(long, value_name = "FILE")]
@@ -156,6 +160,19 @@ fn allowed_repositories(args: &ServeArgs) -> Result<AllowedRepositories, String>
         let (Some(access_key), Some(secret_key)) = (access, secret_key) else {
             return Err("--allow-repository names a bucket: give --s3-access-key-file and --s3-secret-key-file, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
         };
+        let ca_pem = match &args.s3_ca_file {
+            None => None,
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(pem) if pem.contains("-----BEGIN ") => Some(pem),
+                Ok(_) => {
+                    return Err(format!(
+                        "--s3-ca-file {}: holds no PEM certificate",
+                        p.display()
+                    ))
+                }
+                Err(e) => return Err(format!("--s3-ca-file {}: {e}", p.display())),
+            },
+        };
         out.store = Some(topology::S3Location {
             bucket: String::new(),
             prefix: String::new(),
@@ -168,6 +185,7 @@ fn allowed_repositories(args: &ServeArgs) -> Result<AllowedRepositories, String>
             access_key,
             secret_key,
             session_token: env("AWS_SESSION_TOKEN").map(Secret::new),
+            ca_pem,
         });
     }
     let mut keys = Vec::new();
@@ -194,7 +212,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rustls's own log of a refused certificate repeats the
+                // error a request answers with.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=off")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -120,13 +120,31 @@ impl S3Repository {
         if let Some(token) = &location.session_token {
             builder = builder.with_token(token.expose());
         }
+        let mut plain_http = false;
         if let Some(endpoint) = &location.endpoint {
             // A named endpoint is an S3-compatible store: path-style
             // requests, and plain HTTP if that is what it says.
-            client = client.with_allow_http(endpoint.starts_with("http://"));
+            plain_http = endpoint.starts_with("http://");
+            client = client.with_allow_http(plain_http);
             builder = builder
                 .with_endpoint(endpoint)
                 .with_virtual_hosted_style_request(false);
+        }
+        // Over TLS the payload is not hashed into the signature: TLS
+        // already protects it on the way, and SHA-256 of every byte was
+        // half of what a backup into a bucket costs its host beyond one
+        // into a directory (docs/BENCHMARKS.md). Over plain HTTP the
+        // signature is the only check on the way, and stays.
+        builder = builder.with_unsigned_payload(!plain_http);
+        if let Some(pem) = &location.ca_pem {
+            let roots = object_store::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| fail(format!("the CA file holds no usable certificate: {e}")))?;
+            if roots.is_empty() {
+                return Err(fail("the CA file holds no certificate".into()));
+            }
+            for root in roots {
+                client = client.with_root_certificate(root);
+            }
         }
         // TLS goes through rustls with the process's crypto provider.
         crate::tls::install_provider();
@@ -542,6 +560,7 @@ mod tests {
             access_key: Secret::new("AKIDSHOWNNOWHERE"),
             secret_key: Secret::new("secret-shown-nowhere"),
             session_token: None,
+            ca_pem: None,
         })
         .unwrap();
         let shown = format!("{repo:?} {}", repo.location());
