@@ -132,8 +132,8 @@ impl S3Repository {
         }
         // Over TLS the payload is not hashed into the signature: TLS
         // already protects it on the way, and SHA-256 of every byte was
-        // 7 % of a backup's CPU, a third of what a bucket costs its host beyond one
-        // into a directory (docs/BENCHMARKS.md). Over plain HTTP the
+        // 7 % of a backup's CPU, a third of what a bucket costs its host
+        // beyond a directory (docs/BENCHMARKS.md). Over plain HTTP the
         // signature is the only check on the way, and stays.
         builder = builder.with_unsigned_payload(!plain_http);
         if let Some(pem) = &location.ca_pem {

@@ -212,15 +212,16 @@ async fn pool_note(conn: &mut Conn) -> Option<String> {
 /// bytes, when the pool holds less than half of them.
 fn small_pool(pool: u64, tables: u64) -> Option<String> {
     const MIB: u64 = 1 << 20;
-    if pool == 0 || tables <= 2 * pool {
+    // The sizes come from the server: no arithmetic on them may overflow.
+    if pool == 0 || tables <= pool.saturating_mul(2) {
         return None;
     }
     // Rounded up to a whole 128 MiB, the unit MariaDB resizes by.
-    let enough = tables.div_ceil(128 * MIB) * 128;
+    let enough = tables.div_ceil(128 * MIB).saturating_mul(128);
     Some(format!(
         "the target's InnoDB buffer pool ({} MiB) holds {}% of its tables ({} MiB): most replayed changes wait for a page read; replay runs several times faster with SET GLOBAL innodb_buffer_pool_size = {enough}M (or more) on the target before the restore",
         pool / MIB,
-        pool * 100 / tables,
+        u128::from(pool) * 100 / u128::from(tables),
         tables / MIB,
     ))
 }
@@ -1008,6 +1009,9 @@ mod tests {
         const MIB: u64 = 1 << 20;
         assert_eq!(small_pool(64 * MIB, 128 * MIB), None);
         assert_eq!(small_pool(0, 128 * MIB), None);
+        // Sizes from a hostile server do not overflow.
+        assert_eq!(small_pool(u64::MAX, u64::MAX), None);
+        assert!(small_pool(1, u64::MAX).is_some());
         let hint = small_pool(64 * MIB, 480 * MIB).expect("a hint");
         assert!(
             hint.contains("buffer pool (64 MiB) holds 13% of its tables (480 MiB)"),
