@@ -189,8 +189,9 @@ pub async fn replay(
 /// tables (by the persistent statistics, read once): the changes then
 /// wait on a device read for most rows they touch, on the target as on
 /// the source, and the replay runs at a fraction of the rate the same
-/// target reaches with the tables in memory (measured: 2,700 against
-/// 13,600 transactions a second, docs/BENCHMARKS.md). Nothing when the
+/// target reaches with the tables in memory (measured on sysbench's
+/// tables: 2,818-3,348 transactions a second with a 64 MiB pool against
+/// 13,661-16,697 with 1 GiB, docs/BENCHMARKS.md). Nothing when the
 /// statistics cannot be read: a hint never stops a replay.
 async fn pool_note(conn: &mut Conn) -> Option<String> {
     let sizes: Option<(u64, u64)> = conn
