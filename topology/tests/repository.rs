@@ -157,19 +157,17 @@ fn a_ca_file_is_read_for_an_https_endpoint_and_refused_for_plain_http() {
     };
     assert!(s3.ca_pem.as_deref().unwrap().contains("BEGIN CERTIFICATE"));
 
-    let err = parse_with(&repo("http://127.0.0.1:9000", &ca), &env)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("repository.ca_file") && err.contains("plain http"),
-        "{err}"
-    );
     let missing = dir.path().join("missing.pem");
-    let err = parse_with(&repo("https://s3.internal:8443", &missing), &env)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("repository.ca_file") && err.contains("cannot read"),
-        "{err}"
-    );
+    for (endpoint, file, says) in [
+        ("http://127.0.0.1:9000", &ca, "plain http"),
+        ("https://s3.internal:8443", &missing, "cannot read"),
+    ] {
+        let err = parse_with(&repo(endpoint, file), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("repository.ca_file") && err.contains(says),
+            "{err}"
+        );
+    }
 }
