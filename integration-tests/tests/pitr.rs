@@ -389,11 +389,23 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
     db::setup_all(&topo, MYSQL_SETUP, "bank", PG_SETUP).await;
     let tables = ["accounts", "ledger"];
     let next_id = Arc::new(AtomicU64::new(1));
+    // Writes for `ms`, and on until some transfers are in: on a loaded
+    // machine the workers' connections can take the whole window, and a
+    // window with no change leaves no segment for expire to find.
     let writes = |ms: u64| {
         let (topo, next_id) = (topo.clone(), next_id.clone());
         async move {
+            let from = next_id.load(Ordering::Relaxed);
             let (stop, workers) = start_workload(&topo, &next_id);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while next_id.load(Ordering::Relaxed) < from + 10 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no transfers within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             stop_workload(stop, workers).await;
         }
     };
