@@ -388,6 +388,7 @@ pub async fn replay_shard(
         total.transactions += r.transactions;
         total.statements += r.statements;
         total.notes.extend(r.notes);
+        total.reordered += r.reordered;
     }
     if let Some(at) = at {
         // Only the databases this restore brought back: the mark is read

@@ -30,6 +30,9 @@ pub struct ReplayRate {
     /// pool far smaller than its tables).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Of `statements`, the single-row changes applied in key order.
+    #[serde(default)]
+    pub reordered: u64,
 }
 
 impl ReplayRate {
@@ -134,6 +137,7 @@ mod tests {
 
     fn rate(shard: &str, transactions: u64, seconds: f64) -> ReplayRate {
         ReplayRate {
+            reordered: 0,
             shard: shard.into(),
             transactions,
             statements: transactions * 4,

@@ -49,6 +49,14 @@ pub struct ReplayReport {
     /// such as a buffer pool too small for the tables the changes touch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Single-row changes applied in key order rather than source order
+    /// (MariaDB/MySQL targets; see `engine::mysql::reorder`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reordered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]

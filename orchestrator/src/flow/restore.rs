@@ -501,8 +501,12 @@ async fn replay_all(
                 for note in &r.notes {
                     tracing::warn!("{name}: {note}");
                 }
+                let ordered = match r.reordered {
+                    0 => String::new(),
+                    n => format!(" ({n} single-row change(s) applied in key order)"),
+                };
                 tracing::info!(
-                    "{name}: replayed {} transaction(s) from {} segment(s) in {seconds:.2} s",
+                    "{name}: replayed {} transaction(s) from {} segment(s) in {seconds:.2} s{ordered}",
                     r.transactions,
                     r.segments
                 );
@@ -513,6 +517,7 @@ async fn replay_all(
                     seconds,
                     measured_at: chrono::Utc::now().to_rfc3339(),
                     notes: r.notes,
+                    reordered: r.reordered,
                 });
             }
             Ok((name, Err(e), _)) => failures.push(format!(

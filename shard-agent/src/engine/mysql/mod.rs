@@ -11,6 +11,7 @@ pub(crate) mod preflight;
 mod presync;
 mod readback;
 pub mod reader;
+mod reorder;
 pub(crate) mod replay;
 mod restore;
 mod restore_keys;

@@ -13,10 +13,11 @@
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mysql_async::binlog::events::{Event, EventData};
+use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
 use mysql_async::binlog::BinlogVersion;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -24,6 +25,7 @@ use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
 use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
+use super::reorder::{Orderable, SortKey, Table, Window};
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
 use crate::position::{BinlogCoordinates, Gtid, GtidPosition, Position};
@@ -181,7 +183,10 @@ pub async fn replay(
         report.transactions += n.0;
         report.statements += n.1;
     }
+    // Read after the connections have sent their last windows.
+    let reordered = apply.main.reordered.clone();
     apply.finish().await?;
+    report.reordered = reordered.load(Ordering::Relaxed);
     Ok(report)
 }
 
@@ -257,14 +262,12 @@ async fn session(target: &Shard, binlog: bool) -> Result<Conn, ReplayError> {
 }
 
 /// One step of a source transaction: row events to send in a `BINLOG`
-/// statement, with the tables they change, or a statement logged as text.
+/// statement, with the tables they change and, for a single-row change
+/// that may be reordered, where it sorts; or a statement logged as text.
 enum Step {
-    Rows(Vec<u8>, Vec<Table>),
+    Rows(Vec<u8>, Vec<Table>, Option<SortKey>),
     Sql(String),
 }
-
-/// A table by database and name, as a table map event names it.
-type Table = (String, String);
 
 /// One connection's open target transaction, that source transactions (or
 /// their statements) are added to.
@@ -282,10 +285,17 @@ struct Session {
     bytes: usize,
     /// The format description sent last: row events are decoded by it.
     fde: Vec<u8>,
+    /// Single-row changes held to be sent in key order.
+    window: Window,
+    /// The group holds reordered changes: it ends by its size alone, so
+    /// that windows span many source transactions.
+    ordered: bool,
+    /// Changes sent in key order, by every connection of the replay.
+    reordered: Arc<AtomicU64>,
 }
 
 impl Session {
-    fn new(conn: Conn, shard: Arc<Shard>) -> Self {
+    fn new(conn: Conn, shard: Arc<Shard>, reordered: Arc<AtomicU64>) -> Self {
         Session {
             conn,
             shard,
@@ -296,6 +306,9 @@ impl Session {
             transactions: 0,
             bytes: 0,
             fde: Vec::new(),
+            window: Window::default(),
+            ordered: false,
+            reordered,
         }
     }
 
@@ -339,10 +352,34 @@ impl Session {
         Ok(())
     }
 
-    /// Adds the row events of one statement.
-    async fn rows(&mut self, rows: &[u8], at: &str) -> Result<(), ReplayError> {
+    /// Adds the row events of one statement; one that sorts at `key` is
+    /// held in the window, the others flush it first.
+    async fn rows(
+        &mut self,
+        rows: Vec<u8>,
+        at: &str,
+        key: Option<SortKey>,
+    ) -> Result<(), ReplayError> {
         self.begin(at).await?;
         self.bytes += rows.len();
+        match key {
+            Some(key) => {
+                self.ordered = true;
+                self.window.push(key, rows);
+                if self.window.is_full() {
+                    self.flush_window().await?;
+                }
+            }
+            None => {
+                self.flush_window().await?;
+                self.append(&rows).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends row events to the statement being built.
+    async fn append(&mut self, rows: &[u8]) -> Result<(), ReplayError> {
         self.rows.extend_from_slice(rows);
         if self.rows.len() >= ROWS_PER_STATEMENT {
             self.send_rows().await?;
@@ -350,9 +387,21 @@ impl Session {
         Ok(())
     }
 
+    /// Sends the window's changes, in key order.
+    async fn flush_window(&mut self) -> Result<(), ReplayError> {
+        let sorted = self.window.drain();
+        self.reordered
+            .fetch_add(sorted.len() as u64, Ordering::Relaxed);
+        for rows in sorted {
+            self.append(&rows).await?;
+        }
+        Ok(())
+    }
+
     /// Runs a statement logged as text in the group's transaction.
     async fn sql(&mut self, sql: &str, at: &str) -> Result<(), ReplayError> {
         self.begin(at).await?;
+        self.flush_window().await?;
         self.send_rows().await?;
         let what = self.span();
         self.run(sql, &what, sql).await
@@ -362,7 +411,7 @@ impl Session {
     /// applied) as added, committing the group when it is full.
     async fn added(&mut self) -> Result<(), ReplayError> {
         self.transactions += 1;
-        if self.transactions >= GROUP_TRANSACTIONS || self.bytes >= GROUP_BYTES {
+        if (self.transactions >= GROUP_TRANSACTIONS && !self.ordered) || self.bytes >= GROUP_BYTES {
             self.commit().await?;
         }
         Ok(())
@@ -383,10 +432,12 @@ impl Session {
         if !self.open {
             return Ok(());
         }
+        self.flush_window().await?;
         self.send_rows().await?;
         let what = self.span();
         self.run("COMMIT", &what, "COMMIT").await?;
         self.open = false;
+        self.ordered = false;
         self.first = None;
         self.transactions = 0;
         self.bytes = 0;
@@ -400,7 +451,13 @@ enum Msg {
     /// the given place; `true` when it is the last of its transaction on
     /// this connection. The permit holds its share of [`QUEUED_KIB`]
     /// until it is applied.
-    Rows(Vec<u8>, String, bool, tokio::sync::OwnedSemaphorePermit),
+    Rows(
+        Vec<u8>,
+        Option<SortKey>,
+        String,
+        bool,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
     Format(Vec<u8>),
     /// Commit, then answer.
     Sync(tokio::sync::oneshot::Sender<()>),
@@ -425,8 +482,8 @@ struct Worker {
 async fn work(mut s: Session, mut rx: tokio::sync::mpsc::Receiver<Msg>) -> Result<(), ReplayError> {
     while let Some(m) = rx.recv().await {
         match m {
-            Msg::Rows(rows, at, last, permit) => {
-                s.rows(&rows, &at).await?;
+            Msg::Rows(rows, key, at, last, permit) => {
+                s.rows(rows, &at, key).await?;
                 drop(permit);
                 if last {
                     s.added().await?;
@@ -458,6 +515,9 @@ struct Applier {
     assigned: HashMap<Table, usize>,
     /// What the queues may hold (see [`QUEUED_KIB`]).
     queued: Arc<tokio::sync::Semaphore>,
+    /// The tables whose single-row changes the parallel connections put
+    /// in key order.
+    orderable: Orderable,
 }
 
 /// The parallel connections; a replay that stopped leaves none committing
@@ -479,16 +539,35 @@ impl Applier {
     async fn new(shard: Arc<Shard>, binlog: bool) -> Result<Self, ReplayError> {
         let conn = session(&shard, binlog).await?;
         let mut a = Applier {
-            main: Session::new(conn, shard),
+            main: Session::new(conn, shard, Arc::default()),
             binlog,
             workers: Workers::default(),
             most: crate::replay::workers(),
             components: HashMap::new(),
             assigned: HashMap::new(),
             queued: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB)),
+            orderable: Orderable::default(),
         };
         a.linked().await?;
+        a.orderable().await?;
         Ok(a)
+    }
+
+    /// Reads which tables' changes may be reordered (none when one
+    /// connection applies everything in source order).
+    async fn orderable(&mut self) -> Result<(), ReplayError> {
+        if self.most == 1 || !reorder_enabled() {
+            return Ok(());
+        }
+        self.orderable =
+            Orderable::read(&mut self.main.conn)
+                .await
+                .map_err(|e| ReplayError::Apply {
+                    shard: self.main.shard.name.clone(),
+                    at: "reading which tables' changes may be reordered".into(),
+                    what: e.to_string(),
+                })?;
+        Ok(())
     }
 
     /// Reads which tables foreign keys link (the target's own, restored
@@ -568,7 +647,7 @@ impl Applier {
         while self.workers.0.len() <= i {
             let conn = session(&self.main.shard, self.binlog).await?;
             let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-            let s = Session::new(conn, self.main.shard.clone());
+            let s = Session::new(conn, self.main.shard.clone(), self.main.reordered.clone());
             self.workers.0.push(Worker {
                 tx,
                 handle: Some(tokio::spawn(work(s, rx))),
@@ -662,7 +741,7 @@ impl Applier {
             for step in txn.steps {
                 match step {
                     Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
-                    Step::Rows(rows, _) => {
+                    Step::Rows(rows, ..) => {
                         let sql = binlog_statement(&rows);
                         self.main.run(&sql, &what, &sql).await?;
                     }
@@ -671,12 +750,14 @@ impl Applier {
             if relinks {
                 self.linked().await?;
             }
+            // Any DDL may add a unique key or a trigger.
+            self.orderable().await?;
             return Ok(n);
         }
         let mut routes = Vec::with_capacity(txn.steps.len());
         for step in &txn.steps {
             match step {
-                Step::Rows(_, tables) if self.most > 1 => match self.route(tables) {
+                Step::Rows(_, tables, _) if self.most > 1 => match self.route(tables) {
                     Some(w) => routes.push(w),
                     None => break,
                 },
@@ -689,7 +770,7 @@ impl Applier {
             self.sync().await?;
             for step in txn.steps {
                 match step {
-                    Step::Rows(rows, _) => self.main.rows(&rows, &at).await?,
+                    Step::Rows(rows, ..) => self.main.rows(rows, &at, None).await?,
                     Step::Sql(sql) => self.main.sql(&sql, &at).await?,
                 }
             }
@@ -702,7 +783,7 @@ impl Applier {
             last[*w] = Some(k);
         }
         for (k, (step, w)) in txn.steps.into_iter().zip(routes).enumerate() {
-            if let Step::Rows(rows, _) = step {
+            if let Step::Rows(rows, _, key) = step {
                 self.worker(w).await?;
                 let kib = (rows.len() / 1024 + 1).min(QUEUED_KIB) as u32;
                 let permit = self
@@ -715,8 +796,11 @@ impl Applier {
                         at: at.clone(),
                         what: e.to_string(),
                     })?;
-                self.send(w, Msg::Rows(rows, at.clone(), last[w] == Some(k), permit))
-                    .await?;
+                self.send(
+                    w,
+                    Msg::Rows(rows, key, at.clone(), last[w] == Some(k), permit),
+                )
+                .await?;
             }
         }
         Ok(n)
@@ -740,6 +824,12 @@ impl Applier {
         drop(self.main.conn.disconnect().await);
         Ok(())
     }
+}
+
+/// Whether single-row changes are reordered by key: unless
+/// `SHARDCUT_REPLAY_REORDER` is `off` (to measure, or to rule it out).
+fn reorder_enabled() -> bool {
+    std::env::var("SHARDCUT_REPLAY_REORDER").map_or(true, |v| v != "off")
 }
 
 /// What row events are decoded by in a format description event: the
@@ -807,7 +897,11 @@ async fn apply_segment(
             apply.format(bytes, &at).await?;
             continue;
         }
-        if txn.begin(&ev) || !txn.add(&ev, bytes, file).map_err(corrupt)? {
+        if txn.begin(&ev)
+            || !txn
+                .add(&ev, bytes, file, &apply.orderable)
+                .map_err(corrupt)?
+        {
             continue;
         }
         let end = BinlogCoordinates {
@@ -835,6 +929,12 @@ struct TxnSteps {
     pending: Vec<u8>,
     /// The tables its table maps name.
     tables: Vec<Table>,
+    /// Its table map events and row events, counted, and where its change
+    /// sorts when it is one row of one table (see [`Orderable::key`]).
+    maps: usize,
+    row_events: usize,
+    map: Option<TableMapEvent<'static>>,
+    key: Option<SortKey>,
     active: bool,
     /// Ends with its first non-`BEGIN` query (DDL) rather than a commit.
     standalone: bool,
@@ -879,7 +979,13 @@ impl TxnSteps {
 
     /// Adds `ev` (whose encoding is `bytes`) to the transaction. Returns
     /// whether it ends it, or what is wrong with the segment.
-    fn add(&mut self, ev: &Event, bytes: &[u8], file: &str) -> Result<bool, String> {
+    fn add(
+        &mut self,
+        ev: &Event,
+        bytes: &[u8],
+        file: &str,
+        orderable: &Orderable,
+    ) -> Result<bool, String> {
         let at = ev.header().log_pos();
         match ev.header().event_type_raw() {
             event::XID => {
@@ -902,10 +1008,19 @@ impl TxnSteps {
                 if !self.tables.contains(&table) {
                     self.tables.push(table);
                 }
+                self.maps += 1;
+                self.map = (self.maps == 1).then(|| map.into_owned());
                 self.pending.extend_from_slice(bytes);
             }
             t if event::is_rows(t) => {
                 self.pending.extend_from_slice(bytes);
+                self.row_events += 1;
+                self.key = match (&self.map, ev.read_data()) {
+                    (Some(map), Ok(Some(EventData::RowsEvent(rows)))) if self.row_events == 1 => {
+                        orderable.key(map, &rows)
+                    }
+                    _ => None,
+                };
                 let flags = ev
                     .data()
                     .get(6..8)
@@ -953,10 +1068,16 @@ impl TxnSteps {
     }
 
     fn flush_rows(&mut self) {
+        let key = self
+            .key
+            .take()
+            .filter(|_| self.maps == 1 && self.row_events == 1);
+        (self.maps, self.row_events, self.map) = (0, 0, None);
         if !self.pending.is_empty() {
             self.steps.push(Step::Rows(
                 std::mem::take(&mut self.pending),
                 std::mem::take(&mut self.tables),
+                key,
             ));
         }
     }
