@@ -1113,8 +1113,9 @@ async fn capture_follow_rides_out_server_restarts_and_a_binlog_rotation() {
 /// MariaDB replay puts single-row changes in key order where they
 /// commute, and keeps source order where it matters: a table with a
 /// second unique key (values swapped between rows would collide in key
-/// order), tables a foreign key links (a child before its parent), and an
-/// update that moves a row to another key. Every table ends equal to the
+/// order, also when the key is added during the replay), tables a foreign
+/// key links (a child before its parent), and an update that moves a row
+/// to another key. Every table ends equal to the
 /// source, and the restore says how many changes went in key order.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_in_key_order_keeps_source_order_where_it_matters() {
@@ -1133,7 +1134,9 @@ async fn replay_in_key_order_keeps_source_order_where_it_matters() {
         "CREATE TABLE shop.child (id INT PRIMARY KEY, parent_id INT NOT NULL, \
          FOREIGN KEY (parent_id) REFERENCES shop.parent (id)) ENGINE=InnoDB",
         "CREATE TABLE shop.moved (id INT PRIMARY KEY, v VARCHAR(10)) ENGINE=InnoDB",
+        "CREATE TABLE shop.later (id INT PRIMARY KEY, u INT) ENGINE=InnoDB",
         "INSERT INTO shop.plain VALUES (1, 0), (2, 0), (3, 0)",
+        "INSERT INTO shop.later VALUES (1, 1), (2, 2)",
         "INSERT INTO shop.uniq VALUES (2, 2), (5, 5)",
     ] {
         c.query_drop(sql).await.unwrap();
@@ -1166,6 +1169,11 @@ async fn replay_in_key_order_keeps_source_order_where_it_matters() {
             "INSERT INTO shop.moved VALUES (9, 'again')",
             "DELETE FROM shop.plain WHERE id = 3",
             "INSERT INTO shop.plain VALUES (3, -1)",
+            // A unique key added during the replay: `later` stops being
+            // reordered from there on (row 1 first would collide).
+            "ALTER TABLE shop.later ADD UNIQUE (u)",
+            "UPDATE shop.later SET u = 100 WHERE id = 2",
+            "UPDATE shop.later SET u = 2 WHERE id = 1",
         ]
         .map(String::from),
     );
@@ -1188,7 +1196,7 @@ async fn replay_in_key_order_keeps_source_order_where_it_matters() {
     ]);
     assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
     let tmy = &db::topology(&tgt).shards[0];
-    for t in ["plain", "uniq", "parent", "child", "moved"] {
+    for t in ["plain", "uniq", "parent", "child", "moved", "later"] {
         let t = format!("shop.{t}");
         assert_eq!(
             db::mysql_checksum(tmy, &t).await,
@@ -1198,7 +1206,7 @@ async fn replay_in_key_order_keeps_source_order_where_it_matters() {
     }
     // In key order: the 60 updates of `plain`, its delete and insert, and
     // the two inserts into `moved` (not the move between them); none of
-    // the changes to `uniq`, `parent` or `child`.
+    // the changes to `uniq`, `parent`, `child` or `later`.
     let replay = &run.json()["replay"][0];
     assert_eq!(replay["reordered"], 64, "{run:?}");
 }

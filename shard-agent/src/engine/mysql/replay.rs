@@ -738,6 +738,17 @@ impl Applier {
                 }
                 Step::Rows(..) => false,
             });
+            // Only DDL that creates, alters or renames can make a table's
+            // changes stop commuting (a unique key, a trigger, a foreign
+            // key, a table made anew); dropping one only leaves a table in
+            // source order that could be sorted.
+            let reorders = txn.steps.iter().any(|s| match s {
+                Step::Sql(q) => {
+                    let q = q.to_ascii_uppercase();
+                    ["CREATE", "ALTER", "RENAME"].iter().any(|w| q.contains(w))
+                }
+                Step::Rows(..) => false,
+            });
             for step in txn.steps {
                 match step {
                     Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
@@ -750,8 +761,9 @@ impl Applier {
             if relinks {
                 self.linked().await?;
             }
-            // Any DDL may add a unique key or a trigger.
-            self.orderable().await?;
+            if reorders {
+                self.orderable().await?;
+            }
             return Ok(n);
         }
         let mut routes = Vec::with_capacity(txn.steps.len());
