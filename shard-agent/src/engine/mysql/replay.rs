@@ -7,7 +7,8 @@
 //! side. Statements logged as text (DDL) are executed as logged, in the
 //! database they were logged in. Source transactions are grouped into
 //! target transactions, and row events apply on parallel connections by
-//! table (see [`replay`]): a replay that stops may leave part of a source
+//! table (see [`replay`]), single-row changes that commute in key order
+//! (see [`super::reorder`]): a replay that stops may leave part of a source
 //! transaction applied, on a target that then fails its restore.
 //!
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
@@ -120,10 +121,12 @@ const GROUP_BYTES: usize = 32 << 20;
 ///
 /// Row events apply in parallel on several connections, split by table:
 /// each table (with every table a foreign key links it to) belongs to one
-/// connection, which applies its changes in source order, so every row
-/// ends as the source left it. A statement whose changes span tables of
-/// two connections (a trigger's, a multi-table update), a statement logged
-/// as text, and DDL run alone, after every connection has committed.
+/// connection, which applies its changes in source order for every row
+/// (single-row changes that commute in key order, see
+/// [`super::reorder`]), so every row ends as the source left it. A
+/// statement whose changes span tables of two connections (a trigger's, a
+/// multi-table update), a statement logged as text, and DDL run alone,
+/// after every connection has committed.
 pub async fn replay(
     repo: &dyn Repository,
     source: &str,
