@@ -45,8 +45,12 @@ const INTEGER_TYPES: &[&str] = &["tinyint", "smallint", "mediumint", "int", "big
 
 impl Orderable {
     /// Reads the target's catalog (restored from the base, and changed
-    /// since only by replayed DDL, after which it is read again).
-    pub(super) async fn read(conn: &mut Conn) -> Result<Self, mysql_async::Error> {
+    /// since only by replayed DDL, after which it is read again); `linked`
+    /// are the tables its foreign keys name.
+    pub(super) async fn read(
+        conn: &mut Conn,
+        linked: &HashSet<Table>,
+    ) -> Result<Self, mysql_async::Error> {
         let system = super::sql::SYSTEM_DATABASES
             .iter()
             .map(|d| format!("'{d}'"))
@@ -63,22 +67,13 @@ impl Orderable {
                  ORDER BY s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, s.SEQ_IN_INDEX"
             ))
             .await?;
-        let linked: Vec<(String, String, String, String)> = conn
-            .query(
-                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME \
-                 FROM information_schema.REFERENTIAL_CONSTRAINTS",
-            )
-            .await?;
         let triggered: Vec<(String, String)> = conn
             .query(
                 "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS",
             )
             .await?;
         let mut excluded: HashSet<Table> = triggered.into_iter().collect();
-        for (cs, ct, ps, pt) in linked {
-            excluded.insert((cs, ct));
-            excluded.insert((ps, pt));
-        }
+        excluded.extend(linked.iter().cloned());
         Ok(Self::from_catalog(unique, &excluded))
     }
 

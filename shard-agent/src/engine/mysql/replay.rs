@@ -13,7 +13,7 @@
 //!
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -518,6 +518,8 @@ struct Applier {
     assigned: HashMap<Table, usize>,
     /// What the queues may hold (see [`QUEUED_KIB`]).
     queued: Arc<tokio::sync::Semaphore>,
+    /// Every table a foreign key names, on either side.
+    linked_tables: HashSet<Table>,
     /// The tables whose single-row changes the parallel connections put
     /// in key order.
     orderable: Orderable,
@@ -549,6 +551,7 @@ impl Applier {
             components: HashMap::new(),
             assigned: HashMap::new(),
             queued: Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB)),
+            linked_tables: HashSet::new(),
             orderable: Orderable::default(),
         };
         a.linked().await?;
@@ -562,15 +565,20 @@ impl Applier {
         if self.most == 1 || !reorder_enabled() {
             return Ok(());
         }
+        let read = Orderable::read(&mut self.main.conn, &self.linked_tables).await;
         self.orderable =
-            Orderable::read(&mut self.main.conn)
-                .await
-                .map_err(|e| ReplayError::Apply {
-                    shard: self.main.shard.name.clone(),
-                    at: "reading which tables' changes may be reordered".into(),
-                    what: e.to_string(),
-                })?;
+            read.map_err(self.catalog_error("which tables' changes may be reordered"))?;
         Ok(())
+    }
+
+    /// An error reading `what` from the target's catalog.
+    fn catalog_error(&self, what: &str) -> impl FnOnce(mysql_async::Error) -> ReplayError {
+        let (shard, at) = (self.main.shard.name.clone(), format!("reading {what}"));
+        move |e| ReplayError::Apply {
+            shard,
+            at,
+            what: e.to_string(),
+        }
     }
 
     /// Reads which tables foreign keys link (the target's own, restored
@@ -581,19 +589,16 @@ impl Applier {
         if self.most == 1 {
             return Ok(());
         }
-        let rows: Vec<(String, String, String, String)> = self
+        let rows: Result<Vec<(String, String, String, String)>, _> = self
             .main
             .conn
             .query(
                 "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME \
                  FROM information_schema.REFERENTIAL_CONSTRAINTS",
             )
-            .await
-            .map_err(|e| ReplayError::Apply {
-                shard: self.main.shard.name.clone(),
-                at: "reading the target's foreign keys".into(),
-                what: e.to_string(),
-            })?;
+            .await;
+        let rows = rows.map_err(self.catalog_error("the target's foreign keys"))?;
+        self.linked_tables.clear();
         let mut parent: HashMap<Table, Table> = HashMap::new();
         fn root(parent: &HashMap<Table, Table>, t: &Table) -> Table {
             let mut at = t.clone();
@@ -603,7 +608,10 @@ impl Applier {
             at
         }
         for (cs, ct, ps, pt) in rows {
-            let (a, b) = (root(&parent, &(cs, ct)), root(&parent, &(ps, pt)));
+            let (child, referenced) = ((cs, ct), (ps, pt));
+            self.linked_tables.insert(child.clone());
+            self.linked_tables.insert(referenced.clone());
+            let (a, b) = (root(&parent, &child), root(&parent, &referenced));
             if a != b {
                 parent.insert(a, b);
             }
