@@ -367,6 +367,7 @@ fn wrong_credentials_fail_in_one_line_and_leave_nothing() {
 /// A store serving HTTPS under a private CA: with `ca_file` naming that
 /// CA a backup goes in and verifies; without it, or with another CA, the
 /// store's certificate is refused in one line and nothing is written.
+/// Remote agents reach it with `--s3-ca-file`, and fail without it.
 #[test]
 fn a_bucket_over_https_takes_a_backup_with_its_ca_and_refuses_another_certificate() {
     let tls = support::TlsObjectStore::up();
@@ -416,6 +417,48 @@ fn a_bucket_over_https_takes_a_backup_with_its_ca_and_refuses_another_certificat
         .list(&format!("backups/{id}/"))
         .unwrap();
     assert!(chunks.len() > 2, "the backup's objects: {chunks:?}");
+
+    // Remote agents write their chunks over HTTPS too: with the CA given
+    // by `--s3-ca-file`, and not without it.
+    use crate::remote::{token, with_agents, AgentProcess};
+    let secret = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let allowed = format!("s3://tls/{prefix}");
+    let agent = |extra: &[&str]| {
+        let mut args = vec![
+            "--insecure",
+            "--s3-endpoint",
+            &store.endpoint,
+            "--s3-access-key-file",
+            store.access_key_file.to_str().unwrap(),
+            "--s3-secret-key-file",
+            store.secret_key_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        AgentProcess::start_with(
+            "127.0.0.1:0",
+            &secret,
+            std::path::Path::new(&allowed),
+            &args,
+        )
+    };
+    for (n, extra) in [(1, vec![]), (2, vec!["--s3-ca-file", ca.to_str().unwrap()])] {
+        let a = agent(&extra);
+        let at = dir.path().join(format!("agents-{n}"));
+        std::fs::create_dir_all(&at).unwrap();
+        let topo = with_agents(&support::sandbox_topology(), &at, &a.addr, &secret);
+        support::move_repository(&topo, &store.repository_yaml("tls", &prefix, &ca_line));
+        let topo = topo.to_str().unwrap();
+        let run = support::shardcut(&["backup", "-t", topo, "--json"]);
+        if extra.is_empty() {
+            assert_eq!(run.code, 1, "an agent without the CA: {run:?}");
+            assert!(run.stderr.contains("certificate"), "{run:?}");
+        } else {
+            assert_eq!(run.code, 0, "an agent with --s3-ca-file: {run:?}");
+            let id = run.json()["backup_id"].as_str().unwrap().to_string();
+            let run = support::shardcut(&["verify", "--backup", &id, "-t", topo]);
+            assert_eq!(run.code, 0, "{run:?}");
+        }
+    }
 }
 
 #[test]
