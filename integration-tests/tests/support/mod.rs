@@ -116,24 +116,26 @@ pub fn tls_certs(dir: &Path) -> PathBuf {
 
 /// A TCP port on 127.0.0.1 for a test's own listener, free when asked.
 ///
-/// The kernel picks it (bind to port 0), so it lies in the ephemeral range,
-/// which `scripts/sandbox` never chooses from. Ports handed out are kept for
-/// the life of the test process: once the probe's listener is closed the
-/// kernel may pick the same port again, and two tests must never get one
-/// port.
+/// Chosen at random in 5000..9999, below the ports `scripts/s3` (10000 and
+/// up) and `scripts/sandbox` (20000 and up) choose, and below the kernel's
+/// ephemeral range: a port from that range could be taken by any outgoing
+/// connection between this check and the listener's start. Ports handed
+/// out are kept for the life of the test process, so two tests never get
+/// one port.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     for _ in 0..1000 {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if handed_out.insert(port) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(handed_out.len());
+        let port = 5000 + (h.finish() % 5000) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 not handed out already");
+    panic!("no free port on 127.0.0.1 in 5000..9999 not handed out already");
 }
 
 /// A sandbox of a test's own, on its own ports, torn down when dropped.
