@@ -420,29 +420,11 @@ fn a_bucket_over_https_takes_a_backup_with_its_ca_and_refuses_another_certificat
 
     // Remote agents write their chunks over HTTPS too: with the CA given
     // by `--s3-ca-file`, and not without it.
-    use crate::remote::{token, with_agents, AgentProcess};
+    use crate::remote::{token, with_agents};
     let secret = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
     let allowed = format!("s3://tls/{prefix}");
-    let agent = |extra: &[&str]| {
-        let mut args = vec![
-            "--insecure",
-            "--s3-endpoint",
-            &store.endpoint,
-            "--s3-access-key-file",
-            store.access_key_file.to_str().unwrap(),
-            "--s3-secret-key-file",
-            store.secret_key_file.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        AgentProcess::start_with(
-            "127.0.0.1:0",
-            &secret,
-            std::path::Path::new(&allowed),
-            &args,
-        )
-    };
     for (n, extra) in [(1, vec![]), (2, vec!["--s3-ca-file", ca.to_str().unwrap()])] {
-        let a = agent(&extra);
+        let a = bucket_agent(store, &secret, &allowed, &extra);
         let at = dir.path().join(format!("agents-{n}"));
         std::fs::create_dir_all(&at).unwrap();
         let topo = with_agents(&support::sandbox_topology(), &at, &a.addr, &secret);
@@ -656,9 +638,35 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
     run_ok_async(&verify_west).await;
 }
 
+/// A plain-HTTP agent on a port of its own that writes into `store`,
+/// below `allowed`, with `extra` options.
+fn bucket_agent(
+    store: &ObjectStore,
+    token_file: &std::path::Path,
+    allowed: &str,
+    extra: &[&str],
+) -> crate::remote::AgentProcess {
+    let mut args = vec![
+        "--insecure",
+        "--s3-endpoint",
+        &store.endpoint,
+        "--s3-access-key-file",
+        store.access_key_file.to_str().unwrap(),
+        "--s3-secret-key-file",
+        store.secret_key_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    crate::remote::AgentProcess::start_with(
+        "127.0.0.1:0",
+        token_file,
+        std::path::Path::new(allowed),
+        &args,
+    )
+}
+
 #[test]
 fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key() {
-    use crate::remote::{token, with_agents, AgentProcess};
+    use crate::remote::{token, with_agents};
     let store = ObjectStore::get();
     let dir = tempfile::tempdir().unwrap();
     let key = support::keygen(dir.path(), "repo.key");
@@ -667,21 +675,11 @@ fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key(
     let secret = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
     let allowed = format!("s3://{BUCKET}/{prefix}");
     let start = |key_file: &std::path::Path| {
-        AgentProcess::start_with(
-            "127.0.0.1:0",
+        bucket_agent(
+            &store,
             &secret,
-            std::path::Path::new(&allowed),
-            &[
-                "--insecure",
-                "--s3-endpoint",
-                &store.endpoint,
-                "--s3-access-key-file",
-                store.access_key_file.to_str().unwrap(),
-                "--s3-secret-key-file",
-                store.secret_key_file.to_str().unwrap(),
-                "--repository-key-file",
-                key_file.to_str().unwrap(),
-            ],
+            &allowed,
+            &["--repository-key-file", key_file.to_str().unwrap()],
         )
     };
     let agent = start(&key);
