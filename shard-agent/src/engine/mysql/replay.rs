@@ -309,7 +309,7 @@ impl Session {
             transactions: 0,
             bytes: 0,
             fde: Vec::new(),
-            window: Window::default(),
+            window: Window::new(crate::replay::workers()),
             ordered: false,
             reordered,
         }
