@@ -152,7 +152,7 @@ async fn backup_matches_every_source_table() {
                 "{name} {}: through the library client",
                 t.qualified()
             );
-            let lines = db::table_lines(&repo, t);
+            let lines = db::table_lines(&repo, sm, t);
             assert_eq!(
                 db::digest_of(&lines),
                 direct,
@@ -203,6 +203,34 @@ async fn backup_matches_every_source_table() {
         ["Mysql", "Postgres"],
         "range splitting should have produced multi-chunk tables on both engines: {split:?}"
     );
+
+    // A range's only chunk, if small, lies in its shard's bundle, not in an
+    // object of its own; the backup's objects are exactly what its manifest
+    // names (schema files, chunks stored alone, bundles) and the manifest.
+    for (name, sm) in &m.shards {
+        let mut bundled = 0;
+        for t in &sm.table_list {
+            let range = |c: &shard_agent::manifest::ChunkRef| {
+                c.key.rsplit_once("-p").map(|(r, _)| r.to_string())
+            };
+            for c in &t.chunks {
+                let alone = t.chunks.iter().filter(|o| range(o) == range(c)).count() == 1;
+                let small = alone && c.bytes_stored <= shard_agent::bundle::CHUNK_MAX as u64;
+                assert_eq!(c.bundle.is_some(), small, "{name} {}: {c:?}", t.qualified());
+                bundled += usize::from(small);
+            }
+        }
+        assert!(bundled >= 2, "{name}: {bundled} bundled chunks");
+        assert!(
+            !sm.bundles.is_empty() && sm.bundles.len() < bundled,
+            "{name}"
+        );
+    }
+    let mut named: Vec<String> = m.object_keys().into_iter().map(String::from).collect();
+    named.push(format!("backups/{id}/manifest.json"));
+    named.sort();
+    let stored = repo.list(&format!("backups/{id}/")).unwrap();
+    assert_eq!(stored, named, "the backup's objects");
 
     let list = shardcut(&["list", "-t", topo_arg, "--json"]).json();
     let ids: Vec<&str> = list["backups"]

@@ -94,7 +94,7 @@ fn violations(topo_path: &std::path::Path, id: &str) -> (usize, usize) {
             Engine::Mysql => "bank.ledger",
             Engine::Postgres => "bank.public.ledger",
         };
-        for line in db::table_lines(&repo, db::find_table(&m, &s.name, q)) {
+        for line in db::table_lines(&repo, &m.shards[&s.name], db::find_table(&m, &s.name, q)) {
             let fields = decode_line(&line);
             let tid: u64 = String::from_utf8(fields[0].clone().unwrap())
                 .unwrap()

@@ -619,8 +619,10 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
 
     // An object lost on the replica: verify finds it, the next copy puts it back.
     let m = support::manifest(&src, &id);
-    let lost = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0].key;
-    replica.delete(lost).unwrap();
+    let chunk = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0];
+    let (object, _) = db::stored_at(&m.shards["mysql-1"], chunk);
+    replica.delete(&object).unwrap();
+    let lost = &chunk.key;
     let verify_west = [
         "verify",
         "-t",
@@ -708,10 +710,10 @@ fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key(
     for s in m.shards.values() {
         for t in &s.table_list {
             for c in &t.chunks {
+                let (object, _) = db::stored_at(s, c);
                 assert!(
-                    raw.get(&c.key).unwrap().starts_with(b"SHCTSEAL"),
-                    "{}",
-                    c.key
+                    raw.get(&object).unwrap().starts_with(b"SHCTSEAL"),
+                    "{object}"
                 );
             }
         }

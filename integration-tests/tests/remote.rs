@@ -146,7 +146,7 @@ fn remote_agents_back_up_the_same_as_in_process_ones() {
         // The agent wrote the chunks itself; they read back to the manifest's hash.
         for t in &rs.table_list {
             assert_eq!(
-                db::digest_of(&db::table_lines(&repo, t)).hex(),
+                db::digest_of(&db::table_lines(&repo, rs, t)).hex(),
                 t.content_hash
             );
         }

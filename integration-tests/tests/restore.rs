@@ -188,10 +188,10 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
 
     // A damaged chunk: the restore names it and does not claim success.
     let chunk = &db::find_table(&m, "pg-1", "shop.public.order_lines").chunks[0];
-    let path = dir.path().join("repo").join(&chunk.key);
+    let (object, range) = db::stored_at(&m.shards["pg-1"], chunk);
+    let path = dir.path().join("repo").join(object);
     let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
+    bytes[range.end - 1] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
     let damaged = support::shardcut_async(&[
         "restore",

@@ -341,6 +341,27 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
         .unwrap();
     let chunk_key = chunk["key"].as_str().unwrap().to_string();
     let declared = chunk["bytes_raw"].as_u64().unwrap();
+    // A small table's chunk lies in a bundle: a manifest that places it
+    // beyond its bundle's end is refused before anything is decompressed.
+    assert!(chunk["bundle"].is_object(), "{chunk}");
+    let stored = chunk["bytes_stored"].as_u64().unwrap();
+    chunk["bytes_stored"] = (stored + 1_000_000).into();
+    backup.save_manifest(&m);
+    let run = support::shardcut(&["verify", "--backup", &backup.id, "-t", backup.arg()]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains(&chunk_key) && run.stdout.contains("the manifest places there"),
+        "{run:?}"
+    );
+    // The bomb: the chunk as an object of its own, as a manifest may say.
+    let chunk = m["shards"]["pg-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+        .find(|c| c["key"] == chunk_key.as_str())
+        .unwrap();
+    chunk.as_object_mut().unwrap().remove("bundle");
     let mut bomb = Vec::new();
     zstd::stream::read::Encoder::new(std::io::repeat(b'7').take(declared * 100), 3)
         .unwrap()

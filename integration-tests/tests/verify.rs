@@ -29,12 +29,13 @@ fn damaged_backups_are_named_chunk_by_chunk() {
 
     let m = support::manifest(&topo, &id);
     let repo_dir = dir.path().join("repo");
-    // Flip one byte in the middle of one chunk.
+    // Flip one byte in the middle of one chunk. A small table's chunk lies
+    // in a bundle with others; only this table is damaged.
     let flipped = &db::find_table(&m, "mysql-1", "shop.orders").chunks[0];
-    let path = repo_dir.join(&flipped.key);
+    let (object, range) = db::stored_at(&m.shards["mysql-1"], flipped);
+    let path = repo_dir.join(&object);
     let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
+    bytes[(range.start + range.end) / 2] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
     let run = shardcut(&["verify", "--backup", &id, "-t", arg]);
     assert_eq!(run.code, 3, "{run:?}");
@@ -50,21 +51,42 @@ fn damaged_backups_are_named_chunk_by_chunk() {
         "{run:?}"
     );
 
-    // Delete a chunk of another shard's table.
+    // Delete the object holding a chunk of another shard's table: every
+    // chunk it holds is missing, each named with its table.
+    let pg0 = &m.shards["pg-0"];
     let deleted = &db::find_table(&m, "pg-0", "shop.public.customers").chunks[0];
+    let (object, _) = db::stored_at(pg0, deleted);
+    assert!(deleted.bundle.is_some(), "a table of 1,000 rows is bundled");
+    let lost: Vec<(String, String)> = pg0
+        .table_list
+        .iter()
+        .flat_map(|t| t.chunks.iter().map(move |c| (t, c)))
+        .filter(|(_, c)| db::stored_at(pg0, c).0 == object)
+        .map(|(t, c)| (t.qualified(), c.key.clone()))
+        .collect();
+    assert!(
+        lost.len() > 1,
+        "the bundle holds other tables too: {lost:?}"
+    );
     db::repository(&db::topology(&topo))
-        .delete(&deleted.key)
+        .delete(&object)
         .unwrap();
     let run = shardcut(&["verify", "--backup", &id, "-t", arg, "--json"]);
     assert_eq!(run.code, 3, "{run:?}");
     let j = run.json();
     assert_eq!(j["status"], "damaged");
     let damage = j["damage"].as_array().unwrap();
-    assert_eq!(damage.len(), 2, "{j}");
-    assert!(damage.iter().any(|d| d["key"] == deleted.key.as_str()
-        && d["problem"] == "missing"
-        && d["table"] == "shop.public.customers"
-        && d["shard"] == "pg-0"));
+    assert_eq!(damage.len(), 1 + lost.len(), "{j}");
+    let missing = format!("missing (bundle {object})");
+    for (table, key) in &lost {
+        assert!(
+            damage.iter().any(|d| d["key"] == key.as_str()
+                && d["problem"] == missing.as_str()
+                && d["table"] == table.as_str()
+                && d["shard"] == "pg-0"),
+            "{table}: {j}"
+        );
+    }
     let t = &j["shards"]["pg-0"]["tables"]["shop.public.customers"];
     assert_eq!(t["hash_ok"], false);
     assert_eq!(t["rows_found"], 0);

@@ -11,6 +11,7 @@
 //! the storage they write (manifest, repository).
 
 pub mod api;
+pub mod bundle;
 pub mod capture;
 pub mod checksum;
 pub mod client_choice;

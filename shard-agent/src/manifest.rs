@@ -11,7 +11,9 @@ use topology::Engine;
 
 use crate::position::Position;
 
-pub const MANIFEST_FORMAT: u32 = 1;
+/// 2: small tables' chunks may lie in bundles ([`ShardManifest::bundles`]).
+/// A manifest of a later format is refused rather than misread.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -83,15 +85,19 @@ impl Manifest {
     }
 
     /// Each object this backup stored itself, with the xxh3 of its stored
-    /// bytes as recorded here.
+    /// bytes as recorded here: schema files, chunks stored on their own,
+    /// and bundles (a bundled chunk is no object of its own).
     pub fn object_checksums(&self) -> impl Iterator<Item = (&str, &str)> {
         self.shards.values().flat_map(|s| {
             let schema = s.schema.iter().map(|f| (f.key.as_str(), f.xxh3.as_str()));
-            let chunks = s
-                .table_list
-                .iter()
-                .flat_map(|t| t.chunks.iter().map(|c| (c.key.as_str(), c.xxh3.as_str())));
-            schema.chain(chunks)
+            let chunks = s.table_list.iter().flat_map(|t| {
+                t.chunks
+                    .iter()
+                    .filter(|c| c.bundle.is_none())
+                    .map(|c| (c.key.as_str(), c.xxh3.as_str()))
+            });
+            let bundles = s.bundles.iter().map(|b| (b.key.as_str(), b.xxh3.as_str()));
+            schema.chain(chunks).chain(bundles)
         })
     }
 }
@@ -155,6 +161,28 @@ pub struct ShardManifest {
     /// sequence changes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequences: Vec<SequenceValue>,
+    /// Objects holding many small tables' chunks each (see
+    /// [`crate::bundle`]); a chunk names its bundle by its index here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<StoredBundle>,
+}
+
+/// An object holding the chunks of many small tables, one after another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBundle {
+    pub key: String,
+    pub bytes_stored: u64,
+    /// xxh3-64 of the whole object, hex.
+    pub xxh3: String,
+}
+
+/// Where a bundled chunk lies: its bundle (an index into
+/// [`ShardManifest::bundles`]) and its first byte there; its length is the
+/// chunk's `bytes_stored`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BundlePlace {
+    pub index: u32,
+    pub offset: u64,
 }
 
 /// A sequence's state: `setval(name, last_value, is_called)` restores it.
@@ -254,6 +282,10 @@ pub struct ChunkRef {
     pub xxh3: String,
     /// xxh3-64 of the raw (decompressed) bytes, hex.
     pub raw_xxh3: String,
+    /// Set when the chunk lies in a bundle: then `key` names it (for
+    /// messages) but no object of that name exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundlePlace>,
 }
 
 /// A consistent restore point: the same bounded global write block as a
@@ -288,6 +320,11 @@ pub mod keys {
     }
     pub fn manifest(id: &str) -> String {
         format!("backups/{id}/manifest.json")
+    }
+    /// Bundle `index` of `shard` in backup `id`: beside the `shards/`
+    /// folder, so that no database or table name can reach its key.
+    pub fn bundle(id: &str, shard: &str, index: u32) -> String {
+        format!("backups/{id}/bundles/{}/b{index:05}.bundle", segment(shard))
     }
     /// The backup ID whose manifest `key` is (the inverse of [`manifest`]);
     /// `None` for any other key.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use shard_agent::dump::chunk::{decompress, RowDigest};
-use shard_agent::manifest::{Manifest, TableManifest};
+use shard_agent::manifest::{ChunkRef, Manifest, ShardManifest, TableManifest};
 use shard_agent::repo::{LocalRepository, Repository};
 use topology::{Engine, RepositoryLocation, Shard, Topology};
 
@@ -90,11 +90,28 @@ pub fn repository(topo: &Topology) -> LocalRepository {
     LocalRepository::open(path).unwrap()
 }
 
-/// Every stored line of one table, with each chunk's checksum verified.
-pub fn table_lines(repo: &dyn Repository, t: &TableManifest) -> Vec<Vec<u8>> {
+/// Where a chunk's stored bytes lie: the key of the object that holds
+/// them and their range in it (a bundle holds many small tables' chunks,
+/// one after another).
+pub fn stored_at(s: &ShardManifest, c: &ChunkRef) -> (String, std::ops::Range<usize>) {
+    let len = usize::try_from(c.bytes_stored).unwrap();
+    match c.bundle {
+        Some(place) => {
+            let start = usize::try_from(place.offset).unwrap();
+            let bundle = &s.bundles[usize::try_from(place.index).unwrap()];
+            (bundle.key.clone(), start..start + len)
+        }
+        None => (c.key.clone(), 0..len),
+    }
+}
+
+/// Every stored line of one table of shard `s`, with each chunk's checksum
+/// verified.
+pub fn table_lines(repo: &dyn Repository, s: &ShardManifest, t: &TableManifest) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     for c in &t.chunks {
-        let stored = repo.get(&c.key).unwrap();
+        let (key, range) = stored_at(s, c);
+        let stored = repo.get(&key).unwrap()[range].to_vec();
         assert_eq!(
             format!("{:016x}", twox_hash::XxHash3_64::oneshot(&stored)),
             c.xxh3,

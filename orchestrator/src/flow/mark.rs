@@ -63,6 +63,7 @@ pub async fn take_mark(
         .map_err(|causes| anyhow::anyhow!("mark {name} failed and was not stored: {causes}"))?;
     for s in shards.values_mut() {
         s.schema.clear();
+        s.bundles.clear();
         for t in &mut s.table_list {
             t.chunks.clear();
             t.bytes_stored = 0;

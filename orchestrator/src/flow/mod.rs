@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shard_agent::dump::Progress;
-use shard_agent::manifest::{keys, Manifest};
+use shard_agent::manifest::{keys, Manifest, MANIFEST_FORMAT};
 use shard_agent::repo::{LocalRepository, RepoError, Repository, S3Repository, SealedRepository};
 use topology::{RepositoryLocation, Topology};
 
@@ -105,7 +105,12 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
                     // folder: one copied or moved into another folder
                     // would make restore read, and expire delete, the
                     // wrong backup.
-                    if m.backup_id == id {
+                    if m.format > MANIFEST_FORMAT {
+                        Err(format!(
+                            "manifest {key} is of format {}, written by a newer shardcut; this one reads formats up to {MANIFEST_FORMAT}",
+                            m.format
+                        ))
+                    } else if m.backup_id == id {
                         Ok(m)
                     } else {
                         Err(format!(

@@ -87,6 +87,7 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
         parallelism: dst.parallelism,
         tables: selection.get(name).cloned().flatten(),
         ready: None,
+        bundles: Default::default(),
     };
     let mut refusals = Vec::new();
     for (name, dst) in &pairs {

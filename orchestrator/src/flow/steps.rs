@@ -84,6 +84,7 @@ pub async fn dump_all(
             digest_only: plan.digest_only,
             progress,
             cancel: cancel.clone(),
+            bundles: None,
         };
         tasks.spawn(async move { (name, session.dump(opts).await) });
     }

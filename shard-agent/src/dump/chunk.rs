@@ -21,6 +21,7 @@ use topology::Compression;
 use twox_hash::XxHash3_64;
 
 use super::pack::Packer;
+use crate::bundle::BundleWriter;
 use crate::checksum::xxh3_hex;
 use crate::manifest::ChunkRef;
 use crate::repo::{RepoError, Repository};
@@ -147,6 +148,8 @@ pub struct ChunkWriter {
     raw_hash: XxHash3_64,
     pub digest: RowDigest,
     pub chunks: Vec<ChunkRef>,
+    /// Where the range's only chunk goes if it is small ([`crate::bundle`]).
+    bundles: Option<Arc<BundleWriter>>,
 }
 
 impl ChunkWriter {
@@ -171,7 +174,15 @@ impl ChunkWriter {
             raw_hash: XxHash3_64::new(),
             digest: RowDigest::default(),
             chunks: Vec::new(),
+            bundles: None,
         }
+    }
+
+    /// Puts the range's chunk into `bundles` if it is the only one and
+    /// stores at most [`crate::bundle::CHUNK_MAX`] bytes.
+    pub fn bundled(mut self, bundles: Option<Arc<BundleWriter>>) -> Self {
+        self.bundles = bundles;
+        self
     }
 
     /// Appends one row's canonical line and stores a chunk when the buffer is full.
@@ -183,7 +194,7 @@ impl ChunkWriter {
         self.raw_hash.write(&self.scratch.fill.raw[start..]);
         self.rows_in_buf += 1;
         if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
-            self.flush().await?;
+            self.flush(false).await?;
         }
         Ok(())
     }
@@ -202,7 +213,7 @@ impl ChunkWriter {
         self.raw_hash.write(&self.scratch.fill.raw[start..]);
         self.rows_in_buf += 1;
         if self.scratch.fill.raw.len() >= CHUNK_RAW_BYTES {
-            self.flush().await?;
+            self.flush(false).await?;
         }
         Ok(())
     }
@@ -224,7 +235,9 @@ impl ChunkWriter {
 
     /// Sends the filled buffer to be compressed and stored, once fewer than
     /// [`IN_FLIGHT`] chunks are; the caller goes on filling another buffer.
-    async fn flush(&mut self) -> Result<(), ChunkError> {
+    /// `last`: the range ends with this chunk (then, if it is also the
+    /// first and small, it may go into a bundle).
+    async fn flush(&mut self, last: bool) -> Result<(), ChunkError> {
         if self.scratch.fill.raw.is_empty() {
             return Ok(());
         }
@@ -239,6 +252,10 @@ impl ChunkWriter {
         next.raw.clear();
         let mut full = std::mem::replace(&mut self.scratch.fill, next);
         let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
+        let bundles = match last && self.next_part == 0 {
+            true => self.bundles.clone(),
+            false => None,
+        };
         self.next_part += 1;
         let repo = self.repo.clone();
         let compression = self.compression;
@@ -259,7 +276,13 @@ impl ChunkWriter {
                             key: key.clone(),
                             source,
                         })?;
-                repo.put_unsynced(&key, stored)?;
+                let bundle = match bundles {
+                    Some(b) if stored.len() <= crate::bundle::CHUNK_MAX => Some(b.add(stored)?),
+                    _ => {
+                        repo.put_unsynced(&key, stored)?;
+                        None
+                    }
+                };
                 let chunk = ChunkRef {
                     key,
                     rows,
@@ -267,6 +290,7 @@ impl ChunkWriter {
                     bytes_stored: stored.len() as u64,
                     xxh3: xxh3_hex(stored),
                     raw_xxh3,
+                    bundle,
                 };
                 Ok::<_, ChunkError>((chunk, full, quick))
             }));
@@ -276,7 +300,7 @@ impl ChunkWriter {
     /// Stores what is left and returns the range's digest and chunks, and
     /// the scratch buffers for the worker's next range.
     pub async fn finish(mut self) -> Result<(RowDigest, Vec<ChunkRef>, Scratch), ChunkError> {
-        if let Err(e) = self.flush().await {
+        if let Err(e) = self.flush(true).await {
             self.drain().await;
             return Err(e);
         }

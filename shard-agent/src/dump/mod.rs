@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use topology::Compression;
 
+use crate::bundle::BundleWriter;
 use crate::repo::Repository;
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,23 @@ pub struct DumpOptions {
     pub progress: Arc<Progress>,
     /// Set by anyone who wants every worker to stop at its next row.
     pub cancel: Arc<AtomicBool>,
+    /// The shard's bundles of small chunks, set by the engine's dump for
+    /// its workers ([`DumpOptions::with_bundles`]); `None`: every chunk is
+    /// an object of its own.
+    pub bundles: Option<Arc<BundleWriter>>,
+}
+
+impl DumpOptions {
+    /// These options with a bundle writer for `shard`'s small chunks
+    /// (unless bundling is turned off, [`crate::bundle::enabled`]).
+    pub fn with_bundles(&self, shard: &str) -> DumpOptions {
+        let bundles = crate::bundle::enabled()
+            .then(|| Arc::new(BundleWriter::new(self.repo.clone(), &self.backup_id, shard)));
+        DumpOptions {
+            bundles,
+            ..self.clone()
+        }
+    }
 }
 
 /// Live counters of one shard's dump, read by the progress display.

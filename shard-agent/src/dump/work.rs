@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::dump::chunk::{store_file, ChunkError, ChunkWriter, RowDigest, Scratch};
 use crate::dump::{DumpOptions, KeyRange};
 use crate::error::AgentError;
-use crate::manifest::{ChunkRef, Column, StoredFile, TableManifest};
+use crate::manifest::{ChunkRef, Column, StoredBundle, StoredFile, TableManifest};
 
 /// A table, or one primary-key range of it.
 pub struct Item {
@@ -108,11 +108,12 @@ pub async fn join_workers(
     }
 }
 
-/// Makes every chunk of `results` durable: they were stored unsynced
-/// ([`crate::repo::Repository::put_unsynced`]), and a shard's dump reports
-/// only what is on the device. One pass over all of them costs the file
-/// system far less than a sync a chunk (docs/BENCHMARKS.md, "Many
-/// tables").
+/// Makes every chunk of `results` stored as an object of its own durable:
+/// they were stored unsynced ([`crate::repo::Repository::put_unsynced`]),
+/// and a shard's dump reports only what is on the device. One pass over
+/// all of them costs the file system far less than a sync a chunk
+/// (docs/BENCHMARKS.md, "Many tables"). Bundled chunks are made durable
+/// with their bundles ([`finish_bundles`]).
 pub async fn sync_chunks(
     opts: &DumpOptions,
     shard: &str,
@@ -120,22 +121,53 @@ pub async fn sync_chunks(
 ) -> Result<(), AgentError> {
     let keys: Vec<String> = results
         .iter()
-        .flat_map(|r| r.chunks.iter().map(|c| c.key.clone()))
+        .flat_map(|r| r.chunks.iter())
+        .filter(|c| c.bundle.is_none())
+        .map(|c| c.key.clone())
         .collect();
     let repo = opts.repo.clone();
-    let synced = tokio::task::spawn_blocking(move || {
+    blocking_storage(shard, "syncing the chunks", move || {
         let names: Vec<&str> = keys.iter().map(String::as_str).collect();
         repo.sync_objects(&names)
     })
-    .await;
-    let failed = |source: crate::dump::chunk::ChunkError| AgentError::Storage {
+    .await
+}
+
+/// Stores the shard's last bundle and makes every bundle durable; returns
+/// them for the shard's manifest. Called once the shard's workers are
+/// done, after its last database.
+pub async fn finish_bundles(
+    opts: &DumpOptions,
+    shard: &str,
+) -> Result<Vec<StoredBundle>, AgentError> {
+    let Some(bundles) = opts.bundles.clone() else {
+        return Ok(Vec::new());
+    };
+    let repo = opts.repo.clone();
+    blocking_storage(shard, "storing the bundles of small tables", move || {
+        let stored = bundles.finish()?;
+        let names: Vec<&str> = stored.iter().map(|b| b.key.as_str()).collect();
+        repo.sync_objects(&names)?;
+        Ok(stored)
+    })
+    .await
+}
+
+/// Runs repository work on a blocking thread; a failure is the shard's
+/// storage error, `what` naming the step.
+async fn blocking_storage<T: Send + 'static>(
+    shard: &str,
+    what: &str,
+    work: impl FnOnce() -> Result<T, crate::repo::RepoError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let failed = |source: ChunkError| AgentError::Storage {
         shard: shard.to_string(),
-        what: "syncing the chunks".into(),
+        what: what.to_string(),
         source,
     };
-    match synced {
+    match tokio::task::spawn_blocking(work).await {
         Ok(r) => r.map_err(|e| failed(e.into())),
-        Err(e) => Err(failed(crate::dump::chunk::ChunkError::Join(e.to_string()))),
+        Err(e) => Err(failed(ChunkError::Join(e.to_string()))),
     }
 }
 
@@ -294,6 +326,7 @@ mod tests {
                 bytes_stored: rows,
                 xxh3: String::new(),
                 raw_xxh3: String::new(),
+                bundle: None,
             }],
             millis: 1,
         }

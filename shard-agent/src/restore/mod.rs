@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use topology::Shard;
 
+use crate::bundle::{bundle_of, BundleCache};
 use crate::dump::chunk::decompress_bounded;
 use crate::error::AgentError;
-use crate::manifest::{ChunkRef, ShardManifest, StoredFile, TableManifest};
+use crate::manifest::{ChunkRef, ShardManifest, StoredBundle, StoredFile, TableManifest};
 use crate::repo::Repository;
 
 #[derive(Clone)]
@@ -43,6 +44,9 @@ pub struct RestoreOptions {
     /// or restored by a path that does not announce) is simply verified
     /// after the whole restore.
     pub ready: Option<TableReady>,
+    /// Bundles read for this restore ([`crate::bundle`]), shared by its
+    /// load workers.
+    pub bundles: Arc<BundleCache>,
 }
 
 /// Where a restore announces its finished tables, as `(shard, table)`:
@@ -128,16 +132,30 @@ pub(crate) struct Recorded {
     pub xxh3: String,
     pub bytes_raw: u64,
     pub bytes_stored: u64,
+    /// A bundled chunk: its bundle and where in it (`key` is then only
+    /// its name).
+    pub bundle: Option<(StoredBundle, u64)>,
 }
 
-impl From<&ChunkRef> for Recorded {
-    fn from(c: &ChunkRef) -> Self {
-        Recorded {
+impl Recorded {
+    /// Chunk `c` of a table of `source`; a chunk naming a bundle the
+    /// manifest does not list is damage, refused by name.
+    pub(crate) fn chunk(
+        source: &ShardManifest,
+        c: &ChunkRef,
+        shard: &str,
+    ) -> Result<Self, AgentError> {
+        let bundle = bundle_of(source, c).map_err(|what| AgentError::Damaged {
+            shard: shard.to_string(),
+            what,
+        })?;
+        Ok(Recorded {
             key: c.key.clone(),
             xxh3: c.xxh3.clone(),
             bytes_raw: c.bytes_raw,
             bytes_stored: c.bytes_stored,
-        }
+            bundle: bundle.map(|(b, offset)| (b.clone(), offset)),
+        })
     }
 }
 
@@ -148,8 +166,16 @@ impl From<&StoredFile> for Recorded {
             xxh3: f.xxh3.clone(),
             bytes_raw: f.bytes_raw,
             bytes_stored: f.bytes_stored,
+            bundle: None,
         }
     }
+}
+
+/// Where the restore takes a table's bundled chunk from, as a sort key:
+/// tables taken in this order read each bundle about once (`None`, first,
+/// for a table whose chunks are objects of their own).
+pub(crate) fn bundle_order(t: &TableManifest) -> Option<crate::manifest::BundlePlace> {
+    t.chunks.first().and_then(|c| c.bundle)
 }
 
 /// Verifies a stored object's checksum before it is applied, and
@@ -157,20 +183,25 @@ impl From<&StoredFile> for Recorded {
 /// name rather than loaded as garbage, and a tampered one cannot expand
 /// beyond what the manifest says.
 pub(crate) async fn load_checked(
-    repo: &Arc<dyn Repository>,
+    opts: &RestoreOptions,
     object: &Recorded,
     shard: &str,
 ) -> Result<Vec<u8>, AgentError> {
-    let (r, o) = (repo.clone(), object.clone());
+    let (r, o, cache) = (opts.repo.clone(), object.clone(), opts.bundles.clone());
     let fail = |what: String| AgentError::Damaged {
         shard: shard.to_string(),
         what,
     };
     tokio::task::spawn_blocking(move || {
         let k = &o.key;
-        let stored = r
-            .get_at_most(k, o.bytes_stored)
-            .map_err(|e| format!("{k}: {e}"))?;
+        let stored = match &o.bundle {
+            Some((bundle, offset)) => cache
+                .chunk(&*r, bundle, *offset, o.bytes_stored)
+                .map_err(|e| format!("{k}: {e}"))?,
+            None => r
+                .get_at_most(k, o.bytes_stored)
+                .map_err(|e| format!("{k}: {e}"))?,
+        };
         let got = crate::checksum::xxh3_hex(&stored);
         if got != o.xxh3 {
             return Err(format!(
@@ -201,7 +232,7 @@ pub(crate) async fn check_schema_files(
 ) -> Result<(), AgentError> {
     for db in databases(source, opts) {
         for f in source.schema.iter().filter(|f| f.database == db) {
-            load_checked(&opts.repo, &f.into(), target).await?;
+            load_checked(opts, &f.into(), target).await?;
         }
     }
     Ok(())

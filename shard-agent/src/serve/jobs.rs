@@ -38,6 +38,7 @@ fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptio
         // Tables are read back after the whole restore (the announcement
         // channel does not cross the network).
         ready: None,
+        bundles: Default::default(),
     }
 }
 

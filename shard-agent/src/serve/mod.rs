@@ -425,6 +425,7 @@ async fn start_dump(
         digest_only: req.digest_only,
         progress: progress.clone(),
         cancel: cancel.clone(),
+        bundles: None,
     };
     if let Some(entry) = lock(&st).get_mut(&id) {
         entry.phase = Phase::Dumping {

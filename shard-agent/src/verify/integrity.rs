@@ -10,8 +10,9 @@ use crate::checksum::xxh3_hex;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::bundle::{bundle_of, BundleCache, BundleError};
 use crate::dump::chunk::{decompress, decompress_bounded, RowDigest};
-use crate::manifest::{ChunkRef, Manifest, TableManifest};
+use crate::manifest::{ChunkRef, Manifest, ShardManifest, TableManifest};
 use crate::repo::{RepoError, Repository};
 
 /// One damaged object.
@@ -52,16 +53,31 @@ fn width(line: &[u8]) -> usize {
     line.iter().filter(|b| **b == b'\t').count() + 1
 }
 
+/// Where a chunk's bytes are read from: the repository, and the bundles
+/// of the shard its table belongs to.
+struct Source<'a> {
+    repo: &'a dyn Repository,
+    shard: &'a ShardManifest,
+    bundles: &'a BundleCache,
+}
+
 /// Checks one chunk; returns its rows' digest or what is wrong with it.
-fn check_chunk(
-    repo: &dyn Repository,
-    t: &TableManifest,
-    c: &ChunkRef,
-) -> Result<RowDigest, String> {
-    let stored = repo.get(&c.key).map_err(|e| match e {
-        RepoError::NotFound { .. } => "missing".to_string(),
-        other => other.to_string(),
-    })?;
+fn check_chunk(from: &Source<'_>, t: &TableManifest, c: &ChunkRef) -> Result<RowDigest, String> {
+    let stored = match bundle_of(from.shard, c)? {
+        Some((bundle, offset)) => from
+            .bundles
+            .chunk(from.repo, bundle, offset, c.bytes_stored)
+            .map_err(|e| match e {
+                BundleError::Repo(RepoError::NotFound { .. }) => {
+                    format!("missing (bundle {})", bundle.key)
+                }
+                other => other.to_string(),
+            })?,
+        None => from.repo.get(&c.key).map_err(|e| match e {
+            RepoError::NotFound { .. } => "missing".to_string(),
+            other => other.to_string(),
+        })?,
+    };
     if stored.len() as u64 != c.bytes_stored {
         return Err(format!(
             "size {} bytes, manifest says {}",
@@ -142,7 +158,13 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
         }
         return out;
     }
+    let bundles = BundleCache::default();
     for (shard, s) in &m.shards {
+        let from = Source {
+            repo,
+            shard: s,
+            bundles: &bundles,
+        };
         for f in &s.schema {
             if let Some(problem) = object_problem(repo, &f.key, &f.xxh3, Some(f.bytes_raw)) {
                 out.damage.push(Damage {
@@ -160,7 +182,7 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
                 let results: Vec<Result<RowDigest, String>> = t
                     .chunks
                     .par_iter()
-                    .map(|c| check_chunk(repo, t, c))
+                    .map(|c| check_chunk(&from, t, c))
                     .collect();
                 let mut digest = RowDigest::default();
                 let mut damage = Vec::new();

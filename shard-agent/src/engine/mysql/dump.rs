@@ -19,8 +19,8 @@ use super::value::decode_line;
 use super::{db_err, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
-    finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
-    sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    finish_bundles, finish_item, join_workers, merge, range_prefix, report_progress, storage_error,
+    store_schema, sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 use crate::error::AgentError;
@@ -34,6 +34,7 @@ fn as_i128(field: &Option<Vec<u8>>) -> Option<i128> {
 impl Session {
     pub(crate) async fn dump(mut self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
         let shard = self.shard.clone();
+        let opts = &opts.with_bundles(&shard.name);
         let mut manifest = ShardManifest {
             engine: Some(Engine::Mysql),
             server: self.server.clone(),
@@ -77,6 +78,7 @@ impl Session {
         }
         let results = join_workers(tasks, &shard.name, &opts.cancel).await?;
         sync_chunks(opts, &shard.name, &results).await?;
+        manifest.bundles = finish_bundles(opts, &shard.name).await?;
         drop(self.control.disconnect().await);
         let meta: Vec<TableMeta<'_>> = tables
             .iter()
@@ -183,7 +185,8 @@ async fn dump_item(
         &keys::segment(&t.name),
         item.range_no,
     );
-    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
+    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch)
+        .bundled(opts.bundles.clone());
     let storage = storage_error(&shard.name, format!("{}.{}", t.database, t.name));
     let streamed = stream_rows(conn, shard, &sql, &what, opts, &mut writer, &storage).await;
     finish_item(writer, streamed, &storage, &item, started).await

@@ -15,11 +15,11 @@ use super::sql::number;
 use super::sql::{ident, query_err, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::AgentError;
-use crate::manifest::{qualified_name, ShardManifest};
+use crate::manifest::{qualified_name, ShardManifest, TableManifest};
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
-    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
-    schema_files, Recorded, RestoreOptions, ShardRestore,
+    bundle_order, check_schema_files, chunk_items, databases, join_loaders, load_checked,
+    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -122,7 +122,7 @@ async fn create_tables(
             shard: target.name.clone(),
             what: format!("the backup has no schema file for database {db}"),
         })?;
-    let raw = load_checked(&opts.repo, &file.into(), &target.name).await?;
+    let raw = load_checked(opts, &file.into(), &target.name).await?;
     let schema: DatabaseSchema =
         serde_json::from_slice(&raw).map_err(|source| AgentError::Schema {
             shard: target.name.clone(),
@@ -368,10 +368,15 @@ async fn load_data(
     db: &str,
     keys: &Arc<DeferredKeys>,
 ) -> Result<(), AgentError> {
-    let tables: Vec<Vec<LoadItem>> = source
+    let mut selected: Vec<&TableManifest> = source
         .table_list
         .iter()
         .filter(|t| t.database == db && opts.selected(t))
+        .collect();
+    // Small tables in the order of their bundles (each read about once).
+    selected.sort_by_key(|t| bundle_order(t));
+    let tables: Vec<Vec<LoadItem>> = selected
+        .into_iter()
         .map(|t| {
             let sql: Arc<str> = format!(
                 "LOAD DATA LOCAL INFILE 'shardcut-chunk' INTO TABLE {}.{} CHARACTER SET binary \
@@ -384,14 +389,16 @@ async fn load_data(
             let table: Arc<str> = t.name.as_str().into();
             t.chunks
                 .iter()
-                .map(|c| LoadItem {
-                    chunk: c.into(),
-                    sql: sql.clone(),
-                    table: table.clone(),
+                .map(|c| {
+                    Ok(LoadItem {
+                        chunk: Recorded::chunk(source, c, &target.name)?,
+                        sql: sql.clone(),
+                        table: table.clone(),
+                    })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, AgentError>>()
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let queue = Arc::new(ChunkQueue::new(tables));
     let workers = opts.parallelism.max(1);
     let (to_build, builders) = key_builders(workers, target, opts, db, keys);
@@ -410,7 +417,7 @@ async fn load_data(
             session(&mut conn, &target, opts.binlog).await?;
             while let Some(taken) = queue.take() {
                 let LoadItem { chunk, sql, table } = taken.item;
-                let raw = load_checked(&opts.repo, &chunk, &target.name).await?;
+                let raw = load_checked(&opts, &chunk, &target.name).await?;
                 let key = chunk.key;
                 let data = Bytes::from(raw);
                 conn.set_infile_handler(async move {

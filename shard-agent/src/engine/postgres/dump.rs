@@ -14,8 +14,8 @@ use super::{ident, pg_err, schema, Session, Table};
 use crate::client_choice::ReaderKind;
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
-    finish_item, join_workers, merge, range_prefix, report_progress, storage_error, store_schema,
-    sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    finish_bundles, finish_item, join_workers, merge, range_prefix, report_progress, storage_error,
+    store_schema, sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 use crate::error::{db_err, AgentError};
@@ -24,6 +24,7 @@ use crate::manifest::{keys, SequenceValue, ShardManifest};
 impl Session {
     pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
         let shard = self.shard.clone();
+        let opts = &opts.with_bundles(&shard.name);
         let mut manifest = ShardManifest {
             engine: Some(Engine::Postgres),
             server: self.server.clone(),
@@ -117,6 +118,7 @@ impl Session {
             }
             collect(&mut manifest, &db.name, &tables, results);
         }
+        manifest.bundles = finish_bundles(opts, &shard.name).await?;
         // Ending the exporting transactions: the snapshots are no longer needed.
         for db in &self.databases {
             drop(db.snap.batch_execute("COMMIT").await);
@@ -331,7 +333,8 @@ async fn dump_item(
     let what = format!("reading {db}.{}.{}", t.schema, t.name);
     let segment = keys::qualified_segment(&t.schema, &t.name);
     let prefix = range_prefix(opts, &shard.name, db, &segment, item.range_no);
-    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch);
+    let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch)
+        .bundled(opts.bundles.clone());
     let storage = storage_error(&shard.name, format!("{db}.{}.{}", t.schema, t.name));
     let streamed = stream_rows(client, shard, &sql, &what, opts, &mut writer, &storage).await;
     finish_item(writer, streamed, &storage, &item, started).await

@@ -14,10 +14,10 @@ use super::restore_post::PostData;
 use super::{ident, partitioned_tables, pg_err, reader};
 use crate::connect;
 use crate::error::AgentError;
-use crate::manifest::ShardManifest;
+use crate::manifest::{ShardManifest, TableManifest};
 use crate::restore::{
-    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
-    schema_files, Recorded, RestoreOptions, ShardRestore,
+    bundle_order, check_schema_files, chunk_items, databases, join_loaders, load_checked,
+    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -45,7 +45,7 @@ pub(super) async fn restore(
             (began.elapsed() - loaded).as_secs_f64()
         );
         for f in schema_files(source, &db, "sequences") {
-            let sql = load_checked(&opts.repo, &f.into(), &target.name).await?;
+            let sql = load_checked(opts, &f.into(), &target.name).await?;
             let client = reader(target, &db, TIMEOUT).await?;
             client
                 .batch_execute(&String::from_utf8_lossy(&sql))
@@ -155,7 +155,7 @@ async fn section_sql(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<String, AgentError> {
-    let sql = load_checked(&opts.repo, &f.into(), &target.name).await?;
+    let sql = load_checked(opts, &f.into(), &target.name).await?;
     schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
         shard: target.name.clone(),
         what: format!(
@@ -361,6 +361,25 @@ struct TableLoad {
     bytes_raw: u64,
 }
 
+/// Where a table's load comes in the workers' list, which they take from
+/// the end: bundled tables (small) first in the list, in reverse bundle
+/// order, so that they are taken in bundle order, after every other table,
+/// taken largest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LoadOrder {
+    Bundled(std::cmp::Reverse<crate::manifest::BundlePlace>),
+    Own(u64),
+}
+
+impl LoadOrder {
+    fn of(t: &TableManifest) -> Self {
+        match bundle_order(t) {
+            Some(place) => LoadOrder::Bundled(std::cmp::Reverse(place)),
+            None => LoadOrder::Own(t.bytes_raw),
+        }
+    }
+}
+
 /// A plain table at least this large is loaded truncated in its load's
 /// transaction, so that `COPY … FREEZE` can write its rows frozen; a
 /// smaller one is not worth the new relation file TRUNCATE makes (with
@@ -394,7 +413,7 @@ async fn load_data(
             &format!("listing the partitioned tables of {db}"),
         ))?
     };
-    let mut tables: Vec<(u64, TableLoad)> = source
+    let mut tables: Vec<(LoadOrder, TableLoad)> = source
         .table_list
         .iter()
         .filter(|t| t.database == db && opts.selected(t) && !t.chunks.is_empty())
@@ -412,12 +431,16 @@ async fn load_data(
                 partitioned: partitioned.contains(&(schema.clone(), t.name.clone())),
                 schema,
                 table: t.name.clone(),
-                chunks: t.chunks.iter().map(Recorded::from).collect(),
+                chunks: t
+                    .chunks
+                    .iter()
+                    .map(|c| Recorded::chunk(source, c, &target.name))
+                    .collect::<Result<_, _>>()?,
                 bytes_raw: t.bytes_raw,
             };
-            (t.bytes_raw, load)
+            Ok((LoadOrder::of(t), load))
         })
-        .collect();
+        .collect::<Result<_, AgentError>>()?;
     let workers = opts.parallelism.max(1);
     if tables.len() < workers {
         return load_chunks(
@@ -428,8 +451,9 @@ async fn load_data(
         )
         .await;
     }
-    // Workers pop from the end: the largest table goes first.
-    tables.sort_by_key(|(bytes, _)| *bytes);
+    // Workers pop from the end: the largest table goes first, the bundled
+    // ones last, in the order of their bundles.
+    tables.sort_by_key(|(order, _)| *order);
     let tables = tables.into_iter().map(|(_, t)| t).collect();
     let (shard, opts, post) = (target.clone(), opts.clone(), post.clone());
     drain(tables, workers, target, db, move |worker, t| {
@@ -551,7 +575,7 @@ async fn copy_chunk(
     table: &str,
     chunk: &Recorded,
 ) -> Result<(), AgentError> {
-    let raw = load_checked(&opts.repo, chunk, &target.name).await?;
+    let raw = load_checked(opts, chunk, &target.name).await?;
     let key = &chunk.key;
     let what = format!("loading {table} from {key}");
     let sink = client
