@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::checksum::xxh3_hex;
-use crate::manifest::{keys, BundlePlace, ChunkRef, ShardManifest, StoredBundle};
+use crate::manifest::{keys, BundlePlace, ChunkRef, ShardManifest, StoredBundle, TableManifest};
 use crate::repo::{RepoError, Repository};
 
 /// A range's only chunk goes into a bundle when it stores at most this.
@@ -163,6 +163,13 @@ pub fn bundle_of<'m>(
             shard.bundles.len()
         )),
     }
+}
+
+/// A table's place in the order that reads each bundle about once: where
+/// its first chunk lies (`None`, first, for a table whose chunks are
+/// objects of their own). Restores and checks take tables in this order.
+pub fn reading_order(t: &TableManifest) -> Option<BundlePlace> {
+    t.chunks.first().and_then(|c| c.bundle)
 }
 
 /// Why a bundled chunk could not be read.

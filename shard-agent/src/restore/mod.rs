@@ -171,13 +171,6 @@ impl From<&StoredFile> for Recorded {
     }
 }
 
-/// Where the restore takes a table's bundled chunk from, as a sort key:
-/// tables taken in this order read each bundle about once (`None`, first,
-/// for a table whose chunks are objects of their own).
-pub(crate) fn bundle_order(t: &TableManifest) -> Option<crate::manifest::BundlePlace> {
-    t.chunks.first().and_then(|c| c.bundle)
-}
-
 /// Verifies a stored object's checksum before it is applied, and
 /// decompresses it no larger than recorded: a damaged chunk is refused by
 /// name rather than loaded as garbage, and a tampered one cannot expand

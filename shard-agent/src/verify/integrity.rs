@@ -10,7 +10,7 @@ use crate::checksum::xxh3_hex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::bundle::{bundle_of, BundleCache, BundleError};
+use crate::bundle::{bundle_of, reading_order, BundleCache, BundleError};
 use crate::dump::chunk::{decompress, decompress_bounded, RowDigest};
 use crate::manifest::{ChunkRef, Manifest, ShardManifest, TableManifest};
 use crate::repo::{RepoError, Repository};
@@ -175,10 +175,15 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
                 });
             }
         }
-        let checked: Vec<(TableCheck, Vec<Damage>)> = s
-            .table_list
+        // Tables in the order of their bundles, so that each bundle is read
+        // about once (rayon hands each thread a run of neighbours);
+        // reported in manifest order.
+        let mut order: Vec<usize> = (0..s.table_list.len()).collect();
+        order.sort_by_key(|&i| reading_order(&s.table_list[i]));
+        let mut checked: Vec<(usize, TableCheck, Vec<Damage>)> = order
             .par_iter()
-            .map(|t| {
+            .map(|&i| {
+                let t = &s.table_list[i];
                 let results: Vec<Result<RowDigest, String>> = t
                     .chunks
                     .par_iter()
@@ -206,10 +211,11 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
                         && digest.rows == t.rows
                         && digest.hex() == t.content_hash,
                 };
-                (check, damage)
+                (i, check, damage)
             })
             .collect();
-        for (check, mut damage) in checked {
+        checked.sort_by_key(|(i, ..)| *i);
+        for (_, check, mut damage) in checked {
             out.tables.push(check);
             out.damage.append(&mut damage);
         }

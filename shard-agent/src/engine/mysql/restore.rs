@@ -13,13 +13,14 @@ use super::restore_keys::split_secondary_keys;
 use super::schema::DatabaseSchema;
 use super::sql::number;
 use super::sql::{ident, query_err, SYSTEM_DATABASES};
+use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::{qualified_name, ShardManifest, TableManifest};
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
-    bundle_order, check_schema_files, chunk_items, databases, join_loaders, load_checked,
-    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
+    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
+    schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -374,7 +375,7 @@ async fn load_data(
         .filter(|t| t.database == db && opts.selected(t))
         .collect();
     // Small tables in the order of their bundles (each read about once).
-    selected.sort_by_key(|t| bundle_order(t));
+    selected.sort_by_key(|t| reading_order(t));
     let tables: Vec<Vec<LoadItem>> = selected
         .into_iter()
         .map(|t| {

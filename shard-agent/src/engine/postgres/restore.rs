@@ -12,12 +12,13 @@ use topology::Shard;
 use super::preflight::SYSTEM_DATABASES;
 use super::restore_post::PostData;
 use super::{ident, partitioned_tables, pg_err, reader};
+use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::restore::{
-    bundle_order, check_schema_files, chunk_items, databases, join_loaders, load_checked,
-    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
+    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
+    schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -373,7 +374,7 @@ enum LoadOrder {
 
 impl LoadOrder {
     fn of(t: &TableManifest) -> Self {
-        match bundle_order(t) {
+        match reading_order(t) {
             Some(place) => LoadOrder::Bundled(std::cmp::Reverse(place)),
             None => LoadOrder::Own(t.bytes_raw),
         }
