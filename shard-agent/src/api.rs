@@ -16,7 +16,10 @@ use crate::position::Position;
 use crate::replay::ReplayOptions;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
-pub const API_VERSION: u32 = 3;
+/// 4: a dump's shard manifest may place chunks in bundles, which an
+/// orchestrator that does not know them would drop from the backup's
+/// manifest.
+pub const API_VERSION: u32 = 4;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionInfo {
