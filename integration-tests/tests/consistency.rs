@@ -144,6 +144,31 @@ async fn every_credit_has_its_debit_in_every_backup() {
         );
         checked.push((id, transfers));
     }
+    // One worker that moves on to a fresh snapshot connection after every
+    // table, as workers do every 1,000 tables: the spare connections opened
+    // their snapshots under the same write block, so the ledger read on
+    // one holds the same transfers as the other shards'.
+    let one_dir = tempfile::tempdir().unwrap();
+    let one = support::topology_variant(
+        &sb.topology(),
+        one_dir.path(),
+        &[("parallelism: 4", "parallelism: 1")],
+    );
+    for _ in 0..2 {
+        let run = support::shardcut_env_async(
+            &["backup", "-t", one.to_str().unwrap(), "--json"],
+            &[("SHARDCUT_TABLES_PER_SNAPSHOT", "1")],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let id = run.json()["backup_id"].as_str().unwrap().to_string();
+        let (bad, transfers) = violations(&one, &id);
+        assert_eq!(
+            bad, 0,
+            "backup {id} (a snapshot connection a table) has {bad} credits without their debit"
+        );
+        assert!(transfers > 0, "backup {id} holds no transfer");
+    }
     let mut unsafe_bad = 0;
     for _ in 0..3 {
         let run =

@@ -272,6 +272,17 @@ pub async fn shardcut_async(args: &[&str]) -> Run {
     Run::from(out)
 }
 
+/// As [`shardcut_async`], with `env` added to shardcut's environment.
+pub async fn shardcut_env_async(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = tokio::process::Command::new(bin("shardcut"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run shardcut");
+    Run::from(out)
+}
+
 /// Takes a backup of the cluster at `topology`; returns its ID (the
 /// backup must succeed).
 pub async fn backup_id(topology: &str) -> String {

@@ -192,11 +192,15 @@ impl Session {
 
     pub(crate) async fn mark(&mut self) -> Result<Position, AgentError> {
         let shard = self.shard.clone();
-        for w in &mut self.workers {
-            w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                .await
-                .map_err(db_err(&shard, "opening the snapshot"))?;
-        }
+        // All at once: with many tables there are spares besides the
+        // workers' own, and the block lasts until every one is open.
+        futures_util::future::try_join_all(
+            self.workers
+                .iter_mut()
+                .map(|w| w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")),
+        )
+        .await
+        .map_err(db_err(&shard, "opening the snapshot"))?;
         let err = query_err(&shard, "reading the binlog position");
         let de = |e| AgentError::Query {
             shard: shard.name.clone(),

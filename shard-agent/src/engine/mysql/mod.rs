@@ -59,7 +59,9 @@ pub struct Session {
     /// Holds the write block.
     control: Conn,
     control_id: u32,
-    /// One per dump worker; each holds the same consistent snapshot.
+    /// Snapshot connections, each holding the same consistent snapshot:
+    /// one per dump worker, and with many tables spares that the workers
+    /// move on to ([`snapshot_connections`]).
     workers: Vec<Reader>,
     tables: Vec<Table>,
     databases: Vec<String>,
@@ -68,6 +70,38 @@ pub struct Session {
 }
 
 pub(crate) use crate::error::db_err;
+
+/// Dump workers of a shard with `tables` tables: its parallelism, no more
+/// than there are tables.
+pub(crate) fn dump_workers(shard: &Shard, tables: usize) -> usize {
+    shard.parallelism.min(tables).max(1)
+}
+
+/// Tables a snapshot connection reads before its worker moves on to a
+/// fresh one. A transaction keeps a metadata lock on every table it read
+/// until it ends, and MariaDB looks through all of them (a list) for each
+/// new table: with 10,000 tables in one transaction that search was two
+/// thirds of the server's time and the read took 7.1 s instead of 1.6 s
+/// (docs/BENCHMARKS.md, "Many tables"). `SHARDCUT_TABLES_PER_SNAPSHOT`
+/// sets another number (tests make the workers move on every table).
+pub(crate) fn tables_per_snapshot() -> usize {
+    std::env::var("SHARDCUT_TABLES_PER_SNAPSHOT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1000)
+}
+
+/// Snapshot connections for `workers` workers reading `tables` tables: a
+/// connection per [`tables_per_snapshot`] tables, at least one a worker
+/// and at most eight. All open their snapshots under the write block, so
+/// a worker that moves on reads the same state.
+pub(crate) fn snapshot_connections(workers: usize, tables: usize) -> usize {
+    let workers = workers.max(1);
+    tables
+        .div_ceil(tables_per_snapshot())
+        .clamp(workers, workers * 8)
+}
 
 /// The server's current binlog file and offset (`SHOW MASTER STATUS`), or
 /// `None` when the binary log is off.
@@ -136,7 +170,10 @@ impl Session {
             blocked_since: None,
         };
         session.read_catalog().await?;
-        let n = shard.parallelism.min(session.tables.len()).max(1);
+        let n = snapshot_connections(
+            dump_workers(shard, session.tables.len()),
+            session.tables.len(),
+        );
         for _ in 0..n {
             let mut conn = Reader::connect(shard, opts.connect_timeout, ReaderKind::Auto).await?;
             setup_reader(&mut conn, shard, mariadb).await?;
@@ -312,5 +349,18 @@ impl Session {
 
     pub(crate) fn block_elapsed(&self) -> Duration {
         self.blocked_since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn many_tables_get_spare_snapshot_connections() {
+        use super::snapshot_connections;
+        assert_eq!(snapshot_connections(2, 10), 2);
+        assert_eq!(snapshot_connections(2, 2_000), 2);
+        assert_eq!(snapshot_connections(2, 10_000), 10);
+        assert_eq!(snapshot_connections(2, 1_000_000), 16);
+        assert_eq!(snapshot_connections(0, 0), 1);
     }
 }
