@@ -147,7 +147,17 @@ async fn every_credit_has_its_debit_in_every_backup() {
     // One worker that moves on to a fresh snapshot connection after every
     // table, as workers do every 1,000 tables: the spare connections opened
     // their snapshots under the same write block, so the ledger read on
-    // one holds the same transfers as the other shards'.
+    // one holds the same transfers as the other shards'. A larger table
+    // goes first, so the ledger is read on a spare.
+    for s in topo.shards.iter().filter(|s| s.engine == Engine::Mysql) {
+        let mut c = db::mysql(s, Some("bank")).await;
+        c.query_drop(
+            "CREATE TABLE filler (id INT PRIMARY KEY) ENGINE=InnoDB; \
+             INSERT INTO filler SELECT seq FROM seq_1_to_200000; ANALYZE TABLE filler",
+        )
+        .await
+        .unwrap();
+    }
     let one_dir = tempfile::tempdir().unwrap();
     let one = support::topology_variant(
         &sb.topology(),
