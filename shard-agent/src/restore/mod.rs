@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use topology::Shard;
 
-use crate::bundle::{bundle_of, BundleCache};
+use crate::bundle::{bundle_of, BundleCache, BundleError};
 use crate::dump::chunk::decompress_bounded;
 use crate::error::AgentError;
 use crate::manifest::{ChunkRef, ShardManifest, StoredBundle, StoredFile, TableManifest};
@@ -188,13 +188,10 @@ pub(crate) async fn load_checked(
     tokio::task::spawn_blocking(move || {
         let k = &o.key;
         let stored = match &o.bundle {
-            Some((bundle, offset)) => cache
-                .chunk(&*r, bundle, *offset, o.bytes_stored)
-                .map_err(|e| format!("{k}: {e}"))?,
-            None => r
-                .get_at_most(k, o.bytes_stored)
-                .map_err(|e| format!("{k}: {e}"))?,
-        };
+            Some((bundle, offset)) => cache.chunk(&*r, bundle, *offset, o.bytes_stored),
+            None => r.get_at_most(k, o.bytes_stored).map_err(BundleError::from),
+        }
+        .map_err(|e| format!("{k}: {e}"))?;
         let got = crate::checksum::xxh3_hex(&stored);
         if got != o.xxh3 {
             return Err(format!(
