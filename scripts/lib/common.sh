@@ -49,6 +49,27 @@ sb_psql_value() {
     PGPASSWORD=$pw psql -X -q -tA -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U shardcut -d "$3" -c "$4"
 }
 
+# sb_buffer_pool SIZE DIR...: gives mysql-0 of each sandbox an InnoDB
+# buffer pool of SIZE (bytes, or with a K/M/G suffix) instead of the
+# sandbox's 64 MiB, and waits until every server reports it (the resize runs
+# in the background).
+sb_buffer_pool() {
+    local bytes d
+    bytes=$(numfmt --from=iec "$1")
+    shift
+    for d in "$@"; do
+        sb_mysql "$d" mysql-0 "SET GLOBAL innodb_buffer_pool_size = $bytes"
+    done
+    for d in "$@"; do
+        for _ in $(seq 120); do
+            [ "$(sb_mysql "$d" mysql-0 "SELECT @@innodb_buffer_pool_size")" = "$bytes" ] && continue 2
+            sleep 0.5
+        done
+        echo "the buffer pool of mysql-0 in $d did not reach $bytes bytes within 60 s" >&2
+        return 1
+    done
+}
+
 # sb_down_quiet DIR...: tears down each sandbox, ignoring failures (for traps).
 sb_down_quiet() {
     local d
