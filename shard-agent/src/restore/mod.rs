@@ -75,6 +75,37 @@ impl RestoreOptions {
     }
 }
 
+/// How long a table's index or key build runs before the table is
+/// announced as restored (see [`ready_during`]).
+const BUILD_HEAD_START: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs `build`, index or key builds on tables whose rows are loaded, and
+/// calls `ready` (which announces those tables for their read-back) once
+/// the build has run for [`BUILD_HEAD_START`], or when it ends if sooner.
+/// A build reads the rows but does not change them, so the read-back may
+/// read the table meanwhile, on the other processor. The head start lets
+/// the build take its lock first: MariaDB needs the table to itself for a
+/// moment as an in-place key build starts, and a read that came first
+/// would make the whole build wait for it. The read-back's statement holds
+/// its lock only while it runs and waits for nothing else, so the two can
+/// wait for each other but never deadlock.
+pub(crate) async fn ready_during<T>(
+    build: impl std::future::Future<Output = T>,
+    ready: impl FnOnce(),
+) -> T {
+    tokio::pin!(build);
+    tokio::select! {
+        built = &mut build => {
+            ready();
+            built
+        }
+        () = tokio::time::sleep(BUILD_HEAD_START) => {
+            ready();
+            build.await
+        }
+    }
+}
+
 /// What a restore of one shard did.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ShardRestore {
@@ -279,4 +310,42 @@ pub(crate) fn chunk_items<'m>(
         .filter(|t| t.database == db && opts.selected(t))
         .flat_map(|t| (0..t.chunks.len()).map(move |i| (t, i)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::ready_during;
+
+    #[tokio::test]
+    async fn a_table_is_announced_while_its_build_runs() {
+        // The build ends only once the table has been announced: a build
+        // announced after it ends would never end.
+        let announced = Arc::new(tokio::sync::Notify::new());
+        let heard = announced.clone();
+        let build = async move {
+            heard.notified().await;
+            "built"
+        };
+        let built = tokio::time::timeout(
+            Duration::from_secs(30),
+            ready_during(build, || announced.notify_one()),
+        )
+        .await;
+        assert_eq!(built.ok(), Some("built"));
+    }
+
+    #[tokio::test]
+    async fn a_build_that_ends_first_is_announced_once_when_it_ends() {
+        let calls = AtomicUsize::new(0);
+        let seen_by_build = ready_during(async { calls.load(Ordering::SeqCst) }, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(seen_by_build, 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

@@ -19,8 +19,8 @@ use crate::error::AgentError;
 use crate::manifest::{qualified_name, ShardManifest, TableManifest};
 use crate::restore::queue::ChunkQueue;
 use crate::restore::{
-    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
-    schema_files, Recorded, RestoreOptions, ShardRestore,
+    check_schema_files, chunk_items, databases, join_loaders, load_checked, ready_during,
+    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -357,11 +357,12 @@ fn lock(keys: &DeferredKeys) -> std::sync::MutexGuard<'_, HashMap<String, Vec<St
 /// workers on different tables (see [`ChunkQueue`]). A table whose last
 /// chunk is in is announced as restored or, if it has deferred keys, goes
 /// to the key builders (as `pg_restore -j` builds a table's indexes once
-/// its data is in), which add them on connections of their own and then
-/// announce it; the loading worker goes straight on to its next table. A
-/// key build reads the whole table, from disk when the buffer pool is
-/// small, so it overlaps with loads that keep the processors busy instead
-/// of waiting on the disk in the load workers' place.
+/// its data is in), which add them on connections of their own and
+/// announce it during the build; the loading worker goes straight on to
+/// its next table. A key build reads the whole table, from disk when the
+/// buffer pool is small, so it overlaps with loads that keep the
+/// processors busy instead of waiting on the disk in the load workers'
+/// place.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
@@ -453,7 +454,8 @@ async fn load_data(
 
 /// Starts `workers` key builders. Each takes the name of a table whose
 /// data is in and that has deferred keys, adds them on a connection of its
-/// own, and announces the table as restored. They stop once every sender is
+/// own, and announces the table as restored while they build (its rows are
+/// final; see [`ready_during`]). They stop once every sender is
 /// dropped; a builder that fails closes the queue, so that sending (and
 /// with it loading) stops.
 fn key_builders(
@@ -485,15 +487,18 @@ fn key_builders(
                 let Some(table) = next else {
                     break;
                 };
+                let ready = || opts.table_ready(qualified_name(&db, None, &table));
                 let adds = lock(&keys).remove(&*table);
-                if let Some(adds) = adds {
-                    if let Err(e) = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds).await
-                    {
-                        builds.lock().await.close();
-                        return Err(e);
-                    }
+                let Some(adds) = adds else {
+                    ready();
+                    continue;
+                };
+                let build = add_keys_on(&mut conn, &target, &opts, &db, &table, &adds);
+                let built = ready_during(build, ready).await;
+                if let Err(e) = built {
+                    builds.lock().await.close();
+                    return Err(e);
                 }
-                opts.table_ready(qualified_name(&db, None, &table));
             }
             if let Some(conn) = conn {
                 drop(conn.disconnect().await);

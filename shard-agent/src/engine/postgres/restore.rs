@@ -10,15 +10,15 @@ use tokio::sync::OnceCell;
 use topology::Shard;
 
 use super::preflight::SYSTEM_DATABASES;
-use super::restore_post::PostData;
+use super::restore_post::{Build, PostData};
 use super::{ident, partitioned_tables, pg_err, reader};
 use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::restore::{
-    check_schema_files, chunk_items, databases, join_loaders, load_checked, refuse_system_database,
-    schema_files, Recorded, RestoreOptions, ShardRestore,
+    check_schema_files, chunk_items, databases, join_loaders, load_checked, ready_during,
+    refuse_system_database, schema_files, Recorded, RestoreOptions, ShardRestore,
 };
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -36,9 +36,14 @@ pub(super) async fn restore(
         run_section(source, target, opts, &db, "pre-data").await?;
         let post = Arc::new(post_data(source, target, opts, &db).await?);
         let began = std::time::Instant::now();
-        load_data(source, target, opts, &db, &post).await?;
+        let chunked = load_data(source, target, opts, &db, &post).await?;
         let loaded = began.elapsed();
-        run_post_data(target, opts, &db, &post).await?;
+        run_post_data(target, opts, &db, &post, || {
+            for t in chunked {
+                opts.table_ready(t);
+            }
+        })
+        .await?;
         tracing::info!(
             "{}: {db}: data loaded (with the indexes of whole tables) in {:.2} s, then the rest of post-data in {:.2} s",
             target.name,
@@ -284,28 +289,36 @@ async fn run_sql(target: &Shard, db: &str, sql: &str, section: &str) -> Result<(
 /// The post-data statements no load worker built, as `pg_restore -j` runs
 /// them once all data is in: indexes and constraints other than foreign
 /// keys (each on one table) `parallelism` at a time on their own
-/// connections (two on one table wait for each other's lock); then foreign
-/// keys, triggers and the rest, in the dump's order, in one batch.
+/// connections (two on one table wait for each other's lock), those that
+/// keep reads out first; then foreign keys, triggers and the rest, in the
+/// dump's order, in one batch. `ready` is called during the index builds
+/// that let reads through (see [`ready_during`]).
 async fn run_post_data(
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
     post: &PostData,
+    ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
-    let left = post.remaining();
+    let (reading, locking): (Vec<Build>, Vec<Build>) =
+        post.remaining().into_iter().partition(|b| b.lets_reads);
     let settings = Arc::new(post.settings.clone());
-    let (shard, sessions) = (target.clone(), opts.parallelism.max(1));
-    drain(left, sessions, target, db, move |worker, block: String| {
-        let (shard, settings) = (shard.clone(), settings.clone());
-        async move {
-            let client = worker.post(&shard, &settings).await?;
-            client.batch_execute(&block).await.map_err(pg_err(
-                &shard,
-                &format!("building the indexes of {}", worker.db),
-            ))
-        }
-    })
-    .await?;
+    let sessions = opts.parallelism.max(1);
+    let build = |blocks: Vec<Build>| {
+        let (shard, settings) = (target.clone(), settings.clone());
+        drain(blocks, sessions, target, db, move |worker, block: Build| {
+            let (shard, settings) = (shard.clone(), settings.clone());
+            async move {
+                let client = worker.post(&shard, &settings).await?;
+                client.batch_execute(&block.sql).await.map_err(pg_err(
+                    &shard,
+                    &format!("building the indexes of {}", worker.db),
+                ))
+            }
+        })
+    };
+    build(locking).await?;
+    ready_during(build(reading), ready).await?;
     if let Some(sql) = &post.rest {
         run_sql(target, db, sql, "post-data").await?;
     }
@@ -397,16 +410,18 @@ const FREEZE_MIN_BYTES: u64 = 1 << 20;
 /// follow do not rewrite every page to set hint bits. Right after a plain
 /// table's load commits, the same worker builds its indexes and
 /// constraints (while the others go on loading) and announces the table as
-/// restored. With fewer tables than workers, chunks are loaded in
-/// parallel, each in its own transaction, so that one big table still
-/// loads on every worker; its indexes wait for all data.
+/// restored during the build (see [`ready_during`]). With fewer tables
+/// than workers, chunks are loaded in parallel, each in its own
+/// transaction, so that one big table still loads on every worker; its
+/// indexes wait for all data, and the tables are returned, to be announced
+/// while those are built.
 async fn load_data(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
     post: &Arc<PostData>,
-) -> Result<(), AgentError> {
+) -> Result<Vec<String>, AgentError> {
     let partitioned = {
         let client = reader(target, db, TIMEOUT).await?;
         partitioned_tables(&client).await.map_err(pg_err(
@@ -444,13 +459,10 @@ async fn load_data(
         .collect::<Result<_, AgentError>>()?;
     let workers = opts.parallelism.max(1);
     if tables.len() < workers {
-        return load_chunks(
-            tables.into_iter().map(|(_, t)| t).collect(),
-            target,
-            opts,
-            db,
-        )
-        .await;
+        let tables: Vec<TableLoad> = tables.into_iter().map(|(_, t)| t).collect();
+        let names = tables.iter().map(|t| t.name.clone()).collect();
+        load_chunks(tables, target, opts, db).await?;
+        return Ok(names);
     }
     // Workers pop from the end: the largest table goes first, the bundled
     // ones last, in the order of their bundles.
@@ -464,24 +476,40 @@ async fn load_data(
             let frozen = load_table(client, &shard, &opts, &t).await?;
             // A partitioned table's indexes span its partitions, which
             // other statements build; they wait for all data.
-            if frozen {
-                let blocks = post.take(&(t.schema.clone(), t.table.clone()));
-                if !blocks.is_empty() {
-                    let client = worker.post(&shard, &post.settings).await?;
-                    let what = format!("building the indexes of {}", t.name);
-                    for block in blocks {
-                        client
-                            .batch_execute(&block)
-                            .await
-                            .map_err(pg_err(&shard, &what))?;
-                    }
-                }
+            let blocks = match frozen {
+                true => post.take(&(t.schema.clone(), t.table.clone())),
+                false => Vec::new(),
+            };
+            if blocks.is_empty() {
+                opts.table_ready(t.name.clone());
+                return Ok(());
             }
-            opts.table_ready(t.name.clone());
-            Ok(())
+            // Those that keep reads out (constraints) first, in the dump's
+            // order (pg_dump's too); the table is announced during the
+            // index builds after them.
+            let mut blocks = blocks;
+            let reads_wait = blocks
+                .iter()
+                .rposition(|b| !b.lets_reads)
+                .map_or(0, |i| i + 1);
+            let reading = blocks.split_off(reads_wait);
+            let client = worker.post(&shard, &post.settings).await?;
+            let what = format!("building the indexes of {}", t.name);
+            let build = |blocks: Vec<Build>| async {
+                for block in blocks {
+                    client
+                        .batch_execute(&block.sql)
+                        .await
+                        .map_err(pg_err(&shard, &what))?;
+                }
+                Ok::<(), AgentError>(())
+            };
+            build(blocks).await?;
+            ready_during(build(reading), || opts.table_ready(t.name.clone())).await
         }
     })
-    .await
+    .await?;
+    Ok(Vec::new())
 }
 
 /// Runs `work` on every item with `workers` workers, each taking the next

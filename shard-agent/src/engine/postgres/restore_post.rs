@@ -14,6 +14,16 @@ use std::sync::Mutex;
 /// A table as pg_dump names it: schema and name, unquoted.
 pub(super) type TableName = (String, String);
 
+/// An index or constraint statement of one table.
+#[derive(Clone, Debug)]
+pub(super) struct Build {
+    pub sql: String,
+    /// Whether the table can be read while it runs: `CREATE INDEX` takes a
+    /// lock that lets reads through, `ALTER TABLE … ADD CONSTRAINT` (and
+    /// any statement not recognised) one that keeps them waiting.
+    pub lets_reads: bool,
+}
+
 /// The post-data section of one database, planned.
 #[derive(Default)]
 pub(super) struct PostData {
@@ -22,9 +32,9 @@ pub(super) struct PostData {
     pub settings: String,
     /// Index and constraint statements by the table they are on; a load
     /// worker takes a table's entry out when it builds them.
-    by_table: Mutex<HashMap<TableName, Vec<String>>>,
+    by_table: Mutex<HashMap<TableName, Vec<Build>>>,
     /// Index and constraint statements whose table was not recognised.
-    other: Vec<String>,
+    other: Vec<Build>,
     /// The rest, preamble first, for psql; `None` when there is none.
     pub rest: Option<String>,
 }
@@ -35,17 +45,23 @@ impl PostData {
     pub fn plan(sql: &str) -> PostData {
         let (preamble, blocks) = split_objects(sql);
         let settings = no_meta(&preamble);
-        let mut by_table: HashMap<TableName, Vec<String>> = HashMap::new();
+        let mut by_table: HashMap<TableName, Vec<Build>> = HashMap::new();
         let (mut other, mut rest) = (Vec::new(), Vec::new());
         for (kind, block) in blocks {
             if kind != "INDEX" && kind != "CONSTRAINT" {
                 rest.push(block);
                 continue;
             }
-            let block = no_meta(&block);
-            match block_table(&kind, &block) {
-                Some(table) => by_table.entry(table).or_default().push(block),
-                None => other.push(block),
+            let sql = no_meta(&block);
+            match block_table(&kind, &sql) {
+                Some(table) => by_table.entry(table).or_default().push(Build {
+                    lets_reads: kind == "INDEX",
+                    sql,
+                }),
+                None => other.push(Build {
+                    sql,
+                    lets_reads: false,
+                }),
             }
         }
         let rest = (!rest.is_empty()).then(|| {
@@ -65,7 +81,7 @@ impl PostData {
 
     /// Takes out the index and constraint statements on `table`, in the
     /// dump's order; the caller builds them.
-    pub fn take(&self, table: &TableName) -> Vec<String> {
+    pub fn take(&self, table: &TableName) -> Vec<Build> {
         self.by_table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -75,8 +91,8 @@ impl PostData {
 
     /// The index and constraint statements nobody took, to build once all
     /// data is in.
-    pub fn remaining(&self) -> Vec<String> {
-        let mut left: Vec<String> =
+    pub fn remaining(&self) -> Vec<Build> {
+        let mut left: Vec<Build> =
             std::mem::take(&mut *self.by_table.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_values()
                 .flatten()
@@ -289,11 +305,12 @@ mod tests {
         assert_eq!(plan.settings, "SET x = 1;\n");
         let t1 = plan.take(&("public".into(), "t1".into()));
         assert_eq!(t1.len(), 2);
-        assert!(t1[0].contains("PRIMARY KEY") && t1[1].contains("CREATE INDEX i1"));
+        assert!(t1[0].sql.contains("PRIMARY KEY") && t1[1].sql.contains("CREATE INDEX i1"));
+        assert!(!t1[0].lets_reads && t1[1].lets_reads);
         assert!(plan.take(&("public".into(), "t1".into())).is_empty());
         let left = plan.remaining();
         assert_eq!(left.len(), 1);
-        assert!(left[0].contains("CREATE INDEX i2"));
+        assert!(left[0].sql.contains("CREATE INDEX i2") && left[0].lets_reads);
         let rest = plan.rest.unwrap_or_default();
         assert!(rest.starts_with("SET x = 1;\n\\restrict abc\n"));
         assert!(rest.contains("FOREIGN KEY") && !rest.contains("CREATE INDEX"));
