@@ -169,16 +169,27 @@ impl Session {
             lease: None,
             blocked_since: None,
         };
+        let began = Instant::now();
         session.read_catalog().await?;
+        let catalog = began.elapsed();
         let n = snapshot_connections(
             dump_workers(shard, session.tables.len()),
             session.tables.len(),
         );
-        for _ in 0..n {
+        // Opened together: a shard of many tables has several per worker.
+        let connects = (0..n).map(|_| async {
             let mut conn = Reader::connect(shard, opts.connect_timeout, ReaderKind::Auto).await?;
             setup_reader(&mut conn, shard, mariadb).await?;
-            session.workers.push(conn);
-        }
+            Ok::<_, AgentError>(conn)
+        });
+        session.workers = futures_util::future::try_join_all(connects).await?;
+        tracing::debug!(
+            "{}: catalog of {} table(s) read in {:.2} s, {n} snapshot connection(s) opened in {:.2} s",
+            shard.name,
+            session.tables.len(),
+            catalog.as_secs_f64(),
+            (began.elapsed() - catalog).as_secs_f64()
+        );
         Ok(session)
     }
 
