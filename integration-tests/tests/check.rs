@@ -231,3 +231,49 @@ fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("lock table"), "{run:?}");
 }
+
+#[test]
+fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let topo = support::db::topology(&sb.topology());
+    let shard = topo.shards[0].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A backup opens the control connection and a snapshot connection a
+    // worker: at least two.
+    rt.block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut c = support::db::mysql(&shard, None).await;
+        for sql in [
+            "CREATE DATABASE d",
+            "CREATE TABLE d.t (id int PRIMARY KEY)",
+            "INSERT INTO d.t VALUES (1), (2)",
+            "GRANT USAGE ON *.* TO 'shardcut'@'127.0.0.1' WITH MAX_USER_CONNECTIONS 1",
+        ] {
+            c.query_drop(sql).await.unwrap();
+        }
+        c.disconnect().await.unwrap();
+    });
+    let arg = sb.topology();
+    let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let findings = run.json()["shards"][0]["report"]["findings"].clone();
+    let connections = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["item"] == "connections")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(connections["level"], "fail", "{findings}");
+    let value = connections["value"].as_str().unwrap_or_default();
+    assert!(
+        value.contains("max_user_connections 1 for the backup user"),
+        "{connections}"
+    );
+    let fix = connections["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("WITH MAX_USER_CONNECTIONS 2"), "{connections}");
+    // The backup it warns of fails, naming the limit.
+    let run = shardcut(&["backup", "-t", arg.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("max_user_connections"), "{run:?}");
+}

@@ -62,6 +62,10 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
         .map(|(t, engine)| format!("{}.{} ({engine})", t.database, t.table))
         .collect();
     f.push(table_caches(&vars, tables.len()));
+    let use_now = connection_use(&mut conn)
+        .await
+        .map_err(q("reading the connections in use"))?;
+    f.push(connections(shard, &vars, use_now, tables.len()));
     if !non_tx.is_empty() {
         f.push(Finding::warn(
             "table engines",
@@ -176,6 +180,93 @@ fn table_caches(vars: &HashMap<String, String>, tables: usize) -> Finding {
     }
 }
 
+/// The connections a backup of `tables` tables opens on the server: the
+/// control connection that holds the cut, and the snapshot connections
+/// (one a worker, more on a shard of many tables: [`super::snapshot_connections`]).
+/// A server or an account whose limit is below that refuses the backup as
+/// it starts; a server with fewer free connections right now is warned
+/// about.
+fn connections(
+    shard: &Shard,
+    vars: &HashMap<String, String>,
+    use_now: ConnectionUse,
+    tables: usize,
+) -> Finding {
+    let needed = 1 + super::snapshot_connections(super::dump_workers(shard, tables), tables);
+    let max = vars
+        .get("max_connections")
+        .and_then(|v| v.parse::<usize>().ok());
+    let ConnectionUse { in_use, per_user } = use_now;
+    let shown = |n: Option<usize>| n.map_or("(unknown)".to_string(), |n| n.to_string());
+    let mut value = format!(
+        "a backup opens {needed} ({tables} tables, parallelism {}); max_connections {}, {} in use",
+        shard.parallelism,
+        shown(max),
+        shown(in_use)
+    );
+    if let Some(n) = per_user {
+        value.push_str(&format!(", max_user_connections {n} for the backup user"));
+    }
+    if per_user.is_some_and(|m| m < needed) {
+        return Finding::fail(
+            "connections",
+            value,
+            format!(
+                "give the backup user at least {needed} connections (GRANT USAGE ON *.* TO the user WITH MAX_USER_CONNECTIONS {needed}, or max_user_connections in the config), or lower the shard's parallelism"
+            ),
+        );
+    }
+    if max.is_some_and(|m| m < needed) {
+        return Finding::fail(
+            "connections",
+            value,
+            format!(
+                "SET GLOBAL max_connections to {needed} more than the server's other clients need (and in the config), or lower the shard's parallelism"
+            ),
+        );
+    }
+    match (max, in_use) {
+        (Some(max), Some(used)) if max.saturating_sub(used) < needed => Finding::warn(
+            "connections",
+            value,
+            format!(
+                "SET GLOBAL max_connections = {} (and in the config): fewer connections are free now than a backup opens",
+                used + needed
+            ),
+        ),
+        _ => Finding::ok("connections", value),
+    }
+}
+
+/// What the server says of its connections right now.
+#[derive(Clone, Copy, Debug, Default)]
+struct ConnectionUse {
+    /// `Threads_connected`, this connection included.
+    in_use: Option<usize>,
+    /// The backup user's own limit, as the session's `max_user_connections`
+    /// shows it (the account's `MAX_USER_CONNECTIONS`, or else the global
+    /// setting); `None` for no limit (0).
+    per_user: Option<usize>,
+}
+
+async fn connection_use(conn: &mut Conn) -> Result<ConnectionUse, DbError> {
+    let rows: Vec<Row> = conn
+        .query("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+        .await?;
+    let in_use = match rows.first() {
+        Some(row) => text(row, 1)?.and_then(|v| v.parse().ok()),
+        None => None,
+    };
+    let rows: Vec<Row> = conn.query("SELECT @@SESSION.max_user_connections").await?;
+    let per_user = match rows.first() {
+        Some(row) => number(row, 0)?,
+        None => None,
+    }
+    .filter(|n| *n > 0)
+    .and_then(|n| usize::try_from(n).ok());
+    Ok(ConnectionUse { in_use, per_user })
+}
+
 /// `sync_binlog = 0` leaves the binary log to the OS's write-back. A host
 /// crash can then lose binlog events of commits InnoDB kept, which
 /// point-in-time recovery replays; and `BACKUP STAGE BLOCK_COMMIT` syncs
@@ -201,7 +292,7 @@ async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, DbError> 
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', \
              'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_binlog_pos', \
              'gtid_strict_mode', 'gtid_mode', 'local_infile', 'server_id', 'sync_binlog', \
-             'table_definition_cache', 'table_open_cache')",
+             'table_definition_cache', 'table_open_cache', 'max_connections')",
         )
         .await?;
     let mut out = HashMap::new();
@@ -355,6 +446,39 @@ mod tests {
         assert_eq!(sync_binlog("").level, Level::Warn);
         assert_eq!(sync_binlog("1").level, Level::Ok);
         assert_eq!(sync_binlog("100").level, Level::Ok);
+    }
+
+    #[test]
+    fn too_few_connections_for_a_backup_are_named() {
+        let text = "cluster: c\nrepository: /tmp/r\ndefaults:\n  parallelism: 2\nshards:\n  - name: m\n    engine: mysql\n    url: mysql://u@127.0.0.1:3306\n";
+        let topo = topology::Topology::parse(text, std::path::Path::new("t.yaml"), &|_| None)
+            .expect("a valid topology");
+        let shard = &topo.shards[0];
+        let vars = |max: &str| HashMap::from([("max_connections".to_string(), max.to_string())]);
+        let used = |in_use: usize, per_user: Option<usize>| ConnectionUse {
+            in_use: Some(in_use),
+            per_user,
+        };
+        // 10,000 tables, 2 workers: the control connection and 10 snapshots.
+        let ok = connections(shard, &vars("151"), used(10, None), 10_000);
+        assert_eq!(ok.level, Level::Ok, "{ok:?}");
+        assert!(ok.value.contains("a backup opens 11"), "{ok:?}");
+        let busy = connections(shard, &vars("151"), used(145, None), 10_000);
+        assert_eq!(busy.level, Level::Warn, "{busy:?}");
+        let fix = busy.fix.unwrap_or_default();
+        assert!(fix.contains("max_connections = 156"), "{fix}");
+        assert_eq!(
+            connections(shard, &vars("8"), used(1, None), 10_000).level,
+            Level::Fail
+        );
+        let per_user = connections(shard, &vars("151"), used(1, Some(5)), 10_000);
+        assert_eq!(per_user.level, Level::Fail, "{per_user:?}");
+        let fix = per_user.fix.unwrap_or_default();
+        assert!(fix.contains("MAX_USER_CONNECTIONS 11"), "{fix}");
+        // Ten tables: the control connection and one a worker.
+        assert!(connections(shard, &vars("151"), used(1, None), 10)
+            .value
+            .contains("a backup opens 3"));
     }
 
     #[test]

@@ -484,9 +484,9 @@ async fn load_data(
                 opts.table_ready(t.name.clone());
                 return Ok(());
             }
-            // Those that keep reads out (constraints) first, in the dump's
-            // order (pg_dump's too); the table is announced during the
-            // index builds after them.
+            // In the dump's order, where pg_dump puts a table's constraints
+            // (which keep reads out) before its indexes: the table is
+            // announced during the index builds after the last of them.
             let mut blocks = blocks;
             let reads_wait = blocks
                 .iter()
