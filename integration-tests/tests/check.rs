@@ -210,15 +210,8 @@ fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
     let arg = sb.topology();
     let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 1, "{run:?}");
-    let findings = run.json()["shards"][0]["report"]["findings"].clone();
-    let lock = findings
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["item"] == "lock table")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(lock["level"], "fail", "{findings}");
+    let lock = first_shard_finding(&run, "lock table");
+    assert_eq!(lock["level"], "fail", "{run:?}");
     assert!(
         lock["fix"]
             .as_str()
@@ -256,15 +249,8 @@ fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
     let arg = sb.topology();
     let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 1, "{run:?}");
-    let findings = run.json()["shards"][0]["report"]["findings"].clone();
-    let connections = findings
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["item"] == "connections")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(connections["level"], "fail", "{findings}");
+    let connections = first_shard_finding(&run, "connections");
+    assert_eq!(connections["level"], "fail", "{run:?}");
     let value = connections["value"].as_str().unwrap_or_default();
     assert!(
         value.contains("max_user_connections 1 for the backup user"),
@@ -276,4 +262,13 @@ fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
     let run = shardcut(&["backup", "-t", arg.to_str().unwrap()]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("max_user_connections"), "{run:?}");
+}
+
+/// The finding `item` of the first shard in a `check --json` run (null
+/// when there is none).
+fn first_shard_finding(run: &support::Run, item: &str) -> serde_json::Value {
+    run.json()["shards"][0]["report"]["findings"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["item"] == item).cloned())
+        .unwrap_or_default()
 }

@@ -207,23 +207,19 @@ fn connections(
     if let Some(n) = per_user {
         value.push_str(&format!(", max_user_connections {n} for the backup user"));
     }
-    if per_user.is_some_and(|m| m < needed) {
-        return Finding::fail(
-            "connections",
-            value,
-            format!(
-                "give the backup user at least {needed} connections (GRANT USAGE ON *.* TO the user WITH MAX_USER_CONNECTIONS {needed}, or max_user_connections in the config), or lower the shard's parallelism"
-            ),
-        );
-    }
-    if max.is_some_and(|m| m < needed) {
-        return Finding::fail(
-            "connections",
-            value,
-            format!(
-                "SET GLOBAL max_connections to {needed} more than the server's other clients need (and in the config), or lower the shard's parallelism"
-            ),
-        );
+    let short = if per_user.is_some_and(|m| m < needed) {
+        Some(format!(
+            "give the backup user at least {needed} connections (GRANT USAGE ON *.* TO the user WITH MAX_USER_CONNECTIONS {needed}, or max_user_connections in the config), or lower the shard's parallelism"
+        ))
+    } else if max.is_some_and(|m| m < needed) {
+        Some(format!(
+            "SET GLOBAL max_connections to {needed} more than the server's other clients need (and in the config), or lower the shard's parallelism"
+        ))
+    } else {
+        None
+    };
+    if let Some(fix) = short {
+        return Finding::fail("connections", value, fix);
     }
     match (max, in_use) {
         (Some(max), Some(used)) if max.saturating_sub(used) < needed => Finding::warn(
