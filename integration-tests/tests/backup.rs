@@ -274,3 +274,89 @@ fn concurrent_backup_of_one_repository_is_refused() {
         "lock released"
     );
 }
+
+/// Tables whose columns are all integers and strings are read in the text
+/// protocol (one statement per table instead of a prepare and an
+/// execution); their lines must be those the binary protocol gives, edge
+/// values included: the backup's hashes must equal a read through
+/// mysql_async's binary protocol, and the read-back a restore's
+/// verification does (shardcut's own reader, which chooses the protocol
+/// from the manifest's column types as the backup did).
+#[test]
+fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them() {
+    use shard_agent::engine::mysql::reader::{protocol_for, Protocol};
+    let sb = support::PrivateSandbox::up(1, 0, "ready");
+    let topo_path = sb.topology();
+    let topo = db::topology(&topo_path);
+    let shard = topo.shards[0].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut c = db::mysql(&shard, None).await;
+        for sql in [
+            "CREATE DATABASE d",
+            "CREATE TABLE d.text_exact (id bigint unsigned PRIMARY KEY, \
+             ti tinyint, tu tinyint unsigned, si smallint zerofill, mi mediumint, \
+             i int(5) unsigned zerofill, bi bigint, c char(4), vc varchar(20), \
+             bn binary(3), vb varbinary(8), tx text, bl blob, dc decimal(12,4), \
+             e enum('a','b c'), s set('x','y'), j json)",
+            "INSERT INTO d.text_exact VALUES \
+             (18446744073709551615, -128, 255, 7, -8388608, 42, -9223372036854775808, \
+              'ab', 'tab\\there\\nline', 'a', x'00FBFF0A09', '\\\\N', x'FB', -12345678.1234, \
+              'b c', 'x,y', '{\"k\": [1, null]}'), \
+             (0, 127, 0, 65535, 8388607, 4294967295, 9223372036854775807, \
+              '', '', x'000000', '', '', '', 0.0001, 'a', '', 'null'), \
+             (5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+              NULL, NULL, NULL, NULL)",
+            // A float: this one is read in the binary protocol.
+            "CREATE TABLE d.with_float (id int PRIMARY KEY, f double)",
+            "INSERT INTO d.with_float VALUES (1, 0.1), (2, -1e300)",
+        ] {
+            c.query_drop(sql).await.unwrap();
+        }
+        c.disconnect().await.unwrap();
+    });
+    let arg = topo_path.to_str().unwrap();
+    let run = shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&topo_path, &id);
+    let text = db::find_table(&m, "mysql-0", "d.text_exact");
+    let float = db::find_table(&m, "mysql-0", "d.with_float");
+    let protocol = |t: &shard_agent::manifest::TableManifest| {
+        protocol_for(t.columns.iter().map(|c| c.data_type.as_str()))
+    };
+    assert_eq!(protocol(text), Protocol::Text);
+    assert_eq!(protocol(float), Protocol::Binary);
+    assert_eq!(text.rows, 3);
+    rt.block_on(async {
+        for t in [text, float] {
+            for kind in [ReaderKind::Library, ReaderKind::Auto] {
+                let d = readback::table_digest_through(&shard, t, kind)
+                    .await
+                    .unwrap();
+                assert_eq!(d.hex(), t.content_hash, "{} through {kind:?}", t.name);
+            }
+        }
+        // A prepare that fails is sent together with its execution: both
+        // errors are read, the prepare's is the one reported, and the
+        // connection stays in step for the next statement, in either
+        // protocol.
+        let timeout = std::time::Duration::from_secs(10);
+        let mut conn = Reader::connect(&shard, timeout, ReaderKind::Auto)
+            .await
+            .unwrap();
+        assert!(matches!(conn, Reader::Wire(_)), "own row reader");
+        for protocol in [Protocol::Binary, Protocol::Text, Protocol::Binary] {
+            let e = conn
+                .rows("SELECT id FROM d.no_such_table", protocol)
+                .await
+                .err()
+                .expect("a missing table is an error");
+            assert!(e.to_string().contains("doesn't exist"), "{e}");
+            let line = conn.first_line("SELECT 41 + 1").await.unwrap();
+            assert_eq!(line.as_deref(), Some(&b"42"[..]));
+        }
+        conn.disconnect().await;
+    });
+}

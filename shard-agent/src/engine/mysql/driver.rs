@@ -71,7 +71,11 @@ impl Driver for Mysql {
         t: &TableManifest,
         kind: ReaderKind,
     ) -> Result<RowDigest, AgentError> {
-        let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let columns: Vec<(&str, &str)> = t
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.data_type.as_str()))
+            .collect();
         readback::digest(shard, &t.database, &t.name, &columns, kind).await
     }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use topology::{Engine, Shard};
 
-use super::reader::Reader;
+use super::reader::{protocol_for, Protocol, Reader};
 use super::schema::database_schema;
 use super::sql::ident;
 use super::value::decode_line;
@@ -265,7 +265,17 @@ async fn dump_item(
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch)
         .bundled(opts.bundles.clone());
     let storage = storage_error(&shard.name, format!("{}.{}", t.database, t.name));
-    let streamed = stream_rows(conn, shard, &sql, &what, opts, &mut writer, &storage).await;
+    let protocol = protocol_for(t.columns.iter().map(|(_, ty)| ty.as_str()));
+    let streamed = stream_rows(
+        conn,
+        shard,
+        (&sql, protocol),
+        &what,
+        opts,
+        &mut writer,
+        &storage,
+    )
+    .await;
     finish_item(writer, streamed, &storage, &item, started).await
 }
 
@@ -273,7 +283,7 @@ async fn dump_item(
 async fn stream_rows(
     conn: &mut Reader,
     shard: &Shard,
-    sql: &str,
+    (sql, protocol): (&str, Protocol),
     what: &str,
     opts: &DumpOptions,
     writer: &mut ChunkWriter,
@@ -281,7 +291,7 @@ async fn stream_rows(
 ) -> Result<(), AgentError> {
     // Built once: `db_err` clones two Strings, which per row showed in profiles.
     let failed = db_err(shard, what);
-    let mut rows = conn.rows(sql).await.map_err(&failed)?;
+    let mut rows = conn.rows(sql, protocol).await.map_err(&failed)?;
     let (mut rows_since, mut bytes_since) = (0u64, 0usize);
     loop {
         let (buf, start) = writer.row_buffer();

@@ -137,11 +137,16 @@ pub(crate) async fn setup_reader(
         "SET SESSION wait_timeout = 86400",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ];
-    stmts.push(if mariadb {
-        "SET SESSION max_statement_time = 0"
+    if mariadb {
+        stmts.push("SET SESSION max_statement_time = 0");
+        // A whole-table read has no plan to choose; without this MariaDB
+        // reads each table's engine-independent statistics (three system
+        // tables) on its first open after the cut's flush: a tenth of the
+        // server's time in a backup of 10,000 small tables.
+        stmts.push("SET SESSION use_stat_tables = 'NEVER'");
     } else {
-        "SET SESSION max_execution_time = 0"
-    });
+        stmts.push("SET SESSION max_execution_time = 0");
+    }
     for s in stmts {
         conn.query_drop(s).await.map_err(db_err(shard, s))?;
     }

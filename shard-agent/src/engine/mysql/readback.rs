@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use topology::Shard;
 
-use super::reader::{Reader, ReaderKind};
+use super::reader::{protocol_for, Reader, ReaderKind};
 use super::sql::ident;
 use super::{db_err, setup_reader};
 use crate::dump::chunk::RowDigest;
@@ -16,13 +16,14 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 static IDLE: std::sync::LazyLock<crate::idle::Idle<Reader>> =
     std::sync::LazyLock::new(Default::default);
 
+/// `columns` are the table's (name, declared type), from its manifest.
 /// `kind` chooses the client; verification uses [`ReaderKind::Auto`], tests
 /// also the library alone, to show both read the same lines.
 pub(super) async fn digest(
     shard: &Shard,
     db: &str,
     table: &str,
-    columns: &[&str],
+    columns: &[(&str, &str)],
     kind: ReaderKind,
 ) -> Result<RowDigest, AgentError> {
     let key = crate::idle::key(shard, "", &format!("{kind:?}"));
@@ -54,9 +55,10 @@ async fn read(
     shard: &Shard,
     db: &str,
     table: &str,
-    columns: &[&str],
+    columns: &[(&str, &str)],
 ) -> Result<(RowDigest, Reader), AgentError> {
-    let cols: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    let cols: Vec<String> = columns.iter().map(|(c, _)| ident(c)).collect();
+    let protocol = protocol_for(columns.iter().map(|(_, ty)| *ty));
     let sql = format!(
         "SELECT {} FROM {}.{}",
         cols.join(", "),
@@ -64,7 +66,7 @@ async fn read(
         ident(table)
     );
     let err = db_err(shard, &format!("reading back {db}.{table}"));
-    let mut rows = conn.rows(&sql).await.map_err(&err)?;
+    let mut rows = conn.rows(&sql, protocol).await.map_err(&err)?;
     let mut digest = RowDigest::default();
     let mut line = Vec::new();
     while rows.next_line(&mut line).await.map_err(&err)? {

@@ -11,6 +11,7 @@ use mysql_async::{BinaryProtocol, Conn, QueryResult};
 use topology::{Endpoint, Shard, TlsMode};
 
 use super::value::encode_row;
+pub use super::wire::Protocol;
 use super::wire::{self, Login, WireConn, WireError};
 pub use crate::client_choice::ReaderKind;
 use crate::client_choice::{library_only, remember_library_only};
@@ -74,17 +75,19 @@ impl Reader {
         }
     }
 
-    /// Executes `sql` through the binary protocol; read its rows to the end.
-    pub async fn rows(&mut self, sql: &str) -> Result<Rows<'_>, DbError> {
+    /// Runs `sql` and streams its rows in `protocol` (mysql_async reads
+    /// them in the binary protocol whatever it is: the lines are the
+    /// same); read them to the end.
+    pub async fn rows(&mut self, sql: &str, protocol: Protocol) -> Result<Rows<'_>, DbError> {
         match self {
-            Reader::Wire(c) => Ok(Rows::Wire(c.rows(sql).await?)),
+            Reader::Wire(c) => Ok(Rows::Wire(c.rows(sql, protocol).await?)),
             Reader::Library(c) => Ok(Rows::Library(c.exec_iter(sql, ()).await?)),
         }
     }
 
     /// The canonical line of the first row `sql` returns, if any.
     pub async fn first_line(&mut self, sql: &str) -> Result<Option<Vec<u8>>, DbError> {
-        let mut rows = self.rows(sql).await?;
+        let mut rows = self.rows(sql, Protocol::Binary).await?;
         let mut first = Vec::new();
         let found = rows.next_line(&mut first).await?;
         let mut rest = Vec::new();
@@ -100,6 +103,48 @@ impl Reader {
             Reader::Wire(c) => c.disconnect().await,
             Reader::Library(c) => drop(c.disconnect().await),
         }
+    }
+}
+
+/// The protocol to read a table's rows in, from its columns' declared
+/// types (`COLUMN_TYPE`, as `int(11) unsigned` or `varchar(32)`): the text
+/// protocol when every one is an integer or a string type, whose text
+/// values are exactly the binary protocol's. The server's own column
+/// definitions are checked again when the rows come.
+pub fn protocol_for<'a>(mut types: impl Iterator<Item = &'a str>) -> Protocol {
+    let exact = |ty: &str| {
+        let ty = ty.trim_start().to_ascii_lowercase();
+        let name = ty.split(['(', ' ']).next().unwrap_or_default();
+        matches!(
+            name,
+            "tinyint"
+                | "smallint"
+                | "mediumint"
+                | "int"
+                | "integer"
+                | "bigint"
+                | "char"
+                | "varchar"
+                | "binary"
+                | "varbinary"
+                | "tinytext"
+                | "text"
+                | "mediumtext"
+                | "longtext"
+                | "tinyblob"
+                | "blob"
+                | "mediumblob"
+                | "longblob"
+                | "decimal"
+                | "enum"
+                | "set"
+                | "json"
+        )
+    };
+    if types.all(exact) {
+        Protocol::Text
+    } else {
+        Protocol::Binary
     }
 }
 

@@ -1,7 +1,12 @@
-//! Column definitions and binary-protocol result rows, decoded in place:
-//! each value is a [`Val`] borrowing the packet, encoded straight into the
-//! caller's buffer. This is the decoding mysql_async does into a `Row` of
-//! owned values, without the allocation per value and per row.
+//! Column definitions and result rows, decoded in place: each value is a
+//! [`Val`] borrowing the packet, encoded straight into the caller's
+//! buffer. This is the decoding mysql_async does into a `Row` of owned
+//! values, without the allocation per value and per row.
+//!
+//! Rows come in the binary protocol (prepared statements), or in the text
+//! protocol for columns whose text is exactly what the binary protocol
+//! gives ([`ColumnDef::text_exact`]): integers, parsed and written back,
+//! and byte strings, as they are. Both give the same canonical line.
 
 use mysql_async::consts::ColumnType;
 
@@ -48,6 +53,18 @@ pub fn column_def(payload: &[u8]) -> Result<ColumnDef, WireError> {
         unsigned: flags & UNSIGNED_FLAG != 0,
         decimals,
     })
+}
+
+impl ColumnDef {
+    /// Whether the text protocol's value is the binary protocol's, exactly:
+    /// an integer (whose text, zero-filled or not, is parsed back into the
+    /// same number) or bytes the server sends alike in both. Floats, times
+    /// and dates are formatted by the server in the text protocol, and are
+    /// read through the binary one.
+    pub fn text_exact(&self) -> bool {
+        matches!(self.kind, Kind::Int(_) | Kind::Bytes | Kind::Null)
+            && self.ty != ColumnType::MYSQL_TYPE_BIT
+    }
 }
 
 /// How a type's values are laid out in a binary row.
@@ -185,6 +202,52 @@ pub fn encode_row(out: &mut Vec<u8>, payload: &[u8], cols: &[ColumnDef]) -> Resu
     Ok(())
 }
 
+/// Appends the canonical line of one text-protocol row to `out`: every
+/// column must be [`ColumnDef::text_exact`] (checked once per result).
+pub fn encode_text_row(
+    out: &mut Vec<u8>,
+    payload: &[u8],
+    cols: &[ColumnDef],
+) -> Result<(), WireError> {
+    let mut c = Cursor::new(payload);
+    for (i, col) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        if c.rest().first() == Some(&0xFB) {
+            c.skip(1);
+            encode_val(out, Val::Null, col.ty, col.decimals);
+            continue;
+        }
+        let text = c
+            .lenenc_bytes()
+            .ok_or_else(|| bad("row (a value runs past its end)"))?;
+        let v = match col.kind {
+            Kind::Int(_) => {
+                text_int(text, col.unsigned).ok_or_else(|| bad("integer in a text row"))?
+            }
+            Kind::Null => Val::Null,
+            _ => Val::Bytes(text),
+        };
+        encode_val(out, v, col.ty, col.decimals);
+    }
+    if !c.rest().is_empty() {
+        return Err(bad("row (bytes after its last value)"));
+    }
+    Ok(())
+}
+
+/// An integer as the text protocol sends it (digits, a leading `-` for a
+/// signed one, leading zeros for ZEROFILL).
+fn text_int(text: &[u8], unsigned: bool) -> Option<Val<'static>> {
+    let s = std::str::from_utf8(text).ok()?;
+    Some(if unsigned {
+        Val::UInt(s.parse().ok()?)
+    } else {
+        Val::Int(s.parse().ok()?)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +291,47 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "-1\t18446744073709551615\ta\\tb\\\\\t\\N\t2024-03-10 01:59:59.123\t-26:03:04\t1e-1\t-300"
         );
+    }
+
+    #[test]
+    fn a_text_row_gives_the_binary_rows_line() {
+        use ColumnType::*;
+        let cols = [
+            col(MYSQL_TYPE_TINY, false, 0),
+            col(MYSQL_TYPE_LONGLONG, true, 0),
+            col(MYSQL_TYPE_VAR_STRING, false, 0),
+            col(MYSQL_TYPE_LONG, false, 0),
+            col(MYSQL_TYPE_NEWDECIMAL, false, 2),
+            col(MYSQL_TYPE_SHORT, false, 0),
+        ];
+        assert!(cols.iter().all(ColumnDef::text_exact));
+        let mut binary = vec![0x00, 1 << 5, 0xFF];
+        binary.extend_from_slice(&u64::MAX.to_le_bytes());
+        binary.extend_from_slice(b"\x04a\tb\\\x05-1.50");
+        binary.extend_from_slice(&42i16.to_le_bytes());
+        // The same values as text; 42 zero-filled, as ZEROFILL sends it.
+        let mut text = b"\x02-1\x1418446744073709551615\x04a\tb\\\xFB\x05-1.50".to_vec();
+        text.extend_from_slice(b"\x0500042");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_row(&mut a, &binary, &cols).unwrap();
+        encode_text_row(&mut b, &text, &cols).unwrap();
+        assert_eq!(String::from_utf8(b).unwrap(), String::from_utf8(a).unwrap());
+        // A server's text that is not the integer its column says is refused.
+        for bad in [&b"\x02\t1"[..], b"\x01x", b"\x1499999999999999999999"] {
+            let mut t = bad.to_vec();
+            t.extend_from_slice(&text[3..]);
+            assert!(encode_text_row(&mut Vec::new(), &t, &cols).is_err());
+        }
+        // Float, double, date and time columns are not read as text.
+        for ty in [
+            MYSQL_TYPE_FLOAT,
+            MYSQL_TYPE_DOUBLE,
+            MYSQL_TYPE_DATETIME,
+            MYSQL_TYPE_TIME,
+            MYSQL_TYPE_BIT,
+        ] {
+            assert!(!col(ty, false, 0).text_exact(), "{ty:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub const NATIVE_PASSWORD: &[u8] = b"mysql_native_password";
 pub struct Greeting {
     pub capabilities: u32,
     pub scramble: Vec<u8>,
+    /// MariaDB 10.2 or later: a `COM_STMT_EXECUTE` may name the statement
+    /// just prepared as id 0xFFFFFFFF, so a prepare and its execution go
+    /// in one write. Such a server names itself MariaDB and leaves the
+    /// first capability bit (`CLIENT_MYSQL` in MariaDB's documentation)
+    /// unset, as MariaDB's protocol documentation describes.
+    pub direct_execute: bool,
 }
 
 fn short(what: &str) -> WireError {
@@ -45,7 +51,8 @@ pub fn parse_greeting(payload: &[u8]) -> Result<Greeting, WireError> {
         }
         None => return Err(short("empty")),
     }
-    c.until_nul(); // server version
+    let version = c.until_nul();
+    let mariadb = version.windows(7).any(|w| w == b"MariaDB");
     c.skip(4).ok_or_else(|| short("connection id"))?;
     let mut scramble = c.take(8).ok_or_else(|| short("scramble"))?.to_vec();
     c.skip(1).ok_or_else(|| short("filler"))?;
@@ -72,6 +79,7 @@ pub fn parse_greeting(payload: &[u8]) -> Result<Greeting, WireError> {
     Ok(Greeting {
         capabilities,
         scramble,
+        direct_execute: mariadb && capabilities & CLIENT_LONG_PASSWORD == 0,
     })
 }
 
@@ -203,6 +211,15 @@ pub(super) mod tests {
         let parsed = parse_greeting(&g).unwrap();
         assert_eq!(parsed.scramble, b"abcdefghijklmnopqrst");
         assert_eq!(parsed.capabilities, caps);
+        assert!(parsed.direct_execute);
+        // A server that sets the first capability bit (MySQL, or a MariaDB
+        // before 10.2) gets a prepare and an execution one after another.
+        let mut older = g.clone();
+        older[30] |= CLIENT_LONG_PASSWORD as u8;
+        assert!(!parse_greeting(&older).unwrap().direct_execute);
+        let mut mysql = g.clone();
+        mysql[1..16].copy_from_slice(b"8.0.36-MySQL-xx");
+        assert!(!parse_greeting(&mysql).unwrap().direct_execute);
         assert!(matches!(
             parse_greeting(&g[..20]),
             Err(WireError::Protocol(_))

@@ -32,6 +32,8 @@ pub struct PacketStream {
     stream: Stream,
     rb: ReadBuf,
     joined: Vec<u8>,
+    /// Packets framed but not yet sent: they go with the next flush.
+    pending: Vec<u8>,
     /// Sequence number the next packet (read or written) must carry.
     seq: u8,
 }
@@ -42,6 +44,7 @@ impl PacketStream {
             stream,
             rb: ReadBuf::new(INITIAL_BUFFER),
             joined: Vec::new(),
+            pending: Vec::new(),
             seq: 0,
         }
     }
@@ -109,9 +112,16 @@ impl PacketStream {
         }
     }
 
-    /// Sends `payload` as the next packet(s) and flushes.
+    /// Sends `payload` as the next packet(s), after any queued ones, and flushes.
     pub async fn write(&mut self, payload: &[u8]) -> Result<(), WireError> {
-        let mut out = Vec::with_capacity(payload.len() + 8);
+        self.queue(payload);
+        self.flush().await
+    }
+
+    /// Frames `payload` as the next packet(s) without sending it: it goes
+    /// out with the next [`Self::flush`] (or write), in the same system call.
+    pub fn queue(&mut self, payload: &[u8]) {
+        let out = &mut self.pending;
         let mut rest = payload;
         loop {
             let len = rest.len().min(MAX_PAYLOAD);
@@ -125,7 +135,16 @@ impl PacketStream {
                 break;
             }
         }
-        self.stream.write_all(&out).await.map_err(WireError::Io)?;
+    }
+
+    /// Sends every queued packet.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        let sent = self.stream.write_all(&self.pending).await;
+        self.pending.clear();
+        if self.pending.capacity() > KEEP_JOINED {
+            self.pending = Vec::new();
+        }
+        sent.map_err(WireError::Io)?;
         self.stream.flush().await.map_err(WireError::Io)
     }
 
