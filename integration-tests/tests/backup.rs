@@ -324,7 +324,7 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
     let text = db::find_table(&m, "mysql-0", "d.text_exact");
     let float = db::find_table(&m, "mysql-0", "d.with_float");
     let protocol = |t: &shard_agent::manifest::TableManifest| {
-        protocol_for(t.columns.iter().map(|c| c.data_type.as_str()))
+        protocol_for(t.columns.iter().map(|c| c.data_type.as_str()), t.rows)
     };
     assert_eq!(protocol(text), Protocol::Text);
     assert_eq!(protocol(float), Protocol::Binary);

@@ -76,7 +76,7 @@ impl Driver for Mysql {
             .iter()
             .map(|c| (c.name.as_str(), c.data_type.as_str()))
             .collect();
-        readback::digest(shard, &t.database, &t.name, &columns, kind).await
+        readback::digest(shard, &t.database, &t.name, (&columns, t.rows), kind).await
     }
 
     fn streams_of(&self, _databases: &[String]) -> Vec<String> {

@@ -265,7 +265,7 @@ async fn dump_item(
     let mut writer = ChunkWriter::new(opts.repo.clone(), prefix, opts.compression, scratch)
         .bundled(opts.bundles.clone());
     let storage = storage_error(&shard.name, format!("{}.{}", t.database, t.name));
-    let protocol = protocol_for(t.columns.iter().map(|(_, ty)| ty.as_str()));
+    let protocol = protocol_for(t.columns.iter().map(|(_, ty)| ty.as_str()), t.rows_estimate);
     let streamed = stream_rows(
         conn,
         shard,

