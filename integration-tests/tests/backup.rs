@@ -360,3 +360,63 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
         conn.disconnect().await;
     });
 }
+
+/// PostgreSQL tables of integer, boolean and string columns are read back
+/// in the binary COPY format, the text lines printed by shardcut: the
+/// hashes must be those of the backup, which read the server's COPY text,
+/// for every control character, backslashes, multibyte text and padded
+/// `character(n)` values.
+#[test]
+fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
+    use shard_agent::engine::postgres::binary_copy;
+    let sb = support::PrivateSandbox::up(0, 1, "ready");
+    let topo_path = sb.topology();
+    let topo = db::topology(&topo_path);
+    let shard = topo.shards[0].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = db::pg(&shard, "postgres").await;
+        c.batch_execute("CREATE DATABASE d").await.unwrap();
+        let c = db::pg(&shard, "d").await;
+        c.batch_execute(
+            "CREATE TABLE plain (id bigint PRIMARY KEY, s smallint, i integer, b boolean, \
+               t text, v varchar(300), vn varchar, c char(6)); \
+             INSERT INTO plain VALUES \
+               (-9223372036854775808, -32768, -2147483648, true, '', '', '', ''), \
+               (9223372036854775807, 32767, 2147483647, false, 'a\\b', 'é ü 中', E'x\\\\y', 'ab'), \
+               (0, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
+             INSERT INTO plain SELECT 100 + n, n, n, n % 2 = 0, chr(n), 'x' || chr(n) || 'y', \
+               repeat(chr(n), 3), chr(n) FROM generate_series(1, 31) n; \
+             CREATE TABLE mixed (id int PRIMARY KEY, n numeric(10,2), at timestamptz); \
+             INSERT INTO mixed VALUES (1, 1.5, '2024-01-02 03:04:05+00'), (2, NULL, NULL);",
+        )
+        .await
+        .unwrap();
+    });
+    let run = shardcut(&["backup", "-t", topo_path.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&topo_path, &id);
+    let plain = db::find_table(&m, "pg-0", "d.public.plain");
+    let mixed = db::find_table(&m, "pg-0", "d.public.mixed");
+    for (t, binary) in [(plain, true), (mixed, false)] {
+        let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
+        assert_eq!(binary_copy::columns(&types).is_some(), binary, "{types:?}");
+    }
+    assert_eq!(plain.rows, 34);
+    rt.block_on(async {
+        for t in [plain, mixed] {
+            for kind in [ReaderKind::Library, ReaderKind::Auto] {
+                let d = readback::table_digest_through(&shard, t, kind)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (d.rows, d.hex()),
+                    (t.rows, t.content_hash.clone()),
+                    "{} through {kind:?}",
+                    t.name
+                );
+            }
+        }
+    });
+}

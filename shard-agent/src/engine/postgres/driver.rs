@@ -71,7 +71,11 @@ impl Driver for Postgres {
         t: &TableManifest,
         kind: ReaderKind,
     ) -> Result<RowDigest, AgentError> {
-        let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        let columns: Vec<(&str, &str)> = t
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.data_type.as_str()))
+            .collect();
         let Some(schema) = t.schema.as_deref() else {
             return Err(AgentError::Damaged {
                 shard: shard.name.clone(),

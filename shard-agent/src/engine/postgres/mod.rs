@@ -4,6 +4,7 @@
 //! other phases in `preflight`, `capture`, `restore`, `replay` and
 //! `readback`, all behind [`driver::Postgres`].
 
+pub mod binary_copy;
 mod capture;
 pub mod copy_reader;
 mod cut;
