@@ -63,6 +63,10 @@ const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 const MAX_EXTENSION: usize = 1 << 20;
 /// PostgreSQL's largest field value (1 GiB).
 const MAX_FIELD: usize = 1 << 30;
+/// The most of a row kept while waiting for its end: PostgreSQL sends a
+/// row in one message of at most 1 GiB, so a server that sends more
+/// without finishing the row is refused rather than buffered.
+const MAX_CARRY: usize = MAX_FIELD + (1 << 20);
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -78,6 +82,7 @@ pub(crate) struct BinaryCopy {
     /// The unparsed end of the pieces so far (a tuple cut between pieces).
     carry: Vec<u8>,
     line: Vec<u8>,
+    max_carry: usize,
 }
 
 /// Why a stream is refused.
@@ -90,6 +95,7 @@ impl BinaryCopy {
             state: State::Header,
             carry: Vec::new(),
             line: Vec::new(),
+            max_carry: MAX_CARRY,
         }
     }
 
@@ -104,6 +110,12 @@ impl BinaryCopy {
             let used = self.parse(digest, &buf)?;
             buf.drain(..used);
             self.carry = buf;
+        }
+        if self.carry.len() > self.max_carry {
+            return Err(format!(
+                "a row of more than {} bytes without its end",
+                self.max_carry
+            ));
         }
         Ok(())
     }
@@ -376,6 +388,16 @@ mod tests {
         let mut n = s.clone();
         n[21..25].copy_from_slice(&(-2i32).to_be_bytes());
         assert!(run(&n, cols()).is_err());
+        // A row that does not end is not buffered past the limit.
+        let mut p = BinaryCopy::new(cols());
+        p.max_carry = 64;
+        let mut d = RowDigest::default();
+        let mut endless = s[..19].to_vec();
+        endless.extend_from_slice(&5i16.to_be_bytes());
+        endless.extend_from_slice(&1000i32.to_be_bytes());
+        p.feed(&mut d, &endless).unwrap();
+        let e = p.feed(&mut d, &[b'x'; 100]).unwrap_err();
+        assert!(e.contains("without its end"), "{e}");
     }
 
     #[test]
