@@ -316,11 +316,7 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
         }
         c.disconnect().await.unwrap();
     });
-    let arg = topo_path.to_str().unwrap();
-    let run = shardcut(&["backup", "-t", arg, "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
-    let m = support::manifest(&topo_path, &id);
+    let m = backed_up(&topo_path);
     let text = db::find_table(&m, "mysql-0", "d.text_exact");
     let float = db::find_table(&m, "mysql-0", "d.with_float");
     let protocol = |t: &shard_agent::manifest::TableManifest| {
@@ -330,14 +326,7 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
     assert_eq!(protocol(float), Protocol::Binary);
     assert_eq!(text.rows, 3);
     rt.block_on(async {
-        for t in [text, float] {
-            for kind in [ReaderKind::Library, ReaderKind::Auto] {
-                let d = readback::table_digest_through(&shard, t, kind)
-                    .await
-                    .unwrap();
-                assert_eq!(d.hex(), t.content_hash, "{} through {kind:?}", t.name);
-            }
-        }
+        read_back_as_stored(&shard, &[text, float]).await;
         // A prepare that fails is sent together with its execution: both
         // errors are read, the prepare's is the one reported, and the
         // connection stays in step for the next statement, in either
@@ -393,10 +382,7 @@ fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
         .await
         .unwrap();
     });
-    let run = shardcut(&["backup", "-t", topo_path.to_str().unwrap(), "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let id = run.json()["backup_id"].as_str().unwrap().to_string();
-    let m = support::manifest(&topo_path, &id);
+    let m = backed_up(&topo_path);
     let plain = db::find_table(&m, "pg-0", "d.public.plain");
     let mixed = db::find_table(&m, "pg-0", "d.public.mixed");
     for (t, binary) in [(plain, true), (mixed, false)] {
@@ -404,19 +390,34 @@ fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
         assert_eq!(binary_copy::columns(&types).is_some(), binary, "{types:?}");
     }
     assert_eq!(plain.rows, 34);
-    rt.block_on(async {
-        for t in [plain, mixed] {
-            for kind in [ReaderKind::Library, ReaderKind::Auto] {
-                let d = readback::table_digest_through(&shard, t, kind)
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    (d.rows, d.hex()),
-                    (t.rows, t.content_hash.clone()),
-                    "{} through {kind:?}",
-                    t.name
-                );
-            }
+    rt.block_on(read_back_as_stored(&shard, &[plain, mixed]));
+}
+
+/// Backs up the cluster at `topology`; returns the backup's manifest.
+fn backed_up(topology: &std::path::Path) -> shard_agent::manifest::Manifest {
+    let run = shardcut(&["backup", "-t", topology.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    support::manifest(topology, &id)
+}
+
+/// Reads `tables` back through the library client and through shardcut's
+/// own reader: both must give the rows and the hash the backup stored.
+async fn read_back_as_stored(
+    shard: &topology::Shard,
+    tables: &[&shard_agent::manifest::TableManifest],
+) {
+    for t in tables {
+        for kind in [ReaderKind::Library, ReaderKind::Auto] {
+            let d = readback::table_digest_through(shard, t, kind)
+                .await
+                .unwrap();
+            assert_eq!(
+                (d.rows, d.hex()),
+                (t.rows, t.content_hash.clone()),
+                "{} through {kind:?}",
+                t.name
+            );
         }
-    });
+    }
 }
