@@ -350,11 +350,13 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
     });
 }
 
-/// PostgreSQL tables of integer, boolean and string columns are read back
-/// in the binary COPY format, the text lines printed by shardcut: the
-/// hashes must be those of the backup, which read the server's COPY text,
-/// for every control character, backslashes, multibyte text and padded
-/// `character(n)` values.
+/// PostgreSQL tables of integer, boolean, numeric and string columns are
+/// read back in the binary COPY format, the text lines printed by
+/// shardcut: the hashes must be those of the backup, which read the
+/// server's COPY text, for every control character, backslashes, multibyte
+/// text, padded `character(n)` values, numerics of every weight and
+/// scale, NaN and the infinities, and dates and timestamps from 4713 BC to
+/// their largest values (written from a session in another time zone).
 #[test]
 fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
     use shard_agent::engine::postgres::binary_copy;
@@ -368,16 +370,32 @@ fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
         c.batch_execute("CREATE DATABASE d").await.unwrap();
         let c = db::pg(&shard, "d").await;
         c.batch_execute(
-            "CREATE TABLE plain (id bigint PRIMARY KEY, s smallint, i integer, b boolean, \
-               t text, v varchar(300), vn varchar, c char(6)); \
+            "SET TimeZone = 'Asia/Kolkata'; \
+             CREATE TABLE plain (id bigint PRIMARY KEY, s smallint, i integer, b boolean, \
+               t text, v varchar(300), vn varchar, c char(6), n numeric, m numeric(12,2), \
+               d date, ts timestamp(6), tz timestamptz(3)); \
              INSERT INTO plain VALUES \
-               (-9223372036854775808, -32768, -2147483648, true, '', '', '', ''), \
-               (9223372036854775807, 32767, 2147483647, false, 'a\\b', 'é ü 中', E'x\\\\y', 'ab'), \
-               (0, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
+               (-9223372036854775808, -32768, -2147483648, true, '', '', '', '', 'NaN', 0, \
+                '4713-01-01 BC', '4713-01-01 00:00:00 BC', '4713-01-02 00:00:00+00 BC'), \
+               (9223372036854775807, 32767, 2147483647, false, 'a\\b', 'é ü 中', E'x\\\\y', 'ab', \
+                'Infinity', -9999999999.99, '5874897-12-31', '294276-12-31 23:59:59.999999', \
+                '294276-12-30 23:59:59.999+00'), \
+               (1, 1, 1, true, 'x', 'x', 'x', 'x', '-Infinity', 0.01, 'infinity', '-infinity', \
+                'infinity'), \
+               (0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
              INSERT INTO plain SELECT 100 + n, n, n, n % 2 = 0, chr(n), 'x' || chr(n) || 'y', \
-               repeat(chr(n), 3), chr(n) FROM generate_series(1, 31) n; \
-             CREATE TABLE mixed (id int PRIMARY KEY, n numeric(10,2), at timestamptz); \
-             INSERT INTO mixed VALUES (1, 1.5, '2024-01-02 03:04:05+00'), (2, NULL, NULL);",
+               repeat(chr(n), 3), chr(n), (n - 16) * power(10::numeric, 2 * n - 32) / 7, \
+               round((n - 16) * 1234567.891 / 3, 2), date '2000-01-01' + (n - 16) * 100003, \
+               timestamp '2000-01-01' + (n - 16) * interval '100003 days 1 hour 2 minutes 3.00045 seconds', \
+               timestamptz '2000-01-01 00:00:00+00' + (n - 16) * interval '77777 days 13 hours 0.5 seconds' \
+               FROM generate_series(1, 31) n; \
+             INSERT INTO plain SELECT 200 + n, n, n, true, '', '', '', '', \
+               round(123456789.123456789::numeric * n - 2000, n), n / 100.0, \
+               date '0001-01-01' - n, timestamp '0001-01-01 00:00:00' - n * interval '1 microsecond', \
+               timestamptz '1999-12-31 23:59:59.9+00' + n * interval '10 milliseconds' \
+               FROM generate_series(0, 12) n; \
+             CREATE TABLE mixed (id int PRIMARY KEY, f double precision, span interval); \
+             INSERT INTO mixed VALUES (1, 0.1, '1 day 02:03:04'), (2, NULL, NULL);",
         )
         .await
         .unwrap();
@@ -389,7 +407,7 @@ fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
         let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
         assert_eq!(binary_copy::columns(&types).is_some(), binary, "{types:?}");
     }
-    assert_eq!(plain.rows, 34);
+    assert_eq!(plain.rows, 48);
     rt.block_on(read_back_as_stored(&shard, &[plain, mixed]));
 }
 

@@ -8,7 +8,11 @@
 //! as stored, which cost it about a quarter less (docs/BENCHMARKS.md). The
 //! row hashes are defined on the text lines, so this client prints them
 //! itself, for the column types whose text form it can give exactly:
-//! `smallint`, `integer`, `bigint` (decimal digits), `boolean` (`t`/`f`)
+//! `smallint`, `integer`, `bigint` (decimal digits), `boolean` (`t`/`f`),
+//! `numeric` (its base-10000 groups as digits, exactly its scale after the
+//! point; `NaN`, `Infinity`, `-Infinity`), `date`, `timestamp` and
+//! `timestamp with time zone` (ISO, as the reader sessions' `DateStyle`
+//! and `TimeZone = UTC` print them, ` BC` and the infinities included)
 //! and `text`, `character varying`, `character` (the stored string, with
 //! COPY's escapes: backslash, and `\b \f \n \r \t \v` for those control
 //! characters, every other byte as it is; the reader sessions use
@@ -29,6 +33,11 @@ pub enum Column {
     Int8,
     Bool,
     Text,
+    Numeric,
+    Date,
+    Timestamp,
+    /// `timestamp with time zone`, printed in the session's UTC.
+    TimestampTz,
 }
 
 /// The columns of a table whose types (as `format_type` names them, from
@@ -49,12 +58,45 @@ pub fn columns(types: &[&str]) -> Option<Vec<Column>> {
                 "integer" => Column::Int4,
                 "bigint" => Column::Int8,
                 "boolean" => Column::Bool,
+                "numeric" => Column::Numeric,
+                _ if numeric_with_precision(ty) => Column::Numeric,
+                "date" => Column::Date,
+                _ if timestamp(ty, " without time zone") => Column::Timestamp,
+                _ if timestamp(ty, " with time zone") => Column::TimestampTz,
                 "text" | "character varying" | "bpchar" => Column::Text,
                 _ if with_length("character varying") || with_length("character") => Column::Text,
                 _ => return None,
             })
         })
         .collect()
+}
+
+/// `timestamp` or `timestamp(n)` followed by `zone`.
+fn timestamp(ty: &str, zone: &str) -> bool {
+    ty.strip_prefix("timestamp")
+        .and_then(|rest| rest.strip_suffix(zone))
+        .is_some_and(|p| {
+            p.is_empty()
+                || p.strip_prefix('(')
+                    .and_then(|p| p.strip_suffix(')'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// `numeric(p)` or `numeric(p,s)`.
+fn numeric_with_precision(ty: &str) -> bool {
+    ty.strip_prefix("numeric(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .is_some_and(|args| {
+            let mut parts = args.split(',');
+            let digits = |p: Option<&str>| {
+                p.is_some_and(|p| {
+                    let p = p.trim().strip_prefix('-').unwrap_or(p.trim());
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                })
+            };
+            digits(parts.next()) && parts.clone().count() <= 1 && parts.all(|p| digits(Some(p)))
+        })
 }
 
 /// The first bytes of every binary COPY stream.
@@ -250,8 +292,181 @@ fn text_of(out: &mut Vec<u8>, col: Column, value: &[u8]) -> Result<(), Malformed
             _ => return Err(wrong()),
         },
         Column::Text => escape(out, value),
+        Column::Numeric => numeric(out, value).ok_or_else(wrong)?,
+        Column::Date => {
+            let v: [u8; 4] = value.try_into().map_err(|_| wrong())?;
+            match i32::from_be_bytes(v) {
+                i32::MAX => out.extend_from_slice(b"infinity"),
+                i32::MIN => out.extend_from_slice(b"-infinity"),
+                days => {
+                    let year = date(out, i64::from(days));
+                    bc(out, year);
+                }
+            }
+        }
+        Column::Timestamp | Column::TimestampTz => {
+            let v: [u8; 8] = value.try_into().map_err(|_| wrong())?;
+            match i64::from_be_bytes(v) {
+                i64::MAX => out.extend_from_slice(b"infinity"),
+                i64::MIN => out.extend_from_slice(b"-infinity"),
+                us => {
+                    let year = date(out, us.div_euclid(DAY_US));
+                    time_of_day(out, us.rem_euclid(DAY_US));
+                    if col == Column::TimestampTz {
+                        out.extend_from_slice(b"+00");
+                    }
+                    bc(out, year);
+                }
+            }
+        }
     }
     Ok(())
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Appends the date `days` after 2000-01-01 (proleptic Gregorian) as
+/// `YYYY-MM-DD`, the year at least four digits and, before year 1, counted
+/// back from 1 BC as the server prints it; returns the astronomical year
+/// (0 is 1 BC).
+fn date(out: &mut Vec<u8>, days: i64) -> i64 {
+    // Days since 0000-03-01, so that a leap day ends each year; eras of
+    // 400 years (146,097 days) repeat.
+    let z = days + 730_425;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let shown = if year > 0 { year } else { 1 - year };
+    let digits = itoa::Buffer::new().format(shown).len();
+    out.extend(std::iter::repeat_n(b'0', 4usize.saturating_sub(digits)));
+    out.extend_from_slice(itoa::Buffer::new().format(shown).as_bytes());
+    out.push(b'-');
+    two(out, month);
+    out.push(b'-');
+    two(out, day);
+    year
+}
+
+/// ` HH:MM:SS`, and the microseconds without their trailing zeros if any.
+fn time_of_day(out: &mut Vec<u8>, us: i64) {
+    let secs = us / 1_000_000;
+    out.push(b' ');
+    two(out, secs / 3600);
+    out.push(b':');
+    two(out, secs / 60 % 60);
+    out.push(b':');
+    two(out, secs % 60);
+    let mut fraction = us % 1_000_000;
+    if fraction != 0 {
+        let mut width = 6;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            width -= 1;
+        }
+        out.push(b'.');
+        let digits = itoa::Buffer::new().format(fraction).len();
+        out.extend(std::iter::repeat_n(b'0', width - digits));
+        out.extend_from_slice(itoa::Buffer::new().format(fraction).as_bytes());
+    }
+}
+
+fn two(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+}
+
+/// The server's ` BC` after a date or time before year 1.
+fn bc(out: &mut Vec<u8>, year: i64) {
+    if year <= 0 {
+        out.extend_from_slice(b" BC");
+    }
+}
+
+/// A `numeric` as the server prints it: `NaN`, `Infinity`, `-Infinity`, or
+/// the digits of its base-10000 groups, the integer part without leading
+/// zeros (at least `0`) and exactly `dscale` digits after the point.
+/// `None` if the value is not a well-formed binary numeric.
+fn numeric(out: &mut Vec<u8>, value: &[u8]) -> Option<()> {
+    let word = |i: usize| -> Option<i16> {
+        let b = value.get(2 * i..2 * i + 2)?;
+        Some(i16::from_be_bytes([b[0], b[1]]))
+    };
+    let ndigits = usize::try_from(word(0)?).ok()?;
+    let weight = i64::from(word(1)?);
+    let sign = word(2)? as u16;
+    let dscale = usize::try_from(word(3)?).ok()?;
+    if value.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    match sign {
+        0xC000 => {
+            out.extend_from_slice(b"NaN");
+            return Some(());
+        }
+        0xD000 => {
+            out.extend_from_slice(b"Infinity");
+            return Some(());
+        }
+        0xF000 => {
+            out.extend_from_slice(b"-Infinity");
+            return Some(());
+        }
+        0x4000 => out.push(b'-'),
+        0x0000 => {}
+        _ => return None,
+    }
+    let mut groups = Vec::with_capacity(ndigits);
+    for i in 0..ndigits {
+        let d = word(4 + i)?;
+        if !(0..10_000).contains(&d) {
+            return None;
+        }
+        groups.push(d as u16);
+    }
+    // The group whose exponent of 10,000 is `e` sits at index weight - e.
+    let group = |e: i64| -> u16 {
+        usize::try_from(weight - e)
+            .ok()
+            .and_then(|i| groups.get(i).copied())
+            .unwrap_or(0)
+    };
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        let mut e = weight;
+        out.extend_from_slice(itoa::Buffer::new().format(group(e)).as_bytes());
+        while e > 0 {
+            e -= 1;
+            push_group(out, group(e), 4);
+        }
+    }
+    if dscale > 0 {
+        out.push(b'.');
+        let mut left = dscale;
+        let mut e = -1;
+        while left > 0 {
+            let take = left.min(4);
+            push_group(out, group(e), take);
+            left -= take;
+            e -= 1;
+        }
+    }
+    Some(())
+}
+
+/// The first `take` of a group's four decimal digits, zero-padded.
+fn push_group(out: &mut Vec<u8>, group: u16, take: usize) {
+    let digits = [
+        b'0' + (group / 1000) as u8,
+        b'0' + (group / 100 % 10) as u8,
+        b'0' + (group / 10 % 10) as u8,
+        b'0' + (group % 10) as u8,
+    ];
+    out.extend_from_slice(&digits[..take]);
 }
 
 /// Whether `value` holds a control character or a backslash. Checked 32
@@ -400,6 +615,78 @@ mod tests {
         assert!(e.contains("without its end"), "{e}");
     }
 
+    /// A binary numeric of `groups` (base 10,000) with `weight`, `sign`, `dscale`.
+    fn num(groups: &[i16], weight: i16, sign: u16, dscale: i16) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [groups.len() as i16, weight, sign as i16, dscale] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for g in groups {
+            v.extend_from_slice(&g.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_print_as_the_server_prints_them() {
+        let text = |v: Vec<u8>| {
+            let mut out = Vec::new();
+            numeric(&mut out, &v).map(|()| String::from_utf8(out).unwrap())
+        };
+        let cases: [(Vec<u8>, &str); 10] = [
+            (num(&[], 0, 0, 0), "0"),
+            (num(&[], 0, 0, 2), "0.00"),
+            (num(&[1, 5000], 0, 0, 2), "1.50"),
+            (num(&[12, 3456, 7800], 1, 0x4000, 4), "-123456.7800"),
+            (num(&[5], -1, 0, 5), "0.00050"),
+            (num(&[1], -2, 0, 8), "0.00000001"),
+            (num(&[1], 2, 0, 0), "100000000"),
+            (num(&[9999, 9999], 0, 0, 3), "9999.999"),
+            (num(&[], 0, 0xC000, 0), "NaN"),
+            (num(&[], 0, 0xF000, 0), "-Infinity"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(text(v).as_deref(), Some(want));
+        }
+        // A group out of range, a length that does not match, a sign of none.
+        assert_eq!(text(num(&[10_000], 0, 0, 0)), None);
+        assert_eq!(text(num(&[1], 0, 0, 0)[..9].to_vec()), None);
+        assert_eq!(text(num(&[1], 0, 0x1000, 0)), None);
+    }
+
+    #[test]
+    fn dates_and_timestamps_print_as_the_server_prints_them() {
+        let text = |col: Column, v: &[u8]| {
+            let mut out = Vec::new();
+            text_of(&mut out, col, v).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let day = |d: i32| text(Column::Date, &d.to_be_bytes());
+        assert_eq!(day(0), "2000-01-01");
+        assert_eq!(day(59), "2000-02-29");
+        assert_eq!(day(-1), "1999-12-31");
+        assert_eq!(day(-730_119), "0001-01-01");
+        assert_eq!(day(-730_120), "0001-12-31 BC");
+        assert_eq!(day(2_914_269), "9978-12-31");
+        assert_eq!(day(i32::MAX), "infinity");
+        let ts = |col, us: i64| text(col, &us.to_be_bytes());
+        assert_eq!(ts(Column::Timestamp, 0), "2000-01-01 00:00:00");
+        assert_eq!(ts(Column::Timestamp, -1), "1999-12-31 23:59:59.999999");
+        assert_eq!(
+            ts(Column::Timestamp, 3_723_500_000),
+            "2000-01-01 01:02:03.5"
+        );
+        assert_eq!(
+            ts(Column::TimestampTz, 1_230_000),
+            "2000-01-01 00:00:01.23+00"
+        );
+        assert_eq!(
+            ts(Column::TimestampTz, -730_120 * DAY_US),
+            "0001-12-31 00:00:00+00 BC"
+        );
+        assert_eq!(ts(Column::Timestamp, i64::MIN), "-infinity");
+    }
+
     #[test]
     fn only_types_with_an_exact_text_form_are_read_in_binary() {
         assert_eq!(
@@ -418,13 +705,21 @@ mod tests {
                 Column::Text
             ])
         );
-        assert_eq!(
-            columns(&["bigint", "smallint", "boolean"]).map(|c| c.len()),
-            Some(3)
-        );
-        for other in [
+        let more = [
+            "bigint",
+            "smallint",
+            "boolean",
+            "numeric",
             "numeric(12,2)",
-            "timestamp(6) without time zone",
+            "numeric(5)",
+        ];
+        assert_eq!(columns(&more).map(|c| c.len()), Some(6));
+        for other in [
+            "numeric(12,2)[]",
+            "numeric(x)",
+            "numeric(1,2,3)",
+            "timestamp(6)",
+            "time without time zone",
             "double precision",
             "integer[]",
             "bytea",
