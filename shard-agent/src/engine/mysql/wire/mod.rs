@@ -312,7 +312,8 @@ impl WireConn {
         }
     }
 
-    /// Prepares and executes `sql` (no parameters) and returns its rows.
+    /// Prepares and executes `sql` (no parameters) and returns its rows;
+    /// with [`Protocol::Text`], runs it as a plain query instead.
     ///
     /// On MariaDB 10.2 and later the prepare and the execution go out in
     /// one write, the execution naming "the statement just prepared": one
