@@ -287,8 +287,7 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
     use shard_agent::engine::mysql::reader::{protocol_for, Protocol};
     let sb = support::PrivateSandbox::up(1, 0, "ready");
     let topo_path = sb.topology();
-    let topo = db::topology(&topo_path);
-    let shard = topo.shards[0].clone();
+    let shard = sb.first_shard();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use mysql_async::prelude::Queryable;
@@ -362,8 +361,7 @@ fn postgres_tables_read_back_in_binary_hash_as_their_copy_text() {
     use shard_agent::engine::postgres::binary_copy;
     let sb = support::PrivateSandbox::up(0, 1, "ready");
     let topo_path = sb.topology();
-    let topo = db::topology(&topo_path);
-    let shard = topo.shards[0].clone();
+    let shard = sb.first_shard();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = db::pg(&shard, "postgres").await;

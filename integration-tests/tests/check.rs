@@ -179,8 +179,7 @@ fn invalid_topology_exits_2_with_located_lines() {
 #[test]
 fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
     let sb = PrivateSandbox::up(0, 1, "ready");
-    let topo = support::db::topology(&sb.topology());
-    let shard = topo.shards[0].clone();
+    let shard = sb.first_shard();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The smallest lock table PostgreSQL allows: 10 × 100 connections.
     rt.block_on(async {
@@ -228,8 +227,7 @@ fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
 #[test]
 fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
     let sb = PrivateSandbox::up(1, 0, "ready");
-    let topo = support::db::topology(&sb.topology());
-    let shard = topo.shards[0].clone();
+    let shard = sb.first_shard();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // A backup opens the control connection and a snapshot connection a
     // worker: at least two.

@@ -192,6 +192,11 @@ impl PrivateSandbox {
         self.dir.path().join("topology.yaml")
     }
 
+    /// The sandbox's first shard, as its topology describes it.
+    pub fn first_shard(&self) -> topology::Shard {
+        db::topology(&self.topology()).shards.swap_remove(0)
+    }
+
     pub fn stop(&self, shard: &str) {
         let dir = self.dir().to_str().expect("utf-8").to_string();
         let run = sandbox_script(&["stop-one", "--dir", &dir, "--shard", shard]);

@@ -227,7 +227,7 @@ fn connections(
             value,
             format!(
                 "SET GLOBAL max_connections = {} (and in the config): fewer connections are free now than a backup opens",
-                used + needed
+                used.saturating_add(needed)
             ),
         ),
         _ => Finding::ok("connections", value),

@@ -342,9 +342,7 @@ fn date(out: &mut Vec<u8>, days: i64) -> i64 {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let shown = if year > 0 { year } else { 1 - year };
-    let digits = itoa::Buffer::new().format(shown).len();
-    out.extend(std::iter::repeat_n(b'0', 4usize.saturating_sub(digits)));
-    out.extend_from_slice(itoa::Buffer::new().format(shown).as_bytes());
+    zero_padded(out, shown, 4);
     out.push(b'-');
     two(out, month);
     out.push(b'-');
@@ -369,10 +367,19 @@ fn time_of_day(out: &mut Vec<u8>, us: i64) {
             width -= 1;
         }
         out.push(b'.');
-        let digits = itoa::Buffer::new().format(fraction).len();
-        out.extend(std::iter::repeat_n(b'0', width - digits));
-        out.extend_from_slice(itoa::Buffer::new().format(fraction).as_bytes());
+        zero_padded(out, fraction, width);
     }
+}
+
+/// `n` in at least `width` digits, zeros in front.
+fn zero_padded(out: &mut Vec<u8>, n: i64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n).as_bytes();
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits);
 }
 
 fn two(out: &mut Vec<u8>, n: i64) {
@@ -419,20 +426,17 @@ fn numeric(out: &mut Vec<u8>, value: &[u8]) -> Option<()> {
         0x0000 => {}
         _ => return None,
     }
-    let mut groups = Vec::with_capacity(ndigits);
-    for i in 0..ndigits {
-        let d = word(4 + i)?;
-        if !(0..10_000).contains(&d) {
-            return None;
-        }
-        groups.push(d as u16);
+    // Checked once here, read in place below: no allocation per value.
+    if (0..ndigits).any(|i| !word(4 + i).is_some_and(|d| (0..10_000).contains(&d))) {
+        return None;
     }
     // The group whose exponent of 10,000 is `e` sits at index weight - e.
     let group = |e: i64| -> u16 {
         usize::try_from(weight - e)
             .ok()
-            .and_then(|i| groups.get(i).copied())
-            .unwrap_or(0)
+            .filter(|i| *i < ndigits)
+            .and_then(|i| word(4 + i))
+            .map_or(0, |d| d as u16)
     };
     if weight < 0 {
         out.push(b'0');

@@ -476,9 +476,10 @@ async fn load_data(
             let frozen = load_table(client, &shard, &opts, &t).await?;
             // A partitioned table's indexes span its partitions, which
             // other statements build; they wait for all data.
-            let blocks = match frozen {
-                true => post.take(&(t.schema.clone(), t.table.clone())),
-                false => Vec::new(),
+            let mut blocks = if frozen {
+                post.take(&(t.schema.clone(), t.table.clone()))
+            } else {
+                Vec::new()
             };
             if blocks.is_empty() {
                 opts.table_ready(t.name.clone());
@@ -487,7 +488,6 @@ async fn load_data(
             // In the dump's order, where pg_dump puts a table's constraints
             // (which keep reads out) before its indexes: the table is
             // announced during the index builds after the last of them.
-            let mut blocks = blocks;
             let reads_wait = blocks
                 .iter()
                 .rposition(|b| !b.lets_reads)
