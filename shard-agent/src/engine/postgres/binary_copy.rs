@@ -270,7 +270,7 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 /// Appends the COPY text of one binary value of `col`.
-fn text_of(out: &mut Vec<u8>, col: Column, value: &[u8]) -> Result<(), Malformed> {
+pub(super) fn text_of(out: &mut Vec<u8>, col: Column, value: &[u8]) -> Result<(), Malformed> {
     let wrong = || format!("a {col:?} value of {} bytes", value.len());
     let mut digits = itoa::Buffer::new();
     match col {

@@ -9,6 +9,8 @@ use futures_util::SinkExt;
 use tokio::sync::OnceCell;
 use topology::Shard;
 
+use super::binary_copy;
+use super::binary_load::{self, BinaryLoad};
 use super::preflight::SYSTEM_DATABASES;
 use super::restore_post::{Build, PostData};
 use super::{ident, partitioned_tables, pg_err, reader};
@@ -373,6 +375,26 @@ struct TableLoad {
     /// Its rows go to its partitions.
     partitioned: bool,
     bytes_raw: u64,
+    /// Where every column's text is turned into binary here (see
+    /// [`binary_load`]), the chunks are loaded in the binary format.
+    binary: Option<Arc<BinaryLoad>>,
+}
+
+impl TableLoad {
+    /// Its `COPY` statement, with `FREEZE` if `freeze`.
+    fn sql(&self, freeze: bool) -> String {
+        let options: Vec<&str> = [
+            self.binary.is_some().then_some("FORMAT binary"),
+            freeze.then_some("FREEZE"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if options.is_empty() {
+            return self.copy.clone();
+        }
+        format!("{} WITH ({})", self.copy, options.join(", "))
+    }
 }
 
 /// Where a table's load comes in the workers' list, which they take from
@@ -435,6 +457,10 @@ async fn load_data(
         .filter(|t| t.database == db && opts.selected(t) && !t.chunks.is_empty())
         .map(|t| {
             let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
+            let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
+            let binary = binary_copy::columns(&types)
+                .and_then(BinaryLoad::new)
+                .map(Arc::new);
             let schema = t.schema.clone().unwrap_or_else(|| "public".into());
             let load = TableLoad {
                 name: t.qualified(),
@@ -453,6 +479,7 @@ async fn load_data(
                     .map(|c| Recorded::chunk(source, c, &target.name))
                     .collect::<Result<_, _>>()?,
                 bytes_raw: t.bytes_raw,
+                binary,
             };
             Ok((LoadOrder::of(t), load))
         })
@@ -595,12 +622,20 @@ impl Worker {
     }
 }
 
-/// Sends one checked chunk through `COPY`.
+/// The text a binary load turns at a time: a piece ends at the first line
+/// end past this many bytes, and goes to the server before the next one is
+/// turned.
+const BINARY_PIECE: usize = 256 << 10;
+
+/// Sends one checked chunk through `COPY` (`sql`, in the binary format if
+/// `binary`). A chunk that cannot be turned into binary tuples aborts the
+/// `COPY` (the sink is dropped unfinished) with the line it stopped at.
 async fn copy_chunk(
     client: &tokio_postgres::Client,
     target: &Shard,
     opts: &RestoreOptions,
     sql: &str,
+    binary: Option<&BinaryLoad>,
     table: &str,
     chunk: &Recorded,
 ) -> Result<(), AgentError> {
@@ -612,9 +647,45 @@ async fn copy_chunk(
         .await
         .map_err(pg_err(target, &what))?;
     futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(raw))
-        .await
-        .map_err(pg_err(target, &what))?;
+    let Some(binary) = binary else {
+        sink.send(Bytes::from(raw))
+            .await
+            .map_err(pg_err(target, &what))?;
+        return sink.finish().await.map(drop).map_err(pg_err(target, &what));
+    };
+    let mut out = binary_load::HEADER.to_vec();
+    let (mut rest, mut line) = (raw.as_slice(), 1);
+    while !rest.is_empty() {
+        let end = match rest.get(BINARY_PIECE..) {
+            Some(tail) => {
+                memchr::memchr(b'\n', tail).map_or(rest.len(), |nl| BINARY_PIECE + nl + 1)
+            }
+            None => rest.len(),
+        };
+        line += binary
+            .rows(&rest[..end], line, &mut out)
+            .map_err(|why| AgentError::Damaged {
+                shard: target.name.clone(),
+                what: format!("chunk {key} of {table}, {why}; nothing of it was loaded"),
+            })?;
+        rest = &rest[end..];
+        if rest.is_empty() {
+            out.extend_from_slice(&binary_load::TRAILER);
+        }
+        let piece = std::mem::replace(
+            &mut out,
+            Vec::with_capacity(BINARY_PIECE + (BINARY_PIECE >> 2)),
+        );
+        sink.send(Bytes::from(piece))
+            .await
+            .map_err(pg_err(target, &what))?;
+    }
+    if raw.is_empty() {
+        out.extend_from_slice(&binary_load::TRAILER);
+        sink.send(Bytes::from(out))
+            .await
+            .map_err(pg_err(target, &what))?;
+    }
     sink.finish().await.map_err(pg_err(target, &what))?;
     Ok(())
 }
@@ -632,25 +703,24 @@ async fn load_table(
 ) -> Result<bool, AgentError> {
     let what = format!("loading {}", t.name);
     let freeze = !t.partitioned && t.bytes_raw >= FREEZE_MIN_BYTES;
+    let sql = t.sql(freeze);
+    let binary = t.binary.as_deref();
     if let (false, [chunk]) = (freeze, t.chunks.as_slice()) {
-        copy_chunk(client, target, opts, &t.copy, &t.name, chunk).await?;
+        copy_chunk(client, target, opts, &sql, binary, &t.name, chunk).await?;
         return Ok(!t.partitioned);
     }
     let target_name = format!("{}.{}", ident(&t.schema), ident(&t.table));
-    let (begin, sql) = if !freeze {
-        ("BEGIN".to_string(), t.copy.clone())
+    let begin = if !freeze {
+        "BEGIN".to_string()
     } else {
-        (
-            format!("BEGIN; TRUNCATE ONLY {target_name}"),
-            format!("{} WITH (FREEZE)", t.copy),
-        )
+        format!("BEGIN; TRUNCATE ONLY {target_name}")
     };
     client
         .batch_execute(&begin)
         .await
         .map_err(pg_err(target, &what))?;
     for chunk in &t.chunks {
-        if let Err(e) = copy_chunk(client, target, opts, &sql, &t.name, chunk).await {
+        if let Err(e) = copy_chunk(client, target, opts, &sql, binary, &t.name, chunk).await {
             drop(client.batch_execute("ROLLBACK").await);
             return Err(e);
         }
@@ -670,13 +740,14 @@ async fn load_chunks(
     db: &str,
 ) -> Result<(), AgentError> {
     // Workers pop from the end: reversed, chunks load in key order.
-    let items: Vec<(String, String, Recorded)> = tables
+    let items: Vec<(String, String, Option<Arc<BinaryLoad>>, Recorded)> = tables
         .into_iter()
         .flat_map(|t| {
-            let (name, copy) = (t.name, t.copy);
+            let sql = t.sql(false);
+            let (name, binary) = (t.name, t.binary);
             t.chunks
                 .into_iter()
-                .map(move |c| (name.clone(), copy.clone(), c))
+                .map(move |c| (name.clone(), sql.clone(), binary.clone(), c))
         })
         .rev()
         .collect();
@@ -686,11 +757,20 @@ async fn load_chunks(
         opts.parallelism,
         target,
         db,
-        move |worker, (table, sql, chunk)| {
+        move |worker, (table, sql, binary, chunk)| {
             let (shard, opts) = (shard.clone(), load_opts.clone());
             async move {
                 let client = worker.load(&shard).await?;
-                copy_chunk(client, &shard, &opts, &sql, &table, &chunk).await
+                copy_chunk(
+                    client,
+                    &shard,
+                    &opts,
+                    &sql,
+                    binary.as_deref(),
+                    &table,
+                    &chunk,
+                )
+                .await
             }
         },
     )
