@@ -17,6 +17,7 @@ use crate::engine::mysql::wire::binary::{column_def, encode_row, encode_text_row
 use crate::engine::mysql::wire::handshake::parse_greeting;
 use crate::engine::mysql::wire::packet::PacketStream;
 use crate::engine::postgres::binary_copy::{BinaryCopy, Column};
+use crate::engine::postgres::binary_load::BinaryLoad;
 use crate::engine::postgres::replay::{describe, next_record, Reader};
 use crate::engine::postgres::wire::frame::{header, Frames};
 use crate::manifest::{Manifest, Mark, ShardManifest};
@@ -177,6 +178,33 @@ proptest! {
         // Every row takes its field count and a length per field at least.
         prop_assert!(digest.rows as usize <= stream.len() / 6);
         drop(fed);
+    }
+
+    /// A chunk's text, turned into binary tuples for a load: mostly the
+    /// bytes COPY text is made of, so that whole lines get through too.
+    #[test]
+    fn postgres_chunk_lines_turn_into_tuples_or_refuse(
+        kinds in proptest::collection::vec(0usize..9, 1..6),
+        text in proptest::collection::vec(
+            prop_oneof![
+                4 => proptest::sample::select(b"0123456789-.: \t\n\\NBCtfnr+a\xc3\xa9".to_vec()),
+                1 => any::<u8>(),
+            ],
+            0..2048,
+        ),
+    ) {
+        use Column::*;
+        let all = [Int2, Int4, Int8, Bool, Text, Numeric, Date, Timestamp, TimestampTz];
+        let columns: Vec<Column> = kinds.iter().map(|k| all[*k]).collect();
+        let width = columns.len();
+        let load = BinaryLoad::new(columns).expect("1 to 5 columns");
+        let mut out = Vec::new();
+        if let Ok(lines) = load.rows(&text, 1, &mut out) {
+            // Per field at most its length word, an 8-byte value or a
+            // numeric's header and a group more than its text.
+            prop_assert!(out.len() <= lines * (2 + 16 * width) + text.len());
+            prop_assert_eq!(lines, memchr::memchr_iter(b'\n', &text).count() + usize::from(!text.ends_with(b"\n") && !text.is_empty()));
+        }
     }
 
     #[test]

@@ -623,13 +623,5 @@ mod tests {
             prop_assert_eq!(stream(&columns, &text).unwrap(), binary);
         }
 
-        /// Any bytes turn into tuples or are refused, never a panic.
-        #[test]
-        fn arbitrary_lines_never_panic(
-            columns in proptest::collection::vec(column(), 1..5),
-            text in proptest::collection::vec(any::<u8>(), 0..200),
-        ) {
-            let _ = stream(&columns, &text);
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! `readback`, all behind [`driver::Postgres`].
 
 pub mod binary_copy;
-mod binary_load;
+pub(crate) mod binary_load;
 mod capture;
 pub mod copy_reader;
 mod cut;
