@@ -355,7 +355,8 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
 /// server's COPY text, for every control character, backslashes, multibyte
 /// text, padded `character(n)` values, numerics of every weight and
 /// scale, NaN and the infinities, and dates and timestamps from 4713 BC to
-/// their largest values (written from a session in another time zone).
+/// their largest values (written from a session in another time zone),
+/// and the widest numeric (36,864 base-10000 groups, more than an i16).
 /// Restored into another server, where the same tables are loaded in the
 /// binary format from the stored text (a big one in pieces, frozen), every
 /// table holds what the source holds, by the server's own row text.
@@ -395,6 +396,8 @@ fn postgres_tables_read_back_and_load_in_binary_as_their_copy_text() {
                date '0001-01-01' - n, timestamp '0001-01-01 00:00:00' - n * interval '1 microsecond', \
                timestamptz '1999-12-31 23:59:59.9+00' + n * interval '10 milliseconds' \
                FROM generate_series(0, 12) n; \
+             INSERT INTO plain (id, n) VALUES (300, \
+               (repeat('9', 131072) || '.' || repeat('9', 16383))::numeric); \
              CREATE TABLE mixed (id int PRIMARY KEY, f double precision, span interval); \
              INSERT INTO mixed VALUES (1, 0.1, '1 day 02:03:04'), (2, NULL, NULL); \
              CREATE TABLE big (id int PRIMARY KEY, t text, n numeric(20,4), at timestamptz); \
@@ -413,7 +416,7 @@ fn postgres_tables_read_back_and_load_in_binary_as_their_copy_text() {
         let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
         assert_eq!(binary_copy::columns(&types).is_some(), binary, "{types:?}");
     }
-    assert_eq!(plain.rows, 48);
+    assert_eq!(plain.rows, 49);
     rt.block_on(read_back_as_stored(&shard, &[plain, mixed]));
 
     let big = db::find_table(&m, "pg-0", "d.public.big");

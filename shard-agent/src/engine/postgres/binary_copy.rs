@@ -402,7 +402,8 @@ fn numeric(out: &mut Vec<u8>, value: &[u8]) -> Option<()> {
         let b = value.get(2 * i..2 * i + 2)?;
         Some(i16::from_be_bytes([b[0], b[1]]))
     };
-    let ndigits = usize::try_from(word(0)?).ok()?;
+    // A count of groups up to 65,535: PostgreSQL reads it unsigned.
+    let ndigits = usize::from(word(0)? as u16);
     let weight = i64::from(word(1)?);
     let sign = word(2)? as u16;
     let dscale = usize::try_from(word(3)?).ok()?;

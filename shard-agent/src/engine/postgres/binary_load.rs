@@ -465,6 +465,25 @@ mod tests {
         assert_eq!(one("0"), [0, 0, 0, 0]);
     }
 
+    /// The largest numeric text PostgreSQL holds: 131,072 digits before the
+    /// point and 16,383 after, 36,864 groups, more than an i16 counts.
+    #[test]
+    fn the_widest_numeric_turns_and_reads_back() {
+        let text = [
+            vec![b'9'; 131_072],
+            vec![b'.'],
+            vec![b'9'; 16_383],
+            vec![b'\n'],
+        ]
+        .concat();
+        let binary = stream(&[Column::Numeric], &text).unwrap();
+        let groups = u16::from_be_bytes([binary[HEADER.len() + 6], binary[HEADER.len() + 7]]);
+        assert_eq!(groups, 36_864);
+        assert!(reads_back_as(&[Column::Numeric], &binary, &text));
+        let wider = [vec![b'1'; 131_073], vec![b'\n']].concat();
+        assert!(stream(&[Column::Numeric], &wider).is_err());
+    }
+
     #[test]
     fn values_not_as_the_dump_writes_them_are_refused_with_their_line() {
         use Column::*;
