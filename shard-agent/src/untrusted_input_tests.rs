@@ -193,9 +193,7 @@ proptest! {
             0..2048,
         ),
     ) {
-        use Column::*;
-        let all = [Int2, Int4, Int8, Bool, Text, Numeric, Date, Timestamp, TimestampTz];
-        let columns: Vec<Column> = kinds.iter().map(|k| all[*k]).collect();
+        let columns: Vec<Column> = kinds.iter().map(|k| Column::ALL[*k]).collect();
         let width = columns.len();
         let load = BinaryLoad::new(columns).expect("1 to 5 columns");
         let mut out = Vec::new();

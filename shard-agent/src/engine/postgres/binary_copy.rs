@@ -40,6 +40,22 @@ pub enum Column {
     TimestampTz,
 }
 
+#[cfg(test)]
+impl Column {
+    /// Every kind, for the tests that go through them all.
+    pub const ALL: [Column; 9] = [
+        Column::Int2,
+        Column::Int4,
+        Column::Int8,
+        Column::Bool,
+        Column::Text,
+        Column::Numeric,
+        Column::Date,
+        Column::Timestamp,
+        Column::TimestampTz,
+    ];
+}
+
 /// The columns of a table whose types (as `format_type` names them, from
 /// the manifest) all have a text form this client prints; `None` if any
 /// does not.

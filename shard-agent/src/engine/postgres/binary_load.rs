@@ -421,18 +421,7 @@ mod tests {
 
     #[test]
     fn every_kind_turns_into_what_the_read_back_prints_again() {
-        use Column::*;
-        let columns = [
-            Int2,
-            Int4,
-            Int8,
-            Bool,
-            Text,
-            Numeric,
-            Date,
-            Timestamp,
-            TimestampTz,
-        ];
+        let columns = Column::ALL;
         let lines: &[&[u8]] = &[
             b"-32768\t-2147483648\t-9223372036854775808\tt\ta\\tb\\\\c\\nd\\r\\b\\f\\v\x01\t-0.0001\t0001-01-01 BC\t2024-02-29 23:59:59.999999\t1999-12-31 00:00:00+00",
             b"32767\t2147483647\t9223372036854775807\tf\t\t123456789.123456789\t2000-01-01\t2000-01-01 00:00:00\t0044-03-15 12:00:00.5+00 BC",
@@ -526,17 +515,7 @@ mod tests {
     }
 
     fn column() -> impl Strategy<Value = Column> {
-        prop_oneof![
-            Just(Column::Int2),
-            Just(Column::Int4),
-            Just(Column::Int8),
-            Just(Column::Bool),
-            Just(Column::Text),
-            Just(Column::Numeric),
-            Just(Column::Date),
-            Just(Column::Timestamp),
-            Just(Column::TimestampTz),
-        ]
+        proptest::sample::select(Column::ALL.to_vec())
     }
 
     /// A binary value of `col` as the server could send it.
