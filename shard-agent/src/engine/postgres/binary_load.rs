@@ -115,7 +115,7 @@ fn field_of(out: &mut Vec<u8>, col: Column, text: &[u8]) -> Result<(), Refused> 
     out.extend_from_slice(&[0; 4]);
     let wrong = || {
         let shown = String::from_utf8_lossy(&text[..text.len().min(40)]).into_owned();
-        format!("{shown:?} is not a {col:?} value as the dump writes it")
+        format!("{shown:?} is not {col:?} text as the dump writes it")
     };
     match col {
         Column::Int2 => {
@@ -142,8 +142,8 @@ fn field_of(out: &mut Vec<u8>, col: Column, text: &[u8]) -> Result<(), Refused> 
                 b"infinity" => i32::MAX,
                 b"-infinity" => i32::MIN,
                 _ => {
-                    let (body, year_sign) = era(text);
-                    let (days, rest) = date(body, year_sign).ok_or_else(wrong)?;
+                    let (body, bc) = era(text);
+                    let (days, rest) = date(body, bc).ok_or_else(wrong)?;
                     if !rest.is_empty() {
                         return Err(wrong());
                     }
@@ -301,7 +301,7 @@ fn numeric(out: &mut Vec<u8>, text: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// The text without a trailing ` BC`, and the sign its year takes.
+/// The text without a trailing ` BC`, and whether it had one.
 fn era(text: &[u8]) -> (&[u8], bool) {
     match text.strip_suffix(b" BC") {
         Some(body) => (body, true),
