@@ -396,6 +396,86 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
     );
 }
 
+/// A PostgreSQL chunk holding a line the dump never writes (an escape,
+/// `\x41`, that the server's text input would take for `A`), with the
+/// manifest's checksum updated to match, is refused by the restore, which
+/// loads such tables in the binary format: the error names the chunk and
+/// the line, and the table's load rolls back, so it holds no row.
+#[test]
+fn a_chunk_line_the_dump_never_writes_is_refused_by_name_and_loads_nothing() {
+    use shard_agent::engine::postgres::binary_copy::{self, Column};
+    let backup = Backup::take();
+    let mut m = backup.manifest();
+    let typed: shard_agent::manifest::Manifest = serde_json::from_value(m.clone()).unwrap();
+    let s = &typed.shards["pg-0"];
+    // The first table loaded in binary that has a string column.
+    let (t, text_at) = s
+        .table_list
+        .iter()
+        .filter(|t| !t.chunks.is_empty())
+        .find_map(|t| {
+            let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
+            let at = binary_copy::columns(&types)?
+                .iter()
+                .position(|c| *c == Column::Text)?;
+            Some((t, at))
+        })
+        .expect("a table of pg-0 loaded in binary, with a string column");
+    let mut lines = db::table_lines(&backup.repo, s, t);
+    let mut fields: Vec<&[u8]> = lines[0].split(|b| *b == b'\t').collect();
+    fields[text_at] = b"\\x41";
+    lines[0] = fields.join(&b'\t');
+    let mut text = lines.join(&b'\n');
+    text.push(b'\n');
+
+    // The table's rows as one chunk of its own, in place of its chunks.
+    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
+    let entry = m["shards"]["pg-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["database"] == t.database.as_str() && e["name"] == t.name.as_str())
+        .unwrap();
+    let mut chunk = entry["chunks"][0].clone();
+    let key = chunk["key"].as_str().unwrap().to_string();
+    chunk.as_object_mut().unwrap().remove("bundle");
+    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    chunk["bytes_stored"] = stored.len().into();
+    chunk["bytes_raw"] = text.len().into();
+    chunk["rows"] = lines.len().into();
+    entry["chunks"] = serde_json::json!([chunk]);
+    backup.repo.put(&key, &stored).unwrap();
+    backup.save_manifest(&m);
+
+    let scratch = PrivateSandbox::up(0, 1, "ready");
+    let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let line = run.stderr.lines().find(|l| l.contains(&key)).unwrap_or("");
+    assert!(
+        line.contains("line 1:") && line.contains("the escape \\x that COPY never writes"),
+        "{}",
+        run.stderr
+    );
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows: i64 = rt.block_on(async {
+        db::pg(&target.shards[0], &t.database)
+            .await
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM \"{}\".\"{}\"",
+                    t.schema.as_deref().unwrap_or("public"),
+                    t.name
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(rows, 0, "{} was partly loaded", t.name);
+}
+
 /// A target database that exists is replaced only with `--overwrite`, even
 /// when it holds no table, only a routine or a view: those are someone's
 /// work too.
