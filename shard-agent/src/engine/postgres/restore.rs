@@ -653,9 +653,11 @@ async fn copy_chunk(
             .map_err(pg_err(target, &what))?;
         return sink.finish().await.map(drop).map_err(pg_err(target, &what));
     };
+    // The header goes out with the first piece, the trailer with the last
+    // (an empty chunk is one piece of both).
     let mut out = binary_load::HEADER.to_vec();
     let (mut rest, mut line) = (raw.as_slice(), 1);
-    while !rest.is_empty() {
+    loop {
         let end = match rest.get(BINARY_PIECE..) {
             Some(tail) => {
                 memchr::memchr(b'\n', tail).map_or(rest.len(), |nl| BINARY_PIECE + nl + 1)
@@ -672,19 +674,13 @@ async fn copy_chunk(
         if rest.is_empty() {
             out.extend_from_slice(&binary_load::TRAILER);
         }
-        let piece = std::mem::replace(
-            &mut out,
-            Vec::with_capacity(BINARY_PIECE + (BINARY_PIECE >> 2)),
-        );
-        sink.send(Bytes::from(piece))
+        sink.send(Bytes::from(std::mem::take(&mut out)))
             .await
             .map_err(pg_err(target, &what))?;
-    }
-    if raw.is_empty() {
-        out.extend_from_slice(&binary_load::TRAILER);
-        sink.send(Bytes::from(out))
-            .await
-            .map_err(pg_err(target, &what))?;
+        if rest.is_empty() {
+            break;
+        }
+        out.reserve(BINARY_PIECE + (BINARY_PIECE >> 2));
     }
     sink.finish().await.map_err(pg_err(target, &what))?;
     Ok(())
