@@ -456,6 +456,8 @@ fn a_chunk_line_the_dump_never_writes_is_refused_by_name_and_loads_nothing() {
         "{}",
         run.stderr
     );
+    // The shard is named once, ahead of what failed in it.
+    assert!(line.contains("shard(s): pg-0: chunk backups/"), "{line}");
     let target = db::topology(&scratch.topology());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows: i64 = rt.block_on(async {
