@@ -54,6 +54,18 @@ pub fn one_line(err: &anyhow::Error) -> String {
     }
 }
 
+/// One shard's failure on one line: the shard, then what failed. An
+/// agent's error begins with the shard it happened on ("shard NAME: "),
+/// said once when it is the same shard; another one (a restore's target)
+/// is still shown.
+pub fn shard_line(shard: &str, err: &anyhow::Error) -> String {
+    let text = one_line(err);
+    let text = text
+        .strip_prefix(&format!("shard {shard}: "))
+        .unwrap_or(&text);
+    format!("{shard}: {text}")
+}
+
 /// Drivers sometimes wrap an error in a variant with the same prefix
 /// (`Input/output error: Input/output error: …`); say it once.
 fn collapse_repeats(text: &str) -> String {
@@ -80,6 +92,23 @@ pub fn emit(text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_shard_is_named_once_and_a_different_one_still_shown() {
+        let line = |shard: &str, text: &str| shard_line(shard, &anyhow::anyhow!("{text}"));
+        assert_eq!(
+            line(
+                "pg-0",
+                "shard pg-0: chunk k of t, line 1: bad; nothing of it was loaded"
+            ),
+            "pg-0: chunk k of t, line 1: bad; nothing of it was loaded"
+        );
+        assert_eq!(
+            line("pg-0", "shard drill-0: connecting: refused"),
+            "pg-0: shard drill-0: connecting: refused"
+        );
+        assert_eq!(line("pg-0", "shard pg-00: x"), "pg-0: shard pg-00: x");
+    }
 
     #[test]
     fn repeated_prefixes_collapse() {

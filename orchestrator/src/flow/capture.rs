@@ -329,7 +329,7 @@ pub async fn ensure_streams(
         match shard_streams(topology, repo, shard, newest.as_ref(), observer).await {
             Ok(streams) => started.streams.extend(streams),
             Err(e) => {
-                let line = format!("{}: {}", shard.name, exit::one_line(&e));
+                let line = exit::shard_line(&shard.name, &e);
                 observer.note(&format!("shardcut: capture refused on shard {line}"));
                 started.refused.push(line);
             }

@@ -334,23 +334,11 @@ async fn run_restores(
                 );
                 restored.push(name);
             }
-            Ok((name, Err(e))) => {
-                failures.push(failure_line(&name, &exit::one_line(&anyhow::Error::new(e))))
-            }
+            Ok((name, Err(e))) => failures.push(exit::shard_line(&name, &anyhow::Error::new(e))),
             Err(e) => failures.push(format!("a restore task panicked: {e}")),
         }
     }
     (restored, failures)
-}
-
-/// One failed restore's line: the backup's shard, then what failed. An
-/// agent's error begins with the target shard ("shard NAME: "), which is
-/// said once when it is the same shard.
-fn failure_line(source: &str, error: &str) -> String {
-    let error = error
-        .strip_prefix(&format!("shard {source}: "))
-        .unwrap_or(error);
-    format!("{source}: {error}")
 }
 
 /// The (source shard, target shard) pairs to restore, after refusing what
@@ -539,28 +527,4 @@ async fn replay_all(
     }
     done.sort_by(|a, b| a.shard.cmp(&b.shard));
     (done, failures)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::failure_line;
-
-    #[test]
-    fn a_failed_shard_is_named_once_and_a_different_target_still_shown() {
-        assert_eq!(
-            failure_line(
-                "pg-0",
-                "shard pg-0: chunk k of t, line 1: bad; nothing of it was loaded"
-            ),
-            "pg-0: chunk k of t, line 1: bad; nothing of it was loaded"
-        );
-        assert_eq!(
-            failure_line("pg-0", "shard drill-0: connecting: refused"),
-            "pg-0: shard drill-0: connecting: refused"
-        );
-        assert_eq!(
-            failure_line("pg-0", "shard pg-00: x"),
-            "pg-0: shard pg-00: x"
-        );
-    }
 }
