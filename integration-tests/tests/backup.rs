@@ -349,6 +349,83 @@ fn integer_and_string_tables_read_as_text_hash_as_the_binary_protocol_reads_them
     });
 }
 
+/// Small tables are read with their queries sent together (up to 32 in
+/// one write) and their `SHOW CREATE TABLE`s in one round trip of many
+/// statements. Each table's stored rows, hash and definition must be its
+/// own, whatever its name (a semicolon, a backquote and comment marks,
+/// which would end or hide a statement if a name were not quoted whole),
+/// with a table that is read alone (a datetime column: binary protocol)
+/// among them.
+#[test]
+fn small_tables_read_together_each_keep_their_own_rows_and_definition() {
+    use mysql_async::prelude::Queryable;
+    let sb = support::PrivateSandbox::up(1, 0, "ready");
+    let topo_path = sb.topology();
+    let shard = sb.first_shard();
+    let mut names: Vec<String> = (0..66).map(|i| format!("t{i:02}")).collect();
+    names.extend(["semi;colon", "back`tick", "dash-- x", "ünï /* c */"].map(String::from));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = db::mysql(&shard, None).await;
+        c.query_drop("CREATE DATABASE batch").await.unwrap();
+        for (i, name) in names.iter().enumerate() {
+            // Table i has a column of its own, n<i>, and i + 1 rows naming it.
+            let q = format!("batch.`{}`", name.replace('`', "``"));
+            c.query_drop(format!(
+                "CREATE TABLE {q} (id int PRIMARY KEY, v varchar(40), n{i} int)"
+            ))
+            .await
+            .unwrap();
+            let rows: Vec<String> = (0..=i)
+                .map(|r| format!("({r}, '{} row {r}', {i})", name.replace('\'', "''")))
+                .collect();
+            c.query_drop(format!("INSERT INTO {q} VALUES {}", rows.join(", ")))
+                .await
+                .unwrap();
+        }
+        c.query_drop("CREATE TABLE batch.alone (id int PRIMARY KEY, at datetime(6))")
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO batch.alone VALUES (1, '2026-12-05 10:00:00.5')")
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+    });
+    let m = backed_up(&topo_path);
+    let mut tables = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let t = db::find_table(&m, "mysql-0", &format!("batch.{name}"));
+        assert_eq!(t.rows, i as u64 + 1, "{name}");
+        tables.push(t);
+    }
+    tables.push(db::find_table(&m, "mysql-0", "batch.alone"));
+    rt.block_on(read_back_as_stored(&shard, &tables));
+
+    let repo = db::repository(&db::topology(&topo_path));
+    let key = repo
+        .list(&format!("backups/{}/shards/mysql-0/", m.backup_id))
+        .unwrap()
+        .into_iter()
+        .find(|k| k.ends_with("/batch/schema.json.zst"))
+        .expect("the schema of batch");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&repo.get(&key).unwrap()[..]).unwrap()).unwrap();
+    let stored = schema["tables"].as_array().unwrap();
+    assert_eq!(stored.len(), names.len() + 1);
+    for t in stored {
+        let (name, sql) = (t["name"].as_str().unwrap(), t["sql"].as_str().unwrap());
+        let quoted = format!("CREATE TABLE `{}`", name.replace('`', "``"));
+        assert!(sql.starts_with(&quoted), "{name}: {sql}");
+        match names.iter().position(|n| n == name) {
+            Some(i) => assert!(sql.contains(&format!("`n{i}` int")), "{name}: {sql}"),
+            None => assert!(
+                name == "alone" && sql.contains("datetime(6)"),
+                "{name}: {sql}"
+            ),
+        }
+    }
+}
+
 /// PostgreSQL tables of integer, boolean, numeric and string columns are
 /// read back in the binary COPY format, the text lines printed by
 /// shardcut: the hashes must be those of the backup, which read the

@@ -72,6 +72,33 @@ impl Queue {
         // The lock only guards a pop; a panic elsewhere cannot corrupt it.
         Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front())
     }
+
+    /// The next item and the ones after it that `join` takes, in queue
+    /// order: `join` sees the first item too, and the batch ends at the
+    /// first item it refuses (left in the queue unless it is the first).
+    /// Empty when the queue is; an error once another worker has failed.
+    pub fn next_batch(
+        &self,
+        shard: &str,
+        cancel: &AtomicBool,
+        mut join: impl FnMut(&Item) -> bool,
+    ) -> Result<Vec<Item>, AgentError> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled {
+                shard: shard.to_string(),
+            });
+        }
+        let mut queue = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(first) = queue.pop_front() else {
+            return Ok(Vec::new());
+        };
+        let more = join(&first);
+        let mut batch = vec![first];
+        while more && queue.front().is_some_and(&mut join) {
+            batch.extend(queue.pop_front());
+        }
+        Ok(batch)
+    }
 }
 
 /// Waits for every worker. The first failure sets `cancel` so the others
@@ -313,6 +340,39 @@ pub async fn store_schema(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_takes_the_items_that_join_in_queue_order() {
+        let item = |table| Item {
+            table,
+            range_no: 0,
+            range: (None, None),
+        };
+        let queue = Queue::new((0..6).map(item).collect());
+        let cancel = AtomicBool::new(false);
+        let tables = |batch: Vec<Item>| batch.iter().map(|i| i.table).collect::<Vec<_>>();
+        // Up to three at a time, and never table 4.
+        let join = || {
+            let mut taken = 0;
+            move |i: &Item| {
+                let yes = i.table != 4 && taken < 3;
+                taken += usize::from(yes);
+                yes
+            }
+        };
+        assert_eq!(
+            tables(queue.next_batch("s", &cancel, join()).unwrap()),
+            [0, 1, 2]
+        );
+        // Table 4 stops the batch and stays first in the queue.
+        assert_eq!(tables(queue.next_batch("s", &cancel, join()).unwrap()), [3]);
+        // A first item that does not join is a batch of itself.
+        assert_eq!(tables(queue.next_batch("s", &cancel, join()).unwrap()), [4]);
+        assert_eq!(tables(queue.next_batch("s", &cancel, join()).unwrap()), [5]);
+        assert!(queue.next_batch("s", &cancel, |_| true).unwrap().is_empty());
+        cancel.store(true, Ordering::Relaxed);
+        assert!(queue.next_batch("s", &cancel, |_| true).is_err());
+    }
 
     fn result(table: usize, range_no: usize, rows: u64) -> ItemResult {
         ItemResult {

@@ -85,6 +85,34 @@ impl Reader {
         }
     }
 
+    /// Whether [`Reader::send_queries`] can send several queries at once
+    /// (the row reader in `wire`; mysql_async cannot).
+    pub fn sends_batches(&self) -> bool {
+        matches!(self, Reader::Wire(_))
+    }
+
+    /// Sends plain queries in one write; read their rows in order with
+    /// [`Reader::sent_rows`]. Only where [`Reader::sends_batches`].
+    pub async fn send_queries(&mut self, sqls: &[String]) -> Result<(), DbError> {
+        match self {
+            Reader::Wire(c) => c.send_queries(sqls).await.map_err(DbError::Wire),
+            Reader::Library(_) => Err(DbError::Wire(WireError::Unsupported(
+                "several queries in one write through mysql_async".into(),
+            ))),
+        }
+    }
+
+    /// The rows of the next query sent by [`Reader::send_queries`], in the
+    /// text protocol; read them to the end.
+    pub async fn sent_rows(&mut self) -> Result<Rows<'_>, DbError> {
+        match self {
+            Reader::Wire(c) => Ok(Rows::Wire(c.sent_text_rows().await?)),
+            Reader::Library(_) => Err(DbError::Wire(WireError::Unsupported(
+                "several queries in one write through mysql_async".into(),
+            ))),
+        }
+    }
+
     /// The canonical line of the first row `sql` returns, if any.
     pub async fn first_line(&mut self, sql: &str) -> Result<Option<Vec<u8>>, DbError> {
         let mut rows = self.rows(sql, Protocol::Binary).await?;

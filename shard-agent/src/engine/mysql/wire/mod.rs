@@ -10,7 +10,8 @@
 //!
 //! What it speaks: TCP (and TLS), the 4.1 protocol,
 //! `mysql_native_password`, text queries whose results are discarded or
-//! whose rows of integer and string columns are streamed, and prepared
+//! whose rows of integer and string columns are streamed (one at a time, or
+//! several sent in one write), and prepared
 //! statements without parameters whose rows are streamed (on MariaDB
 //! 10.2+ prepared and executed in one write). Nothing else: no other
 //! authentication method, no compression. Where the server needs any of
@@ -405,6 +406,32 @@ impl WireConn {
     /// is not to be used again.
     async fn text_rows(&mut self, sql: &str) -> Result<Rows<'_>, WireError> {
         self.command(COM_QUERY, sql.as_bytes()).await?;
+        self.text_result().await
+    }
+
+    /// Sends plain queries in one write, without waiting for any reply:
+    /// the server finds each next one already there when it has answered
+    /// the one before, instead of a round trip per statement. Read their
+    /// results in order with [`WireConn::sent_text_rows`], each to its end.
+    /// Keep the batch small (a few KiB): it is written before any reply is
+    /// read, so it must fit in the sockets' buffers.
+    pub async fn send_queries(&mut self, sqls: &[String]) -> Result<(), WireError> {
+        for sql in sqls {
+            self.queue_command(COM_QUERY, sql.as_bytes());
+        }
+        self.packets.flush().await
+    }
+
+    /// The rows of the next query sent by [`WireConn::send_queries`], as
+    /// [`WireConn::rows`] gives them in [`Protocol::Text`].
+    pub async fn sent_text_rows(&mut self) -> Result<Rows<'_>, WireError> {
+        // Every command's reply begins at sequence number 1.
+        self.packets.set_seq(1);
+        self.text_result().await
+    }
+
+    /// Reads a plain query's reply up to its first row.
+    async fn text_result(&mut self) -> Result<Rows<'_>, WireError> {
         let p = self.packets.read().await?;
         let columns = match p.first() {
             Some(0xFF) => return Err(server_error(p)),
@@ -560,6 +587,96 @@ mod tests {
             "ERROR 1045 (28000): Access denied for user 'backup'@'localhost'"
         );
         assert!(DbError::from(e).is_server_error());
+    }
+
+    /// A text result of one VARCHAR column `v` holding `value`.
+    fn text_result(p: &mut PacketStream, value: &[u8]) {
+        p.queue(&[1]);
+        let mut def = Vec::new();
+        for field in [&b"def"[..], b"d", b"t", b"t", b"v", b"v"] {
+            def.push(field.len() as u8);
+            def.extend_from_slice(field);
+        }
+        def.push(0x0c);
+        def.extend_from_slice(&45u16.to_le_bytes());
+        def.extend_from_slice(&128u32.to_le_bytes());
+        def.push(253); // VAR_STRING
+        def.extend_from_slice(&[0, 0, 0, 0, 0]); // flags, decimals, filler
+        p.queue(&def);
+        p.queue(&[0xFE, 0, 0, 0, 0]);
+        let mut row = vec![value.len() as u8];
+        row.extend_from_slice(value);
+        p.queue(&row);
+        p.queue(&[0xFE, 0, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn queries_sent_together_go_out_before_any_reply_and_are_read_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut p = PacketStream::new(Stream::Plain(s));
+            p.write(&sample_greeting()).await.unwrap();
+            p.read().await.unwrap();
+            p.write(&[0, 0, 0, 2, 0, 0, 0]).await.unwrap();
+            // Every query is read before anything is answered: a client
+            // that waited for a reply in between would wait forever.
+            let mut queries = Vec::new();
+            for _ in 0..3 {
+                p.reset_seq();
+                queries.push(p.read().await.unwrap().to_vec());
+            }
+            p.set_seq(1);
+            text_result(&mut p, b"first");
+            p.flush().await.unwrap();
+            p.set_seq(1);
+            text_result(&mut p, b"second");
+            p.flush().await.unwrap();
+            p.set_seq(1);
+            let mut err = vec![0xFF];
+            err.extend_from_slice(&1146u16.to_le_bytes());
+            err.extend_from_slice(b"#42S02Table 'd.gone' doesn't exist");
+            p.write(&err).await.unwrap();
+            drop(p.read().await);
+            queries
+        });
+        let mut conn = WireConn::connect(&login(port)).await.unwrap();
+        let sqls: Vec<String> = [
+            "SELECT v FROM d.a",
+            "SELECT v FROM d.b",
+            "SELECT v FROM d.gone",
+        ]
+        .map(String::from)
+        .to_vec();
+        let read = async {
+            conn.send_queries(&sqls).await.unwrap();
+            let mut lines = Vec::new();
+            for _ in 0..2 {
+                let mut rows = conn.sent_text_rows().await.unwrap();
+                let mut line = Vec::new();
+                while rows.next_line(&mut line).await.unwrap() {
+                    line.push(b'|');
+                }
+                lines.push(String::from_utf8(line).unwrap());
+            }
+            let third = conn.sent_text_rows().await.map(|_| ());
+            (lines, third)
+        };
+        let (lines, third) = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the replies never came: the queries did not all go out at once");
+        assert_eq!(lines, ["first|", "second|"]);
+        assert_eq!(
+            third.unwrap_err().to_string(),
+            "ERROR 1146 (42S02): Table 'd.gone' doesn't exist"
+        );
+        conn.disconnect().await;
+        let queries = task.await.unwrap();
+        for (q, sql) in queries.iter().zip(&sqls) {
+            assert_eq!(q[0], COM_QUERY);
+            assert_eq!(&q[1..], sql.as_bytes());
+        }
     }
 
     #[tokio::test]
