@@ -537,16 +537,23 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let mut p = PacketStream::new(Stream::Plain(s));
-            p.write(&sample_greeting()).await.unwrap();
-            let response = p.read().await.unwrap().to_vec();
-            p.write(&reply).await.unwrap();
+            let (mut p, response) = greet(&listener, &reply).await;
             // Hold the connection until the client has read the reply.
             drop(p.read().await);
             response
         });
         (port, task)
+    }
+
+    /// Accepts a connection, greets, reads the handshake response and
+    /// answers with `reply`; returns the stream and the response.
+    async fn greet(listener: &TcpListener, reply: &[u8]) -> (PacketStream, Vec<u8>) {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut p = PacketStream::new(Stream::Plain(s));
+        p.write(&sample_greeting()).await.unwrap();
+        let response = p.read().await.unwrap().to_vec();
+        p.write(reply).await.unwrap();
+        (p, response)
     }
 
     fn login(port: u16) -> Login<'static> {
@@ -615,11 +622,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let mut p = PacketStream::new(Stream::Plain(s));
-            p.write(&sample_greeting()).await.unwrap();
-            p.read().await.unwrap();
-            p.write(&[0, 0, 0, 2, 0, 0, 0]).await.unwrap();
+            let (mut p, _) = greet(&listener, &[0, 0, 0, 2, 0, 0, 0]).await;
             // Every query is read before anything is answered: a client
             // that waited for a reply in between would wait forever.
             let mut queries = Vec::new();
