@@ -229,6 +229,49 @@ async fn block_lease_expires_while_the_orchestrator_stalls() {
     assert_eq!(listed(&topo_path), 0);
 }
 
+/// A table dropped after the cut, among small tables whose queries go
+/// out together: the batch holding it fails, and with it the backup,
+/// named and discarded, never a backup without that table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_after_the_cut_fails_the_backup_by_name() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let topo_path = sb.topology();
+    let topo = db::topology(&topo_path);
+    let shard = topo.shard("mysql-0").unwrap();
+    let mut c = db::mysql(shard, None).await;
+    c.query_drop("CREATE DATABASE many").await.unwrap();
+    for i in 0..40 {
+        c.query_drop(format!(
+            "CREATE TABLE many.t{i:02} (id int PRIMARY KEY); INSERT INTO many.t{i:02} VALUES ({i})"
+        ))
+        .await
+        .unwrap();
+    }
+    let arg = topo_path.to_str().unwrap().to_string();
+    let (child, stderr) =
+        backup_until(&["-t", &arg, "--test-pause-before-dump", "3s"], "pausing").await;
+    c.query_drop("DROP TABLE many.t20").await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    eprintln!("a table dropped after the cut, shardcut said:\n{stderr}");
+    assert!(stderr.contains("failed and was discarded"), "{stderr}");
+    // Whichever read reaches it first, the schema's (32 statements to a
+    // round trip) or the data's (32 queries sent together), names it.
+    assert!(
+        stderr.contains("SHOW CREATE TABLE `many`.`t20` failed")
+            || stderr.contains("reading many.t20 failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("doesn't exist"), "{stderr}");
+    assert_eq!(listed(&topo_path), 0);
+    assert!(
+        db::repository(&topo).list("backups/").unwrap().is_empty(),
+        "partial objects removed"
+    );
+    c.disconnect().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stopped_mid_backup_fails_clearly_and_next_backup_succeeds() {
     let sb = PrivateSandbox::up(1, 1, "ready");
