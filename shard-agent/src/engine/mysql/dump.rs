@@ -263,14 +263,17 @@ async fn worker(
                 .await
                 .map_err(db_err(&shard, &what))?;
         }
+        // `sqls` holds the statements of the batch's first items, in order.
+        let mut built = sqls.into_iter();
         for item in items {
             let t = &tables[item.table];
+            let sql = built.next();
             let statement = if sent {
                 Statement::Sent
             } else {
                 let protocol =
                     protocol_for(t.columns.iter().map(|(_, ty)| ty.as_str()), t.rows_estimate);
-                Statement::Run(select_sql(t, &item), protocol)
+                Statement::Run(sql.unwrap_or_else(|| select_sql(t, &item)), protocol)
             };
             let (result, s) =
                 dump_item(&mut conn, &shard, t, item, statement, &opts, scratch).await?;
