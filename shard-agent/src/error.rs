@@ -165,6 +165,10 @@ pub enum AgentError {
         #[source]
         source: serde_json::Error,
     },
+    /// A `SHOW CREATE …` that gave no definition: a backup without it would
+    /// restore without that object.
+    #[error("shard {shard}: {statement} returned no definition; the backup user may not be allowed to see it (GRANT SELECT ON *.* lets it read every definition)")]
+    NoDefinition { shard: String, statement: String },
     /// A client program (pg_dump, psql) could not be started or waited for.
     #[error("shard {shard}: cannot run {program}: {source}")]
     Program {

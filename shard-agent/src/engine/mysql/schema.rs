@@ -49,7 +49,9 @@ async fn show_create(
 /// 1.38-1.59 s (docs/BENCHMARKS.md, "Many tables: what changed").
 const SHOW_CREATE_BATCH: usize = 32;
 
-/// Column `column` of the first of `rows`, the result of `sql`.
+/// Column `column` of the first of `rows`, the result of `sql`. No row, or
+/// an empty or NULL definition (what the server gives a user who may not
+/// see a routine's body), is an error: stored, it would restore nothing.
 fn create_text(
     rows: &[Row],
     column: usize,
@@ -61,9 +63,20 @@ fn create_text(
         what: sql.to_string(),
         source,
     };
-    match rows.first() {
-        Some(r) => Ok(text(r, column).map_err(de)?.unwrap_or_default()),
-        None => Ok(String::new()),
+    let definition = match rows.first() {
+        Some(r) => text(r, column).map_err(de)?,
+        None => None,
+    };
+    non_empty(definition, shard, sql)
+}
+
+fn non_empty(definition: Option<String>, shard: &Shard, sql: &str) -> Result<String, AgentError> {
+    match definition {
+        Some(d) if !d.trim().is_empty() => Ok(d),
+        _ => Err(AgentError::NoDefinition {
+            shard: shard.name.clone(),
+            statement: sql.to_string(),
+        }),
     }
 }
 
@@ -165,4 +178,36 @@ pub(super) async fn database_schema(
         s.events.push(Object { name: e[0].clone(), sql, table: None });
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard() -> Shard {
+        let text = "cluster: c\nrepository: /tmp/r\nshards:\n  - name: m\n    engine: mysql\n    url: mysql://u@127.0.0.1:3306\n";
+        let topo = topology::Topology::parse(text, std::path::Path::new("t.yaml"), &|_| None)
+            .expect("a valid topology");
+        topo.shards[0].clone()
+    }
+
+    #[test]
+    fn a_show_create_without_a_definition_fails_naming_the_statement() {
+        let sql = "SHOW CREATE PROCEDURE `d`.`p`";
+        let err = create_text(&[], 2, &shard(), sql).expect_err("no row is no definition");
+        let text = err.to_string();
+        assert!(
+            text.contains(sql) && text.contains("no definition"),
+            "{text}"
+        );
+        for empty in [None, Some(String::new()), Some("  ".to_string())] {
+            let err = non_empty(empty.clone(), &shard(), sql).expect_err("empty is no definition");
+            assert!(
+                matches!(err, AgentError::NoDefinition { .. }),
+                "{empty:?}: {err}"
+            );
+        }
+        let d = "CREATE PROCEDURE p() SELECT 1".to_string();
+        assert_eq!(non_empty(Some(d.clone()), &shard(), sql).unwrap(), d);
+    }
 }
