@@ -1,6 +1,6 @@
 //! Restoring a MySQL/MariaDB shard.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -147,10 +147,11 @@ async fn create_tables(
     .await?;
     // A table another one references keeps its keys: the foreign key
     // may need one of them.
-    let referenced: Vec<&String> = source
+    let referenced: HashSet<&str> = source
         .table_list
         .iter()
         .flat_map(|t| &t.references)
+        .map(String::as_str)
         .collect();
     let mut deferred_keys = Vec::new();
     for t in schema
@@ -158,7 +159,7 @@ async fn create_tables(
         .iter()
         .filter(|t| selected_name(opts, db, &t.name))
     {
-        let split = match referenced.contains(&&format!("{db}.{}", t.name)) {
+        let split = match referenced.contains(format!("{db}.{}", t.name).as_str()) {
             true => None,
             false => split_secondary_keys(&t.sql),
         };

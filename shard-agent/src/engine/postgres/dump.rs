@@ -73,7 +73,14 @@ impl Session {
                 )
             };
             let schema = async {
+                let began = Instant::now();
                 let (pre, post) = schema::sections(&shard, &db.name, &snapshot, &excluded).await?;
+                tracing::debug!(
+                    "{}: schema of {} (pg_dump) read in {:.2} s",
+                    shard.name,
+                    db.name,
+                    began.elapsed().as_secs_f64()
+                );
                 let pre = store_schema(
                     opts,
                     &shard.name,
@@ -95,10 +102,20 @@ impl Session {
                 Ok::<_, AgentError>((pre, post))
             };
             let tables = Arc::new(db.tables.clone());
-            let (schema, data) = tokio::join!(
-                schema,
-                dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts)
-            );
+            let data = async {
+                let began = Instant::now();
+                let data =
+                    dump_database(&shard, &db.name, &snapshot, &db.snap, tables.clone(), opts)
+                        .await;
+                tracing::debug!(
+                    "{}: data of {} read in {:.2} s",
+                    shard.name,
+                    db.name,
+                    began.elapsed().as_secs_f64()
+                );
+                data
+            };
+            let (schema, data) = tokio::join!(schema, data);
             let (pre, post) = schema?;
             manifest.schema.push(pre);
             manifest.schema.push(post);
