@@ -270,3 +270,52 @@ fn first_shard_finding(run: &support::Run, item: &str) -> serde_json::Value {
         .and_then(|all| all.iter().find(|f| f["item"] == item).cloned())
         .unwrap_or_default()
 }
+
+/// The readiness check a backup makes before its cut reads no table sizes
+/// (on PostgreSQL they cost a look at each table's files), and otherwise
+/// decides as `shardcut check` does: same verdict, same tables. The check
+/// itself still reads every size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_gate_reads_no_sizes_and_check_reads_them_all() {
+    use shard_agent::preflight::Depth;
+    let topo = support::db::topology(&support::sandbox_topology());
+    let timeout = std::time::Duration::from_secs(10);
+    for shard in &topo.shards {
+        let driver = shard_agent::engine::driver(shard.engine);
+        let report = driver
+            .preflight(shard, timeout, Depth::Report)
+            .await
+            .unwrap();
+        let gate = driver.preflight(shard, timeout, Depth::Gate).await.unwrap();
+        assert!(
+            report.ready && gate.ready,
+            "{}: {report:?} {gate:?}",
+            shard.name
+        );
+        let names = |r: &shard_agent::preflight::ShardReport| -> Vec<String> {
+            r.tables
+                .iter()
+                .map(|t| format!("{}.{:?}.{}", t.database, t.schema, t.table))
+                .collect()
+        };
+        assert_eq!(names(&report), names(&gate), "{}", shard.name);
+        assert!(!report.tables.is_empty(), "{}", shard.name);
+        assert!(
+            report.tables.iter().all(|t| t.bytes.is_some()),
+            "{}: a size is missing from the check: {:?}",
+            shard.name,
+            report.tables
+        );
+        assert!(
+            report.tables.iter().any(|t| t.bytes.unwrap_or(0) > 0),
+            "{}",
+            shard.name
+        );
+        assert!(
+            gate.tables.iter().all(|t| t.bytes.is_none()),
+            "{}: the gate read sizes: {:?}",
+            shard.name,
+            gate.tables
+        );
+    }
+}

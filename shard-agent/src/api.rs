@@ -13,6 +13,7 @@ use topology::{Compression, DbTls, Endpoint, Engine, Secret, Shard, TableRef, Tl
 use crate::capture::{RoundReport, StreamState};
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
+use crate::preflight::Depth;
 use crate::replay::ReplayOptions;
 
 /// Bumped on any incompatible change; the orchestrator refuses a mismatch.
@@ -199,6 +200,8 @@ pub enum DriverCall {
     Preflight {
         shard: ShardSpec,
         timeout_ms: u64,
+        #[serde(default)]
+        depth: Depth,
     },
     CheckTarget {
         source: Box<ShardManifest>,

@@ -21,6 +21,7 @@ use crate::engine::{self, CutSession};
 use crate::error::AgentError;
 use crate::manifest::ShardManifest;
 use crate::position::Position;
+use crate::preflight::Depth;
 
 /// One shard's session: the engine's own session behind the engine
 /// interface, and the engine-neutral bookkeeping around it.
@@ -34,7 +35,9 @@ impl Session {
     /// Connects, refuses a shard that is not ready, and reads the catalog.
     pub async fn prepare(shard: &Shard, opts: &CutOptions) -> Result<Session, AgentError> {
         let driver = engine::driver(shard.engine);
-        let report = driver.preflight(shard, opts.connect_timeout).await?;
+        let report = driver
+            .preflight(shard, opts.connect_timeout, Depth::Gate)
+            .await?;
         if !report.ready {
             let problems: Vec<String> = report
                 .findings

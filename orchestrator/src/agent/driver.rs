@@ -16,7 +16,7 @@ use shard_agent::dump::chunk::RowDigest;
 use shard_agent::engine::{self, CatchUp, CutSession, Driver, StreamServer};
 use shard_agent::manifest::{ShardManifest, TableManifest};
 use shard_agent::position::Position;
-use shard_agent::preflight::ShardReport;
+use shard_agent::preflight::{Depth, ShardReport};
 use shard_agent::replay::{ReplayError, ReplayOptions, ReplayReport};
 use shard_agent::repo::Repository;
 use shard_agent::restore::{RestoreOptions, ShardRestore};
@@ -117,11 +117,17 @@ impl Driver for RemoteDriver {
         self.local().blocks_in_first_wave()
     }
 
-    async fn preflight(&self, shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
+    async fn preflight(
+        &self,
+        shard: &Shard,
+        timeout: Duration,
+        depth: Depth,
+    ) -> Result<ShardReport, AgentError> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         self.run(&DriverCall::Preflight {
             shard: ShardSpec::from_shard(shard),
             timeout_ms,
+            depth,
         })
         .await
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use shard_agent::preflight::{self, ShardReport};
+use shard_agent::preflight::{self, Depth, ShardReport};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use topology::{RepositoryLocation, Topology};
@@ -75,7 +75,7 @@ async fn check_all(topology: &Topology, timeout: Duration) -> anyhow::Result<Vec
         let permit = limit.clone().acquire_owned().await?;
         tasks.spawn(async move {
             let result = match crate::agent::driver(&shard) {
-                Ok(driver) => driver.preflight(&shard, timeout).await,
+                Ok(driver) => driver.preflight(&shard, timeout, Depth::Report).await,
                 Err(e) => Err(e),
             };
             let result = result.map(|mut report| {

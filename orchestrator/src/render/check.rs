@@ -63,7 +63,7 @@ fn shard_section(out: &mut String, rep: &ShardReport) {
         finding_line(out, f);
     }
     let rows: u64 = rep.tables.iter().filter_map(|t| t.rows_estimate).sum();
-    let bytes: u64 = rep.tables.iter().map(|t| t.bytes).sum();
+    let bytes: u64 = rep.tables.iter().filter_map(|t| t.bytes).sum();
     let mut dbs: Vec<&str> = rep.tables.iter().map(|t| t.database.as_str()).collect();
     dbs.dedup();
     out.push_str(&format!(
@@ -84,7 +84,9 @@ fn shard_section(out: &mut String, rep: &ShardReport) {
             .unwrap_or_else(|| "?".to_string());
         out.push_str(&format!(
             "      {name:<40} ~{rows:>12} rows {:>10}\n",
-            render::bytes(t.bytes)
+            t.bytes
+                .map(render::bytes)
+                .unwrap_or_else(|| "?".to_string())
         ));
     }
 }

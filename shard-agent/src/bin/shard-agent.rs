@@ -272,7 +272,11 @@ async fn check(path: &std::path::Path, name: &str) -> ExitCode {
         return ExitCode::from(2);
     };
     match shard_agent::engine::driver(shard.engine)
-        .preflight(shard, shard_agent::connect::DEFAULT_CONNECT_TIMEOUT)
+        .preflight(
+            shard,
+            shard_agent::connect::DEFAULT_CONNECT_TIMEOUT,
+            shard_agent::preflight::Depth::Report,
+        )
         .await
     {
         Ok(report) => match serde_json::to_string_pretty(&report) {

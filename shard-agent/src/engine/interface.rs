@@ -22,7 +22,7 @@ use crate::dump::DumpOptions;
 use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
-use crate::preflight::ShardReport;
+use crate::preflight::{Depth, ShardReport};
 use crate::replay::{ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 use crate::restore::{RestoreOptions, ShardRestore};
@@ -46,8 +46,14 @@ pub trait Driver: Send + Sync {
 
     /// Connects to `shard` and checks it. An unreachable shard or refused
     /// login is an `Err`; a reachable shard that is not ready is an `Ok`
-    /// report with `ready == false`.
-    async fn preflight(&self, shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError>;
+    /// report with `ready == false`. `depth` says whether each table's
+    /// size and row estimate are read.
+    async fn preflight(
+        &self,
+        shard: &Shard,
+        timeout: Duration,
+        depth: Depth,
+    ) -> Result<ShardReport, AgentError>;
 
     /// Opens a cut session on a shard that passed preflight (`server` is
     /// its version string) and reads its catalog.

@@ -53,11 +53,15 @@ pub(super) async fn run(
             .ok_or_else(|| "the call names no repository".to_string())
     };
     match call {
-        DriverCall::Preflight { shard, timeout_ms } => {
+        DriverCall::Preflight {
+            shard,
+            timeout_ms,
+            depth,
+        } => {
             let s = shard.into_shard();
             answer(
                 engine::driver(s.engine)
-                    .preflight(&s, Duration::from_millis(timeout_ms))
+                    .preflight(&s, Duration::from_millis(timeout_ms), depth)
                     .await,
             )
         }

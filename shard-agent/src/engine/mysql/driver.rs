@@ -16,7 +16,7 @@ use crate::engine::interface::{CatchUp, CutSession, Driver, StreamServer};
 use crate::error::AgentError;
 use crate::manifest::{ShardManifest, TableManifest};
 use crate::position::Position;
-use crate::preflight::ShardReport;
+use crate::preflight::{Depth, ShardReport};
 use crate::replay::{ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
 use crate::restore::{RestoreOptions, ShardRestore};
@@ -34,8 +34,13 @@ impl Driver for Mysql {
         false
     }
 
-    async fn preflight(&self, shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
-        preflight::check(shard, timeout).await
+    async fn preflight(
+        &self,
+        shard: &Shard,
+        timeout: Duration,
+        depth: Depth,
+    ) -> Result<ShardReport, AgentError> {
+        preflight::check(shard, timeout, depth).await
     }
 
     async fn open(

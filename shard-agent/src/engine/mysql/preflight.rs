@@ -10,9 +10,13 @@ use topology::Shard;
 use super::sql::{literal_list, number, text, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::{AgentError, DbError};
-use crate::preflight::{missing_databases, Finding, ShardReport, TableInfo};
+use crate::preflight::{missing_databases, Depth, Finding, ShardReport, TableInfo};
 
-pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
+pub(super) async fn check(
+    shard: &Shard,
+    timeout: Duration,
+    depth: Depth,
+) -> Result<ShardReport, AgentError> {
     let mut conn = connect::mysql(shard, None, timeout).await?;
     let q = |what: &str| {
         let shard = shard.name.clone();
@@ -52,7 +56,7 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
             .map_err(q("reading grants"))?,
     );
 
-    let (databases, tables) = tables(&mut conn, shard)
+    let (databases, tables) = tables(&mut conn, shard, depth)
         .await
         .map_err(q("listing tables"))?;
     f.extend(missing_databases(shard, &databases));
@@ -376,6 +380,7 @@ async fn privileges(conn: &mut Conn, _mariadb: bool) -> Result<Vec<Finding>, DbE
 async fn tables(
     conn: &mut Conn,
     shard: &Shard,
+    depth: Depth,
 ) -> Result<(Vec<String>, Vec<(TableInfo, String)>), DbError> {
     let rows: Vec<Row> = conn
         .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
@@ -395,10 +400,15 @@ async fn tables(
     if selected.is_empty() {
         return Ok((databases, Vec::new()));
     }
+    // The row estimate and sizes make the server open each table in its
+    // storage engine; the engine's name is in the table's definition.
+    let sizes = match depth {
+        Depth::Report => "TABLE_ROWS, COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0)",
+        Depth::Gate => "NULL, NULL",
+    };
     let rows: Vec<Row> = conn
         .query(format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_ROWS, \
-             COALESCE(DATA_LENGTH, 0) + COALESCE(INDEX_LENGTH, 0) \
+            "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, {sizes} \
              FROM information_schema.TABLES \
              WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {} \
              ORDER BY TABLE_SCHEMA, TABLE_NAME",
@@ -423,7 +433,7 @@ async fn tables(
                 schema: None,
                 table: name,
                 rows_estimate: number(row, 3)?,
-                bytes: number(row, 4)?.unwrap_or(0),
+                bytes: number(row, 4)?,
             },
             text(row, 2)?.unwrap_or_default(),
         ));

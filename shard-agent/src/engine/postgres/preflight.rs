@@ -7,12 +7,16 @@ use topology::Shard;
 
 use crate::connect;
 use crate::error::{db_err, AgentError, DbError};
-use crate::preflight::{missing_databases, Finding, ShardReport, TableInfo};
+use crate::preflight::{missing_databases, Depth, Finding, ShardReport, TableInfo};
 
 /// Databases of the server itself, never backed up unless named explicitly.
 pub const SYSTEM_DATABASES: &[&str] = &["postgres", "template0", "template1"];
 
-pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardReport, AgentError> {
+pub(super) async fn check(
+    shard: &Shard,
+    timeout: Duration,
+    depth: Depth,
+) -> Result<ShardReport, AgentError> {
     let client = connect::postgres(shard, None, timeout).await?;
     let (version, mut f, locks) = server_findings(&client, shard).await?;
     let present = databases(&client)
@@ -35,7 +39,7 @@ pub(super) async fn check(shard: &Shard, timeout: Duration) -> Result<ShardRepor
     let mut access = Access::default();
     for db in &selected {
         let client = connect::postgres(shard, Some(db), timeout).await?;
-        access.list_tables(&client, shard, db).await?;
+        access.list_tables(&client, shard, db, depth).await?;
         let (_, missing) = super::capture::published_tables(&client, shard, db)
             .await
             .map_err(|e| {
@@ -179,19 +183,25 @@ impl Access {
         client: &Client,
         shard: &Shard,
         db: &str,
+        depth: Depth,
     ) -> Result<(), AgentError> {
         let err = db_err(shard, &format!("listing tables of {db}"));
+        let size = match depth {
+            Depth::Report => "pg_total_relation_size(c.oid)::int8",
+            Depth::Gate => "NULL::int8",
+        };
         let rows = client
             .query(
-                "SELECT n.nspname::text, c.relname::text, c.reltuples::float8, \
-                     pg_total_relation_size(c.oid)::int8, \
+                &format!(
+                    "SELECT n.nspname::text, c.relname::text, c.reltuples::float8, {size}, \
                      has_table_privilege(c.oid, 'SELECT'), \
                      has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-                     ORDER BY 1, 2",
+                     ORDER BY 1, 2"
+                ),
                 &[],
             )
             .await
@@ -204,7 +214,7 @@ impl Access {
                 continue;
             }
             let reltuples: f64 = row.try_get(2).map_err(decode)?;
-            let bytes: i64 = row.try_get(3).map_err(decode)?;
+            let bytes: Option<i64> = row.try_get(3).map_err(decode)?;
             let can_read: bool = row.try_get(4).map_err(decode)?;
             let can_lock: bool = row.try_get(5).map_err(decode)?;
             let name = format!("{db}.{schema}.{table}");
@@ -220,7 +230,7 @@ impl Access {
                 table,
                 // reltuples is -1 for a table never vacuumed or analyzed.
                 rows_estimate: (reltuples >= 0.0).then_some(reltuples as u64),
-                bytes: u64::try_from(bytes).unwrap_or(0),
+                bytes: bytes.map(|b| u64::try_from(b).unwrap_or(0)),
             });
         }
         Ok(())
