@@ -135,9 +135,9 @@ pub enum Depth {
     #[default]
     Report,
     /// Only whether the shard is ready, as a backup asks before its cut.
-    /// Sizes cost the server a look at every table's files
-    /// (`pg_total_relation_size`: 0.45 s of PostgreSQL's 0.09 s listing
-    /// of 10,000 tables), and a backup does not use them.
+    /// Sizes cost the server a look at every table's files (PostgreSQL's
+    /// `pg_total_relation_size`: listing 10,000 tables took 0.45 s with
+    /// them, 0.09 s without), and a backup does not use them.
     Gate,
 }
 
