@@ -229,6 +229,66 @@ async fn block_lease_expires_while_the_orchestrator_stalls() {
     assert_eq!(listed(&topo_path), 0);
 }
 
+/// Runs `sql` on a fresh connection to `shard` waiting at most a second
+/// for locks; the server's error code if it failed.
+async fn within_a_second(shard: &topology::Shard, sql: &str) -> Result<(), u16> {
+    let mut c = db::mysql(shard, Some("app")).await;
+    let result = c
+        .query_drop(format!("SET SESSION lock_wait_timeout = 1; {sql}"))
+        .await;
+    drop(c.disconnect().await);
+    match result {
+        Ok(()) => Ok(()),
+        Err(mysql_async::Error::Server(e)) => Err(e.code),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// A MariaDB shard takes `BACKUP STAGE FLUSH` and `BLOCK_DDL` while it
+/// settles, so that the block itself is only `BLOCK_COMMIT` (the closing
+/// of every unused table no longer happens while commits wait): after
+/// settling, DDL waits and commits do not; a cut attempt that ends before
+/// the block (another shard could not block) ends the stages on release;
+/// after the block, commits wait until the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_settles_into_the_backup_stages_holding_no_commit() {
+    use shard_agent::cut::CutOptions;
+    const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let shard = topo.shard("mysql-0").unwrap();
+    let opts = CutOptions {
+        write_block_timeout: Duration::from_secs(2),
+        write_block_lease: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let driver = shard_agent::engine::driver(topology::Engine::Mysql);
+    let mut session = driver.open(shard, &opts, "MariaDB".into()).await.unwrap();
+    let ddl = |n: u32| format!("CREATE TABLE ddl_probe_{n} (id INT PRIMARY KEY)");
+    let commit = "INSERT INTO t (v) VALUES (7)";
+
+    session.settle().await;
+    assert_eq!(
+        within_a_second(shard, &ddl(1)).await,
+        Err(LOCK_WAIT_TIMEOUT)
+    );
+    assert_eq!(within_a_second(shard, commit).await, Ok(()));
+    // The attempt ends before this shard blocks: nothing stays staged.
+    assert_eq!(session.release().await.unwrap(), Duration::ZERO);
+    assert_eq!(within_a_second(shard, &ddl(2)).await, Ok(()));
+
+    session.settle().await;
+    session.block().await.unwrap();
+    assert_eq!(within_a_second(shard, commit).await, Err(LOCK_WAIT_TIMEOUT));
+    session.mark().await.unwrap();
+    assert!(session.release().await.unwrap() > Duration::ZERO);
+    assert_eq!(within_a_second(shard, commit).await, Ok(()));
+    assert_eq!(within_a_second(shard, &ddl(3)).await, Ok(()));
+}
+
 /// A table dropped after the cut, among small tables whose queries go
 /// out together: the batch holding it fails, and with it the backup,
 /// named and discarded, never a backup without that table.

@@ -1,8 +1,10 @@
 //! The global cut across all shards.
 //!
-//! Before each attempt every shard settles: waits, blocking nothing, until
-//! its writers are not stuck on each other (a deadlock among them would
-//! otherwise hold up the cut's locks, and every blocked shard with them).
+//! Before each attempt every shard settles: waits, holding no commit up,
+//! until its writers are not stuck on each other (a deadlock among them
+//! would otherwise hold up the cut's locks, and every blocked shard with
+//! them), and does what the block would otherwise do while commits wait
+//! (a MariaDB shard syncs its binlog and closes its unused tables).
 //! Shards are then asked to block in two waves (see [`Agent::blocks_first`]),
 //! each wave all at once; only when every shard reports blocked are
 //! snapshots opened and positions recorded, still under the block, and
@@ -158,9 +160,10 @@ fn describe(e: AgentError) -> String {
     )
 }
 
-/// Lets every shard wait, blocking nothing, for writers stuck on each
+/// Lets every shard wait, holding no commit up, for writers stuck on each
 /// other and for vacuum to leave its tables, and sync a MariaDB binlog
-/// that the block would otherwise sync (see [`Agent::settle`]), all at
+/// and close its unused tables, which the block would otherwise do (see
+/// [`Agent::settle`]), all at
 /// once, so that the blocks that follow start together and none waits out
 /// a jam while others hold their writers. A shard that cannot settle is
 /// left to its block, which reports what is wrong.
@@ -170,9 +173,10 @@ async fn settle_all(sessions: &mut [Agent]) {
     for (s, r) in sessions.iter().zip(settled) {
         match r {
             Ok(waited) if waited >= SETTLE_WORTH_NOTING => tracing::info!(
-                "cut: {} settled for {} ms before blocking, holding no writer up \
-                 (writers waiting on each other's locks, a vacuum on a table, or \
-                 a binlog sync that would otherwise fall under the block)",
+                "cut: {} settled for {} ms before blocking, holding no commit up \
+                 (writers waiting on each other's locks, a vacuum on a table, a \
+                 binlog sync, or MariaDB closing its unused tables, which would \
+                 otherwise fall under the block)",
                 s.shard(),
                 waited.as_millis()
             ),

@@ -151,10 +151,12 @@ pub trait Driver: Send + Sync {
 /// One shard's session through the global cut, then its dump.
 #[async_trait]
 pub trait CutSession: Send {
-    /// Does, blocking nothing, what would otherwise lengthen the block:
-    /// PostgreSQL waits until a block could start without queueing behind
-    /// writers stuck on each other or behind a vacuum; MariaDB syncs a
-    /// binlog left to the OS. Bounded; returns the time spent.
+    /// Does, holding no commit up, what would otherwise lengthen the
+    /// block: PostgreSQL waits until a block could start without queueing
+    /// behind writers stuck on each other or behind a vacuum; MariaDB syncs
+    /// a binlog left to the OS and takes the backup stages before
+    /// `BLOCK_COMMIT`, which close the tables not in use (DDL waits from
+    /// then on, as under the block). Bounded; returns the time spent.
     async fn settle(&mut self) -> Duration;
 
     /// Blocks commits on the selected tables, within `write_block_timeout`.

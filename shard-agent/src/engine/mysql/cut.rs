@@ -1,10 +1,12 @@
 //! The MySQL/MariaDB part of the global cut.
 //!
-//! MariaDB: `BACKUP STAGE START` + `BACKUP STAGE BLOCK_COMMIT` blocks
-//! commits (reads and running statements go on); MySQL: `FLUSH TABLES WITH
-//! READ LOCK`. Both wait at most `lock_wait_timeout` inside the server and
-//! at most `write_block_timeout` on our side; on a timeout the blocking
-//! session is killed from another connection, so nothing stays blocked.
+//! MariaDB: `BACKUP STAGE START`, `FLUSH` and `BLOCK_DDL` while settling
+//! (commits go on), then `BACKUP STAGE BLOCK_COMMIT` blocks commits (reads
+//! and running statements go on); MySQL: `FLUSH TABLES WITH READ LOCK`.
+//! Each waits at most `lock_wait_timeout` inside the server and at most
+//! `write_block_timeout` on our side; on a timeout the blocking session is
+//! killed from another connection, so nothing stays blocked, and the
+//! stages taken while settling are leased like the block.
 
 use std::time::{Duration, Instant};
 
@@ -83,36 +85,102 @@ async fn holder(shard: &Shard, exclude: u32, timeout: Duration) -> Option<String
     })
 }
 
+/// MariaDB's backup stages taken while settling, before the block: `FLUSH`
+/// closes every table not in use (InnoDB's included) and `BLOCK_DDL` waits
+/// out DDL and writes to non-transactional tables; neither holds commits
+/// up. Left to the block (`BLOCK_COMMIT` takes the stages it skips), the
+/// closing held commits for as long as it took, which grows with the
+/// tables open on the server: `BLOCK_COMMIT` took 63-75 ms with 12,000
+/// open tables, 2-3 ms once they were closed (docs/BENCHMARKS.md, "The
+/// cut's block and the server's open tables"). From `FLUSH` on, writes to
+/// non-transactional tables and DDL wait until the release, as they did
+/// under the block.
+const STAGES_BEFORE_BLOCK: [&str; 3] = [
+    "BACKUP STAGE START",
+    "BACKUP STAGE FLUSH",
+    "BACKUP STAGE BLOCK_DDL",
+];
+
 impl Session {
     /// MariaDB: syncs the binlog from this host if the server leaves it to
     /// the OS (see `presync`), so that `BLOCK_COMMIT` does not do it while
-    /// commits wait. Returns the time spent; never fails the cut.
+    /// commits wait, then takes the stages before the block
+    /// ([`STAGES_BEFORE_BLOCK`]). Returns the time spent; never fails the
+    /// cut.
     pub(crate) async fn settle(&mut self) -> Duration {
         if !self.mariadb {
             return Duration::ZERO;
         }
+        let started = Instant::now();
         match super::presync::binlog(&mut self.control, self.opts.write_block_timeout).await {
-            Ok(took) => {
-                tracing::info!(
-                    "{}: synced the binlog in {} ms before blocking (sync_binlog leaves it to the OS)",
-                    self.shard.name,
-                    took.as_millis()
-                );
-                took
+            Ok(took) => tracing::info!(
+                "{}: synced the binlog in {} ms before blocking (sync_binlog leaves it to the OS)",
+                self.shard.name,
+                took.as_millis()
+            ),
+            Err(why) => tracing::debug!(
+                "{}: binlog not synced before blocking: {why}",
+                self.shard.name
+            ),
+        }
+        self.stage().await;
+        started.elapsed()
+    }
+
+    /// Takes [`STAGES_BEFORE_BLOCK`] on the control session and arms the
+    /// lease on them. If they cannot be taken within `write_block_timeout`
+    /// the control session is replaced (which ends whatever stage it
+    /// reached) and the block takes every stage itself.
+    async fn stage(&mut self) {
+        if self.staged || self.blocked_since.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let timeout = self.opts.write_block_timeout;
+        let control = &mut self.control;
+        let attempt = tokio::time::timeout(timeout, async {
+            for s in STAGES_BEFORE_BLOCK {
+                control.query_drop(s).await?;
             }
-            Err(why) => {
+            Ok::<(), mysql_async::Error>(())
+        })
+        .await;
+        let why = match attempt {
+            Ok(Ok(())) => {
+                self.staged = true;
+                self.lease = Some(Lease::arm(
+                    self.opts.write_block_lease,
+                    self.shard.name.clone(),
+                    kill(
+                        self.shard.clone(),
+                        self.control_id,
+                        self.opts.connect_timeout,
+                    ),
+                ));
                 tracing::debug!(
-                    "{}: binlog not synced before blocking: {why}",
-                    self.shard.name
+                    "{}: BACKUP STAGE BLOCK_DDL reached in {} ms, before the block",
+                    self.shard.name,
+                    started.elapsed().as_millis()
                 );
-                Duration::ZERO
+                return;
             }
+            Ok(Err(e)) => e.to_string(),
+            Err(_elapsed) => format!("not within {} ms", timeout.as_millis()),
+        };
+        tracing::info!(
+            "{}: the backup stages before the block were not taken ({why}); the block takes them",
+            self.shard.name
+        );
+        if let Err(e) = self.reset_control().await {
+            tracing::warn!("{}: replacing the control session: {e}", self.shard.name);
         }
     }
 
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
         let started = Instant::now();
-        let stmts: &[&str] = if self.mariadb {
+        let stmts: &[&str] = if self.staged {
+            &["BACKUP STAGE BLOCK_COMMIT"]
+        } else if self.mariadb {
             &["BACKUP STAGE START", "BACKUP STAGE BLOCK_COMMIT"]
         } else {
             &["FLUSH TABLES WITH READ LOCK"]
@@ -176,6 +244,7 @@ impl Session {
     /// and opens a new one for the next attempt.
     async fn reset_control(&mut self) -> Result<(), AgentError> {
         self.lease = None;
+        self.staged = false;
         self.blocked_since = None;
         kill(
             self.shard.clone(),
@@ -234,8 +303,11 @@ impl Session {
         })
     }
 
+    /// Ends the block, or the stages taken while settling if the cut
+    /// attempt stopped before this shard blocked; returns how long commits
+    /// were blocked.
     pub(crate) async fn release(&mut self) -> Result<Duration, AgentError> {
-        if self.blocked_since.is_none() {
+        if self.blocked_since.is_none() && !self.staged {
             return Ok(Duration::ZERO);
         }
         let stmt = if self.mariadb {
@@ -246,6 +318,7 @@ impl Session {
         let result = self.control.query_drop(stmt).await;
         let held = self.block_elapsed();
         self.lease = None;
+        self.staged = false;
         self.blocked_since = None;
         match result {
             Ok(()) => Ok(held),

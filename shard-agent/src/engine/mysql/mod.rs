@@ -66,6 +66,9 @@ pub struct Session {
     tables: Vec<Table>,
     databases: Vec<String>,
     lease: Option<Lease>,
+    /// Whether `control` holds MariaDB's backup stages up to `BLOCK_DDL`,
+    /// taken while settling (see `cut::STAGES_BEFORE_BLOCK`).
+    staged: bool,
     blocked_since: Option<Instant>,
 }
 
@@ -172,6 +175,7 @@ impl Session {
             tables: Vec::new(),
             databases: Vec::new(),
             lease: None,
+            staged: false,
             blocked_since: None,
         };
         let began = Instant::now();
