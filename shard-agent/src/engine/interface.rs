@@ -47,7 +47,7 @@ pub trait Driver: Send + Sync {
     /// Connects to `shard` and checks it. An unreachable shard or refused
     /// login is an `Err`; a reachable shard that is not ready is an `Ok`
     /// report with `ready == false`. `depth` says whether each table's
-    /// size and row estimate are read.
+    /// size (and on MariaDB its row estimate) is read.
     async fn preflight(
         &self,
         shard: &Shard,
