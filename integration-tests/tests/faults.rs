@@ -1,8 +1,9 @@
 //! Faults during a backup, with real processes and servers: a shard that
-//! cannot be blocked, the orchestrator killed while holding the block, a
+//! cannot be blocked, a cut attempt that fails after some shards opened
+//! their snapshots, the orchestrator killed while holding the block, a
 //! block lease that expires, a server stopped mid-backup, a repository
 //! disk that fills up. In every case no backup is listed and no source is
-//! left blocked.
+//! left blocked (or the backup that is listed holds what it should).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -144,6 +145,56 @@ async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
         Vec::<String>::new()
     );
     holder.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A shard marks as soon as it is blocked, so a cut attempt can fail (a
+/// later shard could not block) after some shards opened their snapshots.
+/// The retry must take new ones: a row committed on pg-0 between the
+/// attempts is in the backup. Here mysql-0 cannot block in the first
+/// attempt because another session holds `BACKUP STAGE START` (one backup
+/// at a time); pg-0 blocks first and marks while mysql-0 waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_cut_takes_new_snapshots_where_the_failed_attempt_marked() {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[("write_block_timeout: 2s", "write_block_timeout: 300ms")],
+    );
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let arg = topo_path.to_str().unwrap();
+    let mut other_backup = db::mysql(topo.shard("mysql-0").unwrap(), None).await;
+    other_backup.query_drop("BACKUP STAGE START").await.unwrap();
+    let writer = db::pg(topo.shard("pg-0").unwrap(), "app").await;
+
+    let (mut child, rest) = backup_until(
+        &["-t", arg],
+        "cut attempt 1 failed: shard mysql-0: could not block commits within 300 ms",
+    )
+    .await;
+    // pg-0 marked in the failed attempt. A row commits there, then mysql-0
+    // can block: whichever attempt succeeds, pg-0 blocked after this commit.
+    writer
+        .batch_execute("INSERT INTO t (v) VALUES (4)")
+        .await
+        .unwrap();
+    other_backup.query_drop("BACKUP STAGE END").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the backup ends within 60 s")
+        .unwrap();
+    let stderr = rest.await.unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let m = support::manifest(&topo_path, "latest");
+    assert!(m.cut.attempts >= 2, "{:?}", m.cut);
+    let t = db::find_table(&m, "pg-0", "app.public.t");
+    assert_eq!(
+        t.rows, 4,
+        "pg-0's snapshot must be the successful attempt's, with the row committed after the failed one"
+    );
+    assert_eq!(db::find_table(&m, "mysql-0", "app.t").rows, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

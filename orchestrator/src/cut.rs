@@ -6,12 +6,18 @@
 //! them), and does what the block would otherwise do while commits wait
 //! (a MariaDB shard syncs its binlog and closes its unused tables).
 //! Shards are then asked to block in two waves (see [`Agent::blocks_first`]),
-//! each wave all at once; only when every shard reports blocked are
-//! snapshots opened and positions recorded, still under the block, and
-//! only then are all blocks released. If any shard cannot block
-//! within its timeout, every shard is released and the cut is retried with
-//! backoff; after the last attempt the error names every shard that failed
-//! and what held it up.
+//! each wave all at once. Each shard opens its snapshots and records its
+//! position as soon as it is blocked (the shards of the first wave while
+//! the second blocks), and only when every shard is blocked and marked are
+//! all blocks released. A shard commits nothing between its block and its
+//! release, and no release comes before the last block: so there is an
+//! instant at which every shard was blocked, and what each shard recorded
+//! is its state at that instant, however early in its own block it was
+//! recorded. If any shard cannot block within its timeout, every shard is
+//! released and the cut is retried with backoff (a shard ends the
+//! snapshots of an attempt that failed when it settles for the next);
+//! after the last attempt the error names every shard that failed and
+//! what held it up.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use shard_agent::cut::BlockError;
 use shard_agent::manifest::{Cut, ShardCut};
+use shard_agent::position::Position;
 use shard_agent::AgentError;
 
 use crate::agent::Agent;
@@ -66,7 +73,7 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
     for attempt in 1..=MAX_ATTEMPTS {
         settle_all(sessions).await;
         let started = Instant::now();
-        let failures = block_in_waves(sessions).await;
+        let (marks, failures) = block_and_mark(sessions).await;
         if !failures.is_empty() {
             release_all(sessions).await;
             failed_attempts += started.elapsed();
@@ -93,15 +100,11 @@ pub async fn global_cut(sessions: &mut [Agent], hooks: &CutTestHooks) -> Result<
                 CutError::Failed { errors: reasons }
             });
         }
-        tracing::info!(
-            "cut: all {} shards blocked after {} ms",
-            sessions.len(),
-            started.elapsed().as_millis()
-        );
+        // Every shard is blocked now: the instant the cut stands for.
         let taken_at = chrono::Utc::now().to_rfc3339();
-        let marks = join_all(sessions.iter_mut().map(|s| s.mark())).await;
-        tracing::debug!(
-            "cut: positions recorded at {} ms",
+        tracing::info!(
+            "cut: all {} shards blocked and their positions recorded after {} ms",
+            sessions.len(),
             started.elapsed().as_millis()
         );
         if let Some(hold) = hooks.hold_block {
@@ -188,18 +191,37 @@ async fn settle_all(sessions: &mut [Agent]) {
 }
 
 /// Blocks every shard, the ones that [block first](Agent::blocks_first)
-/// before the others; stops after a wave with a failure. Returns the
-/// failures (none: all shards are blocked).
-async fn block_in_waves(sessions: &mut [Agent]) -> Vec<BlockError> {
-    for first in [true, false] {
-        let wave = sessions.iter_mut().filter(|s| s.blocks_first() == first);
-        let blocked = join_all(wave.map(|s| s.block())).await;
-        let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
-        if !failures.is_empty() {
-            return failures;
+/// before the others, and has each record its position (see
+/// [`Agent::mark`]) as soon as it is blocked: the first wave's shards mark
+/// while the second wave blocks, so the cut's block spans two waves, not
+/// three. Stops after a wave with a failure. Returns each shard's mark, in
+/// the order of `sessions`, and the failures to block (none: all shards
+/// are blocked, and nothing of the attempt may be released before this
+/// returns).
+async fn block_and_mark(
+    sessions: &mut [Agent],
+) -> (Vec<Result<Position, AgentError>>, Vec<BlockError>) {
+    let first = sessions.iter_mut().filter(|s| s.blocks_first());
+    let blocked = join_all(first.map(|s| s.block())).await;
+    let failures: Vec<BlockError> = blocked.into_iter().filter_map(Result::err).collect();
+    if !failures.is_empty() {
+        return (Vec::new(), failures);
+    }
+    let second = join_all(sessions.iter_mut().map(|s| async move {
+        if !s.blocks_first() {
+            s.block().await?;
+        }
+        Ok::<_, BlockError>(s.mark().await)
+    }))
+    .await;
+    let (mut marks, mut failures) = (Vec::new(), Vec::new());
+    for outcome in second {
+        match outcome {
+            Ok(mark) => marks.push(mark),
+            Err(e) => failures.push(e),
         }
     }
-    Vec::new()
+    (marks, failures)
 }
 
 async fn release_all(sessions: &mut [Agent]) {

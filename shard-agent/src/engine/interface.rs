@@ -164,7 +164,10 @@ pub trait CutSession: Send {
     async fn block(&mut self) -> Result<(), BlockError>;
 
     /// Opens the snapshots every worker will read from and records the
-    /// shard's position. Only valid while blocked.
+    /// shard's position. Only valid while blocked; the orchestrator calls
+    /// it as soon as this shard is blocked, before the other shards are.
+    /// Snapshots of an attempt that failed after this are ended by the
+    /// next `settle` or `mark`.
     async fn mark(&mut self) -> Result<Position, AgentError>;
 
     /// Ends the block. Returns how long commits were blocked. Idempotent.

@@ -22,6 +22,45 @@ use crate::cut::{BlockError, CutOptions, Lease};
 use crate::error::AgentError;
 use crate::position::Position;
 
+/// The binlog position (file, offset and GTID set) `control` reads.
+async fn position(
+    control: &mut Conn,
+    shard: &Shard,
+    mariadb: bool,
+) -> Result<Position, AgentError> {
+    let err = query_err(shard, "reading the binlog position");
+    let de = |e| AgentError::Query {
+        shard: shard.name.clone(),
+        what: "reading the binlog position".into(),
+        source: e,
+    };
+    let binlog = binlog_status(control)
+        .await
+        .map_err(de)?
+        .ok_or_else(|| AgentError::NotReady {
+            shard: shard.name.clone(),
+            problems: "the binary log is off (SHOW MASTER STATUS is empty)".into(),
+        })?;
+    let sql = if mariadb {
+        "SELECT @@GLOBAL.gtid_binlog_pos"
+    } else {
+        "SELECT @@GLOBAL.gtid_executed"
+    };
+    let rows: Vec<Row> = control.query(sql).await.map_err(&err)?;
+    let gtid = match rows.first() {
+        Some(r) => text(r, 0).map_err(de)?.unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok(if mariadb {
+        Position::Mariadb { gtid, binlog }
+    } else {
+        Position::Mysql {
+            gtid_executed: gtid,
+            binlog,
+        }
+    })
+}
+
 /// Opens the connection that will hold the block, with the server-side
 /// wait bounded by the write-block timeout.
 pub(super) async fn control_connection(
@@ -259,48 +298,26 @@ impl Session {
         Ok(())
     }
 
+    /// Opens every snapshot connection's snapshot and reads the binlog
+    /// position on the control session, all at once: commits are blocked,
+    /// so the snapshots and the position are of the same state, and the
+    /// block lasts until the slowest of them answers.
     pub(crate) async fn mark(&mut self) -> Result<Position, AgentError> {
-        let shard = self.shard.clone();
-        // All at once: with many tables there are spares besides the
-        // workers' own, and the block lasts until every one is open.
-        futures_util::future::try_join_all(
+        let shard = &self.shard;
+        let snapshots = futures_util::future::try_join_all(
             self.workers
                 .iter_mut()
                 .map(|w| w.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")),
-        )
-        .await
-        .map_err(db_err(&shard, "opening the snapshot"))?;
-        let err = query_err(&shard, "reading the binlog position");
-        let de = |e| AgentError::Query {
-            shard: shard.name.clone(),
-            what: "reading the binlog position".into(),
-            source: e,
+        );
+        let snapshots = async {
+            snapshots
+                .await
+                .map(drop)
+                .map_err(db_err(shard, "opening the snapshot"))
         };
-        let binlog = binlog_status(&mut self.control)
-            .await
-            .map_err(de)?
-            .ok_or_else(|| AgentError::NotReady {
-                shard: shard.name.clone(),
-                problems: "the binary log is off (SHOW MASTER STATUS is empty)".into(),
-            })?;
-        let sql = if self.mariadb {
-            "SELECT @@GLOBAL.gtid_binlog_pos"
-        } else {
-            "SELECT @@GLOBAL.gtid_executed"
-        };
-        let rows: Vec<Row> = self.control.query(sql).await.map_err(&err)?;
-        let gtid = match rows.first() {
-            Some(r) => text(r, 0).map_err(de)?.unwrap_or_default(),
-            None => String::new(),
-        };
-        Ok(if self.mariadb {
-            Position::Mariadb { gtid, binlog }
-        } else {
-            Position::Mysql {
-                gtid_executed: gtid,
-                binlog,
-            }
-        })
+        let ((), position) =
+            tokio::try_join!(snapshots, position(&mut self.control, shard, self.mariadb))?;
+        Ok(position)
     }
 
     /// Ends the block, or the stages taken while settling if the cut

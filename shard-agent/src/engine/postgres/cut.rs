@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::SimpleQueryMessage;
 use topology::Shard;
 
 use super::guard;
@@ -24,6 +25,14 @@ use crate::connect;
 use crate::cut::{BlockError, Lease};
 use crate::error::AgentError;
 use crate::position::{Lsn, Position};
+
+/// The snapshot id and WAL position in the row of the mark's query.
+fn snapshot_and_lsn(messages: &[SimpleQueryMessage]) -> Option<(String, String)> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some((row.get(0)?.to_string(), row.get(1)?.to_string())),
+        _ => None,
+    })
+}
 
 /// Ends the given backends from a fresh connection (releases their locks).
 async fn terminate(shard: Shard, pids: Vec<i32>, timeout: Duration) -> Result<(), AgentError> {
@@ -344,8 +353,12 @@ impl Session {
         }
         let budget = self.opts.write_block_timeout.max(settle::SETTLE_AT_LEAST);
         // A block transaction left open (an attempt never asked to block)
-        // starts afresh.
+        // starts afresh, and so do the snapshots of an attempt that failed
+        // after this shard marked.
         if let Err(e) = self.end_block_transactions("ROLLBACK").await {
+            tracing::debug!("{}: {e}", self.shard.name);
+        }
+        if let Err(e) = self.end_snapshots().await {
             tracing::debug!("{}: {e}", self.shard.name);
         }
         for db in &mut self.databases {
@@ -436,37 +449,64 @@ impl Session {
         Ok(())
     }
 
+    /// Opens and exports each database's snapshot and reads the WAL
+    /// position, while blocked: one round trip per database, all databases
+    /// at once. The transaction's snapshot is taken when its first
+    /// statement starts, so the WAL insert position that statement reads
+    /// lies after every commit the snapshot sees; the position kept is the
+    /// highest of the databases' (the tables of all of them are blocked, so
+    /// nothing they hold commits between one read and another).
     pub(crate) async fn mark(&mut self) -> Result<Position, AgentError> {
         let shard = self.shard.clone();
-        for db in &mut self.databases {
-            let what = format!("exporting the snapshot of {}", db.name);
-            db.snap
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(pg_err(&shard, &what))?;
-            let id: String = db
-                .snap
-                .query_one("SELECT pg_export_snapshot()", &[])
-                .await
-                .and_then(|r| r.try_get(0))
-                .map_err(pg_err(&shard, &what))?;
-            db.snapshot_id = Some(id);
-        }
-        let first = self.databases.first().ok_or_else(|| AgentError::Tool {
+        // A snapshot of an earlier attempt must not be exported again.
+        self.end_snapshots().await?;
+        let marks = self.databases.iter_mut().map(|db| {
+            let shard = &shard;
+            async move {
+                let what = format!("exporting the snapshot of {}", db.name);
+                let messages = db
+                    .snap
+                    .simple_query(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                         SELECT pg_export_snapshot(), pg_current_wal_insert_lsn()::text",
+                    )
+                    .await
+                    .map_err(pg_err(shard, &what))?;
+                let (id, lsn) = snapshot_and_lsn(&messages).ok_or_else(|| AgentError::Tool {
+                    shard: shard.name.clone(),
+                    what: format!("{what}: the server returned no snapshot and WAL position"),
+                })?;
+                let lsn: Lsn = lsn.parse().map_err(|e: String| AgentError::Tool {
+                    shard: shard.name.clone(),
+                    what: e,
+                })?;
+                db.snapshot_id = Some(id);
+                Ok::<_, AgentError>(lsn)
+            }
+        });
+        let lsns = futures_util::future::try_join_all(marks).await?;
+        let lsn = lsns.into_iter().max().ok_or_else(|| AgentError::Tool {
             shard: shard.name.clone(),
             what: "no database selected on this shard".into(),
         })?;
-        let lsn: String = first
-            .snap
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(pg_err(&shard, "reading the WAL position"))?;
-        let lsn: Lsn = lsn.parse().map_err(|e: String| AgentError::Tool {
-            shard: shard.name.clone(),
-            what: e,
-        })?;
         Ok(Position::Postgres { lsn })
+    }
+
+    /// Ends the snapshot transactions a mark opened, when a cut attempt
+    /// stopped after this shard marked (another shard could not block):
+    /// the next attempt's snapshots are new ones, and settling reads
+    /// `pg_stat_activity` on these connections, which a transaction would
+    /// show as it was when the transaction began.
+    async fn end_snapshots(&mut self) -> Result<(), AgentError> {
+        for db in &mut self.databases {
+            if db.snapshot_id.take().is_some() {
+                db.snap.batch_execute("ROLLBACK").await.map_err(pg_err(
+                    &self.shard,
+                    &format!("ending the snapshot of {}", db.name),
+                ))?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn release(&mut self) -> Result<Duration, AgentError> {
