@@ -5,6 +5,7 @@
 //! disk that fills up. In every case no backup is listed and no source is
 //! left blocked (or the backup that is listed holds what it should).
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -98,17 +99,25 @@ async fn backup_until(
     (child, rest)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
+/// A private sandbox of one MariaDB and one PostgreSQL shard holding the
+/// `app` tables, and its topology (written in `dir`) with a write-block
+/// timeout of 300 ms, so a shard that cannot block fails an attempt fast.
+async fn app_sandbox_blocking_300ms(dir: &Path) -> (PrivateSandbox, PathBuf, Topology) {
     let sb = PrivateSandbox::up(1, 1, "ready");
-    let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(
         &sb.topology(),
-        dir.path(),
+        dir,
         &[("write_block_timeout: 2s", "write_block_timeout: 300ms")],
     );
     let topo = db::topology(&topo_path);
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    (sb, topo_path, topo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sb, topo_path, topo) = app_sandbox_blocking_300ms(dir.path()).await;
     // A long open write transaction on pg-0 holds a lock the block needs.
     let holder = db::pg(topo.shard("pg-0").unwrap(), "app").await;
     holder
@@ -155,15 +164,8 @@ async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
 /// at a time); pg-0 blocks first and marks while mysql-0 waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_cut_takes_new_snapshots_where_the_failed_attempt_marked() {
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(
-        &sb.topology(),
-        dir.path(),
-        &[("write_block_timeout: 2s", "write_block_timeout: 300ms")],
-    );
-    let topo = db::topology(&topo_path);
-    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let (_sb, topo_path, topo) = app_sandbox_blocking_300ms(dir.path()).await;
     let arg = topo_path.to_str().unwrap();
     let mut other_backup = db::mysql(topo.shard("mysql-0").unwrap(), None).await;
     other_backup.query_drop("BACKUP STAGE START").await.unwrap();
