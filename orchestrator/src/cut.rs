@@ -14,10 +14,10 @@
 //! instant at which every shard was blocked, and what each shard recorded
 //! is its state at that instant, however early in its own block it was
 //! recorded. If any shard cannot block within its timeout, every shard is
-//! released and the cut is retried with backoff (a shard ends the
-//! snapshots of an attempt that failed when it settles for the next);
-//! after the last attempt the error names every shard that failed and
-//! what held it up.
+//! released and the cut is retried with backoff (the snapshots of a
+//! failed attempt end when the shard settles or marks again: see
+//! [`Agent::mark`]); after the last attempt the error names every shard
+//! that failed and what held it up.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -132,6 +132,10 @@ impl Agent {
         }
     }
 
+    /// Opens the shard's snapshots and records its position; only while
+    /// it is blocked. The snapshots of an earlier attempt that failed are
+    /// not reused: PostgreSQL ends them when it settles or marks again,
+    /// and MySQL/MariaDB's `START TRANSACTION` ends the open transaction.
     pub async fn mark(&mut self) -> Result<Position, AgentError> {
         match self {
             Agent::Local(s) => s.mark().await,
