@@ -1,7 +1,9 @@
 //! Faults during a backup, with real processes and servers: a shard that
 //! cannot be blocked, a cut attempt that fails after some shards opened
 //! their snapshots, the orchestrator killed while holding the block, a
-//! block lease that expires, a server stopped mid-backup, a repository
+//! block lease that expires, a shard settling for longer than the block's
+//! lease while another holds its backup stages, a server stopped
+//! mid-backup, a repository
 //! disk that fills up. In every case no backup is listed and no source is
 //! left blocked (or the backup that is listed holds what it should).
 
@@ -428,6 +430,32 @@ async fn update_then_end(c: tokio_postgres::Client, id: i32) -> bool {
     ok
 }
 
+/// Two writers on pg-0 of `topo` holding a row each, each then waiting for
+/// the other's row: deadlocked until their `deadlock_timeout` (`jam`) has
+/// passed, when the server ends one. Returns once the jam is past the
+/// settling threshold (50 ms); each task tells whether its writer won.
+async fn deadlock_pg_writers(
+    topo: &Topology,
+    jam: Duration,
+) -> (tokio::task::JoinHandle<bool>, tokio::task::JoinHandle<bool>) {
+    let pg0 = topo.shard("pg-0").unwrap();
+    let (a, b) = (db::pg(pg0, "app").await, db::pg(pg0, "app").await);
+    for (c, id) in [(&a, 1), (&b, 2)] {
+        c.batch_execute(&format!(
+            "SET deadlock_timeout = '{}ms'; BEGIN; UPDATE t SET v = v + 1 WHERE id = {id}",
+            jam.as_millis()
+        ))
+        .await
+        .unwrap();
+    }
+    // a waits for b's row, then b for a's.
+    let a_waits = tokio::spawn(update_then_end(a, 2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b_waits = tokio::spawn(update_then_end(b, 1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (a_waits, b_waits)
+}
+
 /// Two writers on pg-0 deadlock on each other's rows, and the server breaks
 /// the deadlock only after their `deadlock_timeout` (4 s here). A cut
 /// that tried to lock meanwhile would queue behind them, holding up pg-0's
@@ -440,22 +468,7 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
     let topo_path = sb.topology();
     let topo = db::topology(&topo_path);
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
-    let pg0 = topo.shard("pg-0").unwrap();
-    let (a, b) = (db::pg(pg0, "app").await, db::pg(pg0, "app").await);
-    for (c, id) in [(&a, 1), (&b, 2)] {
-        c.batch_execute(&format!(
-            "SET deadlock_timeout = '{}ms'; BEGIN; UPDATE t SET v = v + 1 WHERE id = {id}",
-            JAM.as_millis()
-        ))
-        .await
-        .unwrap();
-    }
-    // a waits for b's row, then b for a's: deadlocked until JAM has passed.
-    let a_waits = tokio::spawn(update_then_end(a, 2));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let b_waits = tokio::spawn(update_then_end(b, 1));
-    // Past the jam threshold (50 ms) when the cut starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a_waits, b_waits) = deadlock_pg_writers(&topo, JAM).await;
 
     let run =
         support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
@@ -479,6 +492,43 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
         "{run:?}"
     );
     // The server broke the deadlock: exactly one writer lost.
+    let (a_ok, b_ok) = (a_waits.await.unwrap(), b_waits.await.unwrap());
+    assert!(a_ok != b_ok, "one victim: a ok {a_ok}, b ok {b_ok}");
+}
+
+/// What a shard holds from settling to its block (MariaDB's backup stages,
+/// PostgreSQL's vacuum guard) is leased for as long as the slowest shard
+/// may settle and block, plus the block's lease. MariaDB's stages were
+/// leased for the block's lease alone: with a 3 s lease, pg-0 waiting out
+/// a 4.5 s jam while settling outlasted it, the lease killed mysql-0's
+/// staged session, and the cut failed on it ("blocking commits").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_stages_outlast_another_shard_settling_past_the_block_lease() {
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[(
+            "write_block_timeout: 2s",
+            "write_block_timeout: 1s\n  write_block_lease: 3s",
+        )],
+    );
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let (a_waits, b_waits) = deadlock_pg_writers(&topo, Duration::from_millis(4500)).await;
+
+    let run =
+        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
+            .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let cut = &run.json()["cut"];
+    assert_eq!(cut["attempts"].as_u64(), Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("cut: pg-0 settled for") && !run.stderr.contains("expired; ending it"),
+        "{run:?}"
+    );
+    assert_eq!(listed(&topo_path), 1);
     let (a_ok, b_ok) = (a_waits.await.unwrap(), b_waits.await.unwrap());
     assert!(a_ok != b_ok, "one victim: a ok {a_ok}, b ok {b_ok}");
 }

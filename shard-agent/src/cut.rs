@@ -3,8 +3,11 @@
 //! its own. The block must be held until every shard has recorded its
 //! position, or the cut is not consistent; the lease guarantees it is never
 //! held longer than `write_block_lease` whatever happens to the
-//! orchestrator.
+//! orchestrator (and what a shard takes while settling no longer than
+//! [`CutOptions::settled_lease`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::AgentError;
@@ -14,6 +17,31 @@ pub struct CutOptions {
     pub write_block_timeout: Duration,
     pub write_block_lease: Duration,
     pub connect_timeout: Duration,
+}
+
+/// The least time a shard's settling may wait. Settling blocks no commit,
+/// so it may wait longer than a block may last: long enough for a deadlock
+/// among writers to be broken at PostgreSQL's default `deadlock_timeout`
+/// (1 s), with room for a raised one.
+pub const SETTLE_AT_LEAST: Duration = Duration::from_secs(5);
+
+impl CutOptions {
+    /// The longest a shard's settling may take: the write-block timeout or
+    /// [`SETTLE_AT_LEAST`], whichever is longer.
+    pub fn settle_budget(&self) -> Duration {
+        self.write_block_timeout.max(SETTLE_AT_LEAST)
+    }
+
+    /// The lease on what a shard takes while settling and holds until its
+    /// block (MariaDB's backup stages, PostgreSQL's vacuum guard): every
+    /// shard settles at once and blocks only after the slowest, so it must
+    /// outlast the longest settling ([`Self::settle_budget`]) and a block
+    /// attempt, plus the block's own lease. Leased for the block's lease
+    /// alone, MariaDB's stages were ended while a PostgreSQL shard waited
+    /// out a jam longer than it, and the cut failed on the killed session.
+    pub fn settled_lease(&self) -> Duration {
+        self.settle_budget() + self.write_block_timeout + self.write_block_lease
+    }
 }
 
 /// Why a block attempt did not succeed.
@@ -34,6 +62,7 @@ pub enum BlockError {
 /// Dropping the guard (on release) disarms it.
 pub struct Lease {
     task: tokio::task::JoinHandle<()>,
+    expired: Arc<AtomicBool>,
 }
 
 impl Lease {
@@ -43,8 +72,11 @@ impl Lease {
     where
         F: std::future::Future<Output = Result<(), AgentError>> + Send + 'static,
     {
+        let expired = Arc::new(AtomicBool::new(false));
+        let flag = expired.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(lease).await;
+            flag.store(true, Ordering::SeqCst);
             tracing::warn!(
                 "shard {shard}: lease of {} ms on the write block (or the guard before it) expired; ending it",
                 lease.as_millis()
@@ -53,12 +85,55 @@ impl Lease {
                 tracing::error!("shard {shard}: releasing an expired block failed: {e}");
             }
         });
-        Lease { task }
+        Lease { task, expired }
+    }
+
+    /// Whether the lease ran out (and its `expire` has run or is running).
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn a_lease_says_when_it_expired_and_a_dropped_one_never_does() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let expire = |ran: Arc<AtomicUsize>| async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        let lease = Lease::arm(Duration::from_millis(20), "s".into(), expire(ran.clone()));
+        assert!(!lease.expired());
+        let dropped = Lease::arm(Duration::from_millis(20), "s".into(), expire(ran.clone()));
+        drop(dropped);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(lease.expired());
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "only the kept lease expires");
+    }
+
+    #[test]
+    fn what_is_taken_while_settling_outlasts_the_longest_settling_and_a_block() {
+        let opts = CutOptions {
+            write_block_timeout: Duration::from_secs(1),
+            write_block_lease: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(5),
+        };
+        assert_eq!(opts.settle_budget(), SETTLE_AT_LEAST);
+        assert_eq!(opts.settled_lease(), Duration::from_secs(5 + 1 + 3));
+        let long = CutOptions {
+            write_block_timeout: Duration::from_secs(8),
+            ..opts
+        };
+        assert_eq!(long.settle_budget(), Duration::from_secs(8));
     }
 }

@@ -167,9 +167,10 @@ impl Session {
     }
 
     /// Takes [`STAGES_BEFORE_BLOCK`] on the control session and arms the
-    /// lease on them. If they cannot be taken within `write_block_timeout`
-    /// the control session is replaced (which ends whatever stage it
-    /// reached) and the block takes every stage itself.
+    /// lease on them (`CutOptions::settled_lease`: they must outlast every
+    /// other shard's settling). If they cannot be taken within
+    /// `write_block_timeout` the control session is replaced (which ends
+    /// whatever stage it reached) and the block takes every stage itself.
     async fn stage(&mut self) {
         if self.staged || self.blocked_since.is_some() {
             return;
@@ -188,7 +189,7 @@ impl Session {
             Ok(Ok(())) => {
                 self.staged = true;
                 self.lease = Some(Lease::arm(
-                    self.opts.write_block_lease,
+                    self.opts.settled_lease(),
                     self.shard.name.clone(),
                     kill(
                         self.shard.clone(),
@@ -216,6 +217,15 @@ impl Session {
     }
 
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
+        if self.staged && self.lease.as_ref().is_some_and(Lease::expired) {
+            // The orchestrator came later than the stages' lease: it killed
+            // the control session, so the block takes every stage itself.
+            tracing::warn!(
+                "{}: the backup stages taken while settling were ended by their lease; the block takes them",
+                self.shard.name
+            );
+            self.reset_control().await?;
+        }
         let started = Instant::now();
         let stmts: &[&str] = if self.staged {
             &["BACKUP STAGE BLOCK_COMMIT"]
@@ -248,7 +258,7 @@ impl Session {
                     self.opts.connect_timeout,
                 );
                 self.lease = Some(Lease::arm(
-                    self.opts.write_block_lease,
+                    self.opts.settled_lease(),
                     self.shard.name.clone(),
                     kill(shard, id, t),
                 ));

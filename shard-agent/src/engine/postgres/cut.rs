@@ -344,14 +344,14 @@ impl Session {
     /// vacuum guard in every selected database (see [`guard`]; waiting at
     /// most `deadlock_timeout` + 1 s, and only for autovacuums), then waits
     /// until no writer is jammed (see [`settle`]), at most the write-block
-    /// timeout or [`settle::SETTLE_AT_LEAST`], whichever is longer.
+    /// timeout or [`crate::cut::SETTLE_AT_LEAST`], whichever is longer.
     /// Returns the time it took.
     pub(crate) async fn settle(&mut self) -> Duration {
         let started = Instant::now();
         if self.databases.is_empty() {
             return Duration::ZERO;
         }
-        let budget = self.opts.write_block_timeout.max(settle::SETTLE_AT_LEAST);
+        let budget = self.opts.settle_budget();
         // A block transaction left open (an attempt never asked to block)
         // starts afresh, and so do the snapshots of an attempt that failed
         // after this shard marked.
@@ -376,12 +376,11 @@ impl Session {
         // The guard holds no writer up, but left open (an orchestrator gone
         // between settling and blocking, with a remote agent) it would keep
         // vacuum and DDL off the tables, and writers queue behind waiting
-        // DDL. So it is leased like the block: for as long as settling and
-        // a block attempt can take, plus the block's own lease. A block
+        // DDL. So it is leased (`CutOptions::settled_lease`). A block
         // re-arms the lease; a failed one or a release ends the guard.
         let pids = self.databases.iter().map(|d| d.block_pid).collect();
         self.lease = Some(Lease::arm(
-            budget + self.opts.write_block_timeout + self.opts.write_block_lease,
+            self.opts.settled_lease(),
             self.shard.name.clone(),
             terminate(self.shard.clone(), pids, self.opts.connect_timeout),
         ));

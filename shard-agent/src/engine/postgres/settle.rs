@@ -26,12 +26,6 @@ use tokio_postgres::Client;
 /// commit takes a few milliseconds, a deadlock `deadlock_timeout`.
 pub(super) const STUCK_WAIT: Duration = Duration::from_millis(50);
 
-/// The least time settling waits. It blocks nothing, so it may wait longer
-/// than a block may last: long enough for a deadlock among writers to be
-/// broken at the default `deadlock_timeout` (1 s), with room for a
-/// raised one.
-pub(super) const SETTLE_AT_LEAST: Duration = Duration::from_secs(5);
-
 /// Pause between two looks while settling.
 const POLL: Duration = Duration::from_millis(5);
 
