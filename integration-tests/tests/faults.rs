@@ -3,8 +3,7 @@
 //! their snapshots, the orchestrator killed while holding the block, a
 //! block lease that expires, a shard settling for longer than the block's
 //! lease while another holds its backup stages, a server stopped
-//! mid-backup, a repository
-//! disk that fills up. In every case no backup is listed and no source is
+//! mid-backup, a repository disk that fills up. In every case no backup is listed and no source is
 //! left blocked (or the backup that is listed holds what it should).
 
 use std::path::{Path, PathBuf};
