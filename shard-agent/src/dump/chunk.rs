@@ -20,7 +20,7 @@ use std::sync::Arc;
 use topology::Compression;
 use twox_hash::XxHash3_64;
 
-use super::pack::Packer;
+use super::pack::{Packer, TRIAL_BYTES};
 use crate::bundle::BundleWriter;
 use crate::checksum::xxh3_hex;
 use crate::manifest::ChunkRef;
@@ -102,12 +102,16 @@ const IN_FLIGHT: usize = 2;
 impl Buffers {
     /// Compresses `self.raw` into `self.packed`. `quick` is the range's
     /// choice of match search (see [`pack`](super::pack)); `None` before
-    /// its first chunk, which then makes it. Returns the stored bytes and
-    /// the choice.
+    /// its first chunk, which then makes it, unless it is the range's only
+    /// chunk (`only`) and no larger than the trial: a choice no later chunk
+    /// uses would compress it three times instead of once (a table of 20
+    /// rows: zstd was a fifth of a 10,000-table backup's own processor
+    /// time, docs/BENCHMARKS.md). Returns the stored bytes and the choice.
     fn compress(
         &mut self,
         compression: Compression,
         quick: Option<bool>,
+        only: bool,
     ) -> std::io::Result<(&[u8], Option<bool>)> {
         match compression {
             Compression::None => Ok((&self.raw, quick)),
@@ -118,6 +122,7 @@ impl Buffers {
                 };
                 let quick = match quick {
                     Some(q) => q,
+                    None if only && self.raw.len() <= TRIAL_BYTES => false,
                     None => packer.choose(&self.raw, &mut self.packed)?,
                 };
                 packer.compress(&self.raw, &mut self.packed, quick)?;
@@ -252,7 +257,8 @@ impl ChunkWriter {
         next.raw.clear();
         let mut full = std::mem::replace(&mut self.scratch.fill, next);
         let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
-        let bundles = match last && self.next_part == 0 {
+        let only = last && self.next_part == 0;
+        let bundles = match only {
             true => self.bundles.clone(),
             false => None,
         };
@@ -271,11 +277,12 @@ impl ChunkWriter {
             .push_back(tokio::task::spawn_blocking(move || {
                 let raw_len = full.raw.len() as u64;
                 let (stored, quick) =
-                    full.compress(compression, quick)
-                        .map_err(|source| ChunkError::Compress {
+                    full.compress(compression, quick, only).map_err(|source| {
+                        ChunkError::Compress {
                             key: key.clone(),
                             source,
-                        })?;
+                        }
+                    })?;
                 let bundle = match bundles {
                     Some(b) if stored.len() <= crate::bundle::CHUNK_MAX => Some(b.add(stored)?),
                     _ => {
@@ -415,6 +422,39 @@ pub async fn store_file(
 mod tests {
     use super::*;
     use crate::repo::MemoryRepository;
+
+    /// A range's only chunk, no larger than the trial, is compressed once
+    /// with the level's own search (no choice is made for later chunks that
+    /// do not exist); a first chunk with more to come still chooses, and
+    /// random digits choose the quick search.
+    #[test]
+    fn a_ranges_only_small_chunk_makes_no_choice() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut b = Buffers::default();
+        while b.raw.len() < 64 << 10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.raw.push(b'0' + (x % 10) as u8);
+            if x % 40 == 0 {
+                b.raw.push(b'\n');
+            }
+        }
+        let raw = b.raw.clone();
+        let level = Compression::Zstd(1);
+        let (stored, quick) = b.compress(level, None, true).unwrap();
+        assert_eq!(quick, Some(false));
+        assert_eq!(decompress(stored).unwrap(), raw);
+        let (stored, quick) = b.compress(level, None, false).unwrap();
+        assert_eq!(quick, Some(true), "random digits take the quick search");
+        assert_eq!(decompress(stored).unwrap(), raw);
+        // Larger than the trial, even an only chunk chooses.
+        while b.raw.len() <= TRIAL_BYTES {
+            b.raw.extend_from_slice(&raw);
+        }
+        let (_, quick) = b.compress(level, None, true).unwrap();
+        assert_eq!(quick, Some(true));
+    }
 
     #[test]
     fn a_bomb_is_refused_at_its_recorded_size() {
