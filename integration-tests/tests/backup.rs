@@ -242,6 +242,57 @@ async fn backup_matches_every_source_table() {
     assert_eq!(ids, vec![id.as_str()]);
 }
 
+/// A shard of many tables lists its columns, primary keys and foreign keys
+/// at once, on three connections; a few tables, one listing after
+/// another on one. The seeded MariaDB shards listed both ways (the
+/// threshold lowered to one table) give the same catalog: every table's
+/// columns with their types, its primary key in key order (order_lines'
+/// has two columns) and its parent tables (orders and order_lines have
+/// foreign keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_listed_at_once_is_the_catalog_listed_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let topo_arg = topo_path.to_str().unwrap();
+    let mut catalogs = Vec::new();
+    for at_once_from in ["1000000", "1"] {
+        let run = support::shardcut_env_async(
+            &["backup", "-t", topo_arg, "--json"],
+            &[("SHARDCUT_CATALOG_AT_ONCE_FROM", at_once_from)],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let id = run.json()["backup_id"].as_str().unwrap().to_string();
+        let m = support::manifest(&topo_path, &id);
+        let mut catalog = Vec::new();
+        for (name, sm) in m.shards.iter().filter(|(n, _)| n.starts_with("mysql")) {
+            for t in &sm.table_list {
+                let columns: Vec<String> = t
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.data_type))
+                    .collect();
+                catalog.push(format!(
+                    "{name} {}: columns {columns:?}, key {:?}, parents {:?}",
+                    t.qualified(),
+                    t.primary_key,
+                    t.references
+                ));
+            }
+        }
+        catalogs.push(catalog);
+    }
+    let [in_turn, at_once] = [&catalogs[0], &catalogs[1]];
+    assert_eq!(in_turn, at_once);
+    let has = |what: &str| in_turn.iter().any(|l| l.contains(what));
+    assert!(
+        has(r#"shop.order_lines: columns"#)
+            && has(r#"key ["order_id", "line_no"], parents ["shop.orders"]"#)
+            && has(r#"parents ["shop.customers"]"#),
+        "{in_turn:#?}"
+    );
+}
+
 #[test]
 fn concurrent_backup_of_one_repository_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,6 +33,18 @@ use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
 use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
+/// A shard of at least this many tables lists its columns, primary keys and
+/// foreign keys at once on several connections (see
+/// `Session::list_details`); below it the listings take milliseconds and a
+/// connection more would cost about as much. `SHARDCUT_CATALOG_AT_ONCE_FROM`
+/// sets another number (tests list a few tables both ways).
+fn details_at_once_from() -> usize {
+    std::env::var("SHARDCUT_CATALOG_AT_ONCE_FROM")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_000)
+}
+
 /// Where each `(database, table)` of the catalog is in the table list.
 type TableIndex = std::collections::HashMap<(String, String), usize>;
 
@@ -227,9 +239,10 @@ impl Session {
         }
         let dbs = literal_list(&self.databases);
         let index = self.list_tables(&dbs).await?;
-        self.add_columns(&dbs, &index).await?;
-        self.add_primary_keys(&dbs, &index).await?;
-        self.add_references(&dbs, &index).await?;
+        let [columns, keys, references] = self.list_details(&dbs).await?;
+        self.add_columns(&columns, &index)?;
+        self.add_primary_keys(&keys, &index)?;
+        self.add_references(&references, &index)?;
         for t in &mut self.tables {
             t.integer_key = t.primary_key.len() == 1
                 && t.columns
@@ -278,20 +291,90 @@ impl Session {
         Ok(index)
     }
 
-    /// Adds each listed table's stored (non-generated) columns.
-    async fn add_columns(&mut self, dbs: &str, index: &TableIndex) -> Result<(), AgentError> {
+    /// The columns, primary keys and foreign keys of `dbs` (an SQL list),
+    /// as the server lists them. On a shard of at least
+    /// [`details_at_once_from`] tables the three listings run at once,
+    /// on the control session and on connections of their own, which
+    /// close before the snapshot connections open (so the backup never has
+    /// more open than it would after). Each makes the server open every
+    /// table, on one processor: one after another they were most of the
+    /// time before a 10,000-table backup's cut (docs/BENCHMARKS.md).
+    async fn list_details(&mut self, dbs: &str) -> Result<[Vec<Row>; 3], AgentError> {
         let shard = self.shard.clone();
-        let de = db_err(&shard, "reading the catalog");
-        let rows: Vec<Row> = self
-            .control
-            .query(format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA \
-                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
-                 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
-            ))
-            .await
-            .map_err(query_err(&shard, "listing columns"))?;
-        for row in &rows {
+        let listings = [
+            (
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA \
+                     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
+                     ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+                ),
+                "listing columns",
+            ),
+            (
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                     WHERE INDEX_NAME = 'PRIMARY' AND TABLE_SCHEMA IN {dbs} \
+                     ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX"
+                ),
+                "listing primary keys",
+            ),
+            (
+                format!(
+                    "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME \
+                     FROM information_schema.KEY_COLUMN_USAGE \
+                     WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA IN {dbs} \
+                     ORDER BY 1, 2, 3, 4"
+                ),
+                "listing foreign keys",
+            ),
+        ];
+        let tables = self.tables.len();
+        let helpers = if tables >= details_at_once_from() {
+            let snapshots = snapshot_connections(dump_workers(&shard, tables), tables);
+            let opts = &self.opts;
+            let opened = (0..snapshots.min(listings.len() - 1))
+                .map(|_| async { cut::control_connection(&shard, opts).await.map(|(c, _)| c) });
+            futures_util::future::try_join_all(opened).await?
+        } else {
+            Vec::new()
+        };
+        let mut conns: Vec<Conn> = helpers;
+        let mut lists: [Vec<Row>; 3] = Default::default();
+        {
+            let mut sessions: Vec<&mut Conn> = conns.iter_mut().collect();
+            sessions.push(&mut self.control);
+            let n = sessions.len();
+            let shard = &shard;
+            let listings = &listings;
+            // Listing i runs on session i mod n, in order on each session.
+            let runs = sessions
+                .into_iter()
+                .enumerate()
+                .map(|(k, conn)| async move {
+                    let mut got = Vec::new();
+                    for (i, (sql, what)) in listings.iter().enumerate().skip(k).step_by(n) {
+                        let rows: Vec<Row> =
+                            conn.query(sql).await.map_err(query_err(shard, what))?;
+                        got.push((i, rows));
+                    }
+                    Ok::<_, AgentError>(got)
+                });
+            for (i, rows) in futures_util::future::try_join_all(runs)
+                .await?
+                .into_iter()
+                .flatten()
+            {
+                lists[i] = rows;
+            }
+        }
+        futures_util::future::join_all(conns.into_iter().map(Conn::disconnect)).await;
+        Ok(lists)
+    }
+
+    /// Adds each listed table's stored (non-generated) columns.
+    fn add_columns(&mut self, rows: &[Row], index: &TableIndex) -> Result<(), AgentError> {
+        let de = db_err(&self.shard, "reading the catalog");
+        for row in rows {
             let Some([db, table, col, ty]) = texts(row).map_err(&de)? else {
                 continue;
             };
@@ -314,19 +397,9 @@ impl Session {
     }
 
     /// Adds each listed table's primary key columns, in key order.
-    async fn add_primary_keys(&mut self, dbs: &str, index: &TableIndex) -> Result<(), AgentError> {
-        let shard = self.shard.clone();
-        let de = db_err(&shard, "reading the catalog");
-        let rows: Vec<Row> = self
-            .control
-            .query(format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-                 WHERE INDEX_NAME = 'PRIMARY' AND TABLE_SCHEMA IN {dbs} \
-                 ORDER BY TABLE_SCHEMA, TABLE_NAME, SEQ_IN_INDEX"
-            ))
-            .await
-            .map_err(query_err(&shard, "listing primary keys"))?;
-        for row in &rows {
+    fn add_primary_keys(&mut self, rows: &[Row], index: &TableIndex) -> Result<(), AgentError> {
+        let de = db_err(&self.shard, "reading the catalog");
+        for row in rows {
             let Some([db, table, col]) = texts(row).map_err(&de)? else {
                 continue;
             };
@@ -338,20 +411,9 @@ impl Session {
     }
 
     /// Adds the parent tables each listed table references by foreign key.
-    async fn add_references(&mut self, dbs: &str, index: &TableIndex) -> Result<(), AgentError> {
-        let shard = self.shard.clone();
-        let de = db_err(&shard, "reading the catalog");
-        let rows: Vec<Row> = self
-            .control
-            .query(format!(
-                "SELECT DISTINCT TABLE_SCHEMA, TABLE_NAME, REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME \
-                 FROM information_schema.KEY_COLUMN_USAGE \
-                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA IN {dbs} \
-                 ORDER BY 1, 2, 3, 4"
-            ))
-            .await
-            .map_err(query_err(&shard, "listing foreign keys"))?;
-        for row in &rows {
+    fn add_references(&mut self, rows: &[Row], index: &TableIndex) -> Result<(), AgentError> {
+        let de = db_err(&self.shard, "reading the catalog");
+        for row in rows {
             let Some([db, table, rdb, rtable]) = texts(row).map_err(&de)? else {
                 continue;
             };
