@@ -329,7 +329,7 @@ impl Session {
             ),
         ];
         let tables = self.tables.len();
-        let helpers = if tables >= details_at_once_from() {
+        let mut helpers = if tables >= details_at_once_from() {
             let snapshots = snapshot_connections(dump_workers(&shard, tables), tables);
             let opts = &self.opts;
             let opened = (0..snapshots.min(listings.len() - 1))
@@ -338,10 +338,9 @@ impl Session {
         } else {
             Vec::new()
         };
-        let mut conns: Vec<Conn> = helpers;
         let mut lists: [Vec<Row>; 3] = Default::default();
         {
-            let mut sessions: Vec<&mut Conn> = conns.iter_mut().collect();
+            let mut sessions: Vec<&mut Conn> = helpers.iter_mut().collect();
             sessions.push(&mut self.control);
             let n = sessions.len();
             let shard = &shard;
@@ -367,7 +366,7 @@ impl Session {
                 lists[i] = rows;
             }
         }
-        futures_util::future::join_all(conns.into_iter().map(Conn::disconnect)).await;
+        futures_util::future::join_all(helpers.into_iter().map(Conn::disconnect)).await;
         Ok(lists)
     }
 
