@@ -101,19 +101,28 @@ async fn backup_until(
 }
 
 /// A private sandbox of one MariaDB and one PostgreSQL shard holding the
-/// `app` tables, and its topology (written in `dir`) with a write-block
-/// timeout of 300 ms, so a shard that cannot block fails an attempt fast.
-async fn app_sandbox_blocking_300ms(dir: &Path) -> (PrivateSandbox, PathBuf, Topology) {
+/// `app` tables, and its topology (written in `dir`) with `settings` in
+/// place of the default write-block timeout.
+async fn app_sandbox(dir: &Path, settings: &str) -> (PrivateSandbox, PathBuf, Topology) {
     let sb = PrivateSandbox::up(1, 1, "ready");
     let topo_path = support::topology_variant(
         &sb.topology(),
         dir,
-        &[("write_block_timeout: 2s", "write_block_timeout: 300ms")],
+        &[("write_block_timeout: 2s", settings)],
     );
     let topo = db::topology(&topo_path);
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
     (sb, topo_path, topo)
 }
+
+/// [`app_sandbox`] with a write-block timeout of 300 ms, so a shard that
+/// cannot block fails an attempt fast.
+async fn app_sandbox_blocking_300ms(dir: &Path) -> (PrivateSandbox, PathBuf, Topology) {
+    app_sandbox(dir, "write_block_timeout: 300ms").await
+}
+
+/// A block lease of 3 s (the write-block timeout 1 s).
+const SHORT_LEASE: &str = "write_block_timeout: 1s\n  write_block_lease: 3s";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
@@ -241,18 +250,8 @@ async fn killed_orchestrator_never_leaves_writers_blocked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_lease_expires_while_the_orchestrator_stalls() {
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(
-        &sb.topology(),
-        dir.path(),
-        &[(
-            "write_block_timeout: 2s",
-            "write_block_timeout: 1s\n  write_block_lease: 3s",
-        )],
-    );
-    let topo = db::topology(&topo_path);
-    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let (_sb, topo_path, topo) = app_sandbox(dir.path(), SHORT_LEASE).await;
     let arg = topo_path.to_str().unwrap().to_string();
 
     let (child, stderr) = backup_until(
@@ -503,18 +502,8 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
 /// staged session, and the cut failed on it ("blocking commits").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_stages_outlast_another_shard_settling_past_the_block_lease() {
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(
-        &sb.topology(),
-        dir.path(),
-        &[(
-            "write_block_timeout: 2s",
-            "write_block_timeout: 1s\n  write_block_lease: 3s",
-        )],
-    );
-    let topo = db::topology(&topo_path);
-    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let (_sb, topo_path, topo) = app_sandbox(dir.path(), SHORT_LEASE).await;
     let (a_waits, b_waits) = deadlock_pg_writers(&topo, Duration::from_millis(4500)).await;
 
     let run =
