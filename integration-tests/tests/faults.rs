@@ -454,6 +454,17 @@ async fn deadlock_pg_writers(
     (a_waits, b_waits)
 }
 
+/// `shardcut -v backup --json` of `topo_path`, which must succeed at its
+/// first cut attempt.
+async fn backup_at_the_first_attempt(topo_path: &Path) -> support::Run {
+    let run =
+        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
+            .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["cut"]["attempts"].as_u64(), Some(1), "{run:?}");
+    run
+}
+
 /// Two writers on pg-0 deadlock on each other's rows, and the server breaks
 /// the deadlock only after their `deadlock_timeout` (4 s here). A cut
 /// that tried to lock meanwhile would queue behind them, holding up pg-0's
@@ -468,12 +479,8 @@ async fn cut_waits_out_deadlocked_writers_without_blocking() {
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
     let (a_waits, b_waits) = deadlock_pg_writers(&topo, JAM).await;
 
-    let run =
-        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
-            .await;
-    assert_eq!(run.code, 0, "{run:?}");
+    let run = backup_at_the_first_attempt(&topo_path).await;
     let cut = &run.json()["cut"];
-    assert_eq!(cut["attempts"].as_u64(), Some(1), "{run:?}");
     // Queued behind the jam the block would have lasted until it ended.
     let blocked = cut["write_block_ms"].as_u64().unwrap();
     assert!(
@@ -506,12 +513,7 @@ async fn backup_stages_outlast_another_shard_settling_past_the_block_lease() {
     let (_sb, topo_path, topo) = app_sandbox(dir.path(), SHORT_LEASE).await;
     let (a_waits, b_waits) = deadlock_pg_writers(&topo, Duration::from_millis(4500)).await;
 
-    let run =
-        support::shardcut_async(&["-v", "backup", "-t", topo_path.to_str().unwrap(), "--json"])
-            .await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let cut = &run.json()["cut"];
-    assert_eq!(cut["attempts"].as_u64(), Some(1), "{run:?}");
+    let run = backup_at_the_first_attempt(&topo_path).await;
     assert!(
         run.stderr.contains("cut: pg-0 settled for") && !run.stderr.contains("expired; ending it"),
         "{run:?}"
