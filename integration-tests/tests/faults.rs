@@ -2,7 +2,8 @@
 //! cannot be blocked, a cut attempt that fails after some shards opened
 //! their snapshots, the orchestrator killed while holding the block, a
 //! block lease that expires, a shard settling for longer than the block's
-//! lease while another holds its backup stages, a server stopped
+//! lease while another holds its backup stages, an orchestrator that
+//! comes back to settled shards after their settle lease, a server stopped
 //! mid-backup, a repository disk that fills up. In every case no backup is listed and no source is
 //! left blocked (or the backup that is listed holds what it should).
 
@@ -340,6 +341,64 @@ async fn mariadb_settles_into_the_backup_stages_holding_no_commit() {
     assert!(session.release().await.unwrap() > Duration::ZERO);
     assert_eq!(within_a_second(shard, commit).await, Ok(()));
     assert_eq!(within_a_second(shard, &ddl(3)).await, Ok(()));
+}
+
+/// An orchestrator that comes back to a settled shard only after what the
+/// shard took while settling has been ended by its lease (MariaDB's backup
+/// stages, PostgreSQL's vacuum guard): the block starts afresh on new
+/// sessions instead of failing on the ended ones, holds commits until the
+/// release, and the shard writes again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_after_the_settle_lease_ran_out_starts_afresh() {
+    use shard_agent::cut::CutOptions;
+    let sb = PrivateSandbox::up(1, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let opts = CutOptions {
+        write_block_timeout: Duration::from_secs(1),
+        // Long enough for the writes below to find every shard blocked.
+        write_block_lease: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(10),
+    };
+    let mut sessions = Vec::new();
+    for shard in &topo.shards {
+        let driver = shard_agent::engine::driver(shard.engine);
+        let server = match shard.engine {
+            topology::Engine::Mysql => "MariaDB",
+            topology::Engine::Postgres => "PostgreSQL",
+        };
+        let mut session = driver.open(shard, &opts, server.into()).await.unwrap();
+        session.settle().await;
+        sessions.push((shard.name.clone(), session));
+    }
+    // The orchestrator stalls past the settle lease.
+    tokio::time::sleep(opts.settled_lease() + Duration::from_secs(1)).await;
+    for (name, session) in &mut sessions {
+        if let Err(e) = session.block().await {
+            panic!("{name}: the block after an expired settle lease failed: {e}");
+        }
+    }
+    for (name, session) in &mut sessions {
+        session
+            .mark()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let blocked = write_everywhere(&topo, Duration::from_secs(1)).await;
+    assert_eq!(blocked.len(), 2, "commits wait on every shard: {blocked:?}");
+    for (name, session) in &mut sessions {
+        let held = session
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(held > Duration::ZERO, "{name}");
+    }
+    assert_eq!(
+        write_everywhere(&topo, Duration::from_secs(1)).await,
+        Vec::<String>::new()
+    );
 }
 
 /// A table dropped after the cut, among small tables whose queries go

@@ -20,7 +20,7 @@ use topology::Shard;
 
 use super::guard;
 use super::settle::{self, Jam, STUCK_WAIT};
-use super::{pg_err, Session};
+use super::{pg_err, Database, Session};
 use crate::connect;
 use crate::cut::{BlockError, Lease};
 use crate::error::AgentError;
@@ -44,6 +44,23 @@ async fn terminate(shard: Shard, pids: Vec<i32>, timeout: Duration) -> Result<()
         )
         .await
         .map_err(pg_err(&shard, "ending the blocking sessions"))?;
+    Ok(())
+}
+
+/// Replaces `db`'s block connection with a new one (and its backend pid):
+/// the old one was ended, or is being ended, by a lease or a termination.
+async fn reconnect_block(
+    shard: &Shard,
+    db: &mut Database,
+    timeout: Duration,
+) -> Result<(), AgentError> {
+    db.block = super::reader(shard, &db.name, timeout).await?;
+    db.block_pid = db
+        .block
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(pg_err(shard, "reading the backend pid"))?;
     Ok(())
 }
 
@@ -269,6 +286,13 @@ async fn try_lock(
 
 impl Session {
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
+        if self.lease.as_ref().is_some_and(Lease::expired) {
+            tracing::warn!(
+                "{}: the vacuum guard taken while settling was ended by its lease; the block starts afresh",
+                self.shard.name
+            );
+            self.reopen_blocks().await?;
+        }
         let started = Instant::now();
         let timeout = self.opts.write_block_timeout;
         let deadline = started + timeout;
@@ -434,16 +458,23 @@ impl Session {
             // The terminated connections are replaced so a retry can block again.
             for db in &mut self.databases {
                 if db.block.is_closed() || db.block.batch_execute("SELECT 1").await.is_err() {
-                    db.block =
-                        super::reader(&self.shard, &db.name, self.opts.connect_timeout).await?;
-                    db.block_pid = db
-                        .block
-                        .query_one("SELECT pg_backend_pid()", &[])
-                        .await
-                        .and_then(|r| r.try_get(0))
-                        .map_err(pg_err(&self.shard, "reading the backend pid"))?;
+                    reconnect_block(&self.shard, db, self.opts.connect_timeout).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// After the settle lease ran out (an orchestrator that came back
+    /// later than [`crate::cut::CutOptions::settled_lease`]), the lease
+    /// has ended every block connection, and the vacuum guard with them:
+    /// each is replaced by a new one, with no transaction open, so the
+    /// block begins its own.
+    async fn reopen_blocks(&mut self) -> Result<(), AgentError> {
+        self.lease = None;
+        for db in &mut self.databases {
+            db.open = false;
+            reconnect_block(&self.shard, db, self.opts.connect_timeout).await?;
         }
         Ok(())
     }
