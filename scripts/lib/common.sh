@@ -70,6 +70,31 @@ sb_buffer_pool() {
     done
 }
 
+# sb_settle DIR SHARD...: lets each server finish the background work the
+# last load left, which would otherwise land on whichever command runs
+# next: a PostgreSQL shard (pg-*) checkpoints; a MariaDB shard (mysql-*)
+# flushes InnoDB's dirty pages (waiting at most 120 s); then the kernel's
+# dirty file pages are synced.
+sb_settle() {
+    local dir=$1 s dirty
+    shift
+    for s in "$@"; do
+        case "$s" in
+            pg-*) sb_psql "$dir" "$s" postgres "CHECKPOINT" ;;
+            mysql-*)
+                sb_mysql "$dir" "$s" "SET GLOBAL innodb_max_dirty_pages_pct = 0" || true
+                for _ in $(seq 120); do
+                    dirty=$(sb_mysql "$dir" "$s" "SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'" | cut -f2)
+                    [ "${dirty:-0}" -lt 100 ] && break
+                    sleep 1
+                done
+                sb_mysql "$dir" "$s" "SET GLOBAL innodb_max_dirty_pages_pct = DEFAULT" || true
+                ;;
+        esac
+    done
+    sync
+}
+
 # sb_down_quiet DIR...: tears down each sandbox, ignoring failures (for traps).
 sb_down_quiet() {
     local d
