@@ -351,11 +351,9 @@ async fn mariadb_settles_into_the_backup_stages_holding_no_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_after_the_settle_lease_ran_out_starts_afresh() {
     use shard_agent::cut::CutOptions;
-    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
-    let topo = db::topology(&topo_path);
-    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    // The cut's settings are `opts` below, not the topology's.
+    let (_sb, _, topo) = app_sandbox(dir.path(), "write_block_timeout: 2s").await;
     let opts = CutOptions {
         write_block_timeout: Duration::from_secs(1),
         // Long enough for the writes below to find every shard blocked.
