@@ -21,6 +21,7 @@ pub mod dump;
 pub mod engine;
 pub mod error;
 pub mod idle;
+mod knobs;
 pub mod manifest;
 pub mod position;
 pub mod preflight;

@@ -32,10 +32,8 @@ const WORKERS: usize = 4;
 /// source order on one connection, as before parallel apply; benchmarks
 /// compare the two, and a test takes both paths), else [`WORKERS`].
 pub(crate) fn workers() -> usize {
-    std::env::var("SHARDCUT_REPLAY_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| (1..=64).contains(n))
+    crate::knobs::count("SHARDCUT_REPLAY_WORKERS")
+        .filter(|n| *n <= 64)
         .unwrap_or(WORKERS)
 }
 

@@ -16,11 +16,7 @@ pub const DEFAULT_SPILL_BYTES: usize = 64 << 20;
 
 /// The threshold in force: the environment's, else the default.
 pub fn spill_bytes() -> usize {
-    std::env::var("SHARDCUT_CAPTURE_SPILL_BYTES")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_SPILL_BYTES)
+    crate::knobs::count("SHARDCUT_CAPTURE_SPILL_BYTES").unwrap_or(DEFAULT_SPILL_BYTES)
 }
 
 /// Pieces of a spilled buffer are copied through a buffer this large.

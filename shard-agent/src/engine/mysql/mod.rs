@@ -39,10 +39,7 @@ use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 /// connection more would cost about as much. `SHARDCUT_CATALOG_AT_ONCE_FROM`
 /// sets another number (tests list a few tables both ways).
 fn details_at_once_from() -> usize {
-    std::env::var("SHARDCUT_CATALOG_AT_ONCE_FROM")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1_000)
+    crate::knobs::count("SHARDCUT_CATALOG_AT_ONCE_FROM").unwrap_or(1_000)
 }
 
 /// Where each `(database, table)` of the catalog is in the table list.
@@ -100,11 +97,7 @@ pub(crate) fn dump_workers(shard: &Shard, tables: usize) -> usize {
 /// (docs/BENCHMARKS.md, "Many tables"). `SHARDCUT_TABLES_PER_SNAPSHOT`
 /// sets another number (tests make the workers move on every table).
 pub(crate) fn tables_per_snapshot() -> usize {
-    std::env::var("SHARDCUT_TABLES_PER_SNAPSHOT")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1000)
+    crate::knobs::count("SHARDCUT_TABLES_PER_SNAPSHOT").unwrap_or(1000)
 }
 
 /// Snapshot connections for `workers` workers reading `tables` tables: a

@@ -448,11 +448,7 @@ const PREPARED_STATEMENTS: usize = 4096;
 /// memory; tests use a small value to take the path that starts again),
 /// else [`PREPARED_STATEMENTS`].
 fn prepared_statements() -> usize {
-    std::env::var("SHARDCUT_REPLAY_PREPARED")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(PREPARED_STATEMENTS)
+    crate::knobs::count("SHARDCUT_REPLAY_PREPARED").unwrap_or(PREPARED_STATEMENTS)
 }
 
 /// What a prepared statement does: to which description of a relation,
