@@ -324,6 +324,98 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
     assert!(!exists, "the restore changed the target");
 }
 
+/// A `COPY … TO PROGRAM` planted in a PostgreSQL backup's sequences file
+/// (the `setval` calls run after the data), with the manifest's checksum
+/// updated to match, is refused like one in the other schema files: before
+/// the target is changed, naming the file.
+#[test]
+fn a_program_planted_in_the_sequences_file_runs_nothing() {
+    let backup = Backup::take();
+    let repo = &backup.repo;
+    let mut m = backup.manifest();
+    let marker = backup.dir.path().join("ran");
+    let files = m["shards"]["pg-0"]["schema"].as_array_mut().unwrap();
+    let f = files
+        .iter_mut()
+        .find(|f| f["section"] == "sequences" && f["database"] == "shop")
+        .expect("a sequences file of shop (its bigserial column)");
+    let file_key = f["key"].as_str().unwrap().to_string();
+    let raw = shard_agent::dump::chunk::decompress(&repo.get(&file_key).unwrap()).unwrap();
+    let mut sql = String::from_utf8(raw).unwrap();
+    // The `;` in the string must not end the statement for the check.
+    sql.push_str(&format!(
+        "\nCOPY (SELECT ';') TO PROGRAM 'touch {}';\n",
+        marker.display()
+    ));
+    let stored =
+        shard_agent::dump::chunk::compress(sql.as_bytes(), topology::Compression::Zstd(1)).unwrap();
+    repo.put(&file_key, &stored).unwrap();
+    f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    f["bytes_raw"] = sql.len().into();
+    f["bytes_stored"] = stored.len().into();
+    backup.save_manifest(&m);
+
+    let scratch = PrivateSandbox::up(0, 1, "ready");
+    let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&file_key) && run.stderr.contains("COPY … FROM/TO PROGRAM"),
+        "{}",
+        run.stderr
+    );
+    assert!(!marker.exists(), "the planted program ran");
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let exists: bool = rt.block_on(async {
+        db::pg(&target.shards[0], "postgres")
+            .await
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'shop')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(!exists, "the restore changed the target");
+}
+
+/// A chunk object replaced by a larger one, the manifest left as it was,
+/// is refused by `verify` by its size before it is read: a planted object
+/// of gigabytes (a sparse file costs nothing to plant) would otherwise be
+/// read whole into memory, on every core at once, before its size was
+/// compared.
+#[test]
+fn a_chunk_object_larger_than_recorded_is_refused_by_verify_before_it_is_read() {
+    let backup = Backup::take();
+    let mut m = backup.manifest();
+    let chunk = m["shards"]["pg-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+        .next()
+        .unwrap();
+    let chunk_key = chunk["key"].as_str().unwrap().to_string();
+    let recorded = chunk["bytes_stored"].as_u64().unwrap();
+    // As an object of its own, as a manifest may place it.
+    chunk.as_object_mut().unwrap().remove("bundle");
+    backup.save_manifest(&m);
+    let planted = vec![0u8; usize::try_from(recorded).unwrap() + 1_000_000];
+    backup.repo.put(&chunk_key, &planted).unwrap();
+
+    let run = support::shardcut(&["verify", "--backup", &backup.id, "-t", backup.arg()]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains(&chunk_key)
+            && run.stdout.contains(&format!(
+                "is {} bytes, more than the {recorded} recorded for it: not read",
+                planted.len()
+            )),
+        "{run:?}"
+    );
+}
+
 /// A chunk replaced by one that decompresses to 100 times the size its
 /// manifest records (its checksum updated to match) is refused by name by
 /// `verify` and by `restore`, which stop reading at the recorded size.

@@ -9,7 +9,7 @@
 //! the rest of the repository's life.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,6 +137,36 @@ impl LocalRepository {
                 key: key.to_string(),
             })
         }
+    }
+
+    /// Opens the object `key` to read it, with its size: a regular file
+    /// only, opened without waiting (a FIFO planted there would block the
+    /// open until something writes to it) and without following a link put
+    /// there since [`Self::path`] looked.
+    fn open_object(&self, key: &str) -> Result<(fs::File, u64), RepoError> {
+        let path = self.path(key)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    RepoError::NotFound {
+                        location: self.location(),
+                        key: key.to_string(),
+                    }
+                } else {
+                    self.io("get", key)(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(self.io("get", key))?;
+        if !meta.is_file() {
+            return Err(RepoError::NotAFile {
+                location: self.location(),
+                key: key.to_string(),
+            });
+        }
+        Ok((file, meta.len()))
     }
 
     fn io(&self, op: &'static str, key: &str) -> impl FnOnce(io::Error) -> RepoError {
@@ -287,35 +317,23 @@ impl Repository for LocalRepository {
     }
 
     fn get_at_most(&self, key: &str, max: u64) -> Result<Vec<u8>, RepoError> {
-        let path = self.path(key)?;
-        match fs::metadata(&path) {
-            Ok(meta) => super::check_size(&self.location(), key, meta.len(), max)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NotFound {
-                    location: self.location(),
-                    key: key.to_string(),
-                })
-            }
-            Err(e) => return Err(self.io("get", key)(e)),
-        }
-        // Checked again on what was read: the file may have grown since.
-        let data = self.get(key)?;
+        let (file, size) = self.open_object(key)?;
+        super::check_size(&self.location(), key, size, max)?;
+        // Read from the file whose size was looked at, and no further than
+        // one byte past `max`, should it have grown since.
+        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        io::Read::take(file, max.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(self.io("get", key))?;
         super::check_size(&self.location(), key, data.len() as u64, max)?;
         Ok(data)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
-        let path = self.path(key)?;
-        fs::read(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                RepoError::NotFound {
-                    location: self.location(),
-                    key: key.to_string(),
-                }
-            } else {
-                self.io("get", key)(e)
-            }
-        })
+        let (mut file, _) = self.open_object(key)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(self.io("get", key))?;
+        Ok(data)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
@@ -395,6 +413,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = LocalRepository::open(&dir.path().join("repo")).unwrap();
         super::super::contract::check(&repo);
+    }
+
+    /// A FIFO planted at a key would block a reader until something writes
+    /// to it, then feed it without end; a folder is no object either. Each
+    /// is refused at once by name, by `get` and `get_at_most` alike.
+    #[test]
+    fn planted_fifos_and_folders_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = std::sync::Arc::new(LocalRepository::open(&root).unwrap());
+        fs::create_dir_all(root.join("backups/b1")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(root.join("backups/b1/chunk.zst"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        fs::create_dir_all(root.join("backups/b1/folder.zst")).unwrap();
+        for key in ["backups/b1/chunk.zst", "backups/b1/folder.zst"] {
+            for bounded in [false, true] {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let r = repo.clone();
+                std::thread::spawn(move || {
+                    let got = if bounded {
+                        r.get_at_most(key, 1 << 20)
+                    } else {
+                        r.get(key)
+                    };
+                    drop(tx.send(got));
+                });
+                let got = rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|_| panic!("{key}: still reading after 5 s"));
+                let err = got.unwrap_err();
+                assert!(matches!(err, RepoError::NotAFile { .. }), "{key}: {err}");
+                assert!(err.to_string().contains(key), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub enum RepoError {
     /// shardcut never makes: it is not followed.
     #[error("repository {location}: {path} is a symbolic link, which shardcut never makes; it is not followed (was the repository tampered with?)")]
     Symlink { location: String, path: String },
+    /// An object of a directory repository is not a regular file (a FIFO,
+    /// a device, a folder), which shardcut never makes: it is not read (a
+    /// FIFO would block the reader or feed it without end).
+    #[error("repository {location}: object {key} is not a regular file (a FIFO, device or folder), which shardcut never makes; it is not read (was the repository tampered with?)")]
+    NotAFile { location: String, key: String },
     /// The object store refused the credentials or the request. `what` is
     /// the operation and the key (`put backups/…`).
     #[error("repository {location}: {what}: access denied (check the repository's access_key and secret_key, and the bucket's permissions): {message}")]

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bundle::{bundle_of, reading_order, BundleCache, BundleError};
-use crate::dump::chunk::{decompress, decompress_bounded, RowDigest};
+use crate::dump::chunk::{decompress_bounded, RowDigest};
 use crate::manifest::{ChunkRef, Manifest, ShardManifest, TableManifest};
 use crate::repo::{RepoError, Repository};
 
@@ -73,10 +73,15 @@ fn check_chunk(from: &Source<'_>, t: &TableManifest, c: &ChunkRef) -> Result<Row
                 }
                 other => other.to_string(),
             })?,
-        None => from.repo.get(&c.key).map_err(|e| match e {
-            RepoError::NotFound { .. } => "missing".to_string(),
-            other => other.to_string(),
-        })?,
+        // No larger than recorded: a replaced object is refused by its
+        // size before it is read into memory.
+        None => from
+            .repo
+            .get_at_most(&c.key, c.bytes_stored)
+            .map_err(|e| match e {
+                RepoError::NotFound { .. } => "missing".to_string(),
+                other => other.to_string(),
+            })?,
     };
     if stored.len() as u64 != c.bytes_stored {
         return Err(format!(
@@ -119,24 +124,35 @@ fn check_chunk(from: &Source<'_>, t: &TableManifest, c: &ChunkRef) -> Result<Row
 }
 
 /// What is wrong with a whole stored object (schema file, capture
-/// segment), if anything: missing, checksum, or it does not decompress
-/// (within `limit` bytes, where the manifest records its size).
+/// segment), if anything: missing, larger than the `stored` bytes
+/// recorded for it (refused before it is read), checksum, or it does not
+/// decompress: within `raw` bytes where its manifest records that size,
+/// else (a capture segment, whose raw size only its own description
+/// records) streamed into nothing, so that no size is held in memory.
 fn object_problem(
     repo: &dyn Repository,
     key: &str,
     xxh3: &str,
-    limit: Option<u64>,
+    (stored, raw): (u64, Option<u64>),
 ) -> Option<String> {
-    match repo.get(key) {
+    match repo.get_at_most(key, stored) {
         Err(RepoError::NotFound { .. }) => Some("missing".to_string()),
         Err(e) => Some(e.to_string()),
         Ok(d) if xxh3_hex(&d) != xxh3 => Some("checksum mismatch".to_string()),
-        Ok(d) => match limit {
+        Ok(d) => match raw {
             Some(limit) => decompress_bounded(&d, limit).err(),
-            None => decompress(&d).err(),
+            None => decompresses(&d).err(),
         }
         .map(|e| format!("does not decompress: {e}")),
     }
+}
+
+/// Whether `stored` decompresses, without keeping what it decompresses to.
+fn decompresses(stored: &[u8]) -> std::io::Result<()> {
+    if stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        zstd::stream::copy_decode(stored, std::io::sink())?;
+    }
+    Ok(())
 }
 
 /// Checks every object of backup `m` in `repo`. For an incremental
@@ -146,7 +162,9 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
     let mut out = Integrity::default();
     if let Some(chain) = &m.chain {
         for seg in &chain.segments {
-            if let Some(problem) = object_problem(repo, &seg.key, &seg.xxh3, None) {
+            if let Some(problem) =
+                object_problem(repo, &seg.key, &seg.xxh3, (seg.bytes_stored, None))
+            {
                 let shard = seg.key.split('/').nth(1).unwrap_or("?").to_string();
                 out.damage.push(Damage {
                     shard,
@@ -166,7 +184,9 @@ pub fn check_backup(repo: &dyn Repository, m: &Manifest) -> Integrity {
             bundles: &bundles,
         };
         for f in &s.schema {
-            if let Some(problem) = object_problem(repo, &f.key, &f.xxh3, Some(f.bytes_raw)) {
+            if let Some(problem) =
+                object_problem(repo, &f.key, &f.xxh3, (f.bytes_stored, Some(f.bytes_raw)))
+            {
                 out.damage.push(Damage {
                     shard: shard.clone(),
                     table: None,

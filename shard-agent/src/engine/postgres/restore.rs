@@ -53,10 +53,10 @@ pub(super) async fn restore(
             (began.elapsed() - loaded).as_secs_f64()
         );
         for f in schema_files(source, &db, "sequences") {
-            let sql = load_checked(opts, &f.into(), &target.name).await?;
+            let sql = section_sql(f, target, opts).await?;
             let client = reader(target, &db, TIMEOUT).await?;
             client
-                .batch_execute(&String::from_utf8_lossy(&sql))
+                .batch_execute(&sql)
                 .await
                 .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
         }
@@ -119,7 +119,7 @@ pub(super) async fn check_target(
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
-        for section in ["pre-data", "post-data"] {
+        for section in ["pre-data", "post-data", "sequences"] {
             for f in schema_files(source, &db, section) {
                 section_sql(f, target, opts).await?;
             }
@@ -210,33 +210,139 @@ pub(super) fn schema_sql(text: &str) -> Result<String, String> {
 /// The line of the first `COPY` statement in `sql` that reads from or
 /// writes to `PROGRAM` (the server would run that program as its own OS
 /// user). A schema-only dump holds no `COPY` at all; this looks for the
-/// words `COPY … FROM|TO PROGRAM` in one statement (up to a `;`), across
-/// lines and whatever the case or spacing, so that splitting it over lines
-/// does not hide it. A function body that holds such a statement is
-/// refused as well.
+/// words `COPY … FROM|TO PROGRAM` in one statement, across lines and
+/// whatever the case or spacing, so that splitting it over lines does not
+/// hide it. Words are looked at everywhere, in strings, comments and
+/// function bodies too, so a function body or an `EXECUTE`d string that
+/// holds such a statement is refused as well. A statement ends only at a
+/// `;` outside any string, quoted name, dollar quote or comment under both
+/// readings of a backslash in a plain string ([`statement_ends`]; the file
+/// itself may turn `standard_conforming_strings` off): a `;` hidden in a
+/// string (`COPY (SELECT ';') TO PROGRAM …`) or a comment ends nothing.
 fn copy_with_program(sql: &str) -> Option<usize> {
-    let (mut line, mut in_copy, mut prev) = (1usize, false, String::new());
-    let mut word = String::new();
-    for c in sql.chars().chain(std::iter::once(' ')) {
-        if c.is_alphanumeric() || c == '_' {
-            word.push(c.to_ascii_uppercase());
+    let bytes = sql.as_bytes();
+    let escaping: std::collections::HashSet<usize> =
+        statement_ends(bytes, true).into_iter().collect();
+    let mut ends = statement_ends(bytes, false)
+        .into_iter()
+        .filter(|i| escaping.contains(i))
+        .peekable();
+    let (mut line, mut in_copy, mut prev) = (1usize, false, &b""[..]);
+    let mut word_start = None;
+    for (i, &b) in bytes.iter().chain(std::iter::once(&b' ')).enumerate() {
+        if is_word_byte(b) {
+            word_start.get_or_insert(i);
             continue;
         }
-        if !word.is_empty() {
-            if word == "COPY" {
+        if let Some(from) = word_start.take() {
+            let word = &bytes[from..i];
+            if word.eq_ignore_ascii_case(b"COPY") {
                 in_copy = true;
-            } else if in_copy && word == "PROGRAM" && (prev == "FROM" || prev == "TO") {
+            } else if in_copy
+                && word.eq_ignore_ascii_case(b"PROGRAM")
+                && (prev.eq_ignore_ascii_case(b"FROM") || prev.eq_ignore_ascii_case(b"TO"))
+            {
                 return Some(line);
             }
-            prev = std::mem::take(&mut word);
+            prev = word;
         }
-        match c {
-            ';' => in_copy = false,
-            '\n' => line += 1,
-            _ => {}
+        if ends.peek() == Some(&i) {
+            ends.next();
+            in_copy = false;
+        }
+        if b == b'\n' {
+            line += 1;
         }
     }
     None
+}
+
+/// A byte of a word: ASCII letters, digits, `_`, and any byte of a
+/// multi-byte UTF-8 character (SQL's own signs are ASCII, and no byte of a
+/// multi-byte character is).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// Where the `;`s that end a statement are in `sql`, by PostgreSQL's
+/// lexical rules: not inside `'…'` (a backslash escapes in `E'…'`, and in
+/// every string where `backslash_escapes`, as with
+/// `standard_conforming_strings` off), `"…"`, `$tag$…$tag$`, `-- …` or a
+/// nested `/* … */`. Each of those left open runs to the end.
+fn statement_ends(sql: &[u8], backslash_escapes: bool) -> Vec<usize> {
+    let n = sql.len();
+    let mut ends = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let after_word = i > 0 && is_word_byte(sql[i - 1]);
+        match sql[i] {
+            b';' => {
+                ends.push(i);
+                i += 1;
+            }
+            b'\'' => {
+                let escapes = backslash_escapes
+                    || (after_word
+                        && matches!(sql[i - 1], b'E' | b'e')
+                        && !(i > 1 && is_word_byte(sql[i - 2])));
+                i += 1;
+                while i < n && sql[i] != b'\'' {
+                    i += if escapes && sql[i] == b'\\' { 2 } else { 1 };
+                }
+                // `''` inside a string reads as two strings side by side.
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                while i < n && sql[i] != b'"' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                while i < n && sql[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if sql.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0u32;
+                while i < n {
+                    if sql[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if sql[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' if !after_word && !sql.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                // `$tag$…$tag$` or `$$…$$`; `$1` (a parameter) opens nothing.
+                let tag_end = sql[i + 1..]
+                    .iter()
+                    .position(|&b| !is_word_byte(b))
+                    .map(|k| i + 1 + k);
+                match tag_end {
+                    Some(j) if sql[j] == b'$' => {
+                        let tag = &sql[i..=j];
+                        i = j + 1;
+                        while i < n && !sql[i..].starts_with(tag) {
+                            i += 1;
+                        }
+                        i += tag.len();
+                    }
+                    _ => i += 1,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    ends
 }
 
 /// pg_dump's `\restrict KEY` / `\unrestrict KEY` line around a plain dump.
@@ -803,6 +909,27 @@ mod tests {
             ("copy t\n  from\n  program 'id';\n", 3),
             ("CREATE FUNCTION f() RETURNS void AS $$\nBEGIN\n  COPY t TO PROGRAM 'curl x';\nEND $$ LANGUAGE plpgsql;\n", 3),
             ("COPY (SELECT 1) TO\tPROGRAM 'x';\n", 1),
+            // A `;` that ends nothing: in a string, a comment, a quoted
+            // name, a dollar quote, an E'' string, or in a string where the
+            // file's own `SET standard_conforming_strings = off` makes a
+            // backslash escape.
+            ("COPY (SELECT ';') TO PROGRAM 'id';\n", 1),
+            ("COPY t /*;*/ FROM PROGRAM 'id';\n", 1),
+            ("COPY t /* /* ; */ ; */ FROM PROGRAM 'id';\n", 1),
+            ("COPY t -- ;\nFROM PROGRAM 'id';\n", 2),
+            ("COPY \"a;b\" FROM PROGRAM 'id';\n", 1),
+            ("COPY (SELECT $q$;$q$) TO PROGRAM 'id';\n", 1),
+            ("COPY (SELECT $$;$$) TO PROGRAM 'id';\n", 1),
+            ("COPY (SELECT E'\\';') TO PROGRAM 'id';\n", 1),
+            (
+                "SET standard_conforming_strings = off;\nCOPY (SELECT '\\';') TO PROGRAM 'id';\n",
+                2,
+            ),
+            // In a string that EXECUTE runs.
+            (
+                "DO $$ BEGIN EXECUTE 'COPY t TO PROGRAM ''id'''; END $$;\n",
+                1,
+            ),
         ] {
             let err = schema_sql(bad).unwrap_err();
             assert!(err.contains(&format!("line {line} has a COPY")), "{bad:?}: {err}");
@@ -812,6 +939,11 @@ mod tests {
             "COMMENT ON TABLE t IS 'copied from the program';\n",
             "COPY t FROM STDIN;\n",
             "CREATE TABLE program (a int);\nCOPY program FROM STDIN;\n",
+            // A statement with COPY ends at its `;`, in a function body
+            // too, and what follows is another statement.
+            "CREATE FUNCTION f() RETURNS void AS $$ BEGIN COPY t TO STDOUT; END $$ LANGUAGE plpgsql;\nCREATE VIEW v AS SELECT 1 FROM program;\n",
+            "COMMENT ON TABLE t IS 'a;b';\nCOPY t FROM STDIN;\nSELECT 1 FROM program;\n",
+            "PREPARE p AS SELECT $1 FROM t; COPY t FROM STDIN; SELECT 1 FROM program;\n",
         ] {
             assert!(schema_sql(good).is_ok(), "{good:?}");
         }
