@@ -321,7 +321,10 @@ async fn mariadb_settles_into_the_backup_stages_holding_no_commit() {
     };
     let driver = shard_agent::engine::driver(topology::Engine::Mysql);
     let mut session = driver.open(shard, &opts, "MariaDB".into()).await.unwrap();
-    let ddl = |n: u32| format!("CREATE TABLE ddl_probe_{n} (id INT PRIMARY KEY)");
+    // DDL that leaves the tables' columns as the catalog listed them (a
+    // table created between two attempts would fail the second: see
+    // `ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name`).
+    let ddl = |n: u32| format!("CREATE INDEX ddl_probe_{n} ON t (v)");
     let commit = "INSERT INTO t (v) VALUES (7)";
 
     session.settle().await;
@@ -397,6 +400,77 @@ async fn a_block_after_the_settle_lease_ran_out_starts_afresh() {
         write_everywhere(&topo, Duration::from_secs(1)).await,
         Vec::<String>::new()
     );
+}
+
+/// DDL between the catalog each shard reads before the cut and the cut:
+/// a table created meanwhile, or a column added and filled meanwhile,
+/// exists at the cut, so a backup planned from the catalog before would
+/// miss its rows (the schema read at the cut holds them, the data not).
+/// Each engine lists its tables again as of the cut (MariaDB while its
+/// backup stages hold DDL back, PostgreSQL in the exported snapshot) and
+/// the backup fails by name, nothing listed; the next backup holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sb, topo_path, topo) = app_sandbox(dir.path(), "write_block_timeout: 2s").await;
+    let arg = topo_path.to_str().unwrap().to_string();
+    let mut my = db::mysql(topo.shard("mysql-0").unwrap(), Some("app")).await;
+    let pg = db::pg(topo.shard("pg-0").unwrap(), "app").await;
+    let ddl: [(&str, &str, &str); 2] = [
+        // On MariaDB a table created and filled.
+        (
+            "mysql-0",
+            "CREATE TABLE app.created (id INT PRIMARY KEY); INSERT INTO app.created VALUES (1), (2)",
+            "table app.created was created",
+        ),
+        // On PostgreSQL a column added and filled.
+        (
+            "pg-0",
+            "ALTER TABLE t ADD COLUMN c int NOT NULL DEFAULT 7; UPDATE t SET c = 42",
+            "the columns of app.public.t changed (from id integer, v integer to id integer, v integer, c integer)",
+        ),
+    ];
+    for (shard, sql, change) in ddl {
+        let (child, stderr) = backup_until(
+            &["-t", &arg, "--test-pause-before-cut", "3s"],
+            "before the cut",
+        )
+        .await;
+        if shard == "mysql-0" {
+            my.query_drop(sql).await.unwrap();
+        } else {
+            pg.batch_execute(sql).await.unwrap();
+        }
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = stderr.await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{shard}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "shard {shard}: {change} between the catalog read before the cut and the cut"
+            )),
+            "{shard}: {stderr}"
+        );
+        assert_eq!(listed(&topo_path), 0, "{shard}");
+    }
+    // The next backup plans from the changed catalog and holds all of it.
+    let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&topo_path, &id);
+    let created = m.shards["mysql-0"]
+        .table_list
+        .iter()
+        .find(|t| t.name == "created")
+        .expect("app.created in the backup");
+    assert_eq!(created.rows, 2);
+    let t = m.shards["pg-0"]
+        .table_list
+        .iter()
+        .find(|t| t.name == "t")
+        .unwrap();
+    let columns: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(columns, ["id", "v", "c"]);
+    my.disconnect().await.unwrap();
 }
 
 /// A table dropped after the cut, among small tables whose queries go

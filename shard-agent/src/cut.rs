@@ -4,7 +4,8 @@
 //! position, or the cut is not consistent; the lease guarantees it is never
 //! held longer than `write_block_lease` whatever happens to the
 //! orchestrator (and what a shard takes while settling no longer than
-//! [`CutOptions::settled_lease`]).
+//! [`CutOptions::settled_lease`]). And what DDL did to the selected tables
+//! between the catalog read before the cut and the cut ([`catalog_change`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -100,10 +101,82 @@ impl Drop for Lease {
     }
 }
 
+/// A selected table as the dump reads it: its qualified name and its
+/// stored columns (name, type) in order. The catalog that plans a dump is
+/// read before the cut, so each engine lists these again as of the cut and
+/// compares ([`catalog_change`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableShape {
+    pub name: String,
+    pub columns: Vec<(String, String)>,
+}
+
+/// What DDL changed between the tables listed `before` the cut and those
+/// there `at_cut`, in words (the first change by name); `None` if nothing.
+/// A table created meanwhile would be missing from the backup, a column
+/// added meanwhile missing from its rows though its schema has it.
+pub(crate) fn catalog_change(before: &[TableShape], at_cut: &[TableShape]) -> Option<String> {
+    use std::collections::BTreeMap;
+    let old: BTreeMap<&str, &TableShape> = before.iter().map(|t| (t.name.as_str(), t)).collect();
+    let new: BTreeMap<&str, &TableShape> = at_cut.iter().map(|t| (t.name.as_str(), t)).collect();
+    let listed = |t: &TableShape| {
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|(c, ty)| format!("{c} {ty}"))
+            .collect();
+        cols.join(", ")
+    };
+    for (name, t) in &new {
+        match old.get(name) {
+            None => return Some(format!("table {name} was created")),
+            Some(o) if o.columns != t.columns => {
+                return Some(format!(
+                    "the columns of {name} changed (from {} to {})",
+                    listed(o),
+                    listed(t)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    old.keys()
+        .find(|name| !new.contains_key(*name))
+        .map(|name| format!("table {name} was dropped or renamed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_catalog_change_names_the_first_table_created_altered_or_gone() {
+        let t = |name: &str, cols: &[&str]| TableShape {
+            name: name.into(),
+            columns: cols.iter().map(|c| (c.to_string(), "int".into())).collect(),
+        };
+        let before = [t("app.a", &["id"]), t("app.b", &["id", "v"])];
+        assert_eq!(catalog_change(&before, &before), None);
+        let created = [
+            t("app.a", &["id"]),
+            t("app.b", &["id", "v"]),
+            t("app.c", &["id"]),
+        ];
+        assert_eq!(
+            catalog_change(&before, &created).as_deref(),
+            Some("table app.c was created")
+        );
+        let altered = [t("app.a", &["id"]), t("app.b", &["id", "v", "w"])];
+        assert_eq!(
+            catalog_change(&before, &altered).as_deref(),
+            Some("the columns of app.b changed (from id int, v int to id int, v int, w int)")
+        );
+        assert_eq!(
+            catalog_change(&before, &before[..1]).as_deref(),
+            Some("table app.b was dropped or renamed")
+        );
+    }
 
     #[tokio::test]
     async fn a_lease_says_when_it_expired_and_a_dropped_one_never_does() {

@@ -165,6 +165,11 @@ pub enum AgentError {
         #[source]
         source: serde_json::Error,
     },
+    /// DDL changed the selected tables (or databases) between the catalog
+    /// read before the cut and the cut: a backup planned from that catalog
+    /// would not hold what the cut holds.
+    #[error("shard {shard}: {change} between the catalog read before the cut and the cut (DDL ran meanwhile); a backup planned before would miss it, so nothing was stored: run the backup again")]
+    ChangedBeforeCut { shard: String, change: String },
     /// A `SHOW CREATE …` that gave no definition: a backup without it would
     /// restore without that object.
     #[error("shard {shard}: {statement} returned no definition; the backup user may not be allowed to see it (GRANT SELECT ON *.* lets it read every definition)")]

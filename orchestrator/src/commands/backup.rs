@@ -39,6 +39,9 @@ pub struct Backup {
     /// Test only: wait this long between the cut and the dump.
     #[arg(long, hide = true, value_parser = topology::parse_duration)]
     test_pause_before_dump: Option<Duration>,
+    /// Test only: wait this long between reading the catalogs and the cut.
+    #[arg(long, hide = true, value_parser = topology::parse_duration)]
+    test_pause_before_cut: Option<Duration>,
 }
 
 impl Backup {
@@ -53,6 +56,7 @@ impl Backup {
                 no_write_block: self.test_no_write_block,
             },
             pause_before_dump: self.test_pause_before_dump,
+            pause_before_cut: self.test_pause_before_cut,
             id: None,
         };
         let kind = if self.incremental {

@@ -32,6 +32,8 @@ pub struct BackupOptions {
     pub hooks: CutTestHooks,
     /// Test only: wait this long between the cut and the dump.
     pub pause_before_dump: Option<Duration>,
+    /// Test only: wait this long between reading the catalogs and the cut.
+    pub pause_before_cut: Option<Duration>,
     /// The new backup's ID, when the caller has chosen it (a service
     /// records it before the backup starts, to clean up after a crash);
     /// else a new one.
@@ -46,6 +48,7 @@ impl Default for BackupOptions {
             connect_timeout: Duration::from_secs(5),
             hooks: CutTestHooks::default(),
             pause_before_dump: None,
+            pause_before_cut: None,
             id: None,
         }
     }
@@ -87,6 +90,13 @@ async fn take_full(
     let cut_opts = cut_options(topology, opts.connect_timeout);
     tracing::info!("backup {id}: preparing {} shards", topology.shards.len());
     let mut sessions = prepare_all(topology, &cut_opts).await?;
+    if let Some(pause) = opts.pause_before_cut {
+        observer.note(&format!(
+            "backup: catalogs read; pausing {} ms before the cut (test hook)",
+            pause.as_millis()
+        ));
+        tokio::time::sleep(pause).await;
+    }
     let cut = global_cut(&mut sessions, &opts.hooks).await?;
     tracing::info!(
         "backup {id}: cut taken, commits blocked for {} ms",

@@ -163,6 +163,15 @@ impl Session {
             ),
         }
         self.stage().await;
+        // DDL waits from `BLOCK_DDL` on: the catalog read before is checked
+        // against the cut's here, holding no commit up. Without the stages
+        // the block checks it.
+        if self.staged && !self.catalog_checked {
+            match self.check_catalog_at_cut().await {
+                Ok(()) => self.catalog_checked = true,
+                Err(e) => self.changed = Some(e),
+            }
+        }
         started.elapsed()
     }
 
@@ -217,6 +226,9 @@ impl Session {
     }
 
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
+        if let Some(changed) = self.changed.take() {
+            return Err(BlockError::Failed(changed));
+        }
         if self.staged && self.lease.as_ref().is_some_and(Lease::expired) {
             // The orchestrator came later than the stages' lease: it killed
             // the control session, so the block takes every stage itself.
@@ -262,6 +274,15 @@ impl Session {
                     self.shard.name.clone(),
                     kill(shard, id, t),
                 ));
+                if !self.catalog_checked {
+                    // Blocked without the stages taken while settling: DDL
+                    // has waited only since now.
+                    if let Err(e) = self.check_catalog_at_cut().await {
+                        drop(self.reset_control().await);
+                        return Err(BlockError::Failed(e));
+                    }
+                    self.catalog_checked = true;
+                }
                 Ok(())
             }
             Ok(Err(mysql_async::Error::Server(e))) if e.code == 1205 => Err(self.give_up().await),
@@ -294,6 +315,7 @@ impl Session {
     async fn reset_control(&mut self) -> Result<(), AgentError> {
         self.lease = None;
         self.staged = false;
+        self.catalog_checked = false;
         self.blocked_since = None;
         kill(
             self.shard.clone(),
@@ -346,6 +368,7 @@ impl Session {
         let held = self.block_elapsed();
         self.lease = None;
         self.staged = false;
+        self.catalog_checked = false;
         self.blocked_since = None;
         match result {
             Ok(()) => Ok(held),

@@ -38,6 +38,10 @@ impl Session {
                 .sum(),
             Ordering::Relaxed,
         );
+        // Before anything is stored: what the catalog read before the cut
+        // planned must be what the cut holds (each database's tables just
+        // after its sequences, below).
+        self.check_databases_at_cut().await?;
         for db in &self.databases {
             let snapshot = db.snapshot_id.clone().ok_or_else(|| AgentError::Tool {
                 shard: shard.name.clone(),
@@ -59,6 +63,7 @@ impl Session {
             // after the cut the closer to it.
             let (sequences, states) = sequence_values(&db.snap, &shard, &db.name).await?;
             manifest.sequences.extend(states);
+            self.check_tables_at_cut(db).await?;
             // The schema (pg_dump in the exported snapshot, 150 ms before
             // the first row when run ahead of the data) is dumped while the
             // workers read the data. Both are awaited whatever

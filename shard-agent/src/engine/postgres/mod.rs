@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 use topology::Shard;
 
 use crate::connect;
-use crate::cut::{CutOptions, Lease};
+use crate::cut::{catalog_change, CutOptions, Lease, TableShape};
 use crate::error::{AgentError, DbError};
 use preflight::SYSTEM_DATABASES;
 
@@ -139,7 +139,13 @@ pub(crate) async fn selected_databases(
     timeout: Duration,
 ) -> Result<Vec<String>, AgentError> {
     let admin = connect::postgres(shard, None, timeout).await?;
-    let rows = admin
+    databases_of(&admin, shard).await
+}
+
+/// The databases of `shard` that backups cover, as `client` sees them (in
+/// a snapshot: as of the snapshot).
+async fn databases_of(client: &Client, shard: &Shard) -> Result<Vec<String>, AgentError> {
+    let rows = client
         .query(
             "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
             &[],
@@ -199,7 +205,114 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Fails with [`AgentError::ChangedBeforeCut`] if DDL created a
+    /// selected database between the catalog read in `prepare` and the
+    /// cut. PostgreSQL's catalog is transactional: read in an exported
+    /// snapshot, it is the cut's.
+    pub(super) async fn check_databases_at_cut(&self) -> Result<(), AgentError> {
+        let Some(first) = self.databases.first() else {
+            return Ok(());
+        };
+        for name in databases_of(&first.snap, &self.shard).await? {
+            if !self.databases.iter().any(|d| d.name == name) {
+                return Err(AgentError::ChangedBeforeCut {
+                    shard: self.shard.name.clone(),
+                    change: format!("database {name} was created"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Self::check_databases_at_cut`], for the tables of `db` and
+    /// their columns, read in its snapshot (the block's `LOCK TABLE` covers
+    /// only the tables listed before).
+    pub(super) async fn check_tables_at_cut(&self, db: &Database) -> Result<(), AgentError> {
+        let began = std::time::Instant::now();
+        let (at_cut, _) = tables_with_columns(&db.snap, &self.shard, &db.name).await?;
+        tracing::debug!(
+            "{}: catalog of {} table(s) of {} checked at the cut in {} ms",
+            self.shard.name,
+            at_cut.len(),
+            db.name,
+            began.elapsed().as_millis()
+        );
+        let shapes = |tables: &[Table]| -> Vec<TableShape> {
+            tables
+                .iter()
+                .map(|t| TableShape {
+                    name: crate::manifest::qualified_name(&db.name, Some(&t.schema), &t.name),
+                    columns: t.columns.clone(),
+                })
+                .collect()
+        };
+        match catalog_change(&shapes(&db.tables), &shapes(&at_cut)) {
+            Some(change) => Err(AgentError::ChangedBeforeCut {
+                shard: self.shard.name.clone(),
+                change,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>, AgentError> {
+    let err = pg_err(shard, &format!("reading the catalog of {db}"));
+    let (mut tables, oids) = tables_with_columns(client, shard, db).await?;
+    let index: HashMap<u32, usize> = oids.iter().enumerate().map(|(i, o)| (*o, i)).collect();
+    let keys = client
+        .query(
+            "SELECT i.indrelid, a.attname::text FROM pg_index i \
+             JOIN unnest($1::oid[]) AS listed(oid) ON i.indrelid = listed.oid \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[]) \
+             WHERE i.indisprimary \
+             ORDER BY i.indrelid, array_position(i.indkey::int2[], a.attnum)",
+            &[&oids],
+        )
+        .await
+        .map_err(&err)?;
+    for r in keys {
+        let oid: u32 = r.try_get(0).map_err(&err)?;
+        if let Some(&i) = index.get(&oid) {
+            tables[i].primary_key.push(r.try_get(1).map_err(&err)?);
+        }
+    }
+    let fks = client
+        .query(
+            "SELECT DISTINCT c.conrelid, n.nspname::text, p.relname::text FROM pg_constraint c \
+             JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace \
+             WHERE c.contype = 'f' AND c.conrelid = ANY($1) AND c.confrelid <> c.conrelid",
+            &[&oids],
+        )
+        .await
+        .map_err(&err)?;
+    for r in fks {
+        let oid: u32 = r.try_get(0).map_err(&err)?;
+        let schema: String = r.try_get(1).map_err(&err)?;
+        let name: String = r.try_get(2).map_err(&err)?;
+        if let Some(&i) = index.get(&oid) {
+            tables[i]
+                .references
+                .push(crate::manifest::qualified_name(db, Some(&schema), &name));
+        }
+    }
+    for t in &mut tables {
+        t.integer_key = t.primary_key.len() == 1
+            && t.columns.iter().any(|(c, ty)| {
+                c == &t.primary_key[0] && matches!(ty.as_str(), "smallint" | "integer" | "bigint")
+            });
+    }
+    Ok(tables)
+}
+
+/// The selected tables of `db` with their stored columns, as `client`
+/// sees them (in a snapshot: as of the snapshot), and their oids.
+async fn tables_with_columns(
+    client: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<(Vec<Table>, Vec<u32>), AgentError> {
     let err = pg_err(shard, &format!("reading the catalog of {db}"));
     let rows = client
         .query(
@@ -259,47 +372,5 @@ async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>,
                 .push((r.try_get(1).map_err(&err)?, r.try_get(2).map_err(&err)?));
         }
     }
-    let keys = client
-        .query(
-            "SELECT i.indrelid, a.attname::text FROM pg_index i \
-             JOIN unnest($1::oid[]) AS listed(oid) ON i.indrelid = listed.oid \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[]) \
-             WHERE i.indisprimary \
-             ORDER BY i.indrelid, array_position(i.indkey::int2[], a.attnum)",
-            &[&oids],
-        )
-        .await
-        .map_err(&err)?;
-    for r in keys {
-        let oid: u32 = r.try_get(0).map_err(&err)?;
-        if let Some(&i) = index.get(&oid) {
-            tables[i].primary_key.push(r.try_get(1).map_err(&err)?);
-        }
-    }
-    let fks = client
-        .query(
-            "SELECT DISTINCT c.conrelid, n.nspname::text, p.relname::text FROM pg_constraint c \
-             JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace \
-             WHERE c.contype = 'f' AND c.conrelid = ANY($1) AND c.confrelid <> c.conrelid",
-            &[&oids],
-        )
-        .await
-        .map_err(&err)?;
-    for r in fks {
-        let oid: u32 = r.try_get(0).map_err(&err)?;
-        let schema: String = r.try_get(1).map_err(&err)?;
-        let name: String = r.try_get(2).map_err(&err)?;
-        if let Some(&i) = index.get(&oid) {
-            tables[i]
-                .references
-                .push(crate::manifest::qualified_name(db, Some(&schema), &name));
-        }
-    }
-    for t in &mut tables {
-        t.integer_key = t.primary_key.len() == 1
-            && t.columns.iter().any(|(c, ty)| {
-                c == &t.primary_key[0] && matches!(ty.as_str(), "smallint" | "integer" | "bigint")
-            });
-    }
-    Ok(tables)
+    Ok((tables, oids))
 }
