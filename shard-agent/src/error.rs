@@ -168,7 +168,7 @@ pub enum AgentError {
     /// DDL changed the selected tables (or databases) between the catalog
     /// read before the cut and the cut: a backup planned from that catalog
     /// would not hold what the cut holds.
-    #[error("shard {shard}: {change} between the catalog read before the cut and the cut (DDL ran meanwhile); a backup planned before would miss it, so nothing was stored: run the backup again")]
+    #[error("shard {shard}: {change} between the catalog read before the cut and the cut (DDL ran meanwhile); a backup planned before would miss it, so none is kept: run the backup again")]
     ChangedBeforeCut { shard: String, change: String },
     /// A `SHOW CREATE …` that gave no definition: a backup without it would
     /// restore without that object.

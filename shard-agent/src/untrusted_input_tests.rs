@@ -291,3 +291,35 @@ proptest! {
         });
     }
 }
+
+/// A stream state or segment description far larger than any shardcut
+/// writes (planted in the repository) is refused by its size, naming it,
+/// before anything parses it: `list_segments` reads every description of
+/// a stream, and every capture, status and restore reads the states.
+#[test]
+fn oversized_capture_documents_are_refused_by_size() {
+    use crate::capture::{keys, list_segments, CaptureError, StreamState, DOCUMENT_MAX};
+    let repo = MemoryRepository::default();
+    let planted = vec![b' '; usize::try_from(DOCUMENT_MAX).unwrap() + 1];
+    let description = format!("{}g000001-000001.json", keys::segments("s", "app"));
+    repo.put(&description, &planted).unwrap();
+    repo.put(&keys::state("s", "app"), &planted).unwrap();
+    for (key, err) in [
+        (
+            description.clone(),
+            list_segments(&repo, "s", "app").unwrap_err(),
+        ),
+        (
+            keys::state("s", "app"),
+            StreamState::load(&repo, "s", "app").unwrap_err(),
+        ),
+    ] {
+        match &err {
+            CaptureError::Corrupt { key: k, what } => {
+                assert_eq!(k, &key);
+                assert!(what.contains("not read"), "{what}");
+            }
+            other => panic!("{key}: {other}"),
+        }
+    }
+}

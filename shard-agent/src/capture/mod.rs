@@ -58,6 +58,25 @@ pub struct StreamState {
     pub generation: u32,
 }
 
+/// The most a stream state or a segment description may take: shardcut
+/// writes them in a kilobyte or two (positions and counts). A larger one,
+/// planted in the repository, is refused by its size before it is read.
+pub(crate) const DOCUMENT_MAX: u64 = 1 << 20;
+
+/// Reads a stream state or a segment description, at most
+/// [`DOCUMENT_MAX`] bytes.
+pub(crate) fn read_document(repo: &dyn Repository, key: &str) -> Result<Vec<u8>, CaptureError> {
+    match repo.get_at_most(key, DOCUMENT_MAX) {
+        Err(RepoError::TooLarge { size, max, .. }) => Err(CaptureError::Corrupt {
+            key: key.to_string(),
+            what: format!(
+                "{size} bytes, more than the {max} a state or segment description of shardcut's ever takes: not read"
+            ),
+        }),
+        other => Ok(other?),
+    }
+}
+
 pub mod keys {
     use super::key_segment;
 
@@ -187,7 +206,7 @@ impl StreamState {
     }
 
     fn read(repo: &dyn Repository, key: &str) -> Result<StreamState, CaptureError> {
-        let data = repo.get(key)?;
+        let data = read_document(repo, key)?;
         serde_json::from_slice(&data).map_err(|e| CaptureError::Corrupt {
             key: key.to_string(),
             what: e.to_string(),

@@ -134,7 +134,7 @@ pub fn list_segments(
         if !key.ends_with(".json") {
             continue;
         }
-        let data = repo.get(&key)?;
+        let data = super::read_document(repo, &key)?;
         out.push(serde_json::from_slice::<SegmentMeta>(&data).map_err(|e| {
             CaptureError::Corrupt {
                 key: key.clone(),

@@ -167,10 +167,8 @@ impl Session {
         // against the cut's here, holding no commit up. Without the stages
         // the block checks it.
         if self.staged && !self.catalog_checked {
-            match self.check_catalog_at_cut().await {
-                Ok(()) => self.catalog_checked = true,
-                Err(e) => self.changed = Some(e),
-            }
+            self.changed = self.check_catalog_at_cut().await.err();
+            self.catalog_checked = self.changed.is_none();
         }
         started.elapsed()
     }
