@@ -271,30 +271,37 @@ fn a_database_named_like_a_connection_string_stays_a_name() {
     assert_eq!(n, 7);
 }
 
-/// A psql meta-command planted in a PostgreSQL schema file, with the
-/// manifest's checksum updated to match (the manifest sits in the same
-/// repository), runs nothing: the restore refuses before the target is
-/// changed, naming the file and the line.
-#[test]
-fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
-    let backup = Backup::take();
+/// Every chunk of pg-0 in the manifest `m`, to change in place.
+fn pg0_chunks(m: &mut serde_json::Value) -> impl Iterator<Item = &mut serde_json::Value> {
+    m["shards"]["pg-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+}
+
+/// Appends `sql` to `backup`'s PostgreSQL schema file of `section` for
+/// `shop`, with the manifest's checksum and sizes updated to match (the
+/// manifest sits in the same repository), then restores pg-0 into a
+/// fresh server: the restore must refuse with exit 2 before the target is
+/// changed, naming the file and `refusal`.
+fn planted_in_a_schema_file_is_refused(backup: &Backup, section: &str, sql: &str, refusal: &str) {
     let repo = &backup.repo;
     let mut m = backup.manifest();
-    let marker = backup.dir.path().join("ran");
     let files = m["shards"]["pg-0"]["schema"].as_array_mut().unwrap();
     let f = files
         .iter_mut()
-        .find(|f| f["section"] == "pre-data" && f["database"] == "shop")
-        .expect("a pre-data file of shop");
+        .find(|f| f["section"] == section && f["database"] == "shop")
+        .unwrap_or_else(|| panic!("a {section} file of shop"));
     let file_key = f["key"].as_str().unwrap().to_string();
     let raw = shard_agent::dump::chunk::decompress(&repo.get(&file_key).unwrap()).unwrap();
-    let mut sql = String::from_utf8(raw).unwrap();
-    sql.push_str(&format!("\n\\! touch {}\n", marker.display()));
+    let text = String::from_utf8(raw).unwrap() + "\n" + sql;
     let stored =
-        shard_agent::dump::chunk::compress(sql.as_bytes(), topology::Compression::Zstd(1)).unwrap();
+        shard_agent::dump::chunk::compress(text.as_bytes(), topology::Compression::Zstd(1))
+            .unwrap();
     repo.put(&file_key, &stored).unwrap();
     f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
-    f["bytes_raw"] = sql.len().into();
+    f["bytes_raw"] = text.len().into();
     f["bytes_stored"] = stored.len().into();
     backup.save_manifest(&m);
 
@@ -302,12 +309,11 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
     let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains(&file_key) && run.stderr.contains("psql meta-command"),
+        run.stderr.contains(&file_key) && run.stderr.contains(refusal),
         "{}",
         run.stderr
     );
-    assert!(!marker.exists(), "the planted command ran");
-    // Nothing was created on the target either.
+    // Nothing was created on the target.
     let target = db::topology(&scratch.topology());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let exists: bool = rt.block_on(async {
@@ -324,60 +330,40 @@ fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
     assert!(!exists, "the restore changed the target");
 }
 
+/// A psql meta-command planted in a PostgreSQL schema file runs nothing:
+/// the restore refuses before the target is changed, naming the file and
+/// the line.
+#[test]
+fn a_psql_meta_command_in_a_schema_file_runs_nothing() {
+    let backup = Backup::take();
+    let marker = backup.dir.path().join("ran");
+    planted_in_a_schema_file_is_refused(
+        &backup,
+        "pre-data",
+        &format!("\\! touch {}\n", marker.display()),
+        "psql meta-command",
+    );
+    assert!(!marker.exists(), "the planted command ran");
+}
+
 /// A `COPY … TO PROGRAM` planted in a PostgreSQL backup's sequences file
-/// (the `setval` calls run after the data), with the manifest's checksum
-/// updated to match, is refused like one in the other schema files: before
-/// the target is changed, naming the file.
+/// (the `setval` calls run after the data) is refused like one in the
+/// other schema files: before the target is changed, naming the file.
 #[test]
 fn a_program_planted_in_the_sequences_file_runs_nothing() {
     let backup = Backup::take();
-    let repo = &backup.repo;
-    let mut m = backup.manifest();
     let marker = backup.dir.path().join("ran");
-    let files = m["shards"]["pg-0"]["schema"].as_array_mut().unwrap();
-    let f = files
-        .iter_mut()
-        .find(|f| f["section"] == "sequences" && f["database"] == "shop")
-        .expect("a sequences file of shop (its bigserial column)");
-    let file_key = f["key"].as_str().unwrap().to_string();
-    let raw = shard_agent::dump::chunk::decompress(&repo.get(&file_key).unwrap()).unwrap();
-    let mut sql = String::from_utf8(raw).unwrap();
     // The `;` in the string must not end the statement for the check.
-    sql.push_str(&format!(
-        "\nCOPY (SELECT ';') TO PROGRAM 'touch {}';\n",
-        marker.display()
-    ));
-    let stored =
-        shard_agent::dump::chunk::compress(sql.as_bytes(), topology::Compression::Zstd(1)).unwrap();
-    repo.put(&file_key, &stored).unwrap();
-    f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
-    f["bytes_raw"] = sql.len().into();
-    f["bytes_stored"] = stored.len().into();
-    backup.save_manifest(&m);
-
-    let scratch = PrivateSandbox::up(0, 1, "ready");
-    let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(
-        run.stderr.contains(&file_key) && run.stderr.contains("COPY … FROM/TO PROGRAM"),
-        "{}",
-        run.stderr
+    planted_in_a_schema_file_is_refused(
+        &backup,
+        "sequences",
+        &format!(
+            "COPY (SELECT ';') TO PROGRAM 'touch {}';\n",
+            marker.display()
+        ),
+        "COPY … FROM/TO PROGRAM",
     );
     assert!(!marker.exists(), "the planted program ran");
-    let target = db::topology(&scratch.topology());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let exists: bool = rt.block_on(async {
-        db::pg(&target.shards[0], "postgres")
-            .await
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'shop')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    });
-    assert!(!exists, "the restore changed the target");
 }
 
 /// A chunk object replaced by a larger one, the manifest left as it was,
@@ -389,13 +375,7 @@ fn a_program_planted_in_the_sequences_file_runs_nothing() {
 fn a_chunk_object_larger_than_recorded_is_refused_by_verify_before_it_is_read() {
     let backup = Backup::take();
     let mut m = backup.manifest();
-    let chunk = m["shards"]["pg-0"]["table_list"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
-        .next()
-        .unwrap();
+    let chunk = pg0_chunks(&mut m).next().unwrap();
     let chunk_key = chunk["key"].as_str().unwrap().to_string();
     let recorded = chunk["bytes_stored"].as_u64().unwrap();
     // As an object of its own, as a manifest may place it.
@@ -424,11 +404,7 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
     use std::io::Read;
     let backup = Backup::take();
     let mut m = backup.manifest();
-    let chunk = m["shards"]["pg-0"]["table_list"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+    let chunk = pg0_chunks(&mut m)
         .max_by_key(|c| c["bytes_raw"].as_u64().unwrap())
         .unwrap();
     let chunk_key = chunk["key"].as_str().unwrap().to_string();
@@ -446,11 +422,7 @@ fn a_chunk_that_expands_beyond_its_recorded_size_is_refused() {
         "{run:?}"
     );
     // The bomb: the chunk as an object of its own, as a manifest may say.
-    let chunk = m["shards"]["pg-0"]["table_list"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .flat_map(|t| t["chunks"].as_array_mut().unwrap().iter_mut())
+    let chunk = pg0_chunks(&mut m)
         .find(|c| c["key"] == chunk_key.as_str())
         .unwrap();
     chunk.as_object_mut().unwrap().remove("bundle");
