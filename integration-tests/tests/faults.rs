@@ -473,6 +473,58 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
     my.disconnect().await.unwrap();
 }
 
+/// A MariaDB table WITH SYSTEM VERSIONING, which the server lists as a
+/// kind of its own (`SYSTEM VERSIONED`), was passed over by the catalog:
+/// the backup was complete without it. It now fails the backup by name,
+/// pointing at `exclude_tables`; with the table excluded the rest backs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&topo_path);
+    db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
+    let mut c = db::mysql(topo.shard("mysql-0").unwrap(), None).await;
+    c.query_drop(
+        "CREATE TABLE app.h (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING; \
+         INSERT INTO app.h VALUES (1, 1); UPDATE app.h SET v = 2",
+    )
+    .await
+    .unwrap();
+    let arg = topo_path.to_str().unwrap().to_string();
+    let run = support::shardcut_async(&["backup", "-t", &arg]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("table app.h is system-versioned")
+            && run.stderr.contains("exclude_tables"),
+        "{run:?}"
+    );
+    assert_eq!(listed(&topo_path), 0);
+
+    let yaml = std::fs::read_to_string(&topo_path).unwrap();
+    let mut excluded = String::new();
+    for line in yaml.lines() {
+        excluded.push_str(line);
+        excluded.push('\n');
+        if line.trim_start().starts_with("password_file:") {
+            excluded.push_str("    exclude_tables: [app.h]\n");
+        }
+    }
+    assert!(excluded.contains("exclude_tables"), "{yaml}");
+    std::fs::write(&topo_path, excluded).unwrap();
+    let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&topo_path, &id);
+    let names: Vec<String> = m.shards["mysql-0"]
+        .table_list
+        .iter()
+        .map(|t| t.qualified())
+        .collect();
+    assert_eq!(names, ["app.t"]);
+    c.disconnect().await.unwrap();
+}
+
 /// A table dropped after the cut, among small tables whose queries go
 /// out together: the batch holding it fails, and with it the backup,
 /// named and discarded, never a backup without that table.
