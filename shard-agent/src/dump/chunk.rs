@@ -360,7 +360,7 @@ pub fn decompress_bounded(stored: &[u8], limit: u64) -> std::io::Result<Vec<u8>>
             format!("decompresses to more than the {limit} bytes recorded for it"),
         )
     };
-    if !stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+    if !stored.starts_with(&ZSTD_MAGIC) {
         if stored.len() as u64 > limit {
             return Err(too_big());
         }
@@ -391,8 +391,22 @@ pub fn decompress_bounded(stored: &[u8], limit: u64) -> std::io::Result<Vec<u8>>
     Ok(out)
 }
 
+/// The first bytes of a zstd frame; stored bytes without them are stored
+/// as they are.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// Whether `stored` decompresses, without keeping what it decompresses to
+/// (for an object whose raw size nothing records: `verify` of a capture
+/// segment).
+pub fn decompresses(stored: &[u8]) -> std::io::Result<()> {
+    if stored.starts_with(&ZSTD_MAGIC) {
+        zstd::stream::copy_decode(stored, std::io::sink())?;
+    }
+    Ok(())
+}
+
 pub fn decompress(stored: &[u8]) -> std::io::Result<Vec<u8>> {
-    if stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+    if stored.starts_with(&ZSTD_MAGIC) {
         zstd::stream::decode_all(stored)
     } else {
         Ok(stored.to_vec())

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bundle::{bundle_of, reading_order, BundleCache, BundleError};
-use crate::dump::chunk::{decompress_bounded, RowDigest};
+use crate::dump::chunk::{decompress_bounded, decompresses, RowDigest};
 use crate::manifest::{ChunkRef, Manifest, ShardManifest, TableManifest};
 use crate::repo::{RepoError, Repository};
 
@@ -145,14 +145,6 @@ fn object_problem(
         }
         .map(|e| format!("does not decompress: {e}")),
     }
-}
-
-/// Whether `stored` decompresses, without keeping what it decompresses to.
-fn decompresses(stored: &[u8]) -> std::io::Result<()> {
-    if stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-        zstd::stream::copy_decode(stored, std::io::sink())?;
-    }
-    Ok(())
 }
 
 /// Checks every object of backup `m` in `repo`. For an incremental

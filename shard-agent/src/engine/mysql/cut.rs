@@ -16,7 +16,7 @@ use topology::Shard;
 
 use super::sql::query_err;
 use super::sql::{number, text};
-use super::{binlog_status, db_err, Session};
+use super::{binlog_status, db_err, CatalogAtCut, Session};
 use crate::connect;
 use crate::cut::{BlockError, CutOptions, Lease};
 use crate::error::AgentError;
@@ -166,9 +166,11 @@ impl Session {
         // DDL waits from `BLOCK_DDL` on: the catalog read before is checked
         // against the cut's here, holding no commit up. Without the stages
         // the block checks it.
-        if self.staged && !self.catalog_checked {
-            self.changed = self.check_catalog_at_cut().await.err();
-            self.catalog_checked = self.changed.is_none();
+        if self.staged && matches!(self.catalog, CatalogAtCut::Unchecked) {
+            self.catalog = match self.check_catalog_at_cut().await {
+                Ok(()) => CatalogAtCut::Unchanged,
+                Err(e) => CatalogAtCut::Changed(e),
+            };
         }
         started.elapsed()
     }
@@ -224,8 +226,9 @@ impl Session {
     }
 
     pub(crate) async fn block(&mut self) -> Result<(), BlockError> {
-        if let Some(changed) = self.changed.take() {
-            return Err(BlockError::Failed(changed));
+        match std::mem::replace(&mut self.catalog, CatalogAtCut::Unchecked) {
+            CatalogAtCut::Changed(e) => return Err(BlockError::Failed(e)),
+            found => self.catalog = found,
         }
         if self.staged && self.lease.as_ref().is_some_and(Lease::expired) {
             // The orchestrator came later than the stages' lease: it killed
@@ -272,14 +275,14 @@ impl Session {
                     self.shard.name.clone(),
                     kill(shard, id, t),
                 ));
-                if !self.catalog_checked {
+                if !matches!(self.catalog, CatalogAtCut::Unchanged) {
                     // Blocked without the stages taken while settling: DDL
                     // has waited only since now.
                     if let Err(e) = self.check_catalog_at_cut().await {
                         drop(self.reset_control().await);
                         return Err(BlockError::Failed(e));
                     }
-                    self.catalog_checked = true;
+                    self.catalog = CatalogAtCut::Unchanged;
                 }
                 Ok(())
             }
@@ -313,7 +316,7 @@ impl Session {
     async fn reset_control(&mut self) -> Result<(), AgentError> {
         self.lease = None;
         self.staged = false;
-        self.catalog_checked = false;
+        self.catalog = CatalogAtCut::Unchecked;
         self.blocked_since = None;
         kill(
             self.shard.clone(),
@@ -366,7 +369,7 @@ impl Session {
         let held = self.block_elapsed();
         self.lease = None;
         self.staged = false;
-        self.catalog_checked = false;
+        self.catalog = CatalogAtCut::Unchecked;
         self.blocked_since = None;
         match result {
             Ok(()) => Ok(held),

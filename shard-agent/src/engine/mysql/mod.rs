@@ -78,12 +78,19 @@ pub struct Session {
     /// Whether `control` holds MariaDB's backup stages up to `BLOCK_DDL`,
     /// taken while settling (see `cut::STAGES_BEFORE_BLOCK`).
     staged: bool,
-    /// Whether the catalog was found unchanged at the cut while DDL waits
-    /// (`check_catalog_at_cut`); cleared whenever DDL may run again.
-    catalog_checked: bool,
-    /// What the check while settling found, for the block to fail with.
-    changed: Option<AgentError>,
+    /// What `check_catalog_at_cut` found while DDL waits; `Unchecked`
+    /// again whenever DDL may run again.
+    catalog: CatalogAtCut,
     blocked_since: Option<Instant>,
+}
+
+/// The catalog read before the cut, compared with the server's as of the
+/// cut (`Session::check_catalog_at_cut`).
+enum CatalogAtCut {
+    Unchecked,
+    Unchanged,
+    /// The error the block fails with.
+    Changed(AgentError),
 }
 
 pub(crate) use crate::error::db_err;
@@ -214,8 +221,7 @@ impl Session {
             databases: Vec::new(),
             lease: None,
             staged: false,
-            catalog_checked: false,
-            changed: None,
+            catalog: CatalogAtCut::Unchecked,
             blocked_since: None,
         };
         let began = Instant::now();
