@@ -71,11 +71,22 @@ async fn backup_until(
     args: &[&str],
     marker: &str,
 ) -> (tokio::process::Child, tokio::task::JoinHandle<String>) {
+    backup_until_env(args, &[], marker).await
+}
+
+/// [`backup_until`] with `env` set for shardcut; its stdout is kept for
+/// `wait_with_output`.
+async fn backup_until_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    marker: &str,
+) -> (tokio::process::Child, tokio::task::JoinHandle<String>) {
     let mut child = tokio::process::Command::new(bin("shardcut"))
         .arg("backup")
         .args(args)
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -400,6 +411,103 @@ async fn a_block_after_the_settle_lease_ran_out_starts_afresh() {
         write_everywhere(&topo, Duration::from_secs(1)).await,
         Vec::<String>::new()
     );
+}
+
+/// DDL on a MariaDB table after its rows were read and before its schema
+/// was (the schema is read on the control session beside the data, not
+/// in the snapshot): the snapshot connection that read the rows keeps the
+/// table's metadata lock until the schema pass is over, so the ALTER
+/// waits for the backup and the stored schema is the one the rows were
+/// read under. Before, the worker's connection ended with its last table,
+/// the ALTER ran at once, and the backup paired the new schema with the
+/// old rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_after_a_mariadb_table_was_read_waits_for_its_schema_to_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sb, topo_path, topo) = app_sandbox(dir.path(), "write_block_timeout: 2s").await;
+    let arg = topo_path.to_str().unwrap().to_string();
+    // The schema pass also reads app.t's trigger and a view over it, with
+    // the ALTER waiting: none of it may wait behind the ALTER in turn.
+    let mut my = db::mysql(topo.shard("mysql-0").unwrap(), Some("app")).await;
+    my.query_drop(
+        "CREATE TRIGGER t_bi BEFORE INSERT ON t FOR EACH ROW SET NEW.v = NEW.v + 1; \
+         CREATE VIEW tv AS SELECT id, v FROM t",
+    )
+    .await
+    .unwrap();
+    my.disconnect().await.unwrap();
+    let (child, stderr) = backup_until_env(
+        &["-t", &arg, "--json"],
+        &[("SHARDCUT_TEST_SCHEMA_PAUSE_MS", "4000")],
+        "before reading the schema",
+    )
+    .await;
+    // The workers read three rows in milliseconds; give them a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shard = topo.shard("mysql-0").unwrap().clone();
+    let alter = tokio::spawn(async move {
+        let mut c = db::mysql(&shard, Some("app")).await;
+        let began = std::time::Instant::now();
+        c.query_drop("ALTER TABLE t ADD COLUMN c INT NOT NULL DEFAULT 7")
+            .await
+            .unwrap();
+        began.elapsed()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the backup ends within 60 s")
+        .unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let waited = tokio::time::timeout(Duration::from_secs(30), alter)
+        .await
+        .expect("the ALTER ends once the backup has")
+        .unwrap();
+    // The schema pass resumes 3 s after the ALTER began.
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the ALTER ran in {waited:?}, while the backup still had to read the schema of app.t"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["backup_id"].as_str().unwrap();
+    let m = support::manifest(&topo_path, id);
+    let file = m.shards["mysql-0"]
+        .schema
+        .iter()
+        .find(|f| f.database == "app")
+        .expect("the schema file of app");
+    let repo = db::repository(&topo);
+    let raw = shard_agent::dump::chunk::decompress(&repo.get(&file.key).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let create = schema["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "t")
+        .expect("app.t in the schema")["sql"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        create.contains("`v`") && !create.contains("`c`"),
+        "the stored schema of app.t is not the one its rows were read under: {create}"
+    );
+    for (kind, name) in [("triggers", "t_bi"), ("views", "tv")] {
+        assert!(
+            schema[kind]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["name"] == name),
+            "{kind} of app lack {name}: {schema}"
+        );
+    }
+    let columns: Vec<&str> = support::db::find_table(&m, "mysql-0", "app.t")
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(columns, ["id", "v"]);
 }
 
 /// DDL between the catalog each shard reads before the cut and the cut:

@@ -49,6 +49,7 @@ impl Session {
         let mut conns = std::mem::take(&mut self.workers);
         let spares = conns.split_off(dump_workers(&shard, self.tables.len()).min(conns.len()));
         let spares = Arc::new(Mutex::new(spares));
+        let held: Held = Arc::new(Mutex::new(Some(Vec::new())));
         let data = async {
             let began = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
@@ -56,6 +57,7 @@ impl Session {
                 tasks.spawn(worker(
                     conn,
                     spares.clone(),
+                    held.clone(),
                     shard.clone(),
                     tables.clone(),
                     queue.clone(),
@@ -82,6 +84,13 @@ impl Session {
         // A failure stops the workers; both are awaited whatever happens to
         // the other, so nothing is still writing when an error is returned.
         let schema = async {
+            if let Some(ms) = crate::knobs::count("SHARDCUT_TEST_SCHEMA_PAUSE_MS") {
+                tracing::warn!(
+                    "{}: pausing {ms} ms before reading the schema (test hook)",
+                    shard.name
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+            }
             let began = Instant::now();
             let files = schema_files(
                 &mut self.control,
@@ -93,6 +102,11 @@ impl Session {
             .await;
             if files.is_err() {
                 opts.cancel.store(true, Ordering::Relaxed);
+            }
+            // Every table's schema is read: DDL may go on.
+            let done = held.lock().unwrap_or_else(PoisonError::into_inner).take();
+            for conn in done.into_iter().flatten() {
+                conn.disconnect().await;
             }
             tracing::debug!(
                 "{}: schema of {} table(s) read in {:.2} s",
@@ -203,6 +217,30 @@ async fn schema_files(
 /// [`tables_per_snapshot`] items on theirs.
 type Spares = Arc<Mutex<Vec<Reader>>>;
 
+/// Snapshot connections a worker is done with, kept open until the
+/// schema pass is over (`None` once it is). The schema is read on the
+/// control session, not in the snapshot; a connection's transaction holds
+/// the metadata lock of every table it read, so DDL on such a table waits
+/// for the schema pass instead of giving a schema newer than the rows.
+/// (`SHOW CREATE` takes a high-priority lock, which a waiting ALTER does
+/// not hold up.)
+type Held = Arc<Mutex<Option<Vec<Reader>>>>;
+
+/// Ends `conn`'s snapshot, or keeps it in `held` while the schema pass
+/// still runs.
+async fn retire(held: &Held, conn: Reader) {
+    let conn = match held.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        Some(kept) => {
+            kept.push(conn);
+            None
+        }
+        None => Some(conn),
+    };
+    if let Some(conn) = conn {
+        conn.disconnect().await;
+    }
+}
+
 /// Small tables a worker reads with one write of their queries
 /// ([`Reader::send_queries`]): a table of at most [`BATCH_ROWS`] rows (by
 /// the estimate), read whole in the text protocol. The server finds each
@@ -218,6 +256,7 @@ const BATCH_SQL_BYTES: usize = 16 * 1024;
 async fn worker(
     mut conn: Reader,
     spares: Spares,
+    held: Held,
     shard: Shard,
     tables: Arc<Vec<Table>>,
     queue: Queue,
@@ -249,7 +288,7 @@ async fn worker(
         if read >= per_snapshot {
             let fresh = spares.lock().unwrap_or_else(PoisonError::into_inner).pop();
             if let Some(fresh) = fresh {
-                std::mem::replace(&mut conn, fresh).disconnect().await;
+                retire(&held, std::mem::replace(&mut conn, fresh)).await;
                 read = 0;
             }
         }
@@ -281,9 +320,9 @@ async fn worker(
             scratch = s;
         }
     }
-    // Ends the read-only snapshot transaction; an error here cannot affect
-    // data already stored.
-    conn.disconnect().await;
+    // Ends the read-only snapshot transaction (once the schema is read);
+    // an error here cannot affect data already stored.
+    retire(&held, conn).await;
     Ok(done)
 }
 
