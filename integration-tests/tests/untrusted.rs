@@ -389,7 +389,7 @@ fn a_chunk_object_larger_than_recorded_is_refused_by_verify_before_it_is_read() 
     assert!(
         run.stdout.contains(&chunk_key)
             && run.stdout.contains(&format!(
-                "is {} bytes, more than the {recorded} recorded for it: not read",
+                "is {} bytes, more than the {recorded} it may take: not read",
                 planted.len()
             )),
         "{run:?}"
@@ -636,4 +636,66 @@ fn a_manifest_moved_into_another_backups_folder_is_refused_and_expire_deletes_by
     assert_eq!(run.code, 0, "{run:?}");
     let verify = support::shardcut(&["verify", "--backup", &a.id, "-t", a.arg()]);
     assert_eq!(verify.code, 0, "{verify:?}");
+}
+
+/// Documents the repository names by key alone, with no size recorded
+/// anywhere (manifests, marks, locks), each have a bound that shardcut's
+/// own never reach, and a larger one, planted, is refused by its size
+/// before it is read: a sparse file of 1.5 GiB (free to plant) would
+/// otherwise be read whole into memory by every `list`. The oversized
+/// manifest is listed as unreadable, by name; an oversized mark fails
+/// `status` and `show mark:NAME` by name; an oversized lock is unreadable, as one cut short by
+/// a crash is, so the next backup takes it over.
+#[test]
+fn oversized_manifests_marks_and_locks_are_refused_by_size_before_they_are_read() {
+    let backup = Backup::take();
+    let run = support::shardcut(&["backup", "-t", backup.arg(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let planted_id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let topo = db::topology(&backup.topology);
+    let topology::RepositoryLocation::Local(root) = &topo.repository.location else {
+        panic!("a directory repository")
+    };
+    let plant = |key: &str| {
+        let path = root.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1_536 << 20).unwrap();
+    };
+    let refusal = |key: &str| {
+        format!(
+            "object {key} is {} bytes, more than the {} it may take: not read",
+            1_536u64 << 20,
+            shard_agent::manifest::MANIFEST_MAX
+        )
+    };
+
+    let manifest = shard_agent::manifest::keys::manifest(&planted_id);
+    plant(&manifest);
+    let run = support::shardcut(&["list", "-t", backup.arg()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(&planted_id)
+            && l.contains("unreadable")
+            && l.contains(&refusal(&manifest))),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(&backup.id), "{run:?}");
+
+    let mark = shard_agent::manifest::keys::mark("planted");
+    plant(&mark);
+    for args in [vec!["status"], vec!["show", "mark:planted"]] {
+        let run = support::shardcut(&[args.as_slice(), &["-t", backup.arg()]].concat());
+        assert_ne!(run.code, 0, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(&refusal(&mark)), "{args:?}: {run:?}");
+    }
+    std::fs::remove_file(root.join(&mark)).unwrap();
+
+    plant(&format!("locks/{}.lock", topo.cluster));
+    let run = support::shardcut(&["backup", "-t", backup.arg(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("taking over the expired lock"),
+        "{run:?}"
+    );
 }

@@ -79,17 +79,25 @@ pub(crate) fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The token in the lock at `key` now: `Ok(None)` when there is no lock.
-fn current_token(repo: &dyn Repository, key: &str) -> Result<Option<String>, RepoError> {
-    match repo.get(key) {
-        Ok(data) => Ok(Some(
-            serde_json::from_slice::<LockBody>(&data)
-                .map(|b| b.token)
-                .unwrap_or_default(),
-        )),
+/// The most a lock may take: shardcut writes a few hundred bytes. A larger
+/// one is unreadable (never read into memory), as a lock cut short is.
+const LOCK_MAX: u64 = 64 << 10;
+
+/// The lock at `key`: `Ok(None)` when there is none, `Ok(Some(None))`
+/// when it is unreadable (cut short by a crash, or not shardcut's).
+fn read_lock(repo: &dyn Repository, key: &str) -> Result<Option<Option<LockBody>>, RepoError> {
+    match repo.get_at_most(key, LOCK_MAX) {
+        Ok(data) => Ok(Some(serde_json::from_slice::<LockBody>(&data).ok())),
+        Err(RepoError::TooLarge { .. }) => Ok(Some(None)),
         Err(RepoError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The token in the lock at `key` now: `Ok(None)` when there is no lock,
+/// empty when it is unreadable.
+fn current_token(repo: &dyn Repository, key: &str) -> Result<Option<String>, RepoError> {
+    Ok(read_lock(repo, key)?.map(|held| held.map(|b| b.token).unwrap_or_default()))
 }
 
 enum Renewal {
@@ -193,8 +201,8 @@ impl RepoLock {
                 Err(RepoError::AlreadyExists { .. }) => {
                     // A lock this run cannot open (another key) is not a
                     // crashed one: taking it over would break a live run's.
-                    let held: Option<LockBody> = match repo.get(&key) {
-                        Ok(d) => serde_json::from_slice(&d).ok(),
+                    let held: Option<LockBody> = match read_lock(repo.as_ref(), &key) {
+                        Ok(held) => held.flatten(),
                         Err(e) if e.is_key_problem() => return Err(e.into()),
                         Err(_) => None,
                     };

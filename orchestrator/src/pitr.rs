@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use shard_agent::capture::StreamState;
 use shard_agent::engine;
-use shard_agent::manifest::{keys, Manifest, Mark, ShardManifest};
+use shard_agent::manifest::{keys, Manifest, Mark, ShardManifest, MANIFEST_MAX};
 use shard_agent::position::Position;
 use shard_agent::replay::{ReplayError, ReplayOptions, ReplayReport};
 use shard_agent::repo::Repository;
@@ -54,7 +54,7 @@ pub fn list_marks(repo: &dyn Repository, cluster: &str) -> anyhow::Result<Vec<Ma
         if !key.ends_with(".json") {
             continue;
         }
-        let data = repo.get(&key)?;
+        let data = repo.get_at_most(&key, MANIFEST_MAX)?;
         let m: Mark = serde_json::from_slice(&data)
             .map_err(|e| anyhow::anyhow!("unreadable mark {key}: {e}"))?;
         if m.cluster == cluster {
@@ -66,7 +66,7 @@ pub fn list_marks(repo: &dyn Repository, cluster: &str) -> anyhow::Result<Vec<Ma
 }
 
 pub fn find_mark(repo: &dyn Repository, cluster: &str, name: &str) -> anyhow::Result<Mark> {
-    match repo.get(&keys::mark(name)) {
+    match repo.get_at_most(&keys::mark(name), MANIFEST_MAX) {
         Ok(data) => {
             let m: Mark = serde_json::from_slice(&data)
                 .map_err(|e| anyhow::anyhow!("unreadable mark {}: {e}", keys::mark(name)))?;

@@ -12,6 +12,10 @@ use shard_agent::repo::Repository;
 /// Where the rates are kept, one file a source shard.
 const RATES: &str = "replay-rates/";
 
+/// The most a rate file may take (shardcut writes a few hundred bytes);
+/// a larger one is no measurement, and is not read.
+const RATE_MAX: u64 = 64 << 10;
+
 /// A replay smaller than this measures connection set-up more than
 /// replay: it replaces a measurement only when there is none, or a smaller
 /// one.
@@ -54,7 +58,7 @@ fn key(shard: &str) -> String {
 /// The rate last recorded for `shard`. The file comes from the repository:
 /// unreadable, or naming another shard, it is no measurement.
 pub fn load(repo: &dyn Repository, shard: &str) -> Option<ReplayRate> {
-    let data = repo.get(&key(shard)).ok()?;
+    let data = repo.get_at_most(&key(shard), RATE_MAX).ok()?;
     let rate: ReplayRate = serde_json::from_slice(&data).ok()?;
     (rate.shard == shard && rate.per_second().is_some()).then_some(rate)
 }

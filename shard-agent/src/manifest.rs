@@ -307,6 +307,12 @@ pub struct Mark {
     pub shards: BTreeMap<String, ShardManifest>,
 }
 
+/// The most a manifest or a mark may take. shardcut writes about a
+/// kilobyte a table (1.9 MB for 2,000 tables of two columns), so this is
+/// room for about a million tables; a larger one, planted in the
+/// repository, is refused by its size before it is read into memory.
+pub const MANIFEST_MAX: u64 = 1 << 30;
+
 /// Keys of a backup in the repository.
 pub mod keys {
     /// Where every backup's objects live, one folder per backup ID.

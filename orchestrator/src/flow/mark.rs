@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shard_agent::manifest::{keys, Mark, MANIFEST_FORMAT};
-use shard_agent::repo::{RepoError, Repository};
+use shard_agent::repo::Repository;
 use topology::Topology;
 
 use super::steps::{cut_options, dump_all, prepare_all, DumpPlan};
@@ -39,16 +39,12 @@ pub async fn take_mark(
         .into());
     }
     let key = keys::mark(name);
-    match repo.get(&key) {
-        Ok(_) => {
-            return Err(InvalidInput(format!(
-                "mark `{name}` already exists in {}",
-                repo.location()
-            ))
-            .into())
-        }
-        Err(RepoError::NotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
+    if repo.exists(&key)? {
+        return Err(InvalidInput(format!(
+            "mark `{name}` already exists in {}",
+            repo.location()
+        ))
+        .into());
     }
     let mut sessions = prepare_all(topology, &cut_options(topology, connect_timeout)).await?;
     let cut = global_cut(&mut sessions, &CutTestHooks::default()).await?;

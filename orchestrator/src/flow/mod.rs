@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shard_agent::dump::Progress;
-use shard_agent::manifest::{keys, Manifest, MANIFEST_FORMAT};
+use shard_agent::manifest::{keys, Manifest, MANIFEST_FORMAT, MANIFEST_MAX};
 use shard_agent::repo::{LocalRepository, RepoError, Repository, S3Repository, SealedRepository};
 use topology::{RepositoryLocation, Topology};
 
@@ -69,7 +69,7 @@ pub fn check_key(repo: &dyn Repository) -> Result<(), RepoError> {
         .list(keys::BACKUPS)?
         .into_iter()
         .rfind(|k| keys::backup_of_manifest(k).is_some());
-    match newest.map(|k| repo.get(&k)) {
+    match newest.map(|k| repo.get_at_most(&k, MANIFEST_MAX)) {
         Some(Err(e)) if e.is_key_problem() => Err(e),
         _ => Ok(()),
     }
@@ -96,7 +96,7 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
         if keys::backup_of_manifest(&key) != Some(id) {
             continue;
         }
-        let manifest = match repo.get(&key) {
+        let manifest = match repo.get_at_most(&key, MANIFEST_MAX) {
             Err(RepoError::NotFound { .. }) => continue,
             Ok(data) => serde_json::from_slice::<Manifest>(&data)
                 .map_err(|e| format!("unreadable manifest {key}: {e}"))

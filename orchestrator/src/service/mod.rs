@@ -330,11 +330,9 @@ pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) -> Manifest
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
     // repository cannot tell, they stay (expire removes them later).
-    // Whether it is there, without reading it: any manifest is larger
-    // than 0 bytes, so a present one is refused as too large.
-    let found = match tokio::task::spawn_blocking(move || r.get_at_most(&key, 0)).await {
-        Ok(Ok(_) | Err(shard_agent::repo::RepoError::TooLarge { .. })) => ManifestState::Present,
-        Ok(Err(shard_agent::repo::RepoError::NotFound { .. })) => ManifestState::Absent,
+    let found = match tokio::task::spawn_blocking(move || r.exists(&key)).await {
+        Ok(Ok(true)) => ManifestState::Present,
+        Ok(Ok(false)) => ManifestState::Absent,
         _ => ManifestState::Unknown,
     };
     if found == ManifestState::Absent {

@@ -81,7 +81,7 @@ pub enum RepoError {
     #[error("repository {location}: cannot encrypt {key}")]
     Sealing { location: String, key: String },
     /// An object larger than what names it says it is: not read.
-    #[error("repository {location}: object {key} is {size} bytes, more than the {max} recorded for it: not read (was it replaced?)")]
+    #[error("repository {location}: object {key} is {size} bytes, more than the {max} it may take: not read (was it replaced?)")]
     TooLarge {
         location: String,
         key: String,
@@ -178,6 +178,16 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
         check_size(&self.location(), key, data.len() as u64, max)?;
         Ok(data)
     }
+    /// Whether an object is stored under `key`, without reading it (any
+    /// object is larger than 0 bytes, so a present one is refused as too
+    /// large).
+    fn exists(&self, key: &str) -> Result<bool, RepoError> {
+        match self.get_at_most(key, 0) {
+            Ok(_) | Err(RepoError::TooLarge { .. }) => Ok(true),
+            Err(RepoError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// Every key that starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError>;
     /// What lies directly in the folder `prefix` (which ends with `/`),
@@ -250,7 +260,7 @@ pub(crate) fn read_back_matches(
     key: &str,
     data: &[u8],
 ) -> Result<(), RepoError> {
-    let back = repo.get(key)?;
+    let back = repo.get_at_most(key, data.len() as u64)?;
     if back == data {
         Ok(())
     } else {
