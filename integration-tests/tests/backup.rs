@@ -602,3 +602,62 @@ async fn read_back_as_stored(
         }
     }
 }
+
+/// A PostgreSQL table with row-level security, backed up by a user that
+/// is neither a superuser, its owner nor BYPASSRLS (`pg_read_all_data`
+/// does not bypass policies, and it is what preflight asks for): its
+/// policies would filter the dump's COPY without a word, and the backup
+/// would hold only the rows the user may see, called complete. The
+/// readers turn `row_security` off, as pg_dump does, so the server
+/// refuses instead and the backup fails naming the table; the same user
+/// with BYPASSRLS backs up every row.
+#[test]
+fn a_table_whose_policies_hide_rows_from_the_backup_user_fails_the_backup_by_name() {
+    let sb = support::PrivateSandbox::up(0, 1, "ready");
+    let shard = sb.first_shard();
+    let password = shard.password.as_ref().unwrap().expose().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = db::pg(&shard, "postgres").await;
+        c.batch_execute(&format!(
+            "CREATE ROLE limited LOGIN REPLICATION PASSWORD '{password}' IN ROLE pg_read_all_data"
+        ))
+        .await
+        .unwrap();
+        c.batch_execute("CREATE DATABASE d").await.unwrap();
+        let c = db::pg(&shard, "d").await;
+        c.batch_execute(
+            "CREATE TABLE tenant_rows (id int PRIMARY KEY, tenant text NOT NULL); \
+             INSERT INTO tenant_rows SELECT g, 'tenant' || g % 3 FROM generate_series(1, 30) g; \
+             ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY own ON tenant_rows USING (tenant = current_user); \
+             GRANT UPDATE ON tenant_rows TO limited",
+        )
+        .await
+        .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let limited = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[("postgres://shardcut@", "postgres://limited@")],
+    );
+    let arg = limited.to_str().unwrap();
+    let run = shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("d.public.tenant_rows") && run.stderr.contains("row-level security"),
+        "{run:?}"
+    );
+    let listed = shardcut(&["list", "-t", arg, "--json"]);
+    assert_eq!(listed.json()["backups"].as_array().unwrap().len(), 0);
+
+    rt.block_on(async {
+        let c = db::pg(&shard, "postgres").await;
+        c.batch_execute("ALTER ROLE limited BYPASSRLS")
+            .await
+            .unwrap();
+    });
+    let m = backed_up(&limited);
+    assert_eq!(db::find_table(&m, "pg-0", "d.public.tenant_rows").rows, 30);
+}

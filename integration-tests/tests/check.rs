@@ -262,6 +262,32 @@ fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
     assert!(run.stderr.contains("max_user_connections"), "{run:?}");
 }
 
+/// An Aria table is named among the tables the consistent snapshot does
+/// not cover: Aria is crash-safe but keeps no row versions, so the dump
+/// reads its rows as they are when it gets there, after the cut. It was
+/// counted as transactional, without a warning.
+#[test]
+fn an_aria_table_is_named_as_outside_the_snapshot() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let shard = sb.first_shard();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut c = support::db::mysql(&shard, None).await;
+        c.query_drop(
+            "CREATE DATABASE d; CREATE TABLE d.a (id int PRIMARY KEY) ENGINE=Aria; \
+             CREATE TABLE d.i (id int PRIMARY KEY) ENGINE=InnoDB",
+        )
+        .await
+        .unwrap();
+        c.disconnect().await.unwrap();
+    });
+    let run = shardcut(&["check", "-t", sb.topology().to_str().unwrap(), "--json"]);
+    let engines = first_shard_finding(&run, "table engines");
+    assert_eq!(engines["level"], "warn", "{run:?}");
+    assert_eq!(engines["value"], "d.a (Aria)", "{run:?}");
+}
+
 /// The finding `item` of the first shard in a `check --json` run (null
 /// when there is none).
 fn first_shard_finding(run: &support::Run, item: &str) -> serde_json::Value {

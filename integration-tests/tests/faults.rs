@@ -272,10 +272,11 @@ async fn block_lease_expires_while_the_orchestrator_stalls() {
     )
     .await;
     // The orchestrator is alive but does not move on; the agents' lease
-    // (3 s) ends the block, so writers waiting up to 10 s get through.
+    // (3 s) ends the block, so writers waiting up to 6 s get through (the
+    // MariaDB block was leased for the settling too, 9 s).
     let started = std::time::Instant::now();
     assert_eq!(
-        write_everywhere(&topo, Duration::from_secs(10)).await,
+        write_everywhere(&topo, Duration::from_secs(6)).await,
         Vec::<String>::new()
     );
     let waited = started.elapsed();
@@ -524,7 +525,7 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
     let arg = topo_path.to_str().unwrap().to_string();
     let mut my = db::mysql(topo.shard("mysql-0").unwrap(), Some("app")).await;
     let pg = db::pg(topo.shard("pg-0").unwrap(), "app").await;
-    let ddl: [(&str, &str, &str); 2] = [
+    let ddl: [(&str, &str, &str); 3] = [
         // On MariaDB a table created and filled.
         (
             "mysql-0",
@@ -536,6 +537,13 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
             "pg-0",
             "ALTER TABLE t ADD COLUMN c int NOT NULL DEFAULT 7; UPDATE t SET c = 42",
             "the columns of app.public.t changed (from id integer, v integer to id integer, v integer, c integer)",
+        ),
+        // A system-versioned table, which the server lists as a kind of
+        // its own (refused by name by a backup that sees it).
+        (
+            "mysql-0",
+            "CREATE TABLE app.versioned (id INT PRIMARY KEY) WITH SYSTEM VERSIONING",
+            "table app.versioned was created",
         ),
     ];
     for (shard, sql, change) in ddl {
@@ -560,6 +568,7 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
         );
         assert_eq!(listed(&topo_path), 0, "{shard}");
     }
+    my.query_drop("DROP TABLE app.versioned").await.unwrap();
     // The next backup plans from the changed catalog and holds all of it.
     let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -581,12 +590,13 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
     my.disconnect().await.unwrap();
 }
 
-/// A MariaDB table WITH SYSTEM VERSIONING, which the server lists as a
-/// kind of its own (`SYSTEM VERSIONED`), was passed over by the catalog:
-/// the backup was complete without it. It now fails the backup by name,
-/// pointing at `exclude_tables`; with the table excluded the rest backs up.
+/// A MariaDB table WITH SYSTEM VERSIONING and a sequence, which the
+/// server lists as kinds of their own (`SYSTEM VERSIONED`, `SEQUENCE`),
+/// were passed over by the catalog: the backup was complete without
+/// them. Each now fails the backup by name, pointing at `exclude_tables`;
+/// with both excluded the rest backs up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
+async fn a_system_versioned_table_or_a_sequence_fails_the_backup_by_name_unless_excluded() {
     let sb = PrivateSandbox::up(1, 0, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
@@ -595,27 +605,43 @@ async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
     let mut c = db::mysql(topo.shard("mysql-0").unwrap(), None).await;
     c.query_drop(
         "CREATE TABLE app.h (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING; \
-         INSERT INTO app.h VALUES (1, 1); UPDATE app.h SET v = 2",
+         INSERT INTO app.h VALUES (1, 1); UPDATE app.h SET v = 2; \
+         CREATE SEQUENCE app.s START WITH 100; \
+         CREATE TABLE app.u (id INT PRIMARY KEY DEFAULT NEXTVAL(app.s), v INT); \
+         INSERT INTO app.u (v) VALUES (1)",
     )
     .await
     .unwrap();
     let arg = topo_path.to_str().unwrap().to_string();
-    let run = support::shardcut_async(&["backup", "-t", &arg]).await;
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("table app.h is system-versioned")
-            && run.stderr.contains("exclude_tables"),
-        "{run:?}"
-    );
-    assert_eq!(listed(&topo_path), 0);
-
     let yaml = std::fs::read_to_string(&topo_path).unwrap();
+    for (excluded, refused) in [
+        ("", "table app.h is system-versioned"),
+        ("app.h", "table app.s is a sequence"),
+    ] {
+        let mut variant = String::new();
+        for line in yaml.lines() {
+            variant.push_str(line);
+            variant.push('\n');
+            if !excluded.is_empty() && line.trim_start().starts_with("password_file:") {
+                variant.push_str(&format!("    exclude_tables: [{excluded}]\n"));
+            }
+        }
+        std::fs::write(&topo_path, variant).unwrap();
+        let run = support::shardcut_async(&["backup", "-t", &arg]).await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(
+            run.stderr.contains(refused) && run.stderr.contains("exclude_tables"),
+            "{run:?}"
+        );
+        assert_eq!(listed(&topo_path), 0);
+    }
+
     let mut excluded = String::new();
     for line in yaml.lines() {
         excluded.push_str(line);
         excluded.push('\n');
         if line.trim_start().starts_with("password_file:") {
-            excluded.push_str("    exclude_tables: [app.h]\n");
+            excluded.push_str("    exclude_tables: [app.h, app.s]\n");
         }
     }
     assert!(excluded.contains("exclude_tables"), "{yaml}");
@@ -629,8 +655,67 @@ async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
         .iter()
         .map(|t| t.qualified())
         .collect();
-    assert_eq!(names, ["app.t"]);
+    assert_eq!(names, ["app.t", "app.u"]);
     c.disconnect().await.unwrap();
+}
+
+/// PostgreSQL tables truncated or rewritten after the cut, before the
+/// dump reads them: `TRUNCATE` and a rewriting `ALTER TABLE` are not
+/// MVCC-safe, and the snapshot the cut exported then sees the table empty,
+/// without an error, so the backup was called complete without its rows.
+/// Each worker now compares the storage of the tables it read, as of the
+/// snapshot, with their storage now (locked by its reads): the backup
+/// fails naming both tables, one a partition of a partitioned table, and
+/// lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tables_truncated_after_the_cut_fail_the_backup_by_name() {
+    let sb = PrivateSandbox::up(0, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    // One worker reads every table, so one error names them all.
+    let topo_path = support::topology_variant(
+        &sb.topology(),
+        dir.path(),
+        &[("parallelism: 4", "parallelism: 1")],
+    );
+    let topo = db::topology(&topo_path);
+    assert_eq!(topo.shards[0].parallelism, 1);
+    let shard = topo.shard("pg-0").unwrap();
+    db::pg(shard, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE app")
+        .await
+        .unwrap();
+    let pg = db::pg(shard, "app").await;
+    pg.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 50) g; \
+         CREATE TABLE parted (id int, v int) PARTITION BY RANGE (id); \
+         CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100); \
+         CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200); \
+         INSERT INTO parted SELECT g, g FROM generate_series(1, 199) g; \
+         CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept VALUES (1)",
+    )
+    .await
+    .unwrap();
+    let arg = topo_path.to_str().unwrap().to_string();
+    let (child, stderr) =
+        backup_until(&["-t", &arg, "--test-pause-before-dump", "3s"], "pausing").await;
+    pg.batch_execute("TRUNCATE t; TRUNCATE parted_high")
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "table(s) public.parted_high, public.t of database app were truncated or rewritten"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(listed(&topo_path), 0);
+    // Nothing changed since: the next backup holds what the tables hold.
+    let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 /// A table dropped after the cut, among small tables whose queries go

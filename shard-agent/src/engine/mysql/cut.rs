@@ -270,8 +270,12 @@ impl Session {
                     self.control_id,
                     self.opts.connect_timeout,
                 );
+                // The block's own lease, as PostgreSQL's: MariaDB blocks
+                // in the last wave, so no shard still settles or blocks
+                // after it (leased for the settling too, commits stayed
+                // blocked 9 s instead of 3 s with a 3 s lease).
                 self.lease = Some(Lease::arm(
-                    self.opts.settled_lease(),
+                    self.opts.write_block_lease,
                     self.shard.name.clone(),
                     kill(shard, id, t),
                 ));

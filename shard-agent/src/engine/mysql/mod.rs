@@ -33,6 +33,10 @@ use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
 use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
+/// Kinds of table `information_schema.TABLES` lists that a backup
+/// refuses by name (see `list_tables`).
+const KINDS_REFUSED: [&str; 2] = ["SYSTEM VERSIONED", "SEQUENCE"];
+
 /// A shard of at least this many tables lists its columns, primary keys and
 /// foreign keys at once on several connections (see
 /// `Session::list_details`); below it the listings take milliseconds and a
@@ -295,7 +299,7 @@ impl Session {
             .control
             .query(format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS, TABLE_TYPE FROM information_schema.TABLES \
-                 WHERE TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') AND TABLE_SCHEMA IN {dbs} \
+                 WHERE TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE') AND TABLE_SCHEMA IN {dbs} \
                  ORDER BY TABLE_SCHEMA, TABLE_NAME"
             ))
             .await
@@ -307,14 +311,23 @@ impl Session {
             if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
                 continue;
             }
-            // MariaDB lists a table WITH SYSTEM VERSIONING as a kind of its
-            // own, which the catalog used to pass over without a word: a
-            // backup "complete" without that table.
-            if text(row, 3).map_err(&de)?.as_deref() == Some("SYSTEM VERSIONED") {
+            // MariaDB lists a table WITH SYSTEM VERSIONING, and a sequence,
+            // as kinds of their own, which the catalog used to pass over
+            // without a word: a backup "complete" without them.
+            let unsupported = match text(row, 3).map_err(&de)?.as_deref() {
+                Some("SYSTEM VERSIONED") => Some(
+                    "is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost)",
+                ),
+                Some("SEQUENCE") => Some(
+                    "is a sequence (CREATE SEQUENCE), which shardcut cannot back up yet (its definition and position would be lost, and a table whose DEFAULT takes NEXTVAL from it would not restore)",
+                ),
+                _ => None,
+            };
+            if let Some(why) = unsupported {
                 return Err(AgentError::Tool {
                     shard: shard.name.clone(),
                     what: format!(
-                        "table {} is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost); list it in the shard's exclude_tables to back up the rest",
+                        "table {} {why}; list it in the shard's exclude_tables to back up the rest",
                         qualified_name(&db, None, &table)
                     ),
                 });
@@ -493,7 +506,10 @@ impl Session {
         let mut tables = std::collections::BTreeMap::new();
         for row in &rows {
             if let Some([db, table, kind]) = texts(row).map_err(&de)? {
-                if kind == "BASE TABLE" && !shard.excludes(&db, None, &table) {
+                // Every kind the catalog lists: a system-versioned table
+                // or a sequence created meanwhile is a change too.
+                let listed = kind == "BASE TABLE" || KINDS_REFUSED.contains(&kind.as_str());
+                if listed && !shard.excludes(&db, None, &table) {
                     tables.insert((db, table), Vec::new());
                 }
             }

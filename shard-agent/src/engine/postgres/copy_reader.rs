@@ -98,6 +98,23 @@ impl CopyReader {
         }
     }
 
+    /// The first column of `sql`'s first row, as text; `None` for no row
+    /// or a NULL.
+    pub async fn first_value(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+        match self {
+            CopyReader::Wire(c) => Ok(c.first_row(sql).await?),
+            CopyReader::Library(c) => Ok(c
+                .simple_query(sql)
+                .await?
+                .iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                    _ => None,
+                })
+                .flatten()),
+        }
+    }
+
     /// Starts `sql`, a `COPY … TO STDOUT`; read it to the end with
     /// [`CopyOut::next`] before using the connection again.
     pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>, DbError> {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 use topology::{Engine, Shard};
 
-use super::copy_reader::CopyReader;
+use super::copy_reader::{literal, CopyReader};
 use super::{ident, pg_err, schema, Session, Table};
 use crate::client_choice::ReaderKind;
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
@@ -300,8 +300,10 @@ async fn worker(
     opts: DumpOptions,
 ) -> Result<Vec<ItemResult>, AgentError> {
     let mut done = Vec::new();
+    let mut read = std::collections::BTreeSet::new();
     let mut scratch = Scratch::default();
     while let Some(item) = queue.next(&shard.name, &opts.cancel)? {
+        read.insert(item.table);
         let (result, s) = dump_item(
             &mut client,
             &shard,
@@ -315,9 +317,69 @@ async fn worker(
         done.push(result);
         scratch = s;
     }
+    let read: Vec<&Table> = read.into_iter().map(|i| &tables[i]).collect();
+    not_rewritten(&mut client, &shard, &db, &read).await?;
     drop(client.execute("COMMIT").await);
     client.close().await;
     Ok(done)
+}
+
+/// Fails naming the tables of `read` that were truncated or rewritten
+/// (`TRUNCATE`, an `ALTER TABLE` that rewrites, `VACUUM FULL`, `CLUSTER`)
+/// after the snapshot was taken and before this worker read them: those
+/// are not MVCC-safe, and a snapshot from before sees such a table empty,
+/// without an error. A table's storage (its `relfilenode`) as of the
+/// snapshot is compared with its storage now; the worker holds each
+/// table's lock from its read to its commit, so storage unchanged now was
+/// unchanged when the rows were read. The cut releases its locks before
+/// the dump reaches a table, and a `TRUNCATE` queued behind the block
+/// runs first.
+async fn not_rewritten(
+    client: &mut CopyReader,
+    shard: &Shard,
+    db: &str,
+    read: &[&Table],
+) -> Result<(), AgentError> {
+    if read.is_empty() {
+        return Ok(());
+    }
+    let rel = |t: &Table| format!("{}::regclass", literal(&t.qualified()));
+    let plain: Vec<String> = read
+        .iter()
+        .filter(|t| !t.partitioned)
+        .map(|t| rel(t))
+        .collect();
+    let mut sources: Vec<String> = read
+        .iter()
+        .filter(|t| t.partitioned)
+        .map(|t| {
+            format!(
+                "SELECT relid FROM pg_partition_tree({}) WHERE isleaf",
+                rel(t)
+            )
+        })
+        .collect();
+    if !plain.is_empty() {
+        sources.push(format!("SELECT unnest(ARRAY[{}]::oid[])", plain.join(", ")));
+    }
+    let sql = format!(
+        "SELECT string_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname), ', ' \
+         ORDER BY n.nspname, c.relname) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid IN ({}) AND c.relkind = 'r' \
+         AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)",
+        sources.join(" UNION ALL ")
+    );
+    let what = format!("checking that the tables of {db} read were not rewritten since the cut");
+    match client.first_value(&sql).await.map_err(db_err(shard, &what))? {
+        None => Ok(()),
+        Some(tables) => Err(AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!(
+                "table(s) {tables} of database {db} were truncated or rewritten (TRUNCATE, ALTER TABLE, VACUUM FULL or CLUSTER) after the cut and before the backup read them: PostgreSQL shows such a table empty to a snapshot from before, so the backup would lack its rows; take it again"
+            ),
+        }),
+    }
 }
 
 /// The `COPY` statement that reads one range of a table. A whole plain

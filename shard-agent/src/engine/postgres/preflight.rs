@@ -55,6 +55,19 @@ pub(super) async fn check(
             .extend(missing.into_iter().map(|t| format!("{db}.{t}")));
     }
     f.push(access.finding());
+    f.push(Finding::require(
+        "row-level security",
+        if access.filtered.is_empty() {
+            "no policy applies to the backup user".to_string()
+        } else {
+            format!(
+                "policies would hide rows of {} from the backup user",
+                access.filtered.join(", ")
+            )
+        },
+        access.filtered.is_empty(),
+        "ALTER ROLE the backup user WITH BYPASSRLS, or exclude the listed tables in the topology",
+    ));
     f.push(lock_table_check(
         access.tables.len() as i64,
         locks.0,
@@ -178,6 +191,8 @@ struct Access {
     tables: Vec<TableInfo>,
     unreadable: Vec<String>,
     unlockable: Vec<String>,
+    /// Tables whose row-level security policies apply to the backup user.
+    filtered: Vec<String>,
     /// `db.table` without a primary key or replica identity.
     no_identity: Vec<String>,
 }
@@ -200,7 +215,10 @@ impl Access {
                 &format!(
                     "SELECT n.nspname::text, c.relname::text, c.reltuples::float8, {size}, \
                      has_table_privilege(c.oid, 'SELECT'), \
-                     has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE') \
+                     has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE'), \
+                     c.relrowsecurity AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles \
+                       WHERE rolname = current_user) \
+                     AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -222,7 +240,11 @@ impl Access {
             let bytes: Option<i64> = row.try_get(3).map_err(decode)?;
             let can_read: bool = row.try_get(4).map_err(decode)?;
             let can_lock: bool = row.try_get(5).map_err(decode)?;
+            let filtered: bool = row.try_get(6).map_err(decode)?;
             let name = format!("{db}.{schema}.{table}");
+            if filtered {
+                self.filtered.push(name.clone());
+            }
             if !can_read {
                 self.unreadable.push(name.clone());
             }
