@@ -699,3 +699,60 @@ fn oversized_manifests_marks_and_locks_are_refused_by_size_before_they_are_read(
         "{run:?}"
     );
 }
+
+/// A MariaDB chunk holding one of its rows twice, its checksum and row
+/// count updated to match: `LOAD DATA LOCAL` reads the file as if
+/// `IGNORE` were given, so the server skipped the second copy of the key
+/// with a warning only, and the restore went on as if the chunk had
+/// loaded whole. Each load's row count and warnings are checked now: the
+/// restore fails naming the chunk, the count and the server's warning.
+#[test]
+fn a_mariadb_chunk_row_the_server_skips_fails_the_restore_by_name() {
+    let backup = Backup::take();
+    let mut m = backup.manifest();
+    let typed: shard_agent::manifest::Manifest = serde_json::from_value(m.clone()).unwrap();
+    let s = &typed.shards["mysql-0"];
+    let t = s
+        .table_list
+        .iter()
+        .find(|t| !t.chunks.is_empty() && !t.primary_key.is_empty() && t.rows > 1)
+        .expect("a table of mysql-0 with a primary key and rows");
+    let mut lines = db::table_lines(&backup.repo, s, t);
+    lines.insert(1, lines[0].clone());
+    let mut text = lines.join(&b'\n');
+    text.push(b'\n');
+    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
+    let entry = m["shards"]["mysql-0"]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["database"] == t.database.as_str() && e["name"] == t.name.as_str())
+        .unwrap();
+    let mut chunk = entry["chunks"][0].clone();
+    let key = chunk["key"].as_str().unwrap().to_string();
+    chunk.as_object_mut().unwrap().remove("bundle");
+    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    chunk["raw_xxh3"] = shard_agent::checksum::xxh3_hex(&text).into();
+    chunk["bytes_stored"] = stored.len().into();
+    chunk["bytes_raw"] = text.len().into();
+    chunk["rows"] = lines.len().into();
+    entry["chunks"] = serde_json::json!([chunk]);
+    backup.repo.put(&key, &stored).unwrap();
+    backup.save_manifest(&m);
+
+    let scratch = PrivateSandbox::up(1, 0, "ready");
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let loaded = format!(
+        "the server loaded {} of the chunk's {} rows",
+        lines.len() - 1,
+        lines.len()
+    );
+    assert!(
+        run.stderr.contains(&key)
+            && run.stderr.contains(&loaded)
+            && run.stderr.contains("Duplicate entry"),
+        "{}",
+        run.stderr
+    );
+}

@@ -133,6 +133,7 @@ pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> 
         kind,
         rto_seconds: Some(o.rto),
         rpo_seconds: o.rpo,
+        failures: &o.failures,
     };
     let doc = outcome_document(&o, kind);
     if json {

@@ -66,6 +66,7 @@ impl Verify {
             kind: "verify",
             rto_seconds: None,
             rpo_seconds: c.rpo,
+            failures: &[],
         };
         let doc = full_report(&c.m, &c.tables, c.q, &c.per_shard, &run);
         if self.json {

@@ -60,6 +60,24 @@ fn bars(rows: &[(String, f64, String)], width: u32, scored: bool) -> String {
     svg
 }
 
+/// What failed, first on the page: rows that verify do not make a run
+/// that failed a success.
+fn failed(run: &Run<'_>) -> String {
+    if run.failures.is_empty() {
+        return String::new();
+    }
+    let items: String = run
+        .failures
+        .iter()
+        .map(|f| format!("<li>{}</li>", esc(f)))
+        .collect();
+    format!(
+        "<div class='failed' style='background:#ffebee;border:2px solid #c62828;padding:0.5em 1em'>\
+         <strong>The {} failed</strong><ul>{items}</ul></div>",
+        esc(run.kind)
+    )
+}
+
 pub fn page(
     m: &Manifest,
     tables: &[TableResult],
@@ -120,7 +138,7 @@ pub fn page(
          table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}\
          tr.bad td{{background:#ffebee}} .facts td:first-child{{color:#666}}</style></head><body>\
          <h1>shardcut {kind} report: cluster {cluster}</h1>\
-         <div>Recovery quality Q</div><div class='score'>{score:.4}</div>\
+         {failed}<div>Recovery quality Q</div><div class='score'>{score:.4}</div>\
          <div>recovered {rec:.4} × complete {com:.4} × available {ava:.4}</div>\
          <h2>Facts</h2><table class='facts'>\
          <tr><td>backup</td><td>{id}</td></tr><tr><td>cut taken at</td><td>{taken}</td></tr>\
@@ -131,6 +149,7 @@ pub fn page(
          <h2>Tables (failing first)</h2><table><tr><th>shard</th><th>table</th><th>rows expected</th><th>rows found</th><th>content</th></tr>{rows}</table>\
          </body></html>\n",
         kind = esc(run.kind),
+        failed = failed(run),
         cluster = esc(&m.cluster),
         col = colour(q.score),
         score = q.score,

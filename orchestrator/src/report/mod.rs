@@ -106,6 +106,7 @@ pub fn full_report(
             obj.remove("rto_seconds");
         }
         obj.insert("kind".into(), json!(run.kind));
+        obj.insert("failures".into(), json!(run.failures));
         obj.insert("rpo_seconds".into(), json!(run.rpo_seconds));
         obj.insert("write_block_ms".into(), json!(m.cut.write_block_ms));
         obj.insert(
@@ -127,6 +128,7 @@ pub fn outcome_document(o: &crate::flow::restore::Outcome, kind: &str) -> serde_
         kind,
         rto_seconds: Some(o.rto),
         rpo_seconds: o.rpo,
+        failures: &o.failures,
     };
     let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
     if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
@@ -141,6 +143,7 @@ pub fn outcome_page(o: &crate::flow::restore::Outcome, kind: &str) -> String {
         kind,
         rto_seconds: Some(o.rto),
         rpo_seconds: o.rpo,
+        failures: &o.failures,
     };
     html::page(&o.m, &o.tables, o.q, &o.per_shard, &run)
 }
@@ -210,8 +213,9 @@ pub(crate) fn label(v: &str) -> String {
 }
 
 /// Prometheus text format. `shardcut_last_success_timestamp_seconds` is set
-/// to now only when Q = 1; otherwise the previous file's value is kept, so
-/// an alert on its age fires when drills keep failing.
+/// to now only when Q = 1 and no step failed; otherwise the previous
+/// file's value is kept, so an alert on its age fires when drills keep
+/// failing.
 pub fn metrics(
     m: &Manifest,
     q: Quality,
@@ -273,7 +277,7 @@ pub fn metrics(
         m.cut.write_block_ms as f64 / 1000.0
     ));
     let name = "shardcut_last_success_timestamp_seconds";
-    let value = if q.perfect() {
+    let value = if q.perfect() && run.failures.is_empty() {
         Some(format!("{}", chrono::Utc::now().timestamp()))
     } else {
         previous

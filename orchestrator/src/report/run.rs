@@ -7,4 +7,8 @@ pub struct Run<'a> {
     pub rto_seconds: Option<f64>,
     /// Age of the backup's cut when the run started.
     pub rpo_seconds: f64,
+    /// Steps of a restore or drill that failed (a shard's restore, its
+    /// views or post-data after the rows were loaded): the rows may still
+    /// verify with Q = 1, but the run did not succeed.
+    pub failures: &'a [String],
 }

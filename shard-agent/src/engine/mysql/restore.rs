@@ -10,7 +10,7 @@ use mysql_async::{Conn, Row};
 use topology::Shard;
 
 use super::restore_keys::split_secondary_keys;
-use super::schema::DatabaseSchema;
+use super::schema::{DatabaseSchema, Object};
 use super::sql::number;
 use super::sql::{ident, query_err, SYSTEM_DATABASES};
 use crate::bundle::reading_order;
@@ -159,7 +159,7 @@ async fn create_tables(
         .iter()
         .filter(|t| selected_name(opts, db, &t.name))
     {
-        let split = match referenced.contains(format!("{db}.{}", t.name).as_str()) {
+        let split = match referenced.contains(qualified_name(db, None, &t.name).as_str()) {
             true => None,
             false => split_secondary_keys(&t.sql),
         };
@@ -181,40 +181,104 @@ async fn create_tables(
     Ok((schema, deferred_keys))
 }
 
-/// Creates the views, routines, triggers and events of `db`: after the
-/// data, so triggers do not fire during the load. A partial restore
-/// brings the selected tables' triggers only: views, routines and events
-/// may use tables that are not restored.
+/// Creates the routines, views, triggers and events of every restored
+/// database, once all their tables are loaded: triggers after the data,
+/// so they do not fire during the load; routines before views, which may
+/// call them; views in rounds, each creating those whose tables and
+/// views exist by then (one over another whose name sorts after it, or
+/// over a table of another database), until all are or a round creates
+/// none, which fails naming the first view left and the server's error.
+/// A partial restore brings the selected tables' triggers only: views,
+/// routines and events may use tables that are not restored.
 async fn create_objects(
     control: &mut Conn,
     target: &Shard,
     opts: &RestoreOptions,
-    db: &str,
-    schema: &DatabaseSchema,
+    schemas: &[(String, DatabaseSchema)],
 ) -> Result<(), AgentError> {
     let partial = opts.tables.is_some();
-    for (kind, objects) in [
-        ("view", &schema.views),
-        ("routine", &schema.routines),
-        ("trigger", &schema.triggers),
-        ("event", &schema.events),
-    ] {
-        for o in objects.iter().filter(|o| {
-            !partial
-                || o.table
-                    .as_deref()
-                    .is_some_and(|t| selected_name(opts, db, t))
-        }) {
-            exec(
-                control,
-                target,
-                &format!("creating {kind} {db}.{}", o.name),
-                &o.sql,
-            )
-            .await?;
+    let wanted = |db: &str, o: &Object| {
+        !partial
+            || o.table
+                .as_deref()
+                .is_some_and(|t| selected_name(opts, db, t))
+    };
+    let each = |pick: fn(&DatabaseSchema) -> &Vec<Object>| -> Vec<(&str, &Object)> {
+        schemas
+            .iter()
+            .flat_map(|(db, s)| {
+                pick(s)
+                    .iter()
+                    .filter(move |o| wanted(db, o))
+                    .map(move |o| (db.as_str(), o))
+            })
+            .collect()
+    };
+    let mut at = InDatabase::default();
+    create_each(control, target, &mut at, "routine", each(|s| &s.routines)).await?;
+    let mut views = each(|s| &s.views);
+    while !views.is_empty() {
+        let before = views.len();
+        let mut left = Vec::new();
+        let mut first_error = None;
+        for (db, o) in views {
+            at.enter(control, target, db).await?;
+            let what = format!("creating view {db}.{}", o.name);
+            if let Err(e) = exec(control, target, &what, &o.sql).await {
+                first_error.get_or_insert(e);
+                left.push((db, o));
+            }
+        }
+        match first_error {
+            // A round that created none: the views left cannot be.
+            Some(e) if left.len() == before => return Err(e),
+            _ => views = left,
         }
     }
+    for (kind, objects) in [
+        ("trigger", each(|s| &s.triggers)),
+        ("event", each(|s| &s.events)),
+    ] {
+        create_each(control, target, &mut at, kind, objects).await?;
+    }
     Ok(())
+}
+
+/// Creates `objects` of one `kind`, in their order.
+async fn create_each(
+    control: &mut Conn,
+    target: &Shard,
+    at: &mut InDatabase,
+    kind: &str,
+    objects: Vec<(&str, &Object)>,
+) -> Result<(), AgentError> {
+    for (db, o) in objects {
+        at.enter(control, target, db).await?;
+        exec(
+            control,
+            target,
+            &format!("creating {kind} {db}.{}", o.name),
+            &o.sql,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The control session's current database (`SHOW CREATE` gives an
+/// object's name without its database).
+#[derive(Default)]
+struct InDatabase(Option<String>);
+
+impl InDatabase {
+    async fn enter(&mut self, conn: &mut Conn, target: &Shard, db: &str) -> Result<(), AgentError> {
+        if self.0.as_deref() != Some(db) {
+            let sql = format!("USE {}", ident(db));
+            exec(conn, target, &format!("using database {db}"), &sql).await?;
+            self.0 = Some(db.to_string());
+        }
+        Ok(())
+    }
 }
 
 pub(super) async fn restore(
@@ -226,6 +290,7 @@ pub(super) async fn restore(
     let mut done = ShardRestore::default();
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
     session(&mut control, target, opts.binlog).await?;
+    let mut schemas = Vec::new();
     for db in databases(source, opts) {
         let (schema, deferred_keys) =
             create_tables(&mut control, source, target, opts, &db).await?;
@@ -252,9 +317,9 @@ pub(super) async fn restore(
             .filter(|t| t.database == db)
             .count();
         done.chunks += chunk_items(source, &db, opts).len();
-
-        create_objects(&mut control, target, opts, &db, &schema).await?;
+        schemas.push((db, schema));
     }
+    create_objects(&mut control, target, opts, &schemas).await?;
     drop(control.disconnect().await);
     Ok(done)
 }
@@ -342,9 +407,48 @@ async fn prepare_database(
 /// A chunk to load.
 struct LoadItem {
     chunk: Recorded,
+    /// The rows the manifest records for the chunk.
+    rows: u64,
     /// The table's `LOAD DATA` statement.
     sql: Arc<str>,
     table: Arc<str>,
+}
+
+/// Fails unless the `LOAD DATA` just run on `conn` loaded all `rows` of
+/// its chunk without a warning. With `LOCAL` the server reads the file as
+/// if `IGNORE` were given, whatever the SQL mode: a duplicate key skips
+/// the row and a value the column cannot hold is cut or changed, each a
+/// warning only, and the statement succeeds. Only the read-back would
+/// find it, as a mismatch naming neither the chunk nor the cause.
+async fn loaded_whole(
+    conn: &mut Conn,
+    target: &Shard,
+    what: &str,
+    rows: u64,
+) -> Result<(), AgentError> {
+    let (loaded, warnings) = (conn.affected_rows(), conn.get_warnings());
+    if loaded == rows && warnings == 0 {
+        return Ok(());
+    }
+    let shown: Vec<(String, u32, String)> = conn
+        .query("SHOW WARNINGS LIMIT 3")
+        .await
+        .map_err(query_err(target, "SHOW WARNINGS"))?;
+    let shown: Vec<String> = shown
+        .into_iter()
+        .map(|(level, code, message)| format!("{level} {code}: {message}"))
+        .collect();
+    Err(AgentError::Tool {
+        shard: target.name.clone(),
+        what: format!(
+            "{what}: the server loaded {loaded} of the chunk's {rows} rows, with {warnings} warning(s){}",
+            if shown.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", shown.join("; "))
+            }
+        ),
+    })
 }
 
 /// Secondary keys still to add, by table name: taken out by whoever adds them.
@@ -395,6 +499,7 @@ async fn load_data(
                 .map(|c| {
                     Ok(LoadItem {
                         chunk: Recorded::chunk(source, c, &target.name)?,
+                        rows: c.rows,
                         sql: sql.clone(),
                         table: table.clone(),
                     })
@@ -419,17 +524,23 @@ async fn load_data(
             let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
             session(&mut conn, &target, opts.binlog).await?;
             while let Some(taken) = queue.take() {
-                let LoadItem { chunk, sql, table } = taken.item;
+                let LoadItem {
+                    chunk,
+                    rows,
+                    sql,
+                    table,
+                } = taken.item;
                 let raw = load_checked(&opts, &chunk, &target.name).await?;
                 let key = chunk.key;
                 let data = Bytes::from(raw);
                 conn.set_infile_handler(async move {
                     Ok(futures_util::stream::once(async move { Ok(data) }).boxed())
                 });
-                conn.query_drop(&*sql).await.map_err(query_err(
-                    &target,
-                    &format!("loading {db}.{table} from {key}"),
-                ))?;
+                let what = format!("loading {db}.{table} from {key}");
+                conn.query_drop(&*sql)
+                    .await
+                    .map_err(query_err(&target, &what))?;
+                loaded_whole(&mut conn, &target, &what, rows).await?;
                 if !queue.done(taken.table) {
                     continue;
                 }
