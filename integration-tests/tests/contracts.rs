@@ -32,6 +32,8 @@ pub const RESTORE_REPORT: &[&str] = &[
     "bytes_stored",
     "cluster",
     "cut_taken_at",
+    // Steps that failed after the rows were loaded (empty when none).
+    "failures",
     "kind",
     "quality",
     "rpo_seconds",

@@ -93,6 +93,7 @@ fn drill_of_one_shard_writes_json_html_and_prometheus_reports() {
         contracts::names(contracts::RESTORE_REPORT)
     );
     assert_eq!(j["kind"], "drill");
+    assert_eq!(j["failures"], serde_json::json!([]));
     assert_eq!(j["quality"]["score"], 1.0);
     assert_eq!(j["shards"]["pg-0"]["quality"]["available"], 1.0);
     assert_eq!(
@@ -248,6 +249,7 @@ fn nightly_job_backs_up_and_drills_shards_in_rotation() {
             serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
                 .unwrap();
         assert_eq!(j["kind"], "drill");
+        assert_eq!(j["failures"], serde_json::json!([]));
         assert_eq!(j["quality"]["score"], 1.0);
         let shards: Vec<String> = j["shards"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(shards.len(), 1);
