@@ -538,3 +538,56 @@ async fn mariadb_views_over_views_functions_and_other_databases_restore() {
         "{metrics}"
     );
 }
+
+/// PostgreSQL materialized views come back populated as they were:
+/// `pg_dump --schema-only` creates them `WITH NO DATA` and leaves their
+/// `REFRESH` to its data section, so a restore left every one
+/// unpopulated (its first read failed). The backup records the populated
+/// ones in creation order (one over another comes after it), and the
+/// restore refreshes them from the restored tables; one kept empty at the
+/// source stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_materialized_views_come_back_populated_as_they_were() {
+    let source = PrivateSandbox::up(0, 1, "ready");
+    let src = db::topology(&source.topology());
+    db::pg(&src.shards[0], "postgres")
+        .await
+        .batch_execute("CREATE DATABASE mv")
+        .await
+        .unwrap();
+    db::pg(&src.shards[0], "mv")
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); \
+             INSERT INTO t SELECT generate_series(1, 40); \
+             CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n FROM t; \
+             CREATE MATERIALIZED VIEW doubled AS SELECT n * 2 AS n2 FROM totals; \
+             CREATE MATERIALIZED VIEW later AS SELECT id FROM t WITH NO DATA",
+        )
+        .await
+        .unwrap();
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let tgt_path = target.topology();
+    let j = restored_fully(src_path.to_str().unwrap(), &id, tgt_path.to_str().unwrap()).await;
+    assert_eq!(j["quality"]["score"], 1.0);
+    let tgt = db::topology(&tgt_path);
+    let c = db::pg(&tgt.shards[0], "mv").await;
+    let n2: i64 = c
+        .query_one("SELECT n2 FROM doubled", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n2, 80);
+    let populated: bool = c
+        .query_one(
+            "SELECT relispopulated FROM pg_class WHERE relname = 'later'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!populated, "a view empty at the source was refreshed");
+}

@@ -63,6 +63,7 @@ impl Session {
             // after the cut the closer to it.
             let (sequences, states) = sequence_values(&db.snap, &shard, &db.name).await?;
             manifest.sequences.extend(states);
+            let refreshes = super::matviews::refreshes(&db.snap, &shard, &db.name).await?;
             self.check_tables_at_cut(db).await?;
             // The schema (pg_dump in the exported snapshot, 150 ms before
             // the first row when run ahead of the data) is dumped while the
@@ -133,6 +134,19 @@ impl Session {
                         schema_key("sequences"),
                         sequences,
                         "sequences",
+                        &db.name,
+                    )
+                    .await?,
+                );
+            }
+            if !refreshes.is_empty() {
+                manifest.schema.push(
+                    store_schema(
+                        opts,
+                        &shard.name,
+                        schema_key("matviews"),
+                        refreshes,
+                        "matviews",
                         &db.name,
                     )
                     .await?,

@@ -12,6 +12,7 @@ mod cut;
 pub mod driver;
 mod dump;
 mod guard;
+mod matviews;
 pub(crate) mod preflight;
 mod readback;
 pub(crate) mod replay;

@@ -60,6 +60,18 @@ pub(super) async fn restore(
                 .await
                 .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
         }
+        // Refreshed from the restored tables: all of them, or none (a
+        // partial restore's views may read tables it left out).
+        if opts.tables.is_none() {
+            for f in schema_files(source, &db, "matviews") {
+                let sql = refreshes_sql(f, target, opts).await?;
+                let client = reader(target, &db, TIMEOUT).await?;
+                client.batch_execute(&sql).await.map_err(pg_err(
+                    target,
+                    &format!("refreshing the materialized views of {db}"),
+                ))?;
+            }
+        }
         drop_unselected(source, target, opts, &db).await?;
         done.tables += source
             .table_list
@@ -124,6 +136,9 @@ pub(super) async fn check_target(
                 section_sql(f, target, opts).await?;
             }
         }
+        for f in schema_files(source, &db, "matviews") {
+            refreshes_sql(f, target, opts).await?;
+        }
     }
     for db in databases(source, opts) {
         let (_, objects) = inspect(target, &db).await?;
@@ -168,6 +183,23 @@ async fn section_sql(
         shard: target.name.clone(),
         what: format!(
             "schema file {}: {what}; nothing was restored from it",
+            f.key
+        ),
+    })
+}
+
+/// The statements of a materialized-view file, checked line by line
+/// ([`super::matviews::checked`]).
+async fn refreshes_sql(
+    f: &crate::manifest::StoredFile,
+    target: &Shard,
+    opts: &RestoreOptions,
+) -> Result<String, AgentError> {
+    let sql = load_checked(opts, &f.into(), &target.name).await?;
+    super::matviews::checked(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
+        shard: target.name.clone(),
+        what: format!(
+            "materialized-view file {}: {what}; nothing was restored from it",
             f.key
         ),
     })
