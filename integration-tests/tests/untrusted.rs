@@ -756,3 +756,90 @@ fn a_mariadb_chunk_row_the_server_skips_fails_the_restore_by_name() {
         run.stderr
     );
 }
+
+/// Rewrites `backup`'s MariaDB schema file of `shop` on mysql-0 with
+/// `change`, the manifest's checksum and sizes updated to match.
+fn plant_in_the_mariadb_schema(backup: &Backup, change: impl Fn(&mut serde_json::Value)) {
+    let mut m = backup.manifest();
+    let files = m["shards"]["mysql-0"]["schema"].as_array_mut().unwrap();
+    let f = files
+        .iter_mut()
+        .find(|f| f["section"] == "database" && f["database"] == "shop")
+        .expect("the schema file of shop");
+    let key = f["key"].as_str().unwrap().to_string();
+    let raw = shard_agent::dump::chunk::decompress(&backup.repo.get(&key).unwrap()).unwrap();
+    let mut schema: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    change(&mut schema);
+    let text = serde_json::to_vec(&schema).unwrap();
+    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
+    backup.repo.put(&key, &stored).unwrap();
+    f["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    f["bytes_raw"] = text.len().into();
+    f["bytes_stored"] = stored.len().into();
+    backup.save_manifest(&m);
+}
+
+/// Statements planted in a MariaDB schema file never run on the target:
+/// `DROP DATABASE victim` in place of the database's `CREATE` is refused
+/// before anything changes (each object's statement must be the `CREATE`
+/// of its kind and name), and the same drop after a table's `CREATE`
+/// (`CREATE TABLE … ; DROP DATABASE victim`) is refused by the server,
+/// which gets each stored statement as exactly one (`EXECUTE IMMEDIATE`).
+/// Sent as a query, as before, the server ran both.
+#[test]
+fn statements_planted_in_a_mariadb_schema_file_never_run() {
+    use mysql_async::prelude::Queryable;
+    let backup = Backup::take();
+    let scratch = PrivateSandbox::up(1, 0, "ready");
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let victim_tables = || -> Option<i64> {
+        rt.block_on(async {
+            let mut c = db::mysql(&target.shards[0], None).await;
+            let n = c
+                .query_first(
+                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'victim'",
+                )
+                .await
+                .unwrap();
+            c.disconnect().await.unwrap();
+            n
+        })
+    };
+    rt.block_on(async {
+        let mut c = db::mysql(&target.shards[0], None).await;
+        c.query_drop("CREATE DATABASE victim; CREATE TABLE victim.keep (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+    });
+    assert_eq!(victim_tables(), Some(1));
+
+    plant_in_the_mariadb_schema(&backup, |s| {
+        s["create_database"] = "DROP DATABASE victim".into();
+    });
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the statement of database shop is not the CREATE DATABASE of it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(victim_tables(), Some(1), "the planted statement ran");
+
+    plant_in_the_mariadb_schema(&backup, |s| {
+        s["create_database"] = "CREATE DATABASE `shop`".into();
+        let t = &mut s["tables"][0];
+        let name = t["name"].as_str().unwrap().to_string();
+        t["sql"] = format!("CREATE TABLE `{name}` (id int); DROP DATABASE victim").into();
+    });
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0", "--overwrite"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("You have an error in your SQL syntax"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(victim_tables(), Some(1), "the planted statement ran");
+}

@@ -17,6 +17,7 @@ mod restore;
 mod restore_keys;
 pub(crate) mod schema;
 pub(crate) mod sql;
+mod stored_sql;
 pub mod value;
 pub mod wire;
 

@@ -13,6 +13,7 @@ use super::restore_keys::split_secondary_keys;
 use super::schema::{DatabaseSchema, Object};
 use super::sql::number;
 use super::sql::{ident, query_err, SYSTEM_DATABASES};
+use super::stored_sql::{first_foreign, one_statement, Kind};
 use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
@@ -103,19 +104,25 @@ async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(
     conn.query_drop(sql).await.map_err(query_err(shard, what))
 }
 
-/// Per table, the secondary keys built after its data is loaded.
-type TableKeys = Vec<(String, Vec<String>)>;
+/// Runs `sql` from the backup's schema file as exactly one statement
+/// ([`one_statement`]).
+async fn exec_stored(
+    conn: &mut Conn,
+    shard: &Shard,
+    what: &str,
+    sql: &str,
+) -> Result<(), AgentError> {
+    exec(conn, shard, what, &one_statement(sql)).await
+}
 
-/// Creates database `db` on the target with the selected tables (without
-/// the secondary keys that are built after the load); returns its schema
-/// and the deferred keys per table.
-async fn create_tables(
-    control: &mut Conn,
+/// The schema of `db` from its file, each statement checked to be the
+/// `CREATE` of its object ([`first_foreign`]); the file's key with it.
+async fn read_schema(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
-) -> Result<(DatabaseSchema, TableKeys), AgentError> {
+) -> Result<DatabaseSchema, AgentError> {
     let file = schema_files(source, db, "database")
         .into_iter()
         .next()
@@ -130,8 +137,39 @@ async fn create_tables(
             what: format!("schema file {} is not readable", file.key),
             source,
         })?;
+    if let Some((kind, name)) = first_foreign(db, &schema) {
+        let object = match kind {
+            Kind::Database => format!("database {db}"),
+            _ => format!("{} {db}.{name}", kind.noun()),
+        };
+        return Err(AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!(
+                "schema file {}: the statement of {object} is not the CREATE {} of it; nothing was restored from it",
+                file.key,
+                kind.noun().to_uppercase()
+            ),
+        });
+    }
+    Ok(schema)
+}
+
+/// Per table, the secondary keys built after its data is loaded.
+type TableKeys = Vec<(String, Vec<String>)>;
+
+/// Creates database `db` on the target with the selected tables (without
+/// the secondary keys that are built after the load); returns its schema
+/// and the deferred keys per table.
+async fn create_tables(
+    control: &mut Conn,
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<(DatabaseSchema, TableKeys), AgentError> {
+    let schema = read_schema(source, target, opts, db).await?;
     prepare_database(control, target, db, opts.overwrite).await?;
-    exec(
+    exec_stored(
         control,
         target,
         &format!("creating database {db}"),
@@ -170,7 +208,7 @@ async fn create_tables(
             }
             None => t.sql.clone(),
         };
-        exec(
+        exec_stored(
             control,
             target,
             &format!("creating table {db}.{}", t.name),
@@ -224,7 +262,7 @@ async fn create_objects(
         for (db, o) in views {
             at.enter(control, target, db).await?;
             let what = format!("creating view {db}.{}", o.name);
-            if let Err(e) = exec(control, target, &what, &o.sql).await {
+            if let Err(e) = exec_stored(control, target, &what, &o.sql).await {
                 first_error.get_or_insert(e);
                 left.push((db, o));
             }
@@ -254,7 +292,7 @@ async fn create_each(
 ) -> Result<(), AgentError> {
     for (db, o) in objects {
         at.enter(control, target, db).await?;
-        exec(
+        exec_stored(
             control,
             target,
             &format!("creating {kind} {db}.{}", o.name),
@@ -360,6 +398,8 @@ pub(super) async fn check_target(
 ) -> Result<(), AgentError> {
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
+        // Every schema file is read and checked before anything changes.
+        read_schema(source, target, opts, &db).await?;
     }
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
     for db in databases(source, opts) {
@@ -686,7 +726,8 @@ async fn add_keys(
         ident(table),
         adds.join(", ")
     );
-    exec(
+    // The key clauses are the stored CREATE TABLE's lines: one statement.
+    exec_stored(
         conn,
         target,
         &format!("adding the keys of {db}.{table}"),

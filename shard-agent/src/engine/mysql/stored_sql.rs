@@ -1,0 +1,251 @@
+//! The statements a MariaDB/MySQL restore takes from the backup's schema
+//! file, which comes from the repository: untrusted until checked. Each
+//! object's statement must be a `CREATE` of its own kind and name, as
+//! `SHOW CREATE` writes it (`DROP DATABASE billing` planted in place of a
+//! table's definition is refused before the target is touched), and each
+//! runs as exactly one statement: `EXECUTE IMMEDIATE '…'`, which the
+//! server refuses when the text holds more than one. Sent as a query, the
+//! text `CREATE TABLE t (…); DROP DATABASE billing` would run both: the
+//! MySQL library always asks the server for multi-statement queries.
+//!
+//! What a `CREATE` of the right name may carry (table options, a view's
+//! query, a routine's or trigger's body) is still the backup's to say:
+//! only an encrypted repository authenticates it (docs/SECURITY.md).
+
+use super::schema::{DatabaseSchema, Object};
+use super::sql::quote_literal;
+
+/// What a schema statement must create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Database,
+    Table,
+    View,
+    Routine,
+    Trigger,
+    Event,
+}
+
+impl Kind {
+    fn keywords(self) -> &'static [&'static str] {
+        match self {
+            Kind::Database => &["DATABASE "],
+            Kind::Table => &["TABLE "],
+            Kind::View => &["VIEW "],
+            Kind::Routine => &["PROCEDURE ", "FUNCTION "],
+            Kind::Trigger => &["TRIGGER "],
+            Kind::Event => &["EVENT "],
+        }
+    }
+
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            Kind::Database => "database",
+            Kind::Table => "table",
+            Kind::View => "view",
+            Kind::Routine => "routine",
+            Kind::Trigger => "trigger",
+            Kind::Event => "event",
+        }
+    }
+}
+
+/// Whether `sql` begins as `SHOW CREATE` writes the `CREATE` of a `kind`
+/// named `name` in database `db`: `CREATE`, the clauses it may put before
+/// the kind (`ALGORITHM=…`, `DEFINER=…`, `SQL SECURITY …`), the kind, then
+/// the name, quoted or bare, qualified with `db` or not (a view shown from
+/// a session in no database is).
+pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str) -> bool {
+    let Some(mut rest) = sql.strip_prefix("CREATE ") else {
+        return false;
+    };
+    loop {
+        let next = if let Some(r) = rest.strip_prefix("ALGORITHM=") {
+            after_word(r)
+        } else if let Some(r) = rest.strip_prefix("SQL SECURITY ") {
+            after_word(r)
+        } else if let Some(r) = rest.strip_prefix("DEFINER=") {
+            definer(r)
+        } else {
+            break;
+        };
+        match next {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    let Some(rest) = kind.keywords().iter().find_map(|k| rest.strip_prefix(k)) else {
+        return false;
+    };
+    let Some((first, after)) = identifier(rest) else {
+        return false;
+    };
+    let (found, after) = match after.strip_prefix('.') {
+        Some(qualified) if first == db && kind != Kind::Database => match identifier(qualified) {
+            Some(named) => named,
+            None => return false,
+        },
+        Some(_) => return false,
+        None => (first, after),
+    };
+    found == name && (after.is_empty() || after.starts_with([' ', '(', '\n']))
+}
+
+/// The first object of `schema` (of database `db`) whose statement is not
+/// the `CREATE` of its kind and name: its kind and name.
+pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, String)> {
+    if !creates(&schema.create_database, Kind::Database, db, db) {
+        return Some((Kind::Database, db.to_string()));
+    }
+    let groups: [(Kind, &Vec<Object>); 5] = [
+        (Kind::Table, &schema.tables),
+        (Kind::View, &schema.views),
+        (Kind::Routine, &schema.routines),
+        (Kind::Trigger, &schema.triggers),
+        (Kind::Event, &schema.events),
+    ];
+    groups.into_iter().find_map(|(kind, objects)| {
+        objects
+            .iter()
+            .find(|o| !creates(&o.sql, kind, db, &o.name))
+            .map(|o| (kind, o.name.clone()))
+    })
+}
+
+/// `sql` as one statement the server runs only if it is one.
+pub(super) fn one_statement(sql: &str) -> String {
+    format!("EXECUTE IMMEDIATE {}", quote_literal(sql))
+}
+
+/// After a word (letters, digits, `_`) and the space that ends it.
+fn after_word(s: &str) -> Option<&str> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    (end > 0).then(|| s[end..].strip_prefix(' ')).flatten()
+}
+
+/// After `user@host` (or a role, or `CURRENT_USER`) and its space.
+fn definer(s: &str) -> Option<&str> {
+    let (_, rest) = identifier(s)?;
+    let rest = match rest.strip_prefix('@') {
+        Some(host) => identifier(host)?.1,
+        None => rest,
+    };
+    rest.strip_prefix(' ')
+}
+
+/// An identifier at the start of `s`, in backquotes (each inner one
+/// doubled) or bare (letters, digits, `_`, `$`): its value and the rest.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(inner) = s.strip_prefix('`') {
+        let mut value = String::new();
+        let mut at = 0;
+        loop {
+            let close = at + inner[at..].find('`')?;
+            value.push_str(&inner[at..close]);
+            if inner[close + 1..].starts_with('`') {
+                value.push('`');
+                at = close + 2;
+            } else {
+                return (!value.is_empty()).then(|| (value, &inner[close + 1..]));
+            }
+        }
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As MariaDB 10.11's `SHOW CREATE` writes them.
+    #[test]
+    fn what_show_create_writes_passes() {
+        for (sql, kind, name) in [
+            (
+                "CREATE DATABASE `shop` /*!40100 DEFAULT CHARACTER SET utf8mb4 */",
+                Kind::Database,
+                "shop",
+            ),
+            (
+                "CREATE ALGORITHM=UNDEFINED DEFINER=`shardcut`@`127.0.0.1` SQL SECURITY DEFINER VIEW `shop`.`v` AS select 1",
+                Kind::View,
+                "v",
+            ),
+            (
+                "CREATE TABLE `t` (\n  `id` int(11) NOT NULL\n) ENGINE=InnoDB",
+                Kind::Table,
+                "t",
+            ),
+            (
+                "CREATE TABLE `par.ent` (\n  `id` int(11) NOT NULL\n)",
+                Kind::Table,
+                "par.ent",
+            ),
+            (
+                "CREATE ALGORITHM=UNDEFINED DEFINER=`shardcut`@`127.0.0.1` SQL SECURITY DEFINER VIEW `v` AS select 1",
+                Kind::View,
+                "v",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` PROCEDURE `p`()\nBEGIN SELECT 1; SELECT 2; END",
+                Kind::Routine,
+                "p",
+            ),
+            (
+                "CREATE DEFINER=`root`@`localhost` FUNCTION `f`(x INT) RETURNS int(11)\nRETURN x*2",
+                Kind::Routine,
+                "f",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.id = NEW.id",
+                Kind::Trigger,
+                "tr",
+            ),
+            (
+                "CREATE DEFINER=`a role` EVENT `e` ON SCHEDULE EVERY 1 DAY DO SELECT 1",
+                Kind::Event,
+                "e",
+            ),
+        ] {
+            assert!(creates(sql, kind, "shop", name), "{sql}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        for (sql, kind, name) in [
+            ("DROP DATABASE billing", Kind::Database, "shop"),
+            ("CREATE VIEW `other`.`v` AS select 1", Kind::View, "v"),
+            ("CREATE VIEW `shop`.`v`.`w` AS select 1", Kind::View, "v"),
+            ("CREATE DATABASE `shop`.`shop`", Kind::Database, "shop"),
+            ("CREATE DATABASE `billing`", Kind::Database, "shop"),
+            ("CREATE DATABASE `shopx`", Kind::Database, "shop"),
+            ("CREATE OR REPLACE TABLE `t` (a int)", Kind::Table, "t"),
+            ("CREATE TABLE `u` (a int)", Kind::Table, "t"),
+            ("CREATE TABLE `t`", Kind::View, "t"),
+            ("CREATE VIEW `t` AS select 1", Kind::Table, "t"),
+            ("CREATE PROCEDURE `t`() SELECT 1", Kind::Trigger, "t"),
+            ("create table `t` (a int)", Kind::Table, "t"),
+            ("CREATE TABLE `t;DROP` (a int)", Kind::Table, "t"),
+            ("CREATE DEFINER=x@ TABLE `t` (a int)", Kind::Table, "t"),
+            ("CREATE TABLE `` (a int)", Kind::Table, ""),
+            ("CREATE TABLE `t", Kind::Table, "t"),
+            (" CREATE TABLE `t` (a int)", Kind::Table, "t"),
+        ] {
+            assert!(!creates(sql, kind, "shop", name), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_statement_goes_to_the_server_as_one_literal() {
+        assert_eq!(
+            one_statement("CREATE TABLE `t` (a char(1) DEFAULT 'x\\')"),
+            "EXECUTE IMMEDIATE 'CREATE TABLE `t` (a char(1) DEFAULT ''x\\\\'')'"
+        );
+    }
+}
