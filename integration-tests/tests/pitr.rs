@@ -235,6 +235,38 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
         at_end,
         "restore to latest"
     );
+    // A mark of three of the four shards (taken with a topology that lacks
+    // pg-1): a whole restore to it would leave pg-1 as it was at the
+    // backup, under a report of the mark, so it is refused naming the
+    // shard; nothing is restored.
+    let yaml = std::fs::read_to_string(&topo_path).unwrap();
+    let without = yaml.replace(
+        &format!("  - name: pg-1\n{}", shard_lines(&topo_path, "pg-1")),
+        "",
+    );
+    assert_ne!(without, yaml, "pg-1 left out");
+    let three = dir.path().join("three.yaml");
+    std::fs::write(&three, without).unwrap();
+    run_ok_async(&["mark", "-t", three.to_str().unwrap(), "--name", "three"]).await;
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let run = support::shardcut_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt_arg,
+        "--until",
+        "mark:three",
+        "--overwrite",
+    ])
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("holds shard(s) pg-1 that mark `three` does not cover"),
+        "{run:?}"
+    );
+
     eprintln!("pitr: {transfers} transfers; marks quiet and busy and latest restored exactly");
 }
 

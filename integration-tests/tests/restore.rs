@@ -591,3 +591,43 @@ async fn postgres_materialized_views_come_back_populated_as_they_were() {
         .get(0);
     assert!(!populated, "a view empty at the source was refreshed");
 }
+
+/// A MariaDB server whose global SQL mode holds `NO_BACKSLASH_ESCAPES` and
+/// `ANSI_QUOTES`, source and target: the catalog's and the schema's
+/// sessions used the server's mode, so the database named `a\b` matched
+/// none of the catalog's literals (backed up "complete" without its
+/// table), and `SHOW CREATE` wrote names in double quotes. Those sessions
+/// now run with no SQL mode, and the round trip holds every row (Q = 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reading_backslashes_and_quotes_its_own_way_round_trips() {
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let modes =
+        "SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',NO_BACKSLASH_ESCAPES,ANSI_QUOTES')";
+    for sb in [&source, &target] {
+        let shard = sb.first_shard();
+        let mut c = db::mysql(&shard, None).await;
+        c.query_drop(modes).await.unwrap();
+        c.disconnect().await.unwrap();
+    }
+    let shard = source.first_shard();
+    let mut c = db::mysql(&shard, None).await;
+    c.query_drop(
+        "CREATE DATABASE `a\\b`; CREATE TABLE `a\\b`.`t` (id INT PRIMARY KEY, v VARCHAR(8)); \
+         INSERT INTO `a\\b`.`t` VALUES (1, 'x'), (2, 'y')",
+    )
+    .await
+    .unwrap();
+    c.disconnect().await.unwrap();
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+    let m = support::manifest(&src_path, &id);
+    let t = db::find_table(&m, "mysql-0", "a\\b.t");
+    assert_eq!(t.rows, 2);
+    restored_fully(
+        src_path.to_str().unwrap(),
+        &id,
+        target.topology().to_str().unwrap(),
+    )
+    .await;
+}

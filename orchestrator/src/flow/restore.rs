@@ -453,6 +453,27 @@ fn point_in_time(
     if !refusals.is_empty() {
         return Err(InvalidInput(refusals.join("; ")).into());
     }
+    // A whole restore brings every shard of the base backup: one the mark
+    // does not cover would stay as of the backup, under a report of the
+    // mark.
+    if plan.shards.is_empty() {
+        let uncovered: Vec<&str> = base
+            .shards
+            .keys()
+            .filter(|s| !mark.shards.contains_key(*s))
+            .map(String::as_str)
+            .collect();
+        if !uncovered.is_empty() {
+            return Err(InvalidInput(format!(
+                "backup {} holds shard(s) {} that mark `{}` does not cover: restored, they would stay as they were at the backup, not at the mark; name the shards to restore with --shard ({})",
+                base.backup_id,
+                uncovered.join(", "),
+                mark.name,
+                mark.shards.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+            ))
+            .into());
+        }
+    }
     Ok((base, mark, note))
 }
 

@@ -69,7 +69,8 @@ pub(super) async fn control_connection(
 ) -> Result<(Conn, u32), AgentError> {
     let mut conn = connect::mysql(shard, None, opts.connect_timeout).await?;
     let secs = opts.write_block_timeout.as_secs_f64().ceil().max(1.0) as u64;
-    let set = format!("SET SESSION lock_wait_timeout = {secs}");
+    // The catalog and the schema are read on this session too.
+    let set = format!("SET SESSION lock_wait_timeout = {secs}, SESSION sql_mode = ''");
     conn.query_drop(&set)
         .await
         .map_err(query_err(shard, &set))?;

@@ -7,7 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::sql::{literal_list, number, text, SYSTEM_DATABASES};
+use super::sql::{literal_list, number, text, PLAIN_SQL_MODE, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::{AgentError, DbError};
 use crate::preflight::{missing_databases, Depth, Finding, ShardReport, TableInfo};
@@ -18,6 +18,9 @@ pub(super) async fn check(
     depth: Depth,
 ) -> Result<ShardReport, AgentError> {
     let mut conn = connect::mysql(shard, None, timeout).await?;
+    conn.query_drop(PLAIN_SQL_MODE)
+        .await
+        .map_err(super::sql::query_err(shard, PLAIN_SQL_MODE))?;
     let q = |what: &str| {
         let shard = shard.name.clone();
         let what = what.to_string();

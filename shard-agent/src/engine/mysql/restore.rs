@@ -12,7 +12,7 @@ use topology::Shard;
 use super::restore_keys::split_secondary_keys;
 use super::schema::{DatabaseSchema, Object};
 use super::sql::number;
-use super::sql::{ident, query_err, SYSTEM_DATABASES};
+use super::sql::{ident, query_err, PLAIN_SQL_MODE, SYSTEM_DATABASES};
 use super::stored_sql::{first_foreign, one_statement, Kind};
 use crate::bundle::reading_order;
 use crate::connect;
@@ -402,6 +402,7 @@ pub(super) async fn check_target(
         read_schema(source, target, opts, &db).await?;
     }
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
+    exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;
         if objects > 0 && !opts.overwrite {

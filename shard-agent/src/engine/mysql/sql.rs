@@ -10,6 +10,13 @@ use crate::error::{AgentError, DbError};
 pub const SYSTEM_DATABASES: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
 
 /// A string literal, for statements that cannot take parameters.
+/// The SQL mode of every session that reads the catalog or the schema:
+/// none. [`quote_literal`] escapes backslashes, which the server's
+/// `NO_BACKSLASH_ESCAPES` would read as two (a database named `a\b` then
+/// matched nothing: backed up "complete" with none of its tables), and
+/// `ANSI_QUOTES` would make `SHOW CREATE` quote names with `"`.
+pub(crate) const PLAIN_SQL_MODE: &str = "SET SESSION sql_mode = ''";
+
 pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
