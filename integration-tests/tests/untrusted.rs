@@ -489,27 +489,7 @@ fn a_chunk_line_the_dump_never_writes_is_refused_by_name_and_loads_nothing() {
     let mut fields: Vec<&[u8]> = lines[0].split(|b| *b == b'\t').collect();
     fields[text_at] = b"\\x41";
     lines[0] = fields.join(&b'\t');
-    let mut text = lines.join(&b'\n');
-    text.push(b'\n');
-
-    // The table's rows as one chunk of its own, in place of its chunks.
-    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
-    let entry = m["shards"]["pg-0"]["table_list"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|e| e["database"] == t.database.as_str() && e["name"] == t.name.as_str())
-        .unwrap();
-    let mut chunk = entry["chunks"][0].clone();
-    let key = chunk["key"].as_str().unwrap().to_string();
-    chunk.as_object_mut().unwrap().remove("bundle");
-    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
-    chunk["bytes_stored"] = stored.len().into();
-    chunk["bytes_raw"] = text.len().into();
-    chunk["rows"] = lines.len().into();
-    entry["chunks"] = serde_json::json!([chunk]);
-    backup.repo.put(&key, &stored).unwrap();
-    backup.save_manifest(&m);
+    let key = as_one_chunk(&backup, &mut m, "pg-0", t, &lines);
 
     let scratch = PrivateSandbox::up(0, 1, "ready");
     let run = backup.restore(&scratch.topology(), &["--shard", "pg-0"]);
@@ -540,6 +520,40 @@ fn a_chunk_line_the_dump_never_writes_is_refused_by_name_and_loads_nothing() {
             .get(0)
     });
     assert_eq!(rows, 0, "{} was partly loaded", t.name);
+}
+
+/// Stores `lines` as table `t`'s only chunk, an object of its own in place
+/// of its chunks, with the checksums, sizes and row count of the chunk in
+/// the manifest `m` of `shard` updated to match (the table's own row count
+/// and hash are left as they were); returns the chunk's key.
+fn as_one_chunk(
+    backup: &Backup,
+    m: &mut serde_json::Value,
+    shard: &str,
+    t: &shard_agent::manifest::TableManifest,
+    lines: &[Vec<u8>],
+) -> String {
+    let mut text = lines.join(&b'\n');
+    text.push(b'\n');
+    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
+    let entry = m["shards"][shard]["table_list"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["database"] == t.database.as_str() && e["name"] == t.name.as_str())
+        .unwrap();
+    let mut chunk = entry["chunks"][0].clone();
+    let key = chunk["key"].as_str().unwrap().to_string();
+    chunk.as_object_mut().unwrap().remove("bundle");
+    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
+    chunk["raw_xxh3"] = shard_agent::checksum::xxh3_hex(&text).into();
+    chunk["bytes_stored"] = stored.len().into();
+    chunk["bytes_raw"] = text.len().into();
+    chunk["rows"] = lines.len().into();
+    entry["chunks"] = serde_json::json!([chunk]);
+    backup.repo.put(&key, &stored).unwrap();
+    backup.save_manifest(m);
+    key
 }
 
 /// A target database that exists is replaced only with `--overwrite`, even
@@ -719,26 +733,7 @@ fn a_mariadb_chunk_row_the_server_skips_fails_the_restore_by_name() {
         .expect("a table of mysql-0 with a primary key and rows");
     let mut lines = db::table_lines(&backup.repo, s, t);
     lines.insert(1, lines[0].clone());
-    let mut text = lines.join(&b'\n');
-    text.push(b'\n');
-    let stored = shard_agent::dump::chunk::compress(&text, topology::Compression::Zstd(1)).unwrap();
-    let entry = m["shards"]["mysql-0"]["table_list"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|e| e["database"] == t.database.as_str() && e["name"] == t.name.as_str())
-        .unwrap();
-    let mut chunk = entry["chunks"][0].clone();
-    let key = chunk["key"].as_str().unwrap().to_string();
-    chunk.as_object_mut().unwrap().remove("bundle");
-    chunk["xxh3"] = shard_agent::checksum::xxh3_hex(&stored).into();
-    chunk["raw_xxh3"] = shard_agent::checksum::xxh3_hex(&text).into();
-    chunk["bytes_stored"] = stored.len().into();
-    chunk["bytes_raw"] = text.len().into();
-    chunk["rows"] = lines.len().into();
-    entry["chunks"] = serde_json::json!([chunk]);
-    backup.repo.put(&key, &stored).unwrap();
-    backup.save_manifest(&m);
+    let key = as_one_chunk(&backup, &mut m, "mysql-0", t, &lines);
 
     let scratch = PrivateSandbox::up(1, 0, "ready");
     let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0"]);

@@ -116,7 +116,7 @@ async fn exec_stored(
 }
 
 /// The schema of `db` from its file, each statement checked to be the
-/// `CREATE` of its object ([`first_foreign`]); the file's key with it.
+/// `CREATE` of its object ([`first_foreign`]).
 async fn read_schema(
     source: &ShardManifest,
     target: &Shard,
@@ -303,8 +303,8 @@ async fn create_each(
     Ok(())
 }
 
-/// The control session's current database (`SHOW CREATE` gives an
-/// object's name without its database).
+/// The control session's current database (`SHOW CREATE` gives a
+/// routine's, trigger's or event's name without its database).
 #[derive(Default)]
 struct InDatabase(Option<String>);
 
