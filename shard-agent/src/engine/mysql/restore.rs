@@ -105,14 +105,21 @@ async fn exec(conn: &mut Conn, shard: &Shard, what: &str, sql: &str) -> Result<(
 }
 
 /// Runs `sql` from the backup's schema file as exactly one statement
-/// ([`one_statement`]).
+/// ([`one_statement`]) on MariaDB, whose versions start at 10 (MySQL's
+/// are 5, 8 and 9). MySQL has no `EXECUTE IMMEDIATE`, and cannot prepare
+/// a routine's or trigger's `CREATE`: there the statement goes as it is,
+/// checked only to be the `CREATE` of its object.
 async fn exec_stored(
     conn: &mut Conn,
     shard: &Shard,
     what: &str,
     sql: &str,
 ) -> Result<(), AgentError> {
-    exec(conn, shard, what, &one_statement(sql)).await
+    if conn.server_version().0 >= 10 {
+        exec(conn, shard, what, &one_statement(sql)).await
+    } else {
+        exec(conn, shard, what, sql).await
+    }
 }
 
 /// The schema of `db` from its file, each statement checked to be the

@@ -3,10 +3,12 @@
 //! object's statement must be a `CREATE` of its own kind and name, as
 //! `SHOW CREATE` writes it (`DROP DATABASE billing` planted in place of a
 //! table's definition is refused before the target is touched), and each
-//! runs as exactly one statement: `EXECUTE IMMEDIATE '…'`, which the
-//! server refuses when the text holds more than one. Sent as a query, the
-//! text `CREATE TABLE t (…); DROP DATABASE billing` would run both: the
-//! MySQL library always asks the server for multi-statement queries.
+//! runs on MariaDB as exactly one statement: `EXECUTE IMMEDIATE '…'`,
+//! which the server refuses when the text holds more than one. Sent as a
+//! query, the text `CREATE TABLE t (…); DROP DATABASE billing` would run
+//! both: the MySQL library always asks the server for multi-statement
+//! queries. (MySQL has no `EXECUTE IMMEDIATE`: there the statements go as
+//! they are, checked only for their kind and name.)
 //!
 //! What a `CREATE` of the right name may carry (table options, a view's
 //! query, a routine's or trigger's body) is still the backup's to say:
