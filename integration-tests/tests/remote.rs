@@ -1,8 +1,8 @@
 //! Remote shard agents (`shard-agent serve`): the same backup as in-process
 //! agents, over HTTPS with mutual TLS (a client without the right
 //! certificate refused), refused without the right token, limited to the
-//! repositories and hosts it is allowed, and a clear failure when an agent
-//! is killed mid-backup.
+//! repositories and hosts it is allowed, a clear failure when an agent is
+//! killed mid-backup, and a dump stopped when its orchestrator is.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -28,12 +28,24 @@ impl AgentProcess {
         allowed: &Path,
         extra: &[&str],
     ) -> AgentProcess {
+        Self::start_env(listen, token_file, allowed, extra, &[])
+    }
+
+    /// [`AgentProcess::start_with`] with `env` set for the agent.
+    fn start_env(
+        listen: &str,
+        token_file: &Path,
+        allowed: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let mut child = Command::new(bin("shard-agent"))
             .args(["serve", "--listen", listen, "--token-file"])
             .arg(token_file)
             .arg("--allow-repository")
             .arg(allowed)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -563,4 +575,73 @@ fn restore_replay_and_capture_run_on_the_agents_over_mutual_tls() {
             .contains(&format!("agent https://localhost:{port}")),
         "{run:?}"
     );
+}
+
+/// An orchestrator killed while a remote agent dumps: the dump went on
+/// into the discarded backup, holding its snapshot connections (on
+/// MariaDB the metadata locks of the tables it read, which DDL waits for)
+/// until it ended. The agent now stops a dump nobody has asked about for
+/// a while (2 minutes; 2 s here): its connections close. The dump is held
+/// open in its schema read for 30 s by a test hook.
+#[test]
+fn an_agent_stops_a_dump_its_orchestrator_no_longer_polls() {
+    use mysql_async::prelude::Queryable;
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let _agent = AgentProcess::start_env(
+        &listen,
+        &good,
+        dir.path(),
+        &["--insecure"],
+        &[
+            ("SHARDCUT_AGENT_DUMP_UNPOLLED_SECS", "2"),
+            ("SHARDCUT_TEST_SCHEMA_PAUSE_MS", "30000"),
+        ],
+    );
+    let topo = with_agents(&sb.topology(), dir.path(), &listen, &good);
+    let shard = db::topology(&topo).shards[0].clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt.block_on(async {
+        let mut c = db::mysql(&shard, None).await;
+        c.query_drop(
+            "CREATE DATABASE app; CREATE TABLE app.t (id INT PRIMARY KEY); \
+             INSERT INTO app.t VALUES (1)",
+        )
+        .await
+        .unwrap();
+        c
+    });
+    // The backup user's other sessions: the agent's.
+    let mut agent_sessions = || -> i64 {
+        rt.block_on(c.query_first::<i64, _>(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE USER = 'shardcut' AND ID <> CONNECTION_ID()",
+        ))
+        .unwrap()
+        .unwrap_or(0)
+    };
+    let mut child = Command::new(bin("shardcut"))
+        .args(["backup", "-t", topo.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past the cut, into the dump (held in its schema read).
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(agent_sessions() > 0, "the agent is dumping");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while agent_sessions() > 0 && killed.elapsed() < std::time::Duration::from_secs(12) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(
+        agent_sessions(),
+        0,
+        "the agent still dumps {:?} after its orchestrator was killed",
+        killed.elapsed()
+    );
+    rt.block_on(c.disconnect()).unwrap();
 }

@@ -176,54 +176,66 @@ impl Agent {
                 r.send(reqwest::Method::POST, &path, Some(&req))
                     .await
                     .map_err(|f| r.failure(f))?;
-                let mut last = (u64::MAX, u64::MAX);
-                let mut moved = std::time::Instant::now();
-                loop {
-                    if opts.cancel.load(Ordering::Relaxed) {
-                        // Best effort: the agent also stops when its session is dropped.
-                        drop(
-                            r.send(
-                                reqwest::Method::DELETE,
-                                &format!("/v1/sessions/{}", r.session),
-                                None::<&()>,
-                            )
-                            .await,
-                        );
-                        return Err(AgentError::Cancelled {
-                            shard: r.shard.clone(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    let status: DumpStatus =
-                        r.call(reqwest::Method::GET, &path, None::<&()>).await?;
-                    match status {
-                        DumpStatus::Running {
-                            rows,
-                            bytes,
-                            rows_estimate,
-                        } => {
-                            if (rows, bytes) != last {
-                                last = (rows, bytes);
-                                moved = std::time::Instant::now();
-                            } else if moved.elapsed() > DUMP_STALL_LIMIT {
-                                return Err(r.err(format!(
-                                    "dump made no progress for {} min; giving up",
-                                    DUMP_STALL_LIMIT.as_secs() / 60
-                                )));
-                            }
-                            opts.progress.rows.store(rows, Ordering::Relaxed);
-                            opts.progress.bytes.store(bytes, Ordering::Relaxed);
-                            opts.progress
-                                .rows_estimate
-                                .store(rows_estimate, Ordering::Relaxed);
-                        }
-                        DumpStatus::Done { manifest } => return Ok(*manifest),
-                        DumpStatus::Failed { error } => {
-                            return Err(r.err(format!("dump failed: {error}")))
-                        }
-                    }
+                let polled = poll_dump(&r, &path, &opts).await;
+                if polled.is_err() {
+                    // Whatever ended the wait (cancelled, a failed status
+                    // call, no progress), the agent's dump must not go on
+                    // into a discarded backup. Best effort: an agent that
+                    // hears nothing more stops the dump on its own.
+                    drop(
+                        r.send(
+                            reqwest::Method::DELETE,
+                            &format!("/v1/sessions/{}", r.session),
+                            None::<&()>,
+                        )
+                        .await,
+                    );
                 }
+                polled
             }
+        }
+    }
+}
+
+/// Polls a remote dump at `path` until it ends; its shard manifest.
+async fn poll_dump(
+    r: &Remote,
+    path: &str,
+    opts: &DumpOptions,
+) -> Result<ShardManifest, AgentError> {
+    let mut last = (u64::MAX, u64::MAX);
+    let mut moved = std::time::Instant::now();
+    loop {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(AgentError::Cancelled {
+                shard: r.shard.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status: DumpStatus = r.call(reqwest::Method::GET, path, None::<&()>).await?;
+        match status {
+            DumpStatus::Running {
+                rows,
+                bytes,
+                rows_estimate,
+            } => {
+                if (rows, bytes) != last {
+                    last = (rows, bytes);
+                    moved = std::time::Instant::now();
+                } else if moved.elapsed() > DUMP_STALL_LIMIT {
+                    return Err(r.err(format!(
+                        "dump made no progress for {} min; giving up",
+                        DUMP_STALL_LIMIT.as_secs() / 60
+                    )));
+                }
+                opts.progress.rows.store(rows, Ordering::Relaxed);
+                opts.progress.bytes.store(bytes, Ordering::Relaxed);
+                opts.progress
+                    .rows_estimate
+                    .store(rows_estimate, Ordering::Relaxed);
+            }
+            DumpStatus::Done { manifest } => return Ok(*manifest),
+            DumpStatus::Failed { error } => return Err(r.err(format!("dump failed: {error}"))),
         }
     }
 }

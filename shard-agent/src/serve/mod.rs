@@ -36,6 +36,17 @@ use crate::session::Session;
 /// connections: an orchestrator that died after `prepare` leaks nothing.
 const IDLE_SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// A dump whose orchestrator has not asked for its status this long (it
+/// asks every 300 ms while the backup goes on) is stopped: the
+/// orchestrator died or gave up, the backup is discarded, and the dump
+/// would go on writing into its folder and holding its snapshots (on
+/// MariaDB, the metadata locks of the tables read, which DDL waits for).
+/// `SHARDCUT_AGENT_DUMP_UNPOLLED_SECS` sets another time (tests).
+fn dump_unpolled_limit() -> Duration {
+    crate::knobs::count("SHARDCUT_AGENT_DUMP_UNPOLLED_SECS")
+        .map_or(Duration::from_secs(120), |s| Duration::from_secs(s as u64))
+}
+
 enum Phase {
     Ready(Box<Session>),
     /// Taken out for a call in progress.
@@ -44,6 +55,8 @@ enum Phase {
         progress: Arc<Progress>,
         cancel: Arc<AtomicBool>,
         result: Arc<Mutex<Option<Result<ShardManifest, String>>>>,
+        /// Ends the dump task at once (its connections close with it).
+        abort: tokio::task::AbortHandle,
     },
 }
 
@@ -427,14 +440,16 @@ async fn start_dump(
         cancel: cancel.clone(),
         bundles: None,
     };
+    let dump = tokio::spawn(async move { s.dump(opts).await.map_err(|e| one_line(&e)) });
     if let Some(entry) = lock(&st).get_mut(&id) {
+        entry.touched = Instant::now();
         entry.phase = Phase::Dumping {
             progress,
             cancel,
             result: result.clone(),
+            abort: dump.abort_handle(),
         };
     }
-    let dump = tokio::spawn(async move { s.dump(opts).await.map_err(|e| one_line(&e)) });
     tokio::spawn(async move {
         // A panic in the dump is a failed session, not one "running" forever.
         let r = match dump.await {
@@ -553,16 +568,30 @@ pub async fn serve(
         jobs: Arc::new(Mutex::new(HashMap::new())),
     };
     let reaper = state.clone();
+    let unpolled = dump_unpolled_limit();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            lock(&reaper).retain(|id, e| {
-                let keep = matches!(e.phase, Phase::Dumping { .. })
-                    || e.touched.elapsed() < IDLE_SESSION_TTL;
-                if !keep {
-                    tracing::warn!("session {id}: idle for too long; closing it");
+            tokio::time::sleep(Duration::from_secs(30).min(unpolled / 2)).await;
+            lock(&reaper).retain(|id, e| match &e.phase {
+                Phase::Dumping { cancel, abort, .. } => {
+                    let keep = e.touched.elapsed() < unpolled;
+                    if !keep {
+                        tracing::warn!(
+                            "session {id}: its dump was not polled for {} s (the orchestrator is gone); stopping it",
+                            unpolled.as_secs()
+                        );
+                        cancel.store(true, Ordering::Relaxed);
+                        abort.abort();
+                    }
+                    keep
                 }
-                keep
+                _ => {
+                    let keep = e.touched.elapsed() < IDLE_SESSION_TTL;
+                    if !keep {
+                        tracing::warn!("session {id}: idle for too long; closing it");
+                    }
+                    keep
+                }
             });
             // A job nobody has asked about for as long is an orphan (its
             // orchestrator is gone): stopped and forgotten.
