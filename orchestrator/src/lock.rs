@@ -83,13 +83,26 @@ pub(crate) fn new_token() -> String {
 /// one is unreadable (never read into memory), as a lock cut short is.
 const LOCK_MAX: u64 = 64 << 10;
 
-/// The lock at `key`: `Ok(None)` when there is none, `Ok(Some(None))`
-/// when it is unreadable (cut short by a crash, or not shardcut's).
-fn read_lock(repo: &dyn Repository, key: &str) -> Result<Option<Option<LockBody>>, RepoError> {
+/// A lock as read from the repository.
+enum Found {
+    Absent,
+    Held(LockBody),
+    /// Not a lock shardcut wrote whole (cut short by a crash, or not
+    /// shardcut's), and why.
+    Unreadable(String),
+}
+
+/// The lock at `key`, read no larger than [`LOCK_MAX`].
+fn read_lock(repo: &dyn Repository, key: &str) -> Result<Found, RepoError> {
     match repo.get_at_most(key, LOCK_MAX) {
-        Ok(data) => Ok(Some(serde_json::from_slice::<LockBody>(&data).ok())),
-        Err(RepoError::TooLarge { .. }) => Ok(Some(None)),
-        Err(RepoError::NotFound { .. }) => Ok(None),
+        Ok(data) => Ok(match serde_json::from_slice::<LockBody>(&data) {
+            Ok(body) => Found::Held(body),
+            Err(e) => Found::Unreadable(format!("not a lock: {e}")),
+        }),
+        Err(RepoError::TooLarge { size, .. }) => Ok(Found::Unreadable(format!(
+            "{size} bytes, more than the {LOCK_MAX} a lock takes: not read"
+        ))),
+        Err(RepoError::NotFound { .. }) => Ok(Found::Absent),
         Err(e) => Err(e),
     }
 }
@@ -97,7 +110,11 @@ fn read_lock(repo: &dyn Repository, key: &str) -> Result<Option<Option<LockBody>
 /// The token in the lock at `key` now: `Ok(None)` when there is no lock,
 /// empty when it is unreadable.
 fn current_token(repo: &dyn Repository, key: &str) -> Result<Option<String>, RepoError> {
-    Ok(read_lock(repo, key)?.map(|held| held.map(|b| b.token).unwrap_or_default()))
+    Ok(match read_lock(repo, key)? {
+        Found::Absent => None,
+        Found::Held(body) => Some(body.token),
+        Found::Unreadable(_) => Some(String::new()),
+    })
 }
 
 enum Renewal {
@@ -201,13 +218,16 @@ impl RepoLock {
                 Err(RepoError::AlreadyExists { .. }) => {
                     // A lock this run cannot open (another key) is not a
                     // crashed one: taking it over would break a live run's.
-                    let held: Option<LockBody> = match read_lock(repo.as_ref(), &key) {
-                        Ok(held) => held.flatten(),
+                    let found = match read_lock(repo.as_ref(), &key) {
+                        Ok(found) => found,
                         Err(e) if e.is_key_problem() => return Err(e.into()),
-                        Err(_) => None,
+                        Err(e) => Found::Unreadable(e.to_string()),
                     };
-                    match held {
-                        Some(h)
+                    // Expired or unreadable (a crash mid-write): taken over,
+                    // unless it changed since it was read (another run took
+                    // it over first).
+                    let (seen, lock) = match found {
+                        Found::Held(h)
                             if h.expires_at > chrono::Utc::now().timestamp() && !dead_here(&h) =>
                         {
                             return Err(LockError::Held {
@@ -218,18 +238,18 @@ impl RepoLock {
                                 expires: chrono::DateTime::from_timestamp(h.expires_at, 0)
                                     .map(|t| t.to_rfc3339())
                                     .unwrap_or_default(),
-                            })
+                            });
                         }
-                        // Expired or unreadable (a crash mid-write): take it
-                        // over, unless it changed since it was read (another
-                        // run took it over first).
-                        held => {
-                            let seen = held.map(|h| h.token).unwrap_or_default();
-                            if current_token(repo.as_ref(), &key)? == Some(seen) {
-                                tracing::warn!("taking over the expired lock {key}");
-                                repo.delete(&key)?;
-                            }
+                        Found::Held(h) => (h.token, format!("the expired lock {key}")),
+                        Found::Unreadable(why) => {
+                            (String::new(), format!("the unreadable lock {key} ({why})"))
                         }
+                        // Gone since: the next try puts this run's.
+                        Found::Absent => continue,
+                    };
+                    if current_token(repo.as_ref(), &key)? == Some(seen) {
+                        tracing::warn!("taking over {lock}");
+                        repo.delete(&key)?;
                     }
                 }
                 Err(e) => return Err(e.into()),

@@ -329,7 +329,8 @@ pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) -> Manifest
     let repo = cluster.history.repository().clone();
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
-    // repository cannot tell, they stay (expire removes them later).
+    // repository cannot tell, they stay (no command lists a folder without
+    // a manifest as a backup, and none removes it).
     let found = match tokio::task::spawn_blocking(move || r.exists(&key)).await {
         Ok(Ok(true)) => ManifestState::Present,
         Ok(Ok(false)) => ManifestState::Absent,

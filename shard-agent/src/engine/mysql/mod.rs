@@ -34,9 +34,22 @@ use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
 use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
-/// Kinds of table `information_schema.TABLES` lists that a backup
-/// refuses by name (see `list_tables`).
-const KINDS_REFUSED: [&str; 2] = ["SYSTEM VERSIONED", "SEQUENCE"];
+/// Why a backup refuses, by name, a table of `kind` as
+/// `information_schema.TABLES` lists it; `None` for a kind it backs up or
+/// does not list. MariaDB lists a table WITH SYSTEM VERSIONING, and a
+/// sequence, as kinds of their own, which the catalog used to pass over
+/// without a word: a backup "complete" without them.
+fn refused_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "SYSTEM VERSIONED" => Some(
+            "is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost)",
+        ),
+        "SEQUENCE" => Some(
+            "is a sequence (CREATE SEQUENCE), which shardcut cannot back up yet (its definition and position would be lost, and a table whose DEFAULT takes NEXTVAL from it would not restore)",
+        ),
+        _ => None,
+    }
+}
 
 /// A shard of at least this many tables lists its columns, primary keys and
 /// foreign keys at once on several connections (see
@@ -312,19 +325,8 @@ impl Session {
             if !self.databases.contains(&db) || shard.excludes(&db, None, &table) {
                 continue;
             }
-            // MariaDB lists a table WITH SYSTEM VERSIONING, and a sequence,
-            // as kinds of their own, which the catalog used to pass over
-            // without a word: a backup "complete" without them.
-            let unsupported = match text(row, 3).map_err(&de)?.as_deref() {
-                Some("SYSTEM VERSIONED") => Some(
-                    "is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost)",
-                ),
-                Some("SEQUENCE") => Some(
-                    "is a sequence (CREATE SEQUENCE), which shardcut cannot back up yet (its definition and position would be lost, and a table whose DEFAULT takes NEXTVAL from it would not restore)",
-                ),
-                _ => None,
-            };
-            if let Some(why) = unsupported {
+            let kind = text(row, 3).map_err(&de)?.unwrap_or_default();
+            if let Some(why) = refused_kind(&kind) {
                 return Err(AgentError::Tool {
                     shard: shard.name.clone(),
                     what: format!(
@@ -509,7 +511,7 @@ impl Session {
             if let Some([db, table, kind]) = texts(row).map_err(&de)? {
                 // Every kind the catalog lists: a system-versioned table
                 // or a sequence created meanwhile is a change too.
-                let listed = kind == "BASE TABLE" || KINDS_REFUSED.contains(&kind.as_str());
+                let listed = kind == "BASE TABLE" || refused_kind(&kind).is_some();
                 if listed && !shard.excludes(&db, None, &table) {
                     tables.insert((db, table), Vec::new());
                 }

@@ -52,24 +52,13 @@ pub(super) async fn restore(
             loaded.as_secs_f64(),
             (began.elapsed() - loaded).as_secs_f64()
         );
-        for f in schema_files(source, &db, "sequences") {
-            let sql = section_sql(f, target, opts).await?;
-            let client = reader(target, &db, TIMEOUT).await?;
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(pg_err(target, &format!("setting the sequences of {db}")))?;
-        }
+        run_section(source, target, opts, &db, "sequences").await?;
         // Refreshed from the restored tables: all of them, or none (a
         // partial restore's views may read tables it left out).
         if opts.tables.is_none() {
             for f in schema_files(source, &db, "matviews") {
                 let sql = refreshes_sql(f, target, opts).await?;
-                let client = reader(target, &db, TIMEOUT).await?;
-                client.batch_execute(&sql).await.map_err(pg_err(
-                    target,
-                    &format!("refreshing the materialized views of {db}"),
-                ))?;
+                run_sql(target, &db, &sql, "materialized-view").await?;
             }
         }
         drop_unselected(source, target, opts, &db).await?;
