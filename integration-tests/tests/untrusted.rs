@@ -366,6 +366,31 @@ fn a_program_planted_in_the_sequences_file_runs_nothing() {
     assert!(!marker.exists(), "the planted program ran");
 }
 
+/// A `COPY … TO PROGRAM` hidden in the post-data section by a string that
+/// crosses pg_dump's `-- Name:` header: read whole, the section's string
+/// ends inside the comment of the next block and hides the statement; but
+/// the restore runs each index block on its own, where the comment hides
+/// the quote instead. Each block is checked as it runs: the restore
+/// refuses before the target is changed, naming the file and the block.
+#[test]
+fn a_program_hidden_across_post_data_blocks_runs_nothing() {
+    let backup = Backup::take();
+    let marker = backup.dir.path().join("ran");
+    planted_in_a_schema_file_is_refused(
+        &backup,
+        "post-data",
+        &format!(
+            "--\n-- Name: planted_a; Type: INDEX; Schema: public; Owner: -\n--\n\n\
+             CREATE INDEX planted_a ON public.customers USING btree (id) WHERE '' <> '\n\
+             --\n-- Name: planted_b; Type: INDEX; Schema: public; Owner: -\n--\n\n\
+             COPY public.customers TO /* ' ; */ PROGRAM 'touch {}';\n",
+            marker.display()
+        ),
+        "block \"-- Name: planted_b; Type: INDEX; Schema: public; Owner: -\": its line 5 has a COPY … FROM/TO PROGRAM",
+    );
+    assert!(!marker.exists(), "the planted program ran");
+}
+
 /// A chunk object replaced by a larger one, the manifest left as it was,
 /// is refused by `verify` by its size before it is read: a planted object
 /// of gigabytes (a sparse file costs nothing to plant) would otherwise be
@@ -840,4 +865,99 @@ fn statements_planted_in_a_mariadb_schema_file_never_run() {
         run.stderr
     );
     assert_eq!(victim_tables(), Some(1), "the planted statement ran");
+}
+
+/// `copy` reads its source like any repository: an object of a backup
+/// replaced by one larger than its manifest records (a sparse file of
+/// 1.5 GiB, which costs nothing to plant) is refused by name before it is
+/// read, and the replica gets no manifest of that backup. Before, each of
+/// the copy's eight threads read its object whole, whatever its size.
+#[test]
+fn a_copy_refuses_a_source_object_larger_than_its_manifest_records() {
+    let backup = Backup::take();
+    let replica = backup.dir.path().join("replica");
+    let mut text = std::fs::read_to_string(&backup.topology).unwrap();
+    text.push_str(&format!(
+        "replicas:\n  - name: dr\n    url: {}\n",
+        replica.display()
+    ));
+    std::fs::write(&backup.topology, text).unwrap();
+    let m = support::manifest(&backup.topology, &backup.id);
+    let object = m.stored_objects().last().unwrap();
+    let planted: u64 = 1_536 << 20;
+    let topo = db::topology(&backup.topology);
+    let topology::RepositoryLocation::Local(root) = &topo.repository.location else {
+        panic!("a directory repository")
+    };
+    std::fs::File::create(root.join(object.key))
+        .unwrap()
+        .set_len(planted)
+        .unwrap();
+
+    let run = support::shardcut(&["copy", "-t", backup.arg(), "--to", "dr"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("reading {} to copy", object.key))
+            && run.stderr.contains(&format!(
+                "object {} is {planted} bytes, more than the {} it may take: not read",
+                object.key, object.bytes_stored,
+            )),
+        "{run:?}"
+    );
+    let manifest = shard_agent::manifest::keys::manifest(&backup.id);
+    assert!(!replica.join(manifest).exists());
+}
+
+/// An object read from one place that names another is refused: a
+/// manifest naming a chunk outside its backup's folder (restore would read
+/// it, `copy` write it into the replica: a lock there blocks every run),
+/// and a mark stored under another name than its own (`expire` deleted
+/// marks by the name inside them, so a planted old mark holding the name
+/// of a new one deleted the new one).
+#[test]
+fn a_manifest_or_a_mark_naming_another_place_than_where_it_lies_is_refused() {
+    let backup = Backup::take();
+    let run = support::shardcut(&["mark", "-t", backup.arg(), "--name", "kept"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let kept = shard_agent::manifest::keys::mark("kept");
+    let mut planted: serde_json::Value =
+        serde_json::from_slice(&backup.repo.get(&kept).unwrap()).unwrap();
+    planted["cut"]["taken_at"] = "2000-01-01T00:00:00Z".into();
+    let planted_key = shard_agent::manifest::keys::mark("planted");
+    backup
+        .repo
+        .put(&planted_key, &serde_json::to_vec(&planted).unwrap())
+        .unwrap();
+    let run = support::shardcut(&["expire", "-t", backup.arg(), "--keep-last", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "mark {planted_key} names mark `kept`, stored elsewhere: the repository is damaged or was tampered with"
+        )),
+        "{run:?}"
+    );
+    assert!(backup.repo.exists(&kept).unwrap(), "{run:?}");
+    backup.repo.delete(&planted_key).unwrap();
+
+    let mut m = backup.manifest();
+    let chunk = pg0_chunks(&mut m).next().unwrap();
+    chunk.as_object_mut().unwrap().remove("bundle");
+    chunk["key"] = "locks/planted.lock".into();
+    backup.save_manifest(&m);
+    let refusal = format!(
+        "manifest {} names object locks/planted.lock, outside its backup's folder: the repository is damaged or was tampered with",
+        shard_agent::manifest::keys::manifest(&backup.id)
+    );
+    let run = support::shardcut(&["list", "-t", backup.arg()]);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with(&backup.id) && l.contains(&refusal)),
+        "{run:?}"
+    );
+    // Restore and verify find their backup the same way.
+    let run = support::shardcut(&["verify", "-t", backup.arg(), "--backup", &backup.id]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains(&refusal), "{run:?}");
 }

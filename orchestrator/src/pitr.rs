@@ -55,8 +55,7 @@ pub fn list_marks(repo: &dyn Repository, cluster: &str) -> anyhow::Result<Vec<Ma
             continue;
         }
         let data = repo.get_at_most(&key, MANIFEST_MAX)?;
-        let m: Mark = serde_json::from_slice(&data)
-            .map_err(|e| anyhow::anyhow!("unreadable mark {key}: {e}"))?;
+        let m = parse_mark(&key, &data)?;
         if m.cluster == cluster {
             out.push(m);
         }
@@ -65,11 +64,24 @@ pub fn list_marks(repo: &dyn Repository, cluster: &str) -> anyhow::Result<Vec<Ma
     Ok(out)
 }
 
+/// The mark stored at `key`, which must be the one its name gives:
+/// `expire` deletes a mark by its name, and restore finds it by it.
+fn parse_mark(key: &str, data: &[u8]) -> anyhow::Result<Mark> {
+    let m: Mark =
+        serde_json::from_slice(data).map_err(|e| anyhow::anyhow!("unreadable mark {key}: {e}"))?;
+    if keys::mark(&m.name) != key {
+        anyhow::bail!(
+            "mark {key} names mark `{}`, stored elsewhere: the repository is damaged or was tampered with",
+            m.name
+        );
+    }
+    Ok(m)
+}
+
 pub fn find_mark(repo: &dyn Repository, cluster: &str, name: &str) -> anyhow::Result<Mark> {
     match repo.get_at_most(&keys::mark(name), MANIFEST_MAX) {
         Ok(data) => {
-            let m: Mark = serde_json::from_slice(&data)
-                .map_err(|e| anyhow::anyhow!("unreadable mark {}: {e}", keys::mark(name)))?;
+            let m = parse_mark(&keys::mark(name), &data)?;
             if m.cluster != cluster {
                 return Err(InvalidInput(format!(
                     "mark `{name}` belongs to cluster {}",

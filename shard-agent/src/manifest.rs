@@ -81,25 +81,70 @@ impl Manifest {
     /// The keys of every object this backup stored itself (schema files
     /// and chunks), which must be durable before its manifest is.
     pub fn object_keys(&self) -> Vec<&str> {
-        self.object_checksums().map(|(key, _)| key).collect()
+        self.stored_objects().map(|o| o.key).collect()
     }
 
-    /// Each object this backup stored itself, with the xxh3 of its stored
-    /// bytes as recorded here: schema files, chunks stored on their own,
-    /// and bundles (a bundled chunk is no object of its own).
-    pub fn object_checksums(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Each object this backup stored itself, as recorded here: schema
+    /// files, chunks stored on their own, and bundles (a bundled chunk is
+    /// no object of its own).
+    pub fn stored_objects(&self) -> impl Iterator<Item = RecordedObject<'_>> {
         self.shards.values().flat_map(|s| {
-            let schema = s.schema.iter().map(|f| (f.key.as_str(), f.xxh3.as_str()));
+            let schema = s.schema.iter().map(|f| RecordedObject {
+                key: &f.key,
+                xxh3: &f.xxh3,
+                bytes_stored: f.bytes_stored,
+            });
             let chunks = s.table_list.iter().flat_map(|t| {
                 t.chunks
                     .iter()
                     .filter(|c| c.bundle.is_none())
-                    .map(|c| (c.key.as_str(), c.xxh3.as_str()))
+                    .map(|c| RecordedObject {
+                        key: &c.key,
+                        xxh3: &c.xxh3,
+                        bytes_stored: c.bytes_stored,
+                    })
             });
-            let bundles = s.bundles.iter().map(|b| (b.key.as_str(), b.xxh3.as_str()));
+            let bundles = s.bundles.iter().map(|b| RecordedObject {
+                key: &b.key,
+                xxh3: &b.xxh3,
+                bytes_stored: b.bytes_stored,
+            });
             schema.chain(chunks).chain(bundles)
         })
     }
+}
+
+impl Manifest {
+    /// The first object this manifest names outside where it may: its
+    /// backup's own folder for what the backup stored, the capture
+    /// folders for the segments an incremental backup restores with.
+    /// Restore would read such an object, `copy` copy it.
+    pub fn object_outside(&self) -> Option<&str> {
+        let folder = keys::backup_prefix(&self.backup_id);
+        let chunks = self.shards.values().flat_map(|s| {
+            s.table_list
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| c.key.as_str()))
+        });
+        let own = self.stored_objects().map(|o| o.key).chain(chunks);
+        let segments = self.chain.iter().flat_map(|c| c.segments.iter());
+        own.filter(|k| !k.starts_with(&folder))
+            .chain(
+                segments
+                    .map(|s| s.key.as_str())
+                    .filter(|k| !k.starts_with("capture/")),
+            )
+            .next()
+    }
+}
+
+/// An object a manifest names: its key, the xxh3-64 of its stored bytes
+/// (hex) and their length, which bounds any read of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedObject<'a> {
+    pub key: &'a str,
+    pub xxh3: &'a str,
+    pub bytes_stored: u64,
 }
 
 /// An incremental backup restores as its full base backup plus the

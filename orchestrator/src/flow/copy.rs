@@ -10,6 +10,13 @@
 //! read-back) before the replica's manifest is written, so a replica lists
 //! only backups whose every object arrived intact.
 //!
+//! The source is read as untrusted as any repository: each object with
+//! the size that names it as the most the read may take (a backup's
+//! objects with their manifest's sizes, a segment's data with its
+//! description's; manifests, marks, states and descriptions with the
+//! bounds their readers use), and only what a manifest or a description
+//! names is copied of a backup's folder or a segment's data.
+//!
 //! Objects go through each repository's own layer: read (and, if the
 //! source is encrypted, authenticated) with the source's key, written with
 //! the replica's. A copy killed midway leaves objects without a manifest,
@@ -22,8 +29,11 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use serde::Serialize;
+use shard_agent::capture::{
+    data_stem, read_description, read_document, CaptureError, DOCUMENT_MAX,
+};
 use shard_agent::checksum::xxh3_hex;
-use shard_agent::manifest::{keys, Manifest};
+use shard_agent::manifest::{keys, Manifest, MANIFEST_MAX};
 use shard_agent::repo::{RepoError, Repository};
 use topology::Topology;
 
@@ -129,24 +139,31 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
-    /// Copies `key`, then reads it back from the replica and compares.
-    /// `recorded`: the checksum a manifest records for it.
-    fn one(&self, key: &str, recorded: Option<&str>) -> anyhow::Result<()> {
+    /// Copies `job`'s object, read with its bound, compared with its
+    /// recorded checksum if it has one, and confirmed by the replica.
+    fn one(&self, job: &Job) -> anyhow::Result<()> {
+        let key = job.key.as_str();
         let data = self
             .source
-            .get(key)
+            .get_at_most(key, job.max)
             .with_context(|| format!("reading {key} to copy"))?;
-        let hash = xxh3_hex(&data);
+        self.put(key, &data, job.recorded.as_deref())
+    }
+
+    /// Writes `data`, the source's object `key`, to the replica, after
+    /// comparing it with `recorded`, the checksum that names it.
+    fn put(&self, key: &str, data: &[u8], recorded: Option<&str>) -> anyhow::Result<()> {
         if let Some(want) = recorded {
+            let hash = xxh3_hex(data);
             if hash != want {
                 anyhow::bail!(
-                    "source object {key} is damaged (checksum {hash}, manifest {want}); run `shardcut verify` on the source; the replica keeps what it had"
+                    "source object {key} is damaged (checksum {hash}, recorded {want}); run `shardcut verify` on the source; the replica keeps what it had"
                 );
             }
         }
         // Written and confirmed by the store's own hash of what it holds.
         self.dest
-            .put_verified(key, &data)
+            .put_verified(key, data)
             .with_context(|| format!("replica {}: writing {key}", self.replica))?;
         self.tally.copied.fetch_add(1, Ordering::Relaxed);
         self.tally
@@ -155,9 +172,33 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Copies every `(key, recorded checksum)` on [`WORKERS`] threads; the
-    /// first failure stops the others and is returned.
-    fn many(&self, work: Vec<(String, Option<String>)>) -> anyhow::Result<()> {
+    /// A capture segment by its description `key`: its data (read with the
+    /// size the description records, compared with its checksum) if the
+    /// replica lacks it, then the description if the replica lacks that,
+    /// so that no description is there before its data.
+    fn segment(&self, key: &str, present: &HashSet<String>) -> anyhow::Result<()> {
+        let (meta, description) =
+            read_description(self.source, key).with_context(|| format!("reading {key} to copy"))?;
+        if present.contains(&meta.key) {
+            self.tally.skipped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.one(&Job {
+                key: meta.key.clone(),
+                max: meta.bytes_stored,
+                recorded: Some(meta.xxh3.clone()),
+            })?;
+        }
+        if present.contains(key) {
+            self.tally.skipped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        } else {
+            self.put(key, &description, None)
+        }
+    }
+
+    /// Does every piece of `work` on [`WORKERS`] threads; the first
+    /// failure stops the others and is returned.
+    fn many(&self, work: Vec<Work>, present: &HashSet<String>) -> anyhow::Result<()> {
         let queue = Mutex::new(VecDeque::from(work));
         let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let next = || {
@@ -169,8 +210,12 @@ impl Copier<'_> {
         std::thread::scope(|s| {
             for _ in 0..WORKERS {
                 s.spawn(|| {
-                    while let Some((key, recorded)) = next() {
-                        if let Err(e) = self.one(&key, recorded.as_deref()) {
+                    while let Some(work) = next() {
+                        let done = match &work {
+                            Work::Object(job) => self.one(job),
+                            Work::Segment(key) => self.segment(key, present),
+                        };
+                        if let Err(e) = done {
                             if let Ok(mut f) = failed.lock() {
                                 f.get_or_insert(e);
                             }
@@ -186,22 +231,45 @@ impl Copier<'_> {
         }
     }
 
-    /// Of `keys`, those the replica lacks (the rest are counted as skipped).
-    fn missing(
-        &self,
-        keys: Vec<String>,
-        present: &HashSet<String>,
-    ) -> Vec<(String, Option<String>)> {
+    /// Of `jobs`, those whose object the replica lacks (the rest are
+    /// counted as skipped).
+    fn missing(&self, jobs: Vec<Job>, present: &HashSet<String>) -> Vec<Work> {
         let mut out = Vec::new();
-        for k in keys {
-            if present.contains(&k) {
+        for job in jobs {
+            if present.contains(&job.key) {
                 self.tally.skipped.fetch_add(1, Ordering::Relaxed);
             } else {
-                out.push((k, None));
+                out.push(Work::Object(job));
             }
         }
         out
     }
+}
+
+/// One object to copy: its key, the most its read may take (what names
+/// it records, or what shardcut ever writes of its kind: a larger object
+/// planted in the source is refused before it is read), and the checksum
+/// recorded for it, if any.
+struct Job {
+    key: String,
+    max: u64,
+    recorded: Option<String>,
+}
+
+impl Job {
+    fn document(key: String, max: u64) -> Job {
+        Job {
+            key,
+            max,
+            recorded: None,
+        }
+    }
+}
+
+enum Work {
+    Object(Job),
+    /// A capture segment, by its description's key.
+    Segment(String),
 }
 
 /// A stream's state: the one kind of object that changes in place.
@@ -209,17 +277,72 @@ fn is_state(key: &str) -> bool {
     key.starts_with("capture/") && key.ends_with("/state.json") && key.matches('/').count() == 3
 }
 
-/// Capture objects and marks in the order a reader needs them: data
-/// before the descriptions that name it, marks after both.
-fn capture_keys(source: &dyn Repository) -> Result<Vec<Vec<String>>, RepoError> {
+/// The capture objects and marks a copy takes (see [`capture_work`]): all
+/// but the states, and segment data only beside its description.
+fn capture_keys(source: &dyn Repository) -> Result<Vec<String>, RepoError> {
     let capture: Vec<String> = source
         .list("capture/")?
         .into_iter()
         .filter(|k| !is_state(k))
         .collect();
-    let (described, descriptions): (Vec<String>, Vec<String>) =
-        capture.into_iter().partition(|k| !k.ends_with(".json"));
-    Ok(vec![described, descriptions, source.list("marks/")?])
+    let described: HashSet<&str> = capture
+        .iter()
+        .filter(|k| is_description(k))
+        .filter_map(|k| k.strip_suffix(".json"))
+        .collect();
+    let mut out: Vec<String> = capture
+        .iter()
+        .filter(|k| k.ends_with(".json") || data_stem(k).is_some_and(|s| described.contains(s)))
+        .cloned()
+        .collect();
+    out.extend(source.list("marks/")?);
+    Ok(out)
+}
+
+/// A segment's description: a `.json` in a stream's `seg/` folder.
+fn is_description(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    matches!(parts.as_slice(), ["capture", _, _, "seg", name] if name.ends_with(".json"))
+}
+
+/// What a copy round moves of the source's capture objects and marks, in
+/// the order a reader needs them: each segment (its data, then its
+/// description) and the retired generations' states, then the marks.
+/// Segment data is copied by its description, read with the size that
+/// records; data without one (a capture stopped between the two) is
+/// nobody's yet and stays behind.
+fn capture_work(
+    copier: &Copier<'_>,
+    present: &HashSet<String>,
+) -> Result<[Vec<Work>; 2], RepoError> {
+    let data_there: HashSet<&str> = present
+        .iter()
+        .filter(|k| k.starts_with("capture/"))
+        .filter_map(|k| data_stem(k))
+        .collect();
+    let mut first = Vec::new();
+    for key in copier.source.list("capture/")? {
+        if is_description(&key) {
+            // A description on the replica is skipped unless its data has
+            // been lost there since.
+            let whole = key
+                .strip_suffix(".json")
+                .is_some_and(|stem| data_there.contains(stem));
+            if present.contains(&key) && whole {
+                copier.tally.skipped.fetch_add(2, Ordering::Relaxed);
+            } else {
+                first.push(Work::Segment(key));
+            }
+        } else if key.ends_with(".json") && !is_state(&key) {
+            first.extend(copier.missing(vec![Job::document(key, DOCUMENT_MAX)], present));
+        }
+    }
+    let marks = copier.source.list("marks/")?;
+    let marks = marks
+        .into_iter()
+        .map(|k| Job::document(k, MANIFEST_MAX))
+        .collect();
+    Ok([first, copier.missing(marks, present)])
 }
 
 /// The selected backups, each after the backups its chain restores from,
@@ -277,8 +400,8 @@ fn copy_round(
         tally: Tally::default(),
     };
     let present: HashSet<String> = dest.list("")?.into_iter().collect();
-    for group in capture_keys(source)? {
-        copier.many(copier.missing(group, &present))?;
+    for work in capture_work(&copier, &present)? {
+        copier.many(work, &present)?;
     }
     let mut report = CopyReport {
         replica: replica.to_string(),
@@ -288,23 +411,20 @@ fn copy_round(
     let complete = complete_backups(source, cluster)?;
     for m in selected(source, &complete, cluster, which)? {
         let manifest_key = keys::manifest(&m.backup_id);
-        let recorded: BTreeMap<&str, &str> = m.object_checksums().collect();
-        let objects = source
-            .list(&keys::backup_prefix(&m.backup_id))?
-            .into_iter()
-            .filter(|k| *k != manifest_key)
-            .collect();
-        let work = copier
-            .missing(objects, &present)
-            .into_iter()
-            .map(|(k, _)| {
-                let sum = recorded.get(k.as_str()).map(|s| s.to_string());
-                (k, sum)
+        // What the manifest records, each read with its recorded size as
+        // the bound; nothing else in the backup's folder is the backup's.
+        let jobs = m
+            .stored_objects()
+            .map(|o| Job {
+                key: o.key.to_string(),
+                max: o.bytes_stored,
+                recorded: Some(o.xxh3.to_string()),
             })
             .collect();
+        let work = copier.missing(jobs, &present);
         // A backup already on the replica still gets back an object lost
         // there since (its manifest stays).
-        copier.many(work)?;
+        copier.many(work, &present)?;
         if present.contains(&manifest_key) {
             copier.tally.skipped.fetch_add(1, Ordering::Relaxed);
             report.backups_present.push(m.backup_id.clone());
@@ -313,19 +433,27 @@ fn copy_round(
         // Every object is there and verified: the manifest may follow.
         let needed: Vec<&str> = m.object_keys();
         dest.sync_names(&needed)?;
-        copier.one(&manifest_key, None)?;
+        copier.one(&Job::document(manifest_key.clone(), MANIFEST_MAX))?;
         dest.sync_names(&[&manifest_key])?;
         report.backups_copied.push(m.backup_id.clone());
     }
     // The streams' states last: they name segments copied above.
     for key in source.list("capture/")?.into_iter().filter(|k| is_state(k)) {
-        let data = source.get(&key)?;
-        match dest.get(&key) {
+        let data = read_document(source, &key).with_context(|| format!("reading {key} to copy"))?;
+        match read_document(dest, &key) {
             Ok(there) if there == data => {
                 copier.tally.skipped.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) | Err(RepoError::NotFound { .. }) => copier.one(&key, None)?,
-            Err(e) => return Err(e.into()),
+            // Other bytes, none, or a state of the replica's that is no
+            // state: replaced by the source's.
+            Ok(_)
+            | Err(CaptureError::Corrupt { .. })
+            | Err(CaptureError::Repo(RepoError::NotFound { .. })) => {
+                copier.put(&key, &data, None)?
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("replica {replica}: {key}")))
+            }
         }
     }
     report.objects_copied = copier.tally.copied.load(Ordering::Relaxed);
@@ -379,7 +507,6 @@ fn lag_of<'a>(
     there.extend(dest.list("marks/")?);
     let capture_objects_missing = capture_keys(source)?
         .into_iter()
-        .flatten()
         .filter(|k| !there.contains(k))
         .count() as u64;
     Ok(ReplicaLag {
@@ -418,4 +545,122 @@ pub fn replica_lags(topology: &Topology) -> Vec<(String, Result<ReplicaLag, Stri
             (r.name.clone(), result)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use shard_agent::capture::spill::SpillBuffer;
+    use shard_agent::capture::{store_segment, SegmentData, SegmentMeta};
+    use shard_agent::position::{Lsn, Position};
+    use shard_agent::repo::{MemoryRepository, Repository};
+
+    use super::{copy_round, Which};
+
+    /// A source holding one captured segment of shard `s`, stream `d`:
+    /// its description's key and its meta.
+    fn one_segment() -> (MemoryRepository, String, SegmentMeta) {
+        let source = MemoryRepository::default();
+        let at = Position::Postgres { lsn: Lsn(16) };
+        let meta = SegmentMeta {
+            shard: "s".into(),
+            stream: "d".into(),
+            seq: 0,
+            key: String::new(),
+            first: at.clone(),
+            last: at,
+            first_commit: None,
+            last_commit: None,
+            transactions: 1,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            xxh3: String::new(),
+            raw_xxh3: String::new(),
+            generation: 0,
+        };
+        let mut raw = SpillBuffer::from_vec(b"one transaction".repeat(100));
+        let data = SegmentData {
+            sort: "0000000000000010",
+            ext: "pgoutput",
+            raw: &mut raw,
+        };
+        let meta = store_segment(&source, meta, data, topology::Compression::Zstd(3)).unwrap();
+        let description = format!("{}.json", meta.key.rsplit_once(".pgoutput").unwrap().0);
+        assert!(source.exists(&description).unwrap());
+        (source, description, meta)
+    }
+
+    fn round(source: &MemoryRepository, dest: &MemoryRepository) -> Result<(), String> {
+        copy_round(source, dest, "c", &Which::All, "dr")
+            .map(drop)
+            .map_err(|e| crate::exit::one_line(&e))
+    }
+
+    #[test]
+    fn a_segment_goes_with_its_description_and_is_skipped_once_there() {
+        let (source, description, meta) = one_segment();
+        let dest = MemoryRepository::default();
+        round(&source, &dest).unwrap();
+        assert_eq!(dest.get(&meta.key).unwrap(), source.get(&meta.key).unwrap());
+        assert_eq!(
+            dest.get(&description).unwrap(),
+            source.get(&description).unwrap()
+        );
+        // Data lost on the replica comes back; its description stays.
+        dest.delete(&meta.key).unwrap();
+        round(&source, &dest).unwrap();
+        assert_eq!(dest.get(&meta.key).unwrap(), source.get(&meta.key).unwrap());
+    }
+
+    /// Segment data larger than its description records is refused by its
+    /// size, and neither it nor its description reaches the replica.
+    #[test]
+    fn segment_data_larger_than_its_description_records_is_not_copied() {
+        let (source, description, meta) = one_segment();
+        let planted = vec![7u8; meta.bytes_stored as usize + 1_000];
+        source.put(&meta.key, &planted).unwrap();
+        let dest = MemoryRepository::default();
+        let err = round(&source, &dest).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "object {} is {} bytes, more than the {} it may take: not read",
+                meta.key,
+                planted.len(),
+                meta.bytes_stored
+            )),
+            "{err}"
+        );
+        assert!(!dest.exists(&meta.key).unwrap() && !dest.exists(&description).unwrap());
+    }
+
+    /// A description naming an object that is not its segment's data (here
+    /// a mark) is refused; data of the right size but other bytes too.
+    #[test]
+    fn a_description_naming_another_object_or_other_bytes_is_refused() {
+        let (source, description, meta) = one_segment();
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&source.get(&description).unwrap()).unwrap();
+        doc["key"] = "marks/planted.json".into();
+        source
+            .put(&description, &serde_json::to_vec(&doc).unwrap())
+            .unwrap();
+        let dest = MemoryRepository::default();
+        let err = round(&source, &dest).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "capture object {description} is unreadable: it names marks/planted.json as its data, which is not beside it"
+            )),
+            "{err}"
+        );
+
+        let (source, _, meta2) = one_segment();
+        let mut other = source.get(&meta2.key).unwrap();
+        other[0] ^= 1;
+        source.put(&meta.key, &other).unwrap();
+        let err = round(&source, &dest).unwrap_err();
+        assert!(
+            err.contains(&format!("source object {} is damaged", meta.key)),
+            "{err}"
+        );
+        assert!(dest.list("").unwrap().is_empty(), "{:?}", dest.list(""));
+    }
 }

@@ -110,13 +110,17 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
                             "manifest {key} is of format {}, written by a newer shardcut; this one reads formats up to {MANIFEST_FORMAT}",
                             m.format
                         ))
-                    } else if m.backup_id == id {
-                        Ok(m)
-                    } else {
+                    } else if m.backup_id != id {
                         Err(format!(
                             "manifest {key} names backup {}, not {id} where it lies: the repository is damaged or was tampered with",
                             m.backup_id
                         ))
+                    } else if let Some(object) = m.object_outside() {
+                        Err(format!(
+                            "manifest {key} names object {object}, outside its backup's folder: the repository is damaged or was tampered with"
+                        ))
+                    } else {
+                        Ok(m)
                     }
                 }),
             // Without the right key no manifest is readable: that is

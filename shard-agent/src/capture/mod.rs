@@ -23,7 +23,10 @@ use crate::manifest::keys::segment as key_segment;
 use crate::position::Position;
 use crate::repo::{RepoError, Repository};
 
-pub use segment::{list_segments, load_segment, store_segment, SegmentData, SegmentMeta};
+pub use segment::{
+    data_stem, list_segments, load_segment, read_description, store_segment, SegmentData,
+    SegmentMeta,
+};
 
 /// Raw bytes of a segment before it is closed; a single transaction larger
 /// than this still goes into one segment whole.
@@ -61,11 +64,11 @@ pub struct StreamState {
 /// The most a stream state or a segment description may take: shardcut
 /// writes them in a kilobyte or two (positions and counts). A larger one,
 /// planted in the repository, is refused by its size before it is read.
-pub(crate) const DOCUMENT_MAX: u64 = 1 << 20;
+pub const DOCUMENT_MAX: u64 = 1 << 20;
 
 /// Reads a stream state or a segment description, at most
 /// [`DOCUMENT_MAX`] bytes.
-pub(crate) fn read_document(repo: &dyn Repository, key: &str) -> Result<Vec<u8>, CaptureError> {
+pub fn read_document(repo: &dyn Repository, key: &str) -> Result<Vec<u8>, CaptureError> {
     match repo.get_at_most(key, DOCUMENT_MAX) {
         Err(RepoError::TooLarge { size, max, .. }) => Err(CaptureError::Corrupt {
             key: key.to_string(),

@@ -134,18 +134,43 @@ pub fn list_segments(
         if !key.ends_with(".json") {
             continue;
         }
-        let data = super::read_document(repo, &key)?;
-        out.push(serde_json::from_slice::<SegmentMeta>(&data).map_err(|e| {
-            CaptureError::Corrupt {
-                key: key.clone(),
-                what: e.to_string(),
-            }
-        })?);
+        out.push(read_description(repo, &key)?.0);
     }
     // By number, not by name: names changed form once (see the MySQL
     // capture's `sort_key`).
     out.sort_by_key(|m| (m.generation, m.seq));
     Ok(out)
+}
+
+/// Reads the segment description at `key` (at most
+/// [`super::DOCUMENT_MAX`] bytes): the description, and its bytes as
+/// stored. A description naming any other object than its own data
+/// (`<name>.<format>.zst` beside `<name>.json`) is refused: replay would
+/// read that object, `expire` delete it, `copy` copy it.
+pub fn read_description(
+    repo: &dyn Repository,
+    key: &str,
+) -> Result<(SegmentMeta, Vec<u8>), CaptureError> {
+    let data = super::read_document(repo, key)?;
+    let corrupt = |what: String| CaptureError::Corrupt {
+        key: key.to_string(),
+        what,
+    };
+    let meta: SegmentMeta = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
+    if data_stem(&meta.key).is_none() || data_stem(&meta.key) != key.strip_suffix(".json") {
+        return Err(corrupt(format!(
+            "it names {} as its data, which is not beside it: the repository is damaged or was tampered with",
+            meta.key
+        )));
+    }
+    Ok((meta, data))
+}
+
+/// A segment's data key (`<name>.<format>.zst`) without its extensions:
+/// its description's key without `.json`.
+pub fn data_stem(key: &str) -> Option<&str> {
+    let (stem, format) = key.strip_suffix(".zst")?.rsplit_once('.')?;
+    (!format.contains('/')).then_some(stem)
 }
 
 /// Reads a segment's raw bytes, refusing damaged data by name.
@@ -173,4 +198,63 @@ pub fn load_segment(repo: &dyn Repository, meta: &SegmentMeta) -> Result<Vec<u8>
         });
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{list_segments, store_segment, SegmentData, SegmentMeta};
+    use crate::capture::spill::SpillBuffer;
+    use crate::position::{Lsn, Position};
+    use crate::repo::{MemoryRepository, Repository};
+
+    /// A description naming an object other than its own data (here the
+    /// newest backup's manifest) is refused when segments are listed, so
+    /// `expire` never deletes it and replay never reads it.
+    #[test]
+    fn a_description_naming_another_object_than_its_data_is_refused() {
+        let repo = MemoryRepository::default();
+        let at = Position::Postgres { lsn: Lsn(16) };
+        let meta = SegmentMeta {
+            shard: "s".into(),
+            stream: "d".into(),
+            seq: 0,
+            key: String::new(),
+            first: at.clone(),
+            last: at,
+            first_commit: None,
+            last_commit: None,
+            transactions: 1,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            xxh3: String::new(),
+            raw_xxh3: String::new(),
+            generation: 0,
+        };
+        let mut raw = SpillBuffer::from_vec(b"a transaction".to_vec());
+        let data = SegmentData {
+            sort: "0000000000000010",
+            ext: "pgoutput",
+            raw: &mut raw,
+        };
+        let meta = store_segment(&repo, meta, data, topology::Compression::None).unwrap();
+        assert_eq!(list_segments(&repo, "s", "d").unwrap()[0].key, meta.key);
+
+        let description = "capture/s/d/seg/0000000000000010.json";
+        for planted in [
+            "backups/20261206T000000.000Z-0000/manifest.json",
+            "capture/s/d/seg/0000000000000011.pgoutput.zst",
+            "capture/s/d/seg/0000000000000010.pgoutput/x.zst",
+        ] {
+            let mut doc: serde_json::Value =
+                serde_json::from_slice(&repo.get(description).unwrap()).unwrap();
+            doc["key"] = planted.into();
+            repo.put(description, &serde_json::to_vec(&doc).unwrap())
+                .unwrap();
+            let err = list_segments(&repo, "s", "d").unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!("capture object {description} is unreadable: it names {planted} as its data, which is not beside it: the repository is damaged or was tampered with")
+            );
+        }
+    }
 }

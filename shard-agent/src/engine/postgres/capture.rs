@@ -447,7 +447,6 @@ async fn one_call(
     };
     let mut keep: Vec<u8> = Vec::new();
     let mut in_txn = false;
-    let mut begin_time = 0i64;
     let mut stored_end = done;
     // Where the next segment starts, and the relation descriptions every
     // segment repeats at its start so that it can be replayed on its own.
@@ -464,6 +463,18 @@ async fn one_call(
             .parse()
             .map_err(|e: String| CaptureError::stream(&shard.name, e))?;
         let data: &[u8] = row.try_get(1).map_err(err(shard, "reading a change"))?;
+        // A field of a begin or commit message, which pgoutput always sends.
+        let field = |data: &[u8], at: usize, what: &str| {
+            be_u64(data, at).ok_or_else(|| {
+                CaptureError::stream(
+                    &shard.name,
+                    format!(
+                        "slot {slot}: the {what} message at {lsn} is {} bytes, too short for pgoutput's: nothing of it was stored",
+                        data.len()
+                    ),
+                )
+            })
+        };
         let mut record = Vec::with_capacity(data.len() + 12);
         record.extend_from_slice(&lsn.0.to_be_bytes());
         record.extend_from_slice(&(data.len() as u32).to_be_bytes());
@@ -473,14 +484,16 @@ async fn one_call(
                 in_txn = true;
                 txn.clear();
                 keep.clear();
-                begin_time = be_u64(data, 9).unwrap_or(0) as i64;
+                field(data, 9, "begin")?;
                 txn.extend(&record).map_err(spilled)?;
             }
             Some(b'C') => {
                 txn.extend(&record).map_err(spilled)?;
                 in_txn = false;
-                let end = Lsn(be_u64(data, 10).unwrap_or(0));
-                let commit_time = be_u64(data, 18).unwrap_or(begin_time as u64) as i64;
+                // A commit without its end position would read as one
+                // stored before and be dropped while the slot moves past it.
+                let end = Lsn(field(data, 10, "commit")?);
+                let commit_time = field(data, 18, "commit")? as i64;
                 let seg = open_segment(&mut open, cursor, &relations, spill).map_err(spilled)?;
                 if end <= done {
                     // Stored by an earlier round that ended before the slot

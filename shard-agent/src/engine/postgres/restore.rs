@@ -120,11 +120,12 @@ pub(super) async fn check_target(
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
-        for section in ["pre-data", "post-data", "sequences"] {
+        for section in ["pre-data", "sequences"] {
             for f in schema_files(source, &db, section) {
                 section_sql(f, target, opts).await?;
             }
         }
+        post_data(source, target, opts, &db).await?;
         for f in schema_files(source, &db, "matviews") {
             refreshes_sql(f, target, opts).await?;
         }
@@ -383,11 +384,30 @@ async fn post_data(
     opts: &RestoreOptions,
     db: &str,
 ) -> Result<PostData, AgentError> {
-    let mut sql = String::new();
+    let (mut sql, mut keys) = (String::new(), Vec::new());
     for f in schema_files(source, db, "post-data") {
         sql.push_str(&section_sql(f, target, opts).await?);
+        keys.push(f.key.as_str());
     }
-    Ok(PostData::plan(&sql))
+    let plan = PostData::plan(&sql);
+    // Checked again as it will run: one block at a time.
+    for piece in plan.pieces() {
+        if let Some(line) = copy_with_program(&piece) {
+            let object = piece
+                .lines()
+                .find(|l| l.starts_with("-- Name: "))
+                .unwrap_or("its settings");
+            let object: String = object.chars().take(120).collect();
+            return Err(AgentError::Damaged {
+                shard: target.name.clone(),
+                what: format!(
+                    "schema file {}, block {object:?}: its line {line} has a COPY … FROM/TO PROGRAM, which runs a command on the database server and which pg_dump never writes in a schema section; nothing was restored from it",
+                    keys.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(plan)
 }
 
 /// Runs a pg_dump section through the server.

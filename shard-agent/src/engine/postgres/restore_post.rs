@@ -79,6 +79,19 @@ impl PostData {
         }
     }
 
+    /// Every text that is run on its own: the settings, each index or
+    /// constraint block, the rest. The blocks are cut at pg_dump's
+    /// `-- Name:` headers without reading strings or comments, so a check
+    /// of what runs must look at each of them, not at the section whole.
+    pub fn pieces(&self) -> Vec<String> {
+        let by_table = self.by_table.lock().unwrap_or_else(|p| p.into_inner());
+        let builds = by_table.values().flatten().chain(&self.other);
+        std::iter::once(self.settings.clone())
+            .chain(builds.map(|b| b.sql.clone()))
+            .chain(self.rest.clone())
+            .collect()
+    }
+
     /// Takes out the index and constraint statements on `table`, in the
     /// dump's order; the caller builds them.
     pub fn take(&self, table: &TableName) -> Vec<Build> {
