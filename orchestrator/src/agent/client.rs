@@ -122,9 +122,10 @@ impl AgentClient {
             return Ok(resp);
         }
         let status = resp.status();
-        match resp.json::<ErrorBody>().await {
-            Ok(body) => Err(Failure::Api(body)),
-            Err(_) => Err(Failure::Transport(format!("answered HTTP {status}"))),
+        let body = read_bounded(resp, ERROR_MAX).await.ok();
+        match body.and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok()) {
+            Some(body) => Err(Failure::Api(body)),
+            None => Err(Failure::Transport(format!("answered HTTP {status}"))),
         }
     }
 
@@ -138,8 +139,81 @@ impl AgentClient {
             .send(method, path, body)
             .await
             .map_err(|f| self.failure(f))?;
-        resp.json::<T>()
+        let body = read_bounded(resp, ANSWER_MAX)
             .await
+            .map_err(|why| self.err(format!("sent an unreadable answer: {why}")))?;
+        serde_json::from_slice(&body)
             .map_err(|e| self.err(format!("sent an unreadable answer: {e}")))
+    }
+}
+
+/// The most an agent's answer may take: the largest is a shard's part of
+/// a backup's manifest, bounded as a manifest is.
+const ANSWER_MAX: u64 = shard_agent::manifest::MANIFEST_MAX;
+/// The most an agent's error answer may take: a message and a kind.
+const ERROR_MAX: u64 = 64 << 10;
+
+/// The body of `resp`, refused once it passes `max` bytes (by its
+/// announced length before anything is read): the network is untrusted.
+async fn read_bounded(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
+    let too_large = |n: u64| format!("{n} bytes or more, more than the {max} an answer may take");
+    if let Some(n) = resp.content_length().filter(|n| *n > max) {
+        return Err(too_large(n));
+    }
+    let mut body = Vec::new();
+    while let Some(piece) = resp.chunk().await.map_err(|e| one_line(&e))? {
+        let n = (body.len() + piece.len()) as u64;
+        if n > max {
+            return Err(too_large(n));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::read_bounded;
+
+    /// The answer of a server on loopback that sends `response` to the
+    /// first request.
+    async fn answer(response: Vec<u8>) -> reqwest::Response {
+        shard_agent::tls::install_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = s.read(&mut request).await;
+            let _ = s.write_all(&response).await;
+        });
+        reqwest::Client::new().get(url).send().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_bound_is_refused_before_it_is_read_whole() {
+        let announced = b"HTTP/1.1 200 OK\r\nContent-Length: 5000000000\r\n\r\n{}".to_vec();
+        assert_eq!(
+            read_bounded(answer(announced).await, 1000).await,
+            Err("5000000000 bytes or more, more than the 1000 an answer may take".into())
+        );
+        // Without a length: refused once the pieces read pass the bound.
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..3 {
+            chunked.extend_from_slice(format!("258\r\n{}\r\n", "x".repeat(600)).as_bytes());
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(
+            read_bounded(answer(chunked.clone()).await, 1000).await,
+            Err("1200 bytes or more, more than the 1000 an answer may take".into())
+        );
+        assert_eq!(
+            read_bounded(answer(chunked).await, 1800)
+                .await
+                .map(|b| b.len()),
+            Ok(1800)
+        );
     }
 }
