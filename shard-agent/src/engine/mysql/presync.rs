@@ -46,7 +46,7 @@ pub(super) async fn binlog(conn: &mut Conn, bound: Duration) -> Result<Duration,
     if binlog.file.is_empty() {
         return Err("the server names no binlog file".into());
     }
-    let path = current_file(Path::new(&base), &binlog.file);
+    let path = current_file(Path::new(&base), &binlog.file)?;
     let started = Instant::now();
     let task = tokio::task::spawn_blocking(move || sync_file(&path, binlog.offset));
     match tokio::time::timeout(bound, task).await {
@@ -63,15 +63,33 @@ pub(super) async fn binlog(conn: &mut Conn, bound: Duration) -> Result<Duration,
 }
 
 /// `log_bin_basename` is the binlog's path without its extension; the
-/// file `SHOW MASTER STATUS` names lies beside it.
-fn current_file(base: &Path, file: &str) -> PathBuf {
-    base.parent().unwrap_or(Path::new("/")).join(file)
+/// file `SHOW MASTER STATUS` names lies beside it. Both come from the
+/// server: the base must be absolute and the file a plain file name, so
+/// that no other file of this host is opened.
+fn current_file(base: &Path, file: &str) -> Result<PathBuf, String> {
+    let plain = !file.is_empty() && file != "." && file != ".." && !file.contains('/');
+    match base.parent() {
+        Some(dir) if base.is_absolute() && plain => Ok(dir.join(file)),
+        _ => Err(format!(
+            "the server names its binlog {file:?} beside {}, not a file this agent opens",
+            base.display()
+        )),
+    }
 }
 
 /// Syncs `path`'s data. A file shorter than the server's position is not
 /// the server's binlog (the same path on another machine behind a
 /// forwarded port, say) and is left alone.
 fn sync_file(path: &Path, offset: u64) -> Result<(), String> {
+    // Opening a FIFO or a device could block or do more than read: only a
+    // regular file is opened.
+    let kind = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !kind.is_file() {
+        return Err(format!(
+            "{} is not a regular file: not its binlog",
+            path.display()
+        ));
+    }
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let len = f
         .metadata()
@@ -101,7 +119,36 @@ mod tests {
     fn the_current_file_lies_beside_the_basename() {
         assert_eq!(
             current_file(Path::new("/var/lib/mysql/binlog"), "binlog.000042"),
-            PathBuf::from("/var/lib/mysql/binlog.000042")
+            Ok(PathBuf::from("/var/lib/mysql/binlog.000042"))
+        );
+        for (base, file) in [
+            ("/var/lib/mysql/binlog", "../../etc/shadow"),
+            ("/var/lib/mysql/binlog", "/etc/shadow"),
+            ("/var/lib/mysql/binlog", ".."),
+            ("/var/lib/mysql/binlog", ""),
+            ("binlog", "binlog.000042"),
+        ] {
+            assert!(
+                current_file(Path::new(base), file).is_err(),
+                "{base} {file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("binlog.000001");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening the FIFO for reading would block this thread for good.
+        let err = sync_file(&fifo, 0).unwrap_err();
+        assert!(
+            err.ends_with("is not a regular file: not its binlog"),
+            "{err}"
         );
     }
 
