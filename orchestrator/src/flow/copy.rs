@@ -409,7 +409,9 @@ fn copy_round(
         ..CopyReport::default()
     };
     let complete = complete_backups(source, cluster)?;
-    for m in selected(source, &complete, cluster, which)? {
+    for listed in selected(source, &complete, cluster, which)? {
+        // Listed manifests are summaries: each backup copied is read whole.
+        let m = super::find_backup(source, cluster, &listed.backup_id)?;
         let manifest_key = keys::manifest(&m.backup_id);
         // What the manifest records, each read with its recorded size as
         // the bound; nothing else in the backup's folder is the backup's.

@@ -76,68 +76,128 @@ pub fn check_key(repo: &dyn Repository) -> Result<(), RepoError> {
 }
 
 /// A manifest as found in the repository, or why it could not be read.
+/// From [`list_backups`], a readable manifest is a summary (see there).
 pub struct Listed {
     pub id: String,
     pub manifest: Result<Manifest, String>,
 }
 
 /// Every backup of `cluster` (and unreadable manifests, which are shown
-/// rather than hidden), oldest first.
+/// rather than hidden), oldest first. Each manifest is kept as a summary:
+/// what each shard stored table by table (its tables, bundles and
+/// sequences), which grows with the tables, is dropped once the manifest
+/// is read (33 backups of a 10,000-table shard took 491 MiB to list
+/// before). A command that works on one backup reads it whole with
+/// [`find_backup`].
 pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>, RepoError> {
     let mut out = Vec::new();
-    // The backups' folders, not every object in them: a manifest is at
-    // `backups/<id>/manifest.json`, and a folder without one is a backup
-    // in progress or left by a crash.
-    for folder in repo.list_folder(keys::BACKUPS)? {
-        let Some(id) = folder.strip_suffix('/') else {
-            continue;
+    for id in backup_folders(repo)? {
+        let manifest = match read_manifest(repo, &id)? {
+            None => continue,
+            Some(Ok(m)) if m.cluster != cluster => continue,
+            Some(manifest) => manifest.map(summary),
         };
-        let key = keys::manifest(id);
-        if keys::backup_of_manifest(&key) != Some(id) {
-            continue;
-        }
-        let manifest = match repo.get_at_most(&key, MANIFEST_MAX) {
-            Err(RepoError::NotFound { .. }) => continue,
-            Ok(data) => serde_json::from_slice::<Manifest>(&data)
-                .map_err(|e| format!("unreadable manifest {key}: {e}"))
-                .and_then(|m| {
-                    // Everything a manifest names is found under its own
-                    // folder: one copied or moved into another folder
-                    // would make restore read, and expire delete, the
-                    // wrong backup.
-                    if m.format > MANIFEST_FORMAT {
-                        Err(format!(
-                            "manifest {key} is of format {}, written by a newer shardcut; this one reads formats up to {MANIFEST_FORMAT}",
-                            m.format
-                        ))
-                    } else if m.backup_id != id {
-                        Err(format!(
-                            "manifest {key} names backup {}, not {id} where it lies: the repository is damaged or was tampered with",
-                            m.backup_id
-                        ))
-                    } else if let Some(object) = m.object_outside() {
-                        Err(format!(
-                            "manifest {key} names object {object}, outside its backup's folder: the repository is damaged or was tampered with"
-                        ))
-                    } else {
-                        Ok(m)
-                    }
-                }),
-            // Without the right key no manifest is readable: that is
-            // the answer, not a list of unreadable backups.
-            Err(e) if e.is_key_problem() => return Err(e),
-            Err(e) => Err(e.to_string()),
-        };
-        if matches!(&manifest, Ok(m) if m.cluster != cluster) {
-            continue;
-        }
-        out.push(Listed {
-            id: id.to_string(),
-            manifest,
-        });
+        out.push(Listed { id, manifest });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The IDs of the backups' folders, in no particular order: a manifest is
+/// at `backups/<id>/manifest.json`, and a folder without one is a backup
+/// in progress or left by a crash.
+fn backup_folders(repo: &dyn Repository) -> Result<Vec<String>, RepoError> {
+    Ok(repo
+        .list_folder(keys::BACKUPS)?
+        .into_iter()
+        .filter_map(|f| f.strip_suffix('/').map(str::to_string))
+        .filter(|id| keys::backup_of_manifest(&keys::manifest(id)) == Some(id.as_str()))
+        .collect())
+}
+
+/// The manifest of backup `id` whole: `None` if there is none, the reason
+/// if it is unreadable. Without the right key no manifest is readable:
+/// that is the answer (an error), not an unreadable backup.
+fn read_manifest(
+    repo: &dyn Repository,
+    id: &str,
+) -> Result<Option<Result<Manifest, String>>, RepoError> {
+    let key = keys::manifest(id);
+    let data = match repo.get_at_most(&key, MANIFEST_MAX) {
+        Err(RepoError::NotFound { .. }) => return Ok(None),
+        Err(e) if e.is_key_problem() => return Err(e),
+        Err(e) => return Ok(Some(Err(e.to_string()))),
+        Ok(data) => data,
+    };
+    let manifest = serde_json::from_slice::<Manifest>(&data)
+        .map_err(|e| format!("unreadable manifest {key}: {e}"))
+        .and_then(|m| {
+            // Everything a manifest names is found under its own folder:
+            // one copied or moved into another folder would make restore
+            // read, and expire delete, the wrong backup.
+            if m.format > MANIFEST_FORMAT {
+                Err(format!(
+                    "manifest {key} is of format {}, written by a newer shardcut; this one reads formats up to {MANIFEST_FORMAT}",
+                    m.format
+                ))
+            } else if m.backup_id != id {
+                Err(format!(
+                    "manifest {key} names backup {}, not {id} where it lies: the repository is damaged or was tampered with",
+                    m.backup_id
+                ))
+            } else if let Some(object) = m.object_outside() {
+                Err(format!(
+                    "manifest {key} names object {object}, outside its backup's folder: the repository is damaged or was tampered with"
+                ))
+            } else {
+                Ok(m)
+            }
+        });
+    Ok(Some(manifest))
+}
+
+/// `m` without what each shard stored table by table: its tables'
+/// entries, bundles and sequences (the counts stay). The schema files
+/// stay: they name the shard's databases.
+fn summary(mut m: Manifest) -> Manifest {
+    for s in m.shards.values_mut() {
+        s.table_list = Vec::new();
+        s.bundles = Vec::new();
+        s.sequences = Vec::new();
+    }
+    m
+}
+
+/// Resolves `latest` or an ID to a readable manifest, read whole.
+pub fn find_backup(repo: &dyn Repository, cluster: &str, id: &str) -> anyhow::Result<Manifest> {
+    let not_found = || {
+        InvalidInput(format!(
+            "no complete backup `{id}` of cluster {cluster} in {} (looked for {})",
+            repo.location(),
+            keys::manifest(id)
+        ))
+    };
+    if id == "latest" {
+        let mut ids = backup_folders(repo)?;
+        ids.sort();
+        for id in ids.iter().rev() {
+            if let Some(Ok(m)) = read_manifest(repo, id)? {
+                if m.cluster == cluster {
+                    return Ok(m);
+                }
+            }
+        }
+        return Err(not_found().into());
+    }
+    // An ID is a folder's name, nothing else.
+    if id == "." || id == ".." || keys::backup_of_manifest(&keys::manifest(id)) != Some(id) {
+        return Err(not_found().into());
+    }
+    match read_manifest(repo, id)? {
+        Some(Ok(m)) if m.cluster == cluster => Ok(m),
+        Some(Err(why)) => Err(anyhow::anyhow!(why)),
+        _ => Err(not_found().into()),
+    }
 }
 
 /// Every backup of `cluster` as [`list_backups`] finds them, with the
@@ -150,30 +210,4 @@ pub fn list_backups_reach(
     let manifests = listed.iter().filter_map(|l| l.manifest.as_ref().ok());
     let reach = crate::pitr::reach(repo, cluster, manifests)?;
     Ok((listed, reach))
-}
-
-/// Resolves `latest` or an ID to a readable manifest.
-pub fn find_backup(repo: &dyn Repository, cluster: &str, id: &str) -> anyhow::Result<Manifest> {
-    let listed = list_backups(repo, cluster)?;
-    let found = if id == "latest" {
-        listed.into_iter().rev().find(|l| l.manifest.is_ok())
-    } else {
-        listed.into_iter().find(|l| l.id == id)
-    };
-    match found {
-        Some(Listed {
-            manifest: Ok(m), ..
-        }) => Ok(m),
-        Some(Listed {
-            manifest: Err(e), ..
-        }) => Err(anyhow::anyhow!(e)),
-        None => {
-            let key = keys::manifest(id);
-            Err(InvalidInput(format!(
-                "no complete backup `{id}` of cluster {cluster} in {} (looked for {key})",
-                repo.location()
-            ))
-            .into())
-        }
-    }
 }

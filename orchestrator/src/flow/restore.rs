@@ -443,7 +443,9 @@ fn point_in_time(
             .into_iter()
             .filter_map(|l| l.manifest.ok())
             .collect();
-        pitr::choose_base(backups, &mark, &shards, &states)?
+        let chosen = pitr::choose_base(backups, &mark, &shards, &states)?;
+        // Listed manifests are summaries: the base is read whole.
+        find_backup(repo, cluster, &chosen.backup_id)?
     } else {
         let b = find_backup(repo, cluster, id)?;
         pitr::base_fits(&b, &mark, &shards, &states).map_err(InvalidInput)?;
