@@ -175,6 +175,40 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
         "{again:?}"
     );
 
+    // A target out of reach is a failure (exit 1), not a refusal of what
+    // was asked (exit 2, "bad arguments" to a nightly job): its servers'
+    // ports closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&tgt_path).unwrap();
+    let unreachable: String = text
+        .lines()
+        .map(|l| match l.split_once("@127.0.0.1:") {
+            Some((head, port)) => format!(
+                "{head}@127.0.0.1:{closed}{}\n",
+                port.trim_start_matches(|c: char| c.is_ascii_digit())
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let away = dir.path().join("unreachable.yaml");
+    std::fs::write(&away, unreachable).unwrap();
+    let run = support::shardcut_async(&[
+        "restore",
+        "-t",
+        src_arg,
+        "--backup",
+        &id,
+        "--target",
+        away.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("cannot connect"), "{run:?}");
+
     // Restoring onto the source servers themselves is refused.
     let onto_source = support::shardcut_async(&[
         "restore", "-t", src_arg, "--backup", &id, "--target", src_arg,

@@ -313,5 +313,9 @@ pub enum JobStatus {
     },
     Failed {
         error: String,
+        /// The job refused what it was given rather than failing
+        /// ([`crate::AgentError::is_refusal`]).
+        #[serde(default)]
+        refusal: bool,
     },
 }

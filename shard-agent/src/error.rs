@@ -188,6 +188,14 @@ pub enum AgentError {
         agent: String,
         what: String,
     },
+    /// A remote agent's refusal of what it was given
+    /// ([`AgentError::is_refusal`] there).
+    #[error("shard {shard}: agent {agent}: {what}")]
+    RemoteRefusal {
+        shard: String,
+        agent: String,
+        what: String,
+    },
     #[error("shard {shard}: cancelled because another shard failed")]
     Cancelled { shard: String },
     #[error("shard {shard}: {what} failed: {source}")]
@@ -197,6 +205,23 @@ pub enum AgentError {
         #[source]
         source: DbError,
     },
+}
+
+impl AgentError {
+    /// Whether this refuses what the command was given (a backup that is
+    /// damaged or names a system database, a target that is not empty),
+    /// the user's to change, rather than something that failed (a server
+    /// or agent out of reach, a query, storage): exit 2 against 1.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            AgentError::TargetNotEmpty { .. }
+                | AgentError::SystemDatabase { .. }
+                | AgentError::Damaged { .. }
+                | AgentError::Schema { .. }
+                | AgentError::RemoteRefusal { .. }
+        )
+    }
 }
 
 /// Maps a driver error of `what` on `shard` to [`AgentError::Query`]; built

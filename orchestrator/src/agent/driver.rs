@@ -91,7 +91,17 @@ impl RemoteDriver {
                     return serde_json::from_value(result)
                         .map_err(|e| self.client.err(format!("sent an unreadable answer: {e}")))
                 }
-                JobStatus::Failed { error } => return Err(self.client.err(error)),
+                JobStatus::Failed {
+                    error,
+                    refusal: false,
+                } => return Err(self.client.err(error)),
+                JobStatus::Failed { error, .. } => {
+                    return Err(AgentError::RemoteRefusal {
+                        shard: self.client.shard.clone(),
+                        agent: self.client.base.clone(),
+                        what: error,
+                    })
+                }
             }
         }
     }

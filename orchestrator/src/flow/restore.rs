@@ -89,7 +89,9 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
         ready: None,
         bundles: Default::default(),
     };
-    let mut refusals = Vec::new();
+    // What refuses the backup or the target is the user's to change (exit
+    // 2); a target or an agent out of reach is a failure (exit 1).
+    let (mut refusals, mut failed) = (Vec::new(), false);
     for (name, dst) in &pairs {
         let checked = match crate::agent::driver(dst) {
             Ok(driver) => {
@@ -100,8 +102,12 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
             Err(e) => Err(e),
         };
         if let Err(e) = checked {
+            failed |= !e.is_refusal();
             refusals.push(exit::one_line(&anyhow::Error::new(e)));
         }
+    }
+    if failed {
+        anyhow::bail!("{}", refusals.join("; "));
     }
     if !refusals.is_empty() {
         return Err(InvalidInput(refusals.join("; ")).into());

@@ -204,7 +204,13 @@ pub async fn prepare_all(topology: &Topology, opts: &CutOptions) -> anyhow::Resu
 /// the objects are not a backup either way.
 pub async fn discard(repo: Arc<dyn Repository>, id: &str) {
     let prefix = keys::backup_prefix(id);
+    let manifest = keys::manifest(id);
     let result = tokio::task::spawn_blocking(move || {
+        // The manifest first, if the failure came after it was stored (its
+        // last sync failed, say): a manifest left naming deleted objects
+        // would list the failed backup as complete.
+        repo.delete(&manifest)?;
+        repo.sync_names(&[&manifest])?;
         for key in repo.list(&prefix)? {
             repo.delete(&key)?;
         }

@@ -160,6 +160,23 @@ pub async fn sync_chunks(
     .await
 }
 
+/// Makes the shard's schema files durable: they are stored unsynced
+/// ([`crate::dump::chunk::store_file`]) like the chunks, and the manifest
+/// that names them is only written after this.
+pub async fn sync_schema(
+    opts: &DumpOptions,
+    shard: &str,
+    files: &[StoredFile],
+) -> Result<(), AgentError> {
+    let keys: Vec<String> = files.iter().map(|f| f.key.clone()).collect();
+    let repo = opts.repo.clone();
+    blocking_storage(shard, "syncing the schema files", move || {
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        repo.sync_objects(&names)
+    })
+    .await
+}
+
 /// Stores the shard's last bundle and makes every bundle durable; returns
 /// them for the shard's manifest. Called once the shard's workers are
 /// done, after its last database.

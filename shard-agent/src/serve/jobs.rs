@@ -13,19 +13,44 @@ use serde::Serialize;
 use crate::api::{CaughtUp, DriverCall, RestoreSpec};
 use crate::client_choice::ReaderKind;
 use crate::engine::{self, CatchUp};
-use crate::error::one_line;
+use crate::error::{one_line, AgentError};
 use crate::repo::Repository;
 use crate::restore::RestoreOptions;
 
-fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
-    serde_json::to_value(value).map_err(|e| format!("cannot encode the answer: {e}"))
+fn json<T: Serialize>(value: &T) -> Result<serde_json::Value, JobFailure> {
+    serde_json::to_value(value).map_err(|e| format!("cannot encode the answer: {e}").into())
+}
+
+/// Why a job failed: its error on one line, and whether it is a refusal
+/// of what it was given (see [`AgentError::is_refusal`]) rather than
+/// something failing.
+pub(super) struct JobFailure {
+    pub error: String,
+    pub refusal: bool,
+}
+
+impl From<String> for JobFailure {
+    fn from(error: String) -> JobFailure {
+        JobFailure {
+            error,
+            refusal: false,
+        }
+    }
 }
 
 /// A call's answer as JSON, or its error on one line.
-fn answer<T: Serialize, E: std::error::Error>(
+fn answer<T: Serialize, E: std::error::Error + 'static>(
     r: Result<T, E>,
-) -> Result<serde_json::Value, String> {
-    json(&r.map_err(|e| one_line(&e))?)
+) -> Result<serde_json::Value, JobFailure> {
+    match r {
+        Ok(v) => json(&v),
+        Err(e) => Err(JobFailure {
+            error: one_line(&e),
+            refusal: (&e as &(dyn std::error::Error + 'static))
+                .downcast_ref::<AgentError>()
+                .is_some_and(AgentError::is_refusal),
+        }),
+    }
 }
 
 fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptions {
@@ -47,7 +72,7 @@ fn restore_options(spec: RestoreSpec, repo: Arc<dyn Repository>) -> RestoreOptio
 pub(super) async fn run(
     call: DriverCall,
     repo: Option<Arc<dyn Repository>>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, JobFailure> {
     let repository = || -> Result<Arc<dyn Repository>, String> {
         repo.clone()
             .ok_or_else(|| "the call names no repository".to_string())

@@ -67,7 +67,7 @@ struct Entry {
 
 /// A driver call running (or finished and not yet collected).
 struct Job {
-    result: Arc<Mutex<Option<Result<serde_json::Value, String>>>>,
+    result: Arc<Mutex<Option<Result<serde_json::Value, jobs::JobFailure>>>>,
     abort: tokio::task::AbortHandle,
     touched: Instant,
 }
@@ -275,8 +275,8 @@ async fn start_job(State(st): State<AppState>, Json(call): Json<DriverCall>) -> 
         // A panic in the call is a failed job, not one running forever.
         let r = match task.await {
             Ok(r) => r,
-            Err(e) if e.is_cancelled() => Err("cancelled".to_string()),
-            Err(e) => Err(format!("the job ended abnormally: {e}")),
+            Err(e) if e.is_cancelled() => Err("cancelled".to_string().into()),
+            Err(e) => Err(format!("the job ended abnormally: {e}").into()),
         };
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     });
@@ -317,7 +317,10 @@ async fn job_status(State(st): State<AppState>, Path(id): Path<String>) -> Reply
     let status = match done {
         None => return Ok(Json(JobStatus::Running).into_response()),
         Some(Ok(result)) => JobStatus::Done { result },
-        Some(Err(error)) => JobStatus::Failed { error },
+        Some(Err(f)) => JobStatus::Failed {
+            error: f.error,
+            refusal: f.refusal,
+        },
     };
     map.remove(&id);
     Ok(Json(status).into_response())

@@ -20,7 +20,7 @@ use super::{db_err, dump_workers, tables_per_snapshot, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     finish_bundles, finish_item, join_workers, merge, range_prefix, report_progress, storage_error,
-    store_schema, sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    store_schema, sync_chunks, sync_schema, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 use crate::error::AgentError;
@@ -122,6 +122,7 @@ impl Session {
         let results = results?;
         let began = Instant::now();
         sync_chunks(opts, &shard.name, &results).await?;
+        sync_schema(opts, &shard.name, &manifest.schema).await?;
         manifest.bundles = finish_bundles(opts, &shard.name).await?;
         tracing::debug!(
             "{}: chunks and bundles synced in {:.2} s",

@@ -15,7 +15,7 @@ use crate::client_choice::ReaderKind;
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
 use crate::dump::work::{
     finish_bundles, finish_item, join_workers, merge, range_prefix, report_progress, storage_error,
-    store_schema, sync_chunks, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
+    store_schema, sync_chunks, sync_schema, Item, ItemResult, Queue, TableMeta, REPORT_EVERY_ROWS,
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 use crate::error::{db_err, AgentError};
@@ -155,6 +155,7 @@ impl Session {
             collect(&mut manifest, &db.name, &tables, results);
         }
         manifest.bundles = finish_bundles(opts, &shard.name).await?;
+        sync_schema(opts, &shard.name, &manifest.schema).await?;
         // Ending the exporting transactions: the snapshots are no longer needed.
         for db in &self.databases {
             drop(db.snap.batch_execute("COMMIT").await);
