@@ -603,6 +603,62 @@ async fn read_back_as_stored(
     }
 }
 
+/// PostgreSQL large objects are neither tables nor in pg_dump's schema:
+/// a backup of a database holding them was called complete (and its
+/// restore scored Q = 1) without them. Now the check names the database
+/// and the backup fails; without them the database backs up.
+#[test]
+fn a_postgres_database_holding_large_objects_fails_the_backup_by_name() {
+    let sb = support::PrivateSandbox::up(0, 1, "ready");
+    let shard = sb.first_shard();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lo: u32 = rt.block_on(async {
+        db::pg(&shard, "postgres")
+            .await
+            .batch_execute("CREATE DATABASE blobs")
+            .await
+            .unwrap();
+        let c = db::pg(&shard, "blobs").await;
+        c.batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body oid)")
+            .await
+            .unwrap();
+        let lo: u32 = c
+            .query_one("SELECT lo_from_bytea(0, 'the body')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        c.execute("INSERT INTO docs VALUES (1, $1)", &[&lo])
+            .await
+            .unwrap();
+        lo
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let topo = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo.to_str().unwrap();
+    let run = shardcut(&["check", "-t", arg]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("blobs (1) hold large objects, which shardcut does not back up"),
+        "{run:?}"
+    );
+    let run = shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("blobs (1) hold large objects"),
+        "{run:?}"
+    );
+    let listed = shardcut(&["list", "-t", arg, "--json"]);
+    assert_eq!(listed.json()["backups"].as_array().unwrap().len(), 0);
+
+    rt.block_on(async {
+        let c = db::pg(&shard, "blobs").await;
+        c.execute("SELECT lo_unlink($1)", &[&lo]).await.unwrap();
+    });
+    let m = backed_up(&topo);
+    assert_eq!(db::find_table(&m, "pg-0", "blobs.public.docs").rows, 1);
+}
+
 /// A PostgreSQL table with row-level security, backed up by a user that
 /// is neither a superuser, its owner nor BYPASSRLS (`pg_read_all_data`
 /// does not bypass policies, and it is what preflight asks for): its

@@ -235,6 +235,18 @@ impl Session {
     /// only the tables listed before).
     pub(super) async fn check_tables_at_cut(&self, db: &Database) -> Result<(), AgentError> {
         let began = std::time::Instant::now();
+        // Large objects are not tables, and pg_dump's schema leaves them
+        // out: a backup without them would be called complete.
+        let objects = preflight::large_objects(&db.snap, &self.shard, &db.name).await?;
+        if objects > 0 {
+            return Err(AgentError::Tool {
+                shard: self.shard.name.clone(),
+                what: format!(
+                    "database {} holds {objects} large object(s), which shardcut does not back up; store them in bytea columns, or leave the database out of the shard's `databases`",
+                    db.name
+                ),
+            });
+        }
         let (at_cut, _) = tables_with_columns(&db.snap, &self.shard, &db.name).await?;
         tracing::debug!(
             "{}: catalog of {} table(s) of {} checked at the cut in {} ms",

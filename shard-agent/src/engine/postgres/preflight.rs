@@ -40,6 +40,10 @@ pub(super) async fn check(
     for db in &selected {
         let client = connect::postgres(shard, Some(db), timeout).await?;
         access.list_tables(&client, shard, db, depth).await?;
+        let objects = large_objects(&client, shard, db).await?;
+        if objects > 0 {
+            access.large_objects.push(format!("{db} ({objects})"));
+        }
         if depth == Depth::Gate {
             // Replica identities only make a warning, which a backup's
             // gate does not show.
@@ -67,6 +71,19 @@ pub(super) async fn check(
         },
         access.filtered.is_empty(),
         "ALTER ROLE the backup user WITH BYPASSRLS, or exclude the listed tables in the topology",
+    ));
+    f.push(Finding::require(
+        "large objects",
+        if access.large_objects.is_empty() {
+            "none in the selected databases".to_string()
+        } else {
+            format!(
+                "{} hold large objects, which shardcut does not back up",
+                access.large_objects.join(", ")
+            )
+        },
+        access.large_objects.is_empty(),
+        "store them in bytea columns, or leave those databases out of the shard's `databases`",
     ));
     f.push(lock_table_check(
         access.tables.len() as i64,
@@ -195,6 +212,27 @@ struct Access {
     filtered: Vec<String>,
     /// `db.table` without a primary key or replica identity.
     no_identity: Vec<String>,
+    /// Databases holding large objects, with their count.
+    large_objects: Vec<String>,
+}
+
+/// How many large objects `db` holds (`pg_largeobject_metadata` is
+/// readable by every user, unlike their data).
+pub(super) async fn large_objects(
+    client: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<i64, AgentError> {
+    let err = db_err(shard, &format!("counting the large objects of {db}"));
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .map_err(|e| err(e.into()))?
+        .try_get(0)
+        .map_err(|e| err(e.into()))
 }
 
 impl Access {
