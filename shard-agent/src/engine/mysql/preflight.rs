@@ -201,14 +201,17 @@ fn connections(
     use_now: ConnectionUse,
     tables: usize,
 ) -> Finding {
-    let needed = 1 + super::snapshot_connections(super::dump_workers(shard, tables), tables);
+    // The control connection, the snapshots, and the one a lease opens to
+    // end a block that outlived it (`KILL` from a fresh connection): with
+    // the limit at the first two, that one is refused and the block stays.
+    let needed = 2 + super::snapshot_connections(super::dump_workers(shard, tables), tables);
     let max = vars
         .get("max_connections")
         .and_then(|v| v.parse::<usize>().ok());
     let ConnectionUse { in_use, per_user } = use_now;
     let shown = |n: Option<usize>| n.map_or("(unknown)".to_string(), |n| n.to_string());
     let mut value = format!(
-        "a backup opens {needed} ({tables} tables, parallelism {}); max_connections {}, {} in use",
+        "a backup opens {needed} ({tables} tables, parallelism {}; one only to end a block that outlives its lease); max_connections {}, {} in use",
         shard.parallelism,
         shown(max),
         shown(in_use)
@@ -470,14 +473,15 @@ mod tests {
             in_use: Some(in_use),
             per_user,
         };
-        // 10,000 tables, 2 workers: the control connection and 10 snapshots.
+        // 10,000 tables, 2 workers: the control connection, 10 snapshots
+        // and the lease's.
         let ok = connections(shard, &vars("151"), used(10, None), 10_000);
         assert_eq!(ok.level, Level::Ok, "{ok:?}");
-        assert!(ok.value.contains("a backup opens 11"), "{ok:?}");
+        assert!(ok.value.contains("a backup opens 12"), "{ok:?}");
         let busy = connections(shard, &vars("151"), used(145, None), 10_000);
         assert_eq!(busy.level, Level::Warn, "{busy:?}");
         let fix = busy.fix.unwrap_or_default();
-        assert!(fix.contains("max_connections = 156"), "{fix}");
+        assert!(fix.contains("max_connections = 157"), "{fix}");
         assert_eq!(
             connections(shard, &vars("8"), used(1, None), 10_000).level,
             Level::Fail
@@ -485,11 +489,11 @@ mod tests {
         let per_user = connections(shard, &vars("151"), used(1, Some(5)), 10_000);
         assert_eq!(per_user.level, Level::Fail, "{per_user:?}");
         let fix = per_user.fix.unwrap_or_default();
-        assert!(fix.contains("MAX_USER_CONNECTIONS 11"), "{fix}");
-        // Ten tables: the control connection and one a worker.
+        assert!(fix.contains("MAX_USER_CONNECTIONS 12"), "{fix}");
+        // Ten tables: the control connection, one a worker, the lease's.
         assert!(connections(shard, &vars("151"), used(1, None), 10)
             .value
-            .contains("a backup opens 3"));
+            .contains("a backup opens 4"));
     }
 
     #[test]
