@@ -348,6 +348,27 @@ async fn partial_restore_of_one_table_with_and_without_its_parents() {
             "{t}"
         );
     }
+
+    // A whole database (`--database`) comes back with its views and
+    // routines: a restore of all its tables is no partial one. They were
+    // left out before, without a word, under Q = 1.
+    let mut args = base.to_vec();
+    args.extend(["--database", "shop", "--overwrite", "--json"]);
+    let run = support::shardcut_async(&args).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let objects =
+        "SELECT CONCAT(ROUTINE_TYPE, ' ', ROUTINE_NAME) FROM information_schema.ROUTINES \
+         WHERE ROUTINE_SCHEMA = 'shop' UNION ALL SELECT CONCAT('VIEW ', TABLE_NAME) \
+         FROM information_schema.VIEWS WHERE TABLE_SCHEMA = 'shop' ORDER BY 1";
+    let mut s = db::mysql(src.shard("mysql-0").unwrap(), None).await;
+    let want: Vec<String> = s.query(objects).await.unwrap();
+    assert!(
+        want.contains(&"VIEW customer_totals".to_string()),
+        "{want:?}"
+    );
+    let got: Vec<String> = c.query(objects).await.unwrap();
+    assert_eq!(got, want);
 }
 
 /// Tables of every kind PostgreSQL has, each dumped and read back as what

@@ -66,6 +66,18 @@ impl RestoreOptions {
             .is_none_or(|list| list.contains(&t.qualified()))
     }
 
+    /// Whether every table `source` holds of `db` is selected: the
+    /// database comes back whole (`--database`), and with it what is not
+    /// a table (views, routines, events, materialized views' contents),
+    /// which a restore of some of its tables leaves out.
+    pub(crate) fn whole_database(&self, source: &ShardManifest, db: &str) -> bool {
+        source
+            .table_list
+            .iter()
+            .filter(|t| t.database == db)
+            .all(|t| self.selected(t))
+    }
+
     /// Announces a table as restored; a caller that stopped listening does
     /// not stop the restore.
     pub(crate) fn table_ready(&self, qualified: String) {

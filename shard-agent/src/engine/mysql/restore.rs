@@ -233,17 +233,19 @@ async fn create_tables(
 /// views exist by then (one over another whose name sorts after it, or
 /// over a table of another database), until all are or a round creates
 /// none, which fails naming the first view left and the server's error.
-/// A partial restore brings the selected tables' triggers only: views,
-/// routines and events may use tables that are not restored.
+/// A database restored whole (every table selected, as `--database`
+/// does) gets all of them; of one restored in part, only the selected
+/// tables' triggers come back: views, routines and events may use tables
+/// that are not restored.
 async fn create_objects(
     control: &mut Conn,
+    source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     schemas: &[(String, DatabaseSchema)],
 ) -> Result<(), AgentError> {
-    let partial = opts.tables.is_some();
     let wanted = |db: &str, o: &Object| {
-        !partial
+        opts.whole_database(source, db)
             || o.table
                 .as_deref()
                 .is_some_and(|t| selected_name(opts, db, t))
@@ -359,12 +361,12 @@ pub(super) async fn restore(
         done.tables += source
             .table_list
             .iter()
-            .filter(|t| t.database == db)
+            .filter(|t| t.database == db && opts.selected(t))
             .count();
         done.chunks += chunk_items(source, &db, opts).len();
         schemas.push((db, schema));
     }
-    create_objects(&mut control, target, opts, &schemas).await?;
+    create_objects(&mut control, source, target, opts, &schemas).await?;
     drop(control.disconnect().await);
     Ok(done)
 }

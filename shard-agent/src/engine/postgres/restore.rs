@@ -53,9 +53,10 @@ pub(super) async fn restore(
             (began.elapsed() - loaded).as_secs_f64()
         );
         run_section(source, target, opts, &db, "sequences").await?;
-        // Refreshed from the restored tables: all of them, or none (a
-        // partial restore's views may read tables it left out).
-        if opts.tables.is_none() {
+        // Refreshed from the restored tables: those of a database restored
+        // whole, none of one restored in part (its views may read tables
+        // left out).
+        if opts.whole_database(source, &db) {
             for f in schema_files(source, &db, "matviews") {
                 let sql = refreshes_sql(f, target, opts).await?;
                 run_sql(target, &db, &sql, "materialized-view").await?;
