@@ -455,6 +455,24 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
     assert!(refused.stderr.contains("no capture"), "{}", refused.stderr);
 
     run_ok(&["capture", "-t", arg, "--once", "--no-mark"]);
+    // After a full backup of fewer shards than the topology names now, an
+    // incremental one is refused: the new shard's rows are in no backup.
+    // It was stored complete before, and restoring it failed.
+    let text = std::fs::read_to_string(&topo_path).unwrap();
+    let (mysql_only, _) = text.split_once("  - name: pg-0").unwrap();
+    let one = dir.path().join("mysql-only.yaml");
+    std::fs::write(&one, mysql_only).unwrap();
+    run_ok(&["backup", "-t", one.to_str().unwrap()]);
+    let refused = support::shardcut(&["backup", "-t", arg, "--incremental"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("shard pg-0 is not in the full backup"),
+        "{}",
+        refused.stderr
+    );
+
     let full_a = backup(&[]);
     writes(400).await;
     let incr_b = backup(&["--incremental"]);

@@ -5,6 +5,7 @@
 //! segments up to its mark, exactly a point-in-time restore to that mark;
 //! it is verified against the mark's content hashes like any restore.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,22 @@ pub async fn take(
         .map(|c| c.base.clone())
         .unwrap_or_else(|| parent.backup_id.clone());
     let base = super::find_backup(repo.as_ref(), &topology.cluster, &base_id)?;
+    // The same shards as the base: a shard added since has no data in any
+    // backup (a mark holds none), one removed would get no changes.
+    let now: BTreeSet<&str> = topology.shards.iter().map(|s| s.name.as_str()).collect();
+    let then: BTreeSet<&str> = base.shards.keys().map(String::as_str).collect();
+    if let Some(name) = now.difference(&then).next() {
+        return Err(InvalidInput(format!(
+            "shard {name} is not in the full backup {base_id} an incremental backup would build on: take a full backup"
+        ))
+        .into());
+    }
+    if let Some(name) = then.difference(&now).next() {
+        return Err(InvalidInput(format!(
+            "shard {name} of the full backup {base_id} is not in the topology: take a full backup"
+        ))
+        .into());
+    }
     // Capture must already cover every shard: otherwise the changes since
     // the base cannot be in the repository.
     let states = StreamState::all(repo.as_ref())?;
