@@ -678,6 +678,20 @@ fn capture_followed_by_the_service_is_restarted_until_its_shard_answers() {
         dir.path().join("repo/capture/mysql-0").exists(),
         "capture stores into the repository"
     );
+    // Down while capture runs: capture retries the stream without ending,
+    // and the metrics say so (it was `up` with no lag before).
+    source.stop("mysql-0");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&serve, "shardcut_capture_failing") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never showed failing:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(&serve, "shardcut_capture_up"), Some(0.0));
+    source.start("mysql-0");
     // SIGTERM: capture finishes its round and the service stops cleanly.
     assert!(serve.terminate().success());
 }

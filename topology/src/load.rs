@@ -633,9 +633,21 @@ impl Checker<'_> {
                 None
             }
             _ => {
+                // Echoed without anything before an `@`: a URL that does
+                // not parse may still hold credentials.
+                let shown = match text.split_once("://") {
+                    Some((scheme, rest)) => match rest.rsplit_once('@') {
+                        Some((_, host)) => format!("{scheme}://…@{host}"),
+                        None => text.to_string(),
+                    },
+                    None => match text.rsplit_once('@') {
+                        Some((_, host)) => format!("…@{host}"),
+                        None => text.to_string(),
+                    },
+                };
                 self.problem(
                     at,
-                    format!("`{text}` is not an endpoint of the form http(s)://host[:port]"),
+                    format!("`{shown}` is not an endpoint of the form http(s)://host[:port]"),
                 );
                 None
             }

@@ -108,6 +108,15 @@ fn mistakes_are_named_by_field() {
         e.contains("repository.endpoint") && !e.contains("pw@"),
         "{e}"
     );
+    // One that does not parse (a port out of range) is not echoed whole
+    // either: what comes before the `@` stays out of the message.
+    let e = err("repository:\n  url: s3://bkp\n  endpoint: https://AKIDEXAMPLE:s3cr3t@minio:90000\n  access_key_env: KEY_ID\n  secret_key_env: KEY_SECRET\n");
+    assert!(
+        e.contains("`https://…@minio:90000` is not an endpoint")
+            && !e.contains("s3cr3t")
+            && !e.contains("AKIDEXAMPLE"),
+        "{e}"
+    );
     let e = err("repository:\n  url: ./b\n  endpoint: http://127.0.0.1:9000\n");
     assert!(
         e.contains("repository.endpoint: only for an s3:// repository"),

@@ -194,6 +194,18 @@ async fn run_streams(
         let mut list = figures(&streams, &reports, opts, observer);
         for s in &mut list {
             s.failing = retries.why(&s.shard, &s.stream);
+            // A failing stream has no server position to be behind of: its
+            // lag is the time its stored position has not moved.
+            if s.failing.is_some() {
+                let state = streams
+                    .iter()
+                    .find(|(_, st)| st.shard == s.shard && st.stream == s.stream);
+                if let Some((_, st)) = state {
+                    s.lag_seconds = s
+                        .lag_seconds
+                        .max(super::status::seconds_since(&st.updated_at));
+                }
+            }
         }
         after_round(&list)?;
         if opts.stop.load(Ordering::Relaxed) {

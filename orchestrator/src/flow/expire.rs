@@ -98,7 +98,11 @@ fn decide(cluster: &str, repo: &dyn Repository, opts: &ExpireOptions) -> anyhow:
         .map(|m| m.backup_id.clone())
         .collect();
     if let Some(within) = opts.keep_within {
-        let since = now - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+        // A span longer than time goes back ("keep forever") keeps all.
+        let since = chrono::Duration::from_std(within)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         for m in &backups {
             if chrono::DateTime::parse_from_rfc3339(&m.started_at).is_ok_and(|t| t >= since) {
                 keep.insert(m.backup_id.clone());
@@ -220,4 +224,27 @@ fn delete(repo: &dyn Repository, plan: &Expired) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shard_agent::repo::MemoryRepository;
+
+    use super::{decide, ExpireOptions};
+
+    /// `keep_within: 999999999d` ("keep forever") reaches back before any
+    /// date there is: it keeps everything instead of panicking on the
+    /// subtraction, as every expiry of such a topology did.
+    #[test]
+    fn a_keep_within_longer_than_time_keeps_all_instead_of_panicking() {
+        let opts = ExpireOptions {
+            keep_last: 1,
+            keep_within: Some(Duration::from_secs(999_999_999 * 86_400)),
+            dry_run: true,
+        };
+        let expired = decide("c", &MemoryRepository::default(), &opts).unwrap();
+        assert!(expired.backups.is_empty());
+    }
 }

@@ -52,6 +52,17 @@ pub fn lag_bytes(progress: &Position, server: &Position) -> Option<u64> {
     }
 }
 
+/// Seconds from the RFC 3339 time `at` to now (0 for a time unreadable or
+/// to come).
+pub fn seconds_since(at: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0
+        })
+        .unwrap_or(0.0)
+        .max(0.0)
+}
+
 pub fn status_of(
     state: &StreamState,
     r: Option<&RoundReport>,
@@ -61,13 +72,7 @@ pub fn status_of(
     let lag = server.as_ref().and_then(|s| lag_bytes(&state.progress, s));
     let behind = lag.is_none_or(|l| l > 0) && server.is_some();
     let lag_seconds = if behind {
-        chrono::DateTime::parse_from_rfc3339(&state.updated_at)
-            .map(|t| {
-                (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
-                    / 1000.0
-            })
-            .unwrap_or(0.0)
-            .max(0.0)
+        seconds_since(&state.updated_at)
     } else {
         0.0
     };

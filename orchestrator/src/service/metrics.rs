@@ -128,9 +128,13 @@ pub fn render(service: &Service) -> String {
         "shardcut_capture_lag_seconds",
         "Seconds the stored position has been behind the server (0 when caught up).",
     );
+    let mut failing = Family::gauge(
+        "shardcut_capture_failing",
+        "1 while the stream's last round failed and capture waits to try it again.",
+    );
     let mut capture_up = Family::gauge(
         "shardcut_capture_up",
-        "1 while the service's capture of the cluster runs, 0 while it waits to be restarted.",
+        "1 while the service's capture of the cluster runs and no stream of it is failing, 0 otherwise.",
     );
     let mut restarts = Family::gauge(
         "shardcut_capture_restarts",
@@ -225,8 +229,13 @@ pub fn render(service: &Service) -> String {
                     lag_bytes.add(&labels, b as f64);
                 }
                 lag_seconds.add(&labels, st.lag_seconds);
+                failing.add(&labels, if st.failing.is_some() { 1.0 } else { 0.0 });
             }
-            let up = state.at.is_some() && state.error.is_none();
+            // A stream whose rounds fail is retried inside capture, which
+            // goes on running: it is not up.
+            let up = state.at.is_some()
+                && state.error.is_none()
+                && state.streams.iter().all(|s| s.failing.is_none());
             capture_up.add(&[("cluster", name)], if up { 1.0 } else { 0.0 });
             restarts.add(&[("cluster", name)], state.restarts as f64);
         }
@@ -244,6 +253,7 @@ pub fn render(service: &Service) -> String {
         &running,
         &lag_bytes,
         &lag_seconds,
+        &failing,
         &capture_up,
         &restarts,
     ]) {
