@@ -261,8 +261,64 @@ pub fn base_fits(
         if let Some(gap) = coverage_gap(states, name, &streams_of(sm), &b.position, &mk.position) {
             return Err(gap);
         }
+        let range = (&b.position, &mk.position);
+        if let Some(gap) = unpublished_gap(states, name, sm, range, &base.backup_id) {
+            return Err(gap);
+        }
     }
     Ok(())
+}
+
+/// Why the captured changes miss some of a base's tables from its cut on:
+/// a PostgreSQL table that capture's publication took in only after the
+/// cut (one created while capture ran, taken in at its next round), or not
+/// at all (without a replica identity). Any generation covering the range
+/// without such a table will do. Looks at `sm`'s tables: a summary
+/// ([`crate::flow::list_backups`]) has none, and passes.
+fn unpublished_gap(
+    states: &[StreamState],
+    shard: &str,
+    sm: &ShardManifest,
+    (from, to): (&Position, &Position),
+    backup: &str,
+) -> Option<String> {
+    'streams: for stream in streams_of(sm) {
+        let mut why = None;
+        let covering = states.iter().filter(|s| {
+            s.shard == shard
+                && s.stream == stream
+                && at_or_before(&s.started, from)
+                && at_or_before(to, &s.progress)
+        });
+        for s in covering {
+            let late = sm
+                .table_list
+                .iter()
+                .filter(|t| t.database == stream)
+                .find_map(|t| {
+                    let q = t.qualified();
+                    if s.unpublished.contains(&q) {
+                        return Some(format!("table {q} is not captured (it is not in capture's publication: it has no replica identity)"));
+                    }
+                    match s.published_from.get(&q) {
+                        Some(p) if !at_or_before(p, from) => Some(format!(
+                            "table {q} is captured only from {p} (it was created while capture ran)"
+                        )),
+                        _ => None,
+                    }
+                });
+            match late {
+                None => continue 'streams,
+                Some(w) => why = Some(w),
+            }
+        }
+        if let Some(w) = why {
+            return Some(format!(
+                "shard {shard}: {w}, after the cut of backup {backup}: its changes since the cut are not all in the repository; use a backup taken since"
+            ));
+        }
+    }
+    None
 }
 
 /// An engine whose captured changes carry no table definitions (PostgreSQL

@@ -450,8 +450,11 @@ fn point_in_time(
             .filter_map(|l| l.manifest.ok())
             .collect();
         let chosen = pitr::choose_base(backups, &mark, &shards, &states)?;
-        // Listed manifests are summaries: the base is read whole.
-        find_backup(repo, cluster, &chosen.backup_id)?
+        // Listed manifests are summaries: the base is read whole, and
+        // checked again with its tables.
+        let b = find_backup(repo, cluster, &chosen.backup_id)?;
+        pitr::base_fits(&b, &mark, &shards, &states).map_err(InvalidInput)?;
+        b
     } else {
         let b = find_backup(repo, cluster, id)?;
         pitr::base_fits(&b, &mark, &shards, &states).map_err(InvalidInput)?;

@@ -16,6 +16,8 @@
 mod segment;
 pub mod spill;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use topology::Engine;
 
@@ -59,6 +61,18 @@ pub struct StreamState {
     /// with an older one's. 0 for the first.
     #[serde(default)]
     pub generation: u32,
+    /// PostgreSQL: tables added to the stream's publication after it was
+    /// created (tables created since, taken in at the next capture round),
+    /// by their qualified name, each with the position from which its
+    /// changes are captured. Changes before it were not: a base backup
+    /// holding such a table cannot be brought forward from a cut before it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published_from: BTreeMap<String, Position>,
+    /// PostgreSQL: selected tables not in the publication (without a
+    /// replica identity, which publishing would break, or about to be
+    /// added): their changes are not captured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpublished: Vec<String>,
 }
 
 /// The most a stream state or a segment description may take: shardcut

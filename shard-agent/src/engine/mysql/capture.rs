@@ -150,6 +150,8 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
         next_seq: 0,
         generation: 0,
         slot: None,
+        published_from: Default::default(),
+        unpublished: Vec::new(),
     })
 }
 

@@ -128,14 +128,24 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
     create_publication_and_slot(shard, &client, db, &name, &tables).await
 }
 
-/// The tables of `db` capture publishes (quoted, schema-qualified; the
-/// topology's exclusions left out) and those among them without a primary
-/// key or replica identity, which capture refuses.
-pub(super) async fn published_tables(
+/// A table of `db` capture publishes.
+pub(super) struct Publishable {
+    /// Quoted, schema-qualified, for SQL.
+    pub quoted: String,
+    /// As a manifest names it ([`crate::manifest::qualified_name`]).
+    pub qualified: String,
+    /// Without a primary key or replica identity: once published, UPDATE
+    /// and DELETE on it would fail on the source.
+    pub no_identity: bool,
+}
+
+/// The tables of `db` capture publishes (the topology's exclusions left
+/// out), in name order.
+pub(super) async fn publishable(
     client: &Client,
     shard: &Shard,
     db: &str,
-) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+) -> Result<Vec<Publishable>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
@@ -149,22 +159,141 @@ pub(super) async fn published_tables(
             &[],
         )
         .await?;
-    let mut tables = Vec::new();
-    let mut no_identity = Vec::new();
+    let mut out = Vec::new();
     for r in &rows {
-        let q: String = r.try_get(0)?;
         let schema: String = r.try_get(1)?;
         let table: String = r.try_get(2)?;
-        let missing: bool = r.try_get(3)?;
         if shard.excludes(db, Some(&schema), &table) {
             continue;
         }
-        if missing {
-            no_identity.push(q.clone());
-        }
-        tables.push(q);
+        out.push(Publishable {
+            quoted: r.try_get(0)?,
+            qualified: crate::manifest::qualified_name(db, Some(&schema), &table),
+            no_identity: r.try_get(3)?,
+        });
     }
-    Ok((tables, no_identity))
+    Ok(out)
+}
+
+/// The tables of `db` capture publishes (quoted, schema-qualified; the
+/// topology's exclusions left out) and those among them without a primary
+/// key or replica identity, which capture refuses.
+pub(super) async fn published_tables(
+    client: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+    let all = publishable(client, shard, db).await?;
+    let no_identity = all
+        .iter()
+        .filter(|t| t.no_identity)
+        .map(|t| t.quoted.clone())
+        .collect();
+    Ok((all.into_iter().map(|t| t.quoted).collect(), no_identity))
+}
+
+/// Takes tables created since the publication was into it, as each round
+/// begins, and records in `state` from where their changes are captured
+/// ([`StreamState::published_from`]): pgoutput sends only the changes of
+/// published tables, so a table created while capture ran was never
+/// captured, and a restore to a mark replayed none of its changes. A
+/// table without a replica identity is not published (UPDATE and DELETE
+/// on it would then fail on the source): it stays in
+/// [`StreamState::unpublished`], which restores to a mark refuse, and the
+/// round goes on for the rest. The names are recorded before the
+/// publication changes, so a crash between the two leaves them
+/// unpublished, not covered from the start.
+async fn cover_new_tables(
+    client: &Client,
+    shard: &Shard,
+    repo: &dyn Repository,
+    state: &mut StreamState,
+    publication: &str,
+) -> Result<(), CaptureError> {
+    let db = state.stream.clone();
+    let tables = publishable(client, shard, &db)
+        .await
+        .map_err(err(shard, &format!("reading the tables of {db}")))?;
+    let published: std::collections::HashSet<String> = client
+        .query(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) \
+             FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(err(shard, &format!("reading publication {publication}")))?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(err(shard, &format!("reading publication {publication}")))?;
+    let missing: Vec<&Publishable> = tables
+        .iter()
+        .filter(|t| !published.contains(&t.quoted))
+        .collect();
+    // Published by a round that stopped before recording it.
+    let recorded_late: Vec<&Publishable> = tables
+        .iter()
+        .filter(|t| published.contains(&t.quoted) && state.unpublished.contains(&t.qualified))
+        .collect();
+    let (to_add, no_identity): (Vec<&Publishable>, Vec<&Publishable>) =
+        missing.into_iter().partition(|t| !t.no_identity);
+    let before = (state.published_from.len(), state.unpublished.clone());
+    if !to_add.is_empty() {
+        for t in &to_add {
+            if !state.unpublished.contains(&t.qualified) {
+                state.unpublished.push(t.qualified.clone());
+            }
+        }
+        state.save(repo)?;
+        let list: Vec<&str> = to_add.iter().map(|t| t.quoted.as_str()).collect();
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                super::ident(publication),
+                list.join(", ")
+            ))
+            .await
+            .map_err(err(
+                shard,
+                &format!("adding {} to publication {publication}", list.join(", ")),
+            ))?;
+    }
+    if !to_add.is_empty() || !recorded_late.is_empty() {
+        // Every change committed after this is decoded with the table in
+        // the publication.
+        let from = Position::Postgres {
+            lsn: lsn_of(client, shard, "SELECT pg_current_wal_insert_lsn()::text").await?,
+        };
+        for t in to_add.iter().chain(&recorded_late) {
+            state
+                .published_from
+                .insert(t.qualified.clone(), from.clone());
+            state.unpublished.retain(|q| q != &t.qualified);
+            tracing::info!(
+                "{}: table {} added to publication {publication}; its changes are captured from {from}",
+                shard.name,
+                t.qualified
+            );
+        }
+    }
+    for t in &no_identity {
+        if !state.unpublished.contains(&t.qualified) {
+            tracing::warn!(
+                "{}: table {} has no primary key or replica identity and is not captured: restores to a point after a backup holding it are refused until it has one",
+                shard.name,
+                t.qualified
+            );
+            state.unpublished.push(t.qualified.clone());
+        }
+    }
+    // A table gone (dropped) is no longer waiting.
+    state
+        .unpublished
+        .retain(|q| tables.iter().any(|t| &t.qualified == q));
+    if (state.published_from.len(), state.unpublished.clone()) != before {
+        state.save(repo)?;
+    }
+    Ok(())
 }
 
 async fn create_publication_and_slot(
@@ -232,6 +361,8 @@ async fn create_publication_and_slot(
         next_seq: 0,
         generation: 0,
         slot: Some(name.to_string()),
+        published_from: Default::default(),
+        unpublished: Vec::new(),
     })
 }
 
@@ -363,6 +494,7 @@ pub async fn catch_up(
         ..Default::default()
     };
     retained_wal(&client, shard, &slot).await?;
+    cover_new_tables(&client, shard, repo, state, &slot).await?;
     loop {
         let flushed = lsn_of(&client, shard, "SELECT pg_current_wal_flush_lsn()::text").await?;
         let (rows, stored_end) =
