@@ -171,7 +171,7 @@ impl Cluster {
             .to_string();
         let mut records = lock(&self.records);
         let memory = std::mem::take(&mut *records);
-        *records = merge(memory, loaded, live, &floor);
+        *records = merge(memory, loaded, live, &floor, HISTORY_LIMIT);
     }
 
     /// One record, by ID.
@@ -183,12 +183,16 @@ impl Cluster {
 /// The records in memory merged with those read back: kept from memory
 /// what is final there (it may have ended while the history was read) and
 /// the jobs running here (`live`); the rest as read (another process's
-/// job ends there, not here). Oldest first, none older than `floor`.
+/// job ends there, not here). Oldest first, none older than `floor`, and
+/// at most `limit` besides the live ones (the oldest go first): memory
+/// must not grow with requests the service turned away, each of which is
+/// a record.
 fn merge(
     memory: Vec<JobRecord>,
     loaded: Vec<JobRecord>,
     live: &std::collections::HashSet<String>,
     floor: &str,
+    limit: usize,
 ) -> Vec<JobRecord> {
     let mut mine: std::collections::HashMap<String, JobRecord> = memory
         .into_iter()
@@ -201,6 +205,12 @@ fn merge(
         .collect();
     merged.extend(mine.into_values().filter(|m| m.id.as_str() >= floor));
     merged.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut excess = merged.len().saturating_sub(limit);
+    merged.retain(|r| {
+        let drop = excess > 0 && !live.contains(&r.id);
+        excess -= usize::from(drop);
+        !drop
+    });
     merged
 }
 
@@ -496,12 +506,19 @@ mod tests {
         let memory = vec![theirs.clone(), live.clone(), finished(&ended)];
         let loaded = vec![finished(&theirs), live.clone(), ended.clone()];
         let live_ids = [live.id.clone()].into_iter().collect();
-        let merged = super::merge(memory, loaded, &live_ids, "");
+        let merged = super::merge(memory.clone(), loaded.clone(), &live_ids, "", 10);
         let status = |id: &str| merged.iter().find(|r| r.id == id).map(|r| r.status);
         assert_eq!(status(&theirs.id), Some(JobStatus::Succeeded));
         assert_eq!(status(&live.id), Some(JobStatus::Running));
         assert_eq!(status(&ended.id), Some(JobStatus::Succeeded));
         assert_eq!(merged.len(), 3);
+        // Past the limit the oldest go (IDs sort by time, then kind), never
+        // a live one.
+        let ids = |m: &[JobRecord]| -> Vec<String> { m.iter().map(|r| r.id.clone()).collect() };
+        let merged = super::merge(memory.clone(), loaded.clone(), &live_ids, "", 2);
+        assert_eq!(ids(&merged), [live.id.clone(), ended.id.clone()]);
+        let merged = super::merge(memory, loaded, &live_ids, "", 0);
+        assert_eq!(ids(&merged), vec![live.id.clone()]);
     }
 
     #[test]
