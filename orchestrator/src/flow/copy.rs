@@ -307,20 +307,20 @@ fn is_description(key: &str) -> bool {
 
 /// What a copy round moves of the source's capture objects and marks, in
 /// the order a reader needs them: each segment (its data, then its
-/// description) and the retired generations' states, then the marks.
+/// description), then the retired generations' states, then the marks.
 /// Segment data is copied by its description, read with the size that
 /// records; data without one (a capture stopped between the two) is
 /// nobody's yet and stays behind.
 fn capture_work(
     copier: &Copier<'_>,
     present: &HashSet<String>,
-) -> Result<[Vec<Work>; 2], RepoError> {
+) -> Result<[Vec<Work>; 3], RepoError> {
     let data_there: HashSet<&str> = present
         .iter()
         .filter(|k| k.starts_with("capture/"))
         .filter_map(|k| data_stem(k))
         .collect();
-    let mut first = Vec::new();
+    let (mut segments, mut retired) = (Vec::new(), Vec::new());
     for key in copier.source.list("capture/")? {
         if is_description(&key) {
             // A description on the replica is skipped unless its data has
@@ -331,10 +331,10 @@ fn capture_work(
             if present.contains(&key) && whole {
                 copier.tally.skipped.fetch_add(2, Ordering::Relaxed);
             } else {
-                first.push(Work::Segment(key));
+                segments.push(Work::Segment(key));
             }
         } else if key.ends_with(".json") && !is_state(&key) {
-            first.extend(copier.missing(vec![Job::document(key, DOCUMENT_MAX)], present));
+            retired.extend(copier.missing(vec![Job::document(key, DOCUMENT_MAX)], present));
         }
     }
     let marks = copier.source.list("marks/")?;
@@ -342,7 +342,7 @@ fn capture_work(
         .into_iter()
         .map(|k| Job::document(k, MANIFEST_MAX))
         .collect();
-    Ok([first, copier.missing(marks, present)])
+    Ok([segments, retired, copier.missing(marks, present)])
 }
 
 /// The selected backups, each after the backups its chain restores from,
