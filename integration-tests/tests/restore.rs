@@ -58,6 +58,16 @@ async fn pg_index_definitions(shard: &Shard, database: &str) -> Vec<(String, boo
 
 /// Restores backup `id` of the cluster `src` into `tgt`; returns the JSON
 /// report of a restore that succeeded with Q = 1.
+/// `restore` of backup `id` from `src` into `target`, with `extra` options.
+async fn restore_into(src: &str, id: &str, target: &str, extra: &[&str]) -> support::Run {
+    let args = [
+        &["restore", "-t", src, "--backup", id, "--target", target],
+        extra,
+    ]
+    .concat();
+    support::shardcut_async(&args).await
+}
+
 async fn restored_fully(src: &str, id: &str, tgt: &str) -> serde_json::Value {
     let run = support::shardcut_async(&[
         "restore", "-t", src, "--backup", id, "--target", tgt, "--json",
@@ -165,10 +175,7 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
     }
 
     // A second restore onto the same, now non-empty, target is refused.
-    let again = support::shardcut_async(&[
-        "restore", "-t", src_arg, "--backup", &id, "--target", tgt_arg,
-    ])
-    .await;
+    let again = restore_into(src_arg, &id, tgt_arg, &[]).await;
     assert_eq!(again.code, 2, "{again:?}");
     assert!(
         again.stderr.contains("exists and holds") && again.stderr.contains("nothing was changed"),
@@ -196,24 +203,12 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
         .collect();
     let away = dir.path().join("unreachable.yaml");
     std::fs::write(&away, unreachable).unwrap();
-    let run = support::shardcut_async(&[
-        "restore",
-        "-t",
-        src_arg,
-        "--backup",
-        &id,
-        "--target",
-        away.to_str().unwrap(),
-    ])
-    .await;
+    let run = restore_into(src_arg, &id, away.to_str().unwrap(), &[]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("cannot connect"), "{run:?}");
 
     // Restoring onto the source servers themselves is refused.
-    let onto_source = support::shardcut_async(&[
-        "restore", "-t", src_arg, "--backup", &id, "--target", src_arg,
-    ])
-    .await;
+    let onto_source = restore_into(src_arg, &id, src_arg, &[]).await;
     assert_eq!(onto_source.code, 2, "{onto_source:?}");
     assert!(
         onto_source.stderr.contains("would overwrite the source"),
@@ -227,19 +222,12 @@ async fn round_trip_into_a_second_cluster_equals_the_source() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[range.end - 1] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
-    let damaged = support::shardcut_async(&[
-        "restore",
-        "-t",
+    let damaged = restore_into(
         src_arg,
-        "--backup",
         &id,
-        "--target",
         tgt_arg,
-        "--shard",
-        "pg-1",
-        "--overwrite",
-        "--json",
-    ])
+        &["--shard", "pg-1", "--overwrite", "--json"],
+    )
     .await;
     assert_ne!(damaged.code, 0, "{damaged:?}");
     assert!(

@@ -106,20 +106,13 @@ proptest! {
         };
         // The checksum matches the stored bytes: only the content is hostile.
         let meta = SegmentMeta {
-            shard: "s".into(),
-            stream: "binlog".into(),
-            seq: 0,
             key: key.into(),
-            first: pos.clone(),
-            last: pos,
-            first_commit: None,
-            last_commit: None,
             transactions: 1,
             bytes_raw: raw_size,
             bytes_stored: stored.len() as u64,
             xxh3: crate::checksum::xxh3_hex(&stored),
             raw_xxh3: "0".into(),
-            generation: 0,
+            ..SegmentMeta::unstored(("s", "binlog"), (0, 0), pos.clone(), pos)
         };
         match load_segment(&repo, &meta) {
             Ok(raw) => prop_assert!(raw.len() as u64 <= raw_size),

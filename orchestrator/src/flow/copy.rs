@@ -564,20 +564,8 @@ mod tests {
         let source = MemoryRepository::default();
         let at = Position::Postgres { lsn: Lsn(16) };
         let meta = SegmentMeta {
-            shard: "s".into(),
-            stream: "d".into(),
-            seq: 0,
-            key: String::new(),
-            first: at.clone(),
-            last: at,
-            first_commit: None,
-            last_commit: None,
             transactions: 1,
-            bytes_raw: 0,
-            bytes_stored: 0,
-            xxh3: String::new(),
-            raw_xxh3: String::new(),
-            generation: 0,
+            ..SegmentMeta::unstored(("s", "d"), (0, 0), at.clone(), at)
         };
         let mut raw = SpillBuffer::from_vec(b"one transaction".repeat(100));
         let data = SegmentData {

@@ -44,6 +44,35 @@ pub struct SegmentMeta {
     pub generation: u32,
 }
 
+impl SegmentMeta {
+    /// The description of segment `seq` of `shard`'s `stream`, from
+    /// `first` to `last`, before [`store_segment`] completes it with its
+    /// key, sizes and checksums; no commit and no transaction yet.
+    pub fn unstored(
+        (shard, stream): (&str, &str),
+        (seq, generation): (u64, u32),
+        first: Position,
+        last: Position,
+    ) -> SegmentMeta {
+        SegmentMeta {
+            shard: shard.to_string(),
+            stream: stream.to_string(),
+            seq,
+            key: String::new(),
+            first,
+            last,
+            first_commit: None,
+            last_commit: None,
+            transactions: 0,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            xxh3: String::new(),
+            raw_xxh3: String::new(),
+            generation,
+        }
+    }
+}
+
 /// A segment's data as captured, before it is stored.
 pub struct SegmentData<'a> {
     /// Orders the segments of a stream (their keys sort by it).
@@ -215,20 +244,8 @@ mod tests {
         let repo = MemoryRepository::default();
         let at = Position::Postgres { lsn: Lsn(16) };
         let meta = SegmentMeta {
-            shard: "s".into(),
-            stream: "d".into(),
-            seq: 0,
-            key: String::new(),
-            first: at.clone(),
-            last: at,
-            first_commit: None,
-            last_commit: None,
             transactions: 1,
-            bytes_raw: 0,
-            bytes_stored: 0,
-            xxh3: String::new(),
-            raw_xxh3: String::new(),
-            generation: 0,
+            ..SegmentMeta::unstored(("s", "d"), (0, 0), at.clone(), at)
         };
         let mut raw = SpillBuffer::from_vec(b"a transaction".to_vec());
         let data = SegmentData {

@@ -537,20 +537,15 @@ impl Round<'_> {
         };
         let at = |c: &BinlogCoordinates, g: &str| self.position(c, g);
         let meta = SegmentMeta {
-            shard: self.shard.name.clone(),
-            stream: STREAM.into(),
-            seq: self.state.next_seq,
-            key: String::new(),
-            first: at(&seg.first, &seg.gtid_first),
-            last: at(&seg.last, &seg.gtid),
             first_commit: seg.first_commit.map(rfc3339),
             last_commit: seg.last_commit.map(rfc3339),
             transactions: seg.transactions,
-            bytes_raw: 0,
-            bytes_stored: 0,
-            xxh3: String::new(),
-            raw_xxh3: String::new(),
-            generation: self.state.generation,
+            ..SegmentMeta::unstored(
+                (&self.shard.name, STREAM),
+                (self.state.next_seq, self.state.generation),
+                at(&seg.first, &seg.gtid_first),
+                at(&seg.last, &seg.gtid),
+            )
         };
         let sort = sort_key(self.state.next_seq);
         let mut raw = SpillBuffer::from_vec(seg.raw);

@@ -719,20 +719,15 @@ fn close(
         return Ok(None);
     }
     let meta = SegmentMeta {
-        shard: shard.name.clone(),
-        stream: state.stream.clone(),
-        seq: state.next_seq,
-        key: String::new(),
-        first: Position::Postgres { lsn: seg.first },
-        last: Position::Postgres { lsn: seg.last },
         first_commit: seg.first_commit.map(pg_time),
         last_commit: seg.last_commit.map(pg_time),
         transactions: seg.transactions,
-        bytes_raw: 0,
-        bytes_stored: 0,
-        xxh3: String::new(),
-        raw_xxh3: String::new(),
-        generation: state.generation,
+        ..SegmentMeta::unstored(
+            (&shard.name, &state.stream),
+            (state.next_seq, state.generation),
+            Position::Postgres { lsn: seg.first },
+            Position::Postgres { lsn: seg.last },
+        )
     };
     let data = SegmentData {
         sort: &format!("{:016X}", seg.first.0),
