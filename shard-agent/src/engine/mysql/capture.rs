@@ -73,19 +73,37 @@ pub async fn current_position(shard: &Shard) -> Result<Position, CaptureError> {
     let row = row.ok_or_else(|| CaptureError::stream(&shard.name, "the binary log is off"))?;
     let file: Option<String> = row.get_opt(0).and_then(Result::ok);
     let offset: Option<u64> = row.get_opt(1).and_then(Result::ok);
-    // MySQL has no such variable: its position is reported without one.
-    let gtid: Option<String> = conn
-        .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+    // The kind of position the cut records on this server, so that the
+    // two compare: MariaDB's GTID position, or MySQL's executed set.
+    let version: Option<(String, String)> = conn
+        .query_first("SELECT @@version, @@version_comment")
         .await
-        .ok()
-        .flatten();
+        .map_err(|e| {
+            CaptureError::stream(
+                &shard.name,
+                format!("reading the server's version failed: {e}"),
+            )
+        })?;
+    let mariadb = version.is_some_and(|(v, c)| v.contains("MariaDB") || c.contains("MariaDB"));
+    let sql = if mariadb {
+        "SELECT @@GLOBAL.gtid_binlog_pos"
+    } else {
+        "SELECT @@GLOBAL.gtid_executed"
+    };
+    let gtid: Option<String> = conn.query_first(sql).await.ok().flatten();
     drop(conn.disconnect().await);
-    Ok(Position::Mariadb {
-        gtid: gtid.unwrap_or_default(),
-        binlog: BinlogCoordinates {
-            file: file.unwrap_or_default(),
-            offset: offset.unwrap_or(4),
-        },
+    let binlog = BinlogCoordinates {
+        file: file.unwrap_or_default(),
+        offset: offset.unwrap_or(4),
+    };
+    let gtid = gtid.unwrap_or_default();
+    Ok(if mariadb {
+        Position::Mariadb { gtid, binlog }
+    } else {
+        Position::Mysql {
+            gtid_executed: gtid,
+            binlog,
+        }
     })
 }
 
