@@ -237,7 +237,7 @@ async fn cover_new_tables(
         .collect();
     let (to_add, no_identity): (Vec<&Publishable>, Vec<&Publishable>) =
         missing.into_iter().partition(|t| !t.no_identity);
-    let before = (state.published_from.len(), state.unpublished.clone());
+    let before = (state.published_from.clone(), state.unpublished.clone());
     if !to_add.is_empty() {
         for t in &to_add {
             if !state.unpublished.contains(&t.qualified) {
@@ -290,7 +290,7 @@ async fn cover_new_tables(
     state
         .unpublished
         .retain(|q| tables.iter().any(|t| &t.qualified == q));
-    if (state.published_from.len(), state.unpublished.clone()) != before {
+    if (&state.published_from, &state.unpublished) != (&before.0, &before.1) {
         state.save(repo)?;
     }
     Ok(())
