@@ -1670,6 +1670,16 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
             && refused.stderr.contains(&before),
         "{refused:?}"
     );
+    // `list` does not offer that backup as restorable to the mark either.
+    let list = run_ok_async(&["list", "-t", arg, "--json"]).await.json();
+    let listed = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backup_id"] == before.as_str())
+        .cloned()
+        .unwrap();
+    assert!(listed["restorable_to"].is_null(), "{listed}");
 
     let since = support::backup_id(arg).await;
     on_pg(

@@ -389,7 +389,17 @@ pub fn reach<'a>(
         return Ok(out);
     }
     let marks = list_marks(repo, cluster)?;
-    for base in backups {
+    // Listed backups are summaries, without their tables: where capture
+    // took tables in late, whether a backup holds one decides, so each is
+    // read whole (one at a time).
+    let late = states
+        .iter()
+        .any(|s| !s.published_from.is_empty() || !s.unpublished.is_empty());
+    for summary in backups {
+        let whole = late
+            .then(|| crate::flow::find_backup(repo, cluster, &summary.backup_id).ok())
+            .flatten();
+        let base = whole.as_ref().unwrap_or(summary);
         let shards: Vec<String> = base.shards.keys().cloned().collect();
         if let Some(m) = marks
             .iter()
