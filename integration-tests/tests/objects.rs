@@ -753,6 +753,32 @@ fn remote_agents_write_their_chunks_into_an_encrypted_bucket_with_their_own_key(
         Some(1),
         "the refused backup is not listed"
     );
+
+    // An agent holding a key writes nothing in clear: a topology (or any
+    // token holder) naming no key is refused, and no object is stored.
+    drop(wrong);
+    let keyed = start(&key);
+    std::fs::create_dir_all(dir.path().join("third")).unwrap();
+    let plain_prefix = format!("{prefix}/plain");
+    let topo3 = with_agents(
+        &support::sandbox_topology(),
+        &dir.path().join("third"),
+        &keyed.addr,
+        &secret,
+    );
+    support::move_repository(&topo3, &store.repository_yaml(BUCKET, &plain_prefix, ""));
+    let run = support::shardcut(&["backup", "-t", topo3.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the request names no key, but this agent seals with key id"),
+        "{run:?}"
+    );
+    let stored = store
+        .repository(BUCKET, &plain_prefix)
+        .list("backups/")
+        .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,7 +234,19 @@ fn allowed_repository(
         }
     };
     match (&reference.key_id, &st.repositories.encryption) {
-        (None, _) => Ok(Arc::new(SealedRepository::plain(inner))),
+        (None, None) => Ok(Arc::new(SealedRepository::plain(inner))),
+        // An agent given a key writes nothing in clear: a token holder
+        // naming no key would have it store rows unsealed where only
+        // sealed objects belong.
+        (None, Some(keys)) => Err(forbidden(format!(
+            "repository {}: the request names no key, but this agent seals with key id {}: it writes nothing unsealed",
+            inner.location(),
+            SealedRepository::new(inner.clone(), keys)
+                .key_ids()
+                .first()
+                .cloned()
+                .unwrap_or_default()
+        ))),
         (Some(id), Some(keys)) => {
             let sealed = SealedRepository::new(inner, keys);
             if sealed.key_ids().first() == Some(id) {
