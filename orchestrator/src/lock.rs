@@ -62,6 +62,9 @@ pub struct RepoLock {
     token: String,
     /// Set by the renewal task when it finds the lock gone or another's.
     lost: Arc<std::sync::Mutex<Option<String>>>,
+    /// When the lock this run last wrote expires (Unix seconds): past it,
+    /// another run may have taken it over, whatever this run wrote since.
+    held_until: Arc<std::sync::atomic::AtomicI64>,
     renew: tokio::task::JoinHandle<()>,
 }
 
@@ -197,21 +200,25 @@ impl RepoLock {
             ..body(p, s)
         };
         for _ in 0..2 {
-            let data = serde_json::to_vec(&fresh(purpose, &started_at, &token)).unwrap_or_default();
+            let written = fresh(purpose, &started_at, &token);
+            let data = serde_json::to_vec(&written).unwrap_or_default();
             match repo.put_if_absent(&key, &data) {
                 Ok(()) => {
                     let lost = Arc::new(std::sync::Mutex::new(None));
+                    let held_until =
+                        Arc::new(std::sync::atomic::AtomicI64::new(written.expires_at));
                     let renew = tokio::spawn(renew_loop(
                         repo.clone(),
                         key.clone(),
-                        fresh(purpose, &started_at, &token),
-                        lost.clone(),
+                        written,
+                        (lost.clone(), held_until.clone()),
                     ));
                     return Ok(RepoLock {
                         repo,
                         key,
                         token,
                         lost,
+                        held_until,
                         renew,
                     });
                 }
@@ -275,6 +282,15 @@ impl RepoLock {
         if let Some(why) = self.lost.lock().ok().and_then(|g| g.clone()) {
             return Err(lost(why));
         }
+        let until = self.held_until.load(std::sync::atomic::Ordering::SeqCst);
+        if chrono::Utc::now().timestamp() >= until {
+            return Err(lost(format!(
+                "it expired at {} before it was renewed: another run may have taken it over",
+                chrono::DateTime::from_timestamp(until, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            )));
+        }
         match current_token(self.repo.as_ref(), &self.key)? {
             Some(t) if t == self.token => Ok(()),
             Some(_) => Err(lost("another run took it over".into())),
@@ -314,7 +330,10 @@ async fn renew_loop(
     repo: Arc<dyn Repository>,
     key: String,
     template: LockBody,
-    lost: Arc<std::sync::Mutex<Option<String>>>,
+    (lost, held_until): (
+        Arc<std::sync::Mutex<Option<String>>>,
+        Arc<std::sync::atomic::AtomicI64>,
+    ),
 ) {
     let mut renewed = std::time::Instant::now();
     loop {
@@ -328,12 +347,25 @@ async fn renew_loop(
             host: template.host.clone(),
             pid: template.pid,
         };
+        let expires_at = fresh.expires_at;
         let (r, k) = (repo.clone(), key.clone());
         let outcome = tokio::task::spawn_blocking(move || renew_once(r.as_ref(), &k, &fresh))
             .await
             .unwrap_or_else(|e| Renewal::Failed(format!("renewal task failed: {e}")));
+        // The lock is only checked, then written: a write that lands after
+        // the lock it renews expired may overwrite another run's, which
+        // took it over meanwhile. Neither run can trust it then.
+        let expired =
+            chrono::Utc::now().timestamp() >= held_until.load(std::sync::atomic::Ordering::SeqCst);
+        let outcome = match outcome {
+            Renewal::Done if expired => {
+                Renewal::Lost("the renewal landed after the lock had expired".into())
+            }
+            other => other,
+        };
         let (why, gone) = match outcome {
             Renewal::Done => {
+                held_until.store(expires_at, std::sync::atomic::Ordering::SeqCst);
                 renewed = std::time::Instant::now();
                 continue;
             }
@@ -358,6 +390,27 @@ mod tests {
 
     fn repo(dir: &std::path::Path) -> Arc<dyn Repository> {
         Arc::new(LocalRepository::open(dir).expect("repository"))
+    }
+
+    /// A run whose lock expired before it was renewed (renewals failed or
+    /// landed late) stops committing, even while the stored lock still
+    /// carries its token: another run may have taken it over meanwhile, or
+    /// have had it overwritten by the late renewal.
+    #[tokio::test]
+    async fn a_lock_past_its_expiry_is_no_longer_held() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lock = RepoLock::acquire(repo(dir.path()), "shop", "backup").expect("acquire");
+        lock.ensure_held().expect("held right after acquiring");
+        lock.held_until.store(
+            chrono::Utc::now().timestamp() - 1,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        match lock.ensure_held() {
+            Err(LockError::Lost { why, .. }) => {
+                assert!(why.contains("before it was renewed"), "{why}")
+            }
+            other => panic!("expected Lost, got {other:?}"),
+        }
     }
 
     #[tokio::test]
