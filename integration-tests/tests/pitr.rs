@@ -582,6 +582,18 @@ async fn incremental_chains_and_expire_keep_what_kept_points_need() {
     );
     let verify = run_ok(&["verify", "-t", arg, "--backup", &incr_d]);
     assert!(verify.stdout.contains("OK"), "{verify:?}");
+    // Its mark gone, the incremental backup cannot be restored: verify says
+    // so (it passed before, checking only the segments and the base).
+    let mark = shard_agent::manifest::keys::mark(&format!("backup-{incr_d}"));
+    db::repository(&repo_dir).delete(&mark).unwrap();
+    let verify = support::shardcut(&["verify", "-t", arg, "--backup", &incr_d]);
+    assert_eq!(verify.code, 3, "{verify:?}");
+    assert!(
+        verify.stdout.contains(&format!(
+            "BAD {mark}: the mark this incremental backup restores to is unreadable"
+        )),
+        "{verify:?}"
+    );
 }
 
 /// `shardcut capture` with a spill threshold of `spill` bytes.

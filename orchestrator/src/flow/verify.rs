@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use shard_agent::manifest::Manifest;
-use shard_agent::verify::integrity::{check_backup, Integrity};
+use shard_agent::manifest::{keys, Manifest};
+use shard_agent::verify::integrity::{check_backup, Damage, Integrity};
 use topology::{Shard, Topology};
 
 use super::steps::rpo_seconds;
@@ -32,6 +32,18 @@ pub async fn verify_repository(
             let mut more = check_backup(repo.as_ref(), &base);
             report.tables.append(&mut more.tables);
             report.damage.append(&mut more.damage);
+            // Its restore finds the mark it leads to by name.
+            if let Err(e) = crate::pitr::find_mark(repo.as_ref(), &cluster, &chain.mark) {
+                report.damage.push(Damage {
+                    shard: String::new(),
+                    table: None,
+                    key: keys::mark(&chain.mark),
+                    problem: format!(
+                        "the mark this incremental backup restores to is unreadable: {}",
+                        crate::exit::one_line(&e)
+                    ),
+                });
+            }
         }
         Ok::<_, anyhow::Error>((m, report))
     })

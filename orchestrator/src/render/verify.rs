@@ -44,6 +44,10 @@ pub fn human(id: &str, r: &Integrity) -> String {
         }
     );
     for d in &r.damage {
+        if d.shard.is_empty() {
+            out.push_str(&format!("  BAD {}: {}\n", d.key, d.problem));
+            continue;
+        }
         out.push_str(&format!(
             "  BAD shard {} {} {}: {}\n",
             d.shard,
