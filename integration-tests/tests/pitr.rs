@@ -45,22 +45,31 @@ pub(crate) async fn run_ok_async(args: &[&str]) -> support::Run {
     run
 }
 
+/// `restore --until UNTIL` from `source` into `target`, with `extra`
+/// options, as it ended.
+async fn restore_until(source: &str, target: &str, until: &str, extra: &[&str]) -> support::Run {
+    let args = [
+        &[
+            "restore", "-t", source, "--target", target, "--until", until,
+        ],
+        extra,
+    ]
+    .concat();
+    support::shardcut_async(&args).await
+}
+
+/// [`restore_until`] that must succeed with Q = 1.
+async fn restored_q1(source: &str, target: &str, until: &str, extra: &[&str]) -> support::Run {
+    let run = restore_until(source, target, until, &[extra, &["--json"]].concat()).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    run
+}
+
 /// `restore --until UNTIL --json` of the newest backup into `target`; it
 /// must succeed with Q = 1.
 async fn restore_q1(source: &str, target: &std::path::Path, until: &str) -> support::Run {
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        source,
-        "--target",
-        target.to_str().unwrap(),
-        "--until",
-        until,
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
-    run
+    restored_q1(source, target.to_str().unwrap(), until, &[]).await
 }
 
 /// `restore --backup BACKUP --until UNTIL --overwrite --json` from
@@ -71,20 +80,15 @@ async fn restore_backup_until(
     target: &str,
     until: &str,
 ) -> support::Run {
-    run_ok_async(&[
-        "restore",
-        "-t",
+    let run = restore_until(
         source,
-        "--backup",
-        backup,
-        "--target",
         target,
-        "--until",
         until,
-        "--overwrite",
-        "--json",
-    ])
-    .await
+        &["--backup", backup, "--overwrite", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    run
 }
 
 fn start_workload(
@@ -176,18 +180,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
     let restored = db::topology(&tgt);
 
     // The mark taken with writes stopped: equal to what the source held.
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt_arg,
-        "--until",
-        "mark:quiet",
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    restored_q1(arg, tgt_arg, "mark:quiet", &[]).await;
     assert_eq!(
         checksums(&restored, &tables).await,
         at_quiet,
@@ -195,19 +188,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
     );
 
     // The mark taken during transfers: consistent across shards.
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt_arg,
-        "--until",
-        "mark:busy",
-        "--overwrite",
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    restored_q1(arg, tgt_arg, "mark:busy", &["--overwrite"]).await;
     let (debits, credits) = bank_state(&restored).await;
     let orphans = credits.difference(&debits).count();
     assert_eq!(
@@ -217,19 +198,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
     assert!(!credits.is_empty(), "mark busy holds transfers");
 
     // Latest: the final state.
-    let run = run_ok_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt_arg,
-        "--until",
-        "latest",
-        "--overwrite",
-        "--json",
-    ])
-    .await;
-    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    restored_q1(arg, tgt_arg, "latest", &["--overwrite"]).await;
     assert_eq!(
         checksums(&restored, &tables).await,
         at_end,
@@ -249,17 +218,7 @@ async fn restores_to_marks_and_latest_exactly_through_a_killed_capture() {
     std::fs::write(&three, without).unwrap();
     run_ok_async(&["mark", "-t", three.to_str().unwrap(), "--name", "three"]).await;
     run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
-    let run = support::shardcut_async(&[
-        "restore",
-        "-t",
-        arg,
-        "--target",
-        tgt_arg,
-        "--until",
-        "mark:three",
-        "--overwrite",
-    ])
-    .await;
+    let run = restore_until(arg, tgt_arg, "mark:three", &["--overwrite"]).await;
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr
@@ -1662,17 +1621,12 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
 
     let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
-    let refused = support::shardcut_async(&[
-        "restore",
-        "-t",
+    let refused = restore_until(
         arg,
-        "--backup",
-        &before,
-        "--target",
         tgt.to_str().unwrap(),
-        "--until",
         &first_mark,
-    ])
+        &["--backup", &before],
+    )
     .await;
     assert_eq!(refused.code, 2, "{refused:?}");
     assert!(

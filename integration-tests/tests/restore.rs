@@ -69,10 +69,7 @@ async fn restore_into(src: &str, id: &str, target: &str, extra: &[&str]) -> supp
 }
 
 async fn restored_fully(src: &str, id: &str, tgt: &str) -> serde_json::Value {
-    let run = support::shardcut_async(&[
-        "restore", "-t", src, "--backup", id, "--target", tgt, "--json",
-    ])
-    .await;
+    let run = restore_into(src, id, tgt, &["--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     let j = run.json();
     assert_eq!(j["quality"]["score"], 1.0, "{j}");
@@ -489,17 +486,8 @@ async fn mariadb_views_over_views_functions_and_other_databases_restore() {
 
     let target = PrivateSandbox::up(1, 0, "ready");
     let tgt_path = target.topology();
-    let run = support::shardcut_async(&[
-        "restore",
-        "-t",
-        src_path.to_str().unwrap(),
-        "--backup",
-        &id,
-        "--target",
-        tgt_path.to_str().unwrap(),
-        "--json",
-    ])
-    .await;
+    let (src_arg, tgt_arg) = (src_path.to_str().unwrap(), tgt_path.to_str().unwrap());
+    let run = restore_into(src_arg, &id, tgt_arg, &["--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
     let tgt = db::topology(&tgt_path);
@@ -543,19 +531,17 @@ async fn mariadb_views_over_views_functions_and_other_databases_restore() {
     std::fs::write(&subset, only_objs).unwrap();
     let id = support::backup_id(subset.to_str().unwrap()).await;
     let reports = dir.path().join("reports");
-    let run = support::shardcut_async(&[
-        "restore",
-        "-t",
+    let run = restore_into(
         subset.to_str().unwrap(),
-        "--backup",
         &id,
-        "--target",
-        tgt_path.to_str().unwrap(),
-        "--overwrite",
-        "--json",
-        "--report",
-        reports.to_str().unwrap(),
-    ])
+        tgt_arg,
+        &[
+            "--overwrite",
+            "--json",
+            "--report",
+            reports.to_str().unwrap(),
+        ],
+    )
     .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("creating view objs.vx"), "{run:?}");

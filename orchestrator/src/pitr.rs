@@ -389,14 +389,12 @@ pub fn reach<'a>(
         return Ok(out);
     }
     let marks = list_marks(repo, cluster)?;
-    // Listed backups are summaries, without their tables: where capture
-    // took tables in late, whether a backup holds one decides, so each is
-    // read whole (one at a time).
-    let late = states
-        .iter()
-        .any(|s| !s.published_from.is_empty() || !s.unpublished.is_empty());
     for summary in backups {
-        let whole = late
+        // Listed backups are summaries, without their tables: one whose
+        // cut came before capture took a table in (or while one is left
+        // out) is read whole, one at a time, since whether it holds that
+        // table decides.
+        let whole = took_tables_in_after(summary, &states)
             .then(|| crate::flow::find_backup(repo, cluster, &summary.backup_id).ok())
             .flatten();
         let base = whole.as_ref().unwrap_or(summary);
@@ -416,6 +414,19 @@ pub fn reach<'a>(
         }
     }
     Ok(out)
+}
+
+/// Whether capture of a shard of `base` took a table in after its cut, or
+/// leaves one out: [`unpublished_gap`] then needs its tables.
+fn took_tables_in_after(base: &Manifest, states: &[StreamState]) -> bool {
+    base.cut.shards.iter().any(|(shard, cut)| {
+        states.iter().filter(|s| &s.shard == shard).any(|s| {
+            !s.unpublished.is_empty()
+                || s.published_from
+                    .values()
+                    .any(|p| !at_or_before(p, &cut.position))
+        })
+    })
 }
 
 /// The newest backup of `cluster` that can start a replay to `mark`.

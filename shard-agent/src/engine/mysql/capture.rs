@@ -63,48 +63,15 @@ pub mod event {
 
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The server's current binlog position.
+/// The server's current binlog position, of the kind its cuts record
+/// (MariaDB's GTID position, or MySQL's executed set), so that the two
+/// compare.
 pub async fn current_position(shard: &Shard) -> Result<Position, CaptureError> {
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
-    let err = |e: mysql_async::Error| {
-        CaptureError::stream(&shard.name, format!("SHOW MASTER STATUS failed: {e}"))
-    };
-    let row: Option<Row> = conn.query_first("SHOW MASTER STATUS").await.map_err(err)?;
-    let row = row.ok_or_else(|| CaptureError::stream(&shard.name, "the binary log is off"))?;
-    let file: Option<String> = row.get_opt(0).and_then(Result::ok);
-    let offset: Option<u64> = row.get_opt(1).and_then(Result::ok);
-    // The kind of position the cut records on this server, so that the
-    // two compare: MariaDB's GTID position, or MySQL's executed set.
-    let version: Option<(String, String)> = conn
-        .query_first("SELECT @@version, @@version_comment")
-        .await
-        .map_err(|e| {
-            CaptureError::stream(
-                &shard.name,
-                format!("reading the server's version failed: {e}"),
-            )
-        })?;
-    let mariadb = version.is_some_and(|(v, c)| v.contains("MariaDB") || c.contains("MariaDB"));
-    let sql = if mariadb {
-        "SELECT @@GLOBAL.gtid_binlog_pos"
-    } else {
-        "SELECT @@GLOBAL.gtid_executed"
-    };
-    let gtid: Option<String> = conn.query_first(sql).await.ok().flatten();
+    let mariadb = super::is_mariadb(&conn);
+    let at = super::cut::position(&mut conn, shard, mariadb).await;
     drop(conn.disconnect().await);
-    let binlog = BinlogCoordinates {
-        file: file.unwrap_or_default(),
-        offset: offset.unwrap_or(4),
-    };
-    let gtid = gtid.unwrap_or_default();
-    Ok(if mariadb {
-        Position::Mariadb { gtid, binlog }
-    } else {
-        Position::Mysql {
-            gtid_executed: gtid,
-            binlog,
-        }
-    })
+    Ok(at?)
 }
 
 /// The binlog files the server still has.

@@ -23,7 +23,7 @@ use crate::error::AgentError;
 use crate::position::Position;
 
 /// The binlog position (file, offset and GTID set) `control` reads.
-async fn position(
+pub(super) async fn position(
     control: &mut Conn,
     shard: &Shard,
     mariadb: bool,

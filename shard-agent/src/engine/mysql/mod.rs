@@ -219,6 +219,11 @@ fn stored_column(row: &Row) -> Result<bool, DbError> {
         .any(|g| extra.contains(g)))
 }
 
+/// Whether `conn`'s server is MariaDB (10 and up; MySQL is at 9 at most).
+pub(super) fn is_mariadb(conn: &mysql_async::Conn) -> bool {
+    conn.server_version().0 >= 10
+}
+
 impl Session {
     pub(crate) async fn prepare(
         shard: &Shard,

@@ -115,7 +115,7 @@ async fn exec_stored(
     what: &str,
     sql: &str,
 ) -> Result<(), AgentError> {
-    if conn.server_version().0 >= 10 {
+    if super::is_mariadb(conn) {
         exec(conn, shard, what, &one_statement(sql)).await
     } else {
         exec(conn, shard, what, sql).await

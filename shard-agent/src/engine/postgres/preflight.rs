@@ -59,30 +59,20 @@ pub(super) async fn check(
             .extend(missing.into_iter().map(|t| format!("{db}.{t}")));
     }
     f.push(access.finding());
-    f.push(Finding::require(
+    f.push(none_found(
         "row-level security",
-        if access.filtered.is_empty() {
-            "no policy applies to the backup user".to_string()
-        } else {
-            format!(
-                "policies would hide rows of {} from the backup user",
-                access.filtered.join(", ")
-            )
-        },
-        access.filtered.is_empty(),
+        &access.filtered,
+        ("no policy applies to the backup user", |l| {
+            format!("policies would hide rows of {l} from the backup user")
+        }),
         "ALTER ROLE the backup user WITH BYPASSRLS, or exclude the listed tables in the topology",
     ));
-    f.push(Finding::require(
+    f.push(none_found(
         "large objects",
-        if access.large_objects.is_empty() {
-            "none in the selected databases".to_string()
-        } else {
-            format!(
-                "{} hold large objects, which shardcut does not back up",
-                access.large_objects.join(", ")
-            )
-        },
-        access.large_objects.is_empty(),
+        &access.large_objects,
+        ("none in the selected databases", |l| {
+            format!("{l} hold large objects, which shardcut does not back up")
+        }),
         "store them in bytea columns, or leave those databases out of the shard's `databases`",
     ));
     f.push(lock_table_check(
@@ -203,6 +193,22 @@ async fn server_findings(
 
 /// The selected tables of every database, and those the backup user
 /// cannot read or lock.
+/// A check that fails when `found` lists anything: its value says `none`
+/// or, of the list, `some`.
+fn none_found(
+    check: &str,
+    found: &[String],
+    (none, some): (&str, fn(String) -> String),
+    fix: &str,
+) -> Finding {
+    let value = if found.is_empty() {
+        none.to_string()
+    } else {
+        some(found.join(", "))
+    };
+    Finding::require(check, value, found.is_empty(), fix)
+}
+
 #[derive(Default)]
 struct Access {
     tables: Vec<TableInfo>,
