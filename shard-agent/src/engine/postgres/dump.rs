@@ -402,10 +402,11 @@ async fn not_rewritten(
 /// like `ONLY`, leaves inheritance children out); a range needs a query,
 /// and a partitioned table is read through its partitions.
 pub fn copy_out_sql(t: &Table, range: &KeyRange) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
     if *range == (None, None) && !t.partitioned {
-        return format!("COPY {} ({}) TO STDOUT", t.qualified(), cols.join(", "));
+        let cols = super::copy_columns(t.columns.iter().map(|(c, _)| c.as_str()));
+        return format!("COPY {}{cols} TO STDOUT", t.qualified());
     }
+    let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
     let predicate = match t.primary_key.first() {
         Some(pk) if t.integer_key => range_predicate(&ident(pk), range),
         _ => String::new(),

@@ -86,6 +86,17 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// ` (a, b)`: the column list of a `COPY` of `names`, quoted; nothing for
+/// a table without columns (PostgreSQL allows them, and refuses `()`).
+pub(crate) fn copy_columns<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = names.into_iter().map(ident).collect();
+    if quoted.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", quoted.join(", "))
+    }
+}
+
 /// The partitioned tables of the connected database (their rows live in
 /// their partitions), as (schema, name): one query for every table.
 pub(crate) async fn partitioned_tables(

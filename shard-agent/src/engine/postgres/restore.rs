@@ -604,7 +604,6 @@ async fn load_data(
         .iter()
         .filter(|t| t.database == db && opts.selected(t) && !t.chunks.is_empty())
         .map(|t| {
-            let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
             let types: Vec<&str> = t.columns.iter().map(|c| c.data_type.as_str()).collect();
             let binary = binary_copy::columns(&types)
                 .and_then(BinaryLoad::new)
@@ -613,10 +612,10 @@ async fn load_data(
             let load = TableLoad {
                 name: t.qualified(),
                 copy: format!(
-                    "COPY {}.{} ({}) FROM STDIN",
+                    "COPY {}.{}{} FROM STDIN",
                     ident(&schema),
                     ident(&t.name),
-                    cols.join(", ")
+                    super::copy_columns(t.columns.iter().map(|c| c.name.as_str()))
                 ),
                 partitioned: partitioned.contains(&(schema.clone(), t.name.clone())),
                 schema,
