@@ -1666,3 +1666,122 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
         "the new table's changes after the backup were replayed"
     );
 }
+
+/// The names a query `sql` on `shard` returns, one a row.
+async fn names(shard: &topology::Shard, sql: &str) -> Vec<String> {
+    db::mysql(shard, None).await.query(sql).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_replay_applies_only_what_its_base_backup_selected() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let mut yaml = String::new();
+    for line in std::fs::read_to_string(&topo_path).unwrap().lines() {
+        yaml.push_str(line);
+        yaml.push('\n');
+        if line.trim_start().starts_with("password_file:") {
+            yaml.push_str("    databases: [bank]\n    exclude_tables: [bank.audit]\n");
+        }
+    }
+    assert!(yaml.contains("exclude_tables"), "{yaml}");
+    std::fs::write(&topo_path, yaml).unwrap();
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    let my = &topo.shards[0];
+    let mut c = db::mysql(my, None).await;
+    for sql in MYSQL_SETUP.iter().copied().chain([
+        "CREATE TABLE bank.audit (id INT PRIMARY KEY, what VARCHAR(40))",
+        "CREATE DATABASE side",
+        "CREATE TABLE side.t (id INT PRIMARY KEY, v INT)",
+        "INSERT INTO side.t VALUES (1, 10)",
+        "INSERT INTO bank.ledger VALUES (1, 'debit', 5)",
+    ]) {
+        c.query_drop(sql).await.unwrap();
+    }
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    run_ok_async(&["backup", "-t", arg]).await;
+
+    // After the backup: changes in the selected database, and changes the
+    // base left out: another database (by name and by USE), a table left
+    // out, statements spanning both, accounts.
+    let mut c = db::mysql(my, None).await;
+    for sql in [
+        "INSERT INTO bank.ledger VALUES (2, 'debit', 6)",
+        "INSERT INTO side.t VALUES (2, 20)",
+        "INSERT INTO bank.audit VALUES (1, 'left out')",
+        "ALTER TABLE bank.audit ADD COLUMN at INT",
+        "CREATE TABLE side.w (id INT PRIMARY KEY)",
+        "USE side",
+        "CREATE TABLE u (id INT PRIMARY KEY)",
+        "INSERT INTO u VALUES (1)",
+        "USE bank",
+        "CREATE TABLE newer (id INT PRIMARY KEY, v INT)",
+        "INSERT INTO newer VALUES (1, 1), (2, 2)",
+        "UPDATE bank.ledger l, side.t s SET l.amount = l.amount + 1, s.v = s.v + 1",
+        "UPDATE side.t s, bank.ledger l SET s.v = s.v + 1, l.amount = l.amount + 1",
+        "DELETE bank.newer, side.t FROM bank.newer JOIN side.t ON newer.id = t.id WHERE newer.id = 2",
+        "CREATE DATABASE other",
+        "CREATE TABLE other.t (id INT PRIMARY KEY)",
+        "CREATE USER 'planted'@'%' IDENTIFIED BY 'planted-pw'",
+        "GRANT ALL PRIVILEGES ON *.* TO 'planted'@'%'",
+        "DROP TABLE side.w",
+        "INSERT INTO bank.ledger VALUES (3, 'debit', 7)",
+    ] {
+        c.query_drop(sql).await.unwrap();
+    }
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let tgt = target.topology();
+    let run = restored_q1(arg, tgt.to_str().unwrap(), "latest", &[]).await;
+    let restored = db::topology(&tgt);
+    let tmy = &restored.shards[0];
+    for t in ["bank.accounts", "bank.ledger", "bank.newer"] {
+        assert_eq!(
+            db::mysql_checksum(tmy, t).await,
+            db::mysql_checksum(my, t).await,
+            "{t} as on the source"
+        );
+    }
+    assert_eq!(
+        names(tmy, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'bank' ORDER BY 1").await,
+        ["accounts", "ledger", "newer"],
+        "the table left out stays out"
+    );
+    assert_eq!(
+        names(tmy, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ('side', 'other')").await,
+        Vec::<String>::new(),
+        "databases the backup did not select stay out"
+    );
+    assert_eq!(
+        names(tmy, "SELECT User FROM mysql.user WHERE User = 'planted'").await,
+        Vec::<String>::new(),
+        "accounts are not the shard backup's to make"
+    );
+    let notes = run.json()["replay"][0]["notes"].to_string();
+    assert!(
+        notes.contains("row event(s) of bank.audit, side.t, side.u")
+            && notes.contains("CREATE USER ×1, GRANT ×1")
+            && !notes.contains("planted-pw"),
+        "the replay says what it left out, and no password: {run:?}"
+    );
+
+    // A statement that moves a table across the line cannot be placed: the
+    // replay refuses it by name rather than apply half of it.
+    c.query_drop("RENAME TABLE bank.newer TO side.newer")
+        .await
+        .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let refused = restore_until(arg, tgt.to_str().unwrap(), "latest", &["--overwrite"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("mysql-0: replay")
+            && refused
+                .stderr
+                .contains("`RENAME TABLE bank.newer TO side.newer`: it names both")
+            && refused.stderr.contains("cannot be applied in part"),
+        "{refused:?}"
+    );
+}

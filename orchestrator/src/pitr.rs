@@ -469,9 +469,15 @@ pub async fn replay_shard(
 ) -> Result<ReplayReport, ReplayError> {
     let driver = crate::agent::driver(target)?;
     let mut total = ReplayReport::default();
+    // Only what the base backup selected: the rest of a server's binlog
+    // has nowhere to land on the target.
+    let options = ReplayOptions {
+        scope: sm.selection.clone(),
+        ..options
+    };
     for stream in streams_of(sm) {
         let r = driver
-            .replay(repo, source, &stream, target, (from, to), options)
+            .replay(repo, source, &stream, target, (from, to), options.clone())
             .await?;
         total.segments += r.segments;
         total.transactions += r.transactions;

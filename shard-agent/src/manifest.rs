@@ -210,6 +210,74 @@ pub struct ShardManifest {
     /// [`crate::bundle`]); a chunk names its bundle by its index here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundles: Vec<StoredBundle>,
+    /// What the topology selected on the shard's server when the backup
+    /// was taken: a replay to a mark applies the changes of these
+    /// databases and tables only. Absent in manifests written before it
+    /// was recorded: every database but the server's own.
+    #[serde(default, skip_serializing_if = "Selection::is_everything")]
+    pub selection: Selection,
+}
+
+/// The databases and tables a backup of a shard selected (the topology's
+/// `databases` and `exclude_tables`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The databases; absent: every database but the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<String>>,
+    /// Tables of those databases left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<TableName>,
+}
+
+/// A table's name: its database, its schema (PostgreSQL), its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableName {
+    pub database: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl Selection {
+    /// What `shard`'s topology entry selects.
+    pub fn of(shard: &topology::Shard) -> Self {
+        Selection {
+            databases: shard.databases.clone(),
+            excluded: shard
+                .exclude_tables
+                .iter()
+                .map(|t| TableName {
+                    database: t.database.clone(),
+                    schema: t.schema.clone(),
+                    name: t.table.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn is_everything(&self) -> bool {
+        *self == Selection::default()
+    }
+
+    /// Whether database `db` is selected. `system` lists the server's own
+    /// databases, never selected, whatever a manifest says.
+    pub fn database(&self, db: &str, system: &[&str]) -> bool {
+        !system.contains(&db)
+            && self
+                .databases
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|d| d == db))
+    }
+
+    /// Whether table `name` of database `db` (schema `schema`) is selected.
+    pub fn table(&self, db: &str, schema: Option<&str>, name: &str, system: &[&str]) -> bool {
+        self.database(db, system)
+            && !self
+                .excluded
+                .iter()
+                .any(|t| t.database == db && t.schema.as_deref() == schema && t.name == name)
+    }
 }
 
 /// An object holding the chunks of many small tables, one after another.

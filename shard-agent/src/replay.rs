@@ -5,22 +5,32 @@
 //! transaction is applied when it lies after the base position and at or
 //! before the target, in stream order. Any statement the target refuses
 //! stops the replay with an error naming the stream position and the
-//! statement; replay never skips a change it cannot apply.
+//! statement; replay never skips a change it cannot apply. What lies
+//! outside the base backup's selection (other databases, tables left out,
+//! the server's accounts and settings) is left out, and the report says
+//! so.
 
 use serde::Serialize;
 
 use crate::capture::{list_segments, CaptureError, SegmentMeta, StreamState};
+use crate::manifest::Selection;
 use crate::position::Position;
 use crate::repo::Repository;
 
 /// How a replay writes to its target.
-#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReplayOptions {
     /// MySQL/MariaDB: write the replayed changes to the target's binary
     /// log (as `restore --binlog` does for the base). Default: not logged,
     /// like the base restore.
     #[serde(default)]
     pub binlog: bool,
+    /// What the base backup selected (its manifest's). MySQL/MariaDB: the
+    /// binlog is the whole server's, and only the changes of these
+    /// databases and tables are applied (PostgreSQL's capture reads its
+    /// shard's tables only).
+    #[serde(default)]
+    pub scope: Selection,
 }
 
 /// Connections a shard's replay applies changes on at once, at most: on

@@ -128,6 +128,7 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
     if let Some(mark) = &mark {
         let options = ReplayOptions {
             binlog: plan.binlog,
+            ..Default::default()
         };
         let (done, failed) = replay_all(&repo, &m, mark, &pairs, &restored, options).await;
         failures.extend(failed);
@@ -509,6 +510,7 @@ async fn replay_all(
         };
         let (repo, dst, name) = (repo.clone(), dst.clone(), name.clone());
         let at = mark.shards.get(&name).cloned();
+        let options = options.clone();
         tasks.spawn(async move {
             let started = Instant::now();
             let r = pitr::replay_shard(

@@ -24,7 +24,7 @@ use crate::dump::work::{
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions};
 use crate::error::AgentError;
-use crate::manifest::{keys, ShardManifest, StoredFile};
+use crate::manifest::{keys, Selection, ShardManifest, StoredFile};
 
 /// A field of a canonical line as an integer; `None` for NULL or text.
 fn as_i128(field: &Option<Vec<u8>>) -> Option<i128> {
@@ -38,6 +38,7 @@ impl Session {
         let mut manifest = ShardManifest {
             engine: Some(Engine::Mysql),
             server: self.server.clone(),
+            selection: Selection::of(&shard),
             ..Default::default()
         };
         let queue = Queue::new(self.plan(opts).await?);

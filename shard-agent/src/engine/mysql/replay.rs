@@ -5,7 +5,10 @@
 //! description, table map and row events, so the server decodes full row
 //! images itself, for every column type, with no value conversion on our
 //! side. Statements logged as text (DDL) are executed as logged, in the
-//! database they were logged in. Source transactions are grouped into
+//! database they were logged in. Only what the base backup selected is
+//! applied: row events of other databases' tables or of tables left out,
+//! and statements that [`super::logged_sql`] places outside, are left out
+//! and counted in the report. Source transactions are grouped into
 //! target transactions, and row events apply on parallel connections by
 //! table (see [`replay`]), single-row changes that commute in key order
 //! (see [`super::reorder`]): a replay that stops may leave part of a source
@@ -13,7 +16,7 @@
 //!
 //! Needs the `BINLOG REPLAY` privilege (or SUPER) on the target.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,9 +29,12 @@ use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
 use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
+use super::logged_sql::{self, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
+use super::sql::SYSTEM_DATABASES;
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
+use crate::manifest::Selection;
 use crate::position::{BinlogCoordinates, Gtid, GtidPosition, Position};
 use crate::replay::{excerpt, segments, ReplayError, ReplayOptions, ReplayReport};
 use crate::repo::Repository;
@@ -159,6 +165,7 @@ pub async fn replay(
     let segs = segments(repo, source, STREAM, (from_position, to_position))?;
     let target = Arc::new(target.clone());
     let mut apply = Applier::new(target.clone(), options.binlog).await?;
+    let mut left = LeftOut::new(&options.scope);
     report.notes.extend(pool_note(&mut apply.main.conn).await);
     // Segments wholly at or before the base, or wholly after the target,
     // are not read. Replaying by GTID, only GTID positions decide that:
@@ -181,7 +188,7 @@ pub async fn replay(
         }
         let raw = load_segment(repo, &seg)?;
         let file = last.file.clone();
-        let n = apply_segment(&mut apply, &raw, &file, &mut applied, &seg.key).await?;
+        let n = apply_segment(&mut apply, &raw, &file, &mut applied, &seg.key, &mut left).await?;
         report.segments += 1;
         report.transactions += n.0;
         report.statements += n.1;
@@ -190,7 +197,87 @@ pub async fn replay(
     let reordered = apply.main.reordered.clone();
     apply.finish().await?;
     report.reordered = reordered.load(Ordering::Relaxed);
+    report.notes.extend(left.notes());
     Ok(report)
+}
+
+/// Tables named in a replay's note on what it left out, at most.
+const NAMED_TABLES: usize = 8;
+
+/// What a replay leaves out of the binlog, for its report: the changes
+/// of what the base backup does not hold, and statements on the server
+/// itself.
+struct LeftOut<'a> {
+    scope: &'a Selection,
+    row_events: u64,
+    /// `db.table` of the first [`NAMED_TABLES`] tables whose row events
+    /// were left out.
+    tables: BTreeSet<String>,
+    more_tables: bool,
+    statements: u64,
+    /// By kind (a keyword or two of a fixed list, see
+    /// [`Placement::Server`]).
+    server: BTreeMap<String, u64>,
+}
+
+impl<'a> LeftOut<'a> {
+    fn new(scope: &'a Selection) -> Self {
+        LeftOut {
+            scope,
+            row_events: 0,
+            tables: BTreeSet::new(),
+            more_tables: false,
+            statements: 0,
+            server: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the changes of table `db`.`table` are applied; if not, it
+    /// is named in the report.
+    fn holds(&mut self, db: &str, table: &str) -> bool {
+        if self.scope.table(db, None, table, SYSTEM_DATABASES) {
+            return true;
+        }
+        let name = format!("{db}.{table}");
+        if self.tables.len() < NAMED_TABLES {
+            self.tables.insert(name);
+        } else if !self.tables.contains(&name) {
+            self.more_tables = true;
+        }
+        false
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.row_events > 0 || self.statements > 0 {
+            let mut tables: Vec<&str> = self.tables.iter().map(String::as_str).collect();
+            if self.more_tables {
+                tables.push("…");
+            }
+            out.push(format!(
+                "left out the changes of what the base backup does not hold (other databases, tables left out): {} row event(s){}, {} statement(s)",
+                self.row_events,
+                if tables.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of {}", tables.join(", "))
+                },
+                self.statements
+            ));
+        }
+        if !self.server.is_empty() {
+            let kinds: Vec<String> = self
+                .server
+                .iter()
+                .map(|(k, n)| format!("{k} ×{n}"))
+                .collect();
+            out.push(format!(
+                "left out statements on accounts, server settings or table maintenance, which a shard backup does not hold: {}",
+                kinds.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 /// A hint when the target's InnoDB buffer pool is far smaller than its
@@ -894,12 +981,21 @@ async fn apply_segment(
     file: &str,
     applied: &mut Applied,
     key: &str,
+    left: &mut LeftOut<'_>,
 ) -> Result<(u64, u64), ReplayError> {
     let corrupt = |what: String| {
         ReplayError::Capture(CaptureError::Corrupt {
             key: key.to_string(),
             what,
         })
+    };
+    let shard = apply.main.shard.name.clone();
+    let stopped = |stop: Stop| match stop {
+        Stop::Corrupt(what) => corrupt(what),
+        Stop::Refused(what) => ReplayError::Refused {
+            shard: shard.clone(),
+            what,
+        },
     };
     if !raw.starts_with(&BINLOG_MAGIC) {
         return Err(corrupt("not a binlog segment".into()));
@@ -923,8 +1019,8 @@ async fn apply_segment(
         }
         if txn.begin(&ev)
             || !txn
-                .add(&ev, bytes, file, &apply.orderable)
-                .map_err(corrupt)?
+                .add(&ev, bytes, file, &apply.orderable, left)
+                .map_err(stopped)?
         {
             continue;
         }
@@ -966,6 +1062,41 @@ struct TxnSteps {
     undecided: bool,
     /// The transaction's MariaDB GTID, once its GTID event is read.
     gtid: Option<Gtid>,
+    /// The table ids the statement being read maps to tables the replay
+    /// leaves out.
+    left_out: Vec<u64>,
+    /// Where its last row event that is kept starts in `pending`, and
+    /// whether that event ends with a checksum.
+    last_rows: Option<(usize, bool)>,
+}
+
+/// Why a segment's transaction cannot be applied.
+enum Stop {
+    /// The segment is damaged.
+    Corrupt(String),
+    /// A statement cannot be placed (see [`logged_sql::place`]).
+    Refused(String),
+}
+
+/// Sets the statement-end flag of the row event at the start of
+/// `pending` (its flags follow the 19-byte header and the 6-byte table
+/// id), and its checksum anew when it ends with one: the row event that
+/// ended the statement was of a table the replay leaves out, and the
+/// server applies a statement's changes when it reads its end.
+fn end_statement(pending: &mut [u8], checksum: bool) {
+    let size = match next_event(pending) {
+        Ok((event, _)) => event.len(),
+        Err(_) => return,
+    };
+    let event = &mut pending[..size];
+    if let Some(f) = event.get_mut(19 + 6..19 + 8) {
+        let flags = u16::from_le_bytes([f[0], f[1]]) | STMT_END_F;
+        f.copy_from_slice(&flags.to_le_bytes());
+    }
+    if let Some(body) = event.len().checked_sub(4).filter(|_| checksum) {
+        let crc = crc32fast::hash(&event[..body]);
+        event[body..].copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 impl TxnSteps {
@@ -1009,7 +1140,8 @@ impl TxnSteps {
         bytes: &[u8],
         file: &str,
         orderable: &Orderable,
-    ) -> Result<bool, String> {
+        left: &mut LeftOut<'_>,
+    ) -> Result<bool, Stop> {
         let at = ev.header().log_pos();
         match ev.header().event_type_raw() {
             event::XID => {
@@ -1017,18 +1149,27 @@ impl TxnSteps {
                 return Ok(true);
             }
             event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
-                let q = query_text(ev)
-                    .ok_or_else(|| format!("unreadable query event at {file}:{at}"))?;
-                return Ok(self.query(ev, q));
+                let q = query_text(ev).ok_or_else(|| {
+                    Stop::Corrupt(format!("unreadable query event at {file}:{at}"))
+                })?;
+                return self
+                    .query(ev, q, left)
+                    .map_err(|why| Stop::Refused(format!("replaying {file}:{at}: {why}")));
             }
             event::TABLE_MAP => {
                 let Ok(Some(EventData::TableMapEvent(map))) = ev.read_data() else {
-                    return Err(format!("unreadable table map event at {file}:{at}"));
+                    return Err(Stop::Corrupt(format!(
+                        "unreadable table map event at {file}:{at}"
+                    )));
                 };
                 let table = (
                     map.database_name().into_owned(),
                     map.table_name().into_owned(),
                 );
+                if !left.holds(&table.0, &table.1) {
+                    self.left_out.push(map.table_id());
+                    return Ok(false);
+                }
                 if !self.tables.contains(&table) {
                     self.tables.push(table);
                 }
@@ -1037,6 +1178,27 @@ impl TxnSteps {
                 self.pending.extend_from_slice(bytes);
             }
             t if event::is_rows(t) => {
+                let flags = ev
+                    .data()
+                    .get(6..8)
+                    .map(|f| u16::from_le_bytes([f[0], f[1]]));
+                let ends = flags.is_some_and(|f| f & STMT_END_F != 0);
+                let id = ev.data().get(..6).map(|b| {
+                    b.iter()
+                        .rev()
+                        .fold(0u64, |id, byte| id << 8 | u64::from(*byte))
+                });
+                if id.is_some_and(|id| self.left_out.contains(&id)) {
+                    left.row_events += 1;
+                    if ends {
+                        if let Some((start, checksum)) = self.last_rows {
+                            end_statement(&mut self.pending[start..], checksum);
+                        }
+                        self.flush_rows();
+                    }
+                    return Ok(false);
+                }
+                self.last_rows = Some((self.pending.len(), ev.checksum().is_some()));
                 self.pending.extend_from_slice(bytes);
                 self.row_events += 1;
                 self.key = match (&self.map, ev.read_data()) {
@@ -1045,11 +1207,7 @@ impl TxnSteps {
                     }
                     _ => None,
                 };
-                let flags = ev
-                    .data()
-                    .get(6..8)
-                    .map(|f| u16::from_le_bytes([f[0], f[1]]));
-                if flags.is_some_and(|f| f & STMT_END_F != 0) {
+                if ends {
                     self.flush_rows();
                 }
             }
@@ -1060,35 +1218,45 @@ impl TxnSteps {
         Ok(false)
     }
 
-    /// Adds query `q` of event `ev`; returns whether it ends the
-    /// transaction. BEGIN, COMMIT and ROLLBACK frame it: the target's
+    /// Adds query `q` of event `ev`, where [`logged_sql::place`] says;
+    /// returns whether it ends the transaction, or why it cannot be
+    /// placed. BEGIN, COMMIT and ROLLBACK frame it: the target's
     /// transaction is the group's. (A transaction logged with ROLLBACK
     /// holds only changes to non-transactional tables, which the source
     /// kept: they are applied.)
-    fn query(&mut self, ev: &Event, q: String) -> bool {
+    fn query(&mut self, ev: &Event, q: String, left: &mut LeftOut<'_>) -> Result<bool, String> {
         let begin = q.eq_ignore_ascii_case("BEGIN");
         if self.undecided {
             self.undecided = false;
             self.standalone = !begin;
         }
         if begin {
-            return false;
+            return Ok(false);
         }
         if q.eq_ignore_ascii_case("COMMIT") || q.eq_ignore_ascii_case("ROLLBACK") {
             self.flush_rows();
-            return true;
+            return Ok(true);
         }
         self.flush_rows();
         let schema = match ev.read_data() {
             Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
             _ => String::new(),
         };
-        if !schema.is_empty() {
-            self.steps
-                .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
+        match logged_sql::place(&q, &schema, left.scope) {
+            Placement::Apply => {
+                if !schema.is_empty() {
+                    self.steps
+                        .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
+                }
+                self.steps.push(Step::Sql(q));
+            }
+            Placement::Outside => left.statements += 1,
+            Placement::Server(kind) => *left.server.entry(kind).or_default() += 1,
+            Placement::Refuse(why) => {
+                return Err(format!("`{}`: {why}", logged_sql::shown(&q)));
+            }
         }
-        self.steps.push(Step::Sql(q));
-        self.standalone
+        Ok(self.standalone)
     }
 
     fn flush_rows(&mut self) {
@@ -1096,8 +1264,15 @@ impl TxnSteps {
             .key
             .take()
             .filter(|_| self.maps == 1 && self.row_events == 1);
+        let kept = self.row_events > 0;
         (self.maps, self.row_events, self.map) = (0, 0, None);
-        if !self.pending.is_empty() {
+        self.left_out.clear();
+        self.last_rows = None;
+        if !kept {
+            // Table maps only: every row event was of a table left out.
+            self.pending.clear();
+            self.tables.clear();
+        } else if !self.pending.is_empty() {
             self.steps.push(Step::Rows(
                 std::mem::take(&mut self.pending),
                 std::mem::take(&mut self.tables),
@@ -1131,7 +1306,43 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::{decoding, small_pool};
+    use super::{decoding, end_statement, small_pool, STMT_END_F};
+
+    /// A row event of `size` bytes with flags `flags`, ending with its
+    /// CRC32, followed by `after`.
+    fn rows_event(size: usize, flags: u16, after: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; size];
+        e[9..13].copy_from_slice(&(size as u32).to_le_bytes());
+        e[19..25].copy_from_slice(&[7, 0, 0, 0, 0, 0]);
+        e[25..27].copy_from_slice(&flags.to_le_bytes());
+        let crc = crc32fast::hash(&e[..size - 4]);
+        e[size - 4..].copy_from_slice(&crc.to_le_bytes());
+        e.extend_from_slice(after);
+        e
+    }
+
+    #[test]
+    fn a_kept_row_event_is_made_its_statements_end_with_its_checksum_anew() {
+        let mut pending = rows_event(40, 0x0002, b"next");
+        end_statement(&mut pending, true);
+        assert_eq!(
+            pending,
+            rows_event(40, 0x0002 | STMT_END_F, b"next"),
+            "the flag is set, the checksum matches, what follows is untouched"
+        );
+        // Without a checksum, the last four bytes are the event's own.
+        let mut plain = rows_event(40, 0, b"");
+        let tail = plain[36..].to_vec();
+        end_statement(&mut plain, false);
+        assert_eq!(plain[25..27], STMT_END_F.to_le_bytes());
+        assert_eq!(plain[36..], tail[..]);
+        // A damaged length leaves the bytes as they were.
+        let mut short = rows_event(40, 0, b"");
+        short[9..13].copy_from_slice(&400u32.to_le_bytes());
+        let before = short.clone();
+        end_statement(&mut short, true);
+        assert_eq!(short, before);
+    }
 
     /// A format description event: header, binlog version, server version,
     /// creation time, header length, post-header lengths, checksum

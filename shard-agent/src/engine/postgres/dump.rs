@@ -19,7 +19,7 @@ use crate::dump::work::{
 };
 use crate::dump::{plan_ranges, range_predicate, worth_splitting, DumpOptions, KeyRange};
 use crate::error::{db_err, AgentError};
-use crate::manifest::{keys, SequenceValue, ShardManifest};
+use crate::manifest::{keys, Selection, SequenceValue, ShardManifest};
 
 impl Session {
     pub(crate) async fn dump(self, opts: &DumpOptions) -> Result<ShardManifest, AgentError> {
@@ -28,6 +28,7 @@ impl Session {
         let mut manifest = ShardManifest {
             engine: Some(Engine::Postgres),
             server: self.server.clone(),
+            selection: Selection::of(&shard),
             ..Default::default()
         };
         opts.progress.rows_estimate.store(
