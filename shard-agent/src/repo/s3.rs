@@ -275,11 +275,20 @@ impl S3Repository {
             }
             Ok(())
         })();
+        // Parts of an abandoned upload cost storage until aborted: an upload
+        // whose parts or whose completion failed is aborted, and the
+        // original error is the one to report.
         match sent {
-            Ok(()) => self.run("put", key, async move { upload.complete().await.map(drop) }),
+            Ok(()) => self.run("put", key, async move {
+                match upload.complete().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        drop(upload.abort().await);
+                        Err(e)
+                    }
+                }
+            }),
             Err(e) => {
-                // Parts of an abandoned upload cost storage until aborted;
-                // the original error is the one to report.
                 drop(self.run(
                     "abort the upload of",
                     key,
