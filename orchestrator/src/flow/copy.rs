@@ -410,8 +410,9 @@ fn copy_round(
     };
     let complete = complete_backups(source, cluster)?;
     for listed in selected(source, &complete, cluster, which)? {
-        // Listed manifests are summaries: each backup copied is read whole.
-        let m = super::find_backup(source, cluster, &listed.backup_id)?;
+        // Listed manifests are summaries: each backup copied is read whole,
+        // once; the replica gets the bytes whose objects were copied.
+        let (m, document) = super::backup_document(source, cluster, &listed.backup_id)?;
         let manifest_key = keys::manifest(&m.backup_id);
         // What the manifest records, each read with its recorded size as
         // the bound; nothing else in the backup's folder is the backup's.
@@ -435,7 +436,7 @@ fn copy_round(
         // Every object is there and verified: the manifest may follow.
         let needed: Vec<&str> = m.object_keys();
         dest.sync_names(&needed)?;
-        copier.one(&Job::document(manifest_key.clone(), MANIFEST_MAX))?;
+        copier.put(&manifest_key, &document, None)?;
         dest.sync_names(&[&manifest_key])?;
         report.backups_copied.push(m.backup_id.clone());
     }
@@ -554,7 +555,7 @@ mod tests {
     use shard_agent::capture::spill::SpillBuffer;
     use shard_agent::capture::{store_segment, SegmentData, SegmentMeta};
     use shard_agent::position::{Lsn, Position};
-    use shard_agent::repo::{MemoryRepository, Repository};
+    use shard_agent::repo::{MemoryRepository, RepoError, Repository};
 
     use super::{copy_round, Which};
 
@@ -652,5 +653,86 @@ mod tests {
             "{err}"
         );
         assert!(dest.list("").unwrap().is_empty(), "{:?}", dest.list(""));
+    }
+
+    /// A source whose manifest of backup `b1` is `later` from its
+    /// `reads`-th read on (a manifest replaced while a copy runs).
+    #[derive(Debug)]
+    struct Changing {
+        inner: MemoryRepository,
+        reads: std::sync::atomic::AtomicUsize,
+        after: usize,
+        later: Vec<u8>,
+    }
+
+    impl Repository for Changing {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn put(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+            self.inner.put(key, data)
+        }
+        fn put_if_absent(&self, key: &str, data: &[u8]) -> Result<(), RepoError> {
+            self.inner.put_if_absent(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>, RepoError> {
+            if key == "backups/b1/manifest.json"
+                && self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.after
+            {
+                return Ok(self.later.clone());
+            }
+            self.inner.get(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<(), RepoError> {
+            self.inner.delete(key)
+        }
+        fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError> {
+            self.inner.sync_names(keys)
+        }
+    }
+
+    /// The replica gets the manifest whose objects the copy checked, even
+    /// when the source's changes meanwhile: it read the manifest again to
+    /// copy it, and could write one naming objects it never copied.
+    #[test]
+    fn the_manifest_copied_is_the_one_whose_objects_were_copied() {
+        let manifest = |shards: serde_json::Value| {
+            serde_json::to_vec(&serde_json::json!({
+                "format": 2, "backup_id": "b1", "cluster": "c", "topology_digest": "",
+                "tool_version": "", "status": "complete", "started_at": "", "finished_at": "",
+                "cut": {"write_block_ms": 0, "attempts": 1, "taken_at": "", "shards": {}},
+                "shards": shards,
+            }))
+            .unwrap()
+        };
+        let first = manifest(serde_json::json!({}));
+        let later = manifest(serde_json::json!({"s": {
+            "engine": "postgres", "server": "", "tables": 0, "rows": 0, "bytes_raw": 0,
+            "bytes_stored": 0, "duration_ms": 0, "table_list": [],
+            "schema": [{"database": "d", "key": "backups/b1/shards/s/d/never-copied",
+                        "section": "pre-data", "bytes_raw": 1, "bytes_stored": 1,
+                        "xxh3": "0"}],
+        }}));
+        serde_json::from_slice::<shard_agent::manifest::Manifest>(&later).unwrap();
+        let inner = MemoryRepository::default();
+        inner.put("backups/b1/manifest.json", &first).unwrap();
+        // The listing reads it once, the copy once more.
+        let source = Changing {
+            inner,
+            reads: Default::default(),
+            after: 2,
+            later,
+        };
+        let dest = MemoryRepository::default();
+        let report = copy_round(&source, &dest, "c", &Which::All, "dr").unwrap();
+        assert_eq!(report.backups_copied, ["b1"]);
+        let copied = dest.get("backups/b1/manifest.json").unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&copied),
+            String::from_utf8_lossy(&first)
+        );
     }
 }

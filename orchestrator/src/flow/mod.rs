@@ -122,6 +122,18 @@ fn read_manifest(
     repo: &dyn Repository,
     id: &str,
 ) -> Result<Option<Result<Manifest, String>>, RepoError> {
+    Ok(read_manifest_document(repo, id)?.map(|read| read.map(|(m, _)| m)))
+}
+
+/// A manifest read, and the bytes it was read from; or why it is
+/// unreadable.
+type ManifestRead = Result<(Manifest, Vec<u8>), String>;
+
+/// [`read_manifest`], with the bytes it was read from.
+fn read_manifest_document(
+    repo: &dyn Repository,
+    id: &str,
+) -> Result<Option<ManifestRead>, RepoError> {
     let key = keys::manifest(id);
     let data = match repo.get_at_most(&key, MANIFEST_MAX) {
         Err(RepoError::NotFound { .. }) => return Ok(None),
@@ -153,7 +165,7 @@ fn read_manifest(
                 Ok(m)
             }
         });
-    Ok(Some(manifest))
+    Ok(Some(manifest.map(|m| (m, data))))
 }
 
 /// `m` without what each shard stored table by table: its tables'
@@ -189,12 +201,30 @@ pub fn find_backup(repo: &dyn Repository, cluster: &str, id: &str) -> anyhow::Re
         }
         return Err(not_found().into());
     }
+    Ok(backup_document(repo, cluster, id)?.0)
+}
+
+/// Backup `id` (not `latest`) of `cluster`, and the bytes its manifest was
+/// read from: a copy writes those, the manifest whose objects it copied
+/// and checked, not what the source holds by the time it reads again.
+pub(crate) fn backup_document(
+    repo: &dyn Repository,
+    cluster: &str,
+    id: &str,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let not_found = || {
+        InvalidInput(format!(
+            "no complete backup `{id}` of cluster {cluster} in {} (looked for {})",
+            repo.location(),
+            keys::manifest(id)
+        ))
+    };
     // An ID is a folder's name, nothing else.
     if id == "." || id == ".." || keys::backup_of_manifest(&keys::manifest(id)) != Some(id) {
         return Err(not_found().into());
     }
-    match read_manifest(repo, id)? {
-        Some(Ok(m)) if m.cluster == cluster => Ok(m),
+    match read_manifest_document(repo, id)? {
+        Some(Ok((m, data))) if m.cluster == cluster => Ok((m, data)),
         Some(Err(why)) => Err(anyhow::anyhow!(why)),
         _ => Err(not_found().into()),
     }
