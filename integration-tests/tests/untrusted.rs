@@ -782,7 +782,7 @@ fn a_mariadb_chunk_row_the_server_skips_fails_the_restore_by_name() {
 
 /// Rewrites `backup`'s MariaDB schema file of `shop` on mysql-0 with
 /// `change`, the manifest's checksum and sizes updated to match.
-fn plant_in_the_mariadb_schema(backup: &Backup, change: impl Fn(&mut serde_json::Value)) {
+fn plant_in_the_mariadb_schema(backup: &Backup, mut change: impl FnMut(&mut serde_json::Value)) {
     let mut m = backup.manifest();
     let files = m["shards"]["mysql-0"]["schema"].as_array_mut().unwrap();
     let f = files
@@ -865,6 +865,28 @@ fn statements_planted_in_a_mariadb_schema_file_never_run() {
         run.stderr
     );
     assert_eq!(victim_tables(), Some(1), "the planted statement ran");
+
+    // A table of the right name whose rows would live on another host:
+    // the restore would send them there (and the application's writes
+    // after it). No backup has such a table (only InnoDB tables are).
+    let mut name = String::new();
+    plant_in_the_mariadb_schema(&backup, |s| {
+        let t = &mut s["tables"][0];
+        name = t["name"].as_str().unwrap().to_string();
+        t["sql"] = format!(
+            "CREATE TABLE `{name}` (id int) ENGINE=FEDERATED CONNECTION='mysql://u:p@127.0.0.1:9/d/t'"
+        )
+        .into();
+    });
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0", "--overwrite"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "table shop.{name} has ENGINE=FEDERATED, which reaches beyond the server's own tables"
+        )),
+        "{}",
+        run.stderr
+    );
 }
 
 /// `copy` reads its source like any repository: an object of a backup
@@ -960,4 +982,146 @@ fn a_manifest_or_a_mark_naming_another_place_than_where_it_lies_is_refused() {
     let run = support::shardcut(&["verify", "-t", backup.arg(), "--backup", &backup.id]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains(&refusal), "{run:?}");
+}
+
+/// `bytes` with the statement text of the query event holding `old`
+/// replaced by `new`: its length and checksum made to match, as someone
+/// who can write the repository would.
+fn with_statement(bytes: &[u8], old: &str, new: &str) -> Vec<u8> {
+    let at = bytes
+        .windows(old.len())
+        .position(|w| w == old.as_bytes())
+        .expect("the statement in the segment");
+    // The event holding it: events follow the 4-byte magic, each with its
+    // size in bytes 9..13 of its header.
+    let mut start = 4;
+    let size = loop {
+        let size = u32::from_le_bytes(bytes[start + 9..start + 13].try_into().unwrap()) as usize;
+        if at < start + size {
+            break size;
+        }
+        start += size;
+    };
+    let end = start + size - 4;
+    assert_eq!(
+        crc32fast::hash(&bytes[start..end]).to_le_bytes(),
+        bytes[end..end + 4],
+        "the event ends with its checksum"
+    );
+    let mut event = bytes[start..at].to_vec();
+    event.extend_from_slice(new.as_bytes());
+    let new_size = (event.len() + 4) as u32;
+    event[9..13].copy_from_slice(&new_size.to_le_bytes());
+    let crc = crc32fast::hash(&event);
+    event.extend_from_slice(&crc.to_le_bytes());
+    [&bytes[..start], &event[..], &bytes[start + size..]].concat()
+}
+
+/// Statements planted in a captured MariaDB segment (a repository without
+/// encryption, the segment's description made to match) never reach the
+/// target beyond one statement of a kind a replay runs: a second statement
+/// after the first, one hidden from the placement by a versioned comment
+/// the server skips, a table whose rows would live on another host. Before,
+/// replay ran the text of a query event as it was: all of these ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_planted_in_a_mariadb_segment_never_run() {
+    use mysql_async::prelude::Queryable;
+    use shard_agent::capture::spill::SpillBuffer;
+    use shard_agent::capture::{list_segments, load_segment, store_segment, SegmentData};
+
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    let my = &topo.shards[0];
+    let mut c = db::mysql(my, None).await;
+    c.query_drop("CREATE DATABASE bank; CREATE TABLE bank.t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let ok = crate::pitr::run_ok_async;
+    ok(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    ok(&["backup", "-t", arg]).await;
+    let logged = "CREATE TABLE bank.later (id INT PRIMARY KEY)";
+    c.query_drop(logged).await.unwrap();
+    c.query_drop("INSERT INTO bank.later VALUES (1)")
+        .await
+        .unwrap();
+    ok(&["capture", "-t", arg, "--once"]).await;
+
+    let repo = db::repository(&topo);
+    let seg = list_segments(&repo, "mysql-0", "binlog")
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            let raw = load_segment(&repo, s).unwrap();
+            raw.windows(logged.len()).any(|w| w == logged.as_bytes())
+        })
+        .expect("the segment holding the CREATE TABLE");
+    let original = load_segment(&repo, &seg).unwrap();
+    let sort = seg
+        .key
+        .rsplit('/')
+        .next()
+        .and_then(|name| name.strip_suffix(".binlog.zst"))
+        .unwrap()
+        .to_string();
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let tgt = target.topology();
+    let restored = db::topology(&tgt);
+    let evil = || async {
+        let mut t = db::mysql(&restored.shards[0], None).await;
+        let users: Vec<String> = t
+            .query("SELECT User FROM mysql.user WHERE User = 'evil'")
+            .await
+            .unwrap();
+        users
+    };
+    for (planted, refusal) in [
+        (
+            format!("{logged}; CREATE USER 'evil'@'%' IDENTIFIED BY 'pw'"),
+            "the target refused `CREATE TABLE bank.later`",
+        ),
+        (
+            "/*M!999999 CREATE TABLE bank.x (i INT) */ CREATE USER 'evil'@'%' IDENTIFIED BY 'pw'"
+                .to_string(),
+            "a versioned comment (/*!…*/) changes what the statement is",
+        ),
+        (
+            "CREATE TABLE bank.later (id INT PRIMARY KEY) ENGINE=FEDERATED CONNECTION='mysql://evil:pw@127.0.0.1:9/d/t'"
+                .to_string(),
+            "ENGINE=FEDERATED reaches beyond the server's own tables",
+        ),
+    ] {
+        let mut raw = SpillBuffer::from_vec(with_statement(&original, logged, &planted));
+        let data = SegmentData {
+            sort: &sort,
+            ext: "binlog",
+            raw: &mut raw,
+        };
+        store_segment(&repo, seg.clone(), data, topology::Compression::Zstd(3)).unwrap();
+        let run = support::shardcut_async(&[
+            "restore",
+            "-t",
+            arg,
+            "--target",
+            tgt.to_str().unwrap(),
+            "--until",
+            "latest",
+            "--overwrite",
+        ])
+        .await;
+        assert_eq!(run.code, 1, "{planted}: {run:?}");
+        assert!(
+            run.stderr.contains("mysql-0: replay") && run.stderr.contains(refusal),
+            "{planted}: {}",
+            run.stderr
+        );
+        if !refusal.starts_with("the target refused") {
+            // Refused before the server saw it: the refusal shows no value
+            // of the statement (the server's own error quotes it).
+            assert!(!run.stderr.contains("pw"), "{}", run.stderr);
+        }
+        assert_eq!(evil().await, Vec::<String>::new(), "{planted} ran");
+    }
 }

@@ -7,6 +7,7 @@ mod capture;
 mod cut;
 pub mod driver;
 mod dump;
+mod lexer;
 mod logged_sql;
 pub(crate) mod preflight;
 mod presync;

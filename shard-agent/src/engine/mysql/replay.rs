@@ -29,9 +29,11 @@ use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
 use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
+use super::lexer::several_statements;
 use super::logged_sql::{self, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
 use super::sql::SYSTEM_DATABASES;
+use super::stored_sql::one_statement;
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
 use crate::manifest::Selection;
@@ -357,13 +359,18 @@ async fn session(target: &Shard, binlog: bool) -> Result<Conn, ReplayError> {
 /// that may be reordered, where it sorts; or a statement logged as text.
 enum Step {
     Rows(Vec<u8>, Vec<Table>, Option<SortKey>),
+    /// A statement built here (`USE`, a savepoint's), run as it is.
     Sql(String),
+    /// A statement from the segment, run as exactly one statement.
+    Logged(String),
 }
 
 /// One connection's open target transaction, that source transactions (or
 /// their statements) are added to.
 struct Session {
     conn: Conn,
+    /// The target is MariaDB (which has `EXECUTE IMMEDIATE`), not MySQL.
+    mariadb: bool,
     shard: Arc<Shard>,
     open: bool,
     /// Row events not sent yet.
@@ -388,6 +395,7 @@ struct Session {
 impl Session {
     fn new(conn: Conn, shard: Arc<Shard>, reordered: Arc<AtomicU64>) -> Self {
         Session {
+            mariadb: super::is_mariadb(&conn),
             conn,
             shard,
             open: false,
@@ -489,13 +497,35 @@ impl Session {
         Ok(())
     }
 
-    /// Runs a statement logged as text in the group's transaction.
-    async fn sql(&mut self, sql: &str, at: &str) -> Result<(), ReplayError> {
+    /// Runs a statement in the group's transaction; an error shows it as
+    /// `shown`.
+    async fn sql(&mut self, sql: &str, shown: &str, at: &str) -> Result<(), ReplayError> {
         self.begin(at).await?;
         self.flush_window().await?;
         self.send_rows().await?;
         let what = self.span();
-        self.run(sql, &what, sql).await
+        self.run(sql, &what, shown).await
+    }
+
+    /// Statement `sql` of a segment, made to run as exactly one statement:
+    /// sent as a query, `CREATE TABLE t (…); GRANT …` would run both (the
+    /// MySQL library always asks for multi-statement queries). MariaDB
+    /// runs it with `EXECUTE IMMEDIATE`, which refuses a text of several;
+    /// MySQL has none, and a text of several is refused here.
+    fn one(&self, sql: &str, at: &str) -> Result<String, ReplayError> {
+        if self.mariadb {
+            Ok(one_statement(sql))
+        } else if several_statements(sql) {
+            Err(ReplayError::Refused {
+                shard: self.shard.name.clone(),
+                what: format!(
+                    "replaying {at}: `{}` holds more than one statement, which replay runs on MariaDB only",
+                    logged_sql::shown(sql)
+                ),
+            })
+        } else {
+            Ok(sql.to_string())
+        }
     }
 
     /// Counts a source transaction (or the part of one this session
@@ -829,7 +859,7 @@ impl Applier {
             // tables anew (a link dropped only leaves two tables on one
             // connection): the catalog is not read again for every DDL.
             let relinks = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) => {
+                Step::Sql(q) | Step::Logged(q) => {
                     let q = q.to_ascii_uppercase();
                     ["REFERENCES", "FOREIGN", "RENAME"]
                         .iter()
@@ -842,7 +872,7 @@ impl Applier {
             // key, a table made anew); dropping one only leaves a table in
             // source order that could be sorted.
             let reorders = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) => {
+                Step::Sql(q) | Step::Logged(q) => {
                     let q = q.to_ascii_uppercase();
                     ["CREATE", "ALTER", "RENAME"].iter().any(|w| q.contains(w))
                 }
@@ -851,6 +881,10 @@ impl Applier {
             for step in txn.steps {
                 match step {
                     Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
+                    Step::Logged(sql) => {
+                        let one = self.main.one(&sql, &what)?;
+                        self.main.run(&one, &what, &logged_sql::shown(&sql)).await?
+                    }
                     Step::Rows(rows, ..) => {
                         let sql = binlog_statement(&rows);
                         self.main.run(&sql, &what, &sql).await?;
@@ -882,7 +916,11 @@ impl Applier {
             for step in txn.steps {
                 match step {
                     Step::Rows(rows, ..) => self.main.rows(rows, &at, None).await?,
-                    Step::Sql(sql) => self.main.sql(&sql, &at).await?,
+                    Step::Sql(sql) => self.main.sql(&sql, &sql, &at).await?,
+                    Step::Logged(sql) => {
+                        let one = self.main.one(&sql, &at)?;
+                        self.main.sql(&one, &logged_sql::shown(&sql), &at).await?
+                    }
                 }
             }
             self.main.added().await?;
@@ -1243,13 +1281,14 @@ impl TxnSteps {
             _ => String::new(),
         };
         match logged_sql::place(&q, &schema, left.scope) {
-            Placement::Apply => {
+            Placement::Apply(sql) => {
                 if !schema.is_empty() {
                     self.steps
                         .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
                 }
-                self.steps.push(Step::Sql(q));
+                self.steps.push(Step::Logged(sql));
             }
+            Placement::Built(sql) => self.steps.push(Step::Sql(sql)),
             Placement::Outside => left.statements += 1,
             Placement::Server(kind) => *left.server.entry(kind).or_default() += 1,
             Placement::Refuse(why) => {

@@ -9,6 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
+use super::lexer::reaches_outside;
 use super::restore_keys::split_secondary_keys;
 use super::schema::{DatabaseSchema, Object};
 use super::sql::number;
@@ -123,7 +124,8 @@ async fn exec_stored(
 }
 
 /// The schema of `db` from its file, each statement checked to be the
-/// `CREATE` of its object ([`first_foreign`]).
+/// `CREATE` of its object ([`first_foreign`]), and no table's to reach
+/// another host or files ([`reaches_outside`]).
 async fn read_schema(
     source: &ShardManifest,
     target: &Shard,
@@ -155,6 +157,19 @@ async fn read_schema(
                 "schema file {}: the statement of {object} is not the CREATE {} of it; nothing was restored from it",
                 file.key,
                 kind.noun().to_uppercase()
+            ),
+        });
+    }
+    let outside = schema
+        .tables
+        .iter()
+        .find_map(|t| reaches_outside(&t.sql).map(|option| (&t.name, option)));
+    if let Some((name, option)) = outside {
+        return Err(AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!(
+                "schema file {}: table {db}.{name} has {option}, which reaches beyond the server's own tables (another host, or files); a backup holds InnoDB tables only; nothing was restored from it",
+                file.key
             ),
         });
     }
