@@ -645,3 +645,59 @@ fn an_agent_stops_a_dump_its_orchestrator_no_longer_polls() {
     );
     rt.block_on(c.disconnect()).unwrap();
 }
+
+/// A shard whose manifest is larger than a web framework's usual request
+/// limit of 2 MiB (a shard of thousands of tables; here 24 tables of 1,500
+/// columns) restores through its agent: the restore sends the shard's
+/// manifest to the agent, which refused any request over 2 MiB ("answered
+/// HTTP 413"), so such a shard backed up through its agent and could not
+/// be restored through one.
+#[test]
+fn a_shard_whose_manifest_exceeds_two_mebibytes_restores_through_its_agent() {
+    let src = PrivateSandbox::up(0, 1, "ready");
+    let tgt = PrivateSandbox::up(0, 1, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let good = token(dir.path(), "token", "a-long-random-agent-token-0123456789");
+    let agent = AgentProcess::start("127.0.0.1:0", &good, dir.path());
+    let with = |sb: &PrivateSandbox, name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        with_agents(&sb.topology(), &d, &agent.addr, &good)
+    };
+    let (src_topo, tgt_topo) = (with(&src, "src"), with(&tgt, "tgt"));
+    let (arg, tgt_arg) = (src_topo.to_str().unwrap(), tgt_topo.to_str().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let source = db::topology(&src.topology());
+    rt.block_on(db::setup_all(
+        &source,
+        &[],
+        "wide",
+        "DO $$ DECLARE cols text; one text := 'c0001' || repeat('x', 58); BEGIN \
+           SELECT string_agg(format('%I int', 'c' || lpad(g::text, 4, '0') || repeat('x', 58)), ', ') \
+             INTO cols FROM generate_series(1, 1500) g; \
+           FOR i IN 1..24 LOOP \
+             EXECUTE format('CREATE TABLE wide%s (id int PRIMARY KEY, %s)', i, cols); \
+             EXECUTE format('INSERT INTO wide%s (id, %I) VALUES (1, 1), (2, 2)', i, one); \
+           END LOOP; END $$;",
+    ));
+    let run = shardcut(&["backup", "-t", arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.json()["backup_id"].as_str().unwrap().to_string();
+    let m = support::manifest(&src_topo, &id);
+    let size = serde_json::to_vec(&m.shards["pg-0"]).unwrap().len();
+    assert!(size > 2 << 20, "the shard's manifest is {size} bytes");
+
+    let run = shardcut(&["restore", "-t", arg, "--target", tgt_arg, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    let target = db::topology(&tgt.topology());
+    rt.block_on(async {
+        for t in ["wide1", "wide24"] {
+            assert_eq!(
+                db::pg_digest(&target.shards[0], "wide", "public", t).await,
+                db::pg_digest(&source.shards[0], "wide", "public", t).await,
+                "{t}"
+            );
+        }
+    });
+}

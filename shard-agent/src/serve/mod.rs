@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -552,6 +552,12 @@ pub struct ServeConfig {
     pub max_connections: usize,
 }
 
+/// The largest job request: a restore's carries the shard's manifest,
+/// which may be as large as a manifest is (about a kilobyte a table),
+/// where the framework's default refused anything over 2 MiB. Only a
+/// caller holding the token gets this far.
+const JOB_REQUEST_MAX: usize = crate::manifest::MANIFEST_MAX as usize;
+
 async fn bounded(req: Request, next: Next) -> Response {
     match tokio::time::timeout(http::REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
@@ -629,7 +635,10 @@ pub async fn serve(
         .route("/v1/sessions/{id}/release", post(release))
         .route("/v1/sessions/{id}/dump", post(start_dump).get(dump_status))
         .route("/v1/sessions/{id}", axum::routing::delete(close))
-        .route("/v1/jobs", post(start_job))
+        .route(
+            "/v1/jobs",
+            post(start_job).layer(DefaultBodyLimit::max(JOB_REQUEST_MAX)),
+        )
         .route("/v1/jobs/{id}", get(job_status).delete(cancel_job))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(bounded))
