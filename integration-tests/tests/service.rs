@@ -19,6 +19,17 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, name: &str, topology: &Path, extra: &[&str]) -> Serve {
+        Self::start_env(dir, name, topology, extra, &[])
+    }
+
+    /// [`Serve::start`] with `env` set for the service.
+    fn start_env(
+        dir: &Path,
+        name: &str,
+        topology: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Serve {
         let port = support::free_port();
         let token = dir.join("token");
         std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -37,6 +48,7 @@ impl Serve {
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(support::bin("shardcut"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -694,4 +706,104 @@ fn capture_followed_by_the_service_is_restarted_until_its_shard_answers() {
     source.start("mysql-0");
     // SIGTERM: capture finishes its round and the service stops cleanly.
     assert!(serve.terminate().success());
+}
+
+/// A second service starting on the repository while the first one's
+/// backup runs, on a machine of the same host name (two VMs cloned with
+/// their name, or no /etc/hostname on either): the first one's job record
+/// looks like one of this host's from an earlier boot. The second service
+/// took the job for one whose process had died with that boot, and
+/// removed the backup's objects while the first service was still writing
+/// it; the first then committed a manifest naming chunks that were gone.
+/// Now the job's process holds the repository lock, so the job is left to
+/// it, and looked at again once that lock would have been renewed.
+#[test]
+fn a_backup_running_on_a_machine_of_the_same_name_is_left_to_it() {
+    use mysql_async::prelude::Queryable;
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let topo = topology_with(&source.topology(), dir.path(), "t.yaml", "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t = support::db::topology(&topo);
+        let mut c = support::db::mysql(&t.shards[0], None).await;
+        // Large enough that its chunks are objects of their own, written
+        // while the schema read is held.
+        c.query_drop(
+            "CREATE DATABASE big; CREATE TABLE big.t (id INT PRIMARY KEY, v VARCHAR(64)); \
+             USE big; INSERT INTO big.t SELECT seq, REPEAT('x', 60) FROM seq_1_to_200000",
+        )
+        .await
+        .unwrap();
+    });
+    let first = Serve::start_env(
+        dir.path(),
+        "first",
+        &topo,
+        &[],
+        &[("SHARDCUT_TEST_SCHEMA_PAUSE_MS", "15000")],
+    );
+    let job = first.post("/v1/clusters/sandbox/backups", "{}");
+    let repo = dir.path().join("repo");
+    let record_path = repo.join(format!("history/sandbox/jobs/{job}.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (backup, folder) = loop {
+        let record: serde_json::Value = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(id) = record["backup_id"].as_str() {
+            let folder = repo.join("backups").join(id);
+            let files = walk(&folder);
+            if files.iter().any(|f| f.to_string_lossy().contains("big")) {
+                break (id.to_string(), folder);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no chunk written:\n{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The record as the other machine's: the same host name, another boot.
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["status"], "running", "{record}");
+    record["boot"] = "the-other-machine".into();
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let written = walk(&folder).len();
+
+    let second = Serve::start(dir.path(), "second", &topo, &[]);
+    assert!(
+        second.log().contains(&format!("job {job}: its process")),
+        "{}",
+        second.log()
+    );
+    assert!(
+        walk(&folder).len() >= written,
+        "the running backup's objects were removed:\n{}",
+        second.log()
+    );
+    let done = first.wait(&job);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", first.log());
+    let run = support::shardcut(&["verify", "--backup", &backup, "-t", topo.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}\n{}", second.log());
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

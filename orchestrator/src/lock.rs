@@ -20,7 +20,7 @@ use shard_agent::repo::{RepoError, Repository};
 /// How long a lock stays valid without renewal.
 const LOCK_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LockBody {
     owner: String,
     host: String,
@@ -32,6 +32,10 @@ struct LockBody {
     /// Which acquisition holds it (absent in locks of older versions).
     #[serde(default)]
     token: String,
+    /// The boot of the holder's machine ([`boot_id`]; absent in locks of
+    /// older versions).
+    #[serde(default)]
+    boot: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +56,48 @@ pub enum LockError {
 
 /// Whether the holder ran on this host and its process is gone (killed or
 /// crashed): then its lock can be taken over at once instead of at expiry.
+/// A holder of another boot of a host of this name may be another machine
+/// of the same name, whose processes this one cannot see: its lock waits
+/// for its expiry (after a reboot, at most [`LOCK_TTL`]).
 fn dead_here(h: &LockBody) -> bool {
-    gone_here(&h.host, h.pid)
+    gone_here(&h.host, h.pid) && (h.boot.is_empty() || h.boot == boot_id())
+}
+
+/// The key of `cluster`'s lock for `purpose`. Backups share one lock;
+/// other purposes (capture) have their own, so a running capture does not
+/// keep backups out.
+fn lock_key(cluster: &str, purpose: &str) -> String {
+    if purpose == "backup" {
+        format!("locks/{cluster}.lock")
+    } else {
+        format!("locks/{cluster}.{purpose}.lock")
+    }
+}
+
+/// Who holds a lock, as it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Who holds `cluster`'s lock for `purpose` now: `None` when nobody does
+/// (no lock, one that is unreadable, or one past its expiry).
+pub(crate) fn holder(
+    repo: &dyn Repository,
+    cluster: &str,
+    purpose: &str,
+) -> Result<Option<Holder>, RepoError> {
+    Ok(match read_lock(repo, &lock_key(cluster, purpose))? {
+        Found::Held(h) if h.expires_at > chrono::Utc::now().timestamp() => Some(Holder {
+            host: h.host,
+            pid: h.pid,
+            expires_at: h.expires_at,
+        }),
+        _ => None,
+    })
 }
 
 pub struct RepoLock {
@@ -177,6 +221,7 @@ fn body(purpose: &str, started_at: &str) -> LockBody {
         started_at: started_at.to_string(),
         expires_at: chrono::Utc::now().timestamp() + LOCK_TTL.as_secs() as i64,
         token: String::new(),
+        boot: boot_id(),
     }
 }
 
@@ -186,13 +231,7 @@ impl RepoLock {
         cluster: &str,
         purpose: &str,
     ) -> Result<RepoLock, LockError> {
-        // Backups share one lock; other purposes (capture) have their own,
-        // so a running capture does not keep backups out.
-        let key = if purpose == "backup" {
-            format!("locks/{cluster}.lock")
-        } else {
-            format!("locks/{cluster}.{purpose}.lock")
-        };
+        let key = lock_key(cluster, purpose);
         let started_at = chrono::Utc::now().to_rfc3339();
         let token = new_token();
         let fresh = |p: &str, s: &str, t: &str| LockBody {
@@ -346,6 +385,7 @@ async fn renew_loop(
             owner: template.owner.clone(),
             host: template.host.clone(),
             pid: template.pid,
+            boot: template.boot.clone(),
         };
         let expires_at = fresh.expires_at;
         let (r, k) = (repo.clone(), key.clone());
@@ -457,6 +497,39 @@ mod tests {
             repo.get("locks/shop.capture.lock"),
             Err(RepoError::NotFound { .. })
         ));
+    }
+
+    /// A lock of a process this machine does not have, on a host of this
+    /// name: taken over at once when it is of this boot (the process died
+    /// here), but not when it is of another boot, which may be another
+    /// machine of the same name whose run is alive.
+    #[tokio::test]
+    async fn a_lock_of_another_boot_of_this_host_name_waits_for_its_expiry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = repo(dir.path());
+        // A pid no process has: above the kernel's largest.
+        let gone = LockBody {
+            token: "gone".into(),
+            pid: 4_194_305,
+            ..body("backup", "then")
+        };
+        for (boot, taken) in [(boot_id(), true), ("another-boot".to_string(), false)] {
+            let lock = LockBody {
+                boot: boot.clone(),
+                ..gone.clone()
+            };
+            repo.put("locks/shop.lock", &serde_json::to_vec(&lock).expect("json"))
+                .expect("put");
+            match RepoLock::acquire(repo.clone(), "shop", "backup") {
+                Ok(l) if taken => l.release(),
+                Err(LockError::Held { .. }) if !taken => {
+                    let h = holder(repo.as_ref(), "shop", "backup").expect("read");
+                    assert_eq!(h.map(|h| h.pid), Some(4_194_305));
+                }
+                Ok(_) => panic!("boot {boot}: taken over"),
+                Err(e) => panic!("boot {boot}: {e}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -279,8 +279,10 @@ impl Service {
 
 /// Loads each cluster's history and marks what an earlier service (or
 /// command) on this host left running as failed; a backup it left without
-/// a manifest has its objects removed.
-async fn recover(cluster: &Cluster) {
+/// a manifest has its objects removed. A job whose process still holds
+/// the cluster's repository lock is left alone until that lock would have
+/// been renewed (see [`left_to_its_process`]).
+async fn recover(cluster: &Arc<Cluster>) {
     cluster.reload(&Default::default()).await;
     // Jobs cancelled while their work may still have been writing: their
     // backup is removed now if it has no manifest.
@@ -290,6 +292,9 @@ async fn recover(cluster: &Cluster) {
         .filter(|r| r.cleanup && r.status.is_final())
         .collect();
     for mut r in leftovers {
+        if left_to_its_process(cluster, &r).await {
+            continue;
+        }
         if let Some(id) = &r.backup_id {
             discard_uncommitted(cluster, id).await;
         }
@@ -301,22 +306,100 @@ async fn recover(cluster: &Cluster) {
         .into_iter()
         .filter(|r| !r.status.is_final() && r.orphaned_here())
         .collect();
-    for mut r in orphans {
-        let mut why = format!(
-            "interrupted: the process running it (pid {} on {}) ended before it finished",
-            r.pid, r.host
-        );
-        if let (JobKind::Backup | JobKind::Incremental, Some(id)) = (r.kind, &r.backup_id) {
-            if discard_uncommitted(cluster, id).await == ManifestState::Present {
-                why.push_str(&format!(
-                    "; backup {id} had been committed (its manifest is in the repository) and is kept"
-                ));
-            }
+    for r in orphans {
+        if !left_to_its_process(cluster, &r).await {
+            fail_orphan(cluster, r).await;
         }
-        tracing::warn!("job {}: {why}", r.id);
-        r.finish(JobStatus::Failed, Some(why));
-        cluster.save(&r, None, None).await;
     }
+}
+
+/// Whether the process that ran job `r` holds the cluster's repository
+/// lock, unexpired: a record of this host's name from another boot may be
+/// another machine's of the same name, whose process this one cannot see,
+/// and whose backup is still being written. Then the job is looked at
+/// again once that lock would have been renewed: if it was, the process
+/// is alive and finishes the job itself; if not, the job is recovered
+/// then. A lock the repository cannot show leaves the job as it is.
+async fn left_to_its_process(cluster: &Arc<Cluster>, r: &JobRecord) -> bool {
+    // Of this machine's boot, and no process has its pid: it died here.
+    let this_boot = r.boot.is_empty() || r.boot == crate::lock::boot_id();
+    if this_boot && crate::lock::gone_here(&r.host, r.pid) {
+        return false;
+    }
+    let repo = cluster.history.repository().clone();
+    let name = cluster.name().to_string();
+    let holder =
+        tokio::task::spawn_blocking(move || crate::lock::holder(repo.as_ref(), &name, "backup"))
+            .await;
+    let held = match holder {
+        Ok(Ok(Some(h))) if h.host == r.host && h.pid == r.pid => h,
+        Ok(Ok(_)) => return false,
+        _ => {
+            tracing::warn!(
+                "job {}: the repository lock cannot be read: left as it is",
+                r.id
+            );
+            return true;
+        }
+    };
+    tracing::warn!(
+        "job {}: its process (pid {} on {}) holds the repository lock until {}: it may run on another machine of that name; looking again then",
+        r.id,
+        r.pid,
+        r.host,
+        held.expires_at
+    );
+    let (cluster, id) = (cluster.clone(), r.id.clone());
+    tokio::spawn(async move {
+        // The lock is read from the repository: its expiry is waited for
+        // no longer than a lock lasts.
+        let wait = (held.expires_at - chrono::Utc::now().timestamp()).clamp(0, 60) as u64;
+        tokio::time::sleep(std::time::Duration::from_secs(wait + 2)).await;
+        let repo = cluster.history.repository().clone();
+        let name = cluster.name().to_string();
+        let now = tokio::task::spawn_blocking(move || {
+            crate::lock::holder(repo.as_ref(), &name, "backup")
+        })
+        .await;
+        match now {
+            Ok(Ok(Some(h)))
+                if h.host == held.host && h.pid == held.pid && h.expires_at > held.expires_at =>
+            {
+                tracing::info!("job {id}: its process renewed the lock: left to it");
+                return;
+            }
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        cluster.reload(&Default::default()).await;
+        let record = cluster
+            .records()
+            .into_iter()
+            .find(|r| r.id == id && !r.status.is_final());
+        if let Some(r) = record {
+            fail_orphan(&cluster, r).await;
+        }
+    });
+    true
+}
+
+/// Marks job `r`, whose process ended before it finished, as failed; a
+/// backup it left without a manifest has its objects removed.
+async fn fail_orphan(cluster: &Cluster, mut r: JobRecord) {
+    let mut why = format!(
+        "interrupted: the process running it (pid {} on {}) ended before it finished",
+        r.pid, r.host
+    );
+    if let (JobKind::Backup | JobKind::Incremental, Some(id)) = (r.kind, &r.backup_id) {
+        if discard_uncommitted(cluster, id).await == ManifestState::Present {
+            why.push_str(&format!(
+                "; backup {id} had been committed (its manifest is in the repository) and is kept"
+            ));
+        }
+    }
+    tracing::warn!("job {}: {why}", r.id);
+    r.finish(JobStatus::Failed, Some(why));
+    cluster.save(&r, None, None).await;
 }
 
 /// Whether a backup's manifest is in the repository.
