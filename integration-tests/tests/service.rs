@@ -716,7 +716,8 @@ fn capture_followed_by_the_service_is_restarted_until_its_shard_answers() {
 /// removed the backup's objects while the first service was still writing
 /// it; the first then committed a manifest naming chunks that were gone.
 /// Now the job's process holds the repository lock, so the job is left to
-/// it, and looked at again once that lock would have been renewed.
+/// it, and looked at again once that lock would have been renewed: left
+/// if it was, recovered if not.
 #[test]
 fn a_backup_running_on_a_machine_of_the_same_name_is_left_to_it() {
     use mysql_async::prelude::Queryable;
@@ -743,37 +744,9 @@ fn a_backup_running_on_a_machine_of_the_same_name_is_left_to_it() {
         &[],
         &[("SHARDCUT_TEST_SCHEMA_PAUSE_MS", "15000")],
     );
-    let job = first.post("/v1/clusters/sandbox/backups", "{}");
     let repo = dir.path().join("repo");
-    let record_path = repo.join(format!("history/sandbox/jobs/{job}.json"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (backup, folder) = loop {
-        let record: serde_json::Value = std::fs::read(&record_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if let Some(id) = record["backup_id"].as_str() {
-            let folder = repo.join("backups").join(id);
-            let files = walk(&folder);
-            if files.iter().any(|f| f.to_string_lossy().contains("big")) {
-                break (id.to_string(), folder);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no chunk written:\n{}",
-            first.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // The record as the other machine's: the same host name, another boot.
-    let mut record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
-    assert_eq!(record["status"], "running", "{record}");
-    record["boot"] = "the-other-machine".into();
-    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let (job, backup, folder) = disguised_backup(&first, &repo);
     let written = walk(&folder).len();
-
     let second = Serve::start(dir.path(), "second", &topo, &[]);
     assert!(
         second.log().contains(&format!("job {job}: its process")),
@@ -789,6 +762,83 @@ fn a_backup_running_on_a_machine_of_the_same_name_is_left_to_it() {
     assert_eq!(done["status"], "succeeded", "{done}\n{}", first.log());
     let run = support::shardcut(&["verify", "--backup", &backup, "-t", topo.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}\n{}", second.log());
+    drop(second);
+
+    // The other machine's service dies while its job is left to it: once
+    // its lock is not renewed, the job is recovered after all (marked
+    // failed, its objects removed).
+    let (job, backup, folder) = disguised_backup(&first, &repo);
+    let third = Serve::start(dir.path(), "third", &topo, &[]);
+    assert!(
+        third.log().contains(&format!("job {job}: its process")),
+        "{}",
+        third.log()
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let record = loop {
+        let j = third.get(&format!("/v1/jobs/{job}"));
+        if j["status"] != "running" {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {j}\n{}",
+            third.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(record["status"], "failed", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{record}"
+    );
+    let left = walk(&folder);
+    assert!(
+        left.is_empty(),
+        "backup {backup}'s objects stay: {left:?}\n{}",
+        third.log()
+    );
+}
+
+/// Starts a backup on `serve` (held in its schema read) and waits until
+/// it has written a chunk; then rewrites its job record as another
+/// machine's of the same host name would be: another boot. The job, its
+/// backup and the backup's folder in `repo`.
+fn disguised_backup(serve: &Serve, repo: &Path) -> (String, String, PathBuf) {
+    let job = serve.post("/v1/clusters/sandbox/backups", "{}");
+    let record_path = repo.join(format!("history/sandbox/jobs/{job}.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (backup, folder) = loop {
+        let record: serde_json::Value = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(id) = record["backup_id"].as_str() {
+            let folder = repo.join("backups").join(id);
+            if walk(&folder)
+                .iter()
+                .any(|f| f.to_string_lossy().contains("big"))
+            {
+                break (id.to_string(), folder);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no chunk written:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(record["status"], "running", "{record}");
+    record["boot"] = "the-other-machine".into();
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    (job, backup, folder)
 }
 
 /// Every file below `dir`.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use shard_agent::repo::{RepoError, Repository};
 
 /// How long a lock stays valid without renewal.
-const LOCK_TTL: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LockBody {
@@ -81,6 +81,8 @@ pub(crate) struct Holder {
     pub pid: u32,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Which acquisition.
+    pub token: String,
 }
 
 /// Who holds `cluster`'s lock for `purpose` now: `None` when nobody does
@@ -95,6 +97,7 @@ pub(crate) fn holder(
             host: h.host,
             pid: h.pid,
             expires_at: h.expires_at,
+            token: h.token,
         }),
         _ => None,
     })
@@ -196,12 +199,22 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// This boot of this machine (`/proc/sys/kernel/random/boot_id`); empty
-/// where there is none.
+/// This boot of this machine (`/proc/sys/kernel/random/boot_id`) and this
+/// process's pid namespace (`/proc/self/ns/pid`): processes with the same
+/// value see each other's pids. Containers share their machine's boot but
+/// not its pids. Empty where the machine tells neither.
 pub(crate) fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|b| b.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let pids = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if boot.is_empty() && pids.is_empty() {
+        String::new()
+    } else {
+        format!("{boot} {pids}")
+    }
 }
 
 /// Whether process `pid` of this host has ended.

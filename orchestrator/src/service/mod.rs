@@ -22,10 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shard_agent::manifest::keys;
+use shard_agent::repo::RepoError;
 use topology::{Secret, Topology};
 
 use crate::flow::history::{History, JobKind, JobRecord, JobStatus};
 use crate::flow::status::StreamStatus;
+use crate::lock::Holder;
 use jobs::{lock, Job, JobProgress};
 
 /// How far back the service reads a cluster's history.
@@ -279,108 +281,145 @@ impl Service {
 
 /// Loads each cluster's history and marks what an earlier service (or
 /// command) on this host left running as failed; a backup it left without
-/// a manifest has its objects removed. A job whose process still holds
-/// the cluster's repository lock is left alone until that lock would have
-/// been renewed (see [`left_to_its_process`]).
+/// a manifest has its objects removed. A job whose process may still run
+/// ([`liveness`]) is looked at again once its lock would have been renewed.
 async fn recover(cluster: &Arc<Cluster>) {
     cluster.reload(&Default::default()).await;
-    // Jobs cancelled while their work may still have been writing: their
-    // backup is removed now if it has no manifest.
-    let leftovers: Vec<JobRecord> = cluster
+    // Jobs cancelled while their work may still have been writing (their
+    // backup is removed now if it has no manifest), and jobs whose process
+    // ended before they did.
+    let candidates: Vec<JobRecord> = cluster
         .records()
         .into_iter()
-        .filter(|r| r.cleanup && r.status.is_final())
+        .filter(|r| {
+            if r.status.is_final() {
+                r.cleanup
+            } else {
+                r.orphaned_here()
+            }
+        })
         .collect();
-    for mut r in leftovers {
-        if left_to_its_process(cluster, &r).await {
-            continue;
+    let mut deferred = Vec::new();
+    for r in candidates {
+        match liveness(cluster, &r).await {
+            Liveness::Ended => recover_one(cluster, r).await,
+            Liveness::Maybe(holder) => {
+                tracing::warn!(
+                    "job {}: its process (pid {} on {}) may still run, on another machine or container of that name: looking again once its repository lock would have been renewed",
+                    r.id,
+                    r.pid,
+                    r.host
+                );
+                deferred.push((r.id, holder));
+            }
+            Liveness::Unknown => tracing::warn!(
+                "job {}: the repository lock cannot be read: left as it is",
+                r.id
+            ),
         }
-        if let Some(id) = &r.backup_id {
-            discard_uncommitted(cluster, id).await;
-        }
-        r.cleanup = false;
-        cluster.save(&r, None, None).await;
     }
-    let orphans: Vec<JobRecord> = cluster
-        .records()
-        .into_iter()
-        .filter(|r| !r.status.is_final() && r.orphaned_here())
-        .collect();
-    for r in orphans {
-        if !left_to_its_process(cluster, &r).await {
-            fail_orphan(cluster, r).await;
-        }
+    if !deferred.is_empty() {
+        tokio::spawn(look_again(cluster.clone(), deferred));
     }
 }
 
-/// Whether the process that ran job `r` holds the cluster's repository
-/// lock, unexpired: a record of this host's name from another boot may be
-/// another machine's of the same name, whose process this one cannot see,
-/// and whose backup is still being written. Then the job is looked at
-/// again once that lock would have been renewed: if it was, the process
-/// is alive and finishes the job itself; if not, the job is recovered
-/// then. A lock the repository cannot show leaves the job as it is.
-async fn left_to_its_process(cluster: &Arc<Cluster>, r: &JobRecord) -> bool {
-    // Of this machine's boot, and no process has its pid: it died here.
+/// Whether the process of a job may still run.
+enum Liveness {
+    /// It ran here (this boot, these pids) and is gone; or it holds no
+    /// lock, and its job is older than a lock's lifetime.
+    Ended,
+    /// It holds the cluster's repository lock (that holder), or its job is
+    /// too young to have taken it yet (none): it may run where this
+    /// process cannot see it.
+    Maybe(Option<Holder>),
+    /// The lock cannot be read.
+    Unknown,
+}
+
+/// Whether job `r`'s process may still run. A record of this host's name
+/// from another boot or pid namespace may be another machine's or
+/// container's of the same name, whose process this one cannot see: a
+/// live one holds the cluster's repository lock, renewed every third of a
+/// lock's lifetime, or is about to take it.
+async fn liveness(cluster: &Cluster, r: &JobRecord) -> Liveness {
     let this_boot = r.boot.is_empty() || r.boot == crate::lock::boot_id();
     if this_boot && crate::lock::gone_here(&r.host, r.pid) {
-        return false;
+        return Liveness::Ended;
     }
+    match lock_holder(cluster).await {
+        Some(Ok(Some(h))) if h.host == r.host && h.pid == r.pid => Liveness::Maybe(Some(h)),
+        Some(Ok(_)) if young(r) => Liveness::Maybe(None),
+        Some(Ok(_)) => Liveness::Ended,
+        _ => Liveness::Unknown,
+    }
+}
+
+/// Whether job `r` started (or was queued) less than a lock's lifetime
+/// ago: a backup saves its record before it takes the lock.
+fn young(r: &JobRecord) -> bool {
+    let since = r.started_at.as_deref().unwrap_or(&r.queued_at);
+    crate::flow::history::parse_time(since).is_some_and(|t| {
+        chrono::Utc::now().signed_duration_since(t).num_seconds()
+            < crate::lock::LOCK_TTL.as_secs() as i64 + 5
+    })
+}
+
+/// Who holds the cluster's repository lock for backups; `None` when the
+/// reading task failed.
+async fn lock_holder(cluster: &Cluster) -> Option<Result<Option<Holder>, RepoError>> {
     let repo = cluster.history.repository().clone();
     let name = cluster.name().to_string();
-    let holder =
-        tokio::task::spawn_blocking(move || crate::lock::holder(repo.as_ref(), &name, "backup"))
-            .await;
-    let held = match holder {
-        Ok(Ok(Some(h))) if h.host == r.host && h.pid == r.pid => h,
-        Ok(Ok(_)) => return false,
-        _ => {
-            tracing::warn!(
-                "job {}: the repository lock cannot be read: left as it is",
-                r.id
-            );
-            return true;
-        }
+    tokio::task::spawn_blocking(move || crate::lock::holder(repo.as_ref(), &name, "backup"))
+        .await
+        .ok()
+}
+
+/// Recovers job `r`: a cancelled one's leftover backup removed, one whose
+/// process ended marked failed.
+async fn recover_one(cluster: &Cluster, mut r: JobRecord) {
+    if !r.status.is_final() {
+        return fail_orphan(cluster, r).await;
+    }
+    if let Some(id) = &r.backup_id {
+        discard_uncommitted(cluster, id).await;
+    }
+    r.cleanup = false;
+    cluster.save(&r, None, None).await;
+}
+
+/// The jobs `deferred` by [`recover`], with the lock holder each had,
+/// looked at again once that lock would have been renewed (a lock's
+/// lifetime, and a little): a job whose process renewed the same lock, or
+/// whose young job took it since, is left to it; the others are
+/// recovered.
+async fn look_again(cluster: Arc<Cluster>, deferred: Vec<(String, Option<Holder>)>) {
+    tokio::time::sleep(crate::lock::LOCK_TTL + Duration::from_secs(5)).await;
+    let Some(Ok(now)) = lock_holder(&cluster).await else {
+        tracing::warn!("the repository lock cannot be read: jobs left as they are");
+        return;
     };
-    tracing::warn!(
-        "job {}: its process (pid {} on {}) holds the repository lock until {}: it may run on another machine of that name; looking again then",
-        r.id,
-        r.pid,
-        r.host,
-        held.expires_at
-    );
-    let (cluster, id) = (cluster.clone(), r.id.clone());
-    tokio::spawn(async move {
-        // The lock is read from the repository: its expiry is waited for
-        // no longer than a lock lasts.
-        let wait = (held.expires_at - chrono::Utc::now().timestamp()).clamp(0, 60) as u64;
-        tokio::time::sleep(std::time::Duration::from_secs(wait + 2)).await;
-        let repo = cluster.history.repository().clone();
-        let name = cluster.name().to_string();
-        let now = tokio::task::spawn_blocking(move || {
-            crate::lock::holder(repo.as_ref(), &name, "backup")
-        })
-        .await;
-        match now {
-            Ok(Ok(Some(h)))
-                if h.host == held.host && h.pid == held.pid && h.expires_at > held.expires_at =>
-            {
-                tracing::info!("job {id}: its process renewed the lock: left to it");
-                return;
-            }
-            Ok(Ok(_)) => {}
-            _ => return,
+    cluster.reload(&Default::default()).await;
+    let records = cluster.records();
+    for (id, before) in deferred {
+        let Some(r) = records.iter().find(|r| r.id == id).cloned() else {
+            continue;
+        };
+        if !r.cleanup && r.status.is_final() {
+            continue;
         }
-        cluster.reload(&Default::default()).await;
-        let record = cluster
-            .records()
-            .into_iter()
-            .find(|r| r.id == id && !r.status.is_final());
-        if let Some(r) = record {
-            fail_orphan(&cluster, r).await;
+        let alive = now.as_ref().is_some_and(|h| {
+            h.host == r.host
+                && h.pid == r.pid
+                && before
+                    .as_ref()
+                    .is_none_or(|b| h.token == b.token && h.expires_at > b.expires_at)
+        });
+        if alive {
+            tracing::info!("job {id}: its process holds the repository lock: left to it");
+        } else {
+            recover_one(&cluster, r).await;
         }
-    });
-    true
+    }
 }
 
 /// Marks job `r`, whose process ended before it finished, as failed; a
