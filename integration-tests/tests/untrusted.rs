@@ -1020,9 +1020,10 @@ fn with_statement(bytes: &[u8], old: &str, new: &str) -> Vec<u8> {
 /// Statements planted in a captured MariaDB segment (a repository without
 /// encryption, the segment's description made to match) never reach the
 /// target beyond one statement of a kind a replay runs: a second statement
-/// after the first, one hidden from the placement by a versioned comment
-/// the server skips, a table whose rows would live on another host. Before,
-/// replay ran the text of a query event as it was: all of these ran.
+/// after the first, one behind a versioned comment the server would skip
+/// (its version above the server's) and one it would read, a table whose
+/// rows would live on another host. Before, replay ran the text of a query
+/// event as it was: all of these ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_planted_in_a_mariadb_segment_never_run() {
     use mysql_async::prelude::Queryable;
@@ -1083,9 +1084,9 @@ async fn statements_planted_in_a_mariadb_segment_never_run() {
             "the target refused `CREATE TABLE bank.later`",
         ),
         (
-            "/*M!999999 CREATE TABLE bank.x (i INT) */ CREATE USER 'evil'@'%' IDENTIFIED BY 'pw'"
+            "/*!999999 DROP TABLE bank.later */ /*!40000 CREATE USER 'evil'@'%' IDENTIFIED BY 'pw' */"
                 .to_string(),
-            "a versioned comment (/*!…*/) changes what the statement is",
+            "a DROP statement replay cannot read",
         ),
         (
             "CREATE TABLE bank.later (id INT PRIMARY KEY) ENGINE=FEDERATED CONNECTION='mysql://evil:pw@127.0.0.1:9/d/t'"

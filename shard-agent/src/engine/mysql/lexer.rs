@@ -12,8 +12,8 @@ pub(super) enum Token {
     /// session's `ANSI_QUOTES` says so, else a string: it is read only
     /// where a name stands).
     Quoted(String),
-    /// A string in single quotes, or a number.
-    Literal,
+    /// A string in single quotes (its value), or a number (its digits).
+    Literal(String),
     Punct(char),
 }
 
@@ -24,33 +24,41 @@ impl Token {
     }
 }
 
-/// What the text of a versioned comment (`/*!50001 … */`,
-/// `/*M!100100 … */`) is taken for: the server runs it when its version
-/// is at least the comment's, and skips it otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Versioned {
-    Read,
-    Skipped,
+/// The server's whitespace: ASCII only (a no-break space is a character
+/// of a name to it).
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
-/// The tokens of a statement, comments skipped.
+/// A character of a bare word, as the server reads them: ASCII letters,
+/// digits, `_`, `$`, and every character past ASCII.
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()
+}
+
+/// Whether `s` starts a `--` comment: two dashes, then whitespace, a
+/// control character or the end.
+fn dash_comment(s: &str) -> bool {
+    s.strip_prefix("--").is_some_and(|r| {
+        r.chars()
+            .next()
+            .is_none_or(|c| is_space(c) || c.is_ascii_control())
+    })
+}
+
+/// The tokens of a statement, comments skipped; the text of a versioned
+/// comment (`/*!50001 … */`, `/*M!100100 … */`) is read as part of the
+/// statement.
 pub(super) struct Lexer<'a> {
     rest: &'a str,
-    versioned: Versioned,
     /// Inside a versioned comment.
     inside: bool,
 }
 
 impl<'a> Lexer<'a> {
-    /// The tokens of `sql`, versioned comments read.
     pub(super) fn new(sql: &'a str) -> Self {
-        Self::with(sql, Versioned::Read)
-    }
-
-    pub(super) fn with(sql: &'a str, versioned: Versioned) -> Self {
         Lexer {
             rest: sql,
-            versioned,
             inside: false,
         }
     }
@@ -58,24 +66,16 @@ impl<'a> Lexer<'a> {
     /// Skips whitespace and comments.
     fn skip(&mut self) {
         loop {
-            let s = self.rest.trim_start();
+            let s = self.rest.trim_start_matches(is_space);
             if let Some(r) = s.strip_prefix("/*!").or_else(|| s.strip_prefix("/*M!")) {
-                match self.versioned {
-                    Versioned::Read => {
-                        self.rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
-                        self.inside = true;
-                    }
-                    Versioned::Skipped => self.rest = r.find("*/").map_or("", |e| &r[e + 2..]),
-                }
+                self.rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+                self.inside = true;
             } else if let Some(r) = s.strip_prefix("/*") {
                 self.rest = r.find("*/").map_or("", |e| &r[e + 2..]);
             } else if let Some(r) = s.strip_prefix("*/").filter(|_| self.inside) {
                 self.rest = r;
                 self.inside = false;
-            } else if s.starts_with('#')
-                || s.strip_prefix("--")
-                    .is_some_and(|r| r.is_empty() || r.starts_with(char::is_whitespace))
-            {
+            } else if s.starts_with('#') || dash_comment(s) {
                 self.rest = s.find('\n').map_or("", |e| &s[e + 1..]);
             } else {
                 self.rest = s;
@@ -87,8 +87,8 @@ impl<'a> Lexer<'a> {
 
 /// The text of a quoted token opened by `quote`, in `s` after the opening
 /// quote: its value (a doubled quote is one; a backslash escapes the next
-/// character except in backquotes) and the rest.
-fn quoted(s: &str, quote: char) -> (String, &str) {
+/// character except in backquotes), the rest, and whether it was closed.
+fn quoted(s: &str, quote: char) -> (String, &str, bool) {
     let mut value = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -101,13 +101,13 @@ fn quoted(s: &str, quote: char) -> (String, &str) {
                 value.push(quote);
                 chars.next();
             } else {
-                return (value, &s[i + 1..]);
+                return (value, &s[i + 1..], true);
             }
         } else {
             value.push(c);
         }
     }
-    (value, "")
+    (value, "", false)
 }
 
 impl Iterator for Lexer<'_> {
@@ -119,22 +119,19 @@ impl Iterator for Lexer<'_> {
         let after = &self.rest[c.len_utf8()..];
         let token = match c {
             '`' | '"' | '\'' => {
-                let (value, rest) = quoted(after, c);
+                let (value, rest, _) = quoted(after, c);
                 self.rest = rest;
                 return Some(match c {
-                    '\'' => Token::Literal,
+                    '\'' => Token::Literal(value),
                     _ => Token::Quoted(value),
                 });
             }
-            c if c.is_alphanumeric() || c == '_' || c == '$' => {
-                let end = self
-                    .rest
-                    .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                    .unwrap_or(self.rest.len());
+            c if is_word(c) => {
+                let end = self.rest.find(|c| !is_word(c)).unwrap_or(self.rest.len());
                 let w = &self.rest[..end];
                 self.rest = &self.rest[end..];
                 return Some(if w.bytes().all(|b| b.is_ascii_digit()) {
-                    Token::Literal
+                    Token::Literal(w.to_string())
                 } else {
                     Token::Word(w.to_string())
                 });
@@ -146,31 +143,115 @@ impl Iterator for Lexer<'_> {
     }
 }
 
-/// Engines whose tables are another server's or files the server reads.
-const OUTSIDE_ENGINES: &[&str] = &["FEDERATED", "FEDERATEDX", "CONNECT", "SPIDER"];
+/// Statement `sql` as a replay sends it, so that the server reads exactly
+/// what was placed: the text of versioned comments (`/*!50001 … */`,
+/// `/*M!100100 … */`) in place without their marks (the server would run
+/// or skip each by its own version), other comments as a space. Refused:
+/// a control character outside quotes, a comment inside a versioned one,
+/// a quote or a comment left open.
+pub(super) fn as_sent(sql: &str) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    let mut inside = false;
+    while let Some(c) = rest.chars().next() {
+        if let Some(r) = rest
+            .strip_prefix("/*!")
+            .or_else(|| rest.strip_prefix("/*M!"))
+        {
+            if inside {
+                return Err("a versioned comment inside another");
+            }
+            rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+            inside = true;
+            out.push(' ');
+        } else if let Some(r) = rest.strip_prefix("*/").filter(|_| inside) {
+            rest = r;
+            inside = false;
+            out.push(' ');
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            if inside {
+                return Err("a comment inside a versioned comment");
+            }
+            let end = r.find("*/").ok_or("a comment left open")?;
+            rest = &r[end + 2..];
+            out.push(' ');
+        } else if c == '#' || dash_comment(rest) {
+            rest = rest.find('\n').map_or("", |e| &rest[e..]);
+            out.push(' ');
+        } else if matches!(c, '`' | '"' | '\'') {
+            let (_, after, closed) = quoted(&rest[1..], c);
+            if !closed {
+                return Err("a quote left open");
+            }
+            let taken = rest.len() - after.len();
+            out.push_str(&rest[..taken]);
+            rest = after;
+        } else if c.is_ascii_control() && !is_space(c) {
+            return Err("a control character outside quotes");
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    if inside {
+        return Err("a versioned comment left open");
+    }
+    Ok(out)
+}
+
+/// Engines a table of a backup may be created with: their data stays in
+/// the server's own files.
+const OWN_ENGINES: &[&str] = &[
+    "InnoDB",
+    "MyISAM",
+    "Aria",
+    "MEMORY",
+    "HEAP",
+    "CSV",
+    "ARCHIVE",
+    "BLACKHOLE",
+    "SEQUENCE",
+];
+
+/// Engines whose tables are another server's, other tables, or files the
+/// server reads: refused however they are named.
+const OUTSIDE_ENGINES: &[&str] = &[
+    "FEDERATED",
+    "FEDERATEDX",
+    "CONNECT",
+    "SPIDER",
+    "MERGE",
+    "MRG_MyISAM",
+    "S3",
+];
 
 /// The first option of statement `sql` that reaches beyond the server's
-/// own tables: a table of an engine that connects to another server or
-/// reads files (`ENGINE=FEDERATED`, `CONNECT`, `SPIDER`), a `CONNECTION`
-/// string, a `DATA DIRECTORY` or `INDEX DIRECTORY`, a `FILE_NAME`. The
-/// backup reads InnoDB tables only (preflight refuses the rest), so no
-/// statement of a backup needs them, and run from a planted one they
-/// would send the restored rows to another host, or read its files.
+/// own tables: an `ENGINE = …` other than those keeping their data in the
+/// server's own files ([`OWN_ENGINES`]; any of [`OUTSIDE_ENGINES`] also
+/// without `=`), a `CONNECTION` string, a `DATA DIRECTORY` or `INDEX
+/// DIRECTORY`, a `FILE_NAME`. The backup reads InnoDB tables only
+/// (preflight refuses the rest), so no statement of a backup needs them,
+/// and run from a planted one they would send the restored rows to
+/// another host, or read its files.
 pub(super) fn reaches_outside(sql: &str) -> Option<String> {
     let tokens: Vec<Token> = Lexer::new(sql).collect();
+    let named = |t: Option<&Token>| match t {
+        Some(Token::Word(e) | Token::Quoted(e) | Token::Literal(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let one_of = |e: &str, list: &[&str]| list.iter().any(|o| e.eq_ignore_ascii_case(o));
     for (i, t) in tokens.iter().enumerate() {
         let next = |k: usize| tokens.get(i + k);
         if t.is("ENGINE") {
-            let engine = match next(1) {
-                Some(Token::Punct('=')) => next(2),
-                other => other,
+            let refused = match next(1) {
+                Some(Token::Punct('=')) => named(next(2)).filter(|e| !one_of(e, OWN_ENGINES)),
+                other => named(other).filter(|e| one_of(e, OUTSIDE_ENGINES)),
             };
-            if let Some(Token::Word(e) | Token::Quoted(e)) = engine {
-                if OUTSIDE_ENGINES.iter().any(|o| e.eq_ignore_ascii_case(o)) {
-                    return Some(format!("ENGINE={}", e.to_ascii_uppercase()));
-                }
+            if let Some(e) = refused {
+                return Some(format!("ENGINE={}", e.to_ascii_uppercase()));
             }
-        } else if t.is("CONNECTION") && matches!(next(1), Some(Token::Punct('=') | Token::Literal))
+        } else if t.is("CONNECTION")
+            && matches!(next(1), Some(Token::Punct('=') | Token::Literal(_)))
         {
             return Some("CONNECTION".into());
         } else if (t.is("DATA") || t.is("INDEX")) && next(1).is_some_and(|d| d.is("DIRECTORY")) {
@@ -211,22 +292,65 @@ mod tests {
                 Token::Punct('.'),
                 Token::Quoted("c\"d".into()),
                 Token::Punct(','),
-                Token::Literal,
+                Token::Literal("x'y".into()),
                 Token::Punct(','),
-                Token::Literal,
+                Token::Literal("12".into()),
             ]
         );
-        let skipped: Vec<Token> =
-            Lexer::with("/*!99999 DROP */ TABLE t", Versioned::Skipped).collect();
-        assert_eq!(
-            skipped,
-            [Token::Word("TABLE".into()), Token::Word("t".into())]
-        );
         // Unclosed quotes and comments end the statement; a `*/` outside a
-        // versioned comment is no comment's end.
+        // versioned comment is no comment's end; `--` needs a space or a
+        // control character after it; a no-break space is part of a name.
         assert_eq!(Lexer::new("`abc").count(), 1);
         assert_eq!(Lexer::new("/* abc").count(), 0);
         assert_eq!(Lexer::new("a */ b").count(), 4);
+        assert_eq!(Lexer::new("a --b").count(), 4);
+        assert_eq!(Lexer::new("a --\u{1}b").count(), 1);
+        assert_eq!(
+            Lexer::new("a\u{a0}b --\u{a0}c").collect::<Vec<_>>(),
+            [
+                Token::Word("a\u{a0}b".into()),
+                Token::Punct('-'),
+                Token::Punct('-'),
+                Token::Word("\u{a0}c".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_sent_is_what_was_read() {
+        for (sql, sent) in [
+            (
+                "/*!40000 ALTER TABLE t DISABLE KEYS */",
+                "  ALTER TABLE t DISABLE KEYS  ",
+            ),
+            (
+                "DROP TABLE bank.t /*!40000 ,*/ /*!999999 bank.u */ other.v",
+                "DROP TABLE bank.t  , bank.u   other.v",
+            ),
+            (
+                "CREATE TABLE t (c INT) -- note\n",
+                "CREATE TABLE t (c INT)  \n",
+            ),
+            ("a /* x */ 'b /*!1 c */' # d", "a   'b /*!1 c */'  "),
+            // `--` and a control character start a comment, as on the server.
+            (
+                "DROP TABLE bank.t --\u{1} x\n, other.x",
+                "DROP TABLE bank.t , other.x",
+            ),
+        ] {
+            let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(as_sent(sql).map(|s| words(&s)), Ok(words(sent)), "{sql}");
+        }
+        for sql in [
+            "/*!40000 a /*!40000 b */ */",
+            "/*!40000 a /* b */ c */",
+            "a /* b",
+            "a 'b",
+            "/*!40000 a",
+            "a \u{1} b",
+        ] {
+            assert!(as_sent(sql).is_err(), "{sql}");
+        }
     }
 
     #[test]
@@ -238,12 +362,15 @@ mod tests {
             ("CREATE TABLE t (i INT) DATA DIRECTORY='/var/tmp'", "DATA DIRECTORY"),
             ("CREATE TABLE t (i INT) ENGINE=InnoDB /*!50100 PARTITION BY HASH (i) (PARTITION p INDEX DIRECTORY='/x') */", "INDEX DIRECTORY"),
             ("CREATE TABLE t (i INT) ENGINE = `Spider`", "ENGINE=SPIDER"),
+            ("CREATE TABLE t (i INT) ENGINE='SPIDER' COMMENT='wrapper \"mysql\", host \"evil\"'", "ENGINE=SPIDER"),
+            ("CREATE TABLE t (i INT) ENGINE=MRG_MyISAM UNION=(other.t)", "ENGINE=MRG_MYISAM"),
+            ("CREATE TABLE t (i INT) ENGINE=SomethingNew", "ENGINE=SOMETHINGNEW"),
         ] {
             assert_eq!(reaches_outside(sql).as_deref(), Some(option), "{sql}");
         }
         for sql in [
             "CREATE TABLE `t` (`connection` int, `engine` varchar(9), `data` int) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-            "CREATE TABLE t (connection INT, engine VARCHAR(10), data int)",
+            "CREATE TABLE t (connection INT, engine VARCHAR(10), data int) ENGINE=Aria",
             "ALTER TABLE t ADD COLUMN engine INT, COMMENT 'ENGINE=FEDERATED CONNECTION=x'",
         ] {
             assert_eq!(reaches_outside(sql), None, "{sql}");

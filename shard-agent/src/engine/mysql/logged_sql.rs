@@ -14,19 +14,22 @@
 //! - statements of kinds a replay has no business running (accounts,
 //!   plugins, replication, server settings, files, table maintenance)
 //!   never run, whatever database they name;
-//! - a statement of a kind this module does not know is refused, as is a
-//!   change logged as text (capture reads row events: an honest binlog of
-//!   a server logging rows holds none in the restored databases), a table
-//!   option that reaches another host or files ([`reaches_outside`]), a
-//!   versioned comment (`/*!99999 … */`) that changes what the statement
-//!   is, and a name that matches the selection only in another case;
-//! - what is applied runs as exactly one statement (see
-//!   [`super::replay`]), and transaction control is rebuilt from the name
-//!   read, never run as logged.
+//! - refused are a statement of a kind this module does not know, a change
+//!   logged as text that names a restored database (capture reads row
+//!   events: an honest binlog of a server logging rows holds none there),
+//!   a table option that reaches another host or files
+//!   ([`reaches_outside`]), a name that matches the selection only in
+//!   another letter case, anything after the names of a `DROP`, `RENAME`
+//!   or `TRUNCATE` but its waiting and `RESTRICT`/`CASCADE`;
+//! - what is applied is sent as it was read ([`as_sent`]: the text of
+//!   versioned comments in place, their marks and other comments gone,
+//!   so the server cannot read what was skipped here), and runs as exactly
+//!   one statement (see [`super::replay`]); transaction control is rebuilt
+//!   from the name read, never run as logged.
 
 use crate::manifest::Selection;
 
-use super::lexer::{reaches_outside, Lexer, Token, Versioned};
+use super::lexer::{as_sent, reaches_outside, Lexer, Token};
 use super::sql::{ident, SYSTEM_DATABASES};
 
 /// What a replay does with a logged statement.
@@ -50,23 +53,13 @@ pub(super) enum Placement {
 }
 
 /// Where statement `sql`, logged with default database `db` (empty: none),
-/// lands for a replay of what `scope` selects. Read twice, with the text
-/// of versioned comments and without: the target runs one or the other
-/// by its version, and both must land alike (unless nothing is left
-/// without them).
+/// lands for a replay of what `scope` selects. What is applied is the
+/// statement as [`as_sent`] gives it: the server then reads exactly what
+/// was placed here.
 pub(super) fn place(sql: &str, db: &str, scope: &Selection) -> Placement {
-    let read = place_as(sql, db, scope, Versioned::Read);
-    if Lexer::with(sql, Versioned::Skipped).next().is_none() {
-        return read;
-    }
-    let skipped = place_as(sql, db, scope, Versioned::Skipped);
-    if read == skipped {
-        read
-    } else {
-        Placement::Refuse(
-            "a versioned comment (/*!…*/) changes what the statement is, by the target's version"
-                .into(),
-        )
+    match as_sent(sql) {
+        Ok(sent) => place_sent(&sent, db, scope),
+        Err(why) => Placement::Refuse(format!("{why}: replay cannot read it as the server would")),
     }
 }
 
@@ -80,8 +73,8 @@ pub(super) fn shown(sql: &str) -> String {
     crate::replay::excerpt(sql[..end].trim_end())
 }
 
-fn place_as(sql: &str, db: &str, scope: &Selection, versioned: Versioned) -> Placement {
-    let mut t = Lexer::with(sql, versioned).peekable();
+fn place_sent(sql: &str, db: &str, scope: &Selection) -> Placement {
+    let mut t = Lexer::new(sql).peekable();
     let Some(Token::Word(first)) = t.next() else {
         return Placement::Refuse("a statement that does not begin with a keyword".into());
     };
@@ -91,8 +84,9 @@ fn place_as(sql: &str, db: &str, scope: &Selection, versioned: Versioned) -> Pla
         // A change logged as text: an honest segment holds none in the
         // restored databases (capture requires row logging).
         "INSERT" | "REPLACE" | "UPDATE" | "DELETE" => {
-            let names_held = held_database(db, scope)
-                || qualifiers(Lexer::with(sql, versioned)).any(|q| held_database(&q, scope));
+            let lower = folded(scope);
+            let names_held = held_database(db, scope, &lower)
+                || qualifiers(Lexer::new(sql)).any(|q| held_database(&q, scope, &lower));
             if names_held {
                 Placement::Refuse(
                     "a change logged as a statement, not as rows (capture needs binlog_format=ROW)"
@@ -102,9 +96,7 @@ fn place_as(sql: &str, db: &str, scope: &Selection, versioned: Versioned) -> Pla
                 Placement::Outside
             }
         }
-        "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" => {
-            ddl(&first, t, sql, db, scope, versioned)
-        }
+        "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" => ddl(&first, t, sql, db, scope),
         "SET" if t.peek().is_some_and(|w| w.is("STATEMENT")) => {
             Placement::Refuse("a statement under SET STATEMENT … FOR".into())
         }
@@ -148,11 +140,12 @@ fn savepoint(first: &str, mut t: Tokens<'_>) -> Placement {
 }
 
 /// Whether `db` is a database the base backup holds (also when written
-/// in another case: a server folding names to lower case holds it).
-fn held_database(db: &str, scope: &Selection) -> bool {
+/// in another case: a server folding names to lower case holds it;
+/// `lower` is `scope` [`folded`]).
+fn held_database(db: &str, scope: &Selection, lower: &Selection) -> bool {
     !db.is_empty()
         && (scope.database(db, SYSTEM_DATABASES)
-            || folded(scope).database(&db.to_lowercase(), SYSTEM_DATABASES))
+            || lower.database(&db.to_lowercase(), SYSTEM_DATABASES))
 }
 
 /// The qualifiers of names in `tokens`: each word or quoted name
@@ -236,14 +229,7 @@ enum Named {
 }
 
 /// Where DDL statement `sql`, `verb` then the tokens `t`, lands.
-fn ddl(
-    verb: &str,
-    mut t: Tokens<'_>,
-    sql: &str,
-    db: &str,
-    scope: &Selection,
-    versioned: Versioned,
-) -> Placement {
+fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) -> Placement {
     let unreadable = || Placement::Refuse(format!("a {verb} statement replay cannot read"));
     if modifiers(&mut t).is_none() {
         return unreadable();
@@ -283,13 +269,17 @@ fn ddl(
                 {
                     db.to_string()
                 }
-                Some(Token::Word(w) | Token::Quoted(w)) => w.clone(),
+                Some(Token::Word(w) | Token::Quoted(w)) => {
+                    let w = w.clone();
+                    t.next();
+                    w
+                }
                 None if verb == "ALTER" => db.to_string(),
                 _ => return unreadable(),
             };
             names.push(Named::Database(named));
         }
-        "FUNCTION" if verb == "CREATE" && Lexer::with(&sql, versioned).any(|w| w.is("SONAME")) => {
+        "FUNCTION" if verb == "CREATE" && Lexer::new(&sql).any(|w| w.is("SONAME")) => {
             // A loadable function: a library of the server's.
             return Placement::Server("CREATE FUNCTION … SONAME".into());
         }
@@ -305,7 +295,8 @@ fn ddl(
                 // Unqualified, the server drops a loadable function of
                 // that name first (a library's, the server's): the name is
                 // qualified with the database it was logged in.
-                if t.next().is_some() {
+                wait_options(&mut t);
+                if t.peek().is_some() {
                     return unreadable();
                 }
                 sql = format!(
@@ -342,6 +333,7 @@ fn ddl(
                 };
                 names.push(Named::Table(d, n));
                 if verb == "RENAME" {
+                    wait_options(&mut t);
                     if word(t.next(), "TO").is_none() {
                         return unreadable();
                     }
@@ -397,6 +389,15 @@ fn ddl(
         }
         _ => return unreadable(),
     }
+    // What may follow the names of a DROP, RENAME or TRUNCATE: its waiting
+    // and its RESTRICT or CASCADE, nothing that could name more.
+    if matches!(verb, "DROP" | "RENAME" | "TRUNCATE") && kind != "INDEX" {
+        wait_options(&mut t);
+        while t.next_if(|w| w.is("RESTRICT") || w.is("CASCADE")).is_some() {}
+        if t.next().is_some() {
+            return unreadable();
+        }
+    }
     let inside = |scope: &Selection, n: &Named, fold: bool| {
         let f = |s: &str| {
             if fold {
@@ -430,6 +431,13 @@ fn ddl(
             "it names both what the base backup holds and what it does not, and cannot be applied in part"
                 .into(),
         )
+    }
+}
+
+/// Skips `WAIT n` or `NOWAIT`.
+fn wait_options(t: &mut Tokens<'_>) {
+    if t.next_if(|w| w.is("NOWAIT")).is_none() && t.next_if(|w| w.is("WAIT")).is_some() {
+        t.next_if(|n| matches!(n, Token::Literal(_)));
     }
 }
 
@@ -503,6 +511,8 @@ mod tests {
             ("ALTER ONLINE TABLE bank.ledger RENAME COLUMN a TO b", "side"),
             ("ALTER TABLE ledger RENAME TO ledger2", "bank"),
             ("DROP TABLE `t1`,`t2` /* generated by server */", "bank"),
+            ("DROP TABLE t1 WAIT 5 CASCADE", "bank"),
+            ("RENAME TABLE a NOWAIT TO b", "bank"),
             ("DROP TABLE IF EXISTS `bank`.`w` /* generated by server */", "side"),
             ("RENAME TABLE a TO b, bank.c TO `bank`.`d`", "bank"),
             ("TRUNCATE ledger", "bank"),
@@ -532,7 +542,7 @@ mod tests {
         ] {
             assert_eq!(
                 at(sql, db),
-                Placement::Apply(sql.into()),
+                Placement::Apply(as_sent(sql).unwrap()),
                 "{sql} (in {db:?})"
             );
         }
@@ -557,6 +567,13 @@ mod tests {
             ),
             ("INSERT INTO t VALUES (1)", "side"),
             ("UPDATE t SET v = 1", ""),
+            // What a versioned comment holds is read, and sent, as text of
+            // the statement: here it names another database.
+            (
+                "/*!99999 CREATE TABLE t (i INT) */ DROP DATABASE bank",
+                "side",
+            ),
+            ("CREATE TABLE /*!99999 side.*/ t (i INT)", "bank"),
             (
                 "INSERT INTO mysql.global_priv VALUES ('%', 'x', '{}')",
                 "side",
@@ -615,6 +632,50 @@ mod tests {
             ("", "bank"),
             ("'BEGIN'", "bank"),
             ("CREATE WIDGET w", "bank"),
+            // Changes logged as text, in or into the restored databases.
+            ("INSERT INTO t VALUES (1)", "bank"),
+            (
+                "INSERT INTO mysql.global_priv VALUES ('%', 'evil', '{}')",
+                "bank",
+            ),
+            ("INSERT INTO `bank`.t SELECT * FROM mysql.user", "side"),
+            ("UPDATE Bank.t SET v = 1", "side"),
+            // Versioned comments are read as text: what the server would
+            // have skipped cannot hide what runs, and nothing may follow
+            // the names of a DROP.
+            (
+                "/*M!999999 SAVEPOINT */ GRANT ALL ON *.* TO 'evil'@'%'",
+                "bank",
+            ),
+            (
+                "/*!999999 DROP TABLE bank.t */ /*!40000 GRANT ALL ON *.* TO 'evil'@'%' */",
+                "bank",
+            ),
+            (
+                "DROP TABLE bank.t /*!40000 ,*/ /*!999999 bank.u x */ other.v",
+                "bank",
+            ),
+            ("DROP TABLE bank.t --\u{1}\n, other.x", "bank"),
+            ("DROP TABLE t1 garbage", "bank"),
+            ("RENAME TABLE a TO b other", "bank"),
+            ("/*!40000 a /*!40000 b */ */", "bank"),
+            // Options that reach other hosts or files.
+            (
+                "ALTER TABLE ledger ENGINE=FEDERATED CONNECTION='mysql://u:p@evil/d/t'",
+                "bank",
+            ),
+            (
+                "CREATE TABLE t (i INT) DATA DIRECTORY='/var/lib/other'",
+                "bank",
+            ),
+            ("CREATE TABLE t (i INT) ENGINE='SPIDER'", "bank"),
+            // Only savepoints of transaction control.
+            ("ROLLBACK", "bank"),
+            ("ROLLBACK AND RELEASE", "bank"),
+            ("XA START 'x'", "bank"),
+            ("SAVEPOINT a; GRANT ALL ON *.* TO 'evil'@'%'", "bank"),
+            // Names in another case than the selection's.
+            ("ALTER TABLE Bank.ledger ADD COLUMN c INT", "side"),
         ] {
             assert!(
                 matches!(at(sql, db), Placement::Refuse(_)),
@@ -677,5 +738,11 @@ mod tests {
             Placement::Outside
         );
         assert_eq!(place("DROP TABLE sys.x", "bank", &all), Placement::Outside);
+        // The server's own database in another case: a server folding
+        // names reads it as its own.
+        assert!(matches!(
+            place("DROP TABLE MYSQL.global_priv", "bank", &all),
+            Placement::Refuse(_)
+        ));
     }
 }

@@ -345,6 +345,17 @@ async fn session(target: &Shard, binlog: bool) -> Result<Conn, ReplayError> {
             what: e.to_string(),
         })?,
     }
+    // Statements of a segment are read as this SQL mode reads them (no
+    // `ANSI_QUOTES`, backslashes escaping in strings), and sent inside a
+    // string quoted for it: the target's global mode must not change
+    // where a string ends.
+    conn.query_drop(super::sql::PLAIN_SQL_MODE)
+        .await
+        .map_err(|e| ReplayError::Apply {
+            shard: target.name.clone(),
+            at: "the session set-up".into(),
+            what: e.to_string(),
+        })?;
     // The base restore is not logged unless asked (`--binlog`): neither
     // are the changes replayed onto it, which would reach the target's
     // replicas without the rows they change.
