@@ -56,11 +56,12 @@ pub enum LockError {
 
 /// Whether the holder ran on this host and its process is gone (killed or
 /// crashed): then its lock can be taken over at once instead of at expiry.
-/// A holder of another boot of a host of this name may be another machine
-/// of the same name, whose processes this one cannot see: its lock waits
-/// for its expiry (after a reboot, at most [`LOCK_TTL`]).
+/// A holder of another boot of a host of this name (or of no known boot:
+/// an older version's lock) may be another machine of the same name,
+/// whose processes this one cannot see: its lock waits for its expiry
+/// (after a reboot, at most [`LOCK_TTL`]).
 fn dead_here(h: &LockBody) -> bool {
-    gone_here(&h.host, h.pid) && (h.boot.is_empty() || h.boot == boot_id())
+    !h.boot.is_empty() && h.boot == boot_id() && gone_here(&h.host, h.pid)
 }
 
 /// The key of `cluster`'s lock for `purpose`. Backups share one lock;
@@ -83,6 +84,8 @@ pub(crate) struct Holder {
     pub expires_at: i64,
     /// Which acquisition.
     pub token: String,
+    /// The boot of its machine ([`boot_id`]).
+    pub boot: String,
 }
 
 /// Who holds `cluster`'s lock for `purpose` now: `None` when nobody does
@@ -98,6 +101,7 @@ pub(crate) fn holder(
             pid: h.pid,
             expires_at: h.expires_at,
             token: h.token,
+            boot: h.boot,
         }),
         _ => None,
     })
@@ -204,6 +208,11 @@ pub(crate) fn host_name() -> String {
 /// value see each other's pids. Containers share their machine's boot but
 /// not its pids. Empty where the machine tells neither.
 pub(crate) fn boot_id() -> String {
+    // Test hook: a process that passes for another machine's of this
+    // host name.
+    if let Ok(boot) = std::env::var("SHARDCUT_TEST_BOOT_ID") {
+        return boot;
+    }
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|b| b.trim().to_string())
         .unwrap_or_default();

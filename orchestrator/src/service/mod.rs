@@ -305,10 +305,15 @@ async fn recover(cluster: &Arc<Cluster>) {
             Liveness::Ended => recover_one(cluster, r).await,
             Liveness::Maybe(holder) => {
                 tracing::warn!(
-                    "job {}: its process (pid {} on {}) may still run, on another machine or container of that name: looking again once its repository lock would have been renewed",
+                    "job {}: its process (pid {} on {}) may still run, on another machine or container of that name ({}): looking again once its repository lock would have been renewed",
                     r.id,
                     r.pid,
-                    r.host
+                    r.host,
+                    if holder.is_some() {
+                        "it holds the repository lock"
+                    } else {
+                        "its job is younger than a lock's lifetime"
+                    }
                 );
                 deferred.push((r.id, holder));
             }
@@ -342,16 +347,24 @@ enum Liveness {
 /// live one holds the cluster's repository lock, renewed every third of a
 /// lock's lifetime, or is about to take it.
 async fn liveness(cluster: &Cluster, r: &JobRecord) -> Liveness {
-    let this_boot = r.boot.is_empty() || r.boot == crate::lock::boot_id();
+    // A record without a boot (an older version's, or a machine that
+    // tells none) is of no known boot: only the lock says.
+    let this_boot = !r.boot.is_empty() && r.boot == crate::lock::boot_id();
     if this_boot && crate::lock::gone_here(&r.host, r.pid) {
         return Liveness::Ended;
     }
     match lock_holder(cluster).await {
-        Some(Ok(Some(h))) if h.host == r.host && h.pid == r.pid => Liveness::Maybe(Some(h)),
+        Some(Ok(Some(h))) if holds(&h, r) => Liveness::Maybe(Some(h)),
         Some(Ok(_)) if young(r) => Liveness::Maybe(None),
         Some(Ok(_)) => Liveness::Ended,
         _ => Liveness::Unknown,
     }
+}
+
+/// Whether the lock of `h` is held by the process of job `r`: its host,
+/// pid and boot.
+fn holds(h: &Holder, r: &JobRecord) -> bool {
+    h.host == r.host && h.pid == r.pid && h.boot == r.boot
 }
 
 /// Whether job `r` started (or was queued) less than a lock's lifetime
@@ -381,10 +394,32 @@ async fn recover_one(cluster: &Cluster, mut r: JobRecord) {
         return fail_orphan(cluster, r).await;
     }
     if let Some(id) = &r.backup_id {
-        discard_uncommitted(cluster, id).await;
+        if discard_locked(cluster, id).await.is_none() {
+            return;
+        }
     }
     r.cleanup = false;
     cluster.save(&r, None, None).await;
+}
+
+/// [`discard_uncommitted`] holding the cluster's repository lock: a run
+/// still writing that backup (its process judged gone by a clock or a
+/// name that deceived) then loses its lock and commits nothing, rather
+/// than a manifest naming objects removed here. `None` when the lock is
+/// another run's now: the objects stay.
+async fn discard_locked(cluster: &Cluster, id: &str) -> Option<ManifestState> {
+    let repo = cluster.history.repository().clone();
+    match crate::lock::RepoLock::acquire(repo, cluster.name(), "backup") {
+        Ok(lock) => {
+            let found = discard_uncommitted(cluster, id).await;
+            lock.release();
+            Some(found)
+        }
+        Err(e) => {
+            tracing::warn!("backup {id}: its objects stay for now: {e}");
+            None
+        }
+    }
 }
 
 /// The jobs `deferred` by [`recover`], with the lock holder each had,
@@ -408,8 +443,7 @@ async fn look_again(cluster: Arc<Cluster>, deferred: Vec<(String, Option<Holder>
             continue;
         }
         let alive = now.as_ref().is_some_and(|h| {
-            h.host == r.host
-                && h.pid == r.pid
+            holds(h, &r)
                 && before
                     .as_ref()
                     .is_none_or(|b| h.token == b.token && h.expires_at > b.expires_at)
@@ -430,10 +464,15 @@ async fn fail_orphan(cluster: &Cluster, mut r: JobRecord) {
         r.pid, r.host
     );
     if let (JobKind::Backup | JobKind::Incremental, Some(id)) = (r.kind, &r.backup_id) {
-        if discard_uncommitted(cluster, id).await == ManifestState::Present {
-            why.push_str(&format!(
+        match discard_locked(cluster, id).await {
+            Some(ManifestState::Present) => why.push_str(&format!(
                 "; backup {id} had been committed (its manifest is in the repository) and is kept"
-            ));
+            )),
+            Some(_) => {}
+            None => {
+                // Removed at the next start, when the lock is free.
+                r.cleanup = true;
+            }
         }
     }
     tracing::warn!("job {}: {why}", r.id);

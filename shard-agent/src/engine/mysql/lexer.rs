@@ -213,6 +213,69 @@ const OWN_ENGINES: &[&str] = &[
     "SEQUENCE",
 ];
 
+/// Types a column may have: `engine INT` is a column named `engine`, not
+/// a table's engine.
+const COLUMN_TYPES: &[&str] = &[
+    "INT",
+    "INTEGER",
+    "TINYINT",
+    "SMALLINT",
+    "MEDIUMINT",
+    "BIGINT",
+    "INT1",
+    "INT2",
+    "INT3",
+    "INT4",
+    "INT8",
+    "DECIMAL",
+    "DEC",
+    "NUMERIC",
+    "FIXED",
+    "FLOAT",
+    "DOUBLE",
+    "REAL",
+    "BIT",
+    "BOOL",
+    "BOOLEAN",
+    "SERIAL",
+    "CHAR",
+    "CHARACTER",
+    "VARCHAR",
+    "NCHAR",
+    "NVARCHAR",
+    "NATIONAL",
+    "BINARY",
+    "VARBINARY",
+    "TEXT",
+    "TINYTEXT",
+    "MEDIUMTEXT",
+    "LONGTEXT",
+    "LONG",
+    "BLOB",
+    "TINYBLOB",
+    "MEDIUMBLOB",
+    "LONGBLOB",
+    "ENUM",
+    "SET",
+    "DATE",
+    "TIME",
+    "DATETIME",
+    "TIMESTAMP",
+    "YEAR",
+    "JSON",
+    "UUID",
+    "INET4",
+    "INET6",
+    "GEOMETRY",
+    "POINT",
+    "LINESTRING",
+    "POLYGON",
+    "MULTIPOINT",
+    "MULTILINESTRING",
+    "MULTIPOLYGON",
+    "GEOMETRYCOLLECTION",
+];
+
 /// Engines whose tables are another server's, other tables, or files the
 /// server reads: refused however they are named.
 const OUTSIDE_ENGINES: &[&str] = &[
@@ -226,9 +289,9 @@ const OUTSIDE_ENGINES: &[&str] = &[
 ];
 
 /// The first option of statement `sql` that reaches beyond the server's
-/// own tables: an `ENGINE = …` other than those keeping their data in the
-/// server's own files ([`OWN_ENGINES`]; any of [`OUTSIDE_ENGINES`] also
-/// without `=`), a `CONNECTION` string, a `DATA DIRECTORY` or `INDEX
+/// own tables: an `ENGINE [=] …` other than those keeping their data in
+/// the server's own files ([`OWN_ENGINES`]; without `=`, a word of
+/// [`COLUMN_TYPES`] after it is a column's type), a `CONNECTION` string, a `DATA DIRECTORY` or `INDEX
 /// DIRECTORY`, a `FILE_NAME`. The backup reads InnoDB tables only
 /// (preflight refuses the rest), so no statement of a backup needs them,
 /// and run from a planted one they would send the restored rows to
@@ -243,9 +306,14 @@ pub(super) fn reaches_outside(sql: &str) -> Option<String> {
     for (i, t) in tokens.iter().enumerate() {
         let next = |k: usize| tokens.get(i + k);
         if t.is("ENGINE") {
+            // `=` is optional; without it, a column of that name has a
+            // type after it.
             let refused = match next(1) {
                 Some(Token::Punct('=')) => named(next(2)).filter(|e| !one_of(e, OWN_ENGINES)),
-                other => named(other).filter(|e| one_of(e, OUTSIDE_ENGINES)),
+                other => named(other).filter(|e| {
+                    one_of(e, OUTSIDE_ENGINES)
+                        || !(one_of(e, OWN_ENGINES) || one_of(e, COLUMN_TYPES))
+                }),
             };
             if let Some(e) = refused {
                 return Some(format!("ENGINE={}", e.to_ascii_uppercase()));
@@ -365,6 +433,8 @@ mod tests {
             ("CREATE TABLE t (i INT) ENGINE='SPIDER' COMMENT='wrapper \"mysql\", host \"evil\"'", "ENGINE=SPIDER"),
             ("CREATE TABLE t (i INT) ENGINE=MRG_MyISAM UNION=(other.t)", "ENGINE=MRG_MYISAM"),
             ("CREATE TABLE t (i INT) ENGINE=SomethingNew", "ENGINE=SOMETHINGNEW"),
+            ("CREATE TABLE t (i INT) ENGINE Cassandra thrift_host='h'", "ENGINE=CASSANDRA"),
+            ("CREATE TABLE t (i INT) ENGINE OQGRAPH", "ENGINE=OQGRAPH"),
         ] {
             assert_eq!(reaches_outside(sql).as_deref(), Some(option), "{sql}");
         }
@@ -372,6 +442,8 @@ mod tests {
             "CREATE TABLE `t` (`connection` int, `engine` varchar(9), `data` int) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
             "CREATE TABLE t (connection INT, engine VARCHAR(10), data int) ENGINE=Aria",
             "ALTER TABLE t ADD COLUMN engine INT, COMMENT 'ENGINE=FEDERATED CONNECTION=x'",
+            "ALTER TABLE t ENGINE InnoDB",
+            "CREATE TABLE t (engine varchar(10), e2 enum('a')) ENGINE Aria",
         ] {
             assert_eq!(reaches_outside(sql), None, "{sql}");
         }

@@ -291,6 +291,18 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
             let Some((d, n)) = name(&mut t, db) else {
                 return unreadable();
             };
+            if verb == "ALTER" && kind == "EVENT" {
+                // ALTER EVENT e … RENAME TO other.e moves it to another
+                // database.
+                while let Some(w) = t.next() {
+                    if w.is("RENAME") && t.next_if(|w| w.is("TO")).is_some() {
+                        let Some((d, _)) = name(&mut t, db) else {
+                            return unreadable();
+                        };
+                        names.push(Named::Database(d));
+                    }
+                }
+            }
             if verb == "DROP" && kind == "FUNCTION" {
                 // Unqualified, the server drops a loadable function of
                 // that name first (a library's, the server's): the name is
@@ -388,6 +400,16 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
             }
         }
         _ => return unreadable(),
+    }
+    // CREATE TABLE … SELECT: an honest binlog of a server logging rows has
+    // the CREATE alone, and the rows as row events; run here, the query
+    // would read what the replay's account may read (the server's own
+    // tables, files, other databases' sequences).
+    if verb == "CREATE" && kind == "TABLE" && t.any(|w| w.is("SELECT") || w.is("VALUES")) {
+        return Placement::Refuse(
+            "a CREATE TABLE with a query: an honest binlog of a server logging rows holds the table's CREATE alone, its rows as row events"
+                .into(),
+        );
     }
     // What may follow the names of a DROP, RENAME or TRUNCATE: its waiting
     // and its RESTRICT or CASCADE, nothing that could name more.
@@ -532,6 +554,7 @@ mod tests {
             ("CREATE UNIQUE INDEX i USING BTREE ON bank.ledger (kind)", "side"),
             ("DROP INDEX i ON ledger", "bank"),
             ("CREATE SEQUENCE s START WITH 10", "bank"),
+            ("ALTER EVENT e RENAME TO e2", "bank"),
             ("CREATE DATABASE `odd.name`", ""),
             ("DROP DATABASE IF EXISTS bank", ""),
             ("ALTER DATABASE CHARACTER SET utf8mb4", "bank"),
@@ -669,6 +692,18 @@ mod tests {
                 "bank",
             ),
             ("CREATE TABLE t (i INT) ENGINE='SPIDER'", "bank"),
+            (
+                "CREATE TABLE bank.x AS SELECT * FROM mysql.global_priv",
+                "bank",
+            ),
+            (
+                "CREATE TABLE x (i INT) SELECT NEXTVAL(other.s) AS i",
+                "bank",
+            ),
+            (
+                "ALTER EVENT e ON SCHEDULE EVERY 1 DAY RENAME TO other.e",
+                "bank",
+            ),
             // Only savepoints of transaction control.
             ("ROLLBACK", "bank"),
             ("ROLLBACK AND RELEASE", "bank"),

@@ -345,11 +345,12 @@ async fn session(target: &Shard, binlog: bool) -> Result<Conn, ReplayError> {
             what: e.to_string(),
         })?,
     }
-    // Statements of a segment are read as this SQL mode reads them (no
-    // `ANSI_QUOTES`, backslashes escaping in strings), and sent inside a
-    // string quoted for it: the target's global mode must not change
-    // where a string ends.
-    conn.query_drop(super::sql::PLAIN_SQL_MODE)
+    // Statements of a segment are read as this SQL mode and character set
+    // read them (no `ANSI_QUOTES`, backslashes escaping in strings, no
+    // multi-byte character ending in a backslash), and sent inside a
+    // string quoted for them: the target's global settings must not
+    // change where a string ends.
+    conn.query_drop(format!("{}; SET NAMES utf8mb4", super::sql::PLAIN_SQL_MODE))
         .await
         .map_err(|e| ReplayError::Apply {
             shard: target.name.clone(),
