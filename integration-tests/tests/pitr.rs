@@ -47,7 +47,12 @@ pub(crate) async fn run_ok_async(args: &[&str]) -> support::Run {
 
 /// `restore --until UNTIL` from `source` into `target`, with `extra`
 /// options, as it ended.
-async fn restore_until(source: &str, target: &str, until: &str, extra: &[&str]) -> support::Run {
+pub(crate) async fn restore_until(
+    source: &str,
+    target: &str,
+    until: &str,
+    extra: &[&str],
+) -> support::Run {
     let args = [
         &[
             "restore", "-t", source, "--target", target, "--until", until,
@@ -1668,25 +1673,17 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
 }
 
 /// The names a query `sql` on `shard` returns, one a row.
-async fn names(shard: &topology::Shard, sql: &str) -> Vec<String> {
+pub(crate) async fn names(shard: &topology::Shard, sql: &str) -> Vec<String> {
     db::mysql(shard, None).await.query(sql).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mariadb_replay_applies_only_what_its_base_backup_selected() {
-    let sb = PrivateSandbox::up(1, 0, "ready");
-    let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
-    let mut yaml = String::new();
-    for line in std::fs::read_to_string(&topo_path).unwrap().lines() {
-        yaml.push_str(line);
-        yaml.push('\n');
-        if line.trim_start().starts_with("password_file:") {
-            yaml.push_str("    databases: [bank]\n    exclude_tables: [bank.audit]\n");
-        }
-    }
-    assert!(yaml.contains("exclude_tables"), "{yaml}");
-    std::fs::write(&topo_path, yaml).unwrap();
+    let (_sb, _dir, topo_path, _) = support::private_cluster(1, 0);
+    support::add_to_every_shard(
+        &topo_path,
+        "    databases: [bank]\n    exclude_tables: [bank.audit]\n",
+    );
     let arg = topo_path.to_str().unwrap();
     let topo = db::topology(&topo_path);
     let my = &topo.shards[0];

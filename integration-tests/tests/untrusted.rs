@@ -1030,11 +1030,8 @@ async fn statements_planted_in_a_mariadb_segment_never_run() {
     use shard_agent::capture::spill::SpillBuffer;
     use shard_agent::capture::{list_segments, load_segment, store_segment, SegmentData};
 
-    let sb = PrivateSandbox::up(1, 0, "ready");
-    let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let (_sb, _dir, topo_path, topo) = support::private_cluster(1, 0);
     let arg = topo_path.to_str().unwrap();
-    let topo = db::topology(&topo_path);
     let my = &topo.shards[0];
     let mut c = db::mysql(my, None).await;
     c.query_drop("CREATE DATABASE bank; CREATE TABLE bank.t (id INT PRIMARY KEY)")
@@ -1070,13 +1067,11 @@ async fn statements_planted_in_a_mariadb_segment_never_run() {
     let target = PrivateSandbox::up(1, 0, "ready");
     let tgt = target.topology();
     let restored = db::topology(&tgt);
-    let evil = || async {
-        let mut t = db::mysql(&restored.shards[0], None).await;
-        let users: Vec<String> = t
-            .query("SELECT User FROM mysql.user WHERE User = 'evil'")
-            .await
-            .unwrap();
-        users
+    let evil = || {
+        crate::pitr::names(
+            &restored.shards[0],
+            "SELECT User FROM mysql.user WHERE User = 'evil'",
+        )
     };
     for (planted, refusal) in [
         (
@@ -1101,17 +1096,9 @@ async fn statements_planted_in_a_mariadb_segment_never_run() {
             raw: &mut raw,
         };
         store_segment(&repo, seg.clone(), data, topology::Compression::Zstd(3)).unwrap();
-        let run = support::shardcut_async(&[
-            "restore",
-            "-t",
-            arg,
-            "--target",
-            tgt.to_str().unwrap(),
-            "--until",
-            "latest",
-            "--overwrite",
-        ])
-        .await;
+        let run =
+            crate::pitr::restore_until(arg, tgt.to_str().unwrap(), "latest", &["--overwrite"])
+                .await;
         assert_eq!(run.code, 1, "{planted}: {run:?}");
         assert!(
             run.stderr.contains("mysql-0: replay") && run.stderr.contains(refusal),

@@ -116,11 +116,8 @@ fn damaged_backups_are_named_chunk_by_chunk() {
 /// restore brought the rows back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_table_without_columns_verifies_and_restores_its_rows() {
-    let sb = support::PrivateSandbox::up(0, 1, "ready");
-    let dir = tempfile::tempdir().unwrap();
-    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let (_sb, _dir, topo_path, topo) = support::private_cluster(0, 1);
     let arg = topo_path.to_str().unwrap();
-    let topo = db::topology(&topo_path);
     db::setup_all(
         &topo,
         &[],

@@ -273,8 +273,8 @@ pub fn base_fits(
 /// a PostgreSQL table that capture's publication took in only after the
 /// cut (one created while capture ran, taken in at its next round), or not
 /// at all (without a replica identity). Any generation covering the range
-/// without such a table will do. Looks at `sm`'s tables: a summary
-/// ([`crate::flow::list_backups`]) has none, and passes.
+/// without such a table will do. Looks at `sm`'s tables: a backup's
+/// summary, as listings keep it, has none, and passes.
 fn unpublished_gap(
     states: &[StreamState],
     shard: &str,
@@ -373,11 +373,13 @@ pub struct Reach {
 /// For each full backup of `backups`, the newest mark captured changes
 /// bring it to, through whichever generation covers it: a backup whose
 /// generation was removed reaches as far as that generation got. Backups
-/// no mark is reachable from are left out.
+/// no mark is reachable from are left out. `whole` reads a backup whole,
+/// by its ID, when its summary is not enough.
 pub fn reach<'a>(
     repo: &dyn Repository,
     cluster: &str,
     backups: impl Iterator<Item = &'a Manifest>,
+    whole: impl Fn(&str) -> Option<Manifest>,
 ) -> anyhow::Result<BTreeMap<String, Reach>> {
     let mut out = BTreeMap::new();
     let backups: Vec<&Manifest> = backups.filter(|m| m.chain.is_none()).collect();
@@ -395,7 +397,7 @@ pub fn reach<'a>(
         // out) is read whole, one at a time, since whether it holds that
         // table decides.
         let whole = took_tables_in_after(summary, &states)
-            .then(|| crate::flow::find_backup(repo, cluster, &summary.backup_id).ok())
+            .then(|| whole(&summary.backup_id))
             .flatten();
         let base = whole.as_ref().unwrap_or(summary);
         let shards: Vec<String> = base.shards.keys().cloned().collect();

@@ -254,6 +254,44 @@ pub fn topology_variant(src: &Path, dir: &Path, replace: &[(&str, &str)]) -> Pat
     path
 }
 
+/// Adds `lines` (YAML keys of a shard, each line indented as one) to
+/// every shard of the topology at `path`.
+pub fn add_to_every_shard(path: &Path, lines: &str) {
+    let mut text = String::new();
+    for line in std::fs::read_to_string(path)
+        .expect("read topology")
+        .lines()
+    {
+        text.push_str(line);
+        text.push('\n');
+        if line.trim_start().starts_with("password_file:") {
+            text.push_str(lines);
+        }
+    }
+    assert!(text.contains(lines), "no shard in {}", path.display());
+    std::fs::write(path, text).expect("write topology");
+}
+
+/// A private sandbox of `mysql` MariaDB and `postgres` PostgreSQL shards,
+/// and a topology of it in a temporary directory of its own (its
+/// repository there too): the sandbox, the directory, the topology's path
+/// and the topology.
+pub fn private_cluster(
+    mysql: u32,
+    postgres: u32,
+) -> (
+    PrivateSandbox,
+    tempfile::TempDir,
+    PathBuf,
+    topology::Topology,
+) {
+    let sb = PrivateSandbox::up(mysql, postgres, "ready");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = topology_variant(&sb.topology(), dir.path(), &[]);
+    let topo = db::topology(&path);
+    (sb, dir, path, topo)
+}
+
 /// The manifest of backup `id` as `shardcut show --json` prints it.
 pub fn manifest(topology: &Path, id: &str) -> shard_agent::manifest::Manifest {
     let run = shardcut(&[

@@ -238,6 +238,8 @@ pub fn list_backups_reach(
 ) -> anyhow::Result<(Vec<Listed>, BTreeMap<String, crate::pitr::Reach>)> {
     let listed = list_backups(repo, cluster)?;
     let manifests = listed.iter().filter_map(|l| l.manifest.as_ref().ok());
-    let reach = crate::pitr::reach(repo, cluster, manifests)?;
+    let reach = crate::pitr::reach(repo, cluster, manifests, |id| {
+        find_backup(repo, cluster, id).ok()
+    })?;
     Ok((listed, reach))
 }
