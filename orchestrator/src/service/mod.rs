@@ -433,7 +433,10 @@ async fn look_again(cluster: Arc<Cluster>, deferred: Vec<(String, Option<Holder>
         tracing::warn!("the repository lock cannot be read: jobs left as they are");
         return;
     };
-    cluster.reload(&Default::default()).await;
+    // Other hosts' records as they are now; this service's job running
+    // in the cluster stays as memory has it.
+    let live = lock(&cluster.busy).iter().cloned().collect();
+    cluster.reload(&live).await;
     let records = cluster.records();
     for (id, before) in deferred {
         let Some(r) = records.iter().find(|r| r.id == id).cloned() else {
