@@ -298,11 +298,19 @@ fn concurrent_backup_of_one_repository_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
     std::fs::create_dir_all(dir.path().join("repo/locks")).unwrap();
-    // A live holder: this test process itself.
+    // A live holder: this test process itself, of this machine's boot
+    // and pid namespace (a lock of no known boot waits for its expiry).
+    let boot = format!(
+        "{} {}",
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap().display()
+    );
     let body = serde_json::json!({
         "owner": "the test", "host": std::fs::read_to_string("/etc/hostname").unwrap().trim(),
         "pid": std::process::id(), "purpose": "backup", "started_at": "now",
-        "expires_at": 4_000_000_000i64,
+        "expires_at": 4_000_000_000i64, "boot": boot,
     });
     std::fs::write(dir.path().join("repo/locks/sandbox.lock"), body.to_string()).unwrap();
     let run = shardcut(&["backup", "-t", topo_path.to_str().unwrap()]);
