@@ -213,69 +213,6 @@ const OWN_ENGINES: &[&str] = &[
     "SEQUENCE",
 ];
 
-/// Types a column may have: `engine INT` is a column named `engine`, not
-/// a table's engine.
-const COLUMN_TYPES: &[&str] = &[
-    "INT",
-    "INTEGER",
-    "TINYINT",
-    "SMALLINT",
-    "MEDIUMINT",
-    "BIGINT",
-    "INT1",
-    "INT2",
-    "INT3",
-    "INT4",
-    "INT8",
-    "DECIMAL",
-    "DEC",
-    "NUMERIC",
-    "FIXED",
-    "FLOAT",
-    "DOUBLE",
-    "REAL",
-    "BIT",
-    "BOOL",
-    "BOOLEAN",
-    "SERIAL",
-    "CHAR",
-    "CHARACTER",
-    "VARCHAR",
-    "NCHAR",
-    "NVARCHAR",
-    "NATIONAL",
-    "BINARY",
-    "VARBINARY",
-    "TEXT",
-    "TINYTEXT",
-    "MEDIUMTEXT",
-    "LONGTEXT",
-    "LONG",
-    "BLOB",
-    "TINYBLOB",
-    "MEDIUMBLOB",
-    "LONGBLOB",
-    "ENUM",
-    "SET",
-    "DATE",
-    "TIME",
-    "DATETIME",
-    "TIMESTAMP",
-    "YEAR",
-    "JSON",
-    "UUID",
-    "INET4",
-    "INET6",
-    "GEOMETRY",
-    "POINT",
-    "LINESTRING",
-    "POLYGON",
-    "MULTIPOINT",
-    "MULTILINESTRING",
-    "MULTIPOLYGON",
-    "GEOMETRYCOLLECTION",
-];
-
 /// Engines whose tables are another server's, other tables, or files the
 /// server reads: refused however they are named.
 const OUTSIDE_ENGINES: &[&str] = &[
@@ -286,16 +223,24 @@ const OUTSIDE_ENGINES: &[&str] = &[
     "MERGE",
     "MRG_MyISAM",
     "S3",
+    "CASSANDRA",
+    "OQGRAPH",
+    "SPHINX",
+    "SPHINXSE",
+    "COLUMNSTORE",
 ];
 
-/// The first option of statement `sql` that reaches beyond the server's
-/// own tables: an `ENGINE [=] …` other than those keeping their data in
-/// the server's own files ([`OWN_ENGINES`]; without `=`, a word of
-/// [`COLUMN_TYPES`] after it is a column's type), a `CONNECTION` string, a `DATA DIRECTORY` or `INDEX
-/// DIRECTORY`, a `FILE_NAME`. The backup reads InnoDB tables only
-/// (preflight refuses the rest), so no statement of a backup needs them,
-/// and run from a planted one they would send the restored rows to
-/// another host, or read its files.
+/// The first option of table statement `sql` (a `CREATE TABLE` or an
+/// `ALTER TABLE`) that reaches beyond the server's own tables: an engine
+/// that connects to another server, other tables or files
+/// ([`OUTSIDE_ENGINES`], wherever it stands, `=` or not), a table's
+/// `ENGINE = …` other than those keeping their data in the server's own
+/// files ([`OWN_ENGINES`]; outside brackets, where table options stand: a
+/// `CHECK (engine = …)` is a column's), a `CONNECTION` string, a `DATA
+/// DIRECTORY` or `INDEX DIRECTORY`, a `FILE_NAME`. The backup reads
+/// InnoDB tables only (preflight refuses the rest), so no statement of a
+/// backup needs them, and run from a planted one they would send the
+/// restored rows to another host, or read its files.
 pub(super) fn reaches_outside(sql: &str) -> Option<String> {
     let tokens: Vec<Token> = Lexer::new(sql).collect();
     let named = |t: Option<&Token>| match t {
@@ -303,18 +248,22 @@ pub(super) fn reaches_outside(sql: &str) -> Option<String> {
         _ => None,
     };
     let one_of = |e: &str, list: &[&str]| list.iter().any(|o| e.eq_ignore_ascii_case(o));
+    let mut depth = 0usize;
     for (i, t) in tokens.iter().enumerate() {
         let next = |k: usize| tokens.get(i + k);
+        match t {
+            Token::Punct('(') => depth += 1,
+            Token::Punct(')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
         if t.is("ENGINE") {
-            // `=` is optional; without it, a column of that name has a
-            // type after it.
-            let refused = match next(1) {
-                Some(Token::Punct('=')) => named(next(2)).filter(|e| !one_of(e, OWN_ENGINES)),
-                other => named(other).filter(|e| {
-                    one_of(e, OUTSIDE_ENGINES)
-                        || !(one_of(e, OWN_ENGINES) || one_of(e, COLUMN_TYPES))
-                }),
+            let (eq, engine) = match next(1) {
+                Some(Token::Punct('=')) => (true, named(next(2))),
+                other => (false, named(other)),
             };
+            let refused = engine.filter(|e| {
+                one_of(e, OUTSIDE_ENGINES) || (eq && depth == 0 && !one_of(e, OWN_ENGINES))
+            });
             if let Some(e) = refused {
                 return Some(format!("ENGINE={}", e.to_ascii_uppercase()));
             }
@@ -435,6 +384,10 @@ mod tests {
             ("CREATE TABLE t (i INT) ENGINE=SomethingNew", "ENGINE=SOMETHINGNEW"),
             ("CREATE TABLE t (i INT) ENGINE Cassandra thrift_host='h'", "ENGINE=CASSANDRA"),
             ("CREATE TABLE t (i INT) ENGINE OQGRAPH", "ENGINE=OQGRAPH"),
+            (
+                "CREATE TABLE t (i INT) PARTITION BY HASH (i) (PARTITION p ENGINE = Spider)",
+                "ENGINE=SPIDER",
+            ),
         ] {
             assert_eq!(reaches_outside(sql).as_deref(), Some(option), "{sql}");
         }
@@ -444,6 +397,9 @@ mod tests {
             "ALTER TABLE t ADD COLUMN engine INT, COMMENT 'ENGINE=FEDERATED CONNECTION=x'",
             "ALTER TABLE t ENGINE InnoDB",
             "CREATE TABLE t (engine varchar(10), e2 enum('a')) ENGINE Aria",
+            "ALTER TABLE t CHANGE engine engine_kind INT",
+            "ALTER TABLE t RENAME COLUMN engine TO e",
+            "CREATE TABLE t (engine VARCHAR(9), CHECK (engine = 'x')) ENGINE=InnoDB",
         ] {
             assert_eq!(reaches_outside(sql), None, "{sql}");
         }

@@ -234,11 +234,6 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
     if modifiers(&mut t).is_none() {
         return unreadable();
     }
-    if let Some(option) = reaches_outside(sql) {
-        return Placement::Refuse(format!(
-            "{option} reaches beyond the server's own tables (another host, or files), and no table of a backup has it"
-        ));
-    }
     let mut sql = sql.to_string();
     let kind = match (verb, t.peek()) {
         // TRUNCATE [TABLE] name
@@ -401,16 +396,27 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
         }
         _ => return unreadable(),
     }
+    // A table's options (its engine, connection, directories), and a
     // CREATE TABLE … SELECT: an honest binlog of a server logging rows has
     // the CREATE alone, and the rows as row events; run here, the query
     // would read what the replay's account may read (the server's own
-    // tables, files, other databases' sequences).
-    if verb == "CREATE" && kind == "TABLE" && t.any(|w| w.is("SELECT") || w.is("VALUES")) {
-        return Placement::Refuse(
+    // tables, files, other databases' sequences). Only what would run is
+    // refused: what lands outside is left out anyway.
+    let table = matches!(verb, "CREATE" | "ALTER") && kind == "TABLE";
+    let refused = if !table {
+        None
+    } else if let Some(option) = reaches_outside(&sql) {
+        Some(format!(
+            "{option} reaches beyond the server's own tables (another host, or files), and no table of a backup has it"
+        ))
+    } else if verb == "CREATE" && query(&mut t) {
+        Some(
             "a CREATE TABLE with a query: an honest binlog of a server logging rows holds the table's CREATE alone, its rows as row events"
-                .into(),
-        );
-    }
+                .to_string(),
+        )
+    } else {
+        None
+    };
     // What may follow the names of a DROP, RENAME or TRUNCATE: its waiting
     // and its RESTRICT or CASCADE, nothing that could name more.
     if matches!(verb, "DROP" | "RENAME" | "TRUNCATE") && kind != "INDEX" {
@@ -444,6 +450,9 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
         );
     }
     let held = names.iter().filter(|n| inside(scope, n, false)).count();
+    if let Some(why) = refused.filter(|_| held > 0) {
+        return Placement::Refuse(why);
+    }
     if held == names.len() {
         Placement::Apply(sql)
     } else if held == 0 {
@@ -454,6 +463,21 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
                 .into(),
         )
     }
+}
+
+/// Whether the rest of a `CREATE TABLE` holds a query: a `SELECT`
+/// anywhere (no column or partition definition has one), or `VALUES`
+/// outside brackets (a partition's `VALUES LESS THAN` stands inside).
+fn query(t: &mut Tokens<'_>) -> bool {
+    let mut depth = 0usize;
+    t.any(|w| {
+        match w {
+            Token::Punct('(') => depth += 1,
+            Token::Punct(')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        w.is("SELECT") || (depth == 0 && w.is("VALUES"))
+    })
 }
 
 /// Skips `WAIT n` or `NOWAIT`.
@@ -554,6 +578,13 @@ mod tests {
             ("CREATE UNIQUE INDEX i USING BTREE ON bank.ledger (kind)", "side"),
             ("DROP INDEX i ON ledger", "bank"),
             ("CREATE SEQUENCE s START WITH 10", "bank"),
+            (
+                "CREATE TABLE m (d INT) PARTITION BY RANGE (d) (PARTITION p0 VALUES LESS THAN (10), PARTITION p1 VALUES LESS THAN MAXVALUE)",
+                "bank",
+            ),
+            ("CREATE VIEW v AS SELECT table_name, engine FROM information_schema.tables", "bank"),
+            ("CREATE PROCEDURE p() SELECT engine FROM information_schema.engines ORDER BY engine DESC", "bank"),
+            ("ALTER TABLE t CHANGE engine engine_kind INT", "bank"),
             ("ALTER EVENT e RENAME TO e2", "bank"),
             ("CREATE DATABASE `odd.name`", ""),
             ("DROP DATABASE IF EXISTS bank", ""),
@@ -584,6 +615,12 @@ mod tests {
             ),
             ("CREATE DATABASE other", ""),
             ("CREATE TABLE mysql.user2 (id INT)", "bank"),
+            // Left out, whatever it would do: it lands elsewhere.
+            ("CREATE TABLE t SELECT * FROM mysql.user", "side"),
+            (
+                "CREATE TABLE t (i INT) ENGINE=FEDERATED CONNECTION='x'",
+                "side",
+            ),
             (
                 "CREATE TRIGGER trg AFTER INSERT ON audit FOR EACH ROW SET @a = 1",
                 "bank",
