@@ -299,9 +299,18 @@ async fn recover(cluster: &Arc<Cluster>) {
             }
         })
         .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    // Read once for all of them: the lock changes only as often as it is
+    // renewed.
+    let holder = match lock_holder(cluster).await {
+        Some(Ok(h)) => Some(h),
+        _ => None,
+    };
     let mut deferred = Vec::new();
     for r in candidates {
-        match liveness(cluster, &r).await {
+        match liveness(holder.as_ref(), &r) {
             Liveness::Ended => recover_one(cluster, r).await,
             Liveness::Maybe(holder) => {
                 tracing::warn!(
@@ -346,18 +355,19 @@ enum Liveness {
 /// container's of the same name, whose process this one cannot see: a
 /// live one holds the cluster's repository lock, renewed every third of a
 /// lock's lifetime, or is about to take it.
-async fn liveness(cluster: &Cluster, r: &JobRecord) -> Liveness {
+/// `holder` is who holds the cluster's lock (`None`: it cannot be read).
+fn liveness(holder: Option<&Option<Holder>>, r: &JobRecord) -> Liveness {
     // A record without a boot (an older version's, or a machine that
     // tells none) is of no known boot: only the lock says.
     let this_boot = !r.boot.is_empty() && r.boot == crate::lock::boot_id();
     if this_boot && crate::lock::gone_here(&r.host, r.pid) {
         return Liveness::Ended;
     }
-    match lock_holder(cluster).await {
-        Some(Ok(Some(h))) if holds(&h, r) => Liveness::Maybe(Some(h)),
-        Some(Ok(_)) if young(r) => Liveness::Maybe(None),
-        Some(Ok(_)) => Liveness::Ended,
-        _ => Liveness::Unknown,
+    match holder {
+        Some(Some(h)) if holds(h, r) => Liveness::Maybe(Some(h.clone())),
+        Some(_) if young(r) => Liveness::Maybe(None),
+        Some(_) => Liveness::Ended,
+        None => Liveness::Unknown,
     }
 }
 
