@@ -87,25 +87,39 @@ impl BundleWriter {
     /// where they lie. Stores the bundle (unsynced, as chunks are) when it
     /// is full. Blocking: call it from a blocking thread.
     pub fn add(&self, stored: &[u8]) -> Result<BundlePlace, RepoError> {
-        let (place, full) = {
-            let mut s = self.state();
-            let place = BundlePlace {
-                index: s.next,
-                offset: s.open.len() as u64,
-            };
-            s.open.extend_from_slice(stored);
-            let full = if s.open.len() >= TARGET_BYTES {
-                s.next += 1;
-                Some((place.index, std::mem::take(&mut s.open)))
-            } else {
-                None
-            };
-            (place, full)
-        };
-        if let Some((index, data)) = full {
-            self.store(index, &data)?;
+        let (place, full) = self.append(stored);
+        if let Some(full) = full {
+            self.store_full(full)?;
         }
         Ok(place)
+    }
+
+    /// Appends a chunk's stored bytes (at most [`CHUNK_MAX`]) without
+    /// storing anything: returns where they lie and, when the bundle is
+    /// full with them, the bundle, which the caller must pass to
+    /// [`BundleWriter::store_full`] (blocking). Never blocks on I/O.
+    pub fn append(&self, stored: &[u8]) -> (BundlePlace, Option<FullBundle>) {
+        let mut s = self.state();
+        let place = BundlePlace {
+            index: s.next,
+            offset: s.open.len() as u64,
+        };
+        s.open.extend_from_slice(stored);
+        let full = if s.open.len() >= TARGET_BYTES {
+            s.next += 1;
+            Some(FullBundle {
+                index: place.index,
+                data: std::mem::take(&mut s.open),
+            })
+        } else {
+            None
+        };
+        (place, full)
+    }
+
+    /// Stores a bundle [`BundleWriter::append`] filled. Blocking.
+    pub fn store_full(&self, full: FullBundle) -> Result<(), RepoError> {
+        self.store(full.index, &full.data)
     }
 
     fn store(&self, index: u32, data: &[u8]) -> Result<(), RepoError> {
@@ -143,6 +157,12 @@ impl BundleWriter {
         }
         Ok(out)
     }
+}
+
+/// A bundle filled by [`BundleWriter::append`], still to be stored.
+pub struct FullBundle {
+    index: u32,
+    data: Vec<u8>,
 }
 
 /// The bundle a chunk lies in, checked against the manifest: `Ok(None)`

@@ -160,9 +160,11 @@ pub fn complete_manifest(
 
 /// Writes a backup's manifest, the object whose presence makes it a backup:
 /// after every object it names is durable under its name, and durable
-/// itself before the command reports success.
+/// itself before the command reports success. Compact JSON: indented, a
+/// 10,000-table manifest was twice the bytes to write and sync (9.7 MB
+/// against 4.8 MB); `shardcut show --json` prints it indented.
 pub async fn store_manifest(repo: &Arc<dyn Repository>, m: &Manifest) -> anyhow::Result<()> {
-    let data = serde_json::to_vec_pretty(m)?;
+    let data = serde_json::to_vec(m)?;
     let key = keys::manifest(&m.backup_id);
     let objects: Vec<String> = m.object_keys().into_iter().map(String::from).collect();
     let r = repo.clone();

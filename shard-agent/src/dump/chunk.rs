@@ -99,6 +99,11 @@ pub struct Scratch {
 /// (docs/BENCHMARKS.md).
 const IN_FLIGHT: usize = 2;
 
+/// A range's only chunk of at most this many raw bytes is compressed and
+/// bundled by the writer's own task ([`ChunkWriter::bundle_here`]); zstd
+/// needs a few microseconds for it.
+const INLINE_RAW_BYTES: usize = 16 << 10;
+
 impl Buffers {
     /// Compresses `self.raw` into `self.packed`. `quick` is the range's
     /// choice of match search (see [`pack`](super::pack)); `None` before
@@ -246,6 +251,12 @@ impl ChunkWriter {
         if self.scratch.fill.raw.is_empty() {
             return Ok(());
         }
+        let only = last && self.next_part == 0;
+        if only && self.scratch.fill.raw.len() <= INLINE_RAW_BYTES {
+            if let Some(bundles) = self.bundles.clone() {
+                return self.bundle_here(&bundles).await;
+            }
+        }
         let landed = match self.in_flight.len() >= IN_FLIGHT {
             true => self.land().await?,
             false => None,
@@ -257,7 +268,6 @@ impl ChunkWriter {
         next.raw.clear();
         let mut full = std::mem::replace(&mut self.scratch.fill, next);
         let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
-        let only = last && self.next_part == 0;
         let bundles = match only {
             true => self.bundles.clone(),
             false => None,
@@ -301,6 +311,63 @@ impl ChunkWriter {
                 };
                 Ok::<_, ChunkError>((chunk, full, quick))
             }));
+        Ok(())
+    }
+
+    /// A small range's only chunk, compressed and appended to the shard's
+    /// bundle on this thread: handing it to a blocking thread and back
+    /// (two thread wake-ups for a few microseconds of zstd) was the larger
+    /// part of the writer's cost for a table of a few rows
+    /// (docs/BENCHMARKS.md, "Many tables: what changed"). Only a bundle it
+    /// fills is written, on a blocking thread.
+    async fn bundle_here(&mut self, bundles: &Arc<BundleWriter>) -> Result<(), ChunkError> {
+        let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
+        self.next_part += 1;
+        let rows = std::mem::take(&mut self.rows_in_buf);
+        let raw_xxh3 = format!(
+            "{:016x}",
+            std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
+        );
+        let fill = &mut self.scratch.fill;
+        let raw_len = fill.raw.len() as u64;
+        let (stored, quick) =
+            fill.compress(self.compression, self.quick, true)
+                .map_err(|source| ChunkError::Compress {
+                    key: key.clone(),
+                    source,
+                })?;
+        let mut chunk = ChunkRef {
+            key,
+            rows,
+            bytes_raw: raw_len,
+            bytes_stored: stored.len() as u64,
+            xxh3: xxh3_hex(stored),
+            raw_xxh3,
+            bundle: None,
+        };
+        // zstd's worst case for `INLINE_RAW_BYTES` stays under `CHUNK_MAX`;
+        // a chunk larger all the same is stored as an object of its own.
+        let (full, own) = match stored.len() <= crate::bundle::CHUNK_MAX {
+            true => {
+                let (place, full) = bundles.append(stored);
+                chunk.bundle = Some(place);
+                (full, None)
+            }
+            false => (None, Some(stored.to_vec())),
+        };
+        if full.is_some() || own.is_some() {
+            let (bundles, repo, key) = (bundles.clone(), self.repo.clone(), chunk.key.clone());
+            tokio::task::spawn_blocking(move || match (full, own) {
+                (Some(full), _) => bundles.store_full(full),
+                (None, Some(own)) => repo.put_unsynced(&key, &own),
+                (None, None) => Ok(()),
+            })
+            .await
+            .map_err(|e| ChunkError::Join(e.to_string()))??;
+        }
+        self.chunks.push(chunk);
+        self.quick = self.quick.or(quick);
+        self.scratch.fill.raw.clear();
         Ok(())
     }
 
@@ -553,6 +620,71 @@ mod tests {
             }
         }
         assert_eq!(again, digest);
+    }
+
+    /// Small ranges' only chunks, bundled by the writer's own task (at most
+    /// `INLINE_RAW_BYTES`) or on a blocking thread (larger), with one
+    /// scratch for all of them: each comes back from its bundle whole, with
+    /// its recorded checksums and rows, and the bundles they filled are
+    /// stored.
+    #[tokio::test]
+    async fn small_ranges_come_back_from_their_bundles() {
+        let repo: Arc<dyn Repository> = Arc::new(MemoryRepository::default());
+        let bundles = Arc::new(BundleWriter::new(repo.clone(), "b", "s"));
+        let mut scratch = Scratch::default();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut expected = Vec::new();
+        let mut chunks = Vec::new();
+        for range in 0..150usize {
+            let mut w = ChunkWriter::new(
+                repo.clone(),
+                format!("t{range}/r00000"),
+                Compression::Zstd(1),
+                scratch,
+            )
+            .bundled(Some(bundles.clone()));
+            // Random text, hardly compressible: 150 ranges fill bundles.
+            let size = if range % 10 == 0 { 24 << 10 } else { 12 << 10 };
+            let mut raw = Vec::new();
+            while raw.len() < size {
+                let mut line = Vec::new();
+                for _ in 0..100 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    line.push(b'a' + (x % 26) as u8);
+                }
+                w.push(&line).await.unwrap();
+                raw.extend_from_slice(&line);
+                raw.push(b'\n');
+            }
+            let (digest, mut got, s) = w.finish().await.unwrap();
+            scratch = s;
+            assert_eq!(got.len(), 1, "range {range}");
+            assert_eq!(got[0].rows, digest.rows);
+            assert!(got[0].bundle.is_some(), "range {range} is bundled");
+            expected.push(raw);
+            chunks.append(&mut got);
+        }
+        let stored = tokio::task::spawn_blocking(move || bundles.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stored.len() >= 2, "{} bundles", stored.len());
+        let shard = crate::manifest::ShardManifest {
+            bundles: stored,
+            ..Default::default()
+        };
+        let cache = crate::bundle::BundleCache::default();
+        for (c, raw) in chunks.iter().zip(&expected) {
+            let (b, offset) = crate::bundle::bundle_of(&shard, c).unwrap().unwrap();
+            let bytes = cache.chunk(&*repo, b, offset, c.bytes_stored).unwrap();
+            assert_eq!(xxh3_hex(&bytes), c.xxh3, "{}", c.key);
+            let back = decompress(&bytes).unwrap();
+            assert_eq!(&back, raw, "{}", c.key);
+            assert_eq!(c.bytes_raw, raw.len() as u64);
+            assert_eq!(format!("{:016x}", XxHash3_64::oneshot(&back)), c.raw_xxh3);
+        }
     }
 
     /// Fails the first put at once; every later put is slow and counted.
