@@ -18,6 +18,8 @@ use crate::flow::Observer;
 
 /// Capture's pause between rounds under the service.
 const CAPTURE_INTERVAL: Duration = Duration::from_secs(1);
+/// The first wait before capture is restarted after it died.
+const CAPTURE_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait before capture is restarted after it died.
 const CAPTURE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Missed runs are counted up to this many.
@@ -165,7 +167,7 @@ pub async fn follow_capture(
     cluster: Arc<Cluster>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = CAPTURE_BACKOFF_FIRST;
     loop {
         let stop_flag: Arc<AtomicBool> = service.capture_stop.clone();
         let opts = CaptureOptions {
@@ -178,7 +180,10 @@ pub async fn follow_capture(
             stop: stop_flag,
         };
         let c = cluster.clone();
+        let finished_a_round = Arc::new(AtomicBool::new(false));
+        let rounded = finished_a_round.clone();
         let mut after_round = move |list: &[crate::flow::status::StreamStatus]| {
+            rounded.store(true, std::sync::atomic::Ordering::Relaxed);
             let mut state = lock(&c.capture);
             state.streams = list.to_vec();
             state.at = Some(Utc::now().to_rfc3339());
@@ -202,10 +207,13 @@ pub async fn follow_capture(
             Ok(Err(e)) => crate::exit::one_line(&e),
             Err(e) => format!("capture stopped unexpectedly: {e}"),
         };
+        let ran = finished_a_round.load(std::sync::atomic::Ordering::Relaxed);
+        let (pause, next) = restart_pause(backoff, ran);
+        backoff = next;
         tracing::warn!(
             "cluster {}: capture stopped ({why}); restarting in {} s",
             cluster.name(),
-            backoff.as_secs()
+            pause.as_secs()
         );
         {
             let mut state = lock(&cluster.capture);
@@ -213,16 +221,45 @@ pub async fn follow_capture(
             state.restarts += 1;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(CAPTURE_BACKOFF_MAX);
     }
+}
+
+/// The pause before capture is restarted, and the one after that if it
+/// dies again: doubling up to [`CAPTURE_BACKOFF_MAX`] while capture dies
+/// before finishing a round, and back to the first second once a run
+/// finished one (`ran`), so a capture that ran for days does not wait the
+/// longest pause for the failures of days ago.
+fn restart_pause(backoff: Duration, ran: bool) -> (Duration, Duration) {
+    let pause = match ran {
+        true => CAPTURE_BACKOFF_FIRST,
+        false => backoff,
+    };
+    (pause, (pause * 2).min(CAPTURE_BACKOFF_MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_restarts_wait_longer_only_while_no_round_finishes() {
+        let mut backoff = CAPTURE_BACKOFF_FIRST;
+        let mut pauses = Vec::new();
+        for ran in [false, false, false, true, false] {
+            let (pause, next) = restart_pause(backoff, ran);
+            pauses.push(pause.as_secs());
+            backoff = next;
+        }
+        assert_eq!(pauses, [1, 2, 4, 1, 2]);
+        let mut backoff = CAPTURE_BACKOFF_FIRST;
+        for _ in 0..20 {
+            backoff = restart_pause(backoff, false).1;
+        }
+        assert_eq!(backoff, CAPTURE_BACKOFF_MAX);
+    }
 
     #[test]
     fn missed_runs_are_counted_in_the_topology_timezone() {
