@@ -23,7 +23,7 @@ use twox_hash::XxHash3_64;
 use super::pack::{Packer, TRIAL_BYTES};
 use crate::bundle::BundleWriter;
 use crate::checksum::xxh3_hex;
-use crate::manifest::ChunkRef;
+use crate::manifest::{BundlePlace, ChunkRef};
 use crate::repo::{RepoError, Repository};
 
 /// Raw bytes per chunk before compression.
@@ -139,6 +139,35 @@ impl Buffers {
 
 /// The chunk being compressed and stored on a blocking thread.
 type InFlight = tokio::task::JoinHandle<Result<(ChunkRef, Buffers, Option<bool>), ChunkError>>;
+
+/// A chunk cut from the rows: what is known of it before it is compressed.
+struct Cut {
+    key: String,
+    rows: u64,
+    raw_xxh3: String,
+}
+
+impl Cut {
+    fn compress_error(&self, source: std::io::Error) -> ChunkError {
+        ChunkError::Compress {
+            key: self.key.clone(),
+            source,
+        }
+    }
+
+    /// The chunk's record once `stored` holds its `raw_len` bytes compressed.
+    fn chunk(self, raw_len: u64, stored: &[u8], bundle: Option<BundlePlace>) -> ChunkRef {
+        ChunkRef {
+            key: self.key,
+            rows: self.rows,
+            bytes_raw: raw_len,
+            bytes_stored: stored.len() as u64,
+            xxh3: xxh3_hex(stored),
+            raw_xxh3: self.raw_xxh3,
+            bundle,
+        }
+    }
+}
 
 /// Writes one range of one table as numbered chunks under `prefix`.
 pub struct ChunkWriter {
@@ -267,51 +296,48 @@ impl ChunkWriter {
         };
         next.raw.clear();
         let mut full = std::mem::replace(&mut self.scratch.fill, next);
-        let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
+        let cut = self.cut();
         let bundles = match only {
             true => self.bundles.clone(),
             false => None,
         };
-        self.next_part += 1;
         let repo = self.repo.clone();
         let compression = self.compression;
-        let rows = std::mem::take(&mut self.rows_in_buf);
         // The first chunk's choice is known once it has landed; chunks cut
         // before that make their own.
         let quick = self.quick;
-        let raw_xxh3 = format!(
-            "{:016x}",
-            std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
-        );
         self.in_flight
             .push_back(tokio::task::spawn_blocking(move || {
                 let raw_len = full.raw.len() as u64;
-                let (stored, quick) =
-                    full.compress(compression, quick, only).map_err(|source| {
-                        ChunkError::Compress {
-                            key: key.clone(),
-                            source,
-                        }
-                    })?;
+                let (stored, quick) = full
+                    .compress(compression, quick, only)
+                    .map_err(|source| cut.compress_error(source))?;
                 let bundle = match bundles {
                     Some(b) if stored.len() <= crate::bundle::CHUNK_MAX => Some(b.add(stored)?),
                     _ => {
-                        repo.put_unsynced(&key, stored)?;
+                        repo.put_unsynced(&cut.key, stored)?;
                         None
                     }
                 };
-                let chunk = ChunkRef {
-                    key,
-                    rows,
-                    bytes_raw: raw_len,
-                    bytes_stored: stored.len() as u64,
-                    xxh3: xxh3_hex(stored),
-                    raw_xxh3,
-                    bundle,
-                };
+                let chunk = cut.chunk(raw_len, stored, bundle);
                 Ok::<_, ChunkError>((chunk, full, quick))
             }));
         Ok(())
+    }
+
+    /// Ends the chunk being filled: its key, rows and raw checksum, the
+    /// counters reset for the next.
+    fn cut(&mut self) -> Cut {
+        let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
+        self.next_part += 1;
+        Cut {
+            key,
+            rows: std::mem::take(&mut self.rows_in_buf),
+            raw_xxh3: format!(
+                "{:016x}",
+                std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
+            ),
+        }
     }
 
     /// A small range's only chunk, compressed and appended to the shard's
@@ -321,30 +347,13 @@ impl ChunkWriter {
     /// (docs/BENCHMARKS.md, "Many tables: what changed"). Only a bundle it
     /// fills is written, on a blocking thread.
     async fn bundle_here(&mut self, bundles: &Arc<BundleWriter>) -> Result<(), ChunkError> {
-        let key = format!("{}-p{:04}.zst", self.prefix, self.next_part);
-        self.next_part += 1;
-        let rows = std::mem::take(&mut self.rows_in_buf);
-        let raw_xxh3 = format!(
-            "{:016x}",
-            std::mem::replace(&mut self.raw_hash, XxHash3_64::new()).finish()
-        );
+        let cut = self.cut();
         let fill = &mut self.scratch.fill;
         let raw_len = fill.raw.len() as u64;
-        let (stored, quick) =
-            fill.compress(self.compression, self.quick, true)
-                .map_err(|source| ChunkError::Compress {
-                    key: key.clone(),
-                    source,
-                })?;
-        let mut chunk = ChunkRef {
-            key,
-            rows,
-            bytes_raw: raw_len,
-            bytes_stored: stored.len() as u64,
-            xxh3: xxh3_hex(stored),
-            raw_xxh3,
-            bundle: None,
-        };
+        let (stored, quick) = fill
+            .compress(self.compression, self.quick, true)
+            .map_err(|source| cut.compress_error(source))?;
+        let mut chunk = cut.chunk(raw_len, stored, None);
         // zstd's worst case for `INLINE_RAW_BYTES` stays under `CHUNK_MAX`;
         // a chunk larger all the same is stored as an object of its own.
         let (full, own) = match stored.len() <= crate::bundle::CHUNK_MAX {
