@@ -103,6 +103,12 @@ const IN_FLIGHT: usize = 2;
 /// bundled by the writer's own task ([`ChunkWriter::bundle_here`]); zstd
 /// needs a few microseconds for it.
 const INLINE_RAW_BYTES: usize = 16 << 10;
+// zstd's worst case for that many bytes (`ZSTD_COMPRESSBOUND`, plus a
+// frame's checksum) fits in a bundled chunk.
+const _: () = assert!(
+    INLINE_RAW_BYTES + (INLINE_RAW_BYTES >> 8) + (((128 << 10) - INLINE_RAW_BYTES) >> 11) + 4
+        <= crate::bundle::CHUNK_MAX
+);
 
 impl Buffers {
     /// Compresses `self.raw` into `self.packed`. `quick` is the range's
@@ -353,26 +359,21 @@ impl ChunkWriter {
         let (stored, quick) = fill
             .compress(self.compression, self.quick, true)
             .map_err(|source| cut.compress_error(source))?;
-        let mut chunk = cut.chunk(raw_len, stored, None);
-        // zstd's worst case for `INLINE_RAW_BYTES` stays under `CHUNK_MAX`;
-        // a chunk larger all the same is stored as an object of its own.
-        let (full, own) = match stored.len() <= crate::bundle::CHUNK_MAX {
-            true => {
-                let (place, full) = bundles.append(stored);
-                chunk.bundle = Some(place);
-                (full, None)
-            }
-            false => (None, Some(stored.to_vec())),
-        };
-        if full.is_some() || own.is_some() {
-            let (bundles, repo, key) = (bundles.clone(), self.repo.clone(), chunk.key.clone());
-            tokio::task::spawn_blocking(move || match (full, own) {
-                (Some(full), _) => bundles.store_full(full),
-                (None, Some(own)) => repo.put_unsynced(&key, &own),
-                (None, None) => Ok(()),
-            })
-            .await
-            .map_err(|e| ChunkError::Join(e.to_string()))??;
+        // Cannot happen (`INLINE_RAW_BYTES` is checked against zstd's
+        // worst case below); a bundle must never hold a larger chunk.
+        if stored.len() > crate::bundle::CHUNK_MAX {
+            return Err(cut.compress_error(std::io::Error::other(format!(
+                "{} bytes stored, more than a bundled chunk may hold",
+                stored.len()
+            ))));
+        }
+        let (place, full) = bundles.append(stored);
+        let chunk = cut.chunk(raw_len, stored, Some(place));
+        if let Some(full) = full {
+            let bundles = bundles.clone();
+            tokio::task::spawn_blocking(move || bundles.store_full(full))
+                .await
+                .map_err(|e| ChunkError::Join(e.to_string()))??;
         }
         self.chunks.push(chunk);
         self.quick = self.quick.or(quick);
