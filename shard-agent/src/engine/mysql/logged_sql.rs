@@ -163,7 +163,7 @@ fn qualifiers(tokens: Lexer<'_>) -> impl Iterator<Item = String> + '_ {
 }
 
 /// `scope` with every name in lower case.
-fn folded(scope: &Selection) -> Selection {
+pub(super) fn folded(scope: &Selection) -> Selection {
     let mut f = scope.clone();
     if let Some(list) = &mut f.databases {
         for d in list {

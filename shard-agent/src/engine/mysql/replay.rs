@@ -203,6 +203,12 @@ pub async fn replay(
     Ok(report)
 }
 
+/// A table map's `db.table` for a message: escaped (it is read from a
+/// segment) and bounded.
+fn map_name(db: &str, table: &str) -> String {
+    crate::replay::excerpt(&format!("{}.{}", db.escape_debug(), table.escape_debug()))
+}
+
 /// Tables named in a replay's note on what it left out, at most.
 const NAMED_TABLES: usize = 8;
 
@@ -211,6 +217,8 @@ const NAMED_TABLES: usize = 8;
 /// itself.
 struct LeftOut<'a> {
     scope: &'a Selection,
+    /// `scope` in lower case ([`logged_sql::folded`]).
+    lower: Selection,
     row_events: u64,
     /// `db.table` of the first [`NAMED_TABLES`] tables whose row events
     /// were left out.
@@ -226,6 +234,7 @@ impl<'a> LeftOut<'a> {
     fn new(scope: &'a Selection) -> Self {
         LeftOut {
             scope,
+            lower: logged_sql::folded(scope),
             row_events: 0,
             tables: BTreeSet::new(),
             more_tables: false,
@@ -234,11 +243,29 @@ impl<'a> LeftOut<'a> {
         }
     }
 
-    /// Whether the changes of table `db`.`table` are applied; if not, it
-    /// is named in the report.
-    fn holds(&mut self, db: &str, table: &str) -> bool {
-        if self.scope.table(db, None, table, SYSTEM_DATABASES) {
-            return true;
+    /// Whether the changes of table `db`.`table` (as a table map names
+    /// it) are applied; if not, it is named in the report. A name the
+    /// server would read as another is refused: a NUL (the server stops
+    /// the name there: `mysql\0x` is `mysql`), or a name held or not
+    /// depending on its letter case (`MYSQL` on a server folding names),
+    /// as statements' names are ([`logged_sql::place`]).
+    fn holds(&mut self, db: &str, table: &str) -> Result<bool, String> {
+        if db.contains('\0') || table.contains('\0') {
+            return Err(format!(
+                "a table map names {} with a NUL in it",
+                map_name(db, table)
+            ));
+        }
+        let held = self.scope.table(db, None, table, SYSTEM_DATABASES);
+        let lower = (db.to_lowercase(), table.to_lowercase());
+        if held != self.lower.table(&lower.0, None, &lower.1, SYSTEM_DATABASES) {
+            return Err(format!(
+                "a table map names {}, a database or table of the selection, or of the server's own, in another letter case",
+                map_name(db, table)
+            ));
+        }
+        if held {
+            return Ok(true);
         }
         let name = format!("{db}.{table}");
         if self.tables.len() < NAMED_TABLES {
@@ -246,7 +273,7 @@ impl<'a> LeftOut<'a> {
         } else if !self.tables.contains(&name) {
             self.more_tables = true;
         }
-        false
+        Ok(false)
     }
 
     fn notes(&self) -> Vec<String> {
@@ -1114,7 +1141,7 @@ struct TxnSteps {
     gtid: Option<Gtid>,
     /// The table ids the statement being read maps to tables the replay
     /// leaves out.
-    left_out: Vec<u64>,
+    left_out: HashSet<u64>,
     /// Where its last row event that is kept starts in `pending`, and
     /// whether that event ends with a checksum.
     last_rows: Option<(usize, bool)>,
@@ -1216,8 +1243,11 @@ impl TxnSteps {
                     map.database_name().into_owned(),
                     map.table_name().into_owned(),
                 );
-                if !left.holds(&table.0, &table.1) {
-                    self.left_out.push(map.table_id());
+                let held = left
+                    .holds(&table.0, &table.1)
+                    .map_err(|why| Stop::Refused(format!("replaying {file}:{at}: {why}")))?;
+                if !held {
+                    self.left_out.insert(map.table_id());
                     return Ok(false);
                 }
                 if !self.tables.contains(&table) {
@@ -1357,7 +1387,35 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::{decoding, end_statement, small_pool, STMT_END_F};
+    use super::{decoding, end_statement, small_pool, LeftOut, STMT_END_F};
+
+    /// A table map is applied or left out by the name the server reads:
+    /// a NUL, or a name held or not by its letter case, is refused.
+    #[test]
+    fn a_table_map_naming_a_table_the_server_reads_otherwise_is_refused() {
+        let every = crate::manifest::Selection::default();
+        let mut left = LeftOut::new(&every);
+        assert_eq!(left.holds("bank", "Ledger"), Ok(true));
+        assert_eq!(left.holds("mysql", "user"), Ok(false));
+        let nul = left.holds("mysql\0x", "user").unwrap_err();
+        assert!(
+            nul.contains("mysql\\0x.user") && nul.contains("NUL"),
+            "{nul}"
+        );
+        let case = left.holds("MYSQL", "user").unwrap_err();
+        assert!(
+            case.contains("MYSQL.user") && case.contains("letter case"),
+            "{case}"
+        );
+        let bank = crate::manifest::Selection {
+            databases: Some(vec!["bank".into()]),
+            excluded: Vec::new(),
+        };
+        let mut left = LeftOut::new(&bank);
+        assert_eq!(left.holds("bank", "t"), Ok(true));
+        assert_eq!(left.holds("side", "t"), Ok(false));
+        assert!(left.holds("Bank", "t").is_err());
+    }
 
     /// A row event of `size` bytes with flags `flags`, ending with its
     /// CRC32, followed by `after`.
