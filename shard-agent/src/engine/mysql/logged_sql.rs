@@ -403,13 +403,20 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
     // tables, files, other databases' sequences). Only what would run is
     // refused: what lands outside is left out anyway.
     let table = matches!(verb, "CREATE" | "ALTER") && kind == "TABLE";
+    let query = match verb == "CREATE" && table {
+        true => match create_rest(&mut t, db, &mut names) {
+            Some(query) => query,
+            None => return unreadable(),
+        },
+        false => false,
+    };
     let refused = if !table {
         None
     } else if let Some(option) = reaches_outside(&sql) {
         Some(format!(
             "{option} reaches beyond the server's own tables (another host, or files), and no table of a backup has it"
         ))
-    } else if verb == "CREATE" && query(&mut t) {
+    } else if query {
         Some(
             "a CREATE TABLE with a query: an honest binlog of a server logging rows holds the table's CREATE alone, its rows as row events"
                 .to_string(),
@@ -465,19 +472,27 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
     }
 }
 
-/// Whether the rest of a `CREATE TABLE` holds a query: a `SELECT`
-/// anywhere (no column or partition definition has one), or `VALUES`
-/// outside brackets (a partition's `VALUES LESS THAN` stands inside).
-fn query(t: &mut Tokens<'_>) -> bool {
-    let mut depth = 0usize;
-    t.any(|w| {
+/// The rest of a `CREATE TABLE` after its name: the table it copies
+/// (`LIKE other` or `(LIKE other)`), added to `names` so that a copy of a
+/// table outside the selection is refused as naming both; and whether it
+/// holds a query: a `SELECT` anywhere (no column or partition definition
+/// has one), or `VALUES` or `TABLE` (MySQL's `CREATE TABLE t TABLE
+/// other`) outside brackets (a partition's `VALUES LESS THAN` stands
+/// inside). `None`: the copied table's name is unreadable.
+fn create_rest(t: &mut Tokens<'_>, db: &str, names: &mut Vec<Named>) -> Option<bool> {
+    let mut depth = usize::from(t.next_if(|w| *w == Token::Punct('(')).is_some());
+    if t.next_if(|w| w.is("LIKE")).is_some() {
+        let (d, n) = name(t, db)?;
+        names.push(Named::Table(d, n));
+    }
+    Some(t.any(|w| {
         match w {
             Token::Punct('(') => depth += 1,
             Token::Punct(')') => depth = depth.saturating_sub(1),
             _ => {}
         }
-        w.is("SELECT") || (depth == 0 && w.is("VALUES"))
-    })
+        w.is("SELECT") || (depth == 0 && (w.is("VALUES") || w.is("TABLE")))
+    }))
 }
 
 /// Skips `WAIT n` or `NOWAIT`.
@@ -552,7 +567,9 @@ mod tests {
         for (sql, db) in [
             ("CREATE TABLE t (id INT PRIMARY KEY)", "bank"),
             ("create or replace table `bank`.`t` (id int)", ""),
-            ("CREATE TABLE IF NOT EXISTS t LIKE side.t", "bank"),
+            ("CREATE TABLE IF NOT EXISTS t LIKE bank.u", "bank"),
+            ("CREATE TABLE t (LIKE u)", "bank"),
+            ("CREATE TABLE t (c INT CHECK (c LIKE 'a%'))", "bank"),
             ("ALTER TABLE ledger ADD COLUMN note VARCHAR(20) DEFAULT 'x'", "bank"),
             ("ALTER ONLINE TABLE bank.ledger RENAME COLUMN a TO b", "side"),
             ("ALTER TABLE ledger RENAME TO ledger2", "bank"),
@@ -741,6 +758,12 @@ mod tests {
                 "ALTER EVENT e ON SCHEDULE EVERY 1 DAY RENAME TO other.e",
                 "bank",
             ),
+            // A copy of a table outside the selection (its engine and
+            // connection come with it), or of the server's own.
+            ("CREATE TABLE IF NOT EXISTS t LIKE side.t", "bank"),
+            ("CREATE TABLE t (LIKE mysql.user)", "bank"),
+            ("CREATE TABLE bank.copy TABLE mysql.user", "bank"),
+            ("CREATE TABLE bank.copy AS TABLE mysql.user", "bank"),
             // Only savepoints of transaction control.
             ("ROLLBACK", "bank"),
             ("ROLLBACK AND RELEASE", "bank"),
