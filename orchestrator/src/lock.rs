@@ -20,22 +20,23 @@ use shard_agent::repo::{RepoError, Repository};
 /// How long a lock stays valid without renewal.
 pub(crate) const LOCK_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LockBody {
+/// A lock as stored: who holds it, for what, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LockBody {
     owner: String,
-    host: String,
-    pid: u32,
+    pub host: String,
+    pub pid: u32,
     purpose: String,
     started_at: String,
     /// Unix seconds after which the lock may be taken over.
-    expires_at: i64,
+    pub expires_at: i64,
     /// Which acquisition holds it (absent in locks of older versions).
     #[serde(default)]
-    token: String,
+    pub token: String,
     /// The boot of the holder's machine ([`boot_id`]; absent in locks of
     /// older versions).
     #[serde(default)]
-    boot: String,
+    pub boot: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +77,7 @@ fn lock_key(cluster: &str, purpose: &str) -> String {
 }
 
 /// Who holds a lock, as it says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Holder {
-    pub host: String,
-    pub pid: u32,
-    /// Unix seconds.
-    pub expires_at: i64,
-    /// Which acquisition.
-    pub token: String,
-    /// The boot of its machine ([`boot_id`]).
-    pub boot: String,
-}
+pub(crate) type Holder = LockBody;
 
 /// Who holds `cluster`'s lock for `purpose` now: `None` when nobody does
 /// (no lock, one that is unreadable, or one past its expiry).
@@ -96,13 +87,7 @@ pub(crate) fn holder(
     purpose: &str,
 ) -> Result<Option<Holder>, RepoError> {
     Ok(match read_lock(repo, &lock_key(cluster, purpose))? {
-        Found::Held(h) if h.expires_at > chrono::Utc::now().timestamp() => Some(Holder {
-            host: h.host,
-            pid: h.pid,
-            expires_at: h.expires_at,
-            token: h.token,
-            boot: h.boot,
-        }),
+        Found::Held(h) if h.expires_at > chrono::Utc::now().timestamp() => Some(h),
         _ => None,
     })
 }
@@ -206,8 +191,15 @@ pub(crate) fn host_name() -> String {
 /// This boot of this machine (`/proc/sys/kernel/random/boot_id`) and this
 /// process's pid namespace (`/proc/self/ns/pid`): processes with the same
 /// value see each other's pids. Containers share their machine's boot but
-/// not its pids. Empty where the machine tells neither.
+/// not its pids. Empty where the machine tells neither. Read once a
+/// process: a service's recovery compares it with each of up to 5,000
+/// job records.
 pub(crate) fn boot_id() -> String {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(read_boot_id).clone()
+}
+
+fn read_boot_id() -> String {
     // Test hook: a process that passes for another machine's of this
     // host name.
     if let Ok(boot) = std::env::var("SHARDCUT_TEST_BOOT_ID") {
