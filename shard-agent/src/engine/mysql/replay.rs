@@ -1250,9 +1250,7 @@ impl TxnSteps {
                     self.left_out.insert(map.table_id());
                     return Ok(false);
                 }
-                if !self.tables.contains(&table) {
-                    self.tables.push(table);
-                }
+                self.tables.push(table);
                 self.maps += 1;
                 self.map = (self.maps == 1).then(|| map.into_owned());
                 self.pending.extend_from_slice(bytes);
@@ -1354,11 +1352,13 @@ impl TxnSteps {
             self.pending.clear();
             self.tables.clear();
         } else if !self.pending.is_empty() {
-            self.steps.push(Step::Rows(
-                std::mem::take(&mut self.pending),
-                std::mem::take(&mut self.tables),
-                key,
-            ));
+            // Each table once, found in n log n: a segment may map a table
+            // any number of times.
+            let mut tables = std::mem::take(&mut self.tables);
+            tables.sort_unstable();
+            tables.dedup();
+            self.steps
+                .push(Step::Rows(std::mem::take(&mut self.pending), tables, key));
         }
     }
 }
