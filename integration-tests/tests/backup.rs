@@ -206,7 +206,8 @@ async fn backup_matches_every_source_table() {
 
     // A range's only chunk, if small, lies in its shard's bundle, not in an
     // object of its own; the backup's objects are exactly what its manifest
-    // names (schema files, chunks stored alone, bundles) and the manifest.
+    // names (schema files, chunks stored alone, bundles), the manifest, and
+    // the record of the run that wrote them.
     for (name, sm) in &m.shards {
         let mut bundled = 0;
         for t in &sm.table_list {
@@ -228,6 +229,7 @@ async fn backup_matches_every_source_table() {
     }
     let mut named: Vec<String> = m.object_keys().into_iter().map(String::from).collect();
     named.push(format!("backups/{id}/manifest.json"));
+    named.push(format!("backups/{id}/started.json"));
     named.sort();
     let stored = repo.list(&format!("backups/{id}/")).unwrap();
     assert_eq!(stored, named, "the backup's objects");

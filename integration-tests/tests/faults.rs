@@ -260,6 +260,107 @@ async fn killed_orchestrator_never_leaves_writers_blocked() {
     assert_eq!(listed(&topo_path), 1);
 }
 
+/// The folders of the backups in the repository at `repo` that have no
+/// manifest.
+fn unfinished(repo: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(repo.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.join("manifest.json").exists())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A backup killed after its cut leaves a folder without a manifest; the
+/// next expiry of the cluster removes it whole (a temporary file of a put
+/// it never finished included). While the backup runs, expiry is refused;
+/// another cluster's backup in progress and a folder of no known writer
+/// stay; the complete backup stays and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_removes_what_a_killed_backup_left_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&support::sandbox_topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let repo = dir.path().join("repo");
+    let run = support::shardcut_async(&["backup", "-t", arg]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let (mut child, _rest) =
+        backup_until(&["-t", arg, "--test-pause-before-dump", "60s"], "pausing").await;
+    let run = support::shardcut_async(&["expire", "-t", arg, "--keep-last", "5"]).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("another backup of cluster"), "{run:?}");
+    let killed = unfinished(&repo);
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let killed = killed[0].clone();
+    assert!(killed.join("started.json").exists());
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    // What a run killed in its dump leaves besides: a chunk, and a put it
+    // never finished.
+    let db_dir = killed.join("shards/mysql-0/app");
+    std::fs::create_dir_all(&db_dir).unwrap();
+    std::fs::write(db_dir.join("t.r00000-p0000.zst"), b"rows").unwrap();
+    std::fs::write(db_dir.join(".tmp-4242-0"), b"torn").unwrap();
+    // Another cluster's backup in progress, and a folder of no known writer.
+    let other = repo.join("backups/20990101T000000.000Z-aaaa");
+    std::fs::create_dir_all(other.join("shards/s")).unwrap();
+    std::fs::write(
+        other.join("started.json"),
+        br#"{"cluster":"elsewhere","writer":"backup","started_at":"2099-01-01T00:00:00Z","host":"h","pid":1}"#,
+    )
+    .unwrap();
+    std::fs::write(other.join("shards/s/x.zst"), b"rows").unwrap();
+    let unknown = repo.join("backups/20990101T000000.000Z-bbbb");
+    std::fs::create_dir_all(&unknown).unwrap();
+    std::fs::write(unknown.join("x.zst"), b"rows").unwrap();
+    let killed_id = killed.file_name().unwrap().to_str().unwrap().to_string();
+
+    let dry = shardcut(&[
+        "expire",
+        "-t",
+        arg,
+        "--keep-last",
+        "5",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert_eq!(
+        dry.json()["unfinished_removed"][0]["backup_id"],
+        killed_id.as_str()
+    );
+    assert!(
+        db_dir.join("t.r00000-p0000.zst").exists(),
+        "a dry run removes nothing"
+    );
+
+    let run = shardcut(&["expire", "-t", arg, "--keep-last", "5", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    let removed = doc["unfinished_removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 1, "{doc}");
+    assert_eq!(removed[0]["backup_id"], killed_id.as_str());
+    assert_eq!(removed[0]["objects"], 2, "the record and the chunk: {doc}");
+    assert!(!killed.exists(), "nothing of the killed backup stays");
+    assert!(other.join("shards/s/x.zst").exists());
+    assert!(unknown.join("x.zst").exists());
+    let left = doc["unfinished_left"].as_array().unwrap();
+    assert_eq!(left.len(), 1, "{doc}");
+    assert_eq!(left[0]["backup_id"], "20990101T000000.000Z-bbbb");
+    assert!(
+        left[0]["why"].as_str().unwrap().contains("holds no"),
+        "{doc}"
+    );
+    assert_eq!(unfinished(&repo), vec![other, unknown]);
+
+    assert_eq!(listed(&topo_path), 1);
+    let run = shardcut(&["verify", "-t", arg, "--backup", "latest"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_lease_expires_while_the_orchestrator_stalls() {
     let dir = tempfile::tempdir().unwrap();

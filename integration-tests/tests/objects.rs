@@ -873,6 +873,21 @@ async fn a_killed_backup_into_a_bucket_is_never_listed_and_copy_follow_keeps_up(
         .unwrap_or_default();
     assert_eq!(listed.len(), 1, "{run:?}");
     assert_eq!(listed[0]["backup_id"], id.as_str(), "{run:?}");
+
+    // The cluster's next expiry removes what the killed backup left in the
+    // bucket, and nothing else.
+    let run = run_ok_async(&["expire", "-t", arg, "--keep-last", "5", "--json"]).await;
+    let removed = run.json()["unfinished_removed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(removed.len(), 1, "{run:?}");
+    let killed = removed[0]["backup_id"].as_str().unwrap().to_string();
+    assert_ne!(killed, id);
+    assert!(removed[0]["objects"].as_u64().unwrap() >= 10, "{run:?}");
+    assert!(east.list(&format!("backups/{killed}/")).unwrap().is_empty());
+    assert!(east.list("backups/").unwrap().contains(&manifest));
+    run_ok_async(&["verify", "-t", arg, "--backup", &id]).await;
 }
 
 /// A proxy on 127.0.0.1 in front of the store that answers the first

@@ -440,6 +440,12 @@ pub mod keys {
     pub fn manifest(id: &str) -> String {
         format!("backups/{id}/manifest.json")
     }
+    /// Written first by the run that writes backup `id`: which cluster's
+    /// run it is, so that what a killed run left can be told from another
+    /// cluster's backup in progress.
+    pub fn started(id: &str) -> String {
+        format!("backups/{id}/started.json")
+    }
     /// Bundle `index` of `shard` in backup `id`: beside the `shards/`
     /// folder, so that no database or table name can reach its key.
     pub fn bundle(id: &str, shard: &str, index: u32) -> String {

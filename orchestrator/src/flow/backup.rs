@@ -66,10 +66,21 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || super::check_key(r.as_ref())).await??;
     let lock = RepoLock::acquire(repo.clone(), &topology.cluster, "backup")?;
     let id = opts.id.clone().unwrap_or_else(new_backup_id);
-    let result = if opts.incremental {
-        super::incremental::take(topology, &repo, &id, opts.connect_timeout, observer, &lock).await
-    } else {
-        take_full(topology, &repo, &id, opts, observer, &lock).await
+    // Whose folder this is, before anything else goes there: if this run
+    // is killed, the next expiry of the cluster knows its leftovers.
+    let (r, i, c) = (repo.clone(), id.clone(), topology.cluster.clone());
+    let recorded =
+        tokio::task::spawn_blocking(move || super::leftovers::record_start(r.as_ref(), &i, &c))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from));
+    let result = match recorded {
+        Err(e) => Err(e),
+        Ok(()) if opts.incremental => {
+            super::incremental::take(topology, &repo, &id, opts.connect_timeout, observer, &lock)
+                .await
+        }
+        Ok(()) => take_full(topology, &repo, &id, opts, observer, &lock).await,
     };
     if result.is_err() {
         discard(repo.clone(), &id).await;

@@ -17,6 +17,7 @@ use shard_agent::position::Position;
 use shard_agent::repo::Repository;
 use topology::Topology;
 
+use super::leftovers::{self, Leftovers};
 use super::{list_backups, open_repository};
 use crate::exit::InvalidInput;
 use crate::lock::RepoLock;
@@ -41,6 +42,9 @@ pub struct Expired {
     pub backups: Vec<(String, BackupKind)>,
     pub marks: Vec<String>,
     pub segments: Vec<SegmentMeta>,
+    /// Folders of the cluster's backups that never got a manifest (a
+    /// killed run's), and folders without a manifest left alone.
+    pub leftovers: Leftovers,
 }
 
 fn at_or_before(a: &Position, b: &Position) -> bool {
@@ -73,17 +77,21 @@ async fn decide_and_delete(
 ) -> anyhow::Result<Expired> {
     // Listing and deleting are blocking repository calls.
     let (r, c, o) = (repo.clone(), cluster.to_string(), opts.clone());
-    let plan = tokio::task::spawn_blocking(move || decide(&c, r.as_ref(), &o)).await??;
-    if opts.dry_run {
-        return Ok(plan);
+    let mut plan = tokio::task::spawn_blocking(move || decide(&c, r.as_ref(), &o)).await??;
+    if !opts.dry_run {
+        lock.ensure_held()?;
+        let r = repo.clone();
+        plan = tokio::task::spawn_blocking(move || {
+            delete(r.as_ref(), &plan)?;
+            Ok::<_, anyhow::Error>(plan)
+        })
+        .await??;
+        lock.ensure_held()?;
     }
-    lock.ensure_held()?;
-    let r = repo.clone();
-    tokio::task::spawn_blocking(move || {
-        delete(r.as_ref(), &plan)?;
-        Ok::<_, anyhow::Error>(plan)
-    })
-    .await?
+    // Under the lock no backup of the cluster runs: a folder of its with
+    // no manifest is a dead run's.
+    plan.leftovers = leftovers::sweep(repo, cluster, lock, opts.dry_run).await?;
+    Ok(plan)
 }
 
 /// What to delete.
@@ -178,6 +186,7 @@ fn decide(cluster: &str, repo: &dyn Repository, opts: &ExpireOptions) -> anyhow:
             .collect(),
         marks,
         segments,
+        leftovers: Leftovers::default(),
     })
 }
 
@@ -190,9 +199,7 @@ fn delete(repo: &dyn Repository, plan: &Expired) -> anyhow::Result<()> {
         let manifest = keys::manifest(id);
         repo.delete(&manifest)?;
         repo.sync_names(&[&manifest])?;
-        for key in repo.list(&keys::backup_prefix(id))? {
-            repo.delete(&key)?;
-        }
+        repo.delete_folder(&keys::backup_prefix(id))?;
     }
     for name in &plan.marks {
         repo.delete(&keys::mark(name))?;

@@ -12,6 +12,7 @@ pub mod drill;
 pub mod expire;
 pub mod history;
 pub mod incremental;
+pub mod leftovers;
 pub mod mark;
 pub mod restore;
 pub mod status;
@@ -106,7 +107,7 @@ pub fn list_backups(repo: &dyn Repository, cluster: &str) -> Result<Vec<Listed>,
 /// The IDs of the backups' folders, in no particular order: a manifest is
 /// at `backups/<id>/manifest.json`, and a folder without one is a backup
 /// in progress or left by a crash.
-fn backup_folders(repo: &dyn Repository) -> Result<Vec<String>, RepoError> {
+pub(crate) fn backup_folders(repo: &dyn Repository) -> Result<Vec<String>, RepoError> {
     Ok(repo
         .list_folder(keys::BACKUPS)?
         .into_iter()

@@ -213,10 +213,7 @@ pub async fn discard(repo: Arc<dyn Repository>, id: &str) {
         // would list the failed backup as complete.
         repo.delete(&manifest)?;
         repo.sync_names(&[&manifest])?;
-        for key in repo.list(&prefix)? {
-            repo.delete(&key)?;
-        }
-        Ok::<(), shard_agent::repo::RepoError>(())
+        repo.delete_folder(&prefix)
     })
     .await;
     if !matches!(result, Ok(Ok(()))) {

@@ -514,7 +514,8 @@ pub(super) async fn discard_uncommitted(cluster: &Cluster, id: &str) -> Manifest
     let (r, key) = (repo.clone(), keys::manifest(id));
     // Only a manifest known to be absent lets the objects go: when the
     // repository cannot tell, they stay (no command lists a folder without
-    // a manifest as a backup, and none removes it).
+    // a manifest as a backup; expire removes one with its cluster's
+    // record, `flow::leftovers`).
     let found = match tokio::task::spawn_blocking(move || r.exists(&key)).await {
         Ok(Ok(true)) => ManifestState::Present,
         Ok(Ok(false)) => ManifestState::Absent,

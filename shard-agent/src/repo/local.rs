@@ -244,6 +244,46 @@ impl LocalRepository {
     }
 }
 
+/// Removes the `.tmp-*` files below `dir` (puts a killed process never
+/// finished), then every directory there that is left empty, `dir`
+/// included. Anything else (an object put meanwhile, a link) stays, and so
+/// do the directories holding it. Links are never followed.
+fn remove_emptied(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            remove_emptied(&entry.path())?;
+        } else if kind.is_file()
+            && entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(TMP_PREFIX.as_bytes())
+        {
+            match fs::remove_file(entry.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e)
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Repository for LocalRepository {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -390,6 +430,20 @@ impl Repository for LocalRepository {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io("delete", key)(e)),
         }
+    }
+
+    fn delete_folder(&self, prefix: &str) -> Result<(), RepoError> {
+        let rel = prefix
+            .strip_suffix('/')
+            .ok_or_else(|| RepoError::InvalidKey {
+                location: self.location(),
+                key: prefix.to_string(),
+            })?;
+        let dir = self.path(rel)?;
+        for key in self.list(prefix)? {
+            self.delete(&key)?;
+        }
+        remove_emptied(&dir).map_err(self.io("delete", prefix))
     }
 
     fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError> {
@@ -541,5 +595,34 @@ mod tests {
         repo.put("a/x", b"1").unwrap();
         fs::write(dir.path().join("a/.tmp-999-0"), b"torn").unwrap();
         assert_eq!(repo.list("a/").unwrap(), vec!["a/x"]);
+    }
+
+    /// A folder deleted whole leaves no directory and no temporary file of
+    /// a killed put behind; a link planted in one is refused, not followed.
+    #[test]
+    fn a_deleted_folder_leaves_no_directories_or_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let repo = LocalRepository::open(&root).unwrap();
+        repo.put("b/1/shards/s/db/t.zst", b"1").unwrap();
+        repo.put("b/1/bundles/s/b00000.bundle", b"2").unwrap();
+        fs::write(root.join("b/1/shards/s/db/.tmp-999-0"), b"torn").unwrap();
+        fs::create_dir_all(root.join("b/1/shards/s/empty")).unwrap();
+        repo.put("b/2/kept", b"3").unwrap();
+        repo.delete_folder("b/1/").unwrap();
+        assert!(!root.join("b/1").exists());
+        assert_eq!(repo.list("b/").unwrap(), vec!["b/2/kept"]);
+
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join(".tmp-1-1"), b"not the repository's").unwrap();
+        repo.put("b/3/x", b"4").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("b/3/link")).unwrap();
+        assert!(matches!(
+            repo.delete_folder("b/3/"),
+            Err(RepoError::Symlink { .. })
+        ));
+        assert!(outside.join(".tmp-1-1").exists());
+        assert!(root.join("b/3/link").symlink_metadata().is_ok());
     }
 }

@@ -212,6 +212,17 @@ pub trait Repository: Send + Sync + std::fmt::Debug {
     }
     /// Deletes `key`; deleting a missing key is not an error.
     fn delete(&self, key: &str) -> Result<(), RepoError>;
+    /// Deletes every object in the folder `prefix` (which ends with `/`)
+    /// and below: a backup's folder, once nothing may write there. The
+    /// directory repository also removes what a killed process left there
+    /// (its `.tmp-*` files) and the emptied directories. By default, each
+    /// listed key.
+    fn delete_folder(&self, prefix: &str) -> Result<(), RepoError> {
+        for key in self.list(prefix)? {
+            self.delete(&key)?;
+        }
+        Ok(())
+    }
     /// Makes the names of `keys` durable, as they are now (put or deleted).
     /// A put returns once its object's bytes are durable, but a file system
     /// may still lose a new name, or bring back a deleted one, after a
@@ -334,6 +345,15 @@ pub(crate) mod contract {
         repo.delete("a/b").unwrap();
         repo.delete("a/b").unwrap();
         assert_eq!(repo.list("a/").unwrap(), vec!["a/c/d"]);
+        // A folder goes whole, and nothing beside it that shares its
+        // name's start.
+        for key in ["f/x", "f/y/z", "fx", "f2/a"] {
+            repo.put(key, b"six").unwrap();
+        }
+        repo.delete_folder("f/").unwrap();
+        assert!(repo.list("f/").unwrap().is_empty());
+        assert_eq!(repo.list("f").unwrap(), vec!["f2/a", "fx"]);
+        repo.delete_folder("missing/").unwrap();
         for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
             assert!(
                 matches!(repo.put(bad, b""), Err(RepoError::InvalidKey { .. })),

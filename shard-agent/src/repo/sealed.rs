@@ -309,6 +309,10 @@ impl Repository for SealedRepository {
         self.inner.delete(key)
     }
 
+    fn delete_folder(&self, prefix: &str) -> Result<(), RepoError> {
+        self.inner.delete_folder(prefix)
+    }
+
     fn sync_names(&self, keys: &[&str]) -> Result<(), RepoError> {
         self.inner.sync_names(keys)
     }
