@@ -65,15 +65,19 @@ pub fn open_repository(topology: &Topology) -> Result<Arc<dyn Repository>, RepoE
 /// Refuses a key that does not open the repository's newest manifest, before
 /// a command writes anything sealed with it (a backup written with a wrong
 /// key would make a repository that needs two keys).
+/// The backups are found by their folders, not by listing every object of
+/// every backup.
 pub fn check_key(repo: &dyn Repository) -> Result<(), RepoError> {
-    let newest = repo
-        .list(keys::BACKUPS)?
-        .into_iter()
-        .rfind(|k| keys::backup_of_manifest(k).is_some());
-    match newest.map(|k| repo.get_at_most(&k, MANIFEST_MAX)) {
-        Some(Err(e)) if e.is_key_problem() => Err(e),
-        _ => Ok(()),
+    let mut folders = backup_folders(repo)?;
+    folders.sort();
+    for id in folders.iter().rev() {
+        match repo.get_at_most(&keys::manifest(id), MANIFEST_MAX) {
+            Err(RepoError::NotFound { .. }) => continue,
+            Err(e) if e.is_key_problem() => return Err(e),
+            _ => return Ok(()),
+        }
     }
+    Ok(())
 }
 
 /// A manifest as found in the repository, or why it could not be read.
