@@ -24,6 +24,11 @@ pub fn text(e: &Expired) -> String {
             "left alone: backup folder {id} has no manifest, and {why}\n"
         ));
     }
+    if let Some(why) = &e.leftovers.stopped {
+        text.push_str(&format!(
+            "not every backup folder was looked at for what killed backups left: {why}\n"
+        ));
+    }
     let seg_bytes: u64 = e.segments.iter().map(|s| s.bytes_stored).sum();
     text.push_str(&format!(
         "{verb} {} backup(s), {} mark(s), {} captured segment(s) ({} bytes); kept {} backup(s): {}\n",
@@ -50,6 +55,7 @@ pub fn summary(e: &Expired) -> serde_json::Value {
             "objects": l.objects,
             "started_at": l.started.started_at,
         })).collect::<Vec<_>>(),
+        "unfinished_stopped": e.leftovers.stopped,
         "unfinished_left": e.leftovers.kept.iter().map(|(id, why)| json!({
             "backup_id": id,
             "why": why,
