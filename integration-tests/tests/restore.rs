@@ -660,3 +660,94 @@ async fn a_server_reading_backslashes_and_quotes_its_own_way_round_trips() {
     )
     .await;
 }
+
+/// What the server keeps with each routine, trigger and event: the SQL
+/// mode it was created under, and an event's time zone, from the source.
+async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String)> {
+    let mut c = db::mysql(shard, None).await;
+    let rows: Vec<(String, String, String)> = c
+        .query(
+            "SELECT CONCAT('routine ', ROUTINE_NAME), SQL_MODE, '' FROM information_schema.ROUTINES \
+               WHERE ROUTINE_SCHEMA = 'modes' \
+             UNION ALL SELECT CONCAT('trigger ', TRIGGER_NAME), SQL_MODE, '' FROM information_schema.TRIGGERS \
+               WHERE TRIGGER_SCHEMA = 'modes' \
+             UNION ALL SELECT CONCAT('event ', EVENT_NAME), SQL_MODE, CONCAT(TIME_ZONE, ' ', STARTS) \
+               FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'modes' \
+             ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    rows
+}
+
+/// MariaDB routines, triggers and events come back with the SQL mode they
+/// were created under, and an event with its time zone: they were created
+/// under the restore session's (`STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,…`,
+/// `+00:00`), so a function written for `PIPES_AS_CONCAT` returned `0`
+/// for `'a' || 'b'`, one written for `NO_BACKSLASH_ESCAPES` read `'\n'` as
+/// a newline, one written for `ANSI_QUOTES` selected the string `"v"`
+/// instead of the column, and an event's schedule moved by its zone's
+/// offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone() {
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let shard = source.first_shard();
+    let mut c = db::mysql(&shard, None).await;
+    c.query_drop(
+        "CREATE DATABASE modes; \
+         CREATE TABLE modes.t (id INT PRIMARY KEY, v VARCHAR(16)); \
+         INSERT INTO modes.t VALUES (1, 'one'); \
+         SET SESSION sql_mode = 'PIPES_AS_CONCAT,ANSI_QUOTES'; \
+         CREATE FUNCTION modes.joined() RETURNS VARCHAR(16) DETERMINISTIC RETURN 'a' || 'b'; \
+         CREATE FUNCTION modes.quoted() RETURNS VARCHAR(16) READS SQL DATA \
+           RETURN (SELECT \"v\" FROM modes.t WHERE id = 1); \
+         SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'; \
+         CREATE FUNCTION modes.slash() RETURNS INT DETERMINISTIC RETURN CHAR_LENGTH('\\n'); \
+         SET SESSION sql_mode = 'PIPES_AS_CONCAT'; \
+         CREATE TRIGGER modes.t_bi BEFORE INSERT ON modes.t FOR EACH ROW SET NEW.v = NEW.v || '!'; \
+         SET SESSION sql_mode = 'STRICT_TRANS_TABLES', time_zone = '+05:00'; \
+         CREATE EVENT modes.tick ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 02:00:00' DISABLE \
+           DO DELETE FROM modes.t WHERE id < 0",
+    )
+    .await
+    .unwrap();
+    let answers = "SELECT modes.joined(), modes.quoted(), modes.slash()";
+    let at_source: (String, String, i64) = c.query_first(answers).await.unwrap().unwrap();
+    assert_eq!(at_source, ("ab".into(), "one".into(), 2));
+    c.disconnect().await.unwrap();
+    let expected = mariadb_creation_settings(&shard).await;
+    assert_eq!(expected.len(), 5, "{expected:?}");
+    assert!(
+        expected.iter().any(|(w, m, z)| w == "event tick"
+            && m == "STRICT_TRANS_TABLES"
+            && z.starts_with("+05:00 2030-01-01 02:00:00")),
+        "{expected:?}"
+    );
+
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+    restored_fully(
+        src_path.to_str().unwrap(),
+        &id,
+        target.topology().to_str().unwrap(),
+    )
+    .await;
+    let restored = target.first_shard();
+    assert_eq!(mariadb_creation_settings(&restored).await, expected);
+    let mut c = db::mysql(&restored, None).await;
+    let at_target: (String, String, i64) = c.query_first(answers).await.unwrap().unwrap();
+    assert_eq!(at_target, at_source);
+    // The trigger concatenates under its mode (the restore session's
+    // read `||` as OR).
+    c.query_drop("INSERT INTO modes.t (id, v) VALUES (2, 'x')")
+        .await
+        .unwrap();
+    let v: Option<String> = c
+        .query_first("SELECT v FROM modes.t WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("x!"));
+    c.disconnect().await.unwrap();
+}

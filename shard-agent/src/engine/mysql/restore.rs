@@ -13,8 +13,8 @@ use super::lexer::reaches_outside;
 use super::restore_keys::split_secondary_keys;
 use super::schema::{DatabaseSchema, Object};
 use super::sql::number;
-use super::sql::{ident, query_err, PLAIN_SQL_MODE, SYSTEM_DATABASES};
-use super::stored_sql::{first_foreign, one_statement, Kind};
+use super::sql::{ident, query_err, quote_literal, PLAIN_SQL_MODE, SYSTEM_DATABASES};
+use super::stored_sql::{creation_settings, first_foreign, first_unsettable, one_statement, Kind};
 use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
@@ -57,6 +57,12 @@ fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
         .is_none_or(|list| list.contains(&qualified_name(db, None, table)))
 }
 
+/// The time zone and SQL mode of a restoring session. Strict: a value the
+/// column cannot take fails the load instead of silently becoming NULL or
+/// a truncated value.
+const RESTORE_SETTINGS: &str = "SET SESSION time_zone = '+00:00', \
+    SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'";
+
 /// Session settings of a restoring connection. Foreign keys and unique
 /// checks are off during the load (the data was consistent when dumped);
 /// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
@@ -66,10 +72,7 @@ fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
 async fn session(conn: &mut Conn, shard: &Shard, binlog: bool) -> Result<(), AgentError> {
     for s in [
         "SET NAMES utf8mb4",
-        "SET SESSION time_zone = '+00:00'",
-        // Strict: a value the column cannot take fails the load instead of
-        // silently becoming NULL or a truncated value.
-        "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+        RESTORE_SETTINGS,
         "SET SESSION foreign_key_checks = 0",
         "SET SESSION unique_checks = 0",
     ] {
@@ -123,6 +126,51 @@ async fn exec_stored(
     }
 }
 
+/// Runs `sql`, a routine's, trigger's or event's `CREATE` from the schema
+/// file, as [`exec_stored`] does, under `settings` (the `SET` of
+/// [`creation_settings`]: the SQL mode and time zone it was created under,
+/// which the server keeps with it), then puts the restore's back. On
+/// MariaDB the text is first assigned to a variable under the restore's
+/// mode, which reads it as [`quote_literal`] wrote it, so that the
+/// object's mode (`NO_BACKSLASH_ESCAPES`, `ANSI_QUOTES`) applies to the
+/// statement alone.
+async fn exec_stored_under(
+    conn: &mut Conn,
+    shard: &Shard,
+    what: &str,
+    sql: &str,
+    settings: &str,
+) -> Result<(), AgentError> {
+    const TEXT: &str = "@shardcut_create";
+    let mariadb = super::is_mariadb(conn);
+    if mariadb {
+        exec(
+            conn,
+            shard,
+            what,
+            &format!("SET {TEXT} = {}", quote_literal(sql)),
+        )
+        .await?;
+    }
+    exec(conn, shard, what, settings).await?;
+    let created = if mariadb {
+        exec(conn, shard, what, &format!("EXECUTE IMMEDIATE {TEXT}")).await
+    } else {
+        exec(conn, shard, what, sql).await
+    };
+    exec(
+        conn,
+        shard,
+        "setting the restore's SQL mode again",
+        RESTORE_SETTINGS,
+    )
+    .await?;
+    if mariadb {
+        exec(conn, shard, what, &format!("SET {TEXT} = NULL")).await?;
+    }
+    created
+}
+
 /// The schema of `db` from its file, each statement checked to be the
 /// `CREATE` of its object ([`first_foreign`]), and no table's to reach
 /// another host or files ([`reaches_outside`]).
@@ -157,6 +205,16 @@ async fn read_schema(
                 "schema file {}: the statement of {object} is not the CREATE {} of it; nothing was restored from it",
                 file.key,
                 kind.noun().to_uppercase()
+            ),
+        });
+    }
+    if let Some((kind, name, why)) = first_unsettable(&schema) {
+        return Err(AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!(
+                "schema file {}: {} {db}.{name}: {why}; nothing was restored from it",
+                file.key,
+                kind.noun()
             ),
         });
     }
@@ -316,13 +374,16 @@ async fn create_each(
 ) -> Result<(), AgentError> {
     for (db, o) in objects {
         at.enter(control, target, db).await?;
-        exec_stored(
-            control,
-            target,
-            &format!("creating {kind} {db}.{}", o.name),
-            &o.sql,
-        )
-        .await?;
+        let what = format!("creating {kind} {db}.{}", o.name);
+        // Checked when the schema file was read.
+        let settings = creation_settings(o).map_err(|why| AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!("{what}: {why}"),
+        })?;
+        match settings {
+            Some(set) => exec_stored_under(control, target, &what, &o.sql, &set).await?,
+            None => exec_stored(control, target, &what, &o.sql).await?,
+        }
     }
     Ok(())
 }

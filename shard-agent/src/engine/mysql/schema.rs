@@ -24,13 +24,24 @@ pub struct DatabaseSchema {
     pub events: Vec<Object>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Object {
     pub name: String,
     pub sql: String,
     /// For a trigger: the table it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// For a routine, trigger or event: the `sql_mode` it was created
+    /// under, which the server keeps with it and runs its body under
+    /// (`PIPES_AS_CONCAT` makes `'a' || 'b'` a concatenation,
+    /// `NO_BACKSLASH_ESCAPES` reads `'\n'` as two characters). Absent in
+    /// backups from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_mode: Option<String>,
+    /// For an event: the time zone of its schedule (its `STARTS`, `ENDS`
+    /// and `AT` are written in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// Reads column `i` of the first row of `SHOW CREATE …`.
@@ -42,6 +53,38 @@ async fn show_create(
 ) -> Result<String, AgentError> {
     let rows: Vec<Row> = conn.query(sql).await.map_err(query_err(shard, sql))?;
     create_text(&rows, column, shard, sql)
+}
+
+/// `SHOW CREATE` of a routine, trigger or event named `name`: the object,
+/// with the `sql_mode` it was created under (column 1) and, for an event,
+/// its time zone (column 2). The statement is column 2, an event's 3.
+async fn show_create_stored(
+    conn: &mut Conn,
+    shard: &Shard,
+    sql: &str,
+    event: bool,
+    name: &str,
+) -> Result<Object, AgentError> {
+    let column = if event { 3 } else { 2 };
+    let rows: Vec<Row> = conn.query(sql).await.map_err(query_err(shard, sql))?;
+    let create = create_text(&rows, column, shard, sql)?;
+    let cell = |i: usize| -> Result<Option<String>, AgentError> {
+        match rows.first() {
+            Some(r) => text(r, i).map_err(|source| AgentError::Query {
+                shard: shard.name.clone(),
+                what: sql.to_string(),
+                source,
+            }),
+            None => Ok(None),
+        }
+    };
+    Ok(Object {
+        name: name.to_string(),
+        sql: create,
+        table: None,
+        sql_mode: cell(1)?,
+        time_zone: if event { cell(2)? } else { None },
+    })
 }
 
 /// `SHOW CREATE TABLE` statements sent in one round trip: on 10,000 tables
@@ -134,7 +177,7 @@ pub(super) async fn database_schema(
             s.tables.push(Object {
                 name: t.name.clone(),
                 sql: create_text(&rows, 1, shard, statement)?,
-                table: None,
+                ..Object::default()
             });
         }
         results
@@ -161,21 +204,22 @@ pub(super) async fn database_schema(
         s.views.push(Object {
             name: v[0].clone(),
             sql,
-            table: None,
+            ..Object::default()
         });
     }
     for r in names(conn, shard, format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit} ORDER BY 2, 1")).await? {
         let kind = if r[1] == "FUNCTION" { "FUNCTION" } else { "PROCEDURE" };
-        let sql = show_create(conn, shard, &format!("SHOW CREATE {kind} {db}.{}", ident(&r[0])), 2).await?;
-        s.routines.push(Object { name: r[0].clone(), sql, table: None });
+        let show = format!("SHOW CREATE {kind} {db}.{}", ident(&r[0]));
+        s.routines.push(show_create_stored(conn, shard, &show, false, &r[0]).await?);
     }
     for t in names(conn, shard, format!("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} ORDER BY ACTION_ORDER, 1")).await? {
-        let sql = show_create(conn, shard, &format!("SHOW CREATE TRIGGER {db}.{}", ident(&t[0])), 2).await?;
-        s.triggers.push(Object { name: t[0].clone(), sql, table: Some(t[1].clone()) });
+        let show = format!("SHOW CREATE TRIGGER {db}.{}", ident(&t[0]));
+        let trigger = show_create_stored(conn, shard, &show, false, &t[0]).await?;
+        s.triggers.push(Object { table: Some(t[1].clone()), ..trigger });
     }
     for e in names(conn, shard, format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {lit} ORDER BY 1")).await? {
-        let sql = show_create(conn, shard, &format!("SHOW CREATE EVENT {db}.{}", ident(&e[0])), 3).await?;
-        s.events.push(Object { name: e[0].clone(), sql, table: None });
+        let show = format!("SHOW CREATE EVENT {db}.{}", ident(&e[0]));
+        s.events.push(show_create_stored(conn, shard, &show, true, &e[0]).await?);
     }
     Ok(s)
 }

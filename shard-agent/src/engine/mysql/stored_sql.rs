@@ -57,7 +57,11 @@ impl Kind {
 /// the kind (`ALGORITHM=…`, `DEFINER=…`, `SQL SECURITY …`), the kind, then
 /// the name, quoted or bare, qualified with `db` or not (a view shown from
 /// a session in no database is).
-pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str) -> bool {
+///
+/// With `ansi` (the object's SQL mode has `ANSI_QUOTES`, under which
+/// `SHOW CREATE` quotes a routine's names in double quotes, and under
+/// which it is created again), a name may be in double quotes too.
+pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str, ansi: bool) -> bool {
     let Some(mut rest) = sql.strip_prefix("CREATE ") else {
         return false;
     };
@@ -67,7 +71,7 @@ pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str) -> bool {
         } else if let Some(r) = rest.strip_prefix("SQL SECURITY ") {
             after_word(r)
         } else if let Some(r) = rest.strip_prefix("DEFINER=") {
-            definer(r)
+            definer(r, ansi)
         } else {
             break;
         };
@@ -79,14 +83,16 @@ pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str) -> bool {
     let Some(rest) = kind.keywords().iter().find_map(|k| rest.strip_prefix(k)) else {
         return false;
     };
-    let Some((first, after)) = identifier(rest) else {
+    let Some((first, after)) = identifier(rest, ansi) else {
         return false;
     };
     let (found, after) = match after.strip_prefix('.') {
-        Some(qualified) if first == db && kind != Kind::Database => match identifier(qualified) {
-            Some(named) => named,
-            None => return false,
-        },
+        Some(qualified) if first == db && kind != Kind::Database => {
+            match identifier(qualified, ansi) {
+                Some(named) => named,
+                None => return false,
+            }
+        }
         Some(_) => return false,
         None => (first, after),
     };
@@ -96,7 +102,7 @@ pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str) -> bool {
 /// The first object of `schema` (of database `db`) whose statement is not
 /// the `CREATE` of its kind and name: its kind and name.
 pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, String)> {
-    if !creates(&schema.create_database, Kind::Database, db, db) {
+    if !creates(&schema.create_database, Kind::Database, db, db, false) {
         return Some((Kind::Database, db.to_string()));
     }
     let groups: [(Kind, &Vec<Object>); 5] = [
@@ -109,8 +115,62 @@ pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, 
     groups.into_iter().find_map(|(kind, objects)| {
         objects
             .iter()
-            .find(|o| !creates(&o.sql, kind, db, &o.name))
+            .find(|o| !creates(&o.sql, kind, db, &o.name, ansi_quotes(o)))
             .map(|o| (kind, o.name.clone()))
+    })
+}
+
+/// The `SET SESSION …` that puts back what a routine, trigger or event was
+/// created under (its `sql_mode`, an event's time zone), or `None` when the
+/// schema file gives neither (a backup from before they were kept). Both
+/// come from the repository: a mode must be a list of SQL mode names
+/// (capitals, digits, `_`), a time zone a name or an offset (letters,
+/// digits, `_ / + - :`); anything else is refused, with the reason.
+pub(super) fn creation_settings(o: &Object) -> Result<Option<String>, String> {
+    // At most this much of a refused value is shown.
+    let shown = |v: &str| format!("{:?}", v.chars().take(40).collect::<String>());
+    let mut set = Vec::new();
+    if let Some(mode) = &o.sql_mode {
+        let name = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if mode.len() > 1000 || !(mode.is_empty() || mode.split(',').all(name)) {
+            return Err(format!(
+                "its sql_mode {} is not a list of SQL mode names",
+                shown(mode)
+            ));
+        }
+        set.push(format!("SESSION sql_mode = '{mode}'"));
+    }
+    if let Some(zone) = &o.time_zone {
+        let fits = |b: u8| b.is_ascii_alphanumeric() || b"_/+-:".contains(&b);
+        if zone.is_empty() || zone.len() > 64 || !zone.bytes().all(fits) {
+            return Err(format!(
+                "its time zone {} is not a time zone name or offset",
+                shown(zone)
+            ));
+        }
+        set.push(format!("SESSION time_zone = '{zone}'"));
+    }
+    Ok((!set.is_empty()).then(|| format!("SET {}", set.join(", "))))
+}
+
+/// The first routine, trigger or event of `schema` whose settings
+/// [`creation_settings`] refuses: its kind, name and the reason.
+pub(super) fn first_unsettable(schema: &DatabaseSchema) -> Option<(Kind, String, String)> {
+    let groups: [(Kind, &Vec<Object>); 3] = [
+        (Kind::Routine, &schema.routines),
+        (Kind::Trigger, &schema.triggers),
+        (Kind::Event, &schema.events),
+    ];
+    groups.into_iter().find_map(|(kind, objects)| {
+        objects.iter().find_map(|o| {
+            creation_settings(o)
+                .err()
+                .map(|why| (kind, o.name.clone(), why))
+        })
     })
 }
 
@@ -128,26 +188,50 @@ fn after_word(s: &str) -> Option<&str> {
 }
 
 /// After `user@host` (or a role, or `CURRENT_USER`) and its space.
-fn definer(s: &str) -> Option<&str> {
-    let (_, rest) = identifier(s)?;
+fn definer(s: &str, ansi: bool) -> Option<&str> {
+    let (_, rest) = identifier(s, ansi)?;
     let rest = match rest.strip_prefix('@') {
-        Some(host) => identifier(host)?.1,
+        Some(host) => identifier(host, ansi)?.1,
         None => rest,
     };
     rest.strip_prefix(' ')
 }
 
+/// Whether the SQL mode `o` was created under makes double quotes quote
+/// names: `ANSI_QUOTES`, alone or in a combination mode that holds it.
+fn ansi_quotes(o: &Object) -> bool {
+    const HOLDING: [&str; 7] = [
+        "ANSI_QUOTES",
+        "ANSI",
+        "DB2",
+        "MAXDB",
+        "MSSQL",
+        "ORACLE",
+        "POSTGRESQL",
+    ];
+    o.sql_mode
+        .as_deref()
+        .is_some_and(|m| m.split(',').any(|w| HOLDING.contains(&w)))
+}
+
 /// An identifier at the start of `s`, in backquotes (each inner one
-/// doubled) or bare (letters, digits, `_`, `$`): its value and the rest.
-fn identifier(s: &str) -> Option<(String, &str)> {
-    if let Some(inner) = s.strip_prefix('`') {
+/// doubled), with `ansi` in double quotes (likewise), or bare (letters,
+/// digits, `_`, `$`): its value and the rest.
+fn identifier(s: &str, ansi: bool) -> Option<(String, &str)> {
+    let quote = match s.chars().next() {
+        Some('`') => Some('`'),
+        Some('"') if ansi => Some('"'),
+        _ => None,
+    };
+    if let Some(q) = quote {
+        let inner = &s[1..];
         let mut value = String::new();
         let mut at = 0;
         loop {
-            let close = at + inner[at..].find('`')?;
+            let close = at + inner[at..].find(q)?;
             value.push_str(&inner[at..close]);
-            if inner[close + 1..].starts_with('`') {
-                value.push('`');
+            if inner[close + 1..].starts_with(q) {
+                value.push(q);
                 at = close + 2;
             } else {
                 return (!value.is_empty()).then(|| (value, &inner[close + 1..]));
@@ -163,6 +247,73 @@ fn identifier(s: &str) -> Option<(String, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(mode: Option<&str>, zone: Option<&str>) -> Object {
+        Object {
+            name: "p".into(),
+            sql: "CREATE PROCEDURE `p`() SELECT 1".into(),
+            sql_mode: mode.map(str::to_string),
+            time_zone: zone.map(str::to_string),
+            ..Object::default()
+        }
+    }
+
+    /// What `SHOW CREATE` gives back becomes one `SET`; anything that is
+    /// not a mode list or a time zone is refused before it reaches SQL.
+    #[test]
+    fn creation_settings_take_modes_and_zones_and_nothing_else() {
+        assert_eq!(creation_settings(&stored(None, None)), Ok(None));
+        assert_eq!(
+            creation_settings(&stored(Some(""), None)),
+            Ok(Some("SET SESSION sql_mode = ''".into()))
+        );
+        assert_eq!(
+            creation_settings(&stored(
+                Some("PIPES_AS_CONCAT,ANSI_QUOTES,NO_BACKSLASH_ESCAPES"),
+                Some("+05:00")
+            )),
+            Ok(Some(
+                "SET SESSION sql_mode = 'PIPES_AS_CONCAT,ANSI_QUOTES,NO_BACKSLASH_ESCAPES', SESSION time_zone = '+05:00'"
+                    .into()
+            ))
+        );
+        assert!(creation_settings(&stored(None, Some("Europe/Paris"))).is_ok());
+        assert!(creation_settings(&stored(None, Some("SYSTEM"))).is_ok());
+        for mode in [
+            "ANSI', sql_log_bin = 1, sql_mode = '",
+            "ANSI,",
+            "ansi",
+            "ANSI QUOTES",
+            "ANSI\\",
+            &"A".repeat(1001),
+        ] {
+            let refused = creation_settings(&stored(Some(mode), None));
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("not a list of SQL mode names")),
+                "{mode}: {refused:?}"
+            );
+        }
+        for zone in ["", "+05:00'; DROP DATABASE x; --", "a b", &"Z".repeat(65)] {
+            let refused = creation_settings(&stored(None, Some(zone)));
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("not a time zone")),
+                "{zone}: {refused:?}"
+            );
+        }
+        let mut schema = DatabaseSchema::default();
+        schema.events.push(Object {
+            name: "tick".into(),
+            ..stored(None, Some("x'y"))
+        });
+        assert_eq!(
+            first_unsettable(&schema).map(|(k, n, _)| (k, n)),
+            Some((Kind::Event, "tick".into()))
+        );
+    }
 
     /// As MariaDB 10.11's `SHOW CREATE` writes them.
     #[test]
@@ -214,8 +365,29 @@ mod tests {
                 "e",
             ),
         ] {
-            assert!(creates(sql, kind, "shop", name), "{sql}");
+            assert!(creates(sql, kind, "shop", name, false), "{sql}");
         }
+        // Under ANSI_QUOTES, as MariaDB 10.11 shows a function created so;
+        // read without it, the quoted names are strings.
+        let ansi = "CREATE DEFINER=\"shardcut\"@\"127.0.0.1\" FUNCTION \"j\"\"k\"() RETURNS varchar(16)\nRETURN 'a' || 'b'";
+        assert!(creates(ansi, Kind::Routine, "shop", "j\"k", true));
+        assert!(!creates(ansi, Kind::Routine, "shop", "j\"k", false));
+        let mut schema = DatabaseSchema {
+            create_database: "CREATE DATABASE `shop`".into(),
+            ..DatabaseSchema::default()
+        };
+        schema.routines.push(Object {
+            name: "j\"k".into(),
+            sql: ansi.into(),
+            sql_mode: Some("PIPES_AS_CONCAT,ANSI_QUOTES".into()),
+            ..Object::default()
+        });
+        assert_eq!(first_foreign("shop", &schema), None);
+        schema.routines[0].sql_mode = Some("PIPES_AS_CONCAT".into());
+        assert_eq!(
+            first_foreign("shop", &schema),
+            Some((Kind::Routine, "j\"k".into()))
+        );
     }
 
     #[test]
@@ -239,7 +411,7 @@ mod tests {
             ("CREATE TABLE `t", Kind::Table, "t"),
             (" CREATE TABLE `t` (a int)", Kind::Table, "t"),
         ] {
-            assert!(!creates(sql, kind, "shop", name), "{sql}");
+            assert!(!creates(sql, kind, "shop", name, false), "{sql}");
         }
     }
 
