@@ -565,8 +565,10 @@ async fn a_copy_in_a_second_region_resumes_after_a_kill_is_verified_and_drills_w
     let j = run.json();
     assert_eq!(j["backups_copied"][0], id.as_str(), "{run:?}");
     let copied = j["objects_copied"].as_u64().unwrap();
+    // What the killed copy stored, but its record of whose folder it is.
+    let stored = listed.iter().filter(|k| !k.ends_with("/started.json"));
     assert!(
-        j["objects_skipped"].as_u64().unwrap() >= listed.len() as u64,
+        j["objects_skipped"].as_u64().unwrap() >= stored.count() as u64,
         "{run:?}"
     );
     assert!(

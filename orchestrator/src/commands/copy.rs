@@ -91,6 +91,11 @@ impl Copy {
         for id in &r.backups_present {
             out.push_str(&format!("  backup {id}: already there\n"));
         }
+        for id in &r.partial_copies_removed {
+            out.push_str(&format!(
+                "  backup {id}: a partial copy removed (a copy stopped before its manifest; the source no longer has it)\n"
+            ));
+        }
         out.push_str(&format!(
             "  lag: {} backup(s) and {} capture object(s) not on the replica; newest there: {}\n",
             r.lag.backups_missing.len(),

@@ -69,11 +69,12 @@ pub async fn backup(
     // Whose folder this is, before anything else goes there: if this run
     // is killed, the next expiry of the cluster knows its leftovers.
     let (r, i, c) = (repo.clone(), id.clone(), topology.cluster.clone());
-    let recorded =
-        tokio::task::spawn_blocking(move || super::leftovers::record_start(r.as_ref(), &i, &c))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r.map_err(anyhow::Error::from));
+    let recorded = tokio::task::spawn_blocking(move || {
+        super::leftovers::record_start(r.as_ref(), &i, &c, super::leftovers::Writer::Backup)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r.map_err(anyhow::Error::from));
     let result = match recorded {
         Err(e) => Err(e),
         Ok(()) if opts.incremental => {

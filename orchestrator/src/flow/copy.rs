@@ -37,6 +37,7 @@ use shard_agent::manifest::{keys, Manifest, MANIFEST_MAX};
 use shard_agent::repo::{RepoError, Repository};
 use topology::Topology;
 
+use super::leftovers::{self, Writer};
 use super::{list_backups, open_repository};
 use crate::exit::InvalidInput;
 use crate::lock::RepoLock;
@@ -68,6 +69,9 @@ pub struct CopyReport {
     /// Copied objects the replica confirmed by its own hash.
     pub objects_verified: u64,
     pub lag: ReplicaLag,
+    /// Partial copies removed from the replica: of backups the source no
+    /// longer holds, left by a copy killed before their manifest.
+    pub partial_copies_removed: Vec<String>,
 }
 
 /// How far a replica is behind its source.
@@ -425,6 +429,11 @@ fn copy_round(
             })
             .collect();
         let work = copier.missing(jobs, &present);
+        if !present.contains(&manifest_key) {
+            // Whose folder this is, before its objects: if this copy is
+            // killed, a later one can tell what it left.
+            leftovers::record_start(dest, &m.backup_id, cluster, Writer::Copy)?;
+        }
         // A backup already on the replica still gets back an object lost
         // there since (its manifest stays).
         copier.many(work, &present)?;
@@ -459,6 +468,7 @@ fn copy_round(
             }
         }
     }
+    report.partial_copies_removed = remove_partial_copies(source, dest, cluster, &present)?;
     report.objects_copied = copier.tally.copied.load(Ordering::Relaxed);
     report.bytes_copied = copier.tally.bytes.load(Ordering::Relaxed);
     report.objects_skipped = copier.tally.skipped.load(Ordering::Relaxed);
@@ -474,6 +484,32 @@ fn copy_round(
     on_replica.extend(report.backups_copied.iter().cloned());
     report.lag = lag_of(source, dest, complete.keys(), &on_replica)?;
     Ok(report)
+}
+
+/// Removes the folders on the replica, listed in `present`, that hold no
+/// manifest and name a backup the source has no folder for: a copy killed
+/// before it wrote the manifest, of a backup expired at the source since.
+/// What cannot be removed is logged; the IDs removed are returned.
+fn remove_partial_copies(
+    source: &dyn Repository,
+    dest: &dyn Repository,
+    cluster: &str,
+    present: &HashSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let at_source: HashSet<String> = super::backup_folders(source)?.into_iter().collect();
+    let mut partial: Vec<String> = present
+        .iter()
+        .filter_map(|k| k.strip_prefix(keys::BACKUPS)?.split_once('/'))
+        .map(|(id, _)| id.to_string())
+        .filter(|id| !at_source.contains(id) && !present.contains(&keys::manifest(id)))
+        .collect();
+    partial.sort();
+    partial.dedup();
+    let found = leftovers::sweep_copies(dest, cluster, &partial);
+    for (id, why) in &found.kept {
+        tracing::warn!("replica: backup folder {id} has no manifest and stays: {why}");
+    }
+    Ok(found.removed.into_iter().map(|l| l.id).collect())
 }
 
 /// What the replica lacks of the source, by name.
@@ -734,5 +770,60 @@ mod tests {
             String::from_utf8_lossy(&copied),
             String::from_utf8_lossy(&first)
         );
+    }
+
+    /// A copy records whose folder it writes; a later copy removes what a
+    /// killed one left of a backup the source no longer has, and nothing
+    /// else: not a partial copy the source still has (it completes it),
+    /// not another cluster's, not a backup written there by a backup run.
+    #[test]
+    fn partial_copies_of_backups_gone_from_the_source_are_removed() {
+        let source = MemoryRepository::default();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "format": 2, "backup_id": "b2", "cluster": "c", "topology_digest": "",
+            "tool_version": "", "status": "complete", "started_at": "", "finished_at": "",
+            "cut": {"write_block_ms": 0, "attempts": 1, "taken_at": "", "shards": {}},
+            "shards": {},
+        }))
+        .unwrap();
+        source.put("backups/b2/manifest.json", &manifest).unwrap();
+        let dest = MemoryRepository::default();
+        let left = |id: &str, cluster: &str, writer: &str| {
+            let record = serde_json::json!({
+                "cluster": cluster, "writer": writer, "started_at": "",
+                "host": crate::lock::host_name(), "pid": 4_000_000_000u32,
+                "boot": crate::lock::boot_id(),
+            });
+            dest.put(
+                &format!("backups/{id}/started.json"),
+                &serde_json::to_vec(&record).unwrap(),
+            )
+            .unwrap();
+            dest.put(&format!("backups/{id}/bundles/s/b00000.bundle"), b"x")
+                .unwrap();
+        };
+        left("b1", "c", "copy");
+        left("b2", "c", "copy");
+        left("b3", "other", "copy");
+        left("b4", "c", "backup");
+        let report = copy_round(&source, &dest, "c", &Which::All, "dr").unwrap();
+        assert_eq!(report.partial_copies_removed, ["b1"]);
+        assert_eq!(report.backups_copied, ["b2"]);
+        assert!(dest.list("backups/b1/").unwrap().is_empty());
+        for id in ["b3", "b4"] {
+            assert_eq!(
+                dest.list(&format!("backups/{id}/")).unwrap().len(),
+                2,
+                "{id}"
+            );
+        }
+
+        // A copy into an empty replica leaves its record beside the backup.
+        let fresh = MemoryRepository::default();
+        copy_round(&source, &fresh, "c", &Which::All, "dr").unwrap();
+        let record: serde_json::Value =
+            serde_json::from_slice(&fresh.get("backups/b2/started.json").unwrap()).unwrap();
+        assert_eq!(record["writer"], "copy");
+        assert_eq!(record["cluster"], "c");
     }
 }

@@ -22,12 +22,16 @@ use shard_agent::repo::{RepoError, Repository};
 
 use crate::lock::RepoLock;
 
-/// Which kind of run wrote a backup's folder.
+/// Which kind of run wrote a backup's folder, under which of the
+/// cluster's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Writer {
-    /// `shardcut backup` (full or incremental), or the service's.
+    /// `shardcut backup` (full or incremental), or the service's: the
+    /// backup lock.
     Backup,
+    /// `shardcut copy`, into a replica: the copy lock there.
+    Copy,
 }
 
 /// The record a run writes into a backup's folder before anything else.
@@ -59,11 +63,17 @@ impl Started {
 /// The largest record read back: one is a few hundred bytes.
 const STARTED_MAX: u64 = 64 << 10;
 
-/// Stores the record of backup `id` of `cluster`, a run of this process.
-pub fn record_start(repo: &dyn Repository, id: &str, cluster: &str) -> Result<(), RepoError> {
+/// Stores the record of backup `id` of `cluster`, written by `writer`, a
+/// run of this process.
+pub fn record_start(
+    repo: &dyn Repository,
+    id: &str,
+    cluster: &str,
+    writer: Writer,
+) -> Result<(), RepoError> {
     let record = Started {
         cluster: cluster.to_string(),
-        writer: Writer::Backup,
+        writer,
         started_at: chrono::Utc::now().to_rfc3339(),
         host: crate::lock::host_name(),
         pid: std::process::id(),
@@ -130,7 +140,8 @@ pub async fn sweep(
     };
     for id in folders {
         let (r, c, i) = (repo.clone(), cluster.to_string(), id.clone());
-        let dead = match tokio::task::spawn_blocking(move || look(r.as_ref(), &c, &i)).await {
+        let looked = move || look(r.as_ref(), &c, &i, Writer::Backup);
+        let dead = match tokio::task::spawn_blocking(looked).await {
             Ok(Outcome::Passed) => continue,
             Ok(Outcome::Kept(why)) => {
                 found.kept.push((id, why));
@@ -160,10 +171,31 @@ pub async fn sweep(
     found
 }
 
-/// What the folder of backup `id` is to `cluster`: its manifest is looked
-/// for first, then its record (another cluster's folder is not listed),
-/// then whether its run still runs here.
-fn look(repo: &dyn Repository, cluster: &str, id: &str) -> Outcome {
+/// Removes the partial copies of `cluster`'s backups `ids` in the replica
+/// `dest`, backups the source no longer holds (a copy killed before it
+/// wrote the manifest, the backup expired at the source since): no copy
+/// will complete them. Run under the cluster's copy lock on the replica;
+/// what a copy left of a backup the source still holds stays, for the
+/// next copy of it to complete.
+pub fn sweep_copies(dest: &dyn Repository, cluster: &str, ids: &[String]) -> Leftovers {
+    let mut found = Leftovers::default();
+    for id in ids {
+        match look(dest, cluster, id, Writer::Copy) {
+            Outcome::Passed => {}
+            Outcome::Kept(why) => found.kept.push((id.clone(), why)),
+            Outcome::Dead(l) => match remove(dest, id) {
+                Ok(()) => found.removed.push(l),
+                Err(why) => found.kept.push((id.clone(), why)),
+            },
+        }
+    }
+    found
+}
+
+/// What the folder of backup `id` is to `cluster`'s runs of `writer`: its
+/// manifest is looked for first, then its record (a folder of another
+/// cluster or writer is not listed), then whether its run still runs here.
+fn look(repo: &dyn Repository, cluster: &str, id: &str, writer: Writer) -> Outcome {
     let prefix = keys::backup_prefix(id);
     match repo.exists(&keys::manifest(id)) {
         Ok(true) => return Outcome::Passed,
@@ -173,7 +205,7 @@ fn look(repo: &dyn Repository, cluster: &str, id: &str) -> Outcome {
     let record = keys::started(id);
     let started = match repo.get_at_most(&record, STARTED_MAX) {
         Ok(data) => match serde_json::from_slice::<Started>(&data) {
-            Ok(s) if s.cluster == cluster => s,
+            Ok(s) if s.cluster == cluster && s.writer == writer => s,
             Ok(_) => return Outcome::Passed,
             Err(e) => return Outcome::Kept(format!("its record {record} is unreadable: {e}")),
         },
@@ -284,7 +316,7 @@ mod tests {
         repo.put("backups/b4/x.zst", b"rows").unwrap();
         repo.put(&keys::started("b5"), b"not json").unwrap();
         repo.put(&keys::started("b6"), &vec![b' '; 70_000]).unwrap();
-        record_start(repo.as_ref(), "b7", "main").unwrap();
+        record_start(repo.as_ref(), "b7", "main", Writer::Backup).unwrap();
 
         let lock = RepoLock::acquire(repo.clone(), "main", "backup").unwrap();
         let dry = sweep(&repo, "main", &lock, true).await;
