@@ -889,6 +889,63 @@ fn statements_planted_in_a_mariadb_schema_file_never_run() {
     );
 }
 
+/// A routine's SQL mode in a MariaDB schema file reaches SQL: one that is
+/// SQL is refused when the file is read (exit 2), and one of mode-name
+/// characters that the target does not know fails the restore before it
+/// creates anything (a mode of another server version would have failed
+/// it after every table was loaded).
+#[test]
+fn a_routines_sql_mode_is_checked_before_the_target_changes() {
+    use mysql_async::prelude::Queryable;
+    let backup = Backup::take();
+    let scratch = PrivateSandbox::up(1, 0, "ready");
+    let target = db::topology(&scratch.topology());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shop_on_target = || -> Option<i64> {
+        rt.block_on(async {
+            let mut c = db::mysql(&target.shards[0], None).await;
+            let n = c
+                .query_first(
+                    "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop'",
+                )
+                .await
+                .unwrap();
+            c.disconnect().await.unwrap();
+            n
+        })
+    };
+    let mut routine = String::new();
+    plant_in_the_mariadb_schema(&backup, |s| {
+        let r = &mut s["routines"][0];
+        routine = r["name"].as_str().unwrap().to_string();
+        r["sql_mode"] = "STRICT_ALL_TABLES', sql_log_bin = 0, sql_mode = '".into();
+    });
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "routine shop.{routine}: its sql_mode \"STRICT_ALL_TABLES', sql_log_bin = 0, sql\" is not a list of SQL mode names"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(shop_on_target(), Some(0));
+
+    plant_in_the_mariadb_schema(&backup, |s| {
+        s["routines"][0]["sql_mode"] = "STRICT_ALL_TABLES,NO_SUCH_MODE".into();
+    });
+    let run = backup.restore(&scratch.topology(), &["--shard", "mysql-0"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "setting what routine shop.{routine} was created under (the target refuses it)"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(shop_on_target(), Some(0), "the restore began");
+}
+
 /// `copy` reads its source like any repository: an object of a backup
 /// replaced by one larger than its manifest records (a sparse file of
 /// 1.5 GiB, which costs nothing to plant) is refused by name before it is

@@ -152,23 +152,25 @@ async fn exec_stored_under(
         )
         .await?;
     }
-    exec(conn, shard, what, settings).await?;
-    let created = if mariadb {
-        exec(conn, shard, what, &format!("EXECUTE IMMEDIATE {TEXT}")).await
-    } else {
-        exec(conn, shard, what, sql).await
+    let created = match exec(conn, shard, what, settings).await {
+        Ok(()) if mariadb => exec(conn, shard, what, &format!("EXECUTE IMMEDIATE {TEXT}")).await,
+        Ok(()) => exec(conn, shard, what, sql).await,
+        Err(e) => Err(e),
     };
-    exec(
+    // The restore's settings back whatever happened; the first error is
+    // the one told.
+    let back = exec(
         conn,
         shard,
         "setting the restore's SQL mode again",
         RESTORE_SETTINGS,
     )
-    .await?;
-    if mariadb {
-        exec(conn, shard, what, &format!("SET {TEXT} = NULL")).await?;
-    }
-    created
+    .await;
+    let cleared = match mariadb {
+        true => exec(conn, shard, what, &format!("SET {TEXT} = NULL")).await,
+        false => Ok(()),
+    };
+    created.and(back).and(cleared)
 }
 
 /// The schema of `db` from its file, each statement checked to be the
@@ -317,12 +319,7 @@ async fn create_objects(
     opts: &RestoreOptions,
     schemas: &[(String, DatabaseSchema)],
 ) -> Result<(), AgentError> {
-    let wanted = |db: &str, o: &Object| {
-        opts.whole_database(source, db)
-            || o.table
-                .as_deref()
-                .is_some_and(|t| selected_name(opts, db, t))
-    };
+    let wanted = |db: &str, o: &Object| wanted(source, opts, db, o);
     let each = |pick: fn(&DatabaseSchema) -> &Vec<Object>| -> Vec<(&str, &Object)> {
         schemas
             .iter()
@@ -362,6 +359,16 @@ async fn create_objects(
         create_each(control, target, &mut at, kind, objects).await?;
     }
     Ok(())
+}
+
+/// Whether the restore creates object `o` of database `db` (a view,
+/// routine, trigger or event): every one of a database restored whole, a
+/// trigger of a selected table otherwise.
+fn wanted(source: &ShardManifest, opts: &RestoreOptions, db: &str, o: &Object) -> bool {
+    opts.whole_database(source, db)
+        || o.table
+            .as_deref()
+            .is_some_and(|t| selected_name(opts, db, t))
 }
 
 /// Creates `objects` of one `kind`, in their order.
@@ -481,12 +488,35 @@ pub(super) async fn check_target(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
+    let mut settings = std::collections::BTreeMap::new();
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
-        read_schema(source, target, opts, &db).await?;
+        let schema = read_schema(source, target, opts, &db).await?;
+        let programs = [
+            ("routine", &schema.routines),
+            ("trigger", &schema.triggers),
+            ("event", &schema.events),
+        ];
+        for (kind, objects) in programs {
+            for o in objects.iter().filter(|o| wanted(source, opts, &db, o)) {
+                if let Ok(Some(set)) = creation_settings(o) {
+                    settings
+                        .entry(set)
+                        .or_insert_with(|| format!("{kind} {db}.{}", o.name));
+                }
+            }
+        }
     }
     let mut conn = connect::mysql(target, None, TIMEOUT).await?;
+    // The SQL modes and time zones the objects were created under, each
+    // tried once: one the target does not know (a mode of another
+    // version, a named zone without the server's zone tables) fails the
+    // restore now, not after every table is loaded.
+    for (set, first) in &settings {
+        let what = format!("setting what {first} was created under (the target refuses it)");
+        exec(&mut conn, target, &what, set).await?;
+    }
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;

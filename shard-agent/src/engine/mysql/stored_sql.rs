@@ -115,7 +115,12 @@ pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, 
     groups.into_iter().find_map(|(kind, objects)| {
         objects
             .iter()
-            .find(|o| !creates(&o.sql, kind, db, &o.name, ansi_quotes(o)))
+            .find(|o| {
+                // Only stored programs are created under a mode of their
+                // own; tables and views under the restore's.
+                let own = matches!(kind, Kind::Routine | Kind::Trigger | Kind::Event);
+                !creates(&o.sql, kind, db, &o.name, own && ansi_quotes(o))
+            })
             .map(|o| (kind, o.name.clone()))
     })
 }
