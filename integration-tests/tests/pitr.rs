@@ -262,9 +262,20 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         "INSERT INTO ledger VALUES (2, 'debit', 6, 'after ddl')",
         "CREATE TABLE audit (id INT PRIMARY KEY, what TEXT)",
         "INSERT INTO audit VALUES (1, 'created after the backup')",
+        // DDL under a mode of its own: replayed under the replay's, the
+        // name in double quotes was a syntax error, and the function
+        // joined with OR.
+        "SET SESSION sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT'",
+        "CREATE TABLE \"quoted\" (id INT PRIMARY KEY)",
+        "CREATE FUNCTION joined() RETURNS VARCHAR(8) DETERMINISTIC RETURN 'a' || 'b'",
+        "SET SESSION sql_mode = DEFAULT",
+        "INSERT INTO quoted VALUES (1)",
     ] {
         c.query_drop(sql).await.unwrap();
     }
+    let mode_of_joined = "SELECT SQL_MODE FROM information_schema.ROUTINES \
+                          WHERE ROUTINE_SCHEMA = 'bank' AND ROUTINE_NAME = 'joined'";
+    let source_mode: Option<String> = c.query_first(mode_of_joined).await.unwrap();
     let p = db::pg(pg, "bank").await;
     p.batch_execute("INSERT INTO ledger VALUES (1, 'credit', 5)")
         .await
@@ -284,13 +295,25 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         .into_iter()
         .find(|s| s.engine == Engine::Mysql)
         .unwrap();
-    for t in ["bank.ledger", "bank.audit"] {
+    for t in ["bank.ledger", "bank.audit", "bank.quoted"] {
         assert_eq!(
             db::mysql_checksum(&tmy, t).await,
             db::mysql_checksum(my, t).await,
             "{t} after replaying ADD COLUMN / CREATE TABLE"
         );
     }
+    let mut t = db::mysql(&tmy, Some("bank")).await;
+    let joined: Option<String> = t.query_first("SELECT joined()").await.unwrap();
+    assert_eq!(joined.as_deref(), Some("ab"));
+    let target_mode: Option<String> = t.query_first(mode_of_joined).await.unwrap();
+    assert_eq!(target_mode, source_mode);
+    assert!(
+        source_mode
+            .as_deref()
+            .is_some_and(|m| m.contains("ANSI_QUOTES")),
+        "{source_mode:?}"
+    );
+    t.disconnect().await.unwrap();
 
     // The stored segment is a binlog file mariadb-binlog reads.
     let repo = db::repository(&topo);

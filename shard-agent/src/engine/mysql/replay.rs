@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData, QueryEvent, StatusVarVal, TableMapEvent};
 use mysql_async::binlog::BinlogVersion;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
+use mysql_common::binlog::consts::StatusVarKey;
 use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
@@ -32,7 +33,7 @@ use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
 use super::lexer::several_statements;
 use super::logged_sql::{self, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
-use super::sql::SYSTEM_DATABASES;
+use super::sql::{quote_literal, SYSTEM_DATABASES};
 use super::stored_sql::one_statement;
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
@@ -400,8 +401,54 @@ enum Step {
     Rows(Vec<u8>, Vec<Table>, Option<SortKey>),
     /// A statement built here (`USE`, a savepoint's), run as it is.
     Sql(String),
-    /// A statement from the segment, run as exactly one statement.
-    Logged(String),
+    /// A statement from the segment, run as exactly one statement, and
+    /// the `SET` of the SQL mode and time zone it was logged under
+    /// ([`logged_settings`]), if not the replay session's.
+    Logged(String, Option<String>),
+}
+
+/// The replay session's SQL mode and time zone, put back after a logged
+/// statement that ran under its own.
+const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.time_zone";
+
+/// The `SET` that puts back the SQL mode and time zone statement `qe` was
+/// logged under, unless they are the replay session's (no mode, no zone
+/// of its own): the server reads DDL under its mode (`ANSI_QUOTES` makes
+/// `"t"` a name, `PIPES_AS_CONCAT` makes `||` a concatenation), and a
+/// routine, trigger or event keeps it, and an event's schedule its zone.
+/// The mode is a number, the server's own bits, as `mariadb-binlog`
+/// writes it; a zone from the segment must be a name or an offset.
+fn logged_settings(qe: &QueryEvent<'_>) -> Result<Option<String>, String> {
+    let vars = qe.status_vars();
+    let mode = vars
+        .get_status_var(StatusVarKey::SqlMode)
+        .and_then(|v| match v.get_value() {
+            Ok(StatusVarVal::SqlMode(m)) => Some(m.0),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let zone = vars
+        .get_status_var(StatusVarKey::TimeZone)
+        .and_then(|v| match v.get_value() {
+            Ok(StatusVarVal::TimeZone(z)) => Some(z.as_str().into_owned()),
+            _ => None,
+        })
+        .filter(|z| !z.is_empty());
+    let mut set = Vec::new();
+    if mode != 0 {
+        set.push(format!("SESSION sql_mode = {mode}"));
+    }
+    if let Some(zone) = zone {
+        let fits = |b: u8| b.is_ascii_alphanumeric() || b"_/+-:".contains(&b);
+        if zone.len() > 64 || !zone.bytes().all(fits) {
+            return Err(format!(
+                "its time zone {:?} is not a time zone name or offset",
+                zone.chars().take(40).collect::<String>()
+            ));
+        }
+        set.push(format!("SESSION time_zone = '{zone}'"));
+    }
+    Ok((!set.is_empty()).then(|| format!("SET {}", set.join(", "))))
 }
 
 /// One connection's open target transaction, that source transactions (or
@@ -544,6 +591,39 @@ impl Session {
         self.send_rows().await?;
         let what = self.span();
         self.run(sql, &what, shown).await
+    }
+
+    /// The statements that run `sql`, a statement of a segment, under
+    /// `settings` (its SQL mode and time zone, [`logged_settings`]) and then
+    /// put the replay session's back, each with how an error shows it. On
+    /// MariaDB the text is assigned to a variable under the replay's mode
+    /// first, so that the statement's mode (`NO_BACKSLASH_ESCAPES`) does
+    /// not change how the quoting of `EXECUTE IMMEDIATE` reads.
+    fn logged(
+        &self,
+        sql: &str,
+        settings: Option<&str>,
+        at: &str,
+    ) -> Result<Vec<(String, String)>, ReplayError> {
+        let shown = logged_sql::shown(sql);
+        let Some(set) = settings else {
+            return Ok(vec![(self.one(sql, at)?, shown)]);
+        };
+        let own = |q: &str| (q.to_string(), q.to_string());
+        Ok(if self.mariadb {
+            vec![
+                (
+                    format!("SET @shardcut_logged = {}", quote_literal(sql)),
+                    shown.clone(),
+                ),
+                own(set),
+                ("EXECUTE IMMEDIATE @shardcut_logged".to_string(), shown),
+                own(REPLAY_SETTINGS),
+                own("SET @shardcut_logged = NULL"),
+            ]
+        } else {
+            vec![own(set), (self.one(sql, at)?, shown), own(REPLAY_SETTINGS)]
+        })
     }
 
     /// Statement `sql` of a segment, made to run as exactly one statement:
@@ -898,7 +978,7 @@ impl Applier {
             // tables anew (a link dropped only leaves two tables on one
             // connection): the catalog is not read again for every DDL.
             let relinks = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) | Step::Logged(q) => {
+                Step::Sql(q) | Step::Logged(q, _) => {
                     let q = q.to_ascii_uppercase();
                     ["REFERENCES", "FOREIGN", "RENAME"]
                         .iter()
@@ -911,7 +991,7 @@ impl Applier {
             // key, a table made anew); dropping one only leaves a table in
             // source order that could be sorted.
             let reorders = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) | Step::Logged(q) => {
+                Step::Sql(q) | Step::Logged(q, _) => {
                     let q = q.to_ascii_uppercase();
                     ["CREATE", "ALTER", "RENAME"].iter().any(|w| q.contains(w))
                 }
@@ -920,9 +1000,10 @@ impl Applier {
             for step in txn.steps {
                 match step {
                     Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
-                    Step::Logged(sql) => {
-                        let one = self.main.one(&sql, &what)?;
-                        self.main.run(&one, &what, &logged_sql::shown(&sql)).await?
+                    Step::Logged(sql, settings) => {
+                        for (q, shown) in self.main.logged(&sql, settings.as_deref(), &what)? {
+                            self.main.run(&q, &what, &shown).await?
+                        }
                     }
                     Step::Rows(rows, ..) => {
                         let sql = binlog_statement(&rows);
@@ -956,9 +1037,10 @@ impl Applier {
                 match step {
                     Step::Rows(rows, ..) => self.main.rows(rows, &at, None).await?,
                     Step::Sql(sql) => self.main.sql(&sql, &sql, &at).await?,
-                    Step::Logged(sql) => {
-                        let one = self.main.one(&sql, &at)?;
-                        self.main.sql(&one, &logged_sql::shown(&sql), &at).await?
+                    Step::Logged(sql, settings) => {
+                        for (q, shown) in self.main.logged(&sql, settings.as_deref(), &at)? {
+                            self.main.sql(&q, &shown, &at).await?
+                        }
                     }
                 }
             }
@@ -1316,9 +1398,13 @@ impl TxnSteps {
             return Ok(true);
         }
         self.flush_rows();
-        let schema = match ev.read_data() {
-            Ok(Some(EventData::QueryEvent(qe))) => qe.schema().to_string(),
-            _ => String::new(),
+        let (schema, settings) = match ev.read_data() {
+            Ok(Some(EventData::QueryEvent(qe))) => (
+                qe.schema().to_string(),
+                logged_settings(&qe)
+                    .map_err(|why| format!("`{}`: {why}", logged_sql::shown(&q)))?,
+            ),
+            _ => (String::new(), None),
         };
         match logged_sql::place(&q, &schema, left.scope) {
             Placement::Apply(sql) => {
@@ -1326,7 +1412,7 @@ impl TxnSteps {
                     self.steps
                         .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
                 }
-                self.steps.push(Step::Logged(sql));
+                self.steps.push(Step::Logged(sql, settings));
             }
             Placement::Built(sql) => self.steps.push(Step::Sql(sql)),
             Placement::Outside => left.statements += 1,
