@@ -407,6 +407,22 @@ enum Step {
     Logged(String, Option<String>),
 }
 
+/// `NO_BACKSLASH_ESCAPES` among the SQL mode bits (`SET sql_mode = N`).
+const NO_BACKSLASH_ESCAPES: u64 = 1 << 20;
+
+/// Refuses statement `sql`, logged under SQL mode `mode`, if the server
+/// would read it otherwise than [`logged_sql::place`] did, which reads
+/// strings with backslashes escaping: under `NO_BACKSLASH_ESCAPES` a
+/// backslash ends a string where the placement read on (`COMMENT 'a\',
+/// RENAME TO mysql.x` renames the table out of the selection). Without a
+/// backslash the two read it alike.
+fn read_as_placed(mode: u64, sql: &str) -> Result<(), String> {
+    if mode & NO_BACKSLASH_ESCAPES != 0 && sql.contains('\\') {
+        return Err("logged under NO_BACKSLASH_ESCAPES, with a backslash in its text: replay cannot read it as the server would".into());
+    }
+    Ok(())
+}
+
 /// The replay session's SQL mode and time zone, put back after a logged
 /// statement that ran under its own.
 const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.time_zone";
@@ -418,7 +434,8 @@ const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.t
 /// routine, trigger or event keeps it, and an event's schedule its zone.
 /// The mode is a number, the server's own bits, as `mariadb-binlog`
 /// writes it; a zone from the segment must be a name or an offset.
-fn logged_settings(qe: &QueryEvent<'_>) -> Result<Option<String>, String> {
+/// `sql` is the statement as placed ([`read_as_placed`]).
+fn logged_settings(qe: &QueryEvent<'_>, sql: &str) -> Result<Option<String>, String> {
     let vars = qe.status_vars();
     let mode = vars
         .get_status_var(StatusVarKey::SqlMode)
@@ -427,6 +444,7 @@ fn logged_settings(qe: &QueryEvent<'_>) -> Result<Option<String>, String> {
             _ => None,
         })
         .unwrap_or(0);
+    read_as_placed(mode, sql)?;
     let zone = vars
         .get_status_var(StatusVarKey::TimeZone)
         .and_then(|v| match v.get_value() {
@@ -1401,7 +1419,7 @@ impl TxnSteps {
         let (schema, settings) = match ev.read_data() {
             Ok(Some(EventData::QueryEvent(qe))) => (
                 qe.schema().to_string(),
-                logged_settings(&qe)
+                logged_settings(&qe, &q)
                     .map_err(|why| format!("`{}`: {why}", logged_sql::shown(&q)))?,
             ),
             _ => (String::new(), None),
@@ -1473,6 +1491,30 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    /// A statement logged under `NO_BACKSLASH_ESCAPES` with a backslash is
+    /// read otherwise by the server than by the placement: refused; one
+    /// without a backslash, or under another mode, is not.
+    #[test]
+    fn a_backslash_under_no_backslash_escapes_is_refused() {
+        use super::{read_as_placed, NO_BACKSLASH_ESCAPES};
+        let planted = "ALTER TABLE bank.t COMMENT 'a\\', RENAME TO mysql.x -- '";
+        let refused = read_as_placed(NO_BACKSLASH_ESCAPES | 4, planted);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("NO_BACKSLASH_ESCAPES")),
+            "{refused:?}"
+        );
+        assert_eq!(read_as_placed(4, planted), Ok(()));
+        assert_eq!(
+            read_as_placed(
+                NO_BACKSLASH_ESCAPES,
+                "CREATE TABLE t (v VARCHAR(8) DEFAULT 'ab')"
+            ),
+            Ok(())
+        );
+    }
+
     use super::{decoding, end_statement, small_pool, LeftOut, STMT_END_F};
 
     /// A table map is applied or left out by the name the server reads:
