@@ -407,18 +407,25 @@ enum Step {
     Logged(String, Option<String>),
 }
 
-/// `NO_BACKSLASH_ESCAPES` among the SQL mode bits (`SET sql_mode = N`).
-const NO_BACKSLASH_ESCAPES: u64 = 1 << 20;
+/// The SQL mode bits (`SET sql_mode = N`) under which the server reads a
+/// backslash otherwise than the placement does: `NO_BACKSLASH_ESCAPES`
+/// (1 << 20), and `ANSI_QUOTES` (1 << 2) with the combination modes that
+/// turn it on (`POSTGRESQL`, `ORACLE`, `MSSQL`, `DB2`, `MAXDB`, `ANSI`:
+/// bits 8 to 12 and 18).
+const QUOTES_READ_OTHERWISE: u64 =
+    1 << 2 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 18 | 1 << 20;
 
 /// Refuses statement `sql`, logged under SQL mode `mode`, if the server
 /// would read it otherwise than [`logged_sql::place`] did, which reads
-/// strings with backslashes escaping: under `NO_BACKSLASH_ESCAPES` a
-/// backslash ends a string where the placement read on (`COMMENT 'a\',
-/// RENAME TO mysql.x` renames the table out of the selection). Without a
-/// backslash the two read it alike.
+/// quotes with backslashes escaping: under `NO_BACKSLASH_ESCAPES` a
+/// backslash ends a string where the placement reads on (`COMMENT 'a\',
+/// RENAME TO mysql.x -- '` renames the table out of the selection), and
+/// under `ANSI_QUOTES` one ends a double-quoted name
+/// (`DROP TABLE bank."x\", mysql.global_priv -- "`). Without a backslash
+/// the two read it alike.
 fn read_as_placed(mode: u64, sql: &str) -> Result<(), String> {
-    if mode & NO_BACKSLASH_ESCAPES != 0 && sql.contains('\\') {
-        return Err("logged under NO_BACKSLASH_ESCAPES, with a backslash in its text: replay cannot read it as the server would".into());
+    if mode & QUOTES_READ_OTHERWISE != 0 && sql.contains('\\') {
+        return Err("logged under a SQL mode that reads quotes otherwise (NO_BACKSLASH_ESCAPES, or ANSI_QUOTES alone or in a combination mode), with a backslash in its text: replay cannot read it as the server would".into());
     }
     Ok(())
 }
@@ -1491,25 +1498,54 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    /// A statement logged under `NO_BACKSLASH_ESCAPES` with a backslash is
-    /// read otherwise by the server than by the placement: refused; one
-    /// without a backslash, or under another mode, is not.
+    /// A statement logged under a mode that reads quotes otherwise
+    /// (`NO_BACKSLASH_ESCAPES`, or `ANSI_QUOTES` alone or through a
+    /// combination mode), with a backslash in it, is read otherwise by the
+    /// server than by the placement: refused; one without a backslash, or
+    /// under another mode, is not.
     #[test]
-    fn a_backslash_under_no_backslash_escapes_is_refused() {
-        use super::{read_as_placed, NO_BACKSLASH_ESCAPES};
-        let planted = "ALTER TABLE bank.t COMMENT 'a\\', RENAME TO mysql.x -- '";
-        let refused = read_as_placed(NO_BACKSLASH_ESCAPES | 4, planted);
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("NO_BACKSLASH_ESCAPES")),
-            "{refused:?}"
+    fn a_backslash_under_a_mode_that_reads_quotes_otherwise_is_refused() {
+        use super::read_as_placed;
+        const NO_BACKSLASH_ESCAPES: u64 = 1 << 20;
+        for (mode, planted) in [
+            (
+                NO_BACKSLASH_ESCAPES,
+                "ALTER TABLE bank.t COMMENT 'a\\', RENAME TO mysql.x -- '",
+            ),
+            (
+                1 << 2,
+                "DROP TABLE IF EXISTS bank.\"x\\\", mysql.global_priv -- \"",
+            ),
+            (
+                1 << 9,
+                "RENAME TABLE bank.a TO bank.\"b\\\", mysql.global_priv TO bank.s -- \"",
+            ),
+            (
+                1 << 18,
+                "CREATE TABLE bank.t (\"c\\\" INT) SELECT * FROM mysql.global_priv -- \" INT)",
+            ),
+            (
+                1 << 8 | 1 << 10 | 1 << 11 | 1 << 12,
+                "ALTER TABLE bank.\"t\\\" ADD c INT",
+            ),
+        ] {
+            let refused = read_as_placed(mode, planted);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("reads quotes otherwise")),
+                "{mode}: {planted}: {refused:?}"
+            );
+        }
+        // PIPES_AS_CONCAT reads quotes as the placement does.
+        assert_eq!(
+            read_as_placed(1 << 1, "ALTER TABLE bank.t COMMENT 'a\\''"),
+            Ok(())
         );
-        assert_eq!(read_as_placed(4, planted), Ok(()));
         assert_eq!(
             read_as_placed(
-                NO_BACKSLASH_ESCAPES,
-                "CREATE TABLE t (v VARCHAR(8) DEFAULT 'ab')"
+                NO_BACKSLASH_ESCAPES | 1 << 2,
+                "CREATE TABLE \"t\" (v VARCHAR(8) DEFAULT 'ab')"
             ),
             Ok(())
         );
