@@ -217,10 +217,8 @@ impl LocalRepository {
     }
 
     fn list_into(&self, dir: &Path, rel: &str, out: &mut Vec<String>) -> io::Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        let Some(entries) = entries_of(dir)? else {
+            return Ok(());
         };
         for entry in entries {
             let entry = entry?;
@@ -244,15 +242,22 @@ impl LocalRepository {
     }
 }
 
+/// The entries of directory `dir`; none when it does not exist.
+fn entries_of(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes the `.tmp-*` files below `dir` (puts a killed process never
 /// finished), then every directory there that is left empty, `dir`
 /// included. Anything else (an object put meanwhile, a link) stays, and so
 /// do the directories holding it. Links are never followed.
 fn remove_emptied(dir: &Path) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(entries) = entries_of(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry?;
