@@ -106,8 +106,8 @@ pub struct Leftovers {
 enum Outcome {
     /// Complete, another cluster's, or holding nothing.
     Passed,
-    /// A dead run of the cluster's.
-    Dead(Leftover),
+    /// A dead run of the cluster's, and the keys its folder held.
+    Dead(Leftover, Vec<String>),
     /// To be left, for this reason.
     Kept(String),
 }
@@ -126,13 +126,12 @@ pub async fn sweep(
 ) -> Leftovers {
     let mut found = Leftovers::default();
     let r = repo.clone();
-    let folders = match tokio::task::spawn_blocking(move || super::backup_folders(r.as_ref())).await
-    {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            found.stopped = Some(format!("the backups' folders could not be listed: {e}"));
-            return found;
-        }
+    let listed = tokio::task::spawn_blocking(move || super::backup_folders(r.as_ref()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.map_err(|e| e.to_string()));
+    let folders = match listed {
+        Ok(f) => f,
         Err(e) => {
             found.stopped = Some(format!("the backups' folders could not be listed: {e}"));
             return found;
@@ -141,7 +140,7 @@ pub async fn sweep(
     for id in folders {
         let (r, c, i) = (repo.clone(), cluster.to_string(), id.clone());
         let looked = move || look(r.as_ref(), &c, &i, Writer::Backup);
-        let dead = match tokio::task::spawn_blocking(looked).await {
+        let (dead, keys) = match tokio::task::spawn_blocking(looked).await {
             Ok(Outcome::Passed) => continue,
             Ok(Outcome::Kept(why)) => {
                 found.kept.push((id, why));
@@ -151,7 +150,7 @@ pub async fn sweep(
                 found.kept.push((id, format!("looking at it failed: {e}")));
                 continue;
             }
-            Ok(Outcome::Dead(l)) => l,
+            Ok(Outcome::Dead(l, keys)) => (l, keys),
         };
         if dry_run {
             found.removed.push(dead);
@@ -162,7 +161,7 @@ pub async fn sweep(
             break;
         }
         let (r, i) = (repo.clone(), id.clone());
-        match tokio::task::spawn_blocking(move || remove(r.as_ref(), &i)).await {
+        match tokio::task::spawn_blocking(move || remove(r.as_ref(), &i, &keys)).await {
             Ok(Ok(())) => found.removed.push(dead),
             Ok(Err(why)) => found.kept.push((id, why)),
             Err(e) => found.kept.push((id, format!("removing it failed: {e}"))),
@@ -183,7 +182,7 @@ pub fn sweep_copies(dest: &dyn Repository, cluster: &str, ids: &[String]) -> Lef
         match look(dest, cluster, id, Writer::Copy) {
             Outcome::Passed => {}
             Outcome::Kept(why) => found.kept.push((id.clone(), why)),
-            Outcome::Dead(l) => match remove(dest, id) {
+            Outcome::Dead(l, keys) => match remove(dest, id, &keys) {
                 Ok(()) => found.removed.push(l),
                 Err(why) => found.kept.push((id.clone(), why)),
             },
@@ -229,22 +228,23 @@ fn look(repo: &dyn Repository, cluster: &str, id: &str, writer: Writer) -> Outco
         ));
     }
     match repo.list(&prefix) {
-        Ok(keys) => Outcome::Dead(Leftover {
-            id: id.to_string(),
-            started,
-            objects: keys.len(),
-        }),
+        Ok(keys) => Outcome::Dead(
+            Leftover {
+                id: id.to_string(),
+                started,
+                objects: keys.len(),
+            },
+            keys,
+        ),
         Err(e) => Outcome::Kept(format!("it cannot be listed: {e}")),
     }
 }
 
-/// Removes the folder of backup `id`, a dead run's, or says why not.
-fn remove(repo: &dyn Repository, id: &str) -> Result<(), String> {
+/// Removes the folder of backup `id`, a dead run's, which held `keys`
+/// when [`look`] listed it, or says why not.
+fn remove(repo: &dyn Repository, id: &str, keys: &[String]) -> Result<(), String> {
     let prefix = keys::backup_prefix(id);
     let record = keys::started(id);
-    let keys = repo
-        .list(&prefix)
-        .map_err(|e| format!("it cannot be listed: {e}"))?;
     // Everything but the record first. Something may still write there
     // (a remote agent whose orchestrator died goes on until it gives up
     // on it): then its objects stay under the record, and the next

@@ -110,6 +110,18 @@ impl LocalRepository {
         Self::write_new(tmp, data)
     }
 
+    /// The directory of folder `prefix` (a key followed by `/`), checked as
+    /// [`Self::path`] checks a key's file.
+    fn folder(&self, prefix: &str) -> Result<PathBuf, RepoError> {
+        let rel = prefix
+            .strip_suffix('/')
+            .ok_or_else(|| RepoError::InvalidKey {
+                location: self.location(),
+                key: prefix.to_string(),
+            })?;
+        self.path(rel)
+    }
+
     /// The file of `key`. No part of it below the root may be a symbolic
     /// link: the repository is not trusted, and a planted link would make a
     /// read or write land anywhere on the host.
@@ -398,17 +410,9 @@ impl Repository for LocalRepository {
     }
 
     fn list_folder(&self, prefix: &str) -> Result<Vec<String>, RepoError> {
-        let rel = prefix
-            .strip_suffix('/')
-            .ok_or_else(|| RepoError::InvalidKey {
-                location: self.location(),
-                key: prefix.to_string(),
-            })?;
-        let dir = self.path(rel)?;
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.io("list", prefix)(e)),
+        let dir = self.folder(prefix)?;
+        let Some(entries) = entries_of(&dir).map_err(self.io("list", prefix))? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in entries {
@@ -438,13 +442,7 @@ impl Repository for LocalRepository {
     }
 
     fn delete_folder(&self, prefix: &str) -> Result<(), RepoError> {
-        let rel = prefix
-            .strip_suffix('/')
-            .ok_or_else(|| RepoError::InvalidKey {
-                location: self.location(),
-                key: prefix.to_string(),
-            })?;
-        let dir = self.path(rel)?;
+        let dir = self.folder(prefix)?;
         for key in self.list(prefix)? {
             self.delete(&key)?;
         }
