@@ -727,6 +727,11 @@ const MY_KINDS: &[&str] = &[
      FOREIGN KEY (owner_id) REFERENCES bank.owner (id)) ENGINE=InnoDB",
     "INSERT INTO bank.owner VALUES (0, 'first')",
     "INSERT INTO bank.pet VALUES (0, 0, NULL)",
+    // A sequence: the server logs each refill of its cache as a row of
+    // its table, which replay applies as it does any row.
+    "CREATE SEQUENCE bank.ids START WITH 100 INCREMENT BY 5 CACHE 3",
+    "CREATE TABLE bank.ticket (id BIGINT PRIMARY KEY DEFAULT NEXTVAL(bank.ids), note VARCHAR(20)) ENGINE=InnoDB",
+    "INSERT INTO bank.ticket (note) VALUES ('a'), ('b')",
 ];
 
 const MY_KIND_CHANGES: &[&str] = &[
@@ -742,7 +747,21 @@ const MY_KIND_CHANGES: &[&str] = &[
     "UPDATE bank.pet SET name = 'rex' WHERE id = 0",
     "INSERT INTO bank.owner SELECT seq, CONCAT('owner ', seq) FROM bank.seq_1_to_2000",
     "INSERT INTO bank.pet SELECT seq, seq, 'pet' FROM bank.seq_1_to_2000",
+    "INSERT INTO bank.ticket (note) SELECT CONCAT('t', seq) FROM bank.seq_1_to_20",
 ];
+
+/// The state of MariaDB sequence `bank.ids` (its table's one row).
+async fn ids_state(shard: &topology::Shard) -> String {
+    db::mysql(shard, None)
+        .await
+        .query_first(
+            "SELECT CONCAT_WS(',', next_not_cached_value, minimum_value, maximum_value, \
+             start_value, increment, cache_size, cycle_option, cycle_count) FROM bank.ids",
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
 
 const PG_KIND_TABLES: &[&str] = &[
     "kinds",
@@ -796,6 +815,7 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
         .unwrap();
     run_ok_async(&["mark", "-t", arg, "--name", "kinds"]).await;
     let at_mark = sequences(pg).await;
+    let ids_at_mark = ids_state(my).await;
     // More after the mark: `latest` must reach them too.
     db::pg(pg, "bank")
         .await
@@ -805,7 +825,12 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
     c.query_drop("INSERT INTO bank.kinds (a) VALUES (4)")
         .await
         .unwrap();
+    c.query_drop("INSERT INTO bank.ticket (note) SELECT CONCAT('u', seq) FROM bank.seq_1_to_7")
+        .await
+        .unwrap();
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    let ids_latest = ids_state(my).await;
+    assert_ne!(ids_latest, ids_at_mark);
 
     let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
@@ -846,7 +871,13 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
                     "{until}: {table}"
                 );
             }
-            for table in ["bank.kinds", "bank.nokey", "bank.owner", "bank.pet"] {
+            for table in [
+                "bank.kinds",
+                "bank.nokey",
+                "bank.owner",
+                "bank.pet",
+                "bank.ticket",
+            ] {
                 assert_eq!(
                     db::mysql_checksum(&t.shards[0], table).await,
                     db::mysql_checksum(my, table).await,
@@ -854,7 +885,20 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
                 );
             }
         }
-        // No sequence is behind the source's at the mark.
+        // The MariaDB sequence is as the source's was at that point, and
+        // gives the target's next row a key no restored row holds.
+        let ids = if until == "latest" {
+            &ids_latest
+        } else {
+            &ids_at_mark
+        };
+        assert_eq!(&ids_state(&t.shards[0]).await, ids, "{until}");
+        let mut tc = db::mysql(&t.shards[0], None).await;
+        tc.query_drop("INSERT INTO bank.ticket (note) VALUES ('on the target')")
+            .await
+            .unwrap();
+        tc.disconnect().await.unwrap();
+        // No PostgreSQL sequence is behind the source's at the mark.
         let restored = sequences(&t.shards[1]).await;
         for (name, value) in &at_mark {
             assert!(

@@ -681,6 +681,84 @@ async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String
     rows
 }
 
+/// The state of MariaDB sequence `name`, as its table's row.
+async fn sequence_state(shard: &topology::Shard, name: &str) -> String {
+    db::mysql(shard, None)
+        .await
+        .query_first(format!(
+            "SELECT CONCAT_WS(',', next_not_cached_value, minimum_value, maximum_value, \
+             start_value, increment, cache_size, cycle_option, cycle_count) FROM {name}"
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// MariaDB sequences are backed up with their definition and state, and
+/// restored before the tables taking their keys from them: a backup of a
+/// shard holding one used to fail, naming it. Restored, each is where the
+/// source's was (past every value handed out, its cache included), so the
+/// target's next row gets a key no restored row holds; an ascending, a
+/// descending and a cycling sequence (in its second round) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sequences_come_back_where_they_were() {
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let shard = source.first_shard();
+    let mut c = db::mysql(&shard, None).await;
+    c.query_drop(
+        "CREATE DATABASE tickets; \
+         CREATE SEQUENCE tickets.ids START WITH 100 INCREMENT BY 5 CACHE 3; \
+         CREATE SEQUENCE tickets.down START WITH -1 INCREMENT BY -1 MINVALUE -1000 MAXVALUE -1 CACHE 0; \
+         CREATE SEQUENCE tickets.`a round` START WITH 1 MAXVALUE 3 CYCLE CACHE 0; \
+         CREATE TABLE tickets.ticket (id BIGINT PRIMARY KEY DEFAULT NEXTVAL(tickets.ids), \
+           down BIGINT DEFAULT NEXTVAL(tickets.down), note VARCHAR(20)); \
+         INSERT INTO tickets.ticket (note) SELECT CONCAT('t', seq) FROM tickets.seq_1_to_10; \
+         SELECT NEXTVAL(tickets.`a round`) FROM tickets.seq_1_to_4",
+    )
+    .await
+    .unwrap();
+    let names = ["tickets.ids", "tickets.down", "tickets.`a round`"];
+    let mut expected = Vec::new();
+    for name in names {
+        expected.push(sequence_state(&shard, name).await);
+    }
+    // The cycling one is in its second round.
+    assert!(expected[2].ends_with(",1,1"), "{expected:?}");
+    c.disconnect().await.unwrap();
+
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+    restored_fully(
+        src_path.to_str().unwrap(),
+        &id,
+        target.topology().to_str().unwrap(),
+    )
+    .await;
+    let restored = target.first_shard();
+    let mut found = Vec::new();
+    for name in names {
+        found.push(sequence_state(&restored, name).await);
+    }
+    assert_eq!(found, expected);
+    assert_eq!(
+        db::mysql_checksum(&restored, "tickets.ticket").await,
+        db::mysql_checksum(&shard, "tickets.ticket").await
+    );
+    let mut c = db::mysql(&restored, None).await;
+    c.query_drop("INSERT INTO tickets.ticket (note) VALUES ('after')")
+        .await
+        .unwrap();
+    let (id, down): (i64, i64) = c
+        .query_first("SELECT id, down FROM tickets.ticket WHERE note = 'after'")
+        .await
+        .unwrap()
+        .unwrap();
+    let next = |state: &str| -> i64 { state.split(',').next().unwrap().parse().unwrap() };
+    assert_eq!((id, down), (next(&expected[0]), next(&expected[1])));
+    c.disconnect().await.unwrap();
+}
+
 /// MariaDB routines, triggers and events come back with the SQL mode they
 /// were created under, and an event with its time zone: they were created
 /// under the restore session's (`STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,…`,

@@ -96,7 +96,7 @@ impl Session {
             let files = schema_files(
                 &mut self.control,
                 &self.databases,
-                &self.tables,
+                (&self.sequences, &self.tables),
                 &shard,
                 opts,
             )
@@ -191,14 +191,19 @@ impl Session {
 async fn schema_files(
     control: &mut mysql_async::Conn,
     databases: &[String],
-    tables: &[Table],
+    (sequences, tables): (&[(String, String)], &[Table]),
     shard: &Shard,
     opts: &DumpOptions,
 ) -> Result<Vec<StoredFile>, AgentError> {
     let mut files = Vec::new();
     for db in databases {
         let in_db: Vec<&Table> = tables.iter().filter(|t| &t.database == db).collect();
-        let schema = database_schema(control, shard, db, &in_db).await?;
+        let sequences_in_db: Vec<&str> = sequences
+            .iter()
+            .filter(|(d, _)| d == db)
+            .map(|(_, name)| name.as_str())
+            .collect();
+        let schema = database_schema(control, shard, db, &sequences_in_db, &in_db).await?;
         let raw = serde_json::to_vec_pretty(&schema).map_err(|source| AgentError::Schema {
             shard: shard.name.clone(),
             what: format!("encoding the schema of {db}"),

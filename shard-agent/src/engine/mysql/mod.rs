@@ -38,20 +38,22 @@ use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
 /// Why a backup refuses, by name, a table of `kind` as
 /// `information_schema.TABLES` lists it; `None` for a kind it backs up or
-/// does not list. MariaDB lists a table WITH SYSTEM VERSIONING, and a
-/// sequence, as kinds of their own, which the catalog used to pass over
-/// without a word: a backup "complete" without them.
+/// does not list. MariaDB lists a table WITH SYSTEM VERSIONING as a kind
+/// of its own (as it does a sequence, [`SEQUENCE`]), which the catalog
+/// used to pass over without a word: a backup "complete" without them.
 fn refused_kind(kind: &str) -> Option<&'static str> {
     match kind {
         "SYSTEM VERSIONED" => Some(
             "is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost)",
         ),
-        "SEQUENCE" => Some(
-            "is a sequence (CREATE SEQUENCE), which shardcut cannot back up yet (its definition and position would be lost, and a table whose DEFAULT takes NEXTVAL from it would not restore)",
-        ),
         _ => None,
     }
 }
+
+/// How `information_schema.TABLES` lists a MariaDB sequence. Its schema
+/// file keeps its `CREATE SEQUENCE` and state (`schema::sequence`); it has
+/// no rows to dump.
+const SEQUENCE: &str = "SEQUENCE";
 
 /// A shard of at least this many tables lists its columns, primary keys and
 /// foreign keys at once on several connections (see
@@ -93,6 +95,8 @@ pub struct Session {
     /// move on to ([`snapshot_connections`]).
     workers: Vec<Reader>,
     tables: Vec<Table>,
+    /// The selected sequences, as `(database, name)`.
+    sequences: Vec<(String, String)>,
     databases: Vec<String>,
     lease: Option<Lease>,
     /// Whether `control` holds MariaDB's backup stages up to `BLOCK_DDL`,
@@ -243,6 +247,7 @@ impl Session {
             control_id,
             workers: Vec::new(),
             tables: Vec::new(),
+            sequences: Vec::new(),
             databases: Vec::new(),
             lease: None,
             staged: false,
@@ -307,7 +312,8 @@ impl Session {
         Ok(())
     }
 
-    /// The selected base tables of `dbs` (an SQL list); returns where each
+    /// The selected base tables of `dbs` (an SQL list), and its sequences
+    /// apart (`self.sequences`); returns where each
     /// `(database, table)` is in `self.tables`. Tables and columns are read
     /// in two queries joined here: the same join in SQL (COLUMNS with
     /// TABLES) took 95 ms on MariaDB 10.11 for four tables, each query
@@ -333,6 +339,10 @@ impl Session {
                 continue;
             }
             let kind = text(row, 3).map_err(&de)?.unwrap_or_default();
+            if kind == SEQUENCE {
+                self.sequences.push((db, table));
+                continue;
+            }
             if let Some(why) = refused_kind(&kind) {
                 return Err(AgentError::Tool {
                     shard: shard.name.clone(),
@@ -514,12 +524,19 @@ impl Session {
             .await
             .map_err(query_err(&shard, "listing tables at the cut"))?;
         let mut tables = std::collections::BTreeMap::new();
+        let mut sequences = std::collections::BTreeSet::new();
         for row in &rows {
             if let Some([db, table, kind]) = texts(row).map_err(&de)? {
                 // Every kind the catalog lists: a system-versioned table
                 // or a sequence created meanwhile is a change too.
-                let listed = kind == "BASE TABLE" || refused_kind(&kind).is_some();
+                let listed =
+                    kind == "BASE TABLE" || kind == SEQUENCE || refused_kind(&kind).is_some();
                 if listed && !shard.excludes(&db, None, &table) {
+                    if kind == SEQUENCE {
+                        // Compared by name only: its columns are the
+                        // server's own.
+                        sequences.insert((db.clone(), table.clone()));
+                    }
                     tables.insert((db, table), Vec::new());
                 }
             }
@@ -533,7 +550,11 @@ impl Session {
             let Some([db, table, col, ty]) = texts(row).map_err(&de)? else {
                 continue;
             };
-            if let Some(columns) = tables.get_mut(&(db, table)) {
+            let key = (db, table);
+            if sequences.contains(&key) {
+                continue;
+            }
+            if let Some(columns) = tables.get_mut(&key) {
                 if stored_column(row).map_err(&de)? {
                     columns.push((col, ty));
                 }
@@ -559,14 +580,15 @@ impl Session {
         let change = match databases.iter().find(|d| !self.databases.contains(d)) {
             Some(db) => Some(format!("database {db} was created")),
             None => {
-                let before: Vec<TableShape> = self
-                    .tables
-                    .iter()
-                    .map(|t| TableShape {
-                        name: qualified_name(&t.database, None, &t.name),
-                        columns: t.columns.clone(),
-                    })
-                    .collect();
+                let tables = self.tables.iter().map(|t| TableShape {
+                    name: qualified_name(&t.database, None, &t.name),
+                    columns: t.columns.clone(),
+                });
+                let sequences = self.sequences.iter().map(|(db, name)| TableShape {
+                    name: qualified_name(db, None, name),
+                    columns: Vec::new(),
+                });
+                let before: Vec<TableShape> = tables.chain(sequences).collect();
                 catalog_change(&before, &at_cut)
             }
         };

@@ -11,7 +11,7 @@ use topology::Shard;
 
 use super::lexer::reaches_outside;
 use super::restore_keys::split_secondary_keys;
-use super::schema::{DatabaseSchema, Object};
+use super::schema::{sequence_state, DatabaseSchema, Object};
 use super::sql::number;
 use super::sql::{ident, query_err, quote_literal, PLAIN_SQL_MODE, SYSTEM_DATABASES};
 use super::stored_sql::{creation_settings, first_foreign, first_unsettable, one_statement, Kind};
@@ -221,15 +221,27 @@ async fn read_schema(
         });
     }
     let outside = schema
-        .tables
+        .sequences
         .iter()
-        .find_map(|t| reaches_outside(&t.sql).map(|option| (&t.name, option)));
-    if let Some((name, option)) = outside {
+        .map(|t| (Kind::Sequence, t))
+        .chain(schema.tables.iter().map(|t| (Kind::Table, t)))
+        .find_map(|(kind, t)| reaches_outside(&t.sql).map(|option| (kind, &t.name, option)));
+    if let Some((kind, name, option)) = outside {
         return Err(AgentError::Damaged {
             shard: target.name.clone(),
             what: format!(
-                "schema file {}: table {db}.{name} has {option}, which reaches beyond the server's own tables (another host, or files); a backup holds InnoDB tables only; nothing was restored from it",
-                file.key
+                "schema file {}: {} {db}.{name} has {option}, which reaches beyond the server's own tables (another host, or files); a backup holds InnoDB tables only; nothing was restored from it",
+                file.key,
+                kind.noun()
+            ),
+        });
+    }
+    if let Some(s) = schema.sequences.iter().find(|s| s.state.is_none()) {
+        return Err(AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!(
+                "schema file {}: sequence {db}.{} has no state; nothing was restored from it",
+                file.key, s.name
             ),
         });
     }
@@ -265,6 +277,11 @@ async fn create_tables(
         &format!("USE {}", ident(db)),
     )
     .await?;
+    // Every sequence of the database, whatever tables are selected: a
+    // table taking its DEFAULT from one cannot be created without it.
+    for seq in &schema.sequences {
+        create_sequence(control, target, db, seq).await?;
+    }
     // A table another one references keeps its keys: the foreign key
     // may need one of them.
     let referenced: HashSet<&str> = source
@@ -299,6 +316,39 @@ async fn create_tables(
         .await?;
     }
     Ok((schema, deferred_keys))
+}
+
+/// Creates sequence `seq` of `db` and sets its state, then reads the state
+/// back: a sequence restored at its start would give again values the
+/// restored rows hold.
+async fn create_sequence(
+    control: &mut Conn,
+    target: &Shard,
+    db: &str,
+    seq: &Object,
+) -> Result<(), AgentError> {
+    let what = format!("creating sequence {db}.{}", seq.name);
+    exec_stored(control, target, &what, &seq.sql).await?;
+    // Checked when the schema file was read.
+    let Some(state) = seq.state else {
+        return Err(AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!("sequence {db}.{} has no state", seq.name),
+        });
+    };
+    let what = format!("setting the state of sequence {db}.{}", seq.name);
+    exec(control, target, &what, &state.insert_sql(db, &seq.name)).await?;
+    let now = sequence_state(control, target, db, &seq.name).await?;
+    if now != state {
+        return Err(AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!(
+                "sequence {db}.{} is {now:?} after its restore, not {state:?} as backed up",
+                seq.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Creates the routines, views, triggers and events of every restored

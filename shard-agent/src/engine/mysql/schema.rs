@@ -11,12 +11,18 @@ use super::Table;
 use crate::error::{AgentError, DbError};
 
 /// Everything needed to recreate one database, in restore order: the
-/// database, tables (before data), then views, routines, triggers and
+/// database, sequences (a table's `DEFAULT NEXTVAL(s)` needs its sequence
+/// to exist) and tables (before data), then views, routines, triggers and
 /// events (after data, so triggers do not fire during the load).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DatabaseSchema {
     pub database: String,
     pub create_database: String,
+    /// MariaDB sequences (`CREATE SEQUENCE`), each with its state. Absent
+    /// in backups from before sequences were backed up (those refused a
+    /// shard holding one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<Object>,
     pub tables: Vec<Object>,
     pub views: Vec<Object>,
     pub routines: Vec<Object>,
@@ -42,6 +48,131 @@ pub struct Object {
     /// and `AT` are written in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// For a sequence: its state, read after the cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SequenceState>,
+}
+
+/// A MariaDB sequence's state: the one row of its table, which an
+/// `INSERT` into the sequence sets whole (as a replica applies a logged
+/// change of it). `next_not_cached_value` is past every value the server
+/// handed out, cached ones included: restored, the sequence goes on as the
+/// source would after a restart, never giving a value twice. Read after
+/// the cut, it is at or past the cut's; a point-in-time replay then sets
+/// it as the binlog logged it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceState {
+    pub next_not_cached_value: i128,
+    pub minimum_value: i128,
+    pub maximum_value: i128,
+    pub start_value: i128,
+    pub increment: i128,
+    pub cache_size: i128,
+    pub cycle_option: i128,
+    pub cycle_count: i128,
+}
+
+impl SequenceState {
+    /// The columns of a sequence's table, in [`SequenceState`]'s order.
+    pub const COLUMNS: &'static str = "next_not_cached_value, minimum_value, maximum_value, \
+         start_value, increment, cache_size, cycle_option, cycle_count";
+
+    fn values(&self) -> [i128; 8] {
+        [
+            self.next_not_cached_value,
+            self.minimum_value,
+            self.maximum_value,
+            self.start_value,
+            self.increment,
+            self.cache_size,
+            self.cycle_option,
+            self.cycle_count,
+        ]
+    }
+
+    /// The `INSERT` that sets sequence `db`.`name` to this state: numbers
+    /// only, whatever the schema file held.
+    pub fn insert_sql(&self, db: &str, name: &str) -> String {
+        let values: Vec<String> = self.values().iter().map(i128::to_string).collect();
+        format!(
+            "INSERT INTO {}.{} ({}) VALUES ({})",
+            ident(db),
+            ident(name),
+            Self::COLUMNS,
+            values.join(", ")
+        )
+    }
+
+    /// The `SELECT` of a sequence's state.
+    pub fn select_sql(db: &str, name: &str) -> String {
+        format!(
+            "SELECT {} FROM {}.{}",
+            Self::COLUMNS,
+            ident(db),
+            ident(name)
+        )
+    }
+
+    /// The state in `row`, a row of [`Self::select_sql`].
+    pub fn from_row(row: &Row) -> Result<SequenceState, String> {
+        let mut v = [0i128; 8];
+        for (i, slot) in v.iter_mut().enumerate() {
+            let cell = text(row, i).map_err(|e| e.to_string())?;
+            *slot = cell
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("column {} is {cell:?}, not an integer", i + 1))?;
+        }
+        let [next_not_cached_value, minimum_value, maximum_value, start_value, increment, cache_size, cycle_option, cycle_count] =
+            v;
+        Ok(SequenceState {
+            next_not_cached_value,
+            minimum_value,
+            maximum_value,
+            start_value,
+            increment,
+            cache_size,
+            cycle_option,
+            cycle_count,
+        })
+    }
+}
+
+/// Reads sequence `db`.`name`: its `SHOW CREATE SEQUENCE` and its state.
+pub(super) async fn sequence(
+    conn: &mut Conn,
+    shard: &Shard,
+    db: &str,
+    name: &str,
+) -> Result<Object, AgentError> {
+    let show = format!("SHOW CREATE SEQUENCE {}.{}", ident(db), ident(name));
+    let sql = show_create(conn, shard, &show, 1).await?;
+    let state = sequence_state(conn, shard, db, name).await?;
+    Ok(Object {
+        name: name.to_string(),
+        sql,
+        state: Some(state),
+        ..Object::default()
+    })
+}
+
+/// The state of sequence `db`.`name` now.
+pub(super) async fn sequence_state(
+    conn: &mut Conn,
+    shard: &Shard,
+    db: &str,
+    name: &str,
+) -> Result<SequenceState, AgentError> {
+    let sql = SequenceState::select_sql(db, name);
+    let rows: Vec<Row> = conn.query(&sql).await.map_err(query_err(shard, &sql))?;
+    let row = rows.first().ok_or_else(|| AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!("sequence {db}.{name} has no state (no row from `{sql}`)"),
+    })?;
+    SequenceState::from_row(row).map_err(|why| AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!("the state of sequence {db}.{name}: {why}"),
+    })
 }
 
 /// Reads column `i` of the first row of `SHOW CREATE …`.
@@ -84,6 +215,7 @@ async fn show_create_stored(
         table: None,
         sql_mode: cell(1)?,
         time_zone: if event { cell(2)? } else { None },
+        state: None,
     })
 }
 
@@ -149,6 +281,7 @@ pub(super) async fn database_schema(
     conn: &mut Conn,
     shard: &Shard,
     database: &str,
+    sequences: &[&str],
     tables: &[&Table],
 ) -> Result<DatabaseSchema, AgentError> {
     let db = ident(database);
@@ -158,6 +291,10 @@ pub(super) async fn database_schema(
         create_database: show_create(conn, shard, &format!("SHOW CREATE DATABASE {db}"), 1).await?,
         ..Default::default()
     };
+    for name in sequences {
+        s.sequences
+            .push(sequence(conn, shard, database, name).await?);
+    }
     for group in tables.chunks(SHOW_CREATE_BATCH) {
         let statements: Vec<String> = group
             .iter()
@@ -253,5 +390,28 @@ mod tests {
         }
         let d = "CREATE PROCEDURE p() SELECT 1".to_string();
         assert_eq!(non_empty(Some(d.clone()), &shard(), sql).unwrap(), d);
+    }
+
+    /// A sequence's state is set with numbers and quoted names only, and a
+    /// schema file whose state holds anything but integers is unreadable.
+    #[test]
+    fn a_sequence_state_reaches_sql_as_numbers_under_quoted_names() {
+        let state = SequenceState {
+            next_not_cached_value: -11,
+            maximum_value: 18_446_744_073_709_551_615,
+            cycle_count: 2,
+            ..SequenceState::default()
+        };
+        assert_eq!(
+            state.insert_sql("sh`op", "a round"),
+            "INSERT INTO `sh``op`.`a round` (next_not_cached_value, minimum_value, maximum_value, \
+             start_value, increment, cache_size, cycle_option, cycle_count) \
+             VALUES (-11, 0, 18446744073709551615, 0, 0, 0, 0, 2)"
+        );
+        let json = serde_json::to_string(&state).unwrap();
+        let back: SequenceState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        let planted = json.replace("-11", "\"1); DROP DATABASE shop; --\"");
+        assert!(serde_json::from_str::<SequenceState>(&planted).is_err());
     }
 }

@@ -21,6 +21,7 @@ use super::sql::quote_literal;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Database,
+    Sequence,
     Table,
     View,
     Routine,
@@ -32,6 +33,7 @@ impl Kind {
     fn keywords(self) -> &'static [&'static str] {
         match self {
             Kind::Database => &["DATABASE "],
+            Kind::Sequence => &["SEQUENCE "],
             Kind::Table => &["TABLE "],
             Kind::View => &["VIEW "],
             Kind::Routine => &["PROCEDURE ", "FUNCTION "],
@@ -43,6 +45,7 @@ impl Kind {
     pub(super) fn noun(self) -> &'static str {
         match self {
             Kind::Database => "database",
+            Kind::Sequence => "sequence",
             Kind::Table => "table",
             Kind::View => "view",
             Kind::Routine => "routine",
@@ -105,7 +108,8 @@ pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, 
     if !creates(&schema.create_database, Kind::Database, db, db, false) {
         return Some((Kind::Database, db.to_string()));
     }
-    let groups: [(Kind, &Vec<Object>); 5] = [
+    let groups: [(Kind, &Vec<Object>); 6] = [
+        (Kind::Sequence, &schema.sequences),
         (Kind::Table, &schema.tables),
         (Kind::View, &schema.views),
         (Kind::Routine, &schema.routines),
@@ -340,6 +344,11 @@ mod tests {
                 "t",
             ),
             (
+                "CREATE SEQUENCE `s` start with 100 minvalue 1 maxvalue 9223372036854775806 increment by 5 cache 10 nocycle ENGINE=InnoDB",
+                Kind::Sequence,
+                "s",
+            ),
+            (
                 "CREATE TABLE `par.ent` (\n  `id` int(11) NOT NULL\n)",
                 Kind::Table,
                 "par.ent",
@@ -408,6 +417,9 @@ mod tests {
             ("CREATE TABLE `u` (a int)", Kind::Table, "t"),
             ("CREATE TABLE `t`", Kind::View, "t"),
             ("CREATE VIEW `t` AS select 1", Kind::Table, "t"),
+            ("CREATE SEQUENCE `t` start with 1", Kind::Table, "t"),
+            ("CREATE TABLE `s` (a int)", Kind::Sequence, "s"),
+            ("CREATE SEQUENCE `other` start with 1", Kind::Sequence, "s"),
             ("CREATE PROCEDURE `t`() SELECT 1", Kind::Trigger, "t"),
             ("create table `t` (a int)", Kind::Table, "t"),
             ("CREATE TABLE `t;DROP` (a int)", Kind::Table, "t"),
