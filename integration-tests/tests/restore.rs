@@ -662,16 +662,20 @@ async fn a_server_reading_backslashes_and_quotes_its_own_way_round_trips() {
 }
 
 /// What the server keeps with each routine, trigger and event: the SQL
-/// mode it was created under, and an event's time zone, from the source.
-async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String)> {
+/// mode it was created under, an event's time zone, and the client
+/// character set and connection collation, from the source.
+async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String, String)> {
     let mut c = db::mysql(shard, None).await;
-    let rows: Vec<(String, String, String)> = c
+    let rows: Vec<(String, String, String, String)> = c
         .query(
-            "SELECT CONCAT('routine ', ROUTINE_NAME), SQL_MODE, '' FROM information_schema.ROUTINES \
+            "SELECT CONCAT('routine ', ROUTINE_NAME), SQL_MODE, '', \
+               CONCAT(CHARACTER_SET_CLIENT, ' ', COLLATION_CONNECTION) FROM information_schema.ROUTINES \
                WHERE ROUTINE_SCHEMA = 'modes' \
-             UNION ALL SELECT CONCAT('trigger ', TRIGGER_NAME), SQL_MODE, '' FROM information_schema.TRIGGERS \
+             UNION ALL SELECT CONCAT('trigger ', TRIGGER_NAME), SQL_MODE, '', \
+               CONCAT(CHARACTER_SET_CLIENT, ' ', COLLATION_CONNECTION) FROM information_schema.TRIGGERS \
                WHERE TRIGGER_SCHEMA = 'modes' \
-             UNION ALL SELECT CONCAT('event ', EVENT_NAME), SQL_MODE, CONCAT(TIME_ZONE, ' ', STARTS) \
+             UNION ALL SELECT CONCAT('event ', EVENT_NAME), SQL_MODE, CONCAT(TIME_ZONE, ' ', STARTS), \
+               CONCAT(CHARACTER_SET_CLIENT, ' ', COLLATION_CONNECTION) \
                FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'modes' \
              ORDER BY 1",
         )
@@ -759,14 +763,17 @@ async fn mariadb_sequences_come_back_where_they_were() {
     c.disconnect().await.unwrap();
 }
 
-/// MariaDB routines, triggers and events come back with the SQL mode they
-/// were created under, and an event with its time zone: they were created
+/// MariaDB routines, triggers and events come back with the SQL mode,
+/// client character set and connection collation they were created under,
+/// and an event with its time zone: they were created
 /// under the restore session's (`STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,…`,
 /// `+00:00`), so a function written for `PIPES_AS_CONCAT` returned `0`
 /// for `'a' || 'b'`, one written for `NO_BACKSLASH_ESCAPES` read `'\n'` as
 /// a newline, one written for `ANSI_QUOTES` selected the string `"v"`
-/// instead of the column, and an event's schedule moved by its zone's
-/// offset.
+/// instead of the column, one created under `utf8mb4_bin` compared
+/// `'a' = 'A'` as true (the restore's `utf8mb4_general_ci`), and an
+/// event's schedule moved by its zone's offset. One created under a
+/// `latin1` client returns the same characters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone() {
     let source = PrivateSandbox::up(1, 0, "ready");
@@ -787,18 +794,42 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
          CREATE TRIGGER modes.t_bi BEFORE INSERT ON modes.t FOR EACH ROW SET NEW.v = NEW.v || '!'; \
          SET SESSION sql_mode = 'STRICT_TRANS_TABLES', time_zone = '+05:00'; \
          CREATE EVENT modes.tick ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 02:00:00' DISABLE \
-           DO DELETE FROM modes.t WHERE id < 0",
+           DO DELETE FROM modes.t WHERE id < 0; \
+         SET SESSION sql_mode = DEFAULT, time_zone = DEFAULT; \
+         SET NAMES utf8mb4 COLLATE utf8mb4_bin; \
+         CREATE FUNCTION modes.cased() RETURNS INT DETERMINISTIC RETURN 'a' = 'A'; \
+         SET NAMES latin1; \
+         CREATE FUNCTION modes.accent() RETURNS VARCHAR(16) CHARSET utf8mb4 DETERMINISTIC \
+           RETURN CONCAT('é', '-'); \
+         SET NAMES utf8mb4",
     )
     .await
     .unwrap();
-    let answers = "SELECT modes.joined(), modes.quoted(), modes.slash()";
-    let at_source: (String, String, i64) = c.query_first(answers).await.unwrap().unwrap();
-    assert_eq!(at_source, ("ab".into(), "one".into(), 2));
+    let answers = "SELECT modes.joined(), modes.quoted(), modes.slash(), modes.cased(), \
+                   HEX(modes.accent())";
+    type Answers = (String, String, i64, i64, String);
+    let at_source: Answers = c.query_first(answers).await.unwrap().unwrap();
+    assert_eq!(
+        (&at_source.0, &at_source.1, at_source.2, at_source.3),
+        (&"ab".to_string(), &"one".to_string(), 2, 0)
+    );
     c.disconnect().await.unwrap();
     let expected = mariadb_creation_settings(&shard).await;
-    assert_eq!(expected.len(), 5, "{expected:?}");
+    assert_eq!(expected.len(), 7, "{expected:?}");
     assert!(
-        expected.iter().any(|(w, m, z)| w == "event tick"
+        expected
+            .iter()
+            .any(|(w, _, _, n)| w == "routine cased" && n == "utf8mb4 utf8mb4_bin"),
+        "{expected:?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|(w, _, _, n)| w == "routine accent" && n.starts_with("latin1 ")),
+        "{expected:?}"
+    );
+    assert!(
+        expected.iter().any(|(w, m, z, _)| w == "event tick"
             && m == "STRICT_TRANS_TABLES"
             && z.starts_with("+05:00 2030-01-01 02:00:00")),
         "{expected:?}"
@@ -815,7 +846,7 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
     let restored = target.first_shard();
     assert_eq!(mariadb_creation_settings(&restored).await, expected);
     let mut c = db::mysql(&restored, None).await;
-    let at_target: (String, String, i64) = c.query_first(answers).await.unwrap().unwrap();
+    let at_target: Answers = c.query_first(answers).await.unwrap().unwrap();
     assert_eq!(at_target, at_source);
     // The trigger concatenates under its mode (the restore session's
     // read `||` as OR).

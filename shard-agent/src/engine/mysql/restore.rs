@@ -57,10 +57,10 @@ fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
         .is_none_or(|list| list.contains(&qualified_name(db, None, table)))
 }
 
-/// The time zone and SQL mode of a restoring session. Strict: a value the
-/// column cannot take fails the load instead of silently becoming NULL or
-/// a truncated value.
-const RESTORE_SETTINGS: &str = "SET SESSION time_zone = '+00:00', \
+/// The character set, time zone and SQL mode of a restoring session.
+/// Strict: a value the column cannot take fails the load instead of
+/// silently becoming NULL or a truncated value.
+const RESTORE_SETTINGS: &str = "SET NAMES utf8mb4, SESSION time_zone = '+00:00', \
     SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'";
 
 /// Session settings of a restoring connection. Foreign keys and unique
@@ -71,7 +71,6 @@ const RESTORE_SETTINGS: &str = "SET SESSION time_zone = '+00:00', \
 /// logged, with a warning, rather than not at all.
 async fn session(conn: &mut Conn, shard: &Shard, binlog: bool) -> Result<(), AgentError> {
     for s in [
-        "SET NAMES utf8mb4",
         RESTORE_SETTINGS,
         "SET SESSION foreign_key_checks = 0",
         "SET SESSION unique_checks = 0",
@@ -128,12 +127,13 @@ async fn exec_stored(
 
 /// Runs `sql`, a routine's, trigger's or event's `CREATE` from the schema
 /// file, as [`exec_stored`] does, under `settings` (the `SET` of
-/// [`creation_settings`]: the SQL mode and time zone it was created under,
-/// which the server keeps with it), then puts the restore's back. On
-/// MariaDB the text is first assigned to a variable under the restore's
-/// mode, which reads it as [`quote_literal`] wrote it, so that the
-/// object's mode (`NO_BACKSLASH_ESCAPES`, `ANSI_QUOTES`) applies to the
-/// statement alone.
+/// [`creation_settings`]: the SQL mode, time zone, character set and
+/// collation it was created under, which the server keeps with it), then
+/// puts the restore's back. On MariaDB the text is first assigned to a
+/// variable under the restore's mode and character set, which reads it as
+/// [`quote_literal`] wrote it, so that the object's mode
+/// (`NO_BACKSLASH_ESCAPES`, `ANSI_QUOTES`) applies to the statement alone;
+/// `EXECUTE IMMEDIATE` converts it into the object's client character set.
 async fn exec_stored_under(
     conn: &mut Conn,
     shard: &Shard,
@@ -162,7 +162,7 @@ async fn exec_stored_under(
     let back = exec(
         conn,
         shard,
-        "setting the restore's SQL mode again",
+        "setting the restore's character set and SQL mode again",
         RESTORE_SETTINGS,
     )
     .await;
@@ -433,7 +433,8 @@ async fn create_each(
         at.enter(control, target, db).await?;
         let what = format!("creating {kind} {db}.{}", o.name);
         // Checked when the schema file was read.
-        let settings = creation_settings(o).map_err(|why| AgentError::Damaged {
+        let names = super::is_mariadb(control);
+        let settings = creation_settings(o, names).map_err(|why| AgentError::Damaged {
             shard: target.name.clone(),
             what: format!("{what}: {why}"),
         })?;
@@ -550,7 +551,7 @@ pub(super) async fn check_target(
         ];
         for (kind, objects) in programs {
             for o in objects.iter().filter(|o| wanted(source, opts, &db, o)) {
-                if let Ok(Some(set)) = creation_settings(o) {
+                if let Ok(Some(set)) = creation_settings(o, true) {
                     settings
                         .entry(set)
                         .or_insert_with(|| format!("{kind} {db}.{}", o.name));
@@ -567,6 +568,13 @@ pub(super) async fn check_target(
         let what = format!("setting what {first} was created under (the target refuses it)");
         exec(&mut conn, target, &what, set).await?;
     }
+    exec(
+        &mut conn,
+        target,
+        "setting the character set",
+        "SET NAMES utf8mb4",
+    )
+    .await?;
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;

@@ -48,6 +48,15 @@ pub struct Object {
     /// and `AT` are written in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// For a routine, trigger or event: the `character_set_client` and
+    /// `collation_connection` it was created under, which the server keeps
+    /// with it: its string literals have that collation (`'a' = 'A'` is
+    /// false under `utf8mb4_bin`, true under `utf8mb4_general_ci`). Absent
+    /// in backups from before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub character_set_client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation_connection: Option<String>,
     /// For a sequence: its state, read after the cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<SequenceState>,
@@ -188,7 +197,8 @@ async fn show_create(
 
 /// `SHOW CREATE` of a routine, trigger or event named `name`: the object,
 /// with the `sql_mode` it was created under (column 1) and, for an event,
-/// its time zone (column 2). The statement is column 2, an event's 3.
+/// its time zone (column 2). The statement is column 2, an event's 3; the
+/// `character_set_client` and `collation_connection` follow it.
 async fn show_create_stored(
     conn: &mut Conn,
     shard: &Shard,
@@ -215,6 +225,8 @@ async fn show_create_stored(
         table: None,
         sql_mode: cell(1)?,
         time_zone: if event { cell(2)? } else { None },
+        character_set_client: cell(column + 1)?,
+        collation_connection: cell(column + 2)?,
         state: None,
     })
 }

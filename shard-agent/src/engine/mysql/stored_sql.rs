@@ -130,12 +130,19 @@ pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, 
 }
 
 /// The `SET SESSION …` that puts back what a routine, trigger or event was
-/// created under (its `sql_mode`, an event's time zone), or `None` when the
-/// schema file gives neither (a backup from before they were kept). Both
+/// created under (its `sql_mode`, an event's time zone and, with `names`,
+/// its `character_set_client` and `collation_connection`), or `None` when
+/// the schema file gives none (a backup from before they were kept). All
 /// come from the repository: a mode must be a list of SQL mode names
 /// (capitals, digits, `_`), a time zone a name or an offset (letters,
-/// digits, `_ / + - :`); anything else is refused, with the reason.
-pub(super) fn creation_settings(o: &Object) -> Result<Option<String>, String> {
+/// digits, `_ / + - :`), a character set or collation a name (small
+/// letters, digits, `_`); anything else is refused, with the reason.
+///
+/// `names` only where the statement then goes through a variable
+/// (MariaDB's `EXECUTE IMMEDIATE`), which the server converts into the
+/// client character set: sent as it is, a statement's bytes would be read
+/// in a character set they are not in.
+pub(super) fn creation_settings(o: &Object, names: bool) -> Result<Option<String>, String> {
     // At most this much of a refused value is shown.
     let shown = |v: &str| format!("{:?}", v.chars().take(40).collect::<String>());
     let mut set = Vec::new();
@@ -163,6 +170,23 @@ pub(super) fn creation_settings(o: &Object) -> Result<Option<String>, String> {
         }
         set.push(format!("SESSION time_zone = '{zone}'"));
     }
+    let named = [
+        ("character_set_client", &o.character_set_client),
+        ("collation_connection", &o.collation_connection),
+    ];
+    for (variable, value) in named {
+        let Some(value) = value.as_deref().filter(|_| names) else {
+            continue;
+        };
+        let fits = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        if value.is_empty() || value.len() > 64 || !value.bytes().all(fits) {
+            return Err(format!(
+                "its {variable} {} is not a character set or collation name",
+                shown(value)
+            ));
+        }
+        set.push(format!("SESSION {variable} = '{value}'"));
+    }
     Ok((!set.is_empty()).then(|| format!("SET {}", set.join(", "))))
 }
 
@@ -176,7 +200,7 @@ pub(super) fn first_unsettable(schema: &DatabaseSchema) -> Option<(Kind, String,
     ];
     groups.into_iter().find_map(|(kind, objects)| {
         objects.iter().find_map(|o| {
-            creation_settings(o)
+            creation_settings(o, true)
                 .err()
                 .map(|why| (kind, o.name.clone(), why))
         })
@@ -270,24 +294,24 @@ mod tests {
     /// What `SHOW CREATE` gives back becomes one `SET`; anything that is
     /// not a mode list or a time zone is refused before it reaches SQL.
     #[test]
-    fn creation_settings_take_modes_and_zones_and_nothing_else() {
-        assert_eq!(creation_settings(&stored(None, None)), Ok(None));
+    fn creation_settings_take_modes_zones_and_names_and_nothing_else() {
+        assert_eq!(creation_settings(&stored(None, None), true), Ok(None));
         assert_eq!(
-            creation_settings(&stored(Some(""), None)),
+            creation_settings(&stored(Some(""), None), true),
             Ok(Some("SET SESSION sql_mode = ''".into()))
         );
         assert_eq!(
             creation_settings(&stored(
                 Some("PIPES_AS_CONCAT,ANSI_QUOTES,NO_BACKSLASH_ESCAPES"),
                 Some("+05:00")
-            )),
+            ), true),
             Ok(Some(
                 "SET SESSION sql_mode = 'PIPES_AS_CONCAT,ANSI_QUOTES,NO_BACKSLASH_ESCAPES', SESSION time_zone = '+05:00'"
                     .into()
             ))
         );
-        assert!(creation_settings(&stored(None, Some("Europe/Paris"))).is_ok());
-        assert!(creation_settings(&stored(None, Some("SYSTEM"))).is_ok());
+        assert!(creation_settings(&stored(None, Some("Europe/Paris")), true).is_ok());
+        assert!(creation_settings(&stored(None, Some("SYSTEM")), true).is_ok());
         for mode in [
             "ANSI', sql_log_bin = 1, sql_mode = '",
             "ANSI,",
@@ -296,7 +320,7 @@ mod tests {
             "ANSI\\",
             &"A".repeat(1001),
         ] {
-            let refused = creation_settings(&stored(Some(mode), None));
+            let refused = creation_settings(&stored(Some(mode), None), true);
             assert!(
                 refused
                     .as_ref()
@@ -305,12 +329,52 @@ mod tests {
             );
         }
         for zone in ["", "+05:00'; DROP DATABASE x; --", "a b", &"Z".repeat(65)] {
-            let refused = creation_settings(&stored(None, Some(zone)));
+            let refused = creation_settings(&stored(None, Some(zone)), true);
             assert!(
                 refused
                     .as_ref()
                     .is_err_and(|e| e.contains("not a time zone")),
                 "{zone}: {refused:?}"
+            );
+        }
+        // A character set and a collation, only where the statement goes
+        // through a variable.
+        let named = Object {
+            character_set_client: Some("latin1".into()),
+            collation_connection: Some("utf8mb4_bin".into()),
+            ..stored(Some("ANSI"), None)
+        };
+        assert_eq!(
+            creation_settings(&named, true),
+            Ok(Some(
+                "SET SESSION sql_mode = 'ANSI', SESSION character_set_client = 'latin1', SESSION collation_connection = 'utf8mb4_bin'"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            creation_settings(&named, false),
+            Ok(Some("SET SESSION sql_mode = 'ANSI'".into()))
+        );
+        for name in [
+            "",
+            "utf8mb4'; DROP DATABASE x; --",
+            "Latin1",
+            "a b",
+            &"z".repeat(65),
+        ] {
+            let refused = creation_settings(
+                &Object {
+                    collation_connection: Some(name.to_string()),
+                    ..stored(None, None)
+                },
+                true,
+            );
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("its collation_connection")
+                        && e.contains("not a character set or collation name")),
+                "{name}: {refused:?}"
             );
         }
         let mut schema = DatabaseSchema::default();
