@@ -596,48 +596,94 @@ fn capture_spilling(topology: &str, spill: &str, extra: &[&str]) -> support::Run
     run
 }
 
+/// A transaction far larger than the spill threshold is held in a
+/// temporary file while captured, on both engines (the capture says so per
+/// shard), and replays exactly. MariaDB capture held a transaction, and
+/// the segment it went into, in memory however large.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_larger_than_memory_allows_is_captured_on_disk_and_replays_exactly() {
-    let sb = PrivateSandbox::up(0, 1, "ready");
+    let sb = PrivateSandbox::up(1, 1, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
     let arg = topo_path.to_str().unwrap();
     let topo = db::topology(&topo_path);
     db::setup_all(
         &topo,
-        &[],
+        &[
+            "CREATE DATABASE bank",
+            "CREATE TABLE bank.big (id INT PRIMARY KEY, payload TEXT) ENGINE=InnoDB",
+            "INSERT INTO bank.big VALUES (0, 'seed')",
+        ],
         "bank",
         "CREATE TABLE big (id int PRIMARY KEY, payload text); INSERT INTO big VALUES (0, 'seed');",
     )
     .await;
+    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
     // 64 KiB: any transaction over that is held in a file, not in memory.
     let spill = "65536";
     capture_spilling(arg, spill, &["--no-mark"]);
     run_ok_async(&["backup", "-t", arg]).await;
-    // One transaction of some 4 MiB (60 times the threshold), then a small one.
-    let pg = db::pg(&topo.shards[0], "bank").await;
-    pg.batch_execute(
-        "BEGIN; INSERT INTO big SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 30000) g; \
-         UPDATE big SET payload = upper(payload) WHERE id % 7 = 0; DELETE FROM big WHERE id % 11 = 0; COMMIT; \
-         INSERT INTO big VALUES (-1, 'after');",
+    // One transaction of some 4 MiB (60 times the threshold), then a small
+    // one, on each engine.
+    let pg_client = db::pg(pg, "bank").await;
+    pg_client
+        .batch_execute(
+            "BEGIN; INSERT INTO big SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 30000) g; \
+             UPDATE big SET payload = upper(payload) WHERE id % 7 = 0; DELETE FROM big WHERE id % 11 = 0; COMMIT; \
+             INSERT INTO big VALUES (-1, 'after');",
+        )
+        .await
+        .unwrap();
+    let mut c = db::mysql(my, Some("bank")).await;
+    c.query_drop(
+        "BEGIN; INSERT INTO big SELECT seq, REPEAT(MD5(seq), 2) FROM seq_1_to_30000; \
+         UPDATE big SET payload = UPPER(payload) WHERE id % 7 = 0; DELETE FROM big WHERE id % 11 = 0; COMMIT; \
+         INSERT INTO big VALUES (-1, 'after')",
     )
     .await
     .unwrap();
-    capture_spilling(arg, spill, &[]);
+    c.disconnect().await.unwrap();
+    let run = capture_spilling(arg, spill, &["-v"]);
+    for shard in ["mysql-0", "pg-0"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(&format!("{shard}: a transaction of "))
+                    && l.contains("held in a temporary file")),
+            "{shard}: {run:?}"
+        );
+    }
 
-    // The big transaction's segment is far larger than the threshold.
+    // The big transactions' segments are far larger than the threshold.
     let repo = db::repository(&topo);
-    let segs = shard_agent::capture::list_segments(&repo, "pg-0", "bank").unwrap();
-    let largest = segs.iter().map(|s| s.bytes_raw).max().unwrap_or(0);
-    assert!(largest > 40 * 65536, "largest segment {largest} bytes");
+    for (shard, stream) in [("pg-0", "bank"), ("mysql-0", "binlog")] {
+        let segs = shard_agent::capture::list_segments(&repo, shard, stream).unwrap();
+        let largest = segs.iter().map(|s| s.bytes_raw).max().unwrap_or(0);
+        assert!(
+            largest > 40 * 65536,
+            "{shard}: largest segment {largest} bytes"
+        );
+    }
 
-    let target = PrivateSandbox::up(0, 1, "ready");
+    let target = PrivateSandbox::up(1, 1, "ready");
     let tgt = target.topology();
-    restore_q1(arg, &tgt, "latest").await;
     let t = db::topology(&tgt);
+    // The MariaDB transaction's INSERT is one statement of some 2.5 MiB of
+    // row events: replay sends it in pieces, each well under a 2 MiB
+    // max_allowed_packet (sent whole, the target refused it).
+    db::mysql(&t.shards[0], None)
+        .await
+        .query_drop("SET GLOBAL max_allowed_packet = 2097152")
+        .await
+        .unwrap();
+    restore_q1(arg, &tgt, "latest").await;
     assert_eq!(
-        db::pg_digest(&t.shards[0], "bank", "public", "big").await,
-        db::pg_digest(&topo.shards[0], "bank", "public", "big").await
+        db::pg_digest(&t.shards[1], "bank", "public", "big").await,
+        db::pg_digest(pg, "bank", "public", "big").await
+    );
+    assert_eq!(
+        db::mysql_checksum(&t.shards[0], "bank.big").await,
+        db::mysql_checksum(my, "bank.big").await
     );
 }
 

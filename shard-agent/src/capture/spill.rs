@@ -19,6 +19,16 @@ pub fn spill_bytes() -> usize {
     crate::knobs::count("SHARDCUT_CAPTURE_SPILL_BYTES").unwrap_or(DEFAULT_SPILL_BYTES)
 }
 
+/// Tells that a transaction of `bytes` bytes captured from `shard` was
+/// held in a temporary file (past [`spill_bytes`]): a DBA sees the large
+/// transaction, and that its capture stayed in bounded memory.
+pub fn spilled_note(shard: &str, bytes: u64) {
+    tracing::info!(
+        "{shard}: a transaction of {bytes} bytes was held in a temporary file while captured (past {} bytes)",
+        spill_bytes()
+    );
+}
+
 /// Pieces of a spilled buffer are copied through a buffer this large.
 const COPY_PIECE: usize = 1 << 20;
 
@@ -28,6 +38,13 @@ pub struct SpillBuffer {
     file: Option<File>,
     len: u64,
     spill_at: usize,
+}
+
+/// An empty buffer that spills past [`spill_bytes`].
+impl Default for SpillBuffer {
+    fn default() -> Self {
+        SpillBuffer::new(spill_bytes())
+    }
 }
 
 impl SpillBuffer {

@@ -29,7 +29,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Row};
 use topology::{Compression, Engine, Shard};
 
-use crate::capture::spill::SpillBuffer;
+use crate::capture::spill::{spill_bytes, spilled_note, SpillBuffer};
 use crate::capture::{
     store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
     SEGMENT_RAW_BYTES,
@@ -140,9 +140,11 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
     })
 }
 
-/// One open segment: whole transactions of one binlog file.
+/// One open segment: whole transactions of one binlog file. Its bytes, as
+/// a transaction's, go to a temporary file past [`spill_bytes`]: a
+/// transaction of any size is captured in bounded memory.
 struct Open {
-    raw: Vec<u8>,
+    raw: SpillBuffer,
     first: BinlogCoordinates,
     last: BinlogCoordinates,
     /// The GTID position before its first transaction and after its last.
@@ -156,7 +158,7 @@ struct Open {
 /// The transaction being read: its events, and how it ends.
 #[derive(Default)]
 struct Txn {
-    raw: Vec<u8>,
+    raw: SpillBuffer,
     active: bool,
     /// Ends with its first non-`BEGIN` query (DDL) rather than an XID.
     standalone: bool,
@@ -308,7 +310,11 @@ pub async fn catch_up(
         if round.between(&ev, &scratch, &mut txn)? {
             continue;
         }
-        txn.raw.extend_from_slice(&scratch);
+        txn.raw.extend(&scratch).map_err(|e| {
+            fail(format!(
+                "holding a large transaction in a temporary file: {e}"
+            ))
+        })?;
         if txn.ends_with(&ev) {
             round.commit(std::mem::take(&mut txn), &ev)?;
         }
@@ -478,7 +484,7 @@ impl Round<'_> {
 
     /// Adds a whole transaction, ending with event `last`, to the open
     /// segment, which is stored once it is full.
-    fn commit(&mut self, txn: Txn, last: &Event) -> Result<(), CaptureError> {
+    fn commit(&mut self, mut txn: Txn, last: &Event) -> Result<(), CaptureError> {
         let end = last.header();
         let end_at = BinlogCoordinates {
             file: self.pos.file.clone(),
@@ -487,8 +493,14 @@ impl Round<'_> {
         let Some(fde) = self.fde.as_ref() else {
             return Err(self.fail("the server sent no format description event".into()));
         };
+        let spilled = |e: std::io::Error| {
+            CaptureError::stream(
+                &self.shard.name,
+                format!("holding a large transaction in a temporary file: {e}"),
+            )
+        };
         let seg = self.open.get_or_insert_with(|| Open {
-            raw: Vec::new(),
+            raw: SpillBuffer::new(spill_bytes()),
             first: self.pos.clone(),
             last: self.pos.clone(),
             gtid_first: txn.gtid_before.clone(),
@@ -498,16 +510,19 @@ impl Round<'_> {
             transactions: 0,
         });
         if seg.raw.is_empty() {
-            seg.raw.extend_from_slice(&BINLOG_MAGIC);
-            seg.raw.extend_from_slice(fde);
+            seg.raw.extend(&BINLOG_MAGIC).map_err(spilled)?;
+            seg.raw.extend(fde).map_err(spilled)?;
         }
-        seg.raw.extend_from_slice(&txn.raw);
+        if txn.raw.is_spilled() {
+            spilled_note(&self.shard.name, txn.raw.len());
+        }
+        seg.raw.append(&mut txn.raw).map_err(spilled)?;
         seg.last = end_at.clone();
         seg.gtid = self.gtid.to_string();
         seg.first_commit.get_or_insert(end.timestamp());
         seg.last_commit = Some(end.timestamp());
         seg.transactions += 1;
-        let full = seg.raw.len() >= SEGMENT_RAW_BYTES;
+        let full = seg.raw.len() >= SEGMENT_RAW_BYTES as u64;
         self.pos = end_at;
         if full {
             self.close()?;
@@ -533,7 +548,7 @@ impl Round<'_> {
             )
         };
         let sort = sort_key(self.state.next_seq);
-        let mut raw = SpillBuffer::from_vec(seg.raw);
+        let mut raw = seg.raw;
         let data = SegmentData {
             sort: &sort,
             ext: "binlog",

@@ -26,7 +26,7 @@ use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 use topology::{Compression, Engine, Shard};
 
-use crate::capture::spill::{spill_bytes, SpillBuffer};
+use crate::capture::spill::{spill_bytes, spilled_note, SpillBuffer};
 use crate::capture::{
     store_segment, CaptureError, RoundReport, SegmentData, SegmentMeta, StreamState,
     SEGMENT_RAW_BYTES,
@@ -632,6 +632,9 @@ async fn one_call(
                     // advanced: keep only its relation descriptions.
                     seg.raw.extend(&keep).map_err(spilled)?;
                 } else {
+                    if txn.is_spilled() {
+                        spilled_note(&shard.name, txn.len());
+                    }
                     seg.raw.append(&mut txn).map_err(spilled)?;
                     seg.last = end;
                     seg.first_commit.get_or_insert(commit_time);
