@@ -691,13 +691,14 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
     my.disconnect().await.unwrap();
 }
 
-/// A MariaDB table WITH SYSTEM VERSIONING, which the server lists as a
-/// kind of its own (`SYSTEM VERSIONED`), was passed over by the catalog:
-/// the backup was complete without it. It now fails the backup by name,
-/// pointing at `exclude_tables`; with it excluded the rest backs up, a
-/// sequence and the table taking its keys from it included.
+/// A MariaDB table versioned by transaction id (its system time is
+/// `BIGINT UNSIGNED`, entries of the server's own transaction registry)
+/// fails the backup by name, pointing at `exclude_tables`; with it
+/// excluded the rest backs up, a sequence and the table taking its keys
+/// from it included. (Tables versioned by timestamp are backed up with
+/// their history.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
+async fn a_table_versioned_by_transaction_id_fails_the_backup_by_name_unless_excluded() {
     let sb = PrivateSandbox::up(1, 0, "ready");
     let dir = tempfile::tempdir().unwrap();
     let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
@@ -705,7 +706,10 @@ async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
     db::setup_all(&topo, MYSQL_APP, "app", PG_APP).await;
     let mut c = db::mysql(topo.shard("mysql-0").unwrap(), None).await;
     c.query_drop(
-        "CREATE TABLE app.h (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING; \
+        "CREATE TABLE app.h (id INT PRIMARY KEY, v INT, \
+           s BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE, \
+           e BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE, \
+           PERIOD FOR SYSTEM_TIME (s, e)) ENGINE=InnoDB WITH SYSTEM VERSIONING; \
          INSERT INTO app.h VALUES (1, 1); UPDATE app.h SET v = 2; \
          CREATE SEQUENCE app.s START WITH 100; \
          CREATE TABLE app.u (id INT PRIMARY KEY DEFAULT NEXTVAL(app.s), v INT); \
@@ -718,7 +722,8 @@ async fn a_system_versioned_table_fails_the_backup_by_name_unless_excluded() {
     let run = support::shardcut_async(&["backup", "-t", &arg]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr.contains("table app.h is system-versioned")
+        run.stderr
+            .contains("table app.h is system-versioned by transaction id")
             && run.stderr.contains("exclude_tables"),
         "{run:?}"
     );

@@ -778,6 +778,10 @@ const MY_KINDS: &[&str] = &[
     "CREATE SEQUENCE bank.ids START WITH 100 INCREMENT BY 5 CACHE 3",
     "CREATE TABLE bank.ticket (id BIGINT PRIMARY KEY DEFAULT NEXTVAL(bank.ids), note VARCHAR(20)) ENGINE=InnoDB",
     "INSERT INTO bank.ticket (note) VALUES ('a'), ('b')",
+    // A system-versioned table: replay brings its history, system time
+    // included, as the row events logged it.
+    "CREATE TABLE bank.hist (id INT PRIMARY KEY, v INT) ENGINE=InnoDB WITH SYSTEM VERSIONING",
+    "INSERT INTO bank.hist VALUES (1, 1), (2, 2)",
 ];
 
 const MY_KIND_CHANGES: &[&str] = &[
@@ -794,7 +798,25 @@ const MY_KIND_CHANGES: &[&str] = &[
     "INSERT INTO bank.owner SELECT seq, CONCAT('owner ', seq) FROM bank.seq_1_to_2000",
     "INSERT INTO bank.pet SELECT seq, seq, 'pet' FROM bank.seq_1_to_2000",
     "INSERT INTO bank.ticket (note) SELECT CONCAT('t', seq) FROM bank.seq_1_to_20",
+    "UPDATE bank.hist SET v = v + 1",
+    "DELETE FROM bank.hist WHERE id = 1",
+    "INSERT INTO bank.hist VALUES (3, 3)",
 ];
+
+/// Every version of every row of `bank.hist`, with its system time.
+async fn hist_versions(shard: &topology::Shard) -> Vec<String> {
+    let mut c = db::mysql(shard, None).await;
+    c.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    let rows: Vec<String> = c
+        .query(
+            "SELECT CONCAT_WS(',', id, v, row_start, row_end) FROM bank.hist \
+             FOR SYSTEM_TIME ALL ORDER BY id, row_start",
+        )
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    rows
+}
 
 /// The state of MariaDB sequence `bank.ids` (its table's one row).
 async fn ids_state(shard: &topology::Shard) -> String {
@@ -862,6 +884,8 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
     run_ok_async(&["mark", "-t", arg, "--name", "kinds"]).await;
     let at_mark = sequences(pg).await;
     let ids_at_mark = ids_state(my).await;
+    let hist_at_mark = hist_versions(my).await;
+    assert_eq!(hist_at_mark.len(), 5, "{hist_at_mark:?}");
     // More after the mark: `latest` must reach them too.
     db::pg(pg, "bank")
         .await
@@ -872,6 +896,9 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
         .await
         .unwrap();
     c.query_drop("INSERT INTO bank.ticket (note) SELECT CONCAT('u', seq) FROM bank.seq_1_to_7")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE bank.hist SET v = 30 WHERE id = 3")
         .await
         .unwrap();
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
@@ -939,6 +966,12 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
             &ids_at_mark
         };
         assert_eq!(&ids_state(&t.shards[0]).await, ids, "{until}");
+        let hist = if until == "latest" {
+            hist_versions(my).await
+        } else {
+            hist_at_mark.clone()
+        };
+        assert_eq!(hist_versions(&t.shards[0]).await, hist, "{until}");
         let mut tc = db::mysql(&t.shards[0], None).await;
         tc.query_drop("INSERT INTO bank.ticket (note) VALUES ('on the target')")
             .await

@@ -99,6 +99,7 @@ mod tests {
             columns: vec![],
             primary_key: vec![],
             references: refs.iter().map(|r| r.to_string()).collect(),
+            system_versioned: false,
             rows: 0,
             content_hash: String::new(),
             bytes_raw: 0,

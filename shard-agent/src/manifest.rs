@@ -350,6 +350,12 @@ pub struct TableManifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,
     pub rows: u64,
+    /// MariaDB: the table is `WITH SYSTEM VERSIONING`. Its rows are every
+    /// version of every row (`FOR SYSTEM_TIME ALL`), its last two columns
+    /// their system time (row start, row end), which the restore loads as
+    /// they were (`system_versioning_insert_history`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_versioned: bool,
     /// Order-independent content hash: the wrapping sum of the xxh3-64 of
     /// every row's canonical encoding, hex. Recomputable from a restored table.
     pub content_hash: String,

@@ -278,6 +278,8 @@ pub struct TableMeta<'a> {
     pub columns: &'a [(String, String)],
     pub primary_key: &'a [String],
     pub references: &'a [String],
+    /// See [`TableManifest::system_versioned`].
+    pub system_versioned: bool,
 }
 
 /// Merges range results (in range order) into one manifest entry per table;
@@ -316,6 +318,7 @@ pub fn merge(mut results: Vec<ItemResult>, tables: &[TableMeta<'_>]) -> Vec<Tabl
                     .collect(),
                 primary_key: t.primary_key.to_vec(),
                 references: t.references.to_vec(),
+                system_versioned: t.system_versioned,
                 rows: digest.rows,
                 content_hash: digest.hex(),
                 bytes_raw: chunks.iter().map(|c| c.bytes_raw).sum(),
@@ -421,6 +424,7 @@ mod tests {
                 columns: &[],
                 primary_key: &[],
                 references: &[],
+                system_versioned: false,
             })
             .collect();
         // Table 1 has no ranges (its results never came); 3 has three.

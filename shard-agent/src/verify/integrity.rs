@@ -288,6 +288,7 @@ mod tests {
                 .collect(),
             primary_key: vec![],
             references: vec![],
+            system_versioned: false,
             rows: digest.rows,
             content_hash: String::new(),
             bytes_raw: 0,

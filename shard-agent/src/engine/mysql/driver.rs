@@ -81,7 +81,8 @@ impl Driver for Mysql {
             .iter()
             .map(|c| (c.name.as_str(), c.data_type.as_str()))
             .collect();
-        readback::digest(shard, &t.database, &t.name, (&columns, t.rows), kind).await
+        let table = (t.database.as_str(), t.name.as_str(), t.system_versioned);
+        readback::digest(shard, table, (&columns, t.rows), kind).await
     }
 
     fn streams_of(&self, _databases: &[String]) -> Vec<String> {

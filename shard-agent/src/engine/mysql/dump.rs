@@ -140,6 +140,7 @@ impl Session {
                 columns: &t.columns,
                 primary_key: &t.primary_key,
                 references: &t.references,
+                system_versioned: t.system_time.is_some(),
             })
             .collect();
         manifest.table_list = merge(results, &meta);
@@ -341,16 +342,22 @@ fn batchable(t: &Table, item: &Item) -> bool {
             == Protocol::Text
 }
 
-/// The statement that reads `item`: its table's stored columns, in the
-/// item's key range.
+/// The statement that reads `item`: its table's stored columns (with a
+/// system-versioned table's system time, of every version), in the item's
+/// key range.
 fn select_sql(t: &Table, item: &Item) -> String {
     let cols: Vec<String> = t.columns.iter().map(|(c, _)| ident(c)).collect();
     let predicate = match t.primary_key.first() {
         Some(pk) if t.integer_key => range_predicate(&ident(pk), &item.range),
         _ => String::new(),
     };
+    // Every version of every row: the history is the table's too.
+    let versions = match t.system_time {
+        Some(_) => " FOR SYSTEM_TIME ALL",
+        None => "",
+    };
     format!(
-        "SELECT {} FROM {}.{}{predicate}",
+        "SELECT {} FROM {}.{}{versions}{predicate}",
         cols.join(", "),
         ident(&t.database),
         ident(&t.name)

@@ -36,19 +36,11 @@ use crate::position::BinlogCoordinates;
 use reader::{Reader, ReaderKind};
 use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 
-/// Why a backup refuses, by name, a table of `kind` as
-/// `information_schema.TABLES` lists it; `None` for a kind it backs up or
-/// does not list. MariaDB lists a table WITH SYSTEM VERSIONING as a kind
-/// of its own (as it does a sequence, [`SEQUENCE`]), which the catalog
-/// used to pass over without a word: a backup "complete" without them.
-fn refused_kind(kind: &str) -> Option<&'static str> {
-    match kind {
-        "SYSTEM VERSIONED" => Some(
-            "is system-versioned (WITH SYSTEM VERSIONING), which shardcut cannot back up yet (its history would be lost)",
-        ),
-        _ => None,
-    }
-}
+/// How `information_schema.TABLES` lists a MariaDB table `WITH SYSTEM
+/// VERSIONING` (which the catalog once passed over without a word: a
+/// backup "complete" without it). It is backed up with its history: every
+/// version of every row, with its system time ([`SystemTime`]).
+const SYSTEM_VERSIONED: &str = "SYSTEM VERSIONED";
 
 /// How `information_schema.TABLES` lists a MariaDB sequence. Its schema
 /// file keeps its `CREATE SEQUENCE` and state (`schema::sequence`); it has
@@ -67,18 +59,42 @@ fn details_at_once_from() -> usize {
 /// Where each `(database, table)` of the catalog is in the table list.
 type TableIndex = std::collections::HashMap<(String, String), usize>;
 
+/// The columns holding a system-versioned table's system time, each with
+/// its `COLUMN_TYPE`: its row start and row end. `row_start` and `row_end`
+/// (hidden, `timestamp(6)`) unless the table declares its own (`GENERATED
+/// ALWAYS AS ROW START`, listed with that generation expression).
+#[derive(Debug, Clone)]
+pub struct SystemTime {
+    pub start: (String, String),
+    pub end: (String, String),
+}
+
+impl Default for SystemTime {
+    fn default() -> Self {
+        let implicit = |name: &str| (name.to_string(), "timestamp(6)".to_string());
+        SystemTime {
+            start: implicit("row_start"),
+            end: implicit("row_end"),
+        }
+    }
+}
+
 /// A selected table and what the dump needs to know about it.
 #[derive(Debug, Clone)]
 pub struct Table {
     pub database: String,
     pub name: String,
-    /// Stored (non-generated) columns with their `COLUMN_TYPE`.
+    /// Stored (non-generated) columns with their `COLUMN_TYPE`; a
+    /// system-versioned table's system time last ([`Table::system_time`]).
     pub columns: Vec<(String, String)>,
     pub primary_key: Vec<String>,
     /// Parent tables by foreign key, as `db.table`.
     pub references: Vec<String>,
-    /// Whether the primary key is one integer column, so it can be split.
+    /// Whether the primary key is one integer column, so it can be split
+    /// (a system-versioned table's is not: its key holds row end too).
     pub integer_key: bool,
+    /// For a table `WITH SYSTEM VERSIONING`: its system time's columns.
+    pub system_time: Option<SystemTime>,
     pub rows_estimate: u64,
 }
 
@@ -207,10 +223,11 @@ fn selects(shard: &Shard, db: &str) -> bool {
 }
 
 /// The columns of the databases `dbs` (an SQL list) in order, with their
-/// `COLUMN_TYPE` and `EXTRA` (see [`stored_column`]).
+/// `COLUMN_TYPE`, `EXTRA` (see [`stored_column`]) and generation expression
+/// (`ROW START`, `ROW END`: a system time's declared columns).
 fn columns_sql(dbs: &str) -> String {
     format!(
-        "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA \
+        "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA, GENERATION_EXPRESSION \
          FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
          ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
     )
@@ -304,10 +321,31 @@ impl Session {
         self.add_primary_keys(&keys, &index)?;
         self.add_references(&references, &index)?;
         for t in &mut self.tables {
-            t.integer_key = t.primary_key.len() == 1
+            t.integer_key = t.system_time.is_none()
+                && t.primary_key.len() == 1
                 && t.columns
                     .iter()
                     .any(|(c, ty)| c == &t.primary_key[0] && ty.to_lowercase().contains("int"));
+            if let Some(time) = &t.system_time {
+                // Versioned by transaction id, the history names entries
+                // of the server's own transaction registry.
+                if ![&time.start.1, &time.end.1]
+                    .iter()
+                    .all(|ty| ty.to_lowercase().starts_with("timestamp"))
+                {
+                    return Err(AgentError::Tool {
+                        shard: shard.name.clone(),
+                        what: format!(
+                            "table {} is system-versioned by transaction id ({} {}), whose history refers to the server's own transaction registry, which shardcut cannot back up; list it in the shard's exclude_tables to back up the rest",
+                            qualified_name(&t.database, None, &t.name),
+                            time.start.0,
+                            time.start.1
+                        ),
+                    });
+                }
+                t.columns.push(time.start.clone());
+                t.columns.push(time.end.clone());
+            }
         }
         Ok(())
     }
@@ -343,15 +381,6 @@ impl Session {
                 self.sequences.push((db, table));
                 continue;
             }
-            if let Some(why) = refused_kind(&kind) {
-                return Err(AgentError::Tool {
-                    shard: shard.name.clone(),
-                    what: format!(
-                        "table {} {why}; list it in the shard's exclude_tables to back up the rest",
-                        qualified_name(&db, None, &table)
-                    ),
-                });
-            }
             index.insert((db.clone(), table.clone()), self.tables.len());
             self.tables.push(Table {
                 database: db,
@@ -360,6 +389,7 @@ impl Session {
                 primary_key: Vec::new(),
                 references: Vec::new(),
                 integer_key: false,
+                system_time: (kind == SYSTEM_VERSIONED).then(SystemTime::default),
                 rows_estimate: number(row, 2).map_err(&de)?.unwrap_or(0),
             });
         }
@@ -449,8 +479,12 @@ impl Session {
             let Some(&i) = index.get(&(db, table)) else {
                 continue;
             };
-            if stored_column(row).map_err(&de)? {
-                self.tables[i].columns.push((col, ty));
+            let t = &mut self.tables[i];
+            match (text(row, 5).map_err(&de)?.as_deref(), &mut t.system_time) {
+                (Some("ROW START"), Some(time)) => time.start = (col, ty),
+                (Some("ROW END"), Some(time)) => time.end = (col, ty),
+                _ if stored_column(row).map_err(&de)? => t.columns.push((col, ty)),
+                _ => {}
             }
         }
         Ok(())
@@ -529,8 +563,7 @@ impl Session {
             if let Some([db, table, kind]) = texts(row).map_err(&de)? {
                 // Every kind the catalog lists: a system-versioned table
                 // or a sequence created meanwhile is a change too.
-                let listed =
-                    kind == "BASE TABLE" || kind == SEQUENCE || refused_kind(&kind).is_some();
+                let listed = kind == "BASE TABLE" || kind == SEQUENCE || kind == SYSTEM_VERSIONED;
                 if listed && !shard.excludes(&db, None, &table) {
                     if kind == SEQUENCE {
                         // Compared by name only: its columns are the
@@ -580,9 +613,14 @@ impl Session {
         let change = match databases.iter().find(|d| !self.databases.contains(d)) {
             Some(db) => Some(format!("database {db} was created")),
             None => {
+                // Without a system time, which the listing at the cut
+                // leaves out as it did before.
                 let tables = self.tables.iter().map(|t| TableShape {
                     name: qualified_name(&t.database, None, &t.name),
-                    columns: t.columns.clone(),
+                    columns: match &t.system_time {
+                        Some(_) => t.columns[..t.columns.len().saturating_sub(2)].to_vec(),
+                        None => t.columns.clone(),
+                    },
                 });
                 let sequences = self.sequences.iter().map(|(db, name)| TableShape {
                     name: qualified_name(db, None, name),

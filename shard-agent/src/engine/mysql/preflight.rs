@@ -418,7 +418,7 @@ async fn tables(
         .query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, {sizes} \
              FROM information_schema.TABLES \
-             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN {} \
+             WHERE TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') AND TABLE_SCHEMA IN {} \
              ORDER BY TABLE_SCHEMA, TABLE_NAME",
             literal_list(&selected)
         ))

@@ -63,6 +63,10 @@ fn selected_name(opts: &RestoreOptions, db: &str, table: &str) -> bool {
 const RESTORE_SETTINGS: &str = "SET NAMES utf8mb4, SESSION time_zone = '+00:00', \
     SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'";
 
+/// Lets a session load the history of a system-versioned table as it was,
+/// system time included (MariaDB 10.11 and later).
+const INSERT_HISTORY: &str = "SET SESSION system_versioning_insert_history = 1";
+
 /// Session settings of a restoring connection. Foreign keys and unique
 /// checks are off during the load (the data was consistent when dumped);
 /// `NO_AUTO_VALUE_ON_ZERO` keeps stored zeros in auto-increment columns.
@@ -575,6 +579,22 @@ pub(super) async fn check_target(
         "SET NAMES utf8mb4",
     )
     .await?;
+    let restored = databases(source, opts);
+    let versioned = source
+        .table_list
+        .iter()
+        .find(|t| t.system_versioned && opts.selected(t) && restored.contains(&t.database));
+    if let Some(t) = versioned {
+        if let Err(e) = conn.query_drop(INSERT_HISTORY).await {
+            return Err(AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "table {} is system-versioned: loading its history needs system_versioning_insert_history (MariaDB 10.11 and later), which the target refuses ({e}); nothing was changed",
+                    t.qualified()
+                ),
+            });
+        }
+    }
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;
@@ -696,6 +716,7 @@ async fn load_data(
         .collect();
     // Small tables in the order of their bundles (each read about once).
     selected.sort_by_key(|t| reading_order(t));
+    let history = selected.iter().any(|t| t.system_versioned);
     let tables: Vec<Vec<LoadItem>> = selected
         .into_iter()
         .map(|t| {
@@ -737,6 +758,10 @@ async fn load_data(
         tasks.spawn(async move {
             let mut conn = connect::mysql(&target, None, TIMEOUT).await?;
             session(&mut conn, &target, opts.binlog).await?;
+            if history {
+                let what = "letting the session load system-versioned history";
+                exec(&mut conn, &target, what, INSERT_HISTORY).await?;
+            }
             while let Some(taken) = queue.take() {
                 let LoadItem {
                     chunk,

@@ -224,6 +224,7 @@ fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Ve
             columns: &t.columns,
             primary_key: &t.primary_key,
             references: &t.references,
+            system_versioned: false,
         })
         .collect();
     manifest.table_list.extend(merge(results, &meta));
