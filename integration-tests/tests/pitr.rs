@@ -803,33 +803,8 @@ const MY_KIND_CHANGES: &[&str] = &[
     "INSERT INTO bank.hist VALUES (3, 3)",
 ];
 
-/// Every version of every row of `bank.hist`, with its system time.
-async fn hist_versions(shard: &topology::Shard) -> Vec<String> {
-    let mut c = db::mysql(shard, None).await;
-    c.query_drop("SET time_zone = '+00:00'").await.unwrap();
-    let rows: Vec<String> = c
-        .query(
-            "SELECT CONCAT_WS(',', id, v, row_start, row_end) FROM bank.hist \
-             FOR SYSTEM_TIME ALL ORDER BY id, row_start",
-        )
-        .await
-        .unwrap();
-    c.disconnect().await.unwrap();
-    rows
-}
-
-/// The state of MariaDB sequence `bank.ids` (its table's one row).
-async fn ids_state(shard: &topology::Shard) -> String {
-    db::mysql(shard, None)
-        .await
-        .query_first(
-            "SELECT CONCAT_WS(',', next_not_cached_value, minimum_value, maximum_value, \
-             start_value, increment, cache_size, cycle_option, cycle_count) FROM bank.ids",
-        )
-        .await
-        .unwrap()
-        .unwrap()
-}
+/// The system time of `bank.hist` (hidden, as the server names it).
+const HIST_TIME: (&str, &str) = ("row_start", "row_end");
 
 const PG_KIND_TABLES: &[&str] = &[
     "kinds",
@@ -883,8 +858,8 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
         .unwrap();
     run_ok_async(&["mark", "-t", arg, "--name", "kinds"]).await;
     let at_mark = sequences(pg).await;
-    let ids_at_mark = ids_state(my).await;
-    let hist_at_mark = hist_versions(my).await;
+    let ids_at_mark = db::mysql_sequence_state(my, "bank.ids").await;
+    let hist_at_mark = db::mysql_versions(my, "bank.hist", HIST_TIME).await;
     assert_eq!(hist_at_mark.len(), 5, "{hist_at_mark:?}");
     // More after the mark: `latest` must reach them too.
     db::pg(pg, "bank")
@@ -902,7 +877,7 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
         .await
         .unwrap();
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
-    let ids_latest = ids_state(my).await;
+    let ids_latest = db::mysql_sequence_state(my, "bank.ids").await;
     assert_ne!(ids_latest, ids_at_mark);
 
     let target = PrivateSandbox::up(1, 1, "ready");
@@ -965,13 +940,21 @@ async fn every_column_kind_triggers_and_sequences_replay_exactly_to_a_mark_and_l
         } else {
             &ids_at_mark
         };
-        assert_eq!(&ids_state(&t.shards[0]).await, ids, "{until}");
+        assert_eq!(
+            &db::mysql_sequence_state(&t.shards[0], "bank.ids").await,
+            ids,
+            "{until}"
+        );
         let hist = if until == "latest" {
-            hist_versions(my).await
+            db::mysql_versions(my, "bank.hist", HIST_TIME).await
         } else {
             hist_at_mark.clone()
         };
-        assert_eq!(hist_versions(&t.shards[0]).await, hist, "{until}");
+        assert_eq!(
+            db::mysql_versions(&t.shards[0], "bank.hist", HIST_TIME).await,
+            hist,
+            "{until}"
+        );
         let mut tc = db::mysql(&t.shards[0], None).await;
         tc.query_drop("INSERT INTO bank.ticket (note) VALUES ('on the target')")
             .await

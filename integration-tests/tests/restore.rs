@@ -76,6 +76,19 @@ async fn restored_fully(src: &str, id: &str, tgt: &str) -> serde_json::Value {
     j
 }
 
+/// Backs up `source`'s cluster and restores it whole into `target`'s
+/// (Q = 1); the restore's JSON report and the target's first shard.
+async fn backed_up_and_restored(
+    source: &PrivateSandbox,
+    target: &PrivateSandbox,
+) -> (serde_json::Value, topology::Shard) {
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+    let tgt_path = target.topology();
+    let j = restored_fully(src_path.to_str().unwrap(), &id, tgt_path.to_str().unwrap()).await;
+    (j, target.first_shard())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_into_a_second_cluster_equals_the_source() {
     let dir = tempfile::tempdir().unwrap();
@@ -685,22 +698,6 @@ async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String
     rows
 }
 
-/// Every version of every row of MariaDB table `name` with its system
-/// time (`start` and `end`), in order.
-async fn versions(shard: &topology::Shard, name: &str, (start, end): (&str, &str)) -> Vec<String> {
-    let mut c = db::mysql(shard, None).await;
-    c.query_drop("SET time_zone = '+00:00'").await.unwrap();
-    let rows: Vec<String> = c
-        .query(format!(
-            "SELECT CONCAT_WS(',', id, IFNULL(v, 'null'), {start}, {end}) FROM {name} \
-             FOR SYSTEM_TIME ALL ORDER BY id, {start}"
-        ))
-        .await
-        .unwrap();
-    c.disconnect().await.unwrap();
-    rows
-}
-
 /// MariaDB tables `WITH SYSTEM VERSIONING` are backed up with their
 /// history (every version of every row, with its system time) and restored
 /// with it as it was: a backup of a shard holding one used to fail, naming
@@ -744,28 +741,20 @@ async fn mariadb_system_versioned_tables_come_back_with_their_history() {
     let then: (i64, i64) = c.query_first(&as_of).await.unwrap().unwrap();
     assert_eq!(then, (50, 1275));
     c.disconnect().await.unwrap();
-    let h = versions(&shard, "hist.h", ("row_start", "row_end")).await;
-    let e = versions(&shard, "hist.e", ("s", "t")).await;
+    let h = db::mysql_versions(&shard, "hist.h", ("row_start", "row_end")).await;
+    let e = db::mysql_versions(&shard, "hist.e", ("s", "t")).await;
     assert_eq!((h.len(), e.len()), (50 + 16 + 1, 3), "{h:?} {e:?}");
 
-    let src_path = source.topology();
-    let id = support::backup_id(src_path.to_str().unwrap()).await;
-    let j = restored_fully(
-        src_path.to_str().unwrap(),
-        &id,
-        target.topology().to_str().unwrap(),
-    )
-    .await;
+    let (j, restored) = backed_up_and_restored(&source, &target).await;
     assert_eq!(
         j["shards"]["mysql-0"]["tables"]["hist.h"]["rows_found"], 67,
         "{j}"
     );
-    let restored = target.first_shard();
     assert_eq!(
-        versions(&restored, "hist.h", ("row_start", "row_end")).await,
+        db::mysql_versions(&restored, "hist.h", ("row_start", "row_end")).await,
         h
     );
-    assert_eq!(versions(&restored, "hist.e", ("s", "t")).await, e);
+    assert_eq!(db::mysql_versions(&restored, "hist.e", ("s", "t")).await, e);
     let mut c = db::mysql(&restored, None).await;
     let at_target: (i64, i64) = c.query_first(&as_of).await.unwrap().unwrap();
     assert_eq!(at_target, then);
@@ -780,19 +769,6 @@ async fn mariadb_system_versioned_tables_come_back_with_their_history() {
         .unwrap();
     assert_eq!(kept, 4);
     c.disconnect().await.unwrap();
-}
-
-/// The state of MariaDB sequence `name`, as its table's row.
-async fn sequence_state(shard: &topology::Shard, name: &str) -> String {
-    db::mysql(shard, None)
-        .await
-        .query_first(format!(
-            "SELECT CONCAT_WS(',', next_not_cached_value, minimum_value, maximum_value, \
-             start_value, increment, cache_size, cycle_option, cycle_count) FROM {name}"
-        ))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// MariaDB sequences are backed up with their definition and state, and
@@ -822,24 +798,16 @@ async fn mariadb_sequences_come_back_where_they_were() {
     let names = ["tickets.ids", "tickets.down", "tickets.`a round`"];
     let mut expected = Vec::new();
     for name in names {
-        expected.push(sequence_state(&shard, name).await);
+        expected.push(db::mysql_sequence_state(&shard, name).await);
     }
     // The cycling one is in its second round.
     assert!(expected[2].ends_with(",1,1"), "{expected:?}");
     c.disconnect().await.unwrap();
 
-    let src_path = source.topology();
-    let id = support::backup_id(src_path.to_str().unwrap()).await;
-    restored_fully(
-        src_path.to_str().unwrap(),
-        &id,
-        target.topology().to_str().unwrap(),
-    )
-    .await;
-    let restored = target.first_shard();
+    let (_, restored) = backed_up_and_restored(&source, &target).await;
     let mut found = Vec::new();
     for name in names {
-        found.push(sequence_state(&restored, name).await);
+        found.push(db::mysql_sequence_state(&restored, name).await);
     }
     assert_eq!(found, expected);
     assert_eq!(
@@ -932,15 +900,7 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
         "{expected:?}"
     );
 
-    let src_path = source.topology();
-    let id = support::backup_id(src_path.to_str().unwrap()).await;
-    restored_fully(
-        src_path.to_str().unwrap(),
-        &id,
-        target.topology().to_str().unwrap(),
-    )
-    .await;
-    let restored = target.first_shard();
+    let (_, restored) = backed_up_and_restored(&source, &target).await;
     assert_eq!(mariadb_creation_settings(&restored).await, expected);
     let mut c = db::mysql(&restored, None).await;
     let at_target: Answers = c.query_first(answers).await.unwrap().unwrap();

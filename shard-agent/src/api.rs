@@ -20,7 +20,10 @@ use crate::replay::ReplayOptions;
 /// 4: a dump's shard manifest may place chunks in bundles, which an
 /// orchestrator that does not know them would drop from the backup's
 /// manifest.
-pub const API_VERSION: u32 = 4;
+/// 5: MariaDB sequences and system-versioned tables, which an agent
+/// before them would restore without the sequences and read back without
+/// the history.
+pub const API_VERSION: u32 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VersionInfo {

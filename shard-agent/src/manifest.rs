@@ -12,8 +12,12 @@ use topology::Engine;
 use crate::position::Position;
 
 /// 2: small tables' chunks may lie in bundles ([`ShardManifest::bundles`]).
+/// 3: a MariaDB schema file may hold sequences, and a table may be
+/// system-versioned ([`TableManifest::system_versioned`]): a shardcut
+/// before them would restore without the sequences, and the history
+/// without its times.
 /// A manifest of a later format is refused rather than misread.
-pub const MANIFEST_FORMAT: u32 = 2;
+pub const MANIFEST_FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {

@@ -157,6 +157,37 @@ pub async fn mysql_checksum(shard: &Shard, table: &str) -> Option<u64> {
     row.unwrap().1
 }
 
+/// The state of MariaDB sequence `name` (its table's one row), as text.
+pub async fn mysql_sequence_state(shard: &Shard, name: &str) -> String {
+    let mut c = mysql(shard, None).await;
+    let state: Option<String> = c
+        .query_first(format!(
+            "SELECT CONCAT_WS(',', next_not_cached_value, minimum_value, maximum_value, \
+             start_value, increment, cache_size, cycle_option, cycle_count) FROM {name}"
+        ))
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    state.unwrap()
+}
+
+/// Every version of every row of MariaDB system-versioned table `name`
+/// (columns `id` and `v`) with its system time (columns `start` and
+/// `end`), in order, times in UTC.
+pub async fn mysql_versions(shard: &Shard, name: &str, (start, end): (&str, &str)) -> Vec<String> {
+    let mut c = mysql(shard, None).await;
+    c.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    let rows: Vec<String> = c
+        .query(format!(
+            "SELECT CONCAT_WS(',', id, IFNULL(v, 'null'), {start}, {end}) FROM {name} \
+             FOR SYSTEM_TIME ALL ORDER BY id, {start}"
+        ))
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    rows
+}
+
 /// md5 of every row's text, ordered by that text: independent of row order
 /// and of shardcut's encoders.
 pub async fn pg_digest(shard: &Shard, database: &str, schema: &str, table: &str) -> String {

@@ -14,9 +14,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// little memory; tests use a small value to take the spilled path).
 pub const DEFAULT_SPILL_BYTES: usize = 64 << 20;
 
-/// The threshold in force: the environment's, else the default.
+/// The threshold in force: the environment's, else the default (read
+/// once: every captured transaction starts a buffer).
 pub fn spill_bytes() -> usize {
-    crate::knobs::count("SHARDCUT_CAPTURE_SPILL_BYTES").unwrap_or(DEFAULT_SPILL_BYTES)
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        crate::knobs::count("SHARDCUT_CAPTURE_SPILL_BYTES").unwrap_or(DEFAULT_SPILL_BYTES)
+    })
 }
 
 /// Tells that a transaction of `bytes` bytes captured from `shard` was

@@ -42,6 +42,17 @@ use sql::{literal_list, number, query_err, text, texts, SYSTEM_DATABASES};
 /// version of every row, with its system time ([`SystemTime`]).
 const SYSTEM_VERSIONED: &str = "SYSTEM VERSIONED";
 
+/// What the check at the cut lists first among a system-versioned table's
+/// columns, on both sides: a table that gained or lost its versioning
+/// between the catalog and the cut is a change (its system time is not
+/// among the columns the server lists, or is listed as generated).
+fn versioning_marker() -> (String, String) {
+    (
+        "(system time)".to_string(),
+        "WITH SYSTEM VERSIONING".to_string(),
+    )
+}
+
 /// How `information_schema.TABLES` lists a MariaDB sequence. Its schema
 /// file keeps its `CREATE SEQUENCE` and state (`schema::sequence`); it has
 /// no rows to dump.
@@ -570,7 +581,11 @@ impl Session {
                         // server's own.
                         sequences.insert((db.clone(), table.clone()));
                     }
-                    tables.insert((db, table), Vec::new());
+                    let columns = match kind == SYSTEM_VERSIONED {
+                        true => vec![versioning_marker()],
+                        false => Vec::new(),
+                    };
+                    tables.insert((db, table), columns);
                 }
             }
         }
@@ -613,12 +628,18 @@ impl Session {
         let change = match databases.iter().find(|d| !self.databases.contains(d)) {
             Some(db) => Some(format!("database {db} was created")),
             None => {
-                // Without a system time, which the listing at the cut
-                // leaves out as it did before.
+                // A system time as the listing at the cut has it: the
+                // marker, not its columns.
                 let tables = self.tables.iter().map(|t| TableShape {
                     name: qualified_name(&t.database, None, &t.name),
                     columns: match &t.system_time {
-                        Some(_) => t.columns[..t.columns.len().saturating_sub(2)].to_vec(),
+                        Some(_) => std::iter::once(versioning_marker())
+                            .chain(
+                                t.columns[..t.columns.len().saturating_sub(2)]
+                                    .iter()
+                                    .cloned(),
+                            )
+                            .collect(),
                         None => t.columns.clone(),
                     },
                 });

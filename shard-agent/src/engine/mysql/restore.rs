@@ -543,11 +543,27 @@ pub(super) async fn check_target(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
+    let mut conn = connect::mysql(target, None, TIMEOUT).await?;
+    // The character set and collation are set only where the statement
+    // goes through a variable (see `create_each`).
+    let mariadb = super::is_mariadb(&conn);
     let mut settings = std::collections::BTreeMap::new();
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
         let schema = read_schema(source, target, opts, &db).await?;
+        // Only MariaDB has sequences: a MySQL target would fail at the
+        // first, after the database was created (and where statements go
+        // as they are, a sequence's could only be foreign).
+        if let Some(seq) = schema.sequences.first().filter(|_| !mariadb) {
+            return Err(AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "sequence {db}.{} needs a MariaDB target, and this one is not; nothing was changed",
+                    seq.name
+                ),
+            });
+        }
         let programs = [
             ("routine", &schema.routines),
             ("trigger", &schema.triggers),
@@ -555,7 +571,7 @@ pub(super) async fn check_target(
         ];
         for (kind, objects) in programs {
             for o in objects.iter().filter(|o| wanted(source, opts, &db, o)) {
-                if let Ok(Some(set)) = creation_settings(o, true) {
+                if let Ok(Some(set)) = creation_settings(o, mariadb) {
                     settings
                         .entry(set)
                         .or_insert_with(|| format!("{kind} {db}.{}", o.name));
@@ -563,7 +579,6 @@ pub(super) async fn check_target(
             }
         }
     }
-    let mut conn = connect::mysql(target, None, TIMEOUT).await?;
     // The SQL modes and time zones the objects were created under, each
     // tried once: one the target does not know (a mode of another
     // version, a named zone without the server's zone tables) fails the
