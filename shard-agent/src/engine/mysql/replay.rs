@@ -1488,13 +1488,17 @@ impl TxnSteps {
             .key
             .take()
             .filter(|_| self.maps == 1 && self.row_events == 1);
-        let kept = self.row_events > 0;
+        // A row event kept since the statement began, or since its last
+        // piece was cut: after a cut, a statement ended by a row event of a
+        // table left out has nothing more to send than its table maps.
+        let kept = self.last_rows.is_some();
         (self.maps, self.row_events, self.map) = (0, 0, None);
         self.left_out.clear();
         self.last_rows = None;
         self.maps_bytes.clear();
         if !kept {
-            // Table maps only: every row event was of a table left out.
+            // Table maps only: every row event (since the last piece) was
+            // of a table left out.
             self.pending.clear();
             self.tables.clear();
         } else if !self.pending.is_empty() {
