@@ -76,6 +76,24 @@ async fn restored_fully(src: &str, id: &str, tgt: &str) -> serde_json::Value {
     j
 }
 
+/// A MariaDB source sandbox with `setup` run on it, and a MariaDB target
+/// sandbox; the source's shard and the connection `setup` ran on.
+async fn mariadb_source_and_target(
+    setup: &str,
+) -> (
+    PrivateSandbox,
+    PrivateSandbox,
+    topology::Shard,
+    mysql_async::Conn,
+) {
+    let source = PrivateSandbox::up(1, 0, "ready");
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let shard = source.first_shard();
+    let mut c = db::mysql(&shard, None).await;
+    c.query_drop(setup).await.unwrap();
+    (source, target, shard, c)
+}
+
 /// Backs up `source`'s cluster and restores it whole into `target`'s
 /// (Q = 1); the restore's JSON report and the target's first shard.
 async fn backed_up_and_restored(
@@ -706,11 +724,7 @@ async fn mariadb_creation_settings(shard: &Shard) -> Vec<(String, String, String
 /// `FOR SYSTEM_TIME AS OF` as the source's does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_system_versioned_tables_come_back_with_their_history() {
-    let source = PrivateSandbox::up(1, 0, "ready");
-    let target = PrivateSandbox::up(1, 0, "ready");
-    let shard = source.first_shard();
-    let mut c = db::mysql(&shard, None).await;
-    c.query_drop(
+    let (source, target, shard, mut c) = mariadb_source_and_target(
         "CREATE DATABASE hist; \
          CREATE TABLE hist.h (id INT PRIMARY KEY, v INT, KEY (v)) WITH SYSTEM VERSIONING; \
          CREATE TABLE hist.e (id INT PRIMARY KEY, v INT, \
@@ -720,8 +734,7 @@ async fn mariadb_system_versioned_tables_come_back_with_their_history() {
          INSERT INTO hist.h SELECT seq, seq FROM hist.seq_1_to_50; \
          INSERT INTO hist.e VALUES (1, 1), (2, 2)",
     )
-    .await
-    .unwrap();
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let between: String = c
         .query_first("SELECT DATE_FORMAT(NOW(6), '%Y-%m-%d %H:%i:%s.%f')")
@@ -779,11 +792,7 @@ async fn mariadb_system_versioned_tables_come_back_with_their_history() {
 /// descending and a cycling sequence (in its second round) alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_sequences_come_back_where_they_were() {
-    let source = PrivateSandbox::up(1, 0, "ready");
-    let target = PrivateSandbox::up(1, 0, "ready");
-    let shard = source.first_shard();
-    let mut c = db::mysql(&shard, None).await;
-    c.query_drop(
+    let (source, target, shard, c) = mariadb_source_and_target(
         "CREATE DATABASE tickets; \
          CREATE SEQUENCE tickets.ids START WITH 100 INCREMENT BY 5 CACHE 3; \
          CREATE SEQUENCE tickets.down START WITH -1 INCREMENT BY -1 MINVALUE -1000 MAXVALUE -1 CACHE 0; \
@@ -793,8 +802,7 @@ async fn mariadb_sequences_come_back_where_they_were() {
          INSERT INTO tickets.ticket (note) SELECT CONCAT('t', seq) FROM tickets.seq_1_to_10; \
          SELECT NEXTVAL(tickets.`a round`) FROM tickets.seq_1_to_4",
     )
-    .await
-    .unwrap();
+    .await;
     let names = ["tickets.ids", "tickets.down", "tickets.`a round`"];
     let mut expected = Vec::new();
     for name in names {
@@ -841,11 +849,7 @@ async fn mariadb_sequences_come_back_where_they_were() {
 /// `latin1` client returns the same characters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone() {
-    let source = PrivateSandbox::up(1, 0, "ready");
-    let target = PrivateSandbox::up(1, 0, "ready");
-    let shard = source.first_shard();
-    let mut c = db::mysql(&shard, None).await;
-    c.query_drop(
+    let (source, target, shard, mut c) = mariadb_source_and_target(
         "CREATE DATABASE modes; \
          CREATE TABLE modes.t (id INT PRIMARY KEY, v VARCHAR(16)); \
          INSERT INTO modes.t VALUES (1, 'one'); \
@@ -868,8 +872,7 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
            RETURN CONCAT('é', '-'); \
          SET NAMES utf8mb4",
     )
-    .await
-    .unwrap();
+    .await;
     let answers = "SELECT modes.joined(), modes.quoted(), modes.slash(), modes.cased(), \
                    HEX(modes.accent())";
     type Answers = (String, String, i64, i64, String);

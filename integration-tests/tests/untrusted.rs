@@ -816,18 +816,11 @@ fn statements_planted_in_a_mariadb_schema_file_never_run() {
     let scratch = PrivateSandbox::up(1, 0, "ready");
     let target = db::topology(&scratch.topology());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let victim_tables = || -> Option<i64> {
-        rt.block_on(async {
-            let mut c = db::mysql(&target.shards[0], None).await;
-            let n = c
-                .query_first(
-                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'victim'",
-                )
-                .await
-                .unwrap();
-            c.disconnect().await.unwrap();
-            n
-        })
+    let victim_tables = || {
+        rt.block_on(db::mysql_count(
+            &target.shards[0],
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'victim'",
+        ))
     };
     rt.block_on(async {
         let mut c = db::mysql(&target.shards[0], None).await;
@@ -896,23 +889,15 @@ fn statements_planted_in_a_mariadb_schema_file_never_run() {
 /// it after every table was loaded).
 #[test]
 fn a_routines_sql_mode_is_checked_before_the_target_changes() {
-    use mysql_async::prelude::Queryable;
     let backup = Backup::take();
     let scratch = PrivateSandbox::up(1, 0, "ready");
     let target = db::topology(&scratch.topology());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let shop_on_target = || -> Option<i64> {
-        rt.block_on(async {
-            let mut c = db::mysql(&target.shards[0], None).await;
-            let n = c
-                .query_first(
-                    "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop'",
-                )
-                .await
-                .unwrap();
-            c.disconnect().await.unwrap();
-            n
-        })
+    let shop_on_target = || {
+        rt.block_on(db::mysql_count(
+            &target.shards[0],
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop'",
+        ))
     };
     let mut routine = String::new();
     plant_in_the_mariadb_schema(&backup, |s| {

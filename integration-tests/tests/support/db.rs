@@ -157,6 +157,15 @@ pub async fn mysql_checksum(shard: &Shard, table: &str) -> Option<u64> {
     row.unwrap().1
 }
 
+/// The one number `sql` (a `SELECT COUNT(*) …`) gives on MariaDB shard
+/// `shard`.
+pub async fn mysql_count(shard: &Shard, sql: &str) -> Option<i64> {
+    let mut c = mysql(shard, None).await;
+    let n = c.query_first(sql).await.unwrap();
+    c.disconnect().await.unwrap();
+    n
+}
+
 /// The state of MariaDB sequence `name` (its table's one row), as text.
 pub async fn mysql_sequence_state(shard: &Shard, name: &str) -> String {
     let mut c = mysql(shard, None).await;
