@@ -268,8 +268,15 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         "SET SESSION sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT'",
         "CREATE TABLE \"quoted\" (id INT PRIMARY KEY)",
         "CREATE FUNCTION joined() RETURNS VARCHAR(8) DETERMINISTIC RETURN 'a' || 'b'",
+        // A backslash read as these modes read it: in a name (no escape
+        // under ANSI_QUOTES) and at the end of a string (no escape under
+        // NO_BACKSLASH_ESCAPES). The replay stopped at both.
+        "CREATE TABLE \"back\\slash\" (id INT PRIMARY KEY)",
+        "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'",
+        "ALTER TABLE ledger COMMENT 'C:\\temp\\'",
         "SET SESSION sql_mode = DEFAULT",
         "INSERT INTO quoted VALUES (1)",
+        "INSERT INTO `back\\slash` VALUES (7)",
     ] {
         c.query_drop(sql).await.unwrap();
     }
@@ -295,14 +302,29 @@ async fn ddl_replays_on_mariadb_is_refused_by_name_on_postgres_and_segments_read
         .into_iter()
         .find(|s| s.engine == Engine::Mysql)
         .unwrap();
-    for t in ["bank.ledger", "bank.audit", "bank.quoted"] {
+    for t in [
+        "bank.ledger",
+        "bank.audit",
+        "bank.quoted",
+        "bank.`back\\slash`",
+    ] {
+        let source = db::mysql_checksum(my, t).await;
+        assert!(source.is_some(), "{t}");
         assert_eq!(
             db::mysql_checksum(&tmy, t).await,
-            db::mysql_checksum(my, t).await,
+            source,
             "{t} after replaying ADD COLUMN / CREATE TABLE"
         );
     }
     let mut t = db::mysql(&tmy, Some("bank")).await;
+    let comment: Option<String> = t
+        .query_first(
+            "SELECT TABLE_COMMENT FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'bank' AND TABLE_NAME = 'ledger'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(comment.as_deref(), Some("C:\\temp\\"));
     let joined: Option<String> = t.query_first("SELECT joined()").await.unwrap();
     assert_eq!(joined.as_deref(), Some("ab"));
     let target_mode: Option<String> = t.query_first(mode_of_joined).await.unwrap();

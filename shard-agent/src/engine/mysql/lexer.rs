@@ -46,6 +46,44 @@ fn dash_comment(s: &str) -> bool {
     })
 }
 
+/// How the server reads quotes under a session's SQL mode: whether a
+/// backslash escapes the next character in a string, and whether double
+/// quotes enclose a name (`ANSI_QUOTES`), where no backslash escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Quoting {
+    backslash_escapes: bool,
+    ansi_quotes: bool,
+}
+
+impl Quoting {
+    /// The server's default: backslashes escape, double quotes enclose a
+    /// string. Also how shardcut's own sessions read what they send.
+    pub(super) const DEFAULT: Quoting = Quoting {
+        backslash_escapes: true,
+        ansi_quotes: false,
+    };
+
+    /// How a session with SQL mode `mode` (the server's bits, as a binlog
+    /// records them) reads quotes: `NO_BACKSLASH_ESCAPES` is bit 20;
+    /// `ANSI_QUOTES` is bit 2, also turned on by the combination modes
+    /// `POSTGRESQL`, `ORACLE`, `MSSQL`, `DB2`, `MAXDB` (bits 8 to 12) and
+    /// `ANSI` (bit 18), which the server expands when the mode is set.
+    pub(super) fn of_sql_mode(mode: u64) -> Quoting {
+        const ANSI_QUOTES: u64 = 1 << 2 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 18;
+        Quoting {
+            backslash_escapes: mode & 1 << 20 == 0,
+            ansi_quotes: mode & ANSI_QUOTES != 0,
+        }
+    }
+
+    /// Whether a backslash escapes the next character inside quotes
+    /// opened by `quote`: never in a name.
+    fn escapes(self, quote: char) -> bool {
+        let string = quote == '\'' || quote == '"' && !self.ansi_quotes;
+        string && self.backslash_escapes
+    }
+}
+
 /// The tokens of a statement, comments skipped; the text of a versioned
 /// comment (`/*!50001 … */`, `/*M!100100 … */`) is read as part of the
 /// statement.
@@ -53,13 +91,22 @@ pub(super) struct Lexer<'a> {
     rest: &'a str,
     /// Inside a versioned comment.
     inside: bool,
+    quoting: Quoting,
 }
 
 impl<'a> Lexer<'a> {
-    pub(super) fn new(sql: &'a str) -> Self {
+    /// The tokens of `sql` as the server reads it by default.
+    #[cfg(test)]
+    fn new(sql: &'a str) -> Self {
+        Lexer::reading(sql, Quoting::DEFAULT)
+    }
+
+    /// The tokens of `sql` as a session reading quotes by `quoting` does.
+    pub(super) fn reading(sql: &'a str, quoting: Quoting) -> Self {
         Lexer {
             rest: sql,
             inside: false,
+            quoting,
         }
     }
 
@@ -87,12 +134,14 @@ impl<'a> Lexer<'a> {
 
 /// The text of a quoted token opened by `quote`, in `s` after the opening
 /// quote: its value (a doubled quote is one; a backslash escapes the next
-/// character except in backquotes), the rest, and whether it was closed.
-fn quoted(s: &str, quote: char) -> (String, &str, bool) {
+/// character where `quoting` says so), the rest, and whether it was
+/// closed.
+fn quoted(s: &str, quote: char, quoting: Quoting) -> (String, &str, bool) {
+    let escapes = quoting.escapes(quote);
     let mut value = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
-        if c == '\\' && quote != '`' {
+        if c == '\\' && escapes {
             if let Some((_, e)) = chars.next() {
                 value.push(e);
             }
@@ -119,7 +168,7 @@ impl Iterator for Lexer<'_> {
         let after = &self.rest[c.len_utf8()..];
         let token = match c {
             '`' | '"' | '\'' => {
-                let (value, rest, _) = quoted(after, c);
+                let (value, rest, _) = quoted(after, c, self.quoting);
                 self.rest = rest;
                 return Some(match c {
                     '\'' => Token::Literal(value),
@@ -146,10 +195,10 @@ impl Iterator for Lexer<'_> {
 /// Statement `sql` as a replay sends it, so that the server reads exactly
 /// what was placed: the text of versioned comments (`/*!50001 … */`,
 /// `/*M!100100 … */`) in place without their marks (the server would run
-/// or skip each by its own version), other comments as a space. Refused:
-/// a control character outside quotes, a comment inside a versioned one,
-/// a quote or a comment left open.
-pub(super) fn as_sent(sql: &str) -> Result<String, &'static str> {
+/// or skip each by its own version), other comments as a space, quotes
+/// read by `quoting`. Refused: a control character outside quotes, a
+/// comment inside a versioned one, a quote or a comment left open.
+pub(super) fn as_sent(sql: &str, quoting: Quoting) -> Result<String, &'static str> {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
     let mut inside = false;
@@ -179,7 +228,7 @@ pub(super) fn as_sent(sql: &str) -> Result<String, &'static str> {
             rest = rest.find('\n').map_or("", |e| &rest[e..]);
             out.push(' ');
         } else if matches!(c, '`' | '"' | '\'') {
-            let (_, after, closed) = quoted(&rest[1..], c);
+            let (_, after, closed) = quoted(&rest[1..], c, quoting);
             if !closed {
                 return Err("a quote left open");
             }
@@ -240,9 +289,10 @@ const OUTSIDE_ENGINES: &[&str] = &[
 /// DIRECTORY` or `INDEX DIRECTORY`, a `FILE_NAME`. The backup reads
 /// InnoDB tables only (preflight refuses the rest), so no statement of a
 /// backup needs them, and run from a planted one they would send the
-/// restored rows to another host, or read its files.
-pub(super) fn reaches_outside(sql: &str) -> Option<String> {
-    let tokens: Vec<Token> = Lexer::new(sql).collect();
+/// restored rows to another host, or read its files. Quotes are read by
+/// `quoting`.
+pub(super) fn reaches_outside(sql: &str, quoting: Quoting) -> Option<String> {
+    let tokens: Vec<Token> = Lexer::reading(sql, quoting).collect();
     let named = |t: Option<&Token>| match t {
         Some(Token::Word(e) | Token::Quoted(e) | Token::Literal(e)) => Some(e.clone()),
         _ => None,
@@ -284,9 +334,9 @@ pub(super) fn reaches_outside(sql: &str) -> Option<String> {
 }
 
 /// Whether `sql` holds more than one statement: a `;` outside strings and
-/// comments with anything after it.
-pub(super) fn several_statements(sql: &str) -> bool {
-    let mut tokens = Lexer::new(sql).skip_while(|t| *t != Token::Punct(';'));
+/// comments (quotes read by `quoting`) with anything after it.
+pub(super) fn several_statements(sql: &str, quoting: Quoting) -> bool {
+    let mut tokens = Lexer::reading(sql, quoting).skip_while(|t| *t != Token::Punct(';'));
     tokens.next().is_some() && tokens.any(|t| t != Token::Punct(';'))
 }
 
@@ -356,7 +406,11 @@ mod tests {
             ),
         ] {
             let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert_eq!(as_sent(sql).map(|s| words(&s)), Ok(words(sent)), "{sql}");
+            assert_eq!(
+                as_sent(sql, Quoting::DEFAULT).map(|s| words(&s)),
+                Ok(words(sent)),
+                "{sql}"
+            );
         }
         for sql in [
             "/*!40000 a /*!40000 b */ */",
@@ -366,7 +420,7 @@ mod tests {
             "/*!40000 a",
             "a \u{1} b",
         ] {
-            assert!(as_sent(sql).is_err(), "{sql}");
+            assert!(as_sent(sql, Quoting::DEFAULT).is_err(), "{sql}");
         }
     }
 
@@ -389,7 +443,7 @@ mod tests {
                 "ENGINE=SPIDER",
             ),
         ] {
-            assert_eq!(reaches_outside(sql).as_deref(), Some(option), "{sql}");
+            assert_eq!(reaches_outside(sql, Quoting::DEFAULT).as_deref(), Some(option), "{sql}");
         }
         for sql in [
             "CREATE TABLE `t` (`connection` int, `engine` varchar(9), `data` int) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
@@ -401,22 +455,75 @@ mod tests {
             "ALTER TABLE t RENAME COLUMN engine TO e",
             "CREATE TABLE t (engine VARCHAR(9), CHECK (engine = 'x')) ENGINE=InnoDB",
         ] {
-            assert_eq!(reaches_outside(sql), None, "{sql}");
+            assert_eq!(reaches_outside(sql, Quoting::DEFAULT), None, "{sql}");
         }
     }
 
     #[test]
     fn a_second_statement_is_seen_outside_strings_and_comments() {
-        assert!(several_statements("SELECT 1; GRANT ALL ON *.* TO x"));
+        let d = Quoting::DEFAULT;
+        assert!(several_statements("SELECT 1; GRANT ALL ON *.* TO x", d));
         assert!(several_statements(
-            "CREATE TABLE t (i INT);/**/DROP TABLE u"
+            "CREATE TABLE t (i INT);/**/DROP TABLE u",
+            d
         ));
         assert!(!several_statements(
-            "CREATE TABLE t (c VARCHAR(9) DEFAULT ';x')"
+            "CREATE TABLE t (c VARCHAR(9) DEFAULT ';x')",
+            d
         ));
-        assert!(!several_statements("CREATE TABLE t (i INT); -- done"));
+        assert!(!several_statements("CREATE TABLE t (i INT); -- done", d));
         assert!(!several_statements(
-            "CREATE TABLE t (i INT) /* ; DROP TABLE u */"
+            "CREATE TABLE t (i INT) /* ; DROP TABLE u */",
+            d
         ));
+        // A backslash ends no string under NO_BACKSLASH_ESCAPES: the
+        // server reads a second statement where the default reads one.
+        let planted = "ALTER TABLE t COMMENT 'a\\'; DROP DATABASE bank; -- '";
+        assert!(!several_statements(planted, d));
+        assert!(several_statements(planted, Quoting::of_sql_mode(1 << 20)));
+    }
+
+    /// Each SQL mode reads quotes as the server does: `NO_BACKSLASH_ESCAPES`
+    /// keeps a backslash in a string and lets the next quote end it;
+    /// `ANSI_QUOTES` (alone or through a combination mode) makes double
+    /// quotes a name, where a backslash never escapes; other modes read
+    /// as the default.
+    #[test]
+    fn quotes_are_read_as_the_statements_sql_mode_reads_them() {
+        let sql = "'a\\' x '\"b\\\" c \"' d";
+        let tokens =
+            |mode: u64| Lexer::reading(sql, Quoting::of_sql_mode(mode)).collect::<Vec<_>>();
+        let lit = |s: &str| Token::Literal(s.into());
+        let word = |s: &str| Token::Word(s.into());
+        let quoted = |s: &str| Token::Quoted(s.into());
+        // Default: a string, a double-quoted one, a string left open;
+        // so under PIPES_AS_CONCAT.
+        for mode in [0, 1 << 1] {
+            assert_eq!(
+                tokens(mode),
+                [lit("a' x "), quoted("b\" c "), lit(" d")],
+                "{mode}"
+            );
+        }
+        assert_eq!(
+            tokens(1 << 20),
+            [lit("a\\"), word("x"), lit("\"b\\\" c \""), word("d")]
+        );
+        let ansi = "`a\\` \"b\\\" c 'e\\' f'";
+        for mode in [1 << 2, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 18] {
+            assert_eq!(
+                Lexer::reading(ansi, Quoting::of_sql_mode(mode)).collect::<Vec<_>>(),
+                [quoted("a\\"), quoted("b\\"), word("c"), lit("e' f")],
+                "{mode}"
+            );
+        }
+        assert_eq!(
+            as_sent("SELECT 'a\\' -- '\n", Quoting::of_sql_mode(1 << 20)),
+            Ok("SELECT 'a\\'  \n".into())
+        );
+        assert_eq!(
+            as_sent("SELECT 'a\\' -- '\n", Quoting::DEFAULT),
+            Ok("SELECT 'a\\' -- '\n".into())
+        );
     }
 }

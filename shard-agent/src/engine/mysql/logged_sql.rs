@@ -29,7 +29,7 @@
 
 use crate::manifest::Selection;
 
-use super::lexer::{as_sent, reaches_outside, Lexer, Token};
+use super::lexer::{as_sent, reaches_outside, Lexer, Quoting, Token};
 use super::sql::{ident, SYSTEM_DATABASES};
 
 /// What a replay does with a logged statement.
@@ -52,13 +52,14 @@ pub(super) enum Placement {
     Refuse(String),
 }
 
-/// Where statement `sql`, logged with default database `db` (empty: none),
-/// lands for a replay of what `scope` selects. What is applied is the
-/// statement as [`as_sent`] gives it: the server then reads exactly what
-/// was placed here.
-pub(super) fn place(sql: &str, db: &str, scope: &Selection) -> Placement {
-    match as_sent(sql) {
-        Ok(sent) => place_sent(&sent, db, scope),
+/// Where statement `sql`, logged with default database `db` (empty: none)
+/// under a SQL mode that reads quotes by `quoting`, lands for a replay of
+/// what `scope` selects. What is applied is the statement as [`as_sent`]
+/// gives it, to be run under the mode it was logged under: the server
+/// then reads exactly what was placed here.
+pub(super) fn place(sql: &str, db: &str, scope: &Selection, quoting: Quoting) -> Placement {
+    match as_sent(sql, quoting) {
+        Ok(sent) => place_sent(&sent, db, scope, quoting),
         Err(why) => Placement::Refuse(format!("{why}: replay cannot read it as the server would")),
     }
 }
@@ -73,8 +74,8 @@ pub(super) fn shown(sql: &str) -> String {
     crate::replay::excerpt(sql[..end].trim_end())
 }
 
-fn place_sent(sql: &str, db: &str, scope: &Selection) -> Placement {
-    let mut t = Lexer::new(sql).peekable();
+fn place_sent(sql: &str, db: &str, scope: &Selection, quoting: Quoting) -> Placement {
+    let mut t = Lexer::reading(sql, quoting).peekable();
     let Some(Token::Word(first)) = t.next() else {
         return Placement::Refuse("a statement that does not begin with a keyword".into());
     };
@@ -86,7 +87,8 @@ fn place_sent(sql: &str, db: &str, scope: &Selection) -> Placement {
         "INSERT" | "REPLACE" | "UPDATE" | "DELETE" => {
             let lower = folded(scope);
             let names_held = held_database(db, scope, &lower)
-                || qualifiers(Lexer::new(sql)).any(|q| held_database(&q, scope, &lower));
+                || qualifiers(Lexer::reading(sql, quoting))
+                    .any(|q| held_database(&q, scope, &lower));
             if names_held {
                 Placement::Refuse(
                     "a change logged as a statement, not as rows (capture needs binlog_format=ROW)"
@@ -96,7 +98,9 @@ fn place_sent(sql: &str, db: &str, scope: &Selection) -> Placement {
                 Placement::Outside
             }
         }
-        "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" => ddl(&first, t, sql, db, scope),
+        "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" => {
+            ddl(&first, t, sql, db, scope, quoting)
+        }
         "SET" if t.peek().is_some_and(|w| w.is("STATEMENT")) => {
             Placement::Refuse("a statement under SET STATEMENT … FOR".into())
         }
@@ -229,7 +233,14 @@ enum Named {
 }
 
 /// Where DDL statement `sql`, `verb` then the tokens `t`, lands.
-fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) -> Placement {
+fn ddl(
+    verb: &str,
+    mut t: Tokens<'_>,
+    sql: &str,
+    db: &str,
+    scope: &Selection,
+    quoting: Quoting,
+) -> Placement {
     let unreadable = || Placement::Refuse(format!("a {verb} statement replay cannot read"));
     if modifiers(&mut t).is_none() {
         return unreadable();
@@ -274,7 +285,7 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
             };
             names.push(Named::Database(named));
         }
-        "FUNCTION" if verb == "CREATE" && Lexer::new(&sql).any(|w| w.is("SONAME")) => {
+        "FUNCTION" if verb == "CREATE" && Lexer::reading(&sql, quoting).any(|w| w.is("SONAME")) => {
             // A loadable function: a library of the server's.
             return Placement::Server("CREATE FUNCTION … SONAME".into());
         }
@@ -412,7 +423,7 @@ fn ddl(verb: &str, mut t: Tokens<'_>, sql: &str, db: &str, scope: &Selection) ->
     };
     let refused = if !table {
         None
-    } else if let Some(option) = reaches_outside(&sql) {
+    } else if let Some(option) = reaches_outside(&sql, quoting) {
         Some(format!(
             "{option} reaches beyond the server's own tables (another host, or files), and no table of a backup has it"
         ))
@@ -559,7 +570,7 @@ mod tests {
     }
 
     fn at(sql: &str, db: &str) -> Placement {
-        place(sql, db, &scope())
+        place(sql, db, &scope(), Quoting::DEFAULT)
     }
 
     #[test]
@@ -613,7 +624,7 @@ mod tests {
         ] {
             assert_eq!(
                 at(sql, db),
-                Placement::Apply(as_sent(sql).unwrap()),
+                Placement::Apply(as_sent(sql, Quoting::DEFAULT).unwrap()),
                 "{sql} (in {db:?})"
             );
         }
@@ -825,18 +836,91 @@ mod tests {
     fn every_database_but_the_servers_own_when_none_is_listed() {
         let all = Selection::default();
         assert_eq!(
-            place("CREATE DATABASE anything", "", &all),
+            place("CREATE DATABASE anything", "", &all, Quoting::DEFAULT),
             Placement::Apply("CREATE DATABASE anything".into())
         );
         assert_eq!(
-            place("CREATE TABLE t (i INT)", "mysql", &all),
+            place("CREATE TABLE t (i INT)", "mysql", &all, Quoting::DEFAULT),
             Placement::Outside
         );
-        assert_eq!(place("DROP TABLE sys.x", "bank", &all), Placement::Outside);
+        assert_eq!(
+            place("DROP TABLE sys.x", "bank", &all, Quoting::DEFAULT),
+            Placement::Outside
+        );
         // The server's own database in another case: a server folding
         // names reads it as its own.
         assert!(matches!(
-            place("DROP TABLE MYSQL.global_priv", "bank", &all),
+            place(
+                "DROP TABLE MYSQL.global_priv",
+                "bank",
+                &all,
+                Quoting::DEFAULT
+            ),
+            Placement::Refuse(_)
+        ));
+    }
+
+    /// A statement is placed as the server reads it under the SQL mode it
+    /// was logged under. Planted statements whose backslash hides a name
+    /// from the default reading (`NO_BACKSLASH_ESCAPES`; `ANSI_QUOTES`,
+    /// alone or through a combination mode) are refused by the name the
+    /// server would act on; an honest statement with a backslash under
+    /// those modes applies, where the default reading would misplace it.
+    #[test]
+    fn statements_are_placed_as_their_sql_mode_reads_quotes() {
+        const NO_BACKSLASH_ESCAPES: u64 = 1 << 20;
+        let under = |mode: u64, sql: &str| place(sql, "bank", &scope(), Quoting::of_sql_mode(mode));
+        for (mode, planted) in [
+            (
+                NO_BACKSLASH_ESCAPES,
+                "ALTER TABLE bank.t COMMENT 'a\\', RENAME TO mysql.x -- '",
+            ),
+            (
+                1 << 2,
+                "DROP TABLE IF EXISTS bank.\"x\\\", mysql.global_priv -- \"",
+            ),
+            (
+                1 << 9,
+                "RENAME TABLE bank.a TO bank.\"b\\\", mysql.global_priv TO bank.s -- \"",
+            ),
+            (
+                1 << 18,
+                "CREATE TABLE bank.t (\"c\\\" INT) SELECT * FROM mysql.global_priv -- \" INT)",
+            ),
+        ] {
+            assert!(
+                matches!(under(mode, planted), Placement::Refuse(_)),
+                "{mode}: {planted}: {:?}",
+                under(mode, planted)
+            );
+            // The default reading sees a comment or a name where the
+            // server sees more: it would have applied or left it out.
+            assert!(
+                !matches!(under(0, planted), Placement::Refuse(_)),
+                "{planted}: {:?}",
+                under(0, planted)
+            );
+        }
+        for (mode, honest) in [
+            (NO_BACKSLASH_ESCAPES, "ALTER TABLE t COMMENT 'C:\\temp\\'"),
+            (
+                NO_BACKSLASH_ESCAPES | 1 << 2,
+                "CREATE TABLE \"t\\x\" (v VARCHAR(8) DEFAULT 'a\\')",
+            ),
+            (
+                1 << 8 | 1 << 10 | 1 << 11 | 1 << 12,
+                "ALTER TABLE bank.\"t\\\" ADD c INT",
+            ),
+        ] {
+            assert_eq!(
+                under(mode, honest),
+                Placement::Apply(honest.into()),
+                "{mode}: {honest}"
+            );
+        }
+        // Left open under the default reading: refused there.
+        assert!(matches!(
+            under(0, "ALTER TABLE t COMMENT 'C:\\temp\\'"),
             Placement::Refuse(_)
         ));
     }

@@ -30,7 +30,7 @@ use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
 use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
-use super::lexer::several_statements;
+use super::lexer::{several_statements, Quoting};
 use super::logged_sql::{self, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
 use super::sql::{quote_literal, SYSTEM_DATABASES};
@@ -403,31 +403,9 @@ enum Step {
     Sql(String),
     /// A statement from the segment, run as exactly one statement, and
     /// the `SET` of the SQL mode and time zone it was logged under
-    /// ([`logged_settings`]), if not the replay session's.
-    Logged(String, Option<String>),
-}
-
-/// The SQL mode bits (`SET sql_mode = N`) under which the server reads a
-/// backslash otherwise than the placement does: `NO_BACKSLASH_ESCAPES`
-/// (1 << 20), and `ANSI_QUOTES` (1 << 2) with the combination modes that
-/// turn it on (`POSTGRESQL`, `ORACLE`, `MSSQL`, `DB2`, `MAXDB`, `ANSI`:
-/// bits 8 to 12 and 18).
-const QUOTES_READ_OTHERWISE: u64 =
-    1 << 2 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 18 | 1 << 20;
-
-/// Refuses statement `sql`, logged under SQL mode `mode`, if the server
-/// would read it otherwise than [`logged_sql::place`] did, which reads
-/// quotes with backslashes escaping: under `NO_BACKSLASH_ESCAPES` a
-/// backslash ends a string where the placement reads on (`COMMENT 'a\',
-/// RENAME TO mysql.x -- '` renames the table out of the selection), and
-/// under `ANSI_QUOTES` one ends a double-quoted name
-/// (`DROP TABLE bank."x\", mysql.global_priv -- "`). Without a backslash
-/// the two read it alike.
-fn read_as_placed(mode: u64, sql: &str) -> Result<(), String> {
-    if mode & QUOTES_READ_OTHERWISE != 0 && sql.contains('\\') {
-        return Err("logged under a SQL mode that reads quotes otherwise (NO_BACKSLASH_ESCAPES, or ANSI_QUOTES alone or in a combination mode), with a backslash in its text: replay cannot read it as the server would".into());
-    }
-    Ok(())
+    /// ([`logged_settings`]), if not the replay session's, and how that
+    /// mode reads quotes.
+    Logged(String, Option<String>, Quoting),
 }
 
 /// The replay session's SQL mode and time zone, put back after a logged
@@ -440,9 +418,12 @@ const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.t
 /// `"t"` a name, `PIPES_AS_CONCAT` makes `||` a concatenation), and a
 /// routine, trigger or event keeps it, and an event's schedule its zone.
 /// The mode is a number, the server's own bits, as `mariadb-binlog`
-/// writes it; a zone from the segment must be a name or an offset.
-/// `sql` is the statement as placed ([`read_as_placed`]).
-fn logged_settings(qe: &QueryEvent<'_>, sql: &str) -> Result<Option<String>, String> {
+/// writes it; a zone from the segment must be a name or an offset. Also
+/// how that mode reads quotes, by which the statement is placed: under
+/// `NO_BACKSLASH_ESCAPES` a backslash does not escape a quote, so
+/// `COMMENT 'a\', RENAME TO mysql.x -- '` renames the table out of the
+/// selection, where the default reading sees a comment.
+fn logged_settings(qe: &QueryEvent<'_>) -> Result<(Quoting, Option<String>), String> {
     let vars = qe.status_vars();
     let mode = vars
         .get_status_var(StatusVarKey::SqlMode)
@@ -451,7 +432,6 @@ fn logged_settings(qe: &QueryEvent<'_>, sql: &str) -> Result<Option<String>, Str
             _ => None,
         })
         .unwrap_or(0);
-    read_as_placed(mode, sql)?;
     let zone = vars
         .get_status_var(StatusVarKey::TimeZone)
         .and_then(|v| match v.get_value() {
@@ -473,7 +453,8 @@ fn logged_settings(qe: &QueryEvent<'_>, sql: &str) -> Result<Option<String>, Str
         }
         set.push(format!("SESSION time_zone = '{zone}'"));
     }
-    Ok((!set.is_empty()).then(|| format!("SET {}", set.join(", "))))
+    let settings = (!set.is_empty()).then(|| format!("SET {}", set.join(", ")));
+    Ok((Quoting::of_sql_mode(mode), settings))
 }
 
 /// One connection's open target transaction, that source transactions (or
@@ -625,8 +606,9 @@ impl Session {
     }
 
     /// The statements that run `sql`, a statement of a segment, under
-    /// `settings` (its SQL mode and time zone, [`logged_settings`]) and then
-    /// put the replay session's back, each with how an error shows it. On
+    /// `settings` (its SQL mode and time zone, [`logged_settings`], whose
+    /// mode reads quotes by `quoting`) and then put the replay session's
+    /// back, each with how an error shows it. On
     /// MariaDB the text is assigned to a variable under the replay's mode
     /// first, so that the statement's mode (`NO_BACKSLASH_ESCAPES`) does
     /// not change how the quoting of `EXECUTE IMMEDIATE` reads.
@@ -634,11 +616,12 @@ impl Session {
         &self,
         sql: &str,
         settings: Option<&str>,
+        quoting: Quoting,
         at: &str,
     ) -> Result<Vec<(String, String)>, ReplayError> {
         let shown = logged_sql::shown(sql);
         let Some(set) = settings else {
-            return Ok(vec![(self.one(sql, at)?, shown)]);
+            return Ok(vec![(self.one(sql, quoting, at)?, shown)]);
         };
         let own = |q: &str| (q.to_string(), q.to_string());
         Ok(if self.mariadb {
@@ -653,7 +636,11 @@ impl Session {
                 own("SET @shardcut_logged = NULL"),
             ]
         } else {
-            vec![own(set), (self.one(sql, at)?, shown), own(REPLAY_SETTINGS)]
+            vec![
+                own(set),
+                (self.one(sql, quoting, at)?, shown),
+                own(REPLAY_SETTINGS),
+            ]
         })
     }
 
@@ -661,11 +648,13 @@ impl Session {
     /// sent as a query, `CREATE TABLE t (…); GRANT …` would run both (the
     /// MySQL library always asks for multi-statement queries). MariaDB
     /// runs it with `EXECUTE IMMEDIATE`, which refuses a text of several;
-    /// MySQL has none, and a text of several is refused here.
-    fn one(&self, sql: &str, at: &str) -> Result<String, ReplayError> {
+    /// MySQL has none, and a text of several (its quotes read by
+    /// `quoting`, as the server reads them under the statement's mode) is
+    /// refused here.
+    fn one(&self, sql: &str, quoting: Quoting, at: &str) -> Result<String, ReplayError> {
         if self.mariadb {
             Ok(one_statement(sql))
-        } else if several_statements(sql) {
+        } else if several_statements(sql, quoting) {
             Err(ReplayError::Refused {
                 shard: self.shard.name.clone(),
                 what: format!(
@@ -1009,7 +998,7 @@ impl Applier {
             // tables anew (a link dropped only leaves two tables on one
             // connection): the catalog is not read again for every DDL.
             let relinks = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) | Step::Logged(q, _) => {
+                Step::Sql(q) | Step::Logged(q, ..) => {
                     let q = q.to_ascii_uppercase();
                     ["REFERENCES", "FOREIGN", "RENAME"]
                         .iter()
@@ -1022,7 +1011,7 @@ impl Applier {
             // key, a table made anew); dropping one only leaves a table in
             // source order that could be sorted.
             let reorders = txn.steps.iter().any(|s| match s {
-                Step::Sql(q) | Step::Logged(q, _) => {
+                Step::Sql(q) | Step::Logged(q, ..) => {
                     let q = q.to_ascii_uppercase();
                     ["CREATE", "ALTER", "RENAME"].iter().any(|w| q.contains(w))
                 }
@@ -1031,8 +1020,11 @@ impl Applier {
             for step in txn.steps {
                 match step {
                     Step::Sql(sql) => self.main.run(&sql, &what, &sql).await?,
-                    Step::Logged(sql, settings) => {
-                        for (q, shown) in self.main.logged(&sql, settings.as_deref(), &what)? {
+                    Step::Logged(sql, settings, quoting) => {
+                        let steps = self
+                            .main
+                            .logged(&sql, settings.as_deref(), quoting, &what)?;
+                        for (q, shown) in steps {
                             self.main.run(&q, &what, &shown).await?
                         }
                     }
@@ -1068,8 +1060,9 @@ impl Applier {
                 match step {
                     Step::Rows(rows, ..) => self.main.rows(rows, &at, None).await?,
                     Step::Sql(sql) => self.main.sql(&sql, &sql, &at).await?,
-                    Step::Logged(sql, settings) => {
-                        for (q, shown) in self.main.logged(&sql, settings.as_deref(), &at)? {
+                    Step::Logged(sql, settings, quoting) => {
+                        let steps = self.main.logged(&sql, settings.as_deref(), quoting, &at)?;
+                        for (q, shown) in steps {
                             self.main.sql(&q, &shown, &at).await?
                         }
                     }
@@ -1437,21 +1430,21 @@ impl TxnSteps {
             return Ok(true);
         }
         self.flush_rows();
-        let (schema, settings) = match ev.read_data() {
+        let (schema, (quoting, settings)) = match ev.read_data() {
             Ok(Some(EventData::QueryEvent(qe))) => (
                 qe.schema().to_string(),
-                logged_settings(&qe, &q)
+                logged_settings(&qe)
                     .map_err(|why| format!("`{}`: {why}", logged_sql::shown(&q)))?,
             ),
-            _ => (String::new(), None),
+            _ => (String::new(), (Quoting::DEFAULT, None)),
         };
-        match logged_sql::place(&q, &schema, left.scope) {
+        match logged_sql::place(&q, &schema, left.scope, quoting) {
             Placement::Apply(sql) => {
                 if !schema.is_empty() {
                     self.steps
                         .push(Step::Sql(format!("USE {}", super::sql::ident(&schema))));
                 }
-                self.steps.push(Step::Logged(sql, settings));
+                self.steps.push(Step::Logged(sql, settings, quoting));
             }
             Placement::Built(sql) => self.steps.push(Step::Sql(sql)),
             Placement::Outside => left.statements += 1,
@@ -1537,59 +1530,6 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    /// A statement logged under a mode that reads quotes otherwise
-    /// (`NO_BACKSLASH_ESCAPES`, or `ANSI_QUOTES` alone or through a
-    /// combination mode), with a backslash in it, is read otherwise by the
-    /// server than by the placement: refused; one without a backslash, or
-    /// under another mode, is not.
-    #[test]
-    fn a_backslash_under_a_mode_that_reads_quotes_otherwise_is_refused() {
-        use super::read_as_placed;
-        const NO_BACKSLASH_ESCAPES: u64 = 1 << 20;
-        for (mode, planted) in [
-            (
-                NO_BACKSLASH_ESCAPES,
-                "ALTER TABLE bank.t COMMENT 'a\\', RENAME TO mysql.x -- '",
-            ),
-            (
-                1 << 2,
-                "DROP TABLE IF EXISTS bank.\"x\\\", mysql.global_priv -- \"",
-            ),
-            (
-                1 << 9,
-                "RENAME TABLE bank.a TO bank.\"b\\\", mysql.global_priv TO bank.s -- \"",
-            ),
-            (
-                1 << 18,
-                "CREATE TABLE bank.t (\"c\\\" INT) SELECT * FROM mysql.global_priv -- \" INT)",
-            ),
-            (
-                1 << 8 | 1 << 10 | 1 << 11 | 1 << 12,
-                "ALTER TABLE bank.\"t\\\" ADD c INT",
-            ),
-        ] {
-            let refused = read_as_placed(mode, planted);
-            assert!(
-                refused
-                    .as_ref()
-                    .is_err_and(|e| e.contains("reads quotes otherwise")),
-                "{mode}: {planted}: {refused:?}"
-            );
-        }
-        // PIPES_AS_CONCAT reads quotes as the placement does.
-        assert_eq!(
-            read_as_placed(1 << 1, "ALTER TABLE bank.t COMMENT 'a\\''"),
-            Ok(())
-        );
-        assert_eq!(
-            read_as_placed(
-                NO_BACKSLASH_ESCAPES | 1 << 2,
-                "CREATE TABLE \"t\" (v VARCHAR(8) DEFAULT 'ab')"
-            ),
-            Ok(())
-        );
-    }
-
     use super::{decoding, end_statement, small_pool, LeftOut, STMT_END_F};
 
     /// A table map is applied or left out by the name the server reads:

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::lexer::reaches_outside;
+use super::lexer::{reaches_outside, Quoting};
 use super::restore_keys::split_secondary_keys;
 use super::schema::{sequence_state, DatabaseSchema, Object};
 use super::sql::number;
@@ -229,7 +229,9 @@ async fn read_schema(
         .iter()
         .map(|t| (Kind::Sequence, t))
         .chain(schema.tables.iter().map(|t| (Kind::Table, t)))
-        .find_map(|(kind, t)| reaches_outside(&t.sql).map(|option| (kind, &t.name, option)));
+        .find_map(|(kind, t)| {
+            reaches_outside(&t.sql, Quoting::DEFAULT).map(|option| (kind, &t.name, option))
+        });
     if let Some((kind, name, option)) = outside {
         return Err(AgentError::Damaged {
             shard: target.name.clone(),
