@@ -696,8 +696,10 @@ async fn ddl_between_the_catalog_and_the_cut_fails_the_backup_by_name() {
 /// `BIGINT UNSIGNED`, entries of the server's own transaction registry)
 /// fails the backup by name, pointing at `exclude_tables`; with it
 /// excluded the rest backs up, a sequence and the table taking its keys
-/// from it included. (Tables versioned by timestamp are backed up with
-/// their history.)
+/// from it included. With the sequence excluded too, the backup fails
+/// naming the table and the sequence its `DEFAULT` takes from (its restore
+/// failed creating the table). (Tables versioned by timestamp are backed
+/// up with their history.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_versioned_by_transaction_id_fails_the_backup_by_name_unless_excluded() {
     let sb = PrivateSandbox::up(1, 0, "ready");
@@ -730,16 +732,31 @@ async fn a_table_versioned_by_transaction_id_fails_the_backup_by_name_unless_exc
     );
     assert_eq!(listed(&topo_path), 0);
 
-    let mut excluded = String::new();
-    for line in yaml.lines() {
-        excluded.push_str(line);
-        excluded.push('\n');
-        if line.trim_start().starts_with("password_file:") {
-            excluded.push_str("    exclude_tables: [app.h]\n");
+    let excluding = |list: &str| {
+        let mut excluded = String::new();
+        for line in yaml.lines() {
+            excluded.push_str(line);
+            excluded.push('\n');
+            if line.trim_start().starts_with("password_file:") {
+                excluded.push_str(&format!("    exclude_tables: [{list}]\n"));
+            }
         }
-    }
-    assert!(excluded.contains("exclude_tables"), "{yaml}");
-    std::fs::write(&topo_path, excluded).unwrap();
+        assert!(excluded.contains("exclude_tables"), "{yaml}");
+        std::fs::write(&topo_path, excluded).unwrap();
+    };
+    // A sequence left out while a selected table takes its DEFAULT from
+    // it: no restore could create the table, so the backup fails by name.
+    excluding("app.h, app.s");
+    let run = support::shardcut_async(&["backup", "-t", &arg]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "table app.u: column id takes its DEFAULT from sequence app.s, which this backup leaves out"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(listed(&topo_path), 0);
+    excluding("app.h");
     let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     let id = run.json()["backup_id"].as_str().unwrap().to_string();

@@ -800,7 +800,10 @@ async fn mariadb_sequences_come_back_where_they_were() {
          CREATE TABLE tickets.ticket (id BIGINT PRIMARY KEY DEFAULT NEXTVAL(tickets.ids), \
            down BIGINT DEFAULT NEXTVAL(tickets.down), note VARCHAR(20)); \
          INSERT INTO tickets.ticket (note) SELECT CONCAT('t', seq) FROM tickets.seq_1_to_10; \
-         SELECT NEXTVAL(tickets.`a round`) FROM tickets.seq_1_to_4",
+         SELECT NEXTVAL(tickets.`a round`) FROM tickets.seq_1_to_4; \
+         CREATE DATABASE orders; \
+         CREATE TABLE orders.o (id BIGINT PRIMARY KEY DEFAULT NEXTVAL(tickets.ids), note VARCHAR(8)); \
+         INSERT INTO orders.o (note) VALUES ('x'), ('y')",
     )
     .await;
     let names = ["tickets.ids", "tickets.down", "tickets.`a round`"];
@@ -812,16 +815,30 @@ async fn mariadb_sequences_come_back_where_they_were() {
     assert!(expected[2].ends_with(",1,1"), "{expected:?}");
     c.disconnect().await.unwrap();
 
-    let (_, restored) = backed_up_and_restored(&source, &target).await;
+    // `orders` is restored before `tickets`, whose sequence its table
+    // takes its DEFAULT from: every sequence is created before any table
+    // (the restore failed creating orders.o).
+    let src_path = source.topology();
+    let src = src_path.to_str().unwrap();
+    let backup = support::backup_id(src).await;
+    let tgt_path = target.topology();
+    let tgt = tgt_path.to_str().unwrap();
+    restored_fully(src, &backup, tgt).await;
+    let restored = target.first_shard();
     let mut found = Vec::new();
     for name in names {
         found.push(db::mysql_sequence_state(&restored, name).await);
     }
     assert_eq!(found, expected);
-    assert_eq!(
-        db::mysql_checksum(&restored, "tickets.ticket").await,
-        db::mysql_checksum(&shard, "tickets.ticket").await
-    );
+    for table in ["tickets.ticket", "orders.o"] {
+        let at_source = db::mysql_checksum(&shard, table).await;
+        assert!(at_source.is_some(), "{table}");
+        assert_eq!(
+            db::mysql_checksum(&restored, table).await,
+            at_source,
+            "{table}"
+        );
+    }
     let mut c = db::mysql(&restored, None).await;
     c.query_drop("INSERT INTO tickets.ticket (note) VALUES ('after')")
         .await
@@ -833,6 +850,31 @@ async fn mariadb_sequences_come_back_where_they_were() {
         .unwrap();
     let next = |state: &str| -> i64 { state.split(',').next().unwrap().parse().unwrap() };
     assert_eq!((id, down), (next(&expected[0]), next(&expected[1])));
+
+    // Restoring `orders` alone into a target without `tickets` is refused
+    // before anything changes, naming the sequence; with `tickets` there,
+    // it restores.
+    c.query_drop("DROP DATABASE tickets").await.unwrap();
+    let alone = ["--database", "orders", "--overwrite", "--json"];
+    let run = restore_into(src, &backup, tgt, &alone).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "table orders.o takes its DEFAULT from sequence tickets.ids, which this restore does not create and the target does not hold"
+        ) && run.stderr.contains("nothing was changed"),
+        "{run:?}"
+    );
+    assert_eq!(
+        db::mysql_checksum(&restored, "orders.o").await,
+        db::mysql_checksum(&shard, "orders.o").await,
+        "orders.o was left as it was"
+    );
+    c.query_drop("CREATE DATABASE tickets; CREATE SEQUENCE tickets.ids")
+        .await
+        .unwrap();
+    let run = restore_into(src, &backup, tgt, &alone).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
     c.disconnect().await.unwrap();
 }
 

@@ -333,6 +333,39 @@ pub(super) fn reaches_outside(sql: &str, quoting: Quoting) -> Option<String> {
     None
 }
 
+/// The sequences expression `sql` (a column's `DEFAULT` as
+/// `information_schema.COLUMNS` gives it, or a `CREATE TABLE` as `SHOW
+/// CREATE TABLE` writes it) takes values from or sets: each
+/// `NEXTVAL(…)`, `LASTVAL(…)` or `SETVAL(…)` call, as `(database, name)`,
+/// an unqualified name in database `db`. The server writes them
+/// qualified and in backquotes (`nextval(`bank`.`ids`)`); a column named
+/// so is a name in backquotes, not the word.
+pub(super) fn sequences_named(sql: &str, db: &str) -> Vec<(String, String)> {
+    let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
+    let name = |t: Option<&Token>| match t {
+        Some(Token::Word(n) | Token::Quoted(n)) => Some(n.clone()),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let call = ["NEXTVAL", "LASTVAL", "SETVAL"].iter().any(|f| t.is(f));
+        if !call || tokens.get(i + 1) != Some(&Token::Punct('(')) {
+            continue;
+        }
+        let Some(first) = name(tokens.get(i + 2)) else {
+            continue;
+        };
+        let named = match (tokens.get(i + 3), name(tokens.get(i + 4))) {
+            (Some(Token::Punct('.')), Some(second)) => (first, second),
+            _ => (db.to_string(), first),
+        };
+        if !found.contains(&named) {
+            found.push(named);
+        }
+    }
+    found
+}
+
 /// Whether `sql` holds more than one statement: a `;` outside strings and
 /// comments (quotes read by `quoting`) with anything after it.
 pub(super) fn several_statements(sql: &str, quoting: Quoting) -> bool {
@@ -525,5 +558,33 @@ mod tests {
             as_sent("SELECT 'a\\' -- '\n", Quoting::DEFAULT),
             Ok("SELECT 'a\\' -- '\n".into())
         );
+    }
+
+    /// The calls that take values from a sequence are found as the
+    /// server writes them, qualified or not; a string or a column that
+    /// only looks like one is not.
+    #[test]
+    fn the_sequences_a_default_takes_from_are_named() {
+        let pair = |d: &str, n: &str| (d.to_string(), n.to_string());
+        assert_eq!(
+            sequences_named("nextval(`bank`.`ids`)", "x"),
+            [pair("bank", "ids")]
+        );
+        assert_eq!(
+            sequences_named("(NEXTVAL(`o``d`.`s`) + 1)", "x"),
+            [pair("o`d", "s")]
+        );
+        assert_eq!(sequences_named("lastval(s)", "bank"), [pair("bank", "s")]);
+        assert_eq!(
+            sequences_named(
+                "CREATE TABLE `t` (\n  `nextval` int(11) DEFAULT nextval(`a`.`s`),\n  \
+                 `c` varchar(20) DEFAULT 'nextval(`b`.`s`)',\n  \
+                 `d` bigint(20) DEFAULT setval(`a`.`s`,5)\n)",
+                "x"
+            ),
+            [pair("a", "s")]
+        );
+        assert!(sequences_named("'nextval(`b`.`s`)'", "x").is_empty());
+        assert!(sequences_named("current_timestamp()", "x").is_empty());
     }
 }

@@ -109,6 +109,10 @@ pub struct Table {
     pub rows_estimate: u64,
 }
 
+/// A column whose `DEFAULT` takes values from a sequence: the table's
+/// place in the catalog, the column, and the sequence `(database, name)`.
+type SequenceUse = (usize, String, (String, String));
+
 pub struct Session {
     pub(crate) shard: Shard,
     pub(crate) server: String,
@@ -234,11 +238,13 @@ fn selects(shard: &Shard, db: &str) -> bool {
 }
 
 /// The columns of the databases `dbs` (an SQL list) in order, with their
-/// `COLUMN_TYPE`, `EXTRA` (see [`stored_column`]) and generation expression
-/// (`ROW START`, `ROW END`: a system time's declared columns).
+/// `COLUMN_TYPE`, `EXTRA` (see [`stored_column`]), generation expression
+/// (`ROW START`, `ROW END`: a system time's declared columns) and
+/// `COLUMN_DEFAULT` (a sequence it takes values from).
 fn columns_sql(dbs: &str) -> String {
     format!(
-        "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA, GENERATION_EXPRESSION \
+        "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, EXTRA, GENERATION_EXPRESSION, \
+         COLUMN_DEFAULT \
          FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN {dbs} \
          ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
     )
@@ -328,7 +334,8 @@ impl Session {
         let dbs = literal_list(&self.databases);
         let index = self.list_tables(&dbs).await?;
         let [columns, keys, references] = self.list_details(&dbs).await?;
-        self.add_columns(&columns, &index)?;
+        let uses = self.add_columns(&columns, &index)?;
+        self.sequences_held(uses)?;
         self.add_primary_keys(&keys, &index)?;
         self.add_references(&references, &index)?;
         for t in &mut self.tables {
@@ -480,8 +487,15 @@ impl Session {
     }
 
     /// Adds each listed table's stored (non-generated) columns.
-    fn add_columns(&mut self, rows: &[Row], index: &TableIndex) -> Result<(), AgentError> {
+    /// Returns, for each column whose `DEFAULT` takes values from a
+    /// sequence, the table, the column and the sequence.
+    fn add_columns(
+        &mut self,
+        rows: &[Row],
+        index: &TableIndex,
+    ) -> Result<Vec<SequenceUse>, AgentError> {
         let de = db_err(&self.shard, "reading the catalog");
+        let mut uses = Vec::new();
         for row in rows {
             let Some([db, table, col, ty]) = texts(row).map_err(&de)? else {
                 continue;
@@ -491,6 +505,14 @@ impl Session {
                 continue;
             };
             let t = &mut self.tables[i];
+            if let Some(default) = text(row, 6)
+                .map_err(&de)?
+                .filter(|d| d.to_ascii_lowercase().contains("val("))
+            {
+                for seq in lexer::sequences_named(&default, &t.database) {
+                    uses.push((i, col.clone(), seq));
+                }
+            }
             match (text(row, 5).map_err(&de)?.as_deref(), &mut t.system_time) {
                 (Some("ROW START"), Some(time)) => time.start = (col, ty),
                 (Some("ROW END"), Some(time)) => time.end = (col, ty),
@@ -498,7 +520,33 @@ impl Session {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(uses)
+    }
+
+    /// Fails, naming them, if a selected table takes its `DEFAULT` from a
+    /// sequence the backup leaves out (listed in `exclude_tables`, or in a
+    /// database it does not select): its restore could not create the
+    /// table, which needs the sequence. Checked before the cut, so that
+    /// such a backup fails at once rather than its restore after the
+    /// target's database was created.
+    fn sequences_held(&self, uses: Vec<SequenceUse>) -> Result<(), AgentError> {
+        let missing = uses
+            .into_iter()
+            .find(|(_, _, seq)| !self.sequences.contains(seq));
+        match missing {
+            None => Ok(()),
+            Some((i, col, (db, name))) => {
+                let t = &self.tables[i];
+                Err(AgentError::Tool {
+                    shard: self.shard.name.clone(),
+                    what: format!(
+                        "table {}: column {col} takes its DEFAULT from sequence {}, which this backup leaves out (in the shard's exclude_tables, or in a database it does not select), so no restore could create the table; back up the sequence too, or list the table in exclude_tables",
+                        qualified_name(&t.database, None, &t.name),
+                        qualified_name(&db, None, &name),
+                    ),
+                })
+            }
+        }
     }
 
     /// Adds each listed table's primary key columns, in key order.

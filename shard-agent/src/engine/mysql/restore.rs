@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
-use super::lexer::{reaches_outside, Quoting};
+use super::lexer::{reaches_outside, sequences_named, Quoting};
 use super::restore_keys::split_secondary_keys;
 use super::schema::{sequence_state, DatabaseSchema, Object};
 use super::sql::number;
@@ -257,16 +257,17 @@ async fn read_schema(
 /// Per table, the secondary keys built after its data is loaded.
 type TableKeys = Vec<(String, Vec<String>)>;
 
-/// Creates database `db` on the target with the selected tables (without
-/// the secondary keys that are built after the load); returns its schema
-/// and the deferred keys per table.
-async fn create_tables(
+/// Creates database `db` on the target with its sequences; returns its
+/// schema. Every restored database gets its sequences before any table is
+/// created: a table may take its `DEFAULT` from a sequence of another
+/// database.
+async fn create_database(
     control: &mut Conn,
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
-) -> Result<(DatabaseSchema, TableKeys), AgentError> {
+) -> Result<DatabaseSchema, AgentError> {
     let schema = read_schema(source, target, opts, db).await?;
     prepare_database(control, target, db, opts.overwrite).await?;
     exec_stored(
@@ -288,6 +289,27 @@ async fn create_tables(
     for seq in &schema.sequences {
         create_sequence(control, target, db, seq).await?;
     }
+    Ok(schema)
+}
+
+/// Creates the selected tables of database `db` (created with its
+/// sequences by [`create_database`]), without the secondary keys that are
+/// built after the load; returns the deferred keys per table.
+async fn create_tables(
+    control: &mut Conn,
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+    schema: &DatabaseSchema,
+) -> Result<TableKeys, AgentError> {
+    exec(
+        control,
+        target,
+        "selecting the database",
+        &format!("USE {}", ident(db)),
+    )
+    .await?;
     // A table another one references keeps its keys: the foreign key
     // may need one of them.
     let referenced: HashSet<&str> = source
@@ -321,7 +343,7 @@ async fn create_tables(
         )
         .await?;
     }
-    Ok((schema, deferred_keys))
+    Ok(deferred_keys)
 }
 
 /// Creates sequence `seq` of `db` and sets its state, then reads the state
@@ -477,11 +499,15 @@ pub(super) async fn restore(
     let mut done = ShardRestore::default();
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
     session(&mut control, target, opts.binlog).await?;
-    let mut schemas = Vec::new();
+    let mut created = Vec::new();
     for db in databases(source, opts) {
-        let (schema, deferred_keys) =
-            create_tables(&mut control, source, target, opts, &db).await?;
+        let schema = create_database(&mut control, source, target, opts, &db).await?;
         done.databases.push(db.clone());
+        created.push((db, schema));
+    }
+    let mut schemas = Vec::new();
+    for (db, schema) in created {
+        let deferred_keys = create_tables(&mut control, source, target, opts, &db, &schema).await?;
 
         let began = std::time::Instant::now();
         let keys = Arc::new(Mutex::new(deferred_keys.into_iter().collect()));
@@ -509,6 +535,27 @@ pub(super) async fn restore(
     create_objects(&mut control, source, target, opts, &schemas).await?;
     drop(control.disconnect().await);
     Ok(done)
+}
+
+/// Whether the target holds sequence `db`.`name`.
+async fn sequence_exists(
+    conn: &mut Conn,
+    shard: &Shard,
+    db: &str,
+    name: &str,
+) -> Result<bool, AgentError> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} AND TABLE_TYPE = 'SEQUENCE'",
+        quote_literal(db),
+        quote_literal(name)
+    );
+    let what = "looking for a sequence on the target";
+    let found: Option<u64> = conn
+        .query_first(&sql)
+        .await
+        .map_err(query_err(shard, what))?;
+    Ok(found.unwrap_or(0) > 0)
 }
 
 /// Whether `db` exists on the target, and how many tables it holds.
@@ -550,10 +597,29 @@ pub(super) async fn check_target(
     // goes through a variable (see `create_each`).
     let mariadb = super::is_mariadb(&conn);
     let mut settings = std::collections::BTreeMap::new();
+    // The sequences the restore creates, and those its tables' DEFAULTs
+    // take values from.
+    let mut created = HashSet::new();
+    let mut used = Vec::new();
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
         let schema = read_schema(source, target, opts, &db).await?;
+        created.extend(
+            schema
+                .sequences
+                .iter()
+                .map(|s| (db.clone(), s.name.clone())),
+        );
+        for t in schema
+            .tables
+            .iter()
+            .filter(|t| selected_name(opts, &db, &t.name))
+        {
+            for seq in sequences_named(&t.sql, &db) {
+                used.push((qualified_name(&db, None, &t.name), seq));
+            }
+        }
         // Only MariaDB has sequences: a MySQL target would fail at the
         // first, after the database was created (and where statements go
         // as they are, a sequence's could only be foreign).
@@ -613,6 +679,18 @@ pub(super) async fn check_target(
         }
     }
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
+    // Under the plain mode: the names are quoted for it.
+    for (table, (db, name)) in used.iter().filter(|(_, seq)| !created.contains(seq)) {
+        if !sequence_exists(&mut conn, target, db, name).await? {
+            return Err(AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "table {table} takes its DEFAULT from sequence {}, which this restore does not create and the target does not hold; restore database {db} too (or create the sequence first); nothing was changed",
+                    qualified_name(db, None, name)
+                ),
+            });
+        }
+    }
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;
         if objects > 0 && !opts.overwrite {
