@@ -664,6 +664,15 @@ async fn a_transaction_larger_than_memory_allows_is_captured_on_disk_and_replays
     )
     .await
     .unwrap();
+    // One row event of 1.8 MB: its BINLOG text (2.4 MB) passes the
+    // target's 2 MiB max_allowed_packet below, and goes in two fragments
+    // (the replay failed with "Packet too large").
+    c.query_drop("ALTER TABLE big MODIFY payload MEDIUMTEXT")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO big VALUES (-2, REPEAT('x', 1800000))")
+        .await
+        .unwrap();
     c.disconnect().await.unwrap();
     let run = capture_spilling(arg, spill, &["-v"]);
     for shard in ["mysql-0", "pg-0"] {
@@ -692,7 +701,8 @@ async fn a_transaction_larger_than_memory_allows_is_captured_on_disk_and_replays
     let t = db::topology(&tgt);
     // The MariaDB transaction's INSERT is one statement of some 2.5 MiB of
     // row events: replay sends it in pieces, each well under a 2 MiB
-    // max_allowed_packet (sent whole, the target refused it).
+    // max_allowed_packet (sent whole, the target refused it); the row of
+    // 1.8 MB goes in two fragments.
     db::mysql(&t.shards[0], None)
         .await
         .query_drop("SET GLOBAL max_allowed_packet = 2097152")

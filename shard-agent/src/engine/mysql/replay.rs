@@ -482,6 +482,41 @@ struct Session {
     ordered: bool,
     /// Changes sent in key order, by every connection of the replay.
     reordered: Arc<AtomicU64>,
+    /// The target's `max_allowed_packet`, read when a statement first
+    /// comes near it.
+    packet_limit: Option<usize>,
+}
+
+/// How row events go to the target in a `BINLOG` statement, by the size
+/// of their base64 text and the target's `max_allowed_packet`.
+#[derive(Debug, PartialEq, Eq)]
+enum BinlogSend {
+    /// `BINLOG '…'`.
+    Whole,
+    /// In two user variables, each sent under the limit, then `BINLOG
+    /// @binlog_fragment_0, @binlog_fragment_1` (MariaDB 10.2 and later,
+    /// as `mariadb-binlog` writes an event larger than the packet): the
+    /// server joins them before decoding.
+    Fragments,
+    /// Too large even for two fragments (or for one on MySQL): the
+    /// smallest `max_allowed_packet` that would take it.
+    TooLarge(usize),
+}
+
+/// Room in a packet for the statement around a `BINLOG` text (`SET
+/// @binlog_fragment_0 = '…'`) and the packet's header.
+const STATEMENT_ROOM: usize = 1024;
+
+fn binlog_send(text: usize, limit: usize, mariadb: bool) -> BinlogSend {
+    if text + STATEMENT_ROOM <= limit {
+        BinlogSend::Whole
+    } else if mariadb && text.div_ceil(2) + STATEMENT_ROOM <= limit {
+        BinlogSend::Fragments
+    } else if mariadb {
+        BinlogSend::TooLarge(text.div_ceil(2) + STATEMENT_ROOM)
+    } else {
+        BinlogSend::TooLarge(text + STATEMENT_ROOM)
+    }
 }
 
 impl Session {
@@ -500,7 +535,71 @@ impl Session {
             window: Window::new(crate::replay::workers()),
             ordered: false,
             reordered,
+            packet_limit: None,
         }
+    }
+
+    /// Sends row events `rows` (of the source transactions `at`) in a
+    /// `BINLOG` statement. Statements hold about [`ROWS_PER_STATEMENT`],
+    /// but one row event is never cut: a row holding a value of several
+    /// MiB makes one, whose base64 text is a third larger than it. Past
+    /// the target's `max_allowed_packet` it goes in two fragments
+    /// ([`BinlogSend::Fragments`]); past twice that, the replay fails
+    /// naming the setting, before sending it.
+    async fn binlog(&mut self, rows: &[u8], at: &str) -> Result<(), ReplayError> {
+        let text = base64::engine::general_purpose::STANDARD.encode(rows);
+        let send = match text.len() + STATEMENT_ROOM <= ROWS_PER_STATEMENT {
+            true => BinlogSend::Whole,
+            false => binlog_send(text.len(), self.packet_limit().await?, self.mariadb),
+        };
+        const SHOWN: &str = "BINLOG …";
+        match send {
+            BinlogSend::Whole => self.run(&format!("BINLOG '{text}'"), at, SHOWN).await,
+            BinlogSend::Fragments => {
+                let (a, b) = text.split_at(text.len() / 2);
+                self.run(&format!("SET @binlog_fragment_0 = '{a}'"), at, SHOWN).await?;
+                self.run(&format!("SET @binlog_fragment_1 = '{b}'"), at, SHOWN).await?;
+                drop(text);
+                for sql in [
+                    "BINLOG @binlog_fragment_0, @binlog_fragment_1",
+                    "SET @binlog_fragment_0 = NULL, @binlog_fragment_1 = NULL",
+                ] {
+                    self.run(sql, at, SHOWN).await?;
+                }
+                Ok(())
+            }
+            BinlogSend::TooLarge(needed) => Err(ReplayError::Apply {
+                shard: self.shard.name.clone(),
+                at: at.to_string(),
+                what: format!(
+                    "row events of {} bytes ({} bytes as base64) do not fit the target's max_allowed_packet of {} bytes{}; set it to at least {needed} on the target (SET GLOBAL max_allowed_packet = {needed}) and restore again",
+                    rows.len(),
+                    text.len(),
+                    self.packet_limit.unwrap_or(0),
+                    if self.mariadb { ", even in two fragments" } else { "" },
+                ),
+            }),
+        }
+    }
+
+    /// The target's `max_allowed_packet` (this session's, as it connected).
+    async fn packet_limit(&mut self) -> Result<usize, ReplayError> {
+        if let Some(limit) = self.packet_limit {
+            return Ok(limit);
+        }
+        let sql = "SELECT @@SESSION.max_allowed_packet";
+        let found: Option<u64> =
+            self.conn
+                .query_first(sql)
+                .await
+                .map_err(|e| ReplayError::Apply {
+                    shard: self.shard.name.clone(),
+                    at: "the start".into(),
+                    what: format!("reading the target's max_allowed_packet: {e}"),
+                })?;
+        let limit = usize::try_from(found.unwrap_or(0)).unwrap_or(usize::MAX);
+        self.packet_limit = Some(limit);
+        Ok(limit)
     }
 
     /// Where the group's source transactions lie, for error messages.
@@ -681,10 +780,12 @@ impl Session {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let sql = binlog_statement(&self.rows);
-        self.rows.clear();
+        let rows = std::mem::take(&mut self.rows);
         let what = self.span();
-        self.run(&sql, &what, &sql).await
+        let sent = self.binlog(&rows, &what).await;
+        self.rows = rows;
+        self.rows.clear();
+        sent
     }
 
     /// Sends what is pending and commits the group.
@@ -1028,10 +1129,7 @@ impl Applier {
                             self.main.run(&q, &what, &shown).await?
                         }
                     }
-                    Step::Rows(rows, ..) => {
-                        let sql = binlog_statement(&rows);
-                        self.main.run(&sql, &what, &sql).await?;
-                    }
+                    Step::Rows(rows, ..) => self.main.binlog(&rows, &what).await?,
                 }
             }
             if relinks {
@@ -1138,11 +1236,6 @@ fn decoding(event: &[u8]) -> (&[u8], &[u8]) {
         .get(75..event.len().saturating_sub(4))
         .unwrap_or_default();
     (versions, rest)
-}
-
-fn binlog_statement(rows: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    format!("BINLOG '{}'", b64.encode(rows))
 }
 
 /// The binlog event at the start of `rest` (its header's size field
@@ -1530,6 +1623,36 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    /// Row events whose text fits the packet go whole; on MariaDB, up to
+    /// twice that in two fragments; beyond, the replay fails with the
+    /// setting that would take them (on MySQL, which has no fragments,
+    /// past one packet).
+    #[test]
+    fn a_row_event_larger_than_the_packet_goes_in_fragments_or_fails_with_the_setting() {
+        use super::{binlog_send, BinlogSend, STATEMENT_ROOM};
+        let limit = 2 << 20;
+        assert_eq!(
+            binlog_send(limit - STATEMENT_ROOM, limit, true),
+            BinlogSend::Whole
+        );
+        assert_eq!(
+            binlog_send(limit - STATEMENT_ROOM + 1, limit, true),
+            BinlogSend::Fragments
+        );
+        assert_eq!(
+            binlog_send(2 * (limit - STATEMENT_ROOM), limit, true),
+            BinlogSend::Fragments
+        );
+        assert_eq!(
+            binlog_send(2 * (limit - STATEMENT_ROOM) + 1, limit, true),
+            BinlogSend::TooLarge(limit + 1)
+        );
+        assert_eq!(
+            binlog_send(limit - STATEMENT_ROOM + 1, limit, false),
+            BinlogSend::TooLarge(limit + 1)
+        );
+    }
+
     use super::{decoding, end_statement, small_pool, LeftOut, STMT_END_F};
 
     /// A table map is applied or left out by the name the server reads:
