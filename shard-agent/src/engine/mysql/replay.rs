@@ -508,16 +508,21 @@ enum BinlogSend {
 const STATEMENT_ROOM: usize = 1024;
 
 fn binlog_send(text: usize, limit: usize, mariadb: bool) -> BinlogSend {
+    // The server keeps the setting a multiple of 1 KiB, rounded down.
+    let needed = |packet: usize| BinlogSend::TooLarge(packet.next_multiple_of(1024));
     if text + STATEMENT_ROOM <= limit {
         BinlogSend::Whole
     } else if mariadb && text.div_ceil(2) + STATEMENT_ROOM <= limit {
         BinlogSend::Fragments
     } else if mariadb {
-        BinlogSend::TooLarge(text.div_ceil(2) + STATEMENT_ROOM)
+        needed(text.div_ceil(2) + STATEMENT_ROOM)
     } else {
-        BinlogSend::TooLarge(text + STATEMENT_ROOM)
+        needed(text + STATEMENT_ROOM)
     }
 }
+
+/// The server's largest `max_allowed_packet`: 1 GiB.
+const LARGEST_PACKET: usize = 1 << 30;
 
 impl Session {
     fn new(conn: Conn, shard: Arc<Shard>, reordered: Arc<AtomicU64>) -> Self {
@@ -548,9 +553,13 @@ impl Session {
     /// naming the setting, before sending it.
     async fn binlog(&mut self, rows: &[u8], at: &str) -> Result<(), ReplayError> {
         let text = base64::engine::general_purpose::STANDARD.encode(rows);
-        let send = match text.len() + STATEMENT_ROOM <= ROWS_PER_STATEMENT {
-            true => BinlogSend::Whole,
-            false => binlog_send(text.len(), self.packet_limit().await?, self.mariadb),
+        let send = match (
+            self.packet_limit,
+            text.len() + STATEMENT_ROOM <= ROWS_PER_STATEMENT,
+        ) {
+            (None, true) => BinlogSend::Whole,
+            (Some(limit), _) => binlog_send(text.len(), limit, self.mariadb),
+            (None, false) => binlog_send(text.len(), self.packet_limit(at).await?, self.mariadb),
         };
         const SHOWN: &str = "BINLOG …";
         match send {
@@ -572,18 +581,23 @@ impl Session {
                 shard: self.shard.name.clone(),
                 at: at.to_string(),
                 what: format!(
-                    "row events of {} bytes ({} bytes as base64) do not fit the target's max_allowed_packet of {} bytes{}; set it to at least {needed} on the target (SET GLOBAL max_allowed_packet = {needed}) and restore again",
+                    "row events of {} bytes ({} bytes as base64) do not fit the target's max_allowed_packet of {} bytes{}; {}",
                     rows.len(),
                     text.len(),
                     self.packet_limit.unwrap_or(0),
                     if self.mariadb { ", even in two fragments" } else { "" },
+                    match needed <= LARGEST_PACKET {
+                        true => format!("set it to at least {needed} on the target (SET GLOBAL max_allowed_packet = {needed}) and restore again"),
+                        false => format!("they would need {needed}, past the server's largest ({LARGEST_PACKET})"),
+                    }
                 ),
             }),
         }
     }
 
-    /// The target's `max_allowed_packet` (this session's, as it connected).
-    async fn packet_limit(&mut self) -> Result<usize, ReplayError> {
+    /// The target's `max_allowed_packet` (this session's, as it connected),
+    /// read when row events of the source transactions `at` come near it.
+    async fn packet_limit(&mut self, at: &str) -> Result<usize, ReplayError> {
         if let Some(limit) = self.packet_limit {
             return Ok(limit);
         }
@@ -594,7 +608,7 @@ impl Session {
                 .await
                 .map_err(|e| ReplayError::Apply {
                     shard: self.shard.name.clone(),
-                    at: "the start".into(),
+                    at: at.to_string(),
                     what: format!("reading the target's max_allowed_packet: {e}"),
                 })?;
         let limit = usize::try_from(found.unwrap_or(0)).unwrap_or(usize::MAX);
@@ -1645,12 +1659,14 @@ mod tests {
         );
         assert_eq!(
             binlog_send(2 * (limit - STATEMENT_ROOM) + 1, limit, true),
-            BinlogSend::TooLarge(limit + 1)
+            BinlogSend::TooLarge(limit + 1024)
         );
         assert_eq!(
             binlog_send(limit - STATEMENT_ROOM + 1, limit, false),
-            BinlogSend::TooLarge(limit + 1)
+            BinlogSend::TooLarge(limit + 1024)
         );
+        assert_eq!(binlog_send(5000, 4096, true), BinlogSend::Fragments);
+        assert_eq!(binlog_send(5000, 4096, false), BinlogSend::TooLarge(6144));
     }
 
     use super::{decoding, end_statement, small_pool, LeftOut, STMT_END_F};

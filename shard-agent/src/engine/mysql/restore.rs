@@ -258,9 +258,8 @@ async fn read_schema(
 type TableKeys = Vec<(String, Vec<String>)>;
 
 /// Creates database `db` on the target with its sequences; returns its
-/// schema. Every restored database gets its sequences before any table is
-/// created: a table may take its `DEFAULT` from a sequence of another
-/// database.
+/// schema. A table may take its `DEFAULT` from a sequence of another
+/// database, which is then created before it (see `restore`).
 async fn create_database(
     control: &mut Conn,
     source: &ShardManifest,
@@ -499,15 +498,40 @@ pub(super) async fn restore(
     let mut done = ShardRestore::default();
     let mut control = connect::mysql(target, None, TIMEOUT).await?;
     session(&mut control, target, opts.binlog).await?;
-    let mut created = Vec::new();
-    for db in databases(source, opts) {
-        let schema = create_database(&mut control, source, target, opts, &db).await?;
-        done.databases.push(db.clone());
-        created.push((db, schema));
-    }
+    let restored = databases(source, opts);
+    // Databases are created (with their sequences) one at a time, each
+    // just before its tables, unless a table restored earlier takes its
+    // DEFAULT from one's sequence: then that one is created first. So a
+    // failure leaves the databases after it as they were.
+    let mut made = HashSet::new();
+    let mut pending: HashMap<String, DatabaseSchema> = HashMap::new();
     let mut schemas = Vec::new();
-    for (db, schema) in created {
-        let deferred_keys = create_tables(&mut control, source, target, opts, &db, &schema).await?;
+    for db in &restored {
+        if made.insert(db.clone()) {
+            let schema = create_database(&mut control, source, target, opts, db).await?;
+            done.databases.push(db.clone());
+            pending.insert(db.clone(), schema);
+        }
+        let Some(schema) = pending.remove(db) else {
+            continue;
+        };
+        let needed: Vec<String> = schema
+            .tables
+            .iter()
+            .filter(|t| selected_name(opts, db, &t.name))
+            .flat_map(|t| sequences_named(&t.sql, db))
+            .map(|(d, _)| d)
+            .filter(|d| restored.contains(d))
+            .collect();
+        for other in needed {
+            if made.insert(other.clone()) {
+                let created = create_database(&mut control, source, target, opts, &other).await?;
+                done.databases.push(other.clone());
+                pending.insert(other, created);
+            }
+        }
+        let deferred_keys = create_tables(&mut control, source, target, opts, db, &schema).await?;
+        let db = db.clone();
 
         let began = std::time::Instant::now();
         let keys = Arc::new(Mutex::new(deferred_keys.into_iter().collect()));
@@ -681,11 +705,13 @@ pub(super) async fn check_target(
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     // Under the plain mode: the names are quoted for it.
     for (table, (db, name)) in used.iter().filter(|(_, seq)| !created.contains(seq)) {
-        if !sequence_exists(&mut conn, target, db, name).await? {
+        // One of a database this restore replaces counts only if the
+        // restore creates it.
+        if restored.contains(db) || !sequence_exists(&mut conn, target, db, name).await? {
             return Err(AgentError::Tool {
                 shard: target.name.clone(),
                 what: format!(
-                    "table {table} takes its DEFAULT from sequence {}, which this restore does not create and the target does not hold; restore database {db} too (or create the sequence first); nothing was changed",
+                    "table {table} takes its DEFAULT from sequence {}, which this restore does not create and the target does not hold; restore it too (database {db}) or create it on the target first; nothing was changed",
                     qualified_name(db, None, name)
                 ),
             });
