@@ -366,6 +366,33 @@ pub(super) fn sequences_named(sql: &str, db: &str) -> Vec<(String, String)> {
     found
 }
 
+/// The qualified names `a`.`b` in `sql` (a view as `SHOW CREATE VIEW`
+/// writes it, every table `db`.`table`, every column
+/// `db`.`table`.`column`): each pair of names joined by a dot, as
+/// `(a, b)`, the first two parts of a longer one included. An alias's
+/// column (`t`.`c`) is listed too: the caller matches them against names
+/// it knows.
+pub(super) fn qualified_names(sql: &str) -> Vec<(String, String)> {
+    let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
+    let name = |t: Option<&Token>| match t {
+        Some(Token::Word(n) | Token::Quoted(n)) => Some(n.clone()),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for i in 0..tokens.len() {
+        let after_dot = i > 0 && tokens[i - 1] == Token::Punct('.');
+        if after_dot || tokens.get(i + 1) != Some(&Token::Punct('.')) {
+            continue;
+        }
+        if let (Some(a), Some(b)) = (name(tokens.get(i)), name(tokens.get(i + 2))) {
+            if !found.contains(&(a.clone(), b.clone())) {
+                found.push((a, b));
+            }
+        }
+    }
+    found
+}
+
 /// Whether `sql` holds more than one statement: a `;` outside strings and
 /// comments (quotes read by `quoting`) with anything after it.
 pub(super) fn several_statements(sql: &str, quoting: Quoting) -> bool {
@@ -586,5 +613,19 @@ mod tests {
         );
         assert!(sequences_named("'nextval(`b`.`s`)'", "x").is_empty());
         assert!(sequences_named("current_timestamp()", "x").is_empty());
+    }
+
+    /// The tables a view reads are found as `SHOW CREATE VIEW` writes
+    /// them, from its columns' three-part names too; a string is not read.
+    #[test]
+    fn the_names_a_view_reads_are_listed() {
+        let pair = |d: &str, n: &str| (d.to_string(), n.to_string());
+        let view = "CREATE ALGORITHM=UNDEFINED DEFINER=`root`@`localhost` SQL SECURITY DEFINER \
+                    VIEW `v` AS select `zz`.`t`.`id` AS `id`,'`zz`.`secret`' AS `s` \
+                    from (`zz`.`t` join `zz`.`hidden` on(`zz`.`t`.`id` = `zz`.`hidden`.`id`))";
+        assert_eq!(
+            qualified_names(view),
+            [pair("zz", "t"), pair("zz", "hidden")]
+        );
     }
 }

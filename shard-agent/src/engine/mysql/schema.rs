@@ -5,10 +5,12 @@ use mysql_async::{Conn, Row};
 use serde::{Deserialize, Serialize};
 use topology::Shard;
 
+use super::lexer;
 use super::sql::text;
 use super::sql::{ident, query_err, quote_literal};
 use super::Table;
 use crate::error::{AgentError, DbError};
+use crate::manifest::qualified_name;
 
 /// Everything needed to recreate one database, in restore order: the
 /// database, sequences (a table's `DEFAULT NEXTVAL(s)` needs its sequence
@@ -343,6 +345,11 @@ pub(super) async fn database_schema(
     )
     .await?
     {
+        // A view may be left out like a table; one kept must not read a
+        // table, view or sequence left out: no restore could create it.
+        if shard.excludes(database, None, &v[0]) {
+            continue;
+        }
         let sql = show_create(
             conn,
             shard,
@@ -350,6 +357,20 @@ pub(super) async fn database_schema(
             1,
         )
         .await?;
+        let left_out = lexer::qualified_names(&sql)
+            .into_iter()
+            .find(|(d, n)| shard.excludes(d, None, n));
+        if let Some((d, n)) = left_out {
+            return Err(AgentError::Tool {
+                shard: shard.name.clone(),
+                what: format!(
+                    "view {} reads {}, which the shard's exclude_tables leaves out, so no restore could create the view; list the view in exclude_tables too, or back up {}",
+                    qualified_name(database, None, &v[0]),
+                    qualified_name(&d, None, &n),
+                    qualified_name(&d, None, &n),
+                ),
+            });
+        }
         s.views.push(Object {
             name: v[0].clone(),
             sql,

@@ -184,7 +184,8 @@ async fn sequence_values(
              has_sequence_privilege(quote_ident(schemaname) || '.' || quote_ident(sequencename), 'SELECT'), \
              schemaname || '.' || sequencename, \
              quote_ident(schemaname) || '.' || quote_ident(sequencename), \
-             COALESCE(last_value, start_value)::int8, last_value IS NOT NULL \
+             COALESCE(last_value, start_value)::int8, last_value IS NOT NULL, \
+             schemaname::text, sequencename::text \
              FROM pg_sequences ORDER BY schemaname, sequencename",
             &[],
         )
@@ -193,6 +194,13 @@ async fn sequence_values(
     let mut out = Vec::new();
     let mut states = Vec::new();
     for r in rows {
+        // One exclude_tables names is not in the schema pg_dump writes:
+        // its state would fail the restore's setval.
+        let schema: String = r.try_get(6).map_err(pg_err(shard, &what))?;
+        let name: String = r.try_get(7).map_err(pg_err(shard, &what))?;
+        if shard.excludes(db, Some(&schema), &name) {
+            continue;
+        }
         let readable: bool = r.try_get(1).map_err(pg_err(shard, &what))?;
         if !readable {
             let name: String = r.try_get(2).map_err(pg_err(shard, &what))?;

@@ -288,6 +288,9 @@ impl Session {
 async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>, AgentError> {
     let err = pg_err(shard, &format!("reading the catalog of {db}"));
     let (mut tables, oids) = tables_with_columns(client, shard, db).await?;
+    if shard.exclude_tables.iter().any(|t| t.database == db) {
+        nothing_kept_needs_what_is_left_out(client, shard, db).await?;
+    }
     let index: HashMap<u32, usize> = oids.iter().enumerate().map(|(i, o)| (*o, i)).collect();
     let keys = client
         .query(
@@ -332,6 +335,93 @@ async fn catalog(client: &Client, shard: &Shard, db: &str) -> Result<Vec<Table>,
             });
     }
     Ok(tables)
+}
+
+/// Fails, naming both, if an object the backup keeps needs a relation
+/// that `exclude_tables` leaves out of database `db`: a view or
+/// materialized view reading it, a column's `DEFAULT` taking from a
+/// sequence, a foreign key, a policy or a function body naming it.
+/// pg_dump leaves the relation out and keeps the object, whose `CREATE`
+/// then fails the restore ("relation … does not exist") of a backup
+/// called complete.
+async fn nothing_kept_needs_what_is_left_out(
+    client: &Client,
+    shard: &Shard,
+    db: &str,
+) -> Result<(), AgentError> {
+    let err = pg_err(shard, &format!("reading the dependencies of {db}"));
+    let relations = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(&err)?;
+    let mut excluded: HashMap<u32, String> = HashMap::new();
+    for r in relations {
+        let schema: String = r.try_get(1).map_err(&err)?;
+        let name: String = r.try_get(2).map_err(&err)?;
+        if shard.excludes(db, Some(&schema), &name) {
+            let qualified = crate::manifest::qualified_name(db, Some(&schema), &name);
+            excluded.insert(r.try_get(0).map_err(&err)?, qualified);
+        }
+    }
+    if excluded.is_empty() {
+        return Ok(());
+    }
+    let oids: Vec<u32> = excluded.keys().copied().collect();
+    // What depends on them by a normal dependency, with the relation that
+    // holds it (none for a function), described for the message.
+    let dependents = client
+        .query(
+            "SELECT DISTINCT d.refobjid, \
+               COALESCE(rw.ev_class, ad.adrelid, co.conrelid, pol.polrelid, 0::oid), \
+               CASE \
+                 WHEN rw.oid IS NOT NULL THEN \
+                   CASE rc.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END \
+                   || quote_ident(rn.nspname) || '.' || quote_ident(rc.relname) \
+                 WHEN ad.oid IS NOT NULL THEN 'the DEFAULT of column ' || quote_ident(a.attname) \
+                   || ' of table ' || quote_ident(an.nspname) || '.' || quote_ident(ac.relname) \
+                 ELSE pg_describe_object(d.classid, d.objid, d.objsubid) \
+               END \
+             FROM pg_depend d \
+             JOIN unnest($1::oid[]) AS listed(oid) ON d.refobjid = listed.oid \
+             LEFT JOIN pg_rewrite rw ON d.classid = 'pg_rewrite'::regclass AND rw.oid = d.objid \
+             LEFT JOIN pg_class rc ON rc.oid = rw.ev_class \
+             LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+             LEFT JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid \
+             LEFT JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+             LEFT JOIN pg_class ac ON ac.oid = ad.adrelid \
+             LEFT JOIN pg_namespace an ON an.oid = ac.relnamespace \
+             LEFT JOIN pg_constraint co ON d.classid = 'pg_constraint'::regclass AND co.oid = d.objid \
+             LEFT JOIN pg_policy pol ON d.classid = 'pg_policy'::regclass AND pol.oid = d.objid \
+             WHERE d.refclassid = 'pg_class'::regclass AND d.deptype = 'n' \
+             ORDER BY 3",
+            &[&oids],
+        )
+        .await
+        .map_err(&err)?;
+    for r in dependents {
+        let needed: u32 = r.try_get(0).map_err(&err)?;
+        let holder: u32 = r.try_get(1).map_err(&err)?;
+        let what: Option<String> = r.try_get(2).map_err(&err)?;
+        // A view of a relation left out, left out itself, is no loss.
+        if holder == needed || excluded.contains_key(&holder) {
+            continue;
+        }
+        let needed = excluded.get(&needed).cloned().unwrap_or_default();
+        let what = crate::replay::excerpt(&what.unwrap_or_default());
+        return Err(AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!(
+                "database {db}: {what} needs {needed}, which the shard's exclude_tables leaves out, so no restore could create it; list it in exclude_tables too, or back up {needed}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The selected tables of `db` with their stored columns, as `client`
