@@ -775,8 +775,12 @@ async fn a_table_versioned_by_transaction_id_fails_the_backup_by_name_unless_exc
 /// the MariaDB schema pass) kept a view reading the table and a column's
 /// `DEFAULT` taking from the sequence, so the backup was called complete
 /// and its restore failed ("relation \"public.hidden\" does not exist",
-/// "Table 'app.hidden' doesn't exist"). With the view left out too, the
-/// backup restores whole (Q = 1), a PostgreSQL sequence left out included.
+/// "Table 'app.hidden' doesn't exist"). So do a PostgreSQL partition left
+/// out of a kept partitioned table and a MariaDB foreign key to a table
+/// left out. With what needs them left out too, the backup restores whole
+/// (Q = 1): the trigger of a MariaDB table left out goes with it, and
+/// neither a PostgreSQL sequence left out nor the identity sequence of a
+/// table left out keeps its state (each failed the restore).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_kept_that_needs_a_table_left_out_fails_the_backup_by_name() {
     let sb = PrivateSandbox::up(1, 1, "ready");
@@ -788,6 +792,8 @@ async fn an_object_kept_that_needs_a_table_left_out_fails_the_backup_by_name() {
         &[
             "CREATE TABLE app.hidden (id INT PRIMARY KEY)",
             "CREATE VIEW app.v AS SELECT t.id FROM app.t JOIN app.hidden USING (id)",
+            "CREATE TRIGGER app.hidden_bi BEFORE INSERT ON app.hidden FOR EACH ROW SET NEW.id = NEW.id",
+            "CREATE TABLE app.ref (id INT PRIMARY KEY, FOREIGN KEY (id) REFERENCES app.hidden (id))",
         ],
     ]
     .concat();
@@ -795,7 +801,12 @@ async fn an_object_kept_that_needs_a_table_left_out_fails_the_backup_by_name() {
         "{PG_APP} CREATE TABLE hidden (id int PRIMARY KEY); \
          CREATE VIEW v AS SELECT t.id FROM t JOIN hidden USING (id); \
          CREATE SEQUENCE s START 500; CREATE TABLE d (id bigint PRIMARY KEY DEFAULT nextval('s')); \
-         INSERT INTO d DEFAULT VALUES; CREATE SEQUENCE lone;"
+         INSERT INTO d DEFAULT VALUES; CREATE SEQUENCE lone; \
+         CREATE TABLE gone (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY); \
+         INSERT INTO gone DEFAULT VALUES; \
+         CREATE TABLE parted (id int, k int) PARTITION BY LIST (k); \
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1); \
+         INSERT INTO parted VALUES (1, 1);"
     );
     db::setup_all(&topo, &mysql_setup, "app", &pg_setup).await;
     let arg = topo_path.to_str().unwrap().to_string();
@@ -834,16 +845,31 @@ async fn an_object_kept_that_needs_a_table_left_out_fails_the_backup_by_name() {
         "database app: the DEFAULT of column id of table public.d needs app.public.s, which the shard's exclude_tables leaves out",
     )
     .await;
+    excluding("", "app.hidden, app.v, app.parted_1");
+    fails_with(
+        "database app: partition public.parted_1 is left out by the shard's exclude_tables while public.parted is kept",
+    )
+    .await;
     excluding("app.hidden", "app.hidden, app.v");
+    fails_with(
+        "table app.ref has a foreign key to app.hidden, which the shard's exclude_tables leaves out",
+    )
+    .await;
+    excluding("app.hidden, app.ref", "app.hidden, app.v");
     fails_with(
         "view app.v reads app.hidden, which the shard's exclude_tables leaves out, so no restore could create the view",
     )
     .await;
     assert_eq!(listed(&topo_path), 0);
 
-    // A sequence nothing kept needs may be left out: its state is not
-    // kept either (the restore's setval of it failed).
-    excluding("app.hidden, app.v", "app.hidden, app.v, app.lone");
+    // A sequence nothing kept needs may be left out, and a table with an
+    // identity column: their states are not kept either (the restore's
+    // setval of each failed). The trigger of a table left out goes with
+    // it (its restore failed creating it).
+    excluding(
+        "app.hidden, app.ref, app.v",
+        "app.hidden, app.v, app.lone, app.gone",
+    );
     let run = support::shardcut_async(&["backup", "-t", &arg, "--json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     let target = PrivateSandbox::up(1, 1, "ready");

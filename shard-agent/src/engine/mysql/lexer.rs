@@ -371,7 +371,8 @@ pub(super) fn sequences_named(sql: &str, db: &str) -> Vec<(String, String)> {
 /// `db`.`table`.`column`): each pair of names joined by a dot, as
 /// `(a, b)`, the first two parts of a longer one included. An alias's
 /// column (`t`.`c`) is listed too: the caller matches them against names
-/// it knows.
+/// it knows (a view refused for a table left out when an alias named
+/// like its database has a column named like the table is the price).
 pub(super) fn qualified_names(sql: &str) -> Vec<(String, String)> {
     let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
     let name = |t: Option<&Token>| match t {

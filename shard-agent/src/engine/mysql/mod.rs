@@ -574,8 +574,18 @@ impl Session {
             };
             let own = qualified_name(&db, None, &table);
             if let Some(&i) = index.get(&(db, table)) {
-                let t = &mut self.tables[i];
                 let parent = qualified_name(&rdb, None, &rtable);
+                // The restored table would keep a foreign key to a table
+                // that is not there, and refuse every write after.
+                if self.shard.excludes(&rdb, None, &rtable) {
+                    return Err(AgentError::Tool {
+                        shard: self.shard.name.clone(),
+                        what: format!(
+                            "table {own} has a foreign key to {parent}, which the shard's exclude_tables leaves out, so the restored table could take no row; back up {parent}, or leave out {own} too"
+                        ),
+                    });
+                }
+                let t = &mut self.tables[i];
                 if !t.references.contains(&parent) && parent != own {
                     t.references.push(parent);
                 }

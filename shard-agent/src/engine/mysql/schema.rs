@@ -383,6 +383,11 @@ pub(super) async fn database_schema(
         s.routines.push(show_create_stored(conn, shard, &show, false, &r[0]).await?);
     }
     for t in names(conn, shard, format!("SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} ORDER BY ACTION_ORDER, 1")).await? {
+        // A trigger of a table left out goes with it (its restore would
+        // fail creating it on a table that is not there).
+        if shard.excludes(database, None, &t[1]) {
+            continue;
+        }
         let show = format!("SHOW CREATE TRIGGER {db}.{}", ident(&t[0]));
         let trigger = show_create_stored(conn, shard, &show, false, &t[0]).await?;
         s.triggers.push(Object { table: Some(t[1].clone()), ..trigger });

@@ -185,8 +185,16 @@ async fn sequence_values(
              schemaname || '.' || sequencename, \
              quote_ident(schemaname) || '.' || quote_ident(sequencename), \
              COALESCE(last_value, start_value)::int8, last_value IS NOT NULL, \
-             schemaname::text, sequencename::text \
-             FROM pg_sequences ORDER BY schemaname, sequencename",
+             schemaname::text, sequencename::text, \
+             own.deptype::text, own_n.nspname::text, own_c.relname::text \
+             FROM pg_sequences s \
+             JOIN pg_namespace sn ON sn.nspname = s.schemaname \
+             JOIN pg_class sc ON sc.relnamespace = sn.oid AND sc.relname = s.sequencename \
+             LEFT JOIN pg_depend own ON own.classid = 'pg_class'::regclass AND own.objid = sc.oid \
+               AND own.refclassid = 'pg_class'::regclass AND own.deptype IN ('a', 'i') \
+             LEFT JOIN pg_class own_c ON own_c.oid = own.refobjid \
+             LEFT JOIN pg_namespace own_n ON own_n.oid = own_c.relnamespace \
+             ORDER BY schemaname, sequencename",
             &[],
         )
         .await
@@ -194,11 +202,21 @@ async fn sequence_values(
     let mut out = Vec::new();
     let mut states = Vec::new();
     for r in rows {
-        // One exclude_tables names is not in the schema pg_dump writes:
-        // its state would fail the restore's setval.
+        // Kept as pg_dump keeps the sequence, or the restore's setval of
+        // it fails (or it restarts where the restored rows hold keys).
         let schema: String = r.try_get(6).map_err(pg_err(shard, &what))?;
         let name: String = r.try_get(7).map_err(pg_err(shard, &what))?;
-        if shard.excludes(db, Some(&schema), &name) {
+        let deptype: Option<String> = r.try_get(8).map_err(pg_err(shard, &what))?;
+        let owner_schema: Option<String> = r.try_get(9).map_err(pg_err(shard, &what))?;
+        let owner_name: Option<String> = r.try_get(10).map_err(pg_err(shard, &what))?;
+        let owner_kept = owner_schema
+            .zip(owner_name)
+            .map(|(s, n)| !shard.excludes(db, Some(&s), &n));
+        if !sequence_kept(
+            shard.excludes(db, Some(&schema), &name),
+            deptype.as_deref(),
+            owner_kept,
+        ) {
             continue;
         }
         let readable: bool = r.try_get(1).map_err(pg_err(shard, &what))?;
@@ -220,6 +238,19 @@ async fn sequence_values(
         });
     }
     Ok((out, states))
+}
+
+/// Whether pg_dump keeps a sequence, and so its state is kept: an
+/// identity column's (`deptype` `i`) with its table; one a column owns
+/// (`a`, `serial`) unless `exclude_tables` names both it and its table
+/// (pg_dump keeps it with its table, and for itself); any other unless
+/// named (`excluded`). `owner_kept`: its owning table, if any, is kept.
+fn sequence_kept(excluded: bool, deptype: Option<&str>, owner_kept: Option<bool>) -> bool {
+    match (deptype, owner_kept) {
+        (Some("i"), Some(kept)) => kept,
+        (Some("a"), Some(kept)) => kept || !excluded,
+        _ => !excluded,
+    }
 }
 
 fn collect(manifest: &mut ShardManifest, db: &str, tables: &[Table], results: Vec<ItemResult>) {
@@ -495,4 +526,32 @@ async fn stream_rows(
     }
     opts.progress.add(rows_since, bytes_since);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sequence_kept;
+
+    /// A sequence's state is kept exactly when pg_dump keeps the sequence:
+    /// an identity column's with its table, whatever names it; a serial
+    /// column's unless both it and its table are left out; any other
+    /// unless it is left out.
+    #[test]
+    fn a_sequence_state_is_kept_as_pg_dump_keeps_the_sequence() {
+        for (excluded, deptype, owner_kept, kept) in [
+            (false, None, None, true),
+            (true, None, None, false),
+            (false, Some("i"), Some(false), false),
+            (true, Some("i"), Some(true), true),
+            (true, Some("a"), Some(true), true),
+            (false, Some("a"), Some(false), true),
+            (true, Some("a"), Some(false), false),
+        ] {
+            assert_eq!(
+                sequence_kept(excluded, deptype, owner_kept),
+                kept,
+                "{excluded} {deptype:?} {owner_kept:?}"
+            );
+        }
+    }
 }
