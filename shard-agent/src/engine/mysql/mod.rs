@@ -576,12 +576,12 @@ impl Session {
             if let Some(&i) = index.get(&(db, table)) {
                 let parent = qualified_name(&rdb, None, &rtable);
                 // The restored table would keep a foreign key to a table
-                // that is not there, and refuse every write after.
+                // that is not there, and refuse every write setting it.
                 if self.shard.excludes(&rdb, None, &rtable) {
                     return Err(AgentError::Tool {
                         shard: self.shard.name.clone(),
                         what: format!(
-                            "table {own} has a foreign key to {parent}, which the shard's exclude_tables leaves out, so the restored table could take no row; back up {parent}, or leave out {own} too"
+                            "table {own} has a foreign key to {parent}, which the shard's exclude_tables leaves out, so the restored table would refuse every write that sets the key; back up {parent}, or leave out {own} too"
                         ),
                     });
                 }

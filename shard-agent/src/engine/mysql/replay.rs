@@ -482,8 +482,7 @@ struct Session {
     ordered: bool,
     /// Changes sent in key order, by every connection of the replay.
     reordered: Arc<AtomicU64>,
-    /// The target's `max_allowed_packet`, read when a statement first
-    /// comes near it.
+    /// The target's `max_allowed_packet`, read with the first row events.
     packet_limit: Option<usize>,
 }
 
@@ -553,14 +552,7 @@ impl Session {
     /// naming the setting, before sending it.
     async fn binlog(&mut self, rows: &[u8], at: &str) -> Result<(), ReplayError> {
         let text = base64::engine::general_purpose::STANDARD.encode(rows);
-        let send = match (
-            self.packet_limit,
-            text.len() + STATEMENT_ROOM <= ROWS_PER_STATEMENT,
-        ) {
-            (None, true) => BinlogSend::Whole,
-            (Some(limit), _) => binlog_send(text.len(), limit, self.mariadb),
-            (None, false) => binlog_send(text.len(), self.packet_limit(at).await?, self.mariadb),
-        };
+        let send = binlog_send(text.len(), self.packet_limit(at).await?, self.mariadb);
         const SHOWN: &str = "BINLOG …";
         match send {
             BinlogSend::Whole => self.run(&format!("BINLOG '{text}'"), at, SHOWN).await,
@@ -596,7 +588,8 @@ impl Session {
     }
 
     /// The target's `max_allowed_packet` (this session's, as it connected),
-    /// read when row events of the source transactions `at` come near it.
+    /// read once, with the first row events (of the source transactions
+    /// `at`).
     async fn packet_limit(&mut self, at: &str) -> Result<usize, ReplayError> {
         if let Some(limit) = self.packet_limit {
             return Ok(limit);

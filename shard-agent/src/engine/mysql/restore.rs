@@ -705,17 +705,22 @@ pub(super) async fn check_target(
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     // Under the plain mode: the names are quoted for it.
     for (table, (db, name)) in used.iter().filter(|(_, seq)| !created.contains(seq)) {
+        let sequence = qualified_name(db, None, name);
         // One of a database this restore replaces counts only if the
         // restore creates it.
-        if restored.contains(db) || !sequence_exists(&mut conn, target, db, name).await? {
-            return Err(AgentError::Tool {
-                shard: target.name.clone(),
-                what: format!(
-                    "table {table} takes its DEFAULT from sequence {}, which this restore does not create and the target does not hold; restore it too (database {db}) or create it on the target first; nothing was changed",
-                    qualified_name(db, None, name)
-                ),
-            });
-        }
+        let missing = if restored.contains(db) {
+            format!("which is not in the backup of database {db}, which this restore replaces")
+        } else if !sequence_exists(&mut conn, target, db, name).await? {
+            format!("which this restore does not create and the target does not hold; restore it too (database {db}) or create it on the target first")
+        } else {
+            continue;
+        };
+        return Err(AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!(
+                "table {table} takes its DEFAULT from sequence {sequence}, {missing}; nothing was changed"
+            ),
+        });
     }
     for db in databases(source, opts) {
         let (_, objects) = inspect(&mut conn, target, &db).await?;

@@ -245,7 +245,11 @@ async fn sequence_values(
 /// (`a`, `serial`) unless `exclude_tables` names both it and its table
 /// (pg_dump keeps it with its table, and for itself); any other unless
 /// named (`excluded`). `owner_kept`: its owning table, if any, is kept.
-fn sequence_kept(excluded: bool, deptype: Option<&str>, owner_kept: Option<bool>) -> bool {
+pub(super) fn sequence_kept(
+    excluded: bool,
+    deptype: Option<&str>,
+    owner_kept: Option<bool>,
+) -> bool {
     match (deptype, owner_kept) {
         (Some("i"), Some(kept)) => kept,
         (Some("a"), Some(kept)) => kept || !excluded,

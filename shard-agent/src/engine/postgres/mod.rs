@@ -357,32 +357,66 @@ async fn nothing_kept_needs_what_is_left_out(
         return Ok(());
     }
     let err = pg_err(shard, &format!("reading the dependencies of {db}"));
+    // Each relation, and for a sequence a column owns (`serial`, `a`) or
+    // an identity column's (`i`) its table.
     let relations = client
         .query(
-            "SELECT c.oid, c.reltype, n.nspname::text, c.relname::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT c.oid, c.reltype, n.nspname::text, c.relname::text, \
+               own.deptype::text, own.refobjid \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_depend own ON c.relkind = 'S' AND own.classid = 'pg_class'::regclass \
+               AND own.objid = c.oid AND own.refclassid = 'pg_class'::regclass \
+               AND own.deptype IN ('a', 'i') \
              WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
             &[],
         )
         .await
         .map_err(&err)?;
-    let mut excluded: HashMap<u32, String> = HashMap::new();
-    // The row type of each relation left out, and the relation.
-    let mut row_types: HashMap<u32, u32> = HashMap::new();
+    struct Relation {
+        oid: u32,
+        row_type: u32,
+        name: String,
+        named: bool,
+        owner: Option<(String, u32)>,
+    }
+    let mut listed = Vec::new();
+    let mut named = std::collections::HashSet::new();
     for r in relations {
         let schema: String = r.try_get(2).map_err(&err)?;
         let name: String = r.try_get(3).map_err(&err)?;
-        if shard.excludes(db, Some(&schema), &name) {
-            let oid: u32 = r.try_get(0).map_err(&err)?;
-            let row_type: u32 = r.try_get(1).map_err(&err)?;
-            if row_type != 0 {
-                row_types.insert(row_type, oid);
+        let deptype: Option<String> = r.try_get(4).map_err(&err)?;
+        let owner: Option<u32> = r.try_get(5).map_err(&err)?;
+        let relation = Relation {
+            oid: r.try_get(0).map_err(&err)?,
+            row_type: r.try_get(1).map_err(&err)?,
+            named: shard.excludes(db, Some(&schema), &name),
+            name: crate::manifest::qualified_name(db, Some(&schema), &name),
+            owner: deptype.zip(owner),
+        };
+        if relation.named {
+            named.insert(relation.oid);
+        }
+        listed.push(relation);
+    }
+    // Left out as pg_dump leaves it out: by name, and an owned sequence
+    // as its table says (`dump::sequence_kept`).
+    let mut excluded: HashMap<u32, String> = HashMap::new();
+    // The row type of each relation left out, and the relation.
+    let mut row_types: HashMap<u32, u32> = HashMap::new();
+    for r in listed {
+        let left_out = match &r.owner {
+            Some((deptype, owner)) => {
+                let owner_kept = !named.contains(owner);
+                !dump::sequence_kept(r.named, Some(deptype), Some(owner_kept))
             }
-            excluded.insert(
-                oid,
-                crate::manifest::qualified_name(db, Some(&schema), &name),
-            );
+            None => r.named,
+        };
+        if left_out {
+            if r.row_type != 0 {
+                row_types.insert(r.row_type, r.oid);
+            }
+            excluded.insert(r.oid, r.name);
         }
     }
     if excluded.is_empty() {
