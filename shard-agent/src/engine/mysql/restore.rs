@@ -257,6 +257,12 @@ async fn read_schema(
 /// Per table, the secondary keys built after its data is loaded.
 type TableKeys = Vec<(String, Vec<String>)>;
 
+/// Makes `db` the session's database.
+async fn use_database(control: &mut Conn, target: &Shard, db: &str) -> Result<(), AgentError> {
+    let sql = format!("USE {}", ident(db));
+    exec(control, target, "selecting the database", &sql).await
+}
+
 /// Creates database `db` on the target with its sequences; returns its
 /// schema. A table may take its `DEFAULT` from a sequence of another
 /// database, which is then created before it (see `restore`).
@@ -276,13 +282,7 @@ async fn create_database(
         &schema.create_database,
     )
     .await?;
-    exec(
-        control,
-        target,
-        "selecting the database",
-        &format!("USE {}", ident(db)),
-    )
-    .await?;
+    use_database(control, target, db).await?;
     // Every sequence of the database, whatever tables are selected: a
     // table taking its DEFAULT from one cannot be created without it.
     for seq in &schema.sequences {
@@ -302,13 +302,7 @@ async fn create_tables(
     db: &str,
     schema: &DatabaseSchema,
 ) -> Result<TableKeys, AgentError> {
-    exec(
-        control,
-        target,
-        "selecting the database",
-        &format!("USE {}", ident(db)),
-    )
-    .await?;
+    use_database(control, target, db).await?;
     // A table another one references keeps its keys: the foreign key
     // may need one of them.
     let referenced: HashSet<&str> = source
