@@ -22,6 +22,19 @@ impl Token {
     pub(super) fn is(&self, keyword: &str) -> bool {
         matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(keyword))
     }
+
+    /// The name this token writes, bare or quoted.
+    fn name(&self) -> Option<&str> {
+        match self {
+            Token::Word(n) | Token::Quoted(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// The name at `tokens[i]`, if there is one.
+fn name_at(tokens: &[Token], i: usize) -> Option<String> {
+    tokens.get(i).and_then(Token::name).map(str::to_string)
 }
 
 /// The server's whitespace: ASCII only (a no-break space is a character
@@ -341,21 +354,21 @@ pub(super) fn reaches_outside(sql: &str, quoting: Quoting) -> Option<String> {
 /// qualified and in backquotes (`nextval(`bank`.`ids`)`); a column named
 /// so is a name in backquotes, not the word.
 pub(super) fn sequences_named(sql: &str, db: &str) -> Vec<(String, String)> {
-    let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
-    let name = |t: Option<&Token>| match t {
-        Some(Token::Word(n) | Token::Quoted(n)) => Some(n.clone()),
-        _ => None,
-    };
     let mut found = Vec::new();
+    // Most statements call none: not read token by token.
+    if !sql.to_ascii_lowercase().contains("val(") {
+        return found;
+    }
+    let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
     for (i, t) in tokens.iter().enumerate() {
         let call = ["NEXTVAL", "LASTVAL", "SETVAL"].iter().any(|f| t.is(f));
         if !call || tokens.get(i + 1) != Some(&Token::Punct('(')) {
             continue;
         }
-        let Some(first) = name(tokens.get(i + 2)) else {
+        let Some(first) = name_at(&tokens, i + 2) else {
             continue;
         };
-        let named = match (tokens.get(i + 3), name(tokens.get(i + 4))) {
+        let named = match (tokens.get(i + 3), name_at(&tokens, i + 4)) {
             (Some(Token::Punct('.')), Some(second)) => (first, second),
             _ => (db.to_string(), first),
         };
@@ -375,17 +388,13 @@ pub(super) fn sequences_named(sql: &str, db: &str) -> Vec<(String, String)> {
 /// like its database has a column named like the table is the price).
 pub(super) fn qualified_names(sql: &str) -> Vec<(String, String)> {
     let tokens: Vec<Token> = Lexer::reading(sql, Quoting::DEFAULT).collect();
-    let name = |t: Option<&Token>| match t {
-        Some(Token::Word(n) | Token::Quoted(n)) => Some(n.clone()),
-        _ => None,
-    };
     let mut found = Vec::new();
     for i in 0..tokens.len() {
         let after_dot = i > 0 && tokens[i - 1] == Token::Punct('.');
         if after_dot || tokens.get(i + 1) != Some(&Token::Punct('.')) {
             continue;
         }
-        if let (Some(a), Some(b)) = (name(tokens.get(i)), name(tokens.get(i + 2))) {
+        if let (Some(a), Some(b)) = (name_at(&tokens, i), name_at(&tokens, i + 2)) {
             if !found.contains(&(a.clone(), b.clone())) {
                 found.push((a, b));
             }

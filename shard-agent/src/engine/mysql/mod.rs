@@ -507,10 +507,7 @@ impl Session {
             let t = &mut self.tables[i];
             // Only MariaDB has sequences, and writes a default's literal
             // quoted (MySQL writes `DEFAULT 'nextval(s)'` bare).
-            if let Some(default) = text(row, 6)
-                .map_err(&de)?
-                .filter(|d| self.mariadb && d.to_ascii_lowercase().contains("val("))
-            {
+            if let Some(default) = text(row, 6).map_err(&de)?.filter(|_| self.mariadb) {
                 for seq in lexer::sequences_named(&default, &t.database) {
                     uses.push((i, col.clone(), seq));
                 }
