@@ -1029,15 +1029,22 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
             "CREATE TABLE bank.ledger (id INT PRIMARY KEY, amount INT) ENGINE=InnoDB",
         ],
         "bank",
-        "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE payment_p1 (id int, amount int);",
+        "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE payment_p1 (id int, amount int); \
+         CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY);",
     )
     .await;
-    // check is READY (a backup works) and names the table capture refuses.
+    // check is READY (a backup works) and names the tables capture refuses.
     let check = support::shardcut_async(&["check", "-t", arg, "--json"]).await;
     assert_eq!(check.code, 0, "{check:?}");
     assert!(
         check.stdout.contains("bank.public.payment_p1"),
         "check should name the table without a replica identity: {check:?}"
+    );
+    assert!(
+        check
+            .stdout
+            .contains("no WAL is written for their changes: bank.public.scratch"),
+        "check should name the unlogged table: {check:?}"
     );
     // Capture: the MariaDB shard's stream starts; the PostgreSQL shard is
     // refused by name; exit 1.
@@ -1045,6 +1052,11 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains("capture refused on pg-0") && run.stderr.contains("payment_p1"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("table(s) public.scratch are unlogged; PostgreSQL writes no WAL"),
         "{run:?}"
     );
     assert!(
@@ -1774,7 +1786,9 @@ async fn capture_resumes_by_gtid_on_a_promoted_replica_and_restores_across_the_f
 /// round takes new tables into the publication and records from where
 /// each is captured: a backup whose cut came before that cannot be
 /// brought to a mark (refused by name), one taken since restores to a
-/// mark exactly, the new table's changes included.
+/// mark exactly, the new table's changes included. An unlogged table is
+/// left out of the publication (the server refuses it there) until it is
+/// made logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_round() {
     let dir = tempfile::tempdir().unwrap();
@@ -1824,10 +1838,42 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
         .unwrap();
     assert!(listed["restorable_to"].is_null(), "{listed}");
 
+    // An unlogged table created while capture runs: the server writes no
+    // WAL for it and refuses it in a publication, which failed every
+    // capture round after it. The round now goes on without it, and a
+    // backup holding it cannot be brought to a later mark, by name.
+    on_pg(
+        "CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); INSERT INTO scratch VALUES (1)".into(),
+    )
+    .await;
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let holding = support::backup_id(arg).await;
+    on_pg("INSERT INTO scratch VALUES (2)".into()).await;
+    let third = run_ok_async(&["capture", "-t", arg, "--once", "--json"]).await;
+    let third_mark = format!("mark:{}", third.json()["mark"].as_str().unwrap());
+    let refused = restore_until(
+        arg,
+        tgt.to_str().unwrap(),
+        &third_mark,
+        &["--backup", &holding],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "table bank.public.scratch is unlogged: PostgreSQL writes no WAL for its changes, so capture holds none of them since the cut of backup {holding}"
+        )),
+        "{refused:?}"
+    );
+    // Made logged, it is taken in at the next round, from then on.
+    on_pg("ALTER TABLE scratch SET LOGGED".into()).await;
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+
     let since = support::backup_id(arg).await;
     on_pg(
         "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(11, 15) g; \
-           UPDATE notes SET body = 'changed' WHERE id = 3; DELETE FROM notes WHERE id = 4"
+           UPDATE notes SET body = 'changed' WHERE id = 3; DELETE FROM notes WHERE id = 4; \
+           INSERT INTO scratch VALUES (3); DELETE FROM scratch WHERE id = 1"
             .into(),
     )
     .await;
@@ -1841,6 +1887,11 @@ async fn a_postgres_table_created_while_capture_runs_is_captured_from_the_next_r
         db::pg_digest(&restored.shards[1], "bank", "public", "notes").await,
         db::pg_digest(pg, "bank", "public", "notes").await,
         "the new table's changes after the backup were replayed"
+    );
+    assert_eq!(
+        db::pg_digest(&restored.shards[1], "bank", "public", "scratch").await,
+        db::pg_digest(pg, "bank", "public", "scratch").await,
+        "the table made logged had its changes after the backup replayed"
     );
 }
 

@@ -282,6 +282,7 @@ fn unpublished_gap(
     (from, to): (&Position, &Position),
     backup: &str,
 ) -> Option<String> {
+    let since_cut = format!(", after the cut of backup {backup}: its changes since the cut are not all in the repository; use a backup taken since");
     'streams: for stream in streams_of(sm) {
         let mut why = None;
         let covering = states.iter().filter(|s| {
@@ -298,11 +299,14 @@ fn unpublished_gap(
                 .find_map(|t| {
                     let q = t.qualified();
                     if s.unpublished.contains(&q) {
-                        return Some(format!("table {q} is not captured (it is not in capture's publication: it has no replica identity)"));
+                        return Some(format!("table {q} is not captured (it is not in capture's publication: it has no replica identity){since_cut}"));
+                    }
+                    if s.unlogged.contains(&q) {
+                        return Some(format!("table {q} is unlogged: PostgreSQL writes no WAL for its changes, so capture holds none of them since the cut of backup {backup}; make it logged (ALTER TABLE … SET LOGGED) and use a backup taken after capture's next round, or exclude it in the topology"));
                     }
                     match s.published_from.get(&q) {
                         Some(p) if !at_or_before(p, from) => Some(format!(
-                            "table {q} is captured only from {p} (it was created while capture ran)"
+                            "table {q} is captured only from {p} (it was created while capture ran){since_cut}"
                         )),
                         _ => None,
                     }
@@ -313,9 +317,7 @@ fn unpublished_gap(
             }
         }
         if let Some(w) = why {
-            return Some(format!(
-                "shard {shard}: {w}, after the cut of backup {backup}: its changes since the cut are not all in the repository; use a backup taken since"
-            ));
+            return Some(format!("shard {shard}: {w}"));
         }
     }
     None
@@ -424,6 +426,7 @@ fn took_tables_in_after(base: &Manifest, states: &[StreamState]) -> bool {
     base.cut.shards.iter().any(|(shard, cut)| {
         states.iter().filter(|s| &s.shard == shard).any(|s| {
             !s.unpublished.is_empty()
+                || !s.unlogged.is_empty()
                 || s.published_from
                     .values()
                     .any(|p| !at_or_before(p, &cut.position))

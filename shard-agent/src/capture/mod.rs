@@ -73,6 +73,12 @@ pub struct StreamState {
     /// added): their changes are not captured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unpublished: Vec<String>,
+    /// PostgreSQL: selected tables not in the publication because they are
+    /// unlogged (created while capture ran): the server writes no WAL for
+    /// their changes, so none is captured. One made logged is taken in at
+    /// the next round, from then on ([`StreamState::published_from`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlogged: Vec<String>,
 }
 
 /// The most a stream state or a segment description may take: shardcut

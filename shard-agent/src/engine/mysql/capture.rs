@@ -137,6 +137,7 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
         slot: None,
         published_from: Default::default(),
         unpublished: Vec::new(),
+        unlogged: Vec::new(),
     })
 }
 

@@ -107,25 +107,38 @@ async fn lsn_of(client: &Client, shard: &Shard, sql: &str) -> Result<Lsn, Captur
 
 /// Creates the publication and the slot of `db` (if missing) and returns
 /// a new stream state starting at the slot's consistent point. Refuses
-/// tables without a replica identity: once published, UPDATE and DELETE
-/// on them would fail on the source.
+/// tables without a replica identity (once published, UPDATE and DELETE
+/// on them would fail on the source) and unlogged tables (the server has
+/// no WAL of their changes to decode, and refuses them in a publication).
 pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState, CaptureError> {
     let client = connect::postgres(shard, Some(db), CONNECT_TIMEOUT).await?;
     let name = slot_name(cluster, &shard.name, db);
-    let (tables, no_identity) = published_tables(&client, shard, db)
+    let plan = published_tables(&client, shard, db)
         .await
         .map_err(err(shard, &format!("reading the tables of {db}")))?;
-    if !no_identity.is_empty() {
-        return Err(CaptureError::stream(
-            &shard.name,
-            format!(
-                "database {db}: table(s) {} have no primary key or replica identity; once published for capture, UPDATE and DELETE on them would fail on the source. \
-                 Add a primary key, run `ALTER TABLE … REPLICA IDENTITY FULL`, or exclude them in the topology",
-                no_identity.join(", ")
-            ),
+    // Both kinds named at once, so that one round of fixes does.
+    let mut refused = Vec::new();
+    if !plan.no_identity.is_empty() {
+        refused.push(format!(
+            "table(s) {} have no primary key or replica identity; once published for capture, UPDATE and DELETE on them would fail on the source. \
+             Add a primary key, run `ALTER TABLE … REPLICA IDENTITY FULL`, or exclude them in the topology",
+            plan.no_identity.join(", ")
         ));
     }
-    create_publication_and_slot(shard, &client, db, &name, &tables).await
+    if !plan.unlogged.is_empty() {
+        refused.push(format!(
+            "table(s) {} are unlogged; PostgreSQL writes no WAL for their changes, so capture cannot read them and a restore to a later point would lack them. \
+             Make them logged (`ALTER TABLE … SET LOGGED`), or exclude them in the topology",
+            plan.unlogged.join(", ")
+        ));
+    }
+    if !refused.is_empty() {
+        return Err(CaptureError::stream(
+            &shard.name,
+            format!("database {db}: {}", refused.join("; ")),
+        ));
+    }
+    create_publication_and_slot(shard, &client, db, &name, &plan.tables).await
 }
 
 /// A table of `db` capture publishes.
@@ -137,6 +150,9 @@ pub(super) struct Publishable {
     /// Without a primary key or replica identity: once published, UPDATE
     /// and DELETE on it would fail on the source.
     pub no_identity: bool,
+    /// Unlogged: the server writes no WAL for its changes and refuses it
+    /// in a publication.
+    pub unlogged: bool,
 }
 
 /// The tables of `db` capture publishes (the topology's exclusions left
@@ -151,7 +167,8 @@ pub(super) async fn publishable(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
              n.nspname::text, c.relname::text, \
              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
-               (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+               (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)), \
+             c.relpersistence = 'u' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -170,26 +187,43 @@ pub(super) async fn publishable(
             quoted: r.try_get(0)?,
             qualified: crate::manifest::qualified_name(db, Some(&schema), &table),
             no_identity: r.try_get(3)?,
+            unlogged: r.try_get(4)?,
         });
     }
     Ok(out)
 }
 
-/// The tables of `db` capture publishes (quoted, schema-qualified; the
-/// topology's exclusions left out) and those among them without a primary
-/// key or replica identity, which capture refuses.
+/// The selected tables of a database as capture's publication takes them
+/// (quoted, schema-qualified; the topology's exclusions left out).
+pub(super) struct PublishPlan {
+    /// Those the publication lists: every table but the unlogged ones.
+    pub tables: Vec<String>,
+    /// Those without a primary key or replica identity, which capture
+    /// refuses.
+    pub no_identity: Vec<String>,
+    /// The unlogged ones, which capture refuses (the server writes no WAL
+    /// for them).
+    pub unlogged: Vec<String>,
+}
+
+/// How capture's publication takes the tables of `db` ([`PublishPlan`]).
 pub(super) async fn published_tables(
     client: &Client,
     shard: &Shard,
     db: &str,
-) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
+) -> Result<PublishPlan, tokio_postgres::Error> {
     let all = publishable(client, shard, db).await?;
-    let no_identity = all
-        .iter()
-        .filter(|t| t.no_identity)
-        .map(|t| t.quoted.clone())
-        .collect();
-    Ok((all.into_iter().map(|t| t.quoted).collect(), no_identity))
+    let quoted = |keep: fn(&Publishable) -> bool| {
+        all.iter()
+            .filter(|t| keep(t))
+            .map(|t| t.quoted.clone())
+            .collect()
+    };
+    Ok(PublishPlan {
+        tables: quoted(|t| !t.unlogged),
+        no_identity: quoted(|t| t.no_identity && !t.unlogged),
+        unlogged: quoted(|t| t.unlogged),
+    })
 }
 
 /// Takes tables created since the publication was into it, as each round
@@ -200,7 +234,9 @@ pub(super) async fn published_tables(
 /// table without a replica identity is not published (UPDATE and DELETE
 /// on it would then fail on the source): it stays in
 /// [`StreamState::unpublished`], which restores to a mark refuse, and the
-/// round goes on for the rest. The names are recorded before the
+/// round goes on for the rest. An unlogged table, which the server
+/// refuses in a publication, stays in [`StreamState::unlogged`] alike
+/// (before, it failed every round). The names are recorded before the
 /// publication changes, so a crash between the two leaves them
 /// unpublished, not covered from the start.
 async fn cover_new_tables(
@@ -235,9 +271,15 @@ async fn cover_new_tables(
         .iter()
         .filter(|t| published.contains(&t.quoted) && state.unpublished.contains(&t.qualified))
         .collect();
+    let (unlogged, missing): (Vec<&Publishable>, Vec<&Publishable>) =
+        missing.into_iter().partition(|t| t.unlogged);
     let (to_add, no_identity): (Vec<&Publishable>, Vec<&Publishable>) =
         missing.into_iter().partition(|t| !t.no_identity);
-    let before = (state.published_from.clone(), state.unpublished.clone());
+    let before = (
+        state.published_from.clone(),
+        state.unpublished.clone(),
+        state.unlogged.clone(),
+    );
     if !to_add.is_empty() {
         for t in &to_add {
             if !state.unpublished.contains(&t.qualified) {
@@ -269,6 +311,7 @@ async fn cover_new_tables(
                 .published_from
                 .insert(t.qualified.clone(), from.clone());
             state.unpublished.retain(|q| q != &t.qualified);
+            state.unlogged.retain(|q| q != &t.qualified);
             tracing::info!(
                 "{}: table {} added to publication {publication}; its changes are captured from {from}",
                 shard.name,
@@ -286,11 +329,23 @@ async fn cover_new_tables(
             state.unpublished.push(t.qualified.clone());
         }
     }
+    for t in &unlogged {
+        if !state.unlogged.contains(&t.qualified) {
+            tracing::warn!(
+                "{}: table {} is unlogged and is not captured (PostgreSQL writes no WAL for it): restores to a point after a backup holding it are refused until it is made logged (ALTER TABLE … SET LOGGED)",
+                shard.name,
+                t.qualified
+            );
+            state.unlogged.push(t.qualified.clone());
+        }
+    }
     // A table gone (dropped) is no longer waiting.
-    state
-        .unpublished
-        .retain(|q| tables.iter().any(|t| &t.qualified == q));
-    if (&state.published_from, &state.unpublished) != (&before.0, &before.1) {
+    let present = |q: &String| tables.iter().any(|t| &t.qualified == q);
+    state.unpublished.retain(present);
+    state.unlogged.retain(present);
+    if (&state.published_from, &state.unpublished, &state.unlogged)
+        != (&before.0, &before.1, &before.2)
+    {
         state.save(repo)?;
     }
     Ok(())
@@ -363,6 +418,7 @@ async fn create_publication_and_slot(
         slot: Some(name.to_string()),
         published_from: Default::default(),
         unpublished: Vec::new(),
+        unlogged: Vec::new(),
     })
 }
 

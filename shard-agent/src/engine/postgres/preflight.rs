@@ -49,14 +49,17 @@ pub(super) async fn check(
             // gate does not show.
             continue;
         }
-        let (_, missing) = super::capture::published_tables(&client, shard, db)
+        let plan = super::capture::published_tables(&client, shard, db)
             .await
             .map_err(|e| {
                 db_err(shard, &format!("reading the replica identities of {db}"))(e.into())
             })?;
         access
             .no_identity
-            .extend(missing.into_iter().map(|t| format!("{db}.{t}")));
+            .extend(plan.no_identity.iter().map(|t| format!("{db}.{t}")));
+        access
+            .unlogged
+            .extend(plan.unlogged.iter().map(|t| format!("{db}.{t}")));
     }
     f.push(access.finding());
     f.push(none_found(
@@ -89,6 +92,17 @@ pub(super) async fn check(
                 access.no_identity.join(", ")
             ),
             "capture refuses these tables: add a primary key, run ALTER TABLE … REPLICA IDENTITY FULL, or exclude them in the topology",
+        ));
+    }
+    if !access.unlogged.is_empty() {
+        // Backed up like any table; capture cannot read their changes.
+        f.push(Finding::warn(
+            "unlogged tables",
+            format!(
+                "no WAL is written for their changes: {}",
+                access.unlogged.join(", ")
+            ),
+            "capture refuses these tables: ALTER TABLE … SET LOGGED, or exclude them in the topology",
         ));
     }
     Ok(ShardReport::new(
@@ -218,6 +232,8 @@ struct Access {
     filtered: Vec<String>,
     /// `db.table` without a primary key or replica identity.
     no_identity: Vec<String>,
+    /// `db.table` of the unlogged tables.
+    unlogged: Vec<String>,
     /// Databases holding large objects, with their count.
     large_objects: Vec<String>,
 }
