@@ -2005,3 +2005,74 @@ async fn a_mariadb_replay_applies_only_what_its_base_backup_selected() {
         "{refused:?}"
     );
 }
+
+/// A MariaDB server whose binlog filters keep a selected database's
+/// changes out of the binary log: capture read that binlog as if it were
+/// whole, and a restore to a later mark lacked the database's changes
+/// (found only by the read-back, with Q = 0.375). Now `check` names the
+/// option, and capture refuses the shard by name, before a stream exists,
+/// until the database is left out of the selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_binlog_filter_leaving_out_a_selected_database_is_refused_by_name() {
+    let sb = PrivateSandbox::up(1, 0, "ready");
+    let cnf = sb.dir().join("mysql-0/my.cnf");
+    let mut text = std::fs::read_to_string(&cnf).unwrap();
+    text.push_str("binlog-ignore-db = hidden\n");
+    std::fs::write(&cnf, text).unwrap();
+    sb.stop("mysql-0");
+    sb.start("mysql-0");
+    let dir = tempfile::tempdir().unwrap();
+    let topo_path = support::topology_variant(&sb.topology(), dir.path(), &[]);
+    let arg = topo_path.to_str().unwrap();
+    let topo = db::topology(&topo_path);
+    let mut c = db::mysql(&topo.shards[0], None).await;
+    for sql in [
+        "CREATE DATABASE hidden",
+        "CREATE TABLE hidden.t (id INT PRIMARY KEY, v INT)",
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.t (id INT PRIMARY KEY, v INT)",
+    ] {
+        c.query_drop(sql).await.unwrap();
+    }
+    c.disconnect().await.unwrap();
+
+    let check = support::shardcut_async(&["check", "-t", arg, "--json"]).await;
+    assert_eq!(check.code, 0, "a backup works: {check:?}");
+    let finding = check.json()["shards"][0]["report"]["findings"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["item"] == "binlog filters").cloned())
+        .unwrap_or_default();
+    assert_eq!(finding["level"], "warn", "{check:?}");
+    assert_eq!(finding["value"], "binlog-ignore-db=hidden", "{check:?}");
+    assert!(
+        finding["fix"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("capture refuses this shard")),
+        "{finding}"
+    );
+
+    let run = support::shardcut_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "capture refused on shard mysql-0: the server's binlog-ignore-db=hidden keeps the changes of database(s) hidden out of the binary log"
+        ),
+        "{run:?}"
+    );
+    let repo = db::repository(&topo);
+    assert!(
+        shard_agent::capture::StreamState::load(&repo, "mysql-0", "binlog")
+            .unwrap()
+            .is_none(),
+        "no stream should have started"
+    );
+
+    // Without the filtered database in the selection, capture runs.
+    support::add_to_every_shard(&topo_path, "    databases: [shop]\n");
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    assert!(
+        shard_agent::capture::StreamState::load(&repo, "mysql-0", "binlog")
+            .unwrap()
+            .is_some()
+    );
+}

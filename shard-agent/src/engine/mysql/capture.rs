@@ -74,6 +74,21 @@ pub async fn current_position(shard: &Shard) -> Result<Position, CaptureError> {
     Ok(at?)
 }
 
+/// A refusal when the server's binlog filters keep changes of a database
+/// capture of `shard` covers out of the binary log
+/// ([`super::binlog_filters`]): replaying from such a binlog would leave
+/// them out, and a restore to a later point lack them.
+async fn filters_refusal(conn: &mut mysql_async::Conn, shard: &Shard) -> Result<(), CaptureError> {
+    match super::binlog_filters::capture_refusal(conn, shard).await {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(CaptureError::stream(&shard.name, why)),
+        Err(e) => Err(CaptureError::stream(
+            &shard.name,
+            format!("reading the binlog filters: {e}"),
+        )),
+    }
+}
+
 /// The binlog files the server still has.
 async fn binlog_files(shard: &Shard) -> Result<Vec<String>, CaptureError> {
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
@@ -113,6 +128,11 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
     // file of a position of another server says nothing.
     let by_gtid = from.gtid_position().is_some();
     let files = binlog_files(shard).await?;
+    // Refused before a stream exists, as each round refuses it.
+    let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
+    let refused = filters_refusal(&mut conn, shard).await;
+    drop(conn.disconnect().await);
+    refused?;
     if !by_gtid && !files.contains(&c.file) {
         return Err(CaptureError::stream(
             &shard.name,
@@ -244,6 +264,9 @@ pub async fn catch_up(
         None => None,
     };
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
+    // The options need a restart to change, which a long-running capture
+    // rides out: each round looks again.
+    filters_refusal(&mut conn, shard).await?;
     // MariaDB sends its own GTID events (and not dummies) only to a
     // replica that says it understands them.
     conn.query_drop("SET @mariadb_slave_capability = 4")

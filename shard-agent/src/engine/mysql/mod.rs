@@ -3,6 +3,7 @@
 //! phases in `preflight`, `capture`, `restore`, `replay` and `readback`,
 //! all behind [`driver::Mysql`].
 
+mod binlog_filters;
 mod capture;
 mod cut;
 pub mod driver;
@@ -237,6 +238,25 @@ fn selects(shard: &Shard, db: &str) -> bool {
     }
 }
 
+/// The databases on the server that `shard` selects, in name order.
+pub(crate) async fn selected_databases(
+    conn: &mut Conn,
+    shard: &Shard,
+) -> Result<Vec<String>, DbError> {
+    let rows: Vec<Row> = conn
+        .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        .await?;
+    let mut out = Vec::new();
+    for row in &rows {
+        if let Some(db) = text(row, 0)? {
+            if selects(shard, &db) {
+                out.push(db);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The columns of the databases `dbs` (an SQL list) in order, with their
 /// `COLUMN_TYPE`, `EXTRA` (see [`stored_column`]), generation expression
 /// (`ROW START`, `ROW END`: a system time's declared columns) and
@@ -315,19 +335,9 @@ impl Session {
     /// Lists the selected databases and tables with columns and keys.
     async fn read_catalog(&mut self) -> Result<(), AgentError> {
         let shard = self.shard.clone();
-        let rows: Vec<Row> = self
-            .control
-            .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        self.databases = selected_databases(&mut self.control, &shard)
             .await
-            .map_err(query_err(&shard, "listing databases"))?;
-        let de = db_err(&shard, "reading the catalog");
-        for row in &rows {
-            if let Some(db) = text(row, 0).map_err(&de)? {
-                if selects(&shard, &db) {
-                    self.databases.push(db);
-                }
-            }
-        }
+            .map_err(db_err(&shard, "listing databases"))?;
         if self.databases.is_empty() {
             return Ok(());
         }
@@ -596,19 +606,9 @@ impl Session {
     async fn shapes_now(&mut self) -> Result<(Vec<String>, Vec<TableShape>), AgentError> {
         let shard = self.shard.clone();
         let de = db_err(&shard, "reading the catalog at the cut");
-        let rows: Vec<Row> = self
-            .control
-            .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME")
+        let databases = selected_databases(&mut self.control, &shard)
             .await
-            .map_err(query_err(&shard, "listing databases at the cut"))?;
-        let mut databases = Vec::new();
-        for row in &rows {
-            if let Some(db) = text(row, 0).map_err(&de)? {
-                if selects(&shard, &db) {
-                    databases.push(db);
-                }
-            }
-        }
+            .map_err(db_err(&shard, "listing databases at the cut"))?;
         if databases.is_empty() {
             return Ok((databases, Vec::new()));
         }

@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use topology::Shard;
 
+use super::binlog_filters::BinlogFilters;
 use super::sql::{literal_list, number, text, PLAIN_SQL_MODE, SYSTEM_DATABASES};
 use crate::connect;
 use crate::error::{AgentError, DbError};
@@ -70,6 +71,17 @@ pub(super) async fn check(
         .filter(|(_, engine)| !matches!(engine.as_str(), "InnoDB" | ""))
         .map(|(t, engine)| format!("{}.{} ({engine})", t.database, t.table))
         .collect();
+    // Only a warning, which a backup's gate does not show.
+    if depth == Depth::Report && matches!(var("log_bin").as_str(), "ON" | "1") {
+        let filters = super::binlog_filters::read(&mut conn)
+            .await
+            .map_err(q("reading the binlog filters"))?;
+        let selected = match &shard.databases {
+            Some(list) => list.clone(),
+            None => databases.clone(),
+        };
+        f.push(binlog_filter_finding(&filters, &selected));
+    }
     f.push(table_caches(&vars, tables.len()));
     let use_now = connection_use(&mut conn)
         .await
@@ -89,6 +101,27 @@ pub(super) async fn check(
         f,
         tables.into_iter().map(|(t, _)| t).collect(),
     ))
+}
+
+/// Whether the server's binlog filters keep changes of the `selected`
+/// databases, which capture needs, out of the binary log.
+fn binlog_filter_finding(filters: &BinlogFilters, selected: &[String]) -> Finding {
+    if filters.is_empty() {
+        return Finding::ok("binlog filters", "none");
+    }
+    match filters.refusal(selected) {
+        // A backup works; capture refuses the shard.
+        Some(why) => Finding::warn(
+            "binlog filters",
+            filters.describe(),
+            format!("capture refuses this shard: {why}"),
+        ),
+        None => Finding::warn(
+            "binlog filters",
+            filters.describe(),
+            "DDL is filtered by the session's default database (USE), not the tables it names: DDL on a selected table run from a filtered database is not in the binary log, and a restore to a later point lacks it; remove the options from the server's configuration",
+        ),
+    }
 }
 
 /// Findings on the binary log and GTIDs, which capture and the cut's
