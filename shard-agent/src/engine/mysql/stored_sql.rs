@@ -83,7 +83,11 @@ pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str, ansi: bool) -
             None => return false,
         }
     }
-    let Some(rest) = kind.keywords().iter().find_map(|k| rest.strip_prefix(k)) else {
+    let rest = match kind {
+        Kind::Trigger => trigger_head(rest),
+        _ => kind.keywords().iter().find_map(|k| rest.strip_prefix(k)),
+    };
+    let Some(rest) = rest else {
         return false;
     };
     let Some((first, after)) = identifier(rest, ansi) else {
@@ -99,7 +103,32 @@ pub(super) fn creates(sql: &str, kind: Kind, db: &str, name: &str, ansi: bool) -
         Some(_) => return false,
         None => (first, after),
     };
-    found == name && (after.is_empty() || after.starts_with([' ', '(', '\n']))
+    found == name
+        && (after.is_empty() || after.starts_with(|c: char| c == '(' || c.is_ascii_whitespace()))
+}
+
+/// After a trigger's `TRIGGER` keyword, its `IF NOT EXISTS` if any, and
+/// the white space after each. `SHOW CREATE TRIGGER` writes `CREATE` and
+/// the definer itself but the rest as the trigger was created (MariaDB
+/// keeps its text from the keyword on): the keywords in the letter case
+/// they were typed in, the white space as typed (`trigger\n  tr`). Read
+/// as the exact form of the other kinds, every trigger created in lower
+/// case made its database's restore refuse the backup.
+fn trigger_head(s: &str) -> Option<&str> {
+    let mut rest = keyword(s, "TRIGGER")?;
+    if let Some(r) = keyword(rest, "IF").and_then(|r| keyword(r, "NOT")) {
+        rest = keyword(r, "EXISTS")?;
+    }
+    Some(rest)
+}
+
+/// After the keyword `word` (in any letter case) at the start of `s` and
+/// the white space that must follow it.
+fn keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
+    let head = s.get(..word.len())?;
+    let rest = &s[word.len()..];
+    let trimmed = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    (head.eq_ignore_ascii_case(word) && trimmed.len() < rest.len()).then_some(trimmed)
 }
 
 /// The first object of `schema` (of database `db`) whose statement is not
@@ -442,6 +471,27 @@ mod tests {
                 Kind::Event,
                 "e",
             ),
+            // A trigger's text after the definer is as it was typed.
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` trigger tr before insert on a for each row set new.v = upper(new.v)",
+                Kind::Trigger,
+                "tr",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` trigger if not exists tr after insert on a for each row set @x=1",
+                Kind::Trigger,
+                "tr",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` Trigger\n  `shop`.tr\tafter update on a for each row set @y=1",
+                Kind::Trigger,
+                "tr",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` TRIGGER  IF  NOT\tEXISTS `tr`\nBEFORE DELETE ON a FOR EACH ROW SET @z=1",
+                Kind::Trigger,
+                "tr",
+            ),
         ] {
             assert!(creates(sql, kind, "shop", name, false), "{sql}");
         }
@@ -491,6 +541,13 @@ mod tests {
             ("CREATE TABLE `` (a int)", Kind::Table, ""),
             ("CREATE TABLE `t", Kind::Table, "t"),
             (" CREATE TABLE `t` (a int)", Kind::Table, "t"),
+            ("CREATE TRIGGERtr BEFORE INSERT ON a", Kind::Trigger, "tr"),
+            ("CREATE TRIGGER IF EXISTS tr BEFORE", Kind::Trigger, "tr"),
+            ("CREATE TRIGGER IF NOT EXISTStr BEFORE", Kind::Trigger, "tr"),
+            ("CREATE TRIGGER tr2 BEFORE INSERT ON a", Kind::Trigger, "tr"),
+            ("CREATE TRIGGER tr;DROP DATABASE x", Kind::Trigger, "tr"),
+            ("CREATE trigger `other`.tr BEFORE", Kind::Trigger, "tr"),
+            ("CREATE table `t` (a int)", Kind::Table, "t"),
         ] {
             assert!(!creates(sql, kind, "shop", name, false), "{sql}");
         }
