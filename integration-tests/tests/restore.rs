@@ -891,7 +891,8 @@ async fn mariadb_sequences_come_back_where_they_were() {
 /// `latin1` client returns the same characters. Triggers created in lower
 /// case (`SHOW CREATE TRIGGER` keeps their text as typed) made the restore
 /// refuse the backup ("the statement of trigger modes.t_au is not the
-/// CREATE TRIGGER of it").
+/// CREATE TRIGGER of it"), and so did an aggregate function (`CREATE …
+/// AGGREGATE FUNCTION`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone() {
     let (source, target, shard, mut c) = mariadb_source_and_target(
@@ -912,6 +913,9 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
          SET SESSION sql_mode = DEFAULT, time_zone = DEFAULT; \
          create trigger if not exists modes.t_au\n  after update on modes.t for each row set @n = 1; \
          Create Trigger modes.t_bd before delete on modes.t for each row set @d = 1; \
+         CREATE AGGREGATE FUNCTION modes.total(x INT) RETURNS INT DETERMINISTIC BEGIN \
+           DECLARE s INT DEFAULT 0; DECLARE CONTINUE HANDLER FOR NOT FOUND RETURN s; \
+           LOOP FETCH GROUP NEXT ROW; SET s = s + x; END LOOP; END; \
          SET NAMES utf8mb4 COLLATE utf8mb4_bin; \
          CREATE FUNCTION modes.cased() RETURNS INT DETERMINISTIC RETURN 'a' = 'A'; \
          SET NAMES latin1; \
@@ -921,16 +925,22 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
     )
     .await;
     let answers = "SELECT modes.joined(), modes.quoted(), modes.slash(), modes.cased(), \
-                   HEX(modes.accent())";
-    type Answers = (String, String, i64, i64, String);
+                   HEX(modes.accent()), (SELECT modes.total(id) FROM modes.t)";
+    type Answers = (String, String, i64, i64, String, i64);
     let at_source: Answers = c.query_first(answers).await.unwrap().unwrap();
     assert_eq!(
-        (&at_source.0, &at_source.1, at_source.2, at_source.3),
-        (&"ab".to_string(), &"one".to_string(), 2, 0)
+        (
+            &at_source.0,
+            &at_source.1,
+            at_source.2,
+            at_source.3,
+            at_source.5
+        ),
+        (&"ab".to_string(), &"one".to_string(), 2, 0, 1)
     );
     c.disconnect().await.unwrap();
     let expected = mariadb_creation_settings(&shard).await;
-    assert_eq!(expected.len(), 9, "{expected:?}");
+    assert_eq!(expected.len(), 10, "{expected:?}");
     assert!(
         expected
             .iter()

@@ -208,9 +208,9 @@ async fn read_schema(
         return Err(AgentError::Damaged {
             shard: target.name.clone(),
             what: format!(
-                "schema file {}: the statement of {object} is not the CREATE {} of it; nothing was restored from it",
+                "schema file {}: the statement of {object} is not the {} of it; nothing was restored from it",
                 file.key,
-                kind.noun().to_uppercase()
+                kind.statement()
             ),
         });
     }

@@ -408,10 +408,10 @@ fn refused_by_restore(shard: &Shard, schema: &DatabaseSchema) -> Result<(), Agen
     let db = &schema.database;
     let what = if let Some((kind, name)) = stored_sql::first_foreign(db, schema) {
         format!(
-            "the server's SHOW CREATE of {} {} does not read as the CREATE {} of it, so a restore would refuse the backup: please report it with that statement",
+            "the server's SHOW CREATE of {} {} does not read as the {} of it, so a restore would refuse the backup: please report it with that statement",
             kind.noun(),
             qualified_name(db, None, &name),
-            kind.noun().to_uppercase()
+            kind.statement()
         )
     } else if let Some((kind, name, why)) = stored_sql::first_unsettable(schema) {
         format!(

@@ -36,9 +36,23 @@ impl Kind {
             Kind::Sequence => &["SEQUENCE "],
             Kind::Table => &["TABLE "],
             Kind::View => &["VIEW "],
-            Kind::Routine => &["PROCEDURE ", "FUNCTION "],
+            // MariaDB's aggregate functions (`FETCH GROUP NEXT ROW`).
+            Kind::Routine => &["PROCEDURE ", "FUNCTION ", "AGGREGATE FUNCTION "],
             Kind::Trigger => &["TRIGGER "],
             Kind::Event => &["EVENT "],
+        }
+    }
+
+    /// The statement that creates one, for messages.
+    pub(super) fn statement(self) -> &'static str {
+        match self {
+            Kind::Database => "CREATE DATABASE",
+            Kind::Sequence => "CREATE SEQUENCE",
+            Kind::Table => "CREATE TABLE",
+            Kind::View => "CREATE VIEW",
+            Kind::Routine => "CREATE PROCEDURE or FUNCTION",
+            Kind::Trigger => "CREATE TRIGGER",
+            Kind::Event => "CREATE EVENT",
         }
     }
 
@@ -460,6 +474,11 @@ mod tests {
                 "CREATE DEFINER=`root`@`localhost` FUNCTION `f`(x INT) RETURNS int(11)\nRETURN x*2",
                 Kind::Routine,
                 "f",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` AGGREGATE FUNCTION `agg_sum`(x int) RETURNS int(11)\nbegin end",
+                Kind::Routine,
+                "agg_sum",
             ),
             (
                 "CREATE DEFINER=`shardcut`@`127.0.0.1` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.id = NEW.id",
