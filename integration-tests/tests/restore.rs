@@ -977,3 +977,50 @@ async fn mariadb_routines_triggers_and_events_keep_their_sql_mode_and_time_zone(
     assert_eq!(v.as_deref(), Some("x!"));
     c.disconnect().await.unwrap();
 }
+
+/// A MariaDB target whose `local_infile` is off refuses the restore's
+/// `LOAD DATA LOCAL INFILE`: the restore found it at its first table,
+/// after `--overwrite` had dropped that table's database, and the target
+/// was left without it. Now it is refused before anything changes,
+/// naming the setting; with it on, the same restore is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_target_refusing_local_infile_is_refused_before_anything_changes() {
+    let (source, target, _, c) = mariadb_source_and_target(
+        "CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(8)); \
+         INSERT INTO shop.t VALUES (1, 'a'), (2, 'b')",
+    )
+    .await;
+    c.disconnect().await.unwrap();
+    let tgt = target.first_shard();
+    let mut t = db::mysql(&tgt, None).await;
+    t.query_drop(
+        "CREATE DATABASE shop; CREATE TABLE shop.kept (id INT PRIMARY KEY); \
+         INSERT INTO shop.kept VALUES (7); SET GLOBAL local_infile = OFF",
+    )
+    .await
+    .unwrap();
+    let src_path = source.topology();
+    let src = src_path.to_str().unwrap();
+    let id = support::backup_id(src).await;
+    let tgt_path = target.topology();
+    let run = restore_into(src, &id, tgt_path.to_str().unwrap(), &["--overwrite"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("the target's local_infile is off, and the restore loads rows (of shop.t and others) with LOAD DATA LOCAL INFILE: SET GLOBAL local_infile = ON")
+            && run.stderr.contains("nothing was changed"),
+        "{run:?}"
+    );
+    let kept: Vec<i64> = t.query("SELECT id FROM shop.kept").await.unwrap();
+    assert_eq!(kept, vec![7], "the target's database was left as it was");
+    t.query_drop("SET GLOBAL local_infile = ON").await.unwrap();
+    t.disconnect().await.unwrap();
+    let run = restore_into(
+        src,
+        &id,
+        tgt_path.to_str().unwrap(),
+        &["--overwrite", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+}

@@ -696,6 +696,28 @@ pub(super) async fn check_target(
             });
         }
     }
+    // Rows are loaded with LOAD DATA LOCAL INFILE, which a server with
+    // `local_infile` off refuses: found at the first table, after the
+    // databases before it were replaced.
+    let loads = source
+        .table_list
+        .iter()
+        .find(|t| t.rows > 0 && opts.selected(t) && restored.contains(&t.database));
+    if let Some(t) = loads {
+        let on: Option<String> = conn
+            .query_first("SELECT @@GLOBAL.local_infile")
+            .await
+            .map_err(query_err(target, "reading local_infile"))?;
+        if !matches!(on.as_deref(), Some("1" | "ON")) {
+            return Err(AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "the target's local_infile is off, and the restore loads rows (of {} and others) with LOAD DATA LOCAL INFILE: SET GLOBAL local_infile = ON, and put it in the server's config; nothing was changed",
+                    t.qualified()
+                ),
+            });
+        }
+    }
     exec(&mut conn, target, "setting the SQL mode", PLAIN_SQL_MODE).await?;
     // Under the plain mode: the names are quoted for it.
     for (table, (db, name)) in used.iter().filter(|(_, seq)| !created.contains(seq)) {
