@@ -1024,3 +1024,95 @@ async fn a_mariadb_target_refusing_local_infile_is_refused_before_anything_chang
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
 }
+
+/// Roles belong to the server, and a drill's scratch server or a rebuilt
+/// one often has none of the source's: a PostgreSQL database granting
+/// anything to a role the target lacked failed every restore at its
+/// pre-data ("role "app_ro" does not exist"), after the database was
+/// created. Grants, revokes and default privileges naming such roles are
+/// now left out and named in the report (a missing role holds nothing), a
+/// grant made by a missing role is made by the restoring user, and a
+/// policy naming one, whose absence would change what others may read,
+/// refuses the restore before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_privileges_naming_roles_the_target_lacks_are_left_out_by_name() {
+    let source = PrivateSandbox::up(0, 1, "ready");
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let (src, tgt) = (source.first_shard(), target.first_shard());
+    let admin = db::pg(&src, "postgres").await;
+    // One at a time: CREATE DATABASE may not run in a transaction block.
+    for sql in [
+        "CREATE DATABASE shop",
+        "CREATE ROLE app_ro; CREATE ROLE app_kept; CREATE ROLE grantor_r; CREATE ROLE app_rw",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    db::pg(&src, "shop")
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, n int); \
+             INSERT INTO t SELECT g, g FROM generate_series(1, 20) g; \
+             GRANT SELECT ON t TO app_ro; GRANT UPDATE ON t TO app_kept; \
+             GRANT USAGE ON SCHEMA public TO grantor_r; \
+             GRANT SELECT ON t TO grantor_r WITH GRANT OPTION; \
+             SET ROLE grantor_r; GRANT SELECT ON t TO app_kept; RESET ROLE; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO app_ro; \
+             ALTER TABLE t ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY p ON t TO app_rw USING (n > 5)",
+        )
+        .await
+        .unwrap();
+    let tgt_admin = db::pg(&tgt, "postgres").await;
+    tgt_admin
+        .batch_execute("CREATE ROLE app_kept")
+        .await
+        .unwrap();
+    let src_path = source.topology();
+    let src_arg = src_path.to_str().unwrap();
+    let id = support::backup_id(src_arg).await;
+    let tgt_path = target.topology();
+    let tgt_arg = tgt_path.to_str().unwrap();
+
+    let run = restore_into(src_arg, &id, tgt_arg, &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "`CREATE POLICY p ON public.t TO app_rw USING ((n > 5))` applies to role app_rw, which the target does not have"
+        ) && run.stderr.contains("nothing was changed"),
+        "{run:?}"
+    );
+    let created = tgt_admin
+        .query("SELECT 1 FROM pg_database WHERE datname = 'shop'", &[])
+        .await
+        .unwrap();
+    assert!(created.is_empty(), "nothing should have changed");
+
+    tgt_admin.batch_execute("CREATE ROLE app_rw").await.unwrap();
+    let run = restore_into(src_arg, &id, tgt_arg, &["--json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let j = run.json();
+    assert_eq!(j["quality"]["score"], 1.0, "{j}");
+    let notes = j["notes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(notes.len(), 1, "{j}");
+    let note = notes[0].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("pg-0: database shop: ")
+            && note.contains("naming role(s) the target does not have: app_ro, grantor_r;"),
+        "{note}"
+    );
+    assert!(run.stderr.contains(note), "{run:?}");
+    // What names roles the target has came back: the grants to app_kept
+    // (one made by the restoring user instead of grantor_r), the policy.
+    let c = db::pg(&tgt, "shop").await;
+    let row = c
+        .query_one(
+            "SELECT has_table_privilege('app_kept', 'public.t', 'SELECT'), \
+             has_table_privilege('app_kept', 'public.t', 'UPDATE'), \
+             (SELECT count(*) FROM pg_policies WHERE policyname = 'p' AND roles = '{app_rw}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (select, update, policies): (bool, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((select, update, policies), (true, true, 1));
+}

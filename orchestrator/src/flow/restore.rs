@@ -68,6 +68,9 @@ pub struct Outcome {
     pub failures: Vec<String>,
     /// Per shard whose captured changes were replayed: what and how fast.
     pub replays: Vec<ReplayRate>,
+    /// What the shards' restores said the DBA should know, each line
+    /// beginning with its shard.
+    pub notes: Vec<String>,
 }
 
 /// Restores what `plan` asks for into its target, replays captured
@@ -123,7 +126,8 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
     let early = mark.is_none() && plan.pause_before_verify.is_none();
 
     let started = Instant::now();
-    let (restored, mut failures) = run_restores(&m, &pairs, &opts_for, &mut verifier, early).await;
+    let (restored, mut failures, notes) =
+        run_restores(&m, &pairs, &opts_for, &mut verifier, early).await;
     let mut replays = Vec::new();
     if let Some(mark) = &mark {
         let options = ReplayOptions {
@@ -171,6 +175,7 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
         rpo,
         failures,
         replays,
+        notes,
     })
 }
 
@@ -288,15 +293,15 @@ fn expected_state(m: &Manifest, selection: &Selection, mark: Option<&Mark>) -> M
 }
 
 /// Restores every pair at once, handing each table the restore announces
-/// final to the verifier; returns the shards restored and one line per
-/// shard that failed.
+/// final to the verifier; returns the shards restored, one line per shard
+/// that failed, and the restores' notes.
 async fn run_restores(
     m: &Manifest,
     pairs: &[(String, Shard)],
     opts_for: &(dyn Fn(&str, &Shard) -> RestoreOptions + Sync),
     verifier: &mut Verifier,
     early: bool,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
     for (name, dst) in pairs {
@@ -319,6 +324,7 @@ async fn run_restores(
     drop(ready_tx);
     let mut failures = Vec::new();
     let mut restored = Vec::new();
+    let mut notes = Vec::new();
     loop {
         let joined = tokio::select! {
             Some((name, table)) = ready_rx.recv() => {
@@ -339,13 +345,17 @@ async fn run_restores(
                     done.chunks,
                     took.as_secs_f64()
                 );
+                for note in &done.notes {
+                    tracing::warn!("{name}: {note}");
+                    notes.push(format!("{name}: {note}"));
+                }
                 restored.push(name);
             }
             Ok((name, Err(e))) => failures.push(exit::shard_line(&name, &anyhow::Error::new(e))),
             Err(e) => failures.push(format!("a restore task panicked: {e}")),
         }
     }
-    (restored, failures)
+    (restored, failures, notes)
 }
 
 /// The (source shard, target shard) pairs to restore, after refusing what

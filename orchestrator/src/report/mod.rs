@@ -134,6 +134,9 @@ pub fn outcome_document(o: &crate::flow::restore::Outcome, kind: &str) -> serde_
     if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
         obj.insert("replay".into(), json!(o.replays));
     }
+    if let (false, Some(obj)) = (o.notes.is_empty(), doc.as_object_mut()) {
+        obj.insert("notes".into(), json!(o.notes));
+    }
     doc
 }
 

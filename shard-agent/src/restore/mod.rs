@@ -124,6 +124,10 @@ pub struct ShardRestore {
     pub databases: Vec<String>,
     pub tables: usize,
     pub chunks: usize,
+    /// What the DBA should know of what was restored, one line each (on
+    /// PostgreSQL, privileges left out that name roles the target lacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Refuses a database the backup names that is one of the target

@@ -16,6 +16,7 @@ mod exclusions;
 mod guard;
 mod matviews;
 pub(crate) mod preflight;
+mod privileges;
 mod readback;
 pub(crate) mod replay;
 mod restore;

@@ -12,6 +12,7 @@ use topology::Shard;
 use super::binary_copy;
 use super::binary_load::{self, BinaryLoad};
 use super::preflight::SYSTEM_DATABASES;
+use super::privileges::{self, LeftOut, Roles};
 use super::restore_post::{Build, PostData};
 use super::{ident, partitioned_tables, pg_err, reader};
 use crate::bundle::reading_order;
@@ -32,11 +33,14 @@ pub(super) async fn restore(
 ) -> Result<ShardRestore, AgentError> {
     check_schema_files(source, &target.name, opts).await?;
     let mut done = ShardRestore::default();
+    let roles = target_roles(target).await?;
     for db in databases(source, opts) {
         prepare_database(target, &db, opts.overwrite).await?;
         done.databases.push(db.clone());
-        run_section(source, target, opts, &db, "pre-data").await?;
-        let post = Arc::new(post_data(source, target, opts, &db).await?);
+        let mut left = run_section(source, target, opts, &db, "pre-data", &roles).await?;
+        let (post, post_left) = post_data(source, target, opts, &db, &roles).await?;
+        left.add(post_left);
+        let post = Arc::new(post);
         let began = std::time::Instant::now();
         let chunked = load_data(source, target, opts, &db, &post).await?;
         let loaded = began.elapsed();
@@ -52,7 +56,8 @@ pub(super) async fn restore(
             loaded.as_secs_f64(),
             (began.elapsed() - loaded).as_secs_f64()
         );
-        run_section(source, target, opts, &db, "sequences").await?;
+        left.add(run_section(source, target, opts, &db, "sequences", &roles).await?);
+        done.notes.extend(left.note(&db));
         // Refreshed from the restored tables: those of a database restored
         // whole, none of one restored in part (its views may read tables
         // left out).
@@ -118,15 +123,16 @@ pub(super) async fn check_target(
     target: &Shard,
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
+    let roles = target_roles(target).await?;
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
         // Every schema file is read and checked before anything changes.
         for section in ["pre-data", "sequences"] {
             for f in schema_files(source, &db, section) {
-                section_sql(f, target, opts).await?;
+                section_sql(f, target, opts, &roles).await?;
             }
         }
-        post_data(source, target, opts, &db).await?;
+        post_data(source, target, opts, &db, &roles).await?;
         for f in schema_files(source, &db, "matviews") {
             refreshes_sql(f, target, opts).await?;
         }
@@ -163,20 +169,40 @@ async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<()
 
 /// A section's SQL with ownership statements left out (as
 /// `pg_restore --no-owner` does): objects belong to the restoring user,
-/// since the source's roles need not exist on the target.
+/// since the source's roles need not exist on the target. Privileges
+/// naming roles the target lacks are left out too, and what was
+/// ([`privileges::known_roles_only`]); a policy naming one is refused.
 async fn section_sql(
     f: &crate::manifest::StoredFile,
     target: &Shard,
     opts: &RestoreOptions,
-) -> Result<String, AgentError> {
+    roles: &Roles,
+) -> Result<(String, LeftOut), AgentError> {
     let sql = load_checked(opts, &f.into(), &target.name).await?;
-    schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
+    let sql = schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
         shard: target.name.clone(),
         what: format!(
             "schema file {}: {what}; nothing was restored from it",
             f.key
         ),
+    })?;
+    privileges::known_roles_only(&sql, roles).map_err(|why| AgentError::Tool {
+        shard: target.name.clone(),
+        what: format!("schema file {}: {why}; nothing was changed", f.key),
     })
+}
+
+/// The target's roles, which privileges in the schema may name.
+async fn target_roles(target: &Shard) -> Result<Roles, AgentError> {
+    let admin = connect::postgres(target, None, TIMEOUT).await?;
+    let rows = admin
+        .query("SELECT rolname::text FROM pg_roles", &[])
+        .await
+        .map_err(pg_err(target, "listing the target's roles"))?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<Result<Roles, _>>()
+        .map_err(pg_err(target, "listing the target's roles"))
 }
 
 /// The statements of a materialized-view file, checked line by line
@@ -384,10 +410,13 @@ async fn post_data(
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
-) -> Result<PostData, AgentError> {
-    let (mut sql, mut keys) = (String::new(), Vec::new());
+    roles: &Roles,
+) -> Result<(PostData, LeftOut), AgentError> {
+    let (mut sql, mut keys, mut left) = (String::new(), Vec::new(), LeftOut::default());
     for f in schema_files(source, db, "post-data") {
-        sql.push_str(&section_sql(f, target, opts).await?);
+        let (part, part_left) = section_sql(f, target, opts, roles).await?;
+        sql.push_str(&part);
+        left.add(part_left);
         keys.push(f.key.as_str());
     }
     let plan = PostData::plan(&sql);
@@ -408,22 +437,25 @@ async fn post_data(
             });
         }
     }
-    Ok(plan)
+    Ok((plan, left))
 }
 
-/// Runs a pg_dump section through the server.
+/// Runs a pg_dump section through the server; what it left out.
 async fn run_section(
     source: &ShardManifest,
     target: &Shard,
     opts: &RestoreOptions,
     db: &str,
     section: &str,
-) -> Result<(), AgentError> {
+    roles: &Roles,
+) -> Result<LeftOut, AgentError> {
+    let mut left = LeftOut::default();
     for f in schema_files(source, db, section) {
-        let sql = section_sql(f, target, opts).await?;
+        let (sql, part_left) = section_sql(f, target, opts, roles).await?;
         run_sql(target, db, &sql, section).await?;
+        left.add(part_left);
     }
-    Ok(())
+    Ok(left)
 }
 
 /// Runs schema SQL on `db` through the server, all of it or nothing (one

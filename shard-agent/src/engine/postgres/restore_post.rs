@@ -153,7 +153,7 @@ fn split_objects(sql: &str) -> (String, Vec<(String, String)>) {
 /// A token of an SQL statement: a bare word, a quoted identifier
 /// (unquoted), or one punctuation character.
 #[derive(Debug, PartialEq)]
-enum Token {
+pub(super) enum Token {
     Word(String),
     Quoted(String),
     Punct(char),
@@ -161,7 +161,7 @@ enum Token {
 
 /// Tokens of the statement in `block`, comment lines left out; stops at
 /// the first string literal (nothing before it needs one).
-fn tokens(block: &str) -> Vec<Token> {
+pub(super) fn tokens(block: &str) -> Vec<Token> {
     let sql: String = block
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
@@ -204,13 +204,13 @@ fn tokens(block: &str) -> Vec<Token> {
     out
 }
 
-fn is_word(t: Option<&Token>, w: &str) -> bool {
+pub(super) fn is_word(t: Option<&Token>, w: &str) -> bool {
     matches!(t, Some(Token::Word(x)) if x.eq_ignore_ascii_case(w))
 }
 
 /// An identifier's name: quoted as written, bare folded to lower case (as
 /// the server reads it).
-fn ident(t: Option<&Token>) -> Option<String> {
+pub(super) fn ident(t: Option<&Token>) -> Option<String> {
     match t? {
         Token::Quoted(s) => Some(s.clone()),
         Token::Word(w) => Some(w.to_lowercase()),
