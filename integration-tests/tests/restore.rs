@@ -1116,3 +1116,42 @@ async fn postgres_privileges_naming_roles_the_target_lacks_are_left_out_by_name(
     let (select, update, policies): (bool, bool, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((select, update, policies), (true, true, 1));
 }
+
+/// MariaDB creates a view, routine, trigger or event whose definer the
+/// server lacks, and then refuses every use of it: a trigger's, every
+/// write to its table. A restore into a server without the source's
+/// accounts scored Q = 1 and said nothing, while the application's
+/// inserts failed ("The user specified as a definer ('app'@'%') does not
+/// exist"). The restore now names each missing definer and its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_restore_names_definers_the_target_lacks() {
+    let (source, target, _, c) = mariadb_source_and_target(
+        "CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(8)); \
+         INSERT INTO shop.t VALUES (1, 'a'); CREATE USER 'app'@'%'; \
+         GRANT ALL ON shop.* TO 'app'@'%'; \
+         CREATE DEFINER = 'app'@'%' TRIGGER shop.t_bi BEFORE INSERT ON shop.t \
+           FOR EACH ROW SET NEW.v = UPPER(NEW.v); \
+         CREATE DEFINER = 'app'@'%' VIEW shop.v AS SELECT id FROM shop.t; \
+         CREATE VIEW shop.mine AS SELECT v FROM shop.t",
+    )
+    .await;
+    c.disconnect().await.unwrap();
+    let (j, restored) = backed_up_and_restored(&source, &target).await;
+    let notes = j["notes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        notes,
+        vec![serde_json::json!(
+            "mysql-0: definer 'app'@'%' of view shop.v, trigger shop.t_bi does not exist on the target, which refuses every use of them until it does (a trigger's, every write to its table): create that account (or role) with its grants"
+        )],
+        "{j}"
+    );
+    // What the note is about: the target refuses the writes.
+    let mut t = db::mysql(&restored, None).await;
+    let refused = t
+        .query_drop("INSERT INTO shop.t VALUES (2, 'b')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("definer"), "{refused}");
+    t.disconnect().await.unwrap();
+}

@@ -14,7 +14,9 @@ use super::restore_keys::split_secondary_keys;
 use super::schema::{sequence_state, DatabaseSchema, Object};
 use super::sql::number;
 use super::sql::{ident, query_err, quote_literal, PLAIN_SQL_MODE, SYSTEM_DATABASES};
-use super::stored_sql::{creation_settings, first_foreign, first_unsettable, one_statement, Kind};
+use super::stored_sql::{
+    creation_settings, definer_of, first_foreign, first_unsettable, one_statement, Kind,
+};
 use crate::bundle::reading_order;
 use crate::connect;
 use crate::error::AgentError;
@@ -551,8 +553,66 @@ pub(super) async fn restore(
         schemas.push((db, schema));
     }
     create_objects(&mut control, source, target, opts, &schemas).await?;
+    done.notes = missing_definers(&mut control, source, opts, &schemas).await;
     drop(control.disconnect().await);
     Ok(done)
+}
+
+/// One note per definer of the views, routines, triggers and events the
+/// restore created that the target does not have: MariaDB creates them
+/// anyway, and then refuses every use of them ("The user specified as a
+/// definer does not exist"): a trigger's, every write to its table. A
+/// definer the restore's user may not look up is passed over.
+async fn missing_definers(
+    control: &mut Conn,
+    source: &ShardManifest,
+    opts: &RestoreOptions,
+    schemas: &[(String, DatabaseSchema)],
+) -> Vec<String> {
+    let mut by_definer: std::collections::BTreeMap<(String, Option<String>), Vec<String>> =
+        Default::default();
+    for (db, s) in schemas {
+        let groups = [
+            (Kind::View, &s.views),
+            (Kind::Routine, &s.routines),
+            (Kind::Trigger, &s.triggers),
+            (Kind::Event, &s.events),
+        ];
+        for (kind, objects) in groups {
+            for o in objects.iter().filter(|o| wanted(source, opts, db, o)) {
+                if let Some(definer) = definer_of(kind, o) {
+                    by_definer.entry(definer).or_default().push(format!(
+                        "{} {}",
+                        kind.noun(),
+                        qualified_name(db, None, &o.name)
+                    ));
+                }
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    for ((user, host), objects) in by_definer {
+        let account = match &host {
+            Some(h) => format!("{}@{}", quote_literal(&user), quote_literal(h)),
+            None => quote_literal(&user),
+        };
+        // The grants themselves are not kept (they may show a password
+        // hash): only whether the account is there.
+        let missing = match control
+            .query_drop(format!("SHOW GRANTS FOR {account}"))
+            .await
+        {
+            Err(mysql_async::Error::Server(e)) => e.code == 1141,
+            _ => false,
+        };
+        if missing {
+            notes.push(format!(
+                "definer {account} of {} does not exist on the target, which refuses every use of them until it does (a trigger's, every write to its table): create that account (or role) with its grants",
+                objects.join(", ")
+            ));
+        }
+    }
+    notes
 }
 
 /// Whether the target holds sequence `db`.`name`.

@@ -145,6 +145,28 @@ fn keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
     (head.eq_ignore_ascii_case(word) && trimmed.len() < rest.len()).then_some(trimmed)
 }
 
+/// The definer `SHOW CREATE` wrote at the head of the statement of `o`, a
+/// `kind` (a view, routine, trigger or event): its user and, unless it is
+/// a role, its host.
+pub(super) fn definer_of(kind: Kind, o: &Object) -> Option<(String, Option<String>)> {
+    let ansi = matches!(kind, Kind::Routine | Kind::Trigger | Kind::Event) && ansi_quotes(o);
+    let mut rest = o.sql.strip_prefix("CREATE ")?;
+    loop {
+        if let Some(r) = rest.strip_prefix("ALGORITHM=") {
+            rest = after_word(r)?;
+        } else if let Some(r) = rest.strip_prefix("SQL SECURITY ") {
+            rest = after_word(r)?;
+        } else {
+            let (user, after) = identifier(rest.strip_prefix("DEFINER=")?, ansi)?;
+            let host = after
+                .strip_prefix('@')
+                .and_then(|h| identifier(h, ansi))
+                .map(|(h, _)| h);
+            return Some((user, host));
+        }
+    }
+}
+
 /// The first object of `schema` (of database `db`) whose statement is not
 /// the `CREATE` of its kind and name: its kind and name.
 pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, String)> {
@@ -535,6 +557,27 @@ mod tests {
             first_foreign("shop", &schema),
             Some((Kind::Routine, "j\"k".into()))
         );
+    }
+
+    #[test]
+    fn definers_are_read_from_the_head_of_the_statement() {
+        let object = |sql: &str| Object {
+            name: "x".into(),
+            sql: sql.into(),
+            ..Object::default()
+        };
+        let view = object("CREATE ALGORITHM=UNDEFINED DEFINER=`app``def`@`%` SQL SECURITY DEFINER VIEW `v` AS select 1");
+        assert_eq!(
+            definer_of(Kind::View, &view),
+            Some(("app`def".into(), Some("%".into())))
+        );
+        let role = object("CREATE DEFINER=`a role` EVENT `e` ON SCHEDULE EVERY 1 DAY DO SELECT 1");
+        assert_eq!(
+            definer_of(Kind::Event, &role),
+            Some(("a role".into(), None))
+        );
+        let none = object("CREATE TABLE `t` (a int)");
+        assert_eq!(definer_of(Kind::Table, &none), None);
     }
 
     #[test]
