@@ -1088,7 +1088,9 @@ async fn postgres_privileges_naming_roles_the_target_lacks_are_left_out_by_name(
     assert!(created.is_empty(), "nothing should have changed");
 
     tgt_admin.batch_execute("CREATE ROLE app_rw").await.unwrap();
-    let run = restore_into(src_arg, &id, tgt_arg, &["--json"]).await;
+    let report = tempfile::tempdir().unwrap();
+    let report_arg = report.path().to_str().unwrap();
+    let run = restore_into(src_arg, &id, tgt_arg, &["--json", "--report", report_arg]).await;
     assert_eq!(run.code, 0, "{run:?}");
     let j = run.json();
     assert_eq!(j["quality"]["score"], 1.0, "{j}");
@@ -1101,6 +1103,12 @@ async fn postgres_privileges_naming_roles_the_target_lacks_are_left_out_by_name(
         "{note}"
     );
     assert!(run.stderr.contains(note), "{run:?}");
+    let page = std::fs::read_to_string(report.path().join("report.html")).unwrap();
+    assert!(
+        page.contains("To know about this restore")
+            && page.contains("naming role(s) the target does not have: app_ro, grantor_r;"),
+        "the report page shows the note"
+    );
     // What names roles the target has came back: the grants to app_kept
     // (one made by the restoring user instead of grantor_r), the policy.
     let c = db::pg(&tgt, "shop").await;

@@ -129,12 +129,7 @@ pub fn parse_map(text: &str) -> Result<(String, String), String> {
 /// follows Q, except that a failed restore step is an operational failure
 /// (exit 1).
 pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> anyhow::Result<u8> {
-    let run = Run {
-        kind,
-        rto_seconds: Some(o.rto),
-        rpo_seconds: o.rpo,
-        failures: &o.failures,
-    };
+    let run = Run::of(&o, kind);
     let doc = outcome_document(&o, kind);
     if json {
         exit::emit(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;

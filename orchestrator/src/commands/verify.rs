@@ -67,6 +67,7 @@ impl Verify {
             rto_seconds: None,
             rpo_seconds: c.rpo,
             failures: &[],
+            notes: &[],
         };
         let doc = full_report(&c.m, &c.tables, c.q, &c.per_shard, &run);
         if self.json {

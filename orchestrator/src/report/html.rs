@@ -78,6 +78,23 @@ fn failed(run: &Run<'_>) -> String {
     )
 }
 
+/// What the restores said the DBA should know, after any failure.
+fn noted(run: &Run<'_>) -> String {
+    if run.notes.is_empty() {
+        return String::new();
+    }
+    let items: String = run
+        .notes
+        .iter()
+        .map(|n| format!("<li>{}</li>", esc(n)))
+        .collect();
+    format!(
+        "<div class='notes' style='background:#fff8e1;border:2px solid #f9a825;padding:0.5em 1em'>\
+         <strong>To know about this {}</strong><ul>{items}</ul></div>",
+        esc(run.kind)
+    )
+}
+
 pub fn page(
     m: &Manifest,
     tables: &[TableResult],
@@ -138,7 +155,7 @@ pub fn page(
          table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}\
          tr.bad td{{background:#ffebee}} .facts td:first-child{{color:#666}}</style></head><body>\
          <h1>shardcut {kind} report: cluster {cluster}</h1>\
-         {failed}<div>Recovery quality Q</div><div class='score'>{score:.4}</div>\
+         {failed}{noted}<div>Recovery quality Q</div><div class='score'>{score:.4}</div>\
          <div>recovered {rec:.4} × complete {com:.4} × available {ava:.4}</div>\
          <h2>Facts</h2><table class='facts'>\
          <tr><td>backup</td><td>{id}</td></tr><tr><td>cut taken at</td><td>{taken}</td></tr>\
@@ -150,6 +167,7 @@ pub fn page(
          </body></html>\n",
         kind = esc(run.kind),
         failed = failed(run),
+        noted = noted(run),
         cluster = esc(&m.cluster),
         col = colour(q.score),
         score = q.score,

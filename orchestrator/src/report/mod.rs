@@ -107,6 +107,9 @@ pub fn full_report(
         }
         obj.insert("kind".into(), json!(run.kind));
         obj.insert("failures".into(), json!(run.failures));
+        if !run.notes.is_empty() {
+            obj.insert("notes".into(), json!(run.notes));
+        }
         obj.insert("rpo_seconds".into(), json!(run.rpo_seconds));
         obj.insert("write_block_ms".into(), json!(m.cut.write_block_ms));
         obj.insert(
@@ -124,31 +127,16 @@ pub fn full_report(
 /// The document a restore or drill prints with `--json`: the report with
 /// the replay figures, if changes were replayed.
 pub fn outcome_document(o: &crate::flow::restore::Outcome, kind: &str) -> serde_json::Value {
-    let run = Run {
-        kind,
-        rto_seconds: Some(o.rto),
-        rpo_seconds: o.rpo,
-        failures: &o.failures,
-    };
-    let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &run);
+    let mut doc = full_report(&o.m, &o.tables, o.q, &o.per_shard, &Run::of(o, kind));
     if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
         obj.insert("replay".into(), json!(o.replays));
-    }
-    if let (false, Some(obj)) = (o.notes.is_empty(), doc.as_object_mut()) {
-        obj.insert("notes".into(), json!(o.notes));
     }
     doc
 }
 
 /// The report page of a restore or drill.
 pub fn outcome_page(o: &crate::flow::restore::Outcome, kind: &str) -> String {
-    let run = Run {
-        kind,
-        rto_seconds: Some(o.rto),
-        rpo_seconds: o.rpo,
-        failures: &o.failures,
-    };
-    html::page(&o.m, &o.tables, o.q, &o.per_shard, &run)
+    html::page(&o.m, &o.tables, o.q, &o.per_shard, &Run::of(o, kind))
 }
 
 /// Why a restore or drill did not succeed: shards whose restore failed,

@@ -11,4 +11,20 @@ pub struct Run<'a> {
     /// views or post-data after the rows were loaded): the rows may still
     /// verify with Q = 1, but the run did not succeed.
     pub failures: &'a [String],
+    /// What the restores said the DBA should know (privileges left out,
+    /// missing definers), one line each beginning with its shard.
+    pub notes: &'a [String],
+}
+
+impl<'a> Run<'a> {
+    /// The figures of a restore or drill.
+    pub fn of(o: &'a crate::flow::restore::Outcome, kind: &'a str) -> Self {
+        Run {
+            kind,
+            rto_seconds: Some(o.rto),
+            rpo_seconds: o.rpo,
+            failures: &o.failures,
+            notes: &o.notes,
+        }
+    }
 }
