@@ -168,7 +168,7 @@ async fn backup_matches_every_source_table() {
             let sections: Vec<&str> = sm.schema.iter().map(|f| f.section.as_str()).collect();
             assert_eq!(
                 sections,
-                vec!["pre-data", "post-data", "sequences"],
+                vec!["pre-data", "post-data", "sequences", "properties"],
                 "{name}"
             );
         }
@@ -184,6 +184,9 @@ async fn backup_matches_every_source_table() {
                 }
                 Engine::Postgres if f.section == "pre-data" => {
                     assert!(text.contains("CREATE TABLE public.orders"), "{}", f.key)
+                }
+                Engine::Postgres if f.section == "properties" => {
+                    assert!(text.contains("\"encoding\":\"UTF8\""), "{}: {text}", f.key)
                 }
                 Engine::Postgres if f.section == "sequences" => {
                     assert!(

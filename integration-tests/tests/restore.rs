@@ -1163,3 +1163,110 @@ async fn a_mariadb_restore_names_definers_the_target_lacks() {
     assert!(refused.contains("definer"), "{refused}");
     t.disconnect().await.unwrap();
 }
+
+/// A PostgreSQL database comes back with its own encoding, collation and
+/// character classes, its ICU locale, its settings and its comment: the
+/// restore created every database with the target's defaults, so one in
+/// LATIN1 came back in UTF8, one sorting by an ICU locale sorted by
+/// another (`b, B` where the source has `B, b`), and one whose
+/// applications found their tables by its `search_path` came back
+/// without it, all with Q = 1. Replacing a database (`--overwrite`) goes
+/// through a new one put in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_databases_keep_their_encoding_locale_settings_and_comment() {
+    let source = PrivateSandbox::up(0, 1, "ready");
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let (src, tgt) = (source.first_shard(), target.first_shard());
+    let admin = db::pg(&src, "postgres").await;
+    for sql in [
+        "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        "CREATE DATABASE sorted TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' ENCODING 'UTF8'",
+        "ALTER DATABASE sorted SET search_path = app, public",
+        "ALTER DATABASE sorted SET work_mem = '64MB'",
+        "COMMENT ON DATABASE sorted IS 'the app''s'",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    db::pg(&src, "latin")
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, s text); INSERT INTO t VALUES (1, 'Grüße')",
+        )
+        .await
+        .unwrap();
+    db::pg(&src, "sorted")
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.t (id int PRIMARY KEY, s text); \
+             INSERT INTO app.t VALUES (1, 'b'), (2, 'B'), (3, 'a'), (4, 'ä')",
+        )
+        .await
+        .unwrap();
+    // The target holds a database of that name already: it is replaced.
+    db::pg(&tgt, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE sorted")
+        .await
+        .unwrap();
+    let src_path = source.topology();
+    let id = support::backup_id(src_path.to_str().unwrap()).await;
+    let run = restore_into(
+        src_path.to_str().unwrap(),
+        &id,
+        target.topology().to_str().unwrap(),
+        &["--json", "--overwrite"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+
+    let properties =
+        "SELECT datname::text, pg_encoding_to_char(encoding)::text, datcollate::text, \
+        datctype::text, datlocprovider::text, COALESCE(daticulocale, '')::text, \
+        COALESCE((SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting \
+                  WHERE setdatabase = d.oid AND setrole = 0), ''), \
+        COALESCE(shobj_description(d.oid, 'pg_database'), '') \
+        FROM pg_database d WHERE datname IN ('latin', 'sorted') ORDER BY 1";
+    type Props = Vec<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    )>;
+    let read = |c: tokio_postgres::Client| async move {
+        let rows = c.query(properties, &[]).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                )
+            })
+            .collect::<Props>()
+    };
+    let at_source = read(admin).await;
+    assert_eq!(at_source[0].1, "LATIN1");
+    assert_eq!(at_source[1].5, "de-DE");
+    assert_eq!(read(db::pg(&tgt, "postgres").await).await, at_source);
+    // The settings work: the table is found by the search_path, sorted
+    // by the ICU locale.
+    let order: Vec<String> = db::pg(&tgt, "sorted")
+        .await
+        .query("SELECT s FROM t ORDER BY s", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, ["a", "ä", "b", "B"]);
+}

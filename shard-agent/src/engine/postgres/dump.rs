@@ -65,6 +65,10 @@ impl Session {
             let (sequences, states) = sequence_values(&db.snap, &shard, &db.name).await?;
             manifest.sequences.extend(states);
             let refreshes = super::matviews::refreshes(&db.snap, &shard, &db.name).await?;
+            let properties = super::properties::read(&db.snap).await.map_err(pg_err(
+                &shard,
+                &format!("reading the properties of database {}", db.name),
+            ))?;
             self.check_tables_at_cut(db).await?;
             // The schema (pg_dump in the exported snapshot, 150 ms before
             // the first row when run ahead of the data) is dumped while the
@@ -153,6 +157,21 @@ impl Session {
                     .await?,
                 );
             }
+            let properties = serde_json::to_vec(&properties).map_err(|e| AgentError::Tool {
+                shard: shard.name.clone(),
+                what: format!("writing the properties of database {}: {e}", db.name),
+            })?;
+            manifest.schema.push(
+                store_schema(
+                    opts,
+                    &shard.name,
+                    schema_key("properties").replace(".sql.zst", ".json.zst"),
+                    properties,
+                    "properties",
+                    &db.name,
+                )
+                .await?,
+            );
             collect(&mut manifest, &db.name, &tables, results);
         }
         manifest.bundles = finish_bundles(opts, &shard.name).await?;

@@ -17,6 +17,7 @@ mod guard;
 mod matviews;
 pub(crate) mod preflight;
 mod privileges;
+mod properties;
 mod readback;
 pub(crate) mod replay;
 mod restore;

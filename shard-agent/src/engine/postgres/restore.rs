@@ -13,6 +13,7 @@ use super::binary_copy;
 use super::binary_load::{self, BinaryLoad};
 use super::preflight::SYSTEM_DATABASES;
 use super::privileges::{self, LeftOut, Roles};
+use super::properties::DatabaseProperties;
 use super::restore_post::{Build, PostData};
 use super::{ident, partitioned_tables, pg_err, reader};
 use crate::bundle::reading_order;
@@ -35,7 +36,8 @@ pub(super) async fn restore(
     let mut done = ShardRestore::default();
     let roles = target_roles(target).await?;
     for db in databases(source, opts) {
-        prepare_database(target, &db, opts.overwrite).await?;
+        let properties = database_properties(source, target, opts, &db).await?;
+        prepare_database(target, &db, opts.overwrite, properties.as_ref()).await?;
         done.databases.push(db.clone());
         let mut left = run_section(source, target, opts, &db, "pre-data", &roles).await?;
         let (post, post_left) = post_data(source, target, opts, &db, &roles).await?;
@@ -68,6 +70,12 @@ pub(super) async fn restore(
             }
         }
         drop_unselected(source, target, opts, &db).await?;
+        // Last: a setting may keep the restore's own sessions from writing
+        // (`default_transaction_read_only`).
+        if let Some(p) = &properties {
+            let admin = connect::postgres(target, None, TIMEOUT).await?;
+            done.notes.extend(p.apply(&admin, &db).await);
+        }
         done.tables += source
             .table_list
             .iter()
@@ -126,6 +134,7 @@ pub(super) async fn check_target(
     let roles = target_roles(target).await?;
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
+        database_properties(source, target, opts, &db).await?;
         // Every schema file is read and checked before anything changes.
         for section in ["pre-data", "sequences"] {
             for f in schema_files(source, &db, section) {
@@ -146,22 +155,91 @@ pub(super) async fn check_target(
     Ok(())
 }
 
-/// Replaces (the caller checked `overwrite`) or creates `db` empty.
-async fn prepare_database(shard: &Shard, db: &str, overwrite: bool) -> Result<(), AgentError> {
+/// The properties of `db` the backup holds (encoding, locale, settings,
+/// comment), checked to make a `CREATE DATABASE`; `None` in a backup from
+/// before they were kept.
+async fn database_properties(
+    source: &ShardManifest,
+    target: &Shard,
+    opts: &RestoreOptions,
+    db: &str,
+) -> Result<Option<DatabaseProperties>, AgentError> {
+    let Some(f) = schema_files(source, db, "properties").into_iter().next() else {
+        return Ok(None);
+    };
+    let raw = load_checked(opts, &f.into(), &target.name).await?;
+    let damaged = |what: String| AgentError::Damaged {
+        shard: target.name.clone(),
+        what: format!(
+            "schema file {}: {what}; nothing was restored from it",
+            f.key
+        ),
+    };
+    let p: DatabaseProperties =
+        serde_json::from_slice(&raw).map_err(|e| damaged(format!("not readable ({e})")))?;
+    p.create_options().map_err(damaged)?;
+    Ok(Some(p))
+}
+
+/// Replaces (the caller checked `overwrite`) or creates `db` empty, with
+/// the encoding and locale of `properties` when the backup holds them.
+/// Replacing, the new database is created under another name first, then
+/// put in place of the old: a target that refuses the source's encoding
+/// or locale (one its host lacks) fails the restore with the old database
+/// still there.
+async fn prepare_database(
+    shard: &Shard,
+    db: &str,
+    overwrite: bool,
+    properties: Option<&DatabaseProperties>,
+) -> Result<(), AgentError> {
     refuse_system_database(shard, db, SYSTEM_DATABASES)?;
     let (exists, objects) = inspect(shard, db).await?;
     if objects > 0 && !overwrite {
         return Err(refusal(shard, db, objects));
     }
+    let options = match properties {
+        Some(p) => p.create_options().map_err(|what| AgentError::Tool {
+            shard: shard.name.clone(),
+            what: format!("database {db}: {what}"),
+        })?,
+        None => String::new(),
+    };
     let admin = connect::postgres(shard, None, TIMEOUT).await?;
-    if exists {
-        admin
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(db)))
-            .await
-            .map_err(pg_err(shard, &format!("dropping database {db}")))?;
+    let creating = |name: &str| format!("CREATE DATABASE {}{options}", ident(name));
+    let refused = |e: tokio_postgres::Error| {
+        AgentError::Tool {
+        shard: shard.name.clone(),
+        what: format!(
+            "creating database {db} with the source's encoding and locale ({}) failed: {}; install that locale on the target's host, or restore into a server that has it",
+            options.trim(),
+            crate::error::one_line(&e)
+        ),
     }
+    };
+    if !exists {
+        return admin.batch_execute(&creating(db)).await.map_err(refused);
+    }
+    let staged = format!("shardcut-restore-{}", std::process::id());
+    drop(
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&staged)))
+            .await,
+    );
     admin
-        .batch_execute(&format!("CREATE DATABASE {}", ident(db)))
+        .batch_execute(&creating(&staged))
+        .await
+        .map_err(refused)?;
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(db)))
+        .await
+        .map_err(pg_err(shard, &format!("dropping database {db}")))?;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(&staged),
+            ident(db)
+        ))
         .await
         .map_err(pg_err(shard, &format!("creating database {db}")))?;
     Ok(())
