@@ -63,35 +63,36 @@ fn bars(rows: &[(String, f64, String)], width: u32, scored: bool) -> String {
 /// What failed, first on the page: rows that verify do not make a run
 /// that failed a success.
 fn failed(run: &Run<'_>) -> String {
-    if run.failures.is_empty() {
-        return String::new();
-    }
-    let items: String = run
-        .failures
-        .iter()
-        .map(|f| format!("<li>{}</li>", esc(f)))
-        .collect();
-    format!(
-        "<div class='failed' style='background:#ffebee;border:2px solid #c62828;padding:0.5em 1em'>\
-         <strong>The {} failed</strong><ul>{items}</ul></div>",
-        esc(run.kind)
+    boxed(
+        ("failed", "#ffebee", "#c62828"),
+        &format!("The {} failed", run.kind),
+        run.failures,
     )
 }
 
 /// What the restores said the DBA should know, after any failure.
 fn noted(run: &Run<'_>) -> String {
-    if run.notes.is_empty() {
+    boxed(
+        ("notes", "#fff8e1", "#f9a825"),
+        &format!("To know about this {}", run.kind),
+        run.notes,
+    )
+}
+
+/// `lines` as a list under `title` in a box of class `class` with its
+/// background and border colours; nothing when there are none.
+fn boxed((class, background, border): (&str, &str, &str), title: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
         return String::new();
     }
-    let items: String = run
-        .notes
+    let items: String = lines
         .iter()
-        .map(|n| format!("<li>{}</li>", esc(n)))
+        .map(|l| format!("<li>{}</li>", esc(l)))
         .collect();
     format!(
-        "<div class='notes' style='background:#fff8e1;border:2px solid #f9a825;padding:0.5em 1em'>\
-         <strong>To know about this {}</strong><ul>{items}</ul></div>",
-        esc(run.kind)
+        "<div class='{class}' style='background:{background};border:2px solid {border};padding:0.5em 1em'>\
+         <strong>{}</strong><ul>{items}</ul></div>",
+        esc(title)
     )
 }
 

@@ -319,24 +319,25 @@ async fn cover_new_tables(
             );
         }
     }
-    for t in &no_identity {
-        if !state.unpublished.contains(&t.qualified) {
-            tracing::warn!(
-                "{}: table {} has no primary key or replica identity and is not captured: restores to a point after a backup holding it are refused until it has one",
-                shard.name,
-                t.qualified
-            );
-            state.unpublished.push(t.qualified.clone());
-        }
-    }
-    for t in &unlogged {
-        if !state.unlogged.contains(&t.qualified) {
-            tracing::warn!(
-                "{}: table {} is unlogged and is not captured (PostgreSQL writes no WAL for it): restores to a point after a backup holding it are refused until it is made logged (ALTER TABLE … SET LOGGED)",
-                shard.name,
-                t.qualified
-            );
-            state.unlogged.push(t.qualified.clone());
+    // Each named once, when it is first left out.
+    let uncaptured = [
+        (
+            &no_identity,
+            &mut state.unpublished,
+            "has no primary key or replica identity and is not captured: restores to a point after a backup holding it are refused until it has one",
+        ),
+        (
+            &unlogged,
+            &mut state.unlogged,
+            "is unlogged and is not captured (PostgreSQL writes no WAL for it): restores to a point after a backup holding it are refused until it is made logged (ALTER TABLE … SET LOGGED)",
+        ),
+    ];
+    for (tables, list, why) in uncaptured {
+        for t in tables.iter() {
+            if !list.contains(&t.qualified) {
+                tracing::warn!("{}: table {} {why}", shard.name, t.qualified);
+                list.push(t.qualified.clone());
+            }
         }
     }
     // A table gone (dropped) is no longer waiting.
