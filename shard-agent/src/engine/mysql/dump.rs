@@ -15,6 +15,7 @@ use topology::{Engine, Shard};
 use super::reader::{protocol_for, Protocol, Reader};
 use super::schema::database_schema;
 use super::sql::ident;
+use super::stored_sql::restore_refusal;
 use super::value::decode_line;
 use super::{db_err, dump_workers, tables_per_snapshot, Session, Table};
 use crate::dump::chunk::{ChunkError, ChunkWriter, Scratch};
@@ -205,6 +206,12 @@ async fn schema_files(
             .map(|(_, name)| name.as_str())
             .collect();
         let schema = database_schema(control, shard, db, &sequences_in_db, &in_db).await?;
+        if let Some(what) = restore_refusal(&schema) {
+            return Err(AgentError::Tool {
+                shard: shard.name.clone(),
+                what,
+            });
+        }
         let raw = serde_json::to_vec_pretty(&schema).map_err(|source| AgentError::Schema {
             shard: shard.name.clone(),
             what: format!("encoding the schema of {db}"),

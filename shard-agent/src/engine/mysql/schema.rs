@@ -5,10 +5,10 @@ use mysql_async::{Conn, Row};
 use serde::{Deserialize, Serialize};
 use topology::Shard;
 
+use super::lexer;
 use super::sql::text;
 use super::sql::{ident, query_err, quote_literal};
 use super::Table;
-use super::{lexer, stored_sql};
 use crate::error::{AgentError, DbError};
 use crate::manifest::qualified_name;
 
@@ -396,36 +396,7 @@ pub(super) async fn database_schema(
         let show = format!("SHOW CREATE EVENT {db}.{}", ident(&e[0]));
         s.events.push(show_create_stored(conn, shard, &show, true, &e[0]).await?);
     }
-    refused_by_restore(shard, &s)?;
     Ok(s)
-}
-
-/// What a restore would refuse in `schema` (a statement that does not
-/// read as the `CREATE` of its object, settings it would not set), as
-/// the backup's own failure: a backup called complete that no restore
-/// takes is worse than one that fails naming the object.
-fn refused_by_restore(shard: &Shard, schema: &DatabaseSchema) -> Result<(), AgentError> {
-    let db = &schema.database;
-    let what = if let Some((kind, name)) = stored_sql::first_foreign(db, schema) {
-        format!(
-            "the server's SHOW CREATE of {} {} does not read as the {} of it, so a restore would refuse the backup: please report it with that statement",
-            kind.noun(),
-            qualified_name(db, None, &name),
-            kind.statement()
-        )
-    } else if let Some((kind, name, why)) = stored_sql::first_unsettable(schema) {
-        format!(
-            "{} {}: {why}, so a restore would refuse the backup",
-            kind.noun(),
-            qualified_name(db, None, &name)
-        )
-    } else {
-        return Ok(());
-    };
-    Err(AgentError::Tool {
-        shard: shard.name.clone(),
-        what,
-    })
 }
 
 #[cfg(test)]
@@ -437,42 +408,6 @@ mod tests {
         let topo = topology::Topology::parse(text, std::path::Path::new("t.yaml"), &|_| None)
             .expect("a valid topology");
         topo.shards[0].clone()
-    }
-
-    /// A schema its own restore would refuse fails the backup, naming the
-    /// object; one it takes passes.
-    #[test]
-    fn a_schema_the_restore_would_refuse_fails_the_backup_by_name() {
-        let mut schema = DatabaseSchema {
-            database: "shop".into(),
-            create_database: "CREATE DATABASE `shop`".into(),
-            ..DatabaseSchema::default()
-        };
-        schema.triggers.push(Object {
-            name: "tr".into(),
-            sql: "CREATE DEFINER=`a`@`b` trigger tr before insert on t for each row set @x = 1"
-                .into(),
-            sql_mode: Some(String::new()),
-            ..Object::default()
-        });
-        assert!(refused_by_restore(&shard(), &schema).is_ok());
-        schema.triggers[0].sql = "CREATE DEFINER=`a`@`b` TRIGGER other BEFORE INSERT ON t".into();
-        let err = refused_by_restore(&shard(), &schema)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("SHOW CREATE of trigger shop.tr does not read as the CREATE TRIGGER of it, so a restore would refuse the backup"),
-            "{err}"
-        );
-        schema.triggers[0].sql = "CREATE TRIGGER tr BEFORE INSERT ON t".into();
-        schema.triggers[0].sql_mode = Some("ANSI'".into());
-        let err = refused_by_restore(&shard(), &schema)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("trigger shop.tr: its sql_mode \"ANSI'\" is not a list of SQL mode names, so a restore would refuse the backup"),
-            "{err}"
-        );
     }
 
     #[test]

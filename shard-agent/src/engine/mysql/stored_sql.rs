@@ -16,6 +16,7 @@
 
 use super::schema::{DatabaseSchema, Object};
 use super::sql::quote_literal;
+use crate::manifest::qualified_name;
 
 /// What a schema statement must create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +192,29 @@ pub(super) fn first_foreign(db: &str, schema: &DatabaseSchema) -> Option<(Kind, 
                 !creates(&o.sql, kind, db, &o.name, own && ansi_quotes(o))
             })
             .map(|o| (kind, o.name.clone()))
+    })
+}
+
+/// Why a restore would refuse `schema` (a statement that does not read as
+/// the `CREATE` of its object, settings it would not set), for the backup
+/// to fail with: a backup called complete that no restore takes is worse
+/// than one that fails naming the object.
+pub(super) fn restore_refusal(schema: &DatabaseSchema) -> Option<String> {
+    let db = &schema.database;
+    if let Some((kind, name)) = first_foreign(db, schema) {
+        return Some(format!(
+            "the server's SHOW CREATE of {} {} does not read as the {} of it, so a restore would refuse the backup: please report it with that statement",
+            kind.noun(),
+            qualified_name(db, None, &name),
+            kind.statement()
+        ));
+    }
+    first_unsettable(schema).map(|(kind, name, why)| {
+        format!(
+            "{} {}: {why}, so a restore would refuse the backup",
+            kind.noun(),
+            qualified_name(db, None, &name)
+        )
     })
 }
 
@@ -578,6 +602,36 @@ mod tests {
         );
         let none = object("CREATE TABLE `t` (a int)");
         assert_eq!(definer_of(Kind::Table, &none), None);
+    }
+
+    /// A schema its own restore would refuse fails the backup, naming the
+    /// object; one it takes passes.
+    #[test]
+    fn a_schema_the_restore_would_refuse_fails_the_backup_by_name() {
+        let mut schema = DatabaseSchema {
+            database: "shop".into(),
+            create_database: "CREATE DATABASE `shop`".into(),
+            ..DatabaseSchema::default()
+        };
+        schema.triggers.push(Object {
+            name: "tr".into(),
+            sql: "CREATE DEFINER=`a`@`b` trigger tr before insert on t for each row set @x = 1"
+                .into(),
+            sql_mode: Some(String::new()),
+            ..Object::default()
+        });
+        assert_eq!(restore_refusal(&schema), None);
+        schema.triggers[0].sql = "CREATE DEFINER=`a`@`b` TRIGGER other BEFORE INSERT ON t".into();
+        assert_eq!(
+            restore_refusal(&schema).unwrap(),
+            "the server's SHOW CREATE of trigger shop.tr does not read as the CREATE TRIGGER of it, so a restore would refuse the backup: please report it with that statement"
+        );
+        schema.triggers[0].sql = "CREATE TRIGGER tr BEFORE INSERT ON t".into();
+        schema.triggers[0].sql_mode = Some("ANSI'".into());
+        assert_eq!(
+            restore_refusal(&schema).unwrap(),
+            "trigger shop.tr: its sql_mode \"ANSI'\" is not a list of SQL mode names, so a restore would refuse the backup"
+        );
     }
 
     #[test]
