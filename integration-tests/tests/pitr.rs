@@ -1056,7 +1056,7 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
     );
     assert!(
         run.stderr
-            .contains("table(s) public.scratch are unlogged; PostgreSQL writes no WAL"),
+            .contains("table(s) public.scratch are unlogged or have unlogged partitions; PostgreSQL writes no WAL"),
         "{run:?}"
     );
     assert!(

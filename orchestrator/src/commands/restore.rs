@@ -144,6 +144,9 @@ pub fn finish(o: Outcome, kind: &str, json: bool, report_dir: Option<&Path>) -> 
                 r.per_second().unwrap_or(0.0)
             );
         }
+        for note in &o.notes {
+            text += &format!("note: {note}\n");
+        }
         exit::emit(&text)?;
     }
     if let Some(dir) = report_dir {

@@ -65,19 +65,29 @@ impl BinlogFilters {
 
     /// Why capture of `shard` cannot be trusted, when the filters leave
     /// out any of `databases` (the shard's selected ones): a restore to a
-    /// later point would lack their changes.
+    /// later point would lack their changes. Or, with `binlog-do-db` at
+    /// all, the DDL of a session without a listed default database (no
+    /// `USE`: `ALTER TABLE shop.t …` from most tools), which the server
+    /// leaves out whatever tables it names.
     pub fn refusal(&self, databases: &[String]) -> Option<String> {
         let left: Vec<&str> = databases
             .iter()
             .filter(|d| self.leaves_out(d))
             .map(String::as_str)
             .collect();
-        (!left.is_empty()).then(|| {
-            format!(
+        if !left.is_empty() {
+            return Some(format!(
                 "the server's {} keeps the changes of database(s) {} out of the binary log, so capture cannot read them and a restore to a later point would lack them; \
                  remove the option from the server's configuration and restart it, or leave those databases out of the shard's `databases`",
                 self.describe(),
                 left.join(", ")
+            ));
+        }
+        (!self.do_db.is_empty()).then(|| {
+            format!(
+                "the server's {} logs a statement only when its session's default database is listed, so DDL run without `USE` (ALTER TABLE db.t …) is not in the binary log and a restore to a later point would lack it; \
+                 remove the option from the server's configuration and restart it",
+                self.describe()
             )
         })
     }
@@ -135,5 +145,11 @@ mod tests {
         assert!(only.refusal(&dbs).unwrap().starts_with(
             "the server's binlog-do-db=shop keeps the changes of database(s) bank, hidden out"
         ));
+        // Listing every covered database still loses DDL run without USE.
+        assert!(only
+            .refusal(&["shop".to_string()])
+            .unwrap()
+            .starts_with("the server's binlog-do-db=shop logs a statement only when"));
+        assert_eq!(ignore.refusal(&["shop".to_string()]), None);
     }
 }

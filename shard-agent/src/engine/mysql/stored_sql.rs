@@ -138,12 +138,14 @@ fn trigger_head(s: &str) -> Option<&str> {
 }
 
 /// After the keyword `word` (in any letter case) at the start of `s` and
-/// the white space that must follow it.
+/// the white space that follows it; a quoted name may follow at once
+/// (``trigger`tr` ``).
 fn keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
     let head = s.get(..word.len())?;
     let rest = &s[word.len()..];
     let trimmed = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    (head.eq_ignore_ascii_case(word) && trimmed.len() < rest.len()).then_some(trimmed)
+    let ends = trimmed.len() < rest.len() || rest.starts_with(['`', '"']);
+    (head.eq_ignore_ascii_case(word) && ends).then_some(trimmed)
 }
 
 /// The definer `SHOW CREATE` wrote at the head of the statement of `o`, a
@@ -554,6 +556,11 @@ mod tests {
             ),
             (
                 "CREATE DEFINER=`shardcut`@`127.0.0.1` TRIGGER  IF  NOT\tEXISTS `tr`\nBEFORE DELETE ON a FOR EACH ROW SET @z=1",
+                Kind::Trigger,
+                "tr",
+            ),
+            (
+                "CREATE DEFINER=`shardcut`@`127.0.0.1` trigger`tr` before insert on a for each row set @x=1",
                 Kind::Trigger,
                 "tr",
             ),

@@ -127,7 +127,7 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
     }
     if !plan.unlogged.is_empty() {
         refused.push(format!(
-            "table(s) {} are unlogged; PostgreSQL writes no WAL for their changes, so capture cannot read them and a restore to a later point would lack them. \
+            "table(s) {} are unlogged or have unlogged partitions; PostgreSQL writes no WAL for their changes, so capture cannot read them and a restore to a later point would lack them. \
              Make them logged (`ALTER TABLE … SET LOGGED`), or exclude them in the topology",
             plan.unlogged.join(", ")
         ));
@@ -150,8 +150,10 @@ pub(super) struct Publishable {
     /// Without a primary key or replica identity: once published, UPDATE
     /// and DELETE on it would fail on the source.
     pub no_identity: bool,
-    /// Unlogged: the server writes no WAL for its changes and refuses it
-    /// in a publication.
+    /// Unlogged, or partitioned with an unlogged partition: the server
+    /// writes no WAL for their changes (and refuses an unlogged table in a
+    /// publication, but takes a partitioned one holding such a partition,
+    /// whose changes would then be lost in silence).
     pub unlogged: bool,
 }
 
@@ -168,7 +170,8 @@ pub(super) async fn publishable(
              n.nspname::text, c.relname::text, \
              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
                (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)), \
-             c.relpersistence = 'u' \
+             c.relpersistence = 'u' OR EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) p \
+               JOIN pg_class pc ON pc.oid = p.relid WHERE pc.relpersistence = 'u') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') \

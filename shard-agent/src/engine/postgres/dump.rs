@@ -165,7 +165,12 @@ impl Session {
                 store_schema(
                     opts,
                     &shard.name,
-                    schema_key("properties").replace(".sql.zst", ".json.zst"),
+                    format!(
+                        "{}shards/{}/{}/properties.json.zst",
+                        keys::backup_prefix(&opts.backup_id),
+                        keys::segment(&shard.name),
+                        keys::segment(&db.name)
+                    ),
                     properties,
                     "properties",
                     &db.name,

@@ -75,11 +75,8 @@ pub(super) fn known_roles_only(sql: &str, roles: &Roles) -> Result<(String, Left
     let mut in_block = false;
     for line in sql.lines() {
         if let Some(header) = line.strip_prefix("-- Name: ") {
-            let kind = header
-                .split("; Type: ")
-                .nth(1)
-                .and_then(|t| t.split(';').next());
-            in_block = matches!(kind, Some("ACL" | "DEFAULT ACL" | "POLICY"));
+            in_block = matches!(block_type(header), Some("ACL" | "DEFAULT ACL" | "POLICY"));
+            missing_grantor = false;
         }
         if !in_block {
             out.push_str(line);
@@ -100,10 +97,10 @@ pub(super) fn known_roles_only(sql: &str, roles: &Roles) -> Result<(String, Left
                 }
             }
             Named::Authorization(role) => {
-                if !roles.contains(&role) {
+                missing_grantor = !roles.contains(&role);
+                if missing_grantor {
                     left.roles.insert(role);
                     left.statements += 1;
-                    missing_grantor = true;
                     continue;
                 }
             }
@@ -127,6 +124,16 @@ pub(super) fn known_roles_only(sql: &str, roles: &Roles) -> Result<(String, Left
     Ok((out, left))
 }
 
+/// The type a pg_dump block header (`-- Name: TAG; Type: TYPE; Schema:
+/// S; Owner: O`, after `-- Name: `) gives its block. Read from the right:
+/// the tag is an object's name, which may hold `; Type: `.
+fn block_type(header: &str) -> Option<&str> {
+    let (rest, _owner) = header.rsplit_once("; Owner: ")?;
+    let (rest, _schema) = rest.rsplit_once("; Schema: ")?;
+    let (_tag, kind) = rest.rsplit_once("; Type: ")?;
+    Some(kind)
+}
+
 fn named(line: &str) -> Named {
     let first = line.split_whitespace().next().unwrap_or_default();
     let kind = ["GRANT", "REVOKE", "ALTER", "SET", "RESET", "CREATE"]
@@ -145,11 +152,14 @@ fn named(line: &str) -> Named {
             if word(3, "FOR") && (word(4, "ROLE") || word(4, "USER")) {
                 names.extend(role_list(&toks, 5));
             }
-            let grantees = if toks.iter().any(|t| is_word(Some(t), "GRANT")) {
-                after_last(&toks, "TO")
-            } else {
-                after_last(&toks, "FROM")
-            };
+            // The first GRANT or REVOKE says which (`REVOKE GRANT OPTION
+            // FOR …` is a revoke).
+            let grants = toks
+                .iter()
+                .skip(3)
+                .find(|t| is_word(Some(t), "GRANT") || is_word(Some(t), "REVOKE"))
+                .is_some_and(|t| is_word(Some(t), "GRANT"));
+            let grantees = after_last(&toks, if grants { "TO" } else { "FROM" });
             names.extend(grantees);
             Named::Privileges(names)
         }
@@ -219,7 +229,7 @@ mod tests {
     /// As pg_dump 15 writes them.
     #[test]
     fn statements_are_read_for_the_roles_they_name() {
-        let cases: [(&str, Named); 11] = [
+        let cases: [(&str, Named); 12] = [
             (
                 "GRANT SELECT ON TABLE app.t1 TO app_ro;",
                 Named::Privileges(vec!["app_ro".into()]),
@@ -245,6 +255,10 @@ mod tests {
                 Named::Privileges(vec!["owner".into()]),
             ),
             (
+                "ALTER DEFAULT PRIVILEGES FOR ROLE owner REVOKE GRANT OPTION FOR SELECT ON TABLES FROM r;",
+                Named::Privileges(vec!["owner".into(), "r".into()]),
+            ),
+            (
                 "SET SESSION AUTHORIZATION grantor_r;",
                 Named::Authorization("grantor_r".into()),
             ),
@@ -265,6 +279,23 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(named(line), expected, "{line}");
         }
+    }
+
+    #[test]
+    fn block_headers_are_read_from_the_right() {
+        assert_eq!(
+            block_type("TABLE t1; Type: ACL; Schema: app; Owner: shardcut"),
+            Some("ACL")
+        );
+        assert_eq!(
+            block_type("f(); Type: ACL; x; Type: FUNCTION; Schema: app; Owner: o"),
+            Some("FUNCTION")
+        );
+        assert_eq!(
+            block_type("DEFAULT PRIVILEGES FOR TABLES; Type: DEFAULT ACL; Schema: app; Owner: o"),
+            Some("DEFAULT ACL")
+        );
+        assert_eq!(block_type("no header"), None);
     }
 
     #[test]

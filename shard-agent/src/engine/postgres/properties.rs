@@ -117,6 +117,17 @@ impl DatabaseProperties {
     /// rows are there.
     pub async fn apply(&self, client: &Client, db: &str) -> Vec<String> {
         let mut notes = Vec::new();
+        // The comment is a literal written for standard strings.
+        if let Err(e) = client
+            .batch_execute("SET standard_conforming_strings = on")
+            .await
+        {
+            notes.push(format!(
+                "database {db}: its settings and comment were not restored ({})",
+                crate::replay::excerpt(&e.to_string())
+            ));
+            return notes;
+        }
         for setting in &self.settings {
             let Some((name, value)) = setting.split_once('=') else {
                 continue;
@@ -134,9 +145,25 @@ impl DatabaseProperties {
             // In one transaction, the setting local to it: one that makes
             // transactions read-only (`default_transaction_read_only`)
             // does not stop its own ALTER.
-            let done = match valid {
-                false => Err("not a setting's name".to_string()),
-                true => {
+            // Only what any user may set in a session: a backup is not
+            // trusted to set what loads code or hides from the audit
+            // (`session_preload_libraries`, `log_statement`).
+            let context: Option<String> = match valid {
+                true => client
+                    .query_opt("SELECT context FROM pg_settings WHERE name = $1", &[&name])
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get(0).ok()),
+                false => None,
+            };
+            let done = match (valid, context.as_deref()) {
+                (false, _) => Err("not a setting's name".to_string()),
+                (true, None) => Err("the target does not know it".to_string()),
+                (true, Some(c)) if c != "user" => Err(format!(
+                    "only settings of context `user` are restored, and it is `{c}`: set it by hand if it belongs there"
+                )),
+                (true, Some(_)) => {
                     let tried = async {
                         client.batch_execute("BEGIN").await?;
                         client

@@ -132,9 +132,12 @@ pub(super) async fn check_target(
     opts: &RestoreOptions,
 ) -> Result<(), AgentError> {
     let roles = target_roles(target).await?;
+    let mut encodings = std::collections::BTreeSet::new();
     for db in databases(source, opts) {
         refuse_system_database(target, &db, SYSTEM_DATABASES)?;
-        database_properties(source, target, opts, &db).await?;
+        if let Some(p) = database_properties(source, target, opts, &db).await? {
+            encodings.insert(p.create_options().unwrap_or_default());
+        }
         // Every schema file is read and checked before anything changes.
         for section in ["pre-data", "sequences"] {
             for f in schema_files(source, &db, section) {
@@ -152,7 +155,53 @@ pub(super) async fn check_target(
             return Err(refusal(target, &db, objects));
         }
     }
+    // Each encoding and locale the databases need, tried once on a
+    // database created and dropped at once: a target whose host lacks one
+    // refuses the restore before any database is replaced.
+    for options in encodings.iter().filter(|o| !o.is_empty()) {
+        try_encoding(target, options).await?;
+    }
     Ok(())
+}
+
+/// A name for a database the restore makes for a moment (`kind`: what
+/// for), unique to this process.
+fn staged_name(kind: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "shardcut-{kind}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Whether the target creates a database with `options` (the source's
+/// encoding and locale), by creating one and dropping it.
+async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
+    let admin = connect::postgres(target, None, TIMEOUT).await?;
+    admin
+        .batch_execute("SET standard_conforming_strings = on")
+        .await
+        .map_err(pg_err(target, "setting up the session"))?;
+    let name = staged_name("probe");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}{options}", ident(&name)))
+        .await
+        .map_err(|e| AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!(
+                "the target refuses the source's encoding and locale ({}): {}; install that locale on the target's host, or restore into a server that has it; nothing was changed",
+                options.trim(),
+                crate::error::one_line(&e)
+            ),
+        })?;
+    admin
+        .batch_execute(&format!("DROP DATABASE {}", ident(&name)))
+        .await
+        .map_err(pg_err(
+            target,
+            &format!("dropping {name}, made to try the source's locale"),
+        ))
 }
 
 /// The properties of `db` the backup holds (encoding, locale, settings,
@@ -206,34 +255,44 @@ async fn prepare_database(
         None => String::new(),
     };
     let admin = connect::postgres(shard, None, TIMEOUT).await?;
+    // The options are literals written for standard strings.
+    admin
+        .batch_execute("SET standard_conforming_strings = on")
+        .await
+        .map_err(pg_err(shard, "setting up the session"))?;
     let creating = |name: &str| format!("CREATE DATABASE {}{options}", ident(name));
     let refused = |e: tokio_postgres::Error| {
+        if options.is_empty() {
+            return pg_err(shard, &format!("creating database {db}"))(e);
+        }
+        let why = crate::error::one_line(&e);
         AgentError::Tool {
-        shard: shard.name.clone(),
-        what: format!(
-            "creating database {db} with the source's encoding and locale ({}) failed: {}; install that locale on the target's host, or restore into a server that has it",
-            options.trim(),
-            crate::error::one_line(&e)
-        ),
-    }
+            shard: shard.name.clone(),
+            what: format!(
+                "creating database {db} with the source's encoding and locale ({}) failed: {why}; install that locale on the target's host, or restore into a server that has it",
+                options.trim()
+            ),
+        }
     };
     if !exists {
         return admin.batch_execute(&creating(db)).await.map_err(refused);
     }
-    let staged = format!("shardcut-restore-{}", std::process::id());
-    drop(
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&staged)))
-            .await,
-    );
+    let staged = staged_name("restore");
     admin
         .batch_execute(&creating(&staged))
         .await
         .map_err(refused)?;
-    admin
+    let dropped = admin
         .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(db)))
-        .await
-        .map_err(pg_err(shard, &format!("dropping database {db}")))?;
+        .await;
+    if let Err(e) = dropped {
+        drop(
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&staged)))
+                .await,
+        );
+        return Err(pg_err(shard, &format!("dropping database {db}"))(e));
+    }
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
@@ -241,7 +300,10 @@ async fn prepare_database(
             ident(db)
         ))
         .await
-        .map_err(pg_err(shard, &format!("creating database {db}")))?;
+        .map_err(pg_err(
+            shard,
+            &format!("renaming the new database {staged} to {db} (the old one is dropped; rename it by hand)"),
+        ))?;
     Ok(())
 }
 
@@ -257,17 +319,44 @@ async fn section_sql(
     roles: &Roles,
 ) -> Result<(String, LeftOut), AgentError> {
     let sql = load_checked(opts, &f.into(), &target.name).await?;
-    let sql = schema_sql(&String::from_utf8_lossy(&sql)).map_err(|what| AgentError::Damaged {
-        shard: target.name.clone(),
-        what: format!(
-            "schema file {}: {what}; nothing was restored from it",
-            f.key
-        ),
-    })?;
-    privileges::known_roles_only(&sql, roles).map_err(|why| AgentError::Tool {
-        shard: target.name.clone(),
-        what: format!("schema file {}: {why}; nothing was changed", f.key),
+    for_target(&String::from_utf8_lossy(&sql), roles).map_err(|refused| match refused {
+        Refused::Damaged(what) => AgentError::Damaged {
+            shard: target.name.clone(),
+            what: format!(
+                "schema file {}: {what}; nothing was restored from it",
+                f.key
+            ),
+        },
+        Refused::Target(why) => AgentError::Tool {
+            shard: target.name.clone(),
+            what: format!("schema file {}: {why}; nothing was changed", f.key),
+        },
     })
+}
+
+/// Why a section's SQL is not run on a target.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// The file holds what pg_dump never writes.
+    Damaged(String),
+    /// The target lacks what it needs (a policy's role).
+    Target(String),
+}
+
+/// A section's SQL as it runs on a target that has `roles`: ownership
+/// statements and privileges naming missing roles left out, and checked
+/// for what pg_dump never writes ([`schema_sql`]) on the very text that
+/// runs: lines left out must not join what was around them into a
+/// statement a check of the whole file did not see.
+fn for_target(text: &str, roles: &Roles) -> Result<(String, LeftOut), Refused> {
+    let sql = schema_sql(text).map_err(Refused::Damaged)?;
+    let (sql, left) = privileges::known_roles_only(&sql, roles).map_err(Refused::Target)?;
+    if let Some(line) = copy_with_program(&sql) {
+        return Err(Refused::Damaged(format!(
+            "line {line} (once privileges naming missing roles are left out) has a COPY … FROM/TO PROGRAM, which runs a command on the database server"
+        )));
+    }
+    Ok((sql, left))
 }
 
 /// The target's roles, which privileges in the schema may name.
@@ -1032,7 +1121,27 @@ async fn load_chunks(
 
 #[cfg(test)]
 mod tests {
-    use super::schema_sql;
+    use super::{for_target, schema_sql, Refused, Roles};
+
+    /// A `COPY … TO PROGRAM` whose pieces a privilege line kept apart, in
+    /// a planted block: checked before the line was left out, the `;` of
+    /// the GRANT ended the COPY; what runs is checked, and it is refused.
+    #[test]
+    fn a_program_joined_by_a_privilege_left_out_is_refused() {
+        let planted = "-- Name: x; Type: ACL; Schema: -; Owner: -\n\
+                       COPY (SELECT 1) TO\n\
+                       GRANT ALL ON SCHEMA public TO no_such_role;\n\
+                       PROGRAM 'touch /tmp/pwned';\n";
+        let none = Roles::new();
+        match for_target(planted, &none) {
+            Err(Refused::Damaged(what)) => assert!(what.contains("PROGRAM"), "{what}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        // With the role there, the line stays, and the COPY is one the
+        // server would refuse as it is (`TO` then `GRANT`): it goes.
+        let roles: Roles = ["no_such_role".to_string()].into_iter().collect();
+        assert!(for_target(planted, &roles).is_ok());
+    }
 
     #[test]
     fn pg_dump_guards_and_owners_go_and_meta_commands_are_refused() {
