@@ -1030,7 +1030,9 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
         ],
         "bank",
         "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE payment_p1 (id int, amount int); \
-         CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY);",
+         CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); \
+         CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id); \
+         CREATE UNLOGGED TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);",
     )
     .await;
     // check is READY (a backup works) and names the tables capture refuses.
@@ -1041,9 +1043,9 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
         "check should name the table without a replica identity: {check:?}"
     );
     assert!(
-        check
-            .stdout
-            .contains("no WAL is written for their changes: bank.public.scratch"),
+        check.stdout.contains(
+            "no WAL is written for their changes: bank.public.parted, bank.public.scratch"
+        ),
         "check should name the unlogged table: {check:?}"
     );
     // Capture: the MariaDB shard's stream starts; the PostgreSQL shard is
@@ -1056,7 +1058,7 @@ async fn a_table_capture_refuses_is_named_by_check_and_stops_only_its_own_shard(
     );
     assert!(
         run.stderr
-            .contains("table(s) public.scratch are unlogged or have unlogged partitions; PostgreSQL writes no WAL"),
+            .contains("table(s) public.parted, public.scratch are unlogged or have unlogged partitions; PostgreSQL writes no WAL"),
         "{run:?}"
     );
     assert!(
