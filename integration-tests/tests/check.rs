@@ -209,7 +209,7 @@ fn a_selection_larger_than_the_postgres_lock_table_is_refused_by_preflight() {
     let arg = sb.topology();
     let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 1, "{run:?}");
-    let lock = first_shard_finding(&run, "lock table");
+    let lock = support::first_shard_finding(&run, "lock table");
     assert_eq!(lock["level"], "fail", "{run:?}");
     assert!(
         lock["fix"]
@@ -248,7 +248,7 @@ fn a_backup_user_allowed_fewer_connections_than_a_backup_opens_is_named() {
     let arg = sb.topology();
     let run = shardcut(&["check", "-t", arg.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 1, "{run:?}");
-    let connections = first_shard_finding(&run, "connections");
+    let connections = support::first_shard_finding(&run, "connections");
     assert_eq!(connections["level"], "fail", "{run:?}");
     let value = connections["value"].as_str().unwrap_or_default();
     assert!(
@@ -284,18 +284,9 @@ fn an_aria_table_is_named_as_outside_the_snapshot() {
         c.disconnect().await.unwrap();
     });
     let run = shardcut(&["check", "-t", sb.topology().to_str().unwrap(), "--json"]);
-    let engines = first_shard_finding(&run, "table engines");
+    let engines = support::first_shard_finding(&run, "table engines");
     assert_eq!(engines["level"], "warn", "{run:?}");
     assert_eq!(engines["value"], "d.a (Aria)", "{run:?}");
-}
-
-/// The finding `item` of the first shard in a `check --json` run (null
-/// when there is none).
-fn first_shard_finding(run: &support::Run, item: &str) -> serde_json::Value {
-    run.json()["shards"][0]["report"]["findings"]
-        .as_array()
-        .and_then(|all| all.iter().find(|f| f["item"] == item).cloned())
-        .unwrap_or_default()
 }
 
 /// The readiness check a backup makes before its cut reads no table sizes

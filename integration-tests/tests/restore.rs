@@ -1183,6 +1183,8 @@ async fn postgres_databases_keep_their_encoding_locale_settings_and_comment() {
         "CREATE DATABASE sorted TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' ENCODING 'UTF8'",
         "ALTER DATABASE sorted SET search_path = app, public",
         "ALTER DATABASE sorted SET work_mem = '64MB'",
+        "ALTER DATABASE sorted SET app.tenant = 'acme'",
+        "ALTER DATABASE sorted SET log_statement = 'all'",
         "COMMENT ON DATABASE sorted IS 'the app''s'",
     ] {
         admin.batch_execute(sql).await.unwrap();
@@ -1223,7 +1225,8 @@ async fn postgres_databases_keep_their_encoding_locale_settings_and_comment() {
     let properties =
         "SELECT datname::text, pg_encoding_to_char(encoding)::text, datcollate::text, \
         datctype::text, datlocprovider::text, COALESCE(daticulocale, '')::text, \
-        COALESCE((SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting \
+        COALESCE((SELECT array_to_string(ARRAY(SELECT x FROM unnest(setconfig) x \
+                  WHERE x NOT LIKE 'log_statement=%' ORDER BY x), ';') FROM pg_db_role_setting \
                   WHERE setdatabase = d.oid AND setrole = 0), ''), \
         COALESCE(shobj_description(d.oid, 'pg_database'), '') \
         FROM pg_database d WHERE datname IN ('latin', 'sorted') ORDER BY 1";
@@ -1257,7 +1260,30 @@ async fn postgres_databases_keep_their_encoding_locale_settings_and_comment() {
     let at_source = read(admin).await;
     assert_eq!(at_source[0].1, "LATIN1");
     assert_eq!(at_source[1].5, "de-DE");
-    assert_eq!(read(db::pg(&tgt, "postgres").await).await, at_source);
+    assert_eq!(
+        at_source[1].6,
+        "app.tenant=acme;search_path=app, public;work_mem=64MB"
+    );
+    let tgt_admin = db::pg(&tgt, "postgres").await;
+    let audit = tgt_admin
+        .query(
+            "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = 'sorted' AND array_to_string(s.setconfig, ';') LIKE '%log_statement%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        audit.is_empty(),
+        "a superuser's setting is not taken from a backup"
+    );
+    assert!(
+        run.stderr.contains(
+            "its setting \"log_statement=all\" was not restored (only settings of context `user`"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(read(tgt_admin).await, at_source);
     // The settings work: the table is found by the search_path, sorted
     // by the ICU locale.
     let order: Vec<String> = db::pg(&tgt, "sorted")

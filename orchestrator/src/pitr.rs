@@ -302,7 +302,7 @@ fn unpublished_gap(
                         return Some(format!("table {q} is not captured (it is not in capture's publication: it has no replica identity){since_cut}"));
                     }
                     if s.unlogged.contains(&q) {
-                        return Some(format!("table {q} is unlogged: PostgreSQL writes no WAL for its changes, so capture holds none of them since the cut of backup {backup}; make it logged (ALTER TABLE … SET LOGGED) and use a backup taken after capture's next round, or exclude it in the topology"));
+                        return Some(format!("table {q} is unlogged or has an unlogged partition: PostgreSQL writes no WAL for its changes, so capture holds none of them since the cut of backup {backup}; make it logged (ALTER TABLE … SET LOGGED, on each unlogged partition) and use a backup taken after capture's next round, or exclude it in the topology"));
                     }
                     match s.published_from.get(&q) {
                         Some(p) if !at_or_before(p, from) => Some(format!(

@@ -254,6 +254,15 @@ pub fn topology_variant(src: &Path, dir: &Path, replace: &[(&str, &str)]) -> Pat
     path
 }
 
+/// The finding `item` of the first shard in a `check --json` run (null
+/// when there is none).
+pub fn first_shard_finding(run: &Run, item: &str) -> serde_json::Value {
+    run.json()["shards"][0]["report"]["findings"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["item"] == item).cloned())
+        .unwrap_or_default()
+}
+
 /// Adds `lines` (YAML keys of a shard, each line indented as one) to
 /// every shard of the topology at `path`.
 pub fn add_to_every_shard(path: &Path, lines: &str) {

@@ -128,7 +128,7 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
     if !plan.unlogged.is_empty() {
         refused.push(format!(
             "table(s) {} are unlogged or have unlogged partitions; PostgreSQL writes no WAL for their changes, so capture cannot read them and a restore to a later point would lack them. \
-             Make them logged (`ALTER TABLE … SET LOGGED`), or exclude them in the topology",
+             Make them logged (`ALTER TABLE … SET LOGGED`, on each unlogged partition of a partitioned one), or exclude them in the topology",
             plan.unlogged.join(", ")
         ));
     }
@@ -170,8 +170,9 @@ pub(super) async fn publishable(
              n.nspname::text, c.relname::text, \
              c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
                (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)), \
-             c.relpersistence = 'u' OR EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) p \
-               JOIN pg_class pc ON pc.oid = p.relid WHERE pc.relpersistence = 'u') \
+             EXISTS (WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION ALL \
+               SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+               SELECT 1 FROM tree JOIN pg_class pc ON pc.oid = tree.oid WHERE pc.relpersistence = 'u') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -270,12 +271,27 @@ async fn cover_new_tables(
         .filter(|t| !published.contains(&t.quoted))
         .collect();
     // Published by a round that stopped before recording it.
+    // Published by a round that stopped before recording it, or a
+    // published partitioned table whose unlogged partitions are all
+    // logged now: captured whole from this round on.
     let recorded_late: Vec<&Publishable> = tables
         .iter()
-        .filter(|t| published.contains(&t.quoted) && state.unpublished.contains(&t.qualified))
+        .filter(|t| {
+            published.contains(&t.quoted)
+                && (state.unpublished.contains(&t.qualified)
+                    || (!t.unlogged && state.unlogged.contains(&t.qualified)))
+        })
         .collect();
-    let (unlogged, missing): (Vec<&Publishable>, Vec<&Publishable>) =
+    let (mut unlogged, missing): (Vec<&Publishable>, Vec<&Publishable>) =
         missing.into_iter().partition(|t| t.unlogged);
+    // A published partitioned table that has an unlogged partition now
+    // (created, attached or set unlogged since): the server goes on
+    // publishing it without that partition's changes.
+    unlogged.extend(
+        tables
+            .iter()
+            .filter(|t| t.unlogged && published.contains(&t.quoted)),
+    );
     let (to_add, no_identity): (Vec<&Publishable>, Vec<&Publishable>) =
         missing.into_iter().partition(|t| !t.no_identity);
     let before = (
@@ -332,7 +348,7 @@ async fn cover_new_tables(
         (
             &unlogged,
             &mut state.unlogged,
-            "is unlogged and is not captured (PostgreSQL writes no WAL for it): restores to a point after a backup holding it are refused until it is made logged (ALTER TABLE … SET LOGGED)",
+            "is unlogged and is not captured (PostgreSQL writes no WAL for it): restores to a point after a backup holding it are refused until it is made logged (ALTER TABLE … SET LOGGED, on each unlogged partition of a partitioned one)",
         ),
     ];
     for (tables, list, why) in uncaptured {

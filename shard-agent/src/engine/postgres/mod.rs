@@ -137,7 +137,7 @@ pub(crate) const READER_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET client_encoding = 'UTF8'; SET standard_conforming_strings = on; \
      SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-     SET default_transaction_read_only = off; \
+     SET default_transaction_read_only = off; SET lock_timeout = 0; \
      SET row_security = off";
 
 pub(crate) async fn reader(

@@ -152,13 +152,16 @@ fn named(line: &str) -> Named {
             if word(3, "FOR") && (word(4, "ROLE") || word(4, "USER")) {
                 names.extend(role_list(&toks, 5));
             }
-            // The first GRANT or REVOKE says which (`REVOKE GRANT OPTION
-            // FOR …` is a revoke).
-            let grants = toks
-                .iter()
-                .skip(3)
-                .find(|t| is_word(Some(t), "GRANT") || is_word(Some(t), "REVOKE"))
-                .is_some_and(|t| is_word(Some(t), "GRANT"));
+            // The word after the `FOR ROLE` and `IN SCHEMA` lists says
+            // which (`REVOKE GRANT OPTION FOR …` is a revoke; a role may be
+            // named `revoke`).
+            let mut at = 3;
+            for (first, second) in [("FOR", ["ROLE", "USER"]), ("IN", ["SCHEMA", "SCHEMA"])] {
+                if word(at, first) && second.iter().any(|w| word(at + 1, w)) {
+                    at = after_list(&toks, at + 2);
+                }
+            }
+            let grants = word(at, "GRANT");
             let grantees = after_last(&toks, if grants { "TO" } else { "FROM" });
             names.extend(grantees);
             Named::Privileges(names)
@@ -180,6 +183,17 @@ fn named(line: &str) -> Named {
             Named::Policy(to.map_or_else(Vec::new, |i| role_list(&toks, i + 1)))
         }
         _ => Named::Other,
+    }
+}
+
+/// Where `name, name …` from `at` ends.
+fn after_list(toks: &[Token], mut at: usize) -> usize {
+    loop {
+        at += 1;
+        if toks.get(at) != Some(&Token::Punct(',')) {
+            return at;
+        }
+        at += 1;
     }
 }
 
@@ -229,7 +243,7 @@ mod tests {
     /// As pg_dump 15 writes them.
     #[test]
     fn statements_are_read_for_the_roles_they_name() {
-        let cases: [(&str, Named); 12] = [
+        let cases: [(&str, Named); 13] = [
             (
                 "GRANT SELECT ON TABLE app.t1 TO app_ro;",
                 Named::Privileges(vec!["app_ro".into()]),
@@ -257,6 +271,10 @@ mod tests {
             (
                 "ALTER DEFAULT PRIVILEGES FOR ROLE owner REVOKE GRANT OPTION FOR SELECT ON TABLES FROM r;",
                 Named::Privileges(vec!["owner".into(), "r".into()]),
+            ),
+            (
+                "ALTER DEFAULT PRIVILEGES FOR ROLE revoke, b IN SCHEMA revoke GRANT SELECT ON TABLES  TO r;",
+                Named::Privileges(vec!["revoke".into(), "b".into(), "r".into()]),
             ),
             (
                 "SET SESSION AUTHORIZATION grantor_r;",

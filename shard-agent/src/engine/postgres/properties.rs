@@ -148,9 +148,19 @@ impl DatabaseProperties {
             // Only what any user may set in a session: a backup is not
             // trusted to set what loads code or hides from the audit
             // (`session_preload_libraries`, `log_statement`).
+            // A dotted name the target does not list is a placeholder
+            // (`app.tenant`, read by policies): taken, unless its prefix
+            // names an extension, whose module would read it when loaded.
             let context: Option<String> = match valid {
                 true => client
-                    .query_opt("SELECT context FROM pg_settings WHERE name = $1", &[&name])
+                    .query_opt(
+                        "SELECT context FROM pg_settings WHERE name = $1 \
+                         UNION ALL SELECT 'user' WHERE strpos($1, '.') > 0 \
+                         AND NOT EXISTS (SELECT 1 FROM pg_settings WHERE name = $1) \
+                         AND NOT EXISTS (SELECT 1 FROM pg_available_extensions \
+                           WHERE name = split_part($1, '.', 1))",
+                        &[&name],
+                    )
                     .await
                     .ok()
                     .flatten()
@@ -159,7 +169,13 @@ impl DatabaseProperties {
             };
             let done = match (valid, context.as_deref()) {
                 (false, _) => Err("not a setting's name".to_string()),
-                (true, None) => Err("the target does not know it".to_string()),
+                // Loads code, though any user may set it.
+                (true, _) if name.ends_with("preload_libraries") => {
+                    Err("a list of libraries to load is not restored".to_string())
+                }
+                (true, None) => {
+                    Err("the target does not know it (or an extension's module would read it)".to_string())
+                }
                 (true, Some(c)) if c != "user" => Err(format!(
                     "only settings of context `user` are restored, and it is `{c}`: set it by hand if it belongs there"
                 )),

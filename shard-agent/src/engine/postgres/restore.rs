@@ -168,8 +168,12 @@ pub(super) async fn check_target(
 /// for), unique to this process.
 fn staged_name(kind: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Agents in containers share process ids: the clock tells them apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     format!(
-        "shardcut-{kind}-{}-{}",
+        "shardcut-{kind}-{}-{nanos:08x}-{}",
         std::process::id(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
@@ -196,7 +200,7 @@ async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
             ),
         })?;
     admin
-        .batch_execute(&format!("DROP DATABASE {}", ident(&name)))
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&name)))
         .await
         .map_err(pg_err(
             target,
