@@ -236,6 +236,18 @@ pub(crate) fn db_err(shard: &topology::Shard, what: &str) -> impl Fn(DbError) ->
     }
 }
 
+/// `text` (a name read from a backup or a server) for a message: its
+/// control characters written as escapes (`\n`, `\u{1b}`), never sent to
+/// a terminal, and everything else as it is.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 /// An error and its sources on one line, each source once (libraries wrap
 /// a cause and repeat its text).
 pub fn one_line(e: &dyn std::error::Error) -> String {
@@ -250,4 +262,15 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            super::printable("'app'@'%' \u{1b}[2J\nnext"),
+            "'app'@'%' \\u{1b}[2J\\nnext"
+        );
+    }
 }

@@ -89,14 +89,15 @@ async fn filters_refusal(conn: &mut mysql_async::Conn, shard: &Shard) -> Result<
     }
 }
 
-/// The binlog files the server still has.
-async fn binlog_files(shard: &Shard) -> Result<Vec<String>, CaptureError> {
-    let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
+/// The binlog files the server `conn` is connected to still has.
+async fn binlog_files(
+    conn: &mut mysql_async::Conn,
+    shard: &Shard,
+) -> Result<Vec<String>, CaptureError> {
     let rows: Vec<Row> = conn
         .query("SHOW BINARY LOGS")
         .await
         .map_err(|e| CaptureError::stream(&shard.name, format!("SHOW BINARY LOGS failed: {e}")))?;
-    drop(conn.disconnect().await);
     Ok(rows
         .iter()
         .filter_map(|r| r.get_opt::<String, _>(0).and_then(Result::ok))
@@ -127,12 +128,15 @@ pub async fn start(shard: &Shard, from: Position) -> Result<StreamState, Capture
     // round asks for it (and refused there if its binlog lacks it); the
     // file of a position of another server says nothing.
     let by_gtid = from.gtid_position().is_some();
-    let files = binlog_files(shard).await?;
-    // Refused before a stream exists, as each round refuses it.
+    // The filters refused before a stream exists, as each round refuses
+    // them.
     let mut conn = connect::mysql(shard, None, CONNECT_TIMEOUT).await?;
-    let refused = filters_refusal(&mut conn, shard).await;
+    let looked = match filters_refusal(&mut conn, shard).await {
+        Ok(()) => binlog_files(&mut conn, shard).await,
+        Err(e) => Err(e),
+    };
     drop(conn.disconnect().await);
-    refused?;
+    let files = looked?;
     if !by_gtid && !files.contains(&c.file) {
         return Err(CaptureError::stream(
             &shard.name,

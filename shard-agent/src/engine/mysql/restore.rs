@@ -606,6 +606,10 @@ async fn missing_definers(
             _ => false,
         };
         if missing {
+            // Names from the backup: control characters shown, not sent
+            // to the terminal.
+            let account = crate::error::printable(&account);
+            let objects: Vec<String> = objects.iter().map(|o| crate::error::printable(o)).collect();
             notes.push(format!(
                 "definer {account} of {} does not exist on the target, which refuses every use of them until it does (a trigger's, every write to its table): create that account (or role) with its grants",
                 objects.join(", ")

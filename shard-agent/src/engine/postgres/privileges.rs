@@ -47,7 +47,13 @@ impl LeftOut {
             format!(
                 "database {db}: {} privilege statement(s) left out, naming role(s) the target does not have: {}; create them and grant again, or restore into a server that has them",
                 self.statements,
-                self.roles.iter().cloned().collect::<Vec<_>>().join(", ")
+                // Names from the backup: control characters shown, not sent
+                // to the terminal.
+                self.roles
+                    .iter()
+                    .map(|r| crate::error::printable(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
     }
@@ -91,6 +97,10 @@ pub(super) fn known_roles_only(sql: &str, roles: &Roles) -> Result<(String, Left
             Named::Policy(names) => {
                 if let Some(role) = missing(names).into_iter().next() {
                     let policy: String = line.trim_end_matches(';').chars().take(120).collect();
+                    let (policy, role) = (
+                        crate::error::printable(&policy),
+                        crate::error::printable(&role),
+                    );
                     return Err(format!(
                         "`{policy}` applies to role {role}, which the target does not have: create the role there first, or restore into a server that has it"
                     ));
