@@ -2107,3 +2107,104 @@ async fn a_mariadb_binlog_filter_leaving_out_a_selected_database_is_refused_by_n
             .is_some()
     );
 }
+
+/// Servers whose DBA limits statement time and idle transactions (a guard
+/// against runaway application queries: MariaDB's `max_statement_time`
+/// and `idle_*_transaction_timeout`, PostgreSQL's `statement_timeout`,
+/// `idle_in_transaction_session_timeout` and `idle_session_timeout`, here
+/// set server-wide on MariaDB and on the role on PostgreSQL). shardcut's
+/// loads, key builds and replayed DDL pass them: a MariaDB restore failed
+/// on its first chunk ("max_statement_time exceeded"), a PostgreSQL one
+/// was refused as if the target lacked the source's locale. Every
+/// shardcut session now lifts them, as pg_dump does for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sb, topo_path, topo) = ledger_cluster(dir.path(), "(1, 10)").await;
+    let arg = topo_path.to_str().unwrap();
+    let (my, pg) = (&topo.shards[0], &topo.shards[1]);
+    let target = PrivateSandbox::up(1, 1, "ready");
+    let tgt = target.topology();
+    let restored = db::topology(&tgt);
+    let (tmy, tpg) = (&restored.shards[0], &restored.shards[1]);
+
+    // Sessions opened before the limits keep the server's defaults: the
+    // test's own statements run on them.
+    let mut c = db::mysql(my, Some("bank")).await;
+    let p = db::pg(pg, "bank").await;
+    let mut tc = db::mysql(tmy, None).await;
+    let tp = db::pg(tpg, "postgres").await;
+    c.query_drop(
+        "CREATE TABLE big (id INT PRIMARY KEY, a INT, b VARCHAR(40), KEY ka (a)) ENGINE=InnoDB",
+    )
+    .await
+    .unwrap();
+    c.query_drop("INSERT INTO big SELECT seq, seq * 7 % 10007, MD5(seq) FROM seq_1_to_100000")
+        .await
+        .unwrap();
+    p.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, a int, b text); \
+         INSERT INTO big SELECT g, g * 7 % 10007, md5(g::text) FROM generate_series(1, 100000) g; \
+         CREATE INDEX ka ON big (a)",
+    )
+    .await
+    .unwrap();
+    const MARIADB_LIMITS: &str = "SET GLOBAL max_statement_time = 0.05, \
+         GLOBAL idle_transaction_timeout = 1, GLOBAL idle_readonly_transaction_timeout = 1, \
+         GLOBAL idle_write_transaction_timeout = 1";
+    const PG_LIMITS: &str = "ALTER ROLE CURRENT_USER SET statement_timeout = '50ms'; \
+         ALTER ROLE CURRENT_USER SET idle_in_transaction_session_timeout = '1s'; \
+         ALTER ROLE CURRENT_USER SET idle_session_timeout = '1s'";
+    c.query_drop(MARIADB_LIMITS).await.unwrap();
+    tc.query_drop(MARIADB_LIMITS).await.unwrap();
+    p.batch_execute(PG_LIMITS).await.unwrap();
+    tp.batch_execute(PG_LIMITS).await.unwrap();
+
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    run_ok_async(&["backup", "-t", arg]).await;
+    // Changes to replay: a key built on 100,000 rows (MariaDB replays
+    // DDL) and an update of half of them.
+    c.query_drop("UPDATE big SET a = a + 1 WHERE id <= 50000")
+        .await
+        .unwrap();
+    c.query_drop("ALTER TABLE big ADD KEY kb (b)")
+        .await
+        .unwrap();
+    p.batch_execute("UPDATE big SET a = a + 1 WHERE id <= 50000")
+        .await
+        .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    restored_q1(arg, tgt.to_str().unwrap(), "latest", &[]).await;
+
+    // The servers' defaults back, for the comparisons' own sessions.
+    for conn in [&mut c, &mut tc] {
+        conn.query_drop(
+            "SET GLOBAL max_statement_time = 0, GLOBAL idle_transaction_timeout = 0, \
+             GLOBAL idle_readonly_transaction_timeout = 0, GLOBAL idle_write_transaction_timeout = 0",
+        )
+        .await
+        .unwrap();
+    }
+    for client in [&p, &tp] {
+        client
+            .batch_execute("ALTER ROLE CURRENT_USER RESET ALL")
+            .await
+            .unwrap();
+    }
+    for t in ["bank.big", "bank.ledger"] {
+        assert_eq!(
+            db::mysql_checksum(tmy, t).await,
+            db::mysql_checksum(my, t).await,
+            "{t} as on the source"
+        );
+    }
+    assert_eq!(
+        names(tmy, "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'bank' AND TABLE_NAME = 'big' AND SEQ_IN_INDEX = 1 ORDER BY BINARY INDEX_NAME").await,
+        ["PRIMARY", "ka", "kb"],
+        "the replayed key is built"
+    );
+    assert_eq!(
+        db::pg_digest(tpg, "bank", "public", "big").await,
+        db::pg_digest(pg, "bank", "public", "big").await
+    );
+}

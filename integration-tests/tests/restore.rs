@@ -1296,3 +1296,61 @@ async fn postgres_databases_keep_their_encoding_locale_settings_and_comment() {
         .collect();
     assert_eq!(order, ["a", "ä", "b", "B"]);
 }
+
+/// The restore first tries the source's encoding and locale by creating a
+/// database on the target. Any failure of that was reported as a locale
+/// to install ("the target refuses the source's encoding and locale: …
+/// permission denied to create database; install that locale"), sending
+/// the DBA after the wrong thing; a failure other than a refused encoding
+/// or locale is now reported as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_target_user_that_may_not_create_databases_is_not_told_to_install_a_locale() {
+    let source = PrivateSandbox::up(0, 1, "ready");
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let admin = db::pg(&source.first_shard(), "postgres").await;
+    admin.batch_execute("CREATE DATABASE shop").await.unwrap();
+    db::pg(&source.first_shard(), "shop")
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    db::pg(&target.first_shard(), "postgres")
+        .await
+        .batch_execute("CREATE ROLE weak LOGIN PASSWORD 'weak-pw' NOCREATEDB")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("weak.password");
+    std::fs::write(&password, "weak-pw").unwrap();
+    let tgt_text = std::fs::read_to_string(target.topology()).unwrap();
+    let password_line = tgt_text
+        .lines()
+        .find(|l| l.trim_start().starts_with("password_file:"))
+        .unwrap()
+        .to_string();
+    let weak = support::topology_variant(
+        &target.topology(),
+        dir.path(),
+        &[
+            ("postgres://shardcut@", "postgres://weak@"),
+            (
+                password_line.as_str(),
+                &format!("    password_file: {}", password.display()),
+            ),
+        ],
+    );
+    let src_path = source.topology();
+    let src = src_path.to_str().unwrap();
+    let id = support::backup_id(src).await;
+    let run = restore_into(src, &id, weak.to_str().unwrap(), &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("creating a database on the target to try the source's encoding and locale")
+            && run
+                .stderr
+                .contains("permission denied to create database; nothing was changed")
+            && !run.stderr.contains("install that locale"),
+        "{run:?}"
+    );
+}

@@ -150,7 +150,24 @@ fn mysql_key(shard: &Shard) -> String {
     format!("mysql {}:{}", shard.endpoint.host, shard.endpoint.port)
 }
 
+/// A MySQL/MariaDB session for shardcut's work, with the server's limits
+/// on statement and idle-transaction time lifted for it
+/// ([`crate::engine::mysql::limits_off`]).
 pub async fn mysql(
+    shard: &Shard,
+    database: Option<&str>,
+    timeout: Duration,
+) -> Result<mysql_async::Conn, AgentError> {
+    use mysql_async::prelude::Queryable;
+    let mut conn = mysql_session(shard, database, timeout).await?;
+    let sql = crate::engine::mysql::limits_off(crate::engine::mysql::is_mariadb(&conn));
+    conn.query_drop(sql).await.map_err(|e| {
+        crate::error::db_err(shard, "lifting the session's time limits")(DbError::Mysql(e))
+    })?;
+    Ok(conn)
+}
+
+async fn mysql_session(
     shard: &Shard,
     database: Option<&str>,
     timeout: Duration,
@@ -179,7 +196,9 @@ pub async fn mysql(
     }
 }
 
-/// Connects to `database` (default: the URL's database, else `postgres`).
+/// Connects to `database` (default: the URL's database, else `postgres`),
+/// with the server's limits on statement, lock-wait, transaction and idle
+/// time lifted for the session ([`crate::engine::postgres::LIMITS_OFF`]).
 /// The connection task is spawned; it ends when the client is dropped.
 pub async fn postgres(
     shard: &Shard,
@@ -233,11 +252,18 @@ pub async fn postgres(
             .await
         }
     };
-    match connected {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(connect_error(shard, e.into())),
-        Err(_) => Err(timeout_error(shard, timeout)),
-    }
+    let client = match connected {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(connect_error(shard, e.into())),
+        Err(_) => return Err(timeout_error(shard, timeout)),
+    };
+    client
+        .batch_execute(crate::engine::postgres::LIMITS_OFF)
+        .await
+        .map_err(|e| {
+            crate::error::db_err(shard, "lifting the session's time limits")(DbError::Postgres(e))
+        })?;
+    Ok(client)
 }
 
 fn spawn_connection<T>(connection: T)

@@ -195,6 +195,27 @@ pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordi
     }))
 }
 
+/// Lifts, for one shardcut session, the limits a server may put on the
+/// time of a statement and of an idle transaction: a DBA's guard against
+/// runaway application queries, which a backup's reads, a restore's loads
+/// and key builds, and a replay's DDL pass on a large table. With a
+/// server-wide `max_statement_time` of 1 s, restoring a table of 1.5
+/// million rows failed on its first chunk ("max_statement_time
+/// exceeded"); an `idle_readonly_transaction_timeout` ends a spare
+/// snapshot connection that waits while its worker reads a large table.
+/// On MariaDB 10.3 and later (the executable comment) the idle timeouts
+/// too; MySQL limits only `SELECT`s (`max_execution_time`). pg_dump does
+/// the same on PostgreSQL (`statement_timeout = 0`,
+/// `idle_in_transaction_session_timeout = 0`).
+pub(crate) fn limits_off(mariadb: bool) -> &'static str {
+    if mariadb {
+        "SET SESSION max_statement_time = 0 /*M!100300 , SESSION idle_transaction_timeout = 0, \
+         SESSION idle_readonly_transaction_timeout = 0, SESSION idle_write_transaction_timeout = 0 */"
+    } else {
+        "SET SESSION max_execution_time = 0"
+    }
+}
+
 /// Session settings of every connection that reads data. Each statement's
 /// failure is an error: a silently failed `SET` would change what is dumped.
 pub(crate) async fn setup_reader(
@@ -213,15 +234,13 @@ pub(crate) async fn setup_reader(
         "SET SESSION wait_timeout = 86400",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ];
+    stmts.push(limits_off(mariadb));
     if mariadb {
-        stmts.push("SET SESSION max_statement_time = 0");
         // A whole-table read has no plan to choose; without this MariaDB
         // reads each table's engine-independent statistics (three system
         // tables) on its first open after the cut's flush: a tenth of the
         // server's time in a backup of 10,000 small tables.
         stmts.push("SET SESSION use_stat_tables = 'NEVER'");
-    } else {
-        stmts.push("SET SESSION max_execution_time = 0");
     }
     for s in stmts {
         conn.query_drop(s).await.map_err(db_err(shard, s))?;
@@ -280,7 +299,7 @@ fn stored_column(row: &Row) -> Result<bool, DbError> {
 }
 
 /// Whether `conn`'s server is MariaDB (10 and up; MySQL is at 9 at most).
-pub(super) fn is_mariadb(conn: &mysql_async::Conn) -> bool {
+pub(crate) fn is_mariadb(conn: &mysql_async::Conn) -> bool {
     conn.server_version().0 >= 10
 }
 

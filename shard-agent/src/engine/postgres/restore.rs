@@ -179,6 +179,14 @@ fn staged_name(kind: &str) -> String {
     )
 }
 
+/// The SQLSTATEs of `CREATE DATABASE` refusing an encoding or a locale:
+/// an invalid locale name or server encoding (42809), an encoding that
+/// does not match the locale (22023), an unknown encoding (42704), a
+/// locale provider the server lacks (0A000) or does not know (42P17).
+/// Any other failure (a cancelled statement, a missing privilege) is
+/// reported as itself, not as a locale to install.
+const LOCALE_REFUSALS: [&str; 5] = ["42809", "22023", "42704", "0A000", "42P17"];
+
 /// Whether the target creates a database with `options` (the source's
 /// encoding and locale), by creating one and dropping it.
 async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
@@ -191,13 +199,23 @@ async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
     admin
         .batch_execute(&format!("CREATE DATABASE {}{options}", ident(&name)))
         .await
-        .map_err(|e| AgentError::Tool {
-            shard: target.name.clone(),
-            what: format!(
-                "the target refuses the source's encoding and locale ({}): {}; install that locale on the target's host, or restore into a server that has it; nothing was changed",
-                options.trim(),
-                crate::error::one_line(&e)
-            ),
+        .map_err(|e| match e.code().map(|c| c.code()) {
+            Some(code) if LOCALE_REFUSALS.contains(&code) => AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "the target refuses the source's encoding and locale ({}): {}; install that locale on the target's host, or restore into a server that has it; nothing was changed",
+                    options.trim(),
+                    crate::error::one_line(&e)
+                ),
+            },
+            _ => AgentError::Tool {
+                shard: target.name.clone(),
+                what: format!(
+                    "creating a database on the target to try the source's encoding and locale ({}) failed: {}; nothing was changed",
+                    options.trim(),
+                    crate::error::one_line(&e)
+                ),
+            },
         })?;
     admin
         .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&name)))
