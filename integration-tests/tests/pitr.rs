@@ -2108,17 +2108,20 @@ async fn a_mariadb_binlog_filter_leaving_out_a_selected_database_is_refused_by_n
     );
 }
 
-/// Servers whose DBA limits statement time and idle transactions (a guard
-/// against runaway application queries: MariaDB's `max_statement_time`
-/// and `idle_*_transaction_timeout`, PostgreSQL's `statement_timeout`,
+/// Servers whose DBA changed the defaults of every session: MariaDB's
+/// `sql_select_limit` and `autocommit` server-wide, and limits on
+/// statement time and idle transactions (a guard against runaway
+/// application queries: MariaDB's `max_statement_time` and
+/// `idle_*_transaction_timeout`, PostgreSQL's `statement_timeout`,
 /// `idle_in_transaction_session_timeout` and `idle_session_timeout`, here
-/// set server-wide on MariaDB and on the role on PostgreSQL). shardcut's
-/// loads, key builds and replayed DDL pass them: a MariaDB restore failed
-/// on its first chunk ("max_statement_time exceeded"), a PostgreSQL one
-/// was refused as if the target lacked the source's locale. Every
-/// shardcut session now lifts them, as pg_dump does for its own.
+/// on the role). With a `sql_select_limit` of 1,000 a backup held 1,000
+/// rows of each table and was called complete; with `autocommit` off a
+/// restore's loads deadlocked; a MariaDB restore failed on its first chunk
+/// ("max_statement_time exceeded"), a PostgreSQL one was refused as if
+/// the target lacked the source's locale. Every shardcut session now sets
+/// the session it relies on, as pg_dump does for its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_exactly() {
+async fn servers_with_restrictive_session_defaults_back_up_capture_and_restore_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (_sb, topo_path, topo) = ledger_cluster(dir.path(), "(1, 10)").await;
     let arg = topo_path.to_str().unwrap();
@@ -2128,8 +2131,8 @@ async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_ex
     let restored = db::topology(&tgt);
     let (tmy, tpg) = (&restored.shards[0], &restored.shards[1]);
 
-    // Sessions opened before the limits keep the server's defaults: the
-    // test's own statements run on them.
+    // The test's own statements run on sessions opened before the
+    // server's defaults change, so that they pass whatever shardcut sets.
     let mut c = db::mysql(my, Some("bank")).await;
     let p = db::pg(pg, "bank").await;
     let mut tc = db::mysql(tmy, None).await;
@@ -2149,7 +2152,8 @@ async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_ex
     )
     .await
     .unwrap();
-    const MARIADB_LIMITS: &str = "SET GLOBAL max_statement_time = 0.05, \
+    const MARIADB_LIMITS: &str = "SET GLOBAL sql_select_limit = 1000, GLOBAL autocommit = 0, \
+         GLOBAL max_statement_time = 0.05, \
          GLOBAL idle_transaction_timeout = 1, GLOBAL idle_readonly_transaction_timeout = 1, \
          GLOBAL idle_write_transaction_timeout = 1";
     const PG_LIMITS: &str = "ALTER ROLE CURRENT_USER SET statement_timeout = '50ms'; \
@@ -2161,7 +2165,13 @@ async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_ex
     tp.batch_execute(PG_LIMITS).await.unwrap();
 
     run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
-    run_ok_async(&["backup", "-t", arg]).await;
+    let backup = run_ok_async(&["backup", "-t", arg, "--json"]).await.json();
+    for shard in ["mysql-0", "pg-0"] {
+        assert_eq!(
+            backup["shards"][shard]["rows"], 100_001,
+            "every row of big and ledger on {shard}: {backup}"
+        );
+    }
     // Changes to replay: a key built on 100,000 rows (MariaDB replays
     // DDL) and an update of half of them.
     c.query_drop("UPDATE big SET a = a + 1 WHERE id <= 50000")
@@ -2179,7 +2189,8 @@ async fn servers_limiting_statement_and_idle_time_back_up_capture_and_restore_ex
     // The servers' defaults back, for the comparisons' own sessions.
     for conn in [&mut c, &mut tc] {
         conn.query_drop(
-            "SET GLOBAL max_statement_time = 0, GLOBAL idle_transaction_timeout = 0, \
+            "SET GLOBAL sql_select_limit = DEFAULT, GLOBAL autocommit = 1, \
+             GLOBAL max_statement_time = 0, GLOBAL idle_transaction_timeout = 0, \
              GLOBAL idle_readonly_transaction_timeout = 0, GLOBAL idle_write_transaction_timeout = 0",
         )
         .await

@@ -150,9 +150,10 @@ fn mysql_key(shard: &Shard) -> String {
     format!("mysql {}:{}", shard.endpoint.host, shard.endpoint.port)
 }
 
-/// A MySQL/MariaDB session for shardcut's work, with the server's limits
-/// on statement and idle-transaction time lifted for it
-/// ([`crate::engine::mysql::limits_off`]).
+/// A MySQL/MariaDB session for shardcut's work, in the session it relies
+/// on whatever defaults the server gives (no row limit, autocommit, no
+/// limit on statement or idle-transaction time:
+/// [`crate::engine::mysql::session_baseline`]).
 pub async fn mysql(
     shard: &Shard,
     database: Option<&str>,
@@ -160,10 +161,10 @@ pub async fn mysql(
 ) -> Result<mysql_async::Conn, AgentError> {
     use mysql_async::prelude::Queryable;
     let mut conn = mysql_session(shard, database, timeout).await?;
-    let sql = crate::engine::mysql::limits_off(crate::engine::mysql::is_mariadb(&conn));
-    conn.query_drop(sql).await.map_err(|e| {
-        crate::error::db_err(shard, "lifting the session's time limits")(DbError::Mysql(e))
-    })?;
+    let sql = crate::engine::mysql::session_baseline(crate::engine::mysql::is_mariadb(&conn));
+    conn.query_drop(sql)
+        .await
+        .map_err(|e| crate::error::db_err(shard, "setting up the session")(DbError::Mysql(e)))?;
     Ok(conn)
 }
 

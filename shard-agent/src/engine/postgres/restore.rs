@@ -179,13 +179,19 @@ fn staged_name(kind: &str) -> String {
     )
 }
 
-/// The SQLSTATEs of `CREATE DATABASE` refusing an encoding or a locale:
-/// an invalid locale name or server encoding (42809), an encoding that
-/// does not match the locale (22023), an unknown encoding (42704), a
-/// locale provider the server lacks (0A000) or does not know (42P17).
-/// Any other failure (a cancelled statement, a missing privilege) is
-/// reported as itself, not as a locale to install.
-const LOCALE_REFUSALS: [&str; 5] = ["42809", "22023", "42704", "0A000", "42P17"];
+/// Whether `CREATE DATABASE` failed refusing an encoding or a locale, by
+/// its SQLSTATE: an invalid locale name or server encoding (42809), an
+/// encoding that does not match the locale (22023), an unknown encoding
+/// (42704), a server built without ICU (0A000), a locale provider it does
+/// not know (42P17), or an option older than the server
+/// (`LOCALE_PROVIDER`, `ICU_LOCALE`, `ICU_RULES`, `BUILTIN_LOCALE`: 42601).
+/// Any other failure (a cancelled statement, a missing privilege, a
+/// template in use) is reported as itself, not as a locale to install.
+fn refuses_locale(e: &tokio_postgres::Error) -> bool {
+    const LOCALE_REFUSALS: [&str; 6] = ["42809", "22023", "42704", "0A000", "42P17", "42601"];
+    e.code()
+        .is_some_and(|c| LOCALE_REFUSALS.contains(&c.code()))
+}
 
 /// Whether the target creates a database with `options` (the source's
 /// encoding and locale), by creating one and dropping it.
@@ -199,8 +205,8 @@ async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
     admin
         .batch_execute(&format!("CREATE DATABASE {}{options}", ident(&name)))
         .await
-        .map_err(|e| match e.code().map(|c| c.code()) {
-            Some(code) if LOCALE_REFUSALS.contains(&code) => AgentError::Tool {
+        .map_err(|e| match refuses_locale(&e) {
+            true => AgentError::Tool {
                 shard: target.name.clone(),
                 what: format!(
                     "the target refuses the source's encoding and locale ({}): {}; install that locale on the target's host, or restore into a server that has it; nothing was changed",
@@ -208,7 +214,7 @@ async fn try_encoding(target: &Shard, options: &str) -> Result<(), AgentError> {
                     crate::error::one_line(&e)
                 ),
             },
-            _ => AgentError::Tool {
+            false => AgentError::Tool {
                 shard: target.name.clone(),
                 what: format!(
                     "creating a database on the target to try the source's encoding and locale ({}) failed: {}; nothing was changed",
@@ -284,7 +290,7 @@ async fn prepare_database(
         .map_err(pg_err(shard, "setting up the session"))?;
     let creating = |name: &str| format!("CREATE DATABASE {}{options}", ident(name));
     let refused = |e: tokio_postgres::Error| {
-        if options.is_empty() {
+        if options.is_empty() || !refuses_locale(&e) {
             return pg_err(shard, &format!("creating database {db}"))(e);
         }
         let why = crate::error::one_line(&e);
