@@ -2219,3 +2219,72 @@ async fn servers_with_restrictive_session_defaults_back_up_capture_and_restore_e
         db::pg_digest(pg, "bank", "public", "big").await
     );
 }
+
+/// A session that logs its changes as statements (`binlog_format`
+/// STATEMENT or MIXED, which a session may set for itself) writes changes
+/// replay cannot apply exactly, and refuses. Capture stored them without a
+/// word: the DBA heard of it only when a restore to a later mark failed,
+/// after its base was restored. Capture now reads each logged statement as
+/// replay will and names the ones replay will refuse when it stores them;
+/// a base taken after such a change restores past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_replay_will_refuse_is_named_by_capture_when_it_is_stored() {
+    let (_sb, _dir, topo_path, topo) = support::private_cluster(1, 0);
+    let arg = topo_path.to_str().unwrap();
+    let my = &topo.shards[0];
+    let mut c = db::mysql(my, None).await;
+    c.query_drop(
+        "CREATE DATABASE shop; CREATE TABLE shop.t (id INT PRIMARY KEY, v INT); \
+         INSERT INTO shop.t VALUES (1, 10), (2, 20)",
+    )
+    .await
+    .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    let before = support::backup_id(arg).await;
+    c.query_drop("SET SESSION binlog_format = 'STATEMENT'")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE shop.t SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    c.query_drop("SET SESSION binlog_format = 'ROW'")
+        .await
+        .unwrap();
+    let run = run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    assert!(
+        run.stderr.contains("shardcut: warning: shard mysql-0: capture stored a change that replay will refuse, at mysql-bin.")
+            && run.stderr.contains(
+                "`UPDATE shop.t SET v = v + 1 WHERE id = 1`: a change logged as a statement, not as rows (capture needs binlog_format=ROW); a restore to a mark after it fails unless its base backup was taken after it"
+            ),
+        "{run:?}"
+    );
+    let after = support::backup_id(arg).await;
+    c.query_drop("UPDATE shop.t SET v = v + 1 WHERE id = 2")
+        .await
+        .unwrap();
+    let quiet = run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    assert!(!quiet.stderr.contains("replay will refuse"), "{quiet:?}");
+
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let tgt = target.topology();
+    let refused = restore_until(arg, tgt.to_str().unwrap(), "latest", &["--backup", &before]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("a change logged as a statement, not as rows"),
+        "{refused:?}"
+    );
+    restored_q1(
+        arg,
+        tgt.to_str().unwrap(),
+        "latest",
+        &["--backup", &after, "--overwrite"],
+    )
+    .await;
+    let restored = db::topology(&tgt);
+    assert_eq!(
+        db::mysql_checksum(&restored.shards[0], "shop.t").await,
+        db::mysql_checksum(my, "shop.t").await
+    );
+}

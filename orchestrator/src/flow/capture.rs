@@ -262,6 +262,12 @@ fn figures(
             r.and_then(|r| r.server_position.clone()),
             r.and_then(|r| r.retained_wal_bytes),
         );
+        for refused in r.map(|r| r.replay_refuses.as_slice()).unwrap_or_default() {
+            observer.note(&format!(
+                "shardcut: warning: shard {}: capture stored a change that replay will refuse, at {refused}; a restore to a mark after it fails unless its base backup was taken after it",
+                s.shard
+            ));
+        }
         if let Some(w) = s.retained_wal_bytes {
             if w > opts.warn_retained_wal_bytes {
                 observer.note(&format!(
@@ -314,6 +320,9 @@ fn merge(mut acc: Vec<RoundReport>, new: Vec<RoundReport>) -> Vec<RoundReport> {
                 a.progress = r.progress;
                 a.server_position = r.server_position;
                 a.retained_wal_bytes = r.retained_wal_bytes;
+                a.replay_refuses.extend(r.replay_refuses);
+                a.replay_refuses
+                    .truncate(shard_agent::capture::REFUSES_NAMED);
             }
             None => acc.push(r),
         }

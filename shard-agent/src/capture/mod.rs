@@ -285,7 +285,15 @@ pub struct RoundReport {
     /// Bytes of WAL the slot retains (PostgreSQL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_wal_bytes: Option<u64>,
+    /// MariaDB: changes the round stored that replay will refuse (where,
+    /// the statement's head, why), the first [`REFUSES_NAMED`]; a restore
+    /// to a mark after one fails unless its base backup was taken after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replay_refuses: Vec<String>,
 }
+
+/// The most changes replay will refuse that a round report names.
+pub const REFUSES_NAMED: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -324,6 +324,7 @@ pub async fn catch_up(
     };
     let mut txn = Txn::default();
     let mut scratch = Vec::new();
+    let selection = crate::manifest::Selection::of(shard);
     loop {
         if stop.load(Ordering::Relaxed) && !txn.active {
             break;
@@ -343,6 +344,7 @@ pub async fn catch_up(
                 "holding a large transaction in a temporary file: {e}"
             ))
         })?;
+        round.look_ahead_of_replay(&ev, &selection);
         if txn.ends_with(&ev) {
             round.commit(std::mem::take(&mut txn), &ev)?;
         }
@@ -413,6 +415,46 @@ struct Round<'a> {
 }
 
 impl Round<'_> {
+    /// Reads a logged statement of a transaction as replay will
+    /// (`logged_sql::place`, under the topology's selection) and notes one
+    /// replay would refuse: a change logged as a statement (a session with
+    /// `binlog_format` STATEMENT or MIXED), DDL that crosses the
+    /// selection's edge. Capture stores it all the same (marks before it
+    /// still restore), but the DBA hears of it now, not when a restore to
+    /// a later mark fails after its base is restored.
+    fn look_ahead_of_replay(&mut self, ev: &Event, selection: &crate::manifest::Selection) {
+        if !matches!(
+            ev.header().event_type_raw(),
+            event::QUERY | event::MARIADB_QUERY_COMPRESSED
+        ) {
+            return;
+        }
+        let Ok(Some(EventData::QueryEvent(qe))) = ev.read_data() else {
+            return;
+        };
+        let q = qe.query().trim().to_string();
+        if ["BEGIN", "COMMIT", "ROLLBACK"]
+            .iter()
+            .any(|w| q.eq_ignore_ascii_case(w))
+        {
+            return;
+        }
+        let placed = super::replay::logged_settings(&qe)
+            .map(|(quoting, _)| super::logged_sql::place(&q, &qe.schema(), selection, quoting));
+        let why = match placed {
+            Ok(super::logged_sql::Placement::Refuse(why)) | Err(why) => why,
+            Ok(_) => return,
+        };
+        if self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED {
+            self.report.replay_refuses.push(format!(
+                "{}:{} `{}`: {why}",
+                self.pos.file,
+                ev.header().log_pos(),
+                super::logged_sql::shown(&q)
+            ));
+        }
+    }
+
     fn fail(&self, what: String) -> CaptureError {
         CaptureError::stream(&self.shard.name, what)
     }

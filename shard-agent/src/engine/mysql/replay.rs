@@ -423,7 +423,7 @@ const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.t
 /// `NO_BACKSLASH_ESCAPES` a backslash does not escape a quote, so
 /// `COMMENT 'a\', RENAME TO mysql.x -- '` renames the table out of the
 /// selection, where the default reading sees a comment.
-fn logged_settings(qe: &QueryEvent<'_>) -> Result<(Quoting, Option<String>), String> {
+pub(super) fn logged_settings(qe: &QueryEvent<'_>) -> Result<(Quoting, Option<String>), String> {
     let vars = qe.status_vars();
     let mode = vars
         .get_status_var(StatusVarKey::SqlMode)
