@@ -262,11 +262,8 @@ fn figures(
             r.and_then(|r| r.server_position.clone()),
             r.and_then(|r| r.retained_wal_bytes),
         );
-        for refused in r.map(|r| r.replay_refuses.as_slice()).unwrap_or_default() {
-            observer.note(&format!(
-                "shardcut: warning: shard {}: capture stored a change that replay will refuse, at {refused}; a restore to a mark after it fails unless its base backup was taken after it",
-                s.shard
-            ));
+        if let Some(r) = r {
+            warn_replay_refuses(r, observer);
         }
         if let Some(w) = s.retained_wal_bytes {
             if w > opts.warn_retained_wal_bytes {
@@ -279,6 +276,16 @@ fn figures(
         out.push(s);
     }
     out
+}
+
+/// Warns of each change a round stored that replay will refuse.
+pub(crate) fn warn_replay_refuses(report: &RoundReport, observer: &dyn Observer) {
+    for refused in &report.replay_refuses {
+        observer.note(&format!(
+            "shardcut: warning: shard {}: capture stored a change that replay will refuse, at {refused}; a restore to a mark after it fails unless its base backup was taken after it",
+            report.shard
+        ));
+    }
 }
 
 /// Stops capturing the selected shards: releases what each stream holds

@@ -16,7 +16,7 @@ use shard_agent::position::Position;
 use shard_agent::repo::Repository;
 use topology::Topology;
 
-use super::capture::{catch_up_to, ensure_streams, CatchUpTarget, Started};
+use super::capture::{catch_up_to, ensure_streams, warn_replay_refuses, CatchUpTarget, Started};
 use super::mark::take_mark;
 use super::steps::{complete_manifest, store_manifest, Contents};
 use super::{list_backups, Observer};
@@ -112,7 +112,11 @@ pub async fn take(
                         mark: Some(&mark),
                         stop: &stop,
                     };
-                    catch_up_to(streams, &target).await.map(|_| ())
+                    catch_up_to(streams, &target).await.map(|(_, reports)| {
+                        for r in &reports {
+                            warn_replay_refuses(r, observer);
+                        }
+                    })
                 }
                 Err(e) => Err(e),
             };

@@ -394,6 +394,10 @@ async fn same_history(conn: &mut mysql_async::Conn, stored: &GtidPosition) -> Re
     }
 }
 
+/// Why replay refuses a compressed query event (MariaDB's
+/// `log_bin_compress`): the driver does not decode them.
+pub(super) const COMPRESSED_QUERY: &str = "a compressed statement (the server's log_bin_compress is on), which replay cannot read; SET GLOBAL log_bin_compress = OFF";
+
 /// One catch-up round of the binlog stream: where it stands, and the
 /// segment being filled.
 struct Round<'a> {
@@ -430,6 +434,16 @@ impl Round<'_> {
             return;
         }
         let Ok(Some(EventData::QueryEvent(qe))) = ev.read_data() else {
+            if ev.header().event_type_raw() == event::MARIADB_QUERY_COMPRESSED
+                && self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED
+            {
+                self.report.replay_refuses.push(format!(
+                    "{}:{}: {}",
+                    self.pos.file,
+                    ev.header().log_pos(),
+                    COMPRESSED_QUERY
+                ));
+            }
             return;
         };
         let q = qe.query().trim().to_string();

@@ -202,7 +202,7 @@ pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordi
 ///   error; with 1,000, a backup of a table of 1.5 million rows held 1,000
 ///   and was called complete;
 /// - `autocommit` on: with it off server-wide, a restore's loads stayed in
-///   transactions never committed, and the workers' deadlocked;
+///   transactions never committed, and the workers deadlocked;
 /// - `sql_big_selects` on (a `max_join_size` refuses none of its reads);
 /// - no limit on a statement's time (MariaDB 10.1 and later), nor (10.3.2
 ///   and later) on an idle transaction's, each in an executable comment

@@ -153,6 +153,19 @@ fn binlog_findings(vars: &HashMap<String, String>, mariadb: bool) -> Vec<Finding
         image == "FULL",
         "SET GLOBAL binlog_row_image = 'FULL' and put binlog_row_image=FULL in the config",
     ));
+    // MariaDB compresses logged statements past `log_bin_compress_min_len`
+    // (256 bytes by default: most CREATE TABLEs), which replay cannot read.
+    if let Some(compress) = vars.get("log_bin_compress") {
+        f.push(if compress == "OFF" || compress == "0" {
+            Finding::ok("log_bin_compress", compress)
+        } else {
+            Finding::warn(
+                "log_bin_compress",
+                compress,
+                "replay cannot read the compressed statements this logs (DDL past log_bin_compress_min_len), so a restore to a mark past one fails: SET GLOBAL log_bin_compress = OFF and put log_bin_compress=OFF in the config",
+            )
+        });
+    }
     if let Some(meta) = vars.get("binlog_row_metadata") {
         f.push(if meta == "FULL" {
             Finding::ok("binlog_row_metadata", meta)
@@ -333,7 +346,7 @@ async fn variables(conn: &mut Conn) -> Result<HashMap<String, String>, DbError> 
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('version', 'version_comment', 'log_bin', \
              'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'gtid_binlog_pos', \
              'gtid_strict_mode', 'gtid_mode', 'local_infile', 'server_id', 'sync_binlog', \
-             'table_definition_cache', 'table_open_cache', 'max_connections')",
+             'table_definition_cache', 'table_open_cache', 'max_connections', 'log_bin_compress')",
         )
         .await?;
     let mut out = HashMap::new();

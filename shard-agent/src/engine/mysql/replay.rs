@@ -1311,9 +1311,12 @@ async fn apply_segment(
             file: file.to_string(),
             offset: u64::from(h.log_pos()),
         };
-        let done = std::mem::take(&mut txn);
+        let mut done = std::mem::take(&mut txn);
         if !applied.take(done.gtid, &end).map_err(corrupt)? {
             continue;
+        }
+        if let Some(why) = done.refused.take() {
+            return Err(stopped(Stop::Refused(why)));
         }
         stmts += apply.add(done, format!("{file}:{}", end.offset)).await?;
         txns += 1;
@@ -1354,6 +1357,9 @@ struct TxnSteps {
     /// Where its last row event that is kept starts in `pending`, and
     /// whether that event ends with a checksum.
     last_rows: Option<(usize, bool)>,
+    /// Why a statement of it cannot be placed (see [`logged_sql::place`]):
+    /// the replay stops here if the transaction is to be applied.
+    refused: Option<String>,
 }
 
 /// Why a segment's transaction cannot be applied.
@@ -1435,12 +1441,29 @@ impl TxnSteps {
                 return Ok(true);
             }
             event::QUERY | event::MARIADB_QUERY_COMPRESSED => {
-                let q = query_text(ev).ok_or_else(|| {
-                    Stop::Corrupt(format!("unreadable query event at {file}:{at}"))
-                })?;
-                return self
-                    .query(ev, q, left)
-                    .map_err(|why| Stop::Refused(format!("replaying {file}:{at}: {why}")));
+                let Some(q) = query_text(ev) else {
+                    if ev.header().event_type_raw() == event::MARIADB_QUERY_COMPRESSED {
+                        self.refused.get_or_insert(format!(
+                            "replaying {file}:{at}: {}",
+                            super::capture::COMPRESSED_QUERY
+                        ));
+                        return Ok(self.standalone);
+                    }
+                    return Err(Stop::Corrupt(format!(
+                        "unreadable query event at {file}:{at}"
+                    )));
+                };
+                return match self.query(ev, q, left) {
+                    Ok(ends) => Ok(ends),
+                    // Refused only if the transaction is applied: one
+                    // before the base's cut or past the mark, in the same
+                    // segment, is passed over like the rest of it.
+                    Err(why) => {
+                        self.refused
+                            .get_or_insert(format!("replaying {file}:{at}: {why}"));
+                        Ok(self.standalone)
+                    }
+                };
             }
             event::TABLE_MAP => {
                 let Ok(Some(EventData::TableMapEvent(map))) = ev.read_data() else {

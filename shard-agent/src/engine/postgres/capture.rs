@@ -138,7 +138,93 @@ pub async fn start(shard: &Shard, cluster: &str, db: &str) -> Result<StreamState
             format!("database {db}: {}", refused.join("; ")),
         ));
     }
-    create_publication_and_slot(shard, &client, db, &name, &plan.tables).await
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(err(shard, "reading the backend pid"))?;
+    naming_waits(
+        shard,
+        db,
+        pid,
+        create_publication_and_slot(shard, &client, db, &name, &plan.tables),
+    )
+    .await
+}
+
+/// How long capture's start waits on other sessions before it names
+/// them, and then how often it names them again.
+const FIRST_WAIT_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
+const WAIT_NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `work`, the start of capture on the session of backend `pid`,
+/// and names every so often the sessions it waits for. A logical slot is
+/// created only once every transaction that holds a transaction id when
+/// it begins has ended, and a publication waits for the locks of the
+/// tables it takes: behind a write transaction left open, capture's start
+/// waited without a word (tried: `capture --once` still waiting after 30
+/// s behind an open `INSERT`). It still waits (the DBA decides whether to
+/// end that transaction), but says for what (`pg_blocking_pids`).
+async fn naming_waits<T>(
+    shard: &Shard,
+    db: &str,
+    pid: i32,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let watch = async {
+        let mut pause = FIRST_WAIT_NOTE;
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = WAIT_NOTE_EVERY;
+            if let Some(who) = blockers(shard, db, pid).await {
+                tracing::warn!(
+                    "{}: starting capture of {db} waits for {who} to end: a replication slot is made only once the transactions open when it began have ended; it goes on by itself once they do",
+                    shard.name
+                );
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        never = watch => never,
+    }
+}
+
+/// The sessions backend `pid` waits for, the longest open first, in words:
+/// pid, user, how long its transaction has been open, its state and the
+/// head of its statement.
+async fn blockers(shard: &Shard, db: &str, pid: i32) -> Option<String> {
+    let look = connect::postgres(shard, Some(db), CONNECT_TIMEOUT)
+        .await
+        .ok()?;
+    let rows = look
+        .query(
+            "SELECT a.pid, coalesce('user ' || a.usename::text, a.backend_type), \
+             extract(epoch FROM now() - a.xact_start)::int8, a.state, left(a.query, 80) \
+             FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) \
+             ORDER BY a.xact_start LIMIT 3",
+            &[&pid],
+        )
+        .await
+        .ok()?;
+    let named: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let pid: i32 = r.try_get(0).ok()?;
+            let who: Option<String> = r.try_get(1).ok()?;
+            let age: Option<i64> = r.try_get(2).ok()?;
+            let state: Option<String> = r.try_get(3).ok()?;
+            let query: Option<String> = r.try_get(4).ok()?;
+            Some(format!(
+                "pid {pid} ({}, a transaction open for {} s, {}: `{}`)",
+                who.unwrap_or_default(),
+                age.unwrap_or(0),
+                state.unwrap_or_default(),
+                crate::error::printable(&query.unwrap_or_default())
+            ))
+        })
+        .collect();
+    (!named.is_empty()).then(|| named.join(", "))
 }
 
 /// A table of `db` capture publishes.
