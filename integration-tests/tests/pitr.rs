@@ -2319,32 +2319,110 @@ async fn a_change_replay_will_refuse_is_named_by_capture_and_stops_only_restores
         db::mysql_checksum(my, "shop.t").await
     );
 
-    // MariaDB's log_bin_compress logs long statements compressed, which
-    // replay cannot read: it called the segment damaged ("unreadable query
-    // event"), and neither check nor capture said a word.
-    c.query_drop("SET GLOBAL log_bin_compress = ON, GLOBAL log_bin_compress_min_len = 10")
+    // An XA transaction is framed by statements replay refuses, and ends
+    // with an event it does not read as an end: passed over like another
+    // refused change, it took the transactions after it in, and a base
+    // holding it would have skipped them. It stops the replay where it
+    // is read.
+    for sql in [
+        "XA START 'x'",
+        "INSERT INTO shop.t VALUES (3, 30)",
+        "XA END 'x'",
+        "XA PREPARE 'x'",
+        "XA COMMIT 'x'",
+    ] {
+        c.query_drop(sql).await.unwrap();
+    }
+    let holding_xa = support::backup_id(arg).await;
+    c.query_drop("UPDATE shop.t SET v = v + 1 WHERE id = 2")
         .await
         .unwrap();
-    let check = run_ok_async(&["check", "-t", arg, "--json"]).await;
-    let finding = support::first_shard_finding(&check, "log_bin_compress");
-    assert_eq!(finding["level"], "warn", "{check:?}");
-    c.query_drop("CREATE TABLE shop.notes (id INT PRIMARY KEY, body VARCHAR(80))")
-        .await
-        .unwrap();
-    let run = run_ok_async(&["capture", "-t", arg, "--once"]).await;
-    let compressed = "a compressed statement (the server's log_bin_compress is on), which replay cannot read; SET GLOBAL log_bin_compress = OFF";
-    assert!(run.stderr.contains(compressed), "{run:?}");
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
     let refused = restore_until(
         arg,
         tgt.to_str().unwrap(),
         "latest",
-        &["--backup", &after, "--overwrite"],
+        &["--backup", &holding_xa, "--overwrite"],
     )
     .await;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(
-        refused.stderr.contains(compressed) && !refused.stderr.contains("unreadable"),
+        refused.stderr.contains("`XA ")
+            && refused
+                .stderr
+                .contains("a statement of a kind a replay does not run (XA …)"),
         "{refused:?}"
+    );
+    let past_xa = support::backup_id(arg).await;
+
+    // MariaDB's log_bin_compress logs long statements and row events
+    // compressed, which replay can neither read nor apply: it called the
+    // segment damaged ("unreadable query event"), or the target refused
+    // the rows, after the base was restored, and neither check nor capture
+    // said a word. Now check requires it off and capture refuses the shard
+    // while it is on; what was logged compressed while capture was not
+    // looking is named when stored, and refused by that name.
+    c.query_drop("SET GLOBAL log_bin_compress = ON, GLOBAL log_bin_compress_min_len = 10")
+        .await
+        .unwrap();
+    let check = support::shardcut_async(&["check", "-t", arg, "--json"]).await;
+    let finding = support::first_shard_finding(&check, "log_bin_compress");
+    assert_eq!(finding["level"], "fail", "{check:?}");
+    c.query_drop("CREATE TABLE shop.notes (id INT PRIMARY KEY, body VARCHAR(80))")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO shop.notes VALUES (1, 'a note long enough to be compressed')")
+        .await
+        .unwrap();
+    let run = support::shardcut_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "capture refused: the server compresses its binary log (log_bin_compress is on)"
+        ),
+        "{run:?}"
+    );
+    c.query_drop("SET GLOBAL log_bin_compress = OFF")
+        .await
+        .unwrap();
+    let run = run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    for what in [
+        "a compressed statement (the server's log_bin_compress is on), which replay cannot read",
+        "a compressed row event (the server's log_bin_compress is on), which replay cannot apply",
+    ] {
+        assert!(run.stderr.contains(what), "{what}: {run:?}");
+    }
+    let refused = restore_until(
+        arg,
+        tgt.to_str().unwrap(),
+        "latest",
+        &["--backup", &past_xa, "--overwrite"],
+    )
+    .await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("a compressed statement (the server's log_bin_compress is on)")
+            && !refused.stderr.contains("unreadable"),
+        "{refused:?}"
+    );
+    // A base taken after them restores past them.
+    let later = support::backup_id(arg).await;
+    c.query_drop("INSERT INTO shop.notes VALUES (2, 'a second note, logged uncompressed')")
+        .await
+        .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+    restored_q1(
+        arg,
+        tgt.to_str().unwrap(),
+        "latest",
+        &["--backup", &later, "--overwrite"],
+    )
+    .await;
+    assert_eq!(
+        names(&restored.shards[0], "SELECT id FROM shop.notes ORDER BY id").await,
+        ["1", "2"]
     );
 }
 
@@ -2373,7 +2451,27 @@ async fn a_postgres_capture_start_names_the_open_transaction_it_waits_for() {
     let capture = tokio::spawn(async move {
         support::shardcut_async(&["capture", "-t", &arg, "--once", "--no-mark"]).await
     });
-    // The first note comes 5 s into the wait.
+    // Once capture's session waits on the open transaction, its first note
+    // comes 5 s into the wait.
+    let look = db::pg(pg, "postgres").await;
+    let mut waited = Duration::ZERO;
+    loop {
+        let waiting: i64 = look
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%pg_create_logical_replication_slot%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(waited < Duration::from_secs(60), "capture never waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(
         !capture.is_finished(),

@@ -55,6 +55,14 @@ pub mod event {
     pub const MARIADB_GTID: u8 = 162;
     pub const MARIADB_QUERY_COMPRESSED: u8 = 165;
 
+    /// MariaDB's compressed row events (`log_bin_compress`), which a
+    /// `BINLOG` statement does not take ("Only Format_description_log_event
+    /// and row events are allowed in BINLOG statements (but
+    /// Write_rows_compressed_v1 was provided)").
+    pub fn is_compressed_rows(t: u8) -> bool {
+        matches!(t, 166..=171)
+    }
+
     /// Row events: v1, v2 and MariaDB's compressed ones.
     pub fn is_rows(t: u8) -> bool {
         matches!(t, 23..=25 | 30..=32 | 166..=171)
@@ -80,12 +88,44 @@ pub async fn current_position(shard: &Shard) -> Result<Position, CaptureError> {
 /// them out, and a restore to a later point lack them.
 async fn filters_refusal(conn: &mut mysql_async::Conn, shard: &Shard) -> Result<(), CaptureError> {
     match super::binlog_filters::capture_refusal(conn, shard).await {
-        Ok(None) => Ok(()),
-        Ok(Some(why)) => Err(CaptureError::stream(&shard.name, why)),
-        Err(e) => Err(CaptureError::stream(
+        Ok(None) => {}
+        Ok(Some(why)) => return Err(CaptureError::stream(&shard.name, why)),
+        Err(e) => {
+            return Err(CaptureError::stream(
+                &shard.name,
+                format!("reading the binlog filters: {e}"),
+            ))
+        }
+    }
+    compression_refusal(conn, shard).await
+}
+
+/// Refuses a MariaDB server that compresses its binary log
+/// (`log_bin_compress`): replay can apply neither its compressed
+/// statements (the driver does not decode them) nor its compressed row
+/// events (a `BINLOG` statement does not take them), so every change
+/// logged past `log_bin_compress_min_len` would stop a restore to a later
+/// mark. Looked at when capture starts and at every round, as the
+/// setting changes without a restart.
+async fn compression_refusal(
+    conn: &mut mysql_async::Conn,
+    shard: &Shard,
+) -> Result<(), CaptureError> {
+    if !super::is_mariadb(conn) {
+        return Ok(());
+    }
+    let on: Option<String> = conn
+        .query_first("SELECT @@GLOBAL.log_bin_compress")
+        .await
+        .map_err(|e| CaptureError::stream(&shard.name, format!("reading log_bin_compress: {e}")))?;
+    match on.as_deref() {
+        Some("1" | "ON") => Err(CaptureError::stream(
             &shard.name,
-            format!("reading the binlog filters: {e}"),
+            "capture refused: the server compresses its binary log (log_bin_compress is on), \
+             and replay can apply neither its compressed statements nor its compressed row events: \
+             SET GLOBAL log_bin_compress = OFF and put log_bin_compress=OFF in the config",
         )),
+        _ => Ok(()),
     }
 }
 
@@ -398,6 +438,9 @@ async fn same_history(conn: &mut mysql_async::Conn, stored: &GtidPosition) -> Re
 /// `log_bin_compress`): the driver does not decode them.
 pub(super) const COMPRESSED_QUERY: &str = "a compressed statement (the server's log_bin_compress is on), which replay cannot read; SET GLOBAL log_bin_compress = OFF";
 
+/// Why replay refuses a compressed row event ([`event::is_compressed_rows`]).
+pub(super) const COMPRESSED_ROWS: &str = "a compressed row event (the server's log_bin_compress is on), which replay cannot apply; SET GLOBAL log_bin_compress = OFF";
+
 /// One catch-up round of the binlog stream: where it stands, and the
 /// segment being filled.
 struct Round<'a> {
@@ -427,6 +470,17 @@ impl Round<'_> {
     /// still restore), but the DBA hears of it now, not when a restore to
     /// a later mark fails after its base is restored.
     fn look_ahead_of_replay(&mut self, ev: &Event, selection: &crate::manifest::Selection) {
+        if event::is_compressed_rows(ev.header().event_type_raw())
+            && self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED
+        {
+            self.report.replay_refuses.push(format!(
+                "{}:{}: {}",
+                self.pos.file,
+                ev.header().log_pos(),
+                COMPRESSED_ROWS
+            ));
+            return;
+        }
         if !matches!(
             ev.header().event_type_raw(),
             event::QUERY | event::MARIADB_QUERY_COMPRESSED

@@ -153,18 +153,16 @@ fn binlog_findings(vars: &HashMap<String, String>, mariadb: bool) -> Vec<Finding
         image == "FULL",
         "SET GLOBAL binlog_row_image = 'FULL' and put binlog_row_image=FULL in the config",
     ));
-    // MariaDB compresses logged statements past `log_bin_compress_min_len`
-    // (256 bytes by default: most CREATE TABLEs), which replay cannot read.
+    // MariaDB compresses the statements and row events it logs past
+    // `log_bin_compress_min_len` (256 bytes by default), which replay can
+    // neither read nor apply: capture refuses such a server.
     if let Some(compress) = vars.get("log_bin_compress") {
-        f.push(if compress == "OFF" || compress == "0" {
-            Finding::ok("log_bin_compress", compress)
-        } else {
-            Finding::warn(
-                "log_bin_compress",
-                compress,
-                "replay cannot read the compressed statements this logs (DDL past log_bin_compress_min_len), so a restore to a mark past one fails: SET GLOBAL log_bin_compress = OFF and put log_bin_compress=OFF in the config",
-            )
-        });
+        f.push(Finding::require(
+            "log_bin_compress",
+            compress,
+            compress == "OFF" || compress == "0",
+            "capture refuses a server that compresses its binary log (replay can apply neither compressed statements nor compressed row events): SET GLOBAL log_bin_compress = OFF and put log_bin_compress=OFF in the config",
+        ));
     }
     if let Some(meta) = vars.get("binlog_row_metadata") {
         f.push(if meta == "FULL" {

@@ -1453,8 +1453,24 @@ impl TxnSteps {
                         "unreadable query event at {file}:{at}"
                     )));
                 };
+                // A statement that frames its transaction (XA's, a
+                // COMMIT or ROLLBACK with more words), refused, leaves
+                // where the transaction ends unknown (XA PREPARE's event
+                // is not read as an end): passed over, it would take the
+                // transactions after it in. It stops the replay where it
+                // is read.
+                let first = q
+                    .split(|c: char| !c.is_ascii_alphabetic())
+                    .next()
+                    .unwrap_or_default();
+                let frames = ["XA", "COMMIT", "ROLLBACK"]
+                    .iter()
+                    .any(|w| first.eq_ignore_ascii_case(w));
                 return match self.query(ev, q, left) {
                     Ok(ends) => Ok(ends),
+                    Err(why) if frames => {
+                        Err(Stop::Refused(format!("replaying {file}:{at}: {why}")))
+                    }
                     // Refused only if the transaction is applied: one
                     // before the base's cut or past the mark, in the same
                     // segment, is passed over like the rest of it.
@@ -1487,6 +1503,14 @@ impl TxnSteps {
                 self.map = (self.maps == 1).then(|| map.into_owned());
                 self.pending.extend_from_slice(bytes);
                 self.maps_bytes.extend_from_slice(bytes);
+            }
+            t if event::is_compressed_rows(t) => {
+                // A `BINLOG` statement does not take them: refused by name
+                // if the transaction is applied, not sent to the target.
+                self.refused.get_or_insert(format!(
+                    "replaying {file}:{at}: {}",
+                    super::capture::COMPRESSED_ROWS
+                ));
             }
             t if event::is_rows(t) => {
                 let flags = ev

@@ -215,11 +215,13 @@ async fn blockers(shard: &Shard, db: &str, pid: i32) -> Option<String> {
             let age: Option<i64> = r.try_get(2).ok()?;
             let state: Option<String> = r.try_get(3).ok()?;
             let query: Option<String> = r.try_get(4).ok()?;
+            // Without pg_read_all_stats another user's age, state and
+            // statement are hidden.
             Some(format!(
-                "pid {pid} ({}, a transaction open for {} s, {}: `{}`)",
+                "pid {pid} ({}, a transaction open for {}, {}: `{}`)",
                 who.unwrap_or_default(),
-                age.unwrap_or(0),
-                state.unwrap_or_default(),
+                age.map_or("an unknown time".to_string(), |a| format!("{a} s")),
+                state.unwrap_or_else(|| "state unknown".into()),
                 crate::error::printable(&query.unwrap_or_default())
             ))
         })
