@@ -153,7 +153,7 @@ fn mysql_key(shard: &Shard) -> String {
 /// A MySQL/MariaDB session for shardcut's work, in the session it relies
 /// on whatever defaults the server gives (no row limit, autocommit, no
 /// limit on statement or idle-transaction time:
-/// [`crate::engine::mysql::session_baseline`]).
+/// [`mysql_session_baseline`]).
 pub async fn mysql(
     shard: &Shard,
     database: Option<&str>,
@@ -161,7 +161,7 @@ pub async fn mysql(
 ) -> Result<mysql_async::Conn, AgentError> {
     use mysql_async::prelude::Queryable;
     let mut conn = mysql_session(shard, database, timeout).await?;
-    let sql = crate::engine::mysql::session_baseline(crate::engine::mysql::is_mariadb(&conn));
+    let sql = mysql_session_baseline(is_mariadb(&conn));
     conn.query_drop(sql)
         .await
         .map_err(|e| crate::error::db_err(shard, "setting up the session")(DbError::Mysql(e)))?;
@@ -199,7 +199,7 @@ async fn mysql_session(
 
 /// Connects to `database` (default: the URL's database, else `postgres`),
 /// with the server's limits on statement, lock-wait, transaction and idle
-/// time lifted for the session ([`crate::engine::postgres::LIMITS_OFF`]).
+/// time lifted for the session ([`PG_LIMITS_OFF`]).
 /// The connection task is spawned; it ends when the client is dropped.
 pub async fn postgres(
     shard: &Shard,
@@ -258,12 +258,9 @@ pub async fn postgres(
         Ok(Err(e)) => return Err(connect_error(shard, e.into())),
         Err(_) => return Err(timeout_error(shard, timeout)),
     };
-    client
-        .batch_execute(crate::engine::postgres::LIMITS_OFF)
-        .await
-        .map_err(|e| {
-            crate::error::db_err(shard, "lifting the session's time limits")(DbError::Postgres(e))
-        })?;
+    client.batch_execute(PG_LIMITS_OFF).await.map_err(|e| {
+        crate::error::db_err(shard, "lifting the session's time limits")(DbError::Postgres(e))
+    })?;
     Ok(client)
 }
 
@@ -328,3 +325,54 @@ async fn check_password_exchange(shard: &Shard, database: &str) -> Result<(), Ag
         Err(_) => Ok(()),
     }
 }
+
+/// Whether `conn`'s server is MariaDB (10 and up; MySQL is at 9 at most).
+pub(crate) fn is_mariadb(conn: &mysql_async::Conn) -> bool {
+    conn.server_version().0 >= 10
+}
+
+/// The session every shardcut connection works in, whatever defaults the
+/// server gives its sessions (`SET GLOBAL`, `my.cnf`, `init_connect`):
+/// - `sql_select_limit` unlimited: a server-wide limit (a DBA's guard
+///   against huge ad-hoc reads) cut every table's read short without an
+///   error; with 1,000, a backup of a table of 1.5 million rows held 1,000
+///   and was called complete;
+/// - `autocommit` on: with it off server-wide, a restore's loads stayed in
+///   transactions never committed, and the workers deadlocked;
+/// - `sql_big_selects` on (a `max_join_size` refuses none of its reads);
+/// - no limit on a statement's time (MariaDB 10.1 and later), nor (10.3.2
+///   and later) on an idle transaction's, each in an executable comment
+///   for the versions that have it: a DBA's guard against
+///   runaway application queries, which a restore's loads and key builds,
+///   a replayed `ALTER TABLE` and a spare snapshot connection waiting its
+///   turn pass by design. With a server-wide `max_statement_time` of 50
+///   ms, a restore failed on its first chunk ("max_statement_time
+///   exceeded"). MySQL limits only `SELECT`s (`max_execution_time`).
+///
+/// pg_dump does the same for its own sessions on PostgreSQL
+/// ([`PG_LIMITS_OFF`]).
+pub(crate) fn mysql_session_baseline(mariadb: bool) -> &'static str {
+    if mariadb {
+        "SET SESSION sql_select_limit = 18446744073709551615, SESSION autocommit = 1, \
+         SESSION sql_big_selects = 1 /*M!100100 , SESSION max_statement_time = 0 */ \
+         /*M!100302 , SESSION idle_transaction_timeout = 0, \
+         SESSION idle_readonly_transaction_timeout = 0, SESSION idle_write_transaction_timeout = 0 */"
+    } else {
+        "SET SESSION sql_select_limit = 18446744073709551615, SESSION autocommit = 1, \
+         SESSION sql_big_selects = 1, SESSION max_execution_time = 0"
+    }
+}
+
+/// The server's limits on a session's time lifted for shardcut's work, as
+/// pg_dump lifts them for its own: a DBA's guard against runaway
+/// application sessions (set server-wide, or on a database or role),
+/// which a backup's snapshot, a restore's loads and index builds, and the
+/// idle control session of a long restore pass. With `statement_timeout`
+/// at 50 ms on the target, a restore was refused as if the target lacked
+/// the source's locale. Only the settings the server has
+/// (`idle_session_timeout` is PostgreSQL 14's, `transaction_timeout`
+/// 17's), so that an older server does not refuse the statement.
+pub(crate) const PG_LIMITS_OFF: &str =
+        "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
+         WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', \
+         'idle_session_timeout', 'transaction_timeout')";

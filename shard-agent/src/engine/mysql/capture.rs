@@ -470,15 +470,8 @@ impl Round<'_> {
     /// still restore), but the DBA hears of it now, not when a restore to
     /// a later mark fails after its base is restored.
     fn look_ahead_of_replay(&mut self, ev: &Event, selection: &crate::manifest::Selection) {
-        if event::is_compressed_rows(ev.header().event_type_raw())
-            && self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED
-        {
-            self.report.replay_refuses.push(format!(
-                "{}:{}: {}",
-                self.pos.file,
-                ev.header().log_pos(),
-                COMPRESSED_ROWS
-            ));
+        if event::is_compressed_rows(ev.header().event_type_raw()) {
+            self.name_refused(ev, COMPRESSED_ROWS.into());
             return;
         }
         if !matches!(
@@ -488,15 +481,8 @@ impl Round<'_> {
             return;
         }
         let Ok(Some(EventData::QueryEvent(qe))) = ev.read_data() else {
-            if ev.header().event_type_raw() == event::MARIADB_QUERY_COMPRESSED
-                && self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED
-            {
-                self.report.replay_refuses.push(format!(
-                    "{}:{}: {}",
-                    self.pos.file,
-                    ev.header().log_pos(),
-                    COMPRESSED_QUERY
-                ));
+            if ev.header().event_type_raw() == event::MARIADB_QUERY_COMPRESSED {
+                self.name_refused(ev, COMPRESSED_QUERY.into());
             }
             return;
         };
@@ -507,18 +493,23 @@ impl Round<'_> {
         {
             return;
         }
-        let placed = super::replay::logged_settings(&qe)
+        let placed = super::logged_sql::logged_settings(&qe)
             .map(|(quoting, _)| super::logged_sql::place(&q, &qe.schema(), selection, quoting));
         let why = match placed {
             Ok(super::logged_sql::Placement::Refuse(why)) | Err(why) => why,
             Ok(_) => return,
         };
+        self.name_refused(ev, format!("`{}`: {why}", super::logged_sql::shown(&q)));
+    }
+
+    /// Notes event `ev`, which replay will refuse for `why`, in the round's
+    /// report, up to [`crate::capture::REFUSES_NAMED`] a round.
+    fn name_refused(&mut self, ev: &Event, why: String) {
         if self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED {
             self.report.replay_refuses.push(format!(
-                "{}:{} `{}`: {why}",
+                "{}:{}: {why}",
                 self.pos.file,
-                ev.header().log_pos(),
-                super::logged_sql::shown(&q)
+                ev.header().log_pos()
             ));
         }
     }

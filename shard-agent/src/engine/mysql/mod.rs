@@ -195,38 +195,6 @@ pub(crate) async fn binlog_status(conn: &mut Conn) -> Result<Option<BinlogCoordi
     }))
 }
 
-/// The session every shardcut connection works in, whatever defaults the
-/// server gives its sessions (`SET GLOBAL`, `my.cnf`, `init_connect`):
-/// - `sql_select_limit` unlimited: a server-wide limit (a DBA's guard
-///   against huge ad-hoc reads) cut every table's read short without an
-///   error; with 1,000, a backup of a table of 1.5 million rows held 1,000
-///   and was called complete;
-/// - `autocommit` on: with it off server-wide, a restore's loads stayed in
-///   transactions never committed, and the workers deadlocked;
-/// - `sql_big_selects` on (a `max_join_size` refuses none of its reads);
-/// - no limit on a statement's time (MariaDB 10.1 and later), nor (10.3.2
-///   and later) on an idle transaction's, each in an executable comment
-///   for the versions that have it: a DBA's guard against
-///   runaway application queries, which a restore's loads and key builds,
-///   a replayed `ALTER TABLE` and a spare snapshot connection waiting its
-///   turn pass by design. With a server-wide `max_statement_time` of 50
-///   ms, a restore failed on its first chunk ("max_statement_time
-///   exceeded"). MySQL limits only `SELECT`s (`max_execution_time`).
-///
-/// pg_dump does the same for its own sessions on PostgreSQL
-/// ([`crate::engine::postgres::LIMITS_OFF`]).
-pub(crate) fn session_baseline(mariadb: bool) -> &'static str {
-    if mariadb {
-        "SET SESSION sql_select_limit = 18446744073709551615, SESSION autocommit = 1, \
-         SESSION sql_big_selects = 1 /*M!100100 , SESSION max_statement_time = 0 */ \
-         /*M!100302 , SESSION idle_transaction_timeout = 0, \
-         SESSION idle_readonly_transaction_timeout = 0, SESSION idle_write_transaction_timeout = 0 */"
-    } else {
-        "SET SESSION sql_select_limit = 18446744073709551615, SESSION autocommit = 1, \
-         SESSION sql_big_selects = 1, SESSION max_execution_time = 0"
-    }
-}
-
 /// Session settings of every connection that reads data. Each statement's
 /// failure is an error: a silently failed `SET` would change what is dumped.
 pub(crate) async fn setup_reader(
@@ -245,7 +213,7 @@ pub(crate) async fn setup_reader(
         "SET SESSION wait_timeout = 86400",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ];
-    stmts.push(session_baseline(mariadb));
+    stmts.push(crate::connect::mysql_session_baseline(mariadb));
     if mariadb {
         // A whole-table read has no plan to choose; without this MariaDB
         // reads each table's engine-independent statistics (three system
@@ -309,10 +277,7 @@ fn stored_column(row: &Row) -> Result<bool, DbError> {
         .any(|g| extra.contains(g)))
 }
 
-/// Whether `conn`'s server is MariaDB (10 and up; MySQL is at 9 at most).
-pub(crate) fn is_mariadb(conn: &mysql_async::Conn) -> bool {
-    conn.server_version().0 >= 10
-}
+pub(crate) use crate::connect::is_mariadb;
 
 impl Session {
     pub(crate) async fn prepare(

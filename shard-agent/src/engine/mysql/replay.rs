@@ -21,17 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mysql_async::binlog::events::{Event, EventData, QueryEvent, StatusVarVal, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
 use mysql_async::binlog::BinlogVersion;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use mysql_common::binlog::consts::StatusVarKey;
 use mysql_common::binlog::EventStreamReader;
 use topology::Shard;
 
 use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
 use super::lexer::{several_statements, Quoting};
-use super::logged_sql::{self, Placement};
+use super::logged_sql::{self, logged_settings, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
 use super::sql::{quote_literal, SYSTEM_DATABASES};
 use super::stored_sql::one_statement;
@@ -411,51 +410,6 @@ enum Step {
 /// The replay session's SQL mode and time zone, put back after a logged
 /// statement that ran under its own.
 const REPLAY_SETTINGS: &str = "SET SESSION sql_mode = '', time_zone = @@GLOBAL.time_zone";
-
-/// The `SET` that puts back the SQL mode and time zone statement `qe` was
-/// logged under, unless they are the replay session's (no mode, no zone
-/// of its own): the server reads DDL under its mode (`ANSI_QUOTES` makes
-/// `"t"` a name, `PIPES_AS_CONCAT` makes `||` a concatenation), and a
-/// routine, trigger or event keeps it, and an event's schedule its zone.
-/// The mode is a number, the server's own bits, as `mariadb-binlog`
-/// writes it; a zone from the segment must be a name or an offset. Also
-/// how that mode reads quotes, by which the statement is placed: under
-/// `NO_BACKSLASH_ESCAPES` a backslash does not escape a quote, so
-/// `COMMENT 'a\', RENAME TO mysql.x -- '` renames the table out of the
-/// selection, where the default reading sees a comment.
-pub(super) fn logged_settings(qe: &QueryEvent<'_>) -> Result<(Quoting, Option<String>), String> {
-    let vars = qe.status_vars();
-    let mode = vars
-        .get_status_var(StatusVarKey::SqlMode)
-        .and_then(|v| match v.get_value() {
-            Ok(StatusVarVal::SqlMode(m)) => Some(m.0),
-            _ => None,
-        })
-        .unwrap_or(0);
-    let zone = vars
-        .get_status_var(StatusVarKey::TimeZone)
-        .and_then(|v| match v.get_value() {
-            Ok(StatusVarVal::TimeZone(z)) => Some(z.as_str().into_owned()),
-            _ => None,
-        })
-        .filter(|z| !z.is_empty());
-    let mut set = Vec::new();
-    if mode != 0 {
-        set.push(format!("SESSION sql_mode = {mode}"));
-    }
-    if let Some(zone) = zone {
-        let fits = |b: u8| b.is_ascii_alphanumeric() || b"_/+-:".contains(&b);
-        if zone.len() > 64 || !zone.bytes().all(fits) {
-            return Err(format!(
-                "its time zone {:?} is not a time zone name or offset",
-                zone.chars().take(40).collect::<String>()
-            ));
-        }
-        set.push(format!("SESSION time_zone = '{zone}'"));
-    }
-    let settings = (!set.is_empty()).then(|| format!("SET {}", set.join(", ")));
-    Ok((Quoting::of_sql_mode(mode), settings))
-}
 
 /// One connection's open target transaction, that source transactions (or
 /// their statements) are added to.

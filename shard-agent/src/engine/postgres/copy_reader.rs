@@ -61,9 +61,11 @@ impl CopyReader {
         };
         match tokio::time::timeout(timeout, CopyConn::connect(&login)).await {
             Ok(Ok(mut conn)) => {
-                conn.execute(READER_SETTINGS)
-                    .await
-                    .map_err(|e| db_err(shard, "setting up the session")(e.into()))?;
+                for settings in [READER_SETTINGS, connect::PG_LIMITS_OFF] {
+                    conn.execute(settings)
+                        .await
+                        .map_err(|e| db_err(shard, "setting up the session")(e.into()))?;
+                }
                 Ok(CopyReader::Wire(conn))
             }
             Ok(Err(PgWireError::Unsupported(why))) => {

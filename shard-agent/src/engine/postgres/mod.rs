@@ -128,36 +128,15 @@ pub(crate) fn pg_err(shard: &Shard, what: &str) -> impl Fn(tokio_postgres::Error
     }
 }
 
-/// The server's limits on a session's time lifted for shardcut's work, as
-/// pg_dump lifts them for its own: a DBA's guard against runaway
-/// application sessions (set server-wide, or on a database or role),
-/// which a backup's snapshot, a restore's loads and index builds, and the
-/// idle control session of a long restore pass. With `statement_timeout`
-/// at 50 ms on the target, a restore was refused as if the target lacked
-/// the source's locale. Only the settings the server has
-/// (`idle_session_timeout` is PostgreSQL 14's, `transaction_timeout`
-/// 17's), so that an older server does not refuse the statement.
-macro_rules! limits_off {
-    () => {
-        "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
-         WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', \
-         'idle_session_timeout', 'transaction_timeout')"
-    };
-}
-pub(crate) const LIMITS_OFF: &str = limits_off!();
-
 /// Session settings under which COPY text output is canonical and exact.
 /// Each must succeed: a silently failed `SET` would change the dump.
 /// `row_security = off` (as pg_dump sets it): a table whose policies
 /// would hide rows from the user is refused by the server, naming it,
 /// instead of read filtered without a word.
-pub(crate) const READER_SETTINGS: &str = concat!(
-    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+pub(crate) const READER_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET client_encoding = 'UTF8'; SET standard_conforming_strings = on; \
-     SET default_transaction_read_only = off; SET row_security = off; ",
-    limits_off!()
-);
+     SET default_transaction_read_only = off; SET row_security = off";
 
 pub(crate) async fn reader(
     shard: &Shard,
