@@ -470,6 +470,10 @@ impl Round<'_> {
     /// still restore), but the DBA hears of it now, not when a restore to
     /// a later mark fails after its base is restored.
     fn look_ahead_of_replay(&mut self, ev: &Event, selection: &crate::manifest::Selection) {
+        // Past the round's last name, nothing more to read.
+        if self.report.replay_refuses.len() >= crate::capture::REFUSES_NAMED {
+            return;
+        }
         if event::is_compressed_rows(ev.header().event_type_raw()) {
             self.name_refused(ev, COMPRESSED_ROWS.into());
             return;
@@ -503,15 +507,14 @@ impl Round<'_> {
     }
 
     /// Notes event `ev`, which replay will refuse for `why`, in the round's
-    /// report, up to [`crate::capture::REFUSES_NAMED`] a round.
+    /// report (at most [`crate::capture::REFUSES_NAMED`] a round: see
+    /// [`Self::look_ahead_of_replay`]).
     fn name_refused(&mut self, ev: &Event, why: String) {
-        if self.report.replay_refuses.len() < crate::capture::REFUSES_NAMED {
-            self.report.replay_refuses.push(format!(
-                "{}:{}: {why}",
-                self.pos.file,
-                ev.header().log_pos()
-            ));
-        }
+        self.report.replay_refuses.push(format!(
+            "{}:{}: {why}",
+            self.pos.file,
+            ev.header().log_pos()
+        ));
     }
 
     fn fail(&self, what: String) -> CaptureError {

@@ -213,7 +213,11 @@ pub(crate) async fn setup_reader(
         "SET SESSION wait_timeout = 86400",
         "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     ];
-    stmts.push(crate::connect::mysql_session_baseline(mariadb));
+    // A reader through mysql_async came from `connect::mysql`, which set
+    // the session baseline already; the wire reader sets it here.
+    if matches!(conn, Reader::Wire(_)) {
+        stmts.push(crate::connect::mysql_session_baseline(mariadb));
+    }
     if mariadb {
         // A whole-table read has no plan to choose; without this MariaDB
         // reads each table's engine-independent statistics (three system
