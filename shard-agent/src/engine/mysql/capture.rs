@@ -365,6 +365,7 @@ pub async fn catch_up(
     let mut txn = Txn::default();
     let mut scratch = Vec::new();
     let selection = crate::manifest::Selection::of(shard);
+    let lower = super::logged_sql::folded(&selection);
     loop {
         if stop.load(Ordering::Relaxed) && !txn.active {
             break;
@@ -384,7 +385,7 @@ pub async fn catch_up(
                 "holding a large transaction in a temporary file: {e}"
             ))
         })?;
-        round.look_ahead_of_replay(&ev, &selection);
+        round.look_ahead_of_replay(&ev, &selection, &lower);
         if txn.ends_with(&ev) {
             round.commit(std::mem::take(&mut txn), &ev)?;
         }
@@ -466,12 +467,37 @@ impl Round<'_> {
     /// (`logged_sql::place`, under the topology's selection) and notes one
     /// replay would refuse: a change logged as a statement (a session with
     /// `binlog_format` STATEMENT or MIXED), DDL that crosses the
-    /// selection's edge. Capture stores it all the same (marks before it
-    /// still restore), but the DBA hears of it now, not when a restore to
-    /// a later mark fails after its base is restored.
-    fn look_ahead_of_replay(&mut self, ev: &Event, selection: &crate::manifest::Selection) {
+    /// selection's edge, a table map naming a table of the selection in
+    /// another letter case (`lower` is `selection` folded). Capture stores
+    /// it all the same (marks before it still restore), but the DBA hears
+    /// of it now, not when a restore to a later mark fails after its base
+    /// is restored.
+    fn look_ahead_of_replay(
+        &mut self,
+        ev: &Event,
+        selection: &crate::manifest::Selection,
+        lower: &crate::manifest::Selection,
+    ) {
         // Past the round's last name, nothing more to read.
         if self.report.replay_refuses.len() >= crate::capture::REFUSES_NAMED {
+            return;
+        }
+        if ev.header().event_type_raw() == event::TABLE_MAP {
+            let Ok(Some(EventData::TableMapEvent(map))) = ev.read_data() else {
+                return;
+            };
+            let held = super::logged_sql::map_held(
+                &map.database_name(),
+                &map.table_name(),
+                selection,
+                lower,
+            );
+            // Each statement maps its tables again: named once a round.
+            if let Err(why) = held {
+                if !self.report.replay_refuses.iter().any(|r| r.ends_with(&why)) {
+                    self.name_refused(ev, why);
+                }
+            }
             return;
         }
         if event::is_compressed_rows(ev.header().event_type_raw()) {

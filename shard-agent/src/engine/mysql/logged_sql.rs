@@ -155,6 +155,47 @@ fn held_database(db: &str, scope: &Selection, lower: &Selection) -> bool {
             || lower.database(&db.to_lowercase(), SYSTEM_DATABASES))
 }
 
+/// Whether the changes of `db`.`table`, as a table map names it, are of
+/// `scope` (`lower` is `scope` [`folded`]). A name the server would read
+/// as another is refused, as statements' names are ([`place`]): a NUL
+/// (the server stops the name there: `mysql\0x` is `mysql`), or a name
+/// held or not depending on its letter case (`MYSQL` on a server folding
+/// names).
+pub(super) fn map_held(
+    db: &str,
+    table: &str,
+    scope: &Selection,
+    lower: &Selection,
+) -> Result<bool, String> {
+    if db.contains('\0') || table.contains('\0') {
+        return Err(format!(
+            "a table map names {} with a NUL in it",
+            map_name(db, table)
+        ));
+    }
+    let held = scope.table(db, None, table, SYSTEM_DATABASES);
+    if held
+        != lower.table(
+            &db.to_lowercase(),
+            None,
+            &table.to_lowercase(),
+            SYSTEM_DATABASES,
+        )
+    {
+        return Err(format!(
+            "a table map names {}, a database or table of the selection, or of the server's own, in another letter case",
+            map_name(db, table)
+        ));
+    }
+    Ok(held)
+}
+
+/// A table map's `db.table` for a message: escaped (it is read from a
+/// segment) and bounded.
+fn map_name(db: &str, table: &str) -> String {
+    crate::replay::excerpt(&format!("{}.{}", db.escape_debug(), table.escape_debug()))
+}
+
 /// The qualifiers of names in `tokens`: each word or quoted name
 /// followed by a `.`.
 fn qualifiers(tokens: Lexer<'_>) -> impl Iterator<Item = String> + '_ {

@@ -32,7 +32,7 @@ use super::capture::{event, gtid_of, query_text, BINLOG_MAGIC, STREAM};
 use super::lexer::{several_statements, Quoting};
 use super::logged_sql::{self, logged_settings, Placement};
 use super::reorder::{Orderable, SortKey, Table, Window};
-use super::sql::{quote_literal, SYSTEM_DATABASES};
+use super::sql::quote_literal;
 use super::stored_sql::one_statement;
 use crate::capture::{load_segment, CaptureError};
 use crate::connect;
@@ -203,14 +203,22 @@ pub async fn replay(
     Ok(report)
 }
 
-/// A table map's `db.table` for a message: escaped (it is read from a
-/// segment) and bounded.
-fn map_name(db: &str, table: &str) -> String {
-    crate::replay::excerpt(&format!("{}.{}", db.escape_debug(), table.escape_debug()))
-}
-
 /// Tables named in a replay's note on what it left out, at most.
 const NAMED_TABLES: usize = 8;
+
+/// What a transaction being read leaves out, added to the replay's
+/// [`LeftOut`] if it is applied.
+#[derive(Default)]
+struct LeftOfTxn {
+    row_events: u64,
+    statements: u64,
+    /// `db.table` of the tables whose row events it leaves out, the
+    /// first [`NAMED_TABLES`] and one more (so that the note says there
+    /// were more).
+    tables: Vec<String>,
+    /// A kind per statement on the server itself ([`Placement::Server`]).
+    server: Vec<String>,
+}
 
 /// What a replay leaves out of the binlog, for its report: the changes
 /// of what the base backup does not hold, and statements on the server
@@ -244,36 +252,28 @@ impl<'a> LeftOut<'a> {
     }
 
     /// Whether the changes of table `db`.`table` (as a table map names
-    /// it) are applied; if not, it is named in the report. A name the
-    /// server would read as another is refused: a NUL (the server stops
-    /// the name there: `mysql\0x` is `mysql`), or a name held or not
-    /// depending on its letter case (`MYSQL` on a server folding names),
-    /// as statements' names are ([`logged_sql::place`]).
-    fn holds(&mut self, db: &str, table: &str) -> Result<bool, String> {
-        if db.contains('\0') || table.contains('\0') {
-            return Err(format!(
-                "a table map names {} with a NUL in it",
-                map_name(db, table)
-            ));
+    /// it) are applied. A name the server would read as another is
+    /// refused ([`logged_sql::map_held`]).
+    fn holds(&self, db: &str, table: &str) -> Result<bool, String> {
+        logged_sql::map_held(db, table, self.scope, &self.lower)
+    }
+
+    /// Counts what an applied transaction left out: a transaction the
+    /// replay passes over (in the base already, or past its end) is not
+    /// counted, nor are the tables it names.
+    fn add(&mut self, txn: LeftOfTxn) {
+        self.row_events += txn.row_events;
+        self.statements += txn.statements;
+        for name in txn.tables {
+            if self.tables.len() < NAMED_TABLES {
+                self.tables.insert(name);
+            } else if !self.tables.contains(&name) {
+                self.more_tables = true;
+            }
         }
-        let held = self.scope.table(db, None, table, SYSTEM_DATABASES);
-        let lower = (db.to_lowercase(), table.to_lowercase());
-        if held != self.lower.table(&lower.0, None, &lower.1, SYSTEM_DATABASES) {
-            return Err(format!(
-                "a table map names {}, a database or table of the selection, or of the server's own, in another letter case",
-                map_name(db, table)
-            ));
+        for kind in txn.server {
+            *self.server.entry(kind).or_default() += 1;
         }
-        if held {
-            return Ok(true);
-        }
-        let name = format!("{db}.{table}");
-        if self.tables.len() < NAMED_TABLES {
-            self.tables.insert(name);
-        } else if !self.tables.contains(&name) {
-            self.more_tables = true;
-        }
-        Ok(false)
     }
 
     fn notes(&self) -> Vec<String> {
@@ -1272,6 +1272,7 @@ async fn apply_segment(
         if let Some(why) = done.refused.take() {
             return Err(stopped(Stop::Refused(why)));
         }
+        left.add(std::mem::take(&mut done.left));
         stmts += apply.add(done, format!("{file}:{}", end.offset)).await?;
         txns += 1;
     }
@@ -1314,6 +1315,8 @@ struct TxnSteps {
     /// Why a statement of it cannot be placed (see [`logged_sql::place`]):
     /// the replay stops here if the transaction is to be applied.
     refused: Option<String>,
+    /// What it leaves out, for the report if it is applied.
+    left: LeftOfTxn,
 }
 
 /// Why a segment's transaction cannot be applied.
@@ -1445,11 +1448,22 @@ impl TxnSteps {
                     map.database_name().into_owned(),
                     map.table_name().into_owned(),
                 );
-                let held = left
-                    .holds(&table.0, &table.1)
-                    .map_err(|why| Stop::Refused(format!("replaying {file}:{at}: {why}")))?;
+                // A name the server would read as another stops the
+                // replay if the transaction is applied (its rows are not
+                // sent meanwhile): a restore to a mark before it is not
+                // held up by it.
+                let held = left.holds(&table.0, &table.1).unwrap_or_else(|why| {
+                    self.refused
+                        .get_or_insert(format!("replaying {file}:{at}: {why}"));
+                    false
+                });
                 if !held {
                     self.left_out.insert(map.table_id());
+                    let name = format!("{}.{}", table.0, table.1);
+                    let names = &mut self.left.tables;
+                    if names.len() <= NAMED_TABLES && !names.contains(&name) {
+                        names.push(name);
+                    }
                     return Ok(false);
                 }
                 self.tables.push(table);
@@ -1478,7 +1492,7 @@ impl TxnSteps {
                         .fold(0u64, |id, byte| id << 8 | u64::from(*byte))
                 });
                 if id.is_some_and(|id| self.left_out.contains(&id)) {
-                    left.row_events += 1;
+                    self.left.row_events += 1;
                     if ends {
                         if let Some((start, checksum)) = self.last_rows {
                             end_statement(&mut self.pending[start..], checksum);
@@ -1548,8 +1562,8 @@ impl TxnSteps {
                 self.steps.push(Step::Logged(sql, settings, quoting));
             }
             Placement::Built(sql) => self.steps.push(Step::Sql(sql)),
-            Placement::Outside => left.statements += 1,
-            Placement::Server(kind) => *left.server.entry(kind).or_default() += 1,
+            Placement::Outside => self.left.statements += 1,
+            Placement::Server(kind) => self.left.server.push(kind),
             Placement::Refuse(why) => {
                 return Err(format!("`{}`: {why}", logged_sql::shown(&q)));
             }
@@ -1670,7 +1684,7 @@ mod tests {
     #[test]
     fn a_table_map_naming_a_table_the_server_reads_otherwise_is_refused() {
         let every = crate::manifest::Selection::default();
-        let mut left = LeftOut::new(&every);
+        let left = LeftOut::new(&every);
         assert_eq!(left.holds("bank", "Ledger"), Ok(true));
         assert_eq!(left.holds("mysql", "user"), Ok(false));
         let nul = left.holds("mysql\0x", "user").unwrap_err();
@@ -1687,7 +1701,7 @@ mod tests {
             databases: Some(vec!["bank".into()]),
             excluded: Vec::new(),
         };
-        let mut left = LeftOut::new(&bank);
+        let left = LeftOut::new(&bank);
         assert_eq!(left.holds("bank", "t"), Ok(true));
         assert_eq!(left.holds("side", "t"), Ok(false));
         assert!(left.holds("Bank", "t").is_err());
