@@ -1389,7 +1389,7 @@ impl TxnSteps {
         bytes: &[u8],
         file: &str,
         orderable: &Orderable,
-        left: &mut LeftOut<'_>,
+        left: &LeftOut<'_>,
     ) -> Result<bool, Stop> {
         let at = ev.header().log_pos();
         match ev.header().event_type_raw() {
@@ -1531,7 +1531,7 @@ impl TxnSteps {
     /// transaction is the group's. (A transaction logged with ROLLBACK
     /// holds only changes to non-transactional tables, which the source
     /// kept: they are applied.)
-    fn query(&mut self, ev: &Event, q: String, left: &mut LeftOut<'_>) -> Result<bool, String> {
+    fn query(&mut self, ev: &Event, q: String, left: &LeftOut<'_>) -> Result<bool, String> {
         let begin = q.eq_ignore_ascii_case("BEGIN");
         if self.undecided {
             self.undecided = false;
