@@ -349,6 +349,25 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
                             "shard {name}: table {} has columns ({}) at mark {} but ({}) in backup {}: PostgreSQL logical decoding does not carry ALTER TABLE; restore to an earlier mark or take a new backup",
                             t.qualified(), c.join(", "), mark.name, a.join(", "), base.backup_id
                         ));
+                        continue;
+                    }
+                    // The same names, another type (ALTER COLUMN … TYPE):
+                    // replayed into the backup's column, the values fit or
+                    // fail, and the restored table is not the source's.
+                    let retyped: Vec<String> = x
+                        .columns
+                        .iter()
+                        .zip(&t.columns)
+                        .filter(|(old, new)| old.data_type != new.data_type)
+                        .map(|(old, new)| {
+                            format!("{} {} → {}", new.name, old.data_type, new.data_type)
+                        })
+                        .collect();
+                    if !retyped.is_empty() {
+                        out.push(format!(
+                            "shard {name}: table {} has column types changed between backup {} and mark {} ({}): PostgreSQL logical decoding does not carry ALTER TABLE; restore to an earlier mark or take a new backup",
+                            t.qualified(), base.backup_id, mark.name, retyped.join(", ")
+                        ));
                     }
                 }
             }
