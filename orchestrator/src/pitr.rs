@@ -384,6 +384,44 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
     out
 }
 
+/// Where the schema a base backup restores differs from the mark's
+/// beyond its tables' columns, which [`ddl_refusals`] compares: an index,
+/// key, trigger, view, function, type, default or grant added, changed or
+/// dropped between them, which a replay of logical decoding cannot carry.
+/// The restore keeps the backup's; a line per database and section, for
+/// its report (backups and marks made before fingerprints were recorded
+/// compare nothing).
+pub fn schema_drift(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in shards {
+        let (Some(b), Some(m)) = (base.shards.get(name), mark.shards.get(name)) else {
+            continue;
+        };
+        if engine::driver(b.engine_kind()).replay_carries_ddl() {
+            continue;
+        }
+        for (key, print) in &m.schema_fingerprints {
+            let Some(before) = b.schema_fingerprints.get(key) else {
+                continue;
+            };
+            if before == print {
+                continue;
+            }
+            let (db, section) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+            let what = match section {
+                "pre-data" => "types, functions, views, defaults, checks or grants",
+                "post-data" => "indexes, keys, triggers, rules or policies",
+                _ => "schema",
+            };
+            out.push(format!(
+                "{name}: database {db}: its {what} ({section}) changed between backup {} and mark {}; the restore has the backup's, since PostgreSQL logical decoding does not carry DDL: run the change again on the target, or restore from a backup taken after it",
+                base.backup_id, mark.name
+            ));
+        }
+    }
+    out
+}
+
 /// A mark a backup can be restored to.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reach {

@@ -204,6 +204,13 @@ pub struct ShardManifest {
     pub duration_ms: u64,
     pub schema: Vec<StoredFile>,
     pub table_list: Vec<TableManifest>,
+    /// PostgreSQL: per database and schema section (`DB/pre-data`,
+    /// `DB/post-data`), a fingerprint of the schema as pg_dump wrote it,
+    /// in backups and marks alike: a restore to a mark tells a schema
+    /// changed since its base backup, which a replay of logical decoding
+    /// cannot carry (`orchestrator::pitr::schema_drift`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema_fingerprints: BTreeMap<String, String>,
     /// PostgreSQL: every sequence's state just after the cut. A restore
     /// sets them from the backup's schema files; a replay to a mark moves
     /// each forward to the mark's value (logical decoding carries no

@@ -126,10 +126,14 @@ pub async fn restore_verified(plan: &Plan<'_>, observer: &dyn Observer) -> anyho
     let early = mark.is_none() && plan.pause_before_verify.is_none();
 
     let started = Instant::now();
-    let (restored, mut failures, notes) =
+    let (restored, mut failures, mut notes) =
         run_restores(&m, &pairs, &opts_for, &mut verifier, early).await;
     let mut replays = Vec::new();
     if let Some(mark) = &mark {
+        for drift in pitr::schema_drift(&m, mark, &shards) {
+            tracing::warn!("{drift}");
+            notes.push(drift);
+        }
         let options = ReplayOptions {
             binlog: plan.binlog,
             ..Default::default()

@@ -49,7 +49,7 @@ pub fn slot_name(cluster: &str, shard: &str, db: &str) -> String {
 }
 
 /// Whether `name` is a slot name [`slot_name`] makes.
-fn is_slot_name(name: &str) -> bool {
+pub(super) fn is_slot_name(name: &str) -> bool {
     name.strip_prefix("shardcut_").is_some_and(|h| {
         h.len() == 16
             && h.bytes()

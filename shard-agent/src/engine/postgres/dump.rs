@@ -86,6 +86,10 @@ impl Session {
             let schema = async {
                 let began = Instant::now();
                 let (pre, post) = schema::sections(&shard, &db.name, &snapshot, &excluded).await?;
+                let prints = [
+                    ("pre-data", schema::fingerprint(&pre)),
+                    ("post-data", schema::fingerprint(&post)),
+                ];
                 tracing::debug!(
                     "{}: schema of {} (pg_dump) read in {:.2} s",
                     shard.name,
@@ -110,7 +114,7 @@ impl Session {
                     &db.name,
                 )
                 .await?;
-                Ok::<_, AgentError>((pre, post))
+                Ok::<_, AgentError>((pre, post, prints))
             };
             let tables = Arc::new(db.tables.clone());
             let data = async {
@@ -127,9 +131,14 @@ impl Session {
                 data
             };
             let (schema, data) = tokio::join!(schema, data);
-            let (pre, post) = schema?;
+            let (pre, post, prints) = schema?;
             manifest.schema.push(pre);
             manifest.schema.push(post);
+            for (section, print) in prints {
+                manifest
+                    .schema_fingerprints
+                    .insert(format!("{}/{section}", db.name), print);
+            }
             let results = data?;
             if !sequences.is_empty() {
                 manifest.schema.push(

@@ -31,6 +31,36 @@ pub fn pg_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("pg_dump"))
 }
 
+/// A fingerprint of a schema section as pg_dump wrote it, to tell a later
+/// one of another schema from: XXH3 of its lines but those that change
+/// from one pg_dump run to the next over the same schema (comments, blank
+/// lines, the random key of `\restrict`) and those of capture's own
+/// publication (shardcut's, kept current by capture, not the DBA's).
+pub(super) fn fingerprint(sql: &[u8]) -> String {
+    let mut h = twox_hash::XxHash3_64::new();
+    for line in sql.split(|&b| b == b'\n') {
+        let ours = [&b"CREATE PUBLICATION "[..], b"ALTER PUBLICATION "]
+            .iter()
+            .any(|p| {
+                line.strip_prefix(*p)
+                    .and_then(|rest| rest.split(|&b| b == b' ' || b == b';').next())
+                    .and_then(|name| std::str::from_utf8(name).ok())
+                    .is_some_and(super::capture::is_slot_name)
+            });
+        if line.is_empty()
+            || line.starts_with(b"--")
+            || line.starts_with(b"\\restrict ")
+            || line.starts_with(b"\\unrestrict ")
+            || ours
+        {
+            continue;
+        }
+        std::hash::Hasher::write(&mut h, line);
+        std::hash::Hasher::write(&mut h, b"\n");
+    }
+    format!("{:016x}", std::hash::Hasher::finish(&h))
+}
+
 /// The shard's CA certificates in a file of this process's own (0600),
 /// for libpq's `PGSSLROOTCERT`; removed when dropped.
 pub struct CaFile(PathBuf);
@@ -218,5 +248,27 @@ mod tests {
             dbname_conninfo("postgresql://evil/x"),
             "dbname='postgresql://evil/x'"
         );
+    }
+
+    /// What changes between two pg_dump runs over one schema does not
+    /// count; capture's own publication does not (another one does); an
+    /// index does.
+    #[test]
+    fn a_schema_fingerprint_tells_only_the_schema_apart() {
+        let base = b"\\restrict AbC\n--\n-- Name: t_pkey\n--\n\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\\unrestrict AbC\n";
+        let again = b"\\restrict XyZ\n-- Name: t_pkey; Type: CONSTRAINT\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\nCREATE PUBLICATION shardcut_03a5e29f64ce202e WITH (publish_via_partition_root = true);\nALTER PUBLICATION shardcut_03a5e29f64ce202e ADD TABLE ONLY public.t;\n\\unrestrict XyZ\n";
+        assert_eq!(super::fingerprint(base), super::fingerprint(again));
+        let theirs = [
+            &base[..],
+            b"CREATE PUBLICATION app WITH (publish = 'insert');\n",
+        ]
+        .concat();
+        assert_ne!(super::fingerprint(base), super::fingerprint(&theirs));
+        let indexed = [
+            &base[..],
+            b"CREATE INDEX t_label ON public.t USING btree (label);\n",
+        ]
+        .concat();
+        assert_ne!(super::fingerprint(base), super::fingerprint(&indexed));
     }
 }
