@@ -2607,20 +2607,44 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
     .unwrap();
     run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
     run_ok_async(&["backup", "-t", arg]).await;
-    app.batch_execute("INSERT INTO t VALUES (2, 20, 'b', 'sad')")
-        .await
-        .unwrap();
-    run_ok_async(&["mark", "-t", arg, "--name", "same-schema"]).await;
-    app.batch_execute("CREATE INDEX t_label ON t (label); INSERT INTO t VALUES (3, 30, 'c', 'ok')")
-        .await
-        .unwrap();
-    run_ok_async(&["mark", "-t", arg, "--name", "indexed"]).await;
+    // A search_path that no longer reaches public: the catalog then names
+    // the enum `public.mood`, the same type.
     app.batch_execute(
-        "ALTER TABLE t ALTER COLUMN n TYPE bigint, ALTER COLUMN label TYPE varchar(64); \
-         INSERT INTO t VALUES (4, 40, 'd', 'ok')",
+        "ALTER DATABASE shop SET search_path = \"$user\"; \
+         INSERT INTO public.t VALUES (2, 20, 'b', 'sad')",
     )
     .await
     .unwrap();
+    run_ok_async(&["mark", "-t", arg, "--name", "same-schema"]).await;
+    app.batch_execute(
+        "CREATE INDEX t_label ON public.t (label); INSERT INTO public.t VALUES (3, 30, 'c', 'ok')",
+    )
+    .await
+    .unwrap();
+    run_ok_async(&["mark", "-t", arg, "--name", "indexed"]).await;
+    let incremental = run_ok_async(&["backup", "-t", arg, "--incremental"]).await;
+    assert!(
+        incremental.stderr.contains("shardcut: warning: incremental backup ")
+            && incremental.stderr.contains(
+                "database shop: its indexes, keys, triggers, rules or policies (post-data) changed between backup"
+            ),
+        "{incremental:?}"
+    );
+    app.batch_execute(
+        "ALTER TABLE public.t ALTER COLUMN n TYPE bigint, ALTER COLUMN label TYPE varchar(64); \
+         INSERT INTO public.t VALUES (4, 40, 'd', 'ok')",
+    )
+    .await
+    .unwrap();
+    // An incremental backup past it could not be restored: not written.
+    let refused = support::shardcut_async(&["backup", "-t", arg, "--incremental"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "not written, since it could not be restored: shard pg-0: table shop.public.t has column types changed"
+        ),
+        "{refused:?}"
+    );
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
 
     let target = PrivateSandbox::up(0, 1, "ready");
@@ -2630,7 +2654,7 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
         db::pg(&restored.shards[0], "shop")
             .await
             .query(
-                "SELECT concat_ws('=', id, n, label, m) FROM t ORDER BY id",
+                "SELECT concat_ws('=', id, n, label, m) FROM public.t ORDER BY id",
                 &[],
             )
             .await

@@ -358,7 +358,9 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
                         .columns
                         .iter()
                         .zip(&t.columns)
-                        .filter(|(old, new)| old.data_type != new.data_type)
+                        .filter(|(old, new)| {
+                            unqualified(&old.data_type) != unqualified(&new.data_type)
+                        })
                         .map(|(old, new)| {
                             format!("{} {} → {}", new.name, old.data_type, new.data_type)
                         })
@@ -384,6 +386,38 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
     out
 }
 
+/// A type as `format_type` names it, without the schema it qualifies a
+/// type with when the session's `search_path` does not reach it
+/// (`public.mood`, `"My App".kind[]`): a `search_path` set on the role or
+/// the database between a backup and a mark changes that, not the type.
+fn unqualified(ty: &str) -> &str {
+    let rest = if let Some(quoted) = ty.strip_prefix('"') {
+        // A quoted name ends at a quote not doubled.
+        let mut chars = quoted.char_indices().peekable();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if chars.peek().map(|&(_, n)| n) == Some('"') {
+                    chars.next();
+                } else {
+                    end = Some(i + 1);
+                    break;
+                }
+            }
+        }
+        end.map(|e| &quoted[e..])
+    } else {
+        let e = ty
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(ty.len());
+        Some(&ty[e..])
+    };
+    match rest.and_then(|r| r.strip_prefix('.')) {
+        Some(name) => name,
+        None => ty,
+    }
+}
+
 /// Where the schema a base backup restores differs from the mark's
 /// beyond its tables' columns, which [`ddl_refusals`] compares: an index,
 /// key, trigger, view, function, type, default or grant added, changed or
@@ -404,7 +438,9 @@ pub fn schema_drift(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
             let Some(before) = b.schema_fingerprints.get(key) else {
                 continue;
             };
-            if before == print {
+            // Written by pg_dump of another major version: not compared.
+            let version = |p: &str| p.split_once(':').map(|(v, _)| v.to_string());
+            if before == print || version(before) != version(print) {
                 continue;
             }
             let (db, section) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
@@ -569,4 +605,32 @@ pub fn ranges(base: &Manifest, mark: &Mark) -> BTreeMap<String, (Position, Posit
             Some((name.clone(), (b.position.clone(), m.position.clone())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unqualified;
+
+    #[test]
+    fn a_type_is_compared_without_the_schema_search_path_made_it_show() {
+        assert_eq!(unqualified("public.mood"), "mood");
+        assert_eq!(unqualified("public.mood[]"), "mood[]");
+        assert_eq!(
+            unqualified("public.geometry(Point,4326)"),
+            "geometry(Point,4326)"
+        );
+        assert_eq!(unqualified("\"My App\".\"Kind\"[]"), "\"Kind\"[]");
+        assert_eq!(unqualified("\"a\"\"b\".t"), "t");
+        for plain in [
+            "character varying(8)",
+            "integer[]",
+            "numeric(10,2)",
+            "double precision",
+            "timestamp(6) with time zone",
+            "\"unterminated",
+            "\"Kind\"",
+        ] {
+            assert_eq!(unqualified(plain), plain);
+        }
+    }
 }

@@ -22,7 +22,7 @@ use super::steps::{complete_manifest, store_manifest, Contents};
 use super::{list_backups, Observer};
 use crate::exit::InvalidInput;
 use crate::lock::{LockError, RepoLock};
-use crate::pitr::{base_fits, streams_of};
+use crate::pitr::{base_fits, ddl_refusals, schema_drift, streams_of};
 
 fn before(a: &Position, b: &Position) -> bool {
     matches!(a.compare(b), Ok(std::cmp::Ordering::Less))
@@ -131,6 +131,22 @@ pub async fn take(
     base_fits(&base, &mark, &shards, &states).map_err(|why| {
         anyhow::anyhow!("incremental backup {id}: the captured changes do not lead from {base_id} to its mark: {why}")
     })?;
+    // Its restore is the base brought to its mark: one that would be
+    // refused (a PostgreSQL table created, dropped or altered since the
+    // base) is not written as a backup; a schema change it restores
+    // without is said now, as its restore will say it.
+    let refusals = ddl_refusals(&base, &mark, &shards);
+    if !refusals.is_empty() {
+        anyhow::bail!(
+            "incremental backup {id}: not written, since it could not be restored: {}",
+            refusals.join("; ")
+        );
+    }
+    for drift in schema_drift(&base, &mark, &shards) {
+        observer.note(&format!(
+            "shardcut: warning: incremental backup {id}: {drift}"
+        ));
+    }
     let segments = chain_segments(repo.as_ref(), &base, &mark)?;
     let mut shard_list = mark.shards.clone();
     for s in shard_list.values_mut() {

@@ -131,12 +131,6 @@ pub fn outcome_document(o: &crate::flow::restore::Outcome, kind: &str) -> serde_
     if let (false, Some(obj)) = (o.replays.is_empty(), doc.as_object_mut()) {
         obj.insert("replay".into(), json!(o.replays));
     }
-    // What the DBA should know of a restore that succeeded (grants left
-    // out, a schema changed since the base backup): in the document a
-    // nightly job keeps, not only on its terminal.
-    if let (false, Some(obj)) = (o.notes.is_empty(), doc.as_object_mut()) {
-        obj.insert("notes".into(), json!(o.notes));
-    }
     doc
 }
 

@@ -15,6 +15,14 @@ use crate::error::AgentError;
 /// per major version under /usr/lib/postgresql, and pg_dump must not be
 /// older than the server.
 pub fn pg_binary(name: &str) -> PathBuf {
+    newest_binary(name)
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| PathBuf::from("pg_dump"))
+}
+
+/// The newest installed client program `name` under /usr/lib/postgresql,
+/// with its major version.
+fn newest_binary(name: &str) -> Option<(u32, PathBuf)> {
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         for e in entries.flatten() {
@@ -27,16 +35,23 @@ pub fn pg_binary(name: &str) -> PathBuf {
             }
         }
     }
-    best.map(|(_, p)| p)
-        .unwrap_or_else(|| PathBuf::from("pg_dump"))
+    best
 }
 
 /// A fingerprint of a schema section as pg_dump wrote it, to tell a later
 /// one of another schema from: XXH3 of its lines but those that change
 /// from one pg_dump run to the next over the same schema (comments, blank
-/// lines, the random key of `\restrict`) and those of capture's own
+/// lines, the random key of `\restrict`), the session settings pg_dump
+/// begins with (which its versions add to) and those of capture's own
 /// publication (shardcut's, kept current by capture, not the DBA's).
+/// Prefixed with pg_dump's major version (`17:…`): fingerprints of two
+/// versions are not compared.
 pub(super) fn fingerprint(sql: &[u8]) -> String {
+    let version = newest_binary("pg_dump").map_or_else(|| "?".to_string(), |(v, _)| v.to_string());
+    format!("{version}:{}", fingerprint_of(sql))
+}
+
+fn fingerprint_of(sql: &[u8]) -> String {
     let mut h = twox_hash::XxHash3_64::new();
     for line in sql.split(|&b| b == b'\n') {
         let ours = [&b"CREATE PUBLICATION "[..], b"ALTER PUBLICATION "]
@@ -49,6 +64,8 @@ pub(super) fn fingerprint(sql: &[u8]) -> String {
             });
         if line.is_empty()
             || line.starts_with(b"--")
+            || line.starts_with(b"SET ")
+            || line.starts_with(b"SELECT pg_catalog.set_config(")
             || line.starts_with(b"\\restrict ")
             || line.starts_with(b"\\unrestrict ")
             || ours
@@ -257,18 +274,22 @@ mod tests {
     fn a_schema_fingerprint_tells_only_the_schema_apart() {
         let base = b"\\restrict AbC\n--\n-- Name: t_pkey\n--\n\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\\unrestrict AbC\n";
         let again = b"\\restrict XyZ\n-- Name: t_pkey; Type: CONSTRAINT\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\nCREATE PUBLICATION shardcut_03a5e29f64ce202e WITH (publish_via_partition_root = true);\nALTER PUBLICATION shardcut_03a5e29f64ce202e ADD TABLE ONLY public.t;\n\\unrestrict XyZ\n";
-        assert_eq!(super::fingerprint(base), super::fingerprint(again));
+        let print = super::fingerprint_of;
+        assert_eq!(print(base), print(again));
         let theirs = [
             &base[..],
             b"CREATE PUBLICATION app WITH (publish = 'insert');\n",
         ]
         .concat();
-        assert_ne!(super::fingerprint(base), super::fingerprint(&theirs));
+        assert_ne!(print(base), print(&theirs));
         let indexed = [
             &base[..],
             b"CREATE INDEX t_label ON public.t USING btree (label);\n",
         ]
         .concat();
-        assert_ne!(super::fingerprint(base), super::fingerprint(&indexed));
+        assert_ne!(print(base), print(&indexed));
+        // pg_dump 17 begins with one more setting.
+        let newer = [&b"SET transaction_timeout = 0;\n"[..], base].concat();
+        assert_eq!(print(base), print(&newer));
     }
 }
