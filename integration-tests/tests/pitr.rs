@@ -2622,7 +2622,11 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
     .await
     .unwrap();
     run_ok_async(&["mark", "-t", arg, "--name", "indexed"]).await;
-    let incremental = run_ok_async(&["backup", "-t", arg, "--incremental"]).await;
+    let incremental = run_ok_async(&["backup", "-t", arg, "--incremental", "--json"]).await;
+    let incremental_id = incremental.json()["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         incremental.stderr.contains("shardcut: warning: incremental backup ")
             && incremental.stderr.contains(
@@ -2637,14 +2641,24 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
     .await
     .unwrap();
     // An incremental backup past it could not be restored: not written.
+    let listed = || async {
+        support::shardcut_async(&["list", "-t", arg, "--json"])
+            .await
+            .json()["backups"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = listed().await;
     let refused = support::shardcut_async(&["backup", "-t", arg, "--incremental"]).await;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(
         refused.stderr.contains(
-            "not written, since it could not be restored: shard pg-0: table shop.public.t has column types changed"
-        ),
+            "not written, since it could not be restored (shard pg-0: table shop.public.t has column types changed"
+        ) && refused.stderr.contains("): take a full backup"),
         "{refused:?}"
     );
+    assert_eq!(listed().await, before, "no backup written");
     run_ok_async(&["capture", "-t", arg, "--once"]).await;
 
     let target = PrivateSandbox::up(0, 1, "ready");
@@ -2678,6 +2692,29 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
         ),
         "{indexed:?}"
     );
+
+    // The incremental backup written across the index restores the same,
+    // and says so too.
+    let from_incremental = support::shardcut_async(&[
+        "restore",
+        "-t",
+        arg,
+        "--target",
+        tgt.to_str().unwrap(),
+        "--backup",
+        &incremental_id,
+        "--overwrite",
+        "--json",
+    ])
+    .await;
+    assert_eq!(from_incremental.code, 0, "{from_incremental:?}");
+    assert!(
+        from_incremental.json()["notes"]
+            .to_string()
+            .contains("(post-data) changed between backup"),
+        "{from_incremental:?}"
+    );
+    assert_eq!(rows().await, ["1=10=a=ok", "2=20=b=sad", "3=30=c=ok"]);
 
     let refused = restore_until(arg, tgt.to_str().unwrap(), "latest", &["--overwrite"]).await;
     assert_eq!(refused.code, 2, "{refused:?}");

@@ -358,9 +358,7 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
                         .columns
                         .iter()
                         .zip(&t.columns)
-                        .filter(|(old, new)| {
-                            unqualified(&old.data_type) != unqualified(&new.data_type)
-                        })
+                        .filter(|(old, new)| retyped(&old.data_type, &new.data_type))
                         .map(|(old, new)| {
                             format!("{} {} → {}", new.name, old.data_type, new.data_type)
                         })
@@ -384,6 +382,19 @@ pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
         }
     }
     out
+}
+
+/// Whether a column's type `before` (as `format_type` named it) is
+/// another than `after`: a name qualified on one side only (a
+/// `search_path` set on the database or role between the two) is
+/// compared without its schema, names qualified on both sides whole.
+fn retyped(before: &str, after: &str) -> bool {
+    let (b, a) = (unqualified(before), unqualified(after));
+    if b.len() != before.len() && a.len() != after.len() {
+        before != after
+    } else {
+        b != a
+    }
 }
 
 /// A type as `format_type` names it, without the schema it qualifies a
@@ -438,9 +449,13 @@ pub fn schema_drift(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<Stri
             let Some(before) = b.schema_fingerprints.get(key) else {
                 continue;
             };
-            // Written by pg_dump of another major version: not compared.
+            // Written by pg_dump of another major version, or of one not
+            // known: not compared.
             let version = |p: &str| p.split_once(':').map(|(v, _)| v.to_string());
-            if before == print || version(before) != version(print) {
+            if before == print
+                || version(before) != version(print)
+                || version(print).as_deref() == Some("?")
+            {
                 continue;
             }
             let (db, section) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
@@ -609,7 +624,17 @@ pub fn ranges(base: &Manifest, mark: &Mark) -> BTreeMap<String, (Position, Posit
 
 #[cfg(test)]
 mod tests {
-    use super::unqualified;
+    use super::{retyped, unqualified};
+
+    #[test]
+    fn a_type_qualified_on_both_sides_is_compared_whole() {
+        assert!(!retyped("mood", "public.mood"));
+        assert!(!retyped("public.mood", "mood"));
+        assert!(!retyped("public.mood", "public.mood"));
+        assert!(retyped("a.status", "b.status"));
+        assert!(retyped("integer", "bigint"));
+        assert!(retyped("mood", "public.feeling"));
+    }
 
     #[test]
     fn a_type_is_compared_without_the_schema_search_path_made_it_show() {

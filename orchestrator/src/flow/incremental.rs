@@ -138,7 +138,7 @@ pub async fn take(
     let refusals = ddl_refusals(&base, &mark, &shards);
     if !refusals.is_empty() {
         anyhow::bail!(
-            "incremental backup {id}: not written, since it could not be restored: {}",
+            "incremental backup {id}: not written, since it could not be restored ({}): take a full backup",
             refusals.join("; ")
         );
     }

@@ -17,7 +17,7 @@ use crate::error::AgentError;
 pub fn pg_binary(name: &str) -> PathBuf {
     newest_binary(name)
         .map(|(_, p)| p)
-        .unwrap_or_else(|| PathBuf::from("pg_dump"))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The newest installed client program `name` under /usr/lib/postgresql,
@@ -53,6 +53,10 @@ pub(super) fn fingerprint(sql: &[u8]) -> String {
 
 fn fingerprint_of(sql: &[u8]) -> String {
     let mut h = twox_hash::XxHash3_64::new();
+    // The settings pg_dump begins a section with; later ones
+    // (`default_tablespace` or `default_table_access_method` before an
+    // object, a function body's lines) are the schema's.
+    let mut head = true;
     for line in sql.split(|&b| b == b'\n') {
         let ours = [&b"CREATE PUBLICATION "[..], b"ALTER PUBLICATION "]
             .iter()
@@ -62,16 +66,18 @@ fn fingerprint_of(sql: &[u8]) -> String {
                     .and_then(|name| std::str::from_utf8(name).ok())
                     .is_some_and(super::capture::is_slot_name)
             });
+        let setting =
+            line.starts_with(b"SET ") || line.starts_with(b"SELECT pg_catalog.set_config(");
         if line.is_empty()
             || line.starts_with(b"--")
-            || line.starts_with(b"SET ")
-            || line.starts_with(b"SELECT pg_catalog.set_config(")
+            || (head && setting)
             || line.starts_with(b"\\restrict ")
             || line.starts_with(b"\\unrestrict ")
             || ours
         {
             continue;
         }
+        head = false;
         std::hash::Hasher::write(&mut h, line);
         std::hash::Hasher::write(&mut h, b"\n");
     }
@@ -288,8 +294,11 @@ mod tests {
         ]
         .concat();
         assert_ne!(print(base), print(&indexed));
-        // pg_dump 17 begins with one more setting.
+        // pg_dump 17 begins with one more setting; a setting between
+        // objects, or a function body's line, is the schema's.
         let newer = [&b"SET transaction_timeout = 0;\n"[..], base].concat();
         assert_eq!(print(base), print(&newer));
+        let moved = [&base[..], b"SET default_tablespace = fast;\n"].concat();
+        assert_ne!(print(base), print(&moved));
     }
 }
