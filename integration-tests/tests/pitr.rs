@@ -2220,6 +2220,34 @@ async fn servers_with_restrictive_session_defaults_back_up_capture_and_restore_e
     );
 }
 
+/// Backup `before` restored into a new MariaDB sandbox to mark `ahead`
+/// (Q = 1), `shop.t` as the mark has it, before a change replay refuses:
+/// the sandbox, its topology and the restore's run.
+async fn restored_ahead(
+    arg: &str,
+    before: &str,
+) -> (PrivateSandbox, std::path::PathBuf, support::Run) {
+    let target = PrivateSandbox::up(1, 0, "ready");
+    let tgt = target.topology();
+    let run = restored_q1(
+        arg,
+        tgt.to_str().unwrap(),
+        "mark:ahead",
+        &["--backup", before],
+    )
+    .await;
+    assert_eq!(
+        names(
+            &db::topology(&tgt).shards[0],
+            "SELECT CONCAT(id, '=', v) FROM shop.t ORDER BY id"
+        )
+        .await,
+        ["1=10", "2=21"],
+        "the state at the mark, before the change replay refuses"
+    );
+    (target, tgt, run)
+}
+
 /// A change to a table whose name differs from a selected one only in
 /// its letter case (`SHOP.t` beside the selected `shop`, two databases on
 /// a server that keeps case) cannot be replayed exactly: a target folding
@@ -2266,25 +2294,7 @@ async fn a_table_named_in_another_letter_case_is_named_by_capture_and_stops_only
         "{run:?}"
     );
 
-    let target = PrivateSandbox::up(1, 0, "ready");
-    let tgt = target.topology();
-    let restored = db::topology(&tgt);
-    let ahead = restored_q1(
-        arg,
-        tgt.to_str().unwrap(),
-        "mark:ahead",
-        &["--backup", &before],
-    )
-    .await;
-    assert_eq!(
-        names(
-            &restored.shards[0],
-            "SELECT CONCAT(id, '=', v) FROM shop.t ORDER BY id"
-        )
-        .await,
-        ["1=10", "2=21"],
-        "the state at the mark, before the change replay refuses"
-    );
+    let (_target, tgt, ahead) = restored_ahead(arg, &before).await;
     // The changes past the mark are not applied, so not counted among
     // what the replay left out either: it counted every transaction it
     // read, and said it left out side.t's row.
@@ -2349,25 +2359,8 @@ async fn a_change_replay_will_refuse_is_named_by_capture_and_stops_only_restores
         "{run:?}"
     );
 
-    let target = PrivateSandbox::up(1, 0, "ready");
-    let tgt = target.topology();
+    let (_target, tgt, _) = restored_ahead(arg, &before).await;
     let restored = db::topology(&tgt);
-    restored_q1(
-        arg,
-        tgt.to_str().unwrap(),
-        "mark:ahead",
-        &["--backup", &before],
-    )
-    .await;
-    assert_eq!(
-        names(
-            &restored.shards[0],
-            "SELECT CONCAT(id, '=', v) FROM shop.t ORDER BY id"
-        )
-        .await,
-        ["1=10", "2=21"],
-        "the state at the mark, before the change replay refuses"
-    );
 
     let after = support::backup_id(arg).await;
     c.query_drop("UPDATE shop.t SET v = v + 1 WHERE id = 2")

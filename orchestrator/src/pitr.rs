@@ -323,18 +323,25 @@ fn unpublished_gap(
     None
 }
 
+/// The shards of `shards` in both `base` and `mark` whose captured
+/// changes carry no DDL (PostgreSQL's), with their manifest in each.
+fn without_ddl<'a>(
+    base: &'a Manifest,
+    mark: &'a Mark,
+    shards: &'a [String],
+) -> impl Iterator<Item = (&'a str, &'a ShardManifest, &'a ShardManifest)> {
+    shards.iter().filter_map(|name| {
+        let (b, m) = (base.shards.get(name)?, mark.shards.get(name)?);
+        (!engine::driver(b.engine_kind()).replay_carries_ddl()).then_some((name.as_str(), b, m))
+    })
+}
+
 /// An engine whose captured changes carry no table definitions (PostgreSQL
 /// logical decoding) cannot replay CREATE, DROP or ALTER TABLE: refuse a
 /// mark whose tables differ from the base's, before anything is restored.
 pub fn ddl_refusals(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    for name in shards {
-        let (Some(b), Some(m)) = (base.shards.get(name), mark.shards.get(name)) else {
-            continue;
-        };
-        if engine::driver(b.engine_kind()).replay_carries_ddl() {
-            continue;
-        }
+    for (name, b, m) in without_ddl(base, mark, shards) {
         for t in &m.table_list {
             match b.table_list.iter().find(|x| x.qualified() == t.qualified()) {
                 None => out.push(format!(
@@ -438,13 +445,7 @@ fn unqualified(ty: &str) -> &str {
 /// compare nothing).
 pub fn schema_drift(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    for name in shards {
-        let (Some(b), Some(m)) = (base.shards.get(name), mark.shards.get(name)) else {
-            continue;
-        };
-        if engine::driver(b.engine_kind()).replay_carries_ddl() {
-            continue;
-        }
+    for (name, b, m) in without_ddl(base, mark, shards) {
         for (key, print) in &m.schema_fingerprints {
             let Some(before) = b.schema_fingerprints.get(key) else {
                 continue;
