@@ -446,8 +446,33 @@ fn unqualified(ty: &str) -> &str {
 pub fn schema_drift(base: &Manifest, mark: &Mark, shards: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for (name, b, m) in without_ddl(base, mark, shards) {
-        for (key, print) in &m.schema_fingerprints {
-            let Some(before) = b.schema_fingerprints.get(key) else {
+        let (then, now) = (&b.schema_fingerprints, &m.schema_fingerprints);
+        // A database without tables made or dropped in between (one with
+        // tables is refused by `ddl_refusals`); only when both sides
+        // recorded fingerprints.
+        let databases = |prints: &BTreeMap<String, String>| -> std::collections::BTreeSet<String> {
+            prints
+                .keys()
+                .filter_map(|k| k.rsplit_once('/').map(|(db, _)| db.to_string()))
+                .collect()
+        };
+        if !then.is_empty() && !now.is_empty() {
+            let (before, after) = (databases(then), databases(now));
+            for db in after.difference(&before) {
+                out.push(format!(
+                    "{name}: database {db} exists at mark {} but not in backup {}: the restore does not create it, since PostgreSQL logical decoding does not carry CREATE DATABASE",
+                    mark.name, base.backup_id
+                ));
+            }
+            for db in before.difference(&after) {
+                out.push(format!(
+                    "{name}: database {db} of backup {} is gone at mark {}: the restore creates it as the backup had it, since PostgreSQL logical decoding does not carry DROP DATABASE",
+                    base.backup_id, mark.name
+                ));
+            }
+        }
+        for (key, print) in now {
+            let Some(before) = then.get(key) else {
                 continue;
             };
             // Written by pg_dump of another major version, or of one not
@@ -625,7 +650,100 @@ pub fn ranges(base: &Manifest, mark: &Mark) -> BTreeMap<String, (Position, Posit
 
 #[cfg(test)]
 mod tests {
-    use super::{retyped, unqualified};
+    use std::collections::BTreeMap;
+
+    use shard_agent::manifest::{BackupKind, BackupStatus, Cut, Manifest, Mark, ShardManifest};
+    use topology::Engine;
+
+    use super::{retyped, schema_drift, unqualified};
+
+    /// A PostgreSQL shard's backup and mark holding these fingerprints.
+    fn pair(then: &[(&str, &str)], now: &[(&str, &str)]) -> (Manifest, Mark) {
+        let shard = |prints: &[(&str, &str)]| {
+            let sm = ShardManifest {
+                engine: Some(Engine::Postgres),
+                schema_fingerprints: prints
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            BTreeMap::from([("pg-0".to_string(), sm)])
+        };
+        let cut = Cut {
+            write_block_ms: 0,
+            attempts: 1,
+            taken_at: String::new(),
+            shards: BTreeMap::new(),
+        };
+        let base = Manifest {
+            format: 1,
+            backup_id: "B".into(),
+            cluster: "c".into(),
+            topology_digest: String::new(),
+            tool_version: String::new(),
+            status: BackupStatus::Complete,
+            started_at: String::new(),
+            finished_at: String::new(),
+            cut: cut.clone(),
+            shards: shard(then),
+            kind: BackupKind::Full,
+            chain: None,
+        };
+        let mark = Mark {
+            format: 1,
+            name: "M".into(),
+            cluster: "c".into(),
+            topology_digest: String::new(),
+            tool_version: String::new(),
+            cut,
+            hashed: true,
+            shards: shard(now),
+        };
+        (base, mark)
+    }
+
+    #[test]
+    fn a_schema_changed_since_the_base_is_named_by_database_and_section() {
+        let drift = |then: &[(&str, &str)], now: &[(&str, &str)]| {
+            let (base, mark) = pair(then, now);
+            schema_drift(&base, &mark, &["pg-0".to_string()])
+        };
+        let same = [("app/pre-data", "17:aa"), ("app/post-data", "17:bb")];
+        assert!(drift(&same, &same).is_empty());
+        let indexed = [("app/pre-data", "17:aa"), ("app/post-data", "17:cc")];
+        let notes = drift(&same, &indexed);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("pg-0: database app: its indexes, keys, triggers, rules or policies (post-data) changed between backup B and mark M"),
+            "{notes:?}"
+        );
+        // Another pg_dump, or one of no known version: not compared.
+        let newer = [("app/pre-data", "18:aa"), ("app/post-data", "18:cc")];
+        assert!(drift(&same, &newer).is_empty());
+        let unknown = [("app/pre-data", "?:aa"), ("app/post-data", "?:cc")];
+        assert!(drift(&unknown, &unknown.map(|(k, _)| (k, "?:dd"))).is_empty());
+        // A database without tables made or dropped in between.
+        let more = [
+            &same[..],
+            &[("extra/pre-data", "17:ee"), ("extra/post-data", "17:ff")],
+        ]
+        .concat();
+        let made = drift(&same, &more);
+        assert!(
+            made.len() == 1
+                && made[0].contains("database extra exists at mark M but not in backup B"),
+            "{made:?}"
+        );
+        let dropped = drift(&more, &same);
+        assert!(
+            dropped.len() == 1
+                && dropped[0].contains("database extra of backup B is gone at mark M"),
+            "{dropped:?}"
+        );
+        // A backup from before fingerprints: nothing said.
+        assert!(drift(&[], &more).is_empty());
+    }
 
     #[test]
     fn a_type_qualified_on_both_sides_is_compared_whole() {

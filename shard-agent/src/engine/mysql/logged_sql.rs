@@ -192,7 +192,7 @@ pub(super) fn map_held(
 
 /// A table map's `db.table` for a message: escaped (it is read from a
 /// segment) and bounded.
-fn map_name(db: &str, table: &str) -> String {
+pub(super) fn map_name(db: &str, table: &str) -> String {
     crate::replay::excerpt(&format!("{}.{}", db.escape_debug(), table.escape_debug()))
 }
 

@@ -1459,7 +1459,7 @@ impl TxnSteps {
                 });
                 if !held {
                     self.left_out.insert(map.table_id());
-                    let name = format!("{}.{}", table.0, table.1);
+                    let name = logged_sql::map_name(&table.0, &table.1);
                     let names = &mut self.left.tables;
                     if names.len() <= NAMED_TABLES && !names.contains(&name) {
                         names.push(name);
