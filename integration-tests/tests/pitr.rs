@@ -2724,3 +2724,95 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
         "refused before the target changed"
     );
 }
+
+/// Triggers that fire on replicated changes (`ENABLE ALWAYS`, `ENABLE
+/// REPLICA`): the replay's sessions run as a replica, so those fired
+/// again, repeating what the captured changes already hold. An AFTER
+/// trigger writing an audit row on one of the replay's connections made
+/// the audit table's own replayed rows wait on it on another, while the
+/// replay waited on that one: the restore hung (forever). They are now
+/// disabled while the changes replay and enabled again as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_triggers_that_fire_on_replicated_changes_do_not_fire_again_in_a_replay() {
+    let (_sb, _dir, topo_path, topo) = support::private_cluster(0, 1);
+    let arg = topo_path.to_str().unwrap();
+    let pg = &topo.shards[0];
+    db::pg(pg, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE shop")
+        .await
+        .unwrap();
+    let app = db::pg(pg, "shop").await;
+    app.batch_execute(
+        "CREATE TABLE a (id int PRIMARY KEY, v int); \
+         CREATE TABLE audit (id serial PRIMARY KEY, a_id int); \
+         CREATE FUNCTION log_a() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN INSERT INTO audit (a_id) VALUES (NEW.id); RETURN NEW; END$$; \
+         CREATE FUNCTION tenfold() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN NEW.v := NEW.v * 10; RETURN NEW; END$$; \
+         CREATE TRIGGER a_log AFTER INSERT ON a FOR EACH ROW EXECUTE FUNCTION log_a(); \
+         CREATE TRIGGER a_tenfold BEFORE INSERT ON a FOR EACH ROW EXECUTE FUNCTION tenfold(); \
+         ALTER TABLE a ENABLE ALWAYS TRIGGER a_log; \
+         ALTER TABLE a ENABLE REPLICA TRIGGER a_tenfold; \
+         INSERT INTO a VALUES (1, 1)",
+    )
+    .await
+    .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once", "--no-mark"]).await;
+    run_ok_async(&["backup", "-t", arg]).await;
+    app.batch_execute("INSERT INTO a SELECT g, g FROM generate_series(2, 50) g")
+        .await
+        .unwrap();
+    run_ok_async(&["capture", "-t", arg, "--once"]).await;
+
+    let target = PrivateSandbox::up(0, 1, "ready");
+    let tgt = target.topology();
+    let run = tokio::time::timeout(
+        Duration::from_secs(180),
+        restore_until(arg, tgt.to_str().unwrap(), "latest", &["--json"]),
+    )
+    .await
+    .expect("the restore ends (it hung on its own connections)");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["quality"]["score"], 1.0, "{run:?}");
+    assert!(
+        run.json()["replay"][0]["notes"].to_string().contains(
+            "2 trigger(s) that fire on replicated changes (ENABLE ALWAYS or REPLICA) were disabled while the changes replayed"
+        ),
+        "{run:?}"
+    );
+    let restored = db::topology(&tgt);
+    let t = db::pg(&restored.shards[0], "shop").await;
+    let one = |sql: &'static str| {
+        let t = &t;
+        async move { t.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        one("SELECT count(*) FROM audit").await,
+        50,
+        "one audit row a row"
+    );
+    assert_eq!(
+        one("SELECT sum(v)::bigint FROM a").await,
+        app.query_one("SELECT sum(v)::bigint FROM a", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        "each value multiplied once, on the source"
+    );
+    let modes: Vec<String> = t
+        .query(
+            "SELECT tgname::text || '=' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        modes,
+        ["a_log=A", "a_tenfold=R"],
+        "enabled again as they were"
+    );
+}

@@ -331,8 +331,134 @@ pub async fn replay(
             what: "positions are not WAL positions".into(),
         });
     };
-    let mut report = ReplayReport::default();
     let client = session(target, db).await?;
+    let quieted = quiet_triggers(&client, target, db).await?;
+    let applied = apply_all(&client, repo, segs, target, db, (*from, *to)).await;
+    // Enabled again whatever the replay did; its own failure is the one
+    // reported first.
+    let woken = wake_triggers(&client, target, db, &quieted).await;
+    let mut report = applied?;
+    woken?;
+    if !quieted.is_empty() {
+        let names: Vec<String> = quieted
+            .iter()
+            .take(8)
+            .map(|t| format!("{} on {}", t.name, t.table))
+            .collect();
+        report.notes.push(format!(
+            "database {db}: {} trigger(s) that fire on replicated changes (ENABLE ALWAYS or REPLICA) were disabled while the changes replayed, their effects being in the changes already, and enabled again as they were: {}{}",
+            quieted.len(),
+            names.join(", "),
+            if quieted.len() > 8 { ", …" } else { "" }
+        ));
+    }
+    Ok(report)
+}
+
+/// A trigger disabled while changes replay ([`quiet_triggers`]).
+struct Quieted {
+    /// The table, schema-qualified and quoted.
+    table: String,
+    name: String,
+    /// `A` (ENABLE ALWAYS) or `R` (ENABLE REPLICA).
+    mode: String,
+}
+
+/// Disables the target database's triggers that fire even in replica
+/// mode (`ENABLE ALWAYS`, `ENABLE REPLICA`; the replay's sessions are in
+/// it, so the others do not fire). Their effects on the source are in the
+/// captured changes already: fired again they repeat rows, and their rows
+/// written on one of the replay's connections (tables are dealt to
+/// several) made another wait on them while the replay waited on that
+/// one: the restore hung.
+async fn quiet_triggers(
+    client: &Client,
+    target: &Shard,
+    db: &str,
+) -> Result<Vec<Quieted>, ReplayError> {
+    let failed = |what: String| ReplayError::Apply {
+        shard: target.name.clone(),
+        at: format!("database {db}"),
+        what,
+    };
+    let rows = client
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), t.tgname::text, t.tgenabled::text \
+             FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R') ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| failed(format!("listing the triggers that fire on replicated changes: {}", crate::error::DbError::from(e))))?;
+    let mut quieted = Vec::new();
+    for row in rows {
+        let t = Quieted {
+            table: row.try_get(0).map_err(|e| failed(e.to_string()))?,
+            name: row.try_get(1).map_err(|e| failed(e.to_string()))?,
+            mode: row.try_get(2).map_err(|e| failed(e.to_string()))?,
+        };
+        let sql = format!("ALTER TABLE {} DISABLE TRIGGER {}", t.table, ident(&t.name));
+        if let Err(e) = client.batch_execute(&sql).await {
+            // Those disabled so far are enabled again.
+            drop(wake_triggers(client, target, db, &quieted).await);
+            return Err(failed(format!(
+                "disabling trigger {} on {} for the replay (it fires on replicated changes, ENABLE ALWAYS or REPLICA, and would repeat what the changes hold): {}",
+                t.name,
+                t.table,
+                crate::error::DbError::from(e)
+            )));
+        }
+        quieted.push(t);
+    }
+    Ok(quieted)
+}
+
+/// Enables the triggers [`quiet_triggers`] disabled again, each as it was.
+async fn wake_triggers(
+    client: &Client,
+    target: &Shard,
+    db: &str,
+    quieted: &[Quieted],
+) -> Result<(), ReplayError> {
+    let mut first = None;
+    for t in quieted {
+        let mode = if t.mode == "R" { "REPLICA" } else { "ALWAYS" };
+        let sql = format!(
+            "ALTER TABLE {} ENABLE {mode} TRIGGER {}",
+            t.table,
+            ident(&t.name)
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            first.get_or_insert(format!(
+                "enabling trigger {} on {} again after the replay (ENABLE {mode}) failed: {}; it stays disabled",
+                t.name,
+                t.table,
+                crate::error::DbError::from(e)
+            ));
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(what) => Err(ReplayError::Apply {
+            shard: target.name.clone(),
+            at: format!("database {db}"),
+            what,
+        }),
+    }
+}
+
+/// Applies the segments `segs` of stream `db` between `from` and `to`.
+async fn apply_all(
+    client: &Client,
+    repo: &dyn Repository,
+    segs: Vec<crate::capture::SegmentMeta>,
+    target: &Shard,
+    db: &str,
+    (from, to): (Lsn, Lsn),
+) -> Result<ReplayReport, ReplayError> {
+    let (from, to) = (&from, &to);
+    let mut report = ReplayReport::default();
     let net = netting();
     // Connections netted changes apply on (one when changes are not
     // netted); the others open when a table is first dealt to them.
@@ -355,7 +481,7 @@ pub async fn replay(
         }
         let raw = load_segment(repo, &seg)?;
         let ctx = Ctx {
-            client: &client,
+            client,
             ways,
             net,
             target,
@@ -374,7 +500,7 @@ pub async fn replay(
         report.statements += s;
     }
     let ctx = Ctx {
-        client: &client,
+        client,
         ways,
         net,
         target,
