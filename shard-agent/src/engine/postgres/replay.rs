@@ -334,11 +334,23 @@ pub async fn replay(
     let client = session(target, db).await?;
     let quieted = quiet_triggers(&client, target, db).await?;
     let applied = apply_all(&client, repo, segs, target, db, (*from, *to)).await;
-    // Enabled again whatever the replay did; its own failure is the one
-    // reported first.
+    // Enabled again whatever the replay did. A replay that failed may
+    // leave the session in its open (or aborted) transaction: enabled
+    // there, the triggers would be disabled again when it rolls back.
+    if applied.is_err() {
+        drop(client.batch_execute("ROLLBACK").await);
+    }
     let woken = wake_triggers(&client, target, db, &quieted).await;
-    let mut report = applied?;
-    woken?;
+    let mut report = match (applied, woken) {
+        (Ok(report), Ok(())) => report,
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+        (Err(e), Err(stuck)) => {
+            // The replay's failure is the one reported; what it leaves
+            // disabled is said too.
+            tracing::warn!("{}: {stuck}", target.name);
+            return Err(e);
+        }
+    };
     if !quieted.is_empty() {
         let names: Vec<String> = quieted
             .iter()
@@ -370,7 +382,9 @@ struct Quieted {
 /// captured changes already: fired again they repeat rows, and their rows
 /// written on one of the replay's connections (tables are dealt to
 /// several) made another wait on them while the replay waited on that
-/// one: the restore hung.
+/// one: the restore hung. `ONLY` each table: a partitioned table's
+/// trigger is not set on its partitions' copies, which are listed (and
+/// set back) as they are.
 async fn quiet_triggers(
     client: &Client,
     target: &Shard,
@@ -398,7 +412,11 @@ async fn quiet_triggers(
             name: row.try_get(1).map_err(|e| failed(e.to_string()))?,
             mode: row.try_get(2).map_err(|e| failed(e.to_string()))?,
         };
-        let sql = format!("ALTER TABLE {} DISABLE TRIGGER {}", t.table, ident(&t.name));
+        let sql = format!(
+            "ALTER TABLE ONLY {} DISABLE TRIGGER {}",
+            t.table,
+            ident(&t.name)
+        );
         if let Err(e) = client.batch_execute(&sql).await {
             // Those disabled so far are enabled again.
             drop(wake_triggers(client, target, db, &quieted).await);
@@ -425,7 +443,7 @@ async fn wake_triggers(
     for t in quieted {
         let mode = if t.mode == "R" { "REPLICA" } else { "ALWAYS" };
         let sql = format!(
-            "ALTER TABLE {} ENABLE {mode} TRIGGER {}",
+            "ALTER TABLE ONLY {} ENABLE {mode} TRIGGER {}",
             t.table,
             ident(&t.name)
         );
