@@ -2509,15 +2509,9 @@ async fn a_change_replay_will_refuse_is_named_by_capture_and_stops_only_restores
 /// by itself once it has ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_capture_start_names_the_open_transaction_it_waits_for() {
-    let (_sb, _dir, topo_path, topo) = support::private_cluster(0, 1);
+    let (_sb, _dir, topo_path, topo, app) = pg_shop().await;
     let arg = topo_path.to_str().unwrap().to_string();
     let pg = &topo.shards[0];
-    db::pg(pg, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
-    let app = db::pg(pg, "shop").await;
     app.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
@@ -2571,6 +2565,26 @@ async fn a_postgres_capture_start_names_the_open_transaction_it_waits_for() {
     );
 }
 
+/// A private cluster of one PostgreSQL shard holding database `shop`: the
+/// sandbox, the topology's folder, path and contents, and a session in
+/// `shop`.
+async fn pg_shop() -> (
+    PrivateSandbox,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Topology,
+    tokio_postgres::Client,
+) {
+    let (sb, dir, topo_path, topo) = support::private_cluster(0, 1);
+    db::pg(&topo.shards[0], "postgres")
+        .await
+        .batch_execute("CREATE DATABASE shop")
+        .await
+        .unwrap();
+    let app = db::pg(&topo.shards[0], "shop").await;
+    (sb, dir, topo_path, topo, app)
+}
+
 /// Schema changes after the base backup that PostgreSQL logical decoding
 /// does not carry. A column whose type changed, its name kept (`ALTER
 /// TABLE … ALTER COLUMN … TYPE`): the restore compared the backup's and
@@ -2582,15 +2596,8 @@ async fn a_postgres_capture_start_names_the_open_transaction_it_waits_for() {
 /// so. A mark before either restores as it did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
-    let (_sb, _dir, topo_path, topo) = support::private_cluster(0, 1);
+    let (_sb, _dir, topo_path, _, app) = pg_shop().await;
     let arg = topo_path.to_str().unwrap();
-    let pg = &topo.shards[0];
-    db::pg(pg, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
-    let app = db::pg(pg, "shop").await;
     app.batch_execute(
         "CREATE TYPE mood AS ENUM ('sad', 'ok'); \
          CREATE TABLE t (id int PRIMARY KEY, n int, label varchar(8), m mood); \
@@ -2734,15 +2741,8 @@ async fn a_postgres_schema_changed_after_the_base_is_refused_or_named() {
 /// disabled while the changes replay and enabled again as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_triggers_that_fire_on_replicated_changes_do_not_fire_again_in_a_replay() {
-    let (_sb, _dir, topo_path, topo) = support::private_cluster(0, 1);
+    let (_sb, _dir, topo_path, _, app) = pg_shop().await;
     let arg = topo_path.to_str().unwrap();
-    let pg = &topo.shards[0];
-    db::pg(pg, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
-    let app = db::pg(pg, "shop").await;
     app.batch_execute(
         "CREATE TABLE a (id int PRIMARY KEY, v int); \
          CREATE TABLE audit (id serial PRIMARY KEY, a_id int); \
