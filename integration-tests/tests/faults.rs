@@ -140,10 +140,11 @@ const SHORT_LEASE: &str = "write_block_timeout: 1s\n  write_block_lease: 3s";
 async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
     let dir = tempfile::tempdir().unwrap();
     let (_sb, topo_path, topo) = app_sandbox_blocking_300ms(dir.path()).await;
-    // A long open write transaction on pg-0 holds a lock the block needs.
+    // A long open write transaction on pg-0 holds a lock the block needs;
+    // its statement, named in the error, spans two lines.
     let holder = db::pg(topo.shard("pg-0").unwrap(), "app").await;
     holder
-        .batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1")
+        .batch_execute("BEGIN; UPDATE t SET v = v + 1\nWHERE id = 1")
         .await
         .unwrap();
 
@@ -160,6 +161,14 @@ async fn unblockable_shard_fails_the_cut_and_leaves_nothing_blocked() {
         "{run:?}"
     );
     assert!(run.stderr.contains("in a transaction open for"), "{run:?}");
+    // Another session's text is the server's bytes: escaped, so that the
+    // error stays one line.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("held up by pid") && l.contains("v = v + 1\\nWHERE id = 1")),
+        "{run:?}"
+    );
     assert!(
         !run.stderr.contains("shard mysql-0: could not block"),
         "{run:?}"

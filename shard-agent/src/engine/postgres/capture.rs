@@ -199,10 +199,11 @@ async fn blockers(shard: &Shard, db: &str, pid: i32) -> Option<String> {
         .ok()?;
     let rows = look
         .query(
-            "SELECT a.pid, coalesce('user ' || a.usename::text, a.backend_type), \
-             extract(epoch FROM now() - a.xact_start)::int8, a.state, left(a.query, 80) \
-             FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) \
-             ORDER BY a.xact_start LIMIT 3",
+            &format!(
+                "SELECT {} FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) \
+                 ORDER BY a.xact_start LIMIT 3",
+                super::activity::COLUMNS
+            ),
             &[&pid],
         )
         .await
@@ -210,19 +211,15 @@ async fn blockers(shard: &Shard, db: &str, pid: i32) -> Option<String> {
     let named: Vec<String> = rows
         .iter()
         .filter_map(|r| {
-            let pid: i32 = r.try_get(0).ok()?;
-            let who: Option<String> = r.try_get(1).ok()?;
-            let age: Option<i64> = r.try_get(2).ok()?;
-            let state: Option<String> = r.try_get(3).ok()?;
-            let query: Option<String> = r.try_get(4).ok()?;
-            // Without pg_read_all_stats another user's age, state and
-            // statement are hidden.
+            let a = super::activity::Activity::read(r)?;
             Some(format!(
-                "pid {pid} ({}, a transaction open for {}, {}: `{}`)",
-                who.unwrap_or_default(),
-                age.map_or("an unknown time".to_string(), |a| format!("{a} s")),
-                state.unwrap_or_else(|| "state unknown".into()),
-                crate::error::printable(&query.unwrap_or_default())
+                "pid {} ({}, a transaction open for {}, {}: `{}`)",
+                a.pid,
+                a.who,
+                a.age
+                    .map_or("an unknown time".to_string(), |a| format!("{a} s")),
+                a.state.unwrap_or_else(|| "state unknown".into()),
+                a.query
             ))
         })
         .collect();

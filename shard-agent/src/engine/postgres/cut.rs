@@ -69,32 +69,30 @@ async fn holder(shard: &Shard, db: &str, exclude: i32, timeout: Duration) -> Opt
     let client = connect::postgres(shard, Some(db), timeout).await.ok()?;
     let row = client
         .query_opt(
-            "SELECT a.pid, coalesce('user ' || a.usename::text, a.backend_type), \
-             extract(epoch FROM now() - a.xact_start)::int8, a.state, left(a.query, 80), \
-             l.relation::regclass::text \
+            &format!(
+                "SELECT {}, l.relation::regclass::text \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.granted AND l.relation IS NOT NULL AND l.pid NOT IN ($1, pg_backend_pid()) \
              AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareLock', \
                             'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock') \
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              ORDER BY a.xact_start LIMIT 1",
+                super::activity::COLUMNS
+            ),
             &[&exclude],
         )
         .await
         .ok()??;
-    let pid: i32 = row.try_get(0).ok()?;
-    let who: Option<String> = row.try_get(1).ok()?;
-    let age: Option<i64> = row.try_get(2).ok()?;
-    let state: Option<String> = row.try_get(3).ok()?;
-    let query: Option<String> = row.try_get(4).ok()?;
+    let a = super::activity::Activity::read(&row)?;
     let table: Option<String> = row.try_get(5).ok()?;
     Some(format!(
-        "pid {pid} ({}) holding a lock that conflicts with the block on {db}.{} in a transaction open for {} s, {}: `{}`",
-        who.unwrap_or_default(),
+        "pid {} ({}) holding a lock that conflicts with the block on {db}.{} in a transaction open for {} s, {}: `{}`",
+        a.pid,
+        a.who,
         table.unwrap_or_default(),
-        age.unwrap_or(0),
-        state.unwrap_or_default(),
-        query.unwrap_or_default()
+        a.age.unwrap_or(0),
+        a.state.unwrap_or_default(),
+        a.query
     ))
 }
 

@@ -180,7 +180,7 @@ async fn holders(look: &Client, tables: &[String]) -> Vec<Holder> {
                 what: format!(
                     "{} pid {pid} (`{}`) holds {}",
                     who.unwrap_or_default(),
-                    query.unwrap_or_default(),
+                    super::activity::printable_query(query),
                     table.unwrap_or_default()
                 ),
                 cancellable: cancellable.unwrap_or(false),

@@ -5,6 +5,7 @@
 //! other phases in `preflight`, `capture`, `restore`, `replay` and
 //! `readback`, all behind [`driver::Postgres`].
 
+mod activity;
 pub mod binary_copy;
 pub(crate) mod binary_load;
 mod capture;
